@@ -1,0 +1,403 @@
+//! The subcommands.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use lowbit_core::{DType, Tensor};
+use lowbit_data::Split;
+use lowbit_kernels::isa::Features;
+use lowbit_runtime::classify::{self, Classifier, EvalReport};
+use serde_json::json;
+
+use crate::common::*;
+use crate::DataArgs;
+
+fn split(s: &str) -> Split {
+    if s == "train" {
+        Split::Train
+    } else {
+        Split::Test
+    }
+}
+
+pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>) -> Result<()> {
+    let g = load_model(model)?;
+    let ov = input_shape.map(parse_shape).transpose()?;
+    let shape = input_shape_or_default(&g, ov.as_deref())?;
+    let plan = compile(&g, model, shape.clone(), 1)?;
+    let file_bytes = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
+    let mut ops: std::collections::BTreeMap<&str, usize> = Default::default();
+    for n in &g.nodes {
+        *ops.entry(n.op.op_type()).or_default() += 1;
+    }
+    println!("model     {}", model.display());
+    println!(
+        "file      {:.2} MB, opset {}, {} nodes",
+        file_bytes as f64 / 1e6,
+        g.opset,
+        g.nodes.len()
+    );
+    println!(
+        "ops       {}",
+        ops.iter()
+            .map(|(k, v)| format!("{k}x{v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "params    {} ({:.2} MB as f32)",
+        g.param_count(),
+        g.param_count() as f64 * 4.0 / 1e6
+    );
+    println!("input     {:?}", shape);
+    let sp = plan.specialized();
+    println!(
+        "passes    {} constants folded, {} BatchNorms folded, {} activations fused, {} identities removed",
+        sp.folded, sp.passes.batchnorms_folded, sp.passes.activations_fused, sp.passes.identities_removed
+    );
+    let rows: Vec<Vec<String>> = plan
+        .steps()
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.op.clone(),
+                s.kernel.clone(),
+                format!("{:?}", s.out_shape),
+                s.params.to_string(),
+                format!("{:.2}", s.macs as f64 / 1e6),
+            ]
+        })
+        .collect();
+    print_table(
+        &["layer", "op", "kernel", "output", "params", "MMAC"],
+        &rows,
+    );
+    println!(
+        "total     {:.3} GMAC per batch of {}",
+        plan.macs() as f64 / 1e9,
+        shape[0]
+    );
+    println!(
+        "arena     {:.2} MB activations (liveness-planned), {:.2} MB scratch",
+        plan.arena_bytes() as f64 / 1e6,
+        plan.scratch_bytes() as f64 / 1e6
+    );
+    let f = Features::detect();
+    println!("cpu       {}", f.names().join(" "));
+    if let Some(p) = json_out {
+        let layers: Vec<_> = plan
+            .steps()
+            .iter()
+            .map(|s| json!({"name": s.name, "op": s.op, "kernel": s.kernel, "output": s.out_shape, "params": s.params, "macs": s.macs}))
+            .collect();
+        write_json(
+            p,
+            &json!({"model": model.display().to_string(), "file_bytes": file_bytes, "opset": g.opset, "ops": ops,
+                "params": g.param_count(), "input_shape": shape, "macs": plan.macs(), "arena_bytes": plan.arena_bytes(),
+                "scratch_bytes": plan.scratch_bytes(), "layers": layers, "cpu_features": f.names()}),
+        )?;
+    }
+    Ok(())
+}
+
+/// Input shape for batch 1, symbolic non-batch dims from the override.
+fn input_shape_or_default(g: &lowbit_core::Graph, ov: Option<&[usize]>) -> Result<Vec<usize>> {
+    let b = ov.and_then(|s| s.first().copied()).unwrap_or(1);
+    input_shape(g, b, ov)
+}
+
+fn load_for(
+    model: &Path,
+    data: &Path,
+    a: &DataArgs,
+) -> Result<(lowbit_core::Graph, String, lowbit_data::ImageSet)> {
+    let g = load_model(model)?;
+    let (preset, pre) = choose_preset(a.preset.as_deref(), &g, data)?;
+    let set = load_data(data, split(&a.split), &pre, a.limit)?;
+    // Check the data against the declared input shape up front, with a clear message.
+    let s = input_shape(&g, set.n, Some(&[set.n, set.c, set.h, set.w])).ok();
+    if let Some(lowbit_core::ValueInfo {
+        shape: Some(dims),
+        name,
+        ..
+    }) = g.runtime_inputs().first().map(|v| (*v).clone())
+    {
+        let ok = dims.len() == 4
+            && dims
+                .iter()
+                .zip([set.n, set.c, set.h, set.w])
+                .skip(1)
+                .all(|(d, v)| match d {
+                    lowbit_core::Dim::Fixed(x) => *x == v,
+                    _ => true,
+                });
+        if !ok {
+            bail!(
+                "{}: model input '{name}' expects {:?} but the data {} holds images of shape [{}, {}, {}] (preset {preset})",
+                model.display(),
+                dims,
+                data.display(),
+                set.c,
+                set.h,
+                set.w
+            );
+        }
+    }
+    let _ = s;
+    Ok((g, preset, set))
+}
+
+pub fn run(
+    model: &Path,
+    input: &Path,
+    a: &DataArgs,
+    top: usize,
+    threads: usize,
+    json_out: Option<&Path>,
+) -> Result<()> {
+    let (g, preset, set) = load_for(model, input, a)?;
+    let mut c = Classifier::new(g, vec![set.c, set.h, set.w], threads);
+    let mut out = vec![];
+    let mut rows = vec![];
+    for (start, len, chunk) in set.batches(32) {
+        let logits = c
+            .logits(chunk, len)
+            .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+        for (i, l) in logits.iter().enumerate() {
+            let p = classify::softmax(l);
+            let t = classify::topk(l, top.max(1));
+            rows.push(vec![
+                set.names[start + i].clone(),
+                t.iter()
+                    .map(|&k| format!("{k}:{:.3}", p[k]))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]);
+            out.push(json!({"image": set.names[start + i], "top": t, "prob": t.iter().map(|&k| p[k]).collect::<Vec<_>>(), "logits": l}));
+        }
+    }
+    println!("preset {preset}, {} images", set.n);
+    print_table(&["image", "top classes (class:prob)"], &rows);
+    if let Some(p) = json_out {
+        write_json(
+            p,
+            &json!({"model": model.display().to_string(), "preset": preset, "results": out}),
+        )?;
+    }
+    Ok(())
+}
+
+pub fn eval(
+    model: &Path,
+    data: &Path,
+    a: &DataArgs,
+    reference: Option<&Path>,
+    batch: usize,
+    threads: usize,
+    json_out: Option<&Path>,
+) -> Result<EvalReport> {
+    let (g, preset, set) = load_for(model, data, a)?;
+    let shape = vec![set.c, set.h, set.w];
+    let mut c = Classifier::new(g, shape.clone(), threads);
+    let mut r = match reference {
+        Some(p) => Some(Classifier::new(load_model(p)?, shape, threads)),
+        None => None,
+    };
+    let pb = progress(set.n as u64, "eval");
+    let t0 = Instant::now();
+    let rep = classify::evaluate(
+        &mut c,
+        r.as_mut(),
+        &set.data,
+        set.n,
+        set.labels.as_deref(),
+        batch,
+        &mut |d| pb.set_position(d as u64),
+    )
+    .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let mut rows = vec![
+        vec!["images".into(), set.n.to_string()],
+        vec!["preset".into(), preset.clone()],
+    ];
+    if let (Some(t1), Some(t5)) = (rep.top1, rep.top5) {
+        rows.push(vec!["top-1".into(), format!("{:.2}%", t1 * 100.0)]);
+        rows.push(vec!["top-5".into(), format!("{:.2}%", t5 * 100.0)]);
+    }
+    if let Some(ag) = &rep.agreement {
+        rows.push(vec![
+            "top-1 agreement".into(),
+            format!("{:.2}%", ag.top1 * 100.0),
+        ]);
+        rows.push(vec![
+            "top-5 overlap".into(),
+            format!("{:.2}%", ag.top5 * 100.0),
+        ]);
+        rows.push(vec!["cosine".into(), format!("{:.5}", ag.cosine)]);
+        rows.push(vec!["KL".into(), format!("{:.5}", ag.kl)]);
+    }
+    rows.push(vec![
+        "time".into(),
+        format!("{secs:.2} s ({:.0} images/s)", set.n as f64 / secs),
+    ]);
+    println!("{} on {}", model.display(), data.display());
+    print_table(&["metric", "value"], &rows);
+    if let Some(p) = json_out {
+        write_json(
+            p,
+            &json!({"model": model.display().to_string(), "data": data.display().to_string(), "preset": preset, "images": set.n,
+                "top1": rep.top1, "top5": rep.top5,
+                "agreement": rep.agreement.as_ref().map(|a| json!({"top1": a.top1, "top5": a.top5, "cosine": a.cosine, "kl": a.kl})),
+                "reference": reference.map(|p| p.display().to_string()), "seconds": secs}),
+        )?;
+    }
+    Ok(rep)
+}
+
+/// Latency statistics of one benchmark.
+pub struct BenchResult {
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    pub gmacs: f64,
+}
+
+pub fn bench(
+    model: &Path,
+    batch: usize,
+    threads: usize,
+    iters: usize,
+    warmup: usize,
+    input_shape_s: Option<&str>,
+    json_out: Option<&Path>,
+) -> Result<BenchResult> {
+    let g = load_model(model)?;
+    let ov = input_shape_s.map(parse_shape).transpose()?;
+    let shape = input_shape(&g, batch.max(1), ov.as_deref())?;
+    let mut plan = compile(&g, model, shape.clone(), threads)?;
+    let specs = plan.input_specs();
+    if specs[0].1 != DType::F32 {
+        bail!(
+            "{}: bench feeds float32 inputs; this model's input is {}",
+            model.display(),
+            specs[0].1.name()
+        );
+    }
+    let n: usize = shape.iter().product();
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect();
+    let x = Tensor::f32(shape.clone(), data);
+    for _ in 0..warmup {
+        plan.run(std::slice::from_ref(&x))
+            .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    }
+    let mut times = Vec::with_capacity(iters.max(1));
+    let pb = progress(iters.max(1) as u64, "bench");
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        plan.run(std::slice::from_ref(&x))
+            .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    let (median, p90) = (pct(0.5), pct(0.9));
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let gmacs = plan.macs() as f64 / 1e9 / (median / 1e3);
+    let ips = batch as f64 / (median / 1e3);
+    println!(
+        "{} batch {} threads {} (f32)",
+        model.display(),
+        batch,
+        threads
+    );
+    print_table(
+        &[
+            "median ms",
+            "p90 ms",
+            "mean ms",
+            "images/s",
+            "GMAC/s",
+            "arena MB",
+        ],
+        &[vec![
+            format!("{median:.3}"),
+            format!("{p90:.3}"),
+            format!("{mean:.3}"),
+            format!("{ips:.1}"),
+            format!("{gmacs:.1}"),
+            format!("{:.2}", plan.arena_bytes() as f64 / 1e6),
+        ]],
+    );
+    if let Some(p) = json_out {
+        write_json(
+            p,
+            &json!({"model": model.display().to_string(), "precision": "f32", "batch": batch, "threads": threads, "iters": iters,
+                "median_ms": median, "p90_ms": p90, "mean_ms": mean, "images_per_s": ips, "gmac_per_s": gmacs,
+                "macs": plan.macs(), "arena_bytes": plan.arena_bytes(), "cpu_features": Features::detect().names()}),
+        )?;
+    }
+    Ok(BenchResult {
+        median_ms: median,
+        p90_ms: p90,
+        gmacs,
+    })
+}
+
+const DEMO_MODEL: &[u8] = include_bytes!("../../../assets/fmnist-default.onnx");
+const DEMO_IMAGES: &[u8] = include_bytes!("../../../assets/fmnist-test-1k-images-idx3-ubyte.gz");
+const DEMO_LABELS: &[u8] = include_bytes!("../../../assets/fmnist-test-1k-labels-idx1-ubyte.gz");
+
+/// The main job on the embedded default: evaluate and benchmark the shipped Fashion-MNIST model on
+/// the shipped 1,000 test images.
+pub fn demo(threads: usize, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow!("{}: cannot create folder: {e}", out.display()))?;
+    let model = out.join("fmnist-default.onnx");
+    let data = out.join("fmnist-test-1k");
+    std::fs::create_dir_all(&data)?;
+    write_atomic(&model, DEMO_MODEL)?;
+    write_atomic(&data.join("t10k-images-idx3-ubyte.gz"), DEMO_IMAGES)?;
+    write_atomic(&data.join("t10k-labels-idx1-ubyte.gz"), DEMO_LABELS)?;
+    println!("== embedded default: Fashion-MNIST MobileNetV2-style model, 1,000 test images ==\n");
+    let args = DataArgs {
+        preset: Some("fmnist".into()),
+        split: "test".into(),
+        limit: None,
+    };
+    eval(
+        &model,
+        &data,
+        &args,
+        None,
+        100,
+        threads,
+        Some(&out.join("eval.json")),
+    )?;
+    println!();
+    bench(
+        &model,
+        1,
+        threads,
+        200,
+        20,
+        None,
+        Some(&out.join("bench.json")),
+    )?;
+    println!(
+        "\nreports written to {}/ (eval.json, bench.json)",
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! The `lowbit` command: inspect, run, evaluate and benchmark ONNX CNNs (and, in later issues,
+//! quantize them). Logic a library user would need lives in the other crates; this file parses
+//! arguments, prints tables and writes JSON.
+
+mod commands;
+mod common;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lowbit",
+    version,
+    about = "Low-bit quantization toolkit and runtime for ONNX CNNs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct DataArgs {
+    /// Preprocessing: imagenet | mnist | fmnist | ppocr | none (default: guessed from model and data)
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// For IDX folders with train and test files: which split
+    #[arg(long, default_value = "test", value_parser = ["train", "test"])]
+    pub split: String,
+    /// Use at most this many images
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show a model's layers, parameters, MACs, memory and this CPU's features
+    Inspect {
+        model: PathBuf,
+        /// Input shape when the model's is symbolic, e.g. 1,3,48,192
+        #[arg(long)]
+        input_shape: Option<String>,
+        /// Also save the report as JSON
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Run a model on images and print the top classes
+    Run {
+        model: PathBuf,
+        /// An image, an image folder, an IDX file or an IDX folder
+        #[arg(long)]
+        input: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Measure accuracy on labelled data, or agreement with a reference model
+    Eval {
+        model: PathBuf,
+        /// An IDX folder/file (labelled) or an image folder
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        data_args: DataArgs,
+        /// Compare against this model's outputs (top-1 agreement, top-5 overlap, cosine, KL)
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Measure latency and throughput
+    Bench {
+        model: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        #[arg(long)]
+        input_shape: Option<String>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The main job on the embedded default model and data (no downloads needed)
+    Demo {
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Folder for the reports (default: lowbit-demo/)
+        #[arg(long, default_value = "lowbit-demo")]
+        out: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Inspect {
+            model,
+            input_shape,
+            json,
+        } => commands::inspect(&model, input_shape.as_deref(), json.as_deref()),
+        Cmd::Run {
+            model,
+            input,
+            data,
+            top,
+            threads,
+            json,
+        } => commands::run(&model, &input, &data, top, threads, json.as_deref()),
+        Cmd::Eval {
+            model,
+            data,
+            data_args,
+            reference,
+            batch,
+            threads,
+            json,
+        } => commands::eval(
+            &model,
+            &data,
+            &data_args,
+            reference.as_deref(),
+            batch,
+            threads,
+            json.as_deref(),
+        )
+        .map(|_| ()),
+        Cmd::Bench {
+            model,
+            batch,
+            threads,
+            iters,
+            warmup,
+            input_shape,
+            json,
+        } => commands::bench(
+            &model,
+            batch,
+            threads,
+            iters,
+            warmup,
+            input_shape.as_deref(),
+            json.as_deref(),
+        )
+        .map(|_| ()),
+        Cmd::Demo { threads, out } => commands::demo(threads, &out),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,197 @@
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::{DType, Error, Op, Result, Tensor};
+
+/// A dimension of a declared input/output shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dim {
+    Fixed(usize),
+    /// Named or unknown (batch) dimension.
+    Sym(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueInfo {
+    pub name: String,
+    pub dtype: DType,
+    /// `None` when the file declares no shape.
+    pub shape: Option<Vec<Dim>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    /// Value names; an empty string marks an absent optional input.
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+impl Node {
+    /// Name of input `i` if present and non-empty.
+    pub fn input(&self, i: usize) -> Option<&str> {
+        self.inputs
+            .get(i)
+            .map(|s| s.as_str())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// A model: nodes in topological order, constant initializers, declared inputs and outputs.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Graph {
+    pub name: String,
+    pub inputs: Vec<ValueInfo>,
+    pub outputs: Vec<ValueInfo>,
+    pub initializers: BTreeMap<String, Tensor>,
+    pub nodes: Vec<Node>,
+    /// Default-domain opset the model was read with.
+    pub opset: i64,
+    /// Free-form key/value metadata carried to and from ONNX `metadata_props`.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl Graph {
+    /// For each value, the indices of the nodes that read it.
+    pub fn consumers(&self) -> HashMap<String, Vec<usize>> {
+        let mut m: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for inp in n.inputs.iter().filter(|s| !s.is_empty()) {
+                let e = m.entry(inp.clone()).or_default();
+                if e.last() != Some(&i) {
+                    e.push(i);
+                }
+            }
+        }
+        m
+    }
+
+    /// For each value, the index of the node that writes it.
+    pub fn producers(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for o in &n.outputs {
+                if !o.is_empty() {
+                    m.insert(o.clone(), i);
+                }
+            }
+        }
+        m
+    }
+
+    pub fn is_output(&self, name: &str) -> bool {
+        self.outputs.iter().any(|o| o.name == name)
+    }
+
+    /// Inputs the caller must feed: declared inputs that are not also initializers.
+    pub fn runtime_inputs(&self) -> Vec<&ValueInfo> {
+        self.inputs
+            .iter()
+            .filter(|i| !self.initializers.contains_key(&i.name))
+            .collect()
+    }
+
+    /// Puts nodes in topological order (stable for an already sorted graph) and checks that every
+    /// input is defined and every output is produced.
+    pub fn sort_and_check(&mut self) -> Result<()> {
+        let mut defined: HashSet<String> = self.inputs.iter().map(|i| i.name.clone()).collect();
+        defined.extend(self.initializers.keys().cloned());
+        let mut done = vec![false; self.nodes.len()];
+        let mut order = Vec::with_capacity(self.nodes.len());
+        loop {
+            let mut progress = false;
+            for (i, n) in self.nodes.iter().enumerate() {
+                if done[i] {
+                    continue;
+                }
+                if n.inputs.iter().all(|s| s.is_empty() || defined.contains(s)) {
+                    done[i] = true;
+                    progress = true;
+                    order.push(i);
+                    for o in &n.outputs {
+                        if !o.is_empty() && !defined.insert(o.clone()) {
+                            return Err(Error::node(
+                                &n.name,
+                                format!("value '{o}' is defined twice"),
+                            ));
+                        }
+                    }
+                }
+            }
+            if order.len() == self.nodes.len() {
+                break;
+            }
+            if !progress {
+                let (i, n) = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .find(|(i, _)| !done[*i])
+                    .unwrap();
+                let missing: Vec<_> = n
+                    .inputs
+                    .iter()
+                    .filter(|s| !s.is_empty() && !defined.contains(*s))
+                    .cloned()
+                    .collect();
+                let _ = i;
+                return Err(Error::node(
+                    &n.name,
+                    format!("input(s) {missing:?} are never defined (or the graph has a cycle)"),
+                ));
+            }
+        }
+        if order.iter().enumerate().any(|(a, &b)| a != b) {
+            let mut nodes: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
+                .into_iter()
+                .map(Some)
+                .collect();
+            self.nodes = order
+                .into_iter()
+                .map(|i| nodes[i].take().unwrap())
+                .collect();
+        }
+        for o in &self.outputs {
+            if !defined.contains(&o.name) {
+                return Err(Error::value(&o.name, "graph output is never produced"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames value `from` to `to` everywhere it is read (not where it is written).
+    pub fn replace_uses(&mut self, from: &str, to: &str) {
+        for n in &mut self.nodes {
+            for i in &mut n.inputs {
+                if i == from {
+                    *i = to.to_string();
+                }
+            }
+        }
+    }
+
+    /// Number of parameters (elements of float initializers).
+    pub fn param_count(&self) -> usize {
+        self.initializers
+            .values()
+            .filter(|t| t.dtype() == DType::F32)
+            .map(|t| t.len())
+            .sum()
+    }
+
+    /// Picks a value name not used yet, starting from `base`.
+    pub fn fresh_name(&self, base: &str) -> String {
+        let used = |s: &str| {
+            self.initializers.contains_key(s)
+                || self.inputs.iter().any(|i| i.name == s)
+                || self.nodes.iter().any(|n| n.outputs.iter().any(|o| o == s))
+        };
+        if !used(base) {
+            return base.to_string();
+        }
+        (1..)
+            .map(|k| format!("{base}_{k}"))
+            .find(|s| !used(s))
+            .unwrap()
+    }
+}

@@ -1,0 +1,284 @@
+//! Graph passes that need no data: BatchNorm folding, activation fusion, Identity removal and
+//! dead-node removal. Constant folding needs an evaluator and lives in `lowbit-runtime`.
+
+use crate::{Act, Graph, Op, Tensor};
+
+/// What a pass changed, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PassReport {
+    pub batchnorms_folded: usize,
+    pub activations_fused: usize,
+    pub identities_removed: usize,
+    pub nodes_removed: usize,
+}
+
+fn const_f32<'a>(g: &'a Graph, name: Option<&str>) -> Option<&'a [f32]> {
+    g.initializers.get(name?).and_then(|t| t.as_f32())
+}
+
+/// Runs every data-free canonicalization pass in order.
+pub fn canonicalize(g: &mut Graph) -> PassReport {
+    let mut r = PassReport {
+        identities_removed: remove_identities(g),
+        ..Default::default()
+    };
+    r.batchnorms_folded = fold_batchnorm(g);
+    r.activations_fused = fuse_activations(g);
+    r.nodes_removed = remove_dead(g);
+    r
+}
+
+/// Folds `BatchNormalization` into the Conv or Gemm that feeds it, when that producer has no other
+/// reader and all parameters are constants. Returns how many were folded.
+pub fn fold_batchnorm(g: &mut Graph) -> usize {
+    let mut folded = 0;
+    loop {
+        let consumers = g.consumers();
+        let producers = g.producers();
+        let mut done = None;
+        for (bi, bn) in g.nodes.iter().enumerate() {
+            let Op::BatchNorm { epsilon } = bn.op else {
+                continue;
+            };
+            if bn.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+                continue; // training-mode outputs requested
+            }
+            let Some(&pi) = producers.get(&bn.inputs[0]) else {
+                continue;
+            };
+            let p = &g.nodes[pi];
+            if consumers.get(&bn.inputs[0]).map(|c| c.len()) != Some(1)
+                || g.is_output(&bn.inputs[0])
+            {
+                continue;
+            }
+            let (Some(gamma), Some(beta), Some(mean), Some(var)) = (
+                const_f32(g, bn.input(1)),
+                const_f32(g, bn.input(2)),
+                const_f32(g, bn.input(3)),
+                const_f32(g, bn.input(4)),
+            ) else {
+                continue;
+            };
+            let Some(w) = p.input(1).and_then(|n| g.initializers.get(n)) else {
+                continue;
+            };
+            let Some(wv) = w.as_f32() else { continue };
+            let c = gamma.len();
+            let scale: Vec<f32> = (0..c)
+                .map(|o| gamma[o] / (var[o] + epsilon).sqrt())
+                .collect();
+            let bias_in: Vec<f32> = match p.input(2) {
+                Some(n) => match const_f32(g, Some(n)) {
+                    Some(b) if b.len() == c => b.to_vec(),
+                    Some(b) if b.len() == 1 => vec![b[0]; c],
+                    _ => continue,
+                },
+                None => vec![0.0; c],
+            };
+            let mut nw = wv.to_vec();
+            match &p.op {
+                Op::Conv(a) if a.act.is_none() && w.shape[0] == c => {
+                    let per = nw.len() / c;
+                    for o in 0..c {
+                        nw[o * per..(o + 1) * per]
+                            .iter_mut()
+                            .for_each(|x| *x *= scale[o]);
+                    }
+                }
+                Op::Gemm {
+                    trans_b,
+                    act,
+                    alpha,
+                    ..
+                } if act.is_none() && w.shape.len() == 2 => {
+                    // Fold alpha into W and beta into the bias as we go.
+                    let (k, n) = if *trans_b {
+                        (w.shape[1], w.shape[0])
+                    } else {
+                        (w.shape[0], w.shape[1])
+                    };
+                    if n != c {
+                        continue;
+                    }
+                    for kk in 0..k {
+                        for o in 0..n {
+                            let i = if *trans_b { o * k + kk } else { kk * n + o };
+                            nw[i] *= scale[o] * alpha;
+                        }
+                    }
+                }
+                _ => continue,
+            }
+            let bias_scale = match &p.op {
+                Op::Gemm { beta, .. } => *beta,
+                _ => 1.0,
+            };
+            let nb: Vec<f32> = (0..c)
+                .map(|o| (bias_in[o] * bias_scale - mean[o]) * scale[o] + beta[o])
+                .collect();
+            done = Some((
+                bi,
+                pi,
+                Tensor {
+                    shape: w.shape.clone(),
+                    data: crate::Data::F32(nw),
+                },
+                nb,
+            ));
+            break;
+        }
+        let Some((bi, pi, nw, nb)) = done else { break };
+        let wname = g.fresh_name(&format!("{}_w_bnfold", g.nodes[pi].name));
+        g.initializers.insert(wname.clone(), nw);
+        let bname = g.fresh_name(&format!("{}_b_bnfold", g.nodes[pi].name));
+        g.initializers
+            .insert(bname.clone(), Tensor::f32(vec![nb.len()], nb));
+        let bn_out = g.nodes[bi].outputs[0].clone();
+        let p = &mut g.nodes[pi];
+        p.inputs.resize(3, String::new());
+        p.inputs[1] = wname;
+        p.inputs[2] = bname;
+        p.outputs[0] = bn_out;
+        if let Op::Gemm { alpha, beta, .. } = &mut p.op {
+            *alpha = 1.0;
+            *beta = 1.0;
+        }
+        g.nodes.remove(bi);
+        folded += 1;
+    }
+    folded
+}
+
+/// The activation a node computes, if it is a pure elementwise activation with constant parameters.
+pub fn as_activation(g: &Graph, n: &crate::Node) -> Option<Act> {
+    match &n.op {
+        Op::Relu => Some(Act::Relu),
+        Op::HardSigmoid { alpha, beta } => Some(Act::HardSigmoid {
+            alpha: *alpha,
+            beta: *beta,
+        }),
+        Op::HardSwish => Some(Act::HardSwish),
+        Op::Clip { min, max } => {
+            let bound = |i: usize, attr: Option<f32>, dflt: f32| -> Option<f32> {
+                match n.input(i) {
+                    Some(name) => {
+                        let v = const_f32(g, Some(name))?;
+                        (v.len() == 1).then(|| v[0])
+                    }
+                    None => Some(attr.unwrap_or(dflt)),
+                }
+            };
+            let lo = bound(1, *min, f32::NEG_INFINITY)?;
+            let hi = bound(2, *max, f32::INFINITY)?;
+            Some(if lo == 0.0 && hi == f32::INFINITY {
+                Act::Relu
+            } else {
+                Act::Clip { lo, hi }
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Fuses an activation that is the only reader of a Conv/Gemm output into that node.
+pub fn fuse_activations(g: &mut Graph) -> usize {
+    let mut fused = 0;
+    loop {
+        let consumers = g.consumers();
+        let producers = g.producers();
+        let mut hit = None;
+        for (ai, a) in g.nodes.iter().enumerate() {
+            let Some(act) = as_activation(g, a) else {
+                continue;
+            };
+            let x = &a.inputs[0];
+            let Some(&pi) = producers.get(x) else {
+                continue;
+            };
+            if consumers.get(x).map(|c| c.len()) != Some(1) || g.is_output(x) {
+                continue;
+            }
+            if !g.nodes[pi].op.fused_act().is_none()
+                || !matches!(g.nodes[pi].op, Op::Conv(_) | Op::Gemm { .. })
+            {
+                continue;
+            }
+            hit = Some((ai, pi, act));
+            break;
+        }
+        let Some((ai, pi, act)) = hit else { break };
+        let out = g.nodes[ai].outputs[0].clone();
+        let p = &mut g.nodes[pi];
+        match &mut p.op {
+            Op::Conv(c) => c.act = act,
+            Op::Gemm { act: a, .. } => *a = act,
+            _ => unreachable!(),
+        }
+        p.outputs[0] = out;
+        g.nodes.remove(ai);
+        fused += 1;
+    }
+    fused
+}
+
+/// Removes Identity nodes, rewiring their readers (or their producer, when the Identity writes a
+/// graph output).
+pub fn remove_identities(g: &mut Graph) -> usize {
+    let mut removed = 0;
+    let mut i = 0;
+    while i < g.nodes.len() {
+        if g.nodes[i].op != Op::Identity {
+            i += 1;
+            continue;
+        }
+        let (x, y) = (g.nodes[i].inputs[0].clone(), g.nodes[i].outputs[0].clone());
+        if !g.is_output(&y) {
+            g.replace_uses(&y, &x);
+        } else {
+            let producers = g.producers();
+            let Some(&pi) = producers.get(&x) else {
+                i += 1;
+                continue;
+            };
+            if g.is_output(&x) {
+                i += 1;
+                continue;
+            }
+            g.nodes[pi]
+                .outputs
+                .iter_mut()
+                .filter(|o| **o == x)
+                .for_each(|o| *o = y.clone());
+            g.replace_uses(&x, &y);
+        }
+        g.nodes.remove(i);
+        removed += 1;
+    }
+    removed
+}
+
+/// Removes nodes none of whose outputs are read or are graph outputs, and unused initializers.
+pub fn remove_dead(g: &mut Graph) -> usize {
+    let mut removed = 0;
+    let mut live: std::collections::HashSet<String> =
+        g.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut keep = vec![false; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate().rev() {
+        if n.outputs.iter().any(|o| live.contains(o)) {
+            keep[i] = true;
+            live.extend(n.inputs.iter().filter(|s| !s.is_empty()).cloned());
+        }
+    }
+    let mut k = keep.into_iter();
+    g.nodes.retain(|_| {
+        let kept = k.next().unwrap();
+        removed += (!kept) as usize;
+        kept
+    });
+    let inputs: std::collections::HashSet<String> =
+        g.inputs.iter().map(|i| i.name.clone()).collect();
+    g.initializers
+        .retain(|name, _| live.contains(name) || inputs.contains(name));
+    removed
+}

@@ -1,0 +1,620 @@
+//! Turning decoded u8 pixels into normalized CHW f32 tensors.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use image::imageops::{self, FilterType};
+use image::{ImageBuffer, Luma, Rgb};
+
+use crate::error::{DataError, Result};
+
+/// How raw u8 pixels become model input.
+///
+/// The steps run in this order:
+/// 1. convert to `channels` (1 = grayscale, 3 = RGB); gray is replicated to RGB, RGB becomes gray
+///    with Pillow's `convert("L")` formula (0.299 R + 0.587 G + 0.114 B, rounded), alpha is dropped;
+/// 2. resize: to exactly `resize_exact` (h, w) ignoring aspect ratio, or else so that the shorter
+///    side equals `resize_shorter` (the longer side is scaled and truncated, as torchvision does);
+///    both use the `image` crate's bilinear (`Triangle`) filter on u8 pixels;
+/// 3. center crop to `crop` (h, w) — an image smaller than the crop is an error, a larger one is
+///    just cropped (no implicit resize);
+/// 4. `(pixel * scale - mean[c]) / std[c]`, written in CHW order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    /// 1 = grayscale, 3 = RGB; images are converted to this.
+    pub channels: usize,
+    /// Resize so the shorter side equals this, before cropping.
+    pub resize_shorter: Option<usize>,
+    /// Resize to exactly (h, w), ignoring aspect ratio, before cropping. Excludes `resize_shorter`.
+    pub resize_exact: Option<(usize, usize)>,
+    /// Center crop (h, w).
+    pub crop: Option<(usize, usize)>,
+    /// Multiplies the u8 pixel first (usually 1/255).
+    pub scale: f32,
+    /// Per-channel mean (len == channels, or len 1 to broadcast).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation (len == channels, or len 1 to broadcast).
+    pub std: Vec<f32>,
+}
+
+/// Placeholder path used in errors from [`Preprocess::apply_u8`], which has no file to name.
+const IN_MEMORY: &str = "<in-memory image>";
+
+impl Preprocess {
+    /// Names accepted by [`Preprocess::by_name`].
+    pub const NAMES: [&'static str; 5] = ["imagenet", "mnist", "fmnist", "ppocr", "none"];
+
+    /// ImageNet classifiers: RGB, center crop 224x224, torchvision mean/std.
+    pub fn imagenet() -> Self {
+        Preprocess {
+            channels: 3,
+            resize_shorter: None,
+            resize_exact: None,
+            crop: Some((224, 224)),
+            scale: 1.0 / 255.0,
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+        }
+    }
+
+    /// MNIST digits: grayscale, mean 0.1307, std 0.3081.
+    pub fn mnist() -> Self {
+        Self::gray(0.1307, 0.3081)
+    }
+
+    /// Fashion-MNIST: grayscale, mean 0.2860, std 0.3530.
+    pub fn fmnist() -> Self {
+        Self::gray(0.2860, 0.3530)
+    }
+
+    /// PaddleOCR recognition models: RGB resized to exactly 48x192, mapped to [-1, 1].
+    pub fn ppocr() -> Self {
+        Preprocess {
+            channels: 3,
+            resize_shorter: None,
+            resize_exact: Some((48, 192)),
+            crop: None,
+            scale: 1.0 / 255.0,
+            mean: vec![0.5],
+            std: vec![0.5],
+        }
+    }
+
+    /// No normalization: grayscale, raw 0..255 values as f32.
+    pub fn none() -> Self {
+        Preprocess {
+            channels: 1,
+            resize_shorter: None,
+            resize_exact: None,
+            crop: None,
+            scale: 1.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+        }
+    }
+
+    fn gray(mean: f32, std: f32) -> Self {
+        Preprocess {
+            channels: 1,
+            resize_shorter: None,
+            resize_exact: None,
+            crop: None,
+            scale: 1.0 / 255.0,
+            mean: vec![mean],
+            std: vec![std],
+        }
+    }
+
+    /// One of [`Preprocess::NAMES`] (case-insensitive); `fashion-mnist` is accepted for `fmnist`.
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "imagenet" => Some(Self::imagenet()),
+            "mnist" => Some(Self::mnist()),
+            "fmnist" | "fashion-mnist" | "fashion_mnist" => Some(Self::fmnist()),
+            "ppocr" => Some(Self::ppocr()),
+            "none" => Some(Self::none()),
+            _ => None,
+        }
+    }
+
+    /// Checks the settings themselves; the message says which field is wrong.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.channels != 1 && self.channels != 3 {
+            return Err(format!(
+                "preprocessing: channels must be 1 or 3, not {}",
+                self.channels
+            ));
+        }
+        for (field, v) in [("mean", &self.mean), ("std", &self.std)] {
+            if v.len() != 1 && v.len() != self.channels {
+                return Err(format!(
+                    "preprocessing: {field} has {} values, expected 1 or {}",
+                    v.len(),
+                    self.channels
+                ));
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(format!("preprocessing: {field} {v:?} is not finite"));
+            }
+        }
+        if self.std.iter().any(|&s| s == 0.0) {
+            return Err(format!("preprocessing: std {:?} contains 0", self.std));
+        }
+        if !self.scale.is_finite() {
+            return Err(format!("preprocessing: scale {} is not finite", self.scale));
+        }
+        if self.resize_shorter.is_some() && self.resize_exact.is_some() {
+            return Err("preprocessing: resize_shorter and resize_exact are both set".into());
+        }
+        let zero = |d: Option<(usize, usize)>| d.is_some_and(|(h, w)| h == 0 || w == 0);
+        if self.resize_shorter == Some(0) || zero(self.resize_exact) || zero(self.crop) {
+            return Err("preprocessing: resize/crop sizes must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The (c, h, w) an input image of size `h` x `w` becomes, or why it cannot be processed.
+    pub fn output_shape(
+        &self,
+        h: usize,
+        w: usize,
+    ) -> std::result::Result<(usize, usize, usize), String> {
+        self.validate()?;
+        if h == 0 || w == 0 {
+            return Err(format!("image is empty ({h}x{w})"));
+        }
+        let (rh, rw) = self.resized_size(h, w);
+        match self.crop {
+            Some((ch, cw)) if ch > rh || cw > rw => Err(if (rh, rw) == (h, w) {
+                format!("image is {h}x{w}, smaller than the {ch}x{cw} center crop")
+            } else {
+                format!("image is {h}x{w}, resized to {rh}x{rw}, smaller than the {ch}x{cw} center crop")
+            }),
+            Some((ch, cw)) => Ok((self.channels, ch, cw)),
+            None => Ok((self.channels, rh, rw)),
+        }
+    }
+
+    /// Size after the resize step (before cropping).
+    fn resized_size(&self, h: usize, w: usize) -> (usize, usize) {
+        if let Some(hw) = self.resize_exact {
+            return hw;
+        }
+        match self.resize_shorter {
+            // Same rule as torchvision's Resize(int): the long side is scaled and truncated.
+            Some(s) if h <= w => (s, (s * w / h).max(1)),
+            Some(s) => ((s * h / w).max(1), s),
+            None => (h, w),
+        }
+    }
+
+    /// Preprocesses one HWC-interleaved u8 image with `c` channels (1, 2 = gray+alpha, 3, 4 = RGBA)
+    /// and appends the CHW f32 result to `out`. Returns the output (c, h, w).
+    ///
+    /// Errors (nothing is appended then) if the pixel count does not match `c*h*w`, the channel
+    /// count cannot be converted, or the image is smaller than the crop.
+    pub fn apply_u8(
+        &self,
+        pixels: &[u8],
+        c: usize,
+        h: usize,
+        w: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(usize, usize, usize)> {
+        self.apply_at(Path::new(IN_MEMORY), pixels, c, h, w, out)
+    }
+
+    /// [`Preprocess::apply_u8`] with errors naming `path`.
+    pub(crate) fn apply_at(
+        &self,
+        path: &Path,
+        pixels: &[u8],
+        c: usize,
+        h: usize,
+        w: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(usize, usize, usize)> {
+        self.apply_inner(pixels, c, h, w, out)
+            .map_err(|reason| DataError::Preprocess {
+                path: path.to_path_buf(),
+                reason,
+            })
+    }
+
+    fn apply_inner(
+        &self,
+        pixels: &[u8],
+        c: usize,
+        h: usize,
+        w: usize,
+        out: &mut Vec<f32>,
+    ) -> std::result::Result<(usize, usize, usize), String> {
+        let (oc, oh, ow) = self.output_shape(h, w)?;
+        let expected = c
+            .checked_mul(h)
+            .and_then(|x| x.checked_mul(w))
+            .ok_or_else(|| format!("image size {c}x{h}x{w} overflows"))?;
+        if pixels.len() != expected {
+            return Err(format!(
+                "{} bytes of pixels for a {h}x{w} image with {c} channels (expected {expected})",
+                pixels.len()
+            ));
+        }
+        let px = convert_channels(pixels, c, oc)?;
+        let (rh, rw) = self.resized_size(h, w);
+        let px = if (rh, rw) == (h, w) {
+            px
+        } else {
+            Cow::Owned(resize(&px, oc, h, w, rh, rw)?)
+        };
+        // Center crop offsets (floor of half the excess); zero when there is no crop.
+        let top = (rh - oh) / 2;
+        let left = (rw - ow) / 2;
+        out.reserve(oc * oh * ow);
+        for ch in 0..oc {
+            let mean = self.mean[if self.mean.len() == 1 { 0 } else { ch }];
+            let std = self.std[if self.std.len() == 1 { 0 } else { ch }];
+            for y in top..top + oh {
+                let row = &px[(y * rw + left) * oc..(y * rw + left + ow) * oc];
+                out.extend(
+                    row.iter()
+                        .skip(ch)
+                        .step_by(oc)
+                        .map(|&v| (f32::from(v) * self.scale - mean) / std),
+                );
+            }
+        }
+        Ok((oc, oh, ow))
+    }
+}
+
+/// Luma as Pillow's `convert("L")` computes it (ITU-R 601-2 weights 0.299/0.587/0.114 in 16-bit
+/// fixed point, rounded), so grayscale models see what torchvision/PIL pipelines feed them.
+fn luma(r: u8, g: u8, b: u8) -> u8 {
+    ((19595 * u32::from(r) + 38470 * u32::from(g) + 7471 * u32::from(b) + 0x8000) >> 16) as u8
+}
+
+/// HWC pixels with `from` channels to HWC pixels with `to` (1 or 3) channels; alpha is dropped.
+fn convert_channels(
+    px: &[u8],
+    from: usize,
+    to: usize,
+) -> std::result::Result<Cow<'_, [u8]>, String> {
+    Ok(match (from, to) {
+        (a, b) if a == b => Cow::Borrowed(px),
+        (1, 3) => Cow::Owned(px.iter().flat_map(|&v| [v, v, v]).collect()),
+        (2, 1) => Cow::Owned(px.chunks_exact(2).map(|p| p[0]).collect()),
+        (2, 3) => Cow::Owned(px.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect()),
+        (3 | 4, 1) => Cow::Owned(
+            px.chunks_exact(from)
+                .map(|p| luma(p[0], p[1], p[2]))
+                .collect(),
+        ),
+        (4, 3) => Cow::Owned(
+            px.chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
+        ),
+        _ => {
+            return Err(format!(
+                "cannot convert a {from}-channel image to {to} channels"
+            ))
+        }
+    })
+}
+
+/// Bilinear (`Triangle`) resize of HWC u8 pixels with 1 or 3 channels.
+fn resize(
+    px: &[u8],
+    c: usize,
+    h: usize,
+    w: usize,
+    nh: usize,
+    nw: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let dim = |v: usize| u32::try_from(v).map_err(|_| format!("image dimension {v} is too large"));
+    let (h, w, nh, nw) = (dim(h)?, dim(w)?, dim(nh)?, dim(nw)?);
+    let bad = || "pixel buffer does not match the image size".to_string();
+    match c {
+        1 => {
+            let img = ImageBuffer::<Luma<u8>, &[u8]>::from_raw(w, h, px).ok_or_else(bad)?;
+            Ok(imageops::resize(&img, nw, nh, FilterType::Triangle).into_raw())
+        }
+        3 => {
+            let img = ImageBuffer::<Rgb<u8>, &[u8]>::from_raw(w, h, px).ok_or_else(bad)?;
+            Ok(imageops::resize(&img, nw, nh, FilterType::Triangle).into_raw())
+        }
+        _ => Err(format!("cannot resize a {c}-channel image")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(channels: usize) -> Preprocess {
+        Preprocess {
+            channels,
+            resize_shorter: None,
+            resize_exact: None,
+            crop: None,
+            scale: 1.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+        }
+    }
+
+    fn assert_close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "got {got:?}, want {want:?}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() < 1e-5,
+                "element {i}: got {g}, want {w} (all: {got:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn tiny_rgb_hand_computed_chw() {
+        // 2x2 RGB, HWC: (0,0)=(0,51,102) (0,1)=(153,204,255) (1,0)=(255,0,51) (1,1)=(102,153,204)
+        let px = [0, 51, 102, 153, 204, 255, 255, 0, 51, 102, 153, 204];
+        let pre = Preprocess {
+            scale: 1.0 / 255.0,
+            mean: vec![0.5, 0.25, 0.0],
+            std: vec![0.5, 0.25, 2.0],
+            ..plain(3)
+        };
+        let mut out = vec![42.0]; // apply_u8 appends
+        let shape = pre.apply_u8(&px, 3, 2, 2, &mut out).expect("valid image");
+        assert_eq!(shape, (3, 2, 2));
+        #[rustfmt::skip]
+        let want = [
+            42.0,
+            // R: (v/255 - 0.5) / 0.5 for 0, 153, 255, 102
+            -1.0, 0.2, 1.0, -0.2,
+            // G: (v/255 - 0.25) / 0.25 for 51, 204, 0, 153
+            -0.2, 2.2, -1.0, 1.4,
+            // B: (v/255) / 2 for 102, 255, 51, 204
+            0.2, 0.5, 0.1, 0.4,
+        ];
+        assert_close(&out, &want);
+    }
+
+    #[test]
+    fn mean_std_broadcast_from_one_value() {
+        let pre = Preprocess {
+            scale: 2.0,
+            mean: vec![1.0],
+            std: vec![4.0],
+            ..plain(3)
+        };
+        let mut out = Vec::new();
+        pre.apply_u8(&[1, 2, 3], 3, 1, 1, &mut out)
+            .expect("valid image");
+        assert_close(&out, &[0.25, 0.75, 1.25]);
+    }
+
+    #[test]
+    fn center_crop_picks_the_middle() {
+        // 4x4 gray, value = 10*y + x; crop 2x2 -> rows 1..3, cols 1..3
+        let px: Vec<u8> = (0..4)
+            .flat_map(|y| (0..4).map(move |x| 10 * y + x))
+            .collect();
+        let pre = Preprocess {
+            crop: Some((2, 2)),
+            ..plain(1)
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            pre.apply_u8(&px, 1, 4, 4, &mut out).expect("fits"),
+            (1, 2, 2)
+        );
+        assert_close(&out, &[11.0, 12.0, 21.0, 22.0]);
+
+        // 3x5 crop 1x3: row 1, cols 1..4
+        let px: Vec<u8> = (0..3)
+            .flat_map(|y| (0..5).map(move |x| 10 * y + x))
+            .collect();
+        let pre = Preprocess {
+            crop: Some((1, 3)),
+            ..plain(1)
+        };
+        out.clear();
+        pre.apply_u8(&px, 1, 3, 5, &mut out).expect("fits");
+        assert_close(&out, &[11.0, 12.0, 13.0]);
+    }
+
+    #[test]
+    fn center_crop_of_rgb_keeps_channels_apart() {
+        // 3x3 RGB, pixel (y,x) = (y*3+x, 100+y*3+x, 200+y*3+x); crop 1x1 -> the center (4)
+        let px: Vec<u8> = (0..9u8).flat_map(|i| [i, 100 + i, 200 + i]).collect();
+        let pre = Preprocess {
+            crop: Some((1, 1)),
+            ..plain(3)
+        };
+        let mut out = Vec::new();
+        pre.apply_u8(&px, 3, 3, 3, &mut out).expect("fits");
+        assert_close(&out, &[4.0, 104.0, 204.0]);
+    }
+
+    #[test]
+    fn crop_larger_than_image_is_an_error() {
+        let mut out = Vec::new();
+        let err = Preprocess::imagenet()
+            .apply_u8(&[0; 3 * 100 * 100], 3, 100, 100, &mut out)
+            .expect_err("100x100 cannot be cropped to 224x224");
+        let msg = err.to_string();
+        assert!(msg.contains("100x100") && msg.contains("224x224"), "{msg}");
+        assert!(out.is_empty(), "nothing appended on error");
+    }
+
+    #[test]
+    fn resize_shorter_then_crop() {
+        let pre = Preprocess {
+            resize_shorter: Some(4),
+            crop: Some((4, 4)),
+            ..plain(1)
+        };
+        assert_eq!(pre.output_shape(8, 16), Ok((1, 4, 4)));
+        assert_eq!(pre.resized_size(8, 16), (4, 8));
+        assert_eq!(pre.resized_size(30, 20), (6, 4));
+        // A constant image stays constant through bilinear resize.
+        let mut out = Vec::new();
+        pre.apply_u8(&[77; 8 * 16], 1, 8, 16, &mut out)
+            .expect("fits");
+        assert_close(&out, &[77.0; 16]);
+    }
+
+    #[test]
+    fn resize_exact_ignores_aspect() {
+        let pre = Preprocess::ppocr();
+        assert_eq!(pre.output_shape(32, 100), Ok((3, 48, 192)));
+        let mut out = Vec::new();
+        // constant gray 255 -> (1 - 0.5) / 0.5 = 1 everywhere
+        pre.apply_u8(&[255; 32 * 100], 1, 32, 100, &mut out)
+            .expect("resizable");
+        assert_eq!(out.len(), 3 * 48 * 192);
+        assert!(out.iter().all(|&v| (v - 1.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn resize_downscale_averages() {
+        // 1x2 -> 1x1 with a triangle filter averages the two pixels
+        let pre = Preprocess {
+            resize_exact: Some((1, 1)),
+            ..plain(1)
+        };
+        let mut out = Vec::new();
+        pre.apply_u8(&[100, 200], 1, 1, 2, &mut out)
+            .expect("resizable");
+        assert_close(&out, &[150.0]);
+    }
+
+    #[test]
+    fn channel_conversions() {
+        let mut out = Vec::new();
+        plain(3)
+            .apply_u8(&[7], 1, 1, 1, &mut out)
+            .expect("gray to rgb");
+        assert_close(&out, &[7.0, 7.0, 7.0]);
+        out.clear();
+        // Pillow's luma: (19595*100 + 38470*200 + 7471*50 + 32768) >> 16 = 153
+        plain(1)
+            .apply_u8(&[100, 200, 50, 0, 0, 0, 255, 255, 255], 3, 1, 3, &mut out)
+            .expect("rgb to gray");
+        assert_close(&out, &[153.0, 0.0, 255.0]);
+        out.clear();
+        plain(3)
+            .apply_u8(&[1, 2, 3, 255], 4, 1, 1, &mut out)
+            .expect("rgba to rgb");
+        assert_close(&out, &[1.0, 2.0, 3.0]);
+        let err = plain(3)
+            .apply_u8(&[1, 2, 3, 4, 5], 5, 1, 1, &mut out)
+            .expect_err("5 channels");
+        assert!(err.to_string().contains("5-channel"), "{err}");
+    }
+
+    #[test]
+    fn wrong_pixel_count_is_an_error() {
+        let mut out = Vec::new();
+        let err = plain(1)
+            .apply_u8(&[1, 2, 3], 1, 2, 2, &mut out)
+            .expect_err("3 != 4");
+        assert!(err.to_string().contains("expected 4"), "{err}");
+    }
+
+    #[test]
+    fn presets_and_names() {
+        for name in Preprocess::NAMES {
+            let pre = Preprocess::by_name(name).unwrap_or_else(|| panic!("{name} is listed"));
+            pre.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert_eq!(Preprocess::by_name("MNIST"), Some(Preprocess::mnist()));
+        assert_eq!(
+            Preprocess::by_name("fashion-mnist"),
+            Some(Preprocess::fmnist())
+        );
+        assert_eq!(Preprocess::by_name("cifar"), None);
+        let none = Preprocess::by_name("none").expect("listed");
+        assert_eq!(
+            (none.channels, none.scale, none.mean[0], none.std[0]),
+            (1, 1.0, 0.0, 1.0)
+        );
+        assert_eq!(Preprocess::imagenet().crop, Some((224, 224)));
+        assert_eq!(Preprocess::imagenet().resize_shorter, None);
+        assert_eq!(Preprocess::ppocr().resize_exact, Some((48, 192)));
+        assert_eq!(Preprocess::fmnist().mean, vec![0.2860]);
+    }
+
+    #[test]
+    fn invalid_settings_are_reported() {
+        let bad = [
+            Preprocess {
+                channels: 2,
+                ..plain(1)
+            },
+            Preprocess {
+                mean: vec![0.0, 0.0],
+                ..plain(3)
+            },
+            Preprocess {
+                std: vec![0.0],
+                ..plain(1)
+            },
+            Preprocess {
+                crop: Some((0, 4)),
+                ..plain(1)
+            },
+            Preprocess {
+                resize_shorter: Some(4),
+                resize_exact: Some((4, 4)),
+                ..plain(1)
+            },
+        ];
+        for pre in bad {
+            let mut out = Vec::new();
+            assert!(
+                pre.apply_u8(&[0], 1, 1, 1, &mut out).is_err(),
+                "{pre:?} accepted"
+            );
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn output_matches_shape_and_range(
+                c in prop::sample::select(vec![1usize, 3, 4]),
+                channels in prop::sample::select(vec![1usize, 3]),
+                h in 1usize..12, w in 1usize..12,
+                resize in prop::option::of(1usize..10),
+                crop in prop::option::of((1usize..6, 1usize..6)),
+                seed in any::<u64>(),
+            ) {
+                let pre = Preprocess {
+                    channels, resize_shorter: resize, crop,
+                    scale: 1.0 / 255.0, mean: vec![0.5], std: vec![0.25],
+                    ..plain(channels)
+                };
+                let px: Vec<u8> = (0..c * h * w)
+                    .map(|i| (seed.wrapping_mul(6364136223846793005).wrapping_add(i as u64 * 1442695040888963407) >> 56) as u8)
+                    .collect();
+                let mut out = Vec::new();
+                match pre.output_shape(h, w) {
+                    Ok((oc, oh, ow)) => {
+                        prop_assert_eq!(pre.apply_u8(&px, c, h, w, &mut out).ok(), Some((oc, oh, ow)));
+                        prop_assert_eq!(out.len(), oc * oh * ow);
+                        prop_assert!(out.iter().all(|v| (-2.0 - 1e-5..=2.0 + 1e-5).contains(v)));
+                    }
+                    Err(_) => {
+                        prop_assert!(pre.apply_u8(&px, c, h, w, &mut out).is_err());
+                        prop_assert!(out.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! f32 pooling over NCHW planes: max and average with the same row-range trick as the depthwise
+//! kernel (no per-element bounds checks inside the window), and global average pooling.
+
+use crate::f32conv::{valid_range, ConvGeom};
+use rayon::prelude::*;
+
+/// Window geometry for pooling reuses [`ConvGeom`] (`c_in == c_out`, `group` unused).
+pub type PoolGeom = ConvGeom;
+
+fn pool_plane(
+    g: &PoolGeom,
+    max: bool,
+    count_include_pad: bool,
+    pb: usize,
+    pr: usize,
+    src: &[f32],
+    out: &mut [f32],
+) {
+    for oy in 0..g.oh {
+        let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
+        orow.fill(if max { f32::NEG_INFINITY } else { 0.0 });
+        let mut rows = 0usize;
+        let mut rows_pad = 0usize;
+        for ky in 0..g.kh {
+            let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+            if iy < (g.h + pb) as isize {
+                rows_pad += 1;
+            }
+            if iy < 0 || iy >= g.h as isize {
+                continue;
+            }
+            rows += 1;
+            let s = &src[iy as usize * g.w..(iy as usize + 1) * g.w];
+            for kx in 0..g.kw {
+                let (lo, hi) = valid_range(g.ow, g.sw, kx * g.dw, g.pl, g.w);
+                if lo >= hi {
+                    continue;
+                }
+                let base = lo * g.sw + kx * g.dw - g.pl;
+                let o = &mut orow[lo..hi];
+                if max {
+                    for (i, a) in o.iter_mut().enumerate() {
+                        *a = a.max(s[base + i * g.sw]);
+                    }
+                } else {
+                    for (i, a) in o.iter_mut().enumerate() {
+                        *a += s[base + i * g.sw];
+                    }
+                }
+            }
+        }
+        if !max {
+            for (ox, a) in orow.iter_mut().enumerate() {
+                let mut cols = 0usize;
+                let mut cols_pad = 0usize;
+                for kx in 0..g.kw {
+                    let ix = (ox * g.sw + kx * g.dw) as isize - g.pl as isize;
+                    if ix < (g.w + pr) as isize {
+                        cols_pad += 1;
+                    }
+                    if ix >= 0 && ix < g.w as isize {
+                        cols += 1;
+                    }
+                }
+                let n = if count_include_pad {
+                    rows_pad * cols_pad
+                } else {
+                    rows * cols
+                };
+                *a /= n.max(1) as f32;
+            }
+        }
+    }
+}
+
+/// Max or average pooling of `planes` NCHW planes. `pb`/`pr` are the bottom/right pads (needed
+/// for `count_include_pad`).
+#[allow(clippy::too_many_arguments)]
+pub fn pool2d(
+    g: &PoolGeom,
+    planes: usize,
+    max: bool,
+    count_include_pad: bool,
+    pb: usize,
+    pr: usize,
+    x: &[f32],
+    out: &mut [f32],
+    threads: usize,
+) {
+    let (ip, op) = (g.h * g.w, g.oh * g.ow);
+    let job = |p: usize, o: &mut [f32]| {
+        pool_plane(
+            g,
+            max,
+            count_include_pad,
+            pb,
+            pr,
+            &x[p * ip..(p + 1) * ip],
+            o,
+        )
+    };
+    if threads > 1 && planes * ip > 1 << 16 {
+        out[..planes * op]
+            .par_chunks_mut(op)
+            .enumerate()
+            .for_each(|(p, o)| job(p, o));
+    } else {
+        out[..planes * op]
+            .chunks_mut(op)
+            .enumerate()
+            .for_each(|(p, o)| job(p, o));
+    }
+}
+
+/// Global average (or max) over each plane of `plane` elements.
+pub fn global_pool(x: &[f32], plane: usize, max: bool, out: &mut [f32]) {
+    for (o, c) in out.iter_mut().zip(x.chunks(plane)) {
+        *o = if max {
+            c.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        } else {
+            c.iter().sum::<f32>() / plane as f32
+        };
+    }
+}

@@ -1,0 +1,455 @@
+use std::collections::HashSet;
+use std::path::Path;
+
+use lowbit_core::{
+    AutoPad, ConvAttrs, DType, Data, Dim, Error, Graph, Node, Op, PoolAttrs, Tensor, ValueInfo,
+};
+use prost::Message;
+
+use crate::pb;
+use crate::{OnnxError, Result};
+
+/// Reads and decodes an ONNX file. Errors carry the file's path.
+pub fn read_model(path: &Path) -> Result<Graph> {
+    let p = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    decode_model(&bytes).map_err(|e| e.with_path(&p))
+}
+
+fn decode_err(reason: impl Into<String>) -> OnnxError {
+    OnnxError::Decode {
+        path: "<memory>".into(),
+        reason: reason.into(),
+    }
+}
+
+/// Decodes an ONNX model from bytes: nodes become [`Op`]s, `Constant` nodes become initializers.
+pub fn decode_model(bytes: &[u8]) -> Result<Graph> {
+    if bytes.is_empty() {
+        return Err(decode_err("file is empty"));
+    }
+    let m = pb::ModelProto::decode(bytes)
+        .map_err(|e| decode_err(format!("protobuf decode failed ({e})")))?;
+    let mut opset = None;
+    for o in &m.opset_import {
+        if matches!(o.domain(), "" | "ai.onnx") {
+            opset = Some(o.version());
+        }
+    }
+    let opset = opset
+        .ok_or_else(|| decode_err("no default-domain opset_import (is this an ONNX model?)"))?;
+    let gp = m
+        .graph
+        .as_ref()
+        .ok_or_else(|| decode_err("model has no graph"))?;
+    let mut g = Graph {
+        name: gp.name().to_string(),
+        opset,
+        ..Default::default()
+    };
+    g.metadata = m
+        .metadata_props
+        .iter()
+        .map(|e| (e.key().to_string(), e.value().to_string()))
+        .collect();
+    for t in &gp.initializer {
+        let name = t.name().to_string();
+        let v = tensor_from_proto(t).map_err(|e| e.in_value(&name))?;
+        g.initializers.insert(name, v);
+    }
+    if !gp.sparse_initializer.is_empty() {
+        return Err(decode_err("sparse initializers are not supported"));
+    }
+    for vi in &gp.input {
+        g.inputs.push(value_info(vi)?);
+    }
+    for vi in &gp.output {
+        g.outputs.push(value_info(vi)?);
+    }
+    let mut seen_names = HashSet::new();
+    for (i, n) in gp.node.iter().enumerate() {
+        let name = if n.name().is_empty() || !seen_names.insert(n.name().to_string()) {
+            format!("{}_{}", n.op_type(), i)
+        } else {
+            n.name().to_string()
+        };
+        if !matches!(n.domain(), "" | "ai.onnx") {
+            return Err(Error::Unsupported {
+                node: name,
+                op: format!("{}:{}", n.domain(), n.op_type()),
+                reason: "operator domain is not supported".into(),
+            }
+            .into());
+        }
+        if n.op_type() == "Constant" {
+            let out = n
+                .output
+                .first()
+                .ok_or_else(|| Error::node(&name, "Constant without output"))?;
+            g.initializers.insert(
+                out.clone(),
+                constant_value(n).map_err(|e| e.in_node(&name))?,
+            );
+            continue;
+        }
+        let op = parse_op(n, &name, opset).map_err(|e| e.in_node(&name))?;
+        if n.output.is_empty() {
+            return Err(Error::node(&name, "node has no outputs").into());
+        }
+        g.nodes.push(Node {
+            name,
+            op,
+            inputs: n.input.clone(),
+            outputs: n.output.clone(),
+        });
+    }
+    g.sort_and_check()?;
+    Ok(g)
+}
+
+trait InValue {
+    fn in_value(self, v: &str) -> Self;
+}
+impl InValue for Error {
+    fn in_value(self, v: &str) -> Self {
+        match self {
+            Error::Invalid(r) => Error::value(v, r),
+            e => e,
+        }
+    }
+}
+impl InValue for OnnxError {
+    fn in_value(self, v: &str) -> Self {
+        match self {
+            OnnxError::Model { path, source } => OnnxError::Model {
+                path,
+                source: source.in_value(v),
+            },
+            e => e,
+        }
+    }
+}
+
+pub(crate) fn dtype_from_onnx(t: i32) -> std::result::Result<DType, String> {
+    use pb::tensor_proto::DataType as D;
+    Ok(match D::try_from(t) {
+        Ok(D::Float) => DType::F32,
+        Ok(D::Int64) => DType::I64,
+        Ok(D::Int32) => DType::I32,
+        Ok(D::Int8) => DType::I8,
+        Ok(D::Uint8) => DType::U8,
+        Ok(D::Bool) => DType::Bool,
+        Ok(d) => return Err(format!("element type {} is not supported", d.as_str_name())),
+        Err(_) => return Err(format!("unknown element type {t}")),
+    })
+}
+
+fn value_info(vi: &pb::ValueInfoProto) -> Result<ValueInfo> {
+    let name = vi.name().to_string();
+    let bad = |r: String| OnnxError::from(Error::value(&name, r));
+    let tt = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(pb::type_proto::Value::TensorType(t)) => t,
+        Some(_) => return Err(bad("only tensor values are supported".into())),
+        None => {
+            return Ok(ValueInfo {
+                name,
+                dtype: DType::F32,
+                shape: None,
+            })
+        }
+    };
+    let dtype = dtype_from_onnx(tt.elem_type()).map_err(bad)?;
+    let shape = tt.shape.as_ref().map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => {
+                    Dim::Fixed(*v as usize)
+                }
+                Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => Dim::Sym(p.clone()),
+                _ => Dim::Sym("?".into()),
+            })
+            .collect()
+    });
+    Ok(ValueInfo { name, dtype, shape })
+}
+
+/// Converts a `TensorProto` (raw or typed storage) into a [`Tensor`], checking sizes.
+pub fn tensor_from_proto(t: &pb::TensorProto) -> Result<Tensor> {
+    let err = |r: String| OnnxError::from(Error::Invalid(r));
+    if !t.external_data.is_empty() || t.data_location() == pb::tensor_proto::DataLocation::External
+    {
+        return Err(err("external tensor data is not supported".into()));
+    }
+    let dtype = dtype_from_onnx(t.data_type()).map_err(err)?;
+    let mut shape = Vec::with_capacity(t.dims.len());
+    let mut n: usize = 1;
+    for &d in &t.dims {
+        if d < 0 {
+            return Err(err(format!("negative dimension {d}")));
+        }
+        shape.push(d as usize);
+        n = n
+            .checked_mul(d as usize)
+            .ok_or_else(|| err("tensor size overflows".into()))?;
+    }
+    let data = if let Some(raw) = &t.raw_data {
+        let esz = dtype.size();
+        if n.checked_mul(esz) != Some(raw.len()) {
+            return Err(err(format!(
+                "raw data has {} bytes, shape {:?} of {} needs {}",
+                raw.len(),
+                shape,
+                dtype.name(),
+                n.saturating_mul(esz)
+            )));
+        }
+        match dtype {
+            DType::F32 => Data::F32(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::I64 => Data::I64(
+                raw.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::I32 => Data::I32(
+                raw.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            DType::I8 => Data::I8(raw.iter().map(|&b| b as i8).collect()),
+            DType::U8 => Data::U8(raw.clone()),
+            DType::Bool => Data::Bool(raw.iter().map(|&b| b != 0).collect()),
+        }
+    } else {
+        let len = match dtype {
+            DType::F32 => t.float_data.len(),
+            DType::I64 => t.int64_data.len(),
+            _ => t.int32_data.len(),
+        };
+        if len != n {
+            return Err(err(format!(
+                "tensor has {len} values, shape {shape:?} needs {n}"
+            )));
+        }
+        match dtype {
+            DType::F32 => Data::F32(t.float_data.clone()),
+            DType::I64 => Data::I64(t.int64_data.clone()),
+            DType::I32 => Data::I32(t.int32_data.clone()),
+            DType::I8 => Data::I8(t.int32_data.iter().map(|&v| v as i8).collect()),
+            DType::U8 => Data::U8(t.int32_data.iter().map(|&v| v as u8).collect()),
+            DType::Bool => Data::Bool(t.int32_data.iter().map(|&v| v != 0).collect()),
+        }
+    };
+    Ok(Tensor { shape, data })
+}
+
+struct Attrs<'a>(&'a [pb::AttributeProto]);
+
+impl<'a> Attrs<'a> {
+    fn get(&self, name: &str) -> Option<&'a pb::AttributeProto> {
+        self.0.iter().find(|a| a.name() == name)
+    }
+    fn int(&self, name: &str, dflt: i64) -> i64 {
+        self.get(name).and_then(|a| a.i).unwrap_or(dflt)
+    }
+    fn float(&self, name: &str, dflt: f32) -> f32 {
+        self.get(name).and_then(|a| a.f).unwrap_or(dflt)
+    }
+    fn ints(&self, name: &str) -> Vec<i64> {
+        self.get(name).map(|a| a.ints.clone()).unwrap_or_default()
+    }
+    fn usizes(&self, name: &str) -> lowbit_core::Result<Vec<usize>> {
+        self.ints(name)
+            .into_iter()
+            .map(|v| {
+                usize::try_from(v)
+                    .map_err(|_| Error::Invalid(format!("attribute {name} has negative value {v}")))
+            })
+            .collect()
+    }
+    fn string(&self, name: &str) -> Option<String> {
+        self.get(name)
+            .and_then(|a| a.s.as_ref())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+    }
+    fn auto_pad(&self) -> lowbit_core::Result<AutoPad> {
+        Ok(match self.string("auto_pad").as_deref() {
+            None | Some("NOTSET") | Some("") => AutoPad::NotSet,
+            Some("SAME_UPPER") => AutoPad::SameUpper,
+            Some("SAME_LOWER") => AutoPad::SameLower,
+            Some("VALID") => AutoPad::Valid,
+            Some(o) => return Err(Error::Invalid(format!("unknown auto_pad '{o}'"))),
+        })
+    }
+}
+
+fn constant_value(n: &pb::NodeProto) -> lowbit_core::Result<Tensor> {
+    let a = Attrs(&n.attribute);
+    if let Some(t) = a.get("value").and_then(|a| a.t.as_ref()) {
+        return tensor_from_proto(t).map_err(|e| Error::Invalid(e.to_string()));
+    }
+    if let Some(f) = a.get("value_float").and_then(|a| a.f) {
+        return Ok(Tensor::scalar_f32(f));
+    }
+    if let Some(at) = a.get("value_floats") {
+        return Ok(Tensor::f32(vec![at.floats.len()], at.floats.clone()));
+    }
+    if let Some(i) = a.get("value_int").and_then(|a| a.i) {
+        return Ok(Tensor::i64(vec![], vec![i]));
+    }
+    if let Some(at) = a.get("value_ints") {
+        return Ok(Tensor::i64(vec![at.ints.len()], at.ints.clone()));
+    }
+    Err(Error::Unsupported {
+        node: n.name().into(),
+        op: "Constant".into(),
+        reason: "only tensor/float/int values are supported".into(),
+    })
+}
+
+fn pool_attrs(a: &Attrs) -> lowbit_core::Result<PoolAttrs> {
+    let p = PoolAttrs {
+        kernel_shape: a.usizes("kernel_shape")?,
+        strides: a.usizes("strides")?,
+        pads: a.usizes("pads")?,
+        dilations: a.usizes("dilations")?,
+        auto_pad: a.auto_pad()?,
+        ceil_mode: a.int("ceil_mode", 0) != 0,
+        count_include_pad: a.int("count_include_pad", 0) != 0,
+    };
+    if p.kernel_shape.is_empty() {
+        return Err(Error::Invalid("pooling needs kernel_shape".into()));
+    }
+    Ok(p)
+}
+
+/// Parses one node's op type and attributes into an [`Op`].
+fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op> {
+    let a = Attrs(&n.attribute);
+    let unsupported = |reason: &str| Error::Unsupported {
+        node: name.into(),
+        op: n.op_type().into(),
+        reason: reason.into(),
+    };
+    let op = match n.op_type() {
+        "Conv" => Op::Conv(ConvAttrs {
+            kernel_shape: a.usizes("kernel_shape")?,
+            strides: a.usizes("strides")?,
+            pads: a.usizes("pads")?,
+            dilations: a.usizes("dilations")?,
+            group: usize::try_from(a.int("group", 1))
+                .ok()
+                .filter(|&g| g >= 1)
+                .ok_or_else(|| Error::Invalid("group must be >= 1".into()))?,
+            auto_pad: a.auto_pad()?,
+            act: Default::default(),
+        }),
+        "BatchNormalization" => {
+            if a.int("training_mode", 0) != 0 || n.output.iter().skip(1).any(|o| !o.is_empty()) {
+                return Err(unsupported("training mode is not supported"));
+            }
+            Op::BatchNorm {
+                epsilon: a.float("epsilon", 1e-5),
+            }
+        }
+        "Relu" => Op::Relu,
+        "Clip" => Op::Clip {
+            min: a.get("min").and_then(|x| x.f),
+            max: a.get("max").and_then(|x| x.f),
+        },
+        "HardSigmoid" => Op::HardSigmoid {
+            alpha: a.float("alpha", 0.2),
+            beta: a.float("beta", 0.5),
+        },
+        "HardSwish" => Op::HardSwish,
+        "Sigmoid" => Op::Sigmoid,
+        "Add" => Op::Add,
+        "Sub" => Op::Sub,
+        "Mul" => Op::Mul,
+        "Div" => Op::Div,
+        "MaxPool" => {
+            if n.output.len() > 1 && !n.output[1].is_empty() {
+                return Err(unsupported("the Indices output is not supported"));
+            }
+            if a.int("storage_order", 0) != 0 {
+                return Err(unsupported("storage_order=1 is not supported"));
+            }
+            Op::MaxPool(pool_attrs(&a)?)
+        }
+        "AveragePool" => Op::AveragePool(pool_attrs(&a)?),
+        "GlobalAveragePool" => Op::GlobalAveragePool,
+        "GlobalMaxPool" => Op::GlobalMaxPool,
+        "Gemm" => Op::Gemm {
+            alpha: a.float("alpha", 1.0),
+            beta: a.float("beta", 1.0),
+            trans_a: a.int("transA", 0) != 0,
+            trans_b: a.int("transB", 0) != 0,
+            act: Default::default(),
+        },
+        "MatMul" => Op::MatMul,
+        "Flatten" => Op::Flatten {
+            axis: a.int("axis", 1),
+        },
+        "Reshape" => Op::Reshape {
+            allowzero: a.int("allowzero", 0) != 0,
+        },
+        "Concat" => Op::Concat {
+            axis: a
+                .get("axis")
+                .and_then(|x| x.i)
+                .ok_or_else(|| Error::Invalid("Concat needs axis".into()))?,
+        },
+        "Softmax" => Op::Softmax {
+            axis: a.int("axis", if opset < 13 { 1 } else { -1 }),
+            coerce_2d: opset < 13,
+        },
+        "Identity" => Op::Identity,
+        "Shape" => Op::Shape {
+            start: a.int("start", 0),
+            end: a.get("end").and_then(|x| x.i),
+        },
+        "Gather" => Op::Gather {
+            axis: a.int("axis", 0),
+        },
+        "Unsqueeze" => Op::Unsqueeze {
+            axes: a.get("axes").map(|x| x.ints.clone()),
+        },
+        "Squeeze" => Op::Squeeze {
+            axes: a.get("axes").map(|x| x.ints.clone()),
+        },
+        "Cast" => Op::Cast {
+            to: dtype_from_onnx(a.int("to", 0) as i32).map_err(|r| Error::Unsupported {
+                node: name.into(),
+                op: "Cast".into(),
+                reason: r,
+            })?,
+        },
+        "Slice" => Op::Slice {
+            attrs: if opset < 10 {
+                Some((a.ints("starts"), a.ints("ends"), a.ints("axes")))
+            } else {
+                None
+            },
+        },
+        "Transpose" => Op::Transpose {
+            perm: a
+                .get("perm")
+                .map(|x| x.ints.iter().map(|&v| v.max(0) as usize).collect()),
+        },
+        other => {
+            return Err(Error::Unsupported {
+                node: name.into(),
+                op: other.into(),
+                reason: "operator is not implemented by lowbit".into(),
+            })
+        }
+    };
+    Ok(op)
+}

@@ -1,0 +1,383 @@
+use std::path::Path;
+
+use lowbit_core::{Act, AutoPad, DType, Data, Dim, Graph, Op, PoolAttrs, Tensor, ValueInfo};
+use prost::Message;
+
+use crate::pb;
+use crate::{OnnxError, Result};
+
+fn dtype_to_onnx(d: DType) -> i32 {
+    use pb::tensor_proto::DataType as D;
+    (match d {
+        DType::F32 => D::Float,
+        DType::I64 => D::Int64,
+        DType::I32 => D::Int32,
+        DType::I8 => D::Int8,
+        DType::U8 => D::Uint8,
+        DType::Bool => D::Bool,
+    }) as i32
+}
+
+/// Converts a [`Tensor`] into a `TensorProto` with little-endian `raw_data`.
+pub fn tensor_to_proto(name: &str, t: &Tensor) -> pb::TensorProto {
+    let raw: Vec<u8> = match &t.data {
+        Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::I8(v) => v.iter().map(|&x| x as u8).collect(),
+        Data::U8(v) => v.clone(),
+        Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+    };
+    pb::TensorProto {
+        dims: t.shape.iter().map(|&d| d as i64).collect(),
+        data_type: Some(dtype_to_onnx(t.dtype())),
+        name: Some(name.to_string()),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
+fn value_info(v: &ValueInfo) -> pb::ValueInfoProto {
+    let shape = v.shape.as_ref().map(|dims| pb::TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|d| pb::tensor_shape_proto::Dimension {
+                value: Some(match d {
+                    Dim::Fixed(n) => pb::tensor_shape_proto::dimension::Value::DimValue(*n as i64),
+                    Dim::Sym(s) => pb::tensor_shape_proto::dimension::Value::DimParam(s.clone()),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+    });
+    pb::ValueInfoProto {
+        name: Some(v.name.clone()),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: Some(dtype_to_onnx(v.dtype)),
+                shape,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn attr_i(name: &str, i: i64) -> pb::AttributeProto {
+    use pb::attribute_proto::AttributeType as T;
+    pb::AttributeProto {
+        name: Some(name.into()),
+        i: Some(i),
+        r#type: Some(T::Int as i32),
+        ..Default::default()
+    }
+}
+fn attr_f(name: &str, f: f32) -> pb::AttributeProto {
+    use pb::attribute_proto::AttributeType as T;
+    pb::AttributeProto {
+        name: Some(name.into()),
+        f: Some(f),
+        r#type: Some(T::Float as i32),
+        ..Default::default()
+    }
+}
+fn attr_ints(name: &str, v: impl IntoIterator<Item = i64>) -> pb::AttributeProto {
+    use pb::attribute_proto::AttributeType as T;
+    pb::AttributeProto {
+        name: Some(name.into()),
+        ints: v.into_iter().collect(),
+        r#type: Some(T::Ints as i32),
+        ..Default::default()
+    }
+}
+fn attr_s(name: &str, s: &str) -> pb::AttributeProto {
+    use pb::attribute_proto::AttributeType as T;
+    pb::AttributeProto {
+        name: Some(name.into()),
+        s: Some(s.as_bytes().to_vec()),
+        r#type: Some(T::String as i32),
+        ..Default::default()
+    }
+}
+fn us(v: &[usize]) -> impl Iterator<Item = i64> + '_ {
+    v.iter().map(|&x| x as i64)
+}
+
+fn window_attrs(
+    out: &mut Vec<pb::AttributeProto>,
+    k: &[usize],
+    s: &[usize],
+    p: &[usize],
+    d: &[usize],
+    ap: AutoPad,
+) {
+    if !k.is_empty() {
+        out.push(attr_ints("kernel_shape", us(k)));
+    }
+    if !s.is_empty() {
+        out.push(attr_ints("strides", us(s)));
+    }
+    if !p.is_empty() && ap == AutoPad::NotSet {
+        out.push(attr_ints("pads", us(p)));
+    }
+    if !d.is_empty() {
+        out.push(attr_ints("dilations", us(d)));
+    }
+    match ap {
+        AutoPad::NotSet => {}
+        AutoPad::SameUpper => out.push(attr_s("auto_pad", "SAME_UPPER")),
+        AutoPad::SameLower => out.push(attr_s("auto_pad", "SAME_LOWER")),
+        AutoPad::Valid => out.push(attr_s("auto_pad", "VALID")),
+    }
+}
+
+fn pool(p: &PoolAttrs, avg: bool) -> Vec<pb::AttributeProto> {
+    let mut a = vec![];
+    window_attrs(
+        &mut a,
+        &p.kernel_shape,
+        &p.strides,
+        &p.pads,
+        &p.dilations,
+        p.auto_pad,
+    );
+    if p.ceil_mode {
+        a.push(attr_i("ceil_mode", 1));
+    }
+    if avg && p.count_include_pad {
+        a.push(attr_i("count_include_pad", 1));
+    }
+    a
+}
+
+struct Emitter<'g> {
+    g: &'g Graph,
+    nodes: Vec<pb::NodeProto>,
+    extra_init: Vec<pb::TensorProto>,
+}
+
+impl Emitter<'_> {
+    fn node(
+        &mut self,
+        name: &str,
+        op_type: &str,
+        inputs: Vec<String>,
+        outputs: Vec<String>,
+        attribute: Vec<pb::AttributeProto>,
+    ) {
+        self.nodes.push(pb::NodeProto {
+            name: Some(name.into()),
+            op_type: Some(op_type.into()),
+            input: inputs,
+            output: outputs,
+            attribute,
+            ..Default::default()
+        });
+    }
+    fn constant(&mut self, name: String, t: Tensor) -> String {
+        self.extra_init.push(tensor_to_proto(&name, &t));
+        name
+    }
+    /// Emits a standalone activation node computing `act(x)` into `y`.
+    fn act(&mut self, node: &str, act: Act, x: String, y: String) {
+        let opset = self.g.opset;
+        match act {
+            Act::None => self.node(node, "Identity", vec![x], vec![y], vec![]),
+            Act::Relu => self.node(node, "Relu", vec![x], vec![y], vec![]),
+            Act::Clip { lo, hi } if opset < 11 => self.node(
+                node,
+                "Clip",
+                vec![x],
+                vec![y],
+                vec![attr_f("min", lo), attr_f("max", hi)],
+            ),
+            Act::Clip { lo, hi } => {
+                let a = self.constant(format!("{node}_min"), Tensor::scalar_f32(lo));
+                let b = self.constant(format!("{node}_max"), Tensor::scalar_f32(hi));
+                self.node(node, "Clip", vec![x, a, b], vec![y], vec![])
+            }
+            Act::HardSigmoid { alpha, beta } => self.node(
+                node,
+                "HardSigmoid",
+                vec![x],
+                vec![y],
+                vec![attr_f("alpha", alpha), attr_f("beta", beta)],
+            ),
+            Act::HardSwish => self.node(node, "HardSwish", vec![x], vec![y], vec![]),
+        }
+    }
+}
+
+fn strip_empty_tail(mut v: Vec<String>) -> Vec<String> {
+    while v.last().is_some_and(|s| s.is_empty()) {
+        v.pop();
+    }
+    v
+}
+
+/// Converts a graph into an ONNX `ModelProto` at the graph's opset. Fused activations are written as
+/// separate standard nodes so any ONNX runtime can load the file.
+pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
+    let mut e = Emitter {
+        g,
+        nodes: vec![],
+        extra_init: vec![],
+    };
+    for n in &g.nodes {
+        let ins = strip_empty_tail(n.inputs.clone());
+        let outs = n.outputs.clone();
+        let mut attrs = vec![];
+        let act = n.op.fused_act();
+        let (main_out, act_out) = if act.is_none() {
+            (outs.clone(), None)
+        } else {
+            (vec![format!("{}_preact", outs[0])], Some(outs[0].clone()))
+        };
+        let op_type = n.op.op_type();
+        match &n.op {
+            Op::Conv(c) => {
+                window_attrs(
+                    &mut attrs,
+                    &c.kernel_shape,
+                    &c.strides,
+                    &c.pads,
+                    &c.dilations,
+                    c.auto_pad,
+                );
+                attrs.push(attr_i("group", c.group as i64));
+            }
+            Op::BatchNorm { epsilon } => attrs.push(attr_f("epsilon", *epsilon)),
+            Op::Clip { min, max } => {
+                if let Some(m) = min {
+                    attrs.push(attr_f("min", *m));
+                }
+                if let Some(m) = max {
+                    attrs.push(attr_f("max", *m));
+                }
+            }
+            Op::HardSigmoid { alpha, beta } => {
+                attrs.push(attr_f("alpha", *alpha));
+                attrs.push(attr_f("beta", *beta));
+            }
+            Op::MaxPool(p) => attrs = pool(p, false),
+            Op::AveragePool(p) => attrs = pool(p, true),
+            Op::Gemm {
+                alpha,
+                beta,
+                trans_a,
+                trans_b,
+                ..
+            } => {
+                attrs.push(attr_f("alpha", *alpha));
+                attrs.push(attr_f("beta", *beta));
+                attrs.push(attr_i("transA", *trans_a as i64));
+                attrs.push(attr_i("transB", *trans_b as i64));
+            }
+            Op::Flatten { axis } => attrs.push(attr_i("axis", *axis)),
+            Op::Reshape { allowzero } => {
+                if *allowzero {
+                    attrs.push(attr_i("allowzero", 1));
+                }
+            }
+            Op::Concat { axis } => attrs.push(attr_i("axis", *axis)),
+            Op::Softmax { axis, .. } => attrs.push(attr_i("axis", *axis)),
+            Op::Shape { start, end } => {
+                if *start != 0 {
+                    attrs.push(attr_i("start", *start));
+                }
+                if let Some(end) = end {
+                    attrs.push(attr_i("end", *end));
+                }
+            }
+            Op::Gather { axis } => attrs.push(attr_i("axis", *axis)),
+            Op::Unsqueeze { axes } | Op::Squeeze { axes } => {
+                if let Some(a) = axes {
+                    attrs.push(attr_ints("axes", a.iter().copied()));
+                }
+            }
+            Op::Cast { to } => attrs.push(attr_i("to", dtype_to_onnx(*to) as i64)),
+            Op::Slice {
+                attrs: Some((s, en, ax)),
+            } => {
+                attrs.push(attr_ints("starts", s.iter().copied()));
+                attrs.push(attr_ints("ends", en.iter().copied()));
+                if !ax.is_empty() {
+                    attrs.push(attr_ints("axes", ax.iter().copied()));
+                }
+            }
+            Op::Transpose { perm: Some(p) } => attrs.push(attr_ints("perm", us(p))),
+            _ => {}
+        }
+        e.node(&n.name, op_type, ins, main_out.clone(), attrs);
+        if let Some(y) = act_out {
+            e.act(&format!("{}_act", n.name), act, main_out[0].clone(), y);
+        }
+    }
+    let mut initializer: Vec<pb::TensorProto> = g
+        .initializers
+        .iter()
+        .map(|(k, t)| tensor_to_proto(k, t))
+        .collect();
+    initializer.append(&mut e.extra_init);
+    let ir_version = match g.opset {
+        ..=12 => 7,
+        13..=18 => 8,
+        19..=20 => 9,
+        _ => 10,
+    };
+    pb::ModelProto {
+        ir_version: Some(ir_version),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(g.opset),
+        }],
+        producer_name: Some("lowbit".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        graph: Some(pb::GraphProto {
+            node: e.nodes,
+            name: Some(if g.name.is_empty() {
+                "lowbit".into()
+            } else {
+                g.name.clone()
+            }),
+            initializer,
+            input: g.inputs.iter().map(value_info).collect(),
+            output: g.outputs.iter().map(value_info).collect(),
+            ..Default::default()
+        }),
+        metadata_props: g
+            .metadata
+            .iter()
+            .map(|(k, v)| pb::StringStringEntryProto {
+                key: Some(k.clone()),
+                value: Some(v.clone()),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Encodes a graph as ONNX bytes.
+pub fn encode_model(g: &Graph) -> Vec<u8> {
+    to_model_proto(g).encode_to_vec()
+}
+
+/// Writes a graph to `path` atomically: the bytes go to a temporary file beside it, then it is
+/// renamed into place, so a failed write never leaves a partial model.
+pub fn write_model(g: &Graph, path: &Path) -> Result<()> {
+    let bytes = encode_model(g);
+    let p = path.display().to_string();
+    let tmp = path.with_extension(format!("onnx.tmp{}", std::process::id()));
+    let io = |source| OnnxError::Io {
+        path: p.clone(),
+        source,
+    };
+    std::fs::write(&tmp, &bytes).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}

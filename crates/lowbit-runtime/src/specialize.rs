@@ -1,0 +1,137 @@
+//! Shape specialization: given concrete input shapes, infer every value's type and shape, fold every
+//! node whose inputs are all constant (including `Shape` of a known shape) into an initializer, then
+//! run the data-free canonicalization passes.
+
+use std::collections::HashMap;
+
+use lowbit_core::passes::{self, PassReport};
+use lowbit_core::shape::{self, Known};
+use lowbit_core::{DType, Dim, Error, Graph, Op, Result, Tensor};
+
+/// A graph whose every value has a known element type and shape.
+#[derive(Clone, Debug)]
+pub struct Specialized {
+    pub graph: Graph,
+    pub types: HashMap<String, (DType, Vec<usize>)>,
+    pub folded: usize,
+    pub passes: PassReport,
+}
+
+fn check_input(vi: &lowbit_core::ValueInfo, shape: &[usize]) -> Result<()> {
+    if let Some(decl) = &vi.shape {
+        let fits = decl.len() == shape.len()
+            && decl.iter().zip(shape).all(|(d, &s)| match d {
+                Dim::Fixed(v) => *v == s,
+                Dim::Sym(_) => true,
+            });
+        if !fits {
+            let want: Vec<String> = decl
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(v) => v.to_string(),
+                    Dim::Sym(s) => s.clone(),
+                })
+                .collect();
+            return Err(Error::value(
+                &vi.name,
+                format!("model expects shape [{}], got {:?}", want.join(", "), shape),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn propagate(
+    g: &mut Graph,
+    inputs: &[(String, Vec<usize>)],
+    fold: bool,
+) -> Result<(HashMap<String, (DType, Vec<usize>)>, usize)> {
+    let mut types: HashMap<String, (DType, Vec<usize>)> = HashMap::new();
+    for vi in g.runtime_inputs() {
+        let shape = inputs
+            .iter()
+            .find(|(n, _)| *n == vi.name)
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| Error::value(&vi.name, "no shape given for this model input"))?;
+        check_input(vi, &shape)?;
+        types.insert(vi.name.clone(), (vi.dtype, shape));
+    }
+    for (k, t) in &g.initializers {
+        types.insert(k.clone(), (t.dtype(), t.shape.clone()));
+    }
+    let mut folded = 0;
+    let mut keep = Vec::with_capacity(g.nodes.len());
+    let nodes = std::mem::take(&mut g.nodes);
+    for node in nodes {
+        let mut ins: Vec<Option<Known>> = Vec::with_capacity(node.inputs.len());
+        for i in &node.inputs {
+            if i.is_empty() {
+                ins.push(None);
+                continue;
+            }
+            let (dt, sh) = types.get(i).ok_or_else(|| {
+                Error::node(&node.name, format!("input '{i}' has no known shape"))
+            })?;
+            ins.push(Some(Known {
+                dtype: *dt,
+                shape: sh,
+                value: g.initializers.get(i),
+            }));
+        }
+        let all_const = ins.iter().all(|k| k.is_none_or(|k| k.value.is_some()));
+        if fold && (all_const || matches!(node.op, Op::Shape { .. })) {
+            let outs = if let (Op::Shape { .. }, false) = (&node.op, all_const) {
+                // Shape of a value with a known shape is a constant.
+                let x = ins[0].unwrap();
+                let fake = Tensor::zeros(DType::U8, x.shape.to_vec());
+                lowbit_kernels::reference::eval(&node, &[Some(&fake)])?
+            } else {
+                let tensors: Vec<Option<&Tensor>> =
+                    ins.iter().map(|k| k.and_then(|k| k.value)).collect();
+                lowbit_kernels::reference::eval(&node, &tensors)?
+            };
+            for (name, t) in node.outputs.iter().zip(outs) {
+                types.insert(name.clone(), (t.dtype(), t.shape.clone()));
+                g.initializers.insert(name.clone(), t);
+            }
+            folded += 1;
+            continue;
+        }
+        let outs = shape::infer(&node, &ins)?;
+        for (name, t) in node.outputs.iter().zip(outs) {
+            if !name.is_empty() {
+                types.insert(name.clone(), t);
+            }
+        }
+        keep.push(node);
+    }
+    g.nodes = keep;
+    Ok((types, folded))
+}
+
+/// Specializes `graph` to the given input shapes (name, shape) and canonicalizes it.
+/// With `optimize == false` only shapes are inferred and constants folded (no BN folding/fusion).
+pub fn specialize(
+    graph: &Graph,
+    inputs: &[(String, Vec<usize>)],
+    optimize: bool,
+) -> Result<Specialized> {
+    let mut g = graph.clone();
+    let (_, folded) = propagate(&mut g, inputs, true)?;
+    let report = if optimize {
+        passes::canonicalize(&mut g)
+    } else {
+        PassReport {
+            nodes_removed: passes::remove_dead(&mut g),
+            ..Default::default()
+        }
+    };
+    // Graph outputs that became constants stay as initializers; shapes are recomputed after passes.
+    let (types, _) = propagate(&mut g, inputs, false)?;
+    Ok(Specialized {
+        graph: g,
+        types,
+        folded,
+        passes: report,
+    })
+}
