@@ -310,6 +310,54 @@ pub fn bench(
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if std::env::var_os("LOWBIT_PROFILE").is_some() {
+        plan.enable_profiling();
+        for _ in 0..iters.max(1) {
+            plan.run(std::slice::from_ref(&x))
+                .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+        }
+        let prof = plan.profile().unwrap().to_vec();
+        let total: f64 = prof.iter().sum();
+        let mut idx: Vec<usize> = (0..prof.len()).collect();
+        idx.sort_by(|&a, &b| prof[b].partial_cmp(&prof[a]).unwrap());
+        let rows: Vec<Vec<String>> = idx
+            .iter()
+            .take(25)
+            .map(|&i| {
+                let s = &plan.steps()[i];
+                let ms = prof[i] * 1e3 / iters.max(1) as f64;
+                vec![
+                    s.name.clone(),
+                    s.kernel.clone(),
+                    format!("{:?}", s.out_shape),
+                    format!("{ms:.3}"),
+                    format!("{:.1}%", prof[i] / total * 100.0),
+                    format!("{:.1}", s.macs as f64 / 1e6 / ms),
+                ]
+            })
+            .collect();
+        print_table(
+            &["layer", "kernel", "output", "ms", "share", "GMAC/s"],
+            &rows,
+        );
+        let mut by: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+        for (i, s) in plan.steps().iter().enumerate() {
+            let e = by.entry(s.kernel.clone()).or_default();
+            e.0 += prof[i] * 1e3 / iters.max(1) as f64;
+            e.1 += s.macs;
+        }
+        let rows: Vec<Vec<String>> = by
+            .iter()
+            .map(|(k, (ms, macs))| {
+                vec![
+                    k.clone(),
+                    format!("{ms:.3}"),
+                    format!("{:.1}", *macs as f64 / 1e6 / ms),
+                ]
+            })
+            .collect();
+        print_table(&["kernel", "ms", "GMAC/s"], &rows);
+    }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
     let (median, p90) = (pct(0.5), pct(0.9));

@@ -44,10 +44,27 @@ impl ConvGeom {
     pub fn k(&self) -> usize {
         self.c_in / self.group * self.kh * self.kw
     }
+    /// Stride-1 convolutions with a window run on the padded input directly ("shifted rows").
+    pub fn is_shifted(&self) -> bool {
+        !self.is_pointwise() && !self.is_depthwise() && self.sh == 1 && self.sw == 1
+    }
+    /// Padded input height and width for the shifted path.
+    fn padded_hw(&self) -> (usize, usize) {
+        (
+            self.oh + (self.kh - 1) * self.dh,
+            self.ow + (self.kw - 1) * self.dw,
+        )
+    }
     /// f32 elements of scratch space `conv2d` needs.
     pub fn scratch_len(&self) -> usize {
         if self.is_pointwise() || self.is_depthwise() {
             0
+        } else if self.is_shifted() {
+            let (hp, wp) = self.padded_hw();
+            self.c_in / self.group * hp * wp
+                + (self.kw - 1) * self.dw
+                + 16
+                + self.c_out / self.group * self.oh * wp
         } else {
             self.k() * self.oh * self.ow
         }
@@ -66,6 +83,8 @@ pub struct PackedConv {
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
     pub act: Act,
+    /// Shifted path: start of each B row in the padded input.
+    pub row_offsets: Vec<usize>,
 }
 
 impl PackedConv {
@@ -76,11 +95,23 @@ impl PackedConv {
             "weight size does not fit the geometry"
         );
         let bias = bias.unwrap_or_else(|| vec![0.0; geom.c_out]);
+        let mut row_offsets = vec![];
+        if geom.is_shifted() {
+            let (hp, wp) = geom.padded_hw();
+            for c in 0..geom.c_in / geom.group {
+                for ky in 0..geom.kh {
+                    for kx in 0..geom.kw {
+                        row_offsets.push(c * hp * wp + ky * geom.dh * wp + kx * geom.dw);
+                    }
+                }
+            }
+        }
         PackedConv {
             geom,
             weight,
             bias,
             act,
+            row_offsets,
         }
     }
 }
@@ -142,15 +173,48 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
         depthwise(p, x, out, threads);
         return;
     }
-    // Prefill with bias, GEMM accumulates into it.
-    for (o, row) in out.chunks_mut(hw_out).take(g.c_out).enumerate() {
-        row.fill(p.bias[o]);
-    }
     let k = g.k();
     let cog = g.c_out / g.group;
     let cig = g.c_in / g.group;
     for gi in 0..g.group {
         let xg = &x[gi * cig * g.h * g.w..(gi + 1) * cig * g.h * g.w];
+        let w = &p.weight[gi * cog * k..(gi + 1) * cog * k];
+        let bias = &p.bias[gi * cog..(gi + 1) * cog];
+        if g.is_shifted() {
+            let (hp, wp) = g.padded_hw();
+            let (xpad, cbuf) = scratch.split_at_mut(cig * hp * wp + (g.kw - 1) * g.dw + 16);
+            xpad.fill(0.0);
+            for c in 0..cig {
+                for y in 0..g.h.min(hp.saturating_sub(g.pt)) {
+                    let dst = c * hp * wp + (y + g.pt) * wp + g.pl;
+                    let n = g.w.min(wp.saturating_sub(g.pl));
+                    xpad[dst..dst + n]
+                        .copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
+                }
+            }
+            let nw = g.oh * wp;
+            let cbuf = &mut cbuf[..cog * nw];
+            crate::f32gemm::sgemm_rows(
+                cog,
+                nw,
+                k,
+                w,
+                k,
+                xpad,
+                crate::f32gemm::BRows::Offsets(&p.row_offsets),
+                bias,
+                p.act,
+                cbuf,
+                nw,
+                threads,
+            );
+            let dst = &mut out[gi * cog * hw_out..(gi + 1) * cog * hw_out];
+            for (o, row) in dst.chunks_mut(g.ow).enumerate() {
+                let (c, y) = (o / g.oh, o % g.oh);
+                row.copy_from_slice(&cbuf[c * nw + y * wp..c * nw + y * wp + g.ow]);
+            }
+            continue;
+        }
         let rhs: &[f32] = if g.is_pointwise() {
             xg
         } else {
@@ -158,26 +222,10 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
             im2col(g, xg, col, threads);
             col
         };
-        let w = &p.weight[gi * cog * k..(gi + 1) * cog * k];
         let dst = &mut out[gi * cog * hw_out..(gi + 1) * cog * hw_out];
-        // SAFETY: slices cover m×k, k×n and m×n row-major.
-        unsafe {
-            sgemm_acc(
-                cog,
-                hw_out,
-                k,
-                dst.as_mut_ptr(),
-                hw_out,
-                w.as_ptr(),
-                k,
-                rhs.as_ptr(),
-                hw_out,
-                threads,
-            )
-        };
-    }
-    if !p.act.is_none() {
-        crate::eltwise::apply_act(p.act, &mut out[..g.c_out * hw_out]);
+        crate::f32gemm::sgemm_bias_act(
+            cog, hw_out, k, w, k, rhs, hw_out, bias, p.act, dst, hw_out, threads,
+        );
     }
 }
 
@@ -243,89 +291,208 @@ fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], threads: usize) {
     }
 }
 
-#[inline(always)]
-fn dw_channel_impl(g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, act: Act, out: &mut [f32]) {
-    for oy in 0..g.oh {
-        let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
-        orow.fill(bias);
-        for ky in 0..g.kh {
-            let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
-            if iy < 0 || iy >= g.h as isize {
-                continue;
-            }
-            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-            for kx in 0..g.kw {
-                let wv = w[ky * g.kw + kx];
-                let (lo, hi) = valid_range(g.ow, g.sw, kx * g.dw, g.pl, g.w);
-                if lo >= hi {
-                    continue;
-                }
-                let base = lo * g.sw + kx * g.dw - g.pl;
-                let o = &mut orow[lo..hi];
-                if g.sw == 1 {
-                    for (a, &b) in o.iter_mut().zip(&src[base..base + (hi - lo)]) {
-                        *a += wv * b;
-                    }
-                } else if g.sw == 2 {
-                    let s = &src[base..];
-                    for (i, a) in o.iter_mut().enumerate() {
-                        *a += wv * s[2 * i];
-                    }
-                } else {
-                    for (i, a) in o.iter_mut().enumerate() {
-                        *a += wv * src[base + i * g.sw];
-                    }
-                }
-            }
-        }
-        if !act.is_none() {
-            for v in orow.iter_mut() {
-                *v = act.apply(*v);
-            }
-        }
+/// Output columns computed per register block in the depthwise kernel.
+const DW_BLOCK: usize = 16;
+
+/// Copies one input plane into `buf` with `pt`/`pl` zero rows/columns before, enough after for
+/// every window, and `DW_BLOCK * stride` spare columns so full register blocks never read out of
+/// bounds. Returns the padded row length.
+fn pad_plane(g: &ConvGeom, plane: &[f32], buf: &mut Vec<f32>, fill: f32) -> usize {
+    let ph = (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+    let pw = (g.ow.div_ceil(DW_BLOCK) * DW_BLOCK - 1) * g.sw + (g.kw - 1) * g.dw + 1;
+    let ph = ph.max(g.pt + g.h);
+    let pw = pw.max(g.pl + g.w) + DW_BLOCK;
+    buf.clear();
+    buf.resize(ph * pw, fill);
+    for y in 0..g.h {
+        buf[(y + g.pt) * pw + g.pl..(y + g.pt) * pw + g.pl + g.w]
+            .copy_from_slice(&plane[y * g.w..(y + 1) * g.w]);
     }
+    pw
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn dw_channel_avx512(
+#[inline(always)]
+fn dw_rows<const S: usize>(
     g: &ConvGeom,
-    plane: &[f32],
+    padded: &[f32],
+    pw: usize,
     w: &[f32],
     bias: f32,
     act: Act,
     out: &mut [f32],
 ) {
-    dw_channel_impl(g, plane, w, bias, act, out)
+    let s = if S == 0 { g.sw } else { S };
+    for oy in 0..g.oh {
+        let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
+        let mut ox0 = 0;
+        while ox0 < g.ow {
+            let mut acc = [bias; DW_BLOCK];
+            for ky in 0..g.kh {
+                let r = &padded[(oy * g.sh + ky * g.dh) * pw..];
+                for kx in 0..g.kw {
+                    let wv = w[ky * g.kw + kx];
+                    let base = ox0 * s + kx * g.dw;
+                    let src = &r[base..base + (DW_BLOCK - 1) * s + 1];
+                    for i in 0..DW_BLOCK {
+                        acc[i] += wv * src[i * s];
+                    }
+                }
+            }
+            let n = DW_BLOCK.min(g.ow - ox0);
+            match act {
+                Act::None => {}
+                Act::Relu => acc.iter_mut().for_each(|v| *v = v.max(0.0)),
+                Act::Clip { lo, hi } => acc.iter_mut().for_each(|v| *v = v.max(lo).min(hi)),
+                a => acc.iter_mut().for_each(|v| *v = a.apply(*v)),
+            }
+            orow[ox0..ox0 + n].copy_from_slice(&acc[..n]);
+            ox0 += DW_BLOCK;
+        }
+    }
+}
+
+#[inline(always)]
+fn dw_channel_impl(
+    g: &ConvGeom,
+    padded: &[f32],
+    pw: usize,
+    w: &[f32],
+    bias: f32,
+    act: Act,
+    out: &mut [f32],
+) {
+    match g.sw {
+        1 => dw_rows::<1>(g, padded, pw, w, bias, act, out),
+        2 => dw_rows::<2>(g, padded, pw, w, bias, act, out),
+        _ => dw_rows::<0>(g, padded, pw, w, bias, act, out),
+    }
+}
+
+/// AVX-512 depthwise rows: 16 output columns in one register, all taps accumulated before the
+/// store; stride 2 de-interleaves two loads with one permute.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dw_channel_avx512(
+    g: &ConvGeom,
+    padded: &[f32],
+    pw: usize,
+    w: &[f32],
+    bias: f32,
+    act: Act,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    if g.sw > 2 {
+        return dw_channel_impl(g, padded, pw, w, bias, act, out);
+    }
+    let (lo, hi) = match act {
+        Act::None => (f32::NEG_INFINITY, f32::INFINITY),
+        Act::Relu => (0.0, f32::INFINITY),
+        Act::Clip { lo, hi } => (lo, hi),
+        _ => return dw_channel_impl(g, padded, pw, w, bias, act, out),
+    };
+    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let p = padded.as_ptr();
+    debug_assert!(w.len() >= g.kh * g.kw);
+    // Four output rows at a time: four independent FMA chains hide the FMA latency.
+    #[inline(always)]
+    unsafe fn rows<const R: usize>(
+        g: &ConvGeom,
+        p: *const f32,
+        pw: usize,
+        w: &[f32],
+        bias: f32,
+        oy: usize,
+        out: *mut f32,
+        vlo: __m512,
+        vhi: __m512,
+        even: __m512i,
+    ) {
+        let mut ox0 = 0;
+        while ox0 < g.ow {
+            let mut acc = [_mm512_set1_ps(bias); R];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let wv = _mm512_set1_ps(*w.get_unchecked(ky * g.kw + kx));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let base =
+                            p.add(((oy + r) * g.sh + ky * g.dh) * pw + ox0 * g.sw + kx * g.dw);
+                        let x = if g.sw == 1 {
+                            _mm512_loadu_ps(base)
+                        } else {
+                            _mm512_permutex2var_ps(
+                                _mm512_loadu_ps(base),
+                                even,
+                                _mm512_loadu_ps(base.add(16)),
+                            )
+                        };
+                        *a = _mm512_fmadd_ps(wv, x, *a);
+                    }
+                }
+            }
+            let n = DW_BLOCK.min(g.ow - ox0);
+            for (r, a) in acc.iter().enumerate() {
+                let v = _mm512_min_ps(_mm512_max_ps(*a, vlo), vhi);
+                let dst = out.add((oy + r) * g.ow + ox0);
+                if n == DW_BLOCK {
+                    _mm512_storeu_ps(dst, v);
+                } else {
+                    _mm512_mask_storeu_ps(dst, ((1u32 << n) - 1) as u16, v);
+                }
+            }
+            ox0 += DW_BLOCK;
+        }
+    }
+    let o = out.as_mut_ptr();
+    let mut oy = 0;
+    while oy + 4 <= g.oh {
+        rows::<4>(g, p, pw, w, bias, oy, o, vlo, vhi, even);
+        oy += 4;
+    }
+    while oy < g.oh {
+        rows::<1>(g, p, pw, w, bias, oy, o, vlo, vhi, even);
+        oy += 1;
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dw_channel_avx2(
     g: &ConvGeom,
-    plane: &[f32],
+    padded: &[f32],
+    pw: usize,
     w: &[f32],
     bias: f32,
     act: Act,
     out: &mut [f32],
 ) {
-    dw_channel_impl(g, plane, w, bias, act, out)
+    dw_channel_impl(g, padded, pw, w, bias, act, out)
+}
+
+std::thread_local! {
+    static PAD_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn dw_channel(g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, act: Act, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { dw_channel_avx512(g, plane, w, bias, act, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    PAD_BUF.with(|b| {
+        let mut buf = b.borrow_mut();
+        let pw = pad_plane(g, plane, &mut buf, 0.0);
+        #[cfg(target_arch = "x86_64")]
         {
-            // SAFETY: as above.
-            return unsafe { dw_channel_avx2(g, plane, w, bias, act, out) };
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports the features the function is compiled for.
+                return unsafe { dw_channel_avx512(g, &buf, pw, w, bias, act, out) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: as above.
+                return unsafe { dw_channel_avx2(g, &buf, pw, w, bias, act, out) };
+            }
         }
-    }
-    dw_channel_impl(g, plane, w, bias, act, out)
+        dw_channel_impl(g, &buf, pw, w, bias, act, out)
+    })
 }
 
 fn depthwise(p: &PackedConv, x: &[f32], out: &mut [f32], threads: usize) {

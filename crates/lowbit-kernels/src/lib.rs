@@ -5,6 +5,7 @@
 
 pub mod eltwise;
 pub mod f32conv;
+pub mod f32gemm;
 pub mod isa;
 pub mod pool;
 pub mod reference;

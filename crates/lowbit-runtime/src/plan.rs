@@ -118,6 +118,8 @@ pub struct Plan {
     pool: Option<rayon::ThreadPool>,
     threads: usize,
     spec: Specialized,
+    /// Accumulated seconds per step when profiling is on.
+    profile: Option<Vec<f64>>,
 }
 
 fn conv_geom(x: &[usize], w: &[usize], c: &lowbit_core::ConvAttrs) -> Result<ConvGeom> {
@@ -299,6 +301,8 @@ impl Plan {
                         "f32 depthwise direct"
                     } else if geom.is_pointwise() {
                         "f32 1x1 gemm"
+                    } else if geom.is_shifted() {
+                        "f32 shifted-rows gemm"
                     } else {
                         "f32 im2col+gemm"
                     };
@@ -497,9 +501,18 @@ impl Plan {
             pool,
             threads,
             spec,
+            profile: None,
         })
     }
 
+    /// Starts (or resets) per-step timing.
+    pub fn enable_profiling(&mut self) {
+        self.profile = Some(vec![0.0; self.steps.len()]);
+    }
+    /// Accumulated seconds per step (same order as [`Plan::steps`]) since profiling was enabled.
+    pub fn profile(&self) -> Option<&[f64]> {
+        self.profile.as_deref()
+    }
     /// Bytes of the activation arena (all intermediate values, placed by liveness).
     pub fn arena_bytes(&self) -> usize {
         self.arena_bytes
@@ -563,18 +576,27 @@ impl Plan {
         let steps = &self.steps;
         let scratch = &mut self.scratch;
         let threads = self.threads;
+        let mut profile = self.profile.take();
+        let infos = &self.infos;
         let mut exec = || -> Result<()> {
-            for (s, info) in steps.iter().zip(&self.infos) {
+            for (i, (s, info)) in steps.iter().zip(infos).enumerate() {
+                let t = profile.as_ref().map(|_| std::time::Instant::now());
                 // SAFETY: the planner gives every live buffer disjoint bytes.
                 unsafe { exec_step(s, base.get(), scratch, threads) }
                     .map_err(|e| e.in_node(&info.name))?;
+                if let (Some(p), Some(t)) = (profile.as_mut(), t) {
+                    p[i] += t.elapsed().as_secs_f64();
+                }
             }
             Ok(())
         };
-        match &self.pool {
-            Some(p) => p.install(exec)?,
-            None => exec()?,
-        }
+        let r = match &self.pool {
+            Some(p) => p.install(&mut exec),
+            None => exec(),
+        };
+        drop(exec);
+        self.profile = profile;
+        r?;
         let base = self.arena.as_ptr() as *const u8;
         Ok(self
             .outputs
