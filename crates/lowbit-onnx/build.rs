@@ -3,7 +3,5 @@
 fn main() {
     println!("cargo:rerun-if-changed=proto/onnx.proto");
     let fds = protox::compile(["proto/onnx.proto"], ["proto"]).expect("parse onnx.proto");
-    prost_build::Config::new()
-        .compile_fds(fds)
-        .expect("generate ONNX types");
+    prost_build::Config::new().compile_fds(fds).expect("generate ONNX types");
 }

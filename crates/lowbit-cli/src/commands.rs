@@ -32,24 +32,9 @@ pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>)
         *ops.entry(n.op.op_type()).or_default() += 1;
     }
     println!("model     {}", model.display());
-    println!(
-        "file      {:.2} MB, opset {}, {} nodes",
-        file_bytes as f64 / 1e6,
-        g.opset,
-        g.nodes.len()
-    );
-    println!(
-        "ops       {}",
-        ops.iter()
-            .map(|(k, v)| format!("{k}x{v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    println!(
-        "params    {} ({:.2} MB as f32)",
-        g.param_count(),
-        g.param_count() as f64 * 4.0 / 1e6
-    );
+    println!("file      {:.2} MB, opset {}, {} nodes", file_bytes as f64 / 1e6, g.opset, g.nodes.len());
+    println!("ops       {}", ops.iter().map(|(k, v)| format!("{k}x{v}")).collect::<Vec<_>>().join(" "));
+    println!("params    {} ({:.2} MB as f32)", g.param_count(), g.param_count() as f64 * 4.0 / 1e6);
     println!("input     {:?}", shape);
     let sp = plan.specialized();
     println!(
@@ -70,15 +55,8 @@ pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>)
             ]
         })
         .collect();
-    print_table(
-        &["layer", "op", "kernel", "output", "params", "MMAC"],
-        &rows,
-    );
-    println!(
-        "total     {:.3} GMAC per batch of {}",
-        plan.macs() as f64 / 1e9,
-        shape[0]
-    );
+    print_table(&["layer", "op", "kernel", "output", "params", "MMAC"], &rows);
+    println!("total     {:.3} GMAC per batch of {}", plan.macs() as f64 / 1e9, shape[0]);
     println!(
         "arena     {:.2} MB activations (liveness-planned), {:.2} MB scratch",
         plan.arena_bytes() as f64 / 1e6,
@@ -108,36 +86,33 @@ fn input_shape_or_default(g: &lowbit_core::Graph, ov: Option<&[usize]>) -> Resul
     input_shape(g, b, ov)
 }
 
-fn load_for(
-    model: &Path,
-    data: &Path,
-    a: &DataArgs,
-) -> Result<(lowbit_core::Graph, String, lowbit_data::ImageSet)> {
+fn load_for(model: &Path, data: &Path, a: &DataArgs) -> Result<(lowbit_core::Graph, String, lowbit_data::ImageSet)> {
     let g = load_model(model)?;
+    // Surface missing/empty/corrupt data before anything else.
+    load_data(data, split(&a.split), &lowbit_data::Preprocess::none(), Some(1))?;
     let (preset, pre) = choose_preset(a.preset.as_deref(), &g, data)?;
     let set = load_data(data, split(&a.split), &pre, a.limit)?;
     // Check the data against the declared input shape up front, with a clear message.
-    let s = input_shape(&g, set.n, Some(&[set.n, set.c, set.h, set.w])).ok();
-    if let Some(lowbit_core::ValueInfo {
-        shape: Some(dims),
-        name,
-        ..
-    }) = g.runtime_inputs().first().map(|v| (*v).clone())
+    if let Some(lowbit_core::ValueInfo { shape: Some(dims), name, .. }) =
+        g.runtime_inputs().first().map(|v| (*v).clone())
     {
         let ok = dims.len() == 4
-            && dims
-                .iter()
-                .zip([set.n, set.c, set.h, set.w])
-                .skip(1)
-                .all(|(d, v)| match d {
-                    lowbit_core::Dim::Fixed(x) => *x == v,
-                    _ => true,
-                });
+            && dims.iter().zip([set.n, set.c, set.h, set.w]).skip(1).all(|(d, v)| match d {
+                lowbit_core::Dim::Fixed(x) => *x == v,
+                _ => true,
+            });
         if !ok {
+            let dims: Vec<String> = dims
+                .iter()
+                .map(|d| match d {
+                    lowbit_core::Dim::Fixed(v) => v.to_string(),
+                    lowbit_core::Dim::Sym(s) => s.clone(),
+                })
+                .collect();
             bail!(
-                "{}: model input '{name}' expects {:?} but the data {} holds images of shape [{}, {}, {}] (preset {preset})",
+                "{}: model input '{name}' expects [{}] but the data {} holds images of shape [{}, {}, {}] (preset {preset})",
                 model.display(),
-                dims,
+                dims.join(", "),
                 data.display(),
                 set.c,
                 set.h,
@@ -145,7 +120,6 @@ fn load_for(
             );
         }
     }
-    let _ = s;
     Ok((g, preset, set))
 }
 
@@ -162,18 +136,13 @@ pub fn run(
     let mut out = vec![];
     let mut rows = vec![];
     for (start, len, chunk) in set.batches(32) {
-        let logits = c
-            .logits(chunk, len)
-            .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+        let logits = c.logits(chunk, len).map_err(|e| anyhow!("{}: {e}", model.display()))?;
         for (i, l) in logits.iter().enumerate() {
             let p = classify::softmax(l);
             let t = classify::topk(l, top.max(1));
             rows.push(vec![
                 set.names[start + i].clone(),
-                t.iter()
-                    .map(|&k| format!("{k}:{:.3}", p[k]))
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                t.iter().map(|&k| format!("{k}:{:.3}", p[k])).collect::<Vec<_>>().join(" "),
             ]);
             out.push(json!({"image": set.names[start + i], "top": t, "prob": t.iter().map(|&k| p[k]).collect::<Vec<_>>(), "logits": l}));
         }
@@ -181,10 +150,7 @@ pub fn run(
     println!("preset {preset}, {} images", set.n);
     print_table(&["image", "top classes (class:prob)"], &rows);
     if let Some(p) = json_out {
-        write_json(
-            p,
-            &json!({"model": model.display().to_string(), "preset": preset, "results": out}),
-        )?;
+        write_json(p, &json!({"model": model.display().to_string(), "preset": preset, "results": out}))?;
     }
     Ok(())
 }
@@ -207,42 +173,24 @@ pub fn eval(
     };
     let pb = progress(set.n as u64, "eval");
     let t0 = Instant::now();
-    let rep = classify::evaluate(
-        &mut c,
-        r.as_mut(),
-        &set.data,
-        set.n,
-        set.labels.as_deref(),
-        batch,
-        &mut |d| pb.set_position(d as u64),
-    )
+    let rep = classify::evaluate(&mut c, r.as_mut(), &set.data, set.n, set.labels.as_deref(), batch, &mut |d| {
+        pb.set_position(d as u64)
+    })
     .map_err(|e| anyhow!("{}: {e}", model.display()))?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let mut rows = vec![
-        vec!["images".into(), set.n.to_string()],
-        vec!["preset".into(), preset.clone()],
-    ];
+    let mut rows = vec![vec!["images".into(), set.n.to_string()], vec!["preset".into(), preset.clone()]];
     if let (Some(t1), Some(t5)) = (rep.top1, rep.top5) {
         rows.push(vec!["top-1".into(), format!("{:.2}%", t1 * 100.0)]);
         rows.push(vec!["top-5".into(), format!("{:.2}%", t5 * 100.0)]);
     }
     if let Some(ag) = &rep.agreement {
-        rows.push(vec![
-            "top-1 agreement".into(),
-            format!("{:.2}%", ag.top1 * 100.0),
-        ]);
-        rows.push(vec![
-            "top-5 overlap".into(),
-            format!("{:.2}%", ag.top5 * 100.0),
-        ]);
+        rows.push(vec!["top-1 agreement".into(), format!("{:.2}%", ag.top1 * 100.0)]);
+        rows.push(vec!["top-5 overlap".into(), format!("{:.2}%", ag.top5 * 100.0)]);
         rows.push(vec!["cosine".into(), format!("{:.5}", ag.cosine)]);
         rows.push(vec!["KL".into(), format!("{:.5}", ag.kl)]);
     }
-    rows.push(vec![
-        "time".into(),
-        format!("{secs:.2} s ({:.0} images/s)", set.n as f64 / secs),
-    ]);
+    rows.push(vec!["time".into(), format!("{secs:.2} s ({:.0} images/s)", set.n as f64 / secs)]);
     println!("{} on {}", model.display(), data.display());
     print_table(&["metric", "value"], &rows);
     if let Some(p) = json_out {
@@ -279,11 +227,7 @@ pub fn bench(
     let mut plan = compile(&g, model, shape.clone(), threads)?;
     let specs = plan.input_specs();
     if specs[0].1 != DType::F32 {
-        bail!(
-            "{}: bench feeds float32 inputs; this model's input is {}",
-            model.display(),
-            specs[0].1.name()
-        );
+        bail!("{}: bench feeds float32 inputs; this model's input is {}", model.display(), specs[0].1.name());
     }
     let n: usize = shape.iter().product();
     let mut seed = 0x2545F4914F6CDD1Du64;
@@ -297,15 +241,13 @@ pub fn bench(
         .collect();
     let x = Tensor::f32(shape.clone(), data);
     for _ in 0..warmup {
-        plan.run(std::slice::from_ref(&x))
-            .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+        plan.run(std::slice::from_ref(&x)).map_err(|e| anyhow!("{}: {e}", model.display()))?;
     }
     let mut times = Vec::with_capacity(iters.max(1));
     let pb = progress(iters.max(1) as u64, "bench");
     for _ in 0..iters.max(1) {
         let t = Instant::now();
-        plan.run(std::slice::from_ref(&x))
-            .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+        plan.run(std::slice::from_ref(&x)).map_err(|e| anyhow!("{}: {e}", model.display()))?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         pb.inc(1);
     }
@@ -313,8 +255,7 @@ pub fn bench(
     if std::env::var_os("LOWBIT_PROFILE").is_some() {
         plan.enable_profiling();
         for _ in 0..iters.max(1) {
-            plan.run(std::slice::from_ref(&x))
-                .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+            plan.run(std::slice::from_ref(&x)).map_err(|e| anyhow!("{}: {e}", model.display()))?;
         }
         let prof = plan.profile().unwrap().to_vec();
         let total: f64 = prof.iter().sum();
@@ -336,10 +277,7 @@ pub fn bench(
                 ]
             })
             .collect();
-        print_table(
-            &["layer", "kernel", "output", "ms", "share", "GMAC/s"],
-            &rows,
-        );
+        print_table(&["layer", "kernel", "output", "ms", "share", "GMAC/s"], &rows);
         let mut by: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
         for (i, s) in plan.steps().iter().enumerate() {
             let e = by.entry(s.kernel.clone()).or_default();
@@ -348,13 +286,7 @@ pub fn bench(
         }
         let rows: Vec<Vec<String>> = by
             .iter()
-            .map(|(k, (ms, macs))| {
-                vec![
-                    k.clone(),
-                    format!("{ms:.3}"),
-                    format!("{:.1}", *macs as f64 / 1e6 / ms),
-                ]
-            })
+            .map(|(k, (ms, macs))| vec![k.clone(), format!("{ms:.3}"), format!("{:.1}", *macs as f64 / 1e6 / ms)])
             .collect();
         print_table(&["kernel", "ms", "GMAC/s"], &rows);
     }
@@ -364,21 +296,9 @@ pub fn bench(
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let gmacs = plan.macs() as f64 / 1e9 / (median / 1e3);
     let ips = batch as f64 / (median / 1e3);
-    println!(
-        "{} batch {} threads {} (f32)",
-        model.display(),
-        batch,
-        threads
-    );
+    println!("{} batch {} threads {} (f32)", model.display(), batch, threads);
     print_table(
-        &[
-            "median ms",
-            "p90 ms",
-            "mean ms",
-            "images/s",
-            "GMAC/s",
-            "arena MB",
-        ],
+        &["median ms", "p90 ms", "mean ms", "images/s", "GMAC/s", "arena MB"],
         &[vec![
             format!("{median:.3}"),
             format!("{p90:.3}"),
@@ -396,11 +316,7 @@ pub fn bench(
                 "macs": plan.macs(), "arena_bytes": plan.arena_bytes(), "cpu_features": Features::detect().names()}),
         )?;
     }
-    Ok(BenchResult {
-        median_ms: median,
-        p90_ms: p90,
-        gmacs,
-    })
+    Ok(BenchResult { median_ms: median, p90_ms: p90, gmacs })
 }
 
 const DEMO_MODEL: &[u8] = include_bytes!("../../../assets/fmnist-default.onnx");
@@ -410,8 +326,7 @@ const DEMO_LABELS: &[u8] = include_bytes!("../../../assets/fmnist-test-1k-labels
 /// The main job on the embedded default: evaluate and benchmark the shipped Fashion-MNIST model on
 /// the shipped 1,000 test images.
 pub fn demo(threads: usize, out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| anyhow!("{}: cannot create folder: {e}", out.display()))?;
+    std::fs::create_dir_all(out).map_err(|e| anyhow!("{}: cannot create folder: {e}", out.display()))?;
     let model = out.join("fmnist-default.onnx");
     let data = out.join("fmnist-test-1k");
     std::fs::create_dir_all(&data)?;
@@ -419,33 +334,17 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
     write_atomic(&data.join("t10k-images-idx3-ubyte.gz"), DEMO_IMAGES)?;
     write_atomic(&data.join("t10k-labels-idx1-ubyte.gz"), DEMO_LABELS)?;
     println!("== embedded default: Fashion-MNIST MobileNetV2-style model, 1,000 test images ==\n");
-    let args = DataArgs {
-        preset: Some("fmnist".into()),
-        split: "test".into(),
-        limit: None,
-    };
-    eval(
-        &model,
-        &data,
-        &args,
-        None,
-        100,
-        threads,
-        Some(&out.join("eval.json")),
-    )?;
+    let args = DataArgs { preset: Some("fmnist".into()), split: "test".into(), limit: None };
+    let e = eval(&model, &data, &args, None, 100, threads, Some(&out.join("eval.json")))?;
     println!();
-    bench(
-        &model,
-        1,
-        threads,
-        200,
-        20,
-        None,
-        Some(&out.join("bench.json")),
-    )?;
+    let b = bench(&model, 1, threads, 200, 20, None, Some(&out.join("bench.json")))?;
     println!(
-        "\nreports written to {}/ (eval.json, bench.json)",
-        out.display()
+        "\nsummary: float32 top-1 {:.2}% on 1,000 images; batch-1 latency {:.3} ms median ({:.3} ms p90, {:.1} GMAC/s)",
+        e.top1.unwrap_or(0.0) * 100.0,
+        b.median_ms,
+        b.p90_ms,
+        b.gmacs
     );
+    println!("reports written to {}/ (eval.json, bench.json)", out.display());
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use lowbit_core::{Dim, Graph, Tensor};
+use lowbit_core::{Dim, Graph};
 use lowbit_data::{ImageSet, Preprocess, Split};
 use lowbit_runtime::{Plan, PlanOptions};
 
@@ -16,21 +16,14 @@ pub fn load_model(path: &Path) -> Result<Graph> {
 pub fn single_input(g: &Graph) -> Result<lowbit_core::ValueInfo> {
     let ins = g.runtime_inputs();
     if ins.len() != 1 {
-        bail!(
-            "model has {} inputs; this command needs exactly one (an image batch)",
-            ins.len()
-        );
+        bail!("model has {} inputs; this command needs exactly one (an image batch)", ins.len());
     }
     Ok(ins[0].clone())
 }
 
 /// The input shape for batch `batch`: symbolic leading dim -> batch; other symbolic dims must come
 /// from `override_shape`.
-pub fn input_shape(
-    g: &Graph,
-    batch: usize,
-    override_shape: Option<&[usize]>,
-) -> Result<Vec<usize>> {
+pub fn input_shape(g: &Graph, batch: usize, override_shape: Option<&[usize]>) -> Result<Vec<usize>> {
     let vi = single_input(g)?;
     if let Some(s) = override_shape {
         let mut s = s.to_vec();
@@ -39,30 +32,21 @@ pub fn input_shape(
         }
         return Ok(s);
     }
-    let dims = vi
-        .shape
-        .ok_or_else(|| anyhow!("input '{}' declares no shape; pass --input-shape", vi.name))?;
+    let dims = vi.shape.ok_or_else(|| anyhow!("input '{}' declares no shape; pass --input-shape", vi.name))?;
     dims.iter()
         .enumerate()
         .map(|(i, d)| match d {
             Dim::Fixed(v) if i == 0 => Ok(if *v == 1 { batch } else { *v }),
             Dim::Fixed(v) => Ok(*v),
             Dim::Sym(_) if i == 0 => Ok(batch),
-            Dim::Sym(s) => Err(anyhow!(
-                "input '{}' dim {i} is symbolic ('{s}'); pass --input-shape",
-                vi.name
-            )),
+            Dim::Sym(s) => Err(anyhow!("input '{}' dim {i} is symbolic ('{s}'); pass --input-shape", vi.name)),
         })
         .collect()
 }
 
 pub fn parse_shape(s: &str) -> Result<Vec<usize>> {
     s.split(|c| c == ',' || c == 'x')
-        .map(|p| {
-            p.trim()
-                .parse::<usize>()
-                .with_context(|| format!("bad --input-shape '{s}' (want e.g. 1,3,224,224)"))
-        })
+        .map(|p| p.trim().parse::<usize>().with_context(|| format!("bad --input-shape '{s}' (want e.g. 1,3,224,224)")))
         .collect()
 }
 
@@ -70,8 +54,8 @@ pub fn parse_shape(s: &str) -> Result<Vec<usize>> {
 /// data path and the model's input shape.
 pub fn choose_preset(name: Option<&str>, g: &Graph, data: &Path) -> Result<(String, Preprocess)> {
     if let Some(n) = name {
-        let p = Preprocess::by_name(n)
-            .ok_or_else(|| anyhow!("unknown --preset '{n}' (one of {:?})", Preprocess::NAMES))?;
+        let p =
+            Preprocess::by_name(n).ok_or_else(|| anyhow!("unknown --preset '{n}' (one of {:?})", Preprocess::NAMES))?;
         return Ok((n.to_string(), p));
     }
     if let Some((_, v)) = g.metadata.iter().find(|(k, _)| k == "lowbit.preprocess") {
@@ -99,21 +83,12 @@ pub fn choose_preset(name: Option<&str>, g: &Graph, data: &Path) -> Result<(Stri
     {
         "ppocr"
     } else {
-        bail!(
-            "cannot tell how to preprocess {}; pass --preset ({:?})",
-            data.display(),
-            Preprocess::NAMES
-        )
+        bail!("cannot tell how to preprocess {}; pass --preset ({:?})", data.display(), Preprocess::NAMES)
     };
     Ok((guess.to_string(), Preprocess::by_name(guess).unwrap()))
 }
 
-pub fn load_data(
-    path: &Path,
-    split: Split,
-    pre: &Preprocess,
-    limit: Option<usize>,
-) -> Result<ImageSet> {
+pub fn load_data(path: &Path, split: Split, pre: &Preprocess, limit: Option<usize>) -> Result<ImageSet> {
     let set = lowbit_data::load_any(path, split, pre, limit).map_err(|e| anyhow!("{e}"))?;
     if set.is_empty() {
         bail!("{}: no images", path.display());
@@ -123,15 +98,8 @@ pub fn load_data(
 
 /// Compiles a plan, turning errors into messages that name the model file.
 pub fn compile(g: &Graph, model: &Path, shape: Vec<usize>, threads: usize) -> Result<Plan> {
-    Plan::compile(
-        g,
-        &[shape],
-        &PlanOptions {
-            threads,
-            optimize: true,
-        },
-    )
-    .map_err(|e| anyhow!("{}: {e}", model.display()))
+    Plan::compile(g, &[shape], &PlanOptions { threads, optimize: true })
+        .map_err(|e| anyhow!("{}: {e}", model.display()))
 }
 
 /// Writes bytes to `path` through a temporary file and a rename.
@@ -161,21 +129,11 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<width$}", c, width = w[i]))
-            .collect();
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<width$}", c, width = w[i])).collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|s| s.to_string()).collect());
-    println!(
-        "{}",
-        w.iter()
-            .map(|&n| "-".repeat(n))
-            .collect::<Vec<_>>()
-            .join("  ")
-    );
+    println!("{}", w.iter().map(|&n| "-".repeat(n)).collect::<Vec<_>>().join("  "));
     for r in rows {
         line(r.clone());
     }

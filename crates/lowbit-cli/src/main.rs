@@ -10,11 +10,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "lowbit",
-    version,
-    about = "Low-bit quantization toolkit and runtime for ONNX CNNs"
-)]
+#[command(name = "lowbit", version, about = "Low-bit quantization toolkit and runtime for ONNX CNNs")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -107,55 +103,16 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Inspect {
-            model,
-            input_shape,
-            json,
-        } => commands::inspect(&model, input_shape.as_deref(), json.as_deref()),
-        Cmd::Run {
-            model,
-            input,
-            data,
-            top,
-            threads,
-            json,
-        } => commands::run(&model, &input, &data, top, threads, json.as_deref()),
-        Cmd::Eval {
-            model,
-            data,
-            data_args,
-            reference,
-            batch,
-            threads,
-            json,
-        } => commands::eval(
-            &model,
-            &data,
-            &data_args,
-            reference.as_deref(),
-            batch,
-            threads,
-            json.as_deref(),
-        )
-        .map(|_| ()),
-        Cmd::Bench {
-            model,
-            batch,
-            threads,
-            iters,
-            warmup,
-            input_shape,
-            json,
-        } => commands::bench(
-            &model,
-            batch,
-            threads,
-            iters,
-            warmup,
-            input_shape.as_deref(),
-            json.as_deref(),
-        )
-        .map(|_| ()),
+        Cmd::Inspect { model, input_shape, json } => commands::inspect(&model, input_shape.as_deref(), json.as_deref()),
+        Cmd::Run { model, input, data, top, threads, json } => {
+            commands::run(&model, &input, &data, top, threads, json.as_deref())
+        }
+        Cmd::Eval { model, data, data_args, reference, batch, threads, json } => {
+            commands::eval(&model, &data, &data_args, reference.as_deref(), batch, threads, json.as_deref()).map(|_| ())
+        }
+        Cmd::Bench { model, batch, threads, iters, warmup, input_shape, json } => {
+            commands::bench(&model, batch, threads, iters, warmup, input_shape.as_deref(), json.as_deref()).map(|_| ())
+        }
         Cmd::Demo { threads, out } => commands::demo(threads, &out),
     };
     if let Err(e) = r {

@@ -4,11 +4,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("node '{node}' ({op}): unsupported: {reason}")]
-    Unsupported {
-        node: String,
-        op: String,
-        reason: String,
-    },
+    Unsupported { node: String, op: String, reason: String },
     #[error("node '{node}': {reason}")]
     Node { node: String, reason: String },
     #[error("value '{value}': {reason}")]
@@ -19,24 +15,15 @@ pub enum Error {
 
 impl Error {
     pub fn node(node: &str, reason: impl Into<String>) -> Self {
-        Error::Node {
-            node: node.to_string(),
-            reason: reason.into(),
-        }
+        Error::Node { node: node.to_string(), reason: reason.into() }
     }
     pub fn value(value: &str, reason: impl Into<String>) -> Self {
-        Error::Value {
-            value: value.to_string(),
-            reason: reason.into(),
-        }
+        Error::Value { value: value.to_string(), reason: reason.into() }
     }
     /// Prefix the node name to an error that was raised without one.
     pub fn in_node(self, node: &str) -> Self {
         match self {
-            Error::Invalid(reason) => Error::Node {
-                node: node.to_string(),
-                reason,
-            },
+            Error::Invalid(reason) => Error::Node { node: node.to_string(), reason },
             e => e,
         }
     }

@@ -30,10 +30,7 @@ pub struct Node {
 impl Node {
     /// Name of input `i` if present and non-empty.
     pub fn input(&self, i: usize) -> Option<&str> {
-        self.inputs
-            .get(i)
-            .map(|s| s.as_str())
-            .filter(|s| !s.is_empty())
+        self.inputs.get(i).map(|s| s.as_str()).filter(|s| !s.is_empty())
     }
 }
 
@@ -85,10 +82,7 @@ impl Graph {
 
     /// Inputs the caller must feed: declared inputs that are not also initializers.
     pub fn runtime_inputs(&self) -> Vec<&ValueInfo> {
-        self.inputs
-            .iter()
-            .filter(|i| !self.initializers.contains_key(&i.name))
-            .collect()
+        self.inputs.iter().filter(|i| !self.initializers.contains_key(&i.name)).collect()
     }
 
     /// Puts nodes in topological order (stable for an already sorted graph) and checks that every
@@ -110,10 +104,7 @@ impl Graph {
                     order.push(i);
                     for o in &n.outputs {
                         if !o.is_empty() && !defined.insert(o.clone()) {
-                            return Err(Error::node(
-                                &n.name,
-                                format!("value '{o}' is defined twice"),
-                            ));
+                            return Err(Error::node(&n.name, format!("value '{o}' is defined twice")));
                         }
                     }
                 }
@@ -122,18 +113,9 @@ impl Graph {
                 break;
             }
             if !progress {
-                let (i, n) = self
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .find(|(i, _)| !done[*i])
-                    .unwrap();
-                let missing: Vec<_> = n
-                    .inputs
-                    .iter()
-                    .filter(|s| !s.is_empty() && !defined.contains(*s))
-                    .cloned()
-                    .collect();
+                let (i, n) = self.nodes.iter().enumerate().find(|(i, _)| !done[*i]).unwrap();
+                let missing: Vec<_> =
+                    n.inputs.iter().filter(|s| !s.is_empty() && !defined.contains(*s)).cloned().collect();
                 let _ = i;
                 return Err(Error::node(
                     &n.name,
@@ -142,14 +124,8 @@ impl Graph {
             }
         }
         if order.iter().enumerate().any(|(a, &b)| a != b) {
-            let mut nodes: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
-                .into_iter()
-                .map(Some)
-                .collect();
-            self.nodes = order
-                .into_iter()
-                .map(|i| nodes[i].take().unwrap())
-                .collect();
+            let mut nodes: Vec<Option<Node>> = std::mem::take(&mut self.nodes).into_iter().map(Some).collect();
+            self.nodes = order.into_iter().map(|i| nodes[i].take().unwrap()).collect();
         }
         for o in &self.outputs {
             if !defined.contains(&o.name) {
@@ -172,11 +148,7 @@ impl Graph {
 
     /// Number of parameters (elements of float initializers).
     pub fn param_count(&self) -> usize {
-        self.initializers
-            .values()
-            .filter(|t| t.dtype() == DType::F32)
-            .map(|t| t.len())
-            .sum()
+        self.initializers.values().filter(|t| t.dtype() == DType::F32).map(|t| t.len()).sum()
     }
 
     /// Picks a value name not used yet, starting from `base`.
@@ -189,9 +161,6 @@ impl Graph {
         if !used(base) {
             return base.to_string();
         }
-        (1..)
-            .map(|k| format!("{base}_{k}"))
-            .find(|s| !used(s))
-            .unwrap()
+        (1..).map(|k| format!("{base}_{k}")).find(|s| !used(s)).unwrap()
     }
 }

@@ -18,10 +18,7 @@ fn const_f32<'a>(g: &'a Graph, name: Option<&str>) -> Option<&'a [f32]> {
 
 /// Runs every data-free canonicalization pass in order.
 pub fn canonicalize(g: &mut Graph) -> PassReport {
-    let mut r = PassReport {
-        identities_removed: remove_identities(g),
-        ..Default::default()
-    };
+    let mut r = PassReport { identities_removed: remove_identities(g), ..Default::default() };
     r.batchnorms_folded = fold_batchnorm(g);
     r.activations_fused = fuse_activations(g);
     r.nodes_removed = remove_dead(g);
@@ -47,9 +44,7 @@ pub fn fold_batchnorm(g: &mut Graph) -> usize {
                 continue;
             };
             let p = &g.nodes[pi];
-            if consumers.get(&bn.inputs[0]).map(|c| c.len()) != Some(1)
-                || g.is_output(&bn.inputs[0])
-            {
+            if consumers.get(&bn.inputs[0]).map(|c| c.len()) != Some(1) || g.is_output(&bn.inputs[0]) {
                 continue;
             }
             let (Some(gamma), Some(beta), Some(mean), Some(var)) = (
@@ -65,9 +60,7 @@ pub fn fold_batchnorm(g: &mut Graph) -> usize {
             };
             let Some(wv) = w.as_f32() else { continue };
             let c = gamma.len();
-            let scale: Vec<f32> = (0..c)
-                .map(|o| gamma[o] / (var[o] + epsilon).sqrt())
-                .collect();
+            let scale: Vec<f32> = (0..c).map(|o| gamma[o] / (var[o] + epsilon).sqrt()).collect();
             let bias_in: Vec<f32> = match p.input(2) {
                 Some(n) => match const_f32(g, Some(n)) {
                     Some(b) if b.len() == c => b.to_vec(),
@@ -81,23 +74,12 @@ pub fn fold_batchnorm(g: &mut Graph) -> usize {
                 Op::Conv(a) if a.act.is_none() && w.shape[0] == c => {
                     let per = nw.len() / c;
                     for o in 0..c {
-                        nw[o * per..(o + 1) * per]
-                            .iter_mut()
-                            .for_each(|x| *x *= scale[o]);
+                        nw[o * per..(o + 1) * per].iter_mut().for_each(|x| *x *= scale[o]);
                     }
                 }
-                Op::Gemm {
-                    trans_b,
-                    act,
-                    alpha,
-                    ..
-                } if act.is_none() && w.shape.len() == 2 => {
+                Op::Gemm { trans_b, act, alpha, .. } if act.is_none() && w.shape.len() == 2 => {
                     // Fold alpha into W and beta into the bias as we go.
-                    let (k, n) = if *trans_b {
-                        (w.shape[1], w.shape[0])
-                    } else {
-                        (w.shape[0], w.shape[1])
-                    };
+                    let (k, n) = if *trans_b { (w.shape[1], w.shape[0]) } else { (w.shape[0], w.shape[1]) };
                     if n != c {
                         continue;
                     }
@@ -114,26 +96,15 @@ pub fn fold_batchnorm(g: &mut Graph) -> usize {
                 Op::Gemm { beta, .. } => *beta,
                 _ => 1.0,
             };
-            let nb: Vec<f32> = (0..c)
-                .map(|o| (bias_in[o] * bias_scale - mean[o]) * scale[o] + beta[o])
-                .collect();
-            done = Some((
-                bi,
-                pi,
-                Tensor {
-                    shape: w.shape.clone(),
-                    data: crate::Data::F32(nw),
-                },
-                nb,
-            ));
+            let nb: Vec<f32> = (0..c).map(|o| (bias_in[o] * bias_scale - mean[o]) * scale[o] + beta[o]).collect();
+            done = Some((bi, pi, Tensor { shape: w.shape.clone(), data: crate::Data::F32(nw) }, nb));
             break;
         }
         let Some((bi, pi, nw, nb)) = done else { break };
         let wname = g.fresh_name(&format!("{}_w_bnfold", g.nodes[pi].name));
         g.initializers.insert(wname.clone(), nw);
         let bname = g.fresh_name(&format!("{}_b_bnfold", g.nodes[pi].name));
-        g.initializers
-            .insert(bname.clone(), Tensor::f32(vec![nb.len()], nb));
+        g.initializers.insert(bname.clone(), Tensor::f32(vec![nb.len()], nb));
         let bn_out = g.nodes[bi].outputs[0].clone();
         let p = &mut g.nodes[pi];
         p.inputs.resize(3, String::new());
@@ -154,10 +125,7 @@ pub fn fold_batchnorm(g: &mut Graph) -> usize {
 pub fn as_activation(g: &Graph, n: &crate::Node) -> Option<Act> {
     match &n.op {
         Op::Relu => Some(Act::Relu),
-        Op::HardSigmoid { alpha, beta } => Some(Act::HardSigmoid {
-            alpha: *alpha,
-            beta: *beta,
-        }),
+        Op::HardSigmoid { alpha, beta } => Some(Act::HardSigmoid { alpha: *alpha, beta: *beta }),
         Op::HardSwish => Some(Act::HardSwish),
         Op::Clip { min, max } => {
             let bound = |i: usize, attr: Option<f32>, dflt: f32| -> Option<f32> {
@@ -171,11 +139,7 @@ pub fn as_activation(g: &Graph, n: &crate::Node) -> Option<Act> {
             };
             let lo = bound(1, *min, f32::NEG_INFINITY)?;
             let hi = bound(2, *max, f32::INFINITY)?;
-            Some(if lo == 0.0 && hi == f32::INFINITY {
-                Act::Relu
-            } else {
-                Act::Clip { lo, hi }
-            })
+            Some(if lo == 0.0 && hi == f32::INFINITY { Act::Relu } else { Act::Clip { lo, hi } })
         }
         _ => None,
     }
@@ -199,9 +163,7 @@ pub fn fuse_activations(g: &mut Graph) -> usize {
             if consumers.get(x).map(|c| c.len()) != Some(1) || g.is_output(x) {
                 continue;
             }
-            if !g.nodes[pi].op.fused_act().is_none()
-                || !matches!(g.nodes[pi].op, Op::Conv(_) | Op::Gemm { .. })
-            {
+            if !g.nodes[pi].op.fused_act().is_none() || !matches!(g.nodes[pi].op, Op::Conv(_) | Op::Gemm { .. }) {
                 continue;
             }
             hit = Some((ai, pi, act));
@@ -245,11 +207,7 @@ pub fn remove_identities(g: &mut Graph) -> usize {
                 i += 1;
                 continue;
             }
-            g.nodes[pi]
-                .outputs
-                .iter_mut()
-                .filter(|o| **o == x)
-                .for_each(|o| *o = y.clone());
+            g.nodes[pi].outputs.iter_mut().filter(|o| **o == x).for_each(|o| *o = y.clone());
             g.replace_uses(&x, &y);
         }
         g.nodes.remove(i);
@@ -261,8 +219,7 @@ pub fn remove_identities(g: &mut Graph) -> usize {
 /// Removes nodes none of whose outputs are read or are graph outputs, and unused initializers.
 pub fn remove_dead(g: &mut Graph) -> usize {
     let mut removed = 0;
-    let mut live: std::collections::HashSet<String> =
-        g.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut live: std::collections::HashSet<String> = g.outputs.iter().map(|o| o.name.clone()).collect();
     let mut keep = vec![false; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate().rev() {
         if n.outputs.iter().any(|o| live.contains(o)) {
@@ -276,9 +233,7 @@ pub fn remove_dead(g: &mut Graph) -> usize {
         removed += (!kept) as usize;
         kept
     });
-    let inputs: std::collections::HashSet<String> =
-        g.inputs.iter().map(|i| i.name.clone()).collect();
-    g.initializers
-        .retain(|name, _| live.contains(name) || inputs.contains(name));
+    let inputs: std::collections::HashSet<String> = g.inputs.iter().map(|i| i.name.clone()).collect();
+    g.initializers.retain(|name, _| live.contains(name) || inputs.contains(name));
     removed
 }

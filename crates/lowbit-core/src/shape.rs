@@ -43,32 +43,19 @@ pub fn window(
 ) -> Result<Window> {
     let n = input.len();
     if kernel.len() != n {
-        return Err(Error::Invalid(format!(
-            "kernel_shape {kernel:?} does not match {n} spatial dims"
-        )));
+        return Err(Error::Invalid(format!("kernel_shape {kernel:?} does not match {n} spatial dims")));
     }
     let strides = or_ones(strides, n);
     let dilations = or_ones(dilations, n);
     if strides.len() != n || dilations.len() != n {
-        return Err(Error::Invalid(
-            "strides/dilations have the wrong length".into(),
-        ));
+        return Err(Error::Invalid("strides/dilations have the wrong length".into()));
     }
     if strides.contains(&0) || dilations.contains(&0) || kernel.contains(&0) {
-        return Err(Error::Invalid(
-            "zero stride, dilation or kernel size".into(),
-        ));
+        return Err(Error::Invalid("zero stride, dilation or kernel size".into()));
     }
-    let pads = if pads.is_empty() {
-        vec![0; 2 * n]
-    } else {
-        pads.to_vec()
-    };
+    let pads = if pads.is_empty() { vec![0; 2 * n] } else { pads.to_vec() };
     if pads.len() != 2 * n {
-        return Err(Error::Invalid(format!(
-            "pads {pads:?} should have {} values",
-            2 * n
-        )));
+        return Err(Error::Invalid(format!("pads {pads:?} should have {} values", 2 * n)));
     }
     let mut w = Window {
         kernel: kernel.to_vec(),
@@ -86,20 +73,15 @@ pub fn window(
                 let out = i.div_ceil(s);
                 let total = ((out.max(1) - 1) * s + ek).saturating_sub(i);
                 let small = total / 2;
-                let (b, e) = if auto_pad == AutoPad::SameUpper {
-                    (small, total - small)
-                } else {
-                    (total - small, small)
-                };
+                let (b, e) =
+                    if auto_pad == AutoPad::SameUpper { (small, total - small) } else { (total - small, small) };
                 w.pads_begin[d] = b;
                 w.pads_end[d] = e;
                 w.out[d] = out;
             }
             AutoPad::Valid => {
                 if i < ek {
-                    return Err(Error::Invalid(format!(
-                        "input size {i} smaller than window {ek}"
-                    )));
+                    return Err(Error::Invalid(format!("input size {i} smaller than window {ek}")));
                 }
                 w.out[d] = (i - ek) / s + 1;
             }
@@ -107,15 +89,9 @@ pub fn window(
                 let (b, e) = (pads[d], pads[d + n]);
                 let span = i + b + e;
                 if span < ek {
-                    return Err(Error::Invalid(format!(
-                        "padded input size {span} smaller than window {ek}"
-                    )));
+                    return Err(Error::Invalid(format!("padded input size {span} smaller than window {ek}")));
                 }
-                let mut out = if ceil_mode {
-                    (span - ek).div_ceil(s) + 1
-                } else {
-                    (span - ek) / s + 1
-                };
+                let mut out = if ceil_mode { (span - ek).div_ceil(s) + 1 } else { (span - ek) / s + 1 };
                 if ceil_mode && (out - 1) * s >= i + b {
                     out -= 1;
                 }
@@ -133,24 +109,14 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i + a.len() >= n {
-            a[i + a.len() - n]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= n {
-            b[i + b.len() - n]
-        } else {
-            1
-        };
+        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
             db
         } else {
-            return Err(Error::Invalid(format!(
-                "shapes {a:?} and {b:?} do not broadcast"
-            )));
+            return Err(Error::Invalid(format!("shapes {a:?} and {b:?} do not broadcast")));
         };
     }
     Ok(out)
@@ -162,9 +128,7 @@ pub fn norm_axis(axis: i64, rank: usize) -> Result<usize> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r.max(1) && !(r == 0 && a == 0) {
-        return Err(Error::Invalid(format!(
-            "axis {axis} out of range for rank {rank}"
-        )));
+        return Err(Error::Invalid(format!("axis {axis} out of range for rank {rank}")));
     }
     Ok(a as usize)
 }
@@ -182,11 +146,9 @@ pub fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> Result<
                 }
                 out.push(1);
             }
-            0 if !allowzero => out.push(
-                *input
-                    .get(i)
-                    .ok_or_else(|| Error::Invalid("reshape copies a missing dim".into()))?,
-            ),
+            0 if !allowzero => {
+                out.push(*input.get(i).ok_or_else(|| Error::Invalid("reshape copies a missing dim".into()))?)
+            }
             s if s < 0 => return Err(Error::Invalid(format!("reshape dim {s} is invalid"))),
             s => out.push(s as usize),
         }
@@ -194,15 +156,11 @@ pub fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> Result<
     let known: usize = out.iter().product();
     if let Some(i) = infer {
         if known == 0 || total % known != 0 {
-            return Err(Error::Invalid(format!(
-                "cannot reshape {input:?} to {spec:?}"
-            )));
+            return Err(Error::Invalid(format!("cannot reshape {input:?} to {spec:?}")));
         }
         out[i] = total / known;
     } else if known != total {
-        return Err(Error::Invalid(format!(
-            "cannot reshape {input:?} ({total} elements) to {spec:?}"
-        )));
+        return Err(Error::Invalid(format!("cannot reshape {input:?} ({total} elements) to {spec:?}")));
     }
     Ok(out)
 }
@@ -218,17 +176,11 @@ pub fn slice_ranges(
     let rank = shape.len();
     let mut r: Vec<(i64, i64, i64)> = shape.iter().map(|&d| (0, d as i64, 1)).collect();
     if starts.len() != ends.len() {
-        return Err(Error::Invalid(
-            "slice starts and ends differ in length".into(),
-        ));
+        return Err(Error::Invalid("slice starts and ends differ in length".into()));
     }
     for k in 0..starts.len() {
         let axis = match axes {
-            Some(a) => norm_axis(
-                *a.get(k)
-                    .ok_or_else(|| Error::Invalid("slice axes too short".into()))?,
-                rank,
-            )?,
+            Some(a) => norm_axis(*a.get(k).ok_or_else(|| Error::Invalid("slice axes too short".into()))?, rank)?,
             None => k,
         };
         if axis >= rank {
@@ -275,18 +227,13 @@ pub fn slice_len(s: i64, e: i64, step: i64) -> usize {
 }
 
 fn need<'a>(ins: &'a [Option<Known<'a>>], i: usize) -> Result<Known<'a>> {
-    ins.get(i)
-        .copied()
-        .flatten()
-        .ok_or_else(|| Error::Invalid(format!("missing input {i}")))
+    ins.get(i).copied().flatten().ok_or_else(|| Error::Invalid(format!("missing input {i}")))
 }
 
 fn need_const<'a>(ins: &'a [Option<Known<'a>>], i: usize, what: &str) -> Result<&'a Tensor> {
-    need(ins, i)?.value.ok_or_else(|| {
-        Error::Invalid(format!(
-            "{what} (input {i}) must be a constant or computable from shapes"
-        ))
-    })
+    need(ins, i)?
+        .value
+        .ok_or_else(|| Error::Invalid(format!("{what} (input {i}) must be a constant or computable from shapes")))
 }
 
 /// Infers output element types and shapes of `node`.
@@ -317,62 +264,31 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             }
             if let Some(b) = ins.get(2).copied().flatten() {
                 if b.shape != [w.shape[0]] {
-                    return Err(Error::Invalid(format!(
-                        "Conv bias shape {:?} should be [{}]",
-                        b.shape, w.shape[0]
-                    )));
+                    return Err(Error::Invalid(format!("Conv bias shape {:?} should be [{}]", b.shape, w.shape[0])));
                 }
             }
-            let k = if c.kernel_shape.is_empty() {
-                w.shape[2..].to_vec()
-            } else {
-                c.kernel_shape.clone()
-            };
+            let k = if c.kernel_shape.is_empty() { w.shape[2..].to_vec() } else { c.kernel_shape.clone() };
             if k != w.shape[2..] {
-                return Err(Error::Invalid(format!(
-                    "kernel_shape {k:?} does not match weight {:?}",
-                    w.shape
-                )));
+                return Err(Error::Invalid(format!("kernel_shape {k:?} does not match weight {:?}", w.shape)));
             }
-            let win = window(
-                &x.shape[2..],
-                &k,
-                &c.strides,
-                &c.dilations,
-                &c.pads,
-                c.auto_pad,
-                false,
-            )?;
+            let win = window(&x.shape[2..], &k, &c.strides, &c.dilations, &c.pads, c.auto_pad, false)?;
             let mut s = vec![x.shape[0], w.shape[0]];
             s.extend(win.out);
             one(DType::F32, s)
         }
         Op::MaxPool(p) | Op::AveragePool(p) => {
             if x.shape.len() < 3 {
-                return Err(Error::Invalid(format!(
-                    "pooling needs N,C,spatial input, got {:?}",
-                    x.shape
-                )));
+                return Err(Error::Invalid(format!("pooling needs N,C,spatial input, got {:?}", x.shape)));
             }
-            let win = window(
-                &x.shape[2..],
-                &p.kernel_shape,
-                &p.strides,
-                &p.dilations,
-                &p.pads,
-                p.auto_pad,
-                p.ceil_mode,
-            )?;
+            let win =
+                window(&x.shape[2..], &p.kernel_shape, &p.strides, &p.dilations, &p.pads, p.auto_pad, p.ceil_mode)?;
             let mut s = x.shape[..2].to_vec();
             s.extend(win.out);
             one(x.dtype, s)
         }
         Op::GlobalAveragePool | Op::GlobalMaxPool => {
             if x.shape.len() < 3 {
-                return Err(Error::Invalid(format!(
-                    "global pooling needs N,C,spatial input, got {:?}",
-                    x.shape
-                )));
+                return Err(Error::Invalid(format!("global pooling needs N,C,spatial input, got {:?}", x.shape)));
             }
             let mut s = x.shape[..2].to_vec();
             s.extend(std::iter::repeat(1).take(x.shape.len() - 2));
@@ -393,12 +309,9 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             }
             one(x.dtype, x.shape.to_vec())
         }
-        Op::Relu
-        | Op::Clip { .. }
-        | Op::HardSigmoid { .. }
-        | Op::HardSwish
-        | Op::Sigmoid
-        | Op::Identity => one(x.dtype, x.shape.to_vec()),
+        Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish | Op::Sigmoid | Op::Identity => {
+            one(x.dtype, x.shape.to_vec())
+        }
         Op::Softmax { axis, .. } => {
             norm_axis(*axis, x.shape.len())?;
             one(x.dtype, x.shape.to_vec())
@@ -415,38 +328,19 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             }
             one(x.dtype, broadcast(x.shape, y.shape)?)
         }
-        Op::Gemm {
-            trans_a, trans_b, ..
-        } => {
+        Op::Gemm { trans_a, trans_b, .. } => {
             let b = need(ins, 1)?;
             if x.shape.len() != 2 || b.shape.len() != 2 {
-                return Err(Error::Invalid(format!(
-                    "Gemm needs 2-D inputs, got {:?} and {:?}",
-                    x.shape, b.shape
-                )));
+                return Err(Error::Invalid(format!("Gemm needs 2-D inputs, got {:?} and {:?}", x.shape, b.shape)));
             }
-            let (m, k) = if *trans_a {
-                (x.shape[1], x.shape[0])
-            } else {
-                (x.shape[0], x.shape[1])
-            };
-            let (k2, n) = if *trans_b {
-                (b.shape[1], b.shape[0])
-            } else {
-                (b.shape[0], b.shape[1])
-            };
+            let (m, k) = if *trans_a { (x.shape[1], x.shape[0]) } else { (x.shape[0], x.shape[1]) };
+            let (k2, n) = if *trans_b { (b.shape[1], b.shape[0]) } else { (b.shape[0], b.shape[1]) };
             if k != k2 {
-                return Err(Error::Invalid(format!(
-                    "Gemm inner dims differ: A {:?} B {:?}",
-                    x.shape, b.shape
-                )));
+                return Err(Error::Invalid(format!("Gemm inner dims differ: A {:?} B {:?}", x.shape, b.shape)));
             }
             if let Some(c) = ins.get(2).copied().flatten() {
                 if broadcast(c.shape, &[m, n])? != [m, n] {
-                    return Err(Error::Invalid(format!(
-                        "Gemm C {:?} does not broadcast to [{m}, {n}]",
-                        c.shape
-                    )));
+                    return Err(Error::Invalid(format!("Gemm C {:?} does not broadcast to [{m}, {n}]", c.shape)));
                 }
             }
             one(DType::F32, vec![m, n])
@@ -457,22 +351,12 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             if a.is_empty() || bs.is_empty() {
                 return Err(Error::Invalid("MatMul of a scalar".into()));
             }
-            let a2: Vec<usize> = if a.len() == 1 {
-                vec![1, a[0]]
-            } else {
-                a.to_vec()
-            };
-            let b2: Vec<usize> = if bs.len() == 1 {
-                vec![bs[0], 1]
-            } else {
-                bs.to_vec()
-            };
+            let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
+            let b2: Vec<usize> = if bs.len() == 1 { vec![bs[0], 1] } else { bs.to_vec() };
             let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
             let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
             if k != k2 {
-                return Err(Error::Invalid(format!(
-                    "MatMul inner dims differ: {a:?} x {bs:?}"
-                )));
+                return Err(Error::Invalid(format!("MatMul inner dims differ: {a:?} x {bs:?}")));
             }
             let mut s = broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
             if a.len() > 1 {
@@ -487,15 +371,10 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             let r = x.shape.len() as i64;
             let a = if *axis < 0 { axis + r } else { *axis };
             if a < 0 || a > r {
-                return Err(Error::Invalid(format!(
-                    "Flatten axis {axis} out of range for rank {r}"
-                )));
+                return Err(Error::Invalid(format!("Flatten axis {axis} out of range for rank {r}")));
             }
             let a = a as usize;
-            one(
-                x.dtype,
-                vec![x.shape[..a].iter().product(), x.shape[a..].iter().product()],
-            )
+            one(x.dtype, vec![x.shape[..a].iter().product(), x.shape[a..].iter().product()])
         }
         Op::Reshape { allowzero } => {
             let spec = need_const(ins, 1, "Reshape shape")?.to_i64_vec();
@@ -509,10 +388,7 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
                 let k = k.ok_or_else(|| Error::Invalid(format!("Concat input {i} missing")))?;
                 if k.shape.len() != s.len()
                     || k.dtype != x.dtype
-                    || k.shape
-                        .iter()
-                        .enumerate()
-                        .any(|(d, &v)| d != a && v != x.shape[d])
+                    || k.shape.iter().enumerate().any(|(d, &v)| d != a && v != x.shape[d])
                 {
                     return Err(Error::Invalid(format!(
                         "Concat input {i} shape {:?} does not fit {:?} on axis {a}",
@@ -543,25 +419,14 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
                 None => need_const(ins, 1, "Unsqueeze axes")?.to_i64_vec(),
             };
             let r = x.shape.len() + axes.len();
-            let mut ax: Vec<usize> = axes
-                .iter()
-                .map(|&a| norm_axis(a, r))
-                .collect::<Result<_>>()?;
+            let mut ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect::<Result<_>>()?;
             ax.sort();
             ax.dedup();
             if ax.len() != axes.len() {
                 return Err(Error::Invalid("Unsqueeze axes repeat".into()));
             }
             let mut it = x.shape.iter();
-            let s = (0..r)
-                .map(|d| {
-                    if ax.contains(&d) {
-                        1
-                    } else {
-                        *it.next().unwrap()
-                    }
-                })
-                .collect();
+            let s = (0..r).map(|d| if ax.contains(&d) { 1 } else { *it.next().unwrap() }).collect();
             one(x.dtype, s)
         }
         Op::Squeeze { axes } => {
@@ -572,27 +437,18 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
                     .copied()
                     .flatten()
                     .map(|k| k.value.map(|v| v.to_i64_vec()))
-                    .map(|v| {
-                        v.ok_or_else(|| Error::Invalid("Squeeze axes must be constant".into()))
-                    })
+                    .map(|v| v.ok_or_else(|| Error::Invalid("Squeeze axes must be constant".into())))
                     .transpose()?,
             };
             let r = x.shape.len();
             let s = match axes {
                 None => x.shape.iter().copied().filter(|&d| d != 1).collect(),
                 Some(a) => {
-                    let ax: Vec<usize> =
-                        a.iter().map(|&v| norm_axis(v, r)).collect::<Result<_>>()?;
+                    let ax: Vec<usize> = a.iter().map(|&v| norm_axis(v, r)).collect::<Result<_>>()?;
                     if ax.iter().any(|&d| x.shape[d] != 1) {
-                        return Err(Error::Invalid(format!(
-                            "Squeeze of a non-1 dim of {:?}",
-                            x.shape
-                        )));
+                        return Err(Error::Invalid(format!("Squeeze of a non-1 dim of {:?}", x.shape)));
                     }
-                    (0..r)
-                        .filter(|d| !ax.contains(d))
-                        .map(|d| x.shape[d])
-                        .collect()
+                    (0..r).filter(|d| !ax.contains(d)).map(|d| x.shape[d]).collect()
                 }
             };
             one(x.dtype, s)
@@ -600,12 +456,7 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
         Op::Cast { to } => one(*to, x.shape.to_vec()),
         Op::Slice { attrs } => {
             let (starts, ends, axes, steps) = match attrs {
-                Some((s, e, a)) => (
-                    s.clone(),
-                    e.clone(),
-                    if a.is_empty() { None } else { Some(a.clone()) },
-                    None,
-                ),
+                Some((s, e, a)) => (s.clone(), e.clone(), if a.is_empty() { None } else { Some(a.clone()) }, None),
                 None => (
                     need_const(ins, 1, "Slice starts")?.to_i64_vec(),
                     need_const(ins, 2, "Slice ends")?.to_i64_vec(),
@@ -620,10 +471,7 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
                 ),
             };
             let r = slice_ranges(x.shape, &starts, &ends, axes.as_deref(), steps.as_deref())?;
-            one(
-                x.dtype,
-                r.iter().map(|&(s, e, st)| slice_len(s, e, st)).collect(),
-            )
+            one(x.dtype, r.iter().map(|&(s, e, st)| slice_len(s, e, st)).collect())
         }
         Op::Transpose { perm } => {
             let r = x.shape.len();
@@ -631,9 +479,7 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             let mut seen = p.clone();
             seen.sort();
             if seen != (0..r).collect::<Vec<_>>() {
-                return Err(Error::Invalid(format!(
-                    "Transpose perm {p:?} is not a permutation of rank {r}"
-                )));
+                return Err(Error::Invalid(format!("Transpose perm {p:?} is not a permutation of rank {r}")));
             }
             one(x.dtype, p.iter().map(|&i| x.shape[i]).collect())
         }

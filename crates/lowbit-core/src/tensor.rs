@@ -104,9 +104,7 @@ impl Data {
     }
     /// Concatenates storages of the same type.
     pub fn concat(parts: &[&Data]) -> Result<Data> {
-        let first = parts
-            .first()
-            .ok_or_else(|| Error::Invalid("concat of nothing".into()))?;
+        let first = parts.first().ok_or_else(|| Error::Invalid("concat of nothing".into()))?;
         let mut out = Data::zeros(first.dtype(), 0);
         for p in parts {
             match (&mut out, p) {
@@ -116,11 +114,7 @@ impl Data {
                 (Data::I8(o), Data::I8(v)) => o.extend_from_slice(v),
                 (Data::U8(o), Data::U8(v)) => o.extend_from_slice(v),
                 (Data::Bool(o), Data::Bool(v)) => o.extend_from_slice(v),
-                _ => {
-                    return Err(Error::Invalid(
-                        "concat of tensors with different element types".into(),
-                    ))
-                }
+                _ => return Err(Error::Invalid("concat of tensors with different element types".into())),
             }
         }
         Ok(out)
@@ -182,30 +176,18 @@ impl Tensor {
     }
     pub fn f32(shape: Vec<usize>, v: Vec<f32>) -> Tensor {
         assert_eq!(numel(&shape), v.len(), "Tensor::f32 shape/data mismatch");
-        Tensor {
-            shape,
-            data: Data::F32(v),
-        }
+        Tensor { shape, data: Data::F32(v) }
     }
     pub fn i64(shape: Vec<usize>, v: Vec<i64>) -> Tensor {
         assert_eq!(numel(&shape), v.len(), "Tensor::i64 shape/data mismatch");
-        Tensor {
-            shape,
-            data: Data::I64(v),
-        }
+        Tensor { shape, data: Data::I64(v) }
     }
     pub fn scalar_f32(x: f32) -> Tensor {
-        Tensor {
-            shape: vec![],
-            data: Data::F32(vec![x]),
-        }
+        Tensor { shape: vec![], data: Data::F32(vec![x]) }
     }
     pub fn zeros(dtype: DType, shape: Vec<usize>) -> Tensor {
         let n = numel(&shape);
-        Tensor {
-            shape,
-            data: Data::zeros(dtype, n),
-        }
+        Tensor { shape, data: Data::zeros(dtype, n) }
     }
     pub fn dtype(&self) -> DType {
         self.data.dtype()
@@ -248,10 +230,7 @@ impl Tensor {
     }
     pub fn reshaped(mut self, shape: Vec<usize>) -> Result<Tensor> {
         if numel(&shape) != self.len() {
-            return Err(Error::Invalid(format!(
-                "cannot reshape {:?} to {:?}",
-                self.shape, shape
-            )));
+            return Err(Error::Invalid(format!("cannot reshape {:?} to {:?}", self.shape, shape)));
         }
         self.shape = shape;
         Ok(self)

@@ -49,11 +49,7 @@ pub enum DataError {
 
     /// A well-known data set that is not installed.
     #[error("{name} not found in {}; install it with: {install}", .dir.display())]
-    DatasetMissing {
-        name: &'static str,
-        dir: PathBuf,
-        install: &'static str,
-    },
+    DatasetMissing { name: &'static str, dir: PathBuf, install: &'static str },
 }
 
 /// Result with [`DataError`].

@@ -17,43 +17,27 @@ pub(crate) fn is_image_name(name: &str) -> bool {
     Path::new(name)
         .extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| {
-            ["jpg", "jpeg", "png"]
-                .iter()
-                .any(|x| e.eq_ignore_ascii_case(x))
-        })
+        .is_some_and(|e| ["jpg", "jpeg", "png"].iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Decodes one image file and appends its preprocessed CHW values; returns (c, h, w).
 fn decode_into(path: &Path, pre: &Preprocess, out: &mut Vec<f32>) -> Result<(usize, usize, usize)> {
-    pre.validate().map_err(|reason| DataError::Preprocess {
-        path: path.to_path_buf(),
-        reason,
-    })?;
+    pre.validate().map_err(|reason| DataError::Preprocess { path: path.to_path_buf(), reason })?;
     let img = image::ImageReader::open(path)
         .map_err(|e| DataError::io(path, "cannot open", e))?
         .with_guessed_format()
         .map_err(|e| DataError::io(path, "cannot read", e))?
         .decode()
-        .map_err(|e| DataError::Image {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| DataError::Image { path: path.to_path_buf(), reason: e.to_string() })?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     // Colour images are decoded to RGB and, if needed, turned gray by `Preprocess` itself, so the
     // gray formula is the same for files and raw pixels.
-    let (pixels, c) = if img.color().has_color() {
-        (img.to_rgb8().into_raw(), 3)
-    } else {
-        (img.to_luma8().into_raw(), 1)
-    };
+    let (pixels, c) =
+        if img.color().has_color() { (img.to_rgb8().into_raw(), 3) } else { (img.to_luma8().into_raw(), 1) };
     pre.apply_at(path, &pixels, c, h, w, out)
 }
 
@@ -106,16 +90,12 @@ fn read_labels_txt(path: &Path) -> Result<HashMap<String, u32>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = |why: String| DataError::Labels {
-            path: path.to_path_buf(),
-            reason: format!("line {}: {why}", i + 1),
-        };
+        let bad =
+            |why: String| DataError::Labels { path: path.to_path_buf(), reason: format!("line {}: {why}", i + 1) };
         let (name, label) = line
             .rsplit_once(char::is_whitespace)
             .ok_or_else(|| bad(format!("expected \"<filename> <label>\", got {line:?}")))?;
-        let label: u32 = label
-            .parse()
-            .map_err(|_| bad(format!("label {label:?} is not a non-negative integer")))?;
+        let label: u32 = label.parse().map_err(|_| bad(format!("label {label:?} is not a non-negative integer")))?;
         if map.insert(name.trim_end().to_string(), label).is_some() {
             return Err(bad(format!("second label for {}", name.trim_end())));
         }
@@ -129,21 +109,14 @@ fn read_labels_txt(path: &Path) -> Result<HashMap<String, u32>> {
 /// lines "<filename> <label>", it is used, and every loaded image must have a label.
 pub fn load_image_folder(dir: &Path, pre: &Preprocess, limit: Option<usize>) -> Result<ImageSet> {
     if !dir.exists() {
-        return Err(DataError::NotFound {
-            path: dir.to_path_buf(),
-        });
+        return Err(DataError::NotFound { path: dir.to_path_buf() });
     }
     if !dir.is_dir() {
-        return Err(DataError::Layout {
-            path: dir.to_path_buf(),
-            reason: "not a folder".into(),
-        });
+        return Err(DataError::Layout { path: dir.to_path_buf(), reason: "not a folder".into() });
     }
     let mut files = list_files(dir, is_image_name)?;
     if files.is_empty() {
-        return Err(DataError::NoImages {
-            dir: dir.to_path_buf(),
-        });
+        return Err(DataError::NoImages { dir: dir.to_path_buf() });
     }
     if let Some(l) = limit {
         files.truncate(l);
@@ -170,9 +143,7 @@ pub fn load_image_folder(dir: &Path, pre: &Preprocess, limit: Option<usize>) -> 
 /// One image file as a set of one (unlabelled).
 pub fn load_image_file(path: &Path, pre: &Preprocess) -> Result<ImageSet> {
     if !path.exists() {
-        return Err(DataError::NotFound {
-            path: path.to_path_buf(),
-        });
+        return Err(DataError::NotFound { path: path.to_path_buf() });
     }
     load_files(&[path.to_path_buf()], pre, path)
 }
@@ -184,10 +155,7 @@ mod tests {
     use image::{GrayImage, Luma, Rgb, RgbImage};
 
     fn raw(channels: usize) -> Preprocess {
-        Preprocess {
-            channels,
-            ..Preprocess::none()
-        }
+        Preprocess { channels, ..Preprocess::none() }
     }
 
     #[test]
@@ -196,30 +164,17 @@ mod tests {
         fs::write(tmp.join("notes.txt"), "no images here").expect("write");
         let err = load_image_folder(tmp.path(), &Preprocess::imagenet(), None).expect_err("empty");
         assert!(matches!(err, DataError::NoImages { .. }), "{err:?}");
-        assert_eq!(
-            err.to_string(),
-            format!("no images (.jpg/.jpeg/.png) in {}", tmp.path().display())
-        );
+        assert_eq!(err.to_string(), format!("no images (.jpg/.jpeg/.png) in {}", tmp.path().display()));
     }
 
     #[test]
     fn png_folder_sorted_with_labels_and_limit() {
         let tmp = TempDir::new("folder-png");
         // written out of order; b is red, a is blue, c is green
-        for (name, rgb) in [
-            ("b.png", [255, 0, 0]),
-            ("a.PNG", [0, 0, 255]),
-            ("c.png", [0, 255, 0]),
-        ] {
-            RgbImage::from_pixel(3, 2, Rgb(rgb))
-                .save(tmp.join(name))
-                .expect("save png");
+        for (name, rgb) in [("b.png", [255, 0, 0]), ("a.PNG", [0, 0, 255]), ("c.png", [0, 255, 0])] {
+            RgbImage::from_pixel(3, 2, Rgb(rgb)).save(tmp.join(name)).expect("save png");
         }
-        fs::write(
-            tmp.join(LABELS_FILE),
-            "# name label\nb.png 1\n\na.PNG 0\nc.png 2\n",
-        )
-        .expect("write");
+        fs::write(tmp.join(LABELS_FILE), "# name label\nb.png 1\n\na.PNG 0\nc.png 2\n").expect("write");
         let set = load_image_folder(tmp.path(), &raw(3), None).expect("load");
         assert_eq!(set.shape(), [3, 3, 2, 3]);
         assert_eq!(set.names, vec!["a.PNG", "b.png", "c.png"]);
@@ -241,29 +196,16 @@ mod tests {
     #[test]
     fn labels_txt_problems_are_errors() {
         let tmp = TempDir::new("folder-labels");
-        GrayImage::from_pixel(2, 2, Luma([9]))
-            .save(tmp.join("x.png"))
-            .expect("save");
-        GrayImage::from_pixel(2, 2, Luma([9]))
-            .save(tmp.join("y.png"))
-            .expect("save");
+        GrayImage::from_pixel(2, 2, Luma([9])).save(tmp.join("x.png")).expect("save");
+        GrayImage::from_pixel(2, 2, Luma([9])).save(tmp.join("y.png")).expect("save");
         fs::write(tmp.join(LABELS_FILE), "x.png 3\n").expect("write");
-        let msg = load_image_folder(tmp.path(), &raw(1), None)
-            .expect_err("y has no label")
-            .to_string();
+        let msg = load_image_folder(tmp.path(), &raw(1), None).expect_err("y has no label").to_string();
         assert!(msg.contains("labels.txt: no label for y.png"), "{msg}");
         // but with a limit of 1, only x is loaded and it has a label
-        assert_eq!(
-            load_image_folder(tmp.path(), &raw(1), Some(1))
-                .expect("load")
-                .labels,
-            Some(vec![3])
-        );
+        assert_eq!(load_image_folder(tmp.path(), &raw(1), Some(1)).expect("load").labels, Some(vec![3]));
 
         fs::write(tmp.join(LABELS_FILE), "x.png 3\ny.png cat\n").expect("write");
-        let msg = load_image_folder(tmp.path(), &raw(1), None)
-            .expect_err("bad label")
-            .to_string();
+        let msg = load_image_folder(tmp.path(), &raw(1), None).expect_err("bad label").to_string();
         assert!(msg.contains("labels.txt: line 2: label \"cat\""), "{msg}");
     }
 
@@ -271,37 +213,18 @@ mod tests {
     fn corrupt_image_names_the_file() {
         let tmp = TempDir::new("folder-corrupt");
         fs::write(tmp.join("broken.jpg"), b"definitely not a jpeg").expect("write");
-        let msg = load_image_folder(tmp.path(), &raw(3), None)
-            .expect_err("corrupt")
-            .to_string();
+        let msg = load_image_folder(tmp.path(), &raw(3), None).expect_err("corrupt").to_string();
         assert!(msg.contains("broken.jpg: cannot decode image"), "{msg}");
     }
 
     #[test]
     fn mixed_sizes_need_a_crop() {
         let tmp = TempDir::new("folder-mixed");
-        GrayImage::from_pixel(4, 4, Luma([1]))
-            .save(tmp.join("a.png"))
-            .expect("save");
-        GrayImage::from_pixel(6, 5, Luma([2]))
-            .save(tmp.join("b.png"))
-            .expect("save");
-        let msg = load_image_folder(tmp.path(), &raw(1), None)
-            .expect_err("mixed")
-            .to_string();
-        assert!(
-            msg.contains("b.png: image is 1x5x6 after preprocessing but a.png was 1x4x4"),
-            "{msg}"
-        );
-        let set = load_image_folder(
-            tmp.path(),
-            &Preprocess {
-                crop: Some((4, 4)),
-                ..raw(1)
-            },
-            None,
-        )
-        .expect("cropped");
+        GrayImage::from_pixel(4, 4, Luma([1])).save(tmp.join("a.png")).expect("save");
+        GrayImage::from_pixel(6, 5, Luma([2])).save(tmp.join("b.png")).expect("save");
+        let msg = load_image_folder(tmp.path(), &raw(1), None).expect_err("mixed").to_string();
+        assert!(msg.contains("b.png: image is 1x5x6 after preprocessing but a.png was 1x4x4"), "{msg}");
+        let set = load_image_folder(tmp.path(), &Preprocess { crop: Some((4, 4)), ..raw(1) }, None).expect("cropped");
         assert_eq!(set.shape(), [2, 1, 4, 4]);
         assert_eq!(set.image(1), &[2.0; 16]);
     }
@@ -310,21 +233,11 @@ mod tests {
     fn jpeg_round_trip_is_close() {
         let tmp = TempDir::new("folder-jpeg");
         let p = tmp.join("gray.jpg");
-        RgbImage::from_pixel(16, 16, Rgb([128, 128, 128]))
-            .save(&p)
-            .expect("save jpeg");
+        RgbImage::from_pixel(16, 16, Rgb([128, 128, 128])).save(&p).expect("save jpeg");
         let set = load_image_file(&p, &Preprocess::imagenet()).expect_err("16x16 < 224 crop");
-        assert!(
-            set.to_string()
-                .contains("gray.jpg: image is 16x16, smaller than the 224x224 center crop"),
-            "{set}"
-        );
+        assert!(set.to_string().contains("gray.jpg: image is 16x16, smaller than the 224x224 center crop"), "{set}");
         let set = load_image_file(&p, &raw(3)).expect("load");
         assert_eq!(set.names, vec!["gray.jpg"]);
-        assert!(
-            set.data.iter().all(|&v| (v - 128.0).abs() <= 2.0),
-            "{:?}",
-            &set.data[..8]
-        );
+        assert!(set.data.iter().all(|&v| (v - 128.0).abs() <= 2.0), "{:?}", &set.data[..8]);
     }
 }

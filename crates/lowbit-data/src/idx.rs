@@ -50,19 +50,14 @@ impl Split {
 }
 
 fn idx_err(path: &Path, reason: impl Into<String>) -> DataError {
-    DataError::Idx {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    DataError::Idx { path: path.to_path_buf(), reason: reason.into() }
 }
 
 /// Opens a file, transparently decompressing it if it starts with the gzip magic.
 fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
     let file = File::open(path).map_err(|e| DataError::io(path, "cannot open", e))?;
     let mut reader = BufReader::new(file);
-    let head = reader
-        .fill_buf()
-        .map_err(|e| DataError::io(path, "cannot read", e))?;
+    let head = reader.fill_buf().map_err(|e| DataError::io(path, "cannot read", e))?;
     if head.starts_with(&GZIP_MAGIC) {
         Ok(Box::new(MultiGzDecoder::new(reader)))
     } else {
@@ -74,13 +69,7 @@ fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
 fn read_up_to(r: &mut dyn Read, want: usize, path: &Path, what: &str) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     r.take(want as u64).read_to_end(&mut buf).map_err(|e| {
-        idx_err(
-            path,
-            format!(
-                "corrupt or truncated file while reading {what} (after {} bytes): {e}",
-                buf.len()
-            ),
-        )
+        idx_err(path, format!("corrupt or truncated file while reading {what} (after {} bytes): {e}", buf.len()))
     })?;
     Ok(buf)
 }
@@ -90,10 +79,7 @@ fn read_header(r: &mut dyn Read, path: &Path, ndims: u8) -> Result<Vec<usize>> {
     let kind = if ndims == 3 { "image" } else { "label" };
     let magic = read_up_to(r, 4, path, "the IDX header")?;
     if magic.len() < 4 {
-        return Err(idx_err(
-            path,
-            format!("not an IDX file: only {} bytes long", magic.len()),
-        ));
+        return Err(idx_err(path, format!("not an IDX file: only {} bytes long", magic.len())));
     }
     let m = u32::from_be_bytes([magic[0], magic[1], magic[2], magic[3]]);
     let expected = 0x0800 | u32::from(ndims);
@@ -101,32 +87,20 @@ fn read_header(r: &mut dyn Read, path: &Path, ndims: u8) -> Result<Vec<usize>> {
         let what = match m {
             0x0801 => " (that is an IDX label file)",
             0x0803 => " (that is an IDX image file)",
-            _ if magic[..2] == [0, 0] && magic[2] != IDX_U8 => {
-                " (IDX with non-u8 data is not supported)"
-            }
+            _ if magic[..2] == [0, 0] && magic[2] != IDX_U8 => " (IDX with non-u8 data is not supported)",
             _ => "",
         };
-        return Err(idx_err(
-            path,
-            format!("not an IDX {kind} file: magic 0x{m:08x}{what}, expected 0x{expected:08x}"),
-        ));
+        return Err(idx_err(path, format!("not an IDX {kind} file: magic 0x{m:08x}{what}, expected 0x{expected:08x}")));
     }
     let n = usize::from(ndims);
     let raw = read_up_to(r, 4 * n, path, "the IDX header")?;
     if raw.len() < 4 * n {
         return Err(idx_err(
             path,
-            format!(
-                "truncated IDX file: header needs {} dimension bytes, only {} present",
-                4 * n,
-                raw.len()
-            ),
+            format!("truncated IDX file: header needs {} dimension bytes, only {} present", 4 * n, raw.len()),
         ));
     }
-    Ok(raw
-        .chunks_exact(4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .collect())
+    Ok(raw.chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect())
 }
 
 /// Reads an IDX label file header and the first `take` labels; returns (header count, labels).
@@ -138,10 +112,7 @@ fn read_labels(path: &Path, take: usize) -> Result<(usize, Vec<u32>)> {
     if raw.len() < take {
         return Err(idx_err(
             path,
-            format!(
-                "truncated IDX file: header says {count} labels but only {} bytes of labels",
-                raw.len()
-            ),
+            format!("truncated IDX file: header says {count} labels but only {} bytes of labels", raw.len()),
         ));
     }
     Ok((count, raw.into_iter().map(u32::from).collect()))
@@ -150,44 +121,22 @@ fn read_labels(path: &Path, take: usize) -> Result<(usize, Vec<u32>)> {
 /// Reads an IDX image file (magic 0x00000803, u8 pixels) and optional IDX label file
 /// (0x00000801); gz or plain, detected by magic bytes (1f 8b) not extension.
 /// `limit` = read at most this many images.
-pub fn load_idx(
-    images: &Path,
-    labels: Option<&Path>,
-    pre: &Preprocess,
-    limit: Option<usize>,
-) -> Result<ImageSet> {
+pub fn load_idx(images: &Path, labels: Option<&Path>, pre: &Preprocess, limit: Option<usize>) -> Result<ImageSet> {
     let mut r = open_maybe_gz(images)?;
     let dims = read_header(&mut *r, images, 3)?;
     let (total, h, w) = (dims[0], dims[1], dims[2]);
-    let (c, oh, ow) = pre
-        .output_shape(h, w)
-        .map_err(|reason| DataError::Preprocess {
-            path: images.to_path_buf(),
-            reason,
-        })?;
+    let (c, oh, ow) =
+        pre.output_shape(h, w).map_err(|reason| DataError::Preprocess { path: images.to_path_buf(), reason })?;
     let n = limit.map_or(total, |l| l.min(total));
     let hw = h
         .checked_mul(w)
         .filter(|&hw| hw.checked_mul(total).is_some())
-        .ok_or_else(|| {
-            idx_err(
-                images,
-                format!("IDX header size {total}x{h}x{w} is too large"),
-            )
-        })?;
-    let pixels = read_up_to(
-        &mut *r,
-        n * hw,
-        images,
-        &format!("pixels of {total}x{h}x{w} images"),
-    )?;
+        .ok_or_else(|| idx_err(images, format!("IDX header size {total}x{h}x{w} is too large")))?;
+    let pixels = read_up_to(&mut *r, n * hw, images, &format!("pixels of {total}x{h}x{w} images"))?;
     if pixels.len() < n * hw {
         return Err(idx_err(
             images,
-            format!(
-                "truncated IDX file: header says {total}x{h}x{w} but only {} bytes of pixels",
-                pixels.len()
-            ),
+            format!("truncated IDX file: header says {total}x{h}x{w} but only {} bytes of pixels", pixels.len()),
         ));
     }
     drop(r);
@@ -199,10 +148,7 @@ pub fn load_idx(
             if count != total {
                 return Err(DataError::Labels {
                     path: lp.to_path_buf(),
-                    reason: format!(
-                        "has {count} labels but {} has {total} images",
-                        images.display()
-                    ),
+                    reason: format!("has {count} labels but {} has {total} images", images.display()),
                 });
             }
             Some(l)
@@ -245,14 +191,8 @@ pub(crate) fn sibling_labels(images: &Path) -> Option<PathBuf> {
         return None;
     }
     let label_name = name.replace("images-idx3", "labels-idx1");
-    let base = label_name
-        .strip_suffix(".gz")
-        .unwrap_or(&label_name)
-        .to_string();
-    [label_name, base.clone(), format!("{base}.gz")]
-        .into_iter()
-        .map(|n| images.with_file_name(n))
-        .find(|p| p.is_file())
+    let base = label_name.strip_suffix(".gz").unwrap_or(&label_name).to_string();
+    [label_name, base.clone(), format!("{base}.gz")].into_iter().map(|n| images.with_file_name(n)).find(|p| p.is_file())
 }
 
 /// File names (sorted) in `dir` that satisfy `keep`.
@@ -276,22 +216,12 @@ pub(crate) fn list_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<
 /// A folder holding MNIST-style files: finds `*images-idx3-ubyte[.gz]` and
 /// `*labels-idx1-ubyte[.gz]`. If several image files exist (train-*/t10k-*), picks by split
 /// (Test -> t10k*/test*, Train -> train*). Labels are optional (missing -> labels None).
-pub fn load_idx_dir(
-    dir: &Path,
-    split: Split,
-    pre: &Preprocess,
-    limit: Option<usize>,
-) -> Result<ImageSet> {
+pub fn load_idx_dir(dir: &Path, split: Split, pre: &Preprocess, limit: Option<usize>) -> Result<ImageSet> {
     if !dir.exists() {
-        return Err(DataError::NotFound {
-            path: dir.to_path_buf(),
-        });
+        return Err(DataError::NotFound { path: dir.to_path_buf() });
     }
     if !dir.is_dir() {
-        return Err(DataError::Layout {
-            path: dir.to_path_buf(),
-            reason: "not a folder".into(),
-        });
+        return Err(DataError::Layout { path: dir.to_path_buf(), reason: "not a folder".into() });
     }
     let all = list_files(dir, is_idx_images_name)?;
     let images = pick_images(dir, &all, split)?;
@@ -302,11 +232,7 @@ pub fn load_idx_dir(
 /// Chooses the image file for `split` among `all` (sorted by name). A plain and a gzipped copy of
 /// the same file count as one (the plain one is used); a single file is used whatever its name.
 fn pick_images(dir: &Path, all: &[PathBuf], split: Split) -> Result<PathBuf> {
-    let name = |p: &PathBuf| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
+    let name = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = |p: &PathBuf| {
         let n = name(p);
         n.strip_suffix(".gz").map(str::to_string).unwrap_or(n)
@@ -323,39 +249,24 @@ fn pick_images(dir: &Path, all: &[PathBuf], split: Split) -> Result<PathBuf> {
         [] => "no IDX image file (*images-idx3-ubyte[.gz]) in this folder".to_string(),
         [one] => return Ok((*one).clone()),
         several => {
-            let matching: Vec<&PathBuf> = several
-                .iter()
-                .copied()
-                .filter(|p| split.matches(&name(p)))
-                .collect();
+            let matching: Vec<&PathBuf> = several.iter().copied().filter(|p| split.matches(&name(p))).collect();
             match matching.as_slice() {
                 [one] => return Ok((*one).clone()),
-                [] => format!(
-                    "cannot choose the {split:?} IDX image file: none of {} is named {pattern}",
-                    list(several)
-                ),
-                _ => format!(
-                    "cannot choose the {split:?} IDX image file: {} all match {pattern}",
-                    list(&matching)
-                ),
+                [] => {
+                    format!("cannot choose the {split:?} IDX image file: none of {} is named {pattern}", list(several))
+                }
+                _ => format!("cannot choose the {split:?} IDX image file: {} all match {pattern}", list(&matching)),
             }
         }
     };
-    Err(DataError::Layout {
-        path: dir.to_path_buf(),
-        reason,
-    })
+    Err(DataError::Layout { path: dir.to_path_buf(), reason })
 }
 
 fn write_idx(path: &Path, ndims: u8, dims: &[usize], data: &[u8], gzip: bool) -> Result<()> {
     let mut header = vec![0, 0, IDX_U8, ndims];
     for &d in dims {
-        let d = u32::try_from(d).map_err(|_| {
-            idx_err(
-                path,
-                format!("cannot write IDX: dimension {d} does not fit in u32"),
-            )
-        })?;
+        let d = u32::try_from(d)
+            .map_err(|_| idx_err(path, format!("cannot write IDX: dimension {d} does not fit in u32")))?;
         header.extend_from_slice(&d.to_be_bytes());
     }
     let io = |e| DataError::io(path, "cannot write", e);
@@ -375,22 +286,12 @@ fn write_idx(path: &Path, ndims: u8, dims: &[usize], data: &[u8], gzip: bool) ->
 
 /// Writes `n` u8 images of `h` x `w` (row-major, image after image) as an IDX image file
 /// (magic 0x00000803), gzip-compressed if `gzip`.
-pub fn write_idx_images(
-    path: &Path,
-    images: &[u8],
-    n: usize,
-    h: usize,
-    w: usize,
-    gzip: bool,
-) -> Result<()> {
+pub fn write_idx_images(path: &Path, images: &[u8], n: usize, h: usize, w: usize, gzip: bool) -> Result<()> {
     let want = n.checked_mul(h).and_then(|x| x.checked_mul(w));
     if want != Some(images.len()) {
         return Err(idx_err(
             path,
-            format!(
-                "cannot write IDX: {} bytes of pixels given for {n}x{h}x{w} images",
-                images.len()
-            ),
+            format!("cannot write IDX: {} bytes of pixels given for {n}x{h}x{w} images", images.len()),
         ));
     }
     write_idx(path, 3, &[n, h, w], images, gzip)
@@ -408,9 +309,7 @@ mod tests {
 
     /// `n` images of h x w with pixel value (i*7 + p) mod 256, and labels i mod 10.
     fn sample(n: usize, h: usize, w: usize) -> (Vec<u8>, Vec<u8>) {
-        let px = (0..n * h * w)
-            .map(|p| ((p / (h * w)) * 7 + p % (h * w)) as u8)
-            .collect();
+        let px = (0..n * h * w).map(|p| ((p / (h * w)) * 7 + p % (h * w)) as u8).collect();
         let labels = (0..n).map(|i| (i % 10) as u8).collect();
         (px, labels)
     }
@@ -432,10 +331,7 @@ mod tests {
             assert_eq!(head.starts_with(&GZIP_MAGIC), gzip);
             let set = load_idx(&ip, Some(&lp), &raw(), None).expect("load");
             assert_eq!(set.shape(), [5, 1, 3, 4]);
-            assert_eq!(
-                set.data,
-                px.iter().map(|&v| f32::from(v)).collect::<Vec<_>>()
-            );
+            assert_eq!(set.data, px.iter().map(|&v| f32::from(v)).collect::<Vec<_>>());
             assert_eq!(set.labels, Some(vec![0, 1, 2, 3, 4]));
             assert_eq!(set.names[4], "idx:4");
             assert_eq!(set.source, ip.display().to_string());
@@ -485,16 +381,7 @@ mod tests {
             assert!((g - w).abs() < 1e-5, "{:?} vs {want:?}", set.data);
         }
         // 3 channels: gray replicated
-        let set = load_idx(
-            &ip,
-            None,
-            &Preprocess {
-                channels: 3,
-                ..raw()
-            },
-            None,
-        )
-        .expect("load");
+        let set = load_idx(&ip, None, &Preprocess { channels: 3, ..raw() }, None).expect("load");
         assert_eq!(set.shape(), [1, 3, 2, 2]);
         assert_eq!(&set.data[4..8], &[0.0, 255.0, 51.0, 102.0]);
     }
@@ -509,38 +396,21 @@ mod tests {
 
         let cut = tmp.join("cut-images-idx3-ubyte");
         fs::write(&cut, &bytes[..16 + 30]).expect("write");
-        let msg = load_idx(&cut, None, &raw(), None)
-            .expect_err("truncated")
-            .to_string();
+        let msg = load_idx(&cut, None, &raw(), None).expect_err("truncated").to_string();
         assert!(msg.starts_with(&cut.display().to_string()), "{msg}");
-        assert!(
-            msg.contains("truncated IDX file: header says 4x5x5 but only 30 bytes of pixels"),
-            "{msg}"
-        );
+        assert!(msg.contains("truncated IDX file: header says 4x5x5 but only 30 bytes of pixels"), "{msg}");
         // with a limit that fits in what is there, the file is fine
-        assert_eq!(
-            load_idx(&cut, None, &raw(), Some(1))
-                .expect("1 image fits")
-                .n,
-            1
-        );
+        assert_eq!(load_idx(&cut, None, &raw(), Some(1)).expect("1 image fits").n, 1);
 
         let header_cut = tmp.join("hdr");
         fs::write(&header_cut, &bytes[..9]).expect("write");
-        let msg = load_idx(&header_cut, None, &raw(), None)
-            .expect_err("truncated")
-            .to_string();
+        let msg = load_idx(&header_cut, None, &raw(), None).expect_err("truncated").to_string();
         assert!(msg.contains("hdr") && msg.contains("truncated"), "{msg}");
 
         let empty = tmp.join("empty");
         fs::write(&empty, b"").expect("write");
-        let msg = load_idx(&empty, None, &raw(), None)
-            .expect_err("empty")
-            .to_string();
-        assert!(
-            msg.contains("empty") && msg.contains("only 0 bytes"),
-            "{msg}"
-        );
+        let msg = load_idx(&empty, None, &raw(), None).expect_err("empty").to_string();
+        assert!(msg.contains("empty") && msg.contains("only 0 bytes"), "{msg}");
 
         // truncated gzip stream
         let gz = tmp.join("full.gz");
@@ -548,9 +418,7 @@ mod tests {
         let gz_bytes = fs::read(&gz).expect("read back");
         let gz_cut = tmp.join("cut.gz");
         fs::write(&gz_cut, &gz_bytes[..gz_bytes.len() / 2]).expect("write");
-        let msg = load_idx(&gz_cut, None, &raw(), None)
-            .expect_err("truncated gzip")
-            .to_string();
+        let msg = load_idx(&gz_cut, None, &raw(), None).expect_err("truncated gzip").to_string();
         assert!(msg.starts_with(&gz_cut.display().to_string()), "{msg}");
 
         // truncated labels
@@ -558,13 +426,8 @@ mod tests {
         write_idx_labels(&lp, &labels, false).expect("write");
         let lbytes = fs::read(&lp).expect("read back");
         fs::write(&lp, &lbytes[..lbytes.len() - 1]).expect("write");
-        let msg = load_idx(&full, Some(&lp), &raw(), None)
-            .expect_err("short labels")
-            .to_string();
-        assert!(
-            msg.contains("labels") && msg.contains("truncated IDX file: header says 4 labels"),
-            "{msg}"
-        );
+        let msg = load_idx(&full, Some(&lp), &raw(), None).expect_err("short labels").to_string();
+        assert!(msg.contains("labels") && msg.contains("truncated IDX file: header says 4 labels"), "{msg}");
     }
 
     #[test]
@@ -575,35 +438,19 @@ mod tests {
         write_idx_images(&ip, &[1, 2, 3, 4], 1, 2, 2, false).expect("write");
         write_idx_labels(&lp, &[1], false).expect("write");
 
-        let msg = load_idx(&lp, None, &raw(), None)
-            .expect_err("label file as images")
-            .to_string();
-        assert!(
-            msg.contains(
-                "labels: not an IDX image file: magic 0x00000801 (that is an IDX label file)"
-            ),
-            "{msg}"
-        );
-        let msg = load_idx(&ip, Some(&ip), &raw(), None)
-            .expect_err("image file as labels")
-            .to_string();
+        let msg = load_idx(&lp, None, &raw(), None).expect_err("label file as images").to_string();
+        assert!(msg.contains("labels: not an IDX image file: magic 0x00000801 (that is an IDX label file)"), "{msg}");
+        let msg = load_idx(&ip, Some(&ip), &raw(), None).expect_err("image file as labels").to_string();
         assert!(msg.contains("not an IDX label file"), "{msg}");
 
         let junk = tmp.join("junk.png");
         fs::write(&junk, b"\x89PNG\r\n\x1a\n0000000000").expect("write");
-        let msg = load_idx(&junk, None, &raw(), None)
-            .expect_err("png")
-            .to_string();
-        assert!(
-            msg.contains("junk.png: not an IDX image file: magic 0x89504e47"),
-            "{msg}"
-        );
+        let msg = load_idx(&junk, None, &raw(), None).expect_err("png").to_string();
+        assert!(msg.contains("junk.png: not an IDX image file: magic 0x89504e47"), "{msg}");
 
         let floats = tmp.join("floats");
         fs::write(&floats, [0, 0, 0x0d, 3, 0, 0, 0, 0]).expect("write");
-        let msg = load_idx(&floats, None, &raw(), None)
-            .expect_err("f32 idx")
-            .to_string();
+        let msg = load_idx(&floats, None, &raw(), None).expect_err("f32 idx").to_string();
         assert!(msg.contains("non-u8"), "{msg}");
     }
 
@@ -614,13 +461,8 @@ mod tests {
         let lp = tmp.join("l");
         write_idx_images(&ip, &[0; 12], 3, 2, 2, false).expect("write");
         write_idx_labels(&lp, &[1, 2], false).expect("write");
-        let msg = load_idx(&ip, Some(&lp), &raw(), None)
-            .expect_err("2 labels for 3 images")
-            .to_string();
-        assert!(
-            msg.contains("has 2 labels but") && msg.contains("has 3 images"),
-            "{msg}"
-        );
+        let msg = load_idx(&ip, Some(&lp), &raw(), None).expect_err("2 labels for 3 images").to_string();
+        assert!(msg.contains("has 2 labels but") && msg.contains("has 3 images"), "{msg}");
     }
 
     #[test]
@@ -636,35 +478,15 @@ mod tests {
     fn writer_rejects_wrong_length() {
         let tmp = TempDir::new("idx-wlen");
         let err = write_idx_images(&tmp.join("w"), &[0; 5], 2, 2, 2, false).expect_err("5 != 8");
-        assert!(
-            err.to_string()
-                .contains("5 bytes of pixels given for 2x2x2"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("5 bytes of pixels given for 2x2x2"), "{err}");
     }
 
     #[test]
     fn dir_picks_split_and_labels() {
         let tmp = TempDir::new("idx-dir");
-        write_idx_images(
-            &tmp.join("train-images-idx3-ubyte.gz"),
-            &[1; 3 * 4],
-            3,
-            2,
-            2,
-            true,
-        )
-        .expect("write");
+        write_idx_images(&tmp.join("train-images-idx3-ubyte.gz"), &[1; 3 * 4], 3, 2, 2, true).expect("write");
         write_idx_labels(&tmp.join("train-labels-idx1-ubyte.gz"), &[7, 8, 9], true).expect("write");
-        write_idx_images(
-            &tmp.join("t10k-images-idx3-ubyte"),
-            &[2; 2 * 4],
-            2,
-            2,
-            2,
-            false,
-        )
-        .expect("write");
+        write_idx_images(&tmp.join("t10k-images-idx3-ubyte"), &[2; 2 * 4], 2, 2, 2, false).expect("write");
         fs::write(tmp.join("README"), "not idx").expect("write");
 
         let train = load_idx_dir(tmp.path(), Split::Train, &raw(), None).expect("train");
@@ -674,12 +496,7 @@ mod tests {
         assert_eq!((test.n, test.data[0]), (2, 2.0));
         assert_eq!(test.labels, None, "no t10k labels file");
         // limit
-        assert_eq!(
-            load_idx_dir(tmp.path(), Split::Train, &raw(), Some(1))
-                .expect("train")
-                .n,
-            1
-        );
+        assert_eq!(load_idx_dir(tmp.path(), Split::Train, &raw(), Some(1)).expect("train").n, 1);
     }
 
     #[test]
@@ -697,54 +514,27 @@ mod tests {
     fn dir_plain_and_gz_twins_count_once() {
         let tmp = TempDir::new("idx-dir-twins");
         for gz in ["", ".gz"] {
-            write_idx_images(
-                &tmp.join(format!("t10k-images-idx3-ubyte{gz}")),
-                &[5; 4],
-                1,
-                2,
-                2,
-                !gz.is_empty(),
-            )
-            .expect("write");
+            write_idx_images(&tmp.join(format!("t10k-images-idx3-ubyte{gz}")), &[5; 4], 1, 2, 2, !gz.is_empty())
+                .expect("write");
         }
-        write_idx_images(
-            &tmp.join("train-images-idx3-ubyte"),
-            &[5; 4],
-            1,
-            2,
-            2,
-            false,
-        )
-        .expect("write");
+        write_idx_images(&tmp.join("train-images-idx3-ubyte"), &[5; 4], 1, 2, 2, false).expect("write");
         let set = load_idx_dir(tmp.path(), Split::Test, &raw(), None).expect("one test file");
-        assert_eq!(
-            set.source,
-            tmp.join("t10k-images-idx3-ubyte").display().to_string()
-        );
+        assert_eq!(set.source, tmp.join("t10k-images-idx3-ubyte").display().to_string());
     }
 
     #[test]
     fn dir_errors() {
         let tmp = TempDir::new("idx-dir-err");
-        let msg = load_idx_dir(tmp.path(), Split::Test, &raw(), None)
-            .expect_err("empty")
-            .to_string();
+        let msg = load_idx_dir(tmp.path(), Split::Test, &raw(), None).expect_err("empty").to_string();
         assert!(msg.contains("no IDX image file"), "{msg}");
 
         write_idx_images(&tmp.join("a-images-idx3-ubyte"), &[0; 4], 1, 2, 2, false).expect("write");
         write_idx_images(&tmp.join("b-images-idx3-ubyte"), &[0; 4], 1, 2, 2, false).expect("write");
-        let msg = load_idx_dir(tmp.path(), Split::Test, &raw(), None)
-            .expect_err("ambiguous")
-            .to_string();
+        let msg = load_idx_dir(tmp.path(), Split::Test, &raw(), None).expect_err("ambiguous").to_string();
         assert!(msg.starts_with(&tmp.path().display().to_string()), "{msg}");
-        assert!(
-            msg.contains("a-images-idx3-ubyte, b-images-idx3-ubyte"),
-            "{msg}"
-        );
+        assert!(msg.contains("a-images-idx3-ubyte, b-images-idx3-ubyte"), "{msg}");
 
-        let msg = load_idx_dir(&tmp.join("gone"), Split::Test, &raw(), None)
-            .expect_err("missing")
-            .to_string();
+        let msg = load_idx_dir(&tmp.join("gone"), Split::Test, &raw(), None).expect_err("missing").to_string();
         assert!(msg.ends_with("gone: not found"), "{msg}");
     }
 

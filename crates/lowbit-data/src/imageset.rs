@@ -39,12 +39,7 @@ impl ImageSet {
 
     /// The CHW values of image `i`. Panics if `i >= n`.
     pub fn image(&self, i: usize) -> &[f32] {
-        assert!(
-            i < self.n,
-            "image {i} out of range: {} has {} images",
-            self.source,
-            self.n
-        );
+        assert!(i < self.n, "image {i} out of range: {} has {} images", self.source, self.n);
         let len = self.image_len();
         &self.data[i * len..(i + 1) * len]
     }
@@ -143,17 +138,10 @@ mod tests {
     #[test]
     fn batches_cover_everything_last_shorter() {
         let s = five();
-        let b: Vec<_> = s
-            .batches(2)
-            .map(|(st, len, d)| (st, len, d.to_vec()))
-            .collect();
+        let b: Vec<_> = s.batches(2).map(|(st, len, d)| (st, len, d.to_vec())).collect();
         assert_eq!(
             b,
-            vec![
-                (0, 2, vec![0.0, 0.5, 1.0, 1.5]),
-                (2, 2, vec![2.0, 2.5, 3.0, 3.5]),
-                (4, 1, vec![4.0, 4.5]),
-            ]
+            vec![(0, 2, vec![0.0, 0.5, 1.0, 1.5]), (2, 2, vec![2.0, 2.5, 3.0, 3.5]), (4, 1, vec![4.0, 4.5]),]
         );
         assert_eq!(s.batches(0).count(), 5, "batch 0 is treated as 1");
         assert_eq!(s.batches(100).count(), 1);

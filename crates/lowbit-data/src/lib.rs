@@ -37,16 +37,9 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// - a folder with images -> [`load_image_folder`].
 ///
 /// A missing path is [`DataError::NotFound`].
-pub fn load_any(
-    path: &Path,
-    split: Split,
-    pre: &Preprocess,
-    limit: Option<usize>,
-) -> Result<ImageSet> {
+pub fn load_any(path: &Path, split: Split, pre: &Preprocess, limit: Option<usize>) -> Result<ImageSet> {
     if !path.exists() {
-        return Err(DataError::NotFound {
-            path: path.to_path_buf(),
-        });
+        return Err(DataError::NotFound { path: path.to_path_buf() });
     }
     if path.is_dir() {
         if !idx::list_files(path, idx::is_idx_images_name)?.is_empty() {
@@ -55,8 +48,7 @@ pub fn load_any(
         return match load_image_folder(path, pre, limit) {
             Err(DataError::NoImages { .. }) => Err(DataError::Layout {
                 path: path.to_path_buf(),
-                reason: "no IDX files (*images-idx3-ubyte[.gz]) and no images (.jpg/.jpeg/.png) in this folder"
-                    .into(),
+                reason: "no IDX files (*images-idx3-ubyte[.gz]) and no images (.jpg/.jpeg/.png) in this folder".into(),
             }),
             other => other,
         };
@@ -75,8 +67,7 @@ pub fn load_any(
 /// -y dataset-fashion-mnist".
 pub fn fashion_mnist_dir() -> Result<PathBuf> {
     let dir = PathBuf::from(FASHION_MNIST_DIR);
-    let present = dir.is_dir()
-        && idx::list_files(&dir, idx::is_idx_images_name).is_ok_and(|files| !files.is_empty());
+    let present = dir.is_dir() && idx::list_files(&dir, idx::is_idx_images_name).is_ok_and(|files| !files.is_empty());
     if present {
         Ok(dir)
     } else {
@@ -89,11 +80,7 @@ pub fn fashion_mnist_dir() -> Result<PathBuf> {
 }
 
 /// Fashion-MNIST `split` (60,000 train or 10,000 test images, labelled) from [`fashion_mnist_dir`].
-pub fn load_fashion_mnist(
-    split: Split,
-    pre: &Preprocess,
-    limit: Option<usize>,
-) -> Result<ImageSet> {
+pub fn load_fashion_mnist(split: Split, pre: &Preprocess, limit: Option<usize>) -> Result<ImageSet> {
     load_idx_dir(&fashion_mnist_dir()?, split, pre, limit)
 }
 
@@ -108,14 +95,8 @@ mod tests {
         let tmp = TempDir::new("any-missing");
         let p = tmp.join("no-such-thing");
         let err = load_any(&p, Split::Test, &Preprocess::none(), None).expect_err("missing");
-        assert!(
-            matches!(&err, DataError::NotFound { path } if path == &p),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string().contains("no-such-thing: not found"),
-            "{err}"
-        );
+        assert!(matches!(&err, DataError::NotFound { path } if path == &p), "{err:?}");
+        assert!(err.to_string().contains("no-such-thing: not found"), "{err}");
     }
 
     #[test]
@@ -131,9 +112,7 @@ mod tests {
         write_idx_images(&ip, &[0, 1, 2, 3, 4, 5, 6, 7], 2, 2, 2, true).expect("write");
         write_idx_labels(&idx_dir.join("t10k-labels-idx1-ubyte"), &[4, 2], false).expect("write");
         let png = img_dir.join("one.png");
-        RgbImage::from_pixel(2, 2, Rgb([10, 20, 30]))
-            .save(&png)
-            .expect("save");
+        RgbImage::from_pixel(2, 2, Rgb([10, 20, 30])).save(&png).expect("save");
         let pre = Preprocess::none();
 
         // a single IDX file picks up its sibling labels (plain, next to a .gz image file)
@@ -143,29 +122,12 @@ mod tests {
         assert_eq!((set.n, set.labels), (1, Some(vec![4])));
         let set = load_any(&img_dir, Split::Test, &pre, None).expect("image dir");
         assert_eq!((set.shape(), set.data[0]), ([1, 1, 2, 2], 18.0)); // luma of (10,20,30)
-        let set = load_any(
-            &png,
-            Split::Test,
-            &Preprocess {
-                channels: 3,
-                ..pre.clone()
-            },
-            None,
-        )
-        .expect("image file");
-        assert_eq!(
-            set.data,
-            vec![10.0, 10.0, 10.0, 10.0, 20.0, 20.0, 20.0, 20.0, 30.0, 30.0, 30.0, 30.0]
-        );
+        let set = load_any(&png, Split::Test, &Preprocess { channels: 3, ..pre.clone() }, None).expect("image file");
+        assert_eq!(set.data, vec![10.0, 10.0, 10.0, 10.0, 20.0, 20.0, 20.0, 20.0, 30.0, 30.0, 30.0, 30.0]);
         assert_eq!(set.source, png.display().to_string());
 
-        let msg = load_any(&empty, Split::Test, &pre, None)
-            .expect_err("empty")
-            .to_string();
-        assert!(
-            msg.starts_with(&empty.display().to_string()) && msg.contains("no IDX files"),
-            "{msg}"
-        );
+        let msg = load_any(&empty, Split::Test, &pre, None).expect_err("empty").to_string();
+        assert!(msg.starts_with(&empty.display().to_string()) && msg.contains("no IDX files"), "{msg}");
     }
 
     #[test]

@@ -120,18 +120,11 @@ impl Preprocess {
     /// Checks the settings themselves; the message says which field is wrong.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.channels != 1 && self.channels != 3 {
-            return Err(format!(
-                "preprocessing: channels must be 1 or 3, not {}",
-                self.channels
-            ));
+            return Err(format!("preprocessing: channels must be 1 or 3, not {}", self.channels));
         }
         for (field, v) in [("mean", &self.mean), ("std", &self.std)] {
             if v.len() != 1 && v.len() != self.channels {
-                return Err(format!(
-                    "preprocessing: {field} has {} values, expected 1 or {}",
-                    v.len(),
-                    self.channels
-                ));
+                return Err(format!("preprocessing: {field} has {} values, expected 1 or {}", v.len(), self.channels));
             }
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(format!("preprocessing: {field} {v:?} is not finite"));
@@ -154,11 +147,7 @@ impl Preprocess {
     }
 
     /// The (c, h, w) an input image of size `h` x `w` becomes, or why it cannot be processed.
-    pub fn output_shape(
-        &self,
-        h: usize,
-        w: usize,
-    ) -> std::result::Result<(usize, usize, usize), String> {
+    pub fn output_shape(&self, h: usize, w: usize) -> std::result::Result<(usize, usize, usize), String> {
         self.validate()?;
         if h == 0 || w == 0 {
             return Err(format!("image is empty ({h}x{w})"));
@@ -215,10 +204,7 @@ impl Preprocess {
         out: &mut Vec<f32>,
     ) -> Result<(usize, usize, usize)> {
         self.apply_inner(pixels, c, h, w, out)
-            .map_err(|reason| DataError::Preprocess {
-                path: path.to_path_buf(),
-                reason,
-            })
+            .map_err(|reason| DataError::Preprocess { path: path.to_path_buf(), reason })
     }
 
     fn apply_inner(
@@ -242,11 +228,7 @@ impl Preprocess {
         }
         let px = convert_channels(pixels, c, oc)?;
         let (rh, rw) = self.resized_size(h, w);
-        let px = if (rh, rw) == (h, w) {
-            px
-        } else {
-            Cow::Owned(resize(&px, oc, h, w, rh, rw)?)
-        };
+        let px = if (rh, rw) == (h, w) { px } else { Cow::Owned(resize(&px, oc, h, w, rh, rw)?) };
         // Center crop offsets (floor of half the excess); zero when there is no crop.
         let top = (rh - oh) / 2;
         let left = (rw - ow) / 2;
@@ -256,12 +238,7 @@ impl Preprocess {
             let std = self.std[if self.std.len() == 1 { 0 } else { ch }];
             for y in top..top + oh {
                 let row = &px[(y * rw + left) * oc..(y * rw + left + ow) * oc];
-                out.extend(
-                    row.iter()
-                        .skip(ch)
-                        .step_by(oc)
-                        .map(|&v| (f32::from(v) * self.scale - mean) / std),
-                );
+                out.extend(row.iter().skip(ch).step_by(oc).map(|&v| (f32::from(v) * self.scale - mean) / std));
             }
         }
         Ok((oc, oh, ow))
@@ -275,43 +252,20 @@ fn luma(r: u8, g: u8, b: u8) -> u8 {
 }
 
 /// HWC pixels with `from` channels to HWC pixels with `to` (1 or 3) channels; alpha is dropped.
-fn convert_channels(
-    px: &[u8],
-    from: usize,
-    to: usize,
-) -> std::result::Result<Cow<'_, [u8]>, String> {
+fn convert_channels(px: &[u8], from: usize, to: usize) -> std::result::Result<Cow<'_, [u8]>, String> {
     Ok(match (from, to) {
         (a, b) if a == b => Cow::Borrowed(px),
         (1, 3) => Cow::Owned(px.iter().flat_map(|&v| [v, v, v]).collect()),
         (2, 1) => Cow::Owned(px.chunks_exact(2).map(|p| p[0]).collect()),
         (2, 3) => Cow::Owned(px.chunks_exact(2).flat_map(|p| [p[0]; 3]).collect()),
-        (3 | 4, 1) => Cow::Owned(
-            px.chunks_exact(from)
-                .map(|p| luma(p[0], p[1], p[2]))
-                .collect(),
-        ),
-        (4, 3) => Cow::Owned(
-            px.chunks_exact(4)
-                .flat_map(|p| [p[0], p[1], p[2]])
-                .collect(),
-        ),
-        _ => {
-            return Err(format!(
-                "cannot convert a {from}-channel image to {to} channels"
-            ))
-        }
+        (3 | 4, 1) => Cow::Owned(px.chunks_exact(from).map(|p| luma(p[0], p[1], p[2])).collect()),
+        (4, 3) => Cow::Owned(px.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()),
+        _ => return Err(format!("cannot convert a {from}-channel image to {to} channels")),
     })
 }
 
 /// Bilinear (`Triangle`) resize of HWC u8 pixels with 1 or 3 channels.
-fn resize(
-    px: &[u8],
-    c: usize,
-    h: usize,
-    w: usize,
-    nh: usize,
-    nw: usize,
-) -> std::result::Result<Vec<u8>, String> {
+fn resize(px: &[u8], c: usize, h: usize, w: usize, nh: usize, nw: usize) -> std::result::Result<Vec<u8>, String> {
     let dim = |v: usize| u32::try_from(v).map_err(|_| format!("image dimension {v} is too large"));
     let (h, w, nh, nw) = (dim(h)?, dim(w)?, dim(nh)?, dim(nw)?);
     let bad = || "pixel buffer does not match the image size".to_string();
@@ -347,10 +301,7 @@ mod tests {
     fn assert_close(got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len(), "got {got:?}, want {want:?}");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g - w).abs() < 1e-5,
-                "element {i}: got {g}, want {w} (all: {got:?})"
-            );
+            assert!((g - w).abs() < 1e-5, "element {i}: got {g}, want {w} (all: {got:?})");
         }
     }
 
@@ -358,12 +309,7 @@ mod tests {
     fn tiny_rgb_hand_computed_chw() {
         // 2x2 RGB, HWC: (0,0)=(0,51,102) (0,1)=(153,204,255) (1,0)=(255,0,51) (1,1)=(102,153,204)
         let px = [0, 51, 102, 153, 204, 255, 255, 0, 51, 102, 153, 204];
-        let pre = Preprocess {
-            scale: 1.0 / 255.0,
-            mean: vec![0.5, 0.25, 0.0],
-            std: vec![0.5, 0.25, 2.0],
-            ..plain(3)
-        };
+        let pre = Preprocess { scale: 1.0 / 255.0, mean: vec![0.5, 0.25, 0.0], std: vec![0.5, 0.25, 2.0], ..plain(3) };
         let mut out = vec![42.0]; // apply_u8 appends
         let shape = pre.apply_u8(&px, 3, 2, 2, &mut out).expect("valid image");
         assert_eq!(shape, (3, 2, 2));
@@ -382,43 +328,24 @@ mod tests {
 
     #[test]
     fn mean_std_broadcast_from_one_value() {
-        let pre = Preprocess {
-            scale: 2.0,
-            mean: vec![1.0],
-            std: vec![4.0],
-            ..plain(3)
-        };
+        let pre = Preprocess { scale: 2.0, mean: vec![1.0], std: vec![4.0], ..plain(3) };
         let mut out = Vec::new();
-        pre.apply_u8(&[1, 2, 3], 3, 1, 1, &mut out)
-            .expect("valid image");
+        pre.apply_u8(&[1, 2, 3], 3, 1, 1, &mut out).expect("valid image");
         assert_close(&out, &[0.25, 0.75, 1.25]);
     }
 
     #[test]
     fn center_crop_picks_the_middle() {
         // 4x4 gray, value = 10*y + x; crop 2x2 -> rows 1..3, cols 1..3
-        let px: Vec<u8> = (0..4)
-            .flat_map(|y| (0..4).map(move |x| 10 * y + x))
-            .collect();
-        let pre = Preprocess {
-            crop: Some((2, 2)),
-            ..plain(1)
-        };
+        let px: Vec<u8> = (0..4).flat_map(|y| (0..4).map(move |x| 10 * y + x)).collect();
+        let pre = Preprocess { crop: Some((2, 2)), ..plain(1) };
         let mut out = Vec::new();
-        assert_eq!(
-            pre.apply_u8(&px, 1, 4, 4, &mut out).expect("fits"),
-            (1, 2, 2)
-        );
+        assert_eq!(pre.apply_u8(&px, 1, 4, 4, &mut out).expect("fits"), (1, 2, 2));
         assert_close(&out, &[11.0, 12.0, 21.0, 22.0]);
 
         // 3x5 crop 1x3: row 1, cols 1..4
-        let px: Vec<u8> = (0..3)
-            .flat_map(|y| (0..5).map(move |x| 10 * y + x))
-            .collect();
-        let pre = Preprocess {
-            crop: Some((1, 3)),
-            ..plain(1)
-        };
+        let px: Vec<u8> = (0..3).flat_map(|y| (0..5).map(move |x| 10 * y + x)).collect();
+        let pre = Preprocess { crop: Some((1, 3)), ..plain(1) };
         out.clear();
         pre.apply_u8(&px, 1, 3, 5, &mut out).expect("fits");
         assert_close(&out, &[11.0, 12.0, 13.0]);
@@ -428,10 +355,7 @@ mod tests {
     fn center_crop_of_rgb_keeps_channels_apart() {
         // 3x3 RGB, pixel (y,x) = (y*3+x, 100+y*3+x, 200+y*3+x); crop 1x1 -> the center (4)
         let px: Vec<u8> = (0..9u8).flat_map(|i| [i, 100 + i, 200 + i]).collect();
-        let pre = Preprocess {
-            crop: Some((1, 1)),
-            ..plain(3)
-        };
+        let pre = Preprocess { crop: Some((1, 1)), ..plain(3) };
         let mut out = Vec::new();
         pre.apply_u8(&px, 3, 3, 3, &mut out).expect("fits");
         assert_close(&out, &[4.0, 104.0, 204.0]);
@@ -450,18 +374,13 @@ mod tests {
 
     #[test]
     fn resize_shorter_then_crop() {
-        let pre = Preprocess {
-            resize_shorter: Some(4),
-            crop: Some((4, 4)),
-            ..plain(1)
-        };
+        let pre = Preprocess { resize_shorter: Some(4), crop: Some((4, 4)), ..plain(1) };
         assert_eq!(pre.output_shape(8, 16), Ok((1, 4, 4)));
         assert_eq!(pre.resized_size(8, 16), (4, 8));
         assert_eq!(pre.resized_size(30, 20), (6, 4));
         // A constant image stays constant through bilinear resize.
         let mut out = Vec::new();
-        pre.apply_u8(&[77; 8 * 16], 1, 8, 16, &mut out)
-            .expect("fits");
+        pre.apply_u8(&[77; 8 * 16], 1, 8, 16, &mut out).expect("fits");
         assert_close(&out, &[77.0; 16]);
     }
 
@@ -471,8 +390,7 @@ mod tests {
         assert_eq!(pre.output_shape(32, 100), Ok((3, 48, 192)));
         let mut out = Vec::new();
         // constant gray 255 -> (1 - 0.5) / 0.5 = 1 everywhere
-        pre.apply_u8(&[255; 32 * 100], 1, 32, 100, &mut out)
-            .expect("resizable");
+        pre.apply_u8(&[255; 32 * 100], 1, 32, 100, &mut out).expect("resizable");
         assert_eq!(out.len(), 3 * 48 * 192);
         assert!(out.iter().all(|&v| (v - 1.0).abs() < 1e-6));
     }
@@ -480,46 +398,32 @@ mod tests {
     #[test]
     fn resize_downscale_averages() {
         // 1x2 -> 1x1 with a triangle filter averages the two pixels
-        let pre = Preprocess {
-            resize_exact: Some((1, 1)),
-            ..plain(1)
-        };
+        let pre = Preprocess { resize_exact: Some((1, 1)), ..plain(1) };
         let mut out = Vec::new();
-        pre.apply_u8(&[100, 200], 1, 1, 2, &mut out)
-            .expect("resizable");
+        pre.apply_u8(&[100, 200], 1, 1, 2, &mut out).expect("resizable");
         assert_close(&out, &[150.0]);
     }
 
     #[test]
     fn channel_conversions() {
         let mut out = Vec::new();
-        plain(3)
-            .apply_u8(&[7], 1, 1, 1, &mut out)
-            .expect("gray to rgb");
+        plain(3).apply_u8(&[7], 1, 1, 1, &mut out).expect("gray to rgb");
         assert_close(&out, &[7.0, 7.0, 7.0]);
         out.clear();
         // Pillow's luma: (19595*100 + 38470*200 + 7471*50 + 32768) >> 16 = 153
-        plain(1)
-            .apply_u8(&[100, 200, 50, 0, 0, 0, 255, 255, 255], 3, 1, 3, &mut out)
-            .expect("rgb to gray");
+        plain(1).apply_u8(&[100, 200, 50, 0, 0, 0, 255, 255, 255], 3, 1, 3, &mut out).expect("rgb to gray");
         assert_close(&out, &[153.0, 0.0, 255.0]);
         out.clear();
-        plain(3)
-            .apply_u8(&[1, 2, 3, 255], 4, 1, 1, &mut out)
-            .expect("rgba to rgb");
+        plain(3).apply_u8(&[1, 2, 3, 255], 4, 1, 1, &mut out).expect("rgba to rgb");
         assert_close(&out, &[1.0, 2.0, 3.0]);
-        let err = plain(3)
-            .apply_u8(&[1, 2, 3, 4, 5], 5, 1, 1, &mut out)
-            .expect_err("5 channels");
+        let err = plain(3).apply_u8(&[1, 2, 3, 4, 5], 5, 1, 1, &mut out).expect_err("5 channels");
         assert!(err.to_string().contains("5-channel"), "{err}");
     }
 
     #[test]
     fn wrong_pixel_count_is_an_error() {
         let mut out = Vec::new();
-        let err = plain(1)
-            .apply_u8(&[1, 2, 3], 1, 2, 2, &mut out)
-            .expect_err("3 != 4");
+        let err = plain(1).apply_u8(&[1, 2, 3], 1, 2, 2, &mut out).expect_err("3 != 4");
         assert!(err.to_string().contains("expected 4"), "{err}");
     }
 
@@ -530,16 +434,10 @@ mod tests {
             pre.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         assert_eq!(Preprocess::by_name("MNIST"), Some(Preprocess::mnist()));
-        assert_eq!(
-            Preprocess::by_name("fashion-mnist"),
-            Some(Preprocess::fmnist())
-        );
+        assert_eq!(Preprocess::by_name("fashion-mnist"), Some(Preprocess::fmnist()));
         assert_eq!(Preprocess::by_name("cifar"), None);
         let none = Preprocess::by_name("none").expect("listed");
-        assert_eq!(
-            (none.channels, none.scale, none.mean[0], none.std[0]),
-            (1, 1.0, 0.0, 1.0)
-        );
+        assert_eq!((none.channels, none.scale, none.mean[0], none.std[0]), (1, 1.0, 0.0, 1.0));
         assert_eq!(Preprocess::imagenet().crop, Some((224, 224)));
         assert_eq!(Preprocess::imagenet().resize_shorter, None);
         assert_eq!(Preprocess::ppocr().resize_exact, Some((48, 192)));
@@ -549,34 +447,15 @@ mod tests {
     #[test]
     fn invalid_settings_are_reported() {
         let bad = [
-            Preprocess {
-                channels: 2,
-                ..plain(1)
-            },
-            Preprocess {
-                mean: vec![0.0, 0.0],
-                ..plain(3)
-            },
-            Preprocess {
-                std: vec![0.0],
-                ..plain(1)
-            },
-            Preprocess {
-                crop: Some((0, 4)),
-                ..plain(1)
-            },
-            Preprocess {
-                resize_shorter: Some(4),
-                resize_exact: Some((4, 4)),
-                ..plain(1)
-            },
+            Preprocess { channels: 2, ..plain(1) },
+            Preprocess { mean: vec![0.0, 0.0], ..plain(3) },
+            Preprocess { std: vec![0.0], ..plain(1) },
+            Preprocess { crop: Some((0, 4)), ..plain(1) },
+            Preprocess { resize_shorter: Some(4), resize_exact: Some((4, 4)), ..plain(1) },
         ];
         for pre in bad {
             let mut out = Vec::new();
-            assert!(
-                pre.apply_u8(&[0], 1, 1, 1, &mut out).is_err(),
-                "{pre:?} accepted"
-            );
+            assert!(pre.apply_u8(&[0], 1, 1, 1, &mut out).is_err(), "{pre:?} accepted");
         }
     }
 

@@ -72,9 +72,7 @@ impl Broadcast {
                 continue;
             }
             if let Some(last) = dims.len().checked_sub(1) {
-                let merge = ostv[last] == out[d] * ost[d]
-                    && ast[last] == out[d] * sa[d]
-                    && bst[last] == out[d] * sb[d];
+                let merge = ostv[last] == out[d] * ost[d] && ast[last] == out[d] * sa[d] && bst[last] == out[d] * sb[d];
                 if merge {
                     dims[last] *= out[d];
                     ast[last] = sa[d];
@@ -93,11 +91,7 @@ impl Broadcast {
             ast.push(0);
             bst.push(0);
         }
-        Broadcast {
-            dims,
-            a_strides: ast,
-            b_strides: bst,
-        }
+        Broadcast { dims, a_strides: ast, b_strides: bst }
     }
 }
 
@@ -106,11 +100,7 @@ fn run(op: BinOp, a: &[f32], sa: usize, b: &[f32], sb: usize, o: &mut [f32]) {
     macro_rules! lanes {
         ($f:expr) => {
             match (sa, sb) {
-                (1, 1) => o
-                    .iter_mut()
-                    .zip(a)
-                    .zip(b)
-                    .for_each(|((o, &x), &y)| *o = $f(x, y)),
+                (1, 1) => o.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = $f(x, y)),
                 (1, 0) => {
                     let y = b[0];
                     o.iter_mut().zip(a).for_each(|(o, &x)| *o = $f(x, y))
@@ -119,10 +109,7 @@ fn run(op: BinOp, a: &[f32], sa: usize, b: &[f32], sb: usize, o: &mut [f32]) {
                     let x = a[0];
                     o.iter_mut().zip(b).for_each(|(o, &y)| *o = $f(x, y))
                 }
-                _ => o
-                    .iter_mut()
-                    .enumerate()
-                    .for_each(|(i, o)| *o = $f(a[i * sa], b[i * sb])),
+                _ => o.iter_mut().enumerate().for_each(|(i, o)| *o = $f(a[i * sa], b[i * sb])),
             }
         };
     }

@@ -29,13 +29,7 @@ pub struct ConvGeom {
 
 impl ConvGeom {
     pub fn is_pointwise(&self) -> bool {
-        self.kh == 1
-            && self.kw == 1
-            && self.sh == 1
-            && self.sw == 1
-            && self.pt == 0
-            && self.pl == 0
-            && self.group == 1
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0 && self.group == 1
     }
     pub fn is_depthwise(&self) -> bool {
         self.group == self.c_in && self.group == self.c_out && self.group > 1
@@ -50,10 +44,7 @@ impl ConvGeom {
     }
     /// Padded input height and width for the shifted path.
     fn padded_hw(&self) -> (usize, usize) {
-        (
-            self.oh + (self.kh - 1) * self.dh,
-            self.ow + (self.kw - 1) * self.dw,
-        )
+        (self.oh + (self.kh - 1) * self.dh, self.ow + (self.kw - 1) * self.dw)
     }
     /// f32 elements of scratch space `conv2d` needs.
     pub fn scratch_len(&self) -> usize {
@@ -61,10 +52,7 @@ impl ConvGeom {
             0
         } else if self.is_shifted() {
             let (hp, wp) = self.padded_hw();
-            self.c_in / self.group * hp * wp
-                + (self.kw - 1) * self.dw
-                + 16
-                + self.c_out / self.group * self.oh * wp
+            self.c_in / self.group * hp * wp + (self.kw - 1) * self.dw + 16 + self.c_out / self.group * self.oh * wp
         } else {
             self.k() * self.oh * self.ow
         }
@@ -89,11 +77,7 @@ pub struct PackedConv {
 
 impl PackedConv {
     pub fn new(geom: ConvGeom, weight: Vec<f32>, bias: Option<Vec<f32>>, act: Act) -> PackedConv {
-        assert_eq!(
-            weight.len(),
-            geom.c_out * geom.k(),
-            "weight size does not fit the geometry"
-        );
+        assert_eq!(weight.len(), geom.c_out * geom.k(), "weight size does not fit the geometry");
         let bias = bias.unwrap_or_else(|| vec![0.0; geom.c_out]);
         let mut row_offsets = vec![];
         if geom.is_shifted() {
@@ -106,13 +90,7 @@ impl PackedConv {
                 }
             }
         }
-        PackedConv {
-            geom,
-            weight,
-            bias,
-            act,
-            row_offsets,
-        }
+        PackedConv { geom, weight, bias, act, row_offsets }
     }
 }
 
@@ -188,8 +166,7 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
                 for y in 0..g.h.min(hp.saturating_sub(g.pt)) {
                     let dst = c * hp * wp + (y + g.pt) * wp + g.pl;
                     let n = g.w.min(wp.saturating_sub(g.pl));
-                    xpad[dst..dst + n]
-                        .copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
+                    xpad[dst..dst + n].copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
                 }
             }
             let nw = g.oh * wp;
@@ -223,32 +200,16 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
             col
         };
         let dst = &mut out[gi * cog * hw_out..(gi + 1) * cog * hw_out];
-        crate::f32gemm::sgemm_bias_act(
-            cog, hw_out, k, w, k, rhs, hw_out, bias, p.act, dst, hw_out, threads,
-        );
+        crate::f32gemm::sgemm_bias_act(cog, hw_out, k, w, k, rhs, hw_out, bias, p.act, dst, hw_out, threads);
     }
 }
 
 /// Output positions `ox` whose input column `ox*s + off - pad` lies inside `[0, len)`.
 #[inline(always)]
-pub(crate) fn valid_range(
-    out_len: usize,
-    stride: usize,
-    off: usize,
-    pad: usize,
-    len: usize,
-) -> (usize, usize) {
+pub(crate) fn valid_range(out_len: usize, stride: usize, off: usize, pad: usize, len: usize) -> (usize, usize) {
     // need ox*s + off >= pad  and  ox*s + off - pad < len
-    let lo = if off >= pad {
-        0
-    } else {
-        (pad - off).div_ceil(stride)
-    };
-    let hi = if len + pad > off {
-        ((len + pad - off - 1) / stride + 1).min(out_len)
-    } else {
-        0
-    };
+    let lo = if off >= pad { 0 } else { (pad - off).div_ceil(stride) };
+    let hi = if len + pad > off { ((len + pad - off - 1) / stride + 1).min(out_len) } else { 0 };
     (lo.min(hi), hi)
 }
 
@@ -281,13 +242,9 @@ fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], threads: usize) {
         }
     };
     if threads > 1 {
-        col.par_chunks_mut(hw_out)
-            .enumerate()
-            .for_each(|(r, d)| row(r, d));
+        col.par_chunks_mut(hw_out).enumerate().for_each(|(r, d)| row(r, d));
     } else {
-        col.chunks_mut(hw_out)
-            .enumerate()
-            .for_each(|(r, d)| row(r, d));
+        col.chunks_mut(hw_out).enumerate().for_each(|(r, d)| row(r, d));
     }
 }
 
@@ -305,22 +262,13 @@ fn pad_plane(g: &ConvGeom, plane: &[f32], buf: &mut Vec<f32>, fill: f32) -> usiz
     buf.clear();
     buf.resize(ph * pw, fill);
     for y in 0..g.h {
-        buf[(y + g.pt) * pw + g.pl..(y + g.pt) * pw + g.pl + g.w]
-            .copy_from_slice(&plane[y * g.w..(y + 1) * g.w]);
+        buf[(y + g.pt) * pw + g.pl..(y + g.pt) * pw + g.pl + g.w].copy_from_slice(&plane[y * g.w..(y + 1) * g.w]);
     }
     pw
 }
 
 #[inline(always)]
-fn dw_rows<const S: usize>(
-    g: &ConvGeom,
-    padded: &[f32],
-    pw: usize,
-    w: &[f32],
-    bias: f32,
-    act: Act,
-    out: &mut [f32],
-) {
+fn dw_rows<const S: usize>(g: &ConvGeom, padded: &[f32], pw: usize, w: &[f32], bias: f32, act: Act, out: &mut [f32]) {
     let s = if S == 0 { g.sw } else { S };
     for oy in 0..g.oh {
         let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
@@ -352,15 +300,7 @@ fn dw_rows<const S: usize>(
 }
 
 #[inline(always)]
-fn dw_channel_impl(
-    g: &ConvGeom,
-    padded: &[f32],
-    pw: usize,
-    w: &[f32],
-    bias: f32,
-    act: Act,
-    out: &mut [f32],
-) {
+fn dw_channel_impl(g: &ConvGeom, padded: &[f32], pw: usize, w: &[f32], bias: f32, act: Act, out: &mut [f32]) {
     match g.sw {
         1 => dw_rows::<1>(g, padded, pw, w, bias, act, out),
         2 => dw_rows::<2>(g, padded, pw, w, bias, act, out),
@@ -372,15 +312,7 @@ fn dw_channel_impl(
 /// store; stride 2 de-interleaves two loads with one permute.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn dw_channel_avx512(
-    g: &ConvGeom,
-    padded: &[f32],
-    pw: usize,
-    w: &[f32],
-    bias: f32,
-    act: Act,
-    out: &mut [f32],
-) {
+unsafe fn dw_channel_avx512(g: &ConvGeom, padded: &[f32], pw: usize, w: &[f32], bias: f32, act: Act, out: &mut [f32]) {
     use std::arch::x86_64::*;
     if g.sw > 2 {
         return dw_channel_impl(g, padded, pw, w, bias, act, out);
@@ -416,16 +348,11 @@ unsafe fn dw_channel_avx512(
                 for kx in 0..g.kw {
                     let wv = _mm512_set1_ps(*w.get_unchecked(ky * g.kw + kx));
                     for (r, a) in acc.iter_mut().enumerate() {
-                        let base =
-                            p.add(((oy + r) * g.sh + ky * g.dh) * pw + ox0 * g.sw + kx * g.dw);
+                        let base = p.add(((oy + r) * g.sh + ky * g.dh) * pw + ox0 * g.sw + kx * g.dw);
                         let x = if g.sw == 1 {
                             _mm512_loadu_ps(base)
                         } else {
-                            _mm512_permutex2var_ps(
-                                _mm512_loadu_ps(base),
-                                even,
-                                _mm512_loadu_ps(base.add(16)),
-                            )
+                            _mm512_permutex2var_ps(_mm512_loadu_ps(base), even, _mm512_loadu_ps(base.add(16)))
                         };
                         *a = _mm512_fmadd_ps(wv, x, *a);
                     }
@@ -458,15 +385,7 @@ unsafe fn dw_channel_avx512(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dw_channel_avx2(
-    g: &ConvGeom,
-    padded: &[f32],
-    pw: usize,
-    w: &[f32],
-    bias: f32,
-    act: Act,
-    out: &mut [f32],
-) {
+unsafe fn dw_channel_avx2(g: &ConvGeom, padded: &[f32], pw: usize, w: &[f32], bias: f32, act: Act, out: &mut [f32]) {
     dw_channel_impl(g, padded, pw, w, bias, act, out)
 }
 
@@ -484,9 +403,7 @@ fn dw_channel(g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, act: Act, out: 
                 // SAFETY: the CPU supports the features the function is compiled for.
                 return unsafe { dw_channel_avx512(g, &buf, pw, w, bias, act, out) };
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: as above.
                 return unsafe { dw_channel_avx2(g, &buf, pw, w, bias, act, out) };
             }
@@ -499,25 +416,12 @@ fn depthwise(p: &PackedConv, x: &[f32], out: &mut [f32], threads: usize) {
     let g = &p.geom;
     let (ip, op, kk) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     let job = |c: usize, o: &mut [f32]| {
-        dw_channel(
-            g,
-            &x[c * ip..(c + 1) * ip],
-            &p.weight[c * kk..(c + 1) * kk],
-            p.bias[c],
-            p.act,
-            o,
-        )
+        dw_channel(g, &x[c * ip..(c + 1) * ip], &p.weight[c * kk..(c + 1) * kk], p.bias[c], p.act, o)
     };
     if threads > 1 {
-        out[..g.c_out * op]
-            .par_chunks_mut(op)
-            .enumerate()
-            .for_each(|(c, o)| job(c, o));
+        out[..g.c_out * op].par_chunks_mut(op).enumerate().for_each(|(c, o)| job(c, o));
     } else {
-        out[..g.c_out * op]
-            .chunks_mut(op)
-            .enumerate()
-            .for_each(|(c, o)| job(c, o));
+        out[..g.c_out * op].chunks_mut(op).enumerate().for_each(|(c, o)| job(c, o));
     }
 }
 

@@ -90,20 +90,7 @@ pub fn sgemm_bias_act(
     ldc: usize,
     threads: usize,
 ) {
-    sgemm_rows(
-        m,
-        n,
-        k,
-        a,
-        lda,
-        b,
-        BRows::Strided(ldb),
-        bias,
-        act,
-        c,
-        ldc,
-        threads,
-    )
+    sgemm_rows(m, n, k, a, lda, b, BRows::Strided(ldb), bias, act, c, ldc, threads)
 }
 
 /// As [`sgemm_bias_act`] with B's rows located by `rows`.
@@ -133,23 +120,7 @@ pub fn sgemm_rows(
     if avx512_available() {
         let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         // SAFETY: AVX-512F is available and the asserts above bound every access.
-        unsafe {
-            avx512::gemm(
-                m,
-                n,
-                k,
-                a.as_ptr(),
-                lda,
-                b.as_ptr(),
-                rows,
-                bias,
-                lo,
-                hi,
-                c.as_mut_ptr(),
-                ldc,
-                threads,
-            )
-        };
+        unsafe { avx512::gemm(m, n, k, a.as_ptr(), lda, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads) };
         if clamp_of(act).is_none() {
             for i in 0..m {
                 crate::eltwise::apply_act(act, &mut c[i * ldc..i * ldc + n]);
@@ -163,18 +134,7 @@ pub fn sgemm_rows(
     match rows {
         // SAFETY: the asserts above bound every access.
         BRows::Strided(ldb) => unsafe {
-            crate::f32conv::sgemm_acc(
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
-                ldc,
-                a.as_ptr(),
-                lda,
-                b.as_ptr(),
-                ldb,
-                threads,
-            )
+            crate::f32conv::sgemm_acc(m, n, k, c.as_mut_ptr(), ldc, a.as_ptr(), lda, b.as_ptr(), ldb, threads)
         },
         BRows::Offsets(o) => {
             for i in 0..m {
@@ -255,11 +215,7 @@ mod avx512 {
         let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         for (r, row) in acc.iter().enumerate() {
             for (v, x) in row.iter().enumerate() {
-                let y = if last {
-                    _mm512_min_ps(_mm512_max_ps(*x, vlo), vhi)
-                } else {
-                    *x
-                };
+                let y = if last { _mm512_min_ps(_mm512_max_ps(*x, vlo), vhi) } else { *x };
                 _mm512_mask_storeu_ps(c.add(r * ldc + v * 16), m[v], y);
             }
         }
@@ -358,22 +314,7 @@ mod avx512 {
             (0..parts).into_par_iter().for_each(|t| {
                 let (j0, j1) = ((t * per * NR).min(n), ((t + 1) * per * NR).min(n));
                 if j0 < j1 {
-                    block(
-                        0,
-                        m,
-                        j0,
-                        j1,
-                        k,
-                        pa.get(),
-                        lda,
-                        pb.get(),
-                        rows.get(),
-                        pbias.get(),
-                        lo,
-                        hi,
-                        pc.get(),
-                        ldc,
-                    );
+                    block(0, m, j0, j1, k, pa.get(), lda, pb.get(), rows.get(), pbias.get(), lo, hi, pc.get(), ldc);
                 }
             });
         } else {
@@ -381,22 +322,7 @@ mod avx512 {
             (0..parts).into_par_iter().for_each(|t| {
                 let (i0, i1) = ((t * per * MR).min(m), ((t + 1) * per * MR).min(m));
                 if i0 < i1 {
-                    block(
-                        i0,
-                        i1,
-                        0,
-                        n,
-                        k,
-                        pa.get(),
-                        lda,
-                        pb.get(),
-                        rows.get(),
-                        pbias.get(),
-                        lo,
-                        hi,
-                        pc.get(),
-                        ldc,
-                    );
+                    block(i0, i1, 0, n, k, pa.get(), lda, pb.get(), rows.get(), pbias.get(), lo, hi, pc.get(), ldc);
                 }
             });
         }
@@ -408,15 +334,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn naive(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        b: &[f32],
-        bias: &[f32],
-        act: Act,
-    ) -> Vec<f32> {
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], bias: &[f32], act: Act) -> Vec<f32> {
         let mut c = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {

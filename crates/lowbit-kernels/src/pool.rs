@@ -7,15 +7,7 @@ use rayon::prelude::*;
 /// Window geometry for pooling reuses [`ConvGeom`] (`c_in == c_out`, `group` unused).
 pub type PoolGeom = ConvGeom;
 
-fn pool_plane(
-    g: &PoolGeom,
-    max: bool,
-    count_include_pad: bool,
-    pb: usize,
-    pr: usize,
-    src: &[f32],
-    out: &mut [f32],
-) {
+fn pool_plane(g: &PoolGeom, max: bool, count_include_pad: bool, pb: usize, pr: usize, src: &[f32], out: &mut [f32]) {
     for oy in 0..g.oh {
         let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
         orow.fill(if max { f32::NEG_INFINITY } else { 0.0 });
@@ -62,11 +54,7 @@ fn pool_plane(
                         cols += 1;
                     }
                 }
-                let n = if count_include_pad {
-                    rows_pad * cols_pad
-                } else {
-                    rows * cols
-                };
+                let n = if count_include_pad { rows_pad * cols_pad } else { rows * cols };
                 *a /= n.max(1) as f32;
             }
         }
@@ -88,27 +76,11 @@ pub fn pool2d(
     threads: usize,
 ) {
     let (ip, op) = (g.h * g.w, g.oh * g.ow);
-    let job = |p: usize, o: &mut [f32]| {
-        pool_plane(
-            g,
-            max,
-            count_include_pad,
-            pb,
-            pr,
-            &x[p * ip..(p + 1) * ip],
-            o,
-        )
-    };
+    let job = |p: usize, o: &mut [f32]| pool_plane(g, max, count_include_pad, pb, pr, &x[p * ip..(p + 1) * ip], o);
     if threads > 1 && planes * ip > 1 << 16 {
-        out[..planes * op]
-            .par_chunks_mut(op)
-            .enumerate()
-            .for_each(|(p, o)| job(p, o));
+        out[..planes * op].par_chunks_mut(op).enumerate().for_each(|(p, o)| job(p, o));
     } else {
-        out[..planes * op]
-            .chunks_mut(op)
-            .enumerate()
-            .for_each(|(p, o)| job(p, o));
+        out[..planes * op].chunks_mut(op).enumerate().for_each(|(p, o)| job(p, o));
     }
 }
 

@@ -6,8 +6,7 @@ use lowbit_core::shape::{self, Known};
 use lowbit_core::{Act, Data, Error, Node, Op, Result, Tensor};
 
 fn f32s<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
-    t.as_f32()
-        .ok_or_else(|| Error::Invalid(format!("{what} must be float32, got {}", t.dtype().name())))
+    t.as_f32().ok_or_else(|| Error::Invalid(format!("{what} must be float32, got {}", t.dtype().name())))
 }
 
 /// Evaluates one node. `inputs[i]` is `None` for an absent optional input.
@@ -16,22 +15,10 @@ pub fn eval(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
 }
 
 fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
-    let known: Vec<Option<Known>> = inputs
-        .iter()
-        .map(|t| {
-            t.map(|t| Known {
-                dtype: t.dtype(),
-                shape: &t.shape,
-                value: Some(t),
-            })
-        })
-        .collect();
+    let known: Vec<Option<Known>> =
+        inputs.iter().map(|t| t.map(|t| Known { dtype: t.dtype(), shape: &t.shape, value: Some(t) })).collect();
     let out_shapes = shape::infer(node, &known)?;
-    let x = inputs
-        .first()
-        .copied()
-        .flatten()
-        .ok_or_else(|| Error::Invalid("missing input 0".into()))?;
+    let x = inputs.first().copied().flatten().ok_or_else(|| Error::Invalid("missing input 0".into()))?;
     let (odt, oshape) = out_shapes[0].clone();
     let in_ = |i: usize| inputs.get(i).copied().flatten();
     let out = match &node.op {
@@ -42,9 +29,8 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         }
         Op::BatchNorm { epsilon } => {
             let xs = f32s(x, "BatchNormalization input")?;
-            let p: Vec<&[f32]> = (1..5)
-                .map(|i| f32s(in_(i).unwrap(), "BatchNormalization parameter"))
-                .collect::<Result<_>>()?;
+            let p: Vec<&[f32]> =
+                (1..5).map(|i| f32s(in_(i).unwrap(), "BatchNormalization parameter")).collect::<Result<_>>()?;
             let c = x.shape[1];
             let inner: usize = x.shape[2..].iter().product();
             let mut o = xs.to_vec();
@@ -57,10 +43,7 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         Op::Relu | Op::HardSigmoid { .. } | Op::HardSwish | Op::Sigmoid => {
             let act = match &node.op {
                 Op::Relu => Some(Act::Relu),
-                Op::HardSigmoid { alpha, beta } => Some(Act::HardSigmoid {
-                    alpha: *alpha,
-                    beta: *beta,
-                }),
+                Op::HardSigmoid { alpha, beta } => Some(Act::HardSigmoid { alpha: *alpha, beta: *beta }),
                 Op::HardSwish => Some(Act::HardSwish),
                 _ => None,
             };
@@ -90,13 +73,7 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
                 .collect();
             Tensor::f32(oshape, o)
         }
-        Op::Gemm {
-            alpha,
-            beta,
-            trans_a,
-            trans_b,
-            act,
-        } => {
+        Op::Gemm { alpha, beta, trans_a, trans_b, act } => {
             let a = f32s(x, "A")?;
             let bt = in_(1).unwrap();
             let b = f32s(bt, "B")?;
@@ -124,14 +101,9 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             Tensor::f32(oshape, o)
         }
         Op::MatMul => matmul(x, in_(1).unwrap(), &oshape)?,
-        Op::Flatten { .. }
-        | Op::Reshape { .. }
-        | Op::Identity
-        | Op::Unsqueeze { .. }
-        | Op::Squeeze { .. } => Tensor {
-            shape: oshape,
-            data: x.data.clone(),
-        },
+        Op::Flatten { .. } | Op::Reshape { .. } | Op::Identity | Op::Unsqueeze { .. } | Op::Squeeze { .. } => {
+            Tensor { shape: oshape, data: x.data.clone() }
+        }
         Op::Concat { axis } => {
             let a = shape::norm_axis(*axis, x.rank())?;
             let parts: Vec<&Tensor> = inputs.iter().map(|t| t.unwrap()).collect();
@@ -140,11 +112,7 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             let mut datas = vec![];
             for p in &parts {
                 let inner: usize = p.shape[a..].iter().product();
-                idx_sets.push(
-                    (0..outer)
-                        .flat_map(|o| (0..inner).map(move |i| o * inner + i))
-                        .collect(),
-                );
+                idx_sets.push((0..outer).flat_map(|o| (0..inner).map(move |i| o * inner + i)).collect());
                 datas.push(&p.data);
             }
             // Interleave blocks: for each outer index, each part's block in turn.
@@ -161,38 +129,21 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             }
             let refs: Vec<&Data> = chunks.iter().collect();
             let _ = idx_sets;
-            Tensor {
-                shape: oshape,
-                data: if refs.is_empty() {
-                    Data::zeros(odt, 0)
-                } else {
-                    Data::concat(&refs)?
-                },
-            }
+            Tensor { shape: oshape, data: if refs.is_empty() { Data::zeros(odt, 0) } else { Data::concat(&refs)? } }
         }
         Op::Softmax { axis, coerce_2d } => {
             let xs = f32s(x, "input")?;
             let a = shape::norm_axis(*axis, x.rank())?;
             let (outer, len, inner) = if *coerce_2d {
-                (
-                    x.shape[..a].iter().product::<usize>(),
-                    x.shape[a..].iter().product::<usize>(),
-                    1,
-                )
+                (x.shape[..a].iter().product::<usize>(), x.shape[a..].iter().product::<usize>(), 1)
             } else {
-                (
-                    x.shape[..a].iter().product(),
-                    x.shape[a],
-                    x.shape[a + 1..].iter().product::<usize>(),
-                )
+                (x.shape[..a].iter().product(), x.shape[a], x.shape[a + 1..].iter().product::<usize>())
             };
             let mut o = xs.to_vec();
             for ou in 0..outer {
                 for i in 0..inner {
                     let at = |k: usize| ou * len * inner + k * inner + i;
-                    let m = (0..len)
-                        .map(|k| xs[at(k)])
-                        .fold(f32::NEG_INFINITY, f32::max);
+                    let m = (0..len).map(|k| xs[at(k)]).fold(f32::NEG_INFINITY, f32::max);
                     let s: f32 = (0..len).map(|k| (xs[at(k)] - m).exp()).sum();
                     for k in 0..len {
                         o[at(k)] = (xs[at(k)] - m).exp() / s;
@@ -204,10 +155,7 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         Op::Shape { start, .. } => {
             let r = x.rank() as i64;
             let s = (if *start < 0 { start + r } else { *start }).clamp(0, r) as usize;
-            let v: Vec<i64> = x.shape[s..s + oshape[0]]
-                .iter()
-                .map(|&d| d as i64)
-                .collect();
+            let v: Vec<i64> = x.shape[s..s + oshape[0]].iter().map(|&d| d as i64).collect();
             Tensor::i64(oshape, v)
         }
         Op::Gather { axis } => {
@@ -221,32 +169,19 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
                 for &i in &idx {
                     let i = if i < 0 { i + d } else { i };
                     if i < 0 || i >= d {
-                        return Err(Error::Invalid(format!(
-                            "Gather index {i} out of range for dim {d}"
-                        )));
+                        return Err(Error::Invalid(format!("Gather index {i} out of range for dim {d}")));
                     }
                     for k in 0..inner {
                         sel.push((o * d as usize + i as usize) * inner + k);
                     }
                 }
             }
-            Tensor {
-                shape: oshape,
-                data: x.data.gather(&sel),
-            }
+            Tensor { shape: oshape, data: x.data.gather(&sel) }
         }
-        Op::Cast { to } => Tensor {
-            shape: oshape,
-            data: x.data.cast(*to),
-        },
+        Op::Cast { to } => Tensor { shape: oshape, data: x.data.cast(*to) },
         Op::Slice { attrs } => {
             let (starts, ends, axes, steps) = match attrs {
-                Some((s, e, a)) => (
-                    s.clone(),
-                    e.clone(),
-                    if a.is_empty() { None } else { Some(a.clone()) },
-                    None,
-                ),
+                Some((s, e, a)) => (s.clone(), e.clone(), if a.is_empty() { None } else { Some(a.clone()) }, None),
                 None => (
                     in_(1).unwrap().to_i64_vec(),
                     in_(2).unwrap().to_i64_vec(),
@@ -254,8 +189,7 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
                     in_(4).map(|t| t.to_i64_vec()),
                 ),
             };
-            let r =
-                shape::slice_ranges(&x.shape, &starts, &ends, axes.as_deref(), steps.as_deref())?;
+            let r = shape::slice_ranges(&x.shape, &starts, &ends, axes.as_deref(), steps.as_deref())?;
             let st = lowbit_core::tensor::strides(&x.shape);
             let mut sel = vec![];
             let total: usize = oshape.iter().product();
@@ -269,10 +203,7 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
                 }
                 sel.push(src);
             }
-            Tensor {
-                shape: oshape,
-                data: x.data.gather(&sel),
-            }
+            Tensor { shape: oshape, data: x.data.gather(&sel) }
         }
         Op::Transpose { perm } => {
             let r = x.rank();
@@ -280,17 +211,9 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             let st = lowbit_core::tensor::strides(&x.shape);
             let ost = lowbit_core::tensor::strides(&oshape);
             let total: usize = oshape.iter().product();
-            let sel: Vec<usize> = (0..total)
-                .map(|flat| {
-                    (0..r)
-                        .map(|d| ((flat / ost[d]) % oshape[d].max(1)) * st[p[d]])
-                        .sum()
-                })
-                .collect();
-            Tensor {
-                shape: oshape,
-                data: x.data.gather(&sel),
-            }
+            let sel: Vec<usize> =
+                (0..total).map(|flat| (0..r).map(|d| ((flat / ost[d]) % oshape[d].max(1)) * st[p[d]]).sum()).collect();
+            Tensor { shape: oshape, data: x.data.gather(&sel) }
         }
     };
     debug_assert_eq!(out.dtype(), odt);
@@ -308,13 +231,7 @@ pub fn broadcast_index(src: &[usize], out: &[usize]) -> Vec<usize> {
     }
     let ost = lowbit_core::tensor::strides(out);
     let total: usize = out.iter().product();
-    (0..total)
-        .map(|f| {
-            (0..r)
-                .map(|d| ((f / ost[d]) % out[d].max(1)) * sst[d])
-                .sum()
-        })
-        .collect()
+    (0..total).map(|f| (0..r).map(|d| ((f / ost[d]) % out[d].max(1)) * sst[d]).sum()).collect()
 }
 
 fn binary(op: &Op, a: &Tensor, b: &Tensor, oshape: &[usize]) -> Result<Tensor> {
@@ -328,10 +245,7 @@ fn binary(op: &Op, a: &Tensor, b: &Tensor, oshape: &[usize]) -> Result<Tensor> {
                 Op::Mul => $mul,
                 _ => $div,
             };
-            ia.iter()
-                .zip(&ib)
-                .map(|(&i, &j)| f($x[i], $y[j]))
-                .collect::<Result<Vec<_>>>()?
+            ia.iter().zip(&ib).map(|(&i, &j)| f($x[i], $y[j])).collect::<Result<Vec<_>>>()?
         }};
     }
     fn divz() -> Error {
@@ -378,35 +292,17 @@ fn binary(op: &Op, a: &Tensor, b: &Tensor, oshape: &[usize]) -> Result<Tensor> {
             |p: i8, q: i8| Ok(p.wrapping_mul(q)),
             |p: i8, q: i8| p.checked_div(q).ok_or_else(divz)
         )),
-        _ => {
-            return Err(Error::Invalid(format!(
-                "{} of {} is not supported",
-                op.op_type(),
-                a.dtype().name()
-            )))
-        }
+        _ => return Err(Error::Invalid(format!("{} of {} is not supported", op.op_type(), a.dtype().name()))),
     };
-    Ok(Tensor {
-        shape: oshape.to_vec(),
-        data,
-    })
+    Ok(Tensor { shape: oshape.to_vec(), data })
 }
 
-fn clip(
-    x: &Tensor,
-    lo: Option<&Tensor>,
-    hi: Option<&Tensor>,
-    amin: Option<f32>,
-    amax: Option<f32>,
-) -> Result<Tensor> {
+fn clip(x: &Tensor, lo: Option<&Tensor>, hi: Option<&Tensor>, amin: Option<f32>, amax: Option<f32>) -> Result<Tensor> {
     let scalar = |t: Option<&Tensor>| -> Result<Option<f64>> {
         match t {
             None => Ok(None),
             Some(t) if t.len() == 1 => Ok(Some(t.data.get_f64(0))),
-            Some(t) => Err(Error::Invalid(format!(
-                "Clip bound must be a scalar, got shape {:?}",
-                t.shape
-            ))),
+            Some(t) => Err(Error::Invalid(format!("Clip bound must be a scalar, got shape {:?}", t.shape))),
         }
     };
     let lo = scalar(lo)?.or(amin.map(|v| v as f64));
@@ -442,10 +338,7 @@ fn clip(
             Data::F32(f.iter().map(|&v| v as f32).collect()).cast(d.dtype())
         }
     };
-    Ok(Tensor {
-        shape: x.shape.clone(),
-        data,
-    })
+    Ok(Tensor { shape: x.shape.clone(), data })
 }
 
 /// Views an N-D (1-D or 2-D spatial) NC... tensor shape as NCHW.
@@ -453,9 +346,7 @@ fn as_2d_spatial(shape: &[usize]) -> Result<[usize; 4]> {
     match shape.len() {
         3 => Ok([shape[0], shape[1], 1, shape[2]]),
         4 => Ok([shape[0], shape[1], shape[2], shape[3]]),
-        r => Err(Error::Invalid(format!(
-            "only 1-D and 2-D spatial inputs are supported, got rank {r}"
-        ))),
+        r => Err(Error::Invalid(format!("only 1-D and 2-D spatial inputs are supported, got rank {r}"))),
     }
 }
 
@@ -489,15 +380,7 @@ fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &lowbit_core::ConvAttrs) 
     let strides = expand_2d(&c.strides, sp, 1);
     let dil = expand_2d(&c.dilations, sp, 1);
     let pads = expand_pads_2d(&c.pads, sp);
-    let win = shape::window(
-        &[h, wd],
-        &[kh, kw],
-        &strides,
-        &dil,
-        &pads,
-        c.auto_pad,
-        false,
-    )?;
+    let win = shape::window(&[h, wd], &[kh, kw], &strides, &dil, &pads, c.auto_pad, false)?;
     let (oh, ow) = (win.out[0], win.out[1]);
     let xs = f32s(x, "Conv input")?;
     let wv = f32s(w, "Conv weight")?;
@@ -517,14 +400,14 @@ fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &lowbit_core::ConvAttrs) 
                     for icg in 0..cig {
                         let ic = gi * cig + icg;
                         for ky in 0..kh {
-                            let iy = (oy * win.strides[0] + ky * win.dilations[0]) as isize
-                                - win.pads_begin[0] as isize;
+                            let iy =
+                                (oy * win.strides[0] + ky * win.dilations[0]) as isize - win.pads_begin[0] as isize;
                             if iy < 0 || iy >= h as isize {
                                 continue;
                             }
                             for kx in 0..kw {
-                                let ix = (ox * win.strides[1] + kx * win.dilations[1]) as isize
-                                    - win.pads_begin[1] as isize;
+                                let ix =
+                                    (ox * win.strides[1] + kx * win.dilations[1]) as isize - win.pads_begin[1] as isize;
                                 if ix < 0 || ix >= wd as isize {
                                     continue;
                                 }
@@ -565,15 +448,11 @@ fn pool(x: &Tensor, p: &lowbit_core::PoolAttrs, max: bool) -> Result<Tensor> {
                 let mut cnt = 0usize;
                 let mut cnt_pad = 0usize;
                 for ky in 0..k[0] {
-                    let iy = (oy * win.strides[0] + ky * win.dilations[0]) as isize
-                        - win.pads_begin[0] as isize;
+                    let iy = (oy * win.strides[0] + ky * win.dilations[0]) as isize - win.pads_begin[0] as isize;
                     for kx in 0..k[1] {
-                        let ix = (ox * win.strides[1] + kx * win.dilations[1]) as isize
-                            - win.pads_begin[1] as isize;
+                        let ix = (ox * win.strides[1] + kx * win.dilations[1]) as isize - win.pads_begin[1] as isize;
                         // count_include_pad counts positions inside the padded input only.
-                        if iy < h as isize + win.pads_end[0] as isize
-                            && ix < wd as isize + win.pads_end[1] as isize
-                        {
+                        if iy < h as isize + win.pads_end[0] as isize && ix < wd as isize + win.pads_end[1] as isize {
                             cnt_pad += 1;
                         }
                         if iy < 0 || iy >= h as isize || ix < 0 || ix >= wd as isize {
@@ -610,16 +489,8 @@ fn pool(x: &Tensor, p: &lowbit_core::PoolAttrs, max: bool) -> Result<Tensor> {
 fn matmul(a: &Tensor, b: &Tensor, oshape: &[usize]) -> Result<Tensor> {
     let av = f32s(a, "MatMul A")?;
     let bv = f32s(b, "MatMul B")?;
-    let a2: Vec<usize> = if a.rank() == 1 {
-        vec![1, a.shape[0]]
-    } else {
-        a.shape.clone()
-    };
-    let b2: Vec<usize> = if b.rank() == 1 {
-        vec![b.shape[0], 1]
-    } else {
-        b.shape.clone()
-    };
+    let a2: Vec<usize> = if a.rank() == 1 { vec![1, a.shape[0]] } else { a.shape.clone() };
+    let b2: Vec<usize> = if b.rank() == 1 { vec![b.shape[0], 1] } else { b.shape.clone() };
     let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
     let n = b2[b2.len() - 1];
     let batch = shape::broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;

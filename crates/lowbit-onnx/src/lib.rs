@@ -18,44 +18,26 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum OnnxError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{path}: not a valid ONNX model: {reason}")]
     Decode { path: String, reason: String },
     #[error("{path}: {source}")]
-    Model {
-        path: String,
-        source: lowbit_core::Error,
-    },
+    Model { path: String, source: lowbit_core::Error },
 }
 
 impl OnnxError {
     pub(crate) fn with_path(self, path: &str) -> Self {
         match self {
-            OnnxError::Io { source, .. } => OnnxError::Io {
-                path: path.into(),
-                source,
-            },
-            OnnxError::Decode { reason, .. } => OnnxError::Decode {
-                path: path.into(),
-                reason,
-            },
-            OnnxError::Model { source, .. } => OnnxError::Model {
-                path: path.into(),
-                source,
-            },
+            OnnxError::Io { source, .. } => OnnxError::Io { path: path.into(), source },
+            OnnxError::Decode { reason, .. } => OnnxError::Decode { path: path.into(), reason },
+            OnnxError::Model { source, .. } => OnnxError::Model { path: path.into(), source },
         }
     }
 }
 
 impl From<lowbit_core::Error> for OnnxError {
     fn from(e: lowbit_core::Error) -> Self {
-        OnnxError::Model {
-            path: "<memory>".into(),
-            source: e,
-        }
+        OnnxError::Model { path: "<memory>".into(), source: e }
     }
 }
 

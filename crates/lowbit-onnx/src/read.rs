@@ -1,9 +1,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use lowbit_core::{
-    AutoPad, ConvAttrs, DType, Data, Dim, Error, Graph, Node, Op, PoolAttrs, Tensor, ValueInfo,
-};
+use lowbit_core::{AutoPad, ConvAttrs, DType, Data, Dim, Error, Graph, Node, Op, PoolAttrs, Tensor, ValueInfo};
 use prost::Message;
 
 use crate::pb;
@@ -12,18 +10,12 @@ use crate::{OnnxError, Result};
 /// Reads and decodes an ONNX file. Errors carry the file's path.
 pub fn read_model(path: &Path) -> Result<Graph> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
-        path: p.clone(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io { path: p.clone(), source })?;
     decode_model(&bytes).map_err(|e| e.with_path(&p))
 }
 
 fn decode_err(reason: impl Into<String>) -> OnnxError {
-    OnnxError::Decode {
-        path: "<memory>".into(),
-        reason: reason.into(),
-    }
+    OnnxError::Decode { path: "<memory>".into(), reason: reason.into() }
 }
 
 /// Decodes an ONNX model from bytes: nodes become [`Op`]s, `Constant` nodes become initializers.
@@ -31,30 +23,17 @@ pub fn decode_model(bytes: &[u8]) -> Result<Graph> {
     if bytes.is_empty() {
         return Err(decode_err("file is empty"));
     }
-    let m = pb::ModelProto::decode(bytes)
-        .map_err(|e| decode_err(format!("protobuf decode failed ({e})")))?;
+    let m = pb::ModelProto::decode(bytes).map_err(|e| decode_err(format!("protobuf decode failed ({e})")))?;
     let mut opset = None;
     for o in &m.opset_import {
         if matches!(o.domain(), "" | "ai.onnx") {
             opset = Some(o.version());
         }
     }
-    let opset = opset
-        .ok_or_else(|| decode_err("no default-domain opset_import (is this an ONNX model?)"))?;
-    let gp = m
-        .graph
-        .as_ref()
-        .ok_or_else(|| decode_err("model has no graph"))?;
-    let mut g = Graph {
-        name: gp.name().to_string(),
-        opset,
-        ..Default::default()
-    };
-    g.metadata = m
-        .metadata_props
-        .iter()
-        .map(|e| (e.key().to_string(), e.value().to_string()))
-        .collect();
+    let opset = opset.ok_or_else(|| decode_err("no default-domain opset_import (is this an ONNX model?)"))?;
+    let gp = m.graph.as_ref().ok_or_else(|| decode_err("model has no graph"))?;
+    let mut g = Graph { name: gp.name().to_string(), opset, ..Default::default() };
+    g.metadata = m.metadata_props.iter().map(|e| (e.key().to_string(), e.value().to_string())).collect();
     for t in &gp.initializer {
         let name = t.name().to_string();
         let v = tensor_from_proto(t).map_err(|e| e.in_value(&name))?;
@@ -85,26 +64,15 @@ pub fn decode_model(bytes: &[u8]) -> Result<Graph> {
             .into());
         }
         if n.op_type() == "Constant" {
-            let out = n
-                .output
-                .first()
-                .ok_or_else(|| Error::node(&name, "Constant without output"))?;
-            g.initializers.insert(
-                out.clone(),
-                constant_value(n).map_err(|e| e.in_node(&name))?,
-            );
+            let out = n.output.first().ok_or_else(|| Error::node(&name, "Constant without output"))?;
+            g.initializers.insert(out.clone(), constant_value(n).map_err(|e| e.in_node(&name))?);
             continue;
         }
         let op = parse_op(n, &name, opset).map_err(|e| e.in_node(&name))?;
         if n.output.is_empty() {
             return Err(Error::node(&name, "node has no outputs").into());
         }
-        g.nodes.push(Node {
-            name,
-            op,
-            inputs: n.input.clone(),
-            outputs: n.output.clone(),
-        });
+        g.nodes.push(Node { name, op, inputs: n.input.clone(), outputs: n.output.clone() });
     }
     g.sort_and_check()?;
     Ok(g)
@@ -124,10 +92,7 @@ impl InValue for Error {
 impl InValue for OnnxError {
     fn in_value(self, v: &str) -> Self {
         match self {
-            OnnxError::Model { path, source } => OnnxError::Model {
-                path,
-                source: source.in_value(v),
-            },
+            OnnxError::Model { path, source } => OnnxError::Model { path, source: source.in_value(v) },
             e => e,
         }
     }
@@ -153,22 +118,14 @@ fn value_info(vi: &pb::ValueInfoProto) -> Result<ValueInfo> {
     let tt = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(pb::type_proto::Value::TensorType(t)) => t,
         Some(_) => return Err(bad("only tensor values are supported".into())),
-        None => {
-            return Ok(ValueInfo {
-                name,
-                dtype: DType::F32,
-                shape: None,
-            })
-        }
+        None => return Ok(ValueInfo { name, dtype: DType::F32, shape: None }),
     };
     let dtype = dtype_from_onnx(tt.elem_type()).map_err(bad)?;
     let shape = tt.shape.as_ref().map(|s| {
         s.dim
             .iter()
             .map(|d| match &d.value {
-                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => {
-                    Dim::Fixed(*v as usize)
-                }
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => Dim::Fixed(*v as usize),
                 Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => Dim::Sym(p.clone()),
                 _ => Dim::Sym("?".into()),
             })
@@ -180,8 +137,7 @@ fn value_info(vi: &pb::ValueInfoProto) -> Result<ValueInfo> {
 /// Converts a `TensorProto` (raw or typed storage) into a [`Tensor`], checking sizes.
 pub fn tensor_from_proto(t: &pb::TensorProto) -> Result<Tensor> {
     let err = |r: String| OnnxError::from(Error::Invalid(r));
-    if !t.external_data.is_empty() || t.data_location() == pb::tensor_proto::DataLocation::External
-    {
+    if !t.external_data.is_empty() || t.data_location() == pb::tensor_proto::DataLocation::External {
         return Err(err("external tensor data is not supported".into()));
     }
     let dtype = dtype_from_onnx(t.data_type()).map_err(err)?;
@@ -192,9 +148,7 @@ pub fn tensor_from_proto(t: &pb::TensorProto) -> Result<Tensor> {
             return Err(err(format!("negative dimension {d}")));
         }
         shape.push(d as usize);
-        n = n
-            .checked_mul(d as usize)
-            .ok_or_else(|| err("tensor size overflows".into()))?;
+        n = n.checked_mul(d as usize).ok_or_else(|| err("tensor size overflows".into()))?;
     }
     let data = if let Some(raw) = &t.raw_data {
         let esz = dtype.size();
@@ -208,21 +162,9 @@ pub fn tensor_from_proto(t: &pb::TensorProto) -> Result<Tensor> {
             )));
         }
         match dtype {
-            DType::F32 => Data::F32(
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            DType::I64 => Data::I64(
-                raw.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            DType::I32 => Data::I32(
-                raw.chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
+            DType::F32 => Data::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::I64 => Data::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::I32 => Data::I32(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()),
             DType::I8 => Data::I8(raw.iter().map(|&b| b as i8).collect()),
             DType::U8 => Data::U8(raw.clone()),
             DType::Bool => Data::Bool(raw.iter().map(|&b| b != 0).collect()),
@@ -234,9 +176,7 @@ pub fn tensor_from_proto(t: &pb::TensorProto) -> Result<Tensor> {
             _ => t.int32_data.len(),
         };
         if len != n {
-            return Err(err(format!(
-                "tensor has {len} values, shape {shape:?} needs {n}"
-            )));
+            return Err(err(format!("tensor has {len} values, shape {shape:?} needs {n}")));
         }
         match dtype {
             DType::F32 => Data::F32(t.float_data.clone()),
@@ -268,16 +208,11 @@ impl<'a> Attrs<'a> {
     fn usizes(&self, name: &str) -> lowbit_core::Result<Vec<usize>> {
         self.ints(name)
             .into_iter()
-            .map(|v| {
-                usize::try_from(v)
-                    .map_err(|_| Error::Invalid(format!("attribute {name} has negative value {v}")))
-            })
+            .map(|v| usize::try_from(v).map_err(|_| Error::Invalid(format!("attribute {name} has negative value {v}"))))
             .collect()
     }
     fn string(&self, name: &str) -> Option<String> {
-        self.get(name)
-            .and_then(|a| a.s.as_ref())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
+        self.get(name).and_then(|a| a.s.as_ref()).map(|s| String::from_utf8_lossy(s).into_owned())
     }
     fn auto_pad(&self) -> lowbit_core::Result<AutoPad> {
         Ok(match self.string("auto_pad").as_deref() {
@@ -333,11 +268,8 @@ fn pool_attrs(a: &Attrs) -> lowbit_core::Result<PoolAttrs> {
 /// Parses one node's op type and attributes into an [`Op`].
 fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op> {
     let a = Attrs(&n.attribute);
-    let unsupported = |reason: &str| Error::Unsupported {
-        node: name.into(),
-        op: n.op_type().into(),
-        reason: reason.into(),
-    };
+    let unsupported =
+        |reason: &str| Error::Unsupported { node: name.into(), op: n.op_type().into(), reason: reason.into() };
     let op = match n.op_type() {
         "Conv" => Op::Conv(ConvAttrs {
             kernel_shape: a.usizes("kernel_shape")?,
@@ -355,19 +287,11 @@ fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op
             if a.int("training_mode", 0) != 0 || n.output.iter().skip(1).any(|o| !o.is_empty()) {
                 return Err(unsupported("training mode is not supported"));
             }
-            Op::BatchNorm {
-                epsilon: a.float("epsilon", 1e-5),
-            }
+            Op::BatchNorm { epsilon: a.float("epsilon", 1e-5) }
         }
         "Relu" => Op::Relu,
-        "Clip" => Op::Clip {
-            min: a.get("min").and_then(|x| x.f),
-            max: a.get("max").and_then(|x| x.f),
-        },
-        "HardSigmoid" => Op::HardSigmoid {
-            alpha: a.float("alpha", 0.2),
-            beta: a.float("beta", 0.5),
-        },
+        "Clip" => Op::Clip { min: a.get("min").and_then(|x| x.f), max: a.get("max").and_then(|x| x.f) },
+        "HardSigmoid" => Op::HardSigmoid { alpha: a.float("alpha", 0.2), beta: a.float("beta", 0.5) },
         "HardSwish" => Op::HardSwish,
         "Sigmoid" => Op::Sigmoid,
         "Add" => Op::Add,
@@ -394,36 +318,17 @@ fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op
             act: Default::default(),
         },
         "MatMul" => Op::MatMul,
-        "Flatten" => Op::Flatten {
-            axis: a.int("axis", 1),
-        },
-        "Reshape" => Op::Reshape {
-            allowzero: a.int("allowzero", 0) != 0,
-        },
+        "Flatten" => Op::Flatten { axis: a.int("axis", 1) },
+        "Reshape" => Op::Reshape { allowzero: a.int("allowzero", 0) != 0 },
         "Concat" => Op::Concat {
-            axis: a
-                .get("axis")
-                .and_then(|x| x.i)
-                .ok_or_else(|| Error::Invalid("Concat needs axis".into()))?,
+            axis: a.get("axis").and_then(|x| x.i).ok_or_else(|| Error::Invalid("Concat needs axis".into()))?,
         },
-        "Softmax" => Op::Softmax {
-            axis: a.int("axis", if opset < 13 { 1 } else { -1 }),
-            coerce_2d: opset < 13,
-        },
+        "Softmax" => Op::Softmax { axis: a.int("axis", if opset < 13 { 1 } else { -1 }), coerce_2d: opset < 13 },
         "Identity" => Op::Identity,
-        "Shape" => Op::Shape {
-            start: a.int("start", 0),
-            end: a.get("end").and_then(|x| x.i),
-        },
-        "Gather" => Op::Gather {
-            axis: a.int("axis", 0),
-        },
-        "Unsqueeze" => Op::Unsqueeze {
-            axes: a.get("axes").map(|x| x.ints.clone()),
-        },
-        "Squeeze" => Op::Squeeze {
-            axes: a.get("axes").map(|x| x.ints.clone()),
-        },
+        "Shape" => Op::Shape { start: a.int("start", 0), end: a.get("end").and_then(|x| x.i) },
+        "Gather" => Op::Gather { axis: a.int("axis", 0) },
+        "Unsqueeze" => Op::Unsqueeze { axes: a.get("axes").map(|x| x.ints.clone()) },
+        "Squeeze" => Op::Squeeze { axes: a.get("axes").map(|x| x.ints.clone()) },
         "Cast" => Op::Cast {
             to: dtype_from_onnx(a.int("to", 0) as i32).map_err(|r| Error::Unsupported {
                 node: name.into(),
@@ -432,17 +337,11 @@ fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op
             })?,
         },
         "Slice" => Op::Slice {
-            attrs: if opset < 10 {
-                Some((a.ints("starts"), a.ints("ends"), a.ints("axes")))
-            } else {
-                None
-            },
+            attrs: if opset < 10 { Some((a.ints("starts"), a.ints("ends"), a.ints("axes"))) } else { None },
         },
-        "Transpose" => Op::Transpose {
-            perm: a
-                .get("perm")
-                .map(|x| x.ints.iter().map(|&v| v.max(0) as usize).collect()),
-        },
+        "Transpose" => {
+            Op::Transpose { perm: a.get("perm").map(|x| x.ints.iter().map(|&v| v.max(0) as usize).collect()) }
+        }
         other => {
             return Err(Error::Unsupported {
                 node: name.into(),

@@ -65,21 +65,11 @@ fn value_info(v: &ValueInfo) -> pb::ValueInfoProto {
 
 fn attr_i(name: &str, i: i64) -> pb::AttributeProto {
     use pb::attribute_proto::AttributeType as T;
-    pb::AttributeProto {
-        name: Some(name.into()),
-        i: Some(i),
-        r#type: Some(T::Int as i32),
-        ..Default::default()
-    }
+    pb::AttributeProto { name: Some(name.into()), i: Some(i), r#type: Some(T::Int as i32), ..Default::default() }
 }
 fn attr_f(name: &str, f: f32) -> pb::AttributeProto {
     use pb::attribute_proto::AttributeType as T;
-    pb::AttributeProto {
-        name: Some(name.into()),
-        f: Some(f),
-        r#type: Some(T::Float as i32),
-        ..Default::default()
-    }
+    pb::AttributeProto { name: Some(name.into()), f: Some(f), r#type: Some(T::Float as i32), ..Default::default() }
 }
 fn attr_ints(name: &str, v: impl IntoIterator<Item = i64>) -> pb::AttributeProto {
     use pb::attribute_proto::AttributeType as T;
@@ -103,14 +93,7 @@ fn us(v: &[usize]) -> impl Iterator<Item = i64> + '_ {
     v.iter().map(|&x| x as i64)
 }
 
-fn window_attrs(
-    out: &mut Vec<pb::AttributeProto>,
-    k: &[usize],
-    s: &[usize],
-    p: &[usize],
-    d: &[usize],
-    ap: AutoPad,
-) {
+fn window_attrs(out: &mut Vec<pb::AttributeProto>, k: &[usize], s: &[usize], p: &[usize], d: &[usize], ap: AutoPad) {
     if !k.is_empty() {
         out.push(attr_ints("kernel_shape", us(k)));
     }
@@ -133,14 +116,7 @@ fn window_attrs(
 
 fn pool(p: &PoolAttrs, avg: bool) -> Vec<pb::AttributeProto> {
     let mut a = vec![];
-    window_attrs(
-        &mut a,
-        &p.kernel_shape,
-        &p.strides,
-        &p.pads,
-        &p.dilations,
-        p.auto_pad,
-    );
+    window_attrs(&mut a, &p.kernel_shape, &p.strides, &p.pads, &p.dilations, p.auto_pad);
     if p.ceil_mode {
         a.push(attr_i("ceil_mode", 1));
     }
@@ -184,25 +160,17 @@ impl Emitter<'_> {
         match act {
             Act::None => self.node(node, "Identity", vec![x], vec![y], vec![]),
             Act::Relu => self.node(node, "Relu", vec![x], vec![y], vec![]),
-            Act::Clip { lo, hi } if opset < 11 => self.node(
-                node,
-                "Clip",
-                vec![x],
-                vec![y],
-                vec![attr_f("min", lo), attr_f("max", hi)],
-            ),
+            Act::Clip { lo, hi } if opset < 11 => {
+                self.node(node, "Clip", vec![x], vec![y], vec![attr_f("min", lo), attr_f("max", hi)])
+            }
             Act::Clip { lo, hi } => {
                 let a = self.constant(format!("{node}_min"), Tensor::scalar_f32(lo));
                 let b = self.constant(format!("{node}_max"), Tensor::scalar_f32(hi));
                 self.node(node, "Clip", vec![x, a, b], vec![y], vec![])
             }
-            Act::HardSigmoid { alpha, beta } => self.node(
-                node,
-                "HardSigmoid",
-                vec![x],
-                vec![y],
-                vec![attr_f("alpha", alpha), attr_f("beta", beta)],
-            ),
+            Act::HardSigmoid { alpha, beta } => {
+                self.node(node, "HardSigmoid", vec![x], vec![y], vec![attr_f("alpha", alpha), attr_f("beta", beta)])
+            }
             Act::HardSwish => self.node(node, "HardSwish", vec![x], vec![y], vec![]),
         }
     }
@@ -218,11 +186,7 @@ fn strip_empty_tail(mut v: Vec<String>) -> Vec<String> {
 /// Converts a graph into an ONNX `ModelProto` at the graph's opset. Fused activations are written as
 /// separate standard nodes so any ONNX runtime can load the file.
 pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
-    let mut e = Emitter {
-        g,
-        nodes: vec![],
-        extra_init: vec![],
-    };
+    let mut e = Emitter { g, nodes: vec![], extra_init: vec![] };
     for n in &g.nodes {
         let ins = strip_empty_tail(n.inputs.clone());
         let outs = n.outputs.clone();
@@ -236,14 +200,7 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
         let op_type = n.op.op_type();
         match &n.op {
             Op::Conv(c) => {
-                window_attrs(
-                    &mut attrs,
-                    &c.kernel_shape,
-                    &c.strides,
-                    &c.pads,
-                    &c.dilations,
-                    c.auto_pad,
-                );
+                window_attrs(&mut attrs, &c.kernel_shape, &c.strides, &c.pads, &c.dilations, c.auto_pad);
                 attrs.push(attr_i("group", c.group as i64));
             }
             Op::BatchNorm { epsilon } => attrs.push(attr_f("epsilon", *epsilon)),
@@ -261,13 +218,7 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
             }
             Op::MaxPool(p) => attrs = pool(p, false),
             Op::AveragePool(p) => attrs = pool(p, true),
-            Op::Gemm {
-                alpha,
-                beta,
-                trans_a,
-                trans_b,
-                ..
-            } => {
+            Op::Gemm { alpha, beta, trans_a, trans_b, .. } => {
                 attrs.push(attr_f("alpha", *alpha));
                 attrs.push(attr_f("beta", *beta));
                 attrs.push(attr_i("transA", *trans_a as i64));
@@ -296,9 +247,7 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
                 }
             }
             Op::Cast { to } => attrs.push(attr_i("to", dtype_to_onnx(*to) as i64)),
-            Op::Slice {
-                attrs: Some((s, en, ax)),
-            } => {
+            Op::Slice { attrs: Some((s, en, ax)) } => {
                 attrs.push(attr_ints("starts", s.iter().copied()));
                 attrs.push(attr_ints("ends", en.iter().copied()));
                 if !ax.is_empty() {
@@ -313,11 +262,7 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
             e.act(&format!("{}_act", n.name), act, main_out[0].clone(), y);
         }
     }
-    let mut initializer: Vec<pb::TensorProto> = g
-        .initializers
-        .iter()
-        .map(|(k, t)| tensor_to_proto(k, t))
-        .collect();
+    let mut initializer: Vec<pb::TensorProto> = g.initializers.iter().map(|(k, t)| tensor_to_proto(k, t)).collect();
     initializer.append(&mut e.extra_init);
     let ir_version = match g.opset {
         ..=12 => 7,
@@ -327,19 +272,12 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
     };
     pb::ModelProto {
         ir_version: Some(ir_version),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(g.opset),
-        }],
+        opset_import: vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(g.opset) }],
         producer_name: Some("lowbit".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         graph: Some(pb::GraphProto {
             node: e.nodes,
-            name: Some(if g.name.is_empty() {
-                "lowbit".into()
-            } else {
-                g.name.clone()
-            }),
+            name: Some(if g.name.is_empty() { "lowbit".into() } else { g.name.clone() }),
             initializer,
             input: g.inputs.iter().map(value_info).collect(),
             output: g.outputs.iter().map(value_info).collect(),
@@ -348,10 +286,7 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
         metadata_props: g
             .metadata
             .iter()
-            .map(|(k, v)| pb::StringStringEntryProto {
-                key: Some(k.clone()),
-                value: Some(v.clone()),
-            })
+            .map(|(k, v)| pb::StringStringEntryProto { key: Some(k.clone()), value: Some(v.clone()) })
             .collect(),
         ..Default::default()
     }
@@ -368,10 +303,7 @@ pub fn write_model(g: &Graph, path: &Path) -> Result<()> {
     let bytes = encode_model(g);
     let p = path.display().to_string();
     let tmp = path.with_extension(format!("onnx.tmp{}", std::process::id()));
-    let io = |source| OnnxError::Io {
-        path: p.clone(),
-        source,
-    };
+    let io = |source| OnnxError::Io { path: p.clone(), source };
     std::fs::write(&tmp, &bytes).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io(e)

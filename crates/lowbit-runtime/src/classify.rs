@@ -18,26 +18,14 @@ pub struct Classifier {
 impl Classifier {
     /// `image_shape` is one image's shape (e.g. `[1, 28, 28]`).
     pub fn new(graph: Graph, image_shape: Vec<usize>, threads: usize) -> Classifier {
-        Classifier {
-            graph,
-            image_shape,
-            threads,
-            plans: HashMap::new(),
-        }
+        Classifier { graph, image_shape, threads, plans: HashMap::new() }
     }
 
     pub fn plan(&mut self, batch: usize) -> Result<&mut Plan> {
         if !self.plans.contains_key(&batch) {
             let mut s = vec![batch];
             s.extend(&self.image_shape);
-            let p = Plan::compile(
-                &self.graph,
-                &[s],
-                &PlanOptions {
-                    threads: self.threads,
-                    optimize: true,
-                },
-            )?;
+            let p = Plan::compile(&self.graph, &[s], &PlanOptions { threads: self.threads, optimize: true })?;
             self.plans.insert(batch, p);
         }
         Ok(self.plans.get_mut(&batch).unwrap())
@@ -50,17 +38,11 @@ impl Classifier {
         let x = Tensor::f32(s, data.to_vec());
         let out = self.plan(n)?.run(&[x])?;
         let t = &out[0];
-        let v = t.as_f32().ok_or_else(|| {
-            Error::Invalid(format!(
-                "model output is {}, expected float32",
-                t.dtype().name()
-            ))
-        })?;
+        let v = t
+            .as_f32()
+            .ok_or_else(|| Error::Invalid(format!("model output is {}, expected float32", t.dtype().name())))?;
         if n == 0 || t.shape.first() != Some(&n) {
-            return Err(Error::Invalid(format!(
-                "model output shape {:?} is not [{n}, classes]",
-                t.shape
-            )));
+            return Err(Error::Invalid(format!("model output shape {:?} is not [{n}, classes]", t.shape)));
         }
         Ok(v.chunks(v.len() / n).map(|c| c.to_vec()).collect())
     }
@@ -96,11 +78,7 @@ pub fn argmax(v: &[f32]) -> usize {
 /// Indices of the `k` largest values, largest first (ties: lower index first).
 pub fn topk(v: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| {
-        v[b].partial_cmp(&v[a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(&b))
-    });
+    idx.sort_by(|&a, &b| v[b].partial_cmp(&v[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
     idx.truncate(k);
     idx
 }
@@ -127,10 +105,7 @@ pub fn evaluate(
     let batch = batch.max(1);
     let (mut c1, mut c5) = (0usize, 0usize);
     let mut ag = Agreement::default();
-    let mut r = EvalReport {
-        images: n,
-        ..Default::default()
-    };
+    let mut r = EvalReport { images: n, ..Default::default() };
     let mut start = 0;
     while start < n {
         let len = batch.min(n - start);
@@ -156,22 +131,12 @@ pub fn evaluate(
                 let dot: f64 = row.iter().zip(rr).map(|(&a, &b)| a as f64 * b as f64).sum();
                 let na: f64 = row.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
                 let nb: f64 = rr.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
-                ag.cosine += if na > 0.0 && nb > 0.0 {
-                    dot / (na * nb)
-                } else {
-                    0.0
-                };
+                ag.cosine += if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { 0.0 };
                 let (p, q) = (softmax(rr), softmax(row));
                 ag.kl += p
                     .iter()
                     .zip(&q)
-                    .map(|(&p, &q)| {
-                        if p > 0.0 {
-                            p * (p / q.max(1e-30)).ln()
-                        } else {
-                            0.0
-                        }
-                    })
+                    .map(|(&p, &q)| if p > 0.0 { p * (p / q.max(1e-30)).ln() } else { 0.0 })
                     .sum::<f64>();
             }
         }
@@ -184,12 +149,7 @@ pub fn evaluate(
     }
     if reference.is_some() {
         let k = n as f64;
-        r.agreement = Some(Agreement {
-            top1: ag.top1 / k,
-            top5: ag.top5 / k,
-            cosine: ag.cosine / k,
-            kl: ag.kl / k,
-        });
+        r.agreement = Some(Agreement { top1: ag.top1 / k, top5: ag.top5 / k, cosine: ag.cosine / k, kl: ag.kl / k });
     }
     Ok(r)
 }

@@ -25,12 +25,7 @@ pub fn plan(intervals: &[Interval]) -> (Vec<usize>, usize) {
         let mut busy: Vec<(usize, usize)> = placed
             .iter()
             .filter(|&&j| intervals[j].first <= iv.last && iv.first <= intervals[j].last)
-            .map(|&j| {
-                (
-                    offsets[j],
-                    offsets[j] + intervals[j].bytes.div_ceil(ALIGN) * ALIGN,
-                )
-            })
+            .map(|&j| (offsets[j], offsets[j] + intervals[j].bytes.div_ceil(ALIGN) * ALIGN))
             .collect();
         busy.sort();
         let mut at = 0;
@@ -57,18 +52,7 @@ mod tests {
 
     #[test]
     fn disjoint_lifetimes_share_memory() {
-        let iv = [
-            Interval {
-                bytes: 100,
-                first: 0,
-                last: 1,
-            },
-            Interval {
-                bytes: 100,
-                first: 2,
-                last: 3,
-            },
-        ];
+        let iv = [Interval { bytes: 100, first: 0, last: 1 }, Interval { bytes: 100, first: 2, last: 3 }];
         let (off, total) = plan(&iv);
         assert_eq!(off[0], off[1]);
         assert_eq!(total, 128);

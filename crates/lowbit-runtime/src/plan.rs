@@ -23,10 +23,7 @@ pub struct PlanOptions {
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions {
-            threads: 1,
-            optimize: true,
-        }
+        PlanOptions { threads: 1, optimize: true }
     }
 }
 
@@ -62,36 +59,12 @@ impl Operand {
 }
 
 enum Kind {
-    Conv {
-        p: PackedConv,
-        batch: usize,
-    },
-    Gemm {
-        m: usize,
-        n: usize,
-        k: usize,
-        b: Vec<f32>,
-        prefill: Option<Vec<f32>>,
-        trans_a: bool,
-        act: Act,
-    },
+    Conv { p: PackedConv, batch: usize },
+    Gemm { m: usize, n: usize, k: usize, b: Vec<f32>, prefill: Option<Vec<f32>>, trans_a: bool, act: Act },
     Act(Act),
-    Binary {
-        op: BinOp,
-        bc: Broadcast,
-    },
-    Pool {
-        g: ConvGeom,
-        planes: usize,
-        max: bool,
-        cip: bool,
-        pb: usize,
-        pr: usize,
-    },
-    GlobalPool {
-        plane: usize,
-        max: bool,
-    },
+    Binary { op: BinOp, bc: Broadcast },
+    Pool { g: ConvGeom, planes: usize, max: bool, cip: bool, pb: usize, pr: usize },
+    GlobalPool { plane: usize, max: bool },
     Generic(Node),
 }
 
@@ -123,15 +96,7 @@ pub struct Plan {
 }
 
 fn conv_geom(x: &[usize], w: &[usize], c: &lowbit_core::ConvAttrs) -> Result<ConvGeom> {
-    let win = lowbit_core::shape::window(
-        &x[2..],
-        &w[2..],
-        &c.strides,
-        &c.dilations,
-        &c.pads,
-        c.auto_pad,
-        false,
-    )?;
+    let win = lowbit_core::shape::window(&x[2..], &w[2..], &c.strides, &c.dilations, &c.pads, c.auto_pad, false)?;
     Ok(ConvGeom {
         c_in: x[1],
         h: x[2],
@@ -162,29 +127,17 @@ impl Plan {
                 input_shapes.len()
             )));
         }
-        let named: Vec<(String, Vec<usize>)> = rt_inputs
-            .iter()
-            .map(|v| v.name.clone())
-            .zip(input_shapes.iter().cloned())
-            .collect();
+        let named: Vec<(String, Vec<usize>)> =
+            rt_inputs.iter().map(|v| v.name.clone()).zip(input_shapes.iter().cloned()).collect();
         let spec = specialize(graph, &named, opts.optimize)?;
         let g = &spec.graph;
-        let ty = |name: &str| {
-            spec.types
-                .get(name)
-                .cloned()
-                .ok_or_else(|| Error::value(name, "no inferred type"))
-        };
+        let ty = |name: &str| spec.types.get(name).cloned().ok_or_else(|| Error::value(name, "no inferred type"));
 
         // Buffers: one per non-alias non-constant value.
         let mut buf_of: HashMap<String, usize> = HashMap::new();
         let mut bufs: Vec<Interval> = vec![];
         let new_buf = |bufs: &mut Vec<Interval>, dt: DType, shape: &[usize], at: usize| {
-            bufs.push(Interval {
-                bytes: (shape.iter().product::<usize>() * dt.size()).max(1),
-                first: at,
-                last: at,
-            });
+            bufs.push(Interval { bytes: (shape.iter().product::<usize>() * dt.size()).max(1), first: at, last: at });
             bufs.len() - 1
         };
         for v in &rt_inputs {
@@ -195,11 +148,7 @@ impl Plan {
         let is_alias = |n: &Node| {
             matches!(
                 n.op,
-                Op::Reshape { .. }
-                    | Op::Flatten { .. }
-                    | Op::Squeeze { .. }
-                    | Op::Unsqueeze { .. }
-                    | Op::Identity
+                Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity
             ) && !g.initializers.contains_key(&n.inputs[0])
         };
         // Step index of each node (aliases share the index of the next real step).
@@ -208,9 +157,8 @@ impl Plan {
         for (i, n) in g.nodes.iter().enumerate() {
             node_step[i] = step_no + 1;
             if is_alias(n) {
-                let root = *buf_of
-                    .get(&n.inputs[0])
-                    .ok_or_else(|| Error::node(&n.name, "alias of an unknown buffer"))?;
+                let root =
+                    *buf_of.get(&n.inputs[0]).ok_or_else(|| Error::node(&n.name, "alias of an unknown buffer"))?;
                 buf_of.insert(n.outputs[0].clone(), root);
             } else {
                 step_no += 1;
@@ -238,15 +186,9 @@ impl Plan {
             if let Some(t) = g.initializers.get(name) {
                 return Ok(Operand::Const(Arc::new(t.clone())));
             }
-            let b = *buf_of
-                .get(name)
-                .ok_or_else(|| Error::value(name, "no buffer"))?;
+            let b = *buf_of.get(name).ok_or_else(|| Error::value(name, "no buffer"))?;
             let (dtype, shape) = ty(name)?;
-            Ok(Operand::Buf {
-                off: offsets[b],
-                dtype,
-                shape,
-            })
+            Ok(Operand::Buf { off: offsets[b], dtype, shape })
         };
 
         let mut steps = vec![];
@@ -259,29 +201,15 @@ impl Plan {
             let ins: Vec<Option<Operand>> = n
                 .inputs
                 .iter()
-                .map(|s| {
-                    if s.is_empty() {
-                        Ok(None)
-                    } else {
-                        operand(s).map(Some)
-                    }
-                })
+                .map(|s| if s.is_empty() { Ok(None) } else { operand(s).map(Some) })
                 .collect::<Result<_>>()?;
             let out = operand(&n.outputs[0])?;
             let out_shape = ty(&n.outputs[0])?.1;
-            let all_f32 = n
-                .inputs
-                .iter()
-                .filter(|s| !s.is_empty())
-                .all(|s| ty(s).map(|t| t.0 == DType::F32).unwrap_or(false))
-                && ty(&n.outputs[0])?.0 == DType::F32;
+            let all_f32 =
+                n.inputs.iter().filter(|s| !s.is_empty()).all(|s| ty(s).map(|t| t.0 == DType::F32).unwrap_or(false))
+                    && ty(&n.outputs[0])?.0 == DType::F32;
             let konst = |i: usize| n.input(i).and_then(|s| g.initializers.get(s));
-            let in_shape = |i: usize| {
-                n.input(i)
-                    .and_then(|s| ty(s).ok())
-                    .map(|t| t.1)
-                    .unwrap_or_default()
-            };
+            let in_shape = |i: usize| n.input(i).and_then(|s| ty(s).ok()).map(|t| t.1).unwrap_or_default();
             let mut macs = 0u64;
             let mut params = 0usize;
             let (kind, kernel) = match &n.op {
@@ -306,23 +234,11 @@ impl Plan {
                     } else {
                         "f32 im2col+gemm"
                     };
-                    let p = PackedConv::new(
-                        geom,
-                        w.to_f32_vec(),
-                        konst(2).map(|b| b.to_f32_vec()),
-                        c.act,
-                    );
+                    let p = PackedConv::new(geom, w.to_f32_vec(), konst(2).map(|b| b.to_f32_vec()), c.act);
                     (Kind::Conv { p, batch: xs[0] }, kernel)
                 }
-                Op::Gemm {
-                    alpha,
-                    beta,
-                    trans_a,
-                    trans_b,
-                    act,
-                } if all_f32
-                    && konst(1).is_some()
-                    && (n.input(2).is_none() || konst(2).is_some()) =>
+                Op::Gemm { alpha, beta, trans_a, trans_b, act }
+                    if all_f32 && konst(1).is_some() && (n.input(2).is_none() || konst(2).is_some()) =>
                 {
                     let bt = konst(1).unwrap();
                     let (m, nn) = (out_shape[0], out_shape[1]);
@@ -331,12 +247,7 @@ impl Plan {
                     let mut b = vec![0f32; k * nn];
                     for kk in 0..k {
                         for j in 0..nn {
-                            b[kk * nn + j] = alpha
-                                * if *trans_b {
-                                    bv[j * k + kk]
-                                } else {
-                                    bv[kk * nn + j]
-                                };
+                            b[kk * nn + j] = alpha * if *trans_b { bv[j * k + kk] } else { bv[kk * nn + j] };
                         }
                     }
                     let prefill = konst(2).map(|c| {
@@ -346,39 +257,16 @@ impl Plan {
                     });
                     macs = (m * nn * k) as u64;
                     params = bt.len() + konst(2).map(|c| c.len()).unwrap_or(0);
-                    (
-                        Kind::Gemm {
-                            m,
-                            n: nn,
-                            k,
-                            b,
-                            prefill,
-                            trans_a: *trans_a,
-                            act: *act,
-                        },
-                        "f32 gemm",
-                    )
+                    (Kind::Gemm { m, n: nn, k, b, prefill, trans_a: *trans_a, act: *act }, "f32 gemm")
                 }
-                Op::MatMul
-                    if all_f32
-                        && in_shape(0).len() >= 2
-                        && konst(1).is_some_and(|b| b.rank() == 2) =>
-                {
+                Op::MatMul if all_f32 && in_shape(0).len() >= 2 && konst(1).is_some_and(|b| b.rank() == 2) => {
                     let bt = konst(1).unwrap();
                     let (k, nn) = (bt.shape[0], bt.shape[1]);
                     let m = in_shape(0).iter().product::<usize>() / k;
                     macs = (m * nn * k) as u64;
                     params = bt.len();
                     (
-                        Kind::Gemm {
-                            m,
-                            n: nn,
-                            k,
-                            b: bt.to_f32_vec(),
-                            prefill: None,
-                            trans_a: false,
-                            act: Act::None,
-                        },
+                        Kind::Gemm { m, n: nn, k, b: bt.to_f32_vec(), prefill: None, trans_a: false, act: Act::None },
                         "f32 gemm",
                     )
                 }
@@ -397,13 +285,7 @@ impl Plan {
                     };
                     let a_shape = ins[0].as_ref().map(|o| shape_of(o)).unwrap_or_default();
                     let b_shape = ins[1].as_ref().map(|o| shape_of(o)).unwrap_or_default();
-                    (
-                        Kind::Binary {
-                            op,
-                            bc: Broadcast::new(&a_shape, &b_shape, &out_shape),
-                        },
-                        "f32 eltwise",
-                    )
+                    (Kind::Binary { op, bc: Broadcast::new(&a_shape, &b_shape, &out_shape) }, "f32 eltwise")
                 }
                 Op::MaxPool(p) | Op::AveragePool(p) if all_f32 && in_shape(0).len() == 4 => {
                     let xs = in_shape(0);
@@ -448,10 +330,7 @@ impl Plan {
                 Op::GlobalAveragePool | Op::GlobalMaxPool if all_f32 => {
                     let xs = in_shape(0);
                     (
-                        Kind::GlobalPool {
-                            plane: xs[2..].iter().product(),
-                            max: matches!(n.op, Op::GlobalMaxPool),
-                        },
+                        Kind::GlobalPool { plane: xs[2..].iter().product(), max: matches!(n.op, Op::GlobalMaxPool) },
                         "f32 pool",
                     )
                 }
@@ -474,11 +353,7 @@ impl Plan {
                 Ok((v.name.clone(), dt, sh, offsets[buf_of[&v.name]]))
             })
             .collect::<Result<Vec<_>>>()?;
-        let outputs = g
-            .outputs
-            .iter()
-            .map(|o| Ok((o.name.clone(), operand(&o.name)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let outputs = g.outputs.iter().map(|o| Ok((o.name.clone(), operand(&o.name)?))).collect::<Result<Vec<_>>>()?;
         let threads = opts.threads.max(1);
         let pool = if threads > 1 {
             Some(
@@ -539,32 +414,19 @@ impl Plan {
     }
     /// Input names, types and shapes the plan was compiled for.
     pub fn input_specs(&self) -> Vec<(String, DType, Vec<usize>)> {
-        self.inputs
-            .iter()
-            .map(|(n, d, s, _)| (n.clone(), *d, s.clone()))
-            .collect()
+        self.inputs.iter().map(|(n, d, s, _)| (n.clone(), *d, s.clone())).collect()
     }
 
     /// Runs the plan on `inputs` (in the order of the model's runtime inputs).
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         if inputs.len() != self.inputs.len() {
-            return Err(Error::Invalid(format!(
-                "model has {} inputs, {} given",
-                self.inputs.len(),
-                inputs.len()
-            )));
+            return Err(Error::Invalid(format!("model has {} inputs, {} given", self.inputs.len(), inputs.len())));
         }
         for ((name, dt, shape, off), t) in self.inputs.iter().zip(inputs) {
             if t.dtype() != *dt || &t.shape != shape {
                 return Err(Error::value(
                     name,
-                    format!(
-                        "expected {} {:?}, got {} {:?}",
-                        dt.name(),
-                        shape,
-                        t.dtype().name(),
-                        t.shape
-                    ),
+                    format!("expected {} {:?}, got {} {:?}", dt.name(), shape, t.dtype().name(), t.shape),
                 ));
             }
             let base = self.arena.as_mut_ptr() as *mut u8;
@@ -582,8 +444,7 @@ impl Plan {
             for (i, (s, info)) in steps.iter().zip(infos).enumerate() {
                 let t = profile.as_ref().map(|_| std::time::Instant::now());
                 // SAFETY: the planner gives every live buffer disjoint bytes.
-                unsafe { exec_step(s, base.get(), scratch, threads) }
-                    .map_err(|e| e.in_node(&info.name))?;
+                unsafe { exec_step(s, base.get(), scratch, threads) }.map_err(|e| e.in_node(&info.name))?;
                 if let (Some(p), Some(t)) = (profile.as_mut(), t) {
                     p[i] += t.elapsed().as_secs_f64();
                 }
@@ -598,11 +459,7 @@ impl Plan {
         self.profile = profile;
         r?;
         let base = self.arena.as_ptr() as *const u8;
-        Ok(self
-            .outputs
-            .iter()
-            .map(|(_, o)| unsafe { read_operand(base, o) })
-            .collect())
+        Ok(self.outputs.iter().map(|(_, o)| unsafe { read_operand(base, o) }).collect())
     }
 }
 
@@ -647,35 +504,23 @@ unsafe fn read_operand(base: *const u8, o: &Operand) -> Tensor {
                 DType::I32 => Data::I32(std::slice::from_raw_parts(p as *const i32, n).to_vec()),
                 DType::I8 => Data::I8(std::slice::from_raw_parts(p as *const i8, n).to_vec()),
                 DType::U8 => Data::U8(std::slice::from_raw_parts(p, n).to_vec()),
-                DType::Bool => Data::Bool(
-                    std::slice::from_raw_parts(p, n)
-                        .iter()
-                        .map(|&b| b != 0)
-                        .collect(),
-                ),
+                DType::Bool => Data::Bool(std::slice::from_raw_parts(p, n).iter().map(|&b| b != 0).collect()),
             };
-            Tensor {
-                shape: shape.clone(),
-                data,
-            }
+            Tensor { shape: shape.clone(), data }
         }
     }
 }
 
 unsafe fn f32_in<'a>(base: *mut u8, o: &'a Operand) -> &'a [f32] {
     match o {
-        Operand::Buf { off, .. } => {
-            std::slice::from_raw_parts(base.add(*off) as *const f32, o.len())
-        }
+        Operand::Buf { off, .. } => std::slice::from_raw_parts(base.add(*off) as *const f32, o.len()),
         Operand::Const(t) => t.as_f32().expect("planned as f32"),
     }
 }
 
 unsafe fn f32_out<'a>(base: *mut u8, o: &Operand) -> &'a mut [f32] {
     match o {
-        Operand::Buf { off, .. } => {
-            std::slice::from_raw_parts_mut(base.add(*off) as *mut f32, o.len())
-        }
+        Operand::Buf { off, .. } => std::slice::from_raw_parts_mut(base.add(*off) as *mut f32, o.len()),
         Operand::Const(_) => unreachable!("outputs are buffers"),
     }
 }
@@ -686,39 +531,18 @@ unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], threads: usize
         Kind::Conv { p, batch } => {
             let xs = x();
             let out = f32_out(base, &s.out);
-            let (isz, osz) = (
-                p.geom.c_in * p.geom.h * p.geom.w,
-                p.geom.c_out * p.geom.oh * p.geom.ow,
-            );
+            let (isz, osz) = (p.geom.c_in * p.geom.h * p.geom.w, p.geom.c_out * p.geom.oh * p.geom.ow);
             for b in 0..*batch {
-                f32conv::conv2d(
-                    p,
-                    &xs[b * isz..(b + 1) * isz],
-                    &mut out[b * osz..(b + 1) * osz],
-                    scratch,
-                    threads,
-                );
+                f32conv::conv2d(p, &xs[b * isz..(b + 1) * isz], &mut out[b * osz..(b + 1) * osz], scratch, threads);
             }
         }
-        Kind::Gemm {
-            m,
-            n,
-            k,
-            b,
-            prefill,
-            trans_a,
-            act,
-        } => {
+        Kind::Gemm { m, n, k, b, prefill, trans_a, act } => {
             let a = x();
             let out = f32_out(base, &s.out);
             if let Some(p) = prefill {
                 out.copy_from_slice(p);
             }
-            let (lrs, lcs) = if *trans_a {
-                (1, *m as isize)
-            } else {
-                (*k as isize, 1)
-            };
+            let (lrs, lcs) = if *trans_a { (1, *m as isize) } else { (*k as isize, 1) };
             f32conv::sgemm(
                 *m,
                 *n,
@@ -745,35 +569,12 @@ unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], threads: usize
             let b = f32_in(base, s.ins[1].as_ref().unwrap());
             eltwise::binary(*op, bc, x(), b, f32_out(base, &s.out));
         }
-        Kind::Pool {
-            g,
-            planes,
-            max,
-            cip,
-            pb,
-            pr,
-        } => {
-            pool::pool2d(
-                g,
-                *planes,
-                *max,
-                *cip,
-                *pb,
-                *pr,
-                x(),
-                f32_out(base, &s.out),
-                threads,
-            );
+        Kind::Pool { g, planes, max, cip, pb, pr } => {
+            pool::pool2d(g, *planes, *max, *cip, *pb, *pr, x(), f32_out(base, &s.out), threads);
         }
-        Kind::GlobalPool { plane, max } => {
-            pool::global_pool(x(), *plane, *max, f32_out(base, &s.out))
-        }
+        Kind::GlobalPool { plane, max } => pool::global_pool(x(), *plane, *max, f32_out(base, &s.out)),
         Kind::Generic(node) => {
-            let owned: Vec<Option<Tensor>> = s
-                .ins
-                .iter()
-                .map(|o| o.as_ref().map(|o| read_operand(base, o)))
-                .collect();
+            let owned: Vec<Option<Tensor>> = s.ins.iter().map(|o| o.as_ref().map(|o| read_operand(base, o))).collect();
             let refs: Vec<Option<&Tensor>> = owned.iter().map(|o| o.as_ref()).collect();
             let outs = reference::eval(node, &refs)?;
             let t = &outs[0];

@@ -32,10 +32,7 @@ fn check_input(vi: &lowbit_core::ValueInfo, shape: &[usize]) -> Result<()> {
                     Dim::Sym(s) => s.clone(),
                 })
                 .collect();
-            return Err(Error::value(
-                &vi.name,
-                format!("model expects shape [{}], got {:?}", want.join(", "), shape),
-            ));
+            return Err(Error::value(&vi.name, format!("model expects shape [{}], got {:?}", want.join(", "), shape)));
         }
     }
     Ok(())
@@ -69,14 +66,9 @@ fn propagate(
                 ins.push(None);
                 continue;
             }
-            let (dt, sh) = types.get(i).ok_or_else(|| {
-                Error::node(&node.name, format!("input '{i}' has no known shape"))
-            })?;
-            ins.push(Some(Known {
-                dtype: *dt,
-                shape: sh,
-                value: g.initializers.get(i),
-            }));
+            let (dt, sh) =
+                types.get(i).ok_or_else(|| Error::node(&node.name, format!("input '{i}' has no known shape")))?;
+            ins.push(Some(Known { dtype: *dt, shape: sh, value: g.initializers.get(i) }));
         }
         let all_const = ins.iter().all(|k| k.is_none_or(|k| k.value.is_some()));
         if fold && (all_const || matches!(node.op, Op::Shape { .. })) {
@@ -86,8 +78,7 @@ fn propagate(
                 let fake = Tensor::zeros(DType::U8, x.shape.to_vec());
                 lowbit_kernels::reference::eval(&node, &[Some(&fake)])?
             } else {
-                let tensors: Vec<Option<&Tensor>> =
-                    ins.iter().map(|k| k.and_then(|k| k.value)).collect();
+                let tensors: Vec<Option<&Tensor>> = ins.iter().map(|k| k.and_then(|k| k.value)).collect();
                 lowbit_kernels::reference::eval(&node, &tensors)?
             };
             for (name, t) in node.outputs.iter().zip(outs) {
@@ -111,27 +102,15 @@ fn propagate(
 
 /// Specializes `graph` to the given input shapes (name, shape) and canonicalizes it.
 /// With `optimize == false` only shapes are inferred and constants folded (no BN folding/fusion).
-pub fn specialize(
-    graph: &Graph,
-    inputs: &[(String, Vec<usize>)],
-    optimize: bool,
-) -> Result<Specialized> {
+pub fn specialize(graph: &Graph, inputs: &[(String, Vec<usize>)], optimize: bool) -> Result<Specialized> {
     let mut g = graph.clone();
     let (_, folded) = propagate(&mut g, inputs, true)?;
     let report = if optimize {
         passes::canonicalize(&mut g)
     } else {
-        PassReport {
-            nodes_removed: passes::remove_dead(&mut g),
-            ..Default::default()
-        }
+        PassReport { nodes_removed: passes::remove_dead(&mut g), ..Default::default() }
     };
     // Graph outputs that became constants stay as initializers; shapes are recomputed after passes.
     let (types, _) = propagate(&mut g, inputs, false)?;
-    Ok(Specialized {
-        graph: g,
-        types,
-        folded,
-        passes: report,
-    })
+    Ok(Specialized { graph: g, types, folded, passes: report })
 }

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""lowbit float32 vs ONNX Runtime float32, batch 1, same thread count, in one run.
+
+usage: bench/compare_ort.py [--iters N] [--rounds R]   (from the repository root, after
+`cargo build --release`; needs ./venv with onnxruntime, as scripts/test.sh creates)
+
+Both engines are measured in alternating rounds on the same machine in the same run (the machines
+are shared and noisy); each round reports a median latency, and the table shows the median over
+rounds. The table is written to bench/RESULTS.md (section "float32 vs ONNX Runtime").
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ZOO = os.path.join(ROOT, "..", "shared", "zoo")
+LOWBIT = os.path.join(ROOT, "target", "release", "lowbit")
+MODELS = ["resnet18-random.onnx", "mobilenetv2-imagenet.onnx"]
+
+
+def ort_median(path, threads, iters, warmup=10):
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.inter_op_num_threads = 1
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    for _ in range(warmup):
+        s.run(None, {name: x})
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        s.run(None, {name: x})
+        ts.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(ts))
+
+
+def lowbit_median(path, threads, iters):
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        subprocess.run([LOWBIT, "bench", path, "--threads", str(threads), "--iters", str(iters), "--warmup", "10", "--json", f.name],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return json.load(open(f.name))["median_ms"]
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def replace_section(text, title, body):
+    start = text.find(title)
+    block = title + "\n\n" + body + "\n"
+    if start < 0:
+        return (text.rstrip() + "\n\n" if text.strip() else "# lowbit benchmark results\n\n") + block
+    end = text.find("\n## ", start + len(title))
+    return text[:start] + block + (text[end + 1:] if end >= 0 else "")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    if not os.path.exists(LOWBIT):
+        sys.exit(f"{LOWBIT} not found: run `cargo build --release` first")
+    rows = []
+    for m in MODELS:
+        path = os.path.join(ZOO, m)
+        for t in (1, 2):
+            lo, oo = [], []
+            for _ in range(a.rounds):
+                oo.append(ort_median(path, t, a.iters))
+                lo.append(lowbit_median(path, t, a.iters))
+            l, o = float(np.median(lo)), float(np.median(oo))
+            rows.append((m, t, l, o, l / o))
+            print(f"{m:32} threads {t}: lowbit {l:7.2f} ms  ORT {o:7.2f} ms  ratio {l / o:.2f}", flush=True)
+    feats = subprocess.run([LOWBIT, "inspect", os.path.join(ZOO, "mnist-cnn.onnx")], capture_output=True, text=True).stdout
+    cpu_line = next((ln.split(None, 1)[1] for ln in feats.splitlines() if ln.startswith("cpu")), "?")
+    body = [f"Measured {time.strftime('%Y-%m-%d')} on {cpu_model()} ({os.cpu_count()} cores; features: {cpu_line}),",
+            f"ONNX Runtime {ort.__version__} CPU EP with graph optimizations ALL. Batch 1, median latency per round,",
+            f"median over {a.rounds} alternating rounds of {a.iters} runs. Reproduce: `python bench/compare_ort.py`",
+            "(with ./venv from scripts/test.sh). Ratio = lowbit / ORT (lower is better; target <= 1.3).", "",
+            "| model | threads | lowbit fp32 ms | ORT fp32 ms | ratio |", "|---|---|---|---|---|"]
+    for m, t, l, o, r in rows:
+        body.append(f"| {m} | {t} | {l:.2f} | {o:.2f} | {r:.2f} |")
+    out = os.path.join(ROOT, "bench", "RESULTS.md")
+    text = open(out).read() if os.path.exists(out) else ""
+    text = replace_section(text, "## float32 vs ONNX Runtime", "\n".join(body))
+    tmp = out + ".tmp"
+    open(tmp, "w").write(text)
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+//! Shared helpers for lowbit's integration tests: paths to the shared zoo and data, the Python
+//! with ONNX Runtime used for live cross-checks, and running ONNX Runtime on a batch.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+pub fn shared() -> PathBuf {
+    let p = root().join("../shared");
+    assert!(
+        p.is_dir(),
+        "the shared zoo/data folder {} is missing: lowbit's tests expect it beside the repository",
+        p.display()
+    );
+    p
+}
+
+pub fn zoo(name: &str) -> PathBuf {
+    let p = shared().join("zoo").join(name);
+    assert!(p.is_file(), "model {} is missing", p.display());
+    p
+}
+
+pub fn fashion_dir() -> PathBuf {
+    lowbit_data::fashion_mnist_dir().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The Python interpreter that has onnxruntime: $LOWBIT_PYTHON, else ./venv/bin/python.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("LOWBIT_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join("venv/bin/python"));
+    assert!(
+        p.is_file(),
+        "{} not found: create it with `python3 -m venv venv && venv/bin/pip install onnxruntime numpy onnx` (scripts/test.sh does), or set LOWBIT_PYTHON",
+        p.display()
+    );
+    p
+}
+
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lowbit-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `model` in ONNX Runtime on `x` (shape `shape`) and returns (output shape, values).
+pub fn ort_run(model: &Path, x: &[f32], shape: &[usize], tag: &str) -> (Vec<usize>, Vec<f32>) {
+    let d = tmpdir(tag);
+    let (inp, out) = (d.join("in.f32"), d.join("out.f32"));
+    std::fs::write(&inp, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let shape_s: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
+    let o = Command::new(python())
+        .arg(root().join("tools/ort_run.py"))
+        .arg(model)
+        .arg(&inp)
+        .arg(shape_s.join(","))
+        .arg(&out)
+        .output()
+        .expect("run python");
+    assert!(o.status.success(), "ONNX Runtime failed on {}: {}", model.display(), String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let oshape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    let bytes = std::fs::read(&out).unwrap();
+    let vals = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let _ = std::fs::remove_dir_all(&d);
+    (oshape, vals)
+}
+
+pub fn lowbit_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lowbit"))
+}

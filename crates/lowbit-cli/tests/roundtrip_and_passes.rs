@@ -1,0 +1,106 @@
+//! ONNX round trip (read -> write -> read gives the same graph and the same outputs) and
+//! canonicalizing passes (constant folding, BatchNorm folding, activation fusion, dead-node
+//! removal) preserving outputs, on every zoo model.
+
+mod common;
+
+use common::*;
+use lowbit_core::{Graph, Tensor};
+use lowbit_runtime::{Plan, PlanOptions};
+
+const MODELS: &[(&str, [usize; 4])] = &[
+    ("mnist-cnn.onnx", [2, 1, 28, 28]),
+    ("fmnist-resnet.onnx", [2, 1, 28, 28]),
+    ("fmnist-mobilenet.onnx", [2, 1, 28, 28]),
+    ("mobilenetv2-imagenet.onnx", [1, 3, 224, 224]),
+    ("efficientnet-lite0-imagenet.onnx", [1, 3, 224, 224]),
+    ("ppocr-textline-cls.onnx", [2, 3, 48, 192]),
+    ("resnet18-random.onnx", [1, 3, 224, 224]),
+];
+
+fn input(shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::f32(shape.to_vec(), (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect())
+}
+
+fn run(g: &Graph, shape: &[usize], optimize: bool) -> Vec<f32> {
+    let mut p = Plan::compile(g, &[shape.to_vec()], &PlanOptions { threads: 1, optimize }).unwrap();
+    p.run(&[input(shape)]).unwrap().remove(0).to_f32_vec()
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let m = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
+}
+
+#[test]
+fn read_write_read_is_identity() {
+    for (name, shape) in MODELS {
+        let g = lowbit_onnx::read_model(&zoo(name)).unwrap();
+        let bytes = lowbit_onnx::encode_model(&g);
+        let g2 = lowbit_onnx::decode_model(&bytes).unwrap();
+        assert_eq!(g, g2, "{name}: graph changed in the round trip");
+        assert_eq!(run(&g, shape, true), run(&g2, shape, true), "{name}: outputs changed in the round trip");
+    }
+}
+
+#[test]
+fn written_file_is_atomic_and_loads() {
+    let d = tmpdir("write");
+    let g = lowbit_onnx::read_model(&zoo("mnist-cnn.onnx")).unwrap();
+    let out = d.join("m.onnx");
+    lowbit_onnx::write_model(&g, &out).unwrap();
+    assert_eq!(lowbit_onnx::read_model(&out).unwrap(), g);
+    let leftovers: Vec<_> = std::fs::read_dir(&d).unwrap().flatten().filter(|e| e.file_name() != "m.onnx").collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+    // Writing into a folder that does not exist fails cleanly.
+    assert!(lowbit_onnx::write_model(&g, &d.join("no/such/dir/m.onnx")).is_err());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn canonicalized_graph_writes_standard_onnx_that_reloads_with_same_outputs() {
+    // Fused activations are written back as separate standard nodes.
+    for (name, shape) in MODELS {
+        let g = lowbit_onnx::read_model(&zoo(name)).unwrap();
+        let spec =
+            lowbit_runtime::specialize(&g, &[(g.runtime_inputs()[0].name.clone(), shape.to_vec())], true).unwrap();
+        let g2 = lowbit_onnx::decode_model(&lowbit_onnx::encode_model(&spec.graph)).unwrap();
+        let r = max_rel(&run(&g2, shape, false), &run(&g, shape, false));
+        assert!(r < 1e-5, "{name}: canonical graph written and reread differs by {r}");
+    }
+}
+
+#[test]
+fn passes_preserve_outputs_and_do_their_job() {
+    for (name, shape) in MODELS {
+        let g = lowbit_onnx::read_model(&zoo(name)).unwrap();
+        let plain = run(&g, shape, false);
+        let opt = run(&g, shape, true);
+        let r = max_rel(&opt, &plain);
+        assert!(r < 1e-5, "{name}: optimized plan differs from the unoptimized one by {r}");
+        let spec =
+            lowbit_runtime::specialize(&g, &[(g.runtime_inputs()[0].name.clone(), shape.to_vec())], true).unwrap();
+        let bn_before = g.nodes.iter().filter(|n| n.op.op_type() == "BatchNormalization").count();
+        let bn_after = spec.graph.nodes.iter().filter(|n| n.op.op_type() == "BatchNormalization").count();
+        assert_eq!(bn_after, 0, "{name}: BatchNorm left unfolded");
+        assert_eq!(spec.passes.batchnorms_folded, bn_before, "{name}");
+        let convs = spec.graph.nodes.iter().filter(|n| n.op.op_type() == "Conv").count();
+        let standalone_relu = spec
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.op.op_type() == "Relu"
+                    && g.producers().get(&n.inputs[0]).is_some_and(|&p| g.nodes[p].op.op_type() == "Conv")
+            })
+            .count();
+        assert!(convs > 0);
+        assert_eq!(standalone_relu, 0, "{name}: conv->relu left unfused");
+        if *name == "ppocr-textline-cls.onnx" {
+            // Shape/Cast/Slice/Concat on the batch size fold to a constant.
+            assert!(spec.folded >= 5, "ppocr: only {} nodes folded", spec.folded);
+            assert!(!spec.graph.nodes.iter().any(|n| n.op.op_type() == "Shape"));
+        }
+    }
+}

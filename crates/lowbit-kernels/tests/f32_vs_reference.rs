@@ -1,0 +1,155 @@
+//! The fast f32 kernels against the reference evaluator on random shapes: pointwise, shifted-rows
+//! (stride 1), im2col (stride 2, dilation), grouped and depthwise convolutions with every fused
+//! activation, pooling, and broadcasting elementwise ops.
+
+use lowbit_core::{Act, ConvAttrs, Node, Op, PoolAttrs, Tensor};
+use lowbit_kernels::eltwise::{self, BinOp, Broadcast};
+use lowbit_kernels::f32conv::{conv2d, ConvGeom, PackedConv};
+use lowbit_kernels::{pool, reference};
+use proptest::prelude::*;
+
+fn rnd(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) -> Result<(), TestCaseError> {
+    prop_assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        prop_assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {}: {} vs {}", i, x, y);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct ConvCase {
+    c_in: usize,
+    c_out: usize,
+    group: usize,
+    h: usize,
+    w: usize,
+    k: (usize, usize),
+    s: usize,
+    d: usize,
+    pads: [usize; 4],
+    act: u8,
+    seed: u64,
+}
+
+fn conv_case() -> impl Strategy<Value = ConvCase> {
+    (
+        1usize..5,
+        1usize..6,
+        0usize..3,
+        1usize..20,
+        1usize..40,
+        (1usize..6, 1usize..6),
+        1usize..4,
+        1usize..3,
+        [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        0u8..5,
+        any::<u64>(),
+    )
+        .prop_map(|(cg, og, gsel, h, w, k, s, d, pads, act, seed)| {
+            // group: 1, depthwise, or a small group count
+            let (c_in, c_out, group) = match gsel {
+                0 => (cg * 2, og * 3, 1),
+                1 => (cg * 4, cg * 4, cg * 4),
+                _ => (cg * 2, og * 2, 2),
+            };
+            ConvCase { c_in, c_out, group, h: h + (k.0 - 1) * d, w: w + (k.1 - 1) * d, k, s, d, pads, act, seed }
+        })
+}
+
+fn act_of(a: u8) -> Act {
+    match a {
+        0 => Act::None,
+        1 => Act::Relu,
+        2 => Act::Clip { lo: 0.0, hi: 0.5 },
+        3 => Act::HardSwish,
+        _ => Act::HardSigmoid { alpha: 0.2, beta: 0.5 },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn conv_matches_reference(c in conv_case(), batch in 1usize..3, threads in 1usize..3) {
+        let act = act_of(c.act);
+        let attrs = ConvAttrs {
+            kernel_shape: vec![c.k.0, c.k.1],
+            strides: vec![c.s, c.s],
+            pads: c.pads.to_vec(),
+            dilations: vec![c.d, c.d],
+            group: c.group,
+            act,
+            ..Default::default()
+        };
+        let xs = vec![batch, c.c_in, c.h, c.w];
+        let ws = vec![c.c_out, c.c_in / c.group, c.k.0, c.k.1];
+        let x = Tensor::f32(xs.clone(), rnd(c.seed, xs.iter().product()));
+        let w = Tensor::f32(ws.clone(), rnd(c.seed ^ 7, ws.iter().product()));
+        let b = Tensor::f32(vec![c.c_out], rnd(c.seed ^ 9, c.c_out));
+        let node = Node { name: "c".into(), op: Op::Conv(attrs.clone()), inputs: vec!["x".into(), "w".into(), "b".into()], outputs: vec!["y".into()] };
+        let want = reference::eval(&node, &[Some(&x), Some(&w), Some(&b)]).unwrap().remove(0);
+        let win = lowbit_core::shape::window(&xs[2..], &ws[2..], &attrs.strides, &attrs.dilations, &attrs.pads, attrs.auto_pad, false).unwrap();
+        let g = ConvGeom { c_in: c.c_in, h: c.h, w: c.w, c_out: c.c_out, kh: c.k.0, kw: c.k.1, sh: c.s, sw: c.s, dh: c.d, dw: c.d,
+            pt: c.pads[0], pl: c.pads[1], oh: win.out[0], ow: win.out[1], group: c.group };
+        let p = PackedConv::new(g.clone(), w.to_f32_vec(), Some(b.to_f32_vec()), act);
+        let mut out = vec![f32::NAN; batch * c.c_out * g.oh * g.ow];
+        let mut scratch = vec![0.0; g.scratch_len()];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let (isz, osz) = (c.c_in * c.h * c.w, c.c_out * g.oh * g.ow);
+        pool.install(|| for n in 0..batch {
+            conv2d(&p, &x.to_f32_vec()[n * isz..(n + 1) * isz], &mut out[n * osz..(n + 1) * osz], &mut scratch, threads);
+        });
+        close(&out, want.as_f32().unwrap(), 1e-4)?;
+    }
+
+    #[test]
+    fn pool_matches_reference(c in 1usize..4, h in 1usize..30, w in 1usize..30, k in (1usize..4, 1usize..4), s in 1usize..3,
+                              pads in [0usize..2, 0usize..2, 0usize..2, 0usize..2], max in any::<bool>(), cip in any::<bool>(), ceil in any::<bool>(), seed in any::<u64>()) {
+        let (h, w) = (h + k.0, w + k.1);
+        let pads: Vec<usize> = vec![pads[0].min(k.0 - 1), pads[1].min(k.1 - 1), pads[2].min(k.0 - 1), pads[3].min(k.1 - 1)];
+        let attrs = PoolAttrs { kernel_shape: vec![k.0, k.1], strides: vec![s, s], pads: pads.clone(), ceil_mode: ceil, count_include_pad: cip, ..Default::default() };
+        let op = if max { Op::MaxPool(attrs.clone()) } else { Op::AveragePool(attrs.clone()) };
+        let x = Tensor::f32(vec![1, c, h, w], rnd(seed, c * h * w));
+        let node = Node { name: "p".into(), op, inputs: vec!["x".into()], outputs: vec!["y".into()] };
+        let want = reference::eval(&node, &[Some(&x)]).unwrap().remove(0);
+        let win = lowbit_core::shape::window(&[h, w], &[k.0, k.1], &attrs.strides, &[], &pads, attrs.auto_pad, ceil).unwrap();
+        let g = ConvGeom { c_in: c, h, w, c_out: c, kh: k.0, kw: k.1, sh: s, sw: s, dh: 1, dw: 1, pt: pads[0], pl: pads[1], oh: win.out[0], ow: win.out[1], group: 1 };
+        let mut out = vec![f32::NAN; c * g.oh * g.ow];
+        pool::pool2d(&g, c, max, cip, win.pads_end[0], win.pads_end[1], x.as_f32().unwrap(), &mut out, 1);
+        close(&out, want.as_f32().unwrap(), 1e-5)?;
+    }
+
+    #[test]
+    fn binary_broadcast_matches_reference(a in proptest::collection::vec(1usize..4, 0..5), mask in proptest::collection::vec(any::<bool>(), 5), op in 0u8..4, seed in any::<u64>()) {
+        // b takes a's shape with some dims set to 1 and maybe fewer leading dims.
+        let mut b: Vec<usize> = a.iter().zip(&mask).map(|(&d, &m)| if m { 1 } else { d }).collect();
+        if mask[4] && !b.is_empty() { b.remove(0); }
+        let out = lowbit_core::shape::broadcast(&a, &b).unwrap();
+        let (ta, tb) = (Tensor::f32(a.clone(), rnd(seed, a.iter().product())), Tensor::f32(b.clone(), rnd(seed ^ 3, b.iter().product::<usize>()).iter().map(|v| v + 2.0).collect()));
+        let (bop, o) = match op { 0 => (BinOp::Add, Op::Add), 1 => (BinOp::Sub, Op::Sub), 2 => (BinOp::Mul, Op::Mul), _ => (BinOp::Div, Op::Div) };
+        let node = Node { name: "e".into(), op: o, inputs: vec!["a".into(), "b".into()], outputs: vec!["y".into()] };
+        let want = reference::eval(&node, &[Some(&ta), Some(&tb)]).unwrap().remove(0);
+        let mut got = vec![f32::NAN; out.iter().product()];
+        eltwise::binary(bop, &Broadcast::new(&a, &b, &out), ta.as_f32().unwrap(), tb.as_f32().unwrap(), &mut got);
+        close(&got, want.as_f32().unwrap(), 1e-6)?;
+        // and with the operands swapped
+        let out2 = lowbit_core::shape::broadcast(&b, &a).unwrap();
+        let node2 = Node { inputs: vec!["b".into(), "a".into()], ..node };
+        let want2 = reference::eval(&node2, &[Some(&tb), Some(&ta)]).unwrap().remove(0);
+        let mut got2 = vec![f32::NAN; out2.iter().product()];
+        eltwise::binary(bop, &Broadcast::new(&b, &a, &out2), tb.as_f32().unwrap(), ta.as_f32().unwrap(), &mut got2);
+        close(&got2, want2.as_f32().unwrap(), 1e-6)?;
+    }
+}
