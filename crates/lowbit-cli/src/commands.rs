@@ -38,8 +38,12 @@ pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>)
     println!("input     {:?}", shape);
     let sp = plan.specialized();
     println!(
-        "passes    {} constants folded, {} BatchNorms folded, {} activations fused, {} identities removed",
-        sp.folded, sp.passes.batchnorms_folded, sp.passes.activations_fused, sp.passes.identities_removed
+        "passes    {} constants folded, {} BatchNorms folded, {} hard-swish patterns, {} activations fused, {} identities removed",
+        sp.folded,
+        sp.passes.batchnorms_folded,
+        sp.passes.hardswish_patterns,
+        sp.passes.activations_fused,
+        sp.passes.identities_removed
     );
     let rows: Vec<Vec<String>> = plan
         .steps()

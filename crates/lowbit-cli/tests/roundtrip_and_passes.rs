@@ -101,6 +101,9 @@ fn passes_preserve_outputs_and_do_their_job() {
             // Shape/Cast/Slice/Concat on the batch size fold to a constant.
             assert!(spec.folded >= 5, "ppocr: only {} nodes folded", spec.folded);
             assert!(!spec.graph.nodes.iter().any(|n| n.op.op_type() == "Shape"));
+            // Every x*clip(x+3,0,6)/6 became one HardSwish (18 in this model).
+            assert_eq!(spec.passes.hardswish_patterns, 18);
+            assert!(!spec.graph.nodes.iter().any(|n| n.op.op_type() == "Div"));
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::{Act, Graph, Op, Tensor};
 pub struct PassReport {
     pub batchnorms_folded: usize,
     pub activations_fused: usize,
+    pub hardswish_patterns: usize,
     pub identities_removed: usize,
     pub nodes_removed: usize,
 }
@@ -20,6 +21,7 @@ fn const_f32<'a>(g: &'a Graph, name: Option<&str>) -> Option<&'a [f32]> {
 pub fn canonicalize(g: &mut Graph) -> PassReport {
     let mut r = PassReport { identities_removed: remove_identities(g), ..Default::default() };
     r.batchnorms_folded = fold_batchnorm(g);
+    r.hardswish_patterns = fuse_hardswish(g);
     r.activations_fused = fuse_activations(g);
     r.nodes_removed = remove_dead(g);
     r
@@ -236,4 +238,68 @@ pub fn remove_dead(g: &mut Graph) -> usize {
     let inputs: std::collections::HashSet<String> = g.inputs.iter().map(|i| i.name.clone()).collect();
     g.initializers.retain(|name, _| live.contains(name) || inputs.contains(name));
     removed
+}
+
+fn scalar_const(g: &Graph, name: &str) -> Option<f32> {
+    let t = g.initializers.get(name)?;
+    (t.len() == 1).then(|| t.to_f32_vec()[0])
+}
+
+/// Replaces the exporter pattern `x * clip(x + 3, 0, 6) / 6` (Add, Clip, Mul, Div or Mul by 1/6)
+/// with one `HardSwish` node. Returns how many were replaced.
+pub fn fuse_hardswish(g: &mut Graph) -> usize {
+    let mut n = 0;
+    loop {
+        let consumers = g.consumers();
+        let producers = g.producers();
+        let single = |v: &str| consumers.get(v).map(|c| c.len()) == Some(1) && !g.is_output(v);
+        let mut hit = None;
+        'search: for (di, d) in g.nodes.iter().enumerate() {
+            // y = m / 6  or  m * (1/6)
+            let m = match &d.op {
+                Op::Div if d.input(1).and_then(|c| scalar_const(g, c)) == Some(6.0) => d.inputs[0].clone(),
+                Op::Mul => match (scalar_const(g, &d.inputs[1]), scalar_const(g, &d.inputs[0])) {
+                    (Some(c), _) if (c - 1.0 / 6.0).abs() < 1e-7 => d.inputs[0].clone(),
+                    (_, Some(c)) if (c - 1.0 / 6.0).abs() < 1e-7 => d.inputs[1].clone(),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            let Some(&mi) = producers.get(&m) else { continue };
+            if g.nodes[mi].op != Op::Mul || !single(&m) {
+                continue;
+            }
+            // m = x * b (either order), b = clip(a, 0, 6), a = x + 3
+            for (xs, bs) in [(0, 1), (1, 0)] {
+                let (x, b) = (&g.nodes[mi].inputs[xs], &g.nodes[mi].inputs[bs]);
+                let Some(&bi) = producers.get(b) else { continue };
+                if !single(b) || as_activation(g, &g.nodes[bi]) != Some(Act::Clip { lo: 0.0, hi: 6.0 }) {
+                    continue;
+                }
+                let a = &g.nodes[bi].inputs[0];
+                let Some(&ai) = producers.get(a) else { continue };
+                let an = &g.nodes[ai];
+                if an.op != Op::Add || !single(a) {
+                    continue;
+                }
+                let ok = (an.inputs[0] == *x && scalar_const(g, &an.inputs[1]) == Some(3.0))
+                    || (an.inputs[1] == *x && scalar_const(g, &an.inputs[0]) == Some(3.0));
+                if ok {
+                    hit = Some((di, mi, bi, ai, x.clone()));
+                    break 'search;
+                }
+            }
+        }
+        let Some((di, mi, bi, ai, x)) = hit else { break };
+        let y = g.nodes[di].outputs[0].clone();
+        let name = g.nodes[di].name.clone();
+        g.nodes[ai] = crate::Node { name, op: Op::HardSwish, inputs: vec![x], outputs: vec![y] };
+        let mut drop = [di, mi, bi];
+        drop.sort_unstable();
+        for i in drop.iter().rev() {
+            g.nodes.remove(*i);
+        }
+        n += 1;
+    }
+    n
 }

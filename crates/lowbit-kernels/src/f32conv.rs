@@ -393,13 +393,142 @@ std::thread_local! {
     static PAD_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// AVX-512 depthwise straight from the unpadded plane: out-of-range rows are skipped and
+/// out-of-range columns masked off in the loads, so no padded copy is made.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dw_channel_avx512_nopad(
+    g: &ConvGeom,
+    plane: &[f32],
+    w: &[f32],
+    bias: f32,
+    lo: f32,
+    hi: f32,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const MAXK: usize = 16;
+    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let p = plane.as_ptr();
+    let (h, wd) = (g.h as isize, g.w as isize);
+    let colmask = |start: isize, lanes: isize| -> u32 {
+        // bit j set when column start+j lies in [0, w)
+        let a = (-start).clamp(0, lanes);
+        let b = (wd - start).clamp(0, lanes);
+        if b <= a {
+            0
+        } else {
+            (((1u64 << b) - 1) & !((1u64 << a) - 1)) as u32
+        }
+    };
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows<const R: usize>(
+        g: &ConvGeom,
+        p: *const f32,
+        w: &[f32],
+        bias: f32,
+        oy: usize,
+        out: *mut f32,
+        vlo: __m512,
+        vhi: __m512,
+        even: __m512i,
+        masks: &[[u32; MAXK]],
+        h: isize,
+    ) {
+        let mut ox0 = 0;
+        let mut blk = 0;
+        while ox0 < g.ow {
+            let mut acc = [_mm512_set1_ps(bias); R];
+            let m = &masks[blk];
+            for ky in 0..g.kh {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let iy = ((oy + r) * g.sh + ky * g.dh) as isize - g.pt as isize;
+                    if iy < 0 || iy >= h {
+                        continue;
+                    }
+                    let row = p.wrapping_offset(iy * g.w as isize);
+                    for kx in 0..g.kw {
+                        let wv = _mm512_set1_ps(*w.get_unchecked(ky * g.kw + kx));
+                        let start = (ox0 * g.sw + kx * g.dw) as isize - g.pl as isize;
+                        let base = row.wrapping_offset(start);
+                        let mk = m[kx];
+                        let x = if g.sw == 1 {
+                            _mm512_maskz_loadu_ps(mk as u16, base)
+                        } else {
+                            let x0 = _mm512_maskz_loadu_ps(mk as u16, base);
+                            let x1 = _mm512_maskz_loadu_ps((mk >> 16) as u16, base.wrapping_add(16));
+                            _mm512_permutex2var_ps(x0, even, x1)
+                        };
+                        *a = _mm512_fmadd_ps(wv, x, *a);
+                    }
+                }
+            }
+            let n = DW_BLOCK.min(g.ow - ox0);
+            for (r, a) in acc.iter().enumerate() {
+                let v = _mm512_min_ps(_mm512_max_ps(*a, vlo), vhi);
+                let dst = out.add((oy + r) * g.ow + ox0);
+                if n == DW_BLOCK {
+                    _mm512_storeu_ps(dst, v);
+                } else {
+                    _mm512_mask_storeu_ps(dst, ((1u32 << n) - 1) as u16, v);
+                }
+            }
+            ox0 += DW_BLOCK;
+            blk += 1;
+        }
+    }
+    // Column masks per (output block, kx), shared by every row.
+    let nblk = g.ow.div_ceil(DW_BLOCK);
+    let lanes = if g.sw == 1 { 16 } else { 32 };
+    let mut masks = [[0u32; MAXK]; 64];
+    let mut heap;
+    let masks: &mut [[u32; MAXK]] = if nblk <= 64 {
+        &mut masks[..nblk]
+    } else {
+        heap = vec![[0u32; MAXK]; nblk];
+        &mut heap
+    };
+    for (b, mb) in masks.iter_mut().enumerate() {
+        for (kx, m) in mb.iter_mut().enumerate().take(g.kw) {
+            let start = (b * DW_BLOCK * g.sw + kx * g.dw) as isize - g.pl as isize;
+            let raw = colmask(start, lanes);
+            *m = if g.sw == 1 {
+                raw
+            } else {
+                // lanes j of the 32-wide raw span; the permute keeps the even ones
+                raw
+            };
+        }
+    }
+    let o = out.as_mut_ptr();
+    let mut oy = 0;
+    while oy + 4 <= g.oh {
+        rows::<4>(g, p, w, bias, oy, o, vlo, vhi, even, masks, h);
+        oy += 4;
+    }
+    while oy < g.oh {
+        rows::<1>(g, p, w, bias, oy, o, vlo, vhi, even, masks, h);
+        oy += 1;
+    }
+}
+
 fn dw_channel(g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, act: Act, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::f32gemm::avx512_available() && g.sw <= 2 && g.kw <= 16 {
+        if let Some((lo, hi)) = crate::f32gemm::clamp_of(act) {
+            // SAFETY: AVX-512F is available; every load is masked to the plane's columns and rows
+            // are range-checked.
+            return unsafe { dw_channel_avx512_nopad(g, plane, w, bias, lo, hi, out) };
+        }
+    }
     PAD_BUF.with(|b| {
         let mut buf = b.borrow_mut();
         let pw = pad_plane(g, plane, &mut buf, 0.0);
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if crate::f32gemm::avx512_available() {
                 // SAFETY: the CPU supports the features the function is compiled for.
                 return unsafe { dw_channel_avx512(g, &buf, pw, w, bias, act, out) };
             }
