@@ -4,6 +4,7 @@
 
 mod commands;
 mod common;
+mod quantize;
 
 use std::path::PathBuf;
 
@@ -90,6 +91,50 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Quantize a float model (post-training, calibrated) and write a QDQ ONNX file
+    Quantize {
+        model: PathBuf,
+        /// Calibration data (IDX folder/file or image folder)
+        #[arg(long)]
+        calib: PathBuf,
+        /// Split of an IDX folder used for calibration
+        #[arg(long, default_value = "train", value_parser = ["train", "test"])]
+        calib_split: String,
+        /// Number of calibration images
+        #[arg(long, default_value_t = 1000)]
+        calib_n: usize,
+        /// Weight bits (2..=8), per-channel symmetric
+        #[arg(long, default_value_t = 8)]
+        weights: u8,
+        /// Activation bits (2..=8), per-tensor affine
+        #[arg(long, default_value_t = 8)]
+        acts: u8,
+        /// Activation range method: minmax | percentile[:P] | entropy | mse
+        #[arg(long, default_value = "mse")]
+        method: String,
+        /// Per-tensor weights instead of per-channel
+        #[arg(long)]
+        per_tensor: bool,
+        /// Keep the first / last compute layer in float
+        #[arg(long)]
+        skip_first: bool,
+        #[arg(long)]
+        skip_last: bool,
+        /// Evaluate float and quantized on this labelled data (or agreement when unlabelled)
+        #[arg(long)]
+        eval: Option<PathBuf>,
+        /// Limit the evaluation images
+        #[arg(long)]
+        eval_limit: Option<usize>,
+        #[arg(long)]
+        preset: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// The main job on the embedded default model and data (no downloads needed)
     Demo {
         #[arg(long, default_value_t = 1)]
@@ -114,6 +159,42 @@ fn main() {
             commands::bench(&model, batch, threads, iters, warmup, input_shape.as_deref(), json.as_deref()).map(|_| ())
         }
         Cmd::Demo { threads, out } => commands::demo(threads, &out),
+        Cmd::Quantize {
+            model,
+            calib,
+            calib_split,
+            calib_n,
+            weights,
+            acts,
+            method,
+            per_tensor,
+            skip_first,
+            skip_last,
+            eval,
+            eval_limit,
+            preset,
+            threads,
+            output,
+            json,
+        } => quantize::quantize(&quantize::QuantizeArgs {
+            model,
+            calib,
+            calib_split,
+            calib_n,
+            weights,
+            acts,
+            method,
+            per_tensor,
+            skip_first,
+            skip_last,
+            eval,
+            eval_limit,
+            preset,
+            threads,
+            output,
+            json,
+        })
+        .map(|_| ()),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

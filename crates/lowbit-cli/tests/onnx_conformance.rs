@@ -45,6 +45,8 @@ const CLAIMED: &[&str] = &[
     "Cast",
     "Slice",
     "Transpose",
+    "QuantizeLinear",
+    "DequantizeLinear",
     "Constant",
 ];
 

@@ -152,6 +152,14 @@ pub enum Op {
     Slice {
         attrs: Option<(Vec<i64>, Vec<i64>, Vec<i64>)>,
     },
+    /// `y = saturate(round_half_even(x / scale) + zero_point)`; per-axis when scale is a vector.
+    QuantizeLinear {
+        axis: i64,
+    },
+    /// `y = (x - zero_point) * scale`; per-axis when scale is a vector.
+    DequantizeLinear {
+        axis: i64,
+    },
     Transpose {
         perm: Option<Vec<usize>>,
     },
@@ -190,6 +198,8 @@ impl Op {
             Op::Cast { .. } => "Cast",
             Op::Slice { .. } => "Slice",
             Op::Transpose { .. } => "Transpose",
+            Op::QuantizeLinear { .. } => "QuantizeLinear",
+            Op::DequantizeLinear { .. } => "DequantizeLinear",
         }
     }
 

@@ -473,6 +473,35 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             let r = slice_ranges(x.shape, &starts, &ends, axes.as_deref(), steps.as_deref())?;
             one(x.dtype, r.iter().map(|&(s, e, st)| slice_len(s, e, st)).collect())
         }
+        Op::QuantizeLinear { axis } | Op::DequantizeLinear { axis } => {
+            let s = need(ins, 1)?;
+            if s.shape.len() > 1 {
+                return Err(Error::Invalid(format!("scale must be a scalar or 1-D, got {:?}", s.shape)));
+            }
+            let n: usize = s.shape.iter().product();
+            if n != 1 {
+                let a = norm_axis(*axis, x.shape.len())?;
+                if x.shape[a] != n {
+                    return Err(Error::Invalid(format!("{n} scales for axis {a} of {:?}", x.shape)));
+                }
+            }
+            if let Some(z) = ins.get(2).copied().flatten() {
+                if z.shape.iter().product::<usize>() != n {
+                    return Err(Error::Invalid("zero_point and scale differ in size".into()));
+                }
+            }
+            let dt = match &node.op {
+                Op::QuantizeLinear { .. } => {
+                    let d = ins.get(2).copied().flatten().map(|z| z.dtype).unwrap_or(DType::U8);
+                    if !matches!(d, DType::U8 | DType::I8 | DType::I32) {
+                        return Err(Error::Invalid(format!("QuantizeLinear to {} is not supported", d.name())));
+                    }
+                    d
+                }
+                _ => DType::F32,
+            };
+            one(dt, x.shape.to_vec())
+        }
         Op::Transpose { perm } => {
             let r = x.shape.len();
             let p: Vec<usize> = perm.clone().unwrap_or_else(|| (0..r).rev().collect());

@@ -205,6 +205,45 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             }
             Tensor { shape: oshape, data: x.data.gather(&sel) }
         }
+        Op::QuantizeLinear { axis } | Op::DequantizeLinear { axis } => {
+            let scale = f32s(in_(1).unwrap(), "scale")?;
+            let zp = in_(2);
+            let zpv: Vec<i64> = zp.map(|z| z.to_i64_vec()).unwrap_or_else(|| vec![0; scale.len()]);
+            let (outer_stride, per) = if scale.len() == 1 {
+                (usize::MAX, 1)
+            } else {
+                let a = shape::norm_axis(*axis, x.rank())?;
+                (x.shape[a + 1..].iter().product::<usize>(), x.shape[a])
+            };
+            let ch = |i: usize| if per == 1 { 0 } else { (i / outer_stride) % per };
+            if matches!(node.op, Op::QuantizeLinear { .. }) {
+                let xs = f32s(x, "QuantizeLinear input")?;
+                let (lo, hi) = match odt {
+                    lowbit_core::DType::U8 => (0i64, 255i64),
+                    lowbit_core::DType::I8 => (-128, 127),
+                    _ => (i32::MIN as i64, i32::MAX as i64),
+                };
+                let q: Vec<i64> = xs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let c = ch(i);
+                        let r = (v / scale[c]).round_ties_even() as f64 + zpv[c] as f64;
+                        (r.clamp(lo as f64, hi as f64)) as i64
+                    })
+                    .collect();
+                Tensor { shape: oshape, data: Data::I64(q).cast(odt) }
+            } else {
+                let n = x.len();
+                let o: Vec<f32> = (0..n)
+                    .map(|i| {
+                        let c = ch(i);
+                        ((x.data.get_f64(i) as i64 - zpv[c]) as f32) * scale[c]
+                    })
+                    .collect();
+                Tensor::f32(oshape, o)
+            }
+        }
         Op::Transpose { perm } => {
             let r = x.rank();
             let p: Vec<usize> = perm.clone().unwrap_or_else(|| (0..r).rev().collect());

@@ -339,6 +339,17 @@ fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op
         "Slice" => Op::Slice {
             attrs: if opset < 10 { Some((a.ints("starts"), a.ints("ends"), a.ints("axes"))) } else { None },
         },
+        "QuantizeLinear" | "DequantizeLinear" => {
+            if a.get("block_size").and_then(|x| x.i).unwrap_or(0) != 0 {
+                return Err(unsupported("blocked quantization is not supported"));
+            }
+            let axis = a.int("axis", 1);
+            if n.op_type() == "QuantizeLinear" {
+                Op::QuantizeLinear { axis }
+            } else {
+                Op::DequantizeLinear { axis }
+            }
+        }
         "Transpose" => {
             Op::Transpose { perm: a.get("perm").map(|x| x.ints.iter().map(|&v| v.max(0) as usize).collect()) }
         }

@@ -255,6 +255,11 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
                 }
             }
             Op::Transpose { perm: Some(p) } => attrs.push(attr_ints("perm", us(p))),
+            Op::QuantizeLinear { axis } | Op::DequantizeLinear { axis } => {
+                if *axis != 1 {
+                    attrs.push(attr_i("axis", *axis));
+                }
+            }
             _ => {}
         }
         e.node(&n.name, op_type, ins, main_out.clone(), attrs);

@@ -1,1 +1,12 @@
+//! `lowbit-quant` owns quantization: schemes and their parameters ([`scheme`]), the weight
+//! quantizers (linear, power-of-two, binary, logarithmic, k-means), streaming calibration
+//! observers with bounded memory ([`observer`]), calibration over a float plan ([`calibrate`]) and
+//! the construction of a standard QDQ graph from a float graph ([`qdq`]). It contains no training
+//! loops.
 
+pub mod calibrate;
+pub mod observer;
+pub mod qdq;
+pub mod scheme;
+
+pub use scheme::{Granularity, Mode, QParams, QScheme};

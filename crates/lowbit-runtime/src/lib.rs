@@ -9,4 +9,4 @@ mod plan;
 pub mod specialize;
 
 pub use plan::{Plan, PlanOptions, StepInfo};
-pub use specialize::{specialize, Specialized};
+pub use specialize::{canonicalize_free, specialize, Specialized};

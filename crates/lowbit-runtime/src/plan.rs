@@ -36,6 +36,8 @@ pub struct StepInfo {
     pub out_shape: Vec<usize>,
     pub macs: u64,
     pub params: usize,
+    /// The value this step writes.
+    pub output: String,
 }
 
 #[derive(Clone, Debug)]
@@ -59,12 +61,48 @@ impl Operand {
 }
 
 enum Kind {
-    Conv { p: PackedConv, batch: usize },
-    Gemm { m: usize, n: usize, k: usize, b: Vec<f32>, prefill: Option<Vec<f32>>, trans_a: bool, act: Act },
+    Conv {
+        p: PackedConv,
+        batch: usize,
+    },
+    Gemm {
+        m: usize,
+        n: usize,
+        k: usize,
+        b: Vec<f32>,
+        prefill: Option<Vec<f32>>,
+        trans_a: bool,
+        act: Act,
+    },
     Act(Act),
-    Binary { op: BinOp, bc: Broadcast },
-    Pool { g: ConvGeom, planes: usize, max: bool, cip: bool, pb: usize, pr: usize },
-    GlobalPool { plane: usize, max: bool },
+    Binary {
+        op: BinOp,
+        bc: Broadcast,
+    },
+    Pool {
+        g: ConvGeom,
+        planes: usize,
+        max: bool,
+        cip: bool,
+        pb: usize,
+        pr: usize,
+    },
+    GlobalPool {
+        plane: usize,
+        max: bool,
+    },
+    /// Per-tensor QuantizeLinear f32 -> u8/i8.
+    Quantize {
+        scale: f32,
+        zp: i32,
+        signed: bool,
+    },
+    /// Per-tensor DequantizeLinear u8/i8 -> f32.
+    Dequantize {
+        scale: f32,
+        zp: i32,
+        signed: bool,
+    },
     Generic(Node),
 }
 
@@ -334,6 +372,30 @@ impl Plan {
                         "f32 pool",
                     )
                 }
+                Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. }
+                    if konst(1).is_some_and(|t| t.len() == 1)
+                        && n.input(2).is_some_and(|z| {
+                            g.initializers
+                                .get(z)
+                                .is_some_and(|t| t.len() == 1 && matches!(t.dtype(), DType::U8 | DType::I8))
+                        }) =>
+                {
+                    let scale = konst(1).unwrap().to_f32_vec()[0];
+                    let z = konst(2).unwrap();
+                    let signed = z.dtype() == DType::I8;
+                    let zp = z.to_i64_vec()[0] as i32;
+                    let q = matches!(n.op, Op::QuantizeLinear { .. });
+                    let in_ok = if q { ty(&n.inputs[0])?.0 == DType::F32 } else { ty(&n.inputs[0])?.0 == z.dtype() };
+                    if in_ok {
+                        if q {
+                            (Kind::Quantize { scale, zp, signed }, "quantize")
+                        } else {
+                            (Kind::Dequantize { scale, zp, signed }, "dequantize")
+                        }
+                    } else {
+                        (Kind::Generic(n.clone()), "reference")
+                    }
+                }
                 _ => (Kind::Generic(n.clone()), "reference"),
             };
             infos.push(StepInfo {
@@ -343,6 +405,7 @@ impl Plan {
                 out_shape,
                 macs,
                 params,
+                output: n.outputs[0].clone(),
             });
             steps.push(Step { kind, ins, out });
         }
@@ -419,6 +482,23 @@ impl Plan {
 
     /// Runs the plan on `inputs` (in the order of the model's runtime inputs).
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.run_observed(inputs, None)
+    }
+
+    /// Runs the plan and calls `observe(value_name, shape, values)` for each model input and each
+    /// float32 value a step writes (calibration taps these).
+    pub fn run_observed(
+        &mut self,
+        inputs: &[Tensor],
+        mut observe: Option<&mut (dyn FnMut(&str, &[usize], &[f32]) + Send)>,
+    ) -> Result<Vec<Tensor>> {
+        if let Some(f) = observe.as_deref_mut() {
+            for ((name, _, _, _), t) in self.inputs.iter().zip(inputs) {
+                if let Some(v) = t.as_f32() {
+                    f(name, &t.shape, v);
+                }
+            }
+        }
         if inputs.len() != self.inputs.len() {
             return Err(Error::Invalid(format!("model has {} inputs, {} given", self.inputs.len(), inputs.len())));
         }
@@ -447,6 +527,12 @@ impl Plan {
                 unsafe { exec_step(s, base.get(), scratch, threads) }.map_err(|e| e.in_node(&info.name))?;
                 if let (Some(p), Some(t)) = (profile.as_mut(), t) {
                     p[i] += t.elapsed().as_secs_f64();
+                }
+                if let (Some(f), Operand::Buf { off, dtype: DType::F32, shape }) = (observe.as_deref_mut(), &s.out) {
+                    let n: usize = shape.iter().product();
+                    // SAFETY: the step just wrote this f32 buffer.
+                    let v = unsafe { std::slice::from_raw_parts(base.get().add(*off) as *const f32, n) };
+                    f(&info.output, shape, v);
                 }
             }
             Ok(())
@@ -573,6 +659,33 @@ unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], threads: usize
             pool::pool2d(g, *planes, *max, *cip, *pb, *pr, x(), f32_out(base, &s.out), threads);
         }
         Kind::GlobalPool { plane, max } => pool::global_pool(x(), *plane, *max, f32_out(base, &s.out)),
+        Kind::Quantize { scale, zp, signed } => {
+            let xs = x();
+            let Operand::Buf { off, .. } = &s.out else { unreachable!() };
+            let (lo, hi) = if *signed { (-128f32, 127f32) } else { (0f32, 255f32) };
+            let o = std::slice::from_raw_parts_mut(base.add(*off), xs.len());
+            let z = *zp as f32;
+            for (d, &v) in o.iter_mut().zip(xs) {
+                let q = ((v / scale).round_ties_even() + z).clamp(lo, hi);
+                *d = if *signed { q as i8 as u8 } else { q as u8 };
+            }
+        }
+        Kind::Dequantize { scale, zp, signed } => {
+            let inp = s.ins[0].as_ref().unwrap();
+            let out = f32_out(base, &s.out);
+            let src: &[u8] = match inp {
+                Operand::Buf { off, .. } => std::slice::from_raw_parts(base.add(*off), out.len()),
+                Operand::Const(t) => match &t.data {
+                    Data::U8(v) => v,
+                    Data::I8(v) => std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()),
+                    _ => unreachable!(),
+                },
+            };
+            for (d, &q) in out.iter_mut().zip(src) {
+                let qi = if *signed { q as i8 as i32 } else { q as i32 };
+                *d = (qi - zp) as f32 * scale;
+            }
+        }
         Kind::Generic(node) => {
             let owned: Vec<Option<Tensor>> = s.ins.iter().map(|o| o.as_ref().map(|o| read_operand(base, o))).collect();
             let refs: Vec<Option<&Tensor>> = owned.iter().map(|o| o.as_ref()).collect();

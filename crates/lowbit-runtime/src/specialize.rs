@@ -114,3 +114,26 @@ pub fn specialize(graph: &Graph, inputs: &[(String, Vec<usize>)], optimize: bool
     let (types, _) = propagate(&mut g, inputs, false)?;
     Ok(Specialized { graph: g, types, folded, passes: report })
 }
+
+/// Shape-independent canonicalization: folds nodes whose inputs are all constants and runs the
+/// data-free passes, leaving the batch dimension free (unlike [`specialize`], which also folds
+/// `Shape` of known shapes). Quantization starts from this graph.
+pub fn canonicalize_free(graph: &Graph) -> Result<(Graph, PassReport)> {
+    let mut g = graph.clone();
+    let nodes = std::mem::take(&mut g.nodes);
+    for node in nodes {
+        let all_const = node.inputs.iter().all(|i| i.is_empty() || g.initializers.contains_key(i));
+        if all_const {
+            let ins: Vec<Option<&Tensor>> =
+                node.inputs.iter().map(|i| if i.is_empty() { None } else { g.initializers.get(i) }).collect();
+            let outs = lowbit_kernels::reference::eval(&node, &ins)?;
+            for (name, t) in node.outputs.iter().zip(outs) {
+                g.initializers.insert(name.clone(), t);
+            }
+        } else {
+            g.nodes.push(node);
+        }
+    }
+    let r = passes::canonicalize(&mut g);
+    Ok((g, r))
+}

@@ -1,0 +1,199 @@
+//! `lowbit quantize`: calibrate, build the QDQ model, evaluate before/after, write the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use lowbit_data::Split;
+use lowbit_quant::observer::Method;
+use lowbit_quant::qdq::{build_qdq, QdqConfig};
+use lowbit_runtime::classify::{self, Classifier};
+use serde_json::json;
+
+use crate::common::*;
+
+pub struct QuantizeArgs {
+    pub model: PathBuf,
+    pub calib: PathBuf,
+    pub calib_split: String,
+    pub calib_n: usize,
+    pub weights: u8,
+    pub acts: u8,
+    pub method: String,
+    pub per_tensor: bool,
+    pub skip_first: bool,
+    pub skip_last: bool,
+    pub eval: Option<PathBuf>,
+    pub eval_limit: Option<usize>,
+    pub preset: Option<String>,
+    pub threads: usize,
+    pub output: PathBuf,
+    pub json: Option<PathBuf>,
+}
+
+/// Summary of a quantization run.
+pub struct QuantizeOutcome {
+    pub float_top1: Option<f64>,
+    pub quant_top1: Option<f64>,
+}
+
+pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
+    let method = Method::parse(&a.method)
+        .ok_or_else(|| anyhow!("unknown --method '{}' (minmax, percentile[:P], entropy, mse)", a.method))?;
+    for (what, b) in [("--weights", a.weights), ("--acts", a.acts)] {
+        if !(2..=8).contains(&b) {
+            bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
+        }
+    }
+    if a.calib_n == 0 {
+        bail!("--calib-n must be at least 1");
+    }
+    let t0 = Instant::now();
+    let g = load_model(&a.model)?;
+    let split = if a.calib_split == "test" { Split::Test } else { Split::Train };
+    load_data(&a.calib, split, &lowbit_data::Preprocess::none(), Some(1))?;
+    let (preset, pre) = choose_preset(a.preset.as_deref(), &g, &a.calib)?;
+    let calib = load_data(&a.calib, split, &pre, Some(a.calib_n))?;
+    let image_shape = vec![calib.c, calib.h, calib.w];
+    let (canon, _) = lowbit_runtime::canonicalize_free(&g).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+    // Check shapes with a clear message before the long part.
+    let mut s1 = vec![1];
+    s1.extend(&image_shape);
+    compile(&canon, &a.model, s1, 1)
+        .map_err(|e| anyhow!("{e} (calibration data {} has images of shape {:?})", a.calib.display(), image_shape))?;
+    let pb = progress(0, "calibrate");
+    let stats = lowbit_quant::calibrate::calibrate(
+        &canon,
+        &image_shape,
+        &calib.data,
+        calib.n,
+        32,
+        a.threads,
+        method.needs_histogram(),
+        &mut |d, t| {
+            pb.set_length(t as u64);
+            pb.set_position(d as u64)
+        },
+    )
+    .map_err(|e| anyhow!("{}: calibration failed: {e}", a.model.display()))?;
+    pb.finish_and_clear();
+    let cfg = QdqConfig {
+        weight_bits: a.weights,
+        act_bits: a.acts,
+        per_channel: !a.per_tensor,
+        method,
+        weight_mse: a.weights < 8,
+        skip_first: a.skip_first,
+        skip_last: a.skip_last,
+        ..Default::default()
+    };
+    let q = build_qdq(&canon, &stats, &cfg).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+    if !q.layers.iter().any(|l| l.weight_bits.is_some()) {
+        bail!("{}: no quantizable layer (Conv/Gemm/MatMul with constant weights) in this model", a.model.display());
+    }
+    let calib_secs = t0.elapsed().as_secs_f64();
+
+    // Before/after on evaluation data.
+    let (mut ftop, mut qtop, mut agree, mut eval_n) = (None, None, None, 0);
+    if let Some(ev) = &a.eval {
+        let set = load_data(ev, Split::Test, &pre, a.eval_limit)?;
+        if [set.c, set.h, set.w] != image_shape[..] {
+            bail!(
+                "{}: evaluation images are {:?}, calibration images {:?}",
+                ev.display(),
+                [set.c, set.h, set.w],
+                image_shape
+            );
+        }
+        eval_n = set.n;
+        let mut fc = Classifier::new(g.clone(), image_shape.clone(), a.threads);
+        let mut qc = Classifier::new(q.graph.clone(), image_shape.clone(), a.threads);
+        let pb = progress(set.n as u64, "evaluate");
+        let r = classify::evaluate(&mut qc, Some(&mut fc), &set.data, set.n, set.labels.as_deref(), 100, &mut |d| {
+            pb.set_position(d as u64)
+        })
+        .map_err(|e| anyhow!("evaluation failed: {e}"))?;
+        pb.finish_and_clear();
+        qtop = r.top1;
+        agree = r.agreement.clone();
+        if set.labels.is_some() {
+            let fr = classify::evaluate(&mut fc, None, &set.data, set.n, set.labels.as_deref(), 100, &mut |_| {})
+                .map_err(|e| anyhow!("evaluation failed: {e}"))?;
+            ftop = fr.top1;
+        }
+    }
+    lowbit_onnx::write_model(&q.graph, &a.output).map_err(|e| anyhow!("{e}"))?;
+    let file_in = std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0);
+    let file_out = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
+
+    println!(
+        "{} -> {} (W{}A{}, {}, preset {preset}, {} calibration images)",
+        a.model.display(),
+        a.output.display(),
+        a.weights,
+        a.acts,
+        method.name(),
+        calib.n
+    );
+    let pct = |v: Option<f64>| v.map(|x| format!("{:.2}%", x * 100.0)).unwrap_or_else(|| "-".into());
+    let mut rows = vec![vec![
+        "weights".into(),
+        format!("{:.1} KB", q.float_weight_bytes as f64 / 1e3),
+        format!("{:.1} KB", q.weight_bytes as f64 / 1e3),
+        format!("{:.1}%", q.weight_bytes as f64 / q.float_weight_bytes.max(1) as f64 * 100.0),
+    ]];
+    rows.push(vec![
+        "file".into(),
+        format!("{:.1} KB", file_in as f64 / 1e3),
+        format!("{:.1} KB", file_out as f64 / 1e3),
+        String::new(),
+    ]);
+    if a.eval.is_some() {
+        let drop = match (ftop, qtop) {
+            (Some(f), Some(q)) => format!("{:+.2} pp", (q - f) * 100.0),
+            _ => String::new(),
+        };
+        rows.push(vec![format!("top-1 ({eval_n} images)"), pct(ftop), pct(qtop), drop]);
+        if let Some(ag) = &agree {
+            rows.push(vec!["top-1 agreement".into(), "100%".into(), format!("{:.2}%", ag.top1 * 100.0), String::new()]);
+            rows.push(vec!["logit cosine".into(), "1".into(), format!("{:.5}", ag.cosine), String::new()]);
+        }
+    }
+    print_table(&["", "float", "quantized", "change"], &rows);
+    let lrows: Vec<Vec<String>> = q
+        .layers
+        .iter()
+        .map(|l| {
+            vec![
+                l.node.clone(),
+                l.op.clone(),
+                l.params.to_string(),
+                l.weight_bits.map(|b| b.to_string()).unwrap_or_else(|| "f32".into()),
+                l.act_bits.map(|b| b.to_string()).unwrap_or_else(|| "f32".into()),
+            ]
+        })
+        .collect();
+    println!();
+    print_table(&["layer", "op", "params", "w bits", "a bits"], &lrows);
+    println!("\ncalibration {:.1} s, total {:.1} s", calib_secs, t0.elapsed().as_secs_f64());
+    if let Some(j) = &a.json {
+        write_json(
+            j,
+            &json!({
+                "model": a.model.display().to_string(), "output": a.output.display().to_string(),
+                "weights_bits": a.weights, "act_bits": a.acts, "method": method.name(), "per_channel": !a.per_tensor,
+                "calibration_images": calib.n, "preset": preset,
+                "float_top1": ftop, "quant_top1": qtop, "eval_images": eval_n,
+                "agreement": agree.as_ref().map(|g| json!({"top1": g.top1, "top5": g.top5, "cosine": g.cosine, "kl": g.kl})),
+                "float_weight_bytes": q.float_weight_bytes, "quant_weight_bytes": q.weight_bytes,
+                "file_bytes_in": file_in, "file_bytes_out": file_out,
+                "layers": q.layers.iter().map(|l| json!({"node": l.node, "op": l.op, "params": l.params, "weight_bits": l.weight_bits, "act_bits": l.act_bits})).collect::<Vec<_>>(),
+                "seconds": t0.elapsed().as_secs_f64(),
+            }),
+        )?;
+    }
+    Ok(QuantizeOutcome { float_top1: ftop, quant_top1: qtop })
+}
+
+#[allow(dead_code)]
+fn _unused(_: &Path) {}

@@ -1,0 +1,341 @@
+//! Building a standard QDQ graph: `QuantizeLinear`/`DequantizeLinear` pairs on every activation
+//! that an integer kernel will read or write, per-channel symmetric integer weights behind
+//! `DequantizeLinear`, int32 biases with `scale = s_x * s_w`. ONNX Runtime and TensorRT load it;
+//! lowbit's runtime compiles it.
+
+use std::collections::{HashMap, HashSet};
+
+use lowbit_core::{Data, Error, Graph, Node, Op, Result, Tensor};
+
+use crate::calibrate::Stats;
+use crate::observer::Method;
+use crate::scheme::{linear_params, quantize_linear_weights, Granularity, QParams, QScheme};
+
+/// What to quantize and how.
+#[derive(Clone, Debug)]
+pub struct QdqConfig {
+    pub weight_bits: u8,
+    pub act_bits: u8,
+    pub per_channel: bool,
+    pub method: Method,
+    /// Search each weight channel's clipping range by MSE (on by default below 8 bits).
+    pub weight_mse: bool,
+    /// Nodes (by name) left in float.
+    pub keep_float: HashSet<String>,
+    /// Per-node weight bit widths overriding `weight_bits` (mixed precision).
+    pub weight_bits_for: HashMap<String, u8>,
+    /// Keep the first compute layer (the one reading the model input) in float.
+    pub skip_first: bool,
+    /// Keep the last compute layer (the one writing the model output) in float.
+    pub skip_last: bool,
+}
+
+impl Default for QdqConfig {
+    fn default() -> Self {
+        QdqConfig {
+            weight_bits: 8,
+            act_bits: 8,
+            per_channel: true,
+            method: Method::MinMax,
+            weight_mse: false,
+            keep_float: HashSet::new(),
+            weight_bits_for: HashMap::new(),
+            skip_first: false,
+            skip_last: false,
+        }
+    }
+}
+
+/// One quantized layer, for reports.
+#[derive(Clone, Debug)]
+pub struct LayerReport {
+    pub node: String,
+    pub op: String,
+    pub weight_bits: Option<u8>,
+    pub act_bits: Option<u8>,
+    pub params: usize,
+}
+
+/// The result of quantizing a graph.
+#[derive(Clone, Debug)]
+pub struct QdqModel {
+    pub graph: Graph,
+    pub layers: Vec<LayerReport>,
+    /// Activation parameters by (float) value name.
+    pub act_params: HashMap<String, (f32, i32)>,
+    /// Bytes of weights as deployed (packed bits, plus f32 scales and int32 biases).
+    pub weight_bytes: usize,
+    pub float_weight_bytes: usize,
+}
+
+fn is_compute(n: &Node, g: &Graph) -> bool {
+    match n.op {
+        Op::Conv(_) | Op::Gemm { .. } => n.input(1).is_some_and(|w| g.initializers.contains_key(w)),
+        Op::MatMul => n.input(1).is_some_and(|w| g.initializers.get(w).is_some_and(|t| t.rank() == 2)),
+        _ => false,
+    }
+}
+
+fn is_passthrough(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::MaxPool(_)
+            | Op::Reshape { .. }
+            | Op::Flatten { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Identity
+    )
+}
+
+fn is_qio(op: &Op) -> bool {
+    matches!(op, Op::Add | Op::Concat { .. } | Op::AveragePool(_) | Op::GlobalAveragePool)
+}
+
+/// Quantizes `g` (a canonical float graph, see `lowbit_runtime::canonicalize_free`) using the
+/// calibration statistics `stats`.
+pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> {
+    let act_scheme = QScheme::activations(cfg.act_bits);
+    act_scheme.validate().map_err(Error::Invalid)?;
+    QScheme::weights(cfg.weight_bits).validate().map_err(Error::Invalid)?;
+    for (n, b) in &cfg.weight_bits_for {
+        QScheme::weights(*b).validate().map_err(|e| Error::node(n, e))?;
+    }
+    let producers = g.producers();
+    let inputs: HashSet<&str> = g.runtime_inputs().iter().map(|v| v.name.as_str()).collect();
+    // First and last compute layers.
+    let compute: Vec<usize> = (0..g.nodes.len()).filter(|&i| is_compute(&g.nodes[i], g)).collect();
+    let mut float_nodes: HashSet<String> = cfg.keep_float.clone();
+    if cfg.skip_first {
+        if let Some(&i) = compute.first() {
+            float_nodes.insert(g.nodes[i].name.clone());
+        }
+    }
+    if cfg.skip_last {
+        if let Some(&i) = compute.last() {
+            float_nodes.insert(g.nodes[i].name.clone());
+        }
+    }
+    let quantized = |n: &Node| !float_nodes.contains(&n.name);
+
+    // Which float values get a Q/DQ pair, with which parameters.
+    let mut params: HashMap<String, (f32, i32)> = HashMap::new();
+    let mut order: Vec<String> = vec![];
+    let act_of = |v: &str| -> Result<(f32, i32)> {
+        let o = stats.get(v).ok_or_else(|| Error::value(v, "no calibration statistics for this value"))?;
+        let levels = 1usize << cfg.act_bits;
+        // The model input is data the user controls: never clip it.
+        let method = if inputs.contains(v) { Method::MinMax } else { cfg.method };
+        let (lo, hi) = o.range(method, levels);
+        if std::env::var_os("LOWBIT_DEBUG_RANGES").is_some() {
+            eprintln!("{v}: minmax [{}, {}] -> {:?} [{lo}, {hi}]", o.min, o.max, cfg.method);
+        }
+        let p = linear_params(&act_scheme, &[lo], &[hi]);
+        Ok((p.scale[0], p.zero_point[0]))
+    };
+    let want = |v: &str, params: &mut HashMap<String, (f32, i32)>, order: &mut Vec<String>| -> Result<()> {
+        if v.is_empty() || g.initializers.contains_key(v) || params.contains_key(v) || g.is_output(v) {
+            return Ok(());
+        }
+        if !(inputs.contains(v) || producers.contains_key(v)) {
+            return Ok(());
+        }
+        params.insert(v.to_string(), act_of(v)?);
+        order.push(v.to_string());
+        Ok(())
+    };
+    for n in &g.nodes {
+        if (is_compute(n, g) && quantized(n)) || (is_qio(&n.op) && quantized(n)) {
+            want(&n.inputs[0], &mut params, &mut order)?;
+            if is_qio(&n.op) {
+                for i in n.inputs.iter().skip(1) {
+                    want(i, &mut params, &mut order)?;
+                }
+            }
+            want(&n.outputs[0], &mut params, &mut order)?;
+        } else if is_passthrough(&n.op) {
+            if let Some(p) = params.get(&n.inputs[0]).copied() {
+                let o = &n.outputs[0];
+                if !g.is_output(o) && !params.contains_key(o) {
+                    params.insert(o.clone(), p);
+                    order.push(o.clone());
+                }
+            }
+        }
+    }
+
+    let mut out = g.clone();
+    out.opset = out.opset.max(13);
+    let mut layers = vec![];
+    let mut weight_bytes = 0usize;
+    let mut float_weight_bytes = 0usize;
+    let mut new_nodes: Vec<Node> = vec![];
+    // Q/DQ pairs for graph inputs go first.
+    let qdq_pair = |v: &str, (s, z): (f32, i32), g: &mut Graph| -> Vec<Node> {
+        let sn = g.fresh_name(&format!("{v}_scale"));
+        g.initializers.insert(sn.clone(), Tensor::scalar_f32(s));
+        let zn = g.fresh_name(&format!("{v}_zero_point"));
+        g.initializers.insert(zn.clone(), Tensor { shape: vec![], data: Data::U8(vec![z as u8]) });
+        vec![
+            Node {
+                name: format!("{v}_QuantizeLinear"),
+                op: Op::QuantizeLinear { axis: 1 },
+                inputs: vec![v.into(), sn.clone(), zn.clone()],
+                outputs: vec![format!("{v}_quantized")],
+            },
+            Node {
+                name: format!("{v}_DequantizeLinear"),
+                op: Op::DequantizeLinear { axis: 1 },
+                inputs: vec![format!("{v}_quantized"), sn, zn],
+                outputs: vec![format!("{v}_dequantized")],
+            },
+        ]
+    };
+    for v in &order {
+        if inputs.contains(v.as_str()) {
+            let pair = qdq_pair(v, params[v], &mut out);
+            new_nodes.extend(pair);
+        }
+    }
+    let dq = |v: &str| format!("{v}_dequantized");
+    for n in &g.nodes {
+        let mut n2 = n.clone();
+        // Readers of quantized values read the dequantized copy.
+        for i in n2.inputs.iter_mut() {
+            if params.contains_key(i.as_str()) {
+                *i = dq(i);
+            }
+        }
+        if is_compute(n, g) && quantized(n) {
+            let x = &n.inputs[0];
+            let Some(&(sx, _)) = params.get(x) else {
+                return Err(Error::node(&n.name, "input activation is not quantized"));
+            };
+            let wname = n.inputs[1].clone();
+            let w = &g.initializers[&wname];
+            let mut wv = w.to_f32_vec();
+            let mut bias: Option<Vec<f32>> =
+                n.input(2).map(|b| g.initializers.get(b).map(|t| t.to_f32_vec())).flatten();
+            let axis = match &n.op {
+                Op::Conv(_) => 0,
+                Op::Gemm { trans_b, .. } => {
+                    if *trans_b {
+                        0
+                    } else {
+                        1
+                    }
+                }
+                _ => 1,
+            };
+            if let Op::Gemm { alpha, beta, .. } = &mut n2.op {
+                if *alpha != 1.0 {
+                    wv.iter_mut().for_each(|v| *v *= *alpha);
+                    *alpha = 1.0;
+                }
+                if let Some(b) = bias.as_mut() {
+                    b.iter_mut().for_each(|v| *v *= *beta);
+                }
+                *beta = 1.0;
+                if let Some(b) = &bias {
+                    let nout = w.shape[axis];
+                    if b.len() == 1 && nout > 1 {
+                        bias = Some(vec![b[0]; nout]);
+                    } else if b.len() != nout {
+                        return Err(Error::node(&n.name, "Gemm bias is not per output channel"));
+                    }
+                }
+            }
+            let bits = cfg.weight_bits_for.get(&n.name).copied().unwrap_or(cfg.weight_bits);
+            let scheme = QScheme {
+                granularity: if cfg.per_channel { Granularity::PerChannel { axis } } else { Granularity::PerTensor },
+                ..QScheme::weights(bits)
+            };
+            let (q, p): (Vec<i32>, QParams) =
+                quantize_linear_weights(&wv, &w.shape, &scheme, cfg.weight_mse || bits < 8);
+            let nch = p.scale.len();
+            let qn = out.fresh_name(&format!("{wname}_quantized"));
+            out.initializers.insert(
+                qn.clone(),
+                Tensor { shape: w.shape.clone(), data: Data::I8(q.iter().map(|&v| v as i8).collect()) },
+            );
+            let sn = out.fresh_name(&format!("{wname}_scale"));
+            let zn = out.fresh_name(&format!("{wname}_zero_point"));
+            let sshape = if nch == 1 { vec![] } else { vec![nch] };
+            out.initializers.insert(sn.clone(), Tensor::f32(sshape.clone(), p.scale.clone()));
+            out.initializers.insert(zn.clone(), Tensor { shape: sshape.clone(), data: Data::I8(vec![0; nch]) });
+            let wdq = out.fresh_name(&format!("{wname}_dequantized"));
+            new_nodes.push(Node {
+                name: format!("{}_weight_DequantizeLinear", n.name),
+                op: Op::DequantizeLinear { axis: axis as i64 },
+                inputs: vec![qn, sn, zn],
+                outputs: vec![wdq.clone()],
+            });
+            n2.inputs[1] = wdq;
+            let nparams = wv.len();
+            float_weight_bytes += nparams * 4;
+            weight_bytes += (nparams * bits as usize).div_ceil(8) + nch * 4;
+            if let Some(b) = bias {
+                let nout = b.len();
+                let bscale: Vec<f32> = (0..nout).map(|o| sx * p.scale[if nch == 1 { 0 } else { o }]).collect();
+                let bq: Vec<i32> = b
+                    .iter()
+                    .zip(&bscale)
+                    .map(|(&v, &s)| (v / s).round_ties_even().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
+                    .collect();
+                let bname = n.inputs.get(2).cloned().unwrap_or_else(|| format!("{}_bias", n.name));
+                let bqn = out.fresh_name(&format!("{bname}_quantized"));
+                out.initializers.insert(bqn.clone(), Tensor { shape: vec![nout], data: Data::I32(bq) });
+                let bsn = out.fresh_name(&format!("{bname}_scale"));
+                out.initializers.insert(bsn.clone(), Tensor::f32(vec![nout], bscale));
+                let bzn = out.fresh_name(&format!("{bname}_zero_point"));
+                out.initializers.insert(bzn.clone(), Tensor { shape: vec![nout], data: Data::I32(vec![0; nout]) });
+                let bdq = out.fresh_name(&format!("{bname}_dequantized"));
+                new_nodes.push(Node {
+                    name: format!("{}_bias_DequantizeLinear", n.name),
+                    op: Op::DequantizeLinear { axis: 0 },
+                    inputs: vec![bqn, bsn, bzn],
+                    outputs: vec![bdq.clone()],
+                });
+                n2.inputs.resize(3, String::new());
+                n2.inputs[2] = bdq;
+                float_weight_bytes += nout * 4;
+                weight_bytes += nout * 4;
+            }
+            layers.push(LayerReport {
+                node: n.name.clone(),
+                op: n.op.op_type().to_string(),
+                weight_bits: Some(bits),
+                act_bits: Some(cfg.act_bits),
+                params: nparams,
+            });
+        } else if is_compute(n, g) {
+            let np = g.initializers[&n.inputs[1]].len();
+            float_weight_bytes += np * 4;
+            weight_bytes += np * 4;
+            layers.push(LayerReport {
+                node: n.name.clone(),
+                op: n.op.op_type().to_string(),
+                weight_bits: None,
+                act_bits: None,
+                params: np,
+            });
+        }
+        let outs = n2.outputs.clone();
+        new_nodes.push(n2);
+        for o in &outs {
+            if let Some(&p) = params.get(o) {
+                let pair = qdq_pair(o, p, &mut out);
+                new_nodes.extend(pair);
+            }
+        }
+    }
+    out.nodes = new_nodes;
+    // Float weights replaced by quantized ones are no longer read.
+    lowbit_core::passes::remove_dead(&mut out);
+    out.sort_and_check()?;
+    out.metadata.retain(|(k, _)| !k.starts_with("lowbit.quant"));
+    out.metadata.push(("lowbit.quant.weight_bits".into(), cfg.weight_bits.to_string()));
+    out.metadata.push(("lowbit.quant.act_bits".into(), cfg.act_bits.to_string()));
+    out.metadata.push(("lowbit.quant.method".into(), cfg.method.name()));
+    Ok(QdqModel { graph: out, layers, act_params: params, weight_bytes, float_weight_bytes })
+}
