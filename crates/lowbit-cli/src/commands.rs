@@ -352,3 +352,20 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
     println!("reports written to {}/ (eval.json, bench.json)", out.display());
     Ok(())
 }
+
+pub fn dump_data(data: &Path, a: &DataArgs, out: &Path) -> Result<()> {
+    let name = a.preset.as_deref().ok_or_else(|| anyhow!("dump-data needs --preset"))?;
+    let pre = lowbit_data::Preprocess::by_name(name).ok_or_else(|| anyhow!("unknown --preset '{name}'"))?;
+    let set = load_data(data, split(&a.split), &pre, a.limit)?;
+    let with = |ext: &str| std::path::PathBuf::from(format!("{}.{ext}", out.display()));
+    write_atomic(&with("f32"), &set.data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+    if let Some(l) = &set.labels {
+        write_atomic(&with("labels"), &l.iter().map(|&v| v as u8).collect::<Vec<u8>>())?;
+    }
+    write_json(
+        &with("json"),
+        &json!({"shape": [set.n, set.c, set.h, set.w], "labelled": set.labels.is_some(), "source": data.display().to_string()}),
+    )?;
+    println!("{} images {:?} -> {}.f32", set.n, [set.c, set.h, set.w], out.display());
+    Ok(())
+}

@@ -135,6 +135,15 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Write preprocessed images (raw little-endian f32, NCHW) and labels for other tools
+    DumpData {
+        data: PathBuf,
+        #[command(flatten)]
+        data_args: DataArgs,
+        /// Output prefix: PREFIX.f32, PREFIX.labels (u8 per image, if labelled), PREFIX.json
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
     /// The main job on the embedded default model and data (no downloads needed)
     Demo {
         #[arg(long, default_value_t = 1)]
@@ -159,6 +168,7 @@ fn main() {
             commands::bench(&model, batch, threads, iters, warmup, input_shape.as_deref(), json.as_deref()).map(|_| ())
         }
         Cmd::Demo { threads, out } => commands::demo(threads, &out),
+        Cmd::DumpData { data, data_args, output } => commands::dump_data(&data, &data_args, &output),
         Cmd::Quantize {
             model,
             calib,

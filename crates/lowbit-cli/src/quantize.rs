@@ -32,6 +32,7 @@ pub struct QuantizeArgs {
 }
 
 /// Summary of a quantization run.
+#[allow(dead_code)]
 pub struct QuantizeOutcome {
     pub float_top1: Option<f64>,
     pub quant_top1: Option<f64>,

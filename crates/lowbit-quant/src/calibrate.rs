@@ -45,10 +45,11 @@ pub fn calibrate(
             s.extend_from_slice(image_shape);
             let x = Tensor::f32(s, data[start * per..(start + len) * per].to_vec());
             let st = &mut stats;
-            let mut f = |name: &str, _shape: &[usize], v: &[f32]| {
+            let mut f = |name: &str, shape: &[usize], v: &[f32]| {
                 let o = st.entry(name.to_string()).or_default();
                 if pass == 0 {
-                    o.observe_range(v)
+                    o.observe_range(v);
+                    o.observe_channels(shape, v);
                 } else {
                     o.observe_hist(v)
                 }

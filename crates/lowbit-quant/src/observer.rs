@@ -53,11 +53,23 @@ pub struct Observer {
     pub hist_neg: Vec<u64>,
     pub hist_max: f32,
     pub count: u64,
+    /// Per-channel (axis 1) sums for channel means, used by bias correction.
+    pub channel_sum: Vec<f64>,
+    pub channel_count: u64,
 }
 
 impl Default for Observer {
     fn default() -> Self {
-        Observer { min: f32::INFINITY, max: f32::NEG_INFINITY, hist: vec![], hist_neg: vec![], hist_max: 0.0, count: 0 }
+        Observer {
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+            hist: vec![],
+            hist_neg: vec![],
+            hist_max: 0.0,
+            count: 0,
+            channel_sum: vec![],
+            channel_count: 0,
+        }
     }
 }
 
@@ -71,6 +83,31 @@ impl Observer {
             }
         }
         self.count += x.len() as u64;
+    }
+
+    /// Accumulates per-channel sums of an NC... tensor (channel = axis 1).
+    pub fn observe_channels(&mut self, shape: &[usize], x: &[f32]) {
+        if shape.len() < 2 {
+            return;
+        }
+        let (n, c) = (shape[0], shape[1]);
+        let inner: usize = shape[2..].iter().product();
+        if self.channel_sum.len() != c {
+            self.channel_sum = vec![0.0; c];
+            self.channel_count = 0;
+        }
+        for b in 0..n {
+            for ch in 0..c {
+                let s: f64 = x[(b * c + ch) * inner..(b * c + ch + 1) * inner].iter().map(|&v| v as f64).sum();
+                self.channel_sum[ch] += s;
+            }
+        }
+        self.channel_count += (n * inner) as u64;
+    }
+
+    /// Per-channel means (empty when not observed).
+    pub fn channel_means(&self) -> Vec<f32> {
+        self.channel_sum.iter().map(|s| (s / self.channel_count.max(1) as f64) as f32).collect()
     }
 
     /// Second pass: histogram of |x| over the range found in the first pass.

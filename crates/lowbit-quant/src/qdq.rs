@@ -28,6 +28,9 @@ pub struct QdqConfig {
     pub skip_first: bool,
     /// Keep the last compute layer (the one writing the model output) in float.
     pub skip_last: bool,
+    /// Correct each layer's bias for the mean shift its weight quantization causes, using the
+    /// calibration means of its input channels (empirical bias correction).
+    pub bias_correction: bool,
 }
 
 impl Default for QdqConfig {
@@ -42,6 +45,7 @@ impl Default for QdqConfig {
             weight_bits_for: HashMap::new(),
             skip_first: false,
             skip_last: false,
+            bias_correction: true,
         }
     }
 }
@@ -253,6 +257,32 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
             let (q, p): (Vec<i32>, QParams) =
                 quantize_linear_weights(&wv, &w.shape, &scheme, cfg.weight_mse || bits < 8);
             let nch = p.scale.len();
+            if cfg.bias_correction && matches!(n.op, Op::Conv(_)) {
+                if let Some(mean) = stats.get(x).map(|o| o.channel_means()).filter(|m| !m.is_empty()) {
+                    let (co, cig) = (w.shape[0], w.shape[1]);
+                    let kk: usize = w.shape[2..].iter().product();
+                    let group = mean.len() / cig.max(1);
+                    let cog = co / group.max(1);
+                    let mut shift = vec![0f32; co];
+                    for (o, sh) in shift.iter_mut().enumerate() {
+                        let gi = o / cog.max(1);
+                        let sc = p.scale[if nch == 1 { 0 } else { o }];
+                        let mut acc = 0f64;
+                        for ci in 0..cig {
+                            let m = mean[gi * cig + ci] as f64;
+                            for k in 0..kk {
+                                let idx = (o * cig + ci) * kk + k;
+                                acc += ((q[idx] as f32 * sc) - wv[idx]) as f64 * m;
+                            }
+                        }
+                        *sh = acc as f32;
+                    }
+                    let b = bias.get_or_insert_with(|| vec![0.0; co]);
+                    for (bv, s) in b.iter_mut().zip(&shift) {
+                        *bv -= s;
+                    }
+                }
+            }
             let qn = out.fresh_name(&format!("{wname}_quantized"));
             out.initializers.insert(
                 qn.clone(),

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""lowbit post-training quantization vs ONNX Runtime's quantize_static, W8A8, same models, same
+calibration images, same evaluation images, in one run.
+
+usage: python bench/ptq_vs_ort.py [--models a,b] [--eval-limit N]
+(from the repository root after `cargo build --release`, with ./venv from scripts/test.sh)
+
+ONNX Runtime is given its best settings: QDQ format, per-channel int8 weights, uint8 activations,
+and each of its calibration methods (MinMax, Entropy, Percentile); the best of them is reported.
+Both tools calibrate on the same preprocessed images, dumped once by `lowbit dump-data`.
+Labelled data: top-1 accuracy. Unlabelled photos: top-1 agreement with the float model.
+Writes the table to bench/RESULTS.md (section "PTQ W8A8 vs ONNX Runtime quantize_static").
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared")
+LOWBIT = os.path.join(ROOT, "target", "release", "lowbit")
+FASHION = "/usr/share/datasets/fashion-mnist"
+PHOTOS = os.path.join(SHARED, "data", "photos224")
+MNIST = os.path.join(SHARED, "data", "mnist10k")
+
+# model, preset, calibration data + split, evaluation data + split
+MODELS = {
+    "mnist-cnn": ("mnist", MNIST, "test", MNIST, "test"),
+    "fmnist-resnet": ("fmnist", FASHION, "train", FASHION, "test"),
+    "fmnist-mobilenet": ("fmnist", FASHION, "train", FASHION, "test"),
+    "mobilenetv2-imagenet": ("imagenet", PHOTOS, "test", PHOTOS, "test"),
+    "efficientnet-lite0-imagenet": ("imagenet", PHOTOS, "test", PHOTOS, "test"),
+    "ppocr-textline-cls": ("ppocr", PHOTOS, "test", PHOTOS, "test"),
+}
+
+
+def dump(data, split, preset, limit, prefix):
+    cmd = [LOWBIT, "dump-data", data, "--preset", preset, "--split", split, "-o", prefix]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    meta = json.load(open(prefix + ".json"))
+    x = np.fromfile(prefix + ".f32", dtype="<f4").reshape(meta["shape"])
+    y = np.fromfile(prefix + ".labels", dtype=np.uint8) if meta["labelled"] else None
+    return x, y
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, name, x, batch=1):
+        self.name, self.x, self.i, self.batch = name, x, 0, batch
+
+    def get_next(self):
+        if self.i >= len(self.x):
+            return None
+        b = self.x[self.i:self.i + self.batch]
+        self.i += self.batch
+        return {self.name: b}
+
+    def rewind(self):
+        self.i = 0
+
+
+def ort_logits(path, x, batch=50):
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return np.concatenate([s.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def score(logits, labels, ref_logits):
+    pred = logits.argmax(1)
+    if labels is not None:
+        return float((pred == labels).mean())
+    return float((pred == ref_logits.argmax(1)).mean())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--calib-n", type=int, default=1000)
+    ap.add_argument("--eval-limit", type=int, default=None)
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="lowbit-ptq-")
+    rows = []
+    for m in a.models.split(","):
+        preset, cdata, csplit, edata, esplit = MODELS[m]
+        model = os.path.join(SHARED, "zoo", m + ".onnx")
+        xc, _ = dump(cdata, csplit, preset, a.calib_n, os.path.join(tmp, m + "-calib"))
+        xe, ye = dump(edata, esplit, preset, a.eval_limit, os.path.join(tmp, m + "-eval"))
+        ref = ort_logits(model, xe)
+        float_score = score(ref, ye, ref)
+        # ONNX Runtime, each calibration method
+        name = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+        best = (-1, None)
+        for meth in (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile):
+            out = os.path.join(tmp, f"{m}-ort-{meth.name}.onnx")
+            t = time.time()
+            try:
+                quantize_static(model, out, Reader(name, xc), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=meth)
+            except Exception as e:  # report, keep going with the other methods
+                print(f"{m}: ORT {meth.name} failed: {e}", file=sys.stderr)
+                continue
+            sc = score(ort_logits(out, xe), ye, ref)
+            print(f"{m:28} ORT {meth.name:10} {sc * 100:6.2f}%  ({time.time() - t:.0f} s)", flush=True)
+            if sc > best[0]:
+                best = (sc, meth.name)
+        # lowbit (its own calibration images: the same dumped set is what it loads itself)
+        j = os.path.join(tmp, m + "-lowbit.json")
+        cmd = [LOWBIT, "quantize", model, "--calib", cdata, "--calib-split", csplit, "--calib-n", str(a.calib_n), "--preset", preset,
+               "-o", os.path.join(tmp, m + "-lowbit.onnx"), "--json", j]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lb = score(ort_logits(os.path.join(tmp, m + "-lowbit.onnx"), xe), ye, ref)
+        # the same lowbit file, run by lowbit's own executor
+        cmd = [LOWBIT, "eval", os.path.join(tmp, m + "-lowbit.onnx"), "--data", edata, "--split", esplit, "--preset", preset, "--json", j + ".eval"]
+        if ye is None:
+            cmd += ["--reference", model]
+        if a.eval_limit:
+            cmd += ["--limit", str(a.eval_limit)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ev = json.load(open(j + ".eval"))
+        lb_self = ev["top1"] if ye is not None else ev["agreement"]["top1"]
+        metric = "top-1" if ye is not None else "agreement"
+        print(f"{m:28} lowbit {lb * 100:6.2f}% in ORT, {lb_self * 100:6.2f}% in lowbit; float {float_score * 100:.2f}%", flush=True)
+        rows.append((m, metric, len(xe), float_score, best[0], best[1], lb, lb_self))
+    body = [f"Measured {time.strftime('%Y-%m-%d')}, ONNX Runtime {ort.__version__}. Reproduce: `python bench/ptq_vs_ort.py`.",
+            f"Calibration: the first {a.calib_n} images of the calibration set (Fashion-MNIST *train*; mnist10k and photos224 have no",
+            "split, so the first images of the same set). lowbit: default settings (per-channel int8 weights, uint8 activations, MSE",
+            "ranges). ORT: quantize_static QDQ, per-channel, the best of MinMax/Entropy/Percentile. Both quantized files are scored in",
+            "ONNX Runtime; lowbit's is also scored by lowbit's own executor.", "",
+            "| model | metric | images | float | ORT best (method) | lowbit (in ORT) | lowbit (in lowbit) |", "|---|---|---|---|---|---|---|"]
+    for m, metric, n, f, o, om, lb, ls in rows:
+        body.append(f"| {m} | {metric} | {n} | {f * 100:.2f}% | {o * 100:.2f}% ({om}) | {lb * 100:.2f}% | {ls * 100:.2f}% |")
+    out = os.path.join(ROOT, "bench", "RESULTS.md")
+    text = open(out).read() if os.path.exists(out) else "# lowbit benchmark results\n"
+    title = "## PTQ W8A8 vs ONNX Runtime quantize_static"
+    start = text.find(title)
+    block = title + "\n\n" + "\n".join(body) + "\n"
+    if start < 0:
+        text = text.rstrip() + "\n\n" + block
+    else:
+        end = text.find("\n## ", start + len(title))
+        text = text[:start] + block + (text[end + 1:] if end >= 0 else "")
+    open(out + ".tmp", "w").write(text)
+    os.replace(out + ".tmp", out)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()

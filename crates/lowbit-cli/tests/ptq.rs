@@ -1,0 +1,135 @@
+//! Post-training quantization end to end: calibrate on Fashion-MNIST *train* images, write the QDQ
+//! file, and check that ONNX Runtime loads it and agrees with lowbit's executor on >= 99.5% of
+//! test images; accuracy stays close to float; bad requests fail cleanly with no file left.
+
+mod common;
+
+use common::*;
+use lowbit_data::{Preprocess, Split};
+use lowbit_quant::observer::Method;
+use lowbit_quant::qdq::{build_qdq, QdqConfig};
+use lowbit_runtime::classify::{argmax, Classifier};
+
+fn quantize_fmnist(model: &str, weight_bits: u8) -> lowbit_quant::qdq::QdqModel {
+    let g = lowbit_onnx::read_model(&zoo(model)).unwrap();
+    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(300)).unwrap();
+    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
+    let stats =
+        lowbit_quant::calibrate::calibrate(&canon, &[1, 28, 28], &calib.data, calib.n, 50, 2, true, &mut |_, _| {})
+            .unwrap();
+    let cfg = QdqConfig { weight_bits, method: Method::Mse, ..Default::default() };
+    build_qdq(&canon, &stats, &cfg).unwrap()
+}
+
+fn check_against_ort(model: &str, weight_bits: u8, n: usize, max_drop_pp: f64) {
+    let q = quantize_fmnist(model, weight_bits);
+    let d = tmpdir(&format!("ptq-{model}-{weight_bits}"));
+    let path = d.join("q.onnx");
+    lowbit_onnx::write_model(&q.graph, &path).unwrap();
+    let test = lowbit_data::load_idx_dir(&fashion_dir(), Split::Test, &Preprocess::fmnist(), Some(n)).unwrap();
+    let labels = test.labels.clone().unwrap();
+    let mut qc = Classifier::new(q.graph.clone(), vec![1, 28, 28], 2);
+    let mut fc = Classifier::new(lowbit_onnx::read_model(&zoo(model)).unwrap(), vec![1, 28, 28], 2);
+    let ours = qc.logits(&test.data, n).unwrap();
+    let float = fc.logits(&test.data, n).unwrap();
+    let (oshape, ort) = ort_run(&path, &test.data, &[n, 1, 28, 28], &format!("ptq-ort-{model}-{weight_bits}"));
+    assert_eq!(oshape, vec![n, 10]);
+    let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
+    let acc = |l: &Vec<Vec<f32>>| (0..n).filter(|&i| argmax(&l[i]) as u32 == labels[i]).count() as f64 / n as f64;
+    let (qa, fa) = (acc(&ours), acc(&float));
+    eprintln!(
+        "{model} W{weight_bits}A8: lowbit vs ORT top-1 agreement {agree}/{n}; float {:.2}% quantized {:.2}%",
+        fa * 100.0,
+        qa * 100.0
+    );
+    assert!(agree as f64 >= 0.995 * n as f64, "{model}: ORT agrees on only {agree}/{n}");
+    assert!((fa - qa) * 100.0 <= max_drop_pp, "{model}: drop {:.2} pp", (fa - qa) * 100.0);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn fmnist_resnet_w8a8_runs_in_ort_and_agrees() {
+    check_against_ort("fmnist-resnet.onnx", 8, 2000, 0.5);
+}
+
+#[test]
+fn fmnist_mobilenet_w8a8_runs_in_ort_and_agrees() {
+    check_against_ort("fmnist-mobilenet.onnx", 8, 2000, 0.7);
+}
+
+#[test]
+fn fmnist_mobilenet_w4a8_runs_in_ort_and_agrees() {
+    check_against_ort("fmnist-mobilenet.onnx", 4, 2000, 2.5);
+}
+
+#[test]
+fn quantize_cli_bad_requests_leave_no_file() {
+    use std::process::Command;
+    let d = tmpdir("ptq-bad");
+    let out = d.join("out.onnx");
+    let model = zoo("fmnist-mobilenet.onnx");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["quantize", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Command::new(lowbit_bin()).args(&args).output().unwrap()
+    };
+    let fashion = fashion_dir();
+    let photos = shared().join("data/photos224");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--calib", fashion.to_str().unwrap(), "--weights", "9"], "out of range"),
+        (vec!["--calib", fashion.to_str().unwrap(), "--acts", "1"], "out of range"),
+        (vec!["--calib", d.to_str().unwrap()], "no IDX files"),
+        (vec!["--calib", photos.to_str().unwrap(), "--preset", "imagenet", "--calib-n", "4"], "expects"),
+        (vec!["--calib", fashion.to_str().unwrap(), "--method", "magic"], "magic"),
+    ];
+    for (extra, want) in cases {
+        let o = run(&extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: error should mention '{want}': {err}");
+        assert!(!err.contains("panicked"));
+        assert!(!out.exists(), "{extra:?}: output file left behind");
+    }
+    // A model with no quantizable layer: a lone Relu.
+    let g = lowbit_core::Graph {
+        name: "relu".into(),
+        inputs: vec![lowbit_core::ValueInfo {
+            name: "input".into(),
+            dtype: lowbit_core::DType::F32,
+            shape: Some(vec![
+                lowbit_core::Dim::Sym("N".into()),
+                lowbit_core::Dim::Fixed(1),
+                lowbit_core::Dim::Fixed(28),
+                lowbit_core::Dim::Fixed(28),
+            ]),
+        }],
+        outputs: vec![lowbit_core::ValueInfo { name: "y".into(), dtype: lowbit_core::DType::F32, shape: None }],
+        nodes: vec![lowbit_core::Node {
+            name: "r".into(),
+            op: lowbit_core::Op::Relu,
+            inputs: vec!["input".into()],
+            outputs: vec!["y".into()],
+        }],
+        opset: 13,
+        ..Default::default()
+    };
+    let m = d.join("relu.onnx");
+    lowbit_onnx::write_model(&g, &m).unwrap();
+    let o = Command::new(lowbit_bin())
+        .args([
+            "quantize",
+            m.to_str().unwrap(),
+            "--calib",
+            fashion.to_str().unwrap(),
+            "--calib-n",
+            "10",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no quantizable layer"), "{err}");
+    assert!(!out.exists());
+}
