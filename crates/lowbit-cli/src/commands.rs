@@ -326,31 +326,79 @@ pub fn bench(
 const DEMO_MODEL: &[u8] = include_bytes!("../../../assets/fmnist-default.onnx");
 const DEMO_IMAGES: &[u8] = include_bytes!("../../../assets/fmnist-test-1k-images-idx3-ubyte.gz");
 const DEMO_LABELS: &[u8] = include_bytes!("../../../assets/fmnist-test-1k-labels-idx1-ubyte.gz");
+const DEMO_TRAIN_IMAGES: &[u8] = include_bytes!("../../../assets/fmnist-train-500-images-idx3-ubyte.gz");
+const DEMO_TRAIN_LABELS: &[u8] = include_bytes!("../../../assets/fmnist-train-500-labels-idx1-ubyte.gz");
 
-/// The main job on the embedded default: evaluate and benchmark the shipped Fashion-MNIST model on
-/// the shipped 1,000 test images.
+/// The main job on the embedded default: quantize the shipped Fashion-MNIST model (W8A8 and
+/// W4A8, calibrated on 500 shipped training images), evaluate float and quantized on the 1,000
+/// shipped test images, and benchmark the float model.
 pub fn demo(threads: usize, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| anyhow!("{}: cannot create folder: {e}", out.display()))?;
     let model = out.join("fmnist-default.onnx");
-    let data = out.join("fmnist-test-1k");
+    let data = out.join("fmnist-1k");
     std::fs::create_dir_all(&data)?;
     write_atomic(&model, DEMO_MODEL)?;
     write_atomic(&data.join("t10k-images-idx3-ubyte.gz"), DEMO_IMAGES)?;
     write_atomic(&data.join("t10k-labels-idx1-ubyte.gz"), DEMO_LABELS)?;
-    println!("== embedded default: Fashion-MNIST MobileNetV2-style model, 1,000 test images ==\n");
-    let args = DataArgs { preset: Some("fmnist".into()), split: "test".into(), limit: None };
-    let e = eval(&model, &data, &args, None, 100, threads, Some(&out.join("eval.json")))?;
-    println!();
+    write_atomic(&data.join("train-images-idx3-ubyte.gz"), DEMO_TRAIN_IMAGES)?;
+    write_atomic(&data.join("train-labels-idx1-ubyte.gz"), DEMO_TRAIN_LABELS)?;
+    println!("== embedded default: Fashion-MNIST MobileNetV2-style model; 500 training images for calibration, 1,000 test images ==\n");
+    let t0 = Instant::now();
+    let mut summary = vec![];
+    for (w, a) in [(8u8, 8u8), (4, 8)] {
+        let qa = crate::quantize::QuantizeArgs {
+            model: model.clone(),
+            calib: data.clone(),
+            calib_split: "train".into(),
+            calib_n: 500,
+            weights: w,
+            acts: a,
+            method: "mse".into(),
+            per_tensor: false,
+            skip_first: false,
+            skip_last: false,
+            eval: Some(data.clone()),
+            eval_limit: None,
+            preset: Some("fmnist".into()),
+            threads,
+            output: out.join(format!("fmnist-default-w{w}a{a}.onnx")),
+            json: Some(out.join(format!("quantize-w{w}a{a}.json"))),
+        };
+        let r = crate::quantize::quantize(&qa)?;
+        summary.push((w, a, r));
+        println!();
+    }
     let b = bench(&model, 1, threads, 200, 20, None, Some(&out.join("bench.json")))?;
-    println!(
-        "\nsummary: float32 top-1 {:.2}% on 1,000 images; batch-1 latency {:.3} ms median ({:.3} ms p90, {:.1} GMAC/s)",
-        e.top1.unwrap_or(0.0) * 100.0,
-        b.median_ms,
-        b.p90_ms,
-        b.gmacs
-    );
-    println!("reports written to {}/ (eval.json, bench.json)", out.display());
+    println!("\nsummary ({:.1} s):", t0.elapsed().as_secs_f64());
+    let mut rows = vec![];
+    if let Some((_, _, r)) = summary.first() {
+        rows.push(vec![
+            "float32".into(),
+            pct(r.float_top1),
+            "-".into(),
+            format!("{:.1} KB", r.float_weight_bytes as f64 / 1e3),
+        ]);
+    }
+    for (w, a, r) in &summary {
+        let drop = match (r.float_top1, r.quant_top1) {
+            (Some(f), Some(q)) => format!("{:+.2} pp", (q - f) * 100.0),
+            _ => "-".into(),
+        };
+        rows.push(vec![
+            format!("W{w}A{a}"),
+            pct(r.quant_top1),
+            drop,
+            format!("{:.1} KB", r.quant_weight_bytes as f64 / 1e3),
+        ]);
+    }
+    print_table(&["model", "top-1 (1,000 test images)", "change", "weights"], &rows);
+    println!("float32 batch-1 latency {:.3} ms median ({:.3} ms p90, {:.1} GMAC/s)", b.median_ms, b.p90_ms, b.gmacs);
+    println!("models and reports written to {}/", out.display());
     Ok(())
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.2}%", x * 100.0)).unwrap_or_else(|| "-".into())
 }
 
 pub fn dump_data(data: &Path, a: &DataArgs, out: &Path) -> Result<()> {

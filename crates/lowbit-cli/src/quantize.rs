@@ -1,6 +1,6 @@
 //! `lowbit quantize`: calibrate, build the QDQ model, evaluate before/after, write the file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
@@ -32,10 +32,11 @@ pub struct QuantizeArgs {
 }
 
 /// Summary of a quantization run.
-#[allow(dead_code)]
 pub struct QuantizeOutcome {
     pub float_top1: Option<f64>,
     pub quant_top1: Option<f64>,
+    pub float_weight_bytes: usize,
+    pub quant_weight_bytes: usize,
 }
 
 pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
@@ -193,8 +194,10 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
             }),
         )?;
     }
-    Ok(QuantizeOutcome { float_top1: ftop, quant_top1: qtop })
+    Ok(QuantizeOutcome {
+        float_top1: ftop,
+        quant_top1: qtop,
+        float_weight_bytes: q.float_weight_bytes,
+        quant_weight_bytes: q.weight_bytes,
+    })
 }
-
-#[allow(dead_code)]
-fn _unused(_: &Path) {}

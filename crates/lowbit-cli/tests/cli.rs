@@ -145,9 +145,15 @@ fn demo_runs_on_embedded_data() {
     let d = tmpdir("demo");
     let o = Command::new(lowbit_bin()).args(["demo", "--out", d.to_str().unwrap()]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("eval.json")).unwrap()).unwrap();
-    assert_eq!(v["images"], 1000);
-    assert!(v["top1"].as_f64().unwrap() > 0.85);
+    for (w, max_drop) in [(8, 0.01), (4, 0.03)] {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join(format!("quantize-w{w}a8.json"))).unwrap()).unwrap();
+        assert_eq!(v["eval_images"], 1000);
+        let (f, q) = (v["float_top1"].as_f64().unwrap(), v["quant_top1"].as_f64().unwrap());
+        assert!(f > 0.85 && f - q <= max_drop, "W{w}A8: float {f} quantized {q}");
+        assert!(v["quant_weight_bytes"].as_u64().unwrap() * 3 < v["float_weight_bytes"].as_u64().unwrap());
+        assert!(lowbit_onnx::read_model(&d.join(format!("fmnist-default-w{w}a8.onnx"))).is_ok());
+    }
     let b: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("bench.json")).unwrap()).unwrap();
     assert!(b["median_ms"].as_f64().unwrap() > 0.0);
 }
