@@ -353,7 +353,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             calib_n: 500,
             weights: w,
             acts: a,
-            method: "mse".into(),
+            method: "auto".into(),
             per_tensor: false,
             skip_first: false,
             skip_last: false,

@@ -109,8 +109,9 @@ enum Cmd {
         /// Activation bits (2..=8), per-tensor affine
         #[arg(long, default_value_t = 8)]
         acts: u8,
-        /// Activation range method: minmax | percentile[:P] | entropy | mse
-        #[arg(long, default_value = "mse")]
+        /// Activation range method: auto (try all, keep the one closest to float on the
+        /// calibration images) | minmax | percentile[:P] | entropy | mse
+        #[arg(long, default_value = "auto")]
         method: String,
         /// Per-tensor weights instead of per-channel
         #[arg(long)]

@@ -40,8 +40,13 @@ pub struct QuantizeOutcome {
 }
 
 pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
-    let method = Method::parse(&a.method)
-        .ok_or_else(|| anyhow!("unknown --method '{}' (minmax, percentile[:P], entropy, mse)", a.method))?;
+    let auto = a.method == "auto";
+    let method = if auto {
+        Method::Mse
+    } else {
+        Method::parse(&a.method)
+            .ok_or_else(|| anyhow!("unknown --method '{}' (auto, minmax, percentile[:P], entropy, mse)", a.method))?
+    };
     for (what, b) in [("--weights", a.weights), ("--acts", a.acts)] {
         if !(2..=8).contains(&b) {
             bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
@@ -71,7 +76,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         calib.n,
         32,
         a.threads,
-        method.needs_histogram(),
+        auto || method.needs_histogram(),
         &mut |d, t| {
             pb.set_length(t as u64);
             pb.set_position(d as u64)
@@ -89,7 +94,33 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         skip_last: a.skip_last,
         ..Default::default()
     };
-    let q = build_qdq(&canon, &stats, &cfg).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+    let (q, method, candidates) = if auto {
+        let n = calib.n.min(500);
+        let (q, c) = lowbit_quant::select::choose_method(
+            &canon,
+            &stats,
+            &cfg,
+            &lowbit_quant::select::default_candidates(),
+            &image_shape,
+            &calib.data[..n * calib.image_len()],
+            n,
+            a.threads,
+        )
+        .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+        let m = c[0].method;
+        (q, m, c)
+    } else {
+        (build_qdq(&canon, &stats, &cfg).map_err(|e| anyhow!("{}: {e}", a.model.display()))?, method, vec![])
+    };
+    if !candidates.is_empty() {
+        let rows: Vec<Vec<String>> = candidates
+            .iter()
+            .map(|c| vec![c.method.name(), format!("{:.2}%", c.agreement * 100.0), format!("{:.5}", c.kl)])
+            .collect();
+        println!("range method on {} calibration images (agreement with float):", calib.n.min(500));
+        print_table(&["method", "top-1 agreement", "KL"], &rows);
+        println!();
+    }
     if !q.layers.iter().any(|l| l.weight_bits.is_some()) {
         bail!("{}: no quantizable layer (Conv/Gemm/MatMul with constant weights) in this model", a.model.display());
     }
@@ -185,6 +216,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
                 "model": a.model.display().to_string(), "output": a.output.display().to_string(),
                 "weights_bits": a.weights, "act_bits": a.acts, "method": method.name(), "per_channel": !a.per_tensor,
                 "calibration_images": calib.n, "preset": preset,
+                "method_candidates": candidates.iter().map(|c| json!({"method": c.method.name(), "agreement": c.agreement, "kl": c.kl})).collect::<Vec<_>>(),
                 "float_top1": ftop, "quant_top1": qtop, "eval_images": eval_n,
                 "agreement": agree.as_ref().map(|g| json!({"top1": g.top1, "top5": g.top5, "cosine": g.cosine, "kl": g.kl})),
                 "float_weight_bytes": q.float_weight_bytes, "quant_weight_bytes": q.weight_bytes,

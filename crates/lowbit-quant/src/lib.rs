@@ -8,5 +8,6 @@ pub mod calibrate;
 pub mod observer;
 pub mod qdq;
 pub mod scheme;
+pub mod select;
 
 pub use scheme::{Granularity, Mode, QParams, QScheme};
