@@ -142,10 +142,10 @@ def main():
         rows.append((m, metric, len(xe), float_score, best[0], best[1], lb, lb_self))
     body = [f"Measured {time.strftime('%Y-%m-%d')}, ONNX Runtime {ort.__version__}. Reproduce: `python bench/ptq_vs_ort.py`.",
             f"Calibration: the first {a.calib_n} images of the calibration set (Fashion-MNIST *train*; mnist10k and photos224 have no",
-            "split, so the first images of the same set). lowbit: default settings (per-channel int8 weights, uint8 activations, MSE",
-            "range method chosen automatically on the calibration images). ORT: quant_pre_process, then quantize_static QDQ,
-per-channel, the best of MinMax/Entropy/Percentile (chosen on the evaluation set, which favours ORT). Both quantized files are scored in",
-            "ONNX Runtime; lowbit's is also scored by lowbit's own executor.", "",
+            "split, so the first images of the same set). lowbit: default settings (per-channel int8 weights, uint8 activations,",
+            "activation range method chosen automatically on the calibration images). ORT: quant_pre_process, then quantize_static",
+            "QDQ, per-channel, the best of MinMax/Entropy/Percentile chosen on the evaluation set (which favours ORT).",
+            "Both quantized files are scored in ONNX Runtime; lowbit's is also scored by lowbit's own executor.", "",
             "| model | metric | images | float | ORT best (method) | lowbit (in ORT) | lowbit (in lowbit) |", "|---|---|---|---|---|---|---|"]
     for m, metric, n, f, o, om, lb, ls in rows:
         body.append(f"| {m} | {metric} | {n} | {f * 100:.2f}% | {o * 100:.2f}% ({om}) | {lb * 100:.2f}% | {ls * 100:.2f}% |")
