@@ -5,12 +5,9 @@
 //! 2. `specialize` (shape inference + constant folding + canonicalization) does not panic when
 //!    fed the graph's runtime inputs at their declared shapes (symbolic dims set to 1).
 //!
-//! Known, already-reported round-trip differences are normalized away before comparing (see
-//! `normalize`) so that a long run can look for new bugs. Set `LOWBIT_FUZZ_STRICT=1` to disable
-//! that and compare exactly (e.g. to reproduce the files in `fuzz/regressions/`).
+//! Every crash it found is kept in `fuzz/regressions/` and replayed by the workspace test
+//! `crates/lowbit-cli/tests/fuzz_regressions.rs`.
 #![no_main]
-
-use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use lowbit_core::{Dim, Graph};
@@ -18,27 +15,6 @@ use lowbit_core::{Dim, Graph};
 /// Largest input (in elements) handed to `specialize`; bigger declared shapes are skipped so a
 /// model declaring a giant input does not simply OOM the fuzzer.
 const MAX_INPUT_ELEMS: usize = 1 << 20;
-
-fn strict() -> bool {
-    static S: OnceLock<bool> = OnceLock::new();
-    *S.get_or_init(|| std::env::var_os("LOWBIT_FUZZ_STRICT").is_some_and(|v| v != "0"))
-}
-
-/// Removes differences the writer introduces on purpose or that are already reported:
-/// - trailing empty (absent optional) node inputs: `write.rs` strips them (`strip_empty_tail`),
-///   the reader keeps them (regressions/onnx_reader/roundtrip-trailing-empty-inputs.onnx);
-/// - an empty graph name: the writer substitutes "lowbit"
-///   (regressions/onnx_reader/roundtrip-empty-graph-name.onnx).
-fn normalize(g: &mut Graph) {
-    if g.name.is_empty() {
-        g.name = "lowbit".into();
-    }
-    for n in &mut g.nodes {
-        while n.inputs.last().is_some_and(|s| s.is_empty()) {
-            n.inputs.pop();
-        }
-    }
-}
 
 /// `Debug` text of `x`. f32 `Debug` is exact (shortest round-trip repr) and prints every NaN the
 /// same, so comparing it is as strict as `==` except that NaN equals NaN (`Graph: PartialEq` is
@@ -129,15 +105,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(g2) => g2,
         Err(e) => panic!("re-decoding an encoded graph failed: {e}"),
     };
-    let diff = if strict() {
-        first_diff(&g, &g2)
-    } else {
-        let (mut a, mut b) = (g.clone(), g2);
-        normalize(&mut a);
-        normalize(&mut b);
-        first_diff(&a, &b)
-    };
-    if let Some(d) = diff {
+    if let Some(d) = first_diff(&g, &g2) {
         panic!("round trip changed the graph: {d}");
     }
 

@@ -407,6 +407,9 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
         }
         Op::Gather { axis } => {
             let idx = need(ins, 1)?;
+            if x.shape.is_empty() {
+                return Err(Error::Invalid("Gather data must have rank >= 1".into()));
+            }
             let a = norm_axis(*axis, x.shape.len())?;
             let mut s = x.shape[..a].to_vec();
             s.extend_from_slice(idx.shape);

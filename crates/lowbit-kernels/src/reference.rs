@@ -9,6 +9,9 @@ fn f32s<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
     t.as_f32().ok_or_else(|| Error::Invalid(format!("{what} must be float32, got {}", t.dtype().name())))
 }
 
+/// Largest tensor (elements) the reference evaluator will materialize (1 GiB of f32).
+pub const MAX_ELEMENTS: usize = 1 << 28;
+
 /// Evaluates one node. `inputs[i]` is `None` for an absent optional input.
 pub fn eval(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
     eval_op(node, inputs).map_err(|e| e.in_node(&node.name))
@@ -18,6 +21,12 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
     let known: Vec<Option<Known>> =
         inputs.iter().map(|t| t.map(|t| Known { dtype: t.dtype(), shape: &t.shape, value: Some(t) })).collect();
     let out_shapes = shape::infer(node, &known)?;
+    for (_, s) in &out_shapes {
+        let n = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n.is_none_or(|n| n > MAX_ELEMENTS) {
+            return Err(Error::Invalid(format!("output of shape {s:?} is too large to compute")));
+        }
+    }
     let x = inputs.first().copied().flatten().ok_or_else(|| Error::Invalid("missing input 0".into()))?;
     let (odt, oshape) = out_shapes[0].clone();
     let in_ = |i: usize| inputs.get(i).copied().flatten();

@@ -51,7 +51,17 @@ pub fn decode_model(bytes: &[u8]) -> Result<Graph> {
     let mut seen_names = HashSet::new();
     for (i, n) in gp.node.iter().enumerate() {
         let name = if n.name().is_empty() || !seen_names.insert(n.name().to_string()) {
-            format!("{}_{}", n.op_type(), i)
+            // A fresh name that no node of the file uses.
+            let taken: HashSet<&str> = gp.node.iter().map(|m| m.name()).collect();
+            let mut k = 0usize;
+            loop {
+                let cand =
+                    if k == 0 { format!("{}_{}", n.op_type(), i) } else { format!("{}_{}_{}", n.op_type(), i, k) };
+                if !taken.contains(cand.as_str()) && seen_names.insert(cand.clone()) {
+                    break cand;
+                }
+                k += 1;
+            }
         } else {
             n.name().to_string()
         };
@@ -72,7 +82,12 @@ pub fn decode_model(bytes: &[u8]) -> Result<Graph> {
         if n.output.is_empty() {
             return Err(Error::node(&name, "node has no outputs").into());
         }
-        g.nodes.push(Node { name, op, inputs: n.input.clone(), outputs: n.output.clone() });
+        // Trailing empty inputs mean "absent"; drop them so reading what we write is an identity.
+        let mut inputs = n.input.clone();
+        while inputs.last().is_some_and(|s| s.is_empty()) {
+            inputs.pop();
+        }
+        g.nodes.push(Node { name, op, inputs, outputs: n.output.clone() });
     }
     g.sort_and_check()?;
     Ok(g)
@@ -249,11 +264,16 @@ fn constant_value(n: &pb::NodeProto) -> lowbit_core::Result<Tensor> {
     })
 }
 
+/// Explicit pads, ignored (as the spec says) when auto_pad is set.
+fn pads_of(a: &Attrs) -> lowbit_core::Result<Vec<usize>> {
+    Ok(if a.auto_pad()? == AutoPad::NotSet { a.usizes("pads")? } else { vec![] })
+}
+
 fn pool_attrs(a: &Attrs) -> lowbit_core::Result<PoolAttrs> {
     let p = PoolAttrs {
         kernel_shape: a.usizes("kernel_shape")?,
         strides: a.usizes("strides")?,
-        pads: a.usizes("pads")?,
+        pads: pads_of(a)?,
         dilations: a.usizes("dilations")?,
         auto_pad: a.auto_pad()?,
         ceil_mode: a.int("ceil_mode", 0) != 0,
@@ -274,7 +294,7 @@ fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op
         "Conv" => Op::Conv(ConvAttrs {
             kernel_shape: a.usizes("kernel_shape")?,
             strides: a.usizes("strides")?,
-            pads: a.usizes("pads")?,
+            pads: pads_of(&a)?,
             dilations: a.usizes("dilations")?,
             group: usize::try_from(a.int("group", 1))
                 .ok()

@@ -282,7 +282,7 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         graph: Some(pb::GraphProto {
             node: e.nodes,
-            name: Some(if g.name.is_empty() { "lowbit".into() } else { g.name.clone() }),
+            name: Some(g.name.clone()),
             initializer,
             input: g.inputs.iter().map(value_info).collect(),
             output: g.outputs.iter().map(value_info).collect(),

@@ -5,6 +5,7 @@
 //! loops.
 
 pub mod calibrate;
+pub mod dfq;
 pub mod observer;
 pub mod qdq;
 pub mod scheme;

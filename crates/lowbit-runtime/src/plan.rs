@@ -12,6 +12,10 @@ use lowbit_kernels::{pool, reference};
 use crate::memory::{self, Interval};
 use crate::specialize::{specialize, Specialized};
 
+/// Largest single value and total arena a plan may need (guards against absurd shapes).
+pub const MAX_BUFFER_BYTES: usize = 4 << 30;
+pub const MAX_ARENA_BYTES: usize = 16 << 30;
+
 /// How to compile a plan.
 #[derive(Clone, Debug)]
 pub struct PlanOptions {
@@ -175,7 +179,8 @@ impl Plan {
         let mut buf_of: HashMap<String, usize> = HashMap::new();
         let mut bufs: Vec<Interval> = vec![];
         let new_buf = |bufs: &mut Vec<Interval>, dt: DType, shape: &[usize], at: usize| {
-            bufs.push(Interval { bytes: (shape.iter().product::<usize>() * dt.size()).max(1), first: at, last: at });
+            let bytes = shape.iter().try_fold(dt.size(), |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+            bufs.push(Interval { bytes: bytes.max(1), first: at, last: at });
             bufs.len() - 1
         };
         for v in &rt_inputs {
@@ -218,7 +223,19 @@ impl Plan {
                 bufs[b].last = end;
             }
         }
+        if bufs.iter().any(|b| b.bytes > MAX_BUFFER_BYTES) {
+            return Err(Error::Invalid(format!(
+                "a value needs more than {} GiB; refusing to plan it",
+                MAX_BUFFER_BYTES >> 30
+            )));
+        }
         let (offsets, arena_bytes) = memory::plan(&bufs);
+        if arena_bytes > MAX_ARENA_BYTES {
+            return Err(Error::Invalid(format!(
+                "the plan needs {:.1} GiB of activation memory; refusing",
+                arena_bytes as f64 / (1u64 << 30) as f64
+            )));
+        }
 
         let operand = |name: &str| -> Result<Operand> {
             if let Some(t) = g.initializers.get(name) {

@@ -75,8 +75,12 @@ fn propagate(
             let outs = if let (Op::Shape { .. }, false) = (&node.op, all_const) {
                 // Shape of a value with a known shape is a constant.
                 let x = ins[0].unwrap();
-                let fake = Tensor::zeros(DType::U8, x.shape.to_vec());
-                lowbit_kernels::reference::eval(&node, &[Some(&fake)])?
+                let Op::Shape { start, end } = node.op else { unreachable!() };
+                let r = x.shape.len() as i64;
+                let c = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+                let (s, e) = (c(start), c(end.unwrap_or(r)));
+                let dims: Vec<i64> = x.shape[s..e.max(s)].iter().map(|&d| d as i64).collect();
+                vec![Tensor::i64(vec![dims.len()], dims)]
             } else {
                 let tensors: Vec<Option<&Tensor>> = ins.iter().map(|k| k.and_then(|k| k.value)).collect();
                 lowbit_kernels::reference::eval(&node, &tensors)?
