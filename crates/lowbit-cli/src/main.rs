@@ -116,6 +116,16 @@ enum Cmd {
         /// Per-tensor weights instead of per-channel
         #[arg(long)]
         per_tensor: bool,
+        /// Cross-layer equalization of consecutive convolutions before quantizing (DFQ)
+        #[arg(long)]
+        cle: bool,
+        /// Bias absorption across Conv-ReLU-Conv pairs (DFQ; uses calibration minima since
+        /// folded models carry no BatchNorm statistics)
+        #[arg(long)]
+        absorb_bias: bool,
+        /// Turn off bias correction of weight-quantization error
+        #[arg(long)]
+        no_bias_correction: bool,
         /// Keep the first / last compute layer in float
         #[arg(long)]
         skip_first: bool,
@@ -179,6 +189,9 @@ fn main() {
             acts,
             method,
             per_tensor,
+            cle,
+            absorb_bias,
+            no_bias_correction,
             skip_first,
             skip_last,
             eval,
@@ -196,6 +209,9 @@ fn main() {
             acts,
             method,
             per_tensor,
+            cle,
+            absorb_bias,
+            bias_correction: !no_bias_correction,
             skip_first,
             skip_last,
             eval,

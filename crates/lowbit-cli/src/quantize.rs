@@ -21,6 +21,9 @@ pub struct QuantizeArgs {
     pub acts: u8,
     pub method: String,
     pub per_tensor: bool,
+    pub cle: bool,
+    pub absorb_bias: bool,
+    pub bias_correction: bool,
     pub skip_first: bool,
     pub skip_last: bool,
     pub eval: Option<PathBuf>,
@@ -62,12 +65,42 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
     let (preset, pre) = choose_preset(a.preset.as_deref(), &g, &a.calib)?;
     let calib = load_data(&a.calib, split, &pre, Some(a.calib_n))?;
     let image_shape = vec![calib.c, calib.h, calib.w];
-    let (canon, _) = lowbit_runtime::canonicalize_free(&g).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+    let (mut canon, _) = lowbit_runtime::canonicalize_free(&g).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
     // Check shapes with a clear message before the long part.
     let mut s1 = vec![1];
     s1.extend(&image_shape);
     compile(&canon, &a.model, s1, 1)
         .map_err(|e| anyhow!("{e} (calibration data {} has images of shape {:?})", a.calib.display(), image_shape))?;
+    let quick = |canon: &lowbit_core::Graph| {
+        lowbit_quant::calibrate::calibrate(
+            canon,
+            &image_shape,
+            &calib.data,
+            calib.n,
+            32,
+            a.threads,
+            false,
+            &mut |_, _| {},
+        )
+        .map_err(|e| anyhow!("{}: calibration failed: {e}", a.model.display()))
+    };
+    let mut dfq_notes = vec![];
+    if a.cle {
+        let st = quick(&canon)?;
+        let r = lowbit_quant::dfq::equalize(&mut canon, Some(&st), 8);
+        dfq_notes.push(format!(
+            "cross-layer equalization: {} conv pairs, {} ReLU6 -> ReLU (never reached 6 on the calibration images), {} pairs skipped (ReLU6 saturates: {})",
+            r.pairs,
+            r.relu6_replaced,
+            r.relu6_unsafe.len(),
+            if r.relu6_unsafe.is_empty() { "none".to_string() } else { r.relu6_unsafe.join(", ") }
+        ));
+    }
+    if a.absorb_bias {
+        let st = quick(&canon)?;
+        let n = lowbit_quant::dfq::absorb_biases(&mut canon, &st);
+        dfq_notes.push(format!("bias absorption: {n} channels"));
+    }
     let pb = progress(0, "calibrate");
     let stats = lowbit_quant::calibrate::calibrate(
         &canon,
@@ -92,6 +125,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         weight_mse: a.weights < 8,
         skip_first: a.skip_first,
         skip_last: a.skip_last,
+        bias_correction: a.bias_correction,
         ..Default::default()
     };
     let (q, method, candidates) = if auto {
@@ -191,6 +225,9 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
             rows.push(vec!["top-1 agreement".into(), "100%".into(), format!("{:.2}%", ag.top1 * 100.0), String::new()]);
             rows.push(vec!["logit cosine".into(), "1".into(), format!("{:.5}", ag.cosine), String::new()]);
         }
+    }
+    for n in &dfq_notes {
+        println!("{n}");
     }
     print_table(&["", "float", "quantized", "change"], &rows);
     let lrows: Vec<Vec<String>> = q

@@ -169,3 +169,62 @@ pub fn equalize(g: &mut Graph, stats: Option<&Stats>, sweeps: usize) -> DfqRepor
     }
     rep
 }
+
+/// Bias absorption for every `Conv -> ReLU -> Conv` pair: where the calibration minimum `c_i` of
+/// channel `i` of A's (post-ReLU) output is positive, the ReLU never clipped that channel, so
+/// `relu(x) - c_i == relu(x - c_i)` on the data; move `c_i` from A's bias into B's bias.
+/// (B's zero padding then stands for `-c_i` instead of 0 at the borders: DFQ's approximation.)
+pub fn absorb_biases(g: &mut Graph, stats: &Stats) -> usize {
+    let mut n = 0;
+    for p in find_pairs(g) {
+        if g.nodes[p.a].op.fused_act() != Act::Relu {
+            continue;
+        }
+        let out = g.nodes[p.a].outputs[0].clone();
+        let Some(o) = stats.get(&out) else { continue };
+        let c: Vec<f32> = o.channel_min.iter().map(|&m| if m.is_finite() { m.max(0.0) } else { 0.0 }).collect();
+        if c.iter().all(|&v| v == 0.0) {
+            continue;
+        }
+        let wb_name = g.nodes[p.b].inputs[1].clone();
+        let wb = g.initializers[&wb_name].clone();
+        let gb = group_of(&g.nodes[p.b].op);
+        if c.len() != wb.shape[1] * gb {
+            continue;
+        }
+        // A's bias (create if absent), B's bias (create if absent), both private copies.
+        let co_a = c.len();
+        let co_b = wb.shape[0];
+        for (node, len) in [(p.a, co_a), (p.b, co_b)] {
+            if g.nodes[node].input(2).is_none() {
+                let name = g.fresh_name(&format!("{}_bias", g.nodes[node].name));
+                g.initializers.insert(name.clone(), lowbit_core::Tensor::f32(vec![len], vec![0.0; len]));
+                g.nodes[node].inputs.resize(3, String::new());
+                g.nodes[node].inputs[2] = name;
+            } else {
+                own(g, node, 2);
+            }
+        }
+        let kb: usize = wb.shape[2..].iter().product();
+        let mut shift_b = vec![0f32; co_b];
+        for (i, &ci) in c.iter().enumerate() {
+            if ci == 0.0 {
+                continue;
+            }
+            for (o, k) in b_reads(&wb.shape, gb, i) {
+                let base = (o * wb.shape[1] + k) * kb;
+                shift_b[o] += ci * wb.as_f32().unwrap()[base..base + kb].iter().sum::<f32>();
+            }
+            n += 1;
+        }
+        let ba = g.nodes[p.a].inputs[2].clone();
+        for (v, &ci) in g.initializers.get_mut(&ba).unwrap().as_f32_mut().unwrap().iter_mut().zip(&c) {
+            *v -= ci;
+        }
+        let bb = g.nodes[p.b].inputs[2].clone();
+        for (v, &s) in g.initializers.get_mut(&bb).unwrap().as_f32_mut().unwrap().iter_mut().zip(&shift_b) {
+            *v += s;
+        }
+    }
+    n
+}

@@ -56,6 +56,8 @@ pub struct Observer {
     /// Per-channel (axis 1) sums for channel means, used by bias correction.
     pub channel_sum: Vec<f64>,
     pub channel_count: u64,
+    /// Per-channel minimum (axis 1), used by bias absorption.
+    pub channel_min: Vec<f32>,
 }
 
 impl Default for Observer {
@@ -69,6 +71,7 @@ impl Default for Observer {
             count: 0,
             channel_sum: vec![],
             channel_count: 0,
+            channel_min: vec![],
         }
     }
 }
@@ -94,12 +97,14 @@ impl Observer {
         let inner: usize = shape[2..].iter().product();
         if self.channel_sum.len() != c {
             self.channel_sum = vec![0.0; c];
+            self.channel_min = vec![f32::INFINITY; c];
             self.channel_count = 0;
         }
         for b in 0..n {
             for ch in 0..c {
-                let s: f64 = x[(b * c + ch) * inner..(b * c + ch + 1) * inner].iter().map(|&v| v as f64).sum();
-                self.channel_sum[ch] += s;
+                let v = &x[(b * c + ch) * inner..(b * c + ch + 1) * inner];
+                self.channel_sum[ch] += v.iter().map(|&v| v as f64).sum::<f64>();
+                self.channel_min[ch] = v.iter().fold(self.channel_min[ch], |m, &x| m.min(x));
             }
         }
         self.channel_count += (n * inner) as u64;
