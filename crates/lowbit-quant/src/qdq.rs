@@ -144,6 +144,10 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
         if !(inputs.contains(v) || producers.contains_key(v)) {
             return Ok(());
         }
+        // Only float activations are observed; integer values (shapes, indices) stay as they are.
+        if !stats.contains_key(v) {
+            return Ok(());
+        }
         params.insert(v.to_string(), act_of(v)?);
         order.push(v.to_string());
         Ok(())
