@@ -166,3 +166,43 @@ pub fn binary(op: BinOp, bc: &Broadcast, a: &[f32], b: &[f32], out: &mut [f32]) 
     }
     binary_impl(op, bc, a, b, out)
 }
+
+/// [`binary`] split over threads along the outermost broadcast dimension (or in equal chunks when
+/// the pattern collapsed to one dimension). Small tensors run on the calling thread.
+pub fn binary_par(op: BinOp, bc: &Broadcast, a: &[f32], b: &[f32], out: &mut [f32], threads: usize) {
+    use rayon::prelude::*;
+    let total = out.len();
+    if threads <= 1 || total < 1 << 15 {
+        return binary(op, bc, a, b, out);
+    }
+    let parts = threads * 2;
+    if bc.dims.len() == 1 {
+        let chunk = total.div_ceil(parts);
+        let (sa, sb) = (bc.a_strides[0], bc.b_strides[0]);
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
+            let start = i * chunk;
+            let sub = Broadcast { dims: vec![o.len()], a_strides: vec![sa], b_strides: vec![sb] };
+            binary(op, &sub, &a[start * sa..], &b[start * sb..], o);
+        });
+        return;
+    }
+    let d0 = bc.dims[0];
+    let inner: usize = bc.dims[1..].iter().product();
+    let rows = d0.div_ceil(parts).max(1);
+    out.par_chunks_mut(rows * inner).enumerate().for_each(|(i, o)| {
+        let r0 = i * rows;
+        let mut sub = bc.clone();
+        sub.dims[0] = o.len() / inner;
+        binary(op, &sub, &a[r0 * bc.a_strides[0]..], &b[r0 * bc.b_strides[0]..], o);
+    });
+}
+
+/// [`apply_act`] split over threads for large tensors.
+pub fn apply_act_par(act: Act, x: &mut [f32], threads: usize) {
+    use rayon::prelude::*;
+    if threads <= 1 || x.len() < 1 << 15 {
+        return apply_act(act, x);
+    }
+    let chunk = x.len().div_ceil(threads * 2);
+    x.par_chunks_mut(chunk).for_each(|c| apply_act(act, c));
+}

@@ -161,13 +161,21 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
         if g.is_shifted() {
             let (hp, wp) = g.padded_hw();
             let (xpad, cbuf) = scratch.split_at_mut(cig * hp * wp + (g.kw - 1) * g.dw + 16);
-            xpad.fill(0.0);
-            for c in 0..cig {
+            let plane = hp * wp;
+            let fill = |c: usize, dst: &mut [f32]| {
+                dst.fill(0.0);
                 for y in 0..g.h.min(hp.saturating_sub(g.pt)) {
-                    let dst = c * hp * wp + (y + g.pt) * wp + g.pl;
+                    let d = (y + g.pt) * wp + g.pl;
                     let n = g.w.min(wp.saturating_sub(g.pl));
-                    xpad[dst..dst + n].copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
+                    dst[d..d + n].copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
                 }
+            };
+            let (planes, tail) = xpad.split_at_mut(cig * plane);
+            tail.fill(0.0);
+            if threads > 1 {
+                planes.par_chunks_mut(plane).enumerate().for_each(|(c, d)| fill(c, d));
+            } else {
+                planes.chunks_mut(plane).enumerate().for_each(|(c, d)| fill(c, d));
             }
             let nw = g.oh * wp;
             let cbuf = &mut cbuf[..cog * nw];
@@ -186,9 +194,16 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
                 threads,
             );
             let dst = &mut out[gi * cog * hw_out..(gi + 1) * cog * hw_out];
-            for (o, row) in dst.chunks_mut(g.ow).enumerate() {
-                let (c, y) = (o / g.oh, o % g.oh);
-                row.copy_from_slice(&cbuf[c * nw + y * wp..c * nw + y * wp + g.ow]);
+            let cbuf = &*cbuf;
+            let compact = |c: usize, plane_out: &mut [f32]| {
+                for (y, row) in plane_out.chunks_mut(g.ow).enumerate() {
+                    row.copy_from_slice(&cbuf[c * nw + y * wp..c * nw + y * wp + g.ow]);
+                }
+            };
+            if threads > 1 {
+                dst.par_chunks_mut(hw_out).enumerate().for_each(|(c, d)| compact(c, d));
+            } else {
+                dst.chunks_mut(hw_out).enumerate().for_each(|(c, d)| compact(c, d));
             }
             continue;
         }
@@ -213,6 +228,45 @@ pub(crate) fn valid_range(out_len: usize, stride: usize, off: usize, pad: usize,
     (lo.min(hi), hi)
 }
 
+/// `dst[i] = src[i * stride]`, with an AVX-512 path for stride 2.
+fn gather_strided(dst: &mut [f32], src: &[f32], stride: usize) {
+    assert!(dst.is_empty() || (dst.len() - 1) * stride < src.len());
+    #[cfg(target_arch = "x86_64")]
+    if stride == 2 && crate::f32gemm::avx512_available() {
+        // SAFETY: AVX-512F is available; loads are masked to `src`, stores to `dst`.
+        unsafe { gather2_avx512(dst, src) };
+        return;
+    }
+    for (i, v) in dst.iter_mut().enumerate() {
+        *v = src[i * stride];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather2_avx512(dst: &mut [f32], src: &[f32]) {
+    use std::arch::x86_64::*;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let mask = |avail: usize| -> u16 {
+        if avail >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << avail) - 1) as u16
+        }
+    };
+    let mut i = 0;
+    while i < dst.len() {
+        let n = (dst.len() - i).min(16);
+        let s0 = 2 * i;
+        let avail = src.len() - s0;
+        let a = _mm512_maskz_loadu_ps(mask(avail), src.as_ptr().add(s0));
+        let b = _mm512_maskz_loadu_ps(mask(avail.saturating_sub(16)), src.as_ptr().add(s0).wrapping_add(16));
+        let v = _mm512_permutex2var_ps(a, even, b);
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask(n), v);
+        i += 16;
+    }
+}
+
 fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], threads: usize) {
     let hw_out = g.oh * g.ow;
     let row = |r: usize, dst: &mut [f32]| {
@@ -235,9 +289,7 @@ fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], threads: usize) {
             if g.sw == 1 {
                 d[xlo..xhi].copy_from_slice(&src[base..base + (xhi - xlo)]);
             } else {
-                for (i, v) in d[xlo..xhi].iter_mut().enumerate() {
-                    *v = src[base + i * g.sw];
-                }
+                gather_strided(&mut d[xlo..xhi], &src[base..], g.sw);
             }
         }
     };
@@ -406,6 +458,22 @@ unsafe fn dw_channel_avx512_nopad(
     hi: f32,
     out: &mut [f32],
 ) {
+    window_avx512::<false>(g, plane, w, bias, lo, hi, out)
+}
+
+/// The sliding-window kernel behind AVX-512 depthwise convolution (`MAX == false`: weighted sum
+/// starting from `init`) and max pooling (`MAX == true`: maximum, masked lanes read as -inf).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn window_avx512<const MAX: bool>(
+    g: &ConvGeom,
+    plane: &[f32],
+    w: &[f32],
+    bias: f32,
+    lo: f32,
+    hi: f32,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     const MAXK: usize = 16;
     let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
@@ -424,7 +492,7 @@ unsafe fn dw_channel_avx512_nopad(
     };
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn rows<const R: usize>(
+    unsafe fn rows<const R: usize, const MAX: bool, const K: usize>(
         g: &ConvGeom,
         p: *const f32,
         w: &[f32],
@@ -437,31 +505,39 @@ unsafe fn dw_channel_avx512_nopad(
         masks: &[[u32; MAXK]],
         h: isize,
     ) {
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        // K > 0: a square K x K window known at compile time (fully unrolled loops).
+        let (kh, kw) = if K > 0 { (K, K) } else { (g.kh, g.kw) };
         let mut ox0 = 0;
         let mut blk = 0;
         while ox0 < g.ow {
             let mut acc = [_mm512_set1_ps(bias); R];
             let m = &masks[blk];
-            for ky in 0..g.kh {
+            for ky in 0..kh {
                 for (r, a) in acc.iter_mut().enumerate() {
                     let iy = ((oy + r) * g.sh + ky * g.dh) as isize - g.pt as isize;
                     if iy < 0 || iy >= h {
                         continue;
                     }
                     let row = p.wrapping_offset(iy * g.w as isize);
-                    for kx in 0..g.kw {
-                        let wv = _mm512_set1_ps(*w.get_unchecked(ky * g.kw + kx));
+                    for kx in 0..kw {
                         let start = (ox0 * g.sw + kx * g.dw) as isize - g.pl as isize;
                         let base = row.wrapping_offset(start);
                         let mk = m[kx];
+                        let fill = if MAX { ninf } else { _mm512_setzero_ps() };
                         let x = if g.sw == 1 {
-                            _mm512_maskz_loadu_ps(mk as u16, base)
+                            _mm512_mask_loadu_ps(fill, mk as u16, base)
                         } else {
-                            let x0 = _mm512_maskz_loadu_ps(mk as u16, base);
-                            let x1 = _mm512_maskz_loadu_ps((mk >> 16) as u16, base.wrapping_add(16));
+                            let x0 = _mm512_mask_loadu_ps(fill, mk as u16, base);
+                            let x1 = _mm512_mask_loadu_ps(fill, (mk >> 16) as u16, base.wrapping_add(16));
                             _mm512_permutex2var_ps(x0, even, x1)
                         };
-                        *a = _mm512_fmadd_ps(wv, x, *a);
+                        if MAX {
+                            *a = _mm512_max_ps(*a, x);
+                        } else {
+                            let wv = _mm512_set1_ps(*w.get_unchecked(ky * kw + kx));
+                            *a = _mm512_fmadd_ps(wv, x, *a);
+                        }
                     }
                 }
             }
@@ -503,14 +579,23 @@ unsafe fn dw_channel_avx512_nopad(
         }
     }
     let o = out.as_mut_ptr();
-    let mut oy = 0;
-    while oy + 4 <= g.oh {
-        rows::<4>(g, p, w, bias, oy, o, vlo, vhi, even, masks, h);
-        oy += 4;
+    macro_rules! run {
+        ($k:expr) => {{
+            let mut oy = 0;
+            while oy + 4 <= g.oh {
+                rows::<4, MAX, $k>(g, p, w, bias, oy, o, vlo, vhi, even, masks, h);
+                oy += 4;
+            }
+            while oy < g.oh {
+                rows::<1, MAX, $k>(g, p, w, bias, oy, o, vlo, vhi, even, masks, h);
+                oy += 1;
+            }
+        }};
     }
-    while oy < g.oh {
-        rows::<1>(g, p, w, bias, oy, o, vlo, vhi, even, masks, h);
-        oy += 1;
+    match (g.kh, g.kw) {
+        (3, 3) => run!(3),
+        (5, 5) => run!(5),
+        _ => run!(0),
     }
 }
 

@@ -152,10 +152,73 @@ pub fn sgemm_rows(
     }
 }
 
+/// Matrix-vector product for batch-1 fully connected layers: `y[j] = act(bias[j] + Σ_p x[p] *
+/// w[p*n + j])`, `w` row-major `[k, n]`. Streams `w` once; threads split the columns.
+pub fn gemv_bias_act(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    act: Act,
+    y: &mut [f32],
+    threads: usize,
+) {
+    assert!(x.len() >= k && w.len() >= k * n && y.len() >= n && bias.is_none_or(|b| b.len() >= n));
+    let job = |j0: usize, yc: &mut [f32]| {
+        let len = yc.len();
+        match bias {
+            Some(b) => yc.copy_from_slice(&b[j0..j0 + len]),
+            None => yc.fill(0.0),
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx512_available() {
+            // SAFETY: AVX-512F available; all accesses are within the asserted bounds.
+            unsafe { avx512::gemv_cols(x, w, k, n, j0, yc) };
+            crate::eltwise::apply_act(act, yc);
+            return;
+        }
+        for (p, &xv) in x[..k].iter().enumerate() {
+            let row = &w[p * n + j0..p * n + j0 + len];
+            yc.iter_mut().zip(row).for_each(|(a, &b)| *a += xv * b);
+        }
+        crate::eltwise::apply_act(act, yc);
+    };
+    if threads > 1 && n >= 256 {
+        let chunk = n.div_ceil(threads * 2).div_ceil(16) * 16;
+        y[..n].par_chunks_mut(chunk).enumerate().for_each(|(i, yc)| job(i * chunk, yc));
+    } else {
+        job(0, &mut y[..n]);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
+
+    /// Accumulates `x · w[:, j0..j0+len]` into `y` (len = y.len()), 128 columns per pass.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gemv_cols(x: &[f32], w: &[f32], k: usize, n: usize, j0: usize, y: &mut [f32]) {
+        let len = y.len();
+        let mut j = 0;
+        while j < len {
+            let cols = (len - j).min(128);
+            let m: [u16; 8] = std::array::from_fn(|v| mask(cols, v));
+            let mut acc: [__m512; 8] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(m[v], y.as_ptr().add(j + v * 16)));
+            for p in 0..k {
+                let xv = _mm512_set1_ps(*x.get_unchecked(p));
+                let row = w.as_ptr().add(p * n + j0 + j);
+                for v in 0..8 {
+                    acc[v] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m[v], row.add(v * 16)), acc[v]);
+                }
+            }
+            for v in 0..8 {
+                _mm512_mask_storeu_ps(y.as_mut_ptr().add(j + v * 16), m[v], acc[v]);
+            }
+            j += 128;
+        }
+    }
 
     #[inline(always)]
     fn mask(rem: usize, v: usize) -> u16 {
@@ -307,9 +370,10 @@ mod avx512 {
         }
         let (pa, pb, pc, pbias) = (Ptr(a), Ptr(b), Ptr(c), Ptr(bias));
         let rows = Ptr(rows);
-        // Split columns when there are enough column blocks, else rows.
+        // Split the larger operand: columns (B/C) when B is the bigger stream, rows (A/C) when the
+        // weights are, so no thread streams the whole of the big matrix.
         let parts = threads * 2;
-        if nb >= parts {
+        if nb >= parts && (n >= m || mb < parts) {
             let per = nb.div_ceil(parts);
             (0..parts).into_par_iter().for_each(|t| {
                 let (j0, j1) = ((t * per * NR).min(n), ((t + 1) * per * NR).min(n));

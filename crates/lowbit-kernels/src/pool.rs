@@ -8,6 +8,14 @@ use rayon::prelude::*;
 pub type PoolGeom = ConvGeom;
 
 fn pool_plane(g: &PoolGeom, max: bool, count_include_pad: bool, pb: usize, pr: usize, src: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if max && g.sw <= 2 && g.kw <= 16 && crate::f32gemm::avx512_available() {
+        // SAFETY: AVX-512F is available; loads are masked to the plane's columns, rows range-checked.
+        unsafe {
+            crate::f32conv::window_avx512::<true>(g, src, &[], f32::NEG_INFINITY, f32::NEG_INFINITY, f32::INFINITY, out)
+        };
+        return;
+    }
     for oy in 0..g.oh {
         let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
         orow.fill(if max { f32::NEG_INFINITY } else { 0.0 });

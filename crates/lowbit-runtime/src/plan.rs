@@ -7,6 +7,7 @@ use std::sync::Arc;
 use lowbit_core::{Act, DType, Data, Error, Graph, Node, Op, Result, Tensor};
 use lowbit_kernels::eltwise::{self, BinOp, Broadcast};
 use lowbit_kernels::f32conv::{self, ConvGeom, PackedConv};
+use lowbit_kernels::f32gemm;
 use lowbit_kernels::{pool, reference};
 
 use crate::memory::{self, Interval};
@@ -645,6 +646,10 @@ unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], threads: usize
             if let Some(p) = prefill {
                 out.copy_from_slice(p);
             }
+            if *m == 1 && prefill.as_ref().is_none_or(|p| p.len() == *n) {
+                f32gemm::gemv_bias_act(a, b, *k, *n, prefill.as_deref(), *act, out, threads);
+                return Ok(());
+            }
             let (lrs, lcs) = if *trans_a { (1, *m as isize) } else { (*k as isize, 1) };
             f32conv::sgemm(
                 *m,
@@ -666,11 +671,11 @@ unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], threads: usize
         Kind::Act(a) => {
             let out = f32_out(base, &s.out);
             out.copy_from_slice(x());
-            eltwise::apply_act(*a, out);
+            eltwise::apply_act_par(*a, out, threads);
         }
         Kind::Binary { op, bc } => {
             let b = f32_in(base, s.ins[1].as_ref().unwrap());
-            eltwise::binary(*op, bc, x(), b, f32_out(base, &s.out));
+            eltwise::binary_par(*op, bc, x(), b, f32_out(base, &s.out), threads);
         }
         Kind::Pool { g, planes, max, cip, pb, pr } => {
             pool::pool2d(g, *planes, *max, *cip, *pb, *pr, x(), f32_out(base, &s.out), threads);
