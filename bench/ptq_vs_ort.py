@@ -104,7 +104,7 @@ def main():
         # ORT's recommended pre-processing (shape inference, graph optimization incl. BN folding)
         pre = os.path.join(tmp, m + "-pre.onnx")
         try:
-            quant_pre_process(model, pre)
+            quant_pre_process(model, pre, skip_symbolic_shape=True)
         except Exception as e:
             print(f"{m}: ORT pre-processing failed ({e}); quantizing the original", file=sys.stderr)
             pre = model

@@ -128,6 +128,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         bias_correction: a.bias_correction,
         ..Default::default()
     };
+    let mut bias_corrected = a.bias_correction;
     let (q, method, candidates) = if auto {
         let n = calib.n.min(500);
         let (q, c) = lowbit_quant::select::choose_method(
@@ -142,6 +143,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         )
         .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
         let m = c[0].method;
+        bias_corrected = c[0].bias_correction;
         (q, m, c)
     } else {
         (build_qdq(&canon, &stats, &cfg).map_err(|e| anyhow!("{}: {e}", a.model.display()))?, method, vec![])
@@ -149,10 +151,17 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
     if !candidates.is_empty() {
         let rows: Vec<Vec<String>> = candidates
             .iter()
-            .map(|c| vec![c.method.name(), format!("{:.2}%", c.agreement * 100.0), format!("{:.5}", c.kl)])
+            .map(|c| {
+                vec![
+                    c.method.name(),
+                    if c.bias_correction { "yes" } else { "no" }.to_string(),
+                    format!("{:.2}%", c.agreement * 100.0),
+                    format!("{:.6}", c.kl),
+                ]
+            })
             .collect();
         println!("range method on {} calibration images (agreement with float):", calib.n.min(500));
-        print_table(&["method", "top-1 agreement", "KL"], &rows);
+        print_table(&["method", "bias corr.", "top-1 agreement", "KL"], &rows);
         println!();
     }
     if !q.layers.iter().any(|l| l.weight_bits.is_some()) {
@@ -251,9 +260,9 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
             j,
             &json!({
                 "model": a.model.display().to_string(), "output": a.output.display().to_string(),
-                "weights_bits": a.weights, "act_bits": a.acts, "method": method.name(), "per_channel": !a.per_tensor,
+                "weights_bits": a.weights, "act_bits": a.acts, "method": method.name(), "per_channel": !a.per_tensor, "bias_correction": bias_corrected,
                 "calibration_images": calib.n, "preset": preset,
-                "method_candidates": candidates.iter().map(|c| json!({"method": c.method.name(), "agreement": c.agreement, "kl": c.kl})).collect::<Vec<_>>(),
+                "method_candidates": candidates.iter().map(|c| json!({"method": c.method.name(), "bias_correction": c.bias_correction, "agreement": c.agreement, "kl": c.kl})).collect::<Vec<_>>(),
                 "float_top1": ftop, "quant_top1": qtop, "eval_images": eval_n,
                 "agreement": agree.as_ref().map(|g| json!({"top1": g.top1, "top5": g.top5, "cosine": g.cosine, "kl": g.kl})),
                 "float_weight_bytes": q.float_weight_bytes, "quant_weight_bytes": q.weight_bytes,
