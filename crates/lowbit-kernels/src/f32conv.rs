@@ -29,7 +29,15 @@ pub struct ConvGeom {
 
 impl ConvGeom {
     pub fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0 && self.group == 1
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.pt == 0
+            && self.pl == 0
+            && self.oh == self.h
+            && self.ow == self.w
+            && self.group == 1
     }
     pub fn is_depthwise(&self) -> bool {
         self.group == self.c_in && self.group == self.c_out && self.group > 1
@@ -288,7 +296,7 @@ fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], threads: usize) {
             let base = xlo * g.sw + kx * g.dw - g.pl;
             if g.sw == 1 {
                 d[xlo..xhi].copy_from_slice(&src[base..base + (xhi - xlo)]);
-            } else {
+            } else if xlo < xhi {
                 gather_strided(&mut d[xlo..xhi], &src[base..], g.sw);
             }
         }
@@ -357,81 +365,6 @@ fn dw_channel_impl(g: &ConvGeom, padded: &[f32], pw: usize, w: &[f32], bias: f32
         1 => dw_rows::<1>(g, padded, pw, w, bias, act, out),
         2 => dw_rows::<2>(g, padded, pw, w, bias, act, out),
         _ => dw_rows::<0>(g, padded, pw, w, bias, act, out),
-    }
-}
-
-/// AVX-512 depthwise rows: 16 output columns in one register, all taps accumulated before the
-/// store; stride 2 de-interleaves two loads with one permute.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn dw_channel_avx512(g: &ConvGeom, padded: &[f32], pw: usize, w: &[f32], bias: f32, act: Act, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    if g.sw > 2 {
-        return dw_channel_impl(g, padded, pw, w, bias, act, out);
-    }
-    let (lo, hi) = match act {
-        Act::None => (f32::NEG_INFINITY, f32::INFINITY),
-        Act::Relu => (0.0, f32::INFINITY),
-        Act::Clip { lo, hi } => (lo, hi),
-        _ => return dw_channel_impl(g, padded, pw, w, bias, act, out),
-    };
-    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let p = padded.as_ptr();
-    debug_assert!(w.len() >= g.kh * g.kw);
-    // Four output rows at a time: four independent FMA chains hide the FMA latency.
-    #[inline(always)]
-    unsafe fn rows<const R: usize>(
-        g: &ConvGeom,
-        p: *const f32,
-        pw: usize,
-        w: &[f32],
-        bias: f32,
-        oy: usize,
-        out: *mut f32,
-        vlo: __m512,
-        vhi: __m512,
-        even: __m512i,
-    ) {
-        let mut ox0 = 0;
-        while ox0 < g.ow {
-            let mut acc = [_mm512_set1_ps(bias); R];
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let wv = _mm512_set1_ps(*w.get_unchecked(ky * g.kw + kx));
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let base = p.add(((oy + r) * g.sh + ky * g.dh) * pw + ox0 * g.sw + kx * g.dw);
-                        let x = if g.sw == 1 {
-                            _mm512_loadu_ps(base)
-                        } else {
-                            _mm512_permutex2var_ps(_mm512_loadu_ps(base), even, _mm512_loadu_ps(base.add(16)))
-                        };
-                        *a = _mm512_fmadd_ps(wv, x, *a);
-                    }
-                }
-            }
-            let n = DW_BLOCK.min(g.ow - ox0);
-            for (r, a) in acc.iter().enumerate() {
-                let v = _mm512_min_ps(_mm512_max_ps(*a, vlo), vhi);
-                let dst = out.add((oy + r) * g.ow + ox0);
-                if n == DW_BLOCK {
-                    _mm512_storeu_ps(dst, v);
-                } else {
-                    _mm512_mask_storeu_ps(dst, ((1u32 << n) - 1) as u16, v);
-                }
-            }
-            ox0 += DW_BLOCK;
-        }
-    }
-    let o = out.as_mut_ptr();
-    let mut oy = 0;
-    while oy + 4 <= g.oh {
-        rows::<4>(g, p, pw, w, bias, oy, o, vlo, vhi, even);
-        oy += 4;
-    }
-    while oy < g.oh {
-        rows::<1>(g, p, pw, w, bias, oy, o, vlo, vhi, even);
-        oy += 1;
     }
 }
 
@@ -613,10 +546,6 @@ fn dw_channel(g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, act: Act, out: 
         let pw = pad_plane(g, plane, &mut buf, 0.0);
         #[cfg(target_arch = "x86_64")]
         {
-            if crate::f32gemm::avx512_available() {
-                // SAFETY: the CPU supports the features the function is compiled for.
-                return unsafe { dw_channel_avx512(g, &buf, pw, w, bias, act, out) };
-            }
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: as above.
                 return unsafe { dw_channel_avx2(g, &buf, pw, w, bias, act, out) };
