@@ -112,13 +112,18 @@ def main():
         for meth in (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile):
             out = os.path.join(tmp, f"{m}-ort-{meth.name}.onnx")
             t = time.time()
-            try:
-                quantize_static(pre, out, Reader(name, xc), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=meth)
-            except Exception as e:  # report, keep going with the other methods
-                print(f"{m}: ORT {meth.name} failed: {e}", file=sys.stderr)
+            sc = None
+            # ORT's pre-processed model first; if ORT cannot quantize or load that, the original.
+            for src in dict.fromkeys([pre, model]):
+                try:
+                    quantize_static(src, out, Reader(name, xc), quant_format=QuantFormat.QDQ, per_channel=True,
+                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=meth)
+                    sc = score(ort_logits(out, xe), ye, ref)
+                    break
+                except Exception as e:  # report, keep going
+                    print(f"{m}: ORT {meth.name} on {os.path.basename(src)} failed: {str(e)[:200]}", file=sys.stderr)
+            if sc is None:
                 continue
-            sc = score(ort_logits(out, xe), ye, ref)
             print(f"{m:28} ORT {meth.name:10} {sc * 100:6.2f}%  ({time.time() - t:.0f} s)", flush=True)
             if sc > best[0]:
                 best = (sc, meth.name)

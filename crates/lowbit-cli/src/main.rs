@@ -5,6 +5,7 @@
 mod commands;
 mod common;
 mod quantize;
+mod svg;
 
 use std::path::PathBuf;
 
@@ -126,6 +127,16 @@ enum Cmd {
         /// Turn off bias correction of weight-quantization error
         #[arg(long)]
         no_bias_correction: bool,
+        /// Per-layer sensitivity table (and plot with --plots)
+        #[arg(long)]
+        sensitivity: bool,
+        /// Mixed precision: raise the most sensitive layers to 8-bit weights until the top-1 drop
+        /// on the (labelled) calibration images is at most this many percentage points
+        #[arg(long)]
+        max_drop: Option<f64>,
+        /// Folder for SVG plots: per-layer sensitivity and activation histograms with clip ranges
+        #[arg(long)]
+        plots: Option<PathBuf>,
         /// Keep the first / last compute layer in float
         #[arg(long)]
         skip_first: bool,
@@ -192,6 +203,9 @@ fn main() {
             cle,
             absorb_bias,
             no_bias_correction,
+            sensitivity,
+            max_drop,
+            plots,
             skip_first,
             skip_last,
             eval,
@@ -212,6 +226,9 @@ fn main() {
             cle,
             absorb_bias,
             bias_correction: !no_bias_correction,
+            sensitivity,
+            max_drop,
+            plots,
             skip_first,
             skip_last,
             eval,

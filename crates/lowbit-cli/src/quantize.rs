@@ -24,6 +24,9 @@ pub struct QuantizeArgs {
     pub cle: bool,
     pub absorb_bias: bool,
     pub bias_correction: bool,
+    pub sensitivity: bool,
+    pub max_drop: Option<f64>,
+    pub plots: Option<PathBuf>,
     pub skip_first: bool,
     pub skip_last: bool,
     pub eval: Option<PathBuf>,
@@ -164,6 +167,101 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         print_table(&["method", "bias corr.", "top-1 agreement", "KL"], &rows);
         println!();
     }
+    // Sensitivity and mixed precision, scored on the calibration images (never the evaluation set).
+    let mut q = q;
+    let mut sens_json = serde_json::Value::Null;
+    let mut mixed_json = serde_json::Value::Null;
+    let mut sens_rows: Vec<(String, f64, String)> = vec![];
+    if a.sensitivity || a.max_drop.is_some() {
+        use lowbit_quant::sensitivity::*;
+        let n = calib.n.min(1000);
+        let set = ScoreSet {
+            image_shape: &image_shape,
+            data: &calib.data[..n * calib.image_len()],
+            n,
+            labels: calib.labels.as_ref().map(|l| &l[..n]),
+            threads: a.threads,
+        };
+        let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
+        let r = Reference::new(&canon, &set).map_err(|e| anyhow!("{e}"))?;
+        let pb = progress(0, "sensitivity");
+        let sens = layer_sensitivity(&canon, &stats, &chosen, &set, &r, &mut |d, t| {
+            pb.set_length(t as u64);
+            pb.set_position(d as u64)
+        })
+        .map_err(|e| anyhow!("{e}"))?;
+        pb.finish_and_clear();
+        let what = if set.labels.is_some() { "top-1 drop" } else { "agreement drop" };
+        println!(
+            "per-layer sensitivity at W{}A{} (only that layer quantized; {n} calibration images):",
+            a.weights, a.acts
+        );
+        let rows: Vec<Vec<String>> = sens
+            .iter()
+            .map(|l| {
+                vec![
+                    l.node.clone(),
+                    l.params.to_string(),
+                    format!("{:+.2} pp", l.drop_pp),
+                    format!("{:.1} dB", l.sqnr_db),
+                ]
+            })
+            .collect();
+        print_table(&["layer", "params", what, "logit SQNR"], &rows);
+        println!();
+        sens_rows = sens.iter().map(|l| (l.node.clone(), l.drop_pp, format!("({:.1} dB)", l.sqnr_db))).collect();
+        sens_json = json!(sens
+            .iter()
+            .map(|l| json!({"node": l.node, "params": l.params, "drop_pp": l.drop_pp, "sqnr_db": l.sqnr_db}))
+            .collect::<Vec<_>>());
+        if let Some(md) = a.max_drop {
+            let mp = mixed_precision(&canon, &stats, &chosen, 8, &sens, md, &set, &r).map_err(|e| anyhow!("{e}"))?;
+            println!(
+                "mixed precision for --max-drop {md}: {} layer(s) raised to 8-bit weights ({}); {what} on calibration images {:.2} pp{}",
+                mp.raised.len(),
+                if mp.raised.is_empty() { "none".to_string() } else { mp.raised.join(", ") },
+                mp.drop_pp,
+                if mp.within_budget { "" } else { " -- budget NOT met even with every layer raised" }
+            );
+            println!();
+            mixed_json = json!({"max_drop_pp": md, "raised": mp.raised, "drop_pp": mp.drop_pp, "within_budget": mp.within_budget});
+            q = mp.model;
+        }
+    }
+    if let Some(dir) = &a.plots {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: cannot create folder: {e}", dir.display()))?;
+        if !sens_rows.is_empty() {
+            let unit = if calib.labels.is_some() { "pp top-1" } else { "pp agreement" };
+            write_atomic(
+                &dir.join("sensitivity.svg"),
+                crate::svg::bar_chart(
+                    &format!("{}: per-layer sensitivity at W{}A{}", a.model.display(), a.weights, a.acts),
+                    unit,
+                    &sens_rows,
+                )
+                .as_bytes(),
+            )?;
+        }
+        let mut names: Vec<&String> = q.act_params.keys().collect();
+        names.sort();
+        let hists: Vec<crate::svg::Hist> = names
+            .iter()
+            .filter_map(|n| stats.get(*n).map(|o| (n, o)))
+            .filter(|(_, o)| !o.hist.is_empty())
+            .map(|(n, o)| {
+                let (s, z) = q.act_params[*n];
+                let lo = (0 - z) as f32 * s;
+                let hi = (((1i32 << a.acts) - 1) - z) as f32 * s;
+                crate::svg::Hist { name: n, pos: &o.hist, neg: &o.hist_neg, hist_max: o.hist_max, lo, hi }
+            })
+            .collect();
+        write_atomic(
+            &dir.join("histograms.svg"),
+            crate::svg::histograms(&format!("{}: activation histograms and clip ranges", a.model.display()), &hists)
+                .as_bytes(),
+        )?;
+        println!("plots written to {}/", dir.display());
+    }
     if !q.layers.iter().any(|l| l.weight_bits.is_some()) {
         bail!("{}: no quantizable layer (Conv/Gemm/MatMul with constant weights) in this model", a.model.display());
     }
@@ -268,6 +366,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
                 "float_weight_bytes": q.float_weight_bytes, "quant_weight_bytes": q.weight_bytes,
                 "file_bytes_in": file_in, "file_bytes_out": file_out,
                 "layers": q.layers.iter().map(|l| json!({"node": l.node, "op": l.op, "params": l.params, "weight_bits": l.weight_bits, "act_bits": l.act_bits})).collect::<Vec<_>>(),
+                "sensitivity": sens_json, "mixed_precision": mixed_json,
                 "seconds": t0.elapsed().as_secs_f64(),
             }),
         )?;

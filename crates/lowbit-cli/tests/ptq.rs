@@ -133,3 +133,36 @@ fn quantize_cli_bad_requests_leave_no_file() {
     assert!(err.contains("no quantizable layer"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn sensitivity_and_mixed_precision_meet_a_budget() {
+    use lowbit_quant::sensitivity::*;
+    let g = lowbit_onnx::read_model(&zoo("fmnist-mobilenet.onnx")).unwrap();
+    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(300)).unwrap();
+    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
+    let stats =
+        lowbit_quant::calibrate::calibrate(&canon, &[1, 28, 28], &calib.data, calib.n, 50, 2, true, &mut |_, _| {})
+            .unwrap();
+    let cfg = QdqConfig { weight_bits: 2, method: Method::Mse, ..Default::default() };
+    let set = ScoreSet {
+        image_shape: &[1, 28, 28],
+        data: &calib.data,
+        n: calib.n,
+        labels: calib.labels.as_deref(),
+        threads: 2,
+    };
+    let r = Reference::new(&canon, &set).unwrap();
+    let sens = layer_sensitivity(&canon, &stats, &cfg, &set, &r, &mut |_, _| {}).unwrap();
+    let all2 = build_qdq(&canon, &stats, &cfg).unwrap();
+    let nq = all2.layers.iter().filter(|l| l.weight_bits.is_some()).count();
+    assert_eq!(sens.len(), nq, "one entry per quantized layer");
+    assert!(sens.windows(2).all(|w| w[0].sqnr_db <= w[1].sqnr_db), "sorted most sensitive first");
+    // All layers at 2 bits is far over a 1 pp budget; the search must raise layers until it holds.
+    let (s2, _) = score(&all2.graph, &set, &r).unwrap();
+    assert!((r.score - s2) * 100.0 > 1.0, "W2 should not already meet the budget");
+    let mp = mixed_precision(&canon, &stats, &cfg, 8, &sens, 1.0, &set, &r).unwrap();
+    assert!(mp.within_budget && mp.drop_pp <= 1.0, "drop {}", mp.drop_pp);
+    assert!(!mp.raised.is_empty() && mp.raised.len() < nq);
+    let eight = mp.model.layers.iter().filter(|l| l.weight_bits == Some(8)).count();
+    assert_eq!(eight, mp.raised.len());
+}

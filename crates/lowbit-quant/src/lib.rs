@@ -10,5 +10,6 @@ pub mod observer;
 pub mod qdq;
 pub mod scheme;
 pub mod select;
+pub mod sensitivity;
 
 pub use scheme::{Granularity, Mode, QParams, QScheme};

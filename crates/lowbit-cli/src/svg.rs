@@ -1,0 +1,105 @@
+//! Minimal SVG charts (no font or system library needed): a horizontal bar chart for per-layer
+//! sensitivity and small-multiple histograms with the chosen clip range.
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Horizontal bars, one per (label, value, note); values may be negative.
+pub fn bar_chart(title: &str, unit: &str, rows: &[(String, f64, String)]) -> String {
+    let (w, row_h, left, top) = (900.0, 18.0, 360.0, 40.0);
+    let h = top + row_h * rows.len() as f64 + 30.0;
+    let vmax = rows.iter().map(|r| r.1.abs()).fold(1e-9, f64::max);
+    let scale = (w - left - 140.0) / vmax;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+    );
+    s += &format!(
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">{}</text>"#,
+        esc(title)
+    );
+    for (i, (label, v, note)) in rows.iter().enumerate() {
+        let y = top + i as f64 * row_h;
+        let bw = (v.abs() * scale).max(0.5);
+        let color = if *v >= 0.0 { "#d95f02" } else { "#1b9e77" };
+        s += &format!(r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 6.0, y + 12.0, esc(label));
+        s += &format!(r#"<rect x="{left}" y="{}" width="{bw:.1}" height="{}" fill="{color}"/>"#, y + 2.0, row_h - 4.0);
+        s += &format!(r#"<text x="{:.1}" y="{}">{v:.2} {unit} {}</text>"#, left + bw + 4.0, y + 12.0, esc(note));
+    }
+    s += "</svg>";
+    s
+}
+
+/// Small-multiple histograms: (name, bin counts over [0, hist_max] of |x| for positive and
+/// negative values, hist_max, chosen lo, chosen hi, observed min, observed max).
+pub struct Hist<'a> {
+    pub name: &'a str,
+    pub pos: &'a [u64],
+    pub neg: &'a [u64],
+    pub hist_max: f32,
+    pub lo: f32,
+    pub hi: f32,
+}
+
+pub fn histograms(title: &str, hs: &[Hist]) -> String {
+    let (cw, ch, cols) = (300.0, 150.0, 3usize);
+    let rows = hs.len().div_ceil(cols);
+    let (w, h) = (cw * cols as f64 + 20.0, ch * rows as f64 + 40.0);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="10">"#
+    );
+    s += &format!(
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">{}</text>"#,
+        esc(title)
+    );
+    const GROUP: usize = 32; // merge bins for drawing
+    for (k, hg) in hs.iter().enumerate() {
+        let (x0, y0) = (10.0 + (k % cols) as f64 * cw, 35.0 + (k / cols) as f64 * ch);
+        let (pw, ph) = (cw - 20.0, ch - 40.0);
+        // signed axis from -hist_max to hist_max
+        let nb = hs[k].pos.len() / GROUP;
+        let mut bars: Vec<(f64, f64)> = vec![]; // (center in [-1,1], log count)
+        for b in 0..nb {
+            let p: u64 = hg.pos[b * GROUP..(b + 1) * GROUP].iter().sum();
+            let n: u64 = hg.neg[b * GROUP..(b + 1) * GROUP].iter().sum();
+            let c = (b as f64 + 0.5) / nb as f64;
+            bars.push((c, (p as f64 + 1.0).ln()));
+            bars.push((-c, (n as f64 + 1.0).ln()));
+        }
+        let top = bars.iter().map(|b| b.1).fold(1e-9, f64::max);
+        let xm = |v: f64| x0 + pw / 2.0 + v * pw / 2.0;
+        s += &format!(r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>"##);
+        let bw = pw / 2.0 / nb as f64;
+        for (c, v) in bars {
+            let bh = v / top * ph;
+            s += &format!(
+                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#7570b3"/>"##,
+                xm(c) - bw / 2.0,
+                y0 + ph - bh,
+                bw,
+                bh
+            );
+        }
+        let m = hg.hist_max.max(1e-12) as f64;
+        for (v, label) in [(hg.lo as f64 / m, "lo"), (hg.hi as f64 / m, "hi")] {
+            s += &format!(
+                r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{}" stroke="#e7298a" stroke-width="1.5"/><text x="{x:.1}" y="{}" fill="#e7298a" text-anchor="middle">{label}</text>"##,
+                y0 + ph,
+                y0 - 2.0,
+                x = xm(v.clamp(-1.0, 1.0))
+            );
+        }
+        let name: String = hg.name.chars().rev().take(45).collect::<Vec<_>>().into_iter().rev().collect();
+        s += &format!(
+            r#"<text x="{x0}" y="{}">{}</text><text x="{x0}" y="{}">clip [{:.3}, {:.3}] of ±{:.3} (log counts)</text>"#,
+            y0 + ph + 12.0,
+            esc(&name),
+            y0 + ph + 24.0,
+            hg.lo,
+            hg.hi,
+            hg.hist_max
+        );
+    }
+    s += "</svg>";
+    s
+}
