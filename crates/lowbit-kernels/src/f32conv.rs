@@ -611,3 +611,64 @@ pub unsafe fn sgemm(
         par(threads),
     );
 }
+
+std::thread_local! {
+    static FUSE_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Channels per block of the fused pointwise -> depthwise kernel: sized so a block of the
+/// intermediate tensor stays in L2.
+fn fused_block(hw: usize) -> usize {
+    ((64 * 1024) / hw.max(1)).clamp(1, 64)
+}
+
+/// A pointwise (1x1) convolution followed by a depthwise one, computed a block of channels at a
+/// time so the expanded intermediate tensor never leaves the cache (MobileNet's inverted
+/// residual). `x` is one image `[pw.c_in, h, w]`, `out` is `[dw.c_out, oh, ow]`.
+pub fn pointwise_depthwise(pw: &PackedConv, dw: &PackedConv, x: &[f32], out: &mut [f32], threads: usize) {
+    let (gp, gd) = (&pw.geom, &dw.geom);
+    assert!(gp.is_pointwise() && gd.is_depthwise() && gp.c_out == gd.c_in && gp.oh == gd.h && gp.ow == gd.w);
+    let hw = gp.oh * gp.ow;
+    let ohw = gd.oh * gd.ow;
+    let (k, kk) = (gp.c_in, gd.kh * gd.kw);
+    let blk = fused_block(hw);
+    let job = |b: usize, o: &mut [f32]| {
+        let c0 = b * blk;
+        let n = o.len() / ohw;
+        FUSE_BUF.with(|buf| {
+            let mut tmp = buf.borrow_mut();
+            tmp.resize(n * hw, 0.0);
+            crate::f32gemm::sgemm_bias_act(
+                n,
+                hw,
+                k,
+                &pw.weight[c0 * k..(c0 + n) * k],
+                k,
+                x,
+                hw,
+                &pw.bias[c0..c0 + n],
+                pw.act,
+                &mut tmp,
+                hw,
+                1,
+            );
+            for c in 0..n {
+                let ch = c0 + c;
+                dw_channel(
+                    gd,
+                    &tmp[c * hw..(c + 1) * hw],
+                    &dw.weight[ch * kk..(ch + 1) * kk],
+                    dw.bias[ch],
+                    dw.act,
+                    &mut o[c * ohw..(c + 1) * ohw],
+                );
+            }
+        });
+    };
+    let out = &mut out[..gd.c_out * ohw];
+    if threads > 1 {
+        out.par_chunks_mut(blk * ohw).enumerate().for_each(|(b, o)| job(b, o));
+    } else {
+        out.chunks_mut(blk * ohw).enumerate().for_each(|(b, o)| job(b, o));
+    }
+}
