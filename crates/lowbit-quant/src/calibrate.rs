@@ -38,7 +38,7 @@ pub fn calibrate(
             if !plans.contains_key(&len) {
                 let mut s = vec![len];
                 s.extend_from_slice(image_shape);
-                plans.insert(len, Plan::compile(graph, &[s], &PlanOptions { threads, optimize: true, fuse: false })?);
+                plans.insert(len, Plan::compile(graph, &[s], &PlanOptions { threads, optimize: true })?);
             }
             let plan = plans.get_mut(&len).unwrap();
             let mut s = vec![len];

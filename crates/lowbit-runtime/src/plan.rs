@@ -24,14 +24,11 @@ pub struct PlanOptions {
     pub threads: usize,
     /// Run the canonicalization passes (BatchNorm folding, activation fusion, ...).
     pub optimize: bool,
-    /// Fuse kernels across nodes (pointwise -> depthwise). Off for calibration, which must see
-    /// every intermediate value.
-    pub fuse: bool,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { threads: 1, optimize: true, fuse: true }
+        PlanOptions { threads: 1, optimize: true }
     }
 }
 
@@ -206,7 +203,7 @@ impl Plan {
         // Pointwise convolutions whose only reader is a depthwise convolution run fused with it:
         // their output (MobileNet's expanded tensor) never gets a buffer.
         let fused_pw: HashMap<String, usize> =
-            if opts.optimize && opts.fuse { find_pw_dw(g, &|v: &str| ty(v).ok()) } else { HashMap::new() };
+            if opts.optimize { find_pw_dw(g, &|v: &str| ty(v).ok()) } else { HashMap::new() };
         let src_of = |name: &str| -> String {
             match fused_pw.get(name) {
                 Some(&pi) => g.nodes[pi].inputs[0].clone(),
