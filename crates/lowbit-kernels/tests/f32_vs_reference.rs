@@ -153,30 +153,3 @@ proptest! {
         close(&got2, want2.as_f32().unwrap(), 1e-6)?;
     }
 }
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(60))]
-
-    #[test]
-    fn fused_pointwise_depthwise_matches_two_convs(cin in 1usize..9, cmid in 1usize..40, h in 1usize..20, w in 1usize..30, k in 1usize..4, s in 1usize..3, pad in 0usize..2, threads in 1usize..3, seed in any::<u64>()) {
-        let k = 2 * k - 1; // 1, 3, 5
-        let pad = pad.min(k / 2);
-        let gp = ConvGeom { c_in: cin, h, w, c_out: cmid, kh: 1, kw: 1, sh: 1, sw: 1, dh: 1, dw: 1, pt: 0, pl: 0, oh: h, ow: w, group: 1 };
-        let win = lowbit_core::shape::window(&[h, w], &[k, k], &[s, s], &[1, 1], &[pad, pad, pad, pad], Default::default(), false);
-        prop_assume!(win.is_ok());
-        let win = win.unwrap();
-        let gd = ConvGeom { c_in: cmid, h, w, c_out: cmid, kh: k, kw: k, sh: s, sw: s, dh: 1, dw: 1, pt: pad, pl: pad, oh: win.out[0], ow: win.out[1], group: cmid };
-        prop_assume!(gd.is_depthwise());
-        let pw = PackedConv::new(gp.clone(), rnd(seed, cmid * cin), Some(rnd(seed ^ 1, cmid)), Act::Clip { lo: 0.0, hi: 6.0 });
-        let dw = PackedConv::new(gd.clone(), rnd(seed ^ 2, cmid * k * k), Some(rnd(seed ^ 3, cmid)), Act::Relu);
-        let x = rnd(seed ^ 4, cin * h * w);
-        let mut mid = vec![0f32; cmid * h * w];
-        let mut want = vec![0f32; cmid * gd.oh * gd.ow];
-        conv2d(&pw, &x, &mut mid, &mut [], 1);
-        conv2d(&dw, &mid, &mut want, &mut [], 1);
-        let mut got = vec![f32::NAN; want.len()];
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| lowbit_kernels::f32conv::pointwise_depthwise(&pw, &dw, &x, &mut got, threads));
-        close(&got, &want, 1e-5)?;
-    }
-}

@@ -70,11 +70,6 @@ enum Kind {
         p: PackedConv,
         batch: usize,
     },
-    PwDw {
-        pw: PackedConv,
-        dw: PackedConv,
-        batch: usize,
-    },
     Gemm {
         m: usize,
         n: usize,
@@ -200,24 +195,11 @@ impl Plan {
                 Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity
             ) && !g.initializers.contains_key(&n.inputs[0])
         };
-        // Pointwise convolutions whose only reader is a depthwise convolution run fused with it:
-        // their output (MobileNet's expanded tensor) never gets a buffer.
-        let fused_pw: HashMap<String, usize> =
-            if opts.optimize { find_pw_dw(g, &|v: &str| ty(v).ok()) } else { HashMap::new() };
-        let src_of = |name: &str| -> String {
-            match fused_pw.get(name) {
-                Some(&pi) => g.nodes[pi].inputs[0].clone(),
-                None => name.to_string(),
-            }
-        };
         // Step index of each node (aliases share the index of the next real step).
         let mut step_no = 0usize;
         let mut node_step = vec![0usize; g.nodes.len()];
         for (i, n) in g.nodes.iter().enumerate() {
             node_step[i] = step_no + 1;
-            if fused_pw.contains_key(&n.outputs[0]) {
-                continue;
-            }
             if is_alias(n) {
                 let root =
                     *buf_of.get(&n.inputs[0]).ok_or_else(|| Error::node(&n.name, "alias of an unknown buffer"))?;
@@ -231,7 +213,7 @@ impl Plan {
                 }
             }
             for inp in n.inputs.iter().filter(|s| !s.is_empty()) {
-                if let Some(&b) = buf_of.get(&src_of(inp)) {
+                if let Some(&b) = buf_of.get(inp) {
                     bufs[b].last = bufs[b].last.max(node_step[i]);
                 }
             }
@@ -269,38 +251,7 @@ impl Plan {
         let mut infos = vec![];
         let mut scratch_len = 0usize;
         for n in g.nodes.iter() {
-            if is_alias(n) || fused_pw.contains_key(&n.outputs[0]) {
-                continue;
-            }
-            if let Some(&pi) = n.input(0).and_then(|x| fused_pw.get(x)) {
-                let pwn = &g.nodes[pi];
-                let xs = ty(&pwn.inputs[0])?.1;
-                let mid = ty(&pwn.outputs[0])?.1;
-                let pack = |node: &Node, in_shape: &[usize]| -> Result<PackedConv> {
-                    let Op::Conv(c) = &node.op else { unreachable!() };
-                    let w = &g.initializers[&node.inputs[1]];
-                    let geom = conv_geom(in_shape, &w.shape, c).map_err(|e| e.in_node(&node.name))?;
-                    let b = node.input(2).map(|b| g.initializers[b].to_f32_vec());
-                    Ok(PackedConv::new(geom, w.to_f32_vec(), b, c.act))
-                };
-                let (pw, dw) = (pack(pwn, &xs)?, pack(n, &mid)?);
-                let macs = (xs[0] * (pw.geom.macs() + dw.geom.macs())) as u64;
-                let params = pw.weight.len() + pw.bias.len() + dw.weight.len() + dw.bias.len();
-                let out_shape = ty(&n.outputs[0])?.1;
-                infos.push(StepInfo {
-                    name: format!("{}+{}", pwn.name, n.name),
-                    op: "Conv+Conv".into(),
-                    kernel: "f32 fused 1x1+depthwise".into(),
-                    out_shape,
-                    macs,
-                    params,
-                    output: n.outputs[0].clone(),
-                });
-                steps.push(Step {
-                    kind: Kind::PwDw { pw, dw, batch: xs[0] },
-                    ins: vec![Some(operand(&pwn.inputs[0])?)],
-                    out: operand(&n.outputs[0])?,
-                });
+            if is_alias(n) {
                 continue;
             }
             let ins: Vec<Option<Operand>> = n
@@ -689,20 +640,6 @@ unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], threads: usize
                 f32conv::conv2d(p, &xs[b * isz..(b + 1) * isz], &mut out[b * osz..(b + 1) * osz], scratch, threads);
             }
         }
-        Kind::PwDw { pw, dw, batch } => {
-            let xs = x();
-            let out = f32_out(base, &s.out);
-            let (isz, osz) = (pw.geom.c_in * pw.geom.h * pw.geom.w, dw.geom.c_out * dw.geom.oh * dw.geom.ow);
-            for b in 0..*batch {
-                f32conv::pointwise_depthwise(
-                    pw,
-                    dw,
-                    &xs[b * isz..(b + 1) * isz],
-                    &mut out[b * osz..(b + 1) * osz],
-                    threads,
-                );
-            }
-        }
         Kind::Gemm { m, n, k, b, prefill, trans_a, act } => {
             let a = x();
             let out = f32_out(base, &s.out);
@@ -791,45 +728,4 @@ unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], threads: usize
         }
     }
     Ok(())
-}
-
-/// Pointwise f32 convolutions (by output name -> node index) whose only reader is a depthwise
-/// convolution over the same channels, both with constant weights.
-fn find_pw_dw(g: &Graph, ty: &dyn Fn(&str) -> Option<(DType, Vec<usize>)>) -> HashMap<String, usize> {
-    let consumers = g.consumers();
-    let mut out = HashMap::new();
-    let konst = |n: &Node| {
-        n.input(1).is_some_and(|w| g.initializers.contains_key(w))
-            && n.input(2).is_none_or(|b| g.initializers.contains_key(b))
-    };
-    for (i, n) in g.nodes.iter().enumerate() {
-        let Op::Conv(c) = &n.op else { continue };
-        let o = &n.outputs[0];
-        if !konst(n) || g.is_output(o) {
-            continue;
-        }
-        let (Some((DType::F32, xs)), Some((DType::F32, ms))) = (ty(&n.inputs[0]), ty(o)) else { continue };
-        if xs.len() != 4 {
-            continue;
-        }
-        let w = &g.initializers[&n.inputs[1]];
-        let Ok(gp) = conv_geom(&xs, &w.shape, c) else { continue };
-        if !gp.is_pointwise() {
-            continue;
-        }
-        let Some(cs) = consumers.get(o).filter(|c| c.len() == 1) else { continue };
-        let d = &g.nodes[cs[0]];
-        let Op::Conv(dc) = &d.op else { continue };
-        if !konst(d) || d.inputs[0] != *o || d.inputs.iter().skip(1).any(|x| x == o) {
-            continue;
-        }
-        let wd = &g.initializers[&d.inputs[1]];
-        match conv_geom(&ms, &wd.shape, dc) {
-            Ok(gd) if gd.is_depthwise() && ty(&d.outputs[0]).is_some_and(|t| t.0 == DType::F32) => {
-                out.insert(o.clone(), i);
-            }
-            _ => {}
-        }
-    }
-    out
 }
