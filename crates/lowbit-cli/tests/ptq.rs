@@ -166,3 +166,35 @@ fn sensitivity_and_mixed_precision_meet_a_budget() {
     let eight = mp.model.layers.iter().filter(|l| l.weight_bits == Some(8)).count();
     assert_eq!(eight, mp.raised.len());
 }
+
+#[test]
+fn ppocr_qdq_with_hardswish_loads_in_ort() {
+    // Opset-11 model whose hard-swish patterns are fused: the QDQ file must still be valid ONNX
+    // at its opset (HardSwish only exists from opset 14).
+    let g = lowbit_onnx::read_model(&zoo("ppocr-textline-cls.onnx")).unwrap();
+    let photos =
+        lowbit_data::load_image_folder(&shared().join("data/photos224"), &Preprocess::ppocr(), Some(16)).unwrap();
+    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
+    let stats =
+        lowbit_quant::calibrate::calibrate(&canon, &[3, 48, 192], &photos.data, photos.n, 8, 2, true, &mut |_, _| {})
+            .unwrap();
+    let q = build_qdq(&canon, &stats, &QdqConfig::default()).unwrap();
+    let d = tmpdir("ppocr-qdq");
+    let path = d.join("q.onnx");
+    lowbit_onnx::write_model(&q.graph, &path).unwrap();
+    let (shape, ort) = ort_run(&path, &photos.data[..4 * 3 * 48 * 192], &[4, 3, 48, 192], "ppocr-qdq-ort");
+    assert_eq!(shape, vec![4, 2]);
+    let mut qc = Classifier::new(q.graph.clone(), vec![3, 48, 192], 1);
+    let ours = qc.logits(&photos.data[..4 * 3 * 48 * 192], 4).unwrap();
+    for i in 0..4 {
+        for j in 0..2 {
+            assert!(
+                (ours[i][j] - ort[i * 2 + j]).abs() < 0.05,
+                "image {i}: lowbit {:?} ORT {:?}",
+                ours[i],
+                &ort[i * 2..i * 2 + 2]
+            );
+        }
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -171,7 +171,19 @@ impl Emitter<'_> {
             Act::HardSigmoid { alpha, beta } => {
                 self.node(node, "HardSigmoid", vec![x], vec![y], vec![attr_f("alpha", alpha), attr_f("beta", beta)])
             }
-            Act::HardSwish => self.node(node, "HardSwish", vec![x], vec![y], vec![]),
+            Act::HardSwish if opset >= 14 => self.node(node, "HardSwish", vec![x], vec![y], vec![]),
+            Act::HardSwish => {
+                // HardSwish is opset 14; before that it is x * HardSigmoid(x; 1/6, 1/2).
+                let hs = format!("{y}_hardsigmoid");
+                self.node(
+                    &format!("{node}_hardsigmoid"),
+                    "HardSigmoid",
+                    vec![x.clone()],
+                    vec![hs.clone()],
+                    vec![attr_f("alpha", 1.0 / 6.0), attr_f("beta", 0.5)],
+                );
+                self.node(node, "Mul", vec![x, hs], vec![y], vec![])
+            }
         }
     }
 }
@@ -261,6 +273,10 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
                 }
             }
             _ => {}
+        }
+        if matches!(n.op, Op::HardSwish) && g.opset < 14 {
+            e.act(&n.name, Act::HardSwish, ins[0].clone(), outs[0].clone());
+            continue;
         }
         e.node(&n.name, op_type, ins, main_out.clone(), attrs);
         if let Some(y) = act_out {
