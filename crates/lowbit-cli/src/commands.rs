@@ -357,7 +357,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             per_tensor: false,
             cle: false,
             absorb_bias: false,
-            bias_correction: true,
+            no_bias_correction: false,
             sensitivity: false,
             max_drop: None,
             plots: None,

@@ -93,70 +93,7 @@ enum Cmd {
         json: Option<PathBuf>,
     },
     /// Quantize a float model (post-training, calibrated) and write a QDQ ONNX file
-    Quantize {
-        model: PathBuf,
-        /// Calibration data (IDX folder/file or image folder)
-        #[arg(long)]
-        calib: PathBuf,
-        /// Split of an IDX folder used for calibration
-        #[arg(long, default_value = "train", value_parser = ["train", "test"])]
-        calib_split: String,
-        /// Number of calibration images
-        #[arg(long, default_value_t = 1000)]
-        calib_n: usize,
-        /// Weight bits (2..=8), per-channel symmetric
-        #[arg(long, default_value_t = 8)]
-        weights: u8,
-        /// Activation bits (2..=8), per-tensor affine
-        #[arg(long, default_value_t = 8)]
-        acts: u8,
-        /// Activation range method: auto (try all, keep the one closest to float on the
-        /// calibration images) | minmax | percentile[:P] | entropy | mse
-        #[arg(long, default_value = "auto")]
-        method: String,
-        /// Per-tensor weights instead of per-channel
-        #[arg(long)]
-        per_tensor: bool,
-        /// Cross-layer equalization of consecutive convolutions before quantizing (DFQ)
-        #[arg(long)]
-        cle: bool,
-        /// Bias absorption across Conv-ReLU-Conv pairs (DFQ; uses calibration minima since
-        /// folded models carry no BatchNorm statistics)
-        #[arg(long)]
-        absorb_bias: bool,
-        /// Turn off bias correction of weight-quantization error
-        #[arg(long)]
-        no_bias_correction: bool,
-        /// Per-layer sensitivity table (and plot with --plots)
-        #[arg(long)]
-        sensitivity: bool,
-        /// Mixed precision: raise the most sensitive layers to 8-bit weights until the top-1 drop
-        /// on the (labelled) calibration images is at most this many percentage points
-        #[arg(long)]
-        max_drop: Option<f64>,
-        /// Folder for SVG plots: per-layer sensitivity and activation histograms with clip ranges
-        #[arg(long)]
-        plots: Option<PathBuf>,
-        /// Keep the first / last compute layer in float
-        #[arg(long)]
-        skip_first: bool,
-        #[arg(long)]
-        skip_last: bool,
-        /// Evaluate float and quantized on this labelled data (or agreement when unlabelled)
-        #[arg(long)]
-        eval: Option<PathBuf>,
-        /// Limit the evaluation images
-        #[arg(long)]
-        eval_limit: Option<usize>,
-        #[arg(long)]
-        preset: Option<String>,
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        #[arg(short = 'o', long)]
-        output: PathBuf,
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    Quantize(quantize::QuantizeArgs),
     /// Write preprocessed images (raw little-endian f32, NCHW) and labels for other tools
     DumpData {
         data: PathBuf,
@@ -191,54 +128,7 @@ fn main() {
         }
         Cmd::Demo { threads, out } => commands::demo(threads, &out),
         Cmd::DumpData { data, data_args, output } => commands::dump_data(&data, &data_args, &output),
-        Cmd::Quantize {
-            model,
-            calib,
-            calib_split,
-            calib_n,
-            weights,
-            acts,
-            method,
-            per_tensor,
-            cle,
-            absorb_bias,
-            no_bias_correction,
-            sensitivity,
-            max_drop,
-            plots,
-            skip_first,
-            skip_last,
-            eval,
-            eval_limit,
-            preset,
-            threads,
-            output,
-            json,
-        } => quantize::quantize(&quantize::QuantizeArgs {
-            model,
-            calib,
-            calib_split,
-            calib_n,
-            weights,
-            acts,
-            method,
-            per_tensor,
-            cle,
-            absorb_bias,
-            bias_correction: !no_bias_correction,
-            sensitivity,
-            max_drop,
-            plots,
-            skip_first,
-            skip_last,
-            eval,
-            eval_limit,
-            preset,
-            threads,
-            output,
-            json,
-        })
-        .map(|_| ()),
+        Cmd::Quantize(args) => quantize::quantize(&args).map(|_| ()),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

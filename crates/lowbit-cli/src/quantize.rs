@@ -12,28 +12,69 @@ use serde_json::json;
 
 use crate::common::*;
 
+#[derive(clap::Args)]
 pub struct QuantizeArgs {
     pub model: PathBuf,
+    /// Calibration data (IDX folder/file or image folder)
+    #[arg(long)]
     pub calib: PathBuf,
+    /// Split of an IDX folder used for calibration
+    #[arg(long, default_value = "train", value_parser = ["train", "test"])]
     pub calib_split: String,
+    /// Number of calibration images
+    #[arg(long, default_value_t = 1000)]
     pub calib_n: usize,
+    /// Weight bits (2..=8), per-channel symmetric
+    #[arg(long, default_value_t = 8)]
     pub weights: u8,
+    /// Activation bits (2..=8), per-tensor affine
+    #[arg(long, default_value_t = 8)]
     pub acts: u8,
+    /// Activation range method: auto (try all, keep the one closest to float on the
+    /// calibration images) | minmax | percentile[:P] | entropy | mse
+    #[arg(long, default_value = "auto")]
     pub method: String,
+    /// Per-tensor weights instead of per-channel
+    #[arg(long)]
     pub per_tensor: bool,
+    /// Cross-layer equalization of consecutive convolutions before quantizing (DFQ)
+    #[arg(long)]
     pub cle: bool,
+    /// Bias absorption across Conv-ReLU-Conv pairs (DFQ; uses calibration minima since
+    /// folded models carry no BatchNorm statistics)
+    #[arg(long)]
     pub absorb_bias: bool,
-    pub bias_correction: bool,
+    /// Turn off bias correction of weight-quantization error
+    #[arg(long)]
+    pub no_bias_correction: bool,
+    /// Per-layer sensitivity table (and plot with --plots)
+    #[arg(long)]
     pub sensitivity: bool,
+    /// Mixed precision: raise the most sensitive layers to 8-bit weights until the top-1 drop
+    /// on the (labelled) calibration images is at most this many percentage points
+    #[arg(long)]
     pub max_drop: Option<f64>,
+    /// Folder for SVG plots: per-layer sensitivity and activation histograms with clip ranges
+    #[arg(long)]
     pub plots: Option<PathBuf>,
+    /// Keep the first / last compute layer in float
+    #[arg(long)]
     pub skip_first: bool,
+    #[arg(long)]
     pub skip_last: bool,
+    /// Evaluate float and quantized on this labelled data (or agreement when unlabelled)
+    #[arg(long)]
     pub eval: Option<PathBuf>,
+    /// Limit the evaluation images
+    #[arg(long)]
     pub eval_limit: Option<usize>,
+    #[arg(long)]
     pub preset: Option<String>,
+    #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    #[arg(short = 'o', long)]
     pub output: PathBuf,
+    #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
@@ -128,10 +169,10 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         weight_mse: a.weights < 8,
         skip_first: a.skip_first,
         skip_last: a.skip_last,
-        bias_correction: a.bias_correction,
+        bias_correction: !a.no_bias_correction,
         ..Default::default()
     };
-    let mut bias_corrected = a.bias_correction;
+    let mut bias_corrected = !a.no_bias_correction;
     let (q, method, candidates) = if auto {
         let n = calib.n.min(500);
         let (q, c) = lowbit_quant::select::choose_method(
