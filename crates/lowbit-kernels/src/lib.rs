@@ -6,6 +6,7 @@
 pub mod eltwise;
 pub mod f32conv;
 pub mod f32gemm;
+pub mod int8;
 pub mod isa;
 pub mod pool;
 pub mod reference;

@@ -1,0 +1,146 @@
+//! AVX2 integer kernels. `vpmaddubsw` would saturate its 16-bit pair sums (255·127·2 > 32767), so
+//! the GEMM widens both operands to i16 and uses `vpmaddwd`, whose i32 pair sums are exact.
+
+use std::arch::x86_64::*;
+
+use super::scalar::depthwise_cols;
+use super::{DwGeom, Out, OutPtr, PackedB, PackedDw, Requant};
+
+/// Epilogue of 8 accumulators for channels `c..c+valid` (valid ≤ 8).
+#[inline(always)]
+unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, valid: usize) {
+    let bi = _mm256_loadu_si256(rq.bias_i.as_ptr().add(c) as *const _);
+    let s = _mm256_loadu_ps(rq.scale.as_ptr().add(c));
+    let bf = _mm256_loadu_ps(rq.bias_f.as_ptr().add(c));
+    let y = _mm256_cvtepi32_ps(_mm256_add_epi32(acc, bi));
+    let y = _mm256_add_ps(_mm256_mul_ps(y, s), bf);
+    // max/min with the operand order of the scalar path's f32::max/min (NaN → the bound).
+    let y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(rq.lo)), _mm256_set1_ps(rq.hi));
+    match rq.out {
+        Out::F32 => {
+            if valid == 8 {
+                _mm256_storeu_ps(p as *mut f32, y);
+            } else {
+                let mut t = [0f32; 8];
+                _mm256_storeu_ps(t.as_mut_ptr(), y);
+                std::ptr::copy_nonoverlapping(t.as_ptr(), p as *mut f32, valid);
+            }
+        }
+        Out::Q { scale, zp, qmin, qmax } => {
+            let t = _mm256_div_ps(y, _mm256_set1_ps(scale));
+            let t = _mm256_max_ps(t, _mm256_set1_ps((qmin - zp) as f32));
+            let t = _mm256_min_ps(t, _mm256_set1_ps((qmax - zp) as f32));
+            let q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_set1_epi32(zp));
+            let mut v = [0i32; 8];
+            _mm256_storeu_si256(v.as_mut_ptr() as *mut _, q);
+            for (l, &x) in v.iter().enumerate().take(valid) {
+                *p.add(l) = x as u8;
+            }
+        }
+    }
+}
+
+/// Rows `0..m` × columns `j0..j0+jn` of the GEMM.
+///
+/// # Safety
+/// As for [`super::gemm`]; the CPU has AVX2.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_tile(
+    m: usize,
+    a: *const u8,
+    lda: usize,
+    b: &PackedB,
+    j0: usize,
+    jn: usize,
+    rq: &Requant,
+    out: OutPtr,
+    ldc: usize,
+) {
+    let mut j = j0;
+    while j < j0 + jn {
+        let cols = (j0 + jn - j).min(32);
+        let mut i = 0;
+        while i < m {
+            micro::<2>((m - i).min(2), a.add(i * lda), lda, b, j, cols, rq, out, ldc, i);
+            i += 2;
+        }
+        j += 32;
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<const MR: usize>(
+    mr: usize,
+    a: *const u8,
+    lda: usize,
+    b: &PackedB,
+    j0: usize,
+    cols: usize,
+    rq: &Requant,
+    out: OutPtr,
+    ldc: usize,
+    i0: usize,
+) {
+    let ap: [*const u8; MR] = std::array::from_fn(|r| a.add(r.min(mr - 1) * lda));
+    let nv = cols.div_ceil(8);
+    let mut acc = [[_mm256_setzero_si256(); 4]; MR];
+    let bp = b.pairs.as_ptr().add(j0 * 2);
+    let stride = b.n_pad * 2;
+    for kp in 0..b.k4 / 2 {
+        let bq = bp.add(kp * stride);
+        // Columns past n_pad are never loaded: j0 + 8·nv ≤ n_pad.
+        let bv: [__m256i; 4] = std::array::from_fn(|v| {
+            if v < nv {
+                _mm256_loadu_si256(bq.add(v * 16) as *const _)
+            } else {
+                _mm256_setzero_si256()
+            }
+        });
+        for r in 0..MR {
+            let x0 = *ap[r].add(2 * kp) as i32;
+            let x1 = *ap[r].add(2 * kp + 1) as i32;
+            let av = _mm256_set1_epi32(x0 | (x1 << 16));
+            for v in 0..4 {
+                acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate().take(mr) {
+        for (v, x) in row.iter().enumerate().take(nv) {
+            let j = j0 + v * 8;
+            store8(*x, j, rq, out.at(rq.out, i0 + r, j, ldc), (j0 + cols - j).min(8));
+        }
+    }
+}
+
+/// One output row of a depthwise convolution: 8 channels per vector, the channel tail scalar.
+///
+/// # Safety
+/// As for [`super::depthwise`]; the CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
+    let xp = x.as_ptr();
+    let full = g.c / 8 * 8;
+    for ox in 0..g.ow {
+        let mut c = 0;
+        while c < full {
+            let mut acc = _mm256_setzero_si256();
+            for ky in 0..g.kh {
+                let iy = oy * g.sh + ky * g.dh;
+                for kx in 0..g.kw {
+                    let ix = ox * g.sw + kx * g.dw;
+                    let wv = _mm256_loadu_si256(w.w.as_ptr().add((ky * g.kw + kx) * w.c_pad + c) as *const _);
+                    let xv = _mm_loadl_epi64(xp.add((iy * g.wp + ix) * g.c + c) as *const _);
+                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(xv), wv));
+                }
+            }
+            store8(acc, c, rq, out.at(rq.out, oy * g.ow + ox, c, g.c), 8);
+            c += 8;
+        }
+    }
+    if full < g.c {
+        depthwise_cols(g, x, w, rq, out, oy, full, g.c);
+    }
+}

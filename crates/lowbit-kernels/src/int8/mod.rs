@@ -1,0 +1,542 @@
+//! Integer kernels: uint8 activations × int8 weights, int32 accumulation, and the requantization
+//! epilogue that turns accumulators back into uint8/int8 (or f32) values.
+//!
+//! Activations are NHWC (channels innermost), so a pointwise convolution is a plain GEMM over the
+//! activation buffer, the per-channel epilogue runs on whole vectors, and depthwise convolutions
+//! vectorize over channels.
+//!
+//! One module per instruction set ([`scalar`], [`avx2`], [`avx512`]); [`Isa`] is the one dispatch
+//! point, chosen at run time (`LOWBIT_ISA=scalar|avx2|avx512vnni` forces a path). Every path
+//! computes the same integers and applies the same f32 operations in the same order, so they are
+//! bit-exact with each other; the scalar path is the reference.
+//!
+//! The arithmetic contract (the same one lowbit's fake-quant executor uses):
+//! `acc = Σ (x - zx)·w` exactly in i32; `y = f32(acc + bias_i[c]) · scale[c] + bias_f[c]`;
+//! `y = min(max(y, lo), hi)` (the fused ReLU/Clip); and for a quantized output
+//! `q = round_half_even(clamp(y / s_out, qmin - z_out, qmax - z_out)) + z_out`.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+pub mod ops;
+pub mod scalar;
+
+use crate::f32conv::ConvGeom;
+use rayon::prelude::*;
+
+/// An integer kernel path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// Can this CPU run the path?
+    pub fn supported(self) -> bool {
+        let f = crate::isa::Features::detect();
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => f.avx2,
+            Isa::Avx512Vnni => f.avx512f && f.avx512bw && f.avx512vnni,
+        }
+    }
+
+    /// Every path this CPU can run, best last.
+    pub fn all_supported() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|i| i.supported()).collect()
+    }
+
+    /// The best path this CPU runs.
+    pub fn best() -> Isa {
+        *Isa::all_supported().last().unwrap_or(&Isa::Scalar)
+    }
+
+    /// Parses a `LOWBIT_ISA` value.
+    pub fn parse(s: &str) -> Result<Isa, String> {
+        match s {
+            "scalar" => Ok(Isa::Scalar),
+            "avx2" => Ok(Isa::Avx2),
+            "avx512vnni" | "avx512" => Ok(Isa::Avx512Vnni),
+            "amx" | "avxvnni" => Err(format!(
+                "LOWBIT_ISA={s}: lowbit has no {s} integer kernels yet (they cannot be tested on a machine without it); \
+                 use scalar, avx2 or avx512vnni"
+            )),
+            _ => Err(format!("LOWBIT_ISA={s}: unknown path; use scalar, avx2 or avx512vnni")),
+        }
+    }
+
+    /// The path to use: `LOWBIT_ISA` if set, else the best supported one.
+    pub fn selected() -> Result<Isa, String> {
+        match std::env::var("LOWBIT_ISA") {
+            Ok(s) if !s.is_empty() => {
+                let isa = Isa::parse(&s)?;
+                if !isa.supported() {
+                    return Err(format!("LOWBIT_ISA={s}: this CPU does not support it"));
+                }
+                Ok(isa)
+            }
+            _ => Ok(Isa::best()),
+        }
+    }
+}
+
+/// Where the epilogue writes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Out {
+    /// f32 values.
+    F32,
+    /// Quantized bytes (uint8 when `qmin == 0`, int8 bit patterns when `qmin == -128`).
+    Q { scale: f32, zp: i32, qmin: i32, qmax: i32 },
+}
+
+/// Per-output-channel epilogue parameters (vectors padded with zeros to a multiple of 16).
+#[derive(Clone, Debug)]
+pub struct Requant {
+    pub scale: Vec<f32>,
+    pub bias_i: Vec<i32>,
+    pub bias_f: Vec<f32>,
+    pub lo: f32,
+    pub hi: f32,
+    pub out: Out,
+}
+
+impl Requant {
+    /// `scale`, `bias_i`, `bias_f` per channel (unpadded); activation clamp `lo..hi`.
+    pub fn new(scale: &[f32], bias_i: &[i32], bias_f: &[f32], lo: f32, hi: f32, out: Out) -> Requant {
+        let n = scale.len();
+        let np = n.div_ceil(16) * 16;
+        let pad = |v: &[f32]| {
+            let mut o = v.to_vec();
+            o.resize(np, 0.0);
+            o
+        };
+        let mut bi = bias_i.to_vec();
+        bi.resize(np, 0);
+        Requant { scale: pad(scale), bias_i: bi, bias_f: pad(bias_f), lo, hi, out }
+    }
+
+    /// Channels `c0..c0+n` of this epilogue.
+    pub fn slice(&self, c0: usize, n: usize) -> Requant {
+        let take_f = |v: &[f32]| v[c0..c0 + n].to_vec();
+        Requant::new(&take_f(&self.scale), &self.bias_i[c0..c0 + n], &take_f(&self.bias_f), self.lo, self.hi, self.out)
+    }
+
+    /// Adds `d[c]` to the integer bias (zero-point corrections).
+    pub fn add_bias_i(&mut self, d: &[i32]) {
+        for (b, &v) in self.bias_i.iter_mut().zip(d) {
+            *b = b.wrapping_add(v);
+        }
+    }
+}
+
+/// The epilogue's f32 value for one accumulator (before output quantization).
+#[inline(always)]
+pub fn epilogue_f32(acc: i32, c: usize, rq: &Requant) -> f32 {
+    let y = (acc.wrapping_add(rq.bias_i[c]) as f32) * rq.scale[c] + rq.bias_f[c];
+    y.max(rq.lo).min(rq.hi)
+}
+
+/// QuantizeLinear of one value: `round_half_even(y / scale) + zp`, saturated to `qmin..=qmax`.
+#[inline(always)]
+pub fn quantize_one(y: f32, scale: f32, zp: i32, qmin: i32, qmax: i32) -> i32 {
+    let t = (y / scale).max((qmin - zp) as f32).min((qmax - zp) as f32);
+    t.round_ties_even() as i32 + zp
+}
+
+/// Splits a bias given as int32 values with their own scale into the integer part (when its
+/// scale equals the accumulator scale bit for bit, as quantize_static and lowbit write it) and the
+/// f32 part (otherwise). Returns `(bias_i, bias_f)`.
+pub fn split_bias(bias: Option<(&[i32], &[f32])>, acc_scale: &[f32]) -> (Vec<i32>, Vec<f32>) {
+    let n = acc_scale.len();
+    let mut bi = vec![0i32; n];
+    let mut bf = vec![0f32; n];
+    if let Some((q, s)) = bias {
+        for c in 0..n {
+            let sc = if s.len() == 1 { s[0] } else { s[c] };
+            if sc.to_bits() == acc_scale[c].to_bits() {
+                bi[c] = q[c];
+            } else {
+                bf[c] = q[c] as f32 * sc;
+            }
+        }
+    }
+    (bi, bf)
+}
+
+/// GEMM right-hand side (weights, K × N) packed once for a path.
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    pub isa: Isa,
+    /// Reduction length padded to a multiple of 4.
+    pub k4: usize,
+    pub n: usize,
+    /// N padded to a multiple of 16.
+    pub n_pad: usize,
+    /// `[k4/4][n_pad][4]` (VNNI quads; scalar and AVX-512 read this).
+    pub quad: Vec<i8>,
+    /// `[k4/2][n_pad][2]` as i16 (AVX2 reads this).
+    pub pairs: Vec<i16>,
+    /// Σ_k w[k][j] per column (for the activation zero-point correction).
+    pub colsum: Vec<i32>,
+}
+
+impl PackedB {
+    /// `w(k, j)` gives the weight of reduction index `k < k` and column `j < n`.
+    pub fn new(isa: Isa, k: usize, n: usize, w: impl Fn(usize, usize) -> i8) -> PackedB {
+        let k4 = k.div_ceil(4) * 4;
+        let n_pad = n.div_ceil(16) * 16;
+        let mut quad = vec![0i8; k4 * n_pad];
+        let mut colsum = vec![0i32; n];
+        for kk in 0..k {
+            for (j, cs) in colsum.iter_mut().enumerate() {
+                let v = w(kk, j);
+                quad[(kk / 4) * n_pad * 4 + j * 4 + kk % 4] = v;
+                *cs += v as i32;
+            }
+        }
+        let mut pairs = vec![];
+        if isa == Isa::Avx2 {
+            pairs = vec![0i16; k4 * n_pad];
+            for kk in 0..k {
+                for j in 0..n {
+                    pairs[(kk / 2) * n_pad * 2 + j * 2 + kk % 2] = w(kk, j) as i16;
+                }
+            }
+            quad = vec![];
+        }
+        PackedB { isa, k4, n, n_pad, quad, pairs, colsum }
+    }
+
+    /// Bytes of packed weights held in memory.
+    pub fn bytes(&self) -> usize {
+        self.quad.len() + self.pairs.len() * 2 + self.colsum.len() * 4
+    }
+}
+
+/// An output pointer for the epilogue (bytes or f32 depending on [`Out`]).
+#[derive(Clone, Copy)]
+pub struct OutPtr(pub *mut u8);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    /// Element `(i, j)` with row stride `ldc` elements.
+    #[inline(always)]
+    pub unsafe fn at(self, out: Out, i: usize, j: usize, ldc: usize) -> *mut u8 {
+        match out {
+            Out::F32 => (self.0 as *mut f32).add(i * ldc + j) as *mut u8,
+            Out::Q { .. } => self.0.add(i * ldc + j),
+        }
+    }
+}
+
+/// Columns per panel (one task of the GEMM).
+pub const PANEL: usize = 64;
+
+/// C = epilogue(A · B): `m` rows of A (u8, `lda` bytes apart, each with `b.k4` readable bytes),
+/// written as `m × b.n` outputs `ldc` elements apart.
+///
+/// # Safety
+/// `a` must hold `(m - 1) * lda + b.k4` bytes; `out` must hold `(m - 1) * ldc + b.n` elements of the
+/// output type; `b.isa` must be supported by this CPU.
+pub unsafe fn gemm(
+    m: usize,
+    a: *const u8,
+    lda: usize,
+    b: &PackedB,
+    rq: &Requant,
+    out: OutPtr,
+    ldc: usize,
+    threads: usize,
+) {
+    if m == 0 || b.n == 0 {
+        return;
+    }
+    let panels = b.n.div_ceil(PANEL);
+    let a = SendConst(a);
+    let run = |i0: usize, rows: usize, p: usize| {
+        let j0 = p * PANEL;
+        let jn = PANEL.min(b.n - j0);
+        let ap = a.get().add(i0 * lda);
+        let op = OutPtr(out.at(rq.out, i0, 0, ldc));
+        match b.isa {
+            Isa::Scalar => scalar::gemm_tile(rows, ap, lda, b, j0, jn, rq, op, ldc),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::gemm_tile(rows, ap, lda, b, j0, jn, rq, op, ldc),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => avx512::gemm_tile(rows, ap, lda, b, j0, jn, rq, op, ldc),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => scalar::gemm_tile(rows, ap, lda, b, j0, jn, rq, op, ldc),
+        }
+    };
+    let macs = m * b.n * b.k4;
+    if threads <= 1 || macs < 1 << 18 {
+        for p in 0..panels {
+            run(0, m, p);
+        }
+        return;
+    }
+    // Tasks: row chunks × column panels, enough of them to balance the threads.
+    let want = threads * 4;
+    let row_chunks = want.div_ceil(panels).clamp(1, m.div_ceil(24));
+    let chunk = m.div_ceil(row_chunks).div_ceil(24) * 24;
+    let row_chunks = m.div_ceil(chunk);
+    (0..row_chunks * panels).into_par_iter().for_each(|t| {
+        let (r, p) = (t / panels, t % panels);
+        let i0 = r * chunk;
+        run(i0, chunk.min(m - i0), p);
+    });
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct SendConst(pub *const u8);
+unsafe impl Send for SendConst {}
+unsafe impl Sync for SendConst {}
+impl SendConst {
+    pub(crate) fn get(self) -> *const u8 {
+        self.0
+    }
+}
+
+/// Depthwise weights: `[taps][c_pad]` as i32.
+#[derive(Clone, Debug)]
+pub struct PackedDw {
+    pub isa: Isa,
+    pub taps: usize,
+    pub c: usize,
+    pub c_pad: usize,
+    pub w: Vec<i32>,
+    pub colsum: Vec<i32>,
+}
+
+/// Depthwise geometry on a zero-point-padded NHWC input `[hp][wp][c]`.
+#[derive(Clone, Copy, Debug)]
+pub struct DwGeom {
+    pub c: usize,
+    pub wp: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// Depthwise convolution rows `oh0..oh0+rows` of a padded NHWC input.
+///
+/// # Safety
+/// `x` is the padded input of `g`; `out` holds `g.oh * g.ow * g.c` outputs; the path is supported.
+pub unsafe fn depthwise(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, threads: usize) {
+    let run = |r: usize| match w.isa {
+        Isa::Scalar => scalar::depthwise_row(g, x, w, rq, out, r),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::depthwise_row(g, x, w, rq, out, r),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => avx512::depthwise_row(g, x, w, rq, out, r),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::depthwise_row(g, x, w, rq, out, r),
+    };
+    if threads <= 1 || g.oh * g.ow * g.c < 1 << 14 {
+        (0..g.oh).for_each(run);
+    } else {
+        (0..g.oh).into_par_iter().for_each(run);
+    }
+}
+
+/// How a quantized convolution runs.
+#[derive(Clone, Debug)]
+enum ConvKind {
+    /// Stride-1 1x1 convolution on an input whose channels are a multiple of 4: GEMM over the
+    /// activation buffer itself.
+    Direct(PackedB, Requant),
+    /// im2col into NHWC rows (zero-point padded), then GEMM; one entry per group.
+    Im2col(Vec<(PackedB, Requant)>),
+    Depthwise(PackedDw, Requant),
+}
+
+/// A quantized 2-D convolution (one image at a time), weights packed for one path.
+#[derive(Clone, Debug)]
+pub struct QConv {
+    pub geom: ConvGeom,
+    /// Activation zero point (uint8).
+    pub zx: u8,
+    kind: ConvKind,
+}
+
+impl QConv {
+    /// `w` is OIHW int8 (zero point 0); `rq` per output channel with the bias already in it (the
+    /// activation zero-point correction is added here).
+    pub fn new(isa: Isa, geom: ConvGeom, w: &[i8], zx: u8, rq: Requant) -> QConv {
+        let g = &geom;
+        let taps = g.kh * g.kw;
+        let (cig, cog) = (g.c_in / g.group, g.c_out / g.group);
+        let kind = if g.is_depthwise() {
+            let c_pad = g.c_out.div_ceil(16) * 16;
+            let mut wv = vec![0i32; taps * c_pad];
+            let mut colsum = vec![0i32; g.c_out];
+            for c in 0..g.c_out {
+                for t in 0..taps {
+                    wv[t * c_pad + c] = w[c * taps + t] as i32;
+                    colsum[c] += w[c * taps + t] as i32;
+                }
+            }
+            let mut rq = rq;
+            let corr: Vec<i32> = colsum.iter().map(|&s| -(zx as i32) * s).collect();
+            rq.add_bias_i(&corr);
+            ConvKind::Depthwise(PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum }, rq)
+        } else {
+            let mut parts = vec![];
+            for gi in 0..g.group {
+                // k = tap * cig + ci, matching the NHWC im2col row.
+                let b = PackedB::new(isa, taps * cig, cog, |k, j| {
+                    let (t, ci) = (k / cig, k % cig);
+                    w[((gi * cog + j) * cig + ci) * taps + t]
+                });
+                let mut r = rq.slice(gi * cog, cog);
+                let corr: Vec<i32> = b.colsum.iter().map(|&s| -(zx as i32) * s).collect();
+                r.add_bias_i(&corr);
+                parts.push((b, r));
+            }
+            if g.is_pointwise() && g.c_in % 4 == 0 {
+                let (b, r) = parts.pop().unwrap();
+                ConvKind::Direct(b, r)
+            } else {
+                ConvKind::Im2col(parts)
+            }
+        };
+        QConv { geom, zx, kind }
+    }
+
+    pub fn kernel_name(&self) -> &'static str {
+        match self.kind {
+            ConvKind::Direct(..) => "int8 1x1 gemm",
+            ConvKind::Im2col(..) => "int8 im2col+gemm",
+            ConvKind::Depthwise(..) => "int8 depthwise",
+        }
+    }
+
+    pub fn out(&self) -> Out {
+        match &self.kind {
+            ConvKind::Direct(_, r) | ConvKind::Depthwise(_, r) => r.out,
+            ConvKind::Im2col(p) => p[0].1.out,
+        }
+    }
+
+    /// Bytes of packed weights and epilogue parameters.
+    pub fn weight_bytes(&self) -> usize {
+        let rq = |r: &Requant| r.scale.len() * 12;
+        match &self.kind {
+            ConvKind::Direct(b, r) => b.bytes() + rq(r),
+            ConvKind::Im2col(p) => p.iter().map(|(b, r)| b.bytes() + rq(r)).sum(),
+            ConvKind::Depthwise(w, r) => w.w.len() * 4 + rq(r),
+        }
+    }
+
+    fn padded_hw(&self) -> (usize, usize) {
+        let g = &self.geom;
+        ((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1)
+    }
+
+    /// Scratch bytes `run` needs.
+    pub fn scratch_len(&self) -> usize {
+        let g = &self.geom;
+        match &self.kind {
+            ConvKind::Direct(..) => 0,
+            ConvKind::Im2col(p) => g.oh * g.ow * p[0].0.k4,
+            ConvKind::Depthwise(..) => {
+                let (hp, wp) = self.padded_hw();
+                hp * wp * g.c_in
+            }
+        }
+    }
+
+    /// Runs on one NHWC image `x` (`h*w*c_in` bytes), writing NHWC `oh*ow*c_out` outputs.
+    ///
+    /// # Safety
+    /// `out` must hold `oh*ow*c_out` elements of the output type; the path must be supported.
+    pub unsafe fn run(&self, x: &[u8], out: OutPtr, scratch: &mut [u8], threads: usize) {
+        let g = &self.geom;
+        assert!(x.len() >= g.h * g.w * g.c_in);
+        let p = g.oh * g.ow;
+        match &self.kind {
+            ConvKind::Direct(b, r) => gemm(p, x.as_ptr(), g.c_in, b, r, out, g.c_out, threads),
+            ConvKind::Im2col(parts) => {
+                let k4 = parts[0].0.k4;
+                let cig = g.c_in / g.group;
+                let cog = g.c_out / g.group;
+                let a = &mut scratch[..p * k4];
+                for (gi, (b, r)) in parts.iter().enumerate() {
+                    im2col_nhwc(g, x, gi * cig, cig, k4, self.zx, a);
+                    let o = OutPtr(out.at(r.out, 0, gi * cog, 0));
+                    gemm(p, a.as_ptr(), k4, b, r, o, g.c_out, threads);
+                }
+            }
+            ConvKind::Depthwise(w, r) => {
+                let (hp, wp) = self.padded_hw();
+                let c = g.c_in;
+                let xp = &mut scratch[..hp * wp * c];
+                pad_nhwc(g, x, hp, wp, self.zx, xp);
+                let dg =
+                    DwGeom { c, wp, kh: g.kh, kw: g.kw, sh: g.sh, sw: g.sw, dh: g.dh, dw: g.dw, oh: g.oh, ow: g.ow };
+                depthwise(&dg, xp, w, r, out, threads);
+            }
+        }
+    }
+}
+
+/// Copies the NHWC input into a `[hp][wp][c]` buffer filled with the zero point outside it.
+fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, zx: u8, xp: &mut [u8]) {
+    let c = g.c_in;
+    for ph in 0..hp {
+        let row = &mut xp[ph * wp * c..(ph + 1) * wp * c];
+        let ih = ph as isize - g.pt as isize;
+        if ih < 0 || ih >= g.h as isize {
+            row.fill(zx);
+            continue;
+        }
+        let ih = ih as usize;
+        let left = g.pl.min(wp);
+        row[..left * c].fill(zx);
+        let n = g.w.min(wp - left);
+        row[left * c..(left + n) * c].copy_from_slice(&x[ih * g.w * c..(ih * g.w + n) * c]);
+        row[(left + n) * c..].fill(zx);
+    }
+}
+
+/// NHWC im2col for channels `c0..c0+cig`: row `p` = for each tap, `cig` bytes (the zero point
+/// outside the image), then zeros up to `k4`.
+fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8, a: &mut [u8]) {
+    let taps = g.kh * g.kw;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let row = &mut a[(oy * g.ow + ox) * k4..(oy * g.ow + ox + 1) * k4];
+            for ky in 0..g.kh {
+                let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+                for kx in 0..g.kw {
+                    let ix = (ox * g.sw + kx * g.dw) as isize - g.pl as isize;
+                    let t = ky * g.kw + kx;
+                    let dst = &mut row[t * cig..(t + 1) * cig];
+                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                        dst.fill(zx);
+                    } else {
+                        let s = (iy as usize * g.w + ix as usize) * g.c_in + c0;
+                        dst.copy_from_slice(&x[s..s + cig]);
+                    }
+                }
+            }
+            row[taps * cig..].fill(0);
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Portable integer kernels: the reference every SIMD path must match bit for bit.
+
+use super::{epilogue_f32, quantize_one, DwGeom, Out, OutPtr, PackedB, PackedDw, Requant};
+
+/// Writes the epilogue of accumulator `acc` for channel `c` to `p`.
+#[inline(always)]
+pub(crate) unsafe fn store_one(acc: i32, c: usize, rq: &Requant, p: *mut u8) {
+    let y = epilogue_f32(acc, c, rq);
+    match rq.out {
+        Out::F32 => *(p as *mut f32) = y,
+        Out::Q { scale, zp, qmin, qmax } => *p = quantize_one(y, scale, zp, qmin, qmax) as u8,
+    }
+}
+
+/// Rows `0..m` × columns `j0..j0+jn` of the GEMM (see [`super::gemm`]).
+///
+/// # Safety
+/// As for [`super::gemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_tile(
+    m: usize,
+    a: *const u8,
+    lda: usize,
+    b: &PackedB,
+    j0: usize,
+    jn: usize,
+    rq: &Requant,
+    out: OutPtr,
+    ldc: usize,
+) {
+    let quad = b.quad_or_pairs();
+    for i in 0..m {
+        let row = std::slice::from_raw_parts(a.add(i * lda), b.k4);
+        for j in j0..j0 + jn {
+            let mut acc = 0i32;
+            for (k, &x) in row.iter().enumerate() {
+                acc = acc.wrapping_add(x as i32 * quad(k, j));
+            }
+            store_one(acc, j, rq, out.at(rq.out, i, j, ldc));
+        }
+    }
+}
+
+impl PackedB {
+    /// Weight `(k, j)` from whichever layout this packing holds.
+    pub(crate) fn quad_or_pairs(&self) -> impl Fn(usize, usize) -> i32 + '_ {
+        move |k, j| {
+            if self.quad.is_empty() {
+                self.pairs[(k / 2) * self.n_pad * 2 + j * 2 + k % 2] as i32
+            } else {
+                self.quad[(k / 4) * self.n_pad * 4 + j * 4 + k % 4] as i32
+            }
+        }
+    }
+}
+
+/// One output row of a depthwise convolution (see [`super::depthwise`]).
+///
+/// # Safety
+/// As for [`super::depthwise`].
+pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
+    depthwise_cols(g, x, w, rq, out, oy, 0, g.c);
+}
+
+/// Channels `c0..c1` of output row `oy` (SIMD paths use this for their channel tails).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn depthwise_cols(
+    g: &DwGeom,
+    x: &[u8],
+    w: &PackedDw,
+    rq: &Requant,
+    out: OutPtr,
+    oy: usize,
+    c0: usize,
+    c1: usize,
+) {
+    for ox in 0..g.ow {
+        for c in c0..c1 {
+            let mut acc = 0i32;
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let iy = oy * g.sh + ky * g.dh;
+                    let ix = ox * g.sw + kx * g.dw;
+                    let v = x[(iy * g.wp + ix) * g.c + c] as i32;
+                    acc = acc.wrapping_add(v * w.w[(ky * g.kw + kx) * w.c_pad + c]);
+                }
+            }
+            store_one(acc, c, rq, out.at(rq.out, oy * g.ow + ox, c, g.c));
+        }
+    }
+}

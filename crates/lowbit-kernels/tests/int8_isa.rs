@@ -1,0 +1,182 @@
+//! Every integer path this CPU supports against the scalar path, bit for bit, on random shapes
+//! (ragged K and N, 1x1/3x3/5x5, strides, dilation, groups, depthwise, padding), zero points at
+//! the extremes and outputs that saturate; and the convolution driver against a naive
+//! definition of the arithmetic contract.
+
+use lowbit_kernels::f32conv::ConvGeom;
+use lowbit_kernels::int8::{self, epilogue_f32, quantize_one, Isa, Out, OutPtr, PackedB, QConv, Requant};
+use proptest::prelude::*;
+
+fn rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+/// Random epilogue: scales from tiny to large (so outputs saturate), extreme zero points.
+fn requant(n: usize, seed: u64, f32_out: bool) -> Requant {
+    let mut r = rng(seed);
+    let mut unit = move || (r() % 1_000_000) as f32 / 1_000_000.0;
+    let scale: Vec<f32> = (0..n).map(|_| 1e-4 + unit() * 0.05).collect();
+    let bias_i: Vec<i32> = (0..n).map(|_| (unit() * 20000.0) as i32 - 10000).collect();
+    let bias_f: Vec<f32> = (0..n).map(|_| if unit() < 0.5 { 0.0 } else { unit() - 0.5 }).collect();
+    let pick = unit();
+    let (lo, hi) = if pick < 0.3 {
+        (f32::NEG_INFINITY, f32::INFINITY)
+    } else if pick < 0.6 {
+        (0.0, f32::INFINITY)
+    } else {
+        (0.0, 6.0)
+    };
+    let out = if f32_out {
+        Out::F32
+    } else {
+        let s = [1e-3, 0.02, 0.5][(unit() * 3.0) as usize % 3];
+        if unit() < 0.7 {
+            Out::Q { scale: s, zp: [0, 255, 128, 3][(unit() * 4.0) as usize % 4], qmin: 0, qmax: 255 }
+        } else {
+            Out::Q { scale: s, zp: [-128, 127, 0][(unit() * 3.0) as usize % 3], qmin: -128, qmax: 127 }
+        }
+    };
+    Requant::new(&scale, &bias_i, &bias_f, lo, hi, out)
+}
+
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut r = rng(seed);
+    // Mix of uniform values and the extremes.
+    (0..n)
+        .map(|_| {
+            let v = r();
+            match v % 8 {
+                0 => 0,
+                1 => 255,
+                _ => (v >> 8) as u8,
+            }
+        })
+        .collect()
+}
+
+fn weights(n: usize, seed: u64) -> Vec<i8> {
+    let mut r = rng(seed);
+    (0..n)
+        .map(|_| {
+            let v = r();
+            match v % 8 {
+                0 => -128,
+                1 => 127,
+                _ => (v >> 8) as u8 as i8,
+            }
+        })
+        .collect()
+}
+
+fn out_len(rq: &Requant, n: usize) -> usize {
+    match rq.out {
+        Out::F32 => n * 4,
+        Out::Q { .. } => n,
+    }
+}
+
+fn run_gemm(isa: Isa, m: usize, n: usize, k: usize, a: &[u8], lda: usize, w: &[i8], rq: &Requant, t: usize) -> Vec<u8> {
+    let b = PackedB::new(isa, k, n, |kk, j| w[kk * n + j]);
+    let mut out = vec![0u8; out_len(rq, m * n)];
+    // SAFETY: a has (m-1)*lda + k4 bytes, out m*n elements; isa supported (checked by callers).
+    unsafe { int8::gemm(m, a.as_ptr(), lda, &b, rq, OutPtr(out.as_mut_ptr()), n, t) };
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn gemm_paths_match_scalar(m in 1usize..40, n in 1usize..150, k in 1usize..300, extra in 0usize..9,
+                               seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
+        let k4 = k.div_ceil(4) * 4;
+        let lda = k4 + extra;
+        let a = bytes((m - 1) * lda + k4, seed);
+        let w = weights(k * n, seed ^ 1);
+        let rq = requant(n, seed ^ 2, f32_out);
+        let want = run_gemm(Isa::Scalar, m, n, k, &a, lda, &w, &rq, 1);
+        // the scalar path itself against the plain definition
+        for i in 0..m {
+            for j in 0..n {
+                let acc: i32 = (0..k).map(|kk| a[i * lda + kk] as i32 * w[kk * n + j] as i32).sum();
+                let y = epilogue_f32(acc, j, &rq);
+                match rq.out {
+                    Out::F32 => prop_assert_eq!(&want[(i * n + j) * 4..(i * n + j) * 4 + 4], &y.to_le_bytes()[..]),
+                    Out::Q { scale, zp, qmin, qmax } =>
+                        prop_assert_eq!(want[i * n + j], quantize_one(y, scale, zp, qmin, qmax) as u8),
+                }
+            }
+        }
+        for isa in Isa::all_supported() {
+            for t in [1, 2] {
+                let got = run_gemm(isa, m, n, k, &a, lda, &w, &rq, t);
+                prop_assert!(got == want, "{} threads={} differs from scalar (m={} n={} k={})", isa.name(), t, m, n, k);
+            }
+        }
+    }
+
+    #[test]
+    fn conv_paths_match_definition(ci_g in 1usize..20, co_g in 1usize..40, groups in 1usize..4, dw in any::<bool>(),
+                                   ksel in 0usize..3, stride in 1usize..3, dil in 1usize..3, pad in 0usize..3,
+                                   h in 1usize..12, w in 1usize..12, zx in prop_oneof![Just(0u8), Just(255u8), Just(128u8), any::<u8>()],
+                                   seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
+        let k = [1, 3, 5][ksel];
+        let (c_in, c_out, group) = if dw { (ci_g * 3, ci_g * 3, ci_g * 3) } else { (ci_g * groups, co_g * groups, groups) };
+        let ext = (k - 1) * dil + 1;
+        prop_assume!(h + 2 * pad >= ext && w + 2 * pad >= ext);
+        let oh = (h + 2 * pad - ext) / stride + 1;
+        let ow = (w + 2 * pad - ext) / stride + 1;
+        let geom = ConvGeom { c_in, h, w, c_out, kh: k, kw: k, sh: stride, sw: stride, dh: dil, dw: dil,
+                              pt: pad, pl: pad, oh, ow, group };
+        let x = bytes(h * w * c_in, seed);
+        let cig = c_in / group;
+        let wt = weights(c_out * cig * k * k, seed ^ 5);
+        let rq = requant(c_out, seed ^ 6, f32_out);
+        // the definition: Σ (x - zx)·w over the window, padding contributing nothing
+        let mut want = vec![0u8; out_len(&rq, oh * ow * c_out)];
+        let cog = c_out / group;
+        for oy in 0..oh { for ox in 0..ow { for co in 0..c_out {
+            let gi = co / cog;
+            let mut acc = 0i32;
+            for ci in 0..cig { for ky in 0..k { for kx in 0..k {
+                let iy = (oy * stride + ky * dil) as isize - pad as isize;
+                let ix = (ox * stride + kx * dil) as isize - pad as isize;
+                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                    let xv = x[(iy as usize * w + ix as usize) * c_in + gi * cig + ci] as i32 - zx as i32;
+                    acc += xv * wt[((co * cig + ci) * k + ky) * k + kx] as i32;
+                }
+            }}}
+            let y = epilogue_f32(acc, co, &rq);
+            let o = (oy * ow + ox) * c_out + co;
+            match rq.out {
+                Out::F32 => want[o * 4..o * 4 + 4].copy_from_slice(&y.to_le_bytes()),
+                Out::Q { scale, zp, qmin, qmax } => want[o] = quantize_one(y, scale, zp, qmin, qmax) as u8,
+            }
+        }}}
+        for isa in Isa::all_supported() {
+            let qc = QConv::new(isa, geom.clone(), &wt, zx, rq.clone());
+            let mut scratch = vec![0u8; qc.scratch_len()];
+            for t in [1, 2] {
+                let mut got = vec![0u8; want.len()];
+                // SAFETY: buffers sized from the geometry; isa supported.
+                unsafe { qc.run(&x, OutPtr(got.as_mut_ptr()), &mut scratch, t) };
+                prop_assert!(got == want, "{} ({}) threads={} differs from the definition: {:?}", isa.name(), qc.kernel_name(), t, geom);
+            }
+        }
+    }
+}
+
+#[test]
+fn isa_parse_and_forcing() {
+    assert_eq!(Isa::parse("scalar"), Ok(Isa::Scalar));
+    assert_eq!(Isa::parse("avx512vnni"), Ok(Isa::Avx512Vnni));
+    assert!(Isa::parse("amx").unwrap_err().contains("amx"));
+    assert!(Isa::parse("sse9").is_err());
+    assert!(Isa::all_supported().contains(&Isa::Scalar));
+}
