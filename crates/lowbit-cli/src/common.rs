@@ -98,7 +98,7 @@ pub fn load_data(path: &Path, split: Split, pre: &Preprocess, limit: Option<usiz
 
 /// Compiles a plan, turning errors into messages that name the model file.
 pub fn compile(g: &Graph, model: &Path, shape: Vec<usize>, threads: usize) -> Result<Plan> {
-    Plan::compile(g, &[shape], &PlanOptions { threads, optimize: true })
+    Plan::compile(g, &[shape], &PlanOptions { threads, ..Default::default() })
         .map_err(|e| anyhow!("{}: {e}", model.display()))
 }
 

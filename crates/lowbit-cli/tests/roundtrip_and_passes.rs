@@ -24,7 +24,8 @@ fn input(shape: &[usize]) -> Tensor {
 }
 
 fn run(g: &Graph, shape: &[usize], optimize: bool) -> Vec<f32> {
-    let mut p = Plan::compile(g, &[shape.to_vec()], &PlanOptions { threads: 1, optimize }).unwrap();
+    let mut p =
+        Plan::compile(g, &[shape.to_vec()], &PlanOptions { threads: 1, optimize, ..Default::default() }).unwrap();
     p.run(&[input(shape)]).unwrap().remove(0).to_f32_vec()
 }
 

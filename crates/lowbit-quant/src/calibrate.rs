@@ -38,7 +38,7 @@ pub fn calibrate(
             if !plans.contains_key(&len) {
                 let mut s = vec![len];
                 s.extend_from_slice(image_shape);
-                plans.insert(len, Plan::compile(graph, &[s], &PlanOptions { threads, optimize: true })?);
+                plans.insert(len, Plan::compile(graph, &[s], &PlanOptions { threads, ..Default::default() })?);
             }
             let plan = plans.get_mut(&len).unwrap();
             let mut s = vec![len];

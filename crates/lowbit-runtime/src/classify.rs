@@ -25,7 +25,7 @@ impl Classifier {
         if !self.plans.contains_key(&batch) {
             let mut s = vec![batch];
             s.extend(&self.image_shape);
-            let p = Plan::compile(&self.graph, &[s], &PlanOptions { threads: self.threads, optimize: true })?;
+            let p = Plan::compile(&self.graph, &[s], &PlanOptions { threads: self.threads, ..Default::default() })?;
             self.plans.insert(batch, p);
         }
         Ok(self.plans.get_mut(&batch).unwrap())

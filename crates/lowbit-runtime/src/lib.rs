@@ -6,6 +6,7 @@
 pub mod classify;
 pub mod memory;
 mod plan;
+mod qfuse;
 pub mod specialize;
 
 pub use plan::{Plan, PlanOptions, StepInfo};

@@ -8,9 +8,12 @@ use lowbit_core::{Act, DType, Data, Error, Graph, Node, Op, Result, Tensor};
 use lowbit_kernels::eltwise::{self, BinOp, Broadcast};
 use lowbit_kernels::f32conv::{self, ConvGeom, PackedConv};
 use lowbit_kernels::f32gemm;
+use lowbit_kernels::int8::ops::{self as qops, PoolGeom, QParams};
+use lowbit_kernels::int8::{self, Isa, OutPtr, PackedB, QConv, Requant};
 use lowbit_kernels::{pool, reference};
 
 use crate::memory::{self, Interval};
+use crate::qfuse::{self, Unit};
 use crate::specialize::{specialize, Specialized};
 
 /// Largest single value and total arena a plan may need (guards against absurd shapes).
@@ -24,11 +27,15 @@ pub struct PlanOptions {
     pub threads: usize,
     /// Run the canonicalization passes (BatchNorm folding, activation fusion, ...).
     pub optimize: bool,
+    /// Run QDQ units on integer kernels (off: simulate them in f32).
+    pub int8: bool,
+    /// Integer kernel path; `None` = `LOWBIT_ISA` or the best this CPU has.
+    pub isa: Option<Isa>,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { threads: 1, optimize: true }
+        PlanOptions { threads: 1, optimize: true, int8: true, isa: None }
     }
 }
 
@@ -52,6 +59,8 @@ enum Operand {
         off: usize,
         dtype: DType,
         shape: Vec<usize>,
+        /// 4-D integer value stored NHWC (the integer kernels' layout).
+        nhwc: bool,
     },
     Const(Arc<Tensor>),
 }
@@ -96,16 +105,43 @@ enum Kind {
         plane: usize,
         max: bool,
     },
-    /// Per-tensor QuantizeLinear f32 -> u8/i8.
+    /// Per-tensor QuantizeLinear f32 -> u8/i8 (NCHW -> NHWC with a layout).
     Quantize {
-        scale: f32,
-        zp: i32,
-        signed: bool,
+        q: QParams,
+        layout: qops::Layout,
     },
-    /// Per-tensor DequantizeLinear u8/i8 -> f32.
+    /// Per-tensor DequantizeLinear u8/i8 -> f32 (NHWC -> NCHW with a layout).
     Dequantize {
-        scale: f32,
-        zp: i32,
+        q: QParams,
+        layout: qops::Layout,
+    },
+    QConv {
+        c: QConv,
+        batch: usize,
+    },
+    QGemm {
+        b: PackedB,
+        rq: Requant,
+        m: usize,
+        k: usize,
+    },
+    QAdd {
+        qa: QParams,
+        qb: QParams,
+        lo: f32,
+        hi: f32,
+        qo: QParams,
+    },
+    QGap {
+        n: usize,
+        plane: usize,
+        c: usize,
+        qi: QParams,
+        qo: QParams,
+    },
+    QMaxPool {
+        g: PoolGeom,
+        n: usize,
         signed: bool,
     },
     Generic(Node),
@@ -131,6 +167,10 @@ pub struct Plan {
     arena: Vec<Line>,
     arena_bytes: usize,
     scratch: Vec<f32>,
+    /// Byte scratch of the integer kernels (im2col rows, padded inputs).
+    qscratch: Vec<u8>,
+    isa: Isa,
+    notes: Vec<String>,
     pool: Option<rayon::ThreadPool>,
     threads: usize,
     spec: Specialized,
@@ -175,6 +215,32 @@ impl Plan {
         let spec = specialize(graph, &named, opts.optimize)?;
         let g = &spec.graph;
         let ty = |name: &str| spec.types.get(name).cloned().ok_or_else(|| Error::value(name, "no inferred type"));
+        let fu = qfuse::analyze(&spec, opts.int8);
+        let isa = match opts.isa {
+            Some(i) => i,
+            None if fu.units.is_empty() => Isa::Scalar,
+            None => Isa::selected().map_err(Error::Invalid)?,
+        };
+        if !isa.supported() {
+            return Err(Error::Invalid(format!("integer path {} is not supported by this CPU", isa.name())));
+        }
+        // Nodes in order, each integer unit in place of its anchor node, absorbed nodes dropped.
+        let mut items: Vec<(Node, Option<Unit>)> = vec![];
+        for (i, n) in g.nodes.iter().enumerate() {
+            if fu.skip.contains(&i) {
+                continue;
+            }
+            match fu.units.get(&i) {
+                Some((u, out)) => {
+                    let op = if matches!(u, Unit::Alias { .. }) { Op::Identity } else { n.op.clone() };
+                    let node = Node { name: n.name.clone(), op, inputs: u.inputs(), outputs: vec![out.clone()] };
+                    items.push((node, Some(u.clone())));
+                }
+                None => items.push((n.clone(), None)),
+            }
+        }
+        let spatial = |v: &str| spec.types.get(v).map(|t| t.1.iter().skip(2).product::<usize>()).unwrap_or(1);
+        let nhwc = |v: &str| fu.int_vals.contains(v) && spec.types.get(v).is_some_and(|t| t.1.len() == 4);
 
         // Buffers: one per non-alias non-constant value.
         let mut buf_of: HashMap<String, usize> = HashMap::new();
@@ -190,15 +256,17 @@ impl Plan {
             buf_of.insert(v.name.clone(), b);
         }
         let is_alias = |n: &Node| {
-            matches!(
-                n.op,
-                Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity
-            ) && !g.initializers.contains_key(&n.inputs[0])
+            let reshape =
+                matches!(n.op, Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. });
+            (reshape || matches!(n.op, Op::Identity))
+                && !g.initializers.contains_key(&n.inputs[0])
+                // NHWC bytes are not the NCHW order a reshape assumes (unless the plane is 1x1).
+                && !(reshape && nhwc(&n.inputs[0]) && spatial(&n.inputs[0]) > 1)
         };
         // Step index of each node (aliases share the index of the next real step).
         let mut step_no = 0usize;
-        let mut node_step = vec![0usize; g.nodes.len()];
-        for (i, n) in g.nodes.iter().enumerate() {
+        let mut node_step = vec![0usize; items.len()];
+        for (i, (n, _)) in items.iter().enumerate() {
             node_step[i] = step_no + 1;
             if is_alias(n) {
                 let root =
@@ -244,13 +312,14 @@ impl Plan {
             }
             let b = *buf_of.get(name).ok_or_else(|| Error::value(name, "no buffer"))?;
             let (dtype, shape) = ty(name)?;
-            Ok(Operand::Buf { off: offsets[b], dtype, shape })
+            Ok(Operand::Buf { off: offsets[b], dtype, shape, nhwc: nhwc(name) })
         };
 
         let mut steps = vec![];
         let mut infos = vec![];
         let mut scratch_len = 0usize;
-        for n in g.nodes.iter() {
+        let mut qscratch_len = 0usize;
+        for (n, unit) in items.iter() {
             if is_alias(n) {
                 continue;
             }
@@ -268,158 +337,227 @@ impl Plan {
             let in_shape = |i: usize| n.input(i).and_then(|s| ty(s).ok()).map(|t| t.1).unwrap_or_default();
             let mut macs = 0u64;
             let mut params = 0usize;
-            let (kind, kernel) = match &n.op {
-                Op::Conv(c)
-                    if all_f32
-                        && in_shape(0).len() == 4
-                        && konst(1).is_some()
-                        && (n.input(2).is_none() || konst(2).is_some()) =>
-                {
-                    let xs = in_shape(0);
-                    let w = konst(1).unwrap();
-                    let geom = conv_geom(&xs, &w.shape, c).map_err(|e| e.in_node(&n.name))?;
-                    scratch_len = scratch_len.max(geom.scratch_len());
-                    macs = (xs[0] * geom.macs()) as u64;
-                    params = w.len() + geom.c_out;
-                    let kernel = if geom.is_depthwise() {
-                        "f32 depthwise direct"
-                    } else if geom.is_pointwise() {
-                        "f32 1x1 gemm"
-                    } else if geom.is_shifted() {
-                        "f32 shifted-rows gemm"
-                    } else {
-                        "f32 im2col+gemm"
-                    };
-                    let p = PackedConv::new(geom, w.to_f32_vec(), konst(2).map(|b| b.to_f32_vec()), c.act);
-                    (Kind::Conv { p, batch: xs[0] }, kernel)
-                }
-                Op::Gemm { alpha, beta, trans_a, trans_b, act }
-                    if all_f32 && konst(1).is_some() && (n.input(2).is_none() || konst(2).is_some()) =>
-                {
-                    let bt = konst(1).unwrap();
-                    let (m, nn) = (out_shape[0], out_shape[1]);
-                    let k = if *trans_b { bt.shape[1] } else { bt.shape[0] };
-                    let bv = bt.to_f32_vec();
-                    let mut b = vec![0f32; k * nn];
-                    for kk in 0..k {
-                        for j in 0..nn {
-                            b[kk * nn + j] = alpha * if *trans_b { bv[j * k + kk] } else { bv[kk * nn + j] };
-                        }
-                    }
-                    let prefill = konst(2).map(|c| {
-                        let idx = reference::broadcast_index(&c.shape, &[m, nn]);
-                        let cv = c.to_f32_vec();
-                        idx.iter().map(|&i| beta * cv[i]).collect()
-                    });
-                    macs = (m * nn * k) as u64;
-                    params = bt.len() + konst(2).map(|c| c.len()).unwrap_or(0);
-                    (Kind::Gemm { m, n: nn, k, b, prefill, trans_a: *trans_a, act: *act }, "f32 gemm")
-                }
-                Op::MatMul if all_f32 && in_shape(0).len() >= 2 && konst(1).is_some_and(|b| b.rank() == 2) => {
-                    let bt = konst(1).unwrap();
-                    let (k, nn) = (bt.shape[0], bt.shape[1]);
-                    let m = in_shape(0).iter().product::<usize>() / k;
-                    macs = (m * nn * k) as u64;
-                    params = bt.len();
-                    (
-                        Kind::Gemm { m, n: nn, k, b: bt.to_f32_vec(), prefill: None, trans_a: false, act: Act::None },
-                        "f32 gemm",
-                    )
-                }
-                Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish if all_f32 => {
-                    match lowbit_core::passes::as_activation(g, n) {
-                        Some(a) => (Kind::Act(a), "f32 eltwise"),
-                        None => (Kind::Generic(n.clone()), "reference"),
-                    }
-                }
-                Op::Add | Op::Sub | Op::Mul | Op::Div if all_f32 => {
-                    let op = match n.op {
-                        Op::Add => BinOp::Add,
-                        Op::Sub => BinOp::Sub,
-                        Op::Mul => BinOp::Mul,
-                        _ => BinOp::Div,
-                    };
-                    let a_shape = ins[0].as_ref().map(|o| shape_of(o)).unwrap_or_default();
-                    let b_shape = ins[1].as_ref().map(|o| shape_of(o)).unwrap_or_default();
-                    (Kind::Binary { op, bc: Broadcast::new(&a_shape, &b_shape, &out_shape) }, "f32 eltwise")
-                }
-                Op::MaxPool(p) | Op::AveragePool(p) if all_f32 && in_shape(0).len() == 4 => {
-                    let xs = in_shape(0);
-                    let win = lowbit_core::shape::window(
-                        &xs[2..],
-                        &p.kernel_shape,
-                        &p.strides,
-                        &p.dilations,
-                        &p.pads,
-                        p.auto_pad,
-                        p.ceil_mode,
-                    )
-                    .map_err(|e| e.in_node(&n.name))?;
-                    let geom = ConvGeom {
-                        c_in: xs[1],
-                        h: xs[2],
-                        w: xs[3],
-                        c_out: xs[1],
-                        kh: win.kernel[0],
-                        kw: win.kernel[1],
-                        sh: win.strides[0],
-                        sw: win.strides[1],
-                        dh: win.dilations[0],
-                        dw: win.dilations[1],
-                        pt: win.pads_begin[0],
-                        pl: win.pads_begin[1],
-                        oh: win.out[0],
-                        ow: win.out[1],
-                        group: 1,
-                    };
-                    let max = matches!(n.op, Op::MaxPool(_));
-                    let kind = Kind::Pool {
-                        g: geom,
-                        planes: xs[0] * xs[1],
-                        max,
-                        cip: p.count_include_pad,
-                        pb: win.pads_end[0],
-                        pr: win.pads_end[1],
-                    };
-                    (kind, "f32 pool")
-                }
-                Op::GlobalAveragePool | Op::GlobalMaxPool if all_f32 => {
-                    let xs = in_shape(0);
-                    (
-                        Kind::GlobalPool { plane: xs[2..].iter().product(), max: matches!(n.op, Op::GlobalMaxPool) },
-                        "f32 pool",
-                    )
-                }
-                Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. }
-                    if konst(1).is_some_and(|t| t.len() == 1)
-                        && n.input(2).is_some_and(|z| {
-                            g.initializers
-                                .get(z)
-                                .is_some_and(|t| t.len() == 1 && matches!(t.dtype(), DType::U8 | DType::I8))
-                        }) =>
-                {
-                    let scale = konst(1).unwrap().to_f32_vec()[0];
-                    let z = konst(2).unwrap();
-                    let signed = z.dtype() == DType::I8;
-                    let zp = z.to_i64_vec()[0] as i32;
-                    let q = matches!(n.op, Op::QuantizeLinear { .. });
-                    let in_ok = if q { ty(&n.inputs[0])?.0 == DType::F32 } else { ty(&n.inputs[0])?.0 == z.dtype() };
-                    if in_ok {
-                        if q {
-                            (Kind::Quantize { scale, zp, signed }, "quantize")
+            let (kind, kernel): (Kind, String) = if let Some(u) = unit {
+                let xs = in_shape(0);
+                match u {
+                    Unit::Mac(m) => {
+                        let rq = Requant::new(&m.scale, &m.bias_i, &m.bias_f, m.lo, m.hi, m.out);
+                        params = m.w.len() + m.n;
+                        if let Some(c) = &m.conv {
+                            let geom = conv_geom(&xs, &m.wshape, c).map_err(|e| e.in_node(&n.name))?;
+                            macs = (xs[0] * geom.macs()) as u64;
+                            let qc = QConv::new(isa, geom, &m.w, m.xq.zp as u8, rq);
+                            qscratch_len = qscratch_len.max(qc.scratch_len());
+                            let name = format!("{} ({})", qc.kernel_name(), isa.name());
+                            (Kind::QConv { c: qc, batch: xs[0] }, name)
                         } else {
-                            (Kind::Dequantize { scale, zp, signed }, "dequantize")
+                            let (mm, k, nn) = (xs[0], m.k, m.n);
+                            let b = PackedB::new(isa, k, nn, |kk, j| m.w[j * k + kk]);
+                            let mut rq = rq;
+                            let corr: Vec<i32> = b.colsum.iter().map(|&s| -m.xq.zp * s).collect();
+                            rq.add_bias_i(&corr);
+                            if k % 4 != 0 {
+                                qscratch_len = qscratch_len.max(mm * b.k4);
+                            }
+                            macs = (mm * nn * k) as u64;
+                            (Kind::QGemm { b, rq, m: mm, k }, format!("int8 gemm ({})", isa.name()))
                         }
-                    } else {
-                        (Kind::Generic(n.clone()), "reference")
                     }
+                    Unit::Add { qa, qb, lo, hi, qo, .. } => {
+                        (Kind::QAdd { qa: *qa, qb: *qb, lo: *lo, hi: *hi, qo: *qo }, "int8 add".into())
+                    }
+                    Unit::Gap { qi, qo, .. } => (
+                        Kind::QGap { n: xs[0], plane: xs[2] * xs[3], c: xs[1], qi: *qi, qo: *qo },
+                        "int8 global average pool".into(),
+                    ),
+                    Unit::MaxPool { q, attrs: p, .. } => {
+                        let win = lowbit_core::shape::window(
+                            &xs[2..],
+                            &p.kernel_shape,
+                            &p.strides,
+                            &p.dilations,
+                            &p.pads,
+                            p.auto_pad,
+                            p.ceil_mode,
+                        )
+                        .map_err(|e| e.in_node(&n.name))?;
+                        let pg = PoolGeom {
+                            c: xs[1],
+                            h: xs[2],
+                            w: xs[3],
+                            kh: win.kernel[0],
+                            kw: win.kernel[1],
+                            sh: win.strides[0],
+                            sw: win.strides[1],
+                            dh: win.dilations[0],
+                            dw: win.dilations[1],
+                            pt: win.pads_begin[0],
+                            pl: win.pads_begin[1],
+                            oh: win.out[0],
+                            ow: win.out[1],
+                        };
+                        (Kind::QMaxPool { g: pg, n: xs[0], signed: q.signed }, "int8 max pool".into())
+                    }
+                    Unit::Alias { .. } => unreachable!("aliases have no step"),
                 }
-                _ => (Kind::Generic(n.clone()), "reference"),
+            } else {
+                let (kind, kernel) = match &n.op {
+                    Op::Conv(c)
+                        if all_f32
+                            && in_shape(0).len() == 4
+                            && konst(1).is_some()
+                            && (n.input(2).is_none() || konst(2).is_some()) =>
+                    {
+                        let xs = in_shape(0);
+                        let w = konst(1).unwrap();
+                        let geom = conv_geom(&xs, &w.shape, c).map_err(|e| e.in_node(&n.name))?;
+                        scratch_len = scratch_len.max(geom.scratch_len());
+                        macs = (xs[0] * geom.macs()) as u64;
+                        params = w.len() + geom.c_out;
+                        let kernel = if geom.is_depthwise() {
+                            "f32 depthwise direct"
+                        } else if geom.is_pointwise() {
+                            "f32 1x1 gemm"
+                        } else if geom.is_shifted() {
+                            "f32 shifted-rows gemm"
+                        } else {
+                            "f32 im2col+gemm"
+                        };
+                        let p = PackedConv::new(geom, w.to_f32_vec(), konst(2).map(|b| b.to_f32_vec()), c.act);
+                        (Kind::Conv { p, batch: xs[0] }, kernel)
+                    }
+                    Op::Gemm { alpha, beta, trans_a, trans_b, act }
+                        if all_f32 && konst(1).is_some() && (n.input(2).is_none() || konst(2).is_some()) =>
+                    {
+                        let bt = konst(1).unwrap();
+                        let (m, nn) = (out_shape[0], out_shape[1]);
+                        let k = if *trans_b { bt.shape[1] } else { bt.shape[0] };
+                        let bv = bt.to_f32_vec();
+                        let mut b = vec![0f32; k * nn];
+                        for kk in 0..k {
+                            for j in 0..nn {
+                                b[kk * nn + j] = alpha * if *trans_b { bv[j * k + kk] } else { bv[kk * nn + j] };
+                            }
+                        }
+                        let prefill = konst(2).map(|c| {
+                            let idx = reference::broadcast_index(&c.shape, &[m, nn]);
+                            let cv = c.to_f32_vec();
+                            idx.iter().map(|&i| beta * cv[i]).collect()
+                        });
+                        macs = (m * nn * k) as u64;
+                        params = bt.len() + konst(2).map(|c| c.len()).unwrap_or(0);
+                        (Kind::Gemm { m, n: nn, k, b, prefill, trans_a: *trans_a, act: *act }, "f32 gemm")
+                    }
+                    Op::MatMul if all_f32 && in_shape(0).len() >= 2 && konst(1).is_some_and(|b| b.rank() == 2) => {
+                        let bt = konst(1).unwrap();
+                        let (k, nn) = (bt.shape[0], bt.shape[1]);
+                        let m = in_shape(0).iter().product::<usize>() / k;
+                        macs = (m * nn * k) as u64;
+                        params = bt.len();
+                        (
+                            Kind::Gemm {
+                                m,
+                                n: nn,
+                                k,
+                                b: bt.to_f32_vec(),
+                                prefill: None,
+                                trans_a: false,
+                                act: Act::None,
+                            },
+                            "f32 gemm",
+                        )
+                    }
+                    Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish if all_f32 => {
+                        match lowbit_core::passes::as_activation(g, n) {
+                            Some(a) => (Kind::Act(a), "f32 eltwise"),
+                            None => (Kind::Generic(n.clone()), "reference"),
+                        }
+                    }
+                    Op::Add | Op::Sub | Op::Mul | Op::Div if all_f32 => {
+                        let op = match n.op {
+                            Op::Add => BinOp::Add,
+                            Op::Sub => BinOp::Sub,
+                            Op::Mul => BinOp::Mul,
+                            _ => BinOp::Div,
+                        };
+                        let a_shape = ins[0].as_ref().map(|o| shape_of(o)).unwrap_or_default();
+                        let b_shape = ins[1].as_ref().map(|o| shape_of(o)).unwrap_or_default();
+                        (Kind::Binary { op, bc: Broadcast::new(&a_shape, &b_shape, &out_shape) }, "f32 eltwise")
+                    }
+                    Op::MaxPool(p) | Op::AveragePool(p) if all_f32 && in_shape(0).len() == 4 => {
+                        let xs = in_shape(0);
+                        let win = lowbit_core::shape::window(
+                            &xs[2..],
+                            &p.kernel_shape,
+                            &p.strides,
+                            &p.dilations,
+                            &p.pads,
+                            p.auto_pad,
+                            p.ceil_mode,
+                        )
+                        .map_err(|e| e.in_node(&n.name))?;
+                        let geom = ConvGeom {
+                            c_in: xs[1],
+                            h: xs[2],
+                            w: xs[3],
+                            c_out: xs[1],
+                            kh: win.kernel[0],
+                            kw: win.kernel[1],
+                            sh: win.strides[0],
+                            sw: win.strides[1],
+                            dh: win.dilations[0],
+                            dw: win.dilations[1],
+                            pt: win.pads_begin[0],
+                            pl: win.pads_begin[1],
+                            oh: win.out[0],
+                            ow: win.out[1],
+                            group: 1,
+                        };
+                        let max = matches!(n.op, Op::MaxPool(_));
+                        let kind = Kind::Pool {
+                            g: geom,
+                            planes: xs[0] * xs[1],
+                            max,
+                            cip: p.count_include_pad,
+                            pb: win.pads_end[0],
+                            pr: win.pads_end[1],
+                        };
+                        (kind, "f32 pool")
+                    }
+                    Op::GlobalAveragePool | Op::GlobalMaxPool if all_f32 => {
+                        let xs = in_shape(0);
+                        (
+                            Kind::GlobalPool {
+                                plane: xs[2..].iter().product(),
+                                max: matches!(n.op, Op::GlobalMaxPool),
+                            },
+                            "f32 pool",
+                        )
+                    }
+                    Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } if qfuse::qparams(g, n).is_some() => {
+                        let q = qfuse::qparams(g, n).unwrap();
+                        let layout = |v: &str| -> qops::Layout {
+                            let sh = ty(v).map(|t| t.1).unwrap_or_default();
+                            nhwc(v).then(|| (sh[0], sh[1], sh[2] * sh[3]))
+                        };
+                        let int_t = if q.signed { DType::I8 } else { DType::U8 };
+                        if matches!(n.op, Op::QuantizeLinear { .. }) && ty(&n.inputs[0])?.0 == DType::F32 {
+                            qscratch_len = qscratch_len.max(out_shape.iter().product());
+                            (Kind::Quantize { q, layout: layout(&n.outputs[0]) }, "quantize")
+                        } else if matches!(n.op, Op::DequantizeLinear { .. }) && ty(&n.inputs[0])?.0 == int_t {
+                            (Kind::Dequantize { q, layout: layout(&n.inputs[0]) }, "dequantize")
+                        } else {
+                            (Kind::Generic(n.clone()), "reference")
+                        }
+                    }
+                    _ => (Kind::Generic(n.clone()), "reference"),
+                };
+                (kind, kernel.to_string())
             };
             infos.push(StepInfo {
                 name: n.name.clone(),
                 op: n.op.op_type().to_string(),
-                kernel: kernel.to_string(),
+                kernel,
                 out_shape,
                 macs,
                 params,
@@ -454,6 +592,9 @@ impl Plan {
             arena: vec![Line([0; 64]); arena_bytes.div_ceil(64)],
             arena_bytes,
             scratch: vec![0.0; scratch_len],
+            qscratch: vec![0; qscratch_len],
+            isa,
+            notes: fu.notes,
             pool,
             threads,
             spec,
@@ -475,7 +616,31 @@ impl Plan {
     }
     /// Bytes of per-plan scratch (im2col).
     pub fn scratch_bytes(&self) -> usize {
-        self.scratch.len() * 4
+        self.scratch.len() * 4 + self.qscratch.len()
+    }
+    /// The integer kernel path the plan uses.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// Why quantized-looking nodes of the model run in f32 (empty when everything is integer).
+    pub fn int8_notes(&self) -> &[String] {
+        &self.notes
+    }
+    /// Steps running on integer kernels.
+    pub fn int8_steps(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.kind,
+                    Kind::QConv { .. }
+                        | Kind::QGemm { .. }
+                        | Kind::QAdd { .. }
+                        | Kind::QGap { .. }
+                        | Kind::QMaxPool { .. }
+                )
+            })
+            .count()
     }
     pub fn steps(&self) -> &[StepInfo] {
         &self.infos
@@ -535,6 +700,7 @@ impl Plan {
         let base = SendPtr(base);
         let steps = &self.steps;
         let scratch = &mut self.scratch;
+        let qscratch = &mut self.qscratch;
         let threads = self.threads;
         let mut profile = self.profile.take();
         let infos = &self.infos;
@@ -542,11 +708,12 @@ impl Plan {
             for (i, (s, info)) in steps.iter().zip(infos).enumerate() {
                 let t = profile.as_ref().map(|_| std::time::Instant::now());
                 // SAFETY: the planner gives every live buffer disjoint bytes.
-                unsafe { exec_step(s, base.get(), scratch, threads) }.map_err(|e| e.in_node(&info.name))?;
+                unsafe { exec_step(s, base.get(), scratch, qscratch, threads) }.map_err(|e| e.in_node(&info.name))?;
                 if let (Some(p), Some(t)) = (profile.as_mut(), t) {
                     p[i] += t.elapsed().as_secs_f64();
                 }
-                if let (Some(f), Operand::Buf { off, dtype: DType::F32, shape }) = (observe.as_deref_mut(), &s.out) {
+                if let (Some(f), Operand::Buf { off, dtype: DType::F32, shape, .. }) = (observe.as_deref_mut(), &s.out)
+                {
                     let n: usize = shape.iter().product();
                     // SAFETY: the step just wrote this f32 buffer.
                     let v = unsafe { std::slice::from_raw_parts(base.get().add(*off) as *const f32, n) };
@@ -599,9 +766,15 @@ unsafe fn write_data(dst: *mut u8, d: &Data) {
 unsafe fn read_operand(base: *const u8, o: &Operand) -> Tensor {
     match o {
         Operand::Const(t) => (**t).clone(),
-        Operand::Buf { off, dtype, shape } => {
+        Operand::Buf { off, dtype, shape, nhwc } => {
             let n: usize = shape.iter().product();
-            let p = base.add(*off);
+            let mut p = base.add(*off);
+            let mut tmp = vec![];
+            if *nhwc {
+                tmp = vec![0u8; n];
+                qops::nhwc_to_nchw(std::slice::from_raw_parts(p, n), shape[0], shape[1], shape[2] * shape[3], &mut tmp);
+                p = tmp.as_mut_ptr();
+            }
             let data = match dtype {
                 DType::F32 => Data::F32(std::slice::from_raw_parts(p as *const f32, n).to_vec()),
                 DType::I64 => Data::I64(std::slice::from_raw_parts(p as *const i64, n).to_vec()),
@@ -610,6 +783,7 @@ unsafe fn read_operand(base: *const u8, o: &Operand) -> Tensor {
                 DType::U8 => Data::U8(std::slice::from_raw_parts(p, n).to_vec()),
                 DType::Bool => Data::Bool(std::slice::from_raw_parts(p, n).iter().map(|&b| b != 0).collect()),
             };
+            drop(tmp);
             Tensor { shape: shape.clone(), data }
         }
     }
@@ -622,6 +796,24 @@ unsafe fn f32_in<'a>(base: *mut u8, o: &'a Operand) -> &'a [f32] {
     }
 }
 
+unsafe fn bytes_in<'a>(base: *mut u8, o: &'a Operand) -> &'a [u8] {
+    match o {
+        Operand::Buf { off, .. } => std::slice::from_raw_parts(base.add(*off), o.len()),
+        Operand::Const(t) => match &t.data {
+            Data::U8(v) => v,
+            Data::I8(v) => std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()),
+            _ => unreachable!("planned as bytes"),
+        },
+    }
+}
+
+unsafe fn bytes_out<'a>(base: *mut u8, o: &Operand) -> &'a mut [u8] {
+    match o {
+        Operand::Buf { off, .. } => std::slice::from_raw_parts_mut(base.add(*off), o.len()),
+        Operand::Const(_) => unreachable!("outputs are buffers"),
+    }
+}
+
 unsafe fn f32_out<'a>(base: *mut u8, o: &Operand) -> &'a mut [f32] {
     match o {
         Operand::Buf { off, .. } => std::slice::from_raw_parts_mut(base.add(*off) as *mut f32, o.len()),
@@ -629,7 +821,7 @@ unsafe fn f32_out<'a>(base: *mut u8, o: &Operand) -> &'a mut [f32] {
     }
 }
 
-unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], threads: usize) -> Result<()> {
+unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], qscratch: &mut [u8], threads: usize) -> Result<()> {
     let x = || f32_in(base, s.ins[0].as_ref().unwrap());
     match &s.kind {
         Kind::Conv { p, batch } => {
@@ -681,39 +873,59 @@ unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], threads: usize
             pool::pool2d(g, *planes, *max, *cip, *pb, *pr, x(), f32_out(base, &s.out), threads);
         }
         Kind::GlobalPool { plane, max } => pool::global_pool(x(), *plane, *max, f32_out(base, &s.out)),
-        Kind::Quantize { scale, zp, signed } => {
+        Kind::Quantize { q, layout } => {
             let xs = x();
-            let Operand::Buf { off, .. } = &s.out else { unreachable!() };
-            let (lo, hi) = if *signed { (-128f32, 127f32) } else { (0f32, 255f32) };
-            let o = std::slice::from_raw_parts_mut(base.add(*off), xs.len());
-            let z = *zp as f32;
-            for (d, &v) in o.iter_mut().zip(xs) {
-                let q = ((v / scale).round_ties_even() + z).clamp(lo, hi);
-                *d = if *signed { q as i8 as u8 } else { q as u8 };
+            qops::quantize(xs, *q, *layout, bytes_out(base, &s.out), qscratch);
+        }
+        Kind::Dequantize { q, layout } => {
+            let out = f32_out(base, &s.out);
+            let src = bytes_in(base, s.ins[0].as_ref().unwrap());
+            qops::dequantize(src, *q, *layout, out);
+        }
+        Kind::QConv { c, batch } => {
+            let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
+            let g = &c.geom;
+            let (isz, osz) = (g.h * g.w * g.c_in, g.oh * g.ow * g.c_out);
+            let esz = if c.out() == int8::Out::F32 { 4 } else { 1 };
+            let Operand::Buf { off, .. } = &s.out else { unreachable!("outputs are buffers") };
+            for b in 0..*batch {
+                c.run(&xs[b * isz..(b + 1) * isz], OutPtr(base.add(off + b * osz * esz)), qscratch, threads);
             }
         }
-        Kind::Dequantize { scale, zp, signed } => {
-            let inp = s.ins[0].as_ref().unwrap();
-            let out = f32_out(base, &s.out);
-            let src: &[u8] = match inp {
-                Operand::Buf { off, .. } => std::slice::from_raw_parts(base.add(*off), out.len()),
-                Operand::Const(t) => match &t.data {
-                    Data::U8(v) => v,
-                    Data::I8(v) => std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()),
-                    _ => unreachable!(),
-                },
+        Kind::QGemm { b, rq, m, k } => {
+            let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
+            let Operand::Buf { off, .. } = &s.out else { unreachable!("outputs are buffers") };
+            let (a, lda) = if k % 4 == 0 {
+                (xs, *k)
+            } else {
+                let a = &mut qscratch[..m * b.k4];
+                for i in 0..*m {
+                    a[i * b.k4..i * b.k4 + k].copy_from_slice(&xs[i * k..(i + 1) * k]);
+                    a[i * b.k4 + k..(i + 1) * b.k4].fill(0);
+                }
+                (&*a, b.k4)
             };
-            for (d, &q) in out.iter_mut().zip(src) {
-                let qi = if *signed { q as i8 as i32 } else { q as i32 };
-                *d = (qi - zp) as f32 * scale;
-            }
+            int8::gemm(*m, a.as_ptr(), lda, b, rq, OutPtr(base.add(*off)), b.n, threads);
+        }
+        Kind::QAdd { qa, qb, lo, hi, qo } => {
+            let a = bytes_in(base, s.ins[0].as_ref().unwrap());
+            let b = bytes_in(base, s.ins[1].as_ref().unwrap());
+            qops::add(a, *qa, b, *qb, *lo, *hi, *qo, bytes_out(base, &s.out));
+        }
+        Kind::QGap { n, plane, c, qi, qo } => {
+            let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
+            qops::global_avg(xs, *n, *plane, *c, *qi, *qo, bytes_out(base, &s.out));
+        }
+        Kind::QMaxPool { g, n, signed } => {
+            let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
+            qops::max_pool(g, *n, *signed, xs, bytes_out(base, &s.out));
         }
         Kind::Generic(node) => {
             let owned: Vec<Option<Tensor>> = s.ins.iter().map(|o| o.as_ref().map(|o| read_operand(base, o))).collect();
             let refs: Vec<Option<&Tensor>> = owned.iter().map(|o| o.as_ref()).collect();
             let outs = reference::eval(node, &refs)?;
             let t = &outs[0];
-            if let Operand::Buf { off, dtype, shape } = &s.out {
+            if let Operand::Buf { off, dtype, shape, .. } = &s.out {
                 if t.dtype() != *dtype || &t.shape != shape {
                     return Err(Error::Invalid(format!(
                         "produced {} {:?}, planned {} {:?}",

@@ -15,6 +15,18 @@ pub struct Specialized {
     pub types: HashMap<String, (DType, Vec<usize>)>,
     pub folded: usize,
     pub passes: PassReport,
+    /// Constants that were DequantizeLinear of constant integers (quantized weights and biases),
+    /// by the name of the folded f32 value: the integer plan packs the integers themselves.
+    pub dq_consts: HashMap<String, QConst>,
+}
+
+/// A folded DequantizeLinear: integer tensor, scale, zero point (if given) and axis.
+#[derive(Clone, Debug)]
+pub struct QConst {
+    pub q: Tensor,
+    pub scale: Tensor,
+    pub zp: Option<Tensor>,
+    pub axis: i64,
 }
 
 fn check_input(vi: &lowbit_core::ValueInfo, shape: &[usize]) -> Result<()> {
@@ -42,6 +54,7 @@ fn propagate(
     g: &mut Graph,
     inputs: &[(String, Vec<usize>)],
     fold: bool,
+    dq_consts: &mut HashMap<String, QConst>,
 ) -> Result<(HashMap<String, (DType, Vec<usize>)>, usize)> {
     let mut types: HashMap<String, (DType, Vec<usize>)> = HashMap::new();
     for vi in g.runtime_inputs() {
@@ -83,6 +96,17 @@ fn propagate(
                 vec![Tensor::i64(vec![dims.len()], dims)]
             } else {
                 let tensors: Vec<Option<&Tensor>> = ins.iter().map(|k| k.and_then(|k| k.value)).collect();
+                if let (Op::DequantizeLinear { axis }, Some(q), Some(scale)) = (&node.op, tensors[0], tensors[1]) {
+                    dq_consts.insert(
+                        node.outputs[0].clone(),
+                        QConst {
+                            q: q.clone(),
+                            scale: scale.clone(),
+                            zp: tensors.get(2).copied().flatten().cloned(),
+                            axis: *axis,
+                        },
+                    );
+                }
                 lowbit_kernels::reference::eval(&node, &tensors)?
             };
             for (name, t) in node.outputs.iter().zip(outs) {
@@ -108,15 +132,16 @@ fn propagate(
 /// With `optimize == false` only shapes are inferred and constants folded (no BN folding/fusion).
 pub fn specialize(graph: &Graph, inputs: &[(String, Vec<usize>)], optimize: bool) -> Result<Specialized> {
     let mut g = graph.clone();
-    let (_, folded) = propagate(&mut g, inputs, true)?;
+    let mut dq_consts = HashMap::new();
+    let (_, folded) = propagate(&mut g, inputs, true, &mut dq_consts)?;
     let report = if optimize {
         passes::canonicalize(&mut g)
     } else {
         PassReport { nodes_removed: passes::remove_dead(&mut g), ..Default::default() }
     };
     // Graph outputs that became constants stay as initializers; shapes are recomputed after passes.
-    let (types, _) = propagate(&mut g, inputs, false)?;
-    Ok(Specialized { graph: g, types, folded, passes: report })
+    let (types, _) = propagate(&mut g, inputs, false, &mut dq_consts)?;
+    Ok(Specialized { graph: g, types, folded, passes: report, dq_consts })
 }
 
 /// Shape-independent canonicalization: folds nodes whose inputs are all constants and runs the

@@ -151,7 +151,8 @@ pub fn epilogue_f32(acc: i32, c: usize, rq: &Requant) -> f32 {
 #[inline(always)]
 pub fn quantize_one(y: f32, scale: f32, zp: i32, qmin: i32, qmax: i32) -> i32 {
     let t = (y / scale).max((qmin - zp) as f32).min((qmax - zp) as f32);
-    t.round_ties_even() as i32 + zp
+    // SAFETY: `max` returns the bound for NaN, so `t` is finite and within i32 range.
+    unsafe { t.round_ties_even().to_int_unchecked::<i32>() + zp }
 }
 
 /// Splits a bias given as int32 values with their own scale into the integer part (when its

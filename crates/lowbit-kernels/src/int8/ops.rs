@@ -2,7 +2,41 @@
 //! integer region (f32 NCHW ⇄ quantized NHWC). Each follows the arithmetic of its QDQ pattern
 //! (DequantizeLinear → op → QuantizeLinear) with the same f32 operations in the same order.
 
-use super::quantize_one;
+use super::{quantize_one, Isa};
+
+/// The path the element-wise ops take (`LOWBIT_ISA`, else the best available), decided once.
+fn path() -> Isa {
+    static P: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *P.get_or_init(|| Isa::selected().unwrap_or(Isa::Scalar))
+}
+
+/// Defines a public function whose body is compiled three times (AVX-512, AVX2, portable) and
+/// dispatched on [`path`]. The body is plain IEEE f32/integer code, so all three compute the same
+/// bits; only the vector width LLVM uses differs.
+macro_rules! multiversion {
+    ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+            unsafe fn v512($($arg: $ty),*) { body($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn v256($($arg: $ty),*) { body($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            match path() {
+                // SAFETY: `path` only returns paths this CPU supports.
+                Isa::Avx512Vnni => return unsafe { v512($($arg),*) },
+                Isa::Avx2 => return unsafe { v256($($arg),*) },
+                Isa::Scalar => {}
+            }
+            body($($arg),*)
+        }
+    };
+}
 
 /// Per-tensor quantization parameters of an integer value.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -14,20 +48,16 @@ pub struct QParams {
 }
 
 impl QParams {
+    #[inline(always)]
     pub fn range(&self) -> (i32, i32) {
-        if self.signed {
-            (-128, 127)
-        } else {
-            (0, 255)
-        }
+        let s = self.signed as i32;
+        (-128 * s, 255 - 128 * s)
     }
+    /// The integer a stored byte holds (branch-free, so loops vectorize).
     #[inline(always)]
     pub fn get(&self, b: u8) -> i32 {
-        if self.signed {
-            b as i8 as i32
-        } else {
-            b as i32
-        }
+        let s = self.signed as u8;
+        (b ^ (s << 7)) as i32 - 128 * s as i32
     }
     #[inline(always)]
     pub fn dequant(&self, b: u8) -> f32 {
@@ -43,18 +73,33 @@ impl QParams {
 /// NCHW ↔ NHWC index map for `[n, c, plane]` tensors (`None`: same layout on both sides).
 pub type Layout = Option<(usize, usize, usize)>;
 
-/// QuantizeLinear; with `layout` the f32 input is NCHW and the output NHWC.
-pub fn quantize(x: &[f32], q: QParams, layout: Layout, out: &mut [u8]) {
+multiversion! {
+    /// QuantizeLinear of contiguous values.
+    pub fn quantize_flat(x: &[f32], q: QParams, out: &mut [u8]) {
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o = q.quant(v));
+    }
+}
+
+/// QuantizeLinear; with `layout` the f32 input is NCHW and the output NHWC (`tmp` holds the
+/// NCHW bytes on the way, `x.len()` of them).
+pub fn quantize(x: &[f32], q: QParams, layout: Layout, out: &mut [u8], tmp: &mut [u8]) {
     match layout {
-        None => out.iter_mut().zip(x).for_each(|(o, &v)| *o = q.quant(v)),
+        None => quantize_flat(x, q, out),
         Some((n, c, p)) => {
-            for b in 0..n {
-                for ch in 0..c {
-                    let src = &x[(b * c + ch) * p..(b * c + ch + 1) * p];
-                    for (i, &v) in src.iter().enumerate() {
-                        out[(b * p + i) * c + ch] = q.quant(v);
-                    }
-                }
+            let tmp = &mut tmp[..x.len()];
+            quantize_flat(x, q, tmp);
+            nchw_to_nhwc(tmp, n, c, p, out);
+        }
+    }
+}
+
+/// NCHW bytes → NHWC bytes.
+pub fn nchw_to_nhwc(x: &[u8], n: usize, c: usize, p: usize, out: &mut [u8]) {
+    for b in 0..n {
+        for ch in 0..c {
+            let src = &x[(b * c + ch) * p..(b * c + ch + 1) * p];
+            for (i, &v) in src.iter().enumerate() {
+                out[(b * p + i) * c + ch] = v;
             }
         }
     }
@@ -88,12 +133,13 @@ pub fn nhwc_to_nchw(x: &[u8], n: usize, c: usize, p: usize, out: &mut [u8]) {
     }
 }
 
-/// `q_out(clamp(dq_a(a) + dq_b(b), lo, hi))`, same shapes.
-#[allow(clippy::too_many_arguments)]
-pub fn add(a: &[u8], qa: QParams, b: &[u8], qb: QParams, lo: f32, hi: f32, qo: QParams, out: &mut [u8]) {
-    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        let v = qa.dequant(x) + qb.dequant(y);
-        *o = qo.quant(v.max(lo).min(hi));
+multiversion! {
+    /// `q_out(clamp(dq_a(a) + dq_b(b), lo, hi))`, same shapes.
+    pub fn add(a: &[u8], qa: QParams, b: &[u8], qb: QParams, lo: f32, hi: f32, qo: QParams, out: &mut [u8]) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            let v = qa.dequant(x) + qb.dequant(y);
+            *o = qo.quant(v.max(lo).min(hi));
+        }
     }
 }
 

@@ -1,0 +1,354 @@
+//! Finds the integer units of a QDQ graph: `DequantizeLinear → op → QuantizeLinear` patterns
+//! (conv, gemm, add, global average pool, max pool, reshapes) whose inputs are already integer,
+//! so the plan runs them on integer kernels and keeps the activations in 8 bits between them.
+//! Ops without an integer kernel stay as they are (float, between their own Q/DQ nodes); each
+//! quantized-looking node that is not fused gets a note saying why.
+
+use std::collections::{HashMap, HashSet};
+
+use lowbit_core::{Act, ConvAttrs, DType, Graph, Node, Op, PoolAttrs};
+use lowbit_kernels::int8::ops::QParams;
+use lowbit_kernels::int8::{split_bias, Out};
+
+use crate::specialize::Specialized;
+
+/// A quantized convolution (also used for Gemm with `attrs == None`).
+#[derive(Clone, Debug)]
+pub(crate) struct MacUnit {
+    pub x: String,
+    pub xq: QParams,
+    /// Conv: OIHW weights. Gemm: `[n][k]` (one row per output).
+    pub w: Vec<i8>,
+    pub n: usize,
+    pub k: usize,
+    pub wshape: Vec<usize>,
+    /// Accumulator scale per output: x scale × weight scale.
+    pub scale: Vec<f32>,
+    pub bias_i: Vec<i32>,
+    pub bias_f: Vec<f32>,
+    pub lo: f32,
+    pub hi: f32,
+    pub out: Out,
+    pub conv: Option<ConvAttrs>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Unit {
+    Mac(Box<MacUnit>),
+    Add {
+        a: String,
+        qa: QParams,
+        b: String,
+        qb: QParams,
+        lo: f32,
+        hi: f32,
+        qo: QParams,
+    },
+    Gap {
+        x: String,
+        qi: QParams,
+        qo: QParams,
+    },
+    MaxPool {
+        x: String,
+        q: QParams,
+        attrs: PoolAttrs,
+    },
+    /// The output is the input's bytes (a reshape between equal Q/DQ parameters).
+    Alias {
+        x: String,
+    },
+}
+
+impl Unit {
+    pub fn inputs(&self) -> Vec<String> {
+        match self {
+            Unit::Mac(m) => vec![m.x.clone()],
+            Unit::Add { a, b, .. } => vec![a.clone(), b.clone()],
+            Unit::Gap { x, .. } | Unit::MaxPool { x, .. } | Unit::Alias { x } => vec![x.clone()],
+        }
+    }
+}
+
+pub(crate) struct Fusion {
+    /// Anchor node index → (unit, the value it writes).
+    pub units: HashMap<usize, (Unit, String)>,
+    /// Nodes absorbed into units (their Q, activation and now-unused DQ nodes).
+    pub skip: HashSet<usize>,
+    /// Values stored as integers in lowbit's layout (NHWC when 4-D).
+    pub int_vals: HashSet<String>,
+    /// Why quantized-looking nodes stayed in float.
+    pub notes: Vec<String>,
+}
+
+/// Per-tensor parameters of a Q or DQ node with constant scale and zero point.
+pub(crate) fn qparams(g: &Graph, n: &Node) -> Option<QParams> {
+    let s = g.initializers.get(n.input(1)?)?;
+    if s.len() != 1 || s.dtype() != DType::F32 {
+        return None;
+    }
+    let scale = s.to_f32_vec()[0];
+    if !(scale.is_finite() && scale > 0.0) {
+        return None;
+    }
+    let (zp, signed) = match n.input(2) {
+        None => (0, false),
+        Some(z) => {
+            let z = g.initializers.get(z)?;
+            if z.len() != 1 || !matches!(z.dtype(), DType::U8 | DType::I8) {
+                return None;
+            }
+            (z.to_i64_vec()[0] as i32, z.dtype() == DType::I8)
+        }
+    };
+    Some(QParams { scale, zp, signed })
+}
+
+fn act_range(a: Act) -> Option<(f32, f32)> {
+    match a {
+        Act::None => Some((f32::NEG_INFINITY, f32::INFINITY)),
+        Act::Relu => Some((0.0, f32::INFINITY)),
+        Act::Clip { lo, hi } => Some((lo, hi)),
+        _ => None,
+    }
+}
+
+pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
+    let g = &spec.graph;
+    let mut f = Fusion { units: HashMap::new(), skip: HashSet::new(), int_vals: HashSet::new(), notes: vec![] };
+    if !enabled {
+        return f;
+    }
+    let mut prod: HashMap<&str, usize> = HashMap::new();
+    let mut cons: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        for o in &n.outputs {
+            prod.insert(o, i);
+        }
+        for x in n.inputs.iter().filter(|s| !s.is_empty()) {
+            cons.entry(x).or_default().push(i);
+        }
+    }
+    let outputs: HashSet<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
+    let shape = |v: &str| spec.types.get(v).map(|t| t.1.clone()).unwrap_or_default();
+    let dtype = |v: &str| spec.types.get(v).map(|t| t.0);
+    // The one reader of `v`, if `v` has exactly one and is not a graph output.
+    let sole = |v: &str| -> Option<usize> {
+        match cons.get(v) {
+            Some(c) if c.len() == 1 && !outputs.contains(v) => Some(c[0]),
+            _ => None,
+        }
+    };
+    let is = |i: usize, q: bool| {
+        matches!((&g.nodes[i].op, q), (Op::QuantizeLinear { .. }, true) | (Op::DequantizeLinear { .. }, false))
+    };
+    // DQ outputs consumed as integers by units, counted per reader.
+    let mut int_reads: HashMap<String, usize> = HashMap::new();
+
+    for (i, n) in g.nodes.iter().enumerate() {
+        if f.skip.contains(&i) {
+            continue;
+        }
+        // Integer input behind a DQ: (int value, params).
+        let dq_in = |f: &Fusion, slot: usize| -> Option<(String, QParams)> {
+            let d = *prod.get(n.input(slot)?)?;
+            if !is(d, false) {
+                return None;
+            }
+            let dn = &g.nodes[d];
+            let q = qparams(g, dn)?;
+            let src = dn.inputs[0].clone();
+            f.int_vals.contains(&src).then_some((src, q))
+        };
+        // Q right after `v` (the only reader): (Q node, its params).
+        let q_after = |v: &str| -> Option<(usize, QParams)> {
+            let c = sole(v)?;
+            if !is(c, true) {
+                return None;
+            }
+            Some((c, qparams(g, &g.nodes[c])?))
+        };
+        let mut fused: Option<(Unit, String, Vec<usize>)> = None;
+        let mut note: Option<String> = None;
+        match &n.op {
+            Op::QuantizeLinear { .. } => {
+                if qparams(g, n).is_some() && dtype(&n.inputs[0]) == Some(DType::F32) {
+                    f.int_vals.insert(n.outputs[0].clone());
+                }
+            }
+            Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
+                let xs = shape(&n.inputs[0]);
+                let plain = xs.len() < 4 || xs[2..].iter().product::<usize>() == 1;
+                if f.int_vals.contains(&n.inputs[0]) && plain {
+                    f.int_vals.insert(n.outputs[0].clone());
+                } else if let (Some((x, q)), Some((qn, qo))) = (dq_in(&f, 0), q_after(&n.outputs[0])) {
+                    let ls = shape(&x);
+                    if qo == q && (ls.len() < 4 || ls[2..].iter().product::<usize>() == 1) {
+                        fused = Some((Unit::Alias { x }, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                    }
+                }
+            }
+            Op::Conv(_) | Op::Gemm { .. } => match mac_unit(spec, n, dq_in(&f, 0)) {
+                Ok(mut m) => {
+                    let o = &n.outputs[0];
+                    if let Some((qn, qo)) = q_after(o) {
+                        let (qmin, qmax) = qo.range();
+                        m.out = Out::Q { scale: qo.scale, zp: qo.zp, qmin, qmax };
+                        fused = Some((Unit::Mac(Box::new(m)), g.nodes[qn].outputs[0].clone(), vec![qn]));
+                    } else if shape(o).len() <= 2 || shape(o)[2..].iter().product::<usize>() == 1 {
+                        m.out = Out::F32;
+                        fused = Some((Unit::Mac(Box::new(m)), o.clone(), vec![]));
+                    } else {
+                        note = Some("its output is not quantized".into());
+                    }
+                }
+                Err(why) => note = why,
+            },
+            Op::Add => {
+                let (a, b) = (dq_in(&f, 0), dq_in(&f, 1));
+                let same = shape(&n.inputs[0]) == shape(&n.outputs[0]) && shape(&n.inputs[1]) == shape(&n.outputs[0]);
+                if let (Some((a, qa)), Some((b, qb)), true) = (a, b, same) {
+                    let o = &n.outputs[0];
+                    let relu = sole(o).filter(|&r| matches!(g.nodes[r].op, Op::Relu));
+                    let after = relu.map(|r| g.nodes[r].outputs[0].clone()).unwrap_or(o.clone());
+                    if let Some((qn, qo)) = q_after(&after) {
+                        let lo = if relu.is_some() { 0.0 } else { f32::NEG_INFINITY };
+                        let unit = Unit::Add { a, qa, b, qb, lo, hi: f32::INFINITY, qo };
+                        fused = Some((unit, g.nodes[qn].outputs[0].clone(), relu.into_iter().chain([qn]).collect()));
+                    } else {
+                        note = Some("its output is not quantized".into());
+                    }
+                } else if n.inputs.iter().any(|x| prod.get(x.as_str()).is_some_and(|&d| is(d, false))) {
+                    note = Some("needs two per-tensor integer inputs of the output's shape".into());
+                }
+            }
+            Op::GlobalAveragePool => {
+                if let (Some((x, qi)), Some((qn, qo))) = (dq_in(&f, 0), q_after(&n.outputs[0])) {
+                    if shape(&x).len() == 4 {
+                        fused = Some((Unit::Gap { x, qi, qo }, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                    }
+                }
+            }
+            Op::MaxPool(p) if n.outputs.iter().skip(1).all(|o| o.is_empty()) => {
+                if let (Some((x, q)), Some((qn, qo))) = (dq_in(&f, 0), q_after(&n.outputs[0])) {
+                    if q == qo && shape(&x).len() == 4 {
+                        let unit = Unit::MaxPool { x, q, attrs: p.clone() };
+                        fused = Some((unit, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                    } else {
+                        note = Some("input and output quantization differ".into());
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(why) = note {
+            if n.inputs.iter().any(|x| prod.get(x.as_str()).is_some_and(|&d| is(d, false))) {
+                f.notes.push(format!("{} '{}' runs in f32: {}", n.op.op_type(), n.name, why));
+            }
+        }
+        if let Some((unit, out, absorbed)) = fused {
+            for x in n.inputs.iter().filter(|s| !s.is_empty()) {
+                if prod.get(x.as_str()).is_some_and(|&d| is(d, false)) && unit.inputs().len() > 0 {
+                    let d = &g.nodes[prod[x.as_str()]];
+                    if unit.inputs().contains(&d.inputs[0]) {
+                        *int_reads.entry(x.clone()).or_default() += 1;
+                    }
+                }
+            }
+            f.skip.extend(absorbed);
+            f.int_vals.insert(out.clone());
+            f.units.insert(i, (unit, out));
+        }
+    }
+    // DQ nodes whose every reader now reads the integers directly.
+    for (i, n) in g.nodes.iter().enumerate() {
+        if is(i, false) {
+            let o = n.outputs[0].as_str();
+            let readers = cons.get(o).map(|c| c.len()).unwrap_or(0);
+            if readers > 0 && int_reads.get(o).copied().unwrap_or(0) == readers && !outputs.contains(o) {
+                f.skip.insert(i);
+            }
+        }
+    }
+    f
+}
+
+/// Checks a Conv/Gemm for integer execution and gathers its numbers (output decided by caller).
+fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Result<MacUnit, Option<String>> {
+    let g = &spec.graph;
+    let (x, xq) = x.ok_or(None)?;
+    if xq.signed {
+        return Err(Some("int8 activations (lowbit's kernels take uint8 activations)".into()));
+    }
+    let wname = n.input(1).ok_or(None)?;
+    let wc =
+        spec.dq_consts.get(wname).ok_or_else(|| Some("its weights are not DequantizeLinear of a constant".into()))?;
+    if wc.q.dtype() != DType::I8 || wc.zp.as_ref().is_some_and(|z| z.to_i64_vec().iter().any(|&v| v != 0)) {
+        return Err(Some("weights are not int8 with zero point 0".into()));
+    }
+    let ws = wc.q.shape.clone();
+    let w8: Vec<i8> = wc.q.to_i64_vec().iter().map(|&v| v as i8).collect();
+    let sw = wc.scale.to_f32_vec();
+    let rank = ws.len() as i64;
+    let axis = if wc.axis < 0 { wc.axis + rank } else { wc.axis };
+    let (act, conv, n_out, k, w) = match &n.op {
+        Op::Conv(c) => {
+            if ws.len() != 4 || spec.types.get(&x).is_none_or(|t| t.1.len() != 4) {
+                return Err(Some("only 2-D convolutions have integer kernels".into()));
+            }
+            if sw.len() != 1 && axis != 0 {
+                return Err(Some("weight scales are not per output channel".into()));
+            }
+            (c.act, Some(c.clone()), ws[0], ws[1] * ws[2] * ws[3], w8)
+        }
+        Op::Gemm { alpha, beta, trans_a, trans_b, act } => {
+            if *alpha != 1.0 || *trans_a || (n.input(2).is_some() && *beta != 1.0) || ws.len() != 2 {
+                return Err(Some("only Gemm with alpha = beta = 1 and A not transposed".into()));
+            }
+            let (nn, k) = if *trans_b { (ws[0], ws[1]) } else { (ws[1], ws[0]) };
+            let out_axis = if *trans_b { 0 } else { 1 };
+            if sw.len() != 1 && axis != out_axis {
+                return Err(Some("weight scales are not per output".into()));
+            }
+            let w = if *trans_b {
+                w8
+            } else {
+                let mut t = vec![0i8; nn * k];
+                for kk in 0..k {
+                    for j in 0..nn {
+                        t[j * k + kk] = w8[kk * nn + j];
+                    }
+                }
+                t
+            };
+            (*act, None, nn, k, w)
+        }
+        _ => return Err(None),
+    };
+    if sw.len() != 1 && sw.len() != n_out {
+        return Err(Some("weight scale length does not match the outputs".into()));
+    }
+    let (lo, hi) = act_range(act).ok_or_else(|| Some(format!("fused activation {act:?} has no integer epilogue")))?;
+    let scale: Vec<f32> = (0..n_out).map(|c| xq.scale * sw[if sw.len() == 1 { 0 } else { c }]).collect();
+    let (bias_i, bias_f) = match n.input(2) {
+        None => (vec![0; n_out], vec![0.0; n_out]),
+        Some(b) => {
+            let bt = g.initializers.get(b).ok_or_else(|| Some("bias is not constant".into()))?;
+            if bt.len() != n_out {
+                return Err(Some("bias does not have one value per output".into()));
+            }
+            match spec.dq_consts.get(b) {
+                Some(bc)
+                    if bc.q.dtype() == DType::I32
+                        && bc.zp.as_ref().is_none_or(|z| z.to_i64_vec().iter().all(|&v| v == 0)) =>
+                {
+                    let q: Vec<i32> = bc.q.to_i64_vec().iter().map(|&v| v as i32).collect();
+                    split_bias(Some((&q, &bc.scale.to_f32_vec())), &scale)
+                }
+                _ => (vec![0; n_out], bt.to_f32_vec()),
+            }
+        }
+    };
+    let wshape = if conv.is_some() { ws } else { vec![n_out, k] };
+    Ok(MacUnit { x, xq, w, n: n_out, k, wshape, scale, bias_i, bias_f, lo, hi, out: Out::F32, conv })
+}
