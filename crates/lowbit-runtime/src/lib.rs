@@ -4,6 +4,7 @@
 //! kernel math: that lives in `lowbit-kernels`.
 
 pub mod classify;
+pub mod fakequant;
 pub mod memory;
 mod plan;
 mod qfuse;

@@ -48,6 +48,12 @@ pub fn tmpdir(tag: &str) -> PathBuf {
 
 /// Runs `model` in ONNX Runtime on `x` (shape `shape`) and returns (output shape, values).
 pub fn ort_run(model: &Path, x: &[f32], shape: &[usize], tag: &str) -> (Vec<usize>, Vec<f32>) {
+    ort_run_opt(model, x, shape, tag, true)
+}
+
+/// [`ort_run`], with ONNX Runtime's graph optimizations on or off (off: QDQ runs as float
+/// simulation instead of ONNX Runtime's integer kernels).
+pub fn ort_run_opt(model: &Path, x: &[f32], shape: &[usize], tag: &str, optimize: bool) -> (Vec<usize>, Vec<f32>) {
     let d = tmpdir(tag);
     let (inp, out) = (d.join("in.f32"), d.join("out.f32"));
     std::fs::write(&inp, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
@@ -58,6 +64,8 @@ pub fn ort_run(model: &Path, x: &[f32], shape: &[usize], tag: &str) -> (Vec<usiz
         .arg(&inp)
         .arg(shape_s.join(","))
         .arg(&out)
+        .arg("1")
+        .arg(if optimize { "all" } else { "none" })
         .output()
         .expect("run python");
     assert!(o.status.success(), "ONNX Runtime failed on {}: {}", model.display(), String::from_utf8_lossy(&o.stderr));
