@@ -15,7 +15,8 @@ unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, valid: usize)
     let y = _mm256_cvtepi32_ps(_mm256_add_epi32(acc, bi));
     let y = _mm256_add_ps(_mm256_mul_ps(y, s), bf);
     // max/min with the operand order of the scalar path's f32::max/min (NaN → the bound).
-    let y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(rq.lo)), _mm256_set1_ps(rq.hi));
+    let (lo, hi) = if rq.out == Out::F32 { (rq.lo, rq.hi) } else { (rq.ylo, rq.yhi) };
+    let y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
     match rq.out {
         Out::F32 => {
             if valid == 8 {
@@ -27,7 +28,9 @@ unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, valid: usize)
             }
         }
         Out::Q { scale, zp, qmin, qmax } => {
-            let t = _mm256_div_ps(y, _mm256_set1_ps(scale));
+            let (vs, vinv) = (_mm256_set1_ps(scale), _mm256_set1_ps(rq.inv));
+            let q = _mm256_mul_ps(y, vinv);
+            let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q, vs, y), vinv, q);
             let t = _mm256_max_ps(t, _mm256_set1_ps((qmin - zp) as f32));
             let t = _mm256_min_ps(t, _mm256_set1_ps((qmax - zp) as f32));
             let q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_set1_epi32(zp));
@@ -44,7 +47,7 @@ unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, valid: usize)
 ///
 /// # Safety
 /// As for [`super::gemm`]; the CPU has AVX2.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_tile(
     m: usize,
@@ -119,7 +122,7 @@ unsafe fn micro<const MR: usize>(
 ///
 /// # Safety
 /// As for [`super::depthwise`]; the CPU has AVX2.
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
     let xp = x.as_ptr();
     let full = g.c / 8 * 8;
@@ -132,7 +135,7 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
                 for kx in 0..g.kw {
                     let ix = ox * g.sw + kx * g.dw;
                     let wv = _mm256_loadu_si256(w.w.as_ptr().add((ky * g.kw + kx) * w.c_pad + c) as *const _);
-                    let xv = _mm_loadl_epi64(xp.add((iy * g.wp + ix) * g.c + c) as *const _);
+                    let xv = _mm_loadl_epi64(xp.add((iy * g.wp + ix) * g.cs + c) as *const _);
                     acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(xv), wv));
                 }
             }
@@ -143,4 +146,27 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
     if full < g.c {
         depthwise_cols(g, x, w, rq, out, oy, full, g.c);
     }
+}
+
+/// Peak probe: `iters` rounds of 12 independent `vpmaddwd ymm` + `vpaddd` (16 MACs each).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn peak_probe(iters: usize) -> i32 {
+    let a = _mm256_set1_epi32(0x00010002);
+    let b = _mm256_set1_epi32(0x0003ffff);
+    let mut acc = [_mm256_setzero_si256(); 12];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_add_epi32(*x, _mm256_madd_epi16(a, b));
+        }
+    }
+    let mut v = [0i32; 8];
+    let mut s = _mm256_setzero_si256();
+    for x in acc {
+        s = _mm256_add_epi32(s, x);
+    }
+    _mm256_storeu_si256(v.as_mut_ptr() as *mut _, s);
+    v.iter().sum()
 }

@@ -47,7 +47,7 @@ impl Isa {
         let f = crate::isa::Features::detect();
         match self {
             Isa::Scalar => true,
-            Isa::Avx2 => f.avx2,
+            Isa::Avx2 => f.avx2 && f.fma,
             Isa::Avx512Vnni => f.avx512f && f.avx512bw && f.avx512vnni,
         }
     }
@@ -91,6 +91,47 @@ impl Isa {
     }
 }
 
+/// This core's measured peak for a path's multiply-accumulate instruction, in GMAC/s (about
+/// 0.1 s of work, measured once per process).
+pub fn measured_peak_gmacs(isa: Isa) -> f64 {
+    static PEAKS: std::sync::Mutex<Vec<(Isa, f64)>> = std::sync::Mutex::new(Vec::new());
+    if let Some(p) = PEAKS.lock().unwrap().iter().find(|p| p.0 == isa) {
+        return p.1;
+    }
+    let run = |iters: usize| -> (f64, f64) {
+        let t = std::time::Instant::now();
+        let (macs, sink) = match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: only called for supported paths (checked below).
+            Isa::Avx512Vnni => (iters as f64 * 12.0 * 64.0, unsafe { avx512::peak_probe(iters) }),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => (iters as f64 * 12.0 * 16.0, unsafe { avx2::peak_probe(iters) }),
+            _ => {
+                let mut acc = [0i32; 8];
+                for i in 0..iters {
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = a.wrapping_add(std::hint::black_box((i + j) as i32).wrapping_mul(3));
+                    }
+                }
+                (iters as f64 * 8.0, acc.iter().sum())
+            }
+        };
+        std::hint::black_box(sink);
+        (macs, t.elapsed().as_secs_f64())
+    };
+    if !isa.supported() {
+        return 0.0;
+    }
+    run(1000);
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let (m, s) = run(400_000);
+        best = best.max(m / s / 1e9);
+    }
+    PEAKS.lock().unwrap().push((isa, best));
+    best
+}
+
 /// Where the epilogue writes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Out {
@@ -109,6 +150,24 @@ pub struct Requant {
     pub lo: f32,
     pub hi: f32,
     pub out: Out,
+    /// For quantized outputs, what the SIMD epilogues use: the activation clamp narrowed to the
+    /// values that do not saturate (`y/s` within one step of the output range, so the result
+    /// is unchanged and `y · (1/s)` cannot overflow), and `1/s` for the correctly rounded
+    /// division `y/s = q + (y - q·s)·(1/s)`, `q = y·(1/s)` (Markstein's theorem: one FMA
+    /// correction of a faithful quotient gives the correctly rounded one).
+    pub ylo: f32,
+    pub yhi: f32,
+    pub inv: f32,
+}
+
+/// `y / s` rounded correctly, from `inv = 1/s` rounded: the quotient `q = y·inv`, the exact
+/// residual `r = y - q·s` (one FMA), and the corrected `q + r·inv` (another FMA). Matches the
+/// IEEE division bit for bit for normal operands (checked by the property tests).
+#[inline(always)]
+pub fn div_markstein(y: f32, s: f32, inv: f32) -> f32 {
+    let q = y * inv;
+    let r = (-q).mul_add(s, y);
+    r.mul_add(inv, q)
 }
 
 impl Requant {
@@ -123,7 +182,13 @@ impl Requant {
         };
         let mut bi = bias_i.to_vec();
         bi.resize(np, 0);
-        Requant { scale: pad(scale), bias_i: bi, bias_f: pad(bias_f), lo, hi, out }
+        let (ylo, yhi, inv) = match out {
+            Out::Q { scale, zp, qmin, qmax } => {
+                (lo.max((qmin - zp - 1) as f32 * scale), hi.min((qmax - zp + 1) as f32 * scale), 1.0 / scale)
+            }
+            Out::F32 => (lo, hi, 1.0),
+        };
+        Requant { scale: pad(scale), bias_i: bi, bias_f: pad(bias_f), lo, hi, out, ylo, yhi, inv }
     }
 
     /// Channels `c0..c0+n` of this epilogue.
@@ -318,12 +383,32 @@ pub struct PackedDw {
     pub c_pad: usize,
     pub w: Vec<i32>,
     pub colsum: Vec<i32>,
+    /// AVX-512 VNNI layout: per 64-channel block, per group of 4 taps, 4 vectors whose i32 lane
+    /// (L, j) holds the 4 tap weights of channel `16L + 4i + j` (the order byte interleaving of
+    /// 4 tap rows produces), plus the epilogue parameters in the same order.
+    pub vnni: Vec<i8>,
+    pub rq_perm: Option<Requant>,
+}
+
+impl PackedDw {
+    /// Tap groups of 4 (the last one padded with zero weights).
+    pub fn groups(&self) -> usize {
+        self.taps.div_ceil(4)
+    }
+}
+
+/// Channel of lane `(L, j)` (lane index `4L + j`) of vector `i` in a 64-channel block.
+#[inline(always)]
+pub(crate) fn dw_perm(i: usize, lane: usize) -> usize {
+    16 * (lane / 4) + 4 * i + lane % 4
 }
 
 /// Depthwise geometry on a zero-point-padded NHWC input `[hp][wp][c]`.
 #[derive(Clone, Copy, Debug)]
 pub struct DwGeom {
     pub c: usize,
+    /// Channel stride of the padded input (a multiple of 64 ≥ `c`).
+    pub cs: usize,
     pub wp: usize,
     pub kh: usize,
     pub kw: usize,
@@ -396,7 +481,30 @@ impl QConv {
             let mut rq = rq;
             let corr: Vec<i32> = colsum.iter().map(|&s| -(zx as i32) * s).collect();
             rq.add_bias_i(&corr);
-            ConvKind::Depthwise(PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum }, rq)
+            let (mut vnni, mut rq_perm) = (vec![], None);
+            if isa == Isa::Avx512Vnni && rq.out != Out::F32 {
+                let blocks = g.c_out.div_ceil(64);
+                let groups = taps.div_ceil(4);
+                vnni = vec![0i8; blocks * groups * 256];
+                let n64 = blocks * 64;
+                let (mut sc, mut bi, mut bf) = (vec![0f32; n64], vec![0i32; n64], vec![0f32; n64]);
+                for b in 0..blocks {
+                    for i in 0..4 {
+                        for lane in 0..16 {
+                            let c = b * 64 + dw_perm(i, lane);
+                            let at = b * 64 + i * 16 + lane;
+                            if c < g.c_out {
+                                (sc[at], bi[at], bf[at]) = (rq.scale[c], rq.bias_i[c], rq.bias_f[c]);
+                                for t in 0..taps {
+                                    vnni[((b * groups + t / 4) * 4 + i) * 64 + lane * 4 + t % 4] = w[c * taps + t];
+                                }
+                            }
+                        }
+                    }
+                }
+                rq_perm = Some(Requant { scale: sc, bias_i: bi, bias_f: bf, ..rq.clone() });
+            }
+            ConvKind::Depthwise(PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm }, rq)
         } else {
             let mut parts = vec![];
             for gi in 0..g.group {
@@ -458,7 +566,7 @@ impl QConv {
             ConvKind::Im2col(p) => g.oh * g.ow * p[0].0.k4,
             ConvKind::Depthwise(..) => {
                 let (hp, wp) = self.padded_hw();
-                hp * wp * g.c_in
+                hp * wp * g.c_in.div_ceil(64) * 64 + 64
             }
         }
     }
@@ -486,22 +594,34 @@ impl QConv {
             }
             ConvKind::Depthwise(w, r) => {
                 let (hp, wp) = self.padded_hw();
-                let c = g.c_in;
-                let xp = &mut scratch[..hp * wp * c];
-                pad_nhwc(g, x, hp, wp, self.zx, xp);
-                let dg =
-                    DwGeom { c, wp, kh: g.kh, kw: g.kw, sh: g.sh, sw: g.sw, dh: g.dh, dw: g.dw, oh: g.oh, ow: g.ow };
+                let (c, cs) = (g.c_in, g.c_in.div_ceil(64) * 64);
+                let xp = &mut scratch[..hp * wp * cs];
+                pad_nhwc(g, x, hp, wp, cs, self.zx, xp);
+                let dg = DwGeom {
+                    c,
+                    cs,
+                    wp,
+                    kh: g.kh,
+                    kw: g.kw,
+                    sh: g.sh,
+                    sw: g.sw,
+                    dh: g.dh,
+                    dw: g.dw,
+                    oh: g.oh,
+                    ow: g.ow,
+                };
                 depthwise(&dg, xp, w, r, out, threads);
             }
         }
     }
 }
 
-/// Copies the NHWC input into a `[hp][wp][c]` buffer filled with the zero point outside it.
-fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, zx: u8, xp: &mut [u8]) {
+/// Copies the NHWC input into a `[hp][wp][cs]` buffer (channel stride `cs ≥ c`) filled with the
+/// zero point outside the image and in the padding channels.
+fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp: &mut [u8]) {
     let c = g.c_in;
     for ph in 0..hp {
-        let row = &mut xp[ph * wp * c..(ph + 1) * wp * c];
+        let row = &mut xp[ph * wp * cs..(ph + 1) * wp * cs];
         let ih = ph as isize - g.pt as isize;
         if ih < 0 || ih >= g.h as isize {
             row.fill(zx);
@@ -509,10 +629,18 @@ fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, zx: u8, xp: &mut [u8])
         }
         let ih = ih as usize;
         let left = g.pl.min(wp);
-        row[..left * c].fill(zx);
         let n = g.w.min(wp - left);
-        row[left * c..(left + n) * c].copy_from_slice(&x[ih * g.w * c..(ih * g.w + n) * c]);
-        row[(left + n) * c..].fill(zx);
+        if cs == c {
+            row[..left * c].fill(zx);
+            row[left * c..(left + n) * c].copy_from_slice(&x[ih * g.w * c..(ih * g.w + n) * c]);
+            row[(left + n) * c..].fill(zx);
+        } else {
+            row.fill(zx);
+            for i in 0..n {
+                let s = (ih * g.w + i) * c;
+                row[(left + i) * cs..(left + i) * cs + c].copy_from_slice(&x[s..s + c]);
+            }
+        }
     }
 }
 
@@ -520,19 +648,33 @@ fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, zx: u8, xp: &mut [u8])
 /// outside the image), then zeros up to `k4`.
 fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8, a: &mut [u8]) {
     let taps = g.kh * g.kw;
+    // With one group and no dilation, the kw taps of a window row are one contiguous run.
+    let runs = cig == g.c_in && g.dw == 1;
     for oy in 0..g.oh {
         for ox in 0..g.ow {
             let row = &mut a[(oy * g.ow + ox) * k4..(oy * g.ow + ox + 1) * k4];
+            let ix0 = (ox * g.sw) as isize - g.pl as isize;
+            let inside_x = ix0 >= 0 && ix0 as usize + (g.kw - 1) * g.dw < g.w;
             for ky in 0..g.kh {
                 let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+                let seg = &mut row[ky * g.kw * cig..(ky + 1) * g.kw * cig];
+                if iy < 0 || iy >= g.h as isize {
+                    seg.fill(zx);
+                    continue;
+                }
+                let rbase = iy as usize * g.w;
+                if runs && inside_x {
+                    let s = (rbase + ix0 as usize) * g.c_in;
+                    seg.copy_from_slice(&x[s..s + g.kw * cig]);
+                    continue;
+                }
                 for kx in 0..g.kw {
-                    let ix = (ox * g.sw + kx * g.dw) as isize - g.pl as isize;
-                    let t = ky * g.kw + kx;
-                    let dst = &mut row[t * cig..(t + 1) * cig];
-                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                    let ix = ix0 + (kx * g.dw) as isize;
+                    let dst = &mut seg[kx * cig..(kx + 1) * cig];
+                    if ix < 0 || ix >= g.w as isize {
                         dst.fill(zx);
                     } else {
-                        let s = (iy as usize * g.w + ix as usize) * g.c_in + c0;
+                        let s = (rbase + ix as usize) * g.c_in + c0;
                         dst.copy_from_slice(&x[s..s + cig]);
                     }
                 }

@@ -81,7 +81,7 @@ pub(crate) unsafe fn depthwise_cols(
                 for kx in 0..g.kw {
                     let iy = oy * g.sh + ky * g.dh;
                     let ix = ox * g.sw + kx * g.dw;
-                    let v = x[(iy * g.wp + ix) * g.c + c] as i32;
+                    let v = x[(iy * g.wp + ix) * g.cs + c] as i32;
                     acc = acc.wrapping_add(v * w.w[(ky * g.kw + kx) * w.c_pad + c]);
                 }
             }

@@ -1,0 +1,135 @@
+//! `cargo bench -p lowbit-kernels --bench int8`: GMAC/s of the integer GEMM and depthwise kernels
+//! on every path this CPU has, on ResNet-18 / MobileNetV2 layer shapes, with the share of the
+//! path's measured peak, and lowbit's f32 GEMM on the same shapes measured in the same run.
+//! Results also go to target/int8-bench.json.
+
+use std::time::Instant;
+
+use lowbit_kernels::f32conv::ConvGeom;
+use lowbit_kernels::f32gemm;
+use lowbit_kernels::int8::{self, measured_peak_gmacs, Isa, Out, OutPtr, PackedB, QConv, Requant};
+
+fn time_it(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::MAX;
+    let mut total = 0.0;
+    while total < 0.3 {
+        let t = Instant::now();
+        f();
+        let s = t.elapsed().as_secs_f64();
+        best = best.min(s);
+        total += s;
+    }
+    best
+}
+
+fn main() {
+    let gemms: &[(&str, usize, usize, usize)] = &[
+        ("resnet18 layer1 3x3 (im2col)", 3136, 64, 576),
+        ("resnet18 layer2 3x3", 784, 128, 1152),
+        ("resnet18 layer3 3x3", 196, 256, 2304),
+        ("resnet18 layer4 3x3", 49, 512, 4608),
+        ("mobilenetv2 expand 1x1 56x56", 3136, 144, 24),
+        ("mobilenetv2 project 1x1 14x14", 196, 96, 576),
+        ("mobilenetv2 last 1x1 7x7", 49, 1280, 320),
+    ];
+    let mut rows = vec![];
+    println!("{:<34} {:>10} {:>9} {:>8} {:>9}", "GEMM m×n×k", "path", "GMAC/s", "of peak", "f32 GMAC/s");
+    for &(name, m, n, k) in gemms {
+        let a: Vec<u8> = (0..m * k.div_ceil(4) * 4).map(|i| (i * 7 % 251) as u8).collect();
+        let af: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+        let wf: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 - 6.0).collect();
+        let macs = (m * n * k) as f64;
+        let mut cf = vec![0f32; m * n];
+        let bias = vec![0f32; n];
+        // f32 peer: the same product as lowbit's f32 conv runs it (C[n×m] = W[n×k]·A[k×m]).
+        let at: Vec<f32> = (0..k * m).map(|i| af[(i % m) * k + i / m]).collect();
+        let tf =
+            time_it(|| f32gemm::sgemm_bias_act(n, m, k, &wf, k, &at, m, &bias, lowbit_core::Act::None, &mut cf, m, 1));
+        for isa in Isa::all_supported() {
+            let b = PackedB::new(isa, k, n, |kk, j| ((kk * 31 + j * 17) % 255) as i8);
+            let rq = Requant::new(
+                &vec![0.001; n],
+                &vec![0; n],
+                &vec![0.0; n],
+                0.0,
+                f32::INFINITY,
+                Out::Q { scale: 0.05, zp: 0, qmin: 0, qmax: 255 },
+            );
+            let mut c = vec![0u8; m * n];
+            // SAFETY: buffers sized for the shapes; isa supported.
+            let t = time_it(|| unsafe {
+                int8::gemm(m, a.as_ptr(), k.div_ceil(4) * 4, &b, &rq, OutPtr(c.as_mut_ptr()), n, 1)
+            });
+            let g = macs / t / 1e9;
+            let peak = measured_peak_gmacs(isa);
+            println!(
+                "{:<34} {:>10} {:>9.1} {:>7.0}% {:>9.1}",
+                format!("{name} {m}×{n}×{k}"),
+                isa.name(),
+                g,
+                100.0 * g / peak,
+                macs / tf / 1e9
+            );
+            rows.push(format!("{{\"kernel\":\"gemm\",\"shape\":\"{name}\",\"isa\":\"{}\",\"gmacs\":{g:.2},\"peak\":{peak:.1},\"f32_gmacs\":{:.2}}}", isa.name(), macs / tf / 1e9));
+        }
+    }
+    let dws: &[(&str, usize, usize, usize)] = &[
+        ("mobilenetv2 dw 3x3 s1 144@56", 144, 56, 1),
+        ("mobilenetv2 dw 3x3 s2 96@112", 96, 112, 2),
+        ("mobilenetv2 dw 3x3 s1 576@14", 576, 14, 1),
+        ("mobilenetv2 dw 3x3 s1 960@7", 960, 7, 1),
+    ];
+    println!("\n{:<34} {:>10} {:>9} {:>8}", "depthwise", "path", "GMAC/s", "of peak");
+    for &(name, c, hw, s) in dws {
+        let o = (hw + 2 - 3) / s + 1;
+        let geom = ConvGeom {
+            c_in: c,
+            h: hw,
+            w: hw,
+            c_out: c,
+            kh: 3,
+            kw: 3,
+            sh: s,
+            sw: s,
+            dh: 1,
+            dw: 1,
+            pt: 1,
+            pl: 1,
+            oh: o,
+            ow: o,
+            group: c,
+        };
+        let x: Vec<u8> = (0..hw * hw * c).map(|i| (i * 7 % 251) as u8).collect();
+        let w: Vec<i8> = (0..c * 9).map(|i| (i % 255) as i8).collect();
+        let macs = geom.macs() as f64;
+        for isa in Isa::all_supported() {
+            let rq = Requant::new(
+                &vec![0.001; c],
+                &vec![0; c],
+                &vec![0.0; c],
+                0.0,
+                6.0,
+                Out::Q { scale: 0.05, zp: 0, qmin: 0, qmax: 255 },
+            );
+            let qc = QConv::new(isa, geom.clone(), &w, 3, rq);
+            let mut scratch = vec![0u8; qc.scratch_len()];
+            let mut out = vec![0u8; o * o * c];
+            // SAFETY: buffers sized from the geometry; isa supported.
+            let t = time_it(|| unsafe { qc.run(&x, OutPtr(out.as_mut_ptr()), &mut scratch, 1) });
+            let g = macs / t / 1e9;
+            let peak = measured_peak_gmacs(isa);
+            println!("{:<34} {:>10} {:>9.1} {:>7.0}%", name, isa.name(), g, 100.0 * g / peak);
+            rows.push(format!(
+                "{{\"kernel\":\"depthwise\",\"shape\":\"{name}\",\"isa\":\"{}\",\"gmacs\":{g:.2},\"peak\":{peak:.1}}}",
+                isa.name()
+            ));
+        }
+    }
+    println!("\nmeasured peaks (GMAC/s, one core):");
+    for isa in Isa::all_supported() {
+        println!("  {:<10} {:.1}", isa.name(), measured_peak_gmacs(isa));
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let _ = std::fs::write(dir.join("int8-bench.json"), format!("[{}]\n", rows.join(",\n")));
+}
