@@ -300,24 +300,33 @@ pub fn bench(
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let gmacs = plan.macs() as f64 / 1e9 / (median / 1e3);
     let ips = batch as f64 / (median / 1e3);
-    println!("{} batch {} threads {} (f32)", model.display(), batch, threads);
+    let int8 = plan.int8_steps() > 0;
+    let precision = if int8 { format!("int8, {}", plan.isa().name()) } else { "f32".to_string() };
+    // Share of this machine's measured multiply-accumulate peak for the integer path in use.
+    let peak = if int8 { lowbit_kernels::int8::measured_peak_gmacs(plan.isa()) * threads as f64 } else { 0.0 };
+    println!("{} batch {} threads {} ({precision})", model.display(), batch, threads);
     print_table(
-        &["median ms", "p90 ms", "mean ms", "images/s", "GMAC/s", "arena MB"],
+        &["median ms", "p90 ms", "mean ms", "images/s", "GMAC/s", "of peak", "arena MB", "weights MB"],
         &[vec![
             format!("{median:.3}"),
             format!("{p90:.3}"),
             format!("{mean:.3}"),
             format!("{ips:.1}"),
             format!("{gmacs:.1}"),
+            if int8 { format!("{:.0}%", 100.0 * gmacs / peak) } else { "-".into() },
             format!("{:.2}", plan.arena_bytes() as f64 / 1e6),
+            format!("{:.2}", plan.weight_bytes() as f64 / 1e6),
         ]],
     );
     if let Some(p) = json_out {
         write_json(
             p,
-            &json!({"model": model.display().to_string(), "precision": "f32", "batch": batch, "threads": threads, "iters": iters,
+            &json!({"model": model.display().to_string(), "precision": if int8 { "int8" } else { "f32" },
+                "isa": if int8 { Some(plan.isa().name()) } else { None }, "batch": batch, "threads": threads, "iters": iters,
                 "median_ms": median, "p90_ms": p90, "mean_ms": mean, "images_per_s": ips, "gmac_per_s": gmacs,
-                "macs": plan.macs(), "arena_bytes": plan.arena_bytes(), "cpu_features": Features::detect().names()}),
+                "peak_gmac_per_s": if int8 { Some(peak) } else { None }, "int8_steps": plan.int8_steps(),
+                "f32_fallbacks": plan.int8_notes(), "macs": plan.macs(), "arena_bytes": plan.arena_bytes(),
+                "weight_bytes": plan.weight_bytes(), "cpu_features": Features::detect().names()}),
         )?;
     }
     Ok(BenchResult { median_ms: median, p90_ms: p90, gmacs })

@@ -97,9 +97,14 @@ pub fn load_data(path: &Path, split: Split, pre: &Preprocess, limit: Option<usiz
 }
 
 /// Compiles a plan, turning errors into messages that name the model file.
+/// Quantized nodes that stay in f32 are reported on stderr.
 pub fn compile(g: &Graph, model: &Path, shape: Vec<usize>, threads: usize) -> Result<Plan> {
-    Plan::compile(g, &[shape], &PlanOptions { threads, ..Default::default() })
-        .map_err(|e| anyhow!("{}: {e}", model.display()))
+    let p = Plan::compile(g, &[shape], &PlanOptions { threads, ..Default::default() })
+        .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    for note in p.int8_notes() {
+        eprintln!("note: {}: {note}", model.display());
+    }
+    Ok(p)
 }
 
 /// Writes bytes to `path` through a temporary file and a rename.

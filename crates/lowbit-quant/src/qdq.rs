@@ -293,15 +293,14 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 Tensor { shape: w.shape.clone(), data: Data::I8(q.iter().map(|&v| v as i8).collect()) },
             );
             let sn = out.fresh_name(&format!("{wname}_scale"));
-            let zn = out.fresh_name(&format!("{wname}_zero_point"));
             let sshape = if nch == 1 { vec![] } else { vec![nch] };
             out.initializers.insert(sn.clone(), Tensor::f32(sshape.clone(), p.scale.clone()));
-            out.initializers.insert(zn.clone(), Tensor { shape: sshape.clone(), data: Data::I8(vec![0; nch]) });
             let wdq = out.fresh_name(&format!("{wname}_dequantized"));
             new_nodes.push(Node {
                 name: format!("{}_weight_DequantizeLinear", n.name),
                 op: Op::DequantizeLinear { axis: axis as i64 },
-                inputs: vec![qn, sn, zn],
+                // Symmetric weights: the zero point input is left out (ONNX: 0 when absent).
+                inputs: vec![qn, sn],
                 outputs: vec![wdq.clone()],
             });
             n2.inputs[1] = wdq;
@@ -321,13 +320,11 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 out.initializers.insert(bqn.clone(), Tensor { shape: vec![nout], data: Data::I32(bq) });
                 let bsn = out.fresh_name(&format!("{bname}_scale"));
                 out.initializers.insert(bsn.clone(), Tensor::f32(vec![nout], bscale));
-                let bzn = out.fresh_name(&format!("{bname}_zero_point"));
-                out.initializers.insert(bzn.clone(), Tensor { shape: vec![nout], data: Data::I32(vec![0; nout]) });
                 let bdq = out.fresh_name(&format!("{bname}_dequantized"));
                 new_nodes.push(Node {
                     name: format!("{}_bias_DequantizeLinear", n.name),
                     op: Op::DequantizeLinear { axis: 0 },
-                    inputs: vec![bqn, bsn, bzn],
+                    inputs: vec![bqn, bsn],
                     outputs: vec![bdq.clone()],
                 });
                 n2.inputs.resize(3, String::new());

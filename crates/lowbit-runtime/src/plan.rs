@@ -319,6 +319,8 @@ impl Plan {
         let mut infos = vec![];
         let mut scratch_len = 0usize;
         let mut qscratch_len = 0usize;
+        let mut packed: std::collections::HashSet<String> = Default::default();
+        let mut const_used: std::collections::HashSet<String> = Default::default();
         for (n, unit) in items.iter() {
             if is_alias(n) {
                 continue;
@@ -352,10 +354,11 @@ impl Plan {
                             (Kind::QConv { c: qc, batch: xs[0] }, name)
                         } else {
                             let (mm, k, nn) = (xs[0], m.k, m.n);
-                            let b = PackedB::new(isa, k, nn, |kk, j| m.w[j * k + kk]);
+                            let mut b = PackedB::new(isa, k, nn, |kk, j| m.w[j * k + kk]);
                             let mut rq = rq;
                             let corr: Vec<i32> = b.colsum.iter().map(|&s| -m.xq.zp * s).collect();
                             rq.add_bias_i(&corr);
+                            b.colsum = vec![];
                             if k % 4 != 0 {
                                 qscratch_len = qscratch_len.max(mm * b.k4);
                             }
@@ -563,6 +566,21 @@ impl Plan {
                 params,
                 output: n.outputs[0].clone(),
             });
+            // Packed steps hold their weights in their own layout: drop the constant operands.
+            let mut ins = ins;
+            if matches!(kind, Kind::Conv { .. } | Kind::Gemm { .. }) {
+                for (slot, name) in n.inputs.iter().enumerate().skip(1) {
+                    if g.initializers.contains_key(name) {
+                        ins[slot] = None;
+                        packed.insert(name.clone());
+                    }
+                }
+            }
+            for name in n.inputs.iter().filter(|s| g.initializers.contains_key(*s)) {
+                if !matches!(kind, Kind::Conv { .. } | Kind::Gemm { .. }) {
+                    const_used.insert(name.clone());
+                }
+            }
             steps.push(Step { kind, ins, out });
         }
         let inputs = rt_inputs
@@ -573,6 +591,18 @@ impl Plan {
             })
             .collect::<Result<Vec<_>>>()?;
         let outputs = g.outputs.iter().map(|o| Ok((o.name.clone(), operand(&o.name)?))).collect::<Result<Vec<_>>>()?;
+        // Weights live once, packed in their step: the graph's copies of constants that only
+        // packed steps (and integer units) read are dropped.
+        packed
+            .extend(fu.units.keys().flat_map(|&i| g.nodes[i].inputs.iter().skip(1)).filter(|s| !s.is_empty()).cloned());
+        let outs: std::collections::HashSet<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
+        let unused: Vec<String> =
+            packed.iter().filter(|s| !const_used.contains(*s) && !outs.contains(s.as_str())).cloned().collect();
+        let mut spec = spec;
+        for name in unused {
+            spec.graph.initializers.remove(&name);
+            spec.dq_consts.remove(&name);
+        }
         let threads = opts.threads.max(1);
         let pool = if threads > 1 {
             Some(
@@ -617,6 +647,29 @@ impl Plan {
     /// Bytes of per-plan scratch (im2col).
     pub fn scratch_bytes(&self) -> usize {
         self.scratch.len() * 4 + self.qscratch.len()
+    }
+    /// Bytes of weights the plan holds: packed kernel weights, per-channel epilogue parameters
+    /// and constant operands.
+    pub fn weight_bytes(&self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0;
+        for s in &self.steps {
+            total += match &s.kind {
+                Kind::Conv { p, .. } => (p.weight.len() + p.bias.len()) * 4,
+                Kind::Gemm { b, prefill, .. } => (b.len() + prefill.as_ref().map_or(0, |p| p.len())) * 4,
+                Kind::QConv { c, .. } => c.weight_bytes(),
+                Kind::QGemm { b, rq, .. } => b.bytes() + rq.bytes(),
+                _ => 0,
+            };
+            for o in s.ins.iter().flatten() {
+                if let Operand::Const(t) = o {
+                    if seen.insert(Arc::as_ptr(t)) {
+                        total += t.len() * t.dtype().size();
+                    }
+                }
+            }
+        }
+        total
     }
     /// The integer kernel path the plan uses.
     pub fn isa(&self) -> Isa {

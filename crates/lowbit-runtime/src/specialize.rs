@@ -96,7 +96,8 @@ fn propagate(
                 vec![Tensor::i64(vec![dims.len()], dims)]
             } else {
                 let tensors: Vec<Option<&Tensor>> = ins.iter().map(|k| k.and_then(|k| k.value)).collect();
-                if let (Op::DequantizeLinear { axis }, Some(q), Some(scale)) = (&node.op, tensors[0], tensors[1]) {
+                let (q, scale) = (tensors.first().copied().flatten(), tensors.get(1).copied().flatten());
+                if let (Op::DequantizeLinear { axis }, Some(q), Some(scale)) = (&node.op, q, scale) {
                     dq_consts.insert(
                         node.outputs[0].clone(),
                         QConst {

@@ -11,9 +11,8 @@ use super::{DwGeom, Out, OutPtr, PackedB, PackedDw, Requant};
 unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, valid: usize) {
     let bi = _mm256_loadu_si256(rq.bias_i.as_ptr().add(c) as *const _);
     let s = _mm256_loadu_ps(rq.scale.as_ptr().add(c));
-    let bf = _mm256_loadu_ps(rq.bias_f.as_ptr().add(c));
-    let y = _mm256_cvtepi32_ps(_mm256_add_epi32(acc, bi));
-    let y = _mm256_add_ps(_mm256_mul_ps(y, s), bf);
+    let y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, bi)), s);
+    let y = if rq.bias_f.is_empty() { y } else { _mm256_add_ps(y, _mm256_loadu_ps(rq.bias_f.as_ptr().add(c))) };
     // max/min with the operand order of the scalar path's f32::max/min (NaN → the bound).
     let (lo, hi) = if rq.out == Out::F32 { (rq.lo, rq.hi) } else { (rq.ylo, rq.yhi) };
     let y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));

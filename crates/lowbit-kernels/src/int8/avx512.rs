@@ -19,9 +19,8 @@ fn mask(valid: usize) -> u16 {
 unsafe fn store16(acc: __m512i, c: usize, rq: &Requant, p: *mut u8, m: u16) {
     let bi = _mm512_loadu_si512(rq.bias_i.as_ptr().add(c) as *const _);
     let s = _mm512_loadu_ps(rq.scale.as_ptr().add(c));
-    let bf = _mm512_loadu_ps(rq.bias_f.as_ptr().add(c));
-    let y = _mm512_cvtepi32_ps(_mm512_add_epi32(acc, bi));
-    let y = _mm512_add_ps(_mm512_mul_ps(y, s), bf);
+    let y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, bi)), s);
+    let y = if rq.bias_f.is_empty() { y } else { _mm512_add_ps(y, _mm512_loadu_ps(rq.bias_f.as_ptr().add(c))) };
     match rq.out {
         Out::F32 => {
             let y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(rq.lo)), _mm512_set1_ps(rq.hi));
@@ -161,7 +160,9 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
         let (mut sc, mut bf, mut bi) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4], [zero; 4]);
         for i in 0..4 {
             sc[i] = _mm512_loadu_ps(rp.scale.as_ptr().add(c0 + 16 * i));
-            bf[i] = _mm512_loadu_ps(rp.bias_f.as_ptr().add(c0 + 16 * i));
+            if !rp.bias_f.is_empty() {
+                bf[i] = _mm512_loadu_ps(rp.bias_f.as_ptr().add(c0 + 16 * i));
+            }
             bi[i] = _mm512_loadu_si512(rp.bias_i.as_ptr().add(c0 + 16 * i) as *const _);
         }
         for ox in 0..g.ow {
@@ -193,7 +194,8 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
             let mut b = [_mm_setzero_si128(); 4];
             for i in 0..4 {
                 let y = _mm512_cvtepi32_ps(_mm512_add_epi32(acc[i], bi[i]));
-                let y = _mm512_add_ps(_mm512_mul_ps(y, sc[i]), bf[i]);
+                let y = _mm512_mul_ps(y, sc[i]);
+                let y = if rp.bias_f.is_empty() { y } else { _mm512_add_ps(y, bf[i]) };
                 b[i] = quant16(_mm512_min_ps(_mm512_max_ps(y, vlo), vhi), scale, rp.inv, zp, qmin, qmax);
             }
             let t0 = _mm_unpacklo_epi32(b[0], b[1]);

@@ -182,19 +182,27 @@ impl Requant {
         };
         let mut bi = bias_i.to_vec();
         bi.resize(np, 0);
+        // An all-zero f32 bias is not stored (and not added: for quantized outputs `y + 0` only
+        // differs from `y` in the sign of zero, which rounding erases).
+        let bias_f = if bias_f.iter().all(|&v| v == 0.0) { vec![] } else { pad(bias_f) };
         let (ylo, yhi, inv) = match out {
             Out::Q { scale, zp, qmin, qmax } => {
                 (lo.max((qmin - zp - 1) as f32 * scale), hi.min((qmax - zp + 1) as f32 * scale), 1.0 / scale)
             }
             Out::F32 => (lo, hi, 1.0),
         };
-        Requant { scale: pad(scale), bias_i: bi, bias_f: pad(bias_f), lo, hi, out, ylo, yhi, inv }
+        Requant { scale: pad(scale), bias_i: bi, bias_f, lo, hi, out, ylo, yhi, inv }
     }
 
     /// Channels `c0..c0+n` of this epilogue.
     pub fn slice(&self, c0: usize, n: usize) -> Requant {
-        let take_f = |v: &[f32]| v[c0..c0 + n].to_vec();
-        Requant::new(&take_f(&self.scale), &self.bias_i[c0..c0 + n], &take_f(&self.bias_f), self.lo, self.hi, self.out)
+        let bf = if self.bias_f.is_empty() { vec![0.0; n] } else { self.bias_f[c0..c0 + n].to_vec() };
+        Requant::new(&self.scale[c0..c0 + n], &self.bias_i[c0..c0 + n], &bf, self.lo, self.hi, self.out)
+    }
+
+    /// Bytes of per-channel parameters held.
+    pub fn bytes(&self) -> usize {
+        (self.scale.len() + self.bias_i.len() + self.bias_f.len()) * 4
     }
 
     /// Adds `d[c]` to the integer bias (zero-point corrections).
@@ -208,7 +216,10 @@ impl Requant {
 /// The epilogue's f32 value for one accumulator (before output quantization).
 #[inline(always)]
 pub fn epilogue_f32(acc: i32, c: usize, rq: &Requant) -> f32 {
-    let y = (acc.wrapping_add(rq.bias_i[c]) as f32) * rq.scale[c] + rq.bias_f[c];
+    let mut y = (acc.wrapping_add(rq.bias_i[c]) as f32) * rq.scale[c];
+    if !rq.bias_f.is_empty() {
+        y += rq.bias_f[c];
+    }
     y.max(rq.lo).min(rq.hi)
 }
 
@@ -482,19 +493,20 @@ impl QConv {
             let corr: Vec<i32> = colsum.iter().map(|&s| -(zx as i32) * s).collect();
             rq.add_bias_i(&corr);
             let (mut vnni, mut rq_perm) = (vec![], None);
-            if isa == Isa::Avx512Vnni && rq.out != Out::F32 {
+            if isa == Isa::Avx512Vnni && rq.out != Out::F32 && taps <= 64 {
                 let blocks = g.c_out.div_ceil(64);
                 let groups = taps.div_ceil(4);
                 vnni = vec![0i8; blocks * groups * 256];
                 let n64 = blocks * 64;
                 let (mut sc, mut bi, mut bf) = (vec![0f32; n64], vec![0i32; n64], vec![0f32; n64]);
+                let rbf = |c: usize| if rq.bias_f.is_empty() { 0.0 } else { rq.bias_f[c] };
                 for b in 0..blocks {
                     for i in 0..4 {
                         for lane in 0..16 {
                             let c = b * 64 + dw_perm(i, lane);
                             let at = b * 64 + i * 16 + lane;
                             if c < g.c_out {
-                                (sc[at], bi[at], bf[at]) = (rq.scale[c], rq.bias_i[c], rq.bias_f[c]);
+                                (sc[at], bi[at], bf[at]) = (rq.scale[c], rq.bias_i[c], rbf(c));
                                 for t in 0..taps {
                                     vnni[((b * groups + t / 4) * 4 + i) * 64 + lane * 4 + t % 4] = w[c * taps + t];
                                 }
@@ -502,7 +514,14 @@ impl QConv {
                         }
                     }
                 }
+                let bf = if rq.bias_f.is_empty() { vec![] } else { bf };
                 rq_perm = Some(Requant { scale: sc, bias_i: bi, bias_f: bf, ..rq.clone() });
+            }
+            let (mut wv, mut colsum, mut rq) = (wv, colsum, rq);
+            if rq_perm.is_some() {
+                // The VNNI kernel reads only its own copies.
+                (wv, colsum) = (vec![], vec![]);
+                (rq.scale, rq.bias_i, rq.bias_f) = (vec![], vec![], vec![]);
             }
             ConvKind::Depthwise(PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm }, rq)
         } else {
@@ -513,9 +532,11 @@ impl QConv {
                     let (t, ci) = (k / cig, k % cig);
                     w[((gi * cog + j) * cig + ci) * taps + t]
                 });
+                let mut b = b;
                 let mut r = rq.slice(gi * cog, cog);
                 let corr: Vec<i32> = b.colsum.iter().map(|&s| -(zx as i32) * s).collect();
                 r.add_bias_i(&corr);
+                b.colsum = vec![];
                 parts.push((b, r));
             }
             if g.is_pointwise() && g.c_in % 4 == 0 {
@@ -543,13 +564,18 @@ impl QConv {
         }
     }
 
-    /// Bytes of packed weights and epilogue parameters.
+    /// Bytes of packed weights and epilogue parameters held.
     pub fn weight_bytes(&self) -> usize {
-        let rq = |r: &Requant| r.scale.len() * 12;
         match &self.kind {
-            ConvKind::Direct(b, r) => b.bytes() + rq(r),
-            ConvKind::Im2col(p) => p.iter().map(|(b, r)| b.bytes() + rq(r)).sum(),
-            ConvKind::Depthwise(w, r) => w.w.len() * 4 + rq(r),
+            ConvKind::Direct(b, r) => b.bytes() + r.bytes(),
+            ConvKind::Im2col(p) => p.iter().map(|(b, r)| b.bytes() + r.bytes()).sum(),
+            ConvKind::Depthwise(w, r) => {
+                w.w.len() * 4
+                    + w.colsum.len() * 4
+                    + w.vnni.len()
+                    + r.bytes()
+                    + w.rq_perm.as_ref().map_or(0, |p| p.bytes())
+            }
         }
     }
 
