@@ -14,12 +14,12 @@ fn mask(valid: usize) -> u16 {
     }
 }
 
-/// Epilogue of 16 accumulators for channels `c..c+16`, stored under `m`.
+/// Epilogue of 16 accumulators (already holding the integer bias) for channels `c..c+16`,
+/// stored under `m`.
 #[inline(always)]
 unsafe fn store16(acc: __m512i, c: usize, rq: &Requant, p: *mut u8, m: u16) {
-    let bi = _mm512_loadu_si512(rq.bias_i.as_ptr().add(c) as *const _);
     let s = _mm512_loadu_ps(rq.scale.as_ptr().add(c));
-    let y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, bi)), s);
+    let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s);
     let y = if rq.bias_f.is_empty() { y } else { _mm512_add_ps(y, _mm512_loadu_ps(rq.bias_f.as_ptr().add(c))) };
     match rq.out {
         Out::F32 => {
@@ -42,10 +42,18 @@ unsafe fn quant16(y: __m512, scale: f32, inv: f32, zp: i32, qmin: i32, qmax: i32
     let q = _mm512_mul_ps(y, vinv);
     let r = _mm512_fnmadd_ps(q, vs, y);
     let t = _mm512_fmadd_ps(r, vinv, q);
-    let t = _mm512_max_ps(t, _mm512_set1_ps((qmin - zp) as f32));
-    let t = _mm512_min_ps(t, _mm512_set1_ps((qmax - zp) as f32));
-    // Round half to even: the default MXCSR mode, as `round_ties_even` in the scalar path.
-    _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(zp)))
+    // Round half to even (the default MXCSR mode, as `round_ties_even` in the scalar path), add the
+    // zero point, saturate: `t` is within one step of the range, so clamping after rounding equals
+    // the scalar path's clamping before it.
+    let q = _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(zp));
+    match (qmin, qmax) {
+        (0, 255) => _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, _mm512_setzero_si512())),
+        (-128, 127) => _mm512_cvtsepi32_epi8(q),
+        _ => _mm512_cvtepi32_epi8(_mm512_min_epi32(
+            _mm512_max_epi32(q, _mm512_set1_epi32(qmin)),
+            _mm512_set1_epi32(qmax),
+        )),
+    }
 }
 
 /// Rows `0..m` × columns `j0..j0+jn` (jn ≤ 64) of the GEMM.
@@ -109,7 +117,10 @@ unsafe fn micro<const MR: usize, const NR: usize>(
 ) {
     // Rows past the end repeat the last row (computed, not stored).
     let ap: [*const u8; MR] = std::array::from_fn(|r| a.add(r.min(mr - 1) * lda));
-    let mut acc = [[_mm512_setzero_si512(); NR]; MR];
+    // Accumulators start at the integer bias (zero-point correction included).
+    let bias: [__m512i; NR] =
+        std::array::from_fn(|v| _mm512_loadu_si512(rq.bias_i.as_ptr().add(j0 + 16 * v) as *const _));
+    let mut acc = [bias; MR];
     let bp = b.quad.as_ptr().add(j0 * 4);
     let stride = b.n_pad * 4;
     for q in 0..b.k4 / 4 {
@@ -130,32 +141,135 @@ unsafe fn micro<const MR: usize, const NR: usize>(
     }
 }
 
+/// Interleaves the bytes of 4 rows of 64 channels so that i32 lane `(L, j)` of vector `i` holds
+/// channel `16L + 4i + j` of rows 0..3 (two rounds of unpacks).
+#[inline(always)]
+unsafe fn interleave4(x0: __m512i, x1: __m512i, x2: __m512i, x3: __m512i) -> [__m512i; 4] {
+    let (alo, ahi) = (_mm512_unpacklo_epi8(x0, x1), _mm512_unpackhi_epi8(x0, x1));
+    let (blo, bhi) = (_mm512_unpacklo_epi8(x2, x3), _mm512_unpackhi_epi8(x2, x3));
+    [
+        _mm512_unpacklo_epi16(alo, blo),
+        _mm512_unpackhi_epi16(alo, blo),
+        _mm512_unpacklo_epi16(ahi, bhi),
+        _mm512_unpackhi_epi16(ahi, bhi),
+    ]
+}
+
+/// Interleaved input column `ix` of the window's `KH` rows (missing rows read as zeros).
+#[inline(always)]
+unsafe fn dw_col<const KH: usize>(row0: *const u8, g: &DwGeom, ix: usize) -> [__m512i; 4] {
+    let p = row0.add(ix * g.cs);
+    let mut r = [_mm512_setzero_si512(); 4];
+    for (ky, v) in r.iter_mut().enumerate().take(KH) {
+        *v = _mm512_loadu_si512(p.add(ky * g.dh * g.wp * g.cs) as *const _);
+    }
+    interleave4(r[0], r[1], r[2], r[3])
+}
+
+#[inline(always)]
+unsafe fn dw_col_dyn(row0: *const u8, g: &DwGeom, ix: usize) -> [__m512i; 4] {
+    match g.kh {
+        1 => dw_col::<1>(row0, g, ix),
+        2 => dw_col::<2>(row0, g, ix),
+        3 => dw_col::<3>(row0, g, ix),
+        _ => dw_col::<4>(row0, g, ix),
+    }
+}
+
+/// A row of a `KH`×`KW` depthwise convolution at stride `SW`, with the interleaved columns kept
+/// in registers and shifted along the row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_cols_row<const KH: usize, const KW: usize, const SW: usize>(
+    g: &DwGeom,
+    row0: *const u8,
+    wb: *const i8,
+    bi: &[__m512i; 4],
+    sc: &[__m512; 4],
+    bf: &[__m512; 4],
+    rp: &Requant,
+    orow: *mut u8,
+    m: u64,
+) {
+    let mut cols: [[__m512i; 4]; KW] = [[_mm512_setzero_si512(); 4]; KW];
+    for (k, c) in cols.iter_mut().enumerate() {
+        *c = dw_col::<KH>(row0, g, k);
+    }
+    for ox in 0..g.ow {
+        if ox > 0 {
+            for k in 0..KW {
+                cols[k] = if k + SW < KW { cols[k + SW] } else { dw_col::<KH>(row0, g, ox * SW + k) };
+            }
+        }
+        let mut acc = *bi;
+        for (kx, c) in cols.iter().enumerate() {
+            let wg = wb.add(kx * 256);
+            for i in 0..4 {
+                acc[i] = _mm512_dpbusd_epi32(acc[i], c[i], _mm512_loadu_si512(wg.add(64 * i) as *const _));
+            }
+        }
+        dw_store64(&acc, sc, bf, rp, orow.add(ox * g.c), m);
+    }
+}
+
+/// Epilogue of the 4 permuted accumulators of a 64-channel block, back in channel order: the
+/// saturating packs (i32 → u16/i16 → u8/i8) undo the interleave's permutation lane by lane.
+#[inline(always)]
+unsafe fn dw_store64(acc: &[__m512i; 4], sc: &[__m512; 4], bf: &[__m512; 4], rp: &Requant, o: *mut u8, m: u64) {
+    let Out::Q { scale, zp, qmin, qmax } = rp.out else { unreachable!() };
+    let (vlo, vhi) = (_mm512_set1_ps(rp.ylo), _mm512_set1_ps(rp.yhi));
+    let (vs, vinv, vzp) = (_mm512_set1_ps(scale), _mm512_set1_ps(rp.inv), _mm512_set1_epi32(zp));
+    let mut q = [_mm512_setzero_si512(); 4];
+    for i in 0..4 {
+        let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i]), sc[i]);
+        let y = if rp.bias_f.is_empty() { y } else { _mm512_add_ps(y, bf[i]) };
+        let y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
+        let t0 = _mm512_mul_ps(y, vinv);
+        let t = _mm512_fmadd_ps(_mm512_fnmadd_ps(t0, vs, y), vinv, t0);
+        q[i] = _mm512_add_epi32(_mm512_cvtps_epi32(t), vzp);
+    }
+    let bytes = match (qmin, qmax) {
+        (0, 255) => _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3])),
+        (-128, 127) => _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3])),
+        _ => {
+            for v in q.iter_mut() {
+                *v = _mm512_min_epi32(_mm512_max_epi32(*v, _mm512_set1_epi32(qmin)), _mm512_set1_epi32(qmax));
+            }
+            let (a, b) = (_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+            if qmin >= 0 {
+                _mm512_packus_epi16(a, b)
+            } else {
+                _mm512_packs_epi16(a, b)
+            }
+        }
+    };
+    _mm512_mask_storeu_epi8(o as *mut i8, m, bytes);
+}
+
 /// One output row of a depthwise convolution. With quantized output, 64 channels at a time: the
-/// bytes of 4 taps are interleaved (two rounds of unpacks) so that each i32 lane holds one
-/// channel's 4 tap values, and `vpdpbusd` multiplies them by that channel's 4 weights.
+/// bytes of 4 taps are interleaved so that each i32 lane holds one channel's 4 tap values, and
+/// `vpdpbusd` multiplies them by that channel's 4 weights. With `by_cols` packing the 4 taps are
+/// the rows of one window column, and each interleaved input column is reused by the output
+/// pixels that share it (all of them at stride 1, every other one at stride 2).
 ///
 /// # Safety
 /// As for [`super::depthwise`]; the CPU has AVX-512 F/BW/VL/VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
     let taps = g.kh * g.kw;
-    let (Some(rp), Out::Q { scale, zp, qmin, qmax }) = (&w.rq_perm, rq.out) else {
+    let (Some(rp), Out::Q { .. }) = (&w.rq_perm, rq.out) else {
         return depthwise_row_lanes(g, x, w, rq, out, oy);
     };
-    if taps > 64 {
-        return depthwise_row_lanes(g, x, w, rq, out, oy);
-    }
+    let groups = w.groups;
+    let zero = _mm512_setzero_si512();
+    let xp = x.as_ptr();
     let mut toff = [0usize; 64];
     for (t, o) in toff.iter_mut().enumerate().take(taps) {
         *o = ((t / g.kw) * g.dh * g.wp + (t % g.kw) * g.dw) * g.cs;
     }
-    let groups = w.groups();
-    let zero = _mm512_setzero_si512();
-    let (vlo, vhi) = (_mm512_set1_ps(rp.ylo), _mm512_set1_ps(rp.yhi));
-    let xp = x.as_ptr();
     for c0 in (0..g.c).step_by(64) {
         let valid = (g.c - c0).min(64);
-        let part_mask = [0, 1, 2, 3].map(|p| mask(valid.saturating_sub(p * 16)));
+        let m = if valid == 64 { u64::MAX } else { (1u64 << valid) - 1 };
         let wb = w.vnni.as_ptr().add(c0 / 64 * groups * 256);
         let (mut sc, mut bf, mut bi) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4], [zero; 4]);
         for i in 0..4 {
@@ -165,52 +279,43 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
             }
             bi[i] = _mm512_loadu_si512(rp.bias_i.as_ptr().add(c0 + 16 * i) as *const _);
         }
-        for ox in 0..g.ow {
-            let base = xp.add(((oy * g.sh) * g.wp + ox * g.sw) * g.cs + c0);
-            let mut acc = [zero; 4];
-            for gi in 0..groups {
-                let t0 = gi * 4;
-                let mut xs = [zero; 4];
-                for (j, v) in xs.iter_mut().enumerate() {
-                    if t0 + j < taps {
-                        *v = _mm512_loadu_si512(base.add(toff[t0 + j]) as *const _);
+        let row0 = xp.add((oy * g.sh) * g.wp * g.cs + c0);
+        let orow = out.0.add(oy * g.ow * g.c + c0);
+        if w.by_cols && g.kh == 3 && g.kw == 3 && g.sw == 1 {
+            dw_cols_row::<3, 3, 1>(g, row0, wb, &bi, &sc, &bf, rp, orow, m);
+        } else if w.by_cols && g.kh == 3 && g.kw == 3 && g.sw == 2 {
+            dw_cols_row::<3, 3, 2>(g, row0, wb, &bi, &sc, &bf, rp, orow, m);
+        } else if w.by_cols {
+            for ox in 0..g.ow {
+                let mut acc = bi;
+                for kx in 0..g.kw {
+                    let c = dw_col_dyn(row0, g, ox * g.sw + kx);
+                    let wg = wb.add(kx * 256);
+                    for i in 0..4 {
+                        acc[i] = _mm512_dpbusd_epi32(acc[i], c[i], _mm512_loadu_si512(wg.add(64 * i) as *const _));
                     }
                 }
-                let [x0, x1, x2, x3] = xs;
-                let (alo, ahi) = (_mm512_unpacklo_epi8(x0, x1), _mm512_unpackhi_epi8(x0, x1));
-                let (blo, bhi) = (_mm512_unpacklo_epi8(x2, x3), _mm512_unpackhi_epi8(x2, x3));
-                let q = [
-                    _mm512_unpacklo_epi16(alo, blo),
-                    _mm512_unpackhi_epi16(alo, blo),
-                    _mm512_unpacklo_epi16(ahi, bhi),
-                    _mm512_unpackhi_epi16(ahi, bhi),
-                ];
-                let wg = wb.add(gi * 256);
-                for i in 0..4 {
-                    acc[i] = _mm512_dpbusd_epi32(acc[i], q[i], _mm512_loadu_si512(wg.add(64 * i) as *const _));
+                dw_store64(&acc, &sc, &bf, rp, orow.add(ox * g.c), m);
+            }
+        } else {
+            for ox in 0..g.ow {
+                let base = row0.add(ox * g.sw * g.cs);
+                let mut acc = bi;
+                for gi in 0..groups {
+                    let t0 = gi * 4;
+                    let mut xs = [zero; 4];
+                    for (j, v) in xs.iter_mut().enumerate() {
+                        if t0 + j < taps {
+                            *v = _mm512_loadu_si512(base.add(toff[t0 + j]) as *const _);
+                        }
+                    }
+                    let q = interleave4(xs[0], xs[1], xs[2], xs[3]);
+                    let wg = wb.add(gi * 256);
+                    for i in 0..4 {
+                        acc[i] = _mm512_dpbusd_epi32(acc[i], q[i], _mm512_loadu_si512(wg.add(64 * i) as *const _));
+                    }
                 }
-            }
-            // Epilogue in the permuted order, then a 4x4 dword transpose back to channel order.
-            let mut b = [_mm_setzero_si128(); 4];
-            for i in 0..4 {
-                let y = _mm512_cvtepi32_ps(_mm512_add_epi32(acc[i], bi[i]));
-                let y = _mm512_mul_ps(y, sc[i]);
-                let y = if rp.bias_f.is_empty() { y } else { _mm512_add_ps(y, bf[i]) };
-                b[i] = quant16(_mm512_min_ps(_mm512_max_ps(y, vlo), vhi), scale, rp.inv, zp, qmin, qmax);
-            }
-            let t0 = _mm_unpacklo_epi32(b[0], b[1]);
-            let t1 = _mm_unpacklo_epi32(b[2], b[3]);
-            let t2 = _mm_unpackhi_epi32(b[0], b[1]);
-            let t3 = _mm_unpackhi_epi32(b[2], b[3]);
-            let r = [
-                _mm_unpacklo_epi64(t0, t1),
-                _mm_unpackhi_epi64(t0, t1),
-                _mm_unpacklo_epi64(t2, t3),
-                _mm_unpackhi_epi64(t2, t3),
-            ];
-            let o = out.0.add((oy * g.ow + ox) * g.c + c0);
-            for (p, v) in r.iter().enumerate() {
-                _mm_mask_storeu_epi8(o.add(16 * p) as *mut i8, part_mask[p], *v);
+                dw_store64(&acc, &sc, &bf, rp, orow.add(ox * g.c), m);
             }
         }
     }
@@ -226,7 +331,7 @@ unsafe fn depthwise_row_lanes(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, 
         let mut ox = 0;
         while ox < g.ow {
             let np = (g.ow - ox).min(4);
-            let mut acc = [_mm512_setzero_si512(); 4];
+            let mut acc = [_mm512_loadu_si512(rq.bias_i.as_ptr().add(c) as *const _); 4];
             for ky in 0..g.kh {
                 let iy = oy * g.sh + ky * g.dh;
                 for kx in 0..g.kw {

@@ -399,13 +399,11 @@ pub struct PackedDw {
     /// 4 tap rows produces), plus the epilogue parameters in the same order.
     pub vnni: Vec<i8>,
     pub rq_perm: Option<Requant>,
-}
-
-impl PackedDw {
-    /// Tap groups of 4 (the last one padded with zero weights).
-    pub fn groups(&self) -> usize {
-        self.taps.div_ceil(4)
-    }
+    /// `vnni` groups are window columns (the 4 bytes of a lane: rows 0..kh, kh ≤ 4), so one
+    /// interleaved input column serves every output pixel that reads it; otherwise groups are 4
+    /// consecutive taps.
+    pub by_cols: bool,
+    pub groups: usize,
 }
 
 /// Channel of lane `(L, j)` (lane index `4L + j`) of vector `i` in a 64-channel block.
@@ -493,9 +491,12 @@ impl QConv {
             let corr: Vec<i32> = colsum.iter().map(|&s| -(zx as i32) * s).collect();
             rq.add_bias_i(&corr);
             let (mut vnni, mut rq_perm) = (vec![], None);
+            let by_cols = g.kh <= 4 && g.dw == 1 && g.sw <= 2;
+            let groups = if by_cols { g.kw } else { taps.div_ceil(4) };
+            // group and byte of tap t
+            let slot = |t: usize| if by_cols { (t % g.kw, t / g.kw) } else { (t / 4, t % 4) };
             if isa == Isa::Avx512Vnni && rq.out != Out::F32 && taps <= 64 {
                 let blocks = g.c_out.div_ceil(64);
-                let groups = taps.div_ceil(4);
                 vnni = vec![0i8; blocks * groups * 256];
                 let n64 = blocks * 64;
                 let (mut sc, mut bi, mut bf) = (vec![0f32; n64], vec![0i32; n64], vec![0f32; n64]);
@@ -508,7 +509,8 @@ impl QConv {
                             if c < g.c_out {
                                 (sc[at], bi[at], bf[at]) = (rq.scale[c], rq.bias_i[c], rbf(c));
                                 for t in 0..taps {
-                                    vnni[((b * groups + t / 4) * 4 + i) * 64 + lane * 4 + t % 4] = w[c * taps + t];
+                                    let (gr, byte) = slot(t);
+                                    vnni[((b * groups + gr) * 4 + i) * 64 + lane * 4 + byte] = w[c * taps + t];
                                 }
                             }
                         }
@@ -523,7 +525,10 @@ impl QConv {
                 (wv, colsum) = (vec![], vec![]);
                 (rq.scale, rq.bias_i, rq.bias_f) = (vec![], vec![], vec![]);
             }
-            ConvKind::Depthwise(PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm }, rq)
+            ConvKind::Depthwise(
+                PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm, by_cols, groups },
+                rq,
+            )
         } else {
             let mut parts = vec![];
             for gi in 0..g.group {
