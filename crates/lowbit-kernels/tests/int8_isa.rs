@@ -90,7 +90,7 @@ fn run_gemm(isa: Isa, m: usize, n: usize, k: usize, a: &[u8], lda: usize, w: &[i
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(160))]
 
     #[test]
     fn gemm_paths_match_scalar(m in 1usize..40, n in 1usize..150, k in 1usize..300, extra in 0usize..9,
@@ -124,7 +124,7 @@ proptest! {
     #[test]
     fn conv_paths_match_definition(ci_g in 1usize..20, co_g in 1usize..40, groups in 1usize..4, dw in any::<bool>(),
                                    ksel in 0usize..3, stride in 1usize..3, dil in 1usize..3, pad in 0usize..3,
-                                   h in 1usize..12, w in 1usize..12, zx in prop_oneof![Just(0u8), Just(255u8), Just(128u8), any::<u8>()],
+                                   h in 1usize..12, w in 1usize..36, zx in prop_oneof![Just(0u8), Just(255u8), Just(128u8), any::<u8>()],
                                    seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
         let k = [1, 3, 5][ksel];
         let (c_in, c_out, group) = if dw { (ci_g * 3, ci_g * 3, ci_g * 3) } else { (ci_g * groups, co_g * groups, groups) };

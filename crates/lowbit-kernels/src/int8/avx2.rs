@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::scalar::depthwise_cols;
-use super::{DwGeom, Out, OutPtr, PackedB, PackedDw, Requant};
+use super::{ASrc, DwGeom, Out, OutPtr, PackedB, PackedDw, Requant, Tile};
 
 /// Epilogue of 8 accumulators for channels `c..c+valid` (valid ≤ 8).
 #[inline(always)]
@@ -42,29 +42,18 @@ unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, valid: usize)
     }
 }
 
-/// Rows `0..m` × columns `j0..j0+jn` of the GEMM.
+/// One GEMM task (see [`super::gemm_ex`]).
 ///
 /// # Safety
-/// As for [`super::gemm`]; the CPU has AVX2.
+/// As for [`super::gemm_ex`]; the CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_tile(
-    m: usize,
-    a: *const u8,
-    lda: usize,
-    b: &PackedB,
-    j0: usize,
-    jn: usize,
-    rq: &Requant,
-    out: OutPtr,
-    ldc: usize,
-) {
-    let mut j = j0;
-    while j < j0 + jn {
-        let cols = (j0 + jn - j).min(32);
+pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
+    let mut j = t.j0;
+    while j < t.j0 + t.jn {
+        let cols = (t.j0 + t.jn - j).min(32);
         let mut i = 0;
-        while i < m {
-            micro::<2>((m - i).min(2), a.add(i * lda), lda, b, j, cols, rq, out, ldc, i);
+        while i < t.rows {
+            micro::<2>((t.rows - i).min(2), a.add(i * src.lda), src, b, j, cols, rq, out, t, i);
             i += 2;
         }
         j += 32;
@@ -76,43 +65,44 @@ pub unsafe fn gemm_tile(
 unsafe fn micro<const MR: usize>(
     mr: usize,
     a: *const u8,
-    lda: usize,
+    src: &ASrc,
     b: &PackedB,
     j0: usize,
     cols: usize,
     rq: &Requant,
     out: OutPtr,
-    ldc: usize,
-    i0: usize,
+    t: &Tile,
+    i: usize,
 ) {
-    let ap: [*const u8; MR] = std::array::from_fn(|r| a.add(r.min(mr - 1) * lda));
+    let ap: [*const u8; MR] = std::array::from_fn(|r| a.add(r.min(mr - 1) * src.lda));
     let nv = cols.div_ceil(8);
     let mut acc = [[_mm256_setzero_si256(); 4]; MR];
     let bp = b.pairs.as_ptr().add(j0 * 2);
     let stride = b.n_pad * 2;
-    for kp in 0..b.k4 / 2 {
-        let bq = bp.add(kp * stride);
-        // Columns past n_pad are never loaded: j0 + 8·nv ≤ n_pad.
-        let bv: [__m256i; 4] = std::array::from_fn(|v| {
-            if v < nv {
-                _mm256_loadu_si256(bq.add(v * 16) as *const _)
-            } else {
-                _mm256_setzero_si256()
+    for (tp, &off) in src.taps.iter().enumerate() {
+        let bt = bp.add(tp * src.kc / 2 * stride);
+        for kp in 0..src.kc / 2 {
+            let bq = bt.add(kp * stride);
+            // Columns past n_pad are never loaded: j0 + 8·nv ≤ n_pad.
+            let mut bv = [_mm256_setzero_si256(); 4];
+            for (v, x) in bv.iter_mut().enumerate().take(nv) {
+                *x = _mm256_loadu_si256(bq.add(v * 16) as *const _);
             }
-        });
-        for r in 0..MR {
-            let x0 = *ap[r].add(2 * kp) as i32;
-            let x1 = *ap[r].add(2 * kp + 1) as i32;
-            let av = _mm256_set1_epi32(x0 | (x1 << 16));
-            for v in 0..4 {
-                acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
+            for r in 0..MR {
+                let x0 = *ap[r].add(off + 2 * kp) as i32;
+                let x1 = *ap[r].add(off + 2 * kp + 1) as i32;
+                let av = _mm256_set1_epi32(x0 | (x1 << 16));
+                for v in 0..4 {
+                    acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
+                }
             }
         }
     }
     for (r, row) in acc.iter().enumerate().take(mr) {
+        let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
         for (v, x) in row.iter().enumerate().take(nv) {
             let j = j0 + v * 8;
-            store8(*x, j, rq, out.at(rq.out, i0 + r, j, ldc), (j0 + cols - j).min(8));
+            store8(*x, j, rq, out.at(rq.out, orow, j, t.ldc), (j0 + cols - j).min(8));
         }
     }
 }

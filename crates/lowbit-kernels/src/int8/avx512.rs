@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{DwGeom, Out, OutPtr, PackedB, PackedDw, Requant};
+use super::{ASrc, DwGeom, Out, OutPtr, PackedB, PackedDw, Requant, Tile};
 
 #[inline(always)]
 fn mask(valid: usize) -> u16 {
@@ -56,47 +56,32 @@ unsafe fn quant16(y: __m512, scale: f32, inv: f32, zp: i32, qmin: i32, qmax: i32
     }
 }
 
-/// Rows `0..m` × columns `j0..j0+jn` (jn ≤ 64) of the GEMM.
+/// One GEMM task (see [`super::gemm_ex`]), columns `jn ≤ 64`.
 ///
 /// # Safety
-/// As for [`super::gemm`]; the CPU has AVX-512 F/BW/VL/VNNI.
+/// As for [`super::gemm_ex`]; the CPU has AVX-512 F/BW/VL/VNNI and FMA.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_tile(
-    m: usize,
-    a: *const u8,
-    lda: usize,
-    b: &PackedB,
-    j0: usize,
-    jn: usize,
-    rq: &Requant,
-    out: OutPtr,
-    ldc: usize,
-) {
-    match jn.div_ceil(16) {
-        4 => rows::<6, 4>(m, a, lda, b, j0, jn, rq, out, ldc),
-        3 => rows::<8, 3>(m, a, lda, b, j0, jn, rq, out, ldc),
-        2 => rows::<12, 2>(m, a, lda, b, j0, jn, rq, out, ldc),
-        _ => rows::<16, 1>(m, a, lda, b, j0, jn, rq, out, ldc),
+pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
+    match t.jn.div_ceil(16) {
+        4 => rows::<6, 4>(t, a, src, b, rq, out),
+        3 => rows::<8, 3>(t, a, src, b, rq, out),
+        2 => rows::<12, 2>(t, a, src, b, rq, out),
+        _ => rows::<16, 1>(t, a, src, b, rq, out),
     }
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows<const MR: usize, const NR: usize>(
-    m: usize,
+    t: &Tile,
     a: *const u8,
-    lda: usize,
+    src: &ASrc,
     b: &PackedB,
-    j0: usize,
-    jn: usize,
     rq: &Requant,
     out: OutPtr,
-    ldc: usize,
 ) {
     let mut i = 0;
-    while i < m {
-        micro::<MR, NR>(MR.min(m - i), a.add(i * lda), lda, b, j0, jn, rq, out, ldc, i);
+    while i < t.rows {
+        micro::<MR, NR>(MR.min(t.rows - i), a.add(i * src.lda), src, b, rq, out, t, i);
         i += MR;
     }
 }
@@ -106,37 +91,42 @@ unsafe fn rows<const MR: usize, const NR: usize>(
 unsafe fn micro<const MR: usize, const NR: usize>(
     mr: usize,
     a: *const u8,
-    lda: usize,
+    src: &ASrc,
     b: &PackedB,
-    j0: usize,
-    jn: usize,
     rq: &Requant,
     out: OutPtr,
-    ldc: usize,
-    i0: usize,
+    t: &Tile,
+    i: usize,
 ) {
     // Rows past the end repeat the last row (computed, not stored).
-    let ap: [*const u8; MR] = std::array::from_fn(|r| a.add(r.min(mr - 1) * lda));
+    let ap: [*const u8; MR] = std::array::from_fn(|r| a.add(r.min(mr - 1) * src.lda));
     // Accumulators start at the integer bias (zero-point correction included).
     let bias: [__m512i; NR] =
-        std::array::from_fn(|v| _mm512_loadu_si512(rq.bias_i.as_ptr().add(j0 + 16 * v) as *const _));
+        std::array::from_fn(|v| _mm512_loadu_si512(rq.bias_i.as_ptr().add(t.j0 + 16 * v) as *const _));
     let mut acc = [bias; MR];
-    let bp = b.quad.as_ptr().add(j0 * 4);
-    let stride = b.n_pad * 4;
-    for q in 0..b.k4 / 4 {
-        let bq = bp.add(q * stride);
-        let bv: [__m512i; NR] = std::array::from_fn(|v| _mm512_loadu_si512(bq.add(v * 64) as *const _));
-        for r in 0..MR {
-            let av = _mm512_set1_epi32((ap[r].add(q * 4) as *const i32).read_unaligned());
-            for v in 0..NR {
-                acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, bv[v]);
+    // This panel's contiguous block: `[k4/4][width][4]`.
+    let width = super::PANEL.min(b.n_pad - t.j0);
+    let bp = b.quad.as_ptr().add(t.j0 * b.k4);
+    let stride = width * 4;
+    let quads = src.kc / 4;
+    for (tp, &off) in src.taps.iter().enumerate() {
+        let bt = bp.add(tp * quads * stride);
+        for q in 0..quads {
+            let bq = bt.add(q * stride);
+            let bv: [__m512i; NR] = std::array::from_fn(|v| _mm512_loadu_si512(bq.add(v * 64) as *const _));
+            for r in 0..MR {
+                let av = _mm512_set1_epi32((ap[r].add(off + q * 4) as *const i32).read_unaligned());
+                for v in 0..NR {
+                    acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, bv[v]);
+                }
             }
         }
     }
     for (r, row) in acc.iter().enumerate().take(mr) {
+        let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
         for (v, x) in row.iter().enumerate() {
-            let j = j0 + v * 16;
-            store16(*x, j, rq, out.at(rq.out, i0 + r, j, ldc), mask(j0 + jn - j));
+            let j = t.j0 + v * 16;
+            store16(*x, j, rq, out.at(rq.out, orow, j, t.ldc), mask(t.j0 + t.jn - j));
         }
     }
 }

@@ -260,7 +260,8 @@ pub struct PackedB {
     pub n: usize,
     /// N padded to a multiple of 16.
     pub n_pad: usize,
-    /// `[k4/4][n_pad][4]` (VNNI quads; scalar and AVX-512 read this).
+    /// VNNI quads, panel by panel: for each panel of [`PANEL`] columns, `[k4/4][width][4]`, so
+    /// the GEMM streams one contiguous block per panel (scalar and AVX-512 read this).
     pub quad: Vec<i8>,
     /// `[k4/2][n_pad][2]` as i16 (AVX2 reads this).
     pub pairs: Vec<i16>,
@@ -278,7 +279,7 @@ impl PackedB {
         for kk in 0..k {
             for (j, cs) in colsum.iter_mut().enumerate() {
                 let v = w(kk, j);
-                quad[(kk / 4) * n_pad * 4 + j * 4 + kk % 4] = v;
+                quad[quad_index(k4, n_pad, kk, j)] = v;
                 *cs += v as i32;
             }
         }
@@ -301,6 +302,14 @@ impl PackedB {
     }
 }
 
+/// Where weight `(k, j)` lives in [`PackedB::quad`].
+#[inline(always)]
+pub(crate) fn quad_index(k4: usize, n_pad: usize, k: usize, j: usize) -> usize {
+    let (p, jj) = (j / PANEL, j % PANEL);
+    let width = PANEL.min(n_pad - p * PANEL);
+    p * PANEL * k4 + (k / 4) * width * 4 + jj * 4 + k % 4
+}
+
 /// An output pointer for the epilogue (bytes or f32 depending on [`Out`]).
 #[derive(Clone, Copy)]
 pub struct OutPtr(pub *mut u8);
@@ -320,12 +329,45 @@ impl OutPtr {
 /// Columns per panel (one task of the GEMM).
 pub const PANEL: usize = 64;
 
+/// How the GEMM reads row `i` of A: `taps` runs of `kc` bytes (a multiple of 4) at
+/// `i·lda + taps[t]`, in the order B's reduction index uses (`k = t·kc + c`). A plain matrix is
+/// one tap at offset 0 with `kc = k4`; a stride-1 convolution reads its window straight from the
+/// zero-point-padded input, one tap per window position ("shifted rows", no im2col copy).
+#[derive(Clone, Copy, Debug)]
+pub struct ASrc<'a> {
+    pub lda: usize,
+    pub taps: &'a [usize],
+    pub kc: usize,
+}
+
+/// Where GEMM row `i` is stored: row `i`, or (shifted rows) row `(i / wp)·ow + i % wp` when
+/// `i % wp < ow` and nowhere otherwise (the padding columns of the shifted input).
+#[derive(Clone, Copy, Debug)]
+pub enum RowMap {
+    Linear,
+    Padded { wp: usize, ow: usize },
+}
+
+impl RowMap {
+    #[inline(always)]
+    pub fn out_row(self, i: usize) -> Option<usize> {
+        match self {
+            RowMap::Linear => Some(i),
+            RowMap::Padded { wp, ow } => {
+                let x = i % wp;
+                (x < ow).then(|| (i / wp) * ow + x)
+            }
+        }
+    }
+}
+
 /// C = epilogue(A · B): `m` rows of A (u8, `lda` bytes apart, each with `b.k4` readable bytes),
 /// written as `m × b.n` outputs `ldc` elements apart.
 ///
 /// # Safety
 /// `a` must hold `(m - 1) * lda + b.k4` bytes; `out` must hold `(m - 1) * ldc + b.n` elements of the
 /// output type; `b.isa` must be supported by this CPU.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
     m: usize,
     a: *const u8,
@@ -336,24 +378,44 @@ pub unsafe fn gemm(
     ldc: usize,
     threads: usize,
 ) {
+    gemm_ex(m, a, ASrc { lda, taps: &[0], kc: b.k4 }, RowMap::Linear, b, rq, out, ldc, threads)
+}
+
+/// [`gemm`] with A read through `src` and rows stored through `map`.
+///
+/// # Safety
+/// Every byte `src` addresses for rows `0..m` is readable; `out` holds every row `map` yields.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_ex(
+    m: usize,
+    a: *const u8,
+    src: ASrc,
+    map: RowMap,
+    b: &PackedB,
+    rq: &Requant,
+    out: OutPtr,
+    ldc: usize,
+    threads: usize,
+) {
     if m == 0 || b.n == 0 {
         return;
     }
+    assert!(src.kc % 4 == 0 && src.taps.len() * src.kc == b.k4, "A layout does not match the packed weights");
     let panels = b.n.div_ceil(PANEL);
     let a = SendConst(a);
     let run = |i0: usize, rows: usize, p: usize| {
         let j0 = p * PANEL;
         let jn = PANEL.min(b.n - j0);
-        let ap = a.get().add(i0 * lda);
-        let op = OutPtr(out.at(rq.out, i0, 0, ldc));
+        let ap = a.get().add(i0 * src.lda);
+        let t = Tile { rows, i0, map, j0, jn, ldc };
         match b.isa {
-            Isa::Scalar => scalar::gemm_tile(rows, ap, lda, b, j0, jn, rq, op, ldc),
+            Isa::Scalar => scalar::gemm_tile(&t, ap, &src, b, rq, out),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => avx2::gemm_tile(rows, ap, lda, b, j0, jn, rq, op, ldc),
+            Isa::Avx2 => avx2::gemm_tile(&t, ap, &src, b, rq, out),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => avx512::gemm_tile(rows, ap, lda, b, j0, jn, rq, op, ldc),
+            Isa::Avx512Vnni => avx512::gemm_tile(&t, ap, &src, b, rq, out),
             #[cfg(not(target_arch = "x86_64"))]
-            _ => scalar::gemm_tile(rows, ap, lda, b, j0, jn, rq, op, ldc),
+            _ => scalar::gemm_tile(&t, ap, &src, b, rq, out),
         }
     };
     let macs = m * b.n * b.k4;
@@ -373,6 +435,17 @@ pub unsafe fn gemm(
         let i0 = r * chunk;
         run(i0, chunk.min(m - i0), p);
     });
+}
+
+/// One GEMM task: rows `i0..i0+rows` (A already advanced to row `i0`), columns `j0..j0+jn`.
+#[derive(Clone, Copy, Debug)]
+pub struct Tile {
+    pub rows: usize,
+    pub i0: usize,
+    pub map: RowMap,
+    pub j0: usize,
+    pub jn: usize,
+    pub ldc: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -458,6 +531,10 @@ enum ConvKind {
     Direct(PackedB, Requant),
     /// im2col into NHWC rows (zero-point padded), then GEMM; one entry per group.
     Im2col(Vec<(PackedB, Requant)>),
+    /// Stride-1 window convolution as a GEMM over the zero-point-padded input, one tap per
+    /// window position (tap byte offsets), no im2col copy; rows over the padding columns are
+    /// computed and dropped.
+    Shifted(PackedB, Requant, Vec<usize>),
     Depthwise(PackedDw, Requant),
 }
 
@@ -544,9 +621,15 @@ impl QConv {
                 b.colsum = vec![];
                 parts.push((b, r));
             }
+            let (_, wp) = QConv::shifted_hw(g);
             if g.is_pointwise() && g.c_in % 4 == 0 {
                 let (b, r) = parts.pop().unwrap();
                 ConvKind::Direct(b, r)
+            } else if g.group == 1 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.c_in % 4 == 0 && g.ow >= 28
+            {
+                let (b, r) = parts.pop().unwrap();
+                let taps: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * wp + t % g.kw) * g.c_in).collect();
+                ConvKind::Shifted(b, r, taps)
             } else {
                 ConvKind::Im2col(parts)
             }
@@ -558,13 +641,14 @@ impl QConv {
         match self.kind {
             ConvKind::Direct(..) => "int8 1x1 gemm",
             ConvKind::Im2col(..) => "int8 im2col+gemm",
+            ConvKind::Shifted(..) => "int8 shifted-rows gemm",
             ConvKind::Depthwise(..) => "int8 depthwise",
         }
     }
 
     pub fn out(&self) -> Out {
         match &self.kind {
-            ConvKind::Direct(_, r) | ConvKind::Depthwise(_, r) => r.out,
+            ConvKind::Direct(_, r) | ConvKind::Depthwise(_, r) | ConvKind::Shifted(_, r, _) => r.out,
             ConvKind::Im2col(p) => p[0].1.out,
         }
     }
@@ -572,7 +656,7 @@ impl QConv {
     /// Bytes of packed weights and epilogue parameters held.
     pub fn weight_bytes(&self) -> usize {
         match &self.kind {
-            ConvKind::Direct(b, r) => b.bytes() + r.bytes(),
+            ConvKind::Direct(b, r) | ConvKind::Shifted(b, r, _) => b.bytes() + r.bytes(),
             ConvKind::Im2col(p) => p.iter().map(|(b, r)| b.bytes() + r.bytes()).sum(),
             ConvKind::Depthwise(w, r) => {
                 w.w.len() * 4
@@ -582,6 +666,11 @@ impl QConv {
                     + w.rq_perm.as_ref().map_or(0, |p| p.bytes())
             }
         }
+    }
+
+    /// Padded input height and width for the shifted-rows path.
+    fn shifted_hw(g: &ConvGeom) -> (usize, usize) {
+        (g.oh + g.kh - 1, g.ow + g.kw - 1)
     }
 
     fn padded_hw(&self) -> (usize, usize) {
@@ -595,6 +684,10 @@ impl QConv {
         match &self.kind {
             ConvKind::Direct(..) => 0,
             ConvKind::Im2col(p) => g.oh * g.ow * p[0].0.k4,
+            ConvKind::Shifted(..) => {
+                let (hp, wp) = Self::shifted_hw(g);
+                (hp * wp + g.kw) * g.c_in
+            }
             ConvKind::Depthwise(..) => {
                 let (hp, wp) = self.padded_hw();
                 hp * wp * g.c_in.div_ceil(64) * 64 + 64
@@ -622,6 +715,15 @@ impl QConv {
                     let o = OutPtr(out.at(r.out, 0, gi * cog, 0));
                     gemm(p, a.as_ptr(), k4, b, r, o, g.c_out, threads);
                 }
+            }
+            ConvKind::Shifted(b, r, taps) => {
+                let (hp, wp) = Self::shifted_hw(g);
+                let xp = &mut scratch[..(hp * wp + g.kw) * g.c_in];
+                pad_nhwc(g, x, hp, wp, g.c_in, self.zx, &mut xp[..hp * wp * g.c_in]);
+                xp[hp * wp * g.c_in..].fill(self.zx);
+                let src = ASrc { lda: g.c_in, taps, kc: g.c_in };
+                let map = RowMap::Padded { wp, ow: g.ow };
+                gemm_ex(g.oh * wp, xp.as_ptr(), src, map, b, r, out, g.c_out, threads);
             }
             ConvKind::Depthwise(w, r) => {
                 let (hp, wp) = self.padded_hw();
@@ -675,6 +777,40 @@ fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp:
     }
 }
 
+/// `dst.copy_from_slice(src)` without a library call for the short runs im2col copies (two
+/// overlapping fixed-size moves cover any length between a size and twice it).
+#[inline(always)]
+fn copy_small(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    assert_eq!(dst.len(), n);
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY: every access is within `0..n` of both slices (checked equal above).
+    unsafe {
+        macro_rules! two {
+            ($t:ty) => {{
+                let w = std::mem::size_of::<$t>();
+                (d as *mut $t).write_unaligned((s as *const $t).read_unaligned());
+                (d.add(n - w) as *mut $t).write_unaligned((s.add(n - w) as *const $t).read_unaligned());
+            }};
+        }
+        match n {
+            0 => {}
+            1..=3 => {
+                for i in 0..n {
+                    *d.add(i) = *s.add(i);
+                }
+            }
+            4..=7 => two!(u32),
+            8..=15 => two!(u64),
+            16..=31 => two!(u128),
+            32..=64 => {
+                two!([u128; 2]);
+            }
+            _ => std::ptr::copy_nonoverlapping(s, d, n),
+        }
+    }
+}
+
 /// NHWC im2col for channels `c0..c0+cig`: row `p` = for each tap, `cig` bytes (the zero point
 /// outside the image), then zeros up to `k4`.
 fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8, a: &mut [u8]) {
@@ -696,7 +832,7 @@ fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8,
                 let rbase = iy as usize * g.w;
                 if runs && inside_x {
                     let s = (rbase + ix0 as usize) * g.c_in;
-                    seg.copy_from_slice(&x[s..s + g.kw * cig]);
+                    copy_small(seg, &x[s..s + g.kw * cig]);
                     continue;
                 }
                 for kx in 0..g.kw {
@@ -706,7 +842,7 @@ fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8,
                         dst.fill(zx);
                     } else {
                         let s = (rbase + ix as usize) * g.c_in + c0;
-                        dst.copy_from_slice(&x[s..s + cig]);
+                        copy_small(dst, &x[s..s + cig]);
                     }
                 }
             }

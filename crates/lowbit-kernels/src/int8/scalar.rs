@@ -1,6 +1,6 @@
 //! Portable integer kernels: the reference every SIMD path must match bit for bit.
 
-use super::{epilogue_f32, quantize_one, DwGeom, Out, OutPtr, PackedB, PackedDw, Requant};
+use super::{epilogue_f32, quantize_one, ASrc, DwGeom, Out, OutPtr, PackedB, PackedDw, Requant, Tile};
 
 /// Writes the epilogue of accumulator `acc` for channel `c` to `p`.
 #[inline(always)]
@@ -12,31 +12,23 @@ pub(crate) unsafe fn store_one(acc: i32, c: usize, rq: &Requant, p: *mut u8) {
     }
 }
 
-/// Rows `0..m` × columns `j0..j0+jn` of the GEMM (see [`super::gemm`]).
+/// One GEMM task (see [`super::gemm_ex`]).
 ///
 /// # Safety
-/// As for [`super::gemm`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_tile(
-    m: usize,
-    a: *const u8,
-    lda: usize,
-    b: &PackedB,
-    j0: usize,
-    jn: usize,
-    rq: &Requant,
-    out: OutPtr,
-    ldc: usize,
-) {
+/// As for [`super::gemm_ex`].
+pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
     let quad = b.quad_or_pairs();
-    for i in 0..m {
-        let row = std::slice::from_raw_parts(a.add(i * lda), b.k4);
-        for j in j0..j0 + jn {
+    for i in 0..t.rows {
+        let Some(orow) = t.map.out_row(t.i0 + i) else { continue };
+        let row = a.add(i * src.lda);
+        for j in t.j0..t.j0 + t.jn {
             let mut acc = 0i32;
-            for (k, &x) in row.iter().enumerate() {
-                acc = acc.wrapping_add(x as i32 * quad(k, j));
+            for (tp, &off) in src.taps.iter().enumerate() {
+                for c in 0..src.kc {
+                    acc = acc.wrapping_add(*row.add(off + c) as i32 * quad(tp * src.kc + c, j));
+                }
             }
-            store_one(acc, j, rq, out.at(rq.out, i, j, ldc));
+            store_one(acc, j, rq, out.at(rq.out, orow, j, t.ldc));
         }
     }
 }
@@ -48,7 +40,7 @@ impl PackedB {
             if self.quad.is_empty() {
                 self.pairs[(k / 2) * self.n_pad * 2 + j * 2 + k % 2] as i32
             } else {
-                self.quad[(k / 4) * self.n_pad * 4 + j * 4 + k % 4] as i32
+                self.quad[super::quad_index(self.k4, self.n_pad, k, j)] as i32
             }
         }
     }
