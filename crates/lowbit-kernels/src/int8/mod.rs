@@ -711,7 +711,7 @@ impl QConv {
                 let cog = g.c_out / g.group;
                 let a = &mut scratch[..p * k4];
                 for (gi, (b, r)) in parts.iter().enumerate() {
-                    im2col_nhwc(g, x, gi * cig, cig, k4, self.zx, a);
+                    im2col_nhwc(g, x, gi * cig, cig, k4, self.zx, a, threads);
                     let o = OutPtr(out.at(r.out, 0, gi * cog, 0));
                     gemm(p, a.as_ptr(), k4, b, r, o, g.c_out, threads);
                 }
@@ -719,7 +719,7 @@ impl QConv {
             ConvKind::Shifted(b, r, taps) => {
                 let (hp, wp) = Self::shifted_hw(g);
                 let xp = &mut scratch[..(hp * wp + g.kw) * g.c_in];
-                pad_nhwc(g, x, hp, wp, g.c_in, self.zx, &mut xp[..hp * wp * g.c_in]);
+                pad_nhwc(g, x, hp, wp, g.c_in, self.zx, &mut xp[..hp * wp * g.c_in], threads);
                 xp[hp * wp * g.c_in..].fill(self.zx);
                 let src = ASrc { lda: g.c_in, taps, kc: g.c_in };
                 let map = RowMap::Padded { wp, ow: g.ow };
@@ -729,7 +729,7 @@ impl QConv {
                 let (hp, wp) = self.padded_hw();
                 let (c, cs) = (g.c_in, g.c_in.div_ceil(64) * 64);
                 let xp = &mut scratch[..hp * wp * cs];
-                pad_nhwc(g, x, hp, wp, cs, self.zx, xp);
+                pad_nhwc(g, x, hp, wp, cs, self.zx, xp, threads);
                 let dg = DwGeom {
                     c,
                     cs,
@@ -751,14 +751,15 @@ impl QConv {
 
 /// Copies the NHWC input into a `[hp][wp][cs]` buffer (channel stride `cs ≥ c`) filled with the
 /// zero point outside the image and in the padding channels.
-fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp: &mut [u8]) {
+#[allow(clippy::too_many_arguments)]
+fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp: &mut [u8], threads: usize) {
     let c = g.c_in;
-    for ph in 0..hp {
-        let row = &mut xp[ph * wp * cs..(ph + 1) * wp * cs];
+    let rows = xp[..hp * wp * cs].chunks_mut(wp * cs).enumerate();
+    let job = |(ph, row): (usize, &mut [u8])| {
         let ih = ph as isize - g.pt as isize;
         if ih < 0 || ih >= g.h as isize {
             row.fill(zx);
-            continue;
+            return;
         }
         let ih = ih as usize;
         let left = g.pl.min(wp);
@@ -774,6 +775,11 @@ fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp:
                 row[(left + i) * cs..(left + i) * cs + c].copy_from_slice(&x[s..s + c]);
             }
         }
+    };
+    if threads > 1 && hp * wp * cs >= 1 << 16 {
+        rows.par_bridge().for_each(job);
+    } else {
+        rows.for_each(job);
     }
 }
 
@@ -813,13 +819,15 @@ fn copy_small(dst: &mut [u8], src: &[u8]) {
 
 /// NHWC im2col for channels `c0..c0+cig`: row `p` = for each tap, `cig` bytes (the zero point
 /// outside the image), then zeros up to `k4`.
-fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8, a: &mut [u8]) {
+#[allow(clippy::too_many_arguments)]
+fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8, a: &mut [u8], threads: usize) {
     let taps = g.kh * g.kw;
     // With one group and no dilation, the kw taps of a window row are one contiguous run.
     let runs = cig == g.c_in && g.dw == 1;
-    for oy in 0..g.oh {
+    let out_rows = a[..g.oh * g.ow * k4].chunks_mut(g.ow * k4).enumerate();
+    let job = |(oy, orow): (usize, &mut [u8])| {
         for ox in 0..g.ow {
-            let row = &mut a[(oy * g.ow + ox) * k4..(oy * g.ow + ox + 1) * k4];
+            let row = &mut orow[ox * k4..(ox + 1) * k4];
             let ix0 = (ox * g.sw) as isize - g.pl as isize;
             let inside_x = ix0 >= 0 && ix0 as usize + (g.kw - 1) * g.dw < g.w;
             for ky in 0..g.kh {
@@ -848,5 +856,10 @@ fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8,
             }
             row[taps * cig..].fill(0);
         }
+    };
+    if threads > 1 && g.oh * g.ow * k4 >= 1 << 16 {
+        out_rows.par_bridge().for_each(job);
+    } else {
+        out_rows.for_each(job);
     }
 }
