@@ -384,6 +384,10 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
         println!();
     }
     let b = bench(&model, 1, threads, 200, 20, None, Some(&out.join("bench.json")))?;
+    println!();
+    // The W8A8 file on lowbit's integer runtime (int8 activations between layers).
+    let q8 = out.join("fmnist-default-w8a8.onnx");
+    let bq = bench(&q8, 1, threads, 200, 20, None, Some(&out.join("bench-w8a8.json")))?;
     println!("\nsummary ({:.1} s):", t0.elapsed().as_secs_f64());
     let mut rows = vec![];
     if let Some((_, _, r)) = summary.first() {
@@ -408,6 +412,13 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
     }
     print_table(&["model", "top-1 (1,000 test images)", "change", "weights"], &rows);
     println!("float32 batch-1 latency {:.3} ms median ({:.3} ms p90, {:.1} GMAC/s)", b.median_ms, b.p90_ms, b.gmacs);
+    println!(
+        "W8A8 on the integer runtime {:.3} ms median ({:.3} ms p90, {:.1} GMAC/s): {:.2}x the float32 speed",
+        bq.median_ms,
+        bq.p90_ms,
+        bq.gmacs,
+        b.median_ms / bq.median_ms
+    );
     println!("models and reports written to {}/", out.display());
     Ok(())
 }
