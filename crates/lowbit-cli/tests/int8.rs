@@ -72,6 +72,13 @@ fn expose_int8(g: &Graph) -> Graph {
     g
 }
 
+/// Images per model for the exactness checks: the default, or `LOWBIT_INT8_EXACT_SCALE` times it
+/// (the closing-note runs use a large scale; CI keeps the default).
+fn images_for(n: usize) -> usize {
+    let k: usize = std::env::var("LOWBIT_INT8_EXACT_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    n * k.max(1)
+}
+
 fn check_exact(tag: &str, g: &Graph, model: &str, n: usize) {
     let g = expose_int8(g);
     let (data, shape, n) = images(model, n);
@@ -122,7 +129,7 @@ fn ort_qdq_integer_plan_equals_fake_quant() {
         ("resnet18-random", 1),
     ] {
         let g = lowbit_onnx::read_model(&ort_qdq(m)).unwrap();
-        check_exact(&format!("{m} (ORT QDQ)"), &g, m, n);
+        check_exact(&format!("{m} (ORT QDQ)"), &g, m, images_for(n));
     }
 }
 
@@ -142,7 +149,7 @@ fn lowbit_qdq_integer_plan_equals_fake_quant() {
         let path = d.join("q.onnx");
         lowbit_onnx::write_model(&q.graph, &path).unwrap();
         let g = lowbit_onnx::read_model(&path).unwrap();
-        check_exact(&format!("{m} W{bits}A8 (lowbit QDQ)"), &g, m, 20);
+        check_exact(&format!("{m} W{bits}A8 (lowbit QDQ)"), &g, m, images_for(20));
         let p = Plan::compile(&g, &[vec![1, 1, 28, 28]], &PlanOptions::default()).unwrap();
         assert!(p.int8_notes().is_empty(), "{m}: f32 fallbacks {:?}", p.int8_notes());
         std::fs::remove_dir_all(&d).unwrap();
