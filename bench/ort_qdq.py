@@ -67,9 +67,19 @@ def main():
             pre = model
         name = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()[0].name
         out = os.path.join(a.out, m + "-ort-qdq.onnx")
-        quantize_static(pre, out, Reader(name, x), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        # ORT's pre-processed model first; when ONNX Runtime cannot load the result (ppocr: per-axis
+        # DequantizeLinear in an opset-11 model), the original model.
+        for src in dict.fromkeys([pre, model]):
+            quantize_static(src, out, Reader(name, x), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+            try:
+                ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+                break
+            except Exception as e:
+                print(f"{m}: ONNX Runtime cannot load its quantized {os.path.basename(src)} ({str(e)[:120]})", file=sys.stderr)
+                # kept for lowbit (which runs it): `-unloadable` marks what ORT itself rejects
+                os.replace(out, os.path.join(a.out, m + "-ort-qdq-unloadable.onnx"))
         print(out, flush=True)
 
 

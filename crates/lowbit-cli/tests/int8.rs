@@ -48,6 +48,18 @@ fn ort_qdq(model: &str) -> PathBuf {
     d.join(format!("{model}-ort-qdq.onnx"))
 }
 
+/// The QDQ file of ORT's pre-processed model even where ONNX Runtime cannot load it (ppocr: its
+/// opset-11 original only gets per-tensor uint8 weights, which lowbit runs in f32): there every
+/// conv has int8 weights, so every unit is integer.
+fn ort_qdq_integer(model: &str) -> PathBuf {
+    let unloadable = ort_qdq(model).with_file_name(format!("{model}-ort-qdq-unloadable.onnx"));
+    if unloadable.exists() {
+        unloadable
+    } else {
+        ort_qdq(model)
+    }
+}
+
 /// Preprocessed images for a model: (data, per-image shape, labels).
 fn images(model: &str, n: usize) -> (Vec<f32>, Vec<usize>, usize) {
     let (path, pre, split) = match model {
@@ -128,7 +140,7 @@ fn ort_qdq_integer_plan_equals_fake_quant() {
         ("ppocr-textline-cls", 4),
         ("resnet18-random", 1),
     ] {
-        let g = lowbit_onnx::read_model(&ort_qdq(m)).unwrap();
+        let g = lowbit_onnx::read_model(&ort_qdq_integer(m)).unwrap();
         check_exact(&format!("{m} (ORT QDQ)"), &g, m, images_for(n));
     }
 }
@@ -177,9 +189,7 @@ fn ort_qdq_files_agree_with_onnx_runtime() {
         ("fmnist-resnet", 1000),
         ("fmnist-mobilenet", 1000),
         ("resnet18-random", 64),
-        // ppocr-textline-cls is left out: quantize_static writes a file ONNX Runtime itself
-        // refuses to load (per-axis DequantizeLinear in an opset-11 model); lowbit runs it (see
-        // the exactness test above).
+        ("ppocr-textline-cls", 256),
         ("efficientnet-lite0-imagenet", 256),
         ("mobilenetv2-imagenet", 256),
     ] {
@@ -204,7 +214,9 @@ fn ort_qdq_files_agree_with_onnx_runtime() {
         } else {
             assert!(agree + n / 50 >= selfagree, "{m}: agreement {agree}/{n}, ORT with itself {selfagree}/{n}");
         }
-        assert!(p.int8_notes().is_empty(), "{m}: f32 fallbacks {:?}", p.int8_notes());
+        if m != "ppocr-textline-cls" {
+            assert!(p.int8_notes().is_empty(), "{m}: f32 fallbacks {:?}", p.int8_notes());
+        }
     }
 }
 
@@ -225,8 +237,8 @@ fn int8_plan_memory_against_f32() {
             &PlanOptions::default(),
         )
         .unwrap();
-        let q =
-            Plan::compile(&lowbit_onnx::read_model(&ort_qdq(m)).unwrap(), &[full], &PlanOptions::default()).unwrap();
+        let q = Plan::compile(&lowbit_onnx::read_model(&ort_qdq_integer(m)).unwrap(), &[full], &PlanOptions::default())
+            .unwrap();
         let arena = q.arena_bytes() as f64 / f.arena_bytes() as f64;
         let weights = q.weight_bytes() as f64 / f.weight_bytes() as f64;
         eprintln!(
