@@ -963,7 +963,17 @@ unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], qscratch: &mut
         Kind::QAdd { qa, qb, lo, hi, qo } => {
             let a = bytes_in(base, s.ins[0].as_ref().unwrap());
             let b = bytes_in(base, s.ins[1].as_ref().unwrap());
-            qops::add(a, *qa, b, *qb, *lo, *hi, *qo, bytes_out(base, &s.out));
+            let o = bytes_out(base, &s.out);
+            if threads > 1 && o.len() >= 1 << 15 {
+                use rayon::prelude::*;
+                let chunk = o.len().div_ceil(threads * 4);
+                o.par_chunks_mut(chunk).enumerate().for_each(|(i, oc)| {
+                    let r = i * chunk..i * chunk + oc.len();
+                    qops::add(&a[r.clone()], *qa, &b[r], *qb, *lo, *hi, *qo, oc);
+                });
+            } else {
+                qops::add(a, *qa, b, *qb, *lo, *hi, *qo, o);
+            }
         }
         Kind::QGap { n, plane, c, qi, qo } => {
             let xs = bytes_in(base, s.ins[0].as_ref().unwrap());

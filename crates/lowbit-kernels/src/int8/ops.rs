@@ -146,17 +146,22 @@ multiversion! {
 /// GlobalAveragePool on NHWC `[n][plane][c]`: the exact integer sum, then
 /// `q_out(f32(Σ(q - z)) · s / plane)`.
 pub fn global_avg(x: &[u8], n: usize, plane: usize, c: usize, qi: QParams, qo: QParams, out: &mut [u8]) {
-    let mut acc = vec![0i32; c];
+    // Channels in blocks of 256 so the sums live on the stack (no allocation per run).
+    let mut acc = [0i32; 256];
     for b in 0..n {
-        acc.fill(0);
-        for p in 0..plane {
-            let row = &x[(b * plane + p) * c..(b * plane + p + 1) * c];
-            for (s, &v) in acc.iter_mut().zip(row) {
-                *s += qi.get(v);
+        for c0 in (0..c).step_by(256) {
+            let w = (c - c0).min(256);
+            let acc = &mut acc[..w];
+            acc.fill(0);
+            for p in 0..plane {
+                let row = &x[(b * plane + p) * c + c0..(b * plane + p) * c + c0 + w];
+                for (s, &v) in acc.iter_mut().zip(row) {
+                    *s += qi.get(v);
+                }
             }
-        }
-        for (ch, &s) in acc.iter().enumerate() {
-            out[b * c + ch] = qo.quant(global_avg_value(s, plane, qi));
+            for (ch, &s) in acc.iter().enumerate() {
+                out[b * c + c0 + ch] = qo.quant(global_avg_value(s, plane, qi));
+            }
         }
     }
 }
@@ -190,12 +195,13 @@ pub struct PoolGeom {
 pub fn max_pool(g: &PoolGeom, n: usize, signed: bool, x: &[u8], out: &mut [u8]) {
     let flip = if signed { 0x80u8 } else { 0 };
     let (isz, osz) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
-    let mut best = vec![0u8; g.c];
     for b in 0..n {
         let xi = &x[b * isz..(b + 1) * isz];
         for oy in 0..g.oh {
             for ox in 0..g.ow {
-                best.fill(0);
+                // The output pixel's bytes hold the running maximum (flipped for int8).
+                let o = &mut out[b * osz + (oy * g.ow + ox) * g.c..b * osz + (oy * g.ow + ox + 1) * g.c];
+                o.fill(0);
                 for ky in 0..g.kh {
                     let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
                     if iy < 0 || iy >= g.h as isize {
@@ -208,14 +214,103 @@ pub fn max_pool(g: &PoolGeom, n: usize, signed: bool, x: &[u8], out: &mut [u8]) 
                         }
                         let s = (iy as usize * g.w + ix as usize) * g.c;
                         // Signed bytes compare as unsigned after flipping the sign bit.
-                        for (m, &v) in best.iter_mut().zip(&xi[s..s + g.c]) {
+                        for (m, &v) in o.iter_mut().zip(&xi[s..s + g.c]) {
                             *m = (*m).max(v ^ flip);
                         }
                     }
                 }
-                let o = &mut out[b * osz + (oy * g.ow + ox) * g.c..b * osz + (oy * g.ow + ox + 1) * g.c];
-                o.iter_mut().zip(&best).for_each(|(d, &m)| *d = m ^ flip);
+                if flip != 0 {
+                    o.iter_mut().for_each(|d| *d ^= flip);
+                }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn max_pool_matches_the_dequantized_maximum() {
+        for signed in [false, true] {
+            let g = PoolGeom { c: 5, h: 7, w: 6, kh: 3, kw: 3, sh: 2, sw: 2, dh: 1, dw: 1, pt: 1, pl: 1, oh: 4, ow: 3 };
+            let x = bytes(2 * 7 * 6 * 5, 9 + signed as u32);
+            let q = QParams { scale: 0.1, zp: if signed { -3 } else { 7 }, signed };
+            let mut out = vec![0u8; 2 * 4 * 3 * 5];
+            max_pool(&g, 2, signed, &x, &mut out);
+            for b in 0..2 {
+                for oy in 0..4 {
+                    for ox in 0..3 {
+                        for c in 0..5 {
+                            let mut best = f32::NEG_INFINITY;
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) = ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
+                                    if iy >= 0 && ix >= 0 && iy < 7 && ix < 6 {
+                                        best =
+                                            best.max(q.dequant(x[((b * 7 + iy as usize) * 6 + ix as usize) * 5 + c]));
+                                    }
+                                }
+                            }
+                            assert_eq!(out[((b * 4 + oy) * 3 + ox) * 5 + c], q.quant(best), "signed={signed}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn global_avg_matches_its_definition_past_one_stack_block() {
+        for signed in [false, true] {
+            let (n, plane, c) = (2, 9, 300);
+            let x = bytes(n * plane * c, 5 + signed as u32);
+            let qi = QParams { scale: 0.05, zp: if signed { 4 } else { 130 }, signed };
+            let qo = QParams { scale: 0.02, zp: if signed { -10 } else { 100 }, signed };
+            let mut out = vec![0u8; n * c];
+            global_avg(&x, n, plane, c, qi, qo, &mut out);
+            for b in 0..n {
+                for ch in 0..c {
+                    let s: i32 = (0..plane).map(|p| qi.get(x[(b * plane + p) * c + ch])).sum();
+                    assert_eq!(out[b * c + ch], qo.quant(global_avg_value(s, plane, qi)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn add_and_layouts_follow_the_qdq_arithmetic() {
+        let (a, b) = (bytes(64, 1), bytes(64, 2));
+        let (qa, qb, qo) = (
+            QParams { scale: 0.03, zp: 12, signed: false },
+            QParams { scale: 0.07, zp: -5, signed: true },
+            QParams { scale: 0.05, zp: 128, signed: false },
+        );
+        let mut out = vec![0u8; 64];
+        add(&a, qa, &b, qb, 0.0, f32::INFINITY, qo, &mut out);
+        for i in 0..64 {
+            assert_eq!(out[i], qo.quant((qa.dequant(a[i]) + qb.dequant(b[i])).max(0.0)));
+        }
+        // NCHW -> NHWC -> NCHW round trip through quantize/dequantize layouts
+        let x: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.1 - 1.0).collect();
+        let (mut q, mut tmp, mut back) = (vec![0u8; 24], vec![0u8; 24], vec![0f32; 24]);
+        quantize(&x, qo, Some((2, 3, 4)), &mut q, &mut tmp);
+        dequantize(&q, qo, Some((2, 3, 4)), &mut back);
+        for (i, (&v, &r)) in x.iter().zip(&back).enumerate() {
+            assert_eq!(r, qo.dequant(qo.quant(v)), "element {i}");
         }
     }
 }
