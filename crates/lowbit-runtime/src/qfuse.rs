@@ -248,7 +248,7 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
         }
         if let Some((unit, out, absorbed)) = fused {
             for x in n.inputs.iter().filter(|s| !s.is_empty()) {
-                if prod.get(x.as_str()).is_some_and(|&d| is(d, false)) && unit.inputs().len() > 0 {
+                if prod.get(x.as_str()).is_some_and(|&d| is(d, false)) && !unit.inputs().is_empty() {
                     let d = &g.nodes[prod[x.as_str()]];
                     if unit.inputs().contains(&d.inputs[0]) {
                         *int_reads.entry(x.clone()).or_default() += 1;

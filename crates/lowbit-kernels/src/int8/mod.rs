@@ -317,6 +317,9 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// Element `(i, j)` with row stride `ldc` elements.
+    ///
+    /// # Safety
+    /// The element must lie inside the buffer this pointer addresses.
     #[inline(always)]
     pub unsafe fn at(self, out: Out, i: usize, j: usize, ldc: usize) -> *mut u8 {
         match out {
@@ -400,7 +403,7 @@ pub unsafe fn gemm_ex(
     if m == 0 || b.n == 0 {
         return;
     }
-    assert!(src.kc % 4 == 0 && src.taps.len() * src.kc == b.k4, "A layout does not match the packed weights");
+    assert!(src.kc.is_multiple_of(4) && src.taps.len() * src.kc == b.k4, "A layout does not match the packed weights");
     let panels = b.n.div_ceil(PANEL);
     let a = SendConst(a);
     let run = |i0: usize, rows: usize, p: usize| {
@@ -622,10 +625,16 @@ impl QConv {
                 parts.push((b, r));
             }
             let (_, wp) = QConv::shifted_hw(g);
-            if g.is_pointwise() && g.c_in % 4 == 0 {
+            if g.is_pointwise() && g.c_in.is_multiple_of(4) {
                 let (b, r) = parts.pop().unwrap();
                 ConvKind::Direct(b, r)
-            } else if g.group == 1 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.c_in % 4 == 0 && g.ow >= 28
+            } else if g.group == 1
+                && g.sh == 1
+                && g.sw == 1
+                && g.dh == 1
+                && g.dw == 1
+                && g.c_in.is_multiple_of(4)
+                && g.ow >= 28
             {
                 let (b, r) = parts.pop().unwrap();
                 let taps: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * wp + t % g.kw) * g.c_in).collect();
