@@ -491,9 +491,11 @@ pub(crate) unsafe fn window_avx512<const MAX: bool>(
     // Column masks per (output block, kx), shared by every row.
     let nblk = g.ow.div_ceil(DW_BLOCK);
     let lanes = if g.sw == 1 { 16 } else { 32 };
-    let mut masks = [[0u32; MAXK]; 64];
+    // Small on the stack: this runs once per channel, and zeroing a large table per channel cost
+    // more than the 7x7 planes' arithmetic.
+    let mut masks = [[0u32; MAXK]; 8];
     let mut heap;
-    let masks: &mut [[u32; MAXK]] = if nblk <= 64 {
+    let masks: &mut [[u32; MAXK]] = if nblk <= 8 {
         &mut masks[..nblk]
     } else {
         heap = vec![[0u32; MAXK]; nblk];
