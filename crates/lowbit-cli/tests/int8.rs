@@ -259,3 +259,51 @@ fn int8_plan_memory_against_f32() {
         assert!(weights <= 0.31, "{m}: int8 weights are {:.1}% of f32", weights * 100.0);
     }
 }
+
+/// Hostile QDQ files: every initializer of a quantized model replaced in turn by zeros, NaN,
+/// negative values, a wrong length or another element type. Compiling and running must give a
+/// result or an error, never a panic.
+#[test]
+fn corrupted_qdq_models_never_panic() {
+    use lowbit_core::{DType, Data};
+    let mut outcomes = (0, 0);
+    for model in ["mnist-cnn", "fmnist-mobilenet"] {
+        let g = lowbit_onnx::read_model(&ort_qdq(model)).unwrap();
+        let (data, shape, _) = images(model, 1);
+        let full = [vec![1], shape].concat();
+        let x = Tensor::f32(full.clone(), data);
+        let names: Vec<String> = g.initializers.keys().cloned().collect();
+        for name in &names {
+            let t = &g.initializers[name];
+            let with = |f: &dyn Fn(f32) -> f32| Tensor {
+                shape: t.shape.clone(),
+                data: Data::F32(t.to_f32_vec().into_iter().map(f).collect()).cast(t.dtype()),
+            };
+            let variants: Vec<Tensor> = vec![
+                with(&|_| 0.0),
+                with(&|_| f32::NAN),
+                with(&|v| -v - 1.0),
+                with(&|_| 1e30),
+                Tensor { shape: vec![t.len() + 1], data: Data::F32(vec![1.0; t.len() + 1]) },
+                Tensor {
+                    shape: t.shape.clone(),
+                    data: t.data.cast(if t.dtype() == DType::U8 { DType::I8 } else { DType::U8 }),
+                },
+            ];
+            for v in variants {
+                let mut h = g.clone();
+                h.initializers.insert(name.clone(), v);
+                let r = std::panic::catch_unwind(|| {
+                    let mut p = Plan::compile(&h, &[full.clone()], &PlanOptions::default())?;
+                    p.run(std::slice::from_ref(&x))
+                });
+                match r {
+                    Ok(Ok(_)) => outcomes.0 += 1,
+                    Ok(Err(_)) => outcomes.1 += 1,
+                    Err(_) => panic!("{model}: a corrupted '{name}' made lowbit panic"),
+                }
+            }
+        }
+    }
+    eprintln!("corrupted QDQ models: {} ran, {} refused with an error, none panicked", outcomes.0, outcomes.1);
+}
