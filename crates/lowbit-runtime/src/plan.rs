@@ -358,6 +358,7 @@ impl Plan {
                             let mut rq = rq;
                             let corr: Vec<i32> = b.colsum.iter().map(|&s| -m.xq.zp * s).collect();
                             rq.add_bias_i(&corr);
+                            rq.allow_unclamped(b.k4 as f64 * 255.0 * 128.0);
                             b.colsum = vec![];
                             if k % 4 != 0 {
                                 qscratch_len = qscratch_len.max(mm * b.k4);

@@ -15,7 +15,7 @@ unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, valid: usize)
     let y = if rq.bias_f.is_empty() { y } else { _mm256_add_ps(y, _mm256_loadu_ps(rq.bias_f.as_ptr().add(c))) };
     // max/min with the operand order of the scalar path's f32::max/min (NaN → the bound).
     let (lo, hi) = if rq.out == Out::F32 { (rq.lo, rq.hi) } else { (rq.ylo, rq.yhi) };
-    let y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+    let y = if rq.unclamped { y } else { _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(lo)), _mm256_set1_ps(hi)) };
     match rq.out {
         Out::F32 => {
             if valid == 8 {

@@ -27,7 +27,11 @@ unsafe fn store16(acc: __m512i, c: usize, rq: &Requant, p: *mut u8, m: u16) {
             _mm512_mask_storeu_ps(p as *mut f32, m, y)
         }
         Out::Q { scale, zp, qmin, qmax } => {
-            let y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(rq.ylo)), _mm512_set1_ps(rq.yhi));
+            let y = if rq.unclamped {
+                y
+            } else {
+                _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(rq.ylo)), _mm512_set1_ps(rq.yhi))
+            };
             let q = quant16(y, scale, rq.inv, zp, qmin, qmax);
             _mm_mask_storeu_epi8(p as *mut i8, m, q);
         }
@@ -213,7 +217,7 @@ unsafe fn dw_store64(acc: &[__m512i; 4], sc: &[__m512; 4], bf: &[__m512; 4], rp:
     for i in 0..4 {
         let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i]), sc[i]);
         let y = if rp.bias_f.is_empty() { y } else { _mm512_add_ps(y, bf[i]) };
-        let y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
+        let y = if rp.unclamped { y } else { _mm512_min_ps(_mm512_max_ps(y, vlo), vhi) };
         let t0 = _mm512_mul_ps(y, vinv);
         let t = _mm512_fmadd_ps(_mm512_fnmadd_ps(t0, vs, y), vinv, t0);
         q[i] = _mm512_add_epi32(_mm512_cvtps_epi32(t), vzp);

@@ -158,6 +158,9 @@ pub struct Requant {
     pub ylo: f32,
     pub yhi: f32,
     pub inv: f32,
+    /// Set by [`Requant::allow_unclamped`]: no activation clamp and `|y/s|` provably far from
+    /// overflow, so the SIMD epilogues skip clamping `y` (the saturating narrow does the rest).
+    pub unclamped: bool,
 }
 
 /// `y / s` rounded correctly, from `inv = 1/s` rounded: the quotient `q = y·inv`, the exact
@@ -191,7 +194,25 @@ impl Requant {
             }
             Out::F32 => (lo, hi, 1.0),
         };
-        Requant { scale: pad(scale), bias_i: bi, bias_f, lo, hi, out, ylo, yhi, inv }
+        Requant { scale: pad(scale), bias_i: bi, bias_f, lo, hi, out, ylo, yhi, inv, unclamped: false }
+    }
+
+    /// Lets the SIMD epilogues skip the `y` clamp when there is no activation clamp and every
+    /// accumulator (at most `max_acc` in magnitude before the integer bias) keeps `|y/s_out|`
+    /// below 2^30: then `y/s_out` cannot overflow the conversion, and saturating after rounding
+    /// equals the scalar path's clamping.
+    pub fn allow_unclamped(&mut self, max_acc: f64) {
+        let Out::Q { scale: so, .. } = self.out else { return };
+        if self.lo != f32::NEG_INFINITY || self.hi != f32::INFINITY {
+            return;
+        }
+        let ok = (0..self.scale.len()).all(|c| {
+            let bf = self.bias_f.get(c).copied().unwrap_or(0.0) as f64;
+            let y = (max_acc + (self.bias_i[c] as f64).abs()) * (self.scale[c] as f64).abs() * 1.001 + bf.abs();
+            let t = y / so as f64;
+            t.is_finite() && t < (1u64 << 30) as f64
+        });
+        self.unclamped = ok;
     }
 
     /// Channels `c0..c0+n` of this epilogue.
@@ -597,7 +618,9 @@ impl QConv {
                     }
                 }
                 let bf = if rq.bias_f.is_empty() { vec![] } else { bf };
-                rq_perm = Some(Requant { scale: sc, bias_i: bi, bias_f: bf, ..rq.clone() });
+                let mut rp = Requant { scale: sc, bias_i: bi, bias_f: bf, ..rq.clone() };
+                rp.allow_unclamped(taps as f64 * 255.0 * 128.0);
+                rq_perm = Some(rp);
             }
             let (mut wv, mut colsum, mut rq) = (wv, colsum, rq);
             if rq_perm.is_some() {
@@ -621,6 +644,7 @@ impl QConv {
                 let mut r = rq.slice(gi * cog, cog);
                 let corr: Vec<i32> = b.colsum.iter().map(|&s| -(zx as i32) * s).collect();
                 r.add_bias_i(&corr);
+                r.allow_unclamped(b.k4 as f64 * 255.0 * 128.0);
                 b.colsum = vec![];
                 parts.push((b, r));
             }
