@@ -34,7 +34,9 @@ $L quantize $Z/mnist-cnn.onnx --calib ../shared/data/mnist10k --calib-split test
 row "mnist-cnn W8A8 per-channel" $T/q.json
 P=../shared/data/photos224
 M=$Z/mobilenetv2-imagenet.onnx
-for flags in "--no-bias-correction" "--cle --no-bias-correction" "--cle --absorb-bias --no-bias-correction" "--cle --absorb-bias"; do
+for flags in "--no-bias-correction" "--cle --no-bias-correction" "--cle --absorb-bias --no-bias-correction" "--cle --absorb-bias" \
+             "--cle --cle-relu6-to-relu --no-bias-correction" "--cle --cle-relu6-to-relu --absorb-bias --no-bias-correction" \
+             "--cle --cle-relu6-to-relu --absorb-bias"; do
   $L quantize $M --calib $P --calib-split test --eval $P --per-tensor --method minmax $flags -o $T/q.onnx --json $T/q.json > /dev/null
   row "mobilenetv2 per-tensor W8A8 $flags" $T/q.json
 done

@@ -365,6 +365,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             method: "auto".into(),
             per_tensor: false,
             cle: false,
+            cle_relu6_to_relu: false,
             absorb_bias: false,
             no_bias_correction: false,
             sensitivity: false,

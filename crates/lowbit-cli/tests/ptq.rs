@@ -198,3 +198,32 @@ fn ppocr_qdq_with_hardswish_loads_in_ort() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn cle_can_replace_every_relu6_as_the_dfq_paper_does() {
+    use std::process::Command;
+    let d = tmpdir("ptq-cle-relu6");
+    let out = d.join("q.onnx");
+    let fashion = fashion_dir();
+    let model = zoo("fmnist-mobilenet.onnx");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["quantize", model.to_str().unwrap()];
+        args.extend_from_slice(&["--calib", fashion.to_str().unwrap(), "--calib-n", "64", "--per-tensor", "--cle"]);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", out.to_str().unwrap()]);
+        let o = Command::new(lowbit_bin()).args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let safe = run(&[]);
+    let all = run(&["--cle-relu6-to-relu"]);
+    let skipped = |s: &str| -> usize {
+        let i = s.find(" pairs skipped").expect("equalization line");
+        s[..i].rsplit(", ").next().unwrap().trim().parse().unwrap()
+    };
+    assert!(all.contains("(all, as asked)"), "{all}");
+    assert_eq!(skipped(&all), 0, "{all}");
+    assert!(skipped(&safe) >= skipped(&all));
+    assert!(out.exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
