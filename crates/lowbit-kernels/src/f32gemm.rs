@@ -40,8 +40,9 @@ pub fn avx512_available() -> bool {
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *ON.get_or_init(|| {
-            let forced = std::env::var("LOWBIT_ISA").ok();
-            let allowed = !matches!(forced.as_deref(), Some("scalar") | Some("avx2"));
+            // The same LOWBIT_ISA values the integer kernels take (one parser).
+            let forced = std::env::var("LOWBIT_ISA").ok().and_then(|s| crate::int8::Isa::parse(&s).ok());
+            let allowed = !matches!(forced, Some(crate::int8::Isa::Scalar | crate::int8::Isa::Avx2));
             allowed && std::arch::is_x86_feature_detected!("avx512f")
         })
     }

@@ -199,6 +199,38 @@ fn conv_geom(x: &[usize], w: &[usize], c: &lowbit_core::ConvAttrs) -> Result<Con
     })
 }
 
+/// Window of a 2-D pooling node on an NCHW input shape: the geometry (channels as `c_in`) and the
+/// bottom and right end paddings.
+fn pool_geom(x: &[usize], p: &lowbit_core::PoolAttrs) -> Result<(ConvGeom, usize, usize)> {
+    let win = lowbit_core::shape::window(
+        &x[2..],
+        &p.kernel_shape,
+        &p.strides,
+        &p.dilations,
+        &p.pads,
+        p.auto_pad,
+        p.ceil_mode,
+    )?;
+    let g = ConvGeom {
+        c_in: x[1],
+        h: x[2],
+        w: x[3],
+        c_out: x[1],
+        kh: win.kernel[0],
+        kw: win.kernel[1],
+        sh: win.strides[0],
+        sw: win.strides[1],
+        dh: win.dilations[0],
+        dw: win.dilations[1],
+        pt: win.pads_begin[0],
+        pl: win.pads_begin[1],
+        oh: win.out[0],
+        ow: win.out[1],
+        group: 1,
+    };
+    Ok((g, win.pads_end[0], win.pads_end[1]))
+}
+
 impl Plan {
     /// Compiles `graph` for the given input shapes (in the order of the graph's runtime inputs).
     pub fn compile(graph: &Graph, input_shapes: &[Vec<usize>], opts: &PlanOptions) -> Result<Plan> {
@@ -375,31 +407,7 @@ impl Plan {
                         "int8 global average pool".into(),
                     ),
                     Unit::MaxPool { q, attrs: p, .. } => {
-                        let win = lowbit_core::shape::window(
-                            &xs[2..],
-                            &p.kernel_shape,
-                            &p.strides,
-                            &p.dilations,
-                            &p.pads,
-                            p.auto_pad,
-                            p.ceil_mode,
-                        )
-                        .map_err(|e| e.in_node(&n.name))?;
-                        let pg = PoolGeom {
-                            c: xs[1],
-                            h: xs[2],
-                            w: xs[3],
-                            kh: win.kernel[0],
-                            kw: win.kernel[1],
-                            sh: win.strides[0],
-                            sw: win.strides[1],
-                            dh: win.dilations[0],
-                            dw: win.dilations[1],
-                            pt: win.pads_begin[0],
-                            pl: win.pads_begin[1],
-                            oh: win.out[0],
-                            ow: win.out[1],
-                        };
+                        let (pg, _, _) = pool_geom(&xs, p).map_err(|e| e.in_node(&n.name))?;
                         (Kind::QMaxPool { g: pg, n: xs[0], signed: q.signed }, "int8 max pool".into())
                     }
                     Unit::Alias { .. } => unreachable!("aliases have no step"),
@@ -490,42 +498,9 @@ impl Plan {
                     }
                     Op::MaxPool(p) | Op::AveragePool(p) if all_f32 && in_shape(0).len() == 4 => {
                         let xs = in_shape(0);
-                        let win = lowbit_core::shape::window(
-                            &xs[2..],
-                            &p.kernel_shape,
-                            &p.strides,
-                            &p.dilations,
-                            &p.pads,
-                            p.auto_pad,
-                            p.ceil_mode,
-                        )
-                        .map_err(|e| e.in_node(&n.name))?;
-                        let geom = ConvGeom {
-                            c_in: xs[1],
-                            h: xs[2],
-                            w: xs[3],
-                            c_out: xs[1],
-                            kh: win.kernel[0],
-                            kw: win.kernel[1],
-                            sh: win.strides[0],
-                            sw: win.strides[1],
-                            dh: win.dilations[0],
-                            dw: win.dilations[1],
-                            pt: win.pads_begin[0],
-                            pl: win.pads_begin[1],
-                            oh: win.out[0],
-                            ow: win.out[1],
-                            group: 1,
-                        };
+                        let (geom, pb, pr) = pool_geom(&xs, p).map_err(|e| e.in_node(&n.name))?;
                         let max = matches!(n.op, Op::MaxPool(_));
-                        let kind = Kind::Pool {
-                            g: geom,
-                            planes: xs[0] * xs[1],
-                            max,
-                            cip: p.count_include_pad,
-                            pb: win.pads_end[0],
-                            pr: win.pads_end[1],
-                        };
+                        let kind = Kind::Pool { g: geom, planes: xs[0] * xs[1], max, cip: p.count_include_pad, pb, pr };
                         (kind, "f32 pool")
                     }
                     Op::GlobalAveragePool | Op::GlobalMaxPool if all_f32 => {

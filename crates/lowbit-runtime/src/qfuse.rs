@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lowbit_core::{Act, ConvAttrs, DType, Graph, Node, Op, PoolAttrs};
+use lowbit_core::{ConvAttrs, DType, Graph, Node, Op, PoolAttrs};
 use lowbit_kernels::int8::ops::QParams;
 use lowbit_kernels::int8::{split_bias, Out};
 
@@ -102,15 +102,6 @@ pub(crate) fn qparams(g: &Graph, n: &Node) -> Option<QParams> {
         }
     };
     Some(QParams { scale, zp, signed })
-}
-
-fn act_range(a: Act) -> Option<(f32, f32)> {
-    match a {
-        Act::None => Some((f32::NEG_INFINITY, f32::INFINITY)),
-        Act::Relu => Some((0.0, f32::INFINITY)),
-        Act::Clip { lo, hi } => Some((lo, hi)),
-        _ => None,
-    }
 }
 
 pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
@@ -328,7 +319,8 @@ fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Resul
     if sw.len() != 1 && sw.len() != n_out {
         return Err(Some("weight scale length does not match the outputs".into()));
     }
-    let (lo, hi) = act_range(act).ok_or_else(|| Some(format!("fused activation {act:?} has no integer epilogue")))?;
+    let (lo, hi) = lowbit_kernels::f32gemm::clamp_of(act)
+        .ok_or_else(|| Some(format!("fused activation {act:?} has no integer epilogue")))?;
     let scale: Vec<f32> = (0..n_out).map(|c| xq.scale * sw[if sw.len() == 1 { 0 } else { c }]).collect();
     let (bias_i, bias_f) = match n.input(2) {
         None => (vec![0; n_out], vec![0.0; n_out]),

@@ -3,6 +3,7 @@
 //! (DequantizeLinear → op → QuantizeLinear) with the same f32 operations in the same order.
 
 use super::{quantize_one, Isa};
+pub use crate::pool::PoolGeom;
 
 /// The path the element-wise ops take (`LOWBIT_ISA`, else the best available), decided once.
 fn path() -> Isa {
@@ -172,35 +173,17 @@ pub fn global_avg_value(sum: i32, plane: usize, qi: QParams) -> f32 {
     (sum - plane as i32 * qi.zp) as f32 * qi.scale / plane as f32
 }
 
-/// Max pooling geometry (one image, NHWC).
-#[derive(Clone, Copy, Debug)]
-pub struct PoolGeom {
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub sh: usize,
-    pub sw: usize,
-    pub dh: usize,
-    pub dw: usize,
-    pub pt: usize,
-    pub pl: usize,
-    pub oh: usize,
-    pub ow: usize,
-}
-
 /// MaxPool on quantized values whose input and output parameters are equal (max commutes with
 /// the monotone dequantization, so this is exact). Padding is ignored, as ONNX specifies.
 pub fn max_pool(g: &PoolGeom, n: usize, signed: bool, x: &[u8], out: &mut [u8]) {
     let flip = if signed { 0x80u8 } else { 0 };
-    let (isz, osz) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+    let (isz, osz) = (g.h * g.w * g.c_in, g.oh * g.ow * g.c_in);
     for b in 0..n {
         let xi = &x[b * isz..(b + 1) * isz];
         for oy in 0..g.oh {
             for ox in 0..g.ow {
                 // The output pixel's bytes hold the running maximum (flipped for int8).
-                let o = &mut out[b * osz + (oy * g.ow + ox) * g.c..b * osz + (oy * g.ow + ox + 1) * g.c];
+                let o = &mut out[b * osz + (oy * g.ow + ox) * g.c_in..b * osz + (oy * g.ow + ox + 1) * g.c_in];
                 o.fill(0);
                 for ky in 0..g.kh {
                     let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
@@ -212,9 +195,9 @@ pub fn max_pool(g: &PoolGeom, n: usize, signed: bool, x: &[u8], out: &mut [u8]) 
                         if ix < 0 || ix >= g.w as isize {
                             continue;
                         }
-                        let s = (iy as usize * g.w + ix as usize) * g.c;
+                        let s = (iy as usize * g.w + ix as usize) * g.c_in;
                         // Signed bytes compare as unsigned after flipping the sign bit.
-                        for (m, &v) in o.iter_mut().zip(&xi[s..s + g.c]) {
+                        for (m, &v) in o.iter_mut().zip(&xi[s..s + g.c_in]) {
                             *m = (*m).max(v ^ flip);
                         }
                     }
@@ -246,7 +229,23 @@ mod tests {
     #[test]
     fn max_pool_matches_the_dequantized_maximum() {
         for signed in [false, true] {
-            let g = PoolGeom { c: 5, h: 7, w: 6, kh: 3, kw: 3, sh: 2, sw: 2, dh: 1, dw: 1, pt: 1, pl: 1, oh: 4, ow: 3 };
+            let g = PoolGeom {
+                c_in: 5,
+                c_out: 5,
+                h: 7,
+                w: 6,
+                kh: 3,
+                kw: 3,
+                sh: 2,
+                sw: 2,
+                dh: 1,
+                dw: 1,
+                pt: 1,
+                pl: 1,
+                oh: 4,
+                ow: 3,
+                group: 1,
+            };
             let x = bytes(2 * 7 * 6 * 5, 9 + signed as u32);
             let q = QParams { scale: 0.1, zp: if signed { -3 } else { 7 }, signed };
             let mut out = vec![0u8; 2 * 4 * 3 * 5];
