@@ -6,6 +6,7 @@ mod commands;
 mod common;
 mod quantize;
 mod svg;
+mod train;
 
 use std::path::PathBuf;
 
@@ -94,6 +95,8 @@ enum Cmd {
     },
     /// Quantize a float model (post-training, calibrated) and write a QDQ ONNX file
     Quantize(quantize::QuantizeArgs),
+    /// Train a model in float, or quantization-aware (--qat ste|lsq|pact|dsq), on labelled data
+    Train(train::TrainArgs),
     /// Write preprocessed images (raw little-endian f32, NCHW) and labels for other tools
     DumpData {
         data: PathBuf,
@@ -129,6 +132,7 @@ fn main() {
         Cmd::Demo { threads, out } => commands::demo(threads, &out),
         Cmd::DumpData { data, data_args, output } => commands::dump_data(&data, &data_args, &output),
         Cmd::Quantize(args) => quantize::quantize(&args).map(|_| ()),
+        Cmd::Train(args) => train::train(&args),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

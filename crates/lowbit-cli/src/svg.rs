@@ -103,3 +103,54 @@ pub fn histograms(title: &str, hs: &[Hist]) -> String {
     s += "</svg>";
     s
 }
+
+/// Line curves over epochs on one chart per entry: (chart title, series of (name, points)).
+pub fn curves(title: &str, charts: &[(&str, Vec<(&str, Vec<(f64, f64)>)>)]) -> String {
+    let (cw, ch) = (440.0, 260.0);
+    let (w, h) = (cw * charts.len() as f64 + 20.0, ch + 50.0);
+    let colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"];
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="10">"#
+    );
+    s += &format!(
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">{}</text>"#,
+        esc(title)
+    );
+    for (k, (name, series)) in charts.iter().enumerate() {
+        let (x0, y0) = (50.0 + k as f64 * cw, 45.0);
+        let (pw, ph) = (cw - 80.0, ch - 50.0);
+        let pts: Vec<(f64, f64)> =
+            series.iter().flat_map(|s| s.1.iter().copied()).filter(|p| p.1.is_finite()).collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let (xmin, xmax) = pts.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+        let (ymin, ymax) = pts.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+        let (xr, yr) = ((xmax - xmin).max(1e-9), (ymax - ymin).max(1e-9));
+        let px = |x: f64| x0 + (x - xmin) / xr * pw;
+        let py = |y: f64| y0 + ph - (y - ymin) / yr * ph;
+        s += &format!(r#"<text x="{x0}" y="{}" font-size="12">{}</text>"#, y0 - 8.0, esc(name));
+        s += &format!(r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##);
+        s += &format!(r#"<text x="{}" y="{}" text-anchor="end">{ymax:.4}</text>"#, x0 - 3.0, y0 + 8.0);
+        s += &format!(r#"<text x="{}" y="{}" text-anchor="end">{ymin:.4}</text>"#, x0 - 3.0, y0 + ph);
+        s += &format!(r#"<text x="{x0}" y="{}">epoch {xmin}</text>"#, y0 + ph + 14.0);
+        s += &format!(r#"<text x="{}" y="{}" text-anchor="end">{xmax}</text>"#, x0 + pw, y0 + ph + 14.0);
+        for (j, (sname, p)) in series.iter().enumerate() {
+            let c = colors[j % colors.len()];
+            let path: Vec<String> =
+                p.iter().filter(|q| q.1.is_finite()).map(|q| format!("{:.1},{:.1}", px(q.0), py(q.1))).collect();
+            s += &format!(r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#, path.join(" "));
+            for q in p.iter().filter(|q| q.1.is_finite()) {
+                s += &format!(r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{c}"/>"#, px(q.0), py(q.1));
+            }
+            s += &format!(
+                r#"<text x="{}" y="{}" fill="{c}">{}</text>"#,
+                x0 + pw - 120.0,
+                y0 + 14.0 + 12.0 * j as f64,
+                esc(sname)
+            );
+        }
+    }
+    s += "</svg>";
+    s
+}

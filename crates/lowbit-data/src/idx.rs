@@ -39,12 +39,15 @@ impl std::str::FromStr for Split {
 }
 
 impl Split {
-    /// Whether an IDX file name belongs to this split (`train*` vs `t10k*` / `test*`).
+    /// Whether an IDX file name belongs to this split (`train*` vs `t10k*` / `test*`, also after a
+    /// prefix and a dash, as in `fmnist-train-500-images-idx3-ubyte.gz`).
     fn matches(self, file_name: &str) -> bool {
         let name = file_name.to_ascii_lowercase();
         match self {
-            Split::Train => name.starts_with("train"),
-            Split::Test => name.starts_with("t10k") || name.starts_with("test"),
+            Split::Train => name.starts_with("train") || name.contains("-train"),
+            Split::Test => {
+                name.starts_with("t10k") || name.starts_with("test") || name.contains("-t10k") || name.contains("-test")
+            }
         }
     }
 }

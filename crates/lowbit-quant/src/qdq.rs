@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lowbit_core::{Data, Error, Graph, Node, Op, Result, Tensor};
+use lowbit_core::{Act, Data, Error, Graph, Node, Op, Result, Tensor};
 
 use crate::calibrate::Stats;
 use crate::observer::Method;
@@ -31,6 +31,12 @@ pub struct QdqConfig {
     /// Correct each layer's bias for the mean shift its weight quantization causes, using the
     /// calibration means of its input channels (empirical bias correction).
     pub bias_correction: bool,
+    /// Activation parameters (scale, zero point) by value name, used instead of calibration
+    /// (quantization-aware training exports its learned steps this way).
+    pub act_override: HashMap<String, (f32, i32)>,
+    /// Weight scales (one per output channel, or one) by node name, used instead of the range or
+    /// MSE search.
+    pub weight_scale_override: HashMap<String, Vec<f32>>,
 }
 
 impl Default for QdqConfig {
@@ -46,6 +52,8 @@ impl Default for QdqConfig {
             skip_first: false,
             skip_last: false,
             bias_correction: true,
+            act_override: HashMap::new(),
+            weight_scale_override: HashMap::new(),
         }
     }
 }
@@ -70,6 +78,30 @@ pub struct QdqModel {
     /// Bytes of weights as deployed (packed bits, plus f32 scales and int32 biases).
     pub weight_bytes: usize,
     pub float_weight_bytes: usize,
+}
+
+/// Quantizes `w` with given symmetric scales (one per channel of `s`'s granularity, or one).
+fn quantize_with_scales(
+    w: &[f32],
+    shape: &[usize],
+    s: &QScheme,
+    scales: &[f32],
+) -> std::result::Result<(Vec<i32>, QParams), String> {
+    let (c, _, inner) = crate::scheme::channel_layout(shape, s.granularity);
+    if scales.len() != c && scales.len() != 1 {
+        return Err(format!("{} weight scales for {c} channels", scales.len()));
+    }
+    if scales.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+        return Err("weight scales must be positive and finite".into());
+    }
+    let sc: Vec<f32> = if scales.len() == c { scales.to_vec() } else { vec![scales[0]; c] };
+    let (qmin, qmax) = (s.qmin(), s.qmax());
+    let q = w
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| crate::scheme::quantize_value(v, sc[crate::scheme::channel_of(i, c, inner)], 0, qmin, qmax))
+        .collect();
+    Ok((q, QParams { scale: sc, zero_point: vec![0; c], qmin, qmax }))
 }
 
 fn is_compute(n: &Node, g: &Graph) -> bool {
@@ -125,7 +157,12 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
     // Which float values get a Q/DQ pair, with which parameters.
     let mut params: HashMap<String, (f32, i32)> = HashMap::new();
     let mut order: Vec<String> = vec![];
+    // Values that take their parameters from a pass-through producer's input (already in range).
+    let mut inherited: HashSet<String> = HashSet::new();
     let act_of = |v: &str| -> Result<(f32, i32)> {
+        if let Some(&p) = cfg.act_override.get(v) {
+            return Ok(p);
+        }
         let o = stats.get(v).ok_or_else(|| Error::value(v, "no calibration statistics for this value"))?;
         let levels = 1usize << cfg.act_bits;
         // The model input is data the user controls: never clip it.
@@ -167,6 +204,43 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 if !g.is_output(o) && !params.contains_key(o) {
                     params.insert(o.clone(), p);
                     order.push(o.clone());
+                    inherited.insert(o.clone());
+                }
+            }
+        }
+    }
+
+    // Below 8 bits, QuantizeLinear's uint8 saturation is wider than the quantizer's range: make the
+    // clipping to the representable range explicit, in the producer's activation where it has one
+    // (a fused Conv/Gemm activation or a Relu/Clip node), else as a Clip before the Q.
+    let mut narrowed: HashMap<String, Act> = HashMap::new(); // node name -> new activation
+    let mut clip_before_q: HashMap<String, (f32, f32)> = HashMap::new();
+    if cfg.act_bits < 8 {
+        let qmax_b = ((1u32 << cfg.act_bits) - 1) as f32;
+        for v in &order {
+            if inherited.contains(v) {
+                continue;
+            }
+            let (s, z) = params[v];
+            let (lo, hi) = (-(z as f32) * s, (qmax_b - z as f32) * s);
+            let prod = producers.get(v.as_str()).map(|&i| &g.nodes[i]);
+            let current = prod.and_then(|n| match n.op {
+                Op::Conv(_) | Op::Gemm { .. } => Some(n.op.fused_act()),
+                Op::Relu | Op::Clip { .. } => lowbit_core::passes::as_activation(g, n),
+                _ => None,
+            });
+            let merged = match current {
+                Some(Act::None) => Some(Act::Clip { lo, hi }),
+                Some(Act::Relu) => Some(Act::Clip { lo: lo.max(0.0), hi }),
+                Some(Act::Clip { lo: a, hi: b }) => Some(Act::Clip { lo: lo.max(a), hi: hi.min(b) }),
+                _ => None,
+            };
+            match (prod, merged) {
+                (Some(n), Some(a)) => {
+                    narrowed.insert(n.name.clone(), a);
+                }
+                _ => {
+                    clip_before_q.insert(v.clone(), (lo, hi));
                 }
             }
         }
@@ -180,15 +254,29 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
     let mut new_nodes: Vec<Node> = vec![];
     // Q/DQ pairs for graph inputs go first.
     let qdq_pair = |v: &str, (s, z): (f32, i32), g: &mut Graph| -> Vec<Node> {
+        let mut nodes = vec![];
+        let mut src = v.to_string();
+        if let Some(&(lo, hi)) = clip_before_q.get(v) {
+            let (ln, hn) = (g.fresh_name(&format!("{v}_clip_min")), g.fresh_name(&format!("{v}_clip_max")));
+            g.initializers.insert(ln.clone(), Tensor::scalar_f32(lo));
+            g.initializers.insert(hn.clone(), Tensor::scalar_f32(hi));
+            src = format!("{v}_clipped");
+            nodes.push(Node {
+                name: format!("{v}_Clip"),
+                op: Op::Clip { min: None, max: None },
+                inputs: vec![v.into(), ln, hn],
+                outputs: vec![src.clone()],
+            });
+        }
         let sn = g.fresh_name(&format!("{v}_scale"));
         g.initializers.insert(sn.clone(), Tensor::scalar_f32(s));
         let zn = g.fresh_name(&format!("{v}_zero_point"));
         g.initializers.insert(zn.clone(), Tensor { shape: vec![], data: Data::U8(vec![z as u8]) });
-        vec![
+        nodes.extend([
             Node {
                 name: format!("{v}_QuantizeLinear"),
                 op: Op::QuantizeLinear { axis: 1 },
-                inputs: vec![v.into(), sn.clone(), zn.clone()],
+                inputs: vec![src, sn.clone(), zn.clone()],
                 outputs: vec![format!("{v}_quantized")],
             },
             Node {
@@ -197,7 +285,8 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 inputs: vec![format!("{v}_quantized"), sn, zn],
                 outputs: vec![format!("{v}_dequantized")],
             },
-        ]
+        ]);
+        nodes
     };
     for v in &order {
         if inputs.contains(v.as_str()) {
@@ -208,6 +297,21 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
     let dq = |v: &str| format!("{v}_dequantized");
     for n in &g.nodes {
         let mut n2 = n.clone();
+        if let Some(&act) = narrowed.get(&n.name) {
+            match &mut n2.op {
+                Op::Conv(c) => c.act = act,
+                Op::Gemm { act: a, .. } => *a = act,
+                _ => {
+                    let Act::Clip { lo, hi } = act else { unreachable!("narrowed activations are clips") };
+                    let (ln, hn) =
+                        (out.fresh_name(&format!("{}_min", n.name)), out.fresh_name(&format!("{}_max", n.name)));
+                    out.initializers.insert(ln.clone(), Tensor::scalar_f32(lo));
+                    out.initializers.insert(hn.clone(), Tensor::scalar_f32(hi));
+                    n2.op = Op::Clip { min: None, max: None };
+                    n2.inputs = vec![n.inputs[0].clone(), ln, hn];
+                }
+            }
+        }
         // Readers of quantized values read the dequantized copy.
         for i in n2.inputs.iter_mut() {
             if params.contains_key(i.as_str()) {
@@ -258,8 +362,10 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 granularity: if cfg.per_channel { Granularity::PerChannel { axis } } else { Granularity::PerTensor },
                 ..QScheme::weights(bits)
             };
-            let (q, p): (Vec<i32>, QParams) =
-                quantize_linear_weights(&wv, &w.shape, &scheme, cfg.weight_mse || bits < 8);
+            let (q, p): (Vec<i32>, QParams) = match cfg.weight_scale_override.get(&n.name) {
+                Some(sc) => quantize_with_scales(&wv, &w.shape, &scheme, sc).map_err(|e| Error::node(&n.name, e))?,
+                None => quantize_linear_weights(&wv, &w.shape, &scheme, cfg.weight_mse || bits < 8),
+            };
             let nch = p.scale.len();
             if cfg.bias_correction && matches!(n.op, Op::Conv(_)) {
                 if let Some(mean) = stats.get(x).map(|o| o.channel_means()).filter(|m| !m.is_empty()) {

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lowbit_core::{ConvAttrs, DType, Graph, Node, Op, PoolAttrs};
+use lowbit_core::{Act, ConvAttrs, DType, Graph, Node, Op, PoolAttrs};
 use lowbit_kernels::int8::ops::QParams;
 use lowbit_kernels::int8::{split_bias, Out};
 
@@ -200,11 +200,17 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                 let same = shape(&n.inputs[0]) == shape(&n.outputs[0]) && shape(&n.inputs[1]) == shape(&n.outputs[0]);
                 if let (Some((a, qa)), Some((b, qb)), true) = (a, b, same) {
                     let o = &n.outputs[0];
-                    let relu = sole(o).filter(|&r| matches!(g.nodes[r].op, Op::Relu));
+                    // An activation clamp after the Add (Relu, or a Clip with constant bounds).
+                    let clamp = sole(o).and_then(|r| match lowbit_core::passes::as_activation(g, &g.nodes[r]) {
+                        Some(Act::Relu) => Some((r, 0.0, f32::INFINITY)),
+                        Some(Act::Clip { lo, hi }) => Some((r, lo, hi)),
+                        _ => None,
+                    });
+                    let relu = clamp.map(|c| c.0);
                     let after = relu.map(|r| g.nodes[r].outputs[0].clone()).unwrap_or(o.clone());
                     if let Some((qn, qo)) = q_after(&after) {
-                        let lo = if relu.is_some() { 0.0 } else { f32::NEG_INFINITY };
-                        let unit = Unit::Add { a, qa, b, qb, lo, hi: f32::INFINITY, qo };
+                        let (lo, hi) = clamp.map_or((f32::NEG_INFINITY, f32::INFINITY), |c| (c.1, c.2));
+                        let unit = Unit::Add { a, qa, b, qb, lo, hi, qo };
                         fused = Some((unit, g.nodes[qn].outputs[0].clone(), relu.into_iter().chain([qn]).collect()));
                     } else {
                         note = Some("its output is not quantized".into());

@@ -1,0 +1,331 @@
+//! `lowbit train`: float training and quantization-aware training of an ONNX model, with
+//! progress, a table and JSON report, a loss/accuracy curve and resumable checkpoints.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use burn::tensor::Device;
+use lowbit_data::{ImageSet, Split};
+use lowbit_runtime::classify::{self, Classifier};
+use lowbit_train::qat::{self, QatConfig};
+use lowbit_train::train::{self as tr, Distill, Event, OptimizerKind, TrainConfig};
+use lowbit_train::{Model, QatMethod};
+use serde_json::json;
+
+use crate::common::*;
+
+#[derive(clap::Args, Clone)]
+pub struct TrainArgs {
+    /// The model to train (its architecture, and its weights unless --reinit)
+    pub model: PathBuf,
+    /// An IDX folder with train and test files (e.g. /usr/share/datasets/fashion-mnist)
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub preset: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Peak learning rate (default 0.1 for float training, 0.002 for --qat)
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// sgd (momentum 0.9, Nesterov) | adamw
+    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
+    pub optimizer: String,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f32,
+    /// Share of the steps spent warming up (default 0.15 float, 0 for --qat)
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// No random crop / flip
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Start from freshly initialised weights (train the architecture from scratch)
+    #[arg(long)]
+    pub reinit: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train on at most this many images
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Evaluate on at most this many test images
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Quantization-aware training: ste | lsq | pact | dsq
+    #[arg(long)]
+    pub qat: Option<String>,
+    /// QAT weight bits (per-channel symmetric)
+    #[arg(long, default_value_t = 4)]
+    pub weights: u8,
+    /// QAT activation bits (per-tensor affine)
+    #[arg(long, default_value_t = 4)]
+    pub acts: u8,
+    #[arg(long)]
+    pub per_tensor: bool,
+    #[arg(long)]
+    pub skip_first: bool,
+    #[arg(long)]
+    pub skip_last: bool,
+    /// Calibration images for the post-training start of QAT
+    #[arg(long, default_value_t = 1000)]
+    pub calib_n: usize,
+    /// Distil from the float model (or --teacher)
+    #[arg(long)]
+    pub distill: bool,
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    #[arg(long, default_value_t = 4.0)]
+    pub temperature: f32,
+    /// Weight of the distillation term (the label loss gets 1 - this)
+    #[arg(long, default_value_t = 0.5)]
+    pub distill_weight: f32,
+    /// Start over even if a checkpoint (OUTPUT.ckpt.json) exists
+    #[arg(long)]
+    pub no_resume: bool,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Loss/accuracy curve (SVG); default: OUTPUT with .curve.svg
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+fn accuracy(g: &lowbit_core::Graph, set: &ImageSet, threads: usize) -> Result<f64> {
+    let mut c = Classifier::new(g.clone(), vec![set.c, set.h, set.w], threads);
+    let r = classify::evaluate(&mut c, None, &set.data, set.n, set.labels.as_deref(), 500, &mut |_| {})
+        .map_err(|e| anyhow!("{e}"))?;
+    r.top1.ok_or_else(|| anyhow!("{}: test data has no labels", set.source))
+}
+
+pub fn train(a: &TrainArgs) -> Result<()> {
+    let t_all = Instant::now();
+    let method = match &a.qat {
+        None => None,
+        Some(m) => Some(QatMethod::parse(m).ok_or_else(|| anyhow!("unknown --qat '{m}' (ste, lsq, pact, dsq)"))?),
+    };
+    for (what, b) in [("--weights", a.weights), ("--acts", a.acts)] {
+        if !(2..=8).contains(&b) {
+            bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
+        }
+    }
+    if a.epochs == 0 || a.batch == 0 {
+        bail!("--epochs and --batch must be at least 1");
+    }
+    if a.threads > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
+    }
+    let g = load_model(&a.model)?;
+    let (preset, pre) = choose_preset(a.preset.as_deref(), &g, &a.data)?;
+    let train_set = load_data(&a.data, Split::Train, &pre, a.limit)?;
+    let test_set = load_data(&a.data, Split::Test, &pre, a.test_limit)?;
+    if train_set.labels.is_none() {
+        bail!("{}: training needs labels", a.data.display());
+    }
+    eprintln!(
+        "{}: {} training and {} test images ({}x{}x{}, preset {preset})",
+        a.data.display(),
+        train_set.n,
+        test_set.n,
+        train_set.c,
+        train_set.h,
+        train_set.w
+    );
+    let device = Device::flex().autodiff();
+    let cfg = TrainConfig {
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr.unwrap_or(if method.is_some() { 0.002 } else { 0.1 }),
+        optimizer: if a.optimizer == "adamw" { OptimizerKind::AdamW } else { OptimizerKind::Sgd },
+        momentum: 0.9,
+        weight_decay: a.weight_decay,
+        warmup: a.warmup.unwrap_or(if method.is_some() { 0.0 } else { 0.15 }),
+        crop_pad: if a.no_augment { 0 } else { 2 },
+        flip: !a.no_augment,
+        seed: a.seed,
+        distill: a.distill.then_some(Distill { temperature: a.temperature, weight: a.distill_weight }),
+        limit: a.limit,
+    };
+    let image_shape = vec![train_set.c, train_set.h, train_set.w];
+    let teacher_graph = match &a.teacher {
+        Some(p) => load_model(p)?,
+        None => g.clone(),
+    };
+    let mut stages: Vec<Vec<String>> = vec![];
+    let mut report = json!({"model": a.model.display().to_string(), "data": a.data.display().to_string(), "config": serde_json::to_value(&cfg)?});
+
+    // The model to train: the float graph, or the deployable canonical graph with fake quantizers.
+    let (mut model, prep, qcfg) = match method {
+        None => {
+            let mut m = Model::from_graph(&g, &device).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+            if a.reinit {
+                m.reinitialize(a.seed);
+            } else {
+                let acc = accuracy(&g, &test_set, a.threads)?;
+                stages.push(vec!["start (float)".into(), format!("{:.2}", acc * 100.0), "-".into()]);
+            }
+            (m, None, None)
+        }
+        Some(meth) => {
+            let qc = QatConfig {
+                method: meth,
+                weight_bits: a.weights,
+                act_bits: a.acts,
+                per_channel: !a.per_tensor,
+                skip_first: a.skip_first,
+                skip_last: a.skip_last,
+                ..Default::default()
+            };
+            let float_acc = accuracy(&g, &test_set, a.threads)?;
+            stages.push(vec!["float".into(), format!("{:.2}", float_acc * 100.0), "-".into()]);
+            report["float_top1"] = json!(float_acc);
+            let calib = train_set.slice(0, a.calib_n.min(train_set.n));
+            let t0 = Instant::now();
+            let prep = qat::prepare(&g, &calib, &qc, a.threads).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+            let ptq_acc = accuracy(&prep.ptq.graph, &test_set, a.threads)?;
+            stages.push(vec![
+                format!("PTQ W{}A{} (QAT start)", a.weights, a.acts),
+                format!("{:.2}", ptq_acc * 100.0),
+                format!("{:.1}", t0.elapsed().as_secs_f64()),
+            ]);
+            report["ptq_top1"] = json!(ptq_acc);
+            let mut m = Model::from_graph(&prep.graph, &device).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+            // One forward pass to learn every activation's size (LSQ gradient scale).
+            let x1 = burn::tensor::Tensor::<4>::from_data(
+                burn::tensor::TensorData::new(train_set.image(0).to_vec(), [1, train_set.c, train_set.h, train_set.w]),
+                &device,
+            );
+            m.forward(x1, false).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+            let sizes = m.value_sizes.clone();
+            qat::attach(&mut m, &prep, &qc, &sizes).map_err(|e| anyhow!("{e}"))?;
+            (m, Some(prep), Some(qc))
+        }
+    };
+    eprintln!(
+        "training {} parameters for {} epochs ({}, lr {}, batch {}, {} threads{})",
+        model.num_params(),
+        cfg.epochs,
+        method.map_or("float".to_string(), |m| format!("QAT {} W{}A{}", m.name(), a.weights, a.acts)),
+        cfg.lr,
+        cfg.batch,
+        a.threads,
+        if cfg.distill.is_some() { ", distilling from the float model" } else { "" }
+    );
+    let mut teacher_cls = Classifier::new(teacher_graph, image_shape.clone(), a.threads);
+    let mut teacher_fn = |x: &[f32], n: usize| -> lowbit_train::Result<Vec<f32>> {
+        let l = teacher_cls.logits(x, n).map_err(|e| lowbit_train::Error::Invalid(format!("teacher: {e}")))?;
+        Ok(l.concat())
+    };
+    let ckpt = tr::checkpoint_path(&a.output);
+    if a.no_resume && ckpt.exists() {
+        std::fs::remove_file(&ckpt).map_err(|e| anyhow!("{}: {e}", ckpt.display()))?;
+    }
+    let tag = format!("{}|{:?}|{}", a.model.display(), a.qat, a.reinit);
+    let mut pb: Option<indicatif::ProgressBar> = None;
+    let mut on = |e: Event| match e {
+        Event::Batch { epoch, step, steps, loss, acc } => {
+            let p = pb.get_or_insert_with(|| progress(steps as u64, &format!("epoch {}/{}", epoch + 1, cfg.epochs)));
+            p.set_position(step as u64 + 1);
+            p.set_message(format!("epoch {}/{} loss {loss:.4} acc {:.2}%", epoch + 1, cfg.epochs, acc * 100.0));
+        }
+        Event::Evaluating { .. } => {
+            if let Some(p) = pb.take() {
+                p.finish_and_clear();
+            }
+        }
+        Event::Epoch(l) => eprintln!(
+            "epoch {:>3}: loss {:.4}  train {:.2}%  test {:.2}%  {:.0} s",
+            l.epoch,
+            l.loss,
+            l.train_acc * 100.0,
+            l.test_acc * 100.0,
+            l.seconds
+        ),
+        Event::Resumed { epoch } => eprintln!("resuming from {} after epoch {epoch}", ckpt.display()),
+    };
+    let teacher: Option<&mut tr::Teacher> = if a.distill { Some(&mut teacher_fn) } else { None };
+    let t_train = Instant::now();
+    let history = tr::train(&mut model, &train_set, &test_set, &cfg, teacher, Some(&ckpt), &tag, &mut on)
+        .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+    let train_s = t_train.elapsed().as_secs_f64();
+    let last = history.last().map(|l| l.test_acc).unwrap_or(f64::NAN);
+    let epoch_s: Vec<f64> = history.iter().map(|l| l.seconds).collect();
+
+    // Write the result and measure it on lowbit's runtime (integer kernels for QAT).
+    let out_graph = match (&prep, &qcfg) {
+        (Some(prep), Some(_)) => {
+            let q = qat::export(&model, prep).map_err(|e| anyhow!("export: {e}"))?;
+            report["weight_bytes"] = json!(q.weight_bytes);
+            report["float_weight_bytes"] = json!(q.float_weight_bytes);
+            report["layers"] = json!(q
+                .layers
+                .iter()
+                .map(|l| json!({"node": l.node, "weight_bits": l.weight_bits, "act_bits": l.act_bits}))
+                .collect::<Vec<_>>());
+            stages.push(vec![
+                format!("QAT {} (simulated)", method.unwrap().name()),
+                format!("{:.2}", last * 100.0),
+                format!("{train_s:.0}"),
+            ]);
+            q.graph
+        }
+        _ => {
+            stages.push(vec!["trained (float)".into(), format!("{:.2}", last * 100.0), format!("{train_s:.0}")]);
+            let mut g2 = model.to_graph();
+            g2.metadata.retain(|(k, _)| k != "lowbit.preprocess");
+            g2.metadata.push(("lowbit.preprocess".into(), preset.clone()));
+            g2
+        }
+    };
+    let deployed = accuracy(&out_graph, &test_set, a.threads)?;
+    stages.push(vec![
+        if method.is_some() {
+            "exported QDQ on lowbit's integer runtime".into()
+        } else {
+            "exported ONNX on lowbit's runtime".into()
+        },
+        format!("{:.2}", deployed * 100.0),
+        "-".into(),
+    ]);
+    lowbit_onnx::write_model(&out_graph, &a.output).map_err(|e| anyhow!("{e}"))?;
+    println!();
+    print_table(&["stage", "test top-1 %", "time s"], &stages);
+    println!(
+        "epoch time: mean {:.1} s over {} epochs ({} threads, batch {}); wrote {}",
+        epoch_s.iter().sum::<f64>() / epoch_s.len().max(1) as f64,
+        epoch_s.len(),
+        a.threads,
+        a.batch,
+        a.output.display()
+    );
+    report["history"] = serde_json::to_value(&history)?;
+    report["deployed_top1"] = json!(deployed);
+    report["stages"] = json!(stages);
+    report["train_seconds"] = json!(train_s);
+    report["total_seconds"] = json!(t_all.elapsed().as_secs_f64());
+    report["threads"] = json!(a.threads);
+    let plot = a.plot.clone().unwrap_or_else(|| {
+        let mut s = a.output.as_os_str().to_owned();
+        s.push(".curve.svg");
+        PathBuf::from(s)
+    });
+    let loss: Vec<(f64, f64)> = history.iter().map(|l| (l.epoch as f64, l.loss)).collect();
+    let tra: Vec<(f64, f64)> = history.iter().map(|l| (l.epoch as f64, l.train_acc * 100.0)).collect();
+    let tea: Vec<(f64, f64)> = history.iter().map(|l| (l.epoch as f64, l.test_acc * 100.0)).collect();
+    write_atomic(
+        &plot,
+        crate::svg::curves(
+            &format!("{}: training curves", a.model.display()),
+            &[("loss", vec![("train loss", loss)]), ("top-1 %", vec![("train", tra), ("test", tea)])],
+        )
+        .as_bytes(),
+    )?;
+    if let Some(j) = &a.json {
+        write_json(j, &report)?;
+    }
+    Ok(())
+}

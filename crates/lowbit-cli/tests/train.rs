@@ -1,0 +1,183 @@
+//! `lowbit train` end to end on small slices of Fashion-MNIST (the repository's assets): float
+//! training writes a model whose accuracy on lowbit's runtime equals the training loop's own
+//! evaluation; QAT writes a QDQ model that ONNX Runtime and lowbit's integer runtime agree on;
+//! checkpoints resume; bad requests fail with clear messages and leave no output.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use lowbit_data::{Preprocess, Split};
+use lowbit_runtime::classify::{argmax, Classifier};
+
+fn assets() -> std::path::PathBuf {
+    root().join("assets")
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(lowbit_bin()).args(args).output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+fn report(p: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+#[test]
+fn float_training_runs_resumes_and_exports_what_it_evaluated() {
+    let d = tmpdir("train-float");
+    let out = d.join("m.onnx");
+    let js = d.join("m.json");
+    let model = zoo("fmnist-mobilenet.onnx");
+    let data = assets();
+    let args = [
+        "train",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--preset",
+        "fmnist",
+        "--epochs",
+        "1",
+        "--batch",
+        "50",
+        "--lr",
+        "0.01",
+        "--test-limit",
+        "300",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+        js.to_str().unwrap(),
+    ];
+    let (ok, stdout, stderr) = run(&args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("epoch time"), "{stdout}");
+    let r = report(&js);
+    let h = r["history"].as_array().unwrap();
+    assert_eq!(h.len(), 1);
+    let loss = h[0]["loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "{loss}");
+    // The written model, run by lowbit's runtime, scores what the training loop measured.
+    let test_acc = h[0]["test_acc"].as_f64().unwrap();
+    let deployed = r["deployed_top1"].as_f64().unwrap();
+    assert!((test_acc - deployed).abs() <= 0.004, "loop {test_acc} vs runtime {deployed}");
+    let g = lowbit_onnx::read_model(&out).unwrap();
+    // Float training keeps the architecture: BatchNorm stays a separate, trained node.
+    let bn = |g: &lowbit_core::Graph| g.nodes.iter().filter(|n| n.op.op_type() == "BatchNormalization").count();
+    let orig = lowbit_onnx::read_model(&model).unwrap();
+    assert_eq!(bn(&g), bn(&orig));
+    assert!(bn(&g) > 0);
+    let changed = orig.initializers.iter().filter(|(k, t)| g.initializers.get(*k) != Some(*t)).count();
+    assert!(changed > bn(&g), "training changed only {changed} tensors");
+    assert!(d.join("m.onnx.curve.svg").exists());
+    // Same command again: the checkpoint says the epoch is done, nothing retrains.
+    let (ok, _, stderr) = run(&args);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("resuming from") && stderr.contains("after epoch 1"), "{stderr}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn qat_exports_qdq_that_ort_and_the_integer_runtime_agree_on() {
+    let d = tmpdir("train-qat");
+    let model = zoo("fmnist-resnet.onnx");
+    let data = assets();
+    for method in ["dsq", "pact"] {
+        let out = d.join(format!("{method}.onnx"));
+        let js = d.join(format!("{method}.json"));
+        let (ok, stdout, stderr) = run(&[
+            "train",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--preset",
+            "fmnist",
+            "--qat",
+            method,
+            "--weights",
+            "4",
+            "--acts",
+            "4",
+            "--epochs",
+            "1",
+            "--batch",
+            "50",
+            "--calib-n",
+            "200",
+            "--test-limit",
+            "200",
+            "--no-resume",
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+            js.to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("PTQ W4A4") && stdout.contains("integer runtime"), "{stdout}");
+        let r = report(&js);
+        let (ptq, dep) = (r["ptq_top1"].as_f64().unwrap(), r["deployed_top1"].as_f64().unwrap());
+        assert!(dep > 0.6 && dep > ptq - 0.1, "{method}: PTQ {ptq} -> deployed {dep}");
+        // The file is standard QDQ: ONNX Runtime runs it and agrees with lowbit.
+        let n = 500;
+        let test = lowbit_data::load_any(&assets(), Split::Test, &Preprocess::fmnist(), Some(n)).unwrap();
+        let g = lowbit_onnx::read_model(&out).unwrap();
+        assert!(g.nodes.iter().any(|x| x.op.op_type() == "QuantizeLinear"));
+        let mut c = Classifier::new(g, vec![1, 28, 28], 2);
+        let ours = c.logits(&test.data, n).unwrap();
+        let (_, ort) = ort_run(&out, &test.data, &[n, 1, 28, 28], &format!("train-qat-{method}"));
+        let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
+        assert!(agree * 1000 >= n * 995, "{method}: ORT agrees on {agree}/{n}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_requests_fail_clearly_and_write_nothing() {
+    let d = tmpdir("train-bad");
+    let out = d.join("never.onnx");
+    let model = zoo("fmnist-resnet.onnx");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--qat".into(), "xnor".into()], "unknown --qat 'xnor'"),
+        (vec!["--qat".into(), "lsq".into(), "--acts".into(), "9".into()], "--acts 9 is out of range"),
+        (vec!["--epochs".into(), "0".into()], "--epochs and --batch must be at least 1"),
+        (vec!["--batch".into(), "5000".into()], "fewer than one batch"),
+    ];
+    for (extra, want) in cases {
+        let mut args: Vec<String> = vec![
+            "train".into(),
+            model.to_str().unwrap().into(),
+            "--data".into(),
+            assets().to_str().unwrap().into(),
+            "--preset".into(),
+            "fmnist".into(),
+            "-o".into(),
+            out.to_str().unwrap().into(),
+        ];
+        args.extend(extra);
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let (ok, _, stderr) = run(&refs);
+        assert!(!ok && stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!out.exists());
+    }
+    let (ok, _, stderr) =
+        run(&["train", model.to_str().unwrap(), "--data", "/no/such/dir", "-o", out.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("/no/such/dir"), "{stderr}");
+    // An operator training does not support names the node.
+    let ppocr = zoo("ppocr-textline-cls.onnx");
+    let data = assets();
+    let (ok, _, stderr) = run(&[
+        "train",
+        ppocr.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--preset",
+        "fmnist",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("node 'Mul@0': Mul is not supported by training"), "{stderr}");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}

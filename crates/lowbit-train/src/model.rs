@@ -1,0 +1,593 @@
+//! A trainable view of a lowbit [`Graph`]: the graph's nodes run as burn tensor operations, its
+//! float initializers become parameters, BatchNorm runs in training mode (batch statistics,
+//! running statistics updated) or inference mode, and optional fake quantizers sit on weights
+//! and activations. Trained values are written back into a copy of the graph.
+
+use std::collections::HashMap;
+
+use burn::tensor::activation::relu;
+use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+use lowbit_core::shape::window;
+use lowbit_core::{Act, ConvAttrs, Graph, Op, PoolAttrs};
+
+use crate::fq::{self, Range};
+use crate::{Error, Result};
+
+/// A value flowing through the model: images (NCHW) or rows (N x K).
+#[derive(Clone)]
+pub enum V {
+    T4(Tensor<4>),
+    T2(Tensor<2>),
+}
+
+impl V {
+    fn t4(self, node: &str) -> Result<Tensor<4>> {
+        match self {
+            V::T4(t) => Ok(t),
+            V::T2(_) => Err(Error::node(node, "expects a 4-D (NCHW) input")),
+        }
+    }
+    fn t2(self, node: &str) -> Result<Tensor<2>> {
+        match self {
+            V::T2(t) => Ok(t),
+            V::T4(t) => {
+                let [n, c, h, w] = t.dims();
+                if h * w == 1 {
+                    Ok(t.reshape([n, c]))
+                } else {
+                    Err(Error::node(node, "expects a 2-D input"))
+                }
+            }
+        }
+    }
+    fn map(self, f4: impl FnOnce(Tensor<4>) -> Tensor<4>, f2: impl FnOnce(Tensor<2>) -> Tensor<2>) -> V {
+        match self {
+            V::T4(t) => V::T4(f4(t)),
+            V::T2(t) => V::T2(f2(t)),
+        }
+    }
+}
+
+/// Which quantization-aware training method a quantizer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QatMethod {
+    /// Fixed steps from calibration, straight-through rounding.
+    Ste,
+    /// Learned step size.
+    Lsq,
+    /// Learned clipping level for activations; weights keep calibrated steps with STE.
+    Pact,
+    /// Differentiable soft quantization: learned steps and characteristic variable alpha.
+    Dsq,
+}
+
+impl QatMethod {
+    pub fn parse(s: &str) -> Option<QatMethod> {
+        match s.to_ascii_lowercase().as_str() {
+            "ste" => Some(QatMethod::Ste),
+            "lsq" => Some(QatMethod::Lsq),
+            "pact" => Some(QatMethod::Pact),
+            "dsq" => Some(QatMethod::Dsq),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            QatMethod::Ste => "ste",
+            QatMethod::Lsq => "lsq",
+            QatMethod::Pact => "pact",
+            QatMethod::Dsq => "dsq",
+        }
+    }
+}
+
+/// A parameter: one flat tensor, with its initializer name and shape.
+pub struct Param {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub t: Tensor<1>,
+    /// Weight decay applies (conv / linear weights only).
+    pub decay: bool,
+}
+
+/// A fake quantizer on one weight (per output channel) or one activation (per tensor).
+#[derive(Clone, Debug)]
+pub struct Quantizer {
+    pub method: QatMethod,
+    pub range: Range,
+    /// Parameter index of the step (`[C]` or `[1]`); for PACT activations, of the clip level.
+    pub step: usize,
+    /// Parameter index of DSQ's alpha.
+    pub alpha: Option<usize>,
+    /// LSQ gradient scale.
+    pub grad_scale: f32,
+    /// Channel count of a per-channel weight quantizer (1 for per tensor).
+    pub channels: usize,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Conv { x: String, w: usize, b: Option<usize>, attrs: ConvAttrs, out: String },
+    Bn { x: String, gamma: usize, beta: usize, mean: usize, var: usize, eps: f32, out: String },
+    Act { x: String, act: Act, out: String },
+    Add { a: String, b: String, out: String },
+    Gap { x: String, out: String },
+    Flatten { x: String, out: String },
+    Gemm { x: String, w: usize, b: Option<usize>, trans_b: bool, alpha: f32, beta: f32, act: Act, out: String },
+    MaxPool { x: String, attrs: PoolAttrs, out: String },
+    AvgPool { x: String, attrs: PoolAttrs, out: String },
+}
+
+/// The trainable model.
+pub struct Model {
+    pub device: Device,
+    pub params: Vec<Param>,
+    /// BatchNorm running statistics (never trained by gradient).
+    pub buffers: Vec<(String, Tensor<1>)>,
+    pub bn_momentum: f32,
+    steps: Vec<(String, Step)>,
+    pub input: String,
+    pub output: String,
+    /// Weight quantizers by parameter index of the weight.
+    pub weight_q: HashMap<usize, Quantizer>,
+    /// Activation quantizers by value name (applied where the value is produced).
+    pub act_q: HashMap<String, Quantizer>,
+    /// Per-image element count of every value seen by [`Model::forward`].
+    pub value_sizes: HashMap<String, usize>,
+    graph: Graph,
+}
+
+fn t1(v: Vec<f32>, dev: &Device) -> Tensor<1> {
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), dev)
+}
+
+/// Reads a 1-D tensor back to the host.
+pub fn host(t: &Tensor<1>) -> Vec<f32> {
+    t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
+}
+
+impl Model {
+    /// Builds the trainable view of `g` (one float input, one output). Every float initializer
+    /// read by a Conv/Gemm/BatchNorm becomes a parameter.
+    pub fn from_graph(g: &Graph, device: &Device) -> Result<Model> {
+        let inputs = g.runtime_inputs();
+        if inputs.len() != 1 || g.outputs.len() != 1 {
+            return Err(Error::Invalid(format!(
+                "training needs one input and one output; the graph has {} and {}",
+                inputs.len(),
+                g.outputs.len()
+            )));
+        }
+        let mut m = Model {
+            device: device.clone(),
+            params: vec![],
+            buffers: vec![],
+            bn_momentum: 0.1,
+            steps: vec![],
+            input: inputs[0].name.clone(),
+            output: g.outputs[0].name.clone(),
+            weight_q: HashMap::new(),
+            act_q: HashMap::new(),
+            value_sizes: HashMap::new(),
+            graph: g.clone(),
+        };
+        let mut pidx: HashMap<String, usize> = HashMap::new();
+        let mut param = |m: &mut Model, node: &str, name: &str, decay: bool| -> Result<usize> {
+            if let Some(&i) = pidx.get(name) {
+                return Ok(i);
+            }
+            let t = g.initializers.get(name).ok_or_else(|| {
+                Error::node(node, format!("'{name}' is not a constant; training needs constant weights"))
+            })?;
+            let v = t.as_f32().ok_or_else(|| Error::node(node, format!("'{name}' is not float32")))?.to_vec();
+            m.params.push(Param { name: name.into(), shape: t.shape.clone(), t: t1(v, device), decay });
+            pidx.insert(name.into(), m.params.len() - 1);
+            Ok(m.params.len() - 1)
+        };
+        for n in &g.nodes {
+            let x = || n.inputs.first().cloned().unwrap_or_default();
+            let out = n.outputs.first().cloned().unwrap_or_default();
+            let step = match &n.op {
+                Op::Conv(c) => {
+                    let w = param(&mut m, &n.name, &n.inputs[1], true)?;
+                    if m.params[w].shape.len() != 4 {
+                        return Err(Error::node(&n.name, "only 2-D convolutions can be trained"));
+                    }
+                    let b = match n.input(2) {
+                        Some(b) => Some(param(&mut m, &n.name, b, false)?),
+                        None => None,
+                    };
+                    Step::Conv { x: x(), w, b, attrs: c.clone(), out }
+                }
+                Op::BatchNorm { epsilon } => {
+                    if n.inputs.len() < 5 {
+                        return Err(Error::node(&n.name, "BatchNormalization needs 5 inputs"));
+                    }
+                    let gamma = param(&mut m, &n.name, &n.inputs[1], false)?;
+                    let beta = param(&mut m, &n.name, &n.inputs[2], false)?;
+                    let mut buf = |name: &str| -> Result<usize> {
+                        let t = g
+                            .initializers
+                            .get(name)
+                            .and_then(|t| t.as_f32())
+                            .ok_or_else(|| Error::node(&n.name, format!("'{name}' is not a float constant")))?;
+                        m.buffers.push((name.into(), t1(t.to_vec(), device)));
+                        Ok(m.buffers.len() - 1)
+                    };
+                    let mean = buf(&n.inputs[3])?;
+                    let var = buf(&n.inputs[4])?;
+                    Step::Bn { x: x(), gamma, beta, mean, var, eps: *epsilon, out }
+                }
+                Op::Relu => Step::Act { x: x(), act: Act::Relu, out },
+                Op::Clip { .. } => {
+                    let act = lowbit_core::passes::as_activation(g, n)
+                        .ok_or_else(|| Error::node(&n.name, "Clip bounds must be constants"))?;
+                    Step::Act { x: x(), act, out }
+                }
+                Op::HardSwish => Step::Act { x: x(), act: Act::HardSwish, out },
+                Op::HardSigmoid { alpha, beta } => {
+                    Step::Act { x: x(), act: Act::HardSigmoid { alpha: *alpha, beta: *beta }, out }
+                }
+                Op::Add => Step::Add { a: x(), b: n.inputs[1].clone(), out },
+                Op::GlobalAveragePool => Step::Gap { x: x(), out },
+                Op::Flatten { axis } if *axis == 1 => Step::Flatten { x: x(), out },
+                Op::Reshape { .. } => Step::Flatten { x: x(), out },
+                Op::Identity => Step::Act { x: x(), act: Act::None, out },
+                Op::Gemm { alpha, beta, trans_a: false, trans_b, act } => {
+                    let w = param(&mut m, &n.name, &n.inputs[1], true)?;
+                    let b = match n.input(2) {
+                        Some(b) => Some(param(&mut m, &n.name, b, false)?),
+                        None => None,
+                    };
+                    Step::Gemm { x: x(), w, b, trans_b: *trans_b, alpha: *alpha, beta: *beta, act: *act, out }
+                }
+                Op::MaxPool(p) => Step::MaxPool { x: x(), attrs: p.clone(), out },
+                Op::AveragePool(p) => Step::AvgPool { x: x(), attrs: p.clone(), out },
+                other => {
+                    return Err(Error::node(&n.name, format!("{} is not supported by training", other.op_type())));
+                }
+            };
+            m.steps.push((n.name.clone(), step));
+        }
+        Ok(m)
+    }
+
+    /// Number of trainable values.
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(|p| p.shape.iter().product::<usize>()).sum()
+    }
+
+    /// Makes every parameter a gradient leaf (call after building and after each update).
+    pub fn require_grad(&mut self) {
+        for p in &mut self.params {
+            p.t = p.t.clone().detach().require_grad();
+        }
+    }
+
+    /// Adds a parameter (for quantizers) and returns its index.
+    pub fn add_param(&mut self, name: &str, v: Vec<f32>) -> usize {
+        let shape = vec![v.len()];
+        self.params.push(Param { name: name.into(), shape, t: t1(v, &self.device), decay: false });
+        self.params.len() - 1
+    }
+
+    /// Keeps quantizer parameters valid after an update: steps positive, DSQ's alpha in
+    /// `[1e-3, 0.5]`.
+    pub fn after_step(&mut self) {
+        let mut fix: Vec<(usize, f32, f32)> = vec![];
+        for q in self.weight_q.values().chain(self.act_q.values()) {
+            fix.push((q.step, 1e-8, f32::MAX));
+            if let Some(a) = q.alpha {
+                fix.push((a, 1e-3, 0.5));
+            }
+        }
+        for (i, lo, hi) in fix {
+            let t = self.params[i].t.clone().inner().clamp(lo, hi);
+            self.params[i].t = Tensor::from_inner(t).require_grad();
+        }
+    }
+
+    /// Compute layers (Conv/Gemm) in order: (node name, weight parameter index, output channels).
+    pub fn compute_layers(&self) -> Vec<(String, usize, usize)> {
+        self.steps
+            .iter()
+            .filter_map(|(name, s)| match s {
+                Step::Conv { w, .. } => Some((name.clone(), *w, self.params[*w].shape[0])),
+                Step::Gemm { w, trans_b, .. } => {
+                    let sh = &self.params[*w].shape;
+                    Some((name.clone(), *w, if *trans_b { sh[0] } else { sh[1] }))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn quantize<const D: usize>(&self, x: Tensor<D>, q: &Quantizer, axis: Option<usize>) -> Tensor<D> {
+        let shape = |len: usize| -> [usize; D] {
+            let mut s = [1usize; D];
+            if let Some(a) = axis {
+                s[a] = len;
+            }
+            s
+        };
+        let bc = |i: usize| -> Tensor<D> {
+            let p = &self.params[i];
+            p.t.clone().reshape(shape(p.shape[0]))
+        };
+        match q.method {
+            QatMethod::Ste => fq::ste(x, bc(q.step), q.range),
+            QatMethod::Lsq => fq::lsq(x, bc(q.step), q.range, q.grad_scale),
+            QatMethod::Pact => fq::pact(x, bc(q.step), q.range),
+            QatMethod::Dsq => {
+                let a = bc(q.alpha.expect("DSQ quantizer has alpha")).clamp(1e-3, 0.5);
+                fq::dsq(x, bc(q.step), a, q.range, q.grad_scale)
+            }
+        }
+    }
+
+    fn weight<const D: usize>(&self, i: usize, axis: usize) -> Tensor<D> {
+        let p = &self.params[i];
+        let mut s = [1usize; D];
+        s.copy_from_slice(&p.shape[..D]);
+        let w: Tensor<D> = p.t.clone().reshape(s);
+        match self.weight_q.get(&i) {
+            Some(q) => self.quantize(w, q, (q.channels > 1).then_some(axis)),
+            None => w,
+        }
+    }
+
+    /// A bias, fake-quantized as deployed (int32 with scale `s_x * s_w`, straight-through) when
+    /// the layer's weight and input are quantized.
+    fn bias(&self, b: usize, w: usize, x: &str) -> Tensor<1> {
+        let bt = self.params[b].t.clone();
+        let (Some(wq), Some(xq)) = (self.weight_q.get(&w), self.act_q.get(x)) else { return bt };
+        let sx = self.params[xq.step].t.clone().detach();
+        let sx = if xq.method == QatMethod::Pact { sx.div_scalar(xq.range.qmax - xq.range.zp) } else { sx };
+        let sw = self.params[wq.step].t.clone().detach();
+        let n = self.params[b].shape[0];
+        let s = if sw.dims()[0] == n { sw * sx } else { (sw * sx).expand([n]) };
+        fq::round_pass(bt / s.clone()) * s
+    }
+
+    fn vec_param<const D: usize>(&self, i: usize, axis: usize) -> Tensor<D> {
+        let p = &self.params[i];
+        let mut s = [1usize; D];
+        s[axis] = p.shape.iter().product();
+        p.t.clone().reshape(s)
+    }
+
+    fn act_q(&self, name: &str, v: V) -> V {
+        match self.act_q.get(name) {
+            None => v,
+            Some(q) => v.map(|t| self.quantize(t, q, None), |t| self.quantize(t, q, None)),
+        }
+    }
+
+    /// Runs the model. `train`: BatchNorm uses batch statistics and updates its running ones.
+    pub fn forward(&mut self, x: Tensor<4>, train: bool) -> Result<Tensor<2>> {
+        self.forward_values(x, train, false).map(|r| r.0)
+    }
+
+    /// [`Model::forward`], also returning every value computed when `keep` is set (for
+    /// debugging and tests).
+    pub fn forward_values(&mut self, x: Tensor<4>, train: bool, keep: bool) -> Result<(Tensor<2>, HashMap<String, V>)> {
+        let mut vals: HashMap<String, V> = HashMap::new();
+        let input = self.input.clone();
+        vals.insert(input.clone(), self.act_q(&input, V::T4(x)));
+        let mut updates: Vec<(usize, Tensor<1>)> = vec![];
+        let mut sizes: Vec<(String, usize)> = vec![];
+        for (name, step) in &self.steps {
+            let get = |v: &str| -> Result<V> {
+                vals.get(v).cloned().ok_or_else(|| Error::node(name, format!("input '{v}' is not computed")))
+            };
+            let (out, val) = match step {
+                Step::Conv { x, w, b, attrs, out } => {
+                    let xt = get(x)?.t4(name)?;
+                    let [_, _, h, wd] = xt.dims();
+                    let wt: Tensor<4> = self.weight(*w, 0);
+                    let ks = &self.params[*w].shape;
+                    let win = window(
+                        &[h, wd],
+                        &[ks[2], ks[3]],
+                        &attrs.strides,
+                        &attrs.dilations,
+                        &attrs.pads,
+                        attrs.auto_pad,
+                        false,
+                    )
+                    .map_err(|e| Error::node(name, e.to_string()))?;
+                    let opts = ConvOptions {
+                        stride: [win.strides[0], win.strides[1]],
+                        padding: [(win.pads_begin[0], win.pads_end[0]), (win.pads_begin[1], win.pads_end[1])],
+                        dilation: [win.dilations[0], win.dilations[1]],
+                        groups: attrs.group.max(1),
+                    };
+                    let bt = b.map(|b| self.bias(b, *w, x));
+                    (out, V::T4(apply_act(conv2d(xt, wt, bt, opts), attrs.act)))
+                }
+                Step::Bn { x, gamma, beta, mean, var, eps, out } => {
+                    let xt = get(x)?.t4(name)?;
+                    let [n, c, h, w] = xt.dims();
+                    let g4: Tensor<4> = self.vec_param(*gamma, 1);
+                    let b4: Tensor<4> = self.vec_param(*beta, 1);
+                    let y = if train {
+                        let mu = xt.clone().mean_dim(0).mean_dim(2).mean_dim(3);
+                        let d = xt - mu.clone();
+                        let v = d.clone().square().mean_dim(0).mean_dim(2).mean_dim(3);
+                        let cnt = (n * h * w) as f32;
+                        let mom = self.bn_momentum;
+                        let m1: Tensor<1> = mu.detach().reshape([c]);
+                        let v1: Tensor<1> = v.clone().detach().reshape([c]).mul_scalar(cnt / (cnt - 1.0).max(1.0));
+                        updates.push((*mean, self.buffers[*mean].1.clone().mul_scalar(1.0 - mom) + m1.mul_scalar(mom)));
+                        updates.push((*var, self.buffers[*var].1.clone().mul_scalar(1.0 - mom) + v1.mul_scalar(mom)));
+                        d * (v.add_scalar(*eps).sqrt().recip() * g4) + b4
+                    } else {
+                        let rm: Tensor<4> = self.buffers[*mean].1.clone().reshape([1, c, 1, 1]);
+                        let rv: Tensor<4> = self.buffers[*var].1.clone().reshape([1, c, 1, 1]);
+                        let k = rv.add_scalar(*eps).sqrt().recip() * g4;
+                        (xt - rm) * k + b4
+                    };
+                    (out, V::T4(y))
+                }
+                Step::Act { x, act, out } => {
+                    let v = get(x)?;
+                    (out, v.map(|t| apply_act(t, *act), |t| apply_act(t, *act)))
+                }
+                Step::Add { a, b, out } => {
+                    let (a, b) = (get(a)?, get(b)?);
+                    let v = match (a, b) {
+                        (V::T4(a), V::T4(b)) => V::T4(a + b),
+                        (V::T2(a), V::T2(b)) => V::T2(a + b),
+                        _ => return Err(Error::node(name, "Add of a 4-D and a 2-D value")),
+                    };
+                    (out, v)
+                }
+                Step::Gap { x, out } => {
+                    let t = get(x)?.t4(name)?;
+                    (out, V::T4(t.mean_dim(2).mean_dim(3)))
+                }
+                Step::Flatten { x, out } => {
+                    let v = match get(x)? {
+                        V::T4(t) => {
+                            let [n, c, h, w] = t.dims();
+                            V::T2(t.reshape([n, c * h * w]))
+                        }
+                        v => v,
+                    };
+                    (out, v)
+                }
+                Step::Gemm { x, w, b, trans_b, alpha, beta, act, out } => {
+                    let xt = get(x)?.t2(name)?;
+                    let axis = if *trans_b { 0 } else { 1 };
+                    let wt: Tensor<2> = self.weight(*w, axis);
+                    let wt = if *trans_b { wt.transpose() } else { wt };
+                    let mut y = xt.matmul(wt);
+                    if *alpha != 1.0 {
+                        y = y.mul_scalar(*alpha);
+                    }
+                    if let Some(b) = b {
+                        let bt: Tensor<2> = self.bias(*b, *w, x).reshape([1, self.params[*b].shape[0]]);
+                        y = y + if *beta != 1.0 { bt.mul_scalar(*beta) } else { bt };
+                    }
+                    (out, V::T2(apply_act(y, *act)))
+                }
+                Step::MaxPool { x, attrs, out } | Step::AvgPool { x, attrs, out } => {
+                    let t = get(x)?.t4(name)?;
+                    let [_, _, h, w] = t.dims();
+                    let win = window(
+                        &[h, w],
+                        &attrs.kernel_shape,
+                        &attrs.strides,
+                        &attrs.dilations,
+                        &attrs.pads,
+                        attrs.auto_pad,
+                        attrs.ceil_mode,
+                    )
+                    .map_err(|e| Error::node(name, e.to_string()))?;
+                    let pads = [(win.pads_begin[0], win.pads_end[0]), (win.pads_begin[1], win.pads_end[1])];
+                    let k = [win.kernel[0], win.kernel[1]];
+                    let s = [win.strides[0], win.strides[1]];
+                    let y = if matches!(step, Step::MaxPool { .. }) {
+                        let mut o = MaxPoolOptions::new(k);
+                        o.stride = s;
+                        o.padding = pads;
+                        o.dilation = [win.dilations[0], win.dilations[1]];
+                        o.ceil_mode = attrs.ceil_mode;
+                        max_pool2d(t, o)
+                    } else {
+                        let mut o = AvgPoolOptions::new(k);
+                        o.stride = s;
+                        o.padding = pads;
+                        o.count_include_pad = attrs.count_include_pad;
+                        o.ceil_mode = attrs.ceil_mode;
+                        avg_pool2d(t, o)
+                    };
+                    (out, V::T4(y))
+                }
+            };
+            let val = self.act_q(out, val);
+            let per = match &val {
+                V::T4(t) => t.dims()[1..].iter().product::<usize>(),
+                V::T2(t) => t.dims()[1],
+            };
+            sizes.push((out.clone(), per));
+            vals.insert(out.clone(), val);
+        }
+        for (k, v) in sizes {
+            self.value_sizes.insert(k, v);
+        }
+        for (i, t) in updates {
+            self.buffers[i].1 = t;
+        }
+        let out = vals
+            .remove(&self.output)
+            .ok_or_else(|| Error::Invalid(format!("output '{}' not computed", self.output)))?;
+        let out = out.t2(&self.output)?;
+        Ok((out, if keep { vals } else { HashMap::new() }))
+    }
+
+    /// The graph with every parameter and running statistic replaced by its trained value.
+    pub fn to_graph(&self) -> Graph {
+        let mut g = self.graph.clone();
+        for p in &self.params {
+            if let Some(t) = g.initializers.get_mut(&p.name) {
+                *t = lowbit_core::Tensor::f32(p.shape.clone(), host(&p.t));
+            }
+        }
+        for (name, t) in &self.buffers {
+            if let Some(dst) = g.initializers.get_mut(name) {
+                let v = host(t);
+                *dst = lowbit_core::Tensor::f32(vec![v.len()], v);
+            }
+        }
+        g
+    }
+
+    /// Re-initializes every weight (Kaiming normal, fan-out for convolutions, fan-in for linear
+    /// layers), biases to 0, BatchNorm to identity. For training an architecture from scratch.
+    pub fn reinitialize(&mut self, seed: u64) {
+        let mut rng = crate::Rng::new(seed);
+        let bn_gamma: std::collections::HashSet<usize> = self
+            .steps
+            .iter()
+            .filter_map(|(_, s)| if let Step::Bn { gamma, .. } = s { Some(*gamma) } else { None })
+            .collect();
+        let gemm_w: std::collections::HashSet<usize> =
+            self.steps.iter().filter_map(|(_, s)| if let Step::Gemm { w, .. } = s { Some(*w) } else { None }).collect();
+        for (i, p) in self.params.iter_mut().enumerate() {
+            let n: usize = p.shape.iter().product();
+            let v: Vec<f32> = if p.decay {
+                let fan = if gemm_w.contains(&i) {
+                    p.shape.iter().skip(1).product::<usize>().max(1)
+                } else {
+                    p.shape[0] * p.shape[2..].iter().product::<usize>()
+                };
+                let std = if gemm_w.contains(&i) { (1.0 / fan as f32).sqrt() } else { (2.0 / fan as f32).sqrt() };
+                (0..n).map(|_| rng.normal() * std).collect()
+            } else if bn_gamma.contains(&i) {
+                vec![1.0; n]
+            } else {
+                vec![0.0; n]
+            };
+            p.t = t1(v, &self.device);
+        }
+        for (name, t) in self.buffers.iter_mut() {
+            let n = t.dims()[0];
+            let is_var = self.graph.nodes.iter().any(|nd| nd.input(4) == Some(name.as_str()));
+            *t = t1(vec![if is_var { 1.0 } else { 0.0 }; n], &self.device);
+        }
+    }
+}
+
+fn apply_act<const D: usize>(t: Tensor<D>, act: Act) -> Tensor<D> {
+    match act {
+        Act::None => t,
+        Act::Relu => relu(t),
+        Act::Clip { lo, hi } => t.clamp(lo, hi),
+        Act::HardSigmoid { alpha, beta } => t.mul_scalar(alpha).add_scalar(beta).clamp(0.0, 1.0),
+        Act::HardSwish => t.clone() * t.div_scalar(6.0).add_scalar(0.5).clamp(0.0, 1.0),
+    }
+}
