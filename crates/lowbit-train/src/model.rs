@@ -263,7 +263,18 @@ impl Model {
     /// Makes every parameter a gradient leaf (call after building and after each update).
     pub fn require_grad(&mut self) {
         for p in &mut self.params {
-            p.t = p.t.clone().detach().require_grad();
+            p.t = p.t.clone().autodiff().detach().require_grad();
+        }
+    }
+
+    /// Stops tracking gradients (for evaluation: no autodiff graph is recorded, so nothing is
+    /// retained). [`Model::require_grad`] turns tracking back on.
+    pub fn detach_all(&mut self) {
+        for p in &mut self.params {
+            p.t = p.t.clone().inner();
+        }
+        for b in &mut self.buffers {
+            b.1 = b.1.clone().inner();
         }
     }
 

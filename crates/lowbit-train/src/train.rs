@@ -150,9 +150,11 @@ fn argmax(v: &[f32]) -> usize {
 pub fn evaluate(model: &mut Model, set: &ImageSet, batch: usize) -> Result<f64> {
     let labels = set.labels.as_ref().ok_or_else(|| Error::Invalid(format!("{}: no labels", set.source)))?;
     let mut correct = 0usize;
+    // Untracked parameters: evaluation must not record (and keep) an autodiff graph.
+    model.detach_all();
     for (start, n, data) in set.batches(batch.max(1)) {
         let x: Tensor<4> = Tensor::from_data(TensorData::new(data.to_vec(), [n, set.c, set.h, set.w]), &model.device);
-        let logits = model.forward(x.detach(), false)?;
+        let logits = model.forward(x.inner(), false)?;
         let v = logits.into_data().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("{e:?}")))?;
         let k = v.len() / n.max(1);
         for j in 0..n {
