@@ -357,7 +357,10 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
     for (w, a) in [(8u8, 8u8), (4, 8)] {
         let qa = crate::quantize::QuantizeArgs {
             model: model.clone(),
-            calib: data.clone(),
+            calib: Some(data.clone()),
+            data: None,
+            qat_method: "lsq".into(),
+            qat_epochs: 1,
             calib_split: "train".into(),
             calib_n: 500,
             weights: w,

@@ -4,6 +4,7 @@
 
 mod commands;
 mod common;
+mod pipeline;
 mod quantize;
 mod svg;
 mod train;
@@ -131,6 +132,7 @@ fn main() {
         }
         Cmd::Demo { threads, out } => commands::demo(threads, &out),
         Cmd::DumpData { data, data_args, output } => commands::dump_data(&data, &data_args, &output),
+        Cmd::Quantize(args) if args.data.is_some() => pipeline::pipeline(&args),
         Cmd::Quantize(args) => quantize::quantize(&args).map(|_| ()),
         Cmd::Train(args) => train::train(&args),
     };

@@ -12,12 +12,22 @@ use serde_json::json;
 
 use crate::common::*;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct QuantizeArgs {
     pub model: PathBuf,
     /// Calibration data (IDX folder/file or image folder)
-    #[arg(long)]
-    pub calib: PathBuf,
+    #[arg(long, required_unless_present = "data")]
+    pub calib: Option<PathBuf>,
+    /// Automatic pipeline on a labelled IDX folder with train and test splits: L1 data-free
+    /// (weights only), L2 calibrated with sensitivity-driven mixed precision (--max-drop), and L3
+    /// quantization-aware training only if the budget is still missed; a table of every stage
+    #[arg(long, conflicts_with_all = ["calib", "eval"])]
+    pub data: Option<PathBuf>,
+    /// L3 method (ste, lsq, pact, dsq) and epochs
+    #[arg(long, default_value = "lsq")]
+    pub qat_method: String,
+    #[arg(long, default_value_t = 1)]
+    pub qat_epochs: usize,
     /// Split of an IDX folder used for calibration
     #[arg(long, default_value = "train", value_parser = ["train", "test"])]
     pub calib_split: String,
@@ -89,6 +99,9 @@ pub struct QuantizeOutcome {
     pub quant_top1: Option<f64>,
     pub float_weight_bytes: usize,
     pub quant_weight_bytes: usize,
+    /// Weight bits per quantized layer (after mixed precision).
+    pub weight_bits: Vec<(String, Option<u8>)>,
+    pub graph: lowbit_core::Graph,
 }
 
 pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
@@ -110,16 +123,18 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
     let t0 = Instant::now();
     let g = load_model(&a.model)?;
     let split = if a.calib_split == "test" { Split::Test } else { Split::Train };
-    load_data(&a.calib, split, &lowbit_data::Preprocess::none(), Some(1))?;
-    let (preset, pre) = choose_preset(a.preset.as_deref(), &g, &a.calib)?;
-    let calib = load_data(&a.calib, split, &pre, Some(a.calib_n))?;
+    let calib_path = a.calib.clone().ok_or_else(|| anyhow!("--calib is required"))?;
+    load_data(&calib_path, split, &lowbit_data::Preprocess::none(), Some(1))?;
+    let (preset, pre) = choose_preset(a.preset.as_deref(), &g, &calib_path)?;
+    let calib = load_data(&calib_path, split, &pre, Some(a.calib_n))?;
     let image_shape = vec![calib.c, calib.h, calib.w];
     let (mut canon, _) = lowbit_runtime::canonicalize_free(&g).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
     // Check shapes with a clear message before the long part.
     let mut s1 = vec![1];
     s1.extend(&image_shape);
-    compile(&canon, &a.model, s1, 1)
-        .map_err(|e| anyhow!("{e} (calibration data {} has images of shape {:?})", a.calib.display(), image_shape))?;
+    compile(&canon, &a.model, s1, 1).map_err(|e| {
+        anyhow!("{e} (calibration data {} has images of shape {:?})", calib_path.display(), image_shape)
+    })?;
     let quick = |canon: &lowbit_core::Graph| {
         lowbit_quant::calibrate::calibrate(
             canon,
@@ -423,5 +438,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         quant_top1: qtop,
         float_weight_bytes: q.float_weight_bytes,
         quant_weight_bytes: q.weight_bytes,
+        weight_bits: q.layers.iter().map(|l| (l.node.clone(), l.weight_bits)).collect(),
+        graph: q.graph.clone(),
     })
 }

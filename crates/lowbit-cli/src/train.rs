@@ -252,6 +252,22 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let history = tr::train(&mut model, &train_set, &test_set, &cfg, teacher, Some(&ckpt), &tag, &mut on)
         .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
     let train_s = t_train.elapsed().as_secs_f64();
+    if std::env::var_os("LOWBIT_QAT_DEBUG").is_some() {
+        if let Some(prep) = &prep {
+            let (acts, weights) = qat::learned(&model);
+            let mut names: Vec<&String> = acts.keys().collect();
+            names.sort();
+            for v in names {
+                let init = prep.ptq.act_params.get(v).map(|p| p.0).unwrap_or(f32::NAN);
+                eprintln!("act {v}: step {:.5} -> {:.5} (x{:.3})", init, acts[v].0, acts[v].0 / init);
+            }
+            for (n, s) in &weights {
+                let mn = s.iter().copied().fold(f32::INFINITY, f32::min);
+                let mx = s.iter().copied().fold(0f32, f32::max);
+                eprintln!("weights {n}: steps {mn:.6} .. {mx:.6}");
+            }
+        }
+    }
     let last = history.last().map(|l| l.test_acc).unwrap_or(f64::NAN);
     let epoch_s: Vec<f64> = history.iter().map(|l| l.seconds).collect();
 

@@ -181,3 +181,50 @@ fn bad_requests_fail_clearly_and_write_nothing() {
     assert!(!out.exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn pipeline_stops_at_the_first_stage_within_budget() {
+    let d = tmpdir("pipeline");
+    let model = zoo("fmnist-mobilenet.onnx");
+    let data = assets();
+    let run_budget = |budget: &str, tag: &str| {
+        let out = d.join(format!("{tag}.onnx"));
+        let js = d.join(format!("{tag}.json"));
+        let budget = format!("--max-drop={budget}");
+        let (ok, stdout, stderr) = run(&[
+            "quantize",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--preset",
+            "fmnist",
+            "--weights",
+            "4",
+            "--acts",
+            "4",
+            &budget,
+            "--calib-n",
+            "200",
+            "--eval-limit",
+            "300",
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+            js.to_str().unwrap(),
+        ]);
+        (ok, stdout, stderr, report(&js), out)
+    };
+    // A generous budget: calibration (L2) is enough and no training runs.
+    let (ok, stdout, stderr, r, out) = run_budget("50", "generous");
+    assert!(ok, "{stderr}");
+    assert_eq!(r["met_by"], "L2", "{stdout}");
+    assert!(stdout.contains("L1 data-free W4") && !stdout.contains("L3 QAT"), "{stdout}");
+    assert!(out.exists());
+    // An impossible budget: L3 runs, the report says no stage met it, the exit code says so.
+    let (ok, stdout, _, r, _) = run_budget("-100", "impossible");
+    assert!(!ok);
+    let stages: Vec<&str> = r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["float", "L1", "L2", "L3"], "{stdout}");
+    assert_eq!(r["met_by"], "");
+    std::fs::remove_dir_all(&d).unwrap();
+}

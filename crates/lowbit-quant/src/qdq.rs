@@ -132,6 +132,7 @@ fn is_qio(op: &Op) -> bool {
 /// calibration statistics `stats`.
 pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> {
     let act_scheme = QScheme::activations(cfg.act_bits);
+    let input_scheme = QScheme::activations(8);
     act_scheme.validate().map_err(Error::Invalid)?;
     QScheme::weights(cfg.weight_bits).validate().map_err(Error::Invalid)?;
     for (n, b) in &cfg.weight_bits_for {
@@ -164,14 +165,16 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
             return Ok(p);
         }
         let o = stats.get(v).ok_or_else(|| Error::value(v, "no calibration statistics for this value"))?;
-        let levels = 1usize << cfg.act_bits;
-        // The model input is data the user controls: never clip it.
-        let method = if inputs.contains(v) { Method::MinMax } else { cfg.method };
+        // The model input is data the user controls: never clip it, and keep it at 8 bits (images
+        // are 8-bit data; min-max over 256 levels loses nothing for u8 pixels).
+        let is_input = inputs.contains(v);
+        let levels = 1usize << if is_input { 8 } else { cfg.act_bits };
+        let method = if is_input { Method::MinMax } else { cfg.method };
         let (lo, hi) = o.range(method, levels);
         if std::env::var_os("LOWBIT_DEBUG_RANGES").is_some() {
             eprintln!("{v}: minmax [{}, {}] -> {:?} [{lo}, {hi}]", o.min, o.max, cfg.method);
         }
-        let p = linear_params(&act_scheme, &[lo], &[hi]);
+        let p = linear_params(if is_input { &input_scheme } else { &act_scheme }, &[lo], &[hi]);
         Ok((p.scale[0], p.zero_point[0]))
     };
     let want = |v: &str, params: &mut HashMap<String, (f32, i32)>, order: &mut Vec<String>| -> Result<()> {
@@ -218,7 +221,7 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
     if cfg.act_bits < 8 {
         let qmax_b = ((1u32 << cfg.act_bits) - 1) as f32;
         for v in &order {
-            if inherited.contains(v) {
+            if inherited.contains(v) || inputs.contains(v.as_str()) {
                 continue;
             }
             let (s, z) = params[v];

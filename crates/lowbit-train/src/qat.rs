@@ -32,6 +32,8 @@ pub struct QatConfig {
     pub skip_last: bool,
     /// DSQ's initial characteristic variable.
     pub dsq_alpha: f32,
+    /// Per-node weight bits overriding `weight_bits` (mixed precision from post-training).
+    pub weight_bits_for: HashMap<String, u8>,
 }
 
 impl Default for QatConfig {
@@ -45,6 +47,7 @@ impl Default for QatConfig {
             skip_first: false,
             skip_last: false,
             dsq_alpha: 0.2,
+            weight_bits_for: HashMap::new(),
         }
     }
 }
@@ -73,6 +76,7 @@ pub fn prepare(float: &Graph, calib: &ImageSet, cfg: &QatConfig, threads: usize)
         skip_first: cfg.skip_first,
         skip_last: cfg.skip_last,
         bias_correction: false,
+        weight_bits_for: cfg.weight_bits_for.clone(),
         ..Default::default()
     };
     let ptq = build_qdq(&graph, &stats, &qdq_config).map_err(Error::Core)?;
@@ -110,15 +114,18 @@ pub fn attach(model: &mut Model, prep: &Prepared, cfg: &QatConfig, value_sizes: 
     }
     let mut acts: Vec<(&String, &(f32, i32))> = prep.ptq.act_params.iter().collect();
     acts.sort_by(|a, b| a.0.cmp(b.0));
+    let inputs: Vec<String> = prep.graph.runtime_inputs().iter().map(|i| i.name.clone()).collect();
     for (v, &(s, zp)) in acts {
-        let range = Range::unsigned(cfg.act_bits, zp);
-        let init = if cfg.method == QatMethod::Pact { (range.qmax - range.zp) * s } else { s };
+        // The model input is 8-bit data quantized losslessly (see `build_qdq`): a fixed step.
+        let is_input = inputs.contains(v);
+        let method = if is_input { QatMethod::Ste } else { cfg.method };
+        let range = Range::unsigned(if is_input { 8 } else { cfg.act_bits }, zp);
+        let init = if method == QatMethod::Pact { (range.qmax - range.zp) * s } else { s };
         let step = model.add_param(&format!("{v}.act_step"), vec![init]);
-        let alpha =
-            (cfg.method == QatMethod::Dsq).then(|| model.add_param(&format!("{v}.act_alpha"), vec![cfg.dsq_alpha]));
+        let alpha = (method == QatMethod::Dsq).then(|| model.add_param(&format!("{v}.act_alpha"), vec![cfg.dsq_alpha]));
         let numel = value_sizes.get(v).copied().unwrap_or(1);
         let grad_scale = range.lsq_grad_scale(numel, 1);
-        model.act_q.insert(v.clone(), Quantizer { method: cfg.method, range, step, alpha, grad_scale, channels: 1 });
+        model.act_q.insert(v.clone(), Quantizer { method, range, step, alpha, grad_scale, channels: 1 });
     }
     Ok(())
 }

@@ -1,0 +1,252 @@
+//! `lowbit quantize MODEL --data DIR --max-drop PP`: the automatic pipeline. L1 quantizes the
+//! weights without data (per-channel, MSE-chosen steps; activations stay float) and shows how far
+//! data-free quantization gets; L2 calibrates on training images and raises the most sensitive
+//! layers to 8-bit weights until the drop on those images fits the budget; L3 (only if the drop on
+//! held-out training images still misses the budget) fine-tunes the L2 model with fake-quant
+//! training. Every stage is a row of one table (test accuracy, drop, weight size, bits per layer,
+//! time); the JSON report has the same.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use burn::tensor::{Device, Tensor, TensorData};
+use lowbit_data::{ImageSet, Split};
+use lowbit_quant::scheme::{quantize_linear_weights, Granularity, QScheme};
+use lowbit_runtime::classify::{self, Classifier};
+use lowbit_train::qat::{self, QatConfig};
+use lowbit_train::train::{self as tr, Event, TrainConfig};
+use lowbit_train::{Model, QatMethod};
+use serde_json::json;
+
+use crate::common::*;
+use crate::quantize::{quantize, QuantizeArgs};
+
+fn top1(g: &lowbit_core::Graph, set: &ImageSet, threads: usize) -> Result<f64> {
+    let mut c = Classifier::new(g.clone(), vec![set.c, set.h, set.w], threads);
+    let r = classify::evaluate(&mut c, None, &set.data, set.n, set.labels.as_deref(), 500, &mut |_| {})
+        .map_err(|e| anyhow!("{e}"))?;
+    r.top1.ok_or_else(|| anyhow!("{}: no labels", set.source))
+}
+
+fn bits_summary(bits: &[(String, Option<u8>)]) -> String {
+    let mut count: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, b) in bits {
+        *count.entry(b.map_or("f32".into(), |b| format!("W{b}"))).or_default() += 1;
+    }
+    count.iter().map(|(k, v)| format!("{v}x{k}")).collect::<Vec<_>>().join(" ")
+}
+
+pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
+    let t_all = Instant::now();
+    let data = a.data.clone().expect("pipeline needs --data");
+    let budget = a.max_drop.ok_or_else(|| anyhow!("--data runs the automatic pipeline and needs --max-drop PP"))?;
+    let qat_method = QatMethod::parse(&a.qat_method)
+        .ok_or_else(|| anyhow!("unknown --qat-method '{}' (ste, lsq, pact, dsq)", a.qat_method))?;
+    for (what, b) in [("--weights", a.weights), ("--acts", a.acts)] {
+        if !(2..=8).contains(&b) {
+            bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
+        }
+    }
+    let g = load_model(&a.model)?;
+    let (_, pre) = choose_preset(a.preset.as_deref(), &g, &data)?;
+    let train_all = load_data(&data, Split::Train, &pre, None)?;
+    let test = load_data(&data, Split::Test, &pre, a.eval_limit)?;
+    if train_all.labels.is_none() || test.labels.is_none() {
+        bail!("{}: the pipeline needs labelled train and test splits", data.display());
+    }
+    // Held out from the training images: decides whether L3 is needed (the test split only reports).
+    let nval = (train_all.n / 10).clamp(1, 5000);
+    let val = train_all.slice(train_all.n - nval, nval);
+    let train = train_all.slice(0, train_all.n - nval);
+    let mut rows: Vec<Vec<String>> = vec![];
+    let mut stages = vec![];
+    let float_test = top1(&g, &test, a.threads)?;
+    let float_val = top1(&g, &val, a.threads)?;
+    let float_bytes: usize = g.initializers.values().filter(|t| t.as_f32().is_some()).map(|t| t.len() * 4).sum();
+    let row = |rows: &mut Vec<Vec<String>>,
+               stage: &str,
+               acc: f64,
+               bytes: usize,
+               bits: String,
+               secs: f64,
+               ok: Option<bool>| {
+        rows.push(vec![
+            stage.into(),
+            format!("{:.2}", acc * 100.0),
+            format!("{:+.2}", (acc - float_test) * 100.0),
+            format!("{:.1}", bytes as f64 / 1e3),
+            bits,
+            format!("{secs:.1}"),
+            match ok {
+                Some(true) => "yes".into(),
+                Some(false) => "no".into(),
+                None => "-".into(),
+            },
+        ]);
+    };
+    row(&mut rows, "float", float_test, float_bytes, "f32".into(), 0.0, None);
+    stages.push(json!({"stage": "float", "test_top1": float_test, "val_top1": float_val}));
+
+    // L1: data-free, weights only.
+    let t1 = Instant::now();
+    let (mut l1, _) = lowbit_runtime::canonicalize_free(&g).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+    let mut l1_bits = vec![];
+    let mut l1_bytes = 0usize;
+    for n in l1.nodes.clone() {
+        let is_mac = matches!(n.op, lowbit_core::Op::Conv(_) | lowbit_core::Op::Gemm { .. });
+        let Some(w) = n.input(1).filter(|_| is_mac).and_then(|w| l1.initializers.get(w).cloned()) else { continue };
+        let Some(wv) = w.as_f32() else { continue };
+        let axis = match n.op {
+            lowbit_core::Op::Gemm { trans_b: false, .. } => 1,
+            _ => 0,
+        };
+        let scheme = QScheme { granularity: Granularity::PerChannel { axis }, ..QScheme::weights(a.weights) };
+        let (q, p) = quantize_linear_weights(wv, &w.shape, &scheme, a.weights < 8);
+        let (c, _, inner) = lowbit_quant::scheme::channel_layout(&w.shape, scheme.granularity);
+        let deq: Vec<f32> = q
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v as f32 * p.scale[lowbit_quant::scheme::channel_of(i, c, inner)])
+            .collect();
+        l1_bytes += (wv.len() * a.weights as usize).div_ceil(8) + c * 4;
+        l1.initializers.insert(n.inputs[1].clone(), lowbit_core::Tensor::f32(w.shape.clone(), deq));
+        l1_bits.push((n.name.clone(), Some(a.weights)));
+    }
+    let l1_test = top1(&l1, &test, a.threads)?;
+    let l1_val = top1(&l1, &val, a.threads)?;
+    row(
+        &mut rows,
+        &format!("L1 data-free W{} (activations float)", a.weights),
+        l1_test,
+        l1_bytes,
+        bits_summary(&l1_bits),
+        t1.elapsed().as_secs_f64(),
+        None,
+    );
+    stages.push(json!({"stage": "L1", "test_top1": l1_test, "val_top1": l1_val, "weights_only": true}));
+    eprintln!(
+        "L1 (data-free, weights only): held-out drop {:.2} pp; it leaves activations in float, so it cannot deliver A{} -> L2",
+        (float_val - l1_val) * 100.0,
+        a.acts
+    );
+
+    // L2: calibration, sensitivity and mixed precision (scored on calibration images).
+    let t2 = Instant::now();
+    let l2_args = QuantizeArgs {
+        calib: Some(data.clone()),
+        data: None,
+        calib_split: "train".into(),
+        eval: Some(data.clone()),
+        ..a.clone()
+    };
+    let l2 = quantize(&l2_args)?;
+    let l2_test = l2.quant_top1.unwrap_or(f64::NAN);
+    let l2_val = top1(&l2.graph, &val, a.threads)?;
+    let l2_ok = (float_val - l2_val) * 100.0 <= budget;
+    row(
+        &mut rows,
+        &format!("L2 calibrated W{}A{} + mixed precision", a.weights, a.acts),
+        l2_test,
+        l2.quant_weight_bytes,
+        bits_summary(&l2.weight_bits),
+        t2.elapsed().as_secs_f64(),
+        Some(l2_ok),
+    );
+    stages.push(json!({"stage": "L2", "test_top1": l2_test, "val_top1": l2_val, "weight_bytes": l2.quant_weight_bytes,
+        "weight_bits": l2.weight_bits.iter().map(|(n, b)| json!({"node": n, "bits": b})).collect::<Vec<_>>()}));
+    let mut done_by = if l2_ok { "L2" } else { "" };
+
+    // L3: fake-quant training from the L2 result, only when needed.
+    if !l2_ok {
+        eprintln!(
+            "L2 misses the budget on held-out images ({:.2} pp > {budget} pp): L3 {} for {} epoch(s)",
+            (float_val - l2_val) * 100.0,
+            qat_method.name(),
+            a.qat_epochs
+        );
+        let t3 = Instant::now();
+        if a.threads > 0 {
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
+        }
+        let bits_for: HashMap<String, u8> =
+            l2.weight_bits.iter().filter_map(|(n, b)| b.map(|b| (n.clone(), b))).collect();
+        let qc = QatConfig {
+            method: qat_method,
+            weight_bits: a.weights,
+            act_bits: a.acts,
+            per_channel: !a.per_tensor,
+            skip_first: a.skip_first,
+            skip_last: a.skip_last,
+            weight_bits_for: bits_for,
+            ..Default::default()
+        };
+        let calib = train.slice(0, a.calib_n.min(train.n));
+        let prep = qat::prepare(&g, &calib, &qc, a.threads).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+        let dev = Device::flex().autodiff();
+        let mut m = Model::from_graph(&prep.graph, &dev).map_err(|e| anyhow!("{e}"))?;
+        let x1: Tensor<4> =
+            Tensor::from_data(TensorData::new(train.image(0).to_vec(), [1, train.c, train.h, train.w]), &dev);
+        m.forward(x1, false).map_err(|e| anyhow!("{e}"))?;
+        let sizes = m.value_sizes.clone();
+        qat::attach(&mut m, &prep, &qc, &sizes).map_err(|e| anyhow!("{e}"))?;
+        let cfg = TrainConfig { epochs: a.qat_epochs, lr: 0.002, warmup: 0.0, ..Default::default() };
+        let mut pb: Option<indicatif::ProgressBar> = None;
+        let mut on = |e: Event| match e {
+            Event::Batch { step, steps, loss, acc, .. } => {
+                let p = pb.get_or_insert_with(|| progress(steps as u64, "L3"));
+                p.set_position(step as u64 + 1);
+                p.set_message(format!("L3 loss {loss:.4} acc {:.2}%", acc * 100.0));
+            }
+            Event::Evaluating { .. } => {
+                if let Some(p) = pb.take() {
+                    p.finish_and_clear();
+                }
+            }
+            Event::Epoch(l) => {
+                eprintln!("L3 epoch {}: loss {:.4} held-out {:.2}%", l.epoch, l.loss, l.test_acc * 100.0)
+            }
+            Event::Resumed { .. } => {}
+        };
+        tr::train(&mut m, &train, &val, &cfg, None, None, "pipeline", &mut on).map_err(|e| anyhow!("{e}"))?;
+        let q = qat::export(&m, &prep).map_err(|e| anyhow!("export: {e}"))?;
+        let l3_test = top1(&q.graph, &test, a.threads)?;
+        let l3_val = top1(&q.graph, &val, a.threads)?;
+        let l3_ok = (float_val - l3_val) * 100.0 <= budget;
+        let bits: Vec<(String, Option<u8>)> = q.layers.iter().map(|l| (l.node.clone(), l.weight_bits)).collect();
+        row(
+            &mut rows,
+            &format!("L3 QAT {} from L2", qat_method.name()),
+            l3_test,
+            q.weight_bytes,
+            bits_summary(&bits),
+            t3.elapsed().as_secs_f64(),
+            Some(l3_ok),
+        );
+        stages.push(json!({"stage": "L3", "test_top1": l3_test, "val_top1": l3_val, "weight_bytes": q.weight_bytes, "method": qat_method.name(), "epochs": a.qat_epochs}));
+        lowbit_onnx::write_model(&q.graph, &a.output).map_err(|e| anyhow!("{e}"))?;
+        done_by = if l3_ok { "L3" } else { "" };
+    }
+    println!();
+    println!(
+        "automatic pipeline, W{}A{}, budget {budget} pp (decided on {nval} held-out training images; test: {} images)",
+        a.weights, a.acts, test.n
+    );
+    print_table(&["stage", "test top-1 %", "drop pp", "weights KB", "weight bits", "time s", "within budget"], &rows);
+    match done_by {
+        "" => println!("budget NOT met by any stage; wrote the last stage to {}", a.output.display()),
+        s => println!("{s} met the budget; wrote {}", a.output.display()),
+    }
+    println!("total {:.1} s", t_all.elapsed().as_secs_f64());
+    if let Some(j) = &a.json {
+        write_json(
+            j,
+            &json!({"model": a.model.display().to_string(), "budget_pp": budget, "weights": a.weights, "acts": a.acts,
+                "stages": stages, "met_by": done_by, "seconds": t_all.elapsed().as_secs_f64()}),
+        )?;
+    }
+    if done_by.is_empty() {
+        bail!("the accuracy budget of {budget} pp was not met");
+    }
+    Ok(())
+}
