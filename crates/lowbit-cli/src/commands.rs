@@ -203,7 +203,8 @@ pub fn eval(
             &json!({"model": model.display().to_string(), "data": data.display().to_string(), "preset": preset, "images": set.n,
                 "top1": rep.top1, "top5": rep.top5,
                 "agreement": rep.agreement.as_ref().map(|a| json!({"top1": a.top1, "top5": a.top5, "cosine": a.cosine, "kl": a.kl})),
-                "reference": reference.map(|p| p.display().to_string()), "seconds": secs}),
+                "reference": reference.map(|p| p.display().to_string()), "seconds": secs,
+                "predictions": rep.predictions}),
         )?;
     }
     Ok(rep)
