@@ -154,3 +154,11 @@ pub fn progress(len: u64, msg: &str) -> indicatif::ProgressBar {
     pb.set_message(msg.to_string());
     pb
 }
+
+/// Top-1 accuracy of `g` on a labelled set, on lowbit's runtime.
+pub fn top1(g: &Graph, set: &ImageSet, threads: usize) -> Result<f64> {
+    let mut c = lowbit_runtime::classify::Classifier::new(g.clone(), vec![set.c, set.h, set.w], threads);
+    let r = lowbit_runtime::classify::evaluate(&mut c, None, &set.data, set.n, set.labels.as_deref(), 500, &mut |_| {})
+        .map_err(|e| anyhow!("{e}"))?;
+    r.top1.ok_or_else(|| anyhow!("{}: no labels", set.source))
+}

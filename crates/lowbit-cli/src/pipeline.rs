@@ -10,24 +10,16 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use burn::tensor::{Device, Tensor, TensorData};
-use lowbit_data::{ImageSet, Split};
+use burn::tensor::Device;
+use lowbit_data::Split;
 use lowbit_quant::scheme::{quantize_linear_weights, Granularity, QScheme};
-use lowbit_runtime::classify::{self, Classifier};
 use lowbit_train::qat::{self, QatConfig};
 use lowbit_train::train::{self as tr, Event, TrainConfig};
-use lowbit_train::{Model, QatMethod};
+use lowbit_train::QatMethod;
 use serde_json::json;
 
 use crate::common::*;
 use crate::quantize::{quantize, QuantizeArgs};
-
-fn top1(g: &lowbit_core::Graph, set: &ImageSet, threads: usize) -> Result<f64> {
-    let mut c = Classifier::new(g.clone(), vec![set.c, set.h, set.w], threads);
-    let r = classify::evaluate(&mut c, None, &set.data, set.n, set.labels.as_deref(), 500, &mut |_| {})
-        .map_err(|e| anyhow!("{e}"))?;
-    r.top1.ok_or_else(|| anyhow!("{}: no labels", set.source))
-}
 
 fn bits_summary(bits: &[(String, Option<u8>)]) -> String {
     let mut count: std::collections::BTreeMap<String, usize> = Default::default();
@@ -184,12 +176,7 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
         let calib = train.slice(0, a.calib_n.min(train.n));
         let prep = qat::prepare(&g, &calib, &qc, a.threads).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
         let dev = Device::flex().autodiff();
-        let mut m = Model::from_graph(&prep.graph, &dev).map_err(|e| anyhow!("{e}"))?;
-        let x1: Tensor<4> =
-            Tensor::from_data(TensorData::new(train.image(0).to_vec(), [1, train.c, train.h, train.w]), &dev);
-        m.forward(x1, false).map_err(|e| anyhow!("{e}"))?;
-        let sizes = m.value_sizes.clone();
-        qat::attach(&mut m, &prep, &qc, &sizes).map_err(|e| anyhow!("{e}"))?;
+        let mut m = qat::model(&prep, &qc, train.image(0), &dev).map_err(|e| anyhow!("{e}"))?;
         let cfg = TrainConfig { epochs: a.qat_epochs, lr: 0.002, warmup: 0.0, ..Default::default() };
         let mut pb: Option<indicatif::ProgressBar> = None;
         let mut on = |e: Event| match e {

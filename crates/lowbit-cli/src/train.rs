@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use burn::tensor::Device;
-use lowbit_data::{ImageSet, Split};
-use lowbit_runtime::classify::{self, Classifier};
+use lowbit_data::Split;
+use lowbit_runtime::classify::Classifier;
 use lowbit_train::qat::{self, QatConfig};
 use lowbit_train::train::{self as tr, Distill, Event, OptimizerKind, TrainConfig};
 use lowbit_train::{Model, QatMethod};
@@ -95,13 +95,6 @@ pub struct TrainArgs {
     pub plot: Option<PathBuf>,
 }
 
-fn accuracy(g: &lowbit_core::Graph, set: &ImageSet, threads: usize) -> Result<f64> {
-    let mut c = Classifier::new(g.clone(), vec![set.c, set.h, set.w], threads);
-    let r = classify::evaluate(&mut c, None, &set.data, set.n, set.labels.as_deref(), 500, &mut |_| {})
-        .map_err(|e| anyhow!("{e}"))?;
-    r.top1.ok_or_else(|| anyhow!("{}: test data has no labels", set.source))
-}
-
 pub fn train(a: &TrainArgs) -> Result<()> {
     let t_all = Instant::now();
     let method = match &a.qat {
@@ -165,7 +158,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             if a.reinit {
                 m.reinitialize(a.seed);
             } else {
-                let acc = accuracy(&g, &test_set, a.threads)?;
+                let acc = top1(&g, &test_set, a.threads)?;
                 stages.push(vec!["start (float)".into(), format!("{:.2}", acc * 100.0), "-".into()]);
             }
             (m, None, None)
@@ -180,28 +173,21 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 skip_last: a.skip_last,
                 ..Default::default()
             };
-            let float_acc = accuracy(&g, &test_set, a.threads)?;
+            let float_acc = top1(&g, &test_set, a.threads)?;
             stages.push(vec!["float".into(), format!("{:.2}", float_acc * 100.0), "-".into()]);
             report["float_top1"] = json!(float_acc);
             let calib = train_set.slice(0, a.calib_n.min(train_set.n));
             let t0 = Instant::now();
             let prep = qat::prepare(&g, &calib, &qc, a.threads).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
-            let ptq_acc = accuracy(&prep.ptq.graph, &test_set, a.threads)?;
+            let ptq_acc = top1(&prep.ptq.graph, &test_set, a.threads)?;
             stages.push(vec![
                 format!("PTQ W{}A{} (QAT start)", a.weights, a.acts),
                 format!("{:.2}", ptq_acc * 100.0),
                 format!("{:.1}", t0.elapsed().as_secs_f64()),
             ]);
             report["ptq_top1"] = json!(ptq_acc);
-            let mut m = Model::from_graph(&prep.graph, &device).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
-            // One forward pass to learn every activation's size (LSQ gradient scale).
-            let x1 = burn::tensor::Tensor::<4>::from_data(
-                burn::tensor::TensorData::new(train_set.image(0).to_vec(), [1, train_set.c, train_set.h, train_set.w]),
-                &device,
-            );
-            m.forward(x1, false).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
-            let sizes = m.value_sizes.clone();
-            qat::attach(&mut m, &prep, &qc, &sizes).map_err(|e| anyhow!("{e}"))?;
+            let m = qat::model(&prep, &qc, train_set.image(0), &device)
+                .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
             (m, Some(prep), Some(qc))
         }
     };
@@ -297,7 +283,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             g2
         }
     };
-    let deployed = accuracy(&out_graph, &test_set, a.threads)?;
+    let deployed = top1(&out_graph, &test_set, a.threads)?;
     stages.push(vec![
         if method.is_some() {
             "exported QDQ on lowbit's integer runtime".into()

@@ -156,3 +156,18 @@ pub fn export(model: &Model, prep: &Prepared) -> Result<QdqModel> {
     let cfg = QdqConfig { act_override: acts, weight_scale_override: weights, ..prep.qdq_config.clone() };
     build_qdq(&g, &prep.stats, &cfg).map_err(Error::Core)
 }
+
+/// The trainable fake-quant model for `prep`: built from the deployable graph, one forward pass
+/// on `sample` (one image, CHW) to learn activation sizes, quantizers attached.
+pub fn model(prep: &Prepared, cfg: &QatConfig, sample: &[f32], device: &burn::tensor::Device) -> Result<Model> {
+    let mut m = Model::from_graph(&prep.graph, device)?;
+    let s = &prep.image_shape;
+    let x = burn::tensor::Tensor::<4>::from_data(
+        burn::tensor::TensorData::new(sample.to_vec(), [1, s[0], s[1], s[2]]),
+        device,
+    );
+    m.forward(x, false)?;
+    let sizes = m.value_sizes.clone();
+    attach(&mut m, prep, cfg, &sizes)?;
+    Ok(m)
+}
