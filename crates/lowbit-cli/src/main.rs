@@ -2,6 +2,7 @@
 //! quantize them). Logic a library user would need lives in the other crates; this file parses
 //! arguments, prints tables and writes JSON.
 
+mod binarize;
 mod commands;
 mod common;
 mod pipeline;
@@ -96,6 +97,9 @@ enum Cmd {
     },
     /// Quantize a float model (post-training, calibrated) and write a QDQ ONNX file
     Quantize(quantize::QuantizeArgs),
+    /// A float ResNet to a binary network (W1A1, Bi-Real shortcuts, first/last 8-bit) without
+    /// training, as QDQ ONNX (for speed measurements; train with `train --binary` for accuracy)
+    Binarize(binarize::BinarizeArgs),
     /// Train a model in float, or quantization-aware (--qat ste|lsq|pact|dsq), on labelled data
     Train(train::TrainArgs),
     /// Write preprocessed images (raw little-endian f32, NCHW) and labels for other tools
@@ -135,6 +139,7 @@ fn main() {
         Cmd::Quantize(args) if args.data.is_some() => pipeline::pipeline(&args),
         Cmd::Quantize(args) => quantize::quantize(&args).map(|_| ()),
         Cmd::Train(args) => train::train(&args),
+        Cmd::Binarize(args) => binarize::binarize(&args),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -10,6 +10,7 @@ use lowbit_data::Split;
 use lowbit_runtime::classify::Classifier;
 use lowbit_train::qat::{self, QatConfig};
 use lowbit_train::train::{self as tr, Distill, Event, OptimizerKind, TrainConfig};
+use lowbit_train::Binary;
 use lowbit_train::{Model, QatMethod};
 use serde_json::json;
 
@@ -31,11 +32,12 @@ pub struct TrainArgs {
     /// Peak learning rate (default 0.1 for float training, 0.002 for --qat)
     #[arg(long)]
     pub lr: Option<f64>,
-    /// sgd (momentum 0.9, Nesterov) | adamw
-    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
-    pub optimizer: String,
-    #[arg(long, default_value_t = 5e-4)]
-    pub weight_decay: f32,
+    /// sgd (momentum 0.9, Nesterov) | adamw (default: sgd; adamw for --binary)
+    #[arg(long, value_parser = ["sgd", "adamw"])]
+    pub optimizer: Option<String>,
+    /// L2 weight decay on convolution and linear weights (default 5e-4; 0 for --binary)
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
     /// Share of the steps spent warming up (default 0.15 float, 0 for --qat)
     #[arg(long)]
     pub warmup: Option<f64>,
@@ -68,6 +70,16 @@ pub struct TrainArgs {
     pub skip_first: bool,
     #[arg(long)]
     pub skip_last: bool,
+    /// Binary network (W1A1, first/last layers 8-bit, Bi-Real shortcuts): irnet (Libra-PB + EDE)
+    /// or xnor (sign with mean |w| scale, straight-through estimator: the baseline)
+    #[arg(long, value_parser = ["irnet", "xnor"], conflicts_with = "qat")]
+    pub binary: Option<String>,
+    /// IR-Net ablation: without Libra-PB (XNOR weight scale instead)
+    #[arg(long, requires = "binary")]
+    pub no_libra: bool,
+    /// IR-Net ablation: without EDE (straight-through estimator instead)
+    #[arg(long, requires = "binary")]
+    pub no_ede: bool,
     /// Calibration images for the post-training start of QAT
     #[arg(long, default_value_t = 1000)]
     pub calib_n: usize,
@@ -106,6 +118,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
         }
     }
+    let binary = a.binary.as_deref().map(|b| match b {
+        "xnor" => Binary { libra: false, ede: false },
+        _ => Binary { libra: !a.no_libra, ede: !a.no_ede },
+    });
     if a.epochs == 0 || a.batch == 0 {
         bail!("--epochs and --batch must be at least 1");
     }
@@ -132,11 +148,21 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let cfg = TrainConfig {
         epochs: a.epochs,
         batch: a.batch,
-        lr: a.lr.unwrap_or(if method.is_some() { 0.002 } else { 0.1 }),
-        optimizer: if a.optimizer == "adamw" { OptimizerKind::AdamW } else { OptimizerKind::Sgd },
+        lr: a.lr.unwrap_or(if binary.is_some() {
+            0.001
+        } else if method.is_some() {
+            0.002
+        } else {
+            0.1
+        }),
+        optimizer: match a.optimizer.as_deref() {
+            Some("adamw") => OptimizerKind::AdamW,
+            None if binary.is_some() => OptimizerKind::AdamW,
+            _ => OptimizerKind::Sgd,
+        },
         momentum: 0.9,
-        weight_decay: a.weight_decay,
-        warmup: a.warmup.unwrap_or(if method.is_some() { 0.0 } else { 0.15 }),
+        weight_decay: a.weight_decay.unwrap_or(if binary.is_some() { 0.0 } else { 5e-4 }),
+        warmup: a.warmup.unwrap_or(if method.is_some() || binary.is_some() { 0.0 } else { 0.15 }),
         crop_pad: if a.no_augment { 0 } else { 2 },
         flip: !a.no_augment,
         seed: a.seed,
@@ -153,6 +179,23 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 
     // The model to train: the float graph, or the deployable canonical graph with fake quantizers.
     let (mut model, prep, qcfg) = match method {
+        None if binary.is_some() => {
+            let how = binary.unwrap();
+            let float_acc = top1(&g, &test_set, a.threads)?;
+            stages.push(vec!["float".into(), format!("{:.2}", float_acc * 100.0), "-".into()]);
+            report["float_top1"] = json!(float_acc);
+            let br = lowbit_train::binary::bireal(&g).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+            let mut m = Model::from_graph(&br.graph, &device).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+            lowbit_train::binary::mark(&mut m, &br.binary_convs, how).map_err(|e| anyhow!("{e}"))?;
+            eprintln!(
+                "binary: {} convolutions W1A1 ({}), Bi-Real shortcuts; first/last/shortcut layers 8-bit at export",
+                br.binary_convs.len(),
+                binary_name(how)
+            );
+            report["binary"] =
+                json!({"method": binary_name(how), "libra": how.libra, "ede": how.ede, "convs": br.binary_convs});
+            (m, None, None)
+        }
         None => {
             let mut m = Model::from_graph(&g, &device).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
             if a.reinit {
@@ -195,7 +238,11 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         "training {} parameters for {} epochs ({}, lr {}, batch {}, {} threads{})",
         model.num_params(),
         cfg.epochs,
-        method.map_or("float".to_string(), |m| format!("QAT {} W{}A{}", m.name(), a.weights, a.acts)),
+        match (method, binary) {
+            (Some(m), _) => format!("QAT {} W{}A{}", m.name(), a.weights, a.acts),
+            (None, Some(b)) => format!("binary {}", binary_name(b)),
+            _ => "float".to_string(),
+        },
         cfg.lr,
         cfg.batch,
         a.threads,
@@ -210,7 +257,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if a.no_resume && ckpt.exists() {
         std::fs::remove_file(&ckpt).map_err(|e| anyhow!("{}: {e}", ckpt.display()))?;
     }
-    let tag = format!("{}|{:?}|{}", a.model.display(), a.qat, a.reinit);
+    let tag = format!("{}|{:?}|{}|{:?}", a.model.display(), a.qat, a.reinit, binary);
     let mut pb: Option<indicatif::ProgressBar> = None;
     let mut on = |e: Event| match e {
         Event::Batch { epoch, step, steps, loss, acc } => {
@@ -275,6 +322,23 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             ]);
             q.graph
         }
+        _ if binary.is_some() => {
+            let calib = train_set.slice(0, a.calib_n.min(train_set.n));
+            let q = lowbit_train::binary::export(&model, &calib, a.threads).map_err(|e| anyhow!("export: {e}"))?;
+            report["weight_bytes"] = json!(q.weight_bytes);
+            report["float_weight_bytes"] = json!(q.float_weight_bytes);
+            report["layers"] = json!(q
+                .layers
+                .iter()
+                .map(|l| json!({"node": l.node, "weight_bits": l.weight_bits, "act_bits": l.act_bits, "params": l.params}))
+                .collect::<Vec<_>>());
+            stages.push(vec![
+                format!("{} W1A1 (simulated, real-valued path in float)", binary_name(binary.unwrap())),
+                format!("{:.2}", last * 100.0),
+                format!("{train_s:.0}"),
+            ]);
+            q.graph
+        }
         _ => {
             stages.push(vec!["trained (float)".into(), format!("{:.2}", last * 100.0), format!("{train_s:.0}")]);
             let mut g2 = model.to_graph();
@@ -285,7 +349,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     };
     let deployed = top1(&out_graph, &test_set, a.threads)?;
     stages.push(vec![
-        if method.is_some() {
+        if method.is_some() || binary.is_some() {
             "exported QDQ on lowbit's integer runtime".into()
         } else {
             "exported ONNX on lowbit's runtime".into()
@@ -330,4 +394,13 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         write_json(j, &report)?;
     }
     Ok(())
+}
+
+fn binary_name(b: Binary) -> &'static str {
+    match (b.libra, b.ede) {
+        (true, true) => "irnet",
+        (true, false) => "irnet-no-ede",
+        (false, true) => "irnet-no-libra",
+        (false, false) => "xnor-ste",
+    }
 }

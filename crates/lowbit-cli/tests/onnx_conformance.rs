@@ -23,6 +23,7 @@ const CLAIMED: &[&str] = &[
     "HardSigmoid",
     "HardSwish",
     "Sigmoid",
+    "Sign",
     "Add",
     "Sub",
     "Mul",

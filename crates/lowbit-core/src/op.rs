@@ -100,6 +100,8 @@ pub enum Op {
     },
     HardSwish,
     Sigmoid,
+    /// ONNX Sign: -1, 0 or +1 (binary networks binarize with `Sign(Sign(x) + 0.5)`, +1 at zero).
+    Sign,
     Add,
     Sub,
     Mul,
@@ -176,6 +178,7 @@ impl Op {
             Op::HardSigmoid { .. } => "HardSigmoid",
             Op::HardSwish => "HardSwish",
             Op::Sigmoid => "Sigmoid",
+            Op::Sign => "Sign",
             Op::Add => "Add",
             Op::Sub => "Sub",
             Op::Mul => "Mul",

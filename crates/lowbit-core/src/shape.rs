@@ -309,7 +309,7 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             }
             one(x.dtype, x.shape.to_vec())
         }
-        Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish | Op::Sigmoid | Op::Identity => {
+        Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish | Op::Sigmoid | Op::Sign | Op::Identity => {
             one(x.dtype, x.shape.to_vec())
         }
         Op::Softmax { axis, .. } => {

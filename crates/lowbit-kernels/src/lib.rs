@@ -3,6 +3,7 @@
 //! detection ([`isa`]). Kernels take slices and geometry, never graphs, and do not allocate in
 //! their inner loops.
 
+pub mod binary;
 pub mod eltwise;
 pub mod f32conv;
 pub mod f32gemm;

@@ -49,6 +49,24 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             }
             Tensor::f32(oshape, o)
         }
+        Op::Sign => {
+            let xs = f32s(x, "input")?;
+            let o = xs
+                .iter()
+                .map(|&v| {
+                    if v > 0.0 {
+                        1.0
+                    } else if v < 0.0 {
+                        -1.0
+                    } else if v.is_nan() {
+                        v
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            Tensor::f32(oshape, o)
+        }
         Op::Relu | Op::HardSigmoid { .. } | Op::HardSwish | Op::Sigmoid => {
             let act = match &node.op {
                 Op::Relu => Some(Act::Relu),

@@ -314,6 +314,7 @@ fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op
         "HardSigmoid" => Op::HardSigmoid { alpha: a.float("alpha", 0.2), beta: a.float("beta", 0.5) },
         "HardSwish" => Op::HardSwish,
         "Sigmoid" => Op::Sigmoid,
+        "Sign" => Op::Sign,
         "Add" => Op::Add,
         "Sub" => Op::Sub,
         "Mul" => Op::Mul,

@@ -37,6 +37,11 @@ pub struct QdqConfig {
     /// Weight scales (one per output channel, or one) by node name, used instead of the range or
     /// MSE search.
     pub weight_scale_override: HashMap<String, Vec<f32>>,
+    /// Binary convolutions (by node name): weights `sign(w)` (`+1` at zero) with the per-channel
+    /// scale `mean |w|`, and the input binarized to `±1` by `Sign(Sign(x) + 0.5)` followed by an
+    /// int8 Q/DQ pair with scale 1 (standard ONNX that any runtime executes; lowbit's plan reads
+    /// the pattern back as one xnor-popcount convolution).
+    pub binary: HashSet<String>,
 }
 
 impl Default for QdqConfig {
@@ -54,6 +59,7 @@ impl Default for QdqConfig {
             bias_correction: true,
             act_override: HashMap::new(),
             weight_scale_override: HashMap::new(),
+            binary: HashSet::new(),
         }
     }
 }
@@ -192,6 +198,19 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
         order.push(v.to_string());
         Ok(())
     };
+    let consumers = g.consumers();
+    // An Add read only by a ReLU/Clip: its output is not quantized, the clamp's is (one rounding,
+    // and the integer Add applies the clamp in its epilogue), as ONNX Runtime places it.
+    let clamped_add = |n: &Node| -> bool {
+        n.op == Op::Add
+            && consumers.get(&n.outputs[0]).is_some_and(|c| {
+                c.len() == 1
+                    && matches!(
+                        lowbit_core::passes::as_activation(g, &g.nodes[c[0]]),
+                        Some(Act::Relu) | Some(Act::Clip { .. })
+                    )
+            })
+    };
     for n in &g.nodes {
         if (is_compute(n, g) && quantized(n)) || (is_qio(&n.op) && quantized(n)) {
             want(&n.inputs[0], &mut params, &mut order)?;
@@ -200,7 +219,14 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                     want(i, &mut params, &mut order)?;
                 }
             }
-            want(&n.outputs[0], &mut params, &mut order)?;
+            if clamped_add(n) {
+                let r = &g.nodes[consumers[&n.outputs[0]][0]];
+                if !g.is_output(&r.outputs[0]) {
+                    want(&r.outputs[0], &mut params, &mut order)?;
+                }
+            } else {
+                want(&n.outputs[0], &mut params, &mut order)?;
+            }
         } else if is_passthrough(&n.op) {
             if let Some(p) = params.get(&n.inputs[0]).copied() {
                 let o = &n.outputs[0];
@@ -321,7 +347,70 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 *i = dq(i);
             }
         }
-        if is_compute(n, g) && quantized(n) {
+        if cfg.binary.contains(&n.name) && is_compute(n, g) {
+            let Op::Conv(_) = n.op else { return Err(Error::node(&n.name, "only convolutions can be binary")) };
+            let x = &n.inputs[0];
+            if !params.contains_key(x) {
+                return Err(Error::node(&n.name, "input activation is not quantized"));
+            }
+            let wname = n.inputs[1].clone();
+            let w = &g.initializers[&wname];
+            let wv = w.to_f32_vec();
+            let co = w.shape[0];
+            let per = wv.len() / co.max(1);
+            let scale: Vec<f32> = wv
+                .chunks(per.max(1))
+                .map(|c| (c.iter().map(|v| v.abs() as f64).sum::<f64>() / c.len().max(1) as f64) as f32)
+                .map(|a| if a > 0.0 && a.is_finite() { a } else { f32::MIN_POSITIVE })
+                .collect();
+            let q: Vec<i8> = wv.iter().map(|&v| if v >= 0.0 { 1 } else { -1 }).collect();
+            let qn = out.fresh_name(&format!("{wname}_binary"));
+            out.initializers.insert(qn.clone(), Tensor { shape: w.shape.clone(), data: Data::I8(q) });
+            let sn = out.fresh_name(&format!("{wname}_scale"));
+            out.initializers.insert(sn.clone(), Tensor::f32(vec![co], scale));
+            let wdq = out.fresh_name(&format!("{wname}_dequantized"));
+            new_nodes.push(Node {
+                name: format!("{}_weight_DequantizeLinear", n.name),
+                op: Op::DequantizeLinear { axis: 0 },
+                inputs: vec![qn, sn],
+                outputs: vec![wdq.clone()],
+            });
+            n2.inputs[1] = wdq;
+            // x -> Sign -> + 0.5 -> Sign: +1 where x >= 0, -1 elsewhere; then int8 Q/DQ, scale 1.
+            let base = format!("{}_binarize", n.name);
+            let half = out.fresh_name(&format!("{base}_half"));
+            out.initializers.insert(half.clone(), Tensor::scalar_f32(0.5));
+            let one = out.fresh_name(&format!("{base}_scale"));
+            out.initializers.insert(one.clone(), Tensor::scalar_f32(1.0));
+            let zero = out.fresh_name(&format!("{base}_zero_point"));
+            out.initializers.insert(zero.clone(), Tensor { shape: vec![], data: Data::I8(vec![0]) });
+            let v = |k: &str| format!("{base}_{k}");
+            let chain = [
+                ("Sign", Op::Sign, vec![n2.inputs[0].clone()], v("sign")),
+                ("Add", Op::Add, vec![v("sign"), half], v("shifted")),
+                ("Sign_1", Op::Sign, vec![v("shifted")], v("pm1")),
+                ("QuantizeLinear", Op::QuantizeLinear { axis: 1 }, vec![v("pm1"), one.clone(), zero.clone()], v("q")),
+                ("DequantizeLinear", Op::DequantizeLinear { axis: 1 }, vec![v("q"), one, zero], v("dq")),
+            ];
+            for (suffix, op, inputs, o) in chain {
+                new_nodes.push(Node { name: format!("{base}_{suffix}"), op, inputs, outputs: vec![o] });
+            }
+            n2.inputs[0] = v("dq");
+            let nparams = wv.len();
+            float_weight_bytes += nparams * 4;
+            weight_bytes += nparams.div_ceil(8) + co * 4;
+            if let Some(b) = n.input(2).and_then(|b| g.initializers.get(b)) {
+                float_weight_bytes += b.len() * 4;
+                weight_bytes += b.len() * 4;
+            }
+            layers.push(LayerReport {
+                node: n.name.clone(),
+                op: n.op.op_type().to_string(),
+                weight_bits: Some(1),
+                act_bits: Some(1),
+                params: nparams,
+            });
+        } else if is_compute(n, g) && quantized(n) {
             let x = &n.inputs[0];
             let Some(&(sx, _)) = params.get(x) else {
                 return Err(Error::node(&n.name, "input activation is not quantized"));

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use lowbit_core::{Act, DType, Data, Error, Graph, Node, Op, Result, Tensor};
+use lowbit_kernels::binary::{self, BinConv, BinIsa};
 use lowbit_kernels::eltwise::{self, BinOp, Broadcast};
 use lowbit_kernels::f32conv::{self, ConvGeom, PackedConv};
 use lowbit_kernels::f32gemm;
@@ -31,11 +32,13 @@ pub struct PlanOptions {
     pub int8: bool,
     /// Integer kernel path; `None` = `LOWBIT_ISA` or the best this CPU has.
     pub isa: Option<Isa>,
+    /// Binary kernel path; `None` = `LOWBIT_BIN_ISA` or the best this CPU has.
+    pub bin_isa: Option<BinIsa>,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { threads: 1, optimize: true, int8: true, isa: None }
+        PlanOptions { threads: 1, optimize: true, int8: true, isa: None, bin_isa: None }
     }
 }
 
@@ -119,6 +122,12 @@ enum Kind {
         c: QConv,
         batch: usize,
     },
+    /// Binary convolution; `zx`: zero point of a uint8 NHWC input, `None` for f32 NCHW.
+    BinConv {
+        c: BinConv,
+        batch: usize,
+        zx: Option<u8>,
+    },
     QGemm {
         b: PackedB,
         rq: Requant,
@@ -169,6 +178,8 @@ pub struct Plan {
     scratch: Vec<f32>,
     /// Byte scratch of the integer kernels (im2col rows, padded inputs).
     qscratch: Vec<u8>,
+    /// Word scratch of the binary kernels (packed input, bit im2col).
+    bscratch: Vec<u64>,
     isa: Isa,
     notes: Vec<String>,
     pool: Option<rayon::ThreadPool>,
@@ -351,6 +362,13 @@ impl Plan {
         let mut infos = vec![];
         let mut scratch_len = 0usize;
         let mut qscratch_len = 0usize;
+        let mut bscratch_len = 0usize;
+        let mut bin_isa: Option<BinIsa> = opts.bin_isa;
+        if let Some(b) = bin_isa {
+            if !b.supported() {
+                return Err(Error::Invalid(format!("binary path {} is not supported by this CPU", b.name())));
+            }
+        }
         let mut packed: std::collections::HashSet<String> = Default::default();
         let mut const_used: std::collections::HashSet<String> = Default::default();
         for (n, unit) in items.iter() {
@@ -398,6 +416,20 @@ impl Plan {
                             macs = (mm * nn * k) as u64;
                             (Kind::QGemm { b, rq, m: mm, k }, format!("int8 gemm ({})", isa.name()))
                         }
+                    }
+                    Unit::Bin(b) => {
+                        let bisa = match bin_isa {
+                            Some(i) => i,
+                            None => *bin_isa.insert(BinIsa::selected().map_err(Error::Invalid)?),
+                        };
+                        let rq = Requant::new(&b.scale, &b.bias_i, &b.bias_f, b.lo, b.hi, b.out);
+                        let geom = conv_geom(&xs, &b.wshape, &b.conv).map_err(|e| e.in_node(&n.name))?;
+                        macs = (xs[0] * geom.macs()) as u64;
+                        params = b.w.len() + b.scale.len();
+                        let c = BinConv::new(bisa, geom, &b.w, rq).map_err(|e| Error::node(&n.name, e))?;
+                        bscratch_len = bscratch_len.max(c.scratch_words());
+                        let name = c.kernel_name().to_string();
+                        (Kind::BinConv { c, batch: xs[0], zx: b.zx }, name)
                     }
                     Unit::Add { qa, qb, lo, hi, qo, .. } => {
                         (Kind::QAdd { qa: *qa, qb: *qb, lo: *lo, hi: *hi, qo: *qo }, "int8 add".into())
@@ -599,6 +631,7 @@ impl Plan {
             arena_bytes,
             scratch: vec![0.0; scratch_len],
             qscratch: vec![0; qscratch_len],
+            bscratch: vec![0; bscratch_len],
             isa,
             notes: fu.notes,
             pool,
@@ -634,6 +667,7 @@ impl Plan {
                 Kind::Conv { p, .. } => (p.weight.len() + p.bias.len()) * 4,
                 Kind::Gemm { b, prefill, .. } => (b.len() + prefill.as_ref().map_or(0, |p| p.len())) * 4,
                 Kind::QConv { c, .. } => c.weight_bytes(),
+                Kind::BinConv { c, .. } => c.weight_bytes(),
                 Kind::QGemm { b, rq, .. } => b.bytes() + rq.bytes(),
                 _ => 0,
             };
@@ -663,6 +697,7 @@ impl Plan {
                 matches!(
                     s.kind,
                     Kind::QConv { .. }
+                        | Kind::BinConv { .. }
                         | Kind::QGemm { .. }
                         | Kind::QAdd { .. }
                         | Kind::QGap { .. }
@@ -730,6 +765,7 @@ impl Plan {
         let steps = &self.steps;
         let scratch = &mut self.scratch;
         let qscratch = &mut self.qscratch;
+        let bscratch = &mut self.bscratch;
         let threads = self.threads;
         let mut profile = self.profile.take();
         let infos = &self.infos;
@@ -737,7 +773,8 @@ impl Plan {
             for (i, (s, info)) in steps.iter().zip(infos).enumerate() {
                 let t = profile.as_ref().map(|_| std::time::Instant::now());
                 // SAFETY: the planner gives every live buffer disjoint bytes.
-                unsafe { exec_step(s, base.get(), scratch, qscratch, threads) }.map_err(|e| e.in_node(&info.name))?;
+                unsafe { exec_step(s, base.get(), scratch, qscratch, bscratch, threads) }
+                    .map_err(|e| e.in_node(&info.name))?;
                 if let (Some(p), Some(t)) = (profile.as_mut(), t) {
                     p[i] += t.elapsed().as_secs_f64();
                 }
@@ -850,7 +887,14 @@ unsafe fn f32_out<'a>(base: *mut u8, o: &Operand) -> &'a mut [f32] {
     }
 }
 
-unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], qscratch: &mut [u8], threads: usize) -> Result<()> {
+unsafe fn exec_step(
+    s: &Step,
+    base: *mut u8,
+    scratch: &mut [f32],
+    qscratch: &mut [u8],
+    bscratch: &mut [u64],
+    threads: usize,
+) -> Result<()> {
     let x = || f32_in(base, s.ins[0].as_ref().unwrap());
     match &s.kind {
         Kind::Conv { p, batch } => {
@@ -919,6 +963,28 @@ unsafe fn exec_step(s: &Step, base: *mut u8, scratch: &mut [f32], qscratch: &mut
             let Operand::Buf { off, .. } = &s.out else { unreachable!("outputs are buffers") };
             for b in 0..*batch {
                 c.run(&xs[b * isz..(b + 1) * isz], OutPtr(base.add(off + b * osz * esz)), qscratch, threads);
+            }
+        }
+        Kind::BinConv { c, batch, zx } => {
+            let g = &c.geom;
+            let osz = g.oh * g.ow * g.c_out;
+            let esz = if c.out() == int8::Out::F32 { 4 } else { 1 };
+            let Operand::Buf { off, .. } = &s.out else { unreachable!("outputs are buffers") };
+            let pixels = g.h * g.w;
+            for b in 0..*batch {
+                let o = OutPtr(base.add(off + b * osz * esz));
+                match zx {
+                    Some(z) => {
+                        let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
+                        c.run_u8(&xs[b * pixels * g.c_in..(b + 1) * pixels * g.c_in], *z, o, bscratch, threads);
+                    }
+                    None => {
+                        let xs = f32_in(base, s.ins[0].as_ref().unwrap());
+                        let (xb, rest) = bscratch.split_at_mut(pixels * c.cw);
+                        binary::pack_f32_nchw(&xs[b * pixels * g.c_in..(b + 1) * pixels * g.c_in], pixels, g.c_in, xb);
+                        c.run_packed(xb, o, rest, threads);
+                    }
+                }
             }
         }
         Kind::QGemm { b, rq, m, k } => {

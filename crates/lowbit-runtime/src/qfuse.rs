@@ -32,9 +32,30 @@ pub(crate) struct MacUnit {
     pub conv: Option<ConvAttrs>,
 }
 
+/// A binary convolution: `Sign(Sign(x) + 0.5)` → int8 Q/DQ (scale 1) → Conv with `±1` int8
+/// weights (per-channel scales).
+#[derive(Clone, Debug)]
+pub(crate) struct BinUnit {
+    pub x: String,
+    /// Zero point of the uint8 input (NHWC); `None`: the input is f32 (NCHW).
+    pub zx: Option<u8>,
+    /// OIHW, each `±1`.
+    pub w: Vec<i8>,
+    pub wshape: Vec<usize>,
+    /// Accumulator scale per output (the weight scale: the binarized input's scale is 1).
+    pub scale: Vec<f32>,
+    pub bias_i: Vec<i32>,
+    pub bias_f: Vec<f32>,
+    pub lo: f32,
+    pub hi: f32,
+    pub out: Out,
+    pub conv: ConvAttrs,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum Unit {
     Mac(Box<MacUnit>),
+    Bin(Box<BinUnit>),
     Add {
         a: String,
         qa: QParams,
@@ -64,6 +85,7 @@ impl Unit {
     pub fn inputs(&self) -> Vec<String> {
         match self {
             Unit::Mac(m) => vec![m.x.clone()],
+            Unit::Bin(b) => vec![b.x.clone()],
             Unit::Add { a, b, .. } => vec![a.clone(), b.clone()],
             Unit::Gap { x, .. } | Unit::MaxPool { x, .. } | Unit::Alias { x } => vec![x.clone()],
         }
@@ -161,6 +183,81 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
         };
         let mut fused: Option<(Unit, String, Vec<usize>)> = None;
         let mut note: Option<String> = None;
+        // A binary convolution: the whole binarization chain in front of the Conv.
+        if let Op::Conv(attrs) = &n.op {
+            let chain = (|| -> Option<(Vec<usize>, String, Option<u8>, Option<String>)> {
+                let unit_q = |k: usize, q: bool| -> bool {
+                    is(k, q) && qparams(g, &g.nodes[k]).is_some_and(|p| p.scale == 1.0 && p.zp == 0 && p.signed)
+                };
+                let d1 = *prod.get(n.input(0)?)?;
+                let q1 = *prod.get(g.nodes[d1].inputs[0].as_str())?;
+                let s2 = *prod.get(g.nodes[q1].inputs[0].as_str())?;
+                let a = *prod.get(g.nodes[s2].inputs[0].as_str())?;
+                let an = &g.nodes[a];
+                if !(unit_q(d1, false) && unit_q(q1, true) && g.nodes[s2].op == Op::Sign && an.op == Op::Add) {
+                    return None;
+                }
+                let half = |v: &str| g.initializers.get(v).is_some_and(|t| t.len() == 1 && t.to_f32_vec()[0] == 0.5);
+                let sv = if half(&an.inputs[1]) {
+                    &an.inputs[0]
+                } else if half(&an.inputs[0]) {
+                    &an.inputs[1]
+                } else {
+                    return None;
+                };
+                let s1 = *prod.get(sv.as_str())?;
+                if g.nodes[s1].op != Op::Sign {
+                    return None;
+                }
+                for (v, reader) in [(d1, i), (q1, d1), (s2, q1), (a, s2), (s1, a)] {
+                    if sole(&g.nodes[v].outputs[0]) != Some(reader) {
+                        return None;
+                    }
+                }
+                let xv = g.nodes[s1].inputs[0].clone();
+                // The input behind a DQ of integers (uint8), or a float value.
+                if let Some(&d0) = prod.get(xv.as_str()) {
+                    if is(d0, false) {
+                        let q = qparams(g, &g.nodes[d0])?;
+                        let src = g.nodes[d0].inputs[0].clone();
+                        if !q.signed && f.int_vals.contains(&src) && shape(&src).len() == 4 {
+                            return Some((vec![d1, q1, s2, a, s1], src, Some(q.zp as u8), Some(xv)));
+                        }
+                    }
+                }
+                (dtype(&xv) == Some(DType::F32) && shape(&xv).len() == 4)
+                    .then(|| (vec![d1, q1, s2, a, s1], xv, None, None))
+            })();
+            if let Some((absorbed, x, zx, dq_read)) = chain {
+                match bin_unit(spec, n, attrs, x, zx) {
+                    Ok(mut b) => {
+                        let o = &n.outputs[0];
+                        let mut absorbed = absorbed;
+                        let target = if let Some((qn, qo)) = q_after(o) {
+                            let (qmin, qmax) = qo.range();
+                            b.out = Out::Q { scale: qo.scale, zp: qo.zp, qmin, qmax };
+                            absorbed.push(qn);
+                            Some(g.nodes[qn].outputs[0].clone())
+                        } else if shape(o).len() <= 2 || shape(o)[2..].iter().product::<usize>() == 1 {
+                            Some(o.clone())
+                        } else {
+                            note = Some("binary convolution whose output is not quantized".into());
+                            None
+                        };
+                        if let Some(t) = target {
+                            if let Some(d) = dq_read {
+                                *int_reads.entry(d).or_default() += 1;
+                            }
+                            f.skip.extend(absorbed);
+                            f.int_vals.insert(t.clone());
+                            f.units.insert(i, (Unit::Bin(Box::new(b)), t));
+                            continue;
+                        }
+                    }
+                    Err(why) => note = Some(why),
+                }
+            }
+        }
         match &n.op {
             Op::QuantizeLinear { .. } => {
                 if qparams(g, n).is_some() && dtype(&n.inputs[0]) == Some(DType::F32) {
@@ -349,4 +446,53 @@ fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Resul
     };
     let wshape = if conv.is_some() { ws } else { vec![n_out, k] };
     Ok(MacUnit { x, xq, w, n: n_out, k, wshape, scale, bias_i, bias_f, lo, hi, out: Out::F32, conv })
+}
+
+/// Checks a binary convolution's weights (int8 `±1`, per-channel scales on axis 0, group 1) and
+/// gathers its numbers (output decided by the caller).
+fn bin_unit(spec: &Specialized, n: &Node, c: &ConvAttrs, x: String, zx: Option<u8>) -> Result<BinUnit, String> {
+    let g = &spec.graph;
+    let wname = n.input(1).ok_or("no weights")?;
+    let wc = spec.dq_consts.get(wname).ok_or("its weights are not DequantizeLinear of a constant")?;
+    if wc.q.dtype() != DType::I8 || wc.zp.as_ref().is_some_and(|z| z.to_i64_vec().iter().any(|&v| v != 0)) {
+        return Err("binary weights are not int8 with zero point 0".into());
+    }
+    let ws = wc.q.shape.clone();
+    let w: Vec<i8> = wc.q.to_i64_vec().iter().map(|&v| v as i8).collect();
+    if ws.len() != 4 || w.iter().any(|&v| v != 1 && v != -1) {
+        return Err("binary convolution weights are not all +1 or -1".into());
+    }
+    if c.group != 1 {
+        return Err("binary convolutions take group 1".into());
+    }
+    let sw = wc.scale.to_f32_vec();
+    let rank = ws.len() as i64;
+    let axis = if wc.axis < 0 { wc.axis + rank } else { wc.axis };
+    let n_out = ws[0];
+    if sw.len() != 1 && (axis != 0 || sw.len() != n_out) {
+        return Err("weight scales are not per output channel".into());
+    }
+    let scale: Vec<f32> = (0..n_out).map(|o| sw[if sw.len() == 1 { 0 } else { o }]).collect();
+    let (lo, hi) = lowbit_kernels::f32gemm::clamp_of(c.act)
+        .ok_or_else(|| format!("fused activation {:?} has no integer epilogue", c.act))?;
+    let (bias_i, bias_f) = match n.input(2) {
+        None => (vec![0; n_out], vec![0.0; n_out]),
+        Some(b) => {
+            let bt = g.initializers.get(b).ok_or("bias is not constant")?;
+            if bt.len() != n_out {
+                return Err("bias does not have one value per output".into());
+            }
+            match spec.dq_consts.get(b) {
+                Some(bc)
+                    if bc.q.dtype() == DType::I32
+                        && bc.zp.as_ref().is_none_or(|z| z.to_i64_vec().iter().all(|&v| v == 0)) =>
+                {
+                    let q: Vec<i32> = bc.q.to_i64_vec().iter().map(|&v| v as i32).collect();
+                    split_bias(Some((&q, &bc.scale.to_f32_vec())), &scale)
+                }
+                _ => (vec![0; n_out], bt.to_f32_vec()),
+            }
+        }
+    };
+    Ok(BinUnit { x, zx, w, wshape: ws, scale, bias_i, bias_f, lo, hi, out: Out::F32, conv: c.clone() })
 }

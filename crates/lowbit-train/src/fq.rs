@@ -106,6 +106,35 @@ pub fn dsq<const D: usize>(x: Tensor<D>, s: Tensor<D>, alpha: Tensor<D>, r: Rang
     q.sub_scalar(r.zp) * s
 }
 
+/// `+1` where `x >= 0`, `-1` elsewhere (the deployed binarization: a zero input maps to `+1`).
+pub fn sign_pm1<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.greater_equal_elem(0.0).float().mul_scalar(2.0).sub_scalar(1.0)
+}
+
+/// Binarization with the straight-through estimator of BNNs: forward [`sign_pm1`], backward
+/// `1` where `|x| <= 1` and 0 elsewhere (the gradient of `clamp(x, -1, 1)`).
+pub fn sign_ste<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let soft = x.clone().clamp(-1.0, 1.0);
+    soft.clone() + (sign_pm1(x) - soft).detach()
+}
+
+/// IR-Net's error-decay estimator (Qin et al. 2020): forward [`sign_pm1`], backward the
+/// derivative of `k · tanh(t · x)`, `k · t · (1 - tanh²(t · x))` with `k = max(1/t, 1)`. Early in
+/// training (small `t`) every weight and activation receives gradient; late (large `t`) the
+/// backward approaches the sign function's.
+pub fn ede<const D: usize>(x: Tensor<D>, t: f32) -> Tensor<D> {
+    let k = (1.0 / t).max(1.0);
+    let soft = x.clone().mul_scalar(t).tanh().mul_scalar(k);
+    soft.clone() + (sign_pm1(x) - soft).detach()
+}
+
+/// EDE's `t` at training progress `p` in `[0, 1]`: `t_min · 10^(p · log10(t_max / t_min))`, from
+/// `t_min = 0.1` to `t_max = 10` as in the paper.
+pub fn ede_t(p: f32) -> f32 {
+    let (t_min, t_max) = (0.1f32, 10.0f32);
+    t_min * 10f32.powf(p.clamp(0.0, 1.0) * (t_max / t_min).log10())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +345,49 @@ mod tests {
             assert_close(gsv[j], (gs as f64 * ds) as f32, 3e-3, &format!("dsq ds x={}", xs[j]));
             assert_close(ga[j], da as f32, 3e-3, &format!("dsq dalpha x={}", xs[j]));
         }
+    }
+
+    #[test]
+    fn binarizers_forward_is_the_sign_with_zero_to_plus_one() {
+        let xs = [-2.0f32, -0.3, -1e-9, 0.0, 1e-9, 0.4, 3.0];
+        let want = [-1.0f32, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0];
+        assert_eq!(vals(sign_pm1(t1(&xs))), want);
+        assert_eq!(vals(sign_ste(t1(&xs))), want);
+        for t in [0.1, 1.0, 10.0] {
+            assert_eq!(vals(ede(t1(&xs), t)), want, "t={t}");
+        }
+    }
+
+    #[test]
+    fn sign_ste_gradient_is_one_inside_the_unit_interval() {
+        let xs = [-2.0f32, -1.5, -0.99, -0.2, 0.0, 0.5, 0.99, 1.01, 4.0];
+        let x = t1(&xs).require_grad();
+        let g = sign_ste(x.clone()).sum().backward();
+        let gx = vals(x.grad(&g).unwrap());
+        for (xi, gi) in xs.iter().zip(gx) {
+            assert_eq!(gi, if xi.abs() <= 1.0 { 1.0 } else { 0.0 }, "x={xi}");
+        }
+    }
+
+    #[test]
+    fn ede_gradient_matches_finite_differences_of_k_tanh() {
+        let xs: Vec<f32> = (0..41).map(|i| -2.0 + i as f32 * 0.1 + 0.013).collect();
+        for p in [0.0f32, 0.5, 1.0] {
+            let t = ede_t(p);
+            let k = (1.0 / t).max(1.0);
+            let x = t1(&xs).require_grad();
+            let g = ede(x.clone(), t).sum().backward();
+            let gx = vals(x.grad(&g).unwrap());
+            for (xi, gi) in xs.iter().zip(gx) {
+                let f = |v: f64| k as f64 * (t as f64 * v).tanh();
+                let h = 1e-4;
+                let fd = (f(*xi as f64 + h) - f(*xi as f64 - h)) / (2.0 * h);
+                assert_close(gi, fd as f32, 1e-3, &format!("t={t} x={xi}"));
+            }
+        }
+        // The schedule runs from 0.1 to 10, geometrically.
+        assert_close(ede_t(0.0), 0.1, 1e-6, "t_min");
+        assert_close(ede_t(0.5), 1.0, 1e-5, "t_mid");
+        assert_close(ede_t(1.0), 10.0, 1e-5, "t_max");
     }
 }

@@ -5,12 +5,13 @@
 //! initialised from a post-training result, optionally distilling from the float model ([`qat`]).
 //! It re-implements no autodiff: gradients come from burn.
 
+pub mod binary;
 pub mod fq;
 pub mod model;
 pub mod qat;
 pub mod train;
 
-pub use model::{Model, QatMethod};
+pub use model::{Binary, Model, QatMethod};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -83,6 +83,19 @@ impl QatMethod {
     }
 }
 
+/// How one convolution is binarized (weights and input): IR-Net with its two parts switchable,
+/// so `Binary { libra: false, ede: false }` is the XNOR-Net baseline (sign with the per-filter
+/// mean |w| scale, straight-through estimator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binary {
+    /// Libra-PB: each filter's weights balanced (mean 0) and standardised (std 1) before the
+    /// sign; the scale is the power of two nearest the mean |w| of the standardised filter, so
+    /// deployment rescales with a shift.
+    pub libra: bool,
+    /// EDE (error-decay estimator) backward for both signs instead of the clipped STE.
+    pub ede: bool,
+}
+
 /// A parameter: one flat tensor, with its initializer name and shape.
 pub struct Param {
     pub name: String,
@@ -136,6 +149,10 @@ pub struct Model {
     pub act_q: HashMap<String, Quantizer>,
     /// Per-image element count of every value seen by [`Model::forward`].
     pub value_sizes: HashMap<String, usize>,
+    /// Binary convolutions by parameter index of the weight.
+    pub binary: HashMap<usize, Binary>,
+    /// Training progress in `[0, 1]` (the EDE schedule reads it); set by the training loop.
+    pub progress: f32,
     graph: Graph,
 }
 
@@ -172,6 +189,8 @@ impl Model {
             weight_q: HashMap::new(),
             act_q: HashMap::new(),
             value_sizes: HashMap::new(),
+            binary: HashMap::new(),
+            progress: 0.0,
             graph: g.clone(),
         };
         let mut pidx: HashMap<String, usize> = HashMap::new();
@@ -350,6 +369,58 @@ impl Model {
         }
     }
 
+    fn binarize<const D: usize>(&self, x: Tensor<D>, b: Binary) -> Tensor<D> {
+        if b.ede {
+            fq::ede(x, fq::ede_t(self.progress))
+        } else {
+            fq::sign_ste(x)
+        }
+    }
+
+    /// A binary convolution's weights as trained: `±scale` per filter.
+    fn binary_weight(&self, i: usize, b: Binary) -> Tensor<4> {
+        let p = &self.params[i];
+        let s = [p.shape[0], p.shape[1], p.shape[2], p.shape[3]];
+        let w: Tensor<2> = p.t.clone().reshape([s[0], s[1] * s[2] * s[3]]);
+        let q = if b.libra {
+            let c = w.clone() - w.mean_dim(1);
+            let std = c.clone().square().mean_dim(1).add_scalar(1e-12).sqrt();
+            let bw = c / std;
+            // 2^round(log2(mean |bw|)), no gradient.
+            let ln2 = std::f32::consts::LN_2;
+            let sw = bw.clone().abs().mean_dim(1).log().div_scalar(ln2).round().mul_scalar(ln2).exp().detach();
+            self.binarize(bw, b) * sw
+        } else {
+            let a = w.clone().abs().mean_dim(1).detach();
+            self.binarize(w, b) * a
+        };
+        q.reshape(s)
+    }
+
+    /// The deployed weights of a binary convolution (flat OIHW): `sign · scale` per filter, with
+    /// the sign taken at `+1` for zero and the scale an exact power of two under Libra-PB.
+    pub fn binary_deploy_weights(&self, i: usize) -> Vec<f32> {
+        let p = &self.params[i];
+        let b = self.binary.get(&i).copied().unwrap_or(Binary { libra: false, ede: false });
+        let w = host(&p.t);
+        let per = w.len() / p.shape[0].max(1);
+        let mut out = Vec::with_capacity(w.len());
+        for f in w.chunks(per.max(1)) {
+            let n = f.len() as f64;
+            let (c, scale): (Vec<f64>, f64) = if b.libra {
+                let mean = f.iter().map(|&v| v as f64).sum::<f64>() / n;
+                let c: Vec<f64> = f.iter().map(|&v| v as f64 - mean).collect();
+                let std = (c.iter().map(|v| v * v).sum::<f64>() / n + 1e-12).sqrt();
+                let m = c.iter().map(|v| (v / std).abs()).sum::<f64>() / n;
+                (c, 2f64.powi(m.log2().round() as i32))
+            } else {
+                (f.iter().map(|&v| v as f64).collect(), f.iter().map(|v| v.abs() as f64).sum::<f64>() / n)
+            };
+            out.extend(c.iter().map(|&v| if v >= 0.0 { scale as f32 } else { -scale as f32 }));
+        }
+        out
+    }
+
     /// A bias, fake-quantized as deployed (int32 with scale `s_x * s_w`, straight-through) when
     /// the layer's weight and input are quantized.
     fn bias(&self, b: usize, w: usize, x: &str) -> Tensor<1> {
@@ -398,7 +469,11 @@ impl Model {
                 Step::Conv { x, w, b, attrs, out } => {
                     let xt = get(x)?.t4(name)?;
                     let [_, _, h, wd] = xt.dims();
-                    let wt: Tensor<4> = self.weight(*w, 0);
+                    let bin = self.binary.get(w).copied();
+                    let (xt, wt): (Tensor<4>, Tensor<4>) = match bin {
+                        Some(b) => (self.binarize(xt, b), self.binary_weight(*w, b)),
+                        None => (xt, self.weight(*w, 0)),
+                    };
                     let ks = &self.params[*w].shape;
                     let win = window(
                         &[h, wd],

@@ -284,6 +284,7 @@ pub fn train(
                 }
             }
             let x: Tensor<4> = Tensor::from_data(TensorData::new(xb.clone(), [bs, train.c, train.h, train.w]), &dev);
+            model.progress = (epoch * steps + step) as f32 / total.max(1) as f32;
             let logits = model.forward(x, true)?;
             let y: Tensor<2> = Tensor::from_data(TensorData::new(onehot, [bs, classes]), &dev);
             let ce = (log_softmax(logits.clone(), 1) * y).sum().neg().div_scalar(bs as f32);

@@ -8,7 +8,7 @@ use super::{ASrc, DwGeom, Out, OutPtr, PackedB, PackedDw, Requant, Tile};
 
 /// Epilogue of 8 accumulators for channels `c..c+valid` (valid ≤ 8).
 #[inline(always)]
-unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, valid: usize) {
+pub(crate) unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, valid: usize) {
     let bi = _mm256_loadu_si256(rq.bias_i.as_ptr().add(c) as *const _);
     let s = _mm256_loadu_ps(rq.scale.as_ptr().add(c));
     let y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, bi)), s);

@@ -17,7 +17,7 @@ fn mask(valid: usize) -> u16 {
 /// Epilogue of 16 accumulators (already holding the integer bias) for channels `c..c+16`,
 /// stored under `m`.
 #[inline(always)]
-unsafe fn store16(acc: __m512i, c: usize, rq: &Requant, p: *mut u8, m: u16) {
+pub(crate) unsafe fn store16(acc: __m512i, c: usize, rq: &Requant, p: *mut u8, m: u16) {
     let s = _mm512_loadu_ps(rq.scale.as_ptr().add(c));
     let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), s);
     let y = if rq.bias_f.is_empty() { y } else { _mm512_add_ps(y, _mm512_loadu_ps(rq.bias_f.as_ptr().add(c))) };

@@ -1,0 +1,100 @@
+//! AVX-512 binary kernel: `vpopcntq` (VPOPCNTDQ) on 8 output channels per register. Each
+//! activation word is broadcast to all lanes and XORed with the same word of 8 channels' weights,
+//! so accumulators hold per-channel counts and need no horizontal reduction. Micro-tile: 6 rows ×
+//! 32 channels (24 accumulators).
+
+use std::arch::x86_64::*;
+
+use super::{BinConv, PANEL};
+use crate::int8::avx512::store16;
+use crate::int8::{OutPtr, Requant};
+
+/// Rows `m0..m0+mn` of weight panel `p` (see [`BinConv::run_packed`]).
+///
+/// # Safety
+/// As for [`super::scalar::panel`]; the CPU has AVX-512 F/BW/VL/VPOPCNTDQ and FMA.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq,fma")]
+pub(crate) unsafe fn panel(
+    c: &BinConv,
+    a: &[u64],
+    m0: usize,
+    mn: usize,
+    p: usize,
+    w: &[u64],
+    rq: &Requant,
+    out: OutPtr,
+) {
+    let k = c.k;
+    let wp = w.as_ptr().add(p * k * PANEL);
+    let mut m = m0;
+    while m < m0 + mn {
+        let r = (m0 + mn - m).min(6);
+        let ap = a.as_ptr().add(m * k);
+        match r {
+            6 => micro::<6>(c, ap, wp, m, p, rq, out),
+            5 => micro::<5>(c, ap, wp, m, p, rq, out),
+            4 => micro::<4>(c, ap, wp, m, p, rq, out),
+            3 => micro::<3>(c, ap, wp, m, p, rq, out),
+            2 => micro::<2>(c, ap, wp, m, p, rq, out),
+            _ => micro::<1>(c, ap, wp, m, p, rq, out),
+        }
+        m += r;
+    }
+}
+
+#[inline(always)]
+unsafe fn micro<const MR: usize>(
+    c: &BinConv,
+    a: *const u64,
+    wp: *const u64,
+    m: usize,
+    p: usize,
+    rq: &Requant,
+    out: OutPtr,
+) {
+    let k = c.k;
+    let mut acc = [[_mm512_setzero_si512(); 4]; MR];
+    for kk in 0..k {
+        let b = wp.add(kk * PANEL);
+        let bv = [
+            _mm512_loadu_si512(b as *const _),
+            _mm512_loadu_si512(b.add(8) as *const _),
+            _mm512_loadu_si512(b.add(16) as *const _),
+            _mm512_loadu_si512(b.add(24) as *const _),
+        ];
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi64(*a.add(r * k + kk) as i64);
+            for v in 0..4 {
+                accr[v] = _mm512_add_epi64(accr[v], _mm512_popcnt_epi64(_mm512_xor_si512(av, bv[v])));
+            }
+        }
+    }
+    let n_out = c.geom.c_out;
+    let n0 = p * PANEL;
+    let nn = PANEL.min(n_out - n0);
+    for (r, accr) in acc.iter().enumerate() {
+        let row = m + r;
+        let mask = c.pad_mask(row);
+        for h in 0..2 {
+            let cb = n0 + 16 * h;
+            if cb >= n0 + nn {
+                break;
+            }
+            let lo = _mm512_cvtepi64_epi32(accr[2 * h]);
+            let hi = _mm512_cvtepi64_epi32(accr[2 * h + 1]);
+            let pop = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            let mut v = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<1>(pop));
+            let mut mk = mask;
+            while mk != 0 {
+                let t = mk.trailing_zeros() as usize;
+                v = _mm512_sub_epi32(v, _mm512_loadu_si512(c.wsum.as_ptr().add(t * c.n_pad + cb) as *const _));
+                mk &= mk - 1;
+            }
+            v = _mm512_add_epi32(v, _mm512_loadu_si512(rq.bias_i.as_ptr().add(cb) as *const _));
+            let valid = (n0 + nn - cb).min(16);
+            let m16 = if valid >= 16 { 0xFFFF } else { ((1u32 << valid) - 1) as u16 };
+            store16(v, cb, rq, out.at(rq.out, row, cb, n_out), m16);
+        }
+    }
+}
