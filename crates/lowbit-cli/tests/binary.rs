@@ -122,10 +122,11 @@ fn onnx_runtime_runs_the_binary_export() {
         "same top-1 on {} images: lowbit vs ONNX Runtime {vs_ort}, lowbit vs ONNX Runtime unoptimized {vs_sim}, ONNX Runtime optimized vs unoptimized {ort_self}",
         set.n
     );
-    // An untrained binary network is chaotic: one rounding step anywhere flips top-1. ONNX Runtime
-    // sums the ±scale products in float (in an order of its own), so it does not agree with itself
-    // across optimization levels either; lowbit must agree with it at least as well.
-    assert!(vs_ort + 3 >= ort_self, "lowbit vs ONNX Runtime {vs_ort} < ONNX Runtime with itself {ort_self}");
+    // The bias is int32 at the accumulator scale, so ONNX Runtime's QLinearConv, its float
+    // simulation and lowbit's binary kernel compute the same integers; an untrained binary network
+    // is chaotic (one rounding step flips top-1), so this also checks the rounding is the same.
+    assert!(vs_ort * 100 >= set.n * 99, "lowbit vs ONNX Runtime: only {vs_ort}/{}", set.n);
     assert!(vs_sim * 100 >= set.n * 99, "lowbit vs ONNX Runtime unoptimized: only {vs_sim}/{}", set.n);
+    assert!(ort_self * 100 >= set.n * 99, "ONNX Runtime disagrees with itself: {ort_self}/{}", set.n);
     std::fs::remove_dir_all(&d).unwrap();
 }

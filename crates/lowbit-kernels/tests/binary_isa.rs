@@ -49,6 +49,8 @@ struct Case {
     dil: usize,
     pads: [usize; 4],
     zp: u8,
+    /// The accumulator multiplier (a binarized input stored as ±mul).
+    mul: i32,
     f32_out: bool,
     seed: u64,
 }
@@ -63,11 +65,11 @@ fn cases() -> impl Strategy<Value = Case> {
         1usize..3,
         1usize..3,
         (0usize..3, 0usize..3, 0usize..3, 0usize..3),
-        prop::sample::select(vec![0u8, 1, 128, 200, 255]),
+        (prop::sample::select(vec![0u8, 1, 128, 200, 255]), prop::sample::select(vec![1i32, 64, 127])),
         any::<bool>(),
         any::<u64>(),
     )
-        .prop_map(|(c_in, c_out, h, w, k, stride, dil, p, zp, f32_out, seed)| Case {
+        .prop_map(|(c_in, c_out, h, w, k, stride, dil, p, (zp, mul), f32_out, seed)| Case {
             c_in,
             c_out,
             h,
@@ -77,6 +79,7 @@ fn cases() -> impl Strategy<Value = Case> {
             dil,
             pads: [p.0, p.1, p.2, p.3],
             zp,
+            mul,
             f32_out,
             seed,
         })
@@ -122,8 +125,8 @@ fn inputs(c: &Case, g: &ConvGeom) -> (Vec<u8>, Vec<i8>) {
 }
 
 /// Runs one path; bytes of the output (f32 as bytes).
-fn run(isa: BinIsa, g: &ConvGeom, x: &[u8], zp: u8, w: &[i8], rq: &Requant, threads: usize) -> Vec<u8> {
-    let conv = BinConv::new(isa, g.clone(), w, rq.clone()).unwrap();
+fn run(isa: BinIsa, g: &ConvGeom, x: &[u8], zp: u8, w: &[i8], mul: i32, rq: &Requant, threads: usize) -> Vec<u8> {
+    let conv = BinConv::new(isa, g.clone(), w, mul, rq.clone()).unwrap();
     let n = g.oh * g.ow * g.c_out;
     let elem = if rq.out == Out::F32 { 4 } else { 1 };
     let mut out = vec![0u8; n * elem + 64];
@@ -136,7 +139,7 @@ fn run(isa: BinIsa, g: &ConvGeom, x: &[u8], zp: u8, w: &[i8], rq: &Requant, thre
 
 /// The definition: Σ over in-bounds taps of sign(x - zp) · w, padding contributing 0, then the
 /// int8 epilogue.
-fn naive(g: &ConvGeom, x: &[u8], zp: u8, w: &[i8], rq: &Requant) -> Vec<u8> {
+fn naive(g: &ConvGeom, x: &[u8], zp: u8, w: &[i8], mul: i32, rq: &Requant) -> Vec<u8> {
     let mut out = vec![];
     for oy in 0..g.oh {
         for ox in 0..g.ow {
@@ -156,7 +159,7 @@ fn naive(g: &ConvGeom, x: &[u8], zp: u8, w: &[i8], rq: &Requant) -> Vec<u8> {
                         }
                     }
                 }
-                let y = epilogue_f32(acc, n, rq);
+                let y = epilogue_f32(acc * mul, n, rq);
                 match rq.out {
                     Out::F32 => out.extend(y.to_ne_bytes()),
                     Out::Q { scale, zp, qmin, qmax } => out.push(quantize_one(y, scale, zp, qmin, qmax) as u8),
@@ -174,12 +177,27 @@ proptest! {
         let Some(g) = geom(&c) else { return Ok(()) };
         let (x, w) = inputs(&c, &g);
         let rq = requant(g.c_out, c.seed ^ 0x55, c.f32_out);
-        let want = naive(&g, &x, c.zp, &w, &rq);
+        let want = naive(&g, &x, c.zp, &w, c.mul, &rq);
         for isa in BinIsa::all_supported() {
             for threads in [1, 2] {
-                let got = run(isa, &g, &x, c.zp, &w, &rq, threads);
+                let got = run(isa, &g, &x, c.zp, &w, c.mul, &rq, threads);
                 prop_assert!(got == want, "{:?} threads {} differs on {:?}", isa, threads, c);
             }
+            // The same input as f32 NCHW (`x - zp`: negative exactly where `x < zp`).
+            let mut xf = vec![0f32; x.len()];
+            for p in 0..g.h * g.w {
+                for ch in 0..g.c_in {
+                    xf[ch * g.h * g.w + p] = x[p * g.c_in + ch] as f32 - c.zp as f32;
+                }
+            }
+            let conv = BinConv::new(isa, g.clone(), &w, c.mul, rq.clone()).unwrap();
+            let elem = if rq.out == Out::F32 { 4 } else { 1 };
+            let mut out = vec![0u8; want.len() + 64];
+            let mut scratch = vec![0u64; conv.scratch_words()];
+            // SAFETY: `out` holds the output; the path is supported.
+            unsafe { conv.run_f32_nchw(&xf, OutPtr(out.as_mut_ptr()), &mut scratch, 1) };
+            out.truncate(g.oh * g.ow * g.c_out * elem);
+            prop_assert!(out == want, "{:?} f32 input differs on {:?}", isa, c);
         }
     }
 }

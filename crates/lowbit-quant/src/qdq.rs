@@ -11,6 +11,10 @@ use crate::calibrate::Stats;
 use crate::observer::Method;
 use crate::scheme::{linear_params, quantize_linear_weights, Granularity, QParams, QScheme};
 
+/// The integer a binarized activation takes in the QDQ export (`±1` is stored as int8
+/// `±BINARY_LEVEL` with scale `1/BINARY_LEVEL`; a power of two, so the scale is exact).
+pub const BINARY_LEVEL: i32 = 64;
+
 /// What to quantize and how.
 #[derive(Clone, Debug)]
 pub struct QdqConfig {
@@ -39,7 +43,8 @@ pub struct QdqConfig {
     pub weight_scale_override: HashMap<String, Vec<f32>>,
     /// Binary convolutions (by node name): weights `sign(w)` (`+1` at zero) with the per-channel
     /// scale `mean |w|`, and the input binarized to `±1` by `Sign(Sign(x) + 0.5)` followed by an
-    /// int8 Q/DQ pair with scale 1 (standard ONNX that any runtime executes; lowbit's plan reads
+    /// int8 Q/DQ pair with scale `1/BINARY_LEVEL`; the bias is int32 with the accumulator scale
+    /// (standard ONNX that any runtime executes, ONNX Runtime as QLinearConv; lowbit's plan reads
     /// the pattern back as one xnor-popcount convolution).
     pub binary: HashSet<String>,
 }
@@ -364,10 +369,11 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 .map(|a| if a > 0.0 && a.is_finite() { a } else { f32::MIN_POSITIVE })
                 .collect();
             let q: Vec<i8> = wv.iter().map(|&v| if v >= 0.0 { 1 } else { -1 }).collect();
+            let scale_w = scale.clone();
             let qn = out.fresh_name(&format!("{wname}_binary"));
             out.initializers.insert(qn.clone(), Tensor { shape: w.shape.clone(), data: Data::I8(q) });
             let sn = out.fresh_name(&format!("{wname}_scale"));
-            out.initializers.insert(sn.clone(), Tensor::f32(vec![co], scale));
+            out.initializers.insert(sn.clone(), Tensor::f32(vec![co], scale_w));
             let wdq = out.fresh_name(&format!("{wname}_dequantized"));
             new_nodes.push(Node {
                 name: format!("{}_weight_DequantizeLinear", n.name),
@@ -380,8 +386,10 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
             let base = format!("{}_binarize", n.name);
             let half = out.fresh_name(&format!("{base}_half"));
             out.initializers.insert(half.clone(), Tensor::scalar_f32(0.5));
+            // The ±1 values as int8 ±64 with scale 1/64 (exact): the bias, as int32 with the
+            // accumulator scale `s_w / 64`, then keeps six more bits than in units of one product.
             let one = out.fresh_name(&format!("{base}_scale"));
-            out.initializers.insert(one.clone(), Tensor::scalar_f32(1.0));
+            out.initializers.insert(one.clone(), Tensor::scalar_f32(1.0 / BINARY_LEVEL as f32));
             let zero = out.fresh_name(&format!("{base}_zero_point"));
             out.initializers.insert(zero.clone(), Tensor { shape: vec![], data: Data::I8(vec![0]) });
             let v = |k: &str| format!("{base}_{k}");
@@ -402,6 +410,26 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
             if let Some(b) = n.input(2).and_then(|b| g.initializers.get(b)) {
                 float_weight_bytes += b.len() * 4;
                 weight_bytes += b.len() * 4;
+                let bscale: Vec<f32> = scale.iter().map(|s| s / BINARY_LEVEL as f32).collect();
+                let bq: Vec<i32> = b
+                    .to_f32_vec()
+                    .iter()
+                    .zip(&bscale)
+                    .map(|(&v, &s)| (v / s).round_ties_even().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
+                    .collect();
+                let bname = n.inputs[2].clone();
+                let bqn = out.fresh_name(&format!("{bname}_quantized"));
+                out.initializers.insert(bqn.clone(), Tensor { shape: vec![co], data: Data::I32(bq) });
+                let bsn = out.fresh_name(&format!("{bname}_scale"));
+                out.initializers.insert(bsn.clone(), Tensor::f32(vec![co], bscale));
+                let bdq = out.fresh_name(&format!("{bname}_dequantized"));
+                new_nodes.push(Node {
+                    name: format!("{}_bias_DequantizeLinear", n.name),
+                    op: Op::DequantizeLinear { axis: 0 },
+                    inputs: vec![bqn, bsn],
+                    outputs: vec![bdq.clone()],
+                });
+                n2.inputs[2] = bdq;
             }
             layers.push(LayerReport {
                 node: n.name.clone(),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use lowbit_core::{Act, DType, Data, Error, Graph, Node, Op, Result, Tensor};
-use lowbit_kernels::binary::{self, BinConv, BinIsa};
+use lowbit_kernels::binary::{BinConv, BinIsa};
 use lowbit_kernels::eltwise::{self, BinOp, Broadcast};
 use lowbit_kernels::f32conv::{self, ConvGeom, PackedConv};
 use lowbit_kernels::f32gemm;
@@ -426,7 +426,7 @@ impl Plan {
                         let geom = conv_geom(&xs, &b.wshape, &b.conv).map_err(|e| e.in_node(&n.name))?;
                         macs = (xs[0] * geom.macs()) as u64;
                         params = b.w.len() + b.scale.len();
-                        let c = BinConv::new(bisa, geom, &b.w, rq).map_err(|e| Error::node(&n.name, e))?;
+                        let c = BinConv::new(bisa, geom, &b.w, b.mul, rq).map_err(|e| Error::node(&n.name, e))?;
                         bscratch_len = bscratch_len.max(c.scratch_words());
                         let name = c.kernel_name().to_string();
                         (Kind::BinConv { c, batch: xs[0], zx: b.zx }, name)
@@ -980,9 +980,7 @@ unsafe fn exec_step(
                     }
                     None => {
                         let xs = f32_in(base, s.ins[0].as_ref().unwrap());
-                        let (xb, rest) = bscratch.split_at_mut(pixels * c.cw);
-                        binary::pack_f32_nchw(&xs[b * pixels * g.c_in..(b + 1) * pixels * g.c_in], pixels, g.c_in, xb);
-                        c.run_packed(xb, o, rest, threads);
+                        c.run_f32_nchw(&xs[b * pixels * g.c_in..(b + 1) * pixels * g.c_in], o, bscratch, threads);
                     }
                 }
             }

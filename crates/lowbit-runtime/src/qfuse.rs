@@ -42,7 +42,10 @@ pub(crate) struct BinUnit {
     /// OIHW, each `±1`.
     pub w: Vec<i8>,
     pub wshape: Vec<usize>,
-    /// Accumulator scale per output (the weight scale: the binarized input's scale is 1).
+    /// The binarized input's integer level `m` (`±1` stored as `±m` with scale `1/m`): the
+    /// accumulator is `m` times the `±1` dot product.
+    pub mul: i32,
+    /// Accumulator scale per output (`1/m` × the weight scale).
     pub scale: Vec<f32>,
     pub bias_i: Vec<i32>,
     pub bias_f: Vec<f32>,
@@ -185,16 +188,24 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
         let mut note: Option<String> = None;
         // A binary convolution: the whole binarization chain in front of the Conv.
         if let Op::Conv(attrs) = &n.op {
-            let chain = (|| -> Option<(Vec<usize>, String, Option<u8>, Option<String>)> {
-                let unit_q = |k: usize, q: bool| -> bool {
-                    is(k, q) && qparams(g, &g.nodes[k]).is_some_and(|p| p.scale == 1.0 && p.zp == 0 && p.signed)
+            let chain = (|| -> Option<(Vec<usize>, String, Option<u8>, Option<String>, QParams)> {
+                // Scale 1/m for an integer level m (so ±1 is stored exactly as ±m), zero point 0.
+                let level = |p: &QParams| {
+                    let m = (1.0 / p.scale).round();
+                    p.zp == 0 && p.signed && (1.0..=127.0).contains(&m) && (1.0 / m) == p.scale
                 };
+                let unit_q =
+                    |k: usize, q: bool| -> bool { is(k, q) && qparams(g, &g.nodes[k]).is_some_and(|p| level(&p)) };
                 let d1 = *prod.get(n.input(0)?)?;
                 let q1 = *prod.get(g.nodes[d1].inputs[0].as_str())?;
                 let s2 = *prod.get(g.nodes[q1].inputs[0].as_str())?;
                 let a = *prod.get(g.nodes[s2].inputs[0].as_str())?;
                 let an = &g.nodes[a];
                 if !(unit_q(d1, false) && unit_q(q1, true) && g.nodes[s2].op == Op::Sign && an.op == Op::Add) {
+                    return None;
+                }
+                let lq = qparams(g, &g.nodes[q1])?;
+                if qparams(g, &g.nodes[d1])? != lq {
                     return None;
                 }
                 let half = |v: &str| g.initializers.get(v).is_some_and(|t| t.len() == 1 && t.to_f32_vec()[0] == 0.5);
@@ -221,15 +232,15 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                         let q = qparams(g, &g.nodes[d0])?;
                         let src = g.nodes[d0].inputs[0].clone();
                         if !q.signed && f.int_vals.contains(&src) && shape(&src).len() == 4 {
-                            return Some((vec![d1, q1, s2, a, s1], src, Some(q.zp as u8), Some(xv)));
+                            return Some((vec![d1, q1, s2, a, s1], src, Some(q.zp as u8), Some(xv), lq));
                         }
                     }
                 }
                 (dtype(&xv) == Some(DType::F32) && shape(&xv).len() == 4)
-                    .then(|| (vec![d1, q1, s2, a, s1], xv, None, None))
+                    .then(|| (vec![d1, q1, s2, a, s1], xv, None, None, lq))
             })();
-            if let Some((absorbed, x, zx, dq_read)) = chain {
-                match bin_unit(spec, n, attrs, x, zx) {
+            if let Some((absorbed, x, zx, dq_read, lq)) = chain {
+                match bin_unit(spec, n, attrs, x, zx, lq) {
                     Ok(mut b) => {
                         let o = &n.outputs[0];
                         let mut absorbed = absorbed;
@@ -450,7 +461,14 @@ fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Resul
 
 /// Checks a binary convolution's weights (int8 `±1`, per-channel scales on axis 0, group 1) and
 /// gathers its numbers (output decided by the caller).
-fn bin_unit(spec: &Specialized, n: &Node, c: &ConvAttrs, x: String, zx: Option<u8>) -> Result<BinUnit, String> {
+fn bin_unit(
+    spec: &Specialized,
+    n: &Node,
+    c: &ConvAttrs,
+    x: String,
+    zx: Option<u8>,
+    lq: QParams,
+) -> Result<BinUnit, String> {
     let g = &spec.graph;
     let wname = n.input(1).ok_or("no weights")?;
     let wc = spec.dq_consts.get(wname).ok_or("its weights are not DequantizeLinear of a constant")?;
@@ -472,7 +490,8 @@ fn bin_unit(spec: &Specialized, n: &Node, c: &ConvAttrs, x: String, zx: Option<u
     if sw.len() != 1 && (axis != 0 || sw.len() != n_out) {
         return Err("weight scales are not per output channel".into());
     }
-    let scale: Vec<f32> = (0..n_out).map(|o| sw[if sw.len() == 1 { 0 } else { o }]).collect();
+    let scale: Vec<f32> = (0..n_out).map(|o| lq.scale * sw[if sw.len() == 1 { 0 } else { o }]).collect();
+    let mul = (1.0 / lq.scale).round() as i32;
     let (lo, hi) = lowbit_kernels::f32gemm::clamp_of(c.act)
         .ok_or_else(|| format!("fused activation {:?} has no integer epilogue", c.act))?;
     let (bias_i, bias_f) = match n.input(2) {
@@ -494,5 +513,5 @@ fn bin_unit(spec: &Specialized, n: &Node, c: &ConvAttrs, x: String, zx: Option<u
             }
         }
     };
-    Ok(BinUnit { x, zx, w, wshape: ws, scale, bias_i, bias_f, lo, hi, out: Out::F32, conv: c.clone() })
+    Ok(BinUnit { x, zx, w, wshape: ws, mul, scale, bias_i, bias_f, lo, hi, out: Out::F32, conv: c.clone() })
 }

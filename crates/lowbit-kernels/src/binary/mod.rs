@@ -141,14 +141,16 @@ pub struct BinConv {
     w: Vec<u64>,
     /// `Σ_c w[n][tap][c]` (±1 values) per tap, `[tap][n_pad]`: the padding correction.
     wsum: Vec<i32>,
-    /// Epilogue; its integer bias holds `taps · c_in` (the `n` of `n - 2·popcount`).
+    /// The accumulator is `mul` times the `±1` dot product (a binarized input stored as `±mul`).
+    pub mul: i32,
+    /// Epilogue; its integer bias holds `mul · taps · c_in` (the `n` of `n - 2·popcount`).
     rq: Requant,
 }
 
 impl BinConv {
     /// `w`: OIHW weights, each `+1` or `-1` (anything `>= 0` counts as `+1`); `rq`: per output
-    /// channel epilogue (the accumulator is the exact `±1` dot product).
-    pub fn new(isa: BinIsa, geom: ConvGeom, w: &[i8], rq: Requant) -> Result<BinConv, String> {
+    /// channel epilogue of the accumulator `mul · (±1 dot product)` (`mul` ≥ 1).
+    pub fn new(isa: BinIsa, geom: ConvGeom, w: &[i8], mul: i32, rq: Requant) -> Result<BinConv, String> {
         let g = &geom;
         if g.group != 1 {
             return Err("binary convolutions take group 1".into());
@@ -174,9 +176,12 @@ impl BinConv {
             }
         }
         let mut rq = rq;
-        let base = (taps * g.c_in) as i32;
+        if !(1..=1 << 12).contains(&mul) || (taps * g.c_in) as i64 * mul as i64 > i32::MAX as i64 / 4 {
+            return Err(format!("accumulator multiplier {mul} out of range for {} products", taps * g.c_in));
+        }
+        let base = (taps * g.c_in) as i32 * mul;
         rq.add_bias_i(&vec![base; g.c_out]);
-        Ok(BinConv { geom, isa, cw, k, n_pad, w: wb, wsum, rq })
+        Ok(BinConv { geom, isa, cw, k, n_pad, w: wb, wsum, mul, rq })
     }
 
     pub fn kernel_name(&self) -> &'static str {
@@ -197,10 +202,16 @@ impl BinConv {
         self.w.len() * 8 + self.wsum.len() * 4 + self.rq.bytes()
     }
 
-    /// Scratch words `run` needs (the packed input and its bit im2col).
-    pub fn scratch_words(&self) -> usize {
+    /// Padded input height and width: the window of every output pixel lies inside.
+    pub fn padded_hw(&self) -> (usize, usize) {
         let g = &self.geom;
-        g.h * g.w * self.cw + g.oh * g.ow * self.k
+        ((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1)
+    }
+
+    /// Scratch words `run_u8` / `run_f32_nchw` need (the zero-padded packed input).
+    pub fn scratch_words(&self) -> usize {
+        let (hp, wp) = self.padded_hw();
+        hp.max(self.geom.h + self.geom.pt) * wp.max(self.geom.w + self.geom.pl) * self.cw
     }
 
     /// Bit mask of the taps of output pixel `m` that fall in the padding.
@@ -208,11 +219,16 @@ impl BinConv {
     pub(crate) fn pad_mask(&self, m: usize) -> u64 {
         let g = &self.geom;
         let (oy, ox) = (m / g.ow, m % g.ow);
+        let (y0, x0) = (oy * g.sh, ox * g.sw);
+        // Interior pixels (the common case) have no padded tap.
+        if y0 >= g.pt && y0 + (g.kh - 1) * g.dh < g.pt + g.h && x0 >= g.pl && x0 + (g.kw - 1) * g.dw < g.pl + g.w {
+            return 0;
+        }
         let mut mask = 0u64;
         for ky in 0..g.kh {
-            let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+            let iy = (y0 + ky * g.dh) as isize - g.pt as isize;
             for kx in 0..g.kw {
-                let ix = (ox * g.sw + kx * g.dw) as isize - g.pl as isize;
+                let ix = (x0 + kx * g.dw) as isize - g.pl as isize;
                 if iy < 0 || iy >= g.h as isize || ix < 0 || ix >= g.w as isize {
                     mask |= 1 << (ky * g.kw + kx);
                 }
@@ -234,47 +250,45 @@ impl BinConv {
         s
     }
 
-    fn im2col(&self, xb: &[u64], a: &mut [u64], threads: usize) {
+    /// Word offset of output pixel `m`'s window in the padded input.
+    #[inline(always)]
+    pub(crate) fn row_base(&self, m: usize, wp: usize) -> usize {
         let g = &self.geom;
-        let (cw, k) = (self.cw, self.k);
-        let row = |m: usize, dst: &mut [u64]| {
-            let (oy, ox) = (m / g.ow, m % g.ow);
-            for ky in 0..g.kh {
-                let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
-                for kx in 0..g.kw {
-                    let ix = (ox * g.sw + kx * g.dw) as isize - g.pl as isize;
-                    let d = &mut dst[(ky * g.kw + kx) * cw..(ky * g.kw + kx + 1) * cw];
-                    if iy < 0 || iy >= g.h as isize || ix < 0 || ix >= g.w as isize {
-                        d.fill(0);
-                    } else {
-                        let s = (iy as usize * g.w + ix as usize) * cw;
-                        d.copy_from_slice(&xb[s..s + cw]);
-                    }
-                }
-            }
-        };
-        let rows = g.oh * g.ow;
-        if threads > 1 && rows * k > 1 << 14 {
-            a[..rows * k].par_chunks_mut(k).enumerate().for_each(|(m, d)| row(m, d));
-        } else {
-            for (m, d) in a[..rows * k].chunks_mut(k).enumerate() {
-                row(m, d);
-            }
-        }
+        ((m / g.ow) * g.sh * wp + (m % g.ow) * g.sw) * self.cw
     }
 
-    /// Runs on one image whose activations are already sign-packed (`h·w·cw` words, see
-    /// [`pack_u8`] / [`pack_f32_nchw`]), writing NHWC `oh·ow·c_out` outputs of the epilogue's
-    /// type. `scratch`: at least [`BinConv::scratch_words`] words.
-    ///
-    /// # Safety
-    /// `out` must hold `oh·ow·c_out` elements of the output type; the path must be supported.
-    pub unsafe fn run_packed(&self, xb: &[u64], out: OutPtr, scratch: &mut [u64], threads: usize) {
+    /// Word offsets of the taps relative to a window's origin.
+    pub(crate) fn tap_offsets(&self, wp: usize) -> Vec<usize> {
+        let g = &self.geom;
+        (0..g.kh * g.kw).map(|t| ((t / g.kw) * g.dh * wp + (t % g.kw) * g.dw) * self.cw).collect()
+    }
+
+    /// The padded packed input in `scratch`, borders zeroed; returns (buffer, padded width).
+    fn padded<'a>(&self, scratch: &'a mut [u64]) -> (&'a mut [u64], usize) {
+        let g = &self.geom;
+        let (hp, wp) = self.padded_hw();
+        let (hp, wp) = (hp.max(g.h + g.pt), wp.max(g.w + g.pl));
+        let xp = &mut scratch[..hp * wp * self.cw];
+        // Zero only the border: the interior is overwritten by the packing.
+        let cw = self.cw;
+        for y in 0..hp {
+            let row = &mut xp[y * wp * cw..(y + 1) * wp * cw];
+            if y < g.pt || y >= g.pt + g.h {
+                row.fill(0);
+            } else {
+                row[..g.pl * cw].fill(0);
+                row[(g.pl + g.w) * cw..].fill(0);
+            }
+        }
+        (xp, wp)
+    }
+
+    /// Runs on a zero-padded packed input `xp` of padded width `wp`.
+    unsafe fn run_padded(&self, xp: &[u64], wp: usize, out: OutPtr, threads: usize) {
         let g = &self.geom;
         let rows = g.oh * g.ow;
-        let a = &mut scratch[..rows * self.k];
-        self.im2col(xb, a, threads);
-        let a: &[u64] = a;
+        let toff = self.tap_offsets(wp);
+        let src = Src { xp, wp, toff: &toff };
         // Tasks: panels × row blocks.
         let panels = self.n_pad / PANEL;
         let rb = if threads > 1 { rows.div_ceil(4 * threads / panels.max(1) + 1).clamp(24, 192) } else { rows };
@@ -285,10 +299,10 @@ impl BinConv {
             let mn = rb.min(rows - m0);
             match self.isa {
                 #[cfg(target_arch = "x86_64")]
-                BinIsa::Avx512 => avx512::panel(self, a, m0, mn, p, &self.w, &self.rq, out),
+                BinIsa::Avx512 => avx512::panel(self, &src, m0, mn, p, &self.w, &self.rq, out),
                 #[cfg(target_arch = "x86_64")]
-                BinIsa::Avx2 => avx2::panel(self, a, m0, mn, p, &self.w, &self.rq, out),
-                _ => scalar::panel(self, a, m0, mn, p, &self.w, &self.rq, out),
+                BinIsa::Avx2 => avx2::panel(self, &src, m0, mn, p, &self.w, &self.rq, out),
+                _ => scalar::panel(self, &src, m0, mn, p, &self.w, &self.rq, out),
             }
         };
         if threads > 1 && panels * blocks > 1 {
@@ -298,15 +312,51 @@ impl BinConv {
         }
     }
 
-    /// [`BinConv::run_packed`] on NHWC uint8 activations with zero point `zx`.
+    /// Runs on one NCHW f32 image (binarized: `x < 0` is `-1`, everything else `+1`), writing
+    /// NHWC `oh·ow·c_out` outputs of the epilogue's type. `scratch`: at least
+    /// [`BinConv::scratch_words`] words.
     ///
     /// # Safety
-    /// As for [`BinConv::run_packed`].
+    /// As for [`BinConv::run_u8`].
+    pub unsafe fn run_f32_nchw(&self, x: &[f32], out: OutPtr, scratch: &mut [u64], threads: usize) {
+        let g = &self.geom;
+        let (xp, wp) = self.padded(scratch);
+        let cw = self.cw;
+        for y in 0..g.h {
+            let row = &mut xp[((y + g.pt) * wp + g.pl) * cw..((y + g.pt) * wp + g.pl + g.w) * cw];
+            row.fill(0);
+            for ch in 0..g.c_in {
+                let (wd, b) = (ch / 64, ch % 64);
+                let plane = &x[(ch * g.h + y) * g.w..(ch * g.h + y + 1) * g.w];
+                for (px, &v) in plane.iter().enumerate() {
+                    row[px * cw + wd] |= ((v < 0.0) as u64) << b;
+                }
+            }
+        }
+        self.run_padded(xp, wp, out, threads);
+    }
+
+    /// Runs on one NHWC uint8 image (`h·w·c_in` bytes, zero point `zx`: `x < zx` is `-1`),
+    /// writing NHWC `oh·ow·c_out` outputs of the epilogue's type. `scratch`: at least
+    /// [`BinConv::scratch_words`] words.
+    ///
+    /// # Safety
+    /// `out` must hold `oh·ow·c_out` elements of the output type; the path must be supported.
     pub unsafe fn run_u8(&self, x: &[u8], zx: u8, out: OutPtr, scratch: &mut [u64], threads: usize) {
         let g = &self.geom;
-        let n = g.h * g.w * self.cw;
-        let (xb, rest) = scratch.split_at_mut(n);
-        pack_u8(x, g.h * g.w, g.c_in, zx, xb);
-        self.run_packed(xb, out, rest, threads);
+        let (xp, wp) = self.padded(scratch);
+        let cw = self.cw;
+        for y in 0..g.h {
+            let dst = &mut xp[((y + g.pt) * wp + g.pl) * cw..((y + g.pt) * wp + g.pl + g.w) * cw];
+            pack_u8(&x[y * g.w * g.c_in..(y + 1) * g.w * g.c_in], g.w, g.c_in, zx, dst);
+        }
+        self.run_padded(xp, wp, out, threads);
     }
+}
+
+/// The padded packed input as the kernels read it.
+pub(crate) struct Src<'a> {
+    pub xp: &'a [u64],
+    pub wp: usize,
+    pub toff: &'a [usize],
 }
