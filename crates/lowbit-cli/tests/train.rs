@@ -228,3 +228,80 @@ fn pipeline_stops_at_the_first_stage_within_budget() {
     assert_eq!(r["met_by"], "");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn binary_training_exports_a_binary_qdq_model_that_runs_on_the_binary_kernels() {
+    let d = tmpdir("train-binary");
+    let out = d.join("b.onnx");
+    let js = d.join("b.json");
+    let model = zoo("fmnist-resnet.onnx");
+    let data = assets();
+    let (ok, stdout, stderr) = run(&[
+        "train",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--preset",
+        "fmnist",
+        "--binary",
+        "irnet",
+        "--epochs",
+        "1",
+        "--batch",
+        "50",
+        "--limit",
+        "200",
+        "--test-limit",
+        "200",
+        "--calib-n",
+        "50",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+        js.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("irnet W1A1"), "{stdout}");
+    let r = report(&js);
+    assert_eq!(r["binary"]["method"], "irnet");
+    let layers = r["layers"].as_array().unwrap();
+    let binary = layers.iter().filter(|l| l["weight_bits"] == 1).count();
+    assert_eq!(binary, 18, "18 binary convolutions: {layers:?}");
+    // Binary weights are stored as 1 bit each (plus per-channel scales) in the size report.
+    let wb = r["weight_bytes"].as_f64().unwrap();
+    assert!(wb < r["float_weight_bytes"].as_f64().unwrap() / 8.0, "weights {wb} bytes");
+    // The export runs on lowbit's binary kernels, and its deployed accuracy is what was reported.
+    let g = lowbit_onnx::read_model(&out).unwrap();
+    let p = lowbit_runtime::Plan::compile(&g, &[vec![1, 1, 28, 28]], &Default::default()).unwrap();
+    assert_eq!(p.steps().iter().filter(|s| s.kernel.starts_with("binary")).count(), 18);
+    let set = lowbit_data::load_idx_dir(&assets(), Split::Test, &Preprocess::fmnist(), Some(200)).unwrap();
+    let mut c = Classifier::new(g, vec![1, 28, 28], 1);
+    let logits = c.logits(&set.data, set.n).unwrap();
+    let labels = set.labels.as_ref().unwrap();
+    let correct = (0..set.n).filter(|&i| argmax(&logits[i]) == labels[i] as usize).count();
+    let deployed = r["deployed_top1"].as_f64().unwrap();
+    assert!((correct as f64 / set.n as f64 - deployed).abs() < 1e-9, "{correct}/{} vs {deployed}", set.n);
+    // No residual blocks: refused with a clear message and no output.
+    let bad = d.join("bad.onnx");
+    let cnn = zoo("mnist-cnn.onnx");
+    let (ok, _, stderr) = run(&[
+        "train",
+        cnn.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--preset",
+        "fmnist",
+        "--binary",
+        "irnet",
+        "--epochs",
+        "1",
+        "--limit",
+        "50",
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("no residual block"), "{stderr}");
+    assert!(!bad.exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
