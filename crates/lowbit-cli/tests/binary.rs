@@ -106,6 +106,15 @@ fn onnx_runtime_runs_the_binary_export() {
     let d = tmpdir("binary-ort");
     let path = d.join("b.onnx");
     lowbit_onnx::write_model(&g, &path).unwrap();
+    // On disk the binary weights take one bit each (packed uint8, unpacked by standard ops).
+    let (disk, float_disk) =
+        (std::fs::metadata(&path).unwrap().len(), std::fs::metadata(zoo("fmnist-resnet.onnx")).unwrap().len());
+    let binary_weights: usize =
+        g.initializers.iter().filter(|(k, _)| k.ends_with("_bits")).map(|(_, t)| t.len() * 8).sum();
+    eprintln!("file {disk} bytes (float {float_disk}); {binary_weights} binary weights stored as bits");
+    assert!(binary_weights >= 260_000, "binary weights not stored packed: {binary_weights}");
+    // (The rest of this small file is mostly node names and the 8-bit layers.)
+    assert!(disk * 6 < float_disk, "binary file {disk} bytes vs float {float_disk}");
     let n = 300;
     let set = lowbit_data::load_idx_dir(&fashion_dir(), Split::Test, &Preprocess::fmnist(), Some(n)).unwrap();
     let shape = vec![set.n, 1, 28, 28];

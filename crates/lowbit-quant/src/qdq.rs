@@ -370,8 +370,46 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 .collect();
             let q: Vec<i8> = wv.iter().map(|&v| if v >= 0.0 { 1 } else { -1 }).collect();
             let scale_w = scale.clone();
+            // On disk: one bit per weight (uint8, bit j of byte i set for weight 8i+j negative),
+            // unpacked by standard ops that every runtime folds at load: Cast -> Gather from a
+            // shared 256x8 table of ±1 -> Reshape [-> Slice] -> Reshape to the weight's shape.
             let qn = out.fresh_name(&format!("{wname}_binary"));
-            out.initializers.insert(qn.clone(), Tensor { shape: w.shape.clone(), data: Data::I8(q) });
+            let table = "lowbit_binary_sign_table".to_string();
+            if !out.initializers.contains_key(&table) {
+                let t: Vec<i8> =
+                    (0..256).flat_map(|b| (0..8).map(move |j| if b >> j & 1 == 1 { -1 } else { 1 })).collect();
+                out.initializers.insert(table.clone(), Tensor { shape: vec![256, 8], data: Data::I8(t) });
+            }
+            let nb = q.len().div_ceil(8);
+            let mut packed = vec![0u8; nb];
+            for (i, &v) in q.iter().enumerate() {
+                packed[i / 8] |= ((v < 0) as u8) << (i % 8);
+            }
+            let pn = out.fresh_name(&format!("{wname}_bits"));
+            out.initializers.insert(pn.clone(), Tensor { shape: vec![nb], data: Data::U8(packed) });
+            let v = |k: &str| format!("{qn}_{k}");
+            let mut unpack = vec![
+                (Op::Cast { to: lowbit_core::DType::I32 }, vec![pn], v("index")),
+                (Op::Gather { axis: 0 }, vec![table, v("index")], v("signs")),
+            ];
+            let flat = out.fresh_name(&format!("{qn}_flat_shape"));
+            out.initializers.insert(flat.clone(), Tensor::i64(vec![1], vec![(nb * 8) as i64]));
+            unpack.push((Op::Reshape { allowzero: false }, vec![v("signs"), flat], v("flat")));
+            let mut last = v("flat");
+            if nb * 8 != q.len() {
+                let (st, en) = (out.fresh_name(&format!("{qn}_start")), out.fresh_name(&format!("{qn}_end")));
+                out.initializers.insert(st.clone(), Tensor::i64(vec![1], vec![0]));
+                out.initializers.insert(en.clone(), Tensor::i64(vec![1], vec![q.len() as i64]));
+                unpack.push((Op::Slice { attrs: None }, vec![last.clone(), st, en], v("sliced")));
+                last = v("sliced");
+            }
+            let shp = out.fresh_name(&format!("{qn}_shape"));
+            out.initializers
+                .insert(shp.clone(), Tensor::i64(vec![w.shape.len()], w.shape.iter().map(|&d| d as i64).collect()));
+            unpack.push((Op::Reshape { allowzero: false }, vec![last, shp], qn.clone()));
+            for (i, (op, inputs, o)) in unpack.into_iter().enumerate() {
+                new_nodes.push(Node { name: format!("{}_weight_unpack_{i}", n.name), op, inputs, outputs: vec![o] });
+            }
             let sn = out.fresh_name(&format!("{wname}_scale"));
             out.initializers.insert(sn.clone(), Tensor::f32(vec![co], scale_w));
             let wdq = out.fresh_name(&format!("{wname}_dequantized"));
