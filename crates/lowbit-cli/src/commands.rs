@@ -167,12 +167,14 @@ pub fn eval(
     batch: usize,
     threads: usize,
     json_out: Option<&Path>,
+    check_fake_quant: bool,
 ) -> Result<EvalReport> {
     let (g, preset, set) = load_for(model, data, a)?;
     let shape = vec![set.c, set.h, set.w];
+    let graph = check_fake_quant.then(|| g.clone());
     let mut c = Classifier::new(g, shape.clone(), threads);
     let mut r = match reference {
-        Some(p) => Some(Classifier::new(load_model(p)?, shape, threads)),
+        Some(p) => Some(Classifier::new(load_model(p)?, shape.clone(), threads)),
         None => None,
     };
     let pb = progress(set.n as u64, "eval");
@@ -195,6 +197,28 @@ pub fn eval(
         rows.push(vec!["KL".into(), format!("{:.5}", ag.kl)]);
     }
     rows.push(vec!["time".into(), format!("{secs:.2} s ({:.0} images/s)", set.n as f64 / secs)]);
+    // The plan against the fake-quant executor (the QDQ graph's own arithmetic, node by node).
+    let mut fq_report = serde_json::Value::Null;
+    if let Some(graph) = graph {
+        let pb = progress(set.n as u64, "fake-quant check");
+        let out = graph.outputs.first().map(|o| o.name.clone()).ok_or_else(|| anyhow!("model has no output"))?;
+        let (mut same_bits, mut same_top1) = (0usize, 0usize);
+        let per: usize = shape.iter().product();
+        for i in 0..set.n {
+            let img = &set.data[i * per..(i + 1) * per];
+            let plan = c.logits(img, 1).map_err(|e| anyhow!("{}: {e}", model.display()))?.remove(0);
+            let x = lowbit_core::Tensor::f32([vec![1], shape.clone()].concat(), img.to_vec());
+            let vals = lowbit_runtime::fakequant::run(&graph, &[x]).map_err(|e| anyhow!("{}: {e}", model.display()))?;
+            let sim = vals.get(&out).map(|t| t.to_f32_vec()).unwrap_or_default();
+            same_bits += (plan.iter().map(|v| v.to_bits()).eq(sim.iter().map(|v| v.to_bits()))) as usize;
+            same_top1 += (classify::argmax(&plan) == classify::argmax(&sim)) as usize;
+            pb.set_position(i as u64 + 1);
+        }
+        pb.finish_and_clear();
+        rows.push(vec!["fake-quant executor: identical outputs".into(), format!("{same_bits}/{}", set.n)]);
+        rows.push(vec!["fake-quant executor: same top-1".into(), format!("{same_top1}/{}", set.n)]);
+        fq_report = json!({"identical_outputs": same_bits, "same_top1": same_top1, "images": set.n});
+    }
     println!("{} on {}", model.display(), data.display());
     print_table(&["metric", "value"], &rows);
     if let Some(p) = json_out {
@@ -204,7 +228,7 @@ pub fn eval(
                 "top1": rep.top1, "top5": rep.top5,
                 "agreement": rep.agreement.as_ref().map(|a| json!({"top1": a.top1, "top5": a.top5, "cosine": a.cosine, "kl": a.kl})),
                 "reference": reference.map(|p| p.display().to_string()), "seconds": secs,
-                "predictions": rep.predictions}),
+                "predictions": rep.predictions, "fake_quant_check": fq_report}),
         )?;
     }
     Ok(rep)

@@ -78,6 +78,10 @@ enum Cmd {
         threads: usize,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also run every image through the fake-quant executor (the QDQ graph's arithmetic, node
+        /// by node; slow) and count identical outputs and top-1 against the plan
+        #[arg(long)]
+        check_fake_quant: bool,
     },
     /// Measure latency and throughput
     Bench {
@@ -128,9 +132,17 @@ fn main() {
         Cmd::Run { model, input, data, top, threads, json } => {
             commands::run(&model, &input, &data, top, threads, json.as_deref())
         }
-        Cmd::Eval { model, data, data_args, reference, batch, threads, json } => {
-            commands::eval(&model, &data, &data_args, reference.as_deref(), batch, threads, json.as_deref()).map(|_| ())
-        }
+        Cmd::Eval { model, data, data_args, reference, batch, threads, json, check_fake_quant } => commands::eval(
+            &model,
+            &data,
+            &data_args,
+            reference.as_deref(),
+            batch,
+            threads,
+            json.as_deref(),
+            check_fake_quant,
+        )
+        .map(|_| ()),
         Cmd::Bench { model, batch, threads, iters, warmup, input_shape, json } => {
             commands::bench(&model, batch, threads, iters, warmup, input_shape.as_deref(), json.as_deref()).map(|_| ())
         }
