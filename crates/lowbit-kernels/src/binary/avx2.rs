@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BinConv, Src, PANEL};
+use super::{BinConv, PANEL};
 use crate::int8::avx2::store8;
 use crate::int8::{OutPtr, Requant};
 
@@ -24,7 +24,7 @@ unsafe fn popcnt64x4(v: __m256i, lut: __m256i, low: __m256i) -> __m256i {
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn panel(
     c: &BinConv,
-    src: &Src,
+    a: &[u64],
     m0: usize,
     mn: usize,
     p: usize,
@@ -32,7 +32,7 @@ pub(crate) unsafe fn panel(
     rq: &Requant,
     out: OutPtr,
 ) {
-    let (k, cw) = (c.k, c.cw);
+    let k = c.k;
     let wp = w.as_ptr().add(p * k * PANEL);
     let n_out = c.geom.c_out;
     let n0 = p * PANEL;
@@ -51,28 +51,20 @@ pub(crate) unsafe fn panel(
         while m < m0 + mn {
             let rows = (m0 + mn - m).min(2);
             let mut acc = [[_mm256_setzero_si256(); 4]; 2];
-            let bases = [
-                src.xp.as_ptr().add(c.row_base(m, src.wp)),
-                src.xp.as_ptr().add(c.row_base(if rows > 1 { m + 1 } else { m }, src.wp)),
-            ];
-            let mut kk = 0;
-            for &o in src.toff {
-                for wd in 0..cw {
-                    let b = wp.add(kk * PANEL + 16 * half);
-                    let bv = [
-                        _mm256_loadu_si256(b as *const _),
-                        _mm256_loadu_si256(b.add(4) as *const _),
-                        _mm256_loadu_si256(b.add(8) as *const _),
-                        _mm256_loadu_si256(b.add(12) as *const _),
-                    ];
-                    for (r, accr) in acc.iter_mut().enumerate().take(rows) {
-                        let av = _mm256_set1_epi64x(*bases[r].add(o + wd) as i64);
-                        for v in 0..4 {
-                            let x = _mm256_xor_si256(av, bv[v]);
-                            accr[v] = _mm256_add_epi64(accr[v], popcnt64x4(x, lut, low));
-                        }
+            for kk in 0..k {
+                let b = wp.add(kk * PANEL + 16 * half);
+                let bv = [
+                    _mm256_loadu_si256(b as *const _),
+                    _mm256_loadu_si256(b.add(4) as *const _),
+                    _mm256_loadu_si256(b.add(8) as *const _),
+                    _mm256_loadu_si256(b.add(12) as *const _),
+                ];
+                for (r, accr) in acc.iter_mut().enumerate().take(rows) {
+                    let av = _mm256_set1_epi64x(*a.get_unchecked((m + r) * k + kk) as i64);
+                    for v in 0..4 {
+                        let x = _mm256_xor_si256(av, bv[v]);
+                        accr[v] = _mm256_add_epi64(accr[v], popcnt64x4(x, lut, low));
                     }
-                    kk += 1;
                 }
             }
             for (r, accr) in acc.iter().enumerate().take(rows) {

@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BinConv, Src, PANEL};
+use super::{BinConv, PANEL};
 use crate::int8::avx512::store16;
 use crate::int8::{OutPtr, Requant};
 
@@ -17,7 +17,7 @@ use crate::int8::{OutPtr, Requant};
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq,fma")]
 pub(crate) unsafe fn panel(
     c: &BinConv,
-    src: &Src,
+    a: &[u64],
     m0: usize,
     mn: usize,
     p: usize,
@@ -25,56 +25,49 @@ pub(crate) unsafe fn panel(
     rq: &Requant,
     out: OutPtr,
 ) {
-    let wp = w.as_ptr().add(p * c.k * PANEL);
+    let k = c.k;
+    let wp = w.as_ptr().add(p * k * PANEL);
     let mut m = m0;
     while m < m0 + mn {
         let r = (m0 + mn - m).min(6);
-        let mut bases = [src.xp.as_ptr(); 6];
-        for (i, b) in bases.iter_mut().enumerate().take(r) {
-            *b = src.xp.as_ptr().add(c.row_base(m + i, src.wp));
-        }
+        let ap = a.as_ptr().add(m * k);
         match r {
-            6 => micro::<6>(c, &bases, src.toff, wp, m, p, rq, out),
-            5 => micro::<5>(c, &bases, src.toff, wp, m, p, rq, out),
-            4 => micro::<4>(c, &bases, src.toff, wp, m, p, rq, out),
-            3 => micro::<3>(c, &bases, src.toff, wp, m, p, rq, out),
-            2 => micro::<2>(c, &bases, src.toff, wp, m, p, rq, out),
-            _ => micro::<1>(c, &bases, src.toff, wp, m, p, rq, out),
+            6 => micro::<6>(c, ap, wp, m, p, rq, out),
+            5 => micro::<5>(c, ap, wp, m, p, rq, out),
+            4 => micro::<4>(c, ap, wp, m, p, rq, out),
+            3 => micro::<3>(c, ap, wp, m, p, rq, out),
+            2 => micro::<2>(c, ap, wp, m, p, rq, out),
+            _ => micro::<1>(c, ap, wp, m, p, rq, out),
         }
         m += r;
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn micro<const MR: usize>(
     c: &BinConv,
-    bases: &[*const u64; 6],
-    toff: &[usize],
+    a: *const u64,
     wp: *const u64,
     m: usize,
     p: usize,
     rq: &Requant,
     out: OutPtr,
 ) {
-    let cw = c.cw;
+    let k = c.k;
     let mut acc = [[_mm512_setzero_si512(); 4]; MR];
-    let mut b = wp;
-    for &o in toff {
-        for wd in 0..cw {
-            let bv = [
-                _mm512_loadu_si512(b as *const _),
-                _mm512_loadu_si512(b.add(8) as *const _),
-                _mm512_loadu_si512(b.add(16) as *const _),
-                _mm512_loadu_si512(b.add(24) as *const _),
-            ];
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_epi64(*bases[r].add(o + wd) as i64);
-                for v in 0..4 {
-                    accr[v] = _mm512_add_epi64(accr[v], _mm512_popcnt_epi64(_mm512_xor_si512(av, bv[v])));
-                }
+    for kk in 0..k {
+        let b = wp.add(kk * PANEL);
+        let bv = [
+            _mm512_loadu_si512(b as *const _),
+            _mm512_loadu_si512(b.add(8) as *const _),
+            _mm512_loadu_si512(b.add(16) as *const _),
+            _mm512_loadu_si512(b.add(24) as *const _),
+        ];
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi64(*a.add(r * k + kk) as i64);
+            for v in 0..4 {
+                accr[v] = _mm512_add_epi64(accr[v], _mm512_popcnt_epi64(_mm512_xor_si512(av, bv[v])));
             }
-            b = b.add(PANEL);
         }
     }
     let n_out = c.geom.c_out;

@@ -208,8 +208,13 @@ impl BinConv {
         ((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1)
     }
 
-    /// Scratch words `run_u8` / `run_f32_nchw` need (the zero-padded packed input).
+    /// Scratch words `run_u8` / `run_f32_nchw` need (the zero-padded packed input and the bit
+    /// rows of the GEMM).
     pub fn scratch_words(&self) -> usize {
+        self.padded_words() + self.geom.oh * self.geom.ow * self.k
+    }
+
+    fn padded_words(&self) -> usize {
         let (hp, wp) = self.padded_hw();
         hp.max(self.geom.h + self.geom.pt) * wp.max(self.geom.w + self.geom.pl) * self.cw
     }
@@ -263,12 +268,13 @@ impl BinConv {
         (0..g.kh * g.kw).map(|t| ((t / g.kw) * g.dh * wp + (t % g.kw) * g.dw) * self.cw).collect()
     }
 
-    /// The padded packed input in `scratch`, borders zeroed; returns (buffer, padded width).
-    fn padded<'a>(&self, scratch: &'a mut [u64]) -> (&'a mut [u64], usize) {
+    /// The padded packed input at the start of `scratch`, borders zeroed; returns (buffer,
+    /// padded width, the rest of the scratch).
+    fn padded<'a>(&self, scratch: &'a mut [u64]) -> (&'a mut [u64], usize, &'a mut [u64]) {
         let g = &self.geom;
         let (hp, wp) = self.padded_hw();
         let (hp, wp) = (hp.max(g.h + g.pt), wp.max(g.w + g.pl));
-        let xp = &mut scratch[..hp * wp * self.cw];
+        let (xp, rest) = scratch.split_at_mut(hp * wp * self.cw);
         // Zero only the border: the interior is overwritten by the packing.
         let cw = self.cw;
         for y in 0..hp {
@@ -280,15 +286,36 @@ impl BinConv {
                 row[(g.pl + g.w) * cw..].fill(0);
             }
         }
-        (xp, wp)
+        (xp, wp, rest)
     }
 
-    /// Runs on a zero-padded packed input `xp` of padded width `wp`.
-    unsafe fn run_padded(&self, xp: &[u64], wp: usize, out: OutPtr, threads: usize) {
+    /// Runs on a zero-padded packed input `xp` of padded width `wp`; `a`: room for the GEMM rows.
+    unsafe fn run_padded(&self, xp: &[u64], wp: usize, a: &mut [u64], out: OutPtr, threads: usize) {
         let g = &self.geom;
         let rows = g.oh * g.ow;
         let toff = self.tap_offsets(wp);
-        let src = Src { xp, wp, toff: &toff };
+        // Row m: the words of its window, tap by tap (a padded tap reads the zero border). The
+        // kernels then read each row contiguously.
+        let (k, cw) = (self.k, self.cw);
+        let fill = |m: usize, d: &mut [u64]| {
+            let base = self.row_base(m, wp);
+            if cw == 1 {
+                for (dv, &o) in d.iter_mut().zip(toff.iter()) {
+                    *dv = xp[base + o];
+                }
+            } else {
+                for (t, &o) in toff.iter().enumerate() {
+                    d[t * cw..(t + 1) * cw].copy_from_slice(&xp[base + o..base + o + cw]);
+                }
+            }
+        };
+        let a = &mut a[..rows * k];
+        if threads > 1 && rows * k > 1 << 14 {
+            a.par_chunks_mut(k).enumerate().for_each(|(m, d)| fill(m, d));
+        } else {
+            a.chunks_mut(k).enumerate().for_each(|(m, d)| fill(m, d));
+        }
+        let a: &[u64] = a;
         // Tasks: panels × row blocks.
         let panels = self.n_pad / PANEL;
         let rb = if threads > 1 { rows.div_ceil(4 * threads / panels.max(1) + 1).clamp(24, 192) } else { rows };
@@ -299,10 +326,10 @@ impl BinConv {
             let mn = rb.min(rows - m0);
             match self.isa {
                 #[cfg(target_arch = "x86_64")]
-                BinIsa::Avx512 => avx512::panel(self, &src, m0, mn, p, &self.w, &self.rq, out),
+                BinIsa::Avx512 => avx512::panel(self, a, m0, mn, p, &self.w, &self.rq, out),
                 #[cfg(target_arch = "x86_64")]
-                BinIsa::Avx2 => avx2::panel(self, &src, m0, mn, p, &self.w, &self.rq, out),
-                _ => scalar::panel(self, &src, m0, mn, p, &self.w, &self.rq, out),
+                BinIsa::Avx2 => avx2::panel(self, a, m0, mn, p, &self.w, &self.rq, out),
+                _ => scalar::panel(self, a, m0, mn, p, &self.w, &self.rq, out),
             }
         };
         if threads > 1 && panels * blocks > 1 {
@@ -320,7 +347,7 @@ impl BinConv {
     /// As for [`BinConv::run_u8`].
     pub unsafe fn run_f32_nchw(&self, x: &[f32], out: OutPtr, scratch: &mut [u64], threads: usize) {
         let g = &self.geom;
-        let (xp, wp) = self.padded(scratch);
+        let (xp, wp, a) = self.padded(scratch);
         let cw = self.cw;
         for y in 0..g.h {
             let row = &mut xp[((y + g.pt) * wp + g.pl) * cw..((y + g.pt) * wp + g.pl + g.w) * cw];
@@ -333,7 +360,7 @@ impl BinConv {
                 }
             }
         }
-        self.run_padded(xp, wp, out, threads);
+        self.run_padded(xp, wp, a, out, threads);
     }
 
     /// Runs on one NHWC uint8 image (`h·w·c_in` bytes, zero point `zx`: `x < zx` is `-1`),
@@ -344,19 +371,12 @@ impl BinConv {
     /// `out` must hold `oh·ow·c_out` elements of the output type; the path must be supported.
     pub unsafe fn run_u8(&self, x: &[u8], zx: u8, out: OutPtr, scratch: &mut [u64], threads: usize) {
         let g = &self.geom;
-        let (xp, wp) = self.padded(scratch);
+        let (xp, wp, a) = self.padded(scratch);
         let cw = self.cw;
         for y in 0..g.h {
             let dst = &mut xp[((y + g.pt) * wp + g.pl) * cw..((y + g.pt) * wp + g.pl + g.w) * cw];
             pack_u8(&x[y * g.w * g.c_in..(y + 1) * g.w * g.c_in], g.w, g.c_in, zx, dst);
         }
-        self.run_padded(xp, wp, out, threads);
+        self.run_padded(xp, wp, a, out, threads);
     }
-}
-
-/// The padded packed input as the kernels read it.
-pub(crate) struct Src<'a> {
-    pub xp: &'a [u64],
-    pub wp: usize,
-    pub toff: &'a [usize],
 }

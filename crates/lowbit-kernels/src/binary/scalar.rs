@@ -1,6 +1,6 @@
 //! Portable binary kernel: the reference the SIMD paths match bit for bit.
 
-use super::{BinConv, Src, PANEL};
+use super::{BinConv, PANEL};
 use crate::int8::scalar::store_one;
 use crate::int8::{OutPtr, Requant};
 
@@ -11,7 +11,7 @@ use crate::int8::{OutPtr, Requant};
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn panel(
     c: &BinConv,
-    src: &Src,
+    a: &[u64],
     m0: usize,
     mn: usize,
     p: usize,
@@ -24,13 +24,8 @@ pub(crate) unsafe fn panel(
     let n0 = p * PANEL;
     let nn = PANEL.min(n_out - n0);
     let wp = &w[p * k * PANEL..(p + 1) * k * PANEL];
-    let cw = c.cw;
-    let mut row = vec![0u64; k];
     for m in m0..m0 + mn {
-        let base = c.row_base(m, src.wp);
-        for (t, &o) in src.toff.iter().enumerate() {
-            row[t * cw..(t + 1) * cw].copy_from_slice(&src.xp[base + o..base + o + cw]);
-        }
+        let row = &a[m * k..(m + 1) * k];
         let mask = c.pad_mask(m);
         for j in 0..nn {
             let pop: u32 = row.iter().enumerate().map(|(kk, &x)| (x ^ wp[kk * PANEL + j]).count_ones()).sum();
