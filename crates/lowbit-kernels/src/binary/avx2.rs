@@ -96,3 +96,32 @@ pub(crate) unsafe fn panel(
         }
     }
 }
+
+/// [`super::pack_u8`] 32 channels per compare (`x < zp` is `!(max(x, zp) == x)`).
+///
+/// # Safety
+/// The CPU has AVX2; `x` holds `pixels · c` bytes and `out` `pixels · words(c)` words.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn pack_u8(x: &[u8], pixels: usize, c: usize, zp: u8, out: &mut [u64]) {
+    let cw = super::words(c);
+    assert!(x.len() >= pixels * c && out.len() >= pixels * cw);
+    let z = _mm256_set1_epi8(zp as i8);
+    for p in 0..pixels {
+        let row = &x[p * c..(p + 1) * c];
+        for w in 0..cw {
+            let chunk = &row[w * 64..(w * 64 + 64).min(c)];
+            let mut bits = 0u64;
+            let mut j = 0;
+            while j + 32 <= chunk.len() {
+                let v = _mm256_loadu_si256(chunk.as_ptr().add(j) as *const _);
+                let ge = _mm256_cmpeq_epi8(_mm256_max_epu8(v, z), v);
+                bits |= ((!(_mm256_movemask_epi8(ge) as u32)) as u64) << j;
+                j += 32;
+            }
+            for (i, &v) in chunk.iter().enumerate().skip(j) {
+                bits |= ((v < zp) as u64) << i;
+            }
+            out[p * cw + w] = bits;
+        }
+    }
+}

@@ -99,3 +99,23 @@ unsafe fn micro<const MR: usize>(
         }
     }
 }
+
+/// [`super::pack_u8`] with one unsigned byte compare per 64 channels (the mask is the word).
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW; `x` holds `pixels · c` bytes and `out` `pixels · words(c)` words.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn pack_u8(x: &[u8], pixels: usize, c: usize, zp: u8, out: &mut [u64]) {
+    let cw = super::words(c);
+    assert!(x.len() >= pixels * c && out.len() >= pixels * cw);
+    let z = _mm512_set1_epi8(zp as i8);
+    for p in 0..pixels {
+        let row = x.as_ptr().add(p * c);
+        for w in 0..cw {
+            let n = (c - w * 64).min(64);
+            let m: u64 = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            let v = _mm512_maskz_loadu_epi8(m, row.add(w * 64) as *const i8);
+            *out.get_unchecked_mut(p * cw + w) = _mm512_mask_cmplt_epu8_mask(m, v, z);
+        }
+    }
+}

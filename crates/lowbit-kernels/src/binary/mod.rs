@@ -375,7 +375,14 @@ impl BinConv {
         let cw = self.cw;
         for y in 0..g.h {
             let dst = &mut xp[((y + g.pt) * wp + g.pl) * cw..((y + g.pt) * wp + g.pl + g.w) * cw];
-            pack_u8(&x[y * g.w * g.c_in..(y + 1) * g.w * g.c_in], g.w, g.c_in, zx, dst);
+            let src = &x[y * g.w * g.c_in..(y + 1) * g.w * g.c_in];
+            match self.isa {
+                #[cfg(target_arch = "x86_64")]
+                BinIsa::Avx512 => avx512::pack_u8(src, g.w, g.c_in, zx, dst),
+                #[cfg(target_arch = "x86_64")]
+                BinIsa::Avx2 => avx2::pack_u8(src, g.w, g.c_in, zx, dst),
+                _ => pack_u8(src, g.w, g.c_in, zx, dst),
+            }
         }
         self.run_padded(xp, wp, a, out, threads);
     }
