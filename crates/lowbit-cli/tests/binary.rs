@@ -43,6 +43,10 @@ fn bireal_rewrites_every_block() {
     let mut p = Plan::compile(&br.graph, &[vec![1, 1, 28, 28]], &PlanOptions::default()).unwrap();
     let out = p.run(&[Tensor::f32(vec![1, 1, 28, 28], vec![0.1; 784])]).unwrap();
     assert_eq!(out[0].shape, vec![1, 10]);
+    // The unclipped variant: no hardtanh on the real-valued path, still 18 binary convolutions.
+    let nc = lowbit_train::binary::bireal_with(&g, false).unwrap();
+    assert_eq!(nc.binary_convs.len(), 18);
+    assert!(!nc.graph.nodes.iter().any(|n| matches!(n.op, Op::Relu | Op::Clip { .. })));
     // No residual block: a clear error.
     let cnn = lowbit_onnx::read_model(&zoo("mnist-cnn.onnx")).unwrap();
     let e = lowbit_train::binary::bireal(&cnn).err().expect("mnist-cnn has no residual blocks").to_string();

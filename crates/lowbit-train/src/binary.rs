@@ -36,6 +36,12 @@ fn op_of<'a>(g: &'a Graph, prod: &HashMap<String, usize>, v: &str) -> Option<(us
 /// Rewrites the `Conv-[BN]-ReLU-Conv-[BN]-Add(shortcut)-ReLU` blocks of `g` (a float graph, with
 /// or without its BatchNorm nodes) into Bi-Real blocks; see the module docs.
 pub fn bireal(g: &Graph) -> Result<BiReal> {
+    bireal_with(g, true)
+}
+
+/// [`bireal`]; `hardtanh: false` replaces ReLU by nothing (an unclipped real-valued path, as
+/// Bi-Real Net's ImageNet models) instead of hardtanh.
+pub fn bireal_with(g: &Graph, hardtanh: bool) -> Result<BiReal> {
     let prod = g.producers();
     struct Block {
         add: usize,
@@ -90,9 +96,15 @@ pub fn bireal(g: &Graph) -> Result<BiReal> {
     out.initializers.insert(lo.clone(), Tensor::scalar_f32(-1.0));
     let hi = out.fresh_name("bireal_hardtanh_max");
     out.initializers.insert(hi.clone(), Tensor::scalar_f32(1.0));
+    let clip = hardtanh;
     let hardtanh = |n: &mut Node, x: String| {
-        n.op = Op::Clip { min: None, max: None };
-        n.inputs = vec![x, lo.clone(), hi.clone()];
+        if clip {
+            n.op = Op::Clip { min: None, max: None };
+            n.inputs = vec![x, lo.clone(), hi.clone()];
+        } else {
+            n.op = Op::Identity;
+            n.inputs = vec![x];
+        }
     };
     let mut new_nodes = vec![];
     let mut binary_convs = vec![];
