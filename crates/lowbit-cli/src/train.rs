@@ -80,10 +80,6 @@ pub struct TrainArgs {
     /// IR-Net ablation: without EDE (straight-through estimator instead)
     #[arg(long, requires = "binary")]
     pub no_ede: bool,
-    /// Binary networks: the real-valued path's activation after each shortcut Add (hardtanh as
-    /// IR-Net's ResNet-20, or none as Bi-Real Net's ImageNet models)
-    #[arg(long, default_value = "hardtanh", value_parser = ["hardtanh", "none"])]
-    pub real_act: String,
     /// Calibration images for the post-training start of QAT
     #[arg(long, default_value_t = 1000)]
     pub calib_n: usize,
@@ -188,8 +184,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             let float_acc = top1(&g, &test_set, a.threads)?;
             stages.push(vec!["float".into(), format!("{:.2}", float_acc * 100.0), "-".into()]);
             report["float_top1"] = json!(float_acc);
-            let br = lowbit_train::binary::bireal_with(&g, a.real_act == "hardtanh")
-                .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+            let br = lowbit_train::binary::bireal(&g).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
             let mut m = Model::from_graph(&br.graph, &device).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
             lowbit_train::binary::mark(&mut m, &br.binary_convs, how).map_err(|e| anyhow!("{e}"))?;
             eprintln!(
@@ -197,7 +192,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 br.binary_convs.len(),
                 binary_name(how)
             );
-            report["binary"] = json!({"method": binary_name(how), "libra": how.libra, "ede": how.ede, "real_act": a.real_act, "convs": br.binary_convs});
+            report["binary"] =
+                json!({"method": binary_name(how), "libra": how.libra, "ede": how.ede, "convs": br.binary_convs});
             (m, None, None)
         }
         None => {
@@ -261,7 +257,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if a.no_resume && ckpt.exists() {
         std::fs::remove_file(&ckpt).map_err(|e| anyhow!("{}: {e}", ckpt.display()))?;
     }
-    let tag = format!("{}|{:?}|{}|{:?}|{}", a.model.display(), a.qat, a.reinit, binary, a.real_act);
+    let tag = format!("{}|{:?}|{}|{:?}", a.model.display(), a.qat, a.reinit, binary);
     let mut pb: Option<indicatif::ProgressBar> = None;
     let mut on = |e: Event| match e {
         Event::Batch { epoch, step, steps, loss, acc } => {
