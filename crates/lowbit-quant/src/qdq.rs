@@ -115,6 +115,36 @@ fn quantize_with_scales(
     Ok((q, QParams { scale: sc, zero_point: vec![0; c], qmin, qmax }))
 }
 
+/// Adds `b` as int32 values with per-output scales `bscale` (rounded half to even) and their
+/// DequantizeLinear node; returns the dequantized value's name.
+fn int32_bias(
+    out: &mut Graph,
+    new_nodes: &mut Vec<Node>,
+    node: &str,
+    bname: &str,
+    b: &[f32],
+    bscale: Vec<f32>,
+) -> String {
+    let nout = b.len();
+    let bq: Vec<i32> = b
+        .iter()
+        .zip(&bscale)
+        .map(|(&v, &s)| (v / s).round_ties_even().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
+        .collect();
+    let bqn = out.fresh_name(&format!("{bname}_quantized"));
+    out.initializers.insert(bqn.clone(), Tensor { shape: vec![nout], data: Data::I32(bq) });
+    let bsn = out.fresh_name(&format!("{bname}_scale"));
+    out.initializers.insert(bsn.clone(), Tensor::f32(vec![nout], bscale));
+    let bdq = out.fresh_name(&format!("{bname}_dequantized"));
+    new_nodes.push(Node {
+        name: format!("{node}_bias_DequantizeLinear"),
+        op: Op::DequantizeLinear { axis: 0 },
+        inputs: vec![bqn, bsn],
+        outputs: vec![bdq.clone()],
+    });
+    bdq
+}
+
 fn is_compute(n: &Node, g: &Graph) -> bool {
     match n.op {
         Op::Conv(_) | Op::Gemm { .. } => n.input(1).is_some_and(|w| g.initializers.contains_key(w)),
@@ -449,25 +479,7 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 float_weight_bytes += b.len() * 4;
                 weight_bytes += b.len() * 4;
                 let bscale: Vec<f32> = scale.iter().map(|s| s / BINARY_LEVEL as f32).collect();
-                let bq: Vec<i32> = b
-                    .to_f32_vec()
-                    .iter()
-                    .zip(&bscale)
-                    .map(|(&v, &s)| (v / s).round_ties_even().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
-                    .collect();
-                let bname = n.inputs[2].clone();
-                let bqn = out.fresh_name(&format!("{bname}_quantized"));
-                out.initializers.insert(bqn.clone(), Tensor { shape: vec![co], data: Data::I32(bq) });
-                let bsn = out.fresh_name(&format!("{bname}_scale"));
-                out.initializers.insert(bsn.clone(), Tensor::f32(vec![co], bscale));
-                let bdq = out.fresh_name(&format!("{bname}_dequantized"));
-                new_nodes.push(Node {
-                    name: format!("{}_bias_DequantizeLinear", n.name),
-                    op: Op::DequantizeLinear { axis: 0 },
-                    inputs: vec![bqn, bsn],
-                    outputs: vec![bdq.clone()],
-                });
-                n2.inputs[2] = bdq;
+                n2.inputs[2] = int32_bias(&mut out, &mut new_nodes, &n.name, &n.inputs[2], &b.to_f32_vec(), bscale);
             }
             layers.push(LayerReport {
                 node: n.name.clone(),
@@ -574,25 +586,9 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
             if let Some(b) = bias {
                 let nout = b.len();
                 let bscale: Vec<f32> = (0..nout).map(|o| sx * p.scale[if nch == 1 { 0 } else { o }]).collect();
-                let bq: Vec<i32> = b
-                    .iter()
-                    .zip(&bscale)
-                    .map(|(&v, &s)| (v / s).round_ties_even().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
-                    .collect();
                 let bname = n.inputs.get(2).cloned().unwrap_or_else(|| format!("{}_bias", n.name));
-                let bqn = out.fresh_name(&format!("{bname}_quantized"));
-                out.initializers.insert(bqn.clone(), Tensor { shape: vec![nout], data: Data::I32(bq) });
-                let bsn = out.fresh_name(&format!("{bname}_scale"));
-                out.initializers.insert(bsn.clone(), Tensor::f32(vec![nout], bscale));
-                let bdq = out.fresh_name(&format!("{bname}_dequantized"));
-                new_nodes.push(Node {
-                    name: format!("{}_bias_DequantizeLinear", n.name),
-                    op: Op::DequantizeLinear { axis: 0 },
-                    inputs: vec![bqn, bsn],
-                    outputs: vec![bdq.clone()],
-                });
                 n2.inputs.resize(3, String::new());
-                n2.inputs[2] = bdq;
+                n2.inputs[2] = int32_bias(&mut out, &mut new_nodes, &n.name, &bname, &b, bscale);
                 float_weight_bytes += nout * 4;
                 weight_bytes += nout * 4;
             }

@@ -380,7 +380,6 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
 
 /// Checks a Conv/Gemm for integer execution and gathers its numbers (output decided by caller).
 fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Result<MacUnit, Option<String>> {
-    let g = &spec.graph;
     let (x, xq) = x.ok_or(None)?;
     if xq.signed {
         return Err(Some("int8 activations (lowbit's kernels take uint8 activations)".into()));
@@ -436,25 +435,7 @@ fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Resul
     let (lo, hi) = lowbit_kernels::f32gemm::clamp_of(act)
         .ok_or_else(|| Some(format!("fused activation {act:?} has no integer epilogue")))?;
     let scale: Vec<f32> = (0..n_out).map(|c| xq.scale * sw[if sw.len() == 1 { 0 } else { c }]).collect();
-    let (bias_i, bias_f) = match n.input(2) {
-        None => (vec![0; n_out], vec![0.0; n_out]),
-        Some(b) => {
-            let bt = g.initializers.get(b).ok_or_else(|| Some("bias is not constant".into()))?;
-            if bt.len() != n_out {
-                return Err(Some("bias does not have one value per output".into()));
-            }
-            match spec.dq_consts.get(b) {
-                Some(bc)
-                    if bc.q.dtype() == DType::I32
-                        && bc.zp.as_ref().is_none_or(|z| z.to_i64_vec().iter().all(|&v| v == 0)) =>
-                {
-                    let q: Vec<i32> = bc.q.to_i64_vec().iter().map(|&v| v as i32).collect();
-                    split_bias(Some((&q, &bc.scale.to_f32_vec())), &scale)
-                }
-                _ => (vec![0; n_out], bt.to_f32_vec()),
-            }
-        }
-    };
+    let (bias_i, bias_f) = bias_parts(spec, n, &scale).map_err(Some)?;
     let wshape = if conv.is_some() { ws } else { vec![n_out, k] };
     Ok(MacUnit { x, xq, w, n: n_out, k, wshape, scale, bias_i, bias_f, lo, hi, out: Out::F32, conv })
 }
@@ -469,7 +450,6 @@ fn bin_unit(
     zx: Option<u8>,
     lq: QParams,
 ) -> Result<BinUnit, String> {
-    let g = &spec.graph;
     let wname = n.input(1).ok_or("no weights")?;
     let wc = spec.dq_consts.get(wname).ok_or("its weights are not DequantizeLinear of a constant")?;
     if wc.q.dtype() != DType::I8 || wc.zp.as_ref().is_some_and(|z| z.to_i64_vec().iter().any(|&v| v != 0)) {
@@ -494,24 +474,27 @@ fn bin_unit(
     let mul = (1.0 / lq.scale).round() as i32;
     let (lo, hi) = lowbit_kernels::f32gemm::clamp_of(c.act)
         .ok_or_else(|| format!("fused activation {:?} has no integer epilogue", c.act))?;
-    let (bias_i, bias_f) = match n.input(2) {
-        None => (vec![0; n_out], vec![0.0; n_out]),
-        Some(b) => {
-            let bt = g.initializers.get(b).ok_or("bias is not constant")?;
-            if bt.len() != n_out {
-                return Err("bias does not have one value per output".into());
-            }
-            match spec.dq_consts.get(b) {
-                Some(bc)
-                    if bc.q.dtype() == DType::I32
-                        && bc.zp.as_ref().is_none_or(|z| z.to_i64_vec().iter().all(|&v| v == 0)) =>
-                {
-                    let q: Vec<i32> = bc.q.to_i64_vec().iter().map(|&v| v as i32).collect();
-                    split_bias(Some((&q, &bc.scale.to_f32_vec())), &scale)
-                }
-                _ => (vec![0; n_out], bt.to_f32_vec()),
-            }
-        }
-    };
+    let (bias_i, bias_f) = bias_parts(spec, n, &scale)?;
     Ok(BinUnit { x, zx, w, wshape: ws, mul, scale, bias_i, bias_f, lo, hi, out: Out::F32, conv: c.clone() })
+}
+
+/// A Conv/Gemm bias split for the epilogue (`bias_i`, `bias_f`; see `split_bias`): int32 behind
+/// a DequantizeLinear whose scale is the accumulator scale `scale` goes to the integer part,
+/// anything else to the f32 part.
+fn bias_parts(spec: &Specialized, n: &Node, scale: &[f32]) -> Result<(Vec<i32>, Vec<f32>), String> {
+    let n_out = scale.len();
+    let Some(b) = n.input(2) else { return Ok((vec![0; n_out], vec![0.0; n_out])) };
+    let bt = spec.graph.initializers.get(b).ok_or("bias is not constant")?;
+    if bt.len() != n_out {
+        return Err("bias does not have one value per output".into());
+    }
+    Ok(match spec.dq_consts.get(b) {
+        Some(bc)
+            if bc.q.dtype() == DType::I32 && bc.zp.as_ref().is_none_or(|z| z.to_i64_vec().iter().all(|&v| v == 0)) =>
+        {
+            let q: Vec<i32> = bc.q.to_i64_vec().iter().map(|&v| v as i32).collect();
+            split_bias(Some((&q, &bc.scale.to_f32_vec())), scale)
+        }
+        _ => (vec![0; n_out], bt.to_f32_vec()),
+    })
 }
