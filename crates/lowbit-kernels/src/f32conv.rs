@@ -46,9 +46,25 @@ impl ConvGeom {
     pub fn k(&self) -> usize {
         self.c_in / self.group * self.kh * self.kw
     }
-    /// Stride-1 convolutions with a window run on the padded input directly ("shifted rows").
+    /// Stride-1 convolutions with a window run on the padded input directly ("shifted rows"),
+    /// unless the channel-vector kernel takes them.
     pub fn is_shifted(&self) -> bool {
-        !self.is_pointwise() && !self.is_depthwise() && self.sh == 1 && self.sw == 1
+        !self.is_pointwise() && !self.is_depthwise() && self.sh == 1 && self.sw == 1 && !self.channel_vector()
+    }
+    /// Small planes (7x7) run on the channel-vector GEMM ([`crate::f32gemm::sgemm_t`]): vectors
+    /// along the spatial axis would leave a quarter of their lanes empty.
+    pub fn channel_vector(&self) -> bool {
+        if self.group != 1 {
+            return false;
+        }
+        let n = self.oh * self.ow;
+        // Columns the spatial kernel computes: the padded row width on the shifted path.
+        let cols = if !self.is_pointwise() && self.sh == 1 && self.sw == 1 {
+            self.oh * (self.ow + (self.kw - 1) * self.dw)
+        } else {
+            n
+        };
+        crate::f32gemm::prefer_t(self.c_out, n, cols)
     }
     /// Padded input height and width for the shifted path.
     fn padded_hw(&self) -> (usize, usize) {
@@ -75,12 +91,16 @@ impl ConvGeom {
 #[derive(Clone, Debug)]
 pub struct PackedConv {
     pub geom: ConvGeom,
-    /// `[c_out, c_in/group * kh * kw]`, row-major (ONNX order already fits).
+    /// `[c_out, c_in/group * kh * kw]`, row-major (ONNX order already fits); empty on the
+    /// channel-vector path, which holds `wt` instead.
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
     pub act: Act,
     /// Shifted path: start of each B row in the padded input.
     pub row_offsets: Vec<usize>,
+    /// Channel-vector path: the weights transposed ([`crate::f32gemm::pack_t`]) and their row length.
+    pub wt: Vec<f32>,
+    pub mp: usize,
 }
 
 impl PackedConv {
@@ -98,7 +118,19 @@ impl PackedConv {
                 }
             }
         }
-        PackedConv { geom, weight, bias, act, row_offsets }
+        // The channel-vector path keeps only the transposed copy.
+        let (weight, wt, mp) = if geom.channel_vector() {
+            let (wt, mp) = crate::f32gemm::pack_t(geom.c_out, geom.k(), &weight, geom.k());
+            (vec![], wt, mp)
+        } else {
+            (weight, vec![], 0)
+        };
+        PackedConv { geom, weight, bias, act, row_offsets, wt, mp }
+    }
+
+    /// Bytes of packed weights and biases held.
+    pub fn weight_bytes(&self) -> usize {
+        (self.weight.len() + self.wt.len() + self.bias.len()) * 4
     }
 }
 
@@ -164,7 +196,7 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
     let cig = g.c_in / g.group;
     for gi in 0..g.group {
         let xg = &x[gi * cig * g.h * g.w..(gi + 1) * cig * g.h * g.w];
-        let w = &p.weight[gi * cog * k..(gi + 1) * cog * k];
+        let w = if g.channel_vector() { &[][..] } else { &p.weight[gi * cog * k..(gi + 1) * cog * k] };
         let bias = &p.bias[gi * cog..(gi + 1) * cog];
         if g.is_shifted() {
             let (hp, wp) = g.padded_hw();
@@ -223,7 +255,12 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
             col
         };
         let dst = &mut out[gi * cog * hw_out..(gi + 1) * cog * hw_out];
-        crate::f32gemm::sgemm_bias_act(cog, hw_out, k, w, k, rhs, hw_out, bias, p.act, dst, hw_out, threads);
+        if g.channel_vector() {
+            let rows = crate::f32gemm::BRows::Strided(hw_out);
+            crate::f32gemm::sgemm_t(cog, hw_out, k, &p.wt, p.mp, rhs, rows, bias, p.act, dst, hw_out, threads);
+        } else {
+            crate::f32gemm::sgemm_bias_act(cog, hw_out, k, w, k, rhs, hw_out, bias, p.act, dst, hw_out, threads);
+        }
     }
 }
 

@@ -193,6 +193,76 @@ pub fn gemv_bias_act(
     }
 }
 
+/// A weight matrix `A[m×k]` transposed and padded for [`sgemm_t`]: `at[p*mp + i] = a[i*lda + p]`,
+/// `mp` = m rounded up to 16, zeros in the padding.
+pub fn pack_t(m: usize, k: usize, a: &[f32], lda: usize) -> (Vec<f32>, usize) {
+    let mp = m.div_ceil(16) * 16;
+    let mut at = vec![0f32; k * mp];
+    for i in 0..m {
+        for p in 0..k {
+            at[p * mp + i] = a[i * lda + p];
+        }
+    }
+    (at, mp)
+}
+
+/// Does the channel-vector kernel ([`sgemm_t`]) use the vector lanes better than the spatial one for
+/// a GEMM whose B rows hold `n` useful columns out of `cols` computed ones? It does when 16-wide
+/// vectors along n waste over 15% (7x7 planes: 49 of 64 lanes).
+pub fn prefer_t(m: usize, n: usize, cols: usize) -> bool {
+    avx512_available() && m >= 16 && (n as f64) < 0.85 * (cols.div_ceil(16) * 16) as f64
+}
+
+/// As [`sgemm_rows`], vectorised along m instead of n: zmm vectors hold 16 output channels of one
+/// column, so narrow n (small planes) wastes no lanes. `at`/`mp` come from [`pack_t`]. Needs AVX-512
+/// (see [`prefer_t`]); falls back to an exact scalar loop otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_t(
+    m: usize,
+    n: usize,
+    k: usize,
+    at: &[f32],
+    mp: usize,
+    b: &[f32],
+    rows: BRows,
+    bias: &[f32],
+    act: Act,
+    c: &mut [f32],
+    ldc: usize,
+    threads: usize,
+) {
+    assert!(mp >= m && mp % 16 == 0 && at.len() >= k * mp);
+    if let BRows::Offsets(o) = rows {
+        assert!(o.len() >= k);
+    }
+    assert!(k == 0 || n == 0 || b.len() >= rows.max_end(k, n));
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
+    assert!(bias.len() >= m && ldc <= (i32::MAX as usize) / 16);
+    #[cfg(target_arch = "x86_64")]
+    if avx512_available() {
+        let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        // SAFETY: AVX-512F is available and the asserts above bound every access.
+        unsafe {
+            avx512::gemm_t(m, n, k, at.as_ptr(), mp, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads)
+        };
+        if clamp_of(act).is_none() {
+            for i in 0..m {
+                crate::eltwise::apply_act(act, &mut c[i * ldc..i * ldc + n]);
+            }
+        }
+        return;
+    }
+    for i in 0..m {
+        let ci = &mut c[i * ldc..i * ldc + n];
+        ci.fill(bias[i]);
+        for p in 0..k {
+            let (av, o) = (at[p * mp + i], rows.off(p));
+            ci.iter_mut().zip(&b[o..o + n]).for_each(|(x, &y)| *x += av * y);
+        }
+        crate::eltwise::apply_act(act, ci);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
@@ -233,10 +303,11 @@ mod avx512 {
         }
     }
 
-    /// One MR'×NR tile of C over the k-range `[k0, k1)`.
+    /// One R×(16·V) tile of C over the k-range `[k0, k1)` (V zmm vectors per row, so a ragged
+    /// right edge costs only the vectors it needs).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize>(
+    unsafe fn tile<const R: usize, const V: usize>(
         k0: usize,
         k1: usize,
         a: *const f32,
@@ -251,8 +322,8 @@ mod avx512 {
         cols: usize,
         last: bool,
     ) {
-        let m = [mask(cols, 0), mask(cols, 1), mask(cols, 2), mask(cols, 3)];
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let m: [u16; V] = std::array::from_fn(|v| mask(cols, v));
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
         for (r, row) in acc.iter_mut().enumerate() {
             for (v, x) in row.iter_mut().enumerate() {
                 *x = if k0 == 0 {
@@ -264,16 +335,12 @@ mod avx512 {
         }
         for p in k0..k1 {
             let bp = b.add(rows.off(p));
-            let b0 = _mm512_maskz_loadu_ps(m[0], bp);
-            let b1 = _mm512_maskz_loadu_ps(m[1], bp.add(16));
-            let b2 = _mm512_maskz_loadu_ps(m[2], bp.add(32));
-            let b3 = _mm512_maskz_loadu_ps(m[3], bp.add(48));
+            let bv: [__m512; V] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(m[v], bp.add(v * 16)));
             for (r, row) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*a.add(r * lda + p));
-                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-                row[2] = _mm512_fmadd_ps(av, b2, row[2]);
-                row[3] = _mm512_fmadd_ps(av, b3, row[3]);
+                for v in 0..V {
+                    row[v] = _mm512_fmadd_ps(av, bv[v], row[v]);
+                }
             }
         }
         let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
@@ -316,13 +383,23 @@ mod avx512 {
                     let nrows = (i1 - i).min(MR);
                     let (ap, cp) = (a.add(i * lda), c.add(i * ldc + j));
                     let (bp, bsp) = (b.add(j), bias.add(i));
+                    macro_rules! go {
+                        ($r:literal) => {
+                            match cols.div_ceil(16) {
+                                4 => tile::<$r, 4>(k0, k1, ap, lda, bp, rows, bsp, lo, hi, cp, ldc, cols, last),
+                                3 => tile::<$r, 3>(k0, k1, ap, lda, bp, rows, bsp, lo, hi, cp, ldc, cols, last),
+                                2 => tile::<$r, 2>(k0, k1, ap, lda, bp, rows, bsp, lo, hi, cp, ldc, cols, last),
+                                _ => tile::<$r, 1>(k0, k1, ap, lda, bp, rows, bsp, lo, hi, cp, ldc, cols, last),
+                            }
+                        };
+                    }
                     match nrows {
-                        6 => tile::<6>(k0, k1, ap, lda, bp, rows, bsp, lo, hi, cp, ldc, cols, last),
-                        5 => tile::<5>(k0, k1, ap, lda, bp, rows, bsp, lo, hi, cp, ldc, cols, last),
-                        4 => tile::<4>(k0, k1, ap, lda, bp, rows, bsp, lo, hi, cp, ldc, cols, last),
-                        3 => tile::<3>(k0, k1, ap, lda, bp, rows, bsp, lo, hi, cp, ldc, cols, last),
-                        2 => tile::<2>(k0, k1, ap, lda, bp, rows, bsp, lo, hi, cp, ldc, cols, last),
-                        _ => tile::<1>(k0, k1, ap, lda, bp, rows, bsp, lo, hi, cp, ldc, cols, last),
+                        6 => go!(6),
+                        5 => go!(5),
+                        4 => go!(4),
+                        3 => go!(3),
+                        2 => go!(2),
+                        _ => go!(1),
                     }
                     i += MR;
                 }
@@ -333,6 +410,170 @@ mod avx512 {
             }
             k0 = k1;
         }
+    }
+
+    /// Reduction block of the channel-vector kernel: A^T (48 channels × KT) and B (KT × n) stay in L2.
+    const KT: usize = 1024;
+
+    /// One (16·V channels) × J columns tile of the channel-vector kernel over `[k0, k1)`. Partial
+    /// sums live in C (gathered and scattered along the channel stride `ldc`).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_t<const V: usize, const J: usize>(
+        k0: usize,
+        k1: usize,
+        at: *const f32,
+        mp: usize,
+        b: *const f32,
+        rows: BRows,
+        bias: *const f32,
+        lo: f32,
+        hi: f32,
+        c: *mut f32,
+        ldc: usize,
+        mrem: usize,
+        last: bool,
+    ) {
+        let m: [u16; V] = std::array::from_fn(|v| mask(mrem, v));
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(ldc as i32),
+        );
+        let mut acc = [[_mm512_setzero_ps(); J]; V];
+        for (v, row) in acc.iter_mut().enumerate() {
+            let bv = _mm512_maskz_loadu_ps(m[v], bias.add(v * 16));
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = if k0 == 0 {
+                    bv
+                } else {
+                    _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m[v], idx, c.add(v * 16 * ldc + j))
+                };
+            }
+        }
+        for p in k0..k1 {
+            let ap = at.add(p * mp);
+            let av: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(ap.add(v * 16)));
+            let bp = b.add(rows.off(p));
+            for j in 0..J {
+                let x = _mm512_set1_ps(*bp.add(j));
+                for v in 0..V {
+                    acc[v][j] = _mm512_fmadd_ps(av[v], x, acc[v][j]);
+                }
+            }
+        }
+        let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        for (v, row) in acc.iter().enumerate() {
+            for (j, x) in row.iter().enumerate() {
+                let y = if last { _mm512_min_ps(_mm512_max_ps(*x, vlo), vhi) } else { *x };
+                _mm512_mask_i32scatter_ps::<4>(c.add(v * 16 * ldc + j), m[v], idx, y);
+            }
+        }
+    }
+
+    /// Channel rows `[i0, i1)` (a multiple of 16 apart except at m) of the channel-vector kernel.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_t(
+        i0: usize,
+        i1: usize,
+        n: usize,
+        k: usize,
+        at: *const f32,
+        mp: usize,
+        b: *const f32,
+        rows: BRows,
+        bias: *const f32,
+        lo: f32,
+        hi: f32,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // Columns per tile: as even a split of n into tiles of at most 8 as there is.
+        let jw = n.div_ceil(n.div_ceil(8));
+        let mut k0 = 0;
+        loop {
+            let k1 = (k0 + KT).min(k);
+            let last = k1 == k;
+            let mut i = i0;
+            while i < i1 {
+                let mrem = i1 - i;
+                let (ap, bsp, ci) = (at.add(i), bias.add(i), c.add(i * ldc));
+                let mut j = 0;
+                while j < n {
+                    let cols = (n - j).min(jw);
+                    let (bp, cp) = (b.add(j), ci.add(j));
+                    macro_rules! go {
+                        ($v:literal) => {
+                            match cols {
+                                8 => tile_t::<$v, 8>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                7 => tile_t::<$v, 7>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                6 => tile_t::<$v, 6>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                5 => tile_t::<$v, 5>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                4 => tile_t::<$v, 4>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                3 => tile_t::<$v, 3>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                2 => tile_t::<$v, 2>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                _ => tile_t::<$v, 1>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                            }
+                        };
+                    }
+                    match mrem.div_ceil(16) {
+                        1 => go!(1),
+                        2 => go!(2),
+                        _ => go!(3),
+                    }
+                    j += cols;
+                }
+                i += 48;
+            }
+            if last {
+                break;
+            }
+            k0 = k1;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm_t(
+        m: usize,
+        n: usize,
+        k: usize,
+        at: *const f32,
+        mp: usize,
+        b: *const f32,
+        rows: BRows,
+        bias: &[f32],
+        lo: f32,
+        hi: f32,
+        c: *mut f32,
+        ldc: usize,
+        threads: usize,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for i in 0..m {
+                for j in 0..n {
+                    *c.add(i * ldc + j) = bias[i].max(lo).min(hi);
+                }
+            }
+            return;
+        }
+        let bias = bias.as_ptr();
+        let tiles = m.div_ceil(48);
+        if threads <= 1 || tiles < 2 {
+            block_t(0, m, n, k, at, mp, b, rows, bias, lo, hi, c, ldc);
+            return;
+        }
+        let (pa, pb, pc, pbias, rows) = (Ptr(at), Ptr(b), Ptr(c), Ptr(bias), Ptr(rows));
+        let parts = (threads * 2).min(tiles);
+        let per = tiles.div_ceil(parts);
+        (0..parts).into_par_iter().for_each(|t| {
+            let (i0, i1) = ((t * per * 48).min(m), ((t + 1) * per * 48).min(m));
+            if i0 < i1 {
+                block_t(i0, i1, n, k, pa.get(), mp, pb.get(), rows.get(), pbias.get(), lo, hi, pc.get(), ldc);
+            }
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -426,6 +667,24 @@ mod tests {
             let mut c = vec![f32::NAN; m * n];
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| sgemm_bias_act(m, n, k, &a, k, &b, n, &bias, act, &mut c, n, threads));
+            let want = naive(m, n, k, &a, &b, &bias, act);
+            for (x, y) in c.iter().zip(&want) {
+                prop_assert!((x - y).abs() <= 1e-4 * (1.0 + k as f32).sqrt(), "{} vs {}", x, y);
+            }
+        }
+
+        #[test]
+        fn channel_vector_matches_naive(m in 1usize..120, n in 1usize..70, k in 0usize..1300, threads in 1usize..3, relu in any::<bool>(), seed in any::<u64>()) {
+            let mut s = seed | 1;
+            let mut rnd = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5 };
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
+            let act = if relu { Act::Relu } else { Act::Clip { lo: -0.1, hi: 0.2 } };
+            let (at, mp) = pack_t(m, k, &a, k);
+            let mut c = vec![f32::NAN; m * n];
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| sgemm_t(m, n, k, &at, mp, &b, BRows::Strided(n), &bias, act, &mut c, n, threads));
             let want = naive(m, n, k, &a, &b, &bias, act);
             for (x, y) in c.iter().zip(&want) {
                 prop_assert!((x - y).abs() <= 1e-4 * (1.0 + k as f32).sqrt(), "{} vs {}", x, y);

@@ -47,7 +47,7 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
     (
         1usize..5,
         1usize..6,
-        0usize..3,
+        0usize..4,
         1usize..20,
         1usize..40,
         (1usize..6, 1usize..6),
@@ -58,9 +58,11 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
         any::<u64>(),
     )
         .prop_map(|(cg, og, gsel, h, w, k, s, d, pads, act, seed)| {
-            // group: 1, depthwise, or a small group count
+            // group: 1, depthwise, or a small group count; 3: enough output channels (16-60) for the
+            // channel-vector GEMM that small planes take
             let (c_in, c_out, group) = match gsel {
                 0 => (cg * 2, og * 3, 1),
+                3 => (cg * 2, og * 12, 1),
                 1 => (cg * 4, cg * 4, cg * 4),
                 _ => (cg * 2, og * 2, 2),
             };

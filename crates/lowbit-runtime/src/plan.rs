@@ -460,6 +460,12 @@ impl Plan {
                         params = w.len() + geom.c_out;
                         let kernel = if geom.is_depthwise() {
                             "f32 depthwise direct"
+                        } else if geom.channel_vector() {
+                            if geom.is_pointwise() {
+                                "f32 1x1 channel-vector gemm"
+                            } else {
+                                "f32 im2col+channel-vector gemm"
+                            }
                         } else if geom.is_pointwise() {
                             "f32 1x1 gemm"
                         } else if geom.is_shifted() {
@@ -664,7 +670,7 @@ impl Plan {
         let mut total = 0;
         for s in &self.steps {
             total += match &s.kind {
-                Kind::Conv { p, .. } => (p.weight.len() + p.bias.len()) * 4,
+                Kind::Conv { p, .. } => p.weight_bytes(),
                 Kind::Gemm { b, prefill, .. } => (b.len() + prefill.as_ref().map_or(0, |p| p.len())) * 4,
                 Kind::QConv { c, .. } => c.weight_bytes(),
                 Kind::BinConv { c, .. } => c.weight_bytes(),
