@@ -571,7 +571,68 @@ pub(crate) unsafe fn window_avx512<const MAX: bool>(
     }
 }
 
+/// Stride-1 depthwise on a small plane (7x7) as one flat sweep: the plane is copied into a zero
+/// border `pw = ow + kw - 1` wide, so output `(oy, ox)` sits at flat index `oy * pw + ox` and every
+/// tap is a constant offset. 16 consecutive flat outputs fill a vector across rows (a 7-wide row
+/// would fill 7 of its 16 lanes); the border columns' outputs are computed and dropped.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dw_channel_avx512_flat(
+    g: &ConvGeom,
+    plane: &[f32],
+    w: &[f32],
+    bias: f32,
+    lo: f32,
+    hi: f32,
+    out: &mut [f32],
+    buf: &mut Vec<f32>,
+) {
+    use std::arch::x86_64::*;
+    let pw = g.ow + (g.kw - 1) * g.dw;
+    let flat = g.oh * pw;
+    let nvec = flat.div_ceil(16);
+    let reach = (g.kh - 1) * g.dh * pw + (g.kw - 1) * g.dw;
+    buf.clear();
+    buf.resize(nvec * 16 + reach + nvec * 16, 0.0);
+    let (pad, acc) = buf.split_at_mut(nvec * 16 + reach);
+    // Padded rows -pt .. ; columns -pl .. -pl + pw.
+    let rows = g.oh + (g.kh - 1) * g.dh;
+    for py in 0..rows {
+        let iy = py as isize - g.pt as isize;
+        if iy < 0 || iy >= g.h as isize {
+            continue;
+        }
+        let x0 = g.pl.min(pw);
+        let n = g.w.min(pw - x0);
+        let src = &plane[iy as usize * g.w..iy as usize * g.w + n];
+        pad[py * pw + x0..py * pw + x0 + n].copy_from_slice(src);
+    }
+    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let pp = pad.as_ptr();
+    for v in 0..nvec {
+        let mut a = _mm512_set1_ps(bias);
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let x = _mm512_loadu_ps(pp.add(v * 16 + ky * g.dh * pw + kx * g.dw));
+                a = _mm512_fmadd_ps(_mm512_set1_ps(*w.get_unchecked(ky * g.kw + kx)), x, a);
+            }
+        }
+        _mm512_storeu_ps(acc.as_mut_ptr().add(v * 16), _mm512_min_ps(_mm512_max_ps(a, vlo), vhi));
+    }
+    for oy in 0..g.oh {
+        out[oy * g.ow..(oy + 1) * g.ow].copy_from_slice(&acc[oy * pw..oy * pw + g.ow]);
+    }
+}
+
 fn dw_channel(g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, act: Act, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::f32gemm::avx512_available() && g.sw == 1 && g.sh == 1 && g.ow <= 12 {
+        if let Some((lo, hi)) = crate::f32gemm::clamp_of(act) {
+            // SAFETY: AVX-512F is available; the buffer holds every vector and tap offset read.
+            return PAD_BUF
+                .with(|b| unsafe { dw_channel_avx512_flat(g, plane, w, bias, lo, hi, out, &mut b.borrow_mut()) });
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::f32gemm::avx512_available() && g.sw <= 2 && g.kw <= 16 {
         if let Some((lo, hi)) = crate::f32gemm::clamp_of(act) {
