@@ -153,11 +153,28 @@ pub fn sgemm_rows(
     }
 }
 
+/// Columns per panel of [`pack_gemv`].
+pub const GEMV_PANEL: usize = 128;
+
+/// Lays out a row-major `w[k×n]` for [`gemv_bias_act`]: panels of [`GEMV_PANEL`] columns, each
+/// `[k][width]` contiguous (panel `j0` starts at `j0 * k`), so the kernel streams memory in order
+/// instead of jumping a whole row (`4n` bytes, a new page for wide layers) per step.
+pub fn pack_gemv(k: usize, n: usize, w: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; k * n];
+    for j0 in (0..n).step_by(GEMV_PANEL) {
+        let wd = (n - j0).min(GEMV_PANEL);
+        for p in 0..k {
+            out[j0 * k + p * wd..j0 * k + (p + 1) * wd].copy_from_slice(&w[p * n + j0..p * n + j0 + wd]);
+        }
+    }
+    out
+}
+
 /// Matrix-vector product for batch-1 fully connected layers: `y[j] = act(bias[j] + Σ_p x[p] *
-/// w[p*n + j])`, `w` row-major `[k, n]`. Streams `w` once; threads split the columns.
+/// w[p][j])` with `w` laid out by [`pack_gemv`]. Threads split the panels.
 pub fn gemv_bias_act(
     x: &[f32],
-    w: &[f32],
+    wp: &[f32],
     k: usize,
     n: usize,
     bias: Option<&[f32]>,
@@ -165,31 +182,30 @@ pub fn gemv_bias_act(
     y: &mut [f32],
     threads: usize,
 ) {
-    assert!(x.len() >= k && w.len() >= k * n && y.len() >= n && bias.is_none_or(|b| b.len() >= n));
+    assert!(x.len() >= k && wp.len() >= k * n && y.len() >= n && bias.is_none_or(|b| b.len() >= n));
     let job = |j0: usize, yc: &mut [f32]| {
-        let len = yc.len();
+        let wd = yc.len();
         match bias {
-            Some(b) => yc.copy_from_slice(&b[j0..j0 + len]),
+            Some(b) => yc.copy_from_slice(&b[j0..j0 + wd]),
             None => yc.fill(0.0),
         }
+        let panel = &wp[j0 * k..j0 * k + k * wd];
         #[cfg(target_arch = "x86_64")]
         if avx512_available() {
-            // SAFETY: AVX-512F available; all accesses are within the asserted bounds.
-            unsafe { avx512::gemv_cols(x, w, k, n, j0, yc) };
+            // SAFETY: AVX-512F available; the panel holds k rows of `wd` <= 128 columns.
+            unsafe { avx512::gemv_panel(x, panel, k, yc) };
             crate::eltwise::apply_act(act, yc);
             return;
         }
         for (p, &xv) in x[..k].iter().enumerate() {
-            let row = &w[p * n + j0..p * n + j0 + len];
-            yc.iter_mut().zip(row).for_each(|(a, &b)| *a += xv * b);
+            yc.iter_mut().zip(&panel[p * wd..(p + 1) * wd]).for_each(|(a, &b)| *a += xv * b);
         }
         crate::eltwise::apply_act(act, yc);
     };
-    if threads > 1 && n >= 256 {
-        let chunk = n.div_ceil(threads * 2).div_ceil(16) * 16;
-        y[..n].par_chunks_mut(chunk).enumerate().for_each(|(i, yc)| job(i * chunk, yc));
+    if threads > 1 && n > GEMV_PANEL {
+        y[..n].par_chunks_mut(GEMV_PANEL).enumerate().for_each(|(i, yc)| job(i * GEMV_PANEL, yc));
     } else {
-        job(0, &mut y[..n]);
+        y[..n].chunks_mut(GEMV_PANEL).enumerate().for_each(|(i, yc)| job(i * GEMV_PANEL, yc));
     }
 }
 
@@ -268,26 +284,22 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// Accumulates `x · w[:, j0..j0+len]` into `y` (len = y.len()), 128 columns per pass.
+    /// Accumulates `x · panel` into `y` (`panel` is `[k][y.len()]`, at most 128 columns).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gemv_cols(x: &[f32], w: &[f32], k: usize, n: usize, j0: usize, y: &mut [f32]) {
-        let len = y.len();
-        let mut j = 0;
-        while j < len {
-            let cols = (len - j).min(128);
-            let m: [u16; 8] = std::array::from_fn(|v| mask(cols, v));
-            let mut acc: [__m512; 8] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(m[v], y.as_ptr().add(j + v * 16)));
-            for p in 0..k {
-                let xv = _mm512_set1_ps(*x.get_unchecked(p));
-                let row = w.as_ptr().add(p * n + j0 + j);
-                for v in 0..8 {
-                    acc[v] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m[v], row.add(v * 16)), acc[v]);
-                }
-            }
+    pub(super) unsafe fn gemv_panel(x: &[f32], panel: &[f32], k: usize, y: &mut [f32]) {
+        let wd = y.len();
+        let m: [u16; 8] = std::array::from_fn(|v| mask(wd, v));
+        let mut acc: [__m512; 8] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(m[v], y.as_ptr().add(v * 16)));
+        let mut row = panel.as_ptr();
+        for p in 0..k {
+            let xv = _mm512_set1_ps(*x.get_unchecked(p));
             for v in 0..8 {
-                _mm512_mask_storeu_ps(y.as_mut_ptr().add(j + v * 16), m[v], acc[v]);
+                acc[v] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m[v], row.add(v * 16)), acc[v]);
             }
-            j += 128;
+            row = row.add(wd);
+        }
+        for v in 0..8 {
+            _mm512_mask_storeu_ps(y.as_mut_ptr().add(v * 16), m[v], acc[v]);
         }
     }
 
@@ -688,6 +700,28 @@ mod tests {
             let want = naive(m, n, k, &a, &b, &bias, act);
             for (x, y) in c.iter().zip(&want) {
                 prop_assert!((x - y).abs() <= 1e-4 * (1.0 + k as f32).sqrt(), "{} vs {}", x, y);
+            }
+        }
+
+        #[test]
+        fn gemv_matches_naive(n in 1usize..400, k in 0usize..300, threads in 1usize..3, bias in any::<bool>(), seed in any::<u64>()) {
+            let mut s = seed | 1;
+            let mut rnd = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5 };
+            let x: Vec<f32> = (0..k).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let wp = pack_gemv(k, n, &w);
+            let mut y = vec![f32::NAN; n];
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| gemv_bias_act(&x, &wp, k, n, bias.then_some(&b[..]), Act::Relu, &mut y, threads));
+            // naive's bias is per row; the matrix-vector bias is per column
+            let want: Vec<f32> = naive(1, n, k, &x, &w, &[0.0], Act::None)
+                .iter()
+                .zip(&b)
+                .map(|(v, bj)| (v + if bias { *bj } else { 0.0 }).max(0.0))
+                .collect();
+            for (a, c) in y.iter().zip(&want) {
+                prop_assert!((a - c).abs() <= 1e-4 * (1.0 + k as f32).sqrt(), "{} vs {}", a, c);
             }
         }
     }

@@ -496,6 +496,8 @@ impl Plan {
                         });
                         macs = (m * nn * k) as u64;
                         params = bt.len() + konst(2).map(|c| c.len()).unwrap_or(0);
+                        // Batch 1: the matrix-vector kernel's panel layout.
+                        let b = if m == 1 { f32gemm::pack_gemv(k, nn, &b) } else { b };
                         (Kind::Gemm { m, n: nn, k, b, prefill, trans_a: *trans_a, act: *act }, "f32 gemm")
                     }
                     Op::MatMul if all_f32 && in_shape(0).len() >= 2 && konst(1).is_some_and(|b| b.rank() == 2) => {
@@ -504,18 +506,8 @@ impl Plan {
                         let m = in_shape(0).iter().product::<usize>() / k;
                         macs = (m * nn * k) as u64;
                         params = bt.len();
-                        (
-                            Kind::Gemm {
-                                m,
-                                n: nn,
-                                k,
-                                b: bt.to_f32_vec(),
-                                prefill: None,
-                                trans_a: false,
-                                act: Act::None,
-                            },
-                            "f32 gemm",
-                        )
+                        let b = if m == 1 { f32gemm::pack_gemv(k, nn, &bt.to_f32_vec()) } else { bt.to_f32_vec() };
+                        (Kind::Gemm { m, n: nn, k, b, prefill: None, trans_a: false, act: Act::None }, "f32 gemm")
                     }
                     Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish if all_f32 => {
                         match lowbit_core::passes::as_activation(g, n) {
@@ -917,7 +909,8 @@ unsafe fn exec_step(
             if let Some(p) = prefill {
                 out.copy_from_slice(p);
             }
-            if *m == 1 && prefill.as_ref().is_none_or(|p| p.len() == *n) {
+            if *m == 1 {
+                // `b` is in pack_gemv's panel layout; a batch-1 prefill is one row of n.
                 f32gemm::gemv_bias_act(a, b, *k, *n, prefill.as_deref(), *act, out, threads);
                 return Ok(());
             }
