@@ -209,14 +209,21 @@ pub fn gemv_bias_act(
     }
 }
 
-/// A weight matrix `A[m×k]` transposed and padded for [`sgemm_t`]: `at[p*mp + i] = a[i*lda + p]`,
-/// `mp` = m rounded up to 16, zeros in the padding.
+/// Output channels per panel of [`pack_t`] (three zmm vectors).
+const TP: usize = 48;
+
+/// A weight matrix `A[m×k]` transposed and padded for [`sgemm_t`]: `mp` = m rounded up to 16;
+/// panels of 48 channels (the last one `mp - i0` wide), each `[k][width]` contiguous and starting at
+/// `i0 * k`, so a tile streams its weights in order; zeros in the padding.
 pub fn pack_t(m: usize, k: usize, a: &[f32], lda: usize) -> (Vec<f32>, usize) {
     let mp = m.div_ceil(16) * 16;
     let mut at = vec![0f32; k * mp];
-    for i in 0..m {
-        for p in 0..k {
-            at[p * mp + i] = a[i * lda + p];
+    for i0 in (0..mp).step_by(TP) {
+        let wd = TP.min(mp - i0);
+        for i in i0..(i0 + wd).min(m) {
+            for p in 0..k {
+                at[i0 * k + p * wd + (i - i0)] = a[i * lda + p];
+            }
         }
     }
     (at, mp)
@@ -271,8 +278,9 @@ pub fn sgemm_t(
     for i in 0..m {
         let ci = &mut c[i * ldc..i * ldc + n];
         ci.fill(bias[i]);
+        let (i0, wd) = (i / TP * TP, TP.min(mp - i / TP * TP));
         for p in 0..k {
-            let (av, o) = (at[p * mp + i], rows.off(p));
+            let (av, o) = (at[i0 * k + p * wd + i - i0], rows.off(p));
             ci.iter_mut().zip(&b[o..o + n]).for_each(|(x, &y)| *x += av * y);
         }
         crate::eltwise::apply_act(act, ci);
@@ -435,7 +443,7 @@ mod avx512 {
         k0: usize,
         k1: usize,
         at: *const f32,
-        mp: usize,
+        ld: usize,
         b: *const f32,
         rows: BRows,
         bias: *const f32,
@@ -463,7 +471,7 @@ mod avx512 {
             }
         }
         for p in k0..k1 {
-            let ap = at.add(p * mp);
+            let ap = at.add(p * ld);
             let av: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(ap.add(v * 16)));
             let bp = b.add(rows.off(p));
             for j in 0..J {
@@ -509,7 +517,9 @@ mod avx512 {
             let mut i = i0;
             while i < i1 {
                 let mrem = i1 - i;
-                let (ap, bsp, ci) = (at.add(i), bias.add(i), c.add(i * ldc));
+                // This channel panel of pack_t: 48 wide except the last.
+                let (ap, ld) = (at.add(i * k), TP.min(mp - i));
+                let (bsp, ci) = (bias.add(i), c.add(i * ldc));
                 let mut j = 0;
                 while j < n {
                     let cols = (n - j).min(jw);
@@ -517,14 +527,14 @@ mod avx512 {
                     macro_rules! go {
                         ($v:literal) => {
                             match cols {
-                                8 => tile_t::<$v, 8>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
-                                7 => tile_t::<$v, 7>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
-                                6 => tile_t::<$v, 6>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
-                                5 => tile_t::<$v, 5>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
-                                4 => tile_t::<$v, 4>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
-                                3 => tile_t::<$v, 3>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
-                                2 => tile_t::<$v, 2>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
-                                _ => tile_t::<$v, 1>(k0, k1, ap, mp, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                8 => tile_t::<$v, 8>(k0, k1, ap, ld, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                7 => tile_t::<$v, 7>(k0, k1, ap, ld, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                6 => tile_t::<$v, 6>(k0, k1, ap, ld, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                5 => tile_t::<$v, 5>(k0, k1, ap, ld, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                4 => tile_t::<$v, 4>(k0, k1, ap, ld, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                3 => tile_t::<$v, 3>(k0, k1, ap, ld, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                2 => tile_t::<$v, 2>(k0, k1, ap, ld, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
+                                _ => tile_t::<$v, 1>(k0, k1, ap, ld, bp, rows, bsp, lo, hi, cp, ldc, mrem, last),
                             }
                         };
                     }
@@ -535,7 +545,7 @@ mod avx512 {
                     }
                     j += cols;
                 }
-                i += 48;
+                i += TP;
             }
             if last {
                 break;
@@ -572,7 +582,7 @@ mod avx512 {
             return;
         }
         let bias = bias.as_ptr();
-        let tiles = m.div_ceil(48);
+        let tiles = m.div_ceil(TP);
         if threads <= 1 || tiles < 2 {
             block_t(0, m, n, k, at, mp, b, rows, bias, lo, hi, c, ldc);
             return;
@@ -581,7 +591,7 @@ mod avx512 {
         let parts = (threads * 2).min(tiles);
         let per = tiles.div_ceil(parts);
         (0..parts).into_par_iter().for_each(|t| {
-            let (i0, i1) = ((t * per * 48).min(m), ((t + 1) * per * 48).min(m));
+            let (i0, i1) = ((t * per * TP).min(m), ((t + 1) * per * TP).min(m));
             if i0 < i1 {
                 block_t(i0, i1, n, k, pa.get(), mp, pb.get(), rows.get(), pbias.get(), lo, hi, pc.get(), ldc);
             }
