@@ -432,6 +432,32 @@ mod avx512 {
         }
     }
 
+    /// Empty products: nothing to do, or (k = 0) C is the clamped bias. True if handled.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn degenerate(
+        m: usize,
+        n: usize,
+        k: usize,
+        bias: &[f32],
+        lo: f32,
+        hi: f32,
+        c: *mut f32,
+        ldc: usize,
+    ) -> bool {
+        if m == 0 || n == 0 {
+            return true;
+        }
+        if k == 0 {
+            for i in 0..m {
+                for j in 0..n {
+                    *c.add(i * ldc + j) = bias[i].max(lo).min(hi);
+                }
+            }
+            return true;
+        }
+        false
+    }
+
     /// Reduction block of the channel-vector kernel: A^T (48 channels × KT) and B (KT × n) stay in L2.
     const KT: usize = 1024;
 
@@ -570,15 +596,7 @@ mod avx512 {
         ldc: usize,
         threads: usize,
     ) {
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            for i in 0..m {
-                for j in 0..n {
-                    *c.add(i * ldc + j) = bias[i].max(lo).min(hi);
-                }
-            }
+        if degenerate(m, n, k, bias, lo, hi, c, ldc) {
             return;
         }
         let bias = bias.as_ptr();
@@ -614,15 +632,7 @@ mod avx512 {
         ldc: usize,
         threads: usize,
     ) {
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            for i in 0..m {
-                for j in 0..n {
-                    *c.add(i * ldc + j) = bias[i].max(lo).min(hi);
-                }
-            }
+        if degenerate(m, n, k, bias, lo, hi, c, ldc) {
             return;
         }
         let bias = bias.as_ptr();
