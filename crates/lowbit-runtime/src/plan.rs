@@ -787,7 +787,7 @@ impl Plan {
             Ok(())
         };
         let r = match &self.pool {
-            Some(p) => p.install(&mut exec),
+            Some(p) => p.install(|| with_spinning_helpers(&mut exec)),
             None => exec(),
         };
         drop(exec);
@@ -796,6 +796,40 @@ impl Plan {
         let base = self.arena.as_ptr() as *const u8;
         Ok(self.outputs.iter().map(|(_, o)| unsafe { read_operand(base, o) }).collect())
     }
+}
+
+/// Runs `f` on the current pool thread while every other thread of the pool busy-waits for work
+/// (`rayon::yield_now`) instead of going to sleep between parallel steps. A plan run is a chain of
+/// short parallel regions (hundreds per MobileNet inference); waking a sleeping worker for each of
+/// them costs more than the regions' own imbalance. `LOWBIT_SPIN=0` turns it off.
+fn with_spinning_helpers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let helpers = rayon::current_num_threads().saturating_sub(1);
+    if helpers == 0 || *OFF.get_or_init(|| std::env::var("LOWBIT_SPIN").is_ok_and(|v| v == "0")) {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    let me = rayon::current_thread_index();
+    rayon::scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| {
+                // A helper job picked up by the running thread itself (while it waits inside a
+                // parallel step) must not spin there: it would never get back to its own work.
+                if rayon::current_thread_index() == me {
+                    return;
+                }
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let r = f();
+        done.store(true, Ordering::Release);
+        r
+    })
 }
 
 #[derive(Clone, Copy)]
