@@ -128,6 +128,11 @@ impl PackedConv {
         PackedConv { geom, weight, bias, act, row_offsets, wt, mp }
     }
 
+    /// Packed for the channel-vector GEMM (decided once, by [`ConvGeom::channel_vector`])?
+    pub fn channel_vector(&self) -> bool {
+        self.mp > 0
+    }
+
     /// Bytes of packed weights and biases held.
     pub fn weight_bytes(&self) -> usize {
         (self.weight.len() + self.wt.len() + self.bias.len()) * 4
@@ -196,7 +201,7 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
     let cig = g.c_in / g.group;
     for gi in 0..g.group {
         let xg = &x[gi * cig * g.h * g.w..(gi + 1) * cig * g.h * g.w];
-        let w = if g.channel_vector() { &[][..] } else { &p.weight[gi * cog * k..(gi + 1) * cog * k] };
+        let w = if p.channel_vector() { &[][..] } else { &p.weight[gi * cog * k..(gi + 1) * cog * k] };
         let bias = &p.bias[gi * cog..(gi + 1) * cog];
         if g.is_shifted() {
             let (hp, wp) = g.padded_hw();
@@ -255,7 +260,7 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
             col
         };
         let dst = &mut out[gi * cog * hw_out..(gi + 1) * cog * hw_out];
-        if g.channel_vector() {
+        if p.channel_vector() {
             let rows = crate::f32gemm::BRows::Strided(hw_out);
             crate::f32gemm::sgemm_t(cog, hw_out, k, &p.wt, p.mp, rhs, rows, bias, p.act, dst, hw_out, threads);
         } else {

@@ -75,6 +75,26 @@ impl BRows<'_> {
     }
 }
 
+/// The bounds every GEMM entry point asserts on B (rows located by `rows`), the bias and C.
+#[allow(clippy::too_many_arguments)]
+fn check_bc(m: usize, n: usize, k: usize, b: &[f32], rows: BRows, bias: &[f32], c: &[f32], ldc: usize) {
+    if let BRows::Offsets(o) = rows {
+        assert!(o.len() >= k);
+    }
+    assert!(k == 0 || n == 0 || b.len() >= rows.max_end(k, n));
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
+    assert!(bias.len() >= m);
+}
+
+/// An activation the AVX-512 epilogues cannot fuse (not a clamp), applied to C afterwards.
+fn act_after(act: Act, m: usize, n: usize, c: &mut [f32], ldc: usize) {
+    if clamp_of(act).is_none() {
+        for i in 0..m {
+            crate::eltwise::apply_act(act, &mut c[i * ldc..i * ldc + n]);
+        }
+    }
+}
+
 /// `c[i*ldc + j] = act(bias[i] + Σ_p a[i*lda + p] * b[p*ldb + j])` for `i < m`, `j < n`.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_bias_act(
@@ -111,22 +131,13 @@ pub fn sgemm_rows(
     threads: usize,
 ) {
     assert!(m == 0 || a.len() >= (m - 1) * lda + k);
-    if let BRows::Offsets(o) = rows {
-        assert!(o.len() >= k);
-    }
-    assert!(k == 0 || n == 0 || b.len() >= rows.max_end(k, n));
-    assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
-    assert!(bias.len() >= m);
+    check_bc(m, n, k, b, rows, bias, c, ldc);
     #[cfg(target_arch = "x86_64")]
     if avx512_available() {
         let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         // SAFETY: AVX-512F is available and the asserts above bound every access.
         unsafe { avx512::gemm(m, n, k, a.as_ptr(), lda, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads) };
-        if clamp_of(act).is_none() {
-            for i in 0..m {
-                crate::eltwise::apply_act(act, &mut c[i * ldc..i * ldc + n]);
-            }
-        }
+        act_after(act, m, n, c, ldc);
         return;
     }
     for i in 0..m {
@@ -254,13 +265,8 @@ pub fn sgemm_t(
     ldc: usize,
     threads: usize,
 ) {
-    assert!(mp >= m && mp % 16 == 0 && at.len() >= k * mp);
-    if let BRows::Offsets(o) = rows {
-        assert!(o.len() >= k);
-    }
-    assert!(k == 0 || n == 0 || b.len() >= rows.max_end(k, n));
-    assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
-    assert!(bias.len() >= m && ldc <= (i32::MAX as usize) / 16);
+    assert!(mp >= m && mp % 16 == 0 && at.len() >= k * mp && ldc <= (i32::MAX as usize) / 16);
+    check_bc(m, n, k, b, rows, bias, c, ldc);
     #[cfg(target_arch = "x86_64")]
     if avx512_available() {
         let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
@@ -268,11 +274,7 @@ pub fn sgemm_t(
         unsafe {
             avx512::gemm_t(m, n, k, at.as_ptr(), mp, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads)
         };
-        if clamp_of(act).is_none() {
-            for i in 0..m {
-                crate::eltwise::apply_act(act, &mut c[i * ldc..i * ldc + n]);
-            }
-        }
+        act_after(act, m, n, c, ldc);
         return;
     }
     for i in 0..m {
@@ -372,6 +374,20 @@ mod avx512 {
         }
     }
 
+    /// Runs `f(k0, k1, last)` over the reduction range `[0, k)` in blocks of `kc`.
+    #[inline(always)]
+    fn k_blocks(k: usize, kc: usize, mut f: impl FnMut(usize, usize, bool)) {
+        let mut k0 = 0;
+        loop {
+            let k1 = (k0 + kc).min(k);
+            f(k0, k1, k1 == k);
+            if k1 == k {
+                return;
+            }
+            k0 = k1;
+        }
+    }
+
     /// All tiles with rows in `[i0, i1)` and columns in `[j0, j1)`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -391,10 +407,7 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
     ) {
-        let mut k0 = 0;
-        loop {
-            let k1 = (k0 + KC).min(k);
-            let last = k1 == k;
+        k_blocks(k, KC, |k0, k1, last| {
             let mut j = j0;
             while j < j1 {
                 let cols = (j1 - j).min(NR);
@@ -425,11 +438,7 @@ mod avx512 {
                 }
                 j += NR;
             }
-            if last {
-                break;
-            }
-            k0 = k1;
-        }
+        });
     }
 
     /// Empty products: nothing to do, or (k = 0) C is the clamped bias. True if handled.
@@ -536,10 +545,7 @@ mod avx512 {
     ) {
         // Columns per tile: as even a split of n into tiles of at most 8 as there is.
         let jw = n.div_ceil(n.div_ceil(8));
-        let mut k0 = 0;
-        loop {
-            let k1 = (k0 + KT).min(k);
-            let last = k1 == k;
+        k_blocks(k, KT, |k0, k1, last| {
             let mut i = i0;
             while i < i1 {
                 let mrem = i1 - i;
@@ -573,11 +579,7 @@ mod avx512 {
                 }
                 i += TP;
             }
-            if last {
-                break;
-            }
-            k0 = k1;
-        }
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
