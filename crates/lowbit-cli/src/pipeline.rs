@@ -161,6 +161,7 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
         if a.threads > 0 {
             let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
         }
+        lowbit_train::keep_freed_memory();
         let bits_for: HashMap<String, u8> =
             l2.weight_bits.iter().filter_map(|(n, b)| b.map(|b| (n.clone(), b))).collect();
         let qc = QatConfig {

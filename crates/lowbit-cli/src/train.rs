@@ -128,6 +128,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if a.threads > 0 {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
     }
+    lowbit_train::keep_freed_memory();
     let g = load_model(&a.model)?;
     let (preset, pre) = choose_preset(a.preset.as_deref(), &g, &a.data)?;
     let train_set = load_data(&a.data, Split::Train, &pre, a.limit)?;

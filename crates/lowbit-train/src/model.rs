@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use burn::tensor::activation::relu;
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::module::{avg_pool2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use lowbit_core::shape::window;
@@ -492,14 +492,12 @@ impl Model {
                         groups: attrs.group.max(1),
                     };
                     let bt = b.map(|b| self.bias(b, *w, x));
-                    (out, V::T4(apply_act(conv2d(xt, wt, bt, opts), attrs.act)))
+                    (out, V::T4(apply_act(crate::conv::conv2d(xt, wt, bt, opts), attrs.act)))
                 }
                 Step::Bn { x, gamma, beta, mean, var, eps, out } => {
                     let xt = get(x)?.t4(name)?;
                     let [n, c, h, w] = xt.dims();
-                    let g4: Tensor<4> = self.vec_param(*gamma, 1);
-                    let b4: Tensor<4> = self.vec_param(*beta, 1);
-                    let y = if train {
+                    let y = if train && crate::conv::burn_ops("bn") {
                         let mu = xt.clone().mean_dim(0).mean_dim(2).mean_dim(3);
                         let d = xt - mu.clone();
                         let v = d.clone().square().mean_dim(0).mean_dim(2).mean_dim(3);
@@ -509,8 +507,22 @@ impl Model {
                         let v1: Tensor<1> = v.clone().detach().reshape([c]).mul_scalar(cnt / (cnt - 1.0).max(1.0));
                         updates.push((*mean, self.buffers[*mean].1.clone().mul_scalar(1.0 - mom) + m1.mul_scalar(mom)));
                         updates.push((*var, self.buffers[*var].1.clone().mul_scalar(1.0 - mom) + v1.mul_scalar(mom)));
+                        let (g4, b4): (Tensor<4>, Tensor<4>) = (self.vec_param(*gamma, 1), self.vec_param(*beta, 1));
                         d * (v.add_scalar(*eps).sqrt().recip() * g4) + b4
+                    } else if train {
+                        let st = crate::bn::batch_stats(&xt);
+                        let cnt = (n * h * w) as f32;
+                        let mom = self.bn_momentum;
+                        let m1: Tensor<1> = st.clone().narrow(0, 0, 1).reshape([c]);
+                        let v1: Tensor<1> =
+                            st.clone().narrow(0, 1, 1).reshape([c]).mul_scalar(cnt / (cnt - 1.0).max(1.0));
+                        updates.push((*mean, self.buffers[*mean].1.clone().mul_scalar(1.0 - mom) + m1.mul_scalar(mom)));
+                        updates.push((*var, self.buffers[*var].1.clone().mul_scalar(1.0 - mom) + v1.mul_scalar(mom)));
+                        let (g1, b1) = (self.vec_param(*gamma, 0), self.vec_param(*beta, 0));
+                        crate::bn::batch_norm_train(xt, g1, b1, st, *eps)
                     } else {
+                        let g4: Tensor<4> = self.vec_param(*gamma, 1);
+                        let b4: Tensor<4> = self.vec_param(*beta, 1);
                         let rm: Tensor<4> = self.buffers[*mean].1.clone().reshape([1, c, 1, 1]);
                         let rv: Tensor<4> = self.buffers[*var].1.clone().reshape([1, c, 1, 1]);
                         let k = rv.add_scalar(*eps).sqrt().recip() * g4;
