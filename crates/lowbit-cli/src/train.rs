@@ -70,6 +70,10 @@ pub struct TrainArgs {
     pub skip_first: bool,
     #[arg(long)]
     pub skip_last: bool,
+    /// QAT: keep the first and last layers quantized at this width (their weights and the
+    /// activation the last layer reads), the usual setting below 4 bits
+    #[arg(long, requires = "qat", conflicts_with_all = ["skip_first", "skip_last"], value_parser = clap::value_parser!(u8).range(2..=8))]
+    pub first_last_bits: Option<u8>,
     /// Binary network (W1A1, first/last layers 8-bit, Bi-Real shortcuts): irnet (Libra-PB + EDE)
     /// or xnor (sign with mean |w| scale, straight-through estimator: the baseline)
     #[arg(long, value_parser = ["irnet", "xnor"], conflicts_with = "qat")]
@@ -215,6 +219,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 per_channel: !a.per_tensor,
                 skip_first: a.skip_first,
                 skip_last: a.skip_last,
+                first_last_bits: a.first_last_bits,
                 ..Default::default()
             };
             let float_acc = top1(&g, &test_set, a.threads)?;

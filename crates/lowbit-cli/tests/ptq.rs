@@ -227,3 +227,58 @@ fn cle_can_replace_every_relu6_as_the_dfq_paper_does() {
     assert!(out.exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn first_and_last_layers_keep_their_own_width() {
+    // W2A2 with the first and last layers at 8 bits: the overrides name the first conv and the
+    // classifier, the activation the classifier reads (and the pass-through chain up to its
+    // quantized producer) gets 8-bit parameters, every other activation stays at 2 bits.
+    let g = lowbit_onnx::read_model(&zoo("fmnist-resnet.onnx")).unwrap();
+    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(100)).unwrap();
+    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
+    let stats =
+        lowbit_quant::calibrate::calibrate(&canon, &[1, 28, 28], &calib.data, calib.n, 50, 2, true, &mut |_, _| {})
+            .unwrap();
+    let (wb, ab) = lowbit_quant::qdq::first_last_overrides(&canon, 8);
+    let convs: Vec<&str> =
+        canon.nodes.iter().filter(|n| matches!(n.op.op_type(), "Conv" | "Gemm")).map(|n| n.name.as_str()).collect();
+    let mut expect_w = vec![convs[0].to_string(), convs[convs.len() - 1].to_string()];
+    let mut got_w: Vec<String> = wb.keys().cloned().collect();
+    expect_w.sort();
+    got_w.sort();
+    assert_eq!(got_w, expect_w);
+    assert!(wb.values().all(|&b| b == 8));
+    let last = canon.nodes.iter().find(|n| n.name == convs[convs.len() - 1]).unwrap();
+    assert!(ab.contains_key(&last.inputs[0]), "the classifier's input must be overridden");
+    let base = QdqConfig { weight_bits: 2, act_bits: 2, method: Method::Mse, ..Default::default() };
+    let all2 = build_qdq(&canon, &stats, &base).unwrap();
+    let fl = build_qdq(&canon, &stats, &QdqConfig { weight_bits_for: wb, act_bits_for: ab.clone(), ..base }).unwrap();
+    let mut checked = 0;
+    for (v, &(s8, _)) in &fl.act_params {
+        let (s2, _) = all2.act_params[v];
+        if ab.contains_key(v) {
+            // 255 steps instead of 3 over a similar range.
+            assert!(s8 < s2 / 10.0, "{v}: 8-bit scale {s8} vs 2-bit {s2}");
+            checked += 1;
+        } else {
+            assert_eq!(s8, s2, "{v} is not overridden and must keep its 2-bit parameters");
+        }
+    }
+    assert!(checked >= 1);
+    let bits =
+        |m: &lowbit_quant::qdq::QdqModel, node: &str| m.layers.iter().find(|l| l.node == node).unwrap().weight_bits;
+    assert_eq!(bits(&fl, convs[0]), Some(8));
+    assert_eq!(bits(&fl, convs[convs.len() - 1]), Some(8));
+    assert_eq!(bits(&fl, convs[1]), Some(2));
+    // The file runs in ONNX Runtime with the same predictions as lowbit's executor.
+    let n = 200;
+    let test = lowbit_data::load_idx_dir(&fashion_dir(), Split::Test, &Preprocess::fmnist(), Some(n)).unwrap();
+    let d = tmpdir("ptq-first-last");
+    let path = d.join("q.onnx");
+    lowbit_onnx::write_model(&fl.graph, &path).unwrap();
+    let (_, ort) = ort_run(&path, &test.data, &[n, 1, 28, 28], "ptq-first-last-ort");
+    let ours = Classifier::new(fl.graph.clone(), vec![1, 28, 28], 2).logits(&test.data, n).unwrap();
+    let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
+    assert!(agree * 1000 >= n * 995, "lowbit/ORT agreement {agree}/{n}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -28,6 +28,9 @@ pub struct QdqConfig {
     pub keep_float: HashSet<String>,
     /// Per-node weight bit widths overriding `weight_bits` (mixed precision).
     pub weight_bits_for: HashMap<String, u8>,
+    /// Per-value activation bit widths overriding `act_bits` (by value name; see
+    /// [`first_last_overrides`]).
+    pub act_bits_for: HashMap<String, u8>,
     /// Keep the first compute layer (the one reading the model input) in float.
     pub skip_first: bool,
     /// Keep the last compute layer (the one writing the model output) in float.
@@ -59,6 +62,7 @@ impl Default for QdqConfig {
             weight_mse: false,
             keep_float: HashSet::new(),
             weight_bits_for: HashMap::new(),
+            act_bits_for: HashMap::new(),
             skip_first: false,
             skip_last: false,
             bias_correction: true,
@@ -169,15 +173,45 @@ fn is_qio(op: &Op) -> bool {
     matches!(op, Op::Add | Op::Concat { .. } | Op::AveragePool(_) | Op::GlobalAveragePool)
 }
 
+impl QdqConfig {
+    /// The activation bit width of value `v`.
+    pub fn act_bits_of(&self, v: &str) -> u8 {
+        self.act_bits_for.get(v).copied().unwrap_or(self.act_bits)
+    }
+}
+
+/// Weight and activation overrides that keep the first and last compute layers of `g` at `bits`:
+/// their weights, and the activation the last layer reads (with the pass-through values, such as
+/// a Flatten, between it and the quantized producer). The first layer reads the model input,
+/// which is always 8-bit. Returns `(weight_bits_for, act_bits_for)`.
+pub fn first_last_overrides(g: &Graph, bits: u8) -> (HashMap<String, u8>, HashMap<String, u8>) {
+    let compute: Vec<usize> = (0..g.nodes.len()).filter(|&i| is_compute(&g.nodes[i], g)).collect();
+    let (mut w, mut a) = (HashMap::new(), HashMap::new());
+    let (Some(&first), Some(&last)) = (compute.first(), compute.last()) else { return (w, a) };
+    w.insert(g.nodes[first].name.clone(), bits);
+    w.insert(g.nodes[last].name.clone(), bits);
+    let producers = g.producers();
+    let mut v = g.nodes[last].inputs[0].clone();
+    loop {
+        a.insert(v.clone(), bits);
+        match producers.get(v.as_str()).map(|&i| &g.nodes[i]) {
+            Some(p) if is_passthrough(&p.op) => v = p.inputs[0].clone(),
+            _ => break,
+        }
+    }
+    (w, a)
+}
+
 /// Quantizes `g` (a canonical float graph, see `lowbit_runtime::canonicalize_free`) using the
 /// calibration statistics `stats`.
 pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> {
-    let act_scheme = QScheme::activations(cfg.act_bits);
-    let input_scheme = QScheme::activations(8);
-    act_scheme.validate().map_err(Error::Invalid)?;
+    QScheme::activations(cfg.act_bits).validate().map_err(Error::Invalid)?;
     QScheme::weights(cfg.weight_bits).validate().map_err(Error::Invalid)?;
     for (n, b) in &cfg.weight_bits_for {
         QScheme::weights(*b).validate().map_err(|e| Error::node(n, e))?;
+    }
+    for (v, b) in &cfg.act_bits_for {
+        QScheme::activations(*b).validate().map_err(|e| Error::value(v, e))?;
     }
     let producers = g.producers();
     let inputs: HashSet<&str> = g.runtime_inputs().iter().map(|v| v.name.as_str()).collect();
@@ -209,13 +243,13 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
         // The model input is data the user controls: never clip it, and keep it at 8 bits (images
         // are 8-bit data; min-max over 256 levels loses nothing for u8 pixels).
         let is_input = inputs.contains(v);
-        let levels = 1usize << if is_input { 8 } else { cfg.act_bits };
+        let bits = if is_input { 8 } else { cfg.act_bits_of(v) };
         let method = if is_input { Method::MinMax } else { cfg.method };
-        let (lo, hi) = o.range(method, levels);
+        let (lo, hi) = o.range(method, 1usize << bits);
         if std::env::var_os("LOWBIT_DEBUG_RANGES").is_some() {
             eprintln!("{v}: minmax [{}, {}] -> {:?} [{lo}, {hi}]", o.min, o.max, cfg.method);
         }
-        let p = linear_params(if is_input { &input_scheme } else { &act_scheme }, &[lo], &[hi]);
+        let p = linear_params(&QScheme::activations(bits), &[lo], &[hi]);
         Ok((p.scale[0], p.zero_point[0]))
     };
     let want = |v: &str, params: &mut HashMap<String, (f32, i32)>, order: &mut Vec<String>| -> Result<()> {
@@ -279,12 +313,13 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
     // (a fused Conv/Gemm activation or a Relu/Clip node), else as a Clip before the Q.
     let mut narrowed: HashMap<String, Act> = HashMap::new(); // node name -> new activation
     let mut clip_before_q: HashMap<String, (f32, f32)> = HashMap::new();
-    if cfg.act_bits < 8 {
-        let qmax_b = ((1u32 << cfg.act_bits) - 1) as f32;
+    {
         for v in &order {
-            if inherited.contains(v) || inputs.contains(v.as_str()) {
+            let bits = cfg.act_bits_of(v);
+            if bits >= 8 || inherited.contains(v) || inputs.contains(v.as_str()) {
                 continue;
             }
+            let qmax_b = ((1u32 << bits) - 1) as f32;
             let (s, z) = params[v];
             let (lo, hi) = (-(z as f32) * s, (qmax_b - z as f32) * s);
             let prod = producers.get(v.as_str()).map(|&i| &g.nodes[i]);
@@ -596,7 +631,7 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 node: n.name.clone(),
                 op: n.op.op_type().to_string(),
                 weight_bits: Some(bits),
-                act_bits: Some(cfg.act_bits),
+                act_bits: Some(cfg.act_bits_of(&n.inputs[0])),
                 params: nparams,
             });
         } else if is_compute(n, g) {

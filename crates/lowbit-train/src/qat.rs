@@ -34,6 +34,9 @@ pub struct QatConfig {
     pub dsq_alpha: f32,
     /// Per-node weight bits overriding `weight_bits` (mixed precision from post-training).
     pub weight_bits_for: HashMap<String, u8>,
+    /// Keep the first and last compute layers quantized at this width (weights, and the
+    /// activation the last layer reads); `skip_first`/`skip_last` keep them float instead.
+    pub first_last_bits: Option<u8>,
 }
 
 impl Default for QatConfig {
@@ -48,6 +51,7 @@ impl Default for QatConfig {
             skip_last: false,
             dsq_alpha: 0.2,
             weight_bits_for: HashMap::new(),
+            first_last_bits: None,
         }
     }
 }
@@ -67,6 +71,13 @@ pub fn prepare(float: &Graph, calib: &ImageSet, cfg: &QatConfig, threads: usize)
     let image_shape = vec![calib.c, calib.h, calib.w];
     let stats = calibrate(&graph, &image_shape, &calib.data, calib.n, 100, threads, true, &mut |_, _| {})
         .map_err(Error::Core)?;
+    let mut weight_bits_for = cfg.weight_bits_for.clone();
+    let mut act_bits_for = HashMap::new();
+    if let Some(b) = cfg.first_last_bits {
+        let (w, a) = lowbit_quant::qdq::first_last_overrides(&graph, b);
+        weight_bits_for.extend(w);
+        act_bits_for = a;
+    }
     let qdq_config = QdqConfig {
         weight_bits: cfg.weight_bits,
         act_bits: cfg.act_bits,
@@ -76,7 +87,8 @@ pub fn prepare(float: &Graph, calib: &ImageSet, cfg: &QatConfig, threads: usize)
         skip_first: cfg.skip_first,
         skip_last: cfg.skip_last,
         bias_correction: false,
-        weight_bits_for: cfg.weight_bits_for.clone(),
+        weight_bits_for,
+        act_bits_for,
         ..Default::default()
     };
     let ptq = build_qdq(&graph, &stats, &qdq_config).map_err(Error::Core)?;
@@ -119,7 +131,7 @@ pub fn attach(model: &mut Model, prep: &Prepared, cfg: &QatConfig, value_sizes: 
         // The model input is 8-bit data quantized losslessly (see `build_qdq`): a fixed step.
         let is_input = inputs.contains(v);
         let method = if is_input { QatMethod::Ste } else { cfg.method };
-        let range = Range::unsigned(if is_input { 8 } else { cfg.act_bits }, zp);
+        let range = Range::unsigned(if is_input { 8 } else { prep.qdq_config.act_bits_of(v) }, zp);
         let init = if method == QatMethod::Pact { (range.qmax - range.zp) * s } else { s };
         let step = model.add_param(&format!("{v}.act_step"), vec![init]);
         let alpha = (method == QatMethod::Dsq).then(|| model.add_param(&format!("{v}.act_alpha"), vec![cfg.dsq_alpha]));
