@@ -8,6 +8,7 @@
 pub mod binary;
 pub mod bn;
 pub mod conv;
+pub mod dsq;
 pub mod fq;
 pub mod model;
 pub mod qat;

@@ -351,9 +351,13 @@ impl Model {
             QatMethod::Ste => fq::ste(x, bc(q.step), q.range),
             QatMethod::Lsq => fq::lsq(x, bc(q.step), q.range, q.grad_scale),
             QatMethod::Pact => fq::pact(x, bc(q.step), q.range),
-            QatMethod::Dsq => {
+            QatMethod::Dsq if crate::conv::burn_ops("dsq") => {
                 let a = bc(q.alpha.expect("DSQ quantizer has alpha")).clamp(1e-3, 0.5);
                 fq::dsq(x, bc(q.step), a, q.range, q.grad_scale)
+            }
+            QatMethod::Dsq => {
+                let a = self.params[q.alpha.expect("DSQ quantizer has alpha")].t.clone();
+                crate::dsq::dsq(x, self.params[q.step].t.clone(), a, q.range, q.grad_scale, axis)
             }
         }
     }
