@@ -55,6 +55,27 @@ impl Features {
     }
 }
 
+/// Asks Linux for the AMX tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`),
+/// once per process; the permission covers every thread. `false` where the kernel refuses (or
+/// on other systems): then the AMX path is not offered.
+pub fn amx_permitted() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: a plain system call with integer arguments.
+            let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) };
+            r == 0
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        {
+            false
+        }
+    })
+}
+
 /// AMX-INT8 support per CPUID leaf 7 (EDX bit 25 AMX-INT8, bit 24 AMX-TILE) and OS state saving of
 /// tile data (XCR0 bits 17 and 18).
 #[cfg(target_arch = "x86_64")]

@@ -89,36 +89,136 @@ fn run_gemm(isa: Isa, m: usize, n: usize, k: usize, a: &[u8], lda: usize, w: &[i
     out
 }
 
+fn gemm_case(m: usize, n: usize, k: usize, extra: usize, seed: u64, f32_out: bool) -> Result<(), TestCaseError> {
+    let k4 = k.div_ceil(4) * 4;
+    let lda = k4 + extra;
+    let a = bytes((m - 1) * lda + k4, seed);
+    let w = weights(k * n, seed ^ 1);
+    let rq = requant(n, seed ^ 2, f32_out);
+    let want = run_gemm(Isa::Scalar, m, n, k, &a, lda, &w, &rq, 1);
+    // the scalar path itself against the plain definition
+    for i in 0..m {
+        for j in 0..n {
+            let acc: i32 = (0..k).map(|kk| a[i * lda + kk] as i32 * w[kk * n + j] as i32).sum();
+            let y = epilogue_f32(acc, j, &rq);
+            match rq.out {
+                Out::F32 => prop_assert_eq!(&want[(i * n + j) * 4..(i * n + j) * 4 + 4], &y.to_le_bytes()[..]),
+                Out::Q { scale, zp, qmin, qmax } => {
+                    prop_assert_eq!(want[i * n + j], quantize_one(y, scale, zp, qmin, qmax) as u8)
+                }
+            }
+        }
+    }
+    for isa in Isa::all_supported() {
+        for t in [1, 2] {
+            let got = run_gemm(isa, m, n, k, &a, lda, &w, &rq, t);
+            prop_assert!(got == want, "{} threads={} differs from scalar (m={} n={} k={})", isa.name(), t, m, n, k);
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_case(
+    ci_g: usize,
+    co_g: usize,
+    groups: usize,
+    dw: bool,
+    ksel: usize,
+    stride: usize,
+    dil: usize,
+    pad: usize,
+    h: usize,
+    w: usize,
+    zx: u8,
+    seed: u64,
+    f32_out: bool,
+) -> Result<(), TestCaseError> {
+    let k = [1, 3, 5][ksel];
+    let (c_in, c_out, group) = if dw { (ci_g * 3, ci_g * 3, ci_g * 3) } else { (ci_g * groups, co_g * groups, groups) };
+    let ext = (k - 1) * dil + 1;
+    if h + 2 * pad < ext || w + 2 * pad < ext {
+        return Ok(());
+    }
+    let oh = (h + 2 * pad - ext) / stride + 1;
+    let ow = (w + 2 * pad - ext) / stride + 1;
+    let geom = ConvGeom {
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k,
+        kw: k,
+        sh: stride,
+        sw: stride,
+        dh: dil,
+        dw: dil,
+        pt: pad,
+        pl: pad,
+        oh,
+        ow,
+        group,
+    };
+    let x = bytes(h * w * c_in, seed);
+    let cig = c_in / group;
+    let wt = weights(c_out * cig * k * k, seed ^ 5);
+    let rq = requant(c_out, seed ^ 6, f32_out);
+    // the definition: Σ (x - zx)·w over the window, padding contributing nothing
+    let mut want = vec![0u8; out_len(&rq, oh * ow * c_out)];
+    let cog = c_out / group;
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for co in 0..c_out {
+                let gi = co / cog;
+                let mut acc = 0i32;
+                for ci in 0..cig {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let iy = (oy * stride + ky * dil) as isize - pad as isize;
+                            let ix = (ox * stride + kx * dil) as isize - pad as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                let xv = x[(iy as usize * w + ix as usize) * c_in + gi * cig + ci] as i32 - zx as i32;
+                                acc += xv * wt[((co * cig + ci) * k + ky) * k + kx] as i32;
+                            }
+                        }
+                    }
+                }
+                let y = epilogue_f32(acc, co, &rq);
+                let o = (oy * ow + ox) * c_out + co;
+                match rq.out {
+                    Out::F32 => want[o * 4..o * 4 + 4].copy_from_slice(&y.to_le_bytes()),
+                    Out::Q { scale, zp, qmin, qmax } => want[o] = quantize_one(y, scale, zp, qmin, qmax) as u8,
+                }
+            }
+        }
+    }
+    for isa in Isa::all_supported() {
+        let qc = QConv::new(isa, geom.clone(), &wt, zx, rq.clone());
+        let mut scratch = vec![0u8; qc.scratch_len()];
+        for t in [1, 2] {
+            let mut got = vec![0u8; want.len()];
+            // SAFETY: buffers sized from the geometry; isa supported.
+            unsafe { qc.run(&x, OutPtr(got.as_mut_ptr()), &mut scratch, t) };
+            prop_assert!(
+                got == want,
+                "{} ({}) threads={} differs from the definition: {:?}",
+                isa.name(),
+                qc.kernel_name(),
+                t,
+                geom
+            );
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(160))]
 
     #[test]
     fn gemm_paths_match_scalar(m in 1usize..40, n in 1usize..150, k in 1usize..300, extra in 0usize..9,
                                seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
-        let k4 = k.div_ceil(4) * 4;
-        let lda = k4 + extra;
-        let a = bytes((m - 1) * lda + k4, seed);
-        let w = weights(k * n, seed ^ 1);
-        let rq = requant(n, seed ^ 2, f32_out);
-        let want = run_gemm(Isa::Scalar, m, n, k, &a, lda, &w, &rq, 1);
-        // the scalar path itself against the plain definition
-        for i in 0..m {
-            for j in 0..n {
-                let acc: i32 = (0..k).map(|kk| a[i * lda + kk] as i32 * w[kk * n + j] as i32).sum();
-                let y = epilogue_f32(acc, j, &rq);
-                match rq.out {
-                    Out::F32 => prop_assert_eq!(&want[(i * n + j) * 4..(i * n + j) * 4 + 4], &y.to_le_bytes()[..]),
-                    Out::Q { scale, zp, qmin, qmax } =>
-                        prop_assert_eq!(want[i * n + j], quantize_one(y, scale, zp, qmin, qmax) as u8),
-                }
-            }
-        }
-        for isa in Isa::all_supported() {
-            for t in [1, 2] {
-                let got = run_gemm(isa, m, n, k, &a, lda, &w, &rq, t);
-                prop_assert!(got == want, "{} threads={} differs from scalar (m={} n={} k={})", isa.name(), t, m, n, k);
-            }
-        }
+        gemm_case(m, n, k, extra, seed, f32_out)?;
     }
 
     #[test]
@@ -126,49 +226,27 @@ proptest! {
                                    ksel in 0usize..3, stride in 1usize..3, dil in 1usize..3, pad in 0usize..3,
                                    h in 1usize..12, w in 1usize..36, zx in prop_oneof![Just(0u8), Just(255u8), Just(128u8), any::<u8>()],
                                    seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
-        let k = [1, 3, 5][ksel];
-        let (c_in, c_out, group) = if dw { (ci_g * 3, ci_g * 3, ci_g * 3) } else { (ci_g * groups, co_g * groups, groups) };
-        let ext = (k - 1) * dil + 1;
-        prop_assume!(h + 2 * pad >= ext && w + 2 * pad >= ext);
-        let oh = (h + 2 * pad - ext) / stride + 1;
-        let ow = (w + 2 * pad - ext) / stride + 1;
-        let geom = ConvGeom { c_in, h, w, c_out, kh: k, kw: k, sh: stride, sw: stride, dh: dil, dw: dil,
-                              pt: pad, pl: pad, oh, ow, group };
-        let x = bytes(h * w * c_in, seed);
-        let cig = c_in / group;
-        let wt = weights(c_out * cig * k * k, seed ^ 5);
-        let rq = requant(c_out, seed ^ 6, f32_out);
-        // the definition: Σ (x - zx)·w over the window, padding contributing nothing
-        let mut want = vec![0u8; out_len(&rq, oh * ow * c_out)];
-        let cog = c_out / group;
-        for oy in 0..oh { for ox in 0..ow { for co in 0..c_out {
-            let gi = co / cog;
-            let mut acc = 0i32;
-            for ci in 0..cig { for ky in 0..k { for kx in 0..k {
-                let iy = (oy * stride + ky * dil) as isize - pad as isize;
-                let ix = (ox * stride + kx * dil) as isize - pad as isize;
-                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                    let xv = x[(iy as usize * w + ix as usize) * c_in + gi * cig + ci] as i32 - zx as i32;
-                    acc += xv * wt[((co * cig + ci) * k + ky) * k + kx] as i32;
-                }
-            }}}
-            let y = epilogue_f32(acc, co, &rq);
-            let o = (oy * ow + ox) * c_out + co;
-            match rq.out {
-                Out::F32 => want[o * 4..o * 4 + 4].copy_from_slice(&y.to_le_bytes()),
-                Out::Q { scale, zp, qmin, qmax } => want[o] = quantize_one(y, scale, zp, qmin, qmax) as u8,
-            }
-        }}}
-        for isa in Isa::all_supported() {
-            let qc = QConv::new(isa, geom.clone(), &wt, zx, rq.clone());
-            let mut scratch = vec![0u8; qc.scratch_len()];
-            for t in [1, 2] {
-                let mut got = vec![0u8; want.len()];
-                // SAFETY: buffers sized from the geometry; isa supported.
-                unsafe { qc.run(&x, OutPtr(got.as_mut_ptr()), &mut scratch, t) };
-                prop_assert!(got == want, "{} ({}) threads={} differs from the definition: {:?}", isa.name(), qc.kernel_name(), t, geom);
-            }
-        }
+        conv_case(ci_g, co_g, groups, dw, ksel, stride, dil, pad, h, w, zx, seed, f32_out)?;
+    }
+}
+
+// Larger shapes, fewer cases: reductions over several AMX K blocks (512 bytes) and more than one
+// 128-row super block, and convolutions whose taps are whole 64-byte chunks (direct tile loads).
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn large_gemm_paths_match_scalar(m in 100usize..300, n in 1usize..80, k in 480usize..1300, extra in 0usize..9,
+                                     seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
+        gemm_case(m, n, k, extra, seed, f32_out)?;
+    }
+
+    #[test]
+    fn wide_conv_paths_match_definition(cmul in 1usize..4, co_g in 1usize..70, ksel in 0usize..2, stride in 1usize..3,
+                                        pad in 0usize..2, h in 1usize..9, w in 1usize..12,
+                                        zx in prop_oneof![Just(0u8), Just(255u8), any::<u8>()],
+                                        seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
+        conv_case(64 * cmul, co_g, 1, false, ksel, stride, 1, pad, h, w, zx, seed, f32_out)?;
     }
 }
 
@@ -176,9 +254,18 @@ proptest! {
 fn isa_parse_and_forcing() {
     assert_eq!(Isa::parse("scalar"), Ok(Isa::Scalar));
     assert_eq!(Isa::parse("avx512vnni"), Ok(Isa::Avx512Vnni));
-    assert!(Isa::parse("amx").unwrap_err().contains("amx"));
+    assert_eq!(Isa::parse("amx"), Ok(Isa::Amx));
+    assert!(Isa::parse("avxvnni").unwrap_err().contains("AVX-VNNI"));
     assert!(Isa::parse("sse9").is_err());
     assert!(Isa::all_supported().contains(&Isa::Scalar));
+    // The best path is the last supported one, and AMX is offered exactly when the CPU has it and
+    // Linux granted the tile permission.
+    let f = lowbit_kernels::isa::Features::detect();
+    assert_eq!(
+        Isa::all_supported().contains(&Isa::Amx),
+        f.amx_int8 && f.avx512vnni && lowbit_kernels::isa::amx_permitted()
+    );
+    assert_eq!(Isa::best(), *Isa::all_supported().last().unwrap());
 }
 
 /// The SIMD epilogues divide by the output scale as `q = y·(1/s)`, corrected once with FMAs; the

@@ -110,7 +110,7 @@ unsafe fn micro<const MR: usize, const NR: usize>(
     let mut acc = [bias; MR];
     // This panel's contiguous block: `[k4/4][width][4]`.
     let width = super::PANEL.min(b.n_pad - t.j0);
-    let bp = b.quad.as_ptr().add(t.j0 * b.k4);
+    let bp = b.quad.as_ptr().add(t.j0 * b.kp);
     let stride = width * 4;
     let quads = src.kc / 4;
     for (tp, &off) in src.taps.iter().enumerate() {

@@ -5,8 +5,10 @@
 //! activation buffer, the per-channel epilogue runs on whole vectors, and depthwise convolutions
 //! vectorize over channels.
 //!
-//! One module per instruction set ([`scalar`], [`avx2`], [`avx512`]); [`Isa`] is the one dispatch
-//! point, chosen at run time (`LOWBIT_ISA=scalar|avx2|avx512vnni` forces a path). Every path
+//! One module per instruction set ([`scalar`], [`avx2`], [`avx512`], [`amx`]); [`Isa`] is the one
+//! dispatch point, chosen at run time (`LOWBIT_ISA=scalar|avx2|avx512vnni|amx` forces a path). The
+//! AMX path runs the GEMMs on tiles and everything else (depthwise, pooling, element-wise) on the
+//! AVX-512 kernels. Every path
 //! computes the same integers and applies the same f32 operations in the same order, so they are
 //! bit-exact with each other; the scalar path is the reference.
 //!
@@ -15,6 +17,8 @@
 //! `y = min(max(y, lo), hi)` (the fused ReLU/Clip); and for a quantized output
 //! `q = round_half_even(clamp(y / s_out, qmin - z_out, qmax - z_out)) + z_out`.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -31,6 +35,8 @@ pub enum Isa {
     Scalar,
     Avx2,
     Avx512Vnni,
+    /// AMX-INT8 tiles for GEMM and convolution, AVX-512 VNNI for the rest.
+    Amx,
 }
 
 impl Isa {
@@ -39,6 +45,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Amx => "amx",
         }
     }
 
@@ -49,12 +56,13 @@ impl Isa {
             Isa::Scalar => true,
             Isa::Avx2 => f.avx2 && f.fma,
             Isa::Avx512Vnni => f.avx512f && f.avx512bw && f.avx512vnni,
+            Isa::Amx => f.avx512f && f.avx512bw && f.avx512vnni && f.amx_int8 && crate::isa::amx_permitted(),
         }
     }
 
     /// Every path this CPU can run, best last.
     pub fn all_supported() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|i| i.supported()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx].into_iter().filter(|i| i.supported()).collect()
     }
 
     /// The best path this CPU runs.
@@ -68,11 +76,11 @@ impl Isa {
             "scalar" => Ok(Isa::Scalar),
             "avx2" => Ok(Isa::Avx2),
             "avx512vnni" | "avx512" => Ok(Isa::Avx512Vnni),
-            "amx" | "avxvnni" => Err(format!(
-                "LOWBIT_ISA={s}: lowbit has no {s} integer kernels yet (they cannot be tested on a machine without it); \
-                 use scalar, avx2 or avx512vnni"
+            "amx" => Ok(Isa::Amx),
+            "avxvnni" => Err(format!(
+                "LOWBIT_ISA={s}: lowbit has no AVX-VNNI (256-bit) integer kernels yet; use scalar, avx2, avx512vnni or amx"
             )),
-            _ => Err(format!("LOWBIT_ISA={s}: unknown path; use scalar, avx2 or avx512vnni")),
+            _ => Err(format!("LOWBIT_ISA={s}: unknown path; use scalar, avx2, avx512vnni or amx")),
         }
     }
 
@@ -104,6 +112,9 @@ pub fn measured_peak_gmacs(isa: Isa) -> f64 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: only called for supported paths (checked below).
             Isa::Avx512Vnni => (iters as f64 * 12.0 * 64.0, unsafe { avx512::peak_probe(iters) }),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above (AMX support includes the tile permission).
+            Isa::Amx => ((iters / 16) as f64 * 4.0 * 16384.0, unsafe { amx::peak_probe(iters / 16) }),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => (iters as f64 * 12.0 * 16.0, unsafe { avx2::peak_probe(iters) }),
             _ => {
@@ -278,6 +289,9 @@ pub struct PackedB {
     pub isa: Isa,
     /// Reduction length padded to a multiple of 4.
     pub k4: usize,
+    /// Quad rows held per panel: `k4`, or for AMX `k4` padded with zeros to a multiple of 64 (one
+    /// B tile is 16 quad rows).
+    pub kp: usize,
     pub n: usize,
     /// N padded to a multiple of 16.
     pub n_pad: usize,
@@ -294,13 +308,14 @@ impl PackedB {
     /// `w(k, j)` gives the weight of reduction index `k < k` and column `j < n`.
     pub fn new(isa: Isa, k: usize, n: usize, w: impl Fn(usize, usize) -> i8) -> PackedB {
         let k4 = k.div_ceil(4) * 4;
+        let kp = if isa == Isa::Amx { k4.div_ceil(64) * 64 } else { k4 };
         let n_pad = n.div_ceil(16) * 16;
-        let mut quad = vec![0i8; k4 * n_pad];
+        let mut quad = vec![0i8; kp * n_pad];
         let mut colsum = vec![0i32; n];
         for kk in 0..k {
             for (j, cs) in colsum.iter_mut().enumerate() {
                 let v = w(kk, j);
-                quad[quad_index(k4, n_pad, kk, j)] = v;
+                quad[quad_index(kp, n_pad, kk, j)] = v;
                 *cs += v as i32;
             }
         }
@@ -314,7 +329,7 @@ impl PackedB {
             }
             quad = vec![];
         }
-        PackedB { isa, k4, n, n_pad, quad, pairs, colsum }
+        PackedB { isa, k4, kp, n, n_pad, quad, pairs, colsum }
     }
 
     /// Bytes of packed weights held in memory.
@@ -323,12 +338,12 @@ impl PackedB {
     }
 }
 
-/// Where weight `(k, j)` lives in [`PackedB::quad`].
+/// Where weight `(k, j)` lives in [`PackedB::quad`] (`kp`: [`PackedB::kp`]).
 #[inline(always)]
-pub(crate) fn quad_index(k4: usize, n_pad: usize, k: usize, j: usize) -> usize {
+pub(crate) fn quad_index(kp: usize, n_pad: usize, k: usize, j: usize) -> usize {
     let (p, jj) = (j / PANEL, j % PANEL);
     let width = PANEL.min(n_pad - p * PANEL);
-    p * PANEL * k4 + (k / 4) * width * 4 + jj * 4 + k % 4
+    p * PANEL * kp + (k / 4) * width * 4 + jj * 4 + k % 4
 }
 
 /// An output pointer for the epilogue (bytes or f32 depending on [`Out`]).
@@ -438,6 +453,12 @@ pub unsafe fn gemm_ex(
             Isa::Avx2 => avx2::gemm_tile(&t, ap, &src, b, rq, out),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => avx512::gemm_tile(&t, ap, &src, b, rq, out),
+            #[cfg(target_arch = "x86_64")]
+            // Short reductions or fewer than 16 rows waste most of a tile: AVX-512 VNNI (it
+            // reads the AMX packing, whose extra zero quads it never reaches).
+            Isa::Amx if b.k4 < 64 || rows < 16 => avx512::gemm_tile(&t, ap, &src, b, rq, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => amx::gemm_tile(&t, ap, &src, b, rq, out),
             #[cfg(not(target_arch = "x86_64"))]
             _ => scalar::gemm_tile(&t, ap, &src, b, rq, out),
         }
@@ -536,7 +557,7 @@ pub unsafe fn depthwise(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: O
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::depthwise_row(g, x, w, rq, out, r),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => avx512::depthwise_row(g, x, w, rq, out, r),
+        Isa::Avx512Vnni | Isa::Amx => avx512::depthwise_row(g, x, w, rq, out, r),
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::depthwise_row(g, x, w, rq, out, r),
     };
@@ -596,7 +617,7 @@ impl QConv {
             let groups = if by_cols { g.kw } else { taps.div_ceil(4) };
             // group and byte of tap t
             let slot = |t: usize| if by_cols { (t % g.kw, t / g.kw) } else { (t / 4, t % 4) };
-            if isa == Isa::Avx512Vnni && rq.out != Out::F32 && taps <= 64 {
+            if matches!(isa, Isa::Avx512Vnni | Isa::Amx) && rq.out != Out::F32 && taps <= 64 {
                 let blocks = g.c_out.div_ceil(64);
                 vnni = vec![0i8; blocks * groups * 256];
                 let n64 = blocks * 64;

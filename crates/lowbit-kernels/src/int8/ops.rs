@@ -30,7 +30,7 @@ macro_rules! multiversion {
             #[cfg(target_arch = "x86_64")]
             match path() {
                 // SAFETY: `path` only returns paths this CPU supports.
-                Isa::Avx512Vnni => return unsafe { v512($($arg),*) },
+                Isa::Avx512Vnni | Isa::Amx => return unsafe { v512($($arg),*) },
                 Isa::Avx2 => return unsafe { v256($($arg),*) },
                 Isa::Scalar => {}
             }

@@ -40,7 +40,7 @@ impl PackedB {
             if self.quad.is_empty() {
                 self.pairs[(k / 2) * self.n_pad * 2 + j * 2 + k % 2] as i32
             } else {
-                self.quad[super::quad_index(self.k4, self.n_pad, k, j)] as i32
+                self.quad[super::quad_index(self.kp, self.n_pad, k, j)] as i32
             }
         }
     }
