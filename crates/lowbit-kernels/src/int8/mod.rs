@@ -472,8 +472,10 @@ pub unsafe fn gemm_ex(
     }
     // Tasks: row chunks × column panels, enough of them to balance the threads.
     let want = threads * 4;
-    let row_chunks = want.div_ceil(panels).clamp(1, m.div_ceil(24));
-    let chunk = m.div_ceil(row_chunks).div_ceil(24) * 24;
+    // Row chunks in whole micro-tiles: 24 rows (AVX-512's tiles of 6, 8, 12), 32 for AMX's 2 tiles.
+    let unit = if b.isa == Isa::Amx { 32 } else { 24 };
+    let row_chunks = want.div_ceil(panels).clamp(1, m.div_ceil(unit));
+    let chunk = m.div_ceil(row_chunks).div_ceil(unit) * unit;
     let row_chunks = m.div_ceil(chunk);
     (0..row_chunks * panels).into_par_iter().for_each(|t| {
         let (r, p) = (t / panels, t % panels);
