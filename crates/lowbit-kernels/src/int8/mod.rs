@@ -290,7 +290,7 @@ pub struct PackedB {
     /// Reduction length padded to a multiple of 4.
     pub k4: usize,
     /// Quad rows held per panel: `k4`, or for AMX `k4` padded with zeros to a multiple of 64 (one
-    /// B tile is 16 quad rows).
+    /// B tile is 16 quad rows) where that adds at most 1/16.
     pub kp: usize,
     pub n: usize,
     /// N padded to a multiple of 16.
@@ -308,7 +308,10 @@ impl PackedB {
     /// `w(k, j)` gives the weight of reduction index `k < k` and column `j < n`.
     pub fn new(isa: Isa, k: usize, n: usize, w: impl Fn(usize, usize) -> i8) -> PackedB {
         let k4 = k.div_ceil(4) * 4;
-        let kp = if isa == Isa::Amx { k4.div_ceil(64) * 64 } else { k4 };
+        // AMX tiles want whole 64-byte reductions: pad with zero quads only where that costs at most
+        // 1/16 more weight memory; other reductions run on the AVX-512 kernel (see `gemm_ex`).
+        let k64 = k4.div_ceil(64) * 64;
+        let kp = if isa == Isa::Amx && (k64 - k4) * 16 <= k4 { k64 } else { k4 };
         let n_pad = n.div_ceil(16) * 16;
         let mut quad = vec![0i8; kp * n_pad];
         let mut colsum = vec![0i32; n];
@@ -454,9 +457,9 @@ pub unsafe fn gemm_ex(
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => avx512::gemm_tile(&t, ap, &src, b, rq, out),
             #[cfg(target_arch = "x86_64")]
-            // Short reductions or fewer than 16 rows waste most of a tile: AVX-512 VNNI (it
+            // Reductions not padded to whole tiles, or fewer than 16 rows: AVX-512 VNNI (it
             // reads the AMX packing, whose extra zero quads it never reaches).
-            Isa::Amx if b.k4 < 64 || rows < 16 => avx512::gemm_tile(&t, ap, &src, b, rq, out),
+            Isa::Amx if !b.kp.is_multiple_of(64) || rows < 16 => avx512::gemm_tile(&t, ap, &src, b, rq, out),
             #[cfg(target_arch = "x86_64")]
             Isa::Amx => amx::gemm_tile(&t, ap, &src, b, rq, out),
             #[cfg(not(target_arch = "x86_64"))]
