@@ -18,7 +18,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::avx512::store16;
+use super::avx512::{mask, store16};
 use super::{ASrc, OutPtr, PackedB, Requant, Tile};
 
 /// The tile configuration: palette 1; tiles 0..7 all 16 rows × 64 bytes.
@@ -71,15 +71,6 @@ macro_rules! dpbusd {
     ($c:literal, $a:literal, $b:literal) => {
         asm!(concat!("tdpbusd tmm", $c, ", tmm", $a, ", tmm", $b), options(nostack, nomem))
     };
-}
-
-#[inline(always)]
-fn mask(valid: usize) -> u16 {
-    if valid >= 16 {
-        0xFFFF
-    } else {
-        ((1u32 << valid) - 1) as u16
-    }
 }
 
 /// Copies bytes `k0..k0+64` of the reduction of `rows` A rows (through `src`'s taps) into `buf`

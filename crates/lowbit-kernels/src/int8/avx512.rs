@@ -5,8 +5,9 @@ use std::arch::x86_64::*;
 
 use super::{ASrc, DwGeom, Out, OutPtr, PackedB, PackedDw, Requant, Tile};
 
+/// The store mask of the first `valid` of 16 lanes.
 #[inline(always)]
-fn mask(valid: usize) -> u16 {
+pub(crate) fn mask(valid: usize) -> u16 {
     if valid >= 16 {
         0xFFFF
     } else {
