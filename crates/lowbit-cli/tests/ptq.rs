@@ -10,13 +10,23 @@ use lowbit_quant::observer::Method;
 use lowbit_quant::qdq::{build_qdq, QdqConfig};
 use lowbit_runtime::classify::{argmax, Classifier};
 
-fn quantize_fmnist(model: &str, weight_bits: u8) -> lowbit_quant::qdq::QdqModel {
+/// `model` from the zoo, canonicalized, calibrated on the first `n` Fashion-MNIST training images:
+/// `(canonical graph, statistics, calibration images)`.
+fn calibrated_fmnist(
+    model: &str,
+    n: usize,
+) -> (lowbit_core::Graph, lowbit_quant::calibrate::Stats, lowbit_data::ImageSet) {
     let g = lowbit_onnx::read_model(&zoo(model)).unwrap();
-    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(300)).unwrap();
+    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(n)).unwrap();
     let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
     let stats =
         lowbit_quant::calibrate::calibrate(&canon, &[1, 28, 28], &calib.data, calib.n, 50, 2, true, &mut |_, _| {})
             .unwrap();
+    (canon, stats, calib)
+}
+
+fn quantize_fmnist(model: &str, weight_bits: u8) -> lowbit_quant::qdq::QdqModel {
+    let (canon, stats, _) = calibrated_fmnist(model, 300);
     let cfg = QdqConfig { weight_bits, method: Method::Mse, ..Default::default() };
     build_qdq(&canon, &stats, &cfg).unwrap()
 }
@@ -137,12 +147,7 @@ fn quantize_cli_bad_requests_leave_no_file() {
 #[test]
 fn sensitivity_and_mixed_precision_meet_a_budget() {
     use lowbit_quant::sensitivity::*;
-    let g = lowbit_onnx::read_model(&zoo("fmnist-mobilenet.onnx")).unwrap();
-    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(300)).unwrap();
-    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
-    let stats =
-        lowbit_quant::calibrate::calibrate(&canon, &[1, 28, 28], &calib.data, calib.n, 50, 2, true, &mut |_, _| {})
-            .unwrap();
+    let (canon, stats, calib) = calibrated_fmnist("fmnist-mobilenet.onnx", 300);
     let cfg = QdqConfig { weight_bits: 2, method: Method::Mse, ..Default::default() };
     let set = ScoreSet {
         image_shape: &[1, 28, 28],
@@ -233,12 +238,7 @@ fn first_and_last_layers_keep_their_own_width() {
     // W2A2 with the first and last layers at 8 bits: the overrides name the first conv and the
     // classifier, the activation the classifier reads (and the pass-through chain up to its
     // quantized producer) gets 8-bit parameters, every other activation stays at 2 bits.
-    let g = lowbit_onnx::read_model(&zoo("fmnist-resnet.onnx")).unwrap();
-    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(100)).unwrap();
-    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
-    let stats =
-        lowbit_quant::calibrate::calibrate(&canon, &[1, 28, 28], &calib.data, calib.n, 50, 2, true, &mut |_, _| {})
-            .unwrap();
+    let (canon, stats, _) = calibrated_fmnist("fmnist-resnet.onnx", 100);
     let (wb, ab) = lowbit_quant::qdq::first_last_overrides(&canon, 8);
     let convs: Vec<&str> =
         canon.nodes.iter().filter(|n| matches!(n.op.op_type(), "Conv" | "Gemm")).map(|n| n.name.as_str()).collect();

@@ -313,34 +313,32 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
     // (a fused Conv/Gemm activation or a Relu/Clip node), else as a Clip before the Q.
     let mut narrowed: HashMap<String, Act> = HashMap::new(); // node name -> new activation
     let mut clip_before_q: HashMap<String, (f32, f32)> = HashMap::new();
-    {
-        for v in &order {
-            let bits = cfg.act_bits_of(v);
-            if bits >= 8 || inherited.contains(v) || inputs.contains(v.as_str()) {
-                continue;
+    for v in &order {
+        let bits = cfg.act_bits_of(v);
+        if bits >= 8 || inherited.contains(v) || inputs.contains(v.as_str()) {
+            continue;
+        }
+        let qmax_b = ((1u32 << bits) - 1) as f32;
+        let (s, z) = params[v];
+        let (lo, hi) = (-(z as f32) * s, (qmax_b - z as f32) * s);
+        let prod = producers.get(v.as_str()).map(|&i| &g.nodes[i]);
+        let current = prod.and_then(|n| match n.op {
+            Op::Conv(_) | Op::Gemm { .. } => Some(n.op.fused_act()),
+            Op::Relu | Op::Clip { .. } => lowbit_core::passes::as_activation(g, n),
+            _ => None,
+        });
+        let merged = match current {
+            Some(Act::None) => Some(Act::Clip { lo, hi }),
+            Some(Act::Relu) => Some(Act::Clip { lo: lo.max(0.0), hi }),
+            Some(Act::Clip { lo: a, hi: b }) => Some(Act::Clip { lo: lo.max(a), hi: hi.min(b) }),
+            _ => None,
+        };
+        match (prod, merged) {
+            (Some(n), Some(a)) => {
+                narrowed.insert(n.name.clone(), a);
             }
-            let qmax_b = ((1u32 << bits) - 1) as f32;
-            let (s, z) = params[v];
-            let (lo, hi) = (-(z as f32) * s, (qmax_b - z as f32) * s);
-            let prod = producers.get(v.as_str()).map(|&i| &g.nodes[i]);
-            let current = prod.and_then(|n| match n.op {
-                Op::Conv(_) | Op::Gemm { .. } => Some(n.op.fused_act()),
-                Op::Relu | Op::Clip { .. } => lowbit_core::passes::as_activation(g, n),
-                _ => None,
-            });
-            let merged = match current {
-                Some(Act::None) => Some(Act::Clip { lo, hi }),
-                Some(Act::Relu) => Some(Act::Clip { lo: lo.max(0.0), hi }),
-                Some(Act::Clip { lo: a, hi: b }) => Some(Act::Clip { lo: lo.max(a), hi: hi.min(b) }),
-                _ => None,
-            };
-            match (prod, merged) {
-                (Some(n), Some(a)) => {
-                    narrowed.insert(n.name.clone(), a);
-                }
-                _ => {
-                    clip_before_q.insert(v.clone(), (lo, hi));
-                }
+            _ => {
+                clip_before_q.insert(v.clone(), (lo, hi));
             }
         }
     }

@@ -5,8 +5,9 @@
 //!
 //! Tiles: `tmm0..tmm3` accumulate a 32×32 block (2 row tiles × 2 column tiles), `tmm4`/`tmm5`
 //! hold the two A tiles, `tmm6`/`tmm7` the two B tiles of one 64-byte reduction chunk. The weights
-//! are the [`PackedB`] quad layout with the reduction padded to a multiple of 64 (zero quads), so
-//! a B tile is 16 consecutive quad rows of a panel, loaded with the panel's row stride. A tiles
+//! are the [`PackedB`] quad layout with the reduction padded to a multiple of 64 (zero quads; the
+//! dispatcher sends weights it did not pad to AVX-512), so a B tile is 16 consecutive quad rows of
+//! a panel, loaded with the panel's row stride. A tiles
 //! load straight from the activation rows when the chunk lies inside one tap and all 16 rows
 //! exist; otherwise (reduction tails, taps narrower than 64 bytes, the last rows) the chunk is
 //! gathered into a zero-padded 16×64 buffer first.
@@ -96,15 +97,14 @@ unsafe fn gather(buf: &mut [u8; 1024], a: *const u8, src: &ASrc, k4: usize, rows
     }
 }
 
-/// Loads A tile `T` (rows `0..rows` of the block at `a`, reduction chunk `k0`): straight from the
-/// rows when possible, else through `buf`.
+/// Loads A tile `T` (rows `0..rows` of the block at `a`, reduction chunk `k0`, which starts at
+/// byte `c` of tap `tap`): straight from the rows when possible, else through `buf`.
 macro_rules! load_a {
-    ($t:literal, $a:expr, $src:expr, $k4:expr, $rows:expr, $k0:expr, $buf:expr) => {{
-        let (a, src, k0): (*const u8, &ASrc, usize) = ($a, $src, $k0);
-        let tap = k0 / src.kc;
-        let inside = $rows >= 16 && k0 + 64 <= $k4 && (k0 % src.kc) + 64 <= src.kc;
+    ($t:literal, $a:expr, $src:expr, $k4:expr, $rows:expr, $k0:expr, $tap:expr, $c:expr, $buf:expr) => {{
+        let (a, src, k0, c): (*const u8, &ASrc, usize, usize) = ($a, $src, $k0, $c);
+        let inside = $rows >= 16 && k0 + 64 <= $k4 && c + 64 <= src.kc;
         if inside {
-            tileload!($t, a.add(src.taps[tap] + k0 % src.kc), src.lda);
+            tileload!($t, a.add(src.taps[$tap] + c), src.lda);
         } else {
             gather($buf, a, src, $k4, $rows, k0);
             tileload!($t, $buf.as_ptr(), 64usize);
@@ -137,7 +137,8 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
     let bstride = width * 4;
     let chunks = b.kp / 64;
     let ntiles = t.jn.div_ceil(16);
-    let mut cacc = vec![0i32; SB * 64];
+    // On the stack: no allocation per task (32 KB).
+    let mut cacc = [0i32; SB * 64];
     let cp = cacc.as_mut_ptr() as *mut u8;
     let mut abuf0 = [0u8; 1024];
     let mut abuf1 = [0u8; 1024];
@@ -169,9 +170,11 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
                         tileload!(2, c2, 256usize);
                         tileload!(3, c2.add(64), 256usize);
                     }
+                    // Tap and byte of the chunk's first reduction index, advanced without division.
+                    let (mut tap, mut c) = (kb * 64 / src.kc, kb * 64 % src.kc);
                     for ch in kb..kend {
                         let k0 = ch * 64;
-                        load_a!(4, a0, src, b.k4, mr, k0, &mut abuf0);
+                        load_a!(4, a0, src, b.k4, mr, k0, tap, c, &mut abuf0);
                         let bq = bp.add(ch * 16 * bstride + jt * 64);
                         tileload!(6, bq, bstride);
                         dpbusd!(0, 4, 6);
@@ -180,11 +183,16 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
                             dpbusd!(1, 4, 7);
                         }
                         if mr > 16 {
-                            load_a!(5, a1, src, b.k4, mr - 16, k0, &mut abuf1);
+                            load_a!(5, a1, src, b.k4, mr - 16, k0, tap, c, &mut abuf1);
                             dpbusd!(2, 5, 6);
                             if two {
                                 dpbusd!(3, 5, 7);
                             }
+                        }
+                        c += 64;
+                        while c >= src.kc && tap + 1 < src.taps.len() {
+                            c -= src.kc;
+                            tap += 1;
                         }
                     }
                     tilestore!(0, c0, 256usize);
