@@ -67,7 +67,8 @@ def replace_section(text, title, body):
     if start < 0:
         return (text.rstrip() + "\n\n" if text.strip() else "# lowbit benchmark results\n\n") + block
     end = text.find("\n## ", start + len(title))
-    return text[:start] + block + (text[end + 1:] if end >= 0 else "")
+    # A blank line before the next section.
+    return text[:start] + block + ("\n" + text[end + 1:] if end >= 0 else "")
 
 
 def main():
