@@ -110,8 +110,7 @@ fn forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, st: &FlexTenso
     // y = x·a + (beta - mean·a), a = gamma·istd.
     let a: Vec<f32> = (0..c).map(|i| gs[i] * istd[i]).collect();
     let o: Vec<f32> = (0..c).map(|i| bs[i] - mean[i] * a[i]).collect();
-    let mut y = vec![0f32; n * c * hw];
-    y.par_chunks_mut(hw).enumerate().for_each(|(plane, yp)| {
+    let y = crate::par_build(n * c * hw, hw, |plane, yp| {
         let ch = plane % c;
         let xp = &xs[plane * hw..][..hw];
         yp.iter_mut().zip(xp).for_each(|(y, &x)| *y = x * a[ch] + o[ch]);
@@ -149,8 +148,7 @@ fn backward(
         .collect();
     let m = (n * hw).max(1) as f32;
     // dx = gamma·istd·(dy - Σdy/M - x̂·Σ(dy·x̂)/M).
-    let mut dx = vec![0f32; n * c * hw];
-    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dxp)| {
+    let dx = crate::par_build(n * c * hw, hw, |plane, dxp| {
         let ch = plane % c;
         let off = plane * hw;
         let (k, mu, is) = (gs[ch] * istd[ch], mean[ch], istd[ch]);

@@ -21,7 +21,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::FlexTensor;
 use lowbit_core::Act;
-use lowbit_kernels::f32gemm::sgemm_bias_act;
+use lowbit_kernels::f32gemm::{sgemm_bias_act, sgemm_rows, BRows};
 use rayon::prelude::*;
 
 /// `[stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right]`.
@@ -104,6 +104,13 @@ impl Geom {
     /// A 1x1, stride-1, unpadded convolution: the image itself is its column matrix.
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.p == [1, 1, 0, 0, 0, 0]
+    }
+    /// A stride-1 convolution with a window and padding smaller than it on every side: the
+    /// forward pass and the input gradient run on a padded copy of their input, whose shifted
+    /// views are the column matrix's rows ("shifted rows"; no im2col, no col2im).
+    fn shifted(&self) -> bool {
+        let [sh, sw, pt, pl, pb, pr] = self.p;
+        !self.pointwise() && sh == 1 && sw == 1 && pt < self.kh && pb < self.kh && pl < self.kw && pr < self.kw
     }
     /// For output column `x` of row `ki/kj` tap `kj`: the input column, if inside the image.
     #[inline]
@@ -242,14 +249,105 @@ fn flex(v: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 
+/// Planes `[c][hp][wp]` holding `src` (`[c][h][w]`) at row `top`, column `left`, zeros around,
+/// plus `tail` zeros: the last shifted row reads that far past the last plane.
+#[allow(clippy::too_many_arguments)]
+fn pad_planes(
+    src: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    hp: usize,
+    wp: usize,
+    top: usize,
+    left: usize,
+    tail: usize,
+    dst: &mut Vec<f32>,
+) {
+    dst.clear();
+    dst.resize(c * hp * wp + tail, 0.0);
+    for ch in 0..c {
+        for y in 0..h {
+            let d = ch * hp * wp + (y + top) * wp + left;
+            dst[d..d + w].copy_from_slice(&src[(ch * h + y) * w..][..w]);
+        }
+    }
+}
+
+/// `rows` of length `wide` (the padded width) cut to their first `width` columns, into `dst`.
+fn compact(src: &[f32], wide: usize, width: usize, dst: &mut [f32]) {
+    for (d, s) in dst.chunks_exact_mut(width).zip(src.chunks(wide)) {
+        d.copy_from_slice(&s[..width]);
+    }
+}
+
+/// Where row `(c, ki, kj)` of the column matrix starts in planes of `hp × wp`.
+fn shifted_offsets(c: usize, kh: usize, kw: usize, hp: usize, wp: usize) -> Vec<usize> {
+    (0..c).flat_map(|ch| (0..kh).flat_map(move |i| (0..kw).map(move |j| ch * hp * wp + i * wp + j))).collect()
+}
+
+/// Stride-1 forward on the shifted rows of the padded image: `Y` at the padded width, then cut.
+fn forward_shifted(g: &Geom, xs: &[f32], ws: &[f32]) -> Vec<f32> {
+    let [_, _, pt, pl, pb, pr] = g.p;
+    let (hp, wp) = (g.h + pt + pb, g.w + pl + pr);
+    let (k, pix, wide) = (g.k(), g.pix(), g.oh * wp);
+    let offs = shifted_offsets(g.c, g.kh, g.kw, hp, wp);
+    let zero = vec![0f32; g.o];
+    crate::par_build_init(
+        g.n * g.o * pix,
+        g.o * pix,
+        || (Vec::new(), vec![0f32; g.o * wide]),
+        |(xpad, cbuf), i, yi| {
+            let img = &xs[i * g.chw()..(i + 1) * g.chw()];
+            pad_planes(img, g.c, g.h, g.w, hp, wp, pt, pl, g.kw - 1, xpad);
+            sgemm_rows(g.o, wide, k, ws, k, xpad, BRows::Offsets(&offs), &zero, Act::None, cbuf, wide, 1);
+            compact(cbuf, wp, g.ow, yi);
+        },
+    )
+}
+
+/// Stride-1 input gradient: the full correlation of `dY` (padded by `kernel - 1 - pad`) with the
+/// flipped kernel, `dX[c][y][x] = Σ_{o,i,j} W[o][c][kh-1-i][kw-1-j] · dYpad[o][y+i][x+j]`.
+fn input_grad_shifted(g: &Geom, ws: &[f32], dys: &[f32]) -> Vec<f32> {
+    let [_, _, pt, pl, _, _] = g.p;
+    let (hq, wq) = (g.h + g.kh - 1, g.w + g.kw - 1);
+    let (kk, pix, wide) = (g.o * g.kh * g.kw, g.pix(), g.h * wq);
+    let mut wf = vec![0f32; g.c * kk];
+    for o in 0..g.o {
+        for c in 0..g.c {
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    wf[c * kk + (o * g.kh + i) * g.kw + j] =
+                        ws[((o * g.c + c) * g.kh + g.kh - 1 - i) * g.kw + g.kw - 1 - j];
+                }
+            }
+        }
+    }
+    let offs = shifted_offsets(g.o, g.kh, g.kw, hq, wq);
+    let zero = vec![0f32; g.c];
+    crate::par_build_init(
+        g.n * g.chw(),
+        g.chw(),
+        || (Vec::new(), vec![0f32; g.c * wide]),
+        |(dypad, cbuf), i, dxi| {
+            let dyi = &dys[i * g.o * pix..(i + 1) * g.o * pix];
+            pad_planes(dyi, g.o, g.oh, g.ow, hq, wq, g.kh - 1 - pt, g.kw - 1 - pl, g.kw - 1, dypad);
+            sgemm_rows(g.c, wide, kk, &wf, kk, dypad, BRows::Offsets(&offs), &zero, Act::None, cbuf, wide, 1);
+            compact(cbuf, wq, g.w, dxi);
+        },
+    )
+}
+
 fn forward(x: &FlexTensor, w: &FlexTensor, p: ConvParams) -> FlexTensor {
     let (x, w) = (f32_data(x, "input"), f32_data(w, "weight"));
     let g = Geom::new(x.layout().shape(), w.layout().shape(), p);
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), w.storage());
     let (k, pix) = (g.k(), g.pix());
+    if g.shifted() {
+        return flex(forward_shifted(&g, xs, ws), [g.n, g.o, g.oh, g.ow]);
+    }
     let zero = vec![0f32; g.o];
-    let mut y = vec![0f32; g.n * g.o * pix];
-    y.par_chunks_mut(g.o * pix).enumerate().for_each_init(Vec::new, |col: &mut Vec<f32>, (i, yi)| {
+    let y = crate::par_build_init(g.n * g.o * pix, g.o * pix, Vec::new, |col: &mut Vec<f32>, i, yi| {
         let img = &xs[i * g.chw()..(i + 1) * g.chw()];
         let b: &[f32] = if g.pointwise() {
             img
@@ -268,6 +366,9 @@ fn input_grad(x_shape: &[usize], w: &FlexTensor, dy: &FlexTensor, p: ConvParams)
     let (w, dy) = (f32_data(w, "weight"), f32_data(dy, "output gradient"));
     let g = Geom::new(x_shape, w.layout().shape(), p);
     let (ws, dys): (&[f32], &[f32]) = (w.storage(), dy.storage());
+    if g.shifted() {
+        return flex(input_grad_shifted(&g, ws, dys), [g.n, g.c, g.h, g.w]);
+    }
     let (k, pix) = (g.k(), g.pix());
     let mut wt = vec![0f32; k * g.o];
     for o in 0..g.o {
@@ -276,8 +377,7 @@ fn input_grad(x_shape: &[usize], w: &FlexTensor, dy: &FlexTensor, p: ConvParams)
         }
     }
     let zero = vec![0f32; k];
-    let mut dx = vec![0f32; g.n * g.chw()];
-    dx.par_chunks_mut(g.chw()).enumerate().for_each_init(Vec::new, |col: &mut Vec<f32>, (i, dxi)| {
+    let dx = crate::par_build_init(g.n * g.chw(), g.chw(), Vec::new, |col: &mut Vec<f32>, i, dxi| {
         let dyi = &dys[i * g.o * pix..(i + 1) * g.o * pix];
         if g.pointwise() {
             sgemm_bias_act(k, pix, g.o, &wt, g.o, dyi, pix, &zero, Act::None, dxi, pix, 1);
@@ -439,6 +539,11 @@ mod tests {
             (2, 5, 7, 6, 4, 1, 2, [0, 0, 0, 0]),
             (1, 2, 6, 9, 3, 5, 2, [2, 1, 0, 2]),
             (2, 3, 5, 5, 7, 3, 1, [0, 0, 0, 0]),
+            // Stride 1, asymmetric padding (shifted rows); padding as wide as the kernel (im2col).
+            (2, 3, 8, 7, 4, 5, 1, [2, 1, 0, 4]),
+            (2, 2, 6, 5, 3, 3, 1, [0, 2, 1, 0]),
+            (2, 3, 5, 6, 4, 1, 1, [1, 0, 0, 1]),
+            (1, 2, 4, 5, 3, 3, 1, [3, 1, 1, 1]),
         ];
         for (n, c, h, w, o, k, s, pads) in cases {
             let xs = rand(&mut rng, n * c * h * w);

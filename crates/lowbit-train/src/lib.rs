@@ -12,6 +12,7 @@ pub mod dsq;
 pub mod fq;
 pub mod model;
 pub mod qat;
+pub mod relu;
 pub mod train;
 
 pub use model::{Binary, Model, QatMethod};
@@ -35,6 +36,36 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A vector of `len` f32 built chunk by chunk on the rayon pool: each chunk of `chunk` elements
+/// (the last may be shorter) is zeroed and handed to `f(index, chunk)`. Replaces
+/// `vec![0.0; len]` + `par_chunks_mut`, whose zeroing of a whole batch ran serially on the
+/// calling thread (a twentieth of a two-thread training step on fmnist-resnet).
+pub(crate) fn par_build(len: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    par_build_init(len, chunk, || (), |_, i, c| f(i, c))
+}
+
+/// [`par_build`] with per-thread scratch made by `init` (rayon's `for_each_init`).
+pub(crate) fn par_build_init<S>(
+    len: usize,
+    chunk: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    use std::mem::MaybeUninit;
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each_init(init, |s, (i, c)| {
+        c.fill(MaybeUninit::new(0.0));
+        // SAFETY: every element of `c` was initialised just above, and MaybeUninit<f32> has the
+        // layout of f32.
+        let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        f(s, i, c);
+    });
+    // SAFETY: the chunks cover the first `len` elements, and each was initialised.
+    unsafe { v.set_len(len) };
+    v
+}
 
 /// Asks glibc's allocator to keep freed memory for reuse. A training step allocates and frees
 /// dozens of multi-megabyte tensors; by default glibc serves those with fresh `mmap`s and returns

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::activation::relu;
 use burn::tensor::module::{avg_pool2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -687,7 +686,7 @@ impl Model {
 fn apply_act<const D: usize>(t: Tensor<D>, act: Act) -> Tensor<D> {
     match act {
         Act::None => t,
-        Act::Relu => relu(t),
+        Act::Relu => crate::relu::relu(t),
         Act::Clip { lo, hi } => t.clamp(lo, hi),
         Act::HardSigmoid { alpha, beta } => t.mul_scalar(alpha).add_scalar(beta).clamp(0.0, 1.0),
         Act::HardSwish => t.clone() * t.div_scalar(6.0).add_scalar(0.5).clamp(0.0, 1.0),
