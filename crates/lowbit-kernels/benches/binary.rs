@@ -35,6 +35,10 @@ fn main() {
         ("resnet18 layer3.0 3x3 128->256 s2", 128, 256, 28, 2),
     ];
     let mut rows = vec![];
+    let bound = BinIsa::Avx512.measured_bound_gmacs();
+    if bound > 0.0 {
+        println!("avx512vpopcntdq register-only bound (xor + popcount + add, no loads): {bound:.0} G binary MAC/s");
+    }
     println!("{:<38} {:>10} {:>10} {:>18} {:>9} {:>8}", "conv", "f32 ms", "path", "binary ms", "GMAC/s", "speed-up");
     for &(name, ci, co, hw, s) in shapes {
         let o = (hw + 2 - 3) / s + 1;
@@ -78,8 +82,13 @@ fn main() {
             let mut scratch = vec![0u64; c.scratch_words()];
             // SAFETY: buffers sized for the shape; the path is supported.
             let tb = time_it(|| unsafe { c.run_u8(&x, 128, OutPtr(out.as_mut_ptr()), &mut scratch, 1) });
+            let share = if isa == BinIsa::Avx512 && bound > 0.0 {
+                format!(" ({:.0}% of the bound)", macs / tb / 1e9 / bound * 100.0)
+            } else {
+                String::new()
+            };
             println!(
-                "{:<38} {:>10.3} {:>10} {:>18.4} {:>9.0} {:>7.1}x",
+                "{:<38} {:>10.3} {:>10} {:>18.4} {:>9.0} {:>7.1}x{share}",
                 name,
                 tf * 1e3,
                 isa.name(),

@@ -62,6 +62,25 @@ impl BinIsa {
         [BinIsa::Scalar, BinIsa::Avx2, BinIsa::Avx512].into_iter().filter(|i| i.supported()).collect()
     }
 
+    /// This core's register-only bound for the path's xnor-popcount step, in G binary
+    /// multiply-adds per second (about 0.1 s of work): what no binary kernel on this path can
+    /// exceed. AVX-512 only (0 for the other paths).
+    pub fn measured_bound_gmacs(self) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if self == BinIsa::Avx512 && self.supported() {
+            let run = |iters: usize| {
+                let t = std::time::Instant::now();
+                // SAFETY: AVX-512 F and VPOPCNTDQ are present (checked above).
+                std::hint::black_box(unsafe { avx512::peak_probe(iters) });
+                (iters as f64 * 8.0 * 512.0, t.elapsed().as_secs_f64())
+            };
+            run(10_000);
+            let (macs, s) = run(20_000_000);
+            return macs / s / 1e9;
+        }
+        0.0
+    }
+
     pub fn best() -> BinIsa {
         *BinIsa::all_supported().last().unwrap_or(&BinIsa::Scalar)
     }
