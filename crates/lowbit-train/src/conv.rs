@@ -8,7 +8,9 @@
 //! - input gradient: `dX = col2im(Wᵀ · dY)`;
 //! - weight gradient: `dWᵀ = Σ im2col(X) · dYᵀ`,
 //!
-//! all on `lowbit_kernels`' f32 GEMM, images in parallel on the rayon pool. Bias and activation
+//! all on `lowbit_kernels`' f32 GEMM, images in parallel on the rayon pool. Stride-1 convolutions
+//! run the forward pass and the input gradient (a stride-1 convolution of `dY` with the flipped
+//! kernel) through lowbit's inference convolution instead, whose shifted-rows path needs no im2col. Bias and activation
 //! stay ordinary burn operations. Grouped and dilated convolutions keep burn's `conv2d`.
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
@@ -21,7 +23,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::FlexTensor;
 use lowbit_core::Act;
-use lowbit_kernels::f32gemm::{sgemm_bias_act, sgemm_rows, BRows};
+use lowbit_kernels::f32conv::{self, ConvGeom, PackedConv};
+use lowbit_kernels::f32gemm::sgemm_bias_act;
 use rayon::prelude::*;
 
 /// `[stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right]`.
@@ -249,69 +252,48 @@ fn flex(v: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 
-/// Planes `[c][hp][wp]` holding `src` (`[c][h][w]`) at row `top`, column `left`, zeros around,
-/// plus `tail` zeros: the last shifted row reads that far past the last plane.
+/// `n` images of `src` through lowbit's inference convolution ([`f32conv::conv2d`]: at stride 1
+/// its shifted-rows path, without im2col), the weights packed once, images in parallel.
+fn conv_images(geom: ConvGeom, weight: Vec<f32>, src: &[f32], n: usize) -> Vec<f32> {
+    let (in_len, out_len) = (geom.c_in * geom.h * geom.w, geom.c_out * geom.oh * geom.ow);
+    let scratch = geom.scratch_len();
+    let p = PackedConv::new(geom, weight, None, Act::None);
+    crate::par_build_init(
+        n * out_len,
+        out_len,
+        || vec![0f32; scratch],
+        |s, i, out| f32conv::conv2d(&p, &src[i * in_len..(i + 1) * in_len], out, s, 1),
+    )
+}
+
+/// A stride-1, undilated, ungrouped convolution of `c_in × h × w` into `c_out × oh × ow`.
 #[allow(clippy::too_many_arguments)]
-fn pad_planes(
-    src: &[f32],
-    c: usize,
+fn stride1(
+    c_in: usize,
     h: usize,
     w: usize,
-    hp: usize,
-    wp: usize,
-    top: usize,
-    left: usize,
-    tail: usize,
-    dst: &mut Vec<f32>,
-) {
-    dst.clear();
-    dst.resize(c * hp * wp + tail, 0.0);
-    for ch in 0..c {
-        for y in 0..h {
-            let d = ch * hp * wp + (y + top) * wp + left;
-            dst[d..d + w].copy_from_slice(&src[(ch * h + y) * w..][..w]);
-        }
-    }
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    pt: usize,
+    pl: usize,
+    oh: usize,
+    ow: usize,
+) -> ConvGeom {
+    ConvGeom { c_in, h, w, c_out, kh, kw, sh: 1, sw: 1, dh: 1, dw: 1, pt, pl, oh, ow, group: 1 }
 }
 
-/// `rows` of length `wide` (the padded width) cut to their first `width` columns, into `dst`.
-fn compact(src: &[f32], wide: usize, width: usize, dst: &mut [f32]) {
-    for (d, s) in dst.chunks_exact_mut(width).zip(src.chunks(wide)) {
-        d.copy_from_slice(&s[..width]);
-    }
-}
-
-/// Where row `(c, ki, kj)` of the column matrix starts in planes of `hp × wp`.
-fn shifted_offsets(c: usize, kh: usize, kw: usize, hp: usize, wp: usize) -> Vec<usize> {
-    (0..c).flat_map(|ch| (0..kh).flat_map(move |i| (0..kw).map(move |j| ch * hp * wp + i * wp + j))).collect()
-}
-
-/// Stride-1 forward on the shifted rows of the padded image: `Y` at the padded width, then cut.
+/// Stride-1 forward: the inference convolution on each image.
 fn forward_shifted(g: &Geom, xs: &[f32], ws: &[f32]) -> Vec<f32> {
-    let [_, _, pt, pl, pb, pr] = g.p;
-    let (hp, wp) = (g.h + pt + pb, g.w + pl + pr);
-    let (k, pix, wide) = (g.k(), g.pix(), g.oh * wp);
-    let offs = shifted_offsets(g.c, g.kh, g.kw, hp, wp);
-    let zero = vec![0f32; g.o];
-    crate::par_build_init(
-        g.n * g.o * pix,
-        g.o * pix,
-        || (Vec::new(), vec![0f32; g.o * wide]),
-        |(xpad, cbuf), i, yi| {
-            let img = &xs[i * g.chw()..(i + 1) * g.chw()];
-            pad_planes(img, g.c, g.h, g.w, hp, wp, pt, pl, g.kw - 1, xpad);
-            sgemm_rows(g.o, wide, k, ws, k, xpad, BRows::Offsets(&offs), &zero, Act::None, cbuf, wide, 1);
-            compact(cbuf, wp, g.ow, yi);
-        },
-    )
+    let geom = stride1(g.c, g.h, g.w, g.o, g.kh, g.kw, g.p[2], g.p[3], g.oh, g.ow);
+    conv_images(geom, ws.to_vec(), xs, g.n)
 }
 
 /// Stride-1 input gradient: the full correlation of `dY` (padded by `kernel - 1 - pad`) with the
 /// flipped kernel, `dX[c][y][x] = Σ_{o,i,j} W[o][c][kh-1-i][kw-1-j] · dYpad[o][y+i][x+j]`.
 fn input_grad_shifted(g: &Geom, ws: &[f32], dys: &[f32]) -> Vec<f32> {
     let [_, _, pt, pl, _, _] = g.p;
-    let (hq, wq) = (g.h + g.kh - 1, g.w + g.kw - 1);
-    let (kk, pix, wide) = (g.o * g.kh * g.kw, g.pix(), g.h * wq);
+    let kk = g.o * g.kh * g.kw;
     let mut wf = vec![0f32; g.c * kk];
     for o in 0..g.o {
         for c in 0..g.c {
@@ -323,19 +305,10 @@ fn input_grad_shifted(g: &Geom, ws: &[f32], dys: &[f32]) -> Vec<f32> {
             }
         }
     }
-    let offs = shifted_offsets(g.o, g.kh, g.kw, hq, wq);
-    let zero = vec![0f32; g.c];
-    crate::par_build_init(
-        g.n * g.chw(),
-        g.chw(),
-        || (Vec::new(), vec![0f32; g.c * wide]),
-        |(dypad, cbuf), i, dxi| {
-            let dyi = &dys[i * g.o * pix..(i + 1) * g.o * pix];
-            pad_planes(dyi, g.o, g.oh, g.ow, hq, wq, g.kh - 1 - pt, g.kw - 1 - pl, g.kw - 1, dypad);
-            sgemm_rows(g.c, wide, kk, &wf, kk, dypad, BRows::Offsets(&offs), &zero, Act::None, cbuf, wide, 1);
-            compact(cbuf, wq, g.w, dxi);
-        },
-    )
+    // dY padded by `kernel - 1 - pad` on the top and left; its padded plane is the input's plus
+    // the kernel, so the convolution's output is the input's size.
+    let geom = stride1(g.o, g.oh, g.ow, g.c, g.kh, g.kw, g.kh - 1 - pt, g.kw - 1 - pl, g.h, g.w);
+    conv_images(geom, wf, dys, g.n)
 }
 
 fn forward(x: &FlexTensor, w: &FlexTensor, p: ConvParams) -> FlexTensor {
