@@ -126,6 +126,71 @@ fn main() {
             ));
         }
     }
+    // Whole convolutions (im2col or shifted rows included), ResNet-18 shapes.
+    let convs: &[(&str, usize, usize, usize, usize, usize)] = &[
+        ("resnet18 stem 7x7 s2 3->64 @224", 3, 64, 224, 7, 2),
+        ("resnet18 layer1 3x3 64@56", 64, 64, 56, 3, 1),
+        ("resnet18 layer2.0 3x3 s2 64->128 @56", 64, 128, 56, 3, 2),
+        ("resnet18 layer3 3x3 256@14", 256, 256, 14, 3, 1),
+        ("resnet18 layer4 3x3 512@7", 512, 512, 7, 3, 1),
+    ];
+    println!("\n{:<38} {:>10} {:>9} {:>8} {:>8} {:>10}", "convolution", "path", "GMAC/s", "of peak", "ms", "2 threads");
+    for &(name, ci, co, hw, k, s) in convs {
+        let pad = k / 2;
+        let o = (hw + 2 * pad - k) / s + 1;
+        let geom = ConvGeom {
+            c_in: ci,
+            h: hw,
+            w: hw,
+            c_out: co,
+            kh: k,
+            kw: k,
+            sh: s,
+            sw: s,
+            dh: 1,
+            dw: 1,
+            pt: pad,
+            pl: pad,
+            oh: o,
+            ow: o,
+            group: 1,
+        };
+        let x: Vec<u8> = (0..hw * hw * ci).map(|i| (i * 7 % 251) as u8).collect();
+        let w: Vec<i8> = (0..co * ci * k * k).map(|i| (i % 255) as i8).collect();
+        let macs = geom.macs() as f64;
+        for isa in Isa::all_supported() {
+            let rq = Requant::new(
+                &vec![0.001; co],
+                &vec![0; co],
+                &vec![0.0; co],
+                0.0,
+                f32::INFINITY,
+                Out::Q { scale: 0.05, zp: 0, qmin: 0, qmax: 255 },
+            );
+            let qc = QConv::new(isa, geom.clone(), &w, 3, rq);
+            let mut scratch = vec![0u8; qc.scratch_len()];
+            let mut out = vec![0u8; o * o * co];
+            // SAFETY: buffers sized from the geometry; isa supported.
+            let t = time_it(|| unsafe { qc.run(&x, OutPtr(out.as_mut_ptr()), &mut scratch, 1) });
+            // The same convolution on 2 threads (the runtime's pool), as a throughput ratio.
+            let t2 = time_it(|| unsafe { qc.run(&x, OutPtr(out.as_mut_ptr()), &mut scratch, 2) });
+            let g = macs / t / 1e9;
+            let peak = measured_peak_gmacs(isa);
+            println!(
+                "{:<38} {:>10} {:>9.1} {:>7.0}% {:>8.3} {:>9.2}x",
+                name,
+                isa.name(),
+                g,
+                100.0 * g / peak,
+                t * 1e3,
+                t / t2
+            );
+            rows.push(format!(
+                "{{\"kernel\":\"conv\",\"shape\":\"{name}\",\"isa\":\"{}\",\"gmacs\":{g:.2},\"peak\":{peak:.1}}}",
+                isa.name()
+            ));
+        }
+    }
     println!("\nmeasured peaks (GMAC/s, one core):");
     for isa in Isa::all_supported() {
         println!("  {:<10} {:.1}", isa.name(), measured_peak_gmacs(isa));

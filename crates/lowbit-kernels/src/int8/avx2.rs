@@ -143,12 +143,13 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
 /// The CPU has AVX2.
 #[target_feature(enable = "avx2")]
 pub unsafe fn peak_probe(iters: usize) -> i32 {
-    let a = _mm256_set1_epi32(0x00010002);
     let b = _mm256_set1_epi32(0x0003ffff);
-    let mut acc = [_mm256_setzero_si256(); 12];
+    let mut acc = [_mm256_set1_epi32(0x00010002); 12];
     for _ in 0..iters {
         for x in acc.iter_mut() {
-            *x = _mm256_add_epi32(*x, _mm256_madd_epi16(a, b));
+            // The multiply reads the accumulator, so it is not loop-invariant: with a constant
+            // operand LLVM hoisted it and the probe measured additions (thousands of "GMAC/s").
+            *x = _mm256_add_epi32(*x, _mm256_madd_epi16(*x, b));
         }
     }
     let mut v = [0i32; 8];
