@@ -35,6 +35,17 @@ pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>)
     println!("file      {:.2} MB, opset {}, {} nodes", file_bytes as f64 / 1e6, g.opset, g.nodes.len());
     println!("ops       {}", ops.iter().map(|(k, v)| format!("{k}x{v}")).collect::<Vec<_>>().join(" "));
     println!("params    {} ({:.2} MB as f32)", g.param_count(), g.param_count() as f64 * 4.0 / 1e6);
+    // Weight schemes lowbit wrote (pow2 / log2 / kmeans layers carry a metadata entry each).
+    let mut schemes: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (k, v) in &g.metadata {
+        if k.starts_with("lowbit.quant.scheme.") {
+            *schemes.entry(v.as_str()).or_default() += 1;
+        }
+    }
+    if !schemes.is_empty() {
+        let list: Vec<String> = schemes.iter().map(|(s, n)| format!("{s} weights on {n} layer(s)")).collect();
+        println!("schemes   {}", list.join(", "));
+    }
     println!("input     {:?}", shape);
     let sp = plan.specialized();
     println!(
@@ -392,6 +403,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             acts: a,
             method: "auto".into(),
             per_tensor: false,
+            scheme: "linear".into(),
             cle: false,
             cle_relu6_to_relu: false,
             absorb_bias: false,

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use lowbit_data::Split;
 use lowbit_quant::observer::Method;
 use lowbit_quant::qdq::{build_qdq, QdqConfig};
+use lowbit_quant::scheme::{Kind, Mode};
 use lowbit_runtime::classify::{self, Classifier};
 use serde_json::json;
 
@@ -47,6 +48,12 @@ pub struct QuantizeArgs {
     /// Per-tensor weights instead of per-channel
     #[arg(long)]
     pub per_tensor: bool,
+    /// Weight values: linear (symmetric scale), pow2 (power-of-two scales: requantization is a
+    /// shift), log (0 or ±2^k, 2..4 bits), kmeans (2^bits shared values per layer). All are written
+    /// as int8 weights of a standard DequantizeLinear, so ONNX Runtime and lowbit's integer kernels run
+    /// them; the file's metadata names the scheme of each layer
+    #[arg(long, default_value = "linear")]
+    pub scheme: String,
     /// Cross-layer equalization of consecutive convolutions before quantizing (DFQ)
     #[arg(long)]
     pub cle: bool,
@@ -120,6 +127,17 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
     if a.calib_n == 0 {
         bail!("--calib-n must be at least 1");
     }
+    let weight_kind = match a.scheme.as_str() {
+        "linear" => Kind::Linear(Mode::Symmetric),
+        "pow2" => Kind::Linear(Mode::PowerOfTwo),
+        "log" if a.weights <= 4 => Kind::Log2,
+        "log" => bail!(
+            "--scheme log takes --weights 2 to 4 ({} asked): logarithmic levels ±2^k are stored as int8 multiples of the smallest level, and 2^(bits-1)-1 exponents must fit ±127",
+            a.weights
+        ),
+        "kmeans" => Kind::KMeans,
+        other => bail!("unknown --scheme '{other}' (linear, pow2, log, kmeans)"),
+    };
     let t0 = Instant::now();
     let g = load_model(&a.model)?;
     let split = if a.calib_split == "test" { Split::Test } else { Split::Train };
@@ -191,6 +209,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         skip_first: a.skip_first,
         skip_last: a.skip_last,
         bias_correction: !a.no_bias_correction,
+        weight_kind,
         ..Default::default()
     };
     let mut bias_corrected = !a.no_bias_correction;
@@ -363,11 +382,12 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
     let file_out = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
 
     println!(
-        "{} -> {} (W{}A{}, {}, preset {preset}, {} calibration images)",
+        "{} -> {} (W{}A{}{}, {}, preset {preset}, {} calibration images)",
         a.model.display(),
         a.output.display(),
         a.weights,
         a.acts,
+        if a.scheme == "linear" { String::new() } else { format!(" {} weights", a.scheme) },
         method.name(),
         calib.n
     );
@@ -420,7 +440,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
             j,
             &json!({
                 "model": a.model.display().to_string(), "output": a.output.display().to_string(),
-                "weights_bits": a.weights, "act_bits": a.acts, "method": method.name(), "per_channel": !a.per_tensor, "bias_correction": bias_corrected,
+                "weights_bits": a.weights, "weight_scheme": a.scheme, "act_bits": a.acts, "method": method.name(), "per_channel": !a.per_tensor, "bias_correction": bias_corrected,
                 "calibration_images": calib.n, "preset": preset,
                 "method_candidates": candidates.iter().map(|c| json!({"method": c.method.name(), "bias_correction": c.bias_correction, "agreement": c.agreement, "kl": c.kl})).collect::<Vec<_>>(),
                 "float_top1": ftop, "quant_top1": qtop, "eval_images": eval_n,

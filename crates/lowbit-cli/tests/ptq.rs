@@ -8,6 +8,7 @@ use common::*;
 use lowbit_data::{Preprocess, Split};
 use lowbit_quant::observer::Method;
 use lowbit_quant::qdq::{build_qdq, QdqConfig};
+use lowbit_quant::scheme::{Kind, Mode};
 use lowbit_runtime::classify::{argmax, Classifier};
 
 /// `model` from the zoo, canonicalized, calibrated on the first `n` Fashion-MNIST training images:
@@ -25,15 +26,19 @@ fn calibrated_fmnist(
     (canon, stats, calib)
 }
 
-fn quantize_fmnist(model: &str, weight_bits: u8) -> lowbit_quant::qdq::QdqModel {
+fn quantize_fmnist(model: &str, weight_bits: u8, kind: Kind) -> lowbit_quant::qdq::QdqModel {
     let (canon, stats, _) = calibrated_fmnist(model, 300);
-    let cfg = QdqConfig { weight_bits, method: Method::Mse, ..Default::default() };
+    let cfg = QdqConfig { weight_bits, method: Method::Mse, weight_kind: kind, ..Default::default() };
     build_qdq(&canon, &stats, &cfg).unwrap()
 }
 
 fn check_against_ort(model: &str, weight_bits: u8, n: usize, max_drop_pp: f64) {
-    let q = quantize_fmnist(model, weight_bits);
-    let d = tmpdir(&format!("ptq-{model}-{weight_bits}"));
+    check_kind_against_ort(model, weight_bits, Kind::Linear(Mode::Symmetric), n, max_drop_pp);
+}
+
+fn check_kind_against_ort(model: &str, weight_bits: u8, kind: Kind, n: usize, max_drop_pp: f64) {
+    let q = quantize_fmnist(model, weight_bits, kind);
+    let d = tmpdir(&format!("ptq-{model}-{weight_bits}-{kind:?}"));
     let path = d.join("q.onnx");
     lowbit_onnx::write_model(&q.graph, &path).unwrap();
     let test = lowbit_data::load_idx_dir(&fashion_dir(), Split::Test, &Preprocess::fmnist(), Some(n)).unwrap();
@@ -42,13 +47,13 @@ fn check_against_ort(model: &str, weight_bits: u8, n: usize, max_drop_pp: f64) {
     let mut fc = Classifier::new(lowbit_onnx::read_model(&zoo(model)).unwrap(), vec![1, 28, 28], 2);
     let ours = qc.logits(&test.data, n).unwrap();
     let float = fc.logits(&test.data, n).unwrap();
-    let (oshape, ort) = ort_run(&path, &test.data, &[n, 1, 28, 28], &format!("ptq-ort-{model}-{weight_bits}"));
+    let (oshape, ort) = ort_run(&path, &test.data, &[n, 1, 28, 28], &format!("ptq-ort-{model}-{weight_bits}-{kind:?}"));
     assert_eq!(oshape, vec![n, 10]);
     let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
     let acc = |l: &Vec<Vec<f32>>| (0..n).filter(|&i| argmax(&l[i]) as u32 == labels[i]).count() as f64 / n as f64;
     let (qa, fa) = (acc(&ours), acc(&float));
     eprintln!(
-        "{model} W{weight_bits}A8: lowbit vs ORT top-1 agreement {agree}/{n}; float {:.2}% quantized {:.2}%",
+        "{model} W{weight_bits}A8 {kind:?}: lowbit vs ORT top-1 agreement {agree}/{n}; float {:.2}% quantized {:.2}%",
         fa * 100.0,
         qa * 100.0
     );
@@ -72,6 +77,59 @@ fn fmnist_mobilenet_w4a8_runs_in_ort_and_agrees() {
     check_against_ort("fmnist-mobilenet.onnx", 4, 2000, 2.5);
 }
 
+/// The int8 weight initializers read by DequantizeLinear nodes, with their scales, by node name.
+fn int8_weights(g: &lowbit_core::Graph) -> Vec<(String, Vec<i8>, Vec<f32>)> {
+    g.nodes
+        .iter()
+        .filter(|n| {
+            matches!(n.op, lowbit_core::Op::DequantizeLinear { .. }) && n.name.ends_with("_weight_DequantizeLinear")
+        })
+        .map(|n| {
+            let lowbit_core::Data::I8(q) = &g.initializers[&n.inputs[0]].data else { panic!("{}: not int8", n.name) };
+            (n.name.clone(), q.clone(), g.initializers[&n.inputs[1]].to_f32_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn pow2_log_and_kmeans_weights_are_standard_int8_that_ort_runs() {
+    for (kind, name, max_drop) in
+        [(Kind::Linear(Mode::PowerOfTwo), "pow2", 2.0), (Kind::Log2, "log2", 14.0), (Kind::KMeans, "kmeans", 1.5)]
+    {
+        let q = quantize_fmnist("fmnist-resnet.onnx", 4, kind);
+        let w = int8_weights(&q.graph);
+        assert!(w.len() >= 20, "{name}: {} quantized layers", w.len());
+        for (node, v, scales) in &w {
+            let layer = node.trim_end_matches("_weight_DequantizeLinear");
+            let tag = q.graph.metadata.iter().find(|(k, _)| *k == format!("lowbit.quant.scheme.{layer}"));
+            assert_eq!(tag.map(|(_, t)| t.as_str()), Some(format!("{name}:4").as_str()), "{node}");
+            match kind {
+                Kind::Linear(_) => {
+                    assert!(scales.iter().all(|s| s.log2().fract() == 0.0), "{node}: a scale is not a power of two");
+                    assert!(v.iter().all(|&x| (-8..=7).contains(&x)), "{node}: beyond 4 bits");
+                }
+                Kind::Log2 => assert!(
+                    v.iter()
+                        .all(|&x| x == 0 || ((x as i32).unsigned_abs().is_power_of_two() && x.unsigned_abs() <= 64)),
+                    "{node}: not 0 or ±2^k (k <= 6)"
+                ),
+                _ => {
+                    let mut d = v.clone();
+                    d.sort();
+                    d.dedup();
+                    assert!(
+                        d.len() <= 16 && scales.len() == 1,
+                        "{node}: {} shared values, {} scales",
+                        d.len(),
+                        scales.len()
+                    );
+                }
+            }
+        }
+        check_kind_against_ort("fmnist-resnet.onnx", 4, kind, 1000, max_drop);
+    }
+}
+
 #[test]
 fn quantize_cli_bad_requests_leave_no_file() {
     use std::process::Command;
@@ -91,6 +149,8 @@ fn quantize_cli_bad_requests_leave_no_file() {
         (vec!["--calib", d.to_str().unwrap()], "no IDX files"),
         (vec!["--calib", photos.to_str().unwrap(), "--preset", "imagenet", "--calib-n", "4"], "expects"),
         (vec!["--calib", fashion.to_str().unwrap(), "--method", "magic"], "magic"),
+        (vec!["--calib", fashion.to_str().unwrap(), "--scheme", "log", "--weights", "5"], "2 to 4"),
+        (vec!["--calib", fashion.to_str().unwrap(), "--scheme", "ternary"], "unknown --scheme"),
     ];
     for (extra, want) in cases {
         let o = run(&extra);

@@ -9,7 +9,10 @@ use lowbit_core::{Act, Data, Error, Graph, Node, Op, Result, Tensor};
 
 use crate::calibrate::Stats;
 use crate::observer::Method;
-use crate::scheme::{linear_params, quantize_linear_weights, Granularity, QParams, QScheme};
+use crate::scheme::{
+    kmeans_weights_int8, linear_params, log2_weights_int8, quantize_linear_weights, Granularity, Kind, Mode, QParams,
+    QScheme,
+};
 
 /// The integer a binarized activation takes in the QDQ export (`±1` is stored as int8
 /// `±BINARY_LEVEL` with scale `1/BINARY_LEVEL`; a power of two, so the scale is exact).
@@ -50,6 +53,12 @@ pub struct QdqConfig {
     /// (standard ONNX that any runtime executes, ONNX Runtime as QLinearConv; lowbit's plan reads
     /// the pattern back as one xnor-popcount convolution).
     pub binary: HashSet<String>,
+    /// The values weights may take: linear symmetric (default), power-of-two scales, logarithmic
+    /// or k-means shared. Every kind is written as int8 weights of a standard DequantizeLinear
+    /// (see [`crate::scheme::log2_weights_int8`], [`crate::scheme::kmeans_weights_int8`]), with a
+    /// `lowbit.quant.scheme.<node>` metadata entry naming the scheme; layers raised to 8 bits by
+    /// mixed precision are linear.
+    pub weight_kind: Kind,
 }
 
 impl Default for QdqConfig {
@@ -69,6 +78,7 @@ impl Default for QdqConfig {
             act_override: HashMap::new(),
             weight_scale_override: HashMap::new(),
             binary: HashSet::new(),
+            weight_kind: Kind::Linear(Mode::Symmetric),
         }
     }
 }
@@ -347,6 +357,7 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
     out.opset = out.opset.max(13);
     let mut layers = vec![];
     let mut weight_bytes = 0usize;
+    let mut scheme_meta: Vec<(String, String)> = vec![];
     let mut float_weight_bytes = 0usize;
     let mut new_nodes: Vec<Node> = vec![];
     // Q/DQ pairs for graph inputs go first.
@@ -565,10 +576,43 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 granularity: if cfg.per_channel { Granularity::PerChannel { axis } } else { Granularity::PerTensor },
                 ..QScheme::weights(bits)
             };
-            let (q, p): (Vec<i32>, QParams) = match cfg.weight_scale_override.get(&n.name) {
-                Some(sc) => quantize_with_scales(&wv, &w.shape, &scheme, sc).map_err(|e| Error::node(&n.name, e))?,
-                None => quantize_linear_weights(&wv, &w.shape, &scheme, cfg.weight_mse || bits < 8),
+            // Mixed precision's raised layers (8 bits above a lower default) stay linear.
+            let kind = if bits > cfg.weight_bits { Kind::Linear(Mode::Symmetric) } else { cfg.weight_kind };
+            let mut book = 0usize;
+            let (q, p): (Vec<i32>, QParams) = match (cfg.weight_scale_override.get(&n.name), kind) {
+                (Some(sc), _) => {
+                    quantize_with_scales(&wv, &w.shape, &scheme, sc).map_err(|e| Error::node(&n.name, e))?
+                }
+                (None, Kind::Linear(m)) => quantize_linear_weights(
+                    &wv,
+                    &w.shape,
+                    &QScheme { kind: Kind::Linear(m), ..scheme },
+                    cfg.weight_mse || bits < 8,
+                ),
+                (None, Kind::Log2) => {
+                    log2_weights_int8(&wv, &w.shape, scheme.granularity, bits).map_err(|e| Error::node(&n.name, e))?
+                }
+                (None, Kind::KMeans) => {
+                    let (q, p, codes) = kmeans_weights_int8(&wv, bits);
+                    book = codes.len();
+                    (q, p)
+                }
+                (None, Kind::Binary) => {
+                    return Err(Error::node(
+                        &n.name,
+                        "binary weights come from `lowbit binarize` or `lowbit train --binary`, not from build_qdq's weight kind",
+                    ))
+                }
             };
+            let scheme_name = match kind {
+                Kind::Linear(Mode::PowerOfTwo) => Some("pow2"),
+                Kind::Log2 => Some("log2"),
+                Kind::KMeans => Some("kmeans"),
+                _ => None,
+            };
+            if let Some(sn) = scheme_name {
+                scheme_meta.push((format!("lowbit.quant.scheme.{}", n.name), format!("{sn}:{bits}")));
+            }
             let nch = p.scale.len();
             if cfg.bias_correction && matches!(n.op, Op::Conv(_)) {
                 if let Some(mean) = stats.get(x).map(|o| o.channel_means()).filter(|m| !m.is_empty()) {
@@ -615,7 +659,8 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
             n2.inputs[1] = wdq;
             let nparams = wv.len();
             float_weight_bytes += nparams * 4;
-            weight_bytes += (nparams * bits as usize).div_ceil(8) + nch * 4;
+            // k-means: indices of `bits` each plus the int8 codebook.
+            weight_bytes += (nparams * bits as usize).div_ceil(8) + nch * 4 + book;
             if let Some(b) = bias {
                 let nout = b.len();
                 let bscale: Vec<f32> = (0..nout).map(|o| sx * p.scale[if nch == 1 { 0 } else { o }]).collect();
@@ -661,5 +706,6 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
     out.metadata.push(("lowbit.quant.weight_bits".into(), cfg.weight_bits.to_string()));
     out.metadata.push(("lowbit.quant.act_bits".into(), cfg.act_bits.to_string()));
     out.metadata.push(("lowbit.quant.method".into(), cfg.method.name()));
+    out.metadata.extend(scheme_meta);
     Ok(QdqModel { graph: out, layers, act_params: params, weight_bytes, float_weight_bytes })
 }

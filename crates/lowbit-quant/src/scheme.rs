@@ -338,10 +338,92 @@ pub fn kmeans_quantize(w: &[f32], bits: u8, iters: usize) -> (Vec<f32>, Vec<u8>)
     (order.iter().map(|&c| cent[c]).collect(), idx.iter().map(|&i| rank[i as usize]).collect())
 }
 
+/// Logarithmic weights as int8 for a standard DequantizeLinear: per channel of `g`, the values of
+/// [`log2_quantize`] (`0` or `±2^k`, `k` in `[kmin, kmax]`) written as `±2^(k - kmin)` with the
+/// scale `2^kmin`, so `q · scale` is exactly the logarithmic level. With at most 7 exponents
+/// (`bits ≤ 4`) the integers stay within ±64; wider logarithmic codes do not fit int8.
+pub fn log2_weights_int8(w: &[f32], shape: &[usize], g: Granularity, bits: u8) -> Result<(Vec<i32>, QParams), String> {
+    if !(2..=4).contains(&bits) {
+        return Err(format!(
+            "logarithmic weights take 2 to 4 bits here ({bits} asked): their levels ±2^k are stored as int8 multiples of the smallest level, and 2^(bits-1)-1 exponents must fit ±127"
+        ));
+    }
+    let (c, _, inner) = channel_layout(shape, g);
+    let mut per: Vec<Vec<usize>> = vec![vec![]; c];
+    for i in 0..w.len() {
+        per[channel_of(i, c, inner)].push(i);
+    }
+    let levels = (1i32 << (bits - 1)) - 1;
+    let mut q = vec![0i32; w.len()];
+    let mut scale = vec![1f32; c];
+    for (ch, idx) in per.iter().enumerate() {
+        let vals: Vec<f32> = idx.iter().map(|&i| w[i]).collect();
+        let m = vals.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        if m == 0.0 {
+            continue;
+        }
+        let kmin = m.log2().round() as i32 - (levels - 1);
+        scale[ch] = 2f32.powi(kmin);
+        for (&i, v) in idx.iter().zip(log2_quantize(&vals, bits)) {
+            q[i] = (v / scale[ch]) as i32;
+        }
+    }
+    Ok((q, QParams { scale, zero_point: vec![0; c], qmin: -128, qmax: 127 }))
+}
+
+/// k-means weight sharing as int8 for a standard DequantizeLinear: one codebook of `2^bits`
+/// centroids for the whole tensor ([`kmeans_quantize`]), each centroid snapped to the int8 grid of
+/// the per-tensor scale `max|c| / 127`, every weight replaced by its centroid's integer. Returns the
+/// integers, the parameters and the (snapped, sorted) codebook as integers.
+pub fn kmeans_weights_int8(w: &[f32], bits: u8) -> (Vec<i32>, QParams, Vec<i32>) {
+    let (cent, idx) = kmeans_quantize(w, bits, 30);
+    let m = cent.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    let sc = if m > 0.0 && m.is_finite() { m / 127.0 } else { 1.0 };
+    let code: Vec<i32> = cent.iter().map(|&c| quantize_value(c, sc, 0, -127, 127)).collect();
+    let q = idx.iter().map(|&i| code[i as usize]).collect();
+    let mut book = code;
+    book.dedup();
+    (q, QParams { scale: vec![sc], zero_point: vec![0], qmin: -128, qmax: 127 }, book)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn log2_weights_int8_are_exact_levels() {
+        // Channel 0: max 1.0 -> kmax 0; 4 bits -> 7 exponents, kmin -6, scale 1/64.
+        // Channel 1: max 0.3 -> kmax round(-1.74) = -2, kmin -8.
+        let w = [1.0, 0.3, -0.06, 0.001, 0.3, -0.1, 0.0, 0.02];
+        let (q, p) = log2_weights_int8(&w, &[2, 4], Granularity::PerChannel { axis: 0 }, 4).unwrap();
+        assert_eq!(p.scale, vec![1.0 / 64.0, 1.0 / 256.0]);
+        // 0.3 -> 2^-2 = 16/64; -0.06 -> -2^-4 = -4/64; 0.001 < 2^-7 -> 0.
+        assert_eq!(&q[..4], &[64, 16, -4, 0]);
+        // 0.3 -> 2^-2 = 64/256; -0.1 -> -2^-3 = -32/256; 0.02 -> 2^-6 = 4/256.
+        assert_eq!(&q[4..], &[64, -32, 0, 4]);
+        let deq: Vec<f32> = q.iter().enumerate().map(|(i, &v)| v as f32 * p.scale[i / 4]).collect();
+        assert_eq!(&deq[..4], &log2_quantize(&w[..4], 4)[..]);
+        assert_eq!(&deq[4..], &log2_quantize(&w[4..], 4)[..]);
+        assert!(log2_weights_int8(&w, &[8], Granularity::PerTensor, 5).is_err());
+    }
+
+    #[test]
+    fn kmeans_weights_int8_use_at_most_the_codebook() {
+        let w: Vec<f32> = (0..500).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        for bits in [2u8, 3, 4] {
+            let (q, p, book) = kmeans_weights_int8(&w, bits);
+            let mut distinct: Vec<i32> = q.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert!(distinct.len() <= 1 << bits, "{bits} bits: {} values", distinct.len());
+            assert!(distinct.iter().all(|v| book.contains(v)));
+            assert_eq!(book.iter().map(|v| v.abs()).max().unwrap(), 127);
+            // Each weight sits on the nearest snapped centroid, within the worst cluster radius.
+            let err = w.iter().zip(&q).map(|(&x, &v)| (x - v as f32 * p.scale[0]).abs()).fold(0f32, f32::max);
+            assert!(err < 2.5 / (1 << bits) as f32 + p.scale[0], "{bits} bits: max error {err}");
+        }
+    }
 
     #[test]
     fn hand_computed_affine_u8() {
