@@ -408,6 +408,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             cle_relu6_to_relu: false,
             absorb_bias: false,
             no_bias_correction: false,
+            bn_stats: false,
             sensitivity: false,
             max_drop: None,
             plots: None,

@@ -69,6 +69,13 @@ pub struct QuantizeArgs {
     /// Turn off bias correction of weight-quantization error
     #[arg(long)]
     pub no_bias_correction: bool,
+    /// DFQ's data-free statistics: where a layer's input comes from a convolution followed by
+    /// BatchNormalization in the given (unfolded) model, bias correction and bias absorption use
+    /// that BatchNorm's beta and gamma (the input as N(beta, gamma^2) through its activation)
+    /// instead of calibration data; activation ranges and the ReLU6 check of --cle still come
+    /// from --calib
+    #[arg(long)]
+    pub bn_stats: bool,
     /// Per-layer sensitivity table (and plot with --plots)
     #[arg(long)]
     pub sensitivity: bool,
@@ -167,9 +174,31 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         .map_err(|e| anyhow!("{}: calibration failed: {e}", a.model.display()))
     };
     let mut dfq_notes = vec![];
+    let mut bn = a.bn_stats.then(|| lowbit_quant::dfq::BnDists::from_graph(&g));
+    if let Some(d) = &bn {
+        if d.0.is_empty() {
+            bail!(
+                "{}: --bn-stats needs Conv -> BatchNormalization pairs, and this model has none (BatchNorm already folded?)",
+                a.model.display()
+            );
+        }
+        dfq_notes.push(format!("BatchNorm statistics: {} convolutions described by N(beta, gamma^2)", d.0.len()));
+    }
+    // Calibration statistics, with BatchNorm's estimates in place of those they describe.
+    let dfq_stats = |canon: &lowbit_core::Graph, bn: &Option<lowbit_quant::dfq::BnDists>| -> Result<_> {
+        let mut st = quick(canon)?;
+        if let Some(d) = bn {
+            st.extend(d.stats(canon));
+        }
+        Ok(st)
+    };
     if a.cle {
+        // The ReLU6 check stays on calibration data: BatchNorm's normal tails under-predict 6.
         let st = quick(&canon)?;
         let r = lowbit_quant::dfq::equalize(&mut canon, if a.cle_relu6_to_relu { None } else { Some(&st) }, 8);
+        if let Some(d) = bn.as_mut() {
+            d.rescale(&r.channel_scale);
+        }
         dfq_notes.push(format!(
             "cross-layer equalization: {} conv pairs, {} ReLU6 -> ReLU{}, {} pairs skipped (ReLU6 saturates: {})",
             r.pairs,
@@ -180,8 +209,11 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         ));
     }
     if a.absorb_bias {
-        let st = quick(&canon)?;
-        let n = lowbit_quant::dfq::absorb_biases(&mut canon, &st);
+        let st = dfq_stats(&canon, &bn)?;
+        let (n, shifts) = lowbit_quant::dfq::absorb_biases_with_shifts(&mut canon, &st);
+        if let Some(d) = bn.as_mut() {
+            d.shift(&shifts);
+        }
         dfq_notes.push(format!("bias absorption: {n} channels"));
     }
     let pb = progress(0, "calibrate");
@@ -200,6 +232,15 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
     )
     .map_err(|e| anyhow!("{}: calibration failed: {e}", a.model.display()))?;
     pb.finish_and_clear();
+    // With --bn-stats, bias correction reads BatchNorm's per-channel means (ranges stay calibrated).
+    let mut stats = stats;
+    if let Some(d) = &bn {
+        for (k, o) in d.stats(&canon) {
+            if let Some(s) = stats.get_mut(&k) {
+                (s.channel_sum, s.channel_count, s.channel_min) = (o.channel_sum, o.channel_count, o.channel_min);
+            }
+        }
+    }
     let cfg = QdqConfig {
         weight_bits: a.weights,
         act_bits: a.acts,
@@ -440,7 +481,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
             j,
             &json!({
                 "model": a.model.display().to_string(), "output": a.output.display().to_string(),
-                "weights_bits": a.weights, "weight_scheme": a.scheme, "act_bits": a.acts, "method": method.name(), "per_channel": !a.per_tensor, "bias_correction": bias_corrected,
+                "weights_bits": a.weights, "weight_scheme": a.scheme, "act_bits": a.acts, "method": method.name(), "per_channel": !a.per_tensor, "bias_correction": bias_corrected, "bn_stats": a.bn_stats,
                 "calibration_images": calib.n, "preset": preset,
                 "method_candidates": candidates.iter().map(|c| json!({"method": c.method.name(), "bias_correction": c.bias_correction, "agreement": c.agreement, "kl": c.kl})).collect::<Vec<_>>(),
                 "float_top1": ftop, "quant_top1": qtop, "eval_images": eval_n,

@@ -202,6 +202,16 @@ fn quantize_cli_bad_requests_leave_no_file() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("no quantizable layer"), "{err}");
     assert!(!out.exists());
+    // BatchNorm statistics asked of a model without BatchNorm.
+    let o = Command::new(lowbit_bin())
+        .args(["quantize", m.to_str().unwrap(), "--calib", fashion.to_str().unwrap(), "--calib-n", "10", "--bn-stats"])
+        .args(["-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("relu.onnx") && err.contains("BatchNormalization"), "{err}");
+    assert!(!out.exists());
 }
 
 #[test]
@@ -341,4 +351,32 @@ fn first_and_last_layers_keep_their_own_width() {
     let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
     assert!(agree * 1000 >= n * 995, "lowbit/ORT agreement {agree}/{n}");
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// DFQ's data-free statistics: the per-channel means that BatchNorm's beta and gamma predict for
+/// each post-activation tensor (N(beta, gamma^2) through ReLU / ReLU6) are close to the means
+/// measured on real images, in the canonical (BN-folded) graph's names.
+#[test]
+fn batchnorm_statistics_predict_calibration_means() {
+    let g = lowbit_onnx::read_model(&zoo("fmnist-mobilenet.onnx")).unwrap();
+    let d = lowbit_quant::dfq::BnDists::from_graph(&g);
+    let (canon, stats, _) = calibrated_fmnist("fmnist-mobilenet.onnx", 500);
+    let bn = d.stats(&canon);
+    assert!(bn.len() >= 20, "{} of {} BatchNorms described", bn.len(), d.0.len());
+    let (mut close, mut total) = (0, 0);
+    for (k, o) in &bn {
+        let cal = stats.get(k).unwrap_or_else(|| panic!("{k}: not a value of the canonical graph"));
+        let (pred, meas) = (o.channel_means(), cal.channel_means());
+        assert_eq!(pred.len(), meas.len(), "{k}");
+        // Relative to the tensor's spread: the prediction is a Gaussian approximation.
+        let spread = (cal.max - cal.min).max(1e-6);
+        for (p, m) in pred.iter().zip(&meas) {
+            total += 1;
+            close += ((p - m).abs() <= 0.02 * spread) as usize;
+        }
+        // Every predicted lower bound is at or below the activation's own floor.
+        assert!(o.min >= cal.min.min(0.0) - 1e-6, "{k}: predicted minimum {} below {}", o.min, cal.min);
+    }
+    eprintln!("BatchNorm-predicted channel means within 2% of the range of the measured ones: {close}/{total}");
+    assert!(close as f64 >= 0.95 * total as f64, "only {close}/{total} channel means predicted");
 }
