@@ -7,13 +7,7 @@
 #     and absorption from BatchNorm statistics (--bn-stats, DFQ's data-free estimate).
 #  2. Weight schemes at W4A8 per-channel: linear, power-of-two scales, logarithmic, k-means.
 # Each file is also run in ONNX Runtime with `python bench/qat_ort.py FILE` when ./venv exists.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-L=target/release/lowbit
-F=/usr/share/datasets/fashion-mnist
-Z=../shared/zoo
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+. "$(dirname "$0")/env.sh"
 row() { # name json
   python3 - "$1" "$2" <<'PY'
 import json, sys

@@ -4,12 +4,7 @@
 # evaluation on the 10,000 test images. mnist-cnn: calibration on the first 1,000 of mnist10k,
 # evaluation on all 10,000. MobileNetV2 DFQ ablation: per-tensor W8A8, min-max activation ranges,
 # calibration and agreement on photos224.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-L=target/release/lowbit
-F=/usr/share/datasets/fashion-mnist
-Z=../shared/zoo
-T=$(mktemp -d)
+. "$(dirname "$0")/env.sh"
 row() { # name json
   python3 - "$1" "$2" <<'PY'
 import json, sys
@@ -40,4 +35,3 @@ for flags in "--no-bias-correction" "--cle --no-bias-correction" "--cle --absorb
   $L quantize $M --calib $P --calib-split test --eval $P --per-tensor --method minmax $flags -o $T/q.onnx --json $T/q.json > /dev/null
   row "mobilenetv2 per-tensor W8A8 $flags" $T/q.json
 done
-rm -rf "$T"

@@ -23,6 +23,18 @@ fn time_it(mut f: impl FnMut()) -> f64 {
     best
 }
 
+/// Uniform requantization of `n` channels to uint8 (scale 0.05), outputs clamped to `[0, hi]`.
+fn requant_u8(n: usize, hi: f32) -> Requant {
+    Requant::new(
+        &vec![0.001; n],
+        &vec![0; n],
+        &vec![0.0; n],
+        0.0,
+        hi,
+        Out::Q { scale: 0.05, zp: 0, qmin: 0, qmax: 255 },
+    )
+}
+
 fn main() {
     let gemms: &[(&str, usize, usize, usize)] = &[
         ("resnet18 layer1 3x3 (im2col)", 3136, 64, 576),
@@ -48,14 +60,7 @@ fn main() {
             time_it(|| f32gemm::sgemm_bias_act(n, m, k, &wf, k, &at, m, &bias, lowbit_core::Act::None, &mut cf, m, 1));
         for isa in Isa::all_supported() {
             let b = PackedB::new(isa, k, n, |kk, j| ((kk * 31 + j * 17) % 255) as i8);
-            let rq = Requant::new(
-                &vec![0.001; n],
-                &vec![0; n],
-                &vec![0.0; n],
-                0.0,
-                f32::INFINITY,
-                Out::Q { scale: 0.05, zp: 0, qmin: 0, qmax: 255 },
-            );
+            let rq = requant_u8(n, f32::INFINITY);
             let mut c = vec![0u8; m * n];
             // SAFETY: buffers sized for the shapes; isa supported.
             let t = time_it(|| unsafe {
@@ -104,14 +109,7 @@ fn main() {
         let w: Vec<i8> = (0..c * 9).map(|i| (i % 255) as i8).collect();
         let macs = geom.macs() as f64;
         for isa in Isa::all_supported() {
-            let rq = Requant::new(
-                &vec![0.001; c],
-                &vec![0; c],
-                &vec![0.0; c],
-                0.0,
-                6.0,
-                Out::Q { scale: 0.05, zp: 0, qmin: 0, qmax: 255 },
-            );
+            let rq = requant_u8(c, 6.0);
             let qc = QConv::new(isa, geom.clone(), &w, 3, rq);
             let mut scratch = vec![0u8; qc.scratch_len()];
             let mut out = vec![0u8; o * o * c];
@@ -159,14 +157,7 @@ fn main() {
         let w: Vec<i8> = (0..co * ci * k * k).map(|i| (i % 255) as i8).collect();
         let macs = geom.macs() as f64;
         for isa in Isa::all_supported() {
-            let rq = Requant::new(
-                &vec![0.001; co],
-                &vec![0; co],
-                &vec![0.0; co],
-                0.0,
-                f32::INFINITY,
-                Out::Q { scale: 0.05, zp: 0, qmin: 0, qmax: 255 },
-            );
+            let rq = requant_u8(co, f32::INFINITY);
             let qc = QConv::new(isa, geom.clone(), &w, 3, rq);
             let mut scratch = vec![0u8; qc.scratch_len()];
             let mut out = vec![0u8; o * o * co];
