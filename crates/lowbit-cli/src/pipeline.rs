@@ -40,6 +40,12 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
             bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
         }
     }
+    if a.scheme != "linear" || a.bn_stats {
+        bail!(
+            "--scheme {} / --bn-stats apply to calibrated quantization (--calib); the automatic pipeline (--data) trains linear weights in L3",
+            a.scheme
+        );
+    }
     let g = load_model(&a.model)?;
     let (_, pre) = choose_preset(a.preset.as_deref(), &g, &data)?;
     let train_all = load_data(&data, Split::Train, &pre, None)?;

@@ -176,13 +176,18 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
     let mut dfq_notes = vec![];
     let mut bn = a.bn_stats.then(|| lowbit_quant::dfq::BnDists::from_graph(&g));
     if let Some(d) = &bn {
-        if d.0.is_empty() {
+        // Only pairs that folding merged describe a convolution of the canonical graph.
+        let described = d.stats(&canon).len();
+        if described == 0 {
             bail!(
-                "{}: --bn-stats needs Conv -> BatchNormalization pairs, and this model has none (BatchNorm already folded?)",
+                "{}: --bn-stats needs Conv -> BatchNormalization pairs with constant parameters, and this model has none (BatchNorm already folded?)",
                 a.model.display()
             );
         }
-        dfq_notes.push(format!("BatchNorm statistics: {} convolutions described by N(beta, gamma^2)", d.0.len()));
+        dfq_notes.push(format!("BatchNorm statistics: {described} convolutions described by N(beta, gamma^2)"));
+        if a.no_bias_correction && !a.absorb_bias {
+            dfq_notes.push("--bn-stats has no effect without bias correction or --absorb-bias".into());
+        }
     }
     // Calibration statistics, with BatchNorm's estimates in place of those they describe.
     let dfq_stats = |canon: &lowbit_core::Graph, bn: &Option<lowbit_quant::dfq::BnDists>| -> Result<_> {

@@ -94,7 +94,7 @@ fn int8_weights(g: &lowbit_core::Graph) -> Vec<(String, Vec<i8>, Vec<f32>)> {
 #[test]
 fn pow2_log_and_kmeans_weights_are_standard_int8_that_ort_runs() {
     for (kind, name, max_drop) in
-        [(Kind::Linear(Mode::PowerOfTwo), "pow2", 2.0), (Kind::Log2, "log2", 14.0), (Kind::KMeans, "kmeans", 1.5)]
+        [(Kind::Linear(Mode::PowerOfTwo), "pow2", 2.0), (Kind::Log2, "log", 14.0), (Kind::KMeans, "kmeans", 1.5)]
     {
         let q = quantize_fmnist("fmnist-resnet.onnx", 4, kind);
         let w = int8_weights(&q.graph);
@@ -151,6 +151,7 @@ fn quantize_cli_bad_requests_leave_no_file() {
         (vec!["--calib", fashion.to_str().unwrap(), "--method", "magic"], "magic"),
         (vec!["--calib", fashion.to_str().unwrap(), "--scheme", "log", "--weights", "5"], "2 to 4"),
         (vec!["--calib", fashion.to_str().unwrap(), "--scheme", "ternary"], "unknown --scheme"),
+        (vec!["--data", fashion.to_str().unwrap(), "--max-drop", "1", "--scheme", "kmeans"], "automatic pipeline"),
     ];
     for (extra, want) in cases {
         let o = run(&extra);
@@ -355,28 +356,43 @@ fn first_and_last_layers_keep_their_own_width() {
 
 /// DFQ's data-free statistics: the per-channel means that BatchNorm's beta and gamma predict for
 /// each post-activation tensor (N(beta, gamma^2) through ReLU / ReLU6) are close to the means
-/// measured on real images, in the canonical (BN-folded) graph's names.
+/// measured on real images, in the canonical (BN-folded) graph's names, and stay close after
+/// cross-layer equalization rescales the channels.
 #[test]
 fn batchnorm_statistics_predict_calibration_means() {
     let g = lowbit_onnx::read_model(&zoo("fmnist-mobilenet.onnx")).unwrap();
     let d = lowbit_quant::dfq::BnDists::from_graph(&g);
-    let (canon, stats, _) = calibrated_fmnist("fmnist-mobilenet.onnx", 500);
-    let bn = d.stats(&canon);
-    assert!(bn.len() >= 20, "{} of {} BatchNorms described", bn.len(), d.0.len());
-    let (mut close, mut total) = (0, 0);
-    for (k, o) in &bn {
-        let cal = stats.get(k).unwrap_or_else(|| panic!("{k}: not a value of the canonical graph"));
-        let (pred, meas) = (o.channel_means(), cal.channel_means());
-        assert_eq!(pred.len(), meas.len(), "{k}");
-        // Relative to the tensor's spread: the prediction is a Gaussian approximation.
-        let spread = (cal.max - cal.min).max(1e-6);
-        for (p, m) in pred.iter().zip(&meas) {
-            total += 1;
-            close += ((p - m).abs() <= 0.02 * spread) as usize;
-        }
-        // Every predicted lower bound is at or below the activation's own floor.
-        assert!(o.min >= cal.min.min(0.0) - 1e-6, "{k}: predicted minimum {} below {}", o.min, cal.min);
-    }
+    let (canon, stats, calib) = calibrated_fmnist("fmnist-mobilenet.onnx", 500);
+    // (channels predicted within 2% of their tensor's measured range, channels)
+    let compare =
+        |canon: &lowbit_core::Graph, d: &lowbit_quant::dfq::BnDists, stats: &lowbit_quant::calibrate::Stats| {
+            let bn = d.stats(canon);
+            assert!(bn.len() >= 20, "{} of {} BatchNorms described", bn.len(), d.0.len());
+            let (mut close, mut total) = (0, 0);
+            for (k, o) in &bn {
+                let cal = stats.get(k).unwrap_or_else(|| panic!("{k}: not a value of the canonical graph"));
+                let (pred, meas) = (o.channel_means(), cal.channel_means());
+                assert_eq!(pred.len(), meas.len(), "{k}");
+                let spread = (cal.max - cal.min).max(1e-6);
+                for (p, m) in pred.iter().zip(&meas) {
+                    total += 1;
+                    close += ((p - m).abs() <= 0.02 * spread) as usize;
+                }
+            }
+            (close, total)
+        };
+    let (close, total) = compare(&canon, &d, &stats);
     eprintln!("BatchNorm-predicted channel means within 2% of the range of the measured ones: {close}/{total}");
     assert!(close as f64 >= 0.95 * total as f64, "only {close}/{total} channel means predicted");
+    // Equalization divides channels by up to large factors; the statistics must follow.
+    let (mut eq, mut d2) = (canon.clone(), d.clone());
+    let r = lowbit_quant::dfq::equalize(&mut eq, None, 8);
+    assert!(r.pairs >= 10 && r.channel_scale.values().flatten().any(|&s| (s - 1.0).abs() > 0.5), "{r:?}");
+    d2.rescale(&r.channel_scale);
+    let stats2 =
+        lowbit_quant::calibrate::calibrate(&eq, &[1, 28, 28], &calib.data, calib.n, 50, 2, false, &mut |_, _| {})
+            .unwrap();
+    let (close2, total2) = compare(&eq, &d2, &stats2);
+    eprintln!("after equalization: {close2}/{total2}");
+    assert!(close2 as f64 >= 0.95 * total2 as f64, "after equalization only {close2}/{total2}");
 }

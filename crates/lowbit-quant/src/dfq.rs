@@ -300,9 +300,17 @@ impl BnDists {
     /// `mu + 6 sigma < 6` held for 7 pairs whose activations do reach 6 on real images).
     pub fn stats(&self, canon: &Graph) -> Stats {
         let mut st = Stats::new();
+        let consumers = canon.consumers();
         for n in &canon.nodes {
             let Op::Conv(c) = &n.op else { continue };
             let Some((mu, sigma)) = self.0.get(&n.name) else { continue };
+            // A BatchNorm that folding left in place still follows: the statistics are not this output's.
+            let unfolded = consumers
+                .get(&n.outputs[0])
+                .is_some_and(|cs| cs.iter().any(|&i| matches!(canon.nodes[i].op, Op::BatchNorm { .. })));
+            if unfolded {
+                continue;
+            }
             let (lo, hi) = match c.act {
                 Act::None => (f32::NEG_INFINITY, f32::INFINITY),
                 Act::Relu => (0.0, f32::INFINITY),
@@ -349,8 +357,8 @@ fn normal_pdf(x: f64) -> f64 {
     (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
 }
 
-/// Standard normal CDF through erfc (W. J. Cody's rational approximation as in Numerical Recipes'
-/// `erfcc`, fractional error below 1.2e-7).
+/// Standard normal CDF through erfc (the Chebyshev fit of Numerical Recipes' `erfcc`, fractional
+/// error below 1.2e-7).
 fn normal_cdf(x: f64) -> f64 {
     let z = x.abs() / std::f64::consts::SQRT_2;
     let t = 1.0 / (1.0 + 0.5 * z);

@@ -59,6 +59,16 @@ pub struct QdqConfig {
     /// `lowbit.quant.scheme.<node>` metadata entry naming the scheme; layers raised to 8 bits by
     /// mixed precision are linear.
     pub weight_kind: Kind,
+    /// k-means results by (node, bits, weight fingerprint), shared by clones of this configuration.
+    pub kmeans_cache: KMeansCache,
+}
+
+/// See [`QdqConfig::kmeans_cache`].
+pub type KMeansCache = std::sync::Arc<std::sync::Mutex<HashMap<(String, u8, u64), (Vec<i32>, QParams, Vec<i32>)>>>;
+
+/// FNV-1a over the bits of `w` (tells apart weight tensors that share a node name).
+fn weights_fingerprint(w: &[f32]) -> u64 {
+    w.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl Default for QdqConfig {
@@ -79,6 +89,7 @@ impl Default for QdqConfig {
             weight_scale_override: HashMap::new(),
             binary: HashSet::new(),
             weight_kind: Kind::Linear(Mode::Symmetric),
+            kmeans_cache: Default::default(),
         }
     }
 }
@@ -593,7 +604,11 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                     log2_weights_int8(&wv, &w.shape, scheme.granularity, bits).map_err(|e| Error::node(&n.name, e))?
                 }
                 (None, Kind::KMeans) => {
-                    let (q, p, codes) = kmeans_weights_int8(&wv, bits);
+                    // Clustering does not depend on the activation settings `auto` and mixed
+                    // precision vary between builds: cluster each weight tensor once.
+                    let key = (n.name.clone(), bits, weights_fingerprint(&wv));
+                    let mut cache = cfg.kmeans_cache.lock().unwrap_or_else(|e| e.into_inner());
+                    let (q, p, codes) = cache.entry(key).or_insert_with(|| kmeans_weights_int8(&wv, bits)).clone();
                     book = codes.len();
                     (q, p)
                 }
@@ -604,9 +619,11 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                     ))
                 }
             };
+            // Named as on the command line; layers with given scales are linear whatever the kind.
             let scheme_name = match kind {
+                _ if cfg.weight_scale_override.contains_key(&n.name) => None,
                 Kind::Linear(Mode::PowerOfTwo) => Some("pow2"),
-                Kind::Log2 => Some("log2"),
+                Kind::Log2 => Some("log"),
                 Kind::KMeans => Some("kmeans"),
                 _ => None,
             };

@@ -311,7 +311,7 @@ pub fn kmeans_quantize(w: &[f32], bits: u8, iters: usize) -> (Vec<f32>, Vec<u8>)
         let mut sum = vec![0f64; k];
         let mut cnt = vec![0usize; k];
         for (i, &v) in w.iter().enumerate() {
-            let best = (0..k).min_by(|&a, &b| (v - cent[a]).abs().partial_cmp(&(v - cent[b]).abs()).unwrap()).unwrap();
+            let best = (0..k).min_by(|&a, &b| (v - cent[a]).abs().total_cmp(&(v - cent[b]).abs())).unwrap();
             idx[i] = best as u8;
             sum[best] += v as f64;
             cnt[best] += 1;
@@ -330,7 +330,7 @@ pub fn kmeans_quantize(w: &[f32], bits: u8, iters: usize) -> (Vec<f32>, Vec<u8>)
     }
     // sort codebook, remap indices
     let mut order: Vec<usize> = (0..k).collect();
-    order.sort_by(|&a, &b| cent[a].partial_cmp(&cent[b]).unwrap());
+    order.sort_by(|&a, &b| cent[a].total_cmp(&cent[b]));
     let mut rank = vec![0u8; k];
     for (r, &c) in order.iter().enumerate() {
         rank[c] = r as u8;
