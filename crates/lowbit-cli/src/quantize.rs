@@ -189,14 +189,6 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
             dfq_notes.push("--bn-stats has no effect without bias correction or --absorb-bias".into());
         }
     }
-    // Calibration statistics, with BatchNorm's estimates in place of those they describe.
-    let dfq_stats = |canon: &lowbit_core::Graph, bn: &Option<lowbit_quant::dfq::BnDists>| -> Result<_> {
-        let mut st = quick(canon)?;
-        if let Some(d) = bn {
-            st.extend(d.stats(canon));
-        }
-        Ok(st)
-    };
     if a.cle {
         // The ReLU6 check stays on calibration data: BatchNorm's normal tails under-predict 6.
         let st = quick(&canon)?;
@@ -214,8 +206,11 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         ));
     }
     if a.absorb_bias {
-        let st = dfq_stats(&canon, &bn)?;
-        let (n, shifts) = lowbit_quant::dfq::absorb_biases_with_shifts(&mut canon, &st);
+        let mut st = quick(&canon)?;
+        if let Some(d) = &bn {
+            d.overlay(&canon, &mut st);
+        }
+        let (n, shifts) = lowbit_quant::dfq::absorb_biases(&mut canon, &st);
         if let Some(d) = bn.as_mut() {
             d.shift(&shifts);
         }
@@ -240,11 +235,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
     // With --bn-stats, bias correction reads BatchNorm's per-channel means (ranges stay calibrated).
     let mut stats = stats;
     if let Some(d) = &bn {
-        for (k, o) in d.stats(&canon) {
-            if let Some(s) = stats.get_mut(&k) {
-                (s.channel_sum, s.channel_count, s.channel_min) = (o.channel_sum, o.channel_count, o.channel_min);
-            }
-        }
+        d.overlay(&canon, &mut stats);
     }
     let cfg = QdqConfig {
         weight_bits: a.weights,

@@ -23,6 +23,28 @@ fn time_it(mut f: impl FnMut()) -> f64 {
     best
 }
 
+/// A `k`x`k` convolution at stride `s` on a square `hw` image, padded by `k / 2` on every side.
+fn square_geom(c_in: usize, c_out: usize, hw: usize, k: usize, s: usize, group: usize) -> ConvGeom {
+    let (pad, o) = (k / 2, (hw + 2 * (k / 2) - k) / s + 1);
+    ConvGeom {
+        c_in,
+        h: hw,
+        w: hw,
+        c_out,
+        kh: k,
+        kw: k,
+        sh: s,
+        sw: s,
+        dh: 1,
+        dw: 1,
+        pt: pad,
+        pl: pad,
+        oh: o,
+        ow: o,
+        group,
+    }
+}
+
 /// Uniform requantization of `n` channels to uint8 (scale 0.05), outputs clamped to `[0, hi]`.
 fn requant_u8(n: usize, hi: f32) -> Requant {
     Requant::new(
@@ -87,24 +109,8 @@ fn main() {
     ];
     println!("\n{:<34} {:>10} {:>9} {:>8}", "depthwise", "path", "GMAC/s", "of peak");
     for &(name, c, hw, s) in dws {
-        let o = (hw + 2 - 3) / s + 1;
-        let geom = ConvGeom {
-            c_in: c,
-            h: hw,
-            w: hw,
-            c_out: c,
-            kh: 3,
-            kw: 3,
-            sh: s,
-            sw: s,
-            dh: 1,
-            dw: 1,
-            pt: 1,
-            pl: 1,
-            oh: o,
-            ow: o,
-            group: c,
-        };
+        let geom = square_geom(c, c, hw, 3, s, c);
+        let o = geom.oh;
         let x: Vec<u8> = (0..hw * hw * c).map(|i| (i * 7 % 251) as u8).collect();
         let w: Vec<i8> = (0..c * 9).map(|i| (i % 255) as i8).collect();
         let macs = geom.macs() as f64;
@@ -134,25 +140,8 @@ fn main() {
     ];
     println!("\n{:<38} {:>10} {:>9} {:>8} {:>8} {:>10}", "convolution", "path", "GMAC/s", "of peak", "ms", "2 threads");
     for &(name, ci, co, hw, k, s) in convs {
-        let pad = k / 2;
-        let o = (hw + 2 * pad - k) / s + 1;
-        let geom = ConvGeom {
-            c_in: ci,
-            h: hw,
-            w: hw,
-            c_out: co,
-            kh: k,
-            kw: k,
-            sh: s,
-            sw: s,
-            dh: 1,
-            dw: 1,
-            pt: pad,
-            pl: pad,
-            oh: o,
-            ow: o,
-            group: 1,
-        };
+        let geom = square_geom(ci, co, hw, k, s, 1);
+        let o = geom.oh;
         let x: Vec<u8> = (0..hw * hw * ci).map(|i| (i * 7 % 251) as u8).collect();
         let w: Vec<i8> = (0..co * ci * k * k).map(|i| (i % 255) as i8).collect();
         let macs = geom.macs() as f64;

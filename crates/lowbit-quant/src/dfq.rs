@@ -179,12 +179,10 @@ pub fn equalize(g: &mut Graph, stats: Option<&Stats>, sweeps: usize) -> DfqRepor
 /// channel `i` of A's (post-ReLU) output is positive, the ReLU never clipped that channel, so
 /// `relu(x) - c_i == relu(x - c_i)` on the data; move `c_i` from A's bias into B's bias.
 /// (B's zero padding then stands for `-c_i` instead of 0 at the borders: DFQ's approximation.)
-pub fn absorb_biases(g: &mut Graph, stats: &Stats) -> usize {
-    absorb_biases_with_shifts(g, stats).0
-}
-
-/// [`absorb_biases`], also returning the amount `c` taken out of each node A's output channels.
-pub fn absorb_biases_with_shifts(g: &mut Graph, stats: &Stats) -> (usize, HashMap<String, Vec<f32>>) {
+///
+/// Returns the number of channels absorbed and, per node A, the amount `c` taken out of its output
+/// channels (so statistics of A's output can follow).
+pub fn absorb_biases(g: &mut Graph, stats: &Stats) -> (usize, HashMap<String, Vec<f32>>) {
     let mut shifts = HashMap::new();
     let mut n = 0;
     for p in find_pairs(g) {
@@ -288,6 +286,16 @@ impl BnDists {
         for (name, c) in shifts {
             if let Some((mu, _)) = self.0.get_mut(name) {
                 mu.iter_mut().zip(c).for_each(|(m, c)| *m -= c);
+            }
+        }
+    }
+
+    /// Puts the per-channel means and minima of [`BnDists::stats`] into calibration statistics
+    /// (the values' ranges and histograms stay measured).
+    pub fn overlay(&self, canon: &Graph, stats: &mut Stats) {
+        for (k, o) in self.stats(canon) {
+            if let Some(s) = stats.get_mut(&k) {
+                (s.channel_sum, s.channel_count, s.channel_min) = (o.channel_sum, o.channel_count, o.channel_min);
             }
         }
     }

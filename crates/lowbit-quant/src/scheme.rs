@@ -250,23 +250,32 @@ pub fn binarize(w: &[f32], shape: &[usize], axis: usize) -> (Vec<i32>, Vec<f32>)
 /// `[kmax - (2^(bits-1) - 2), kmax]`, `kmax = round(log2 max|w|)`; values below half the smallest
 /// level become 0. Returns the dequantized values.
 pub fn log2_quantize(w: &[f32], bits: u8) -> Vec<f32> {
+    let (kmin, codes) = log2_codes(w, bits);
+    let step = 2f32.powi(kmin);
+    codes.iter().map(|&c| c as f32 * step).collect()
+}
+
+/// The integer form of [`log2_quantize`]: `kmin` and, per weight, `0` or `±2^(k - kmin)`.
+fn log2_codes(w: &[f32], bits: u8) -> (i32, Vec<i32>) {
     let m = w.iter().fold(0f32, |a, &v| a.max(v.abs()));
     if m == 0.0 {
-        return vec![0.0; w.len()];
+        return (0, vec![0; w.len()]);
     }
     let kmax = m.log2().round() as i32;
     let levels = (1i32 << (bits - 1)) - 1; // non-zero magnitudes (one code is 0)
     let kmin = kmax - (levels - 1);
-    w.iter()
+    let codes = w
+        .iter()
         .map(|&v| {
             let a = v.abs();
             if a < 2f32.powi(kmin) * 0.5 {
-                return 0.0;
+                return 0;
             }
             let k = a.log2().round().clamp(kmin as f32, kmax as f32) as i32;
-            v.signum() * 2f32.powi(k)
+            (v.signum() as i32) << (k - kmin)
         })
-        .collect()
+        .collect();
+    (kmin, codes)
 }
 
 /// k-means weight sharing with k-means++ initialisation (deterministic seed): returns the
@@ -353,19 +362,14 @@ pub fn log2_weights_int8(w: &[f32], shape: &[usize], g: Granularity, bits: u8) -
     for i in 0..w.len() {
         per[channel_of(i, c, inner)].push(i);
     }
-    let levels = (1i32 << (bits - 1)) - 1;
     let mut q = vec![0i32; w.len()];
     let mut scale = vec![1f32; c];
     for (ch, idx) in per.iter().enumerate() {
         let vals: Vec<f32> = idx.iter().map(|&i| w[i]).collect();
-        let m = vals.iter().fold(0f32, |a, &v| a.max(v.abs()));
-        if m == 0.0 {
-            continue;
-        }
-        let kmin = m.log2().round() as i32 - (levels - 1);
+        let (kmin, codes) = log2_codes(&vals, bits);
         scale[ch] = 2f32.powi(kmin);
-        for (&i, v) in idx.iter().zip(log2_quantize(&vals, bits)) {
-            q[i] = (v / scale[ch]) as i32;
+        for (&i, code) in idx.iter().zip(codes) {
+            q[i] = code;
         }
     }
     Ok((q, QParams { scale, zero_point: vec![0; c], qmin: -128, qmax: 127 }))
