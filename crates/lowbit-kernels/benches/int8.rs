@@ -58,6 +58,10 @@ fn requant_u8(n: usize, hi: f32) -> Requant {
 }
 
 fn main() {
+    // `cargo bench -p lowbit-kernels --bench int8 -- <text>` runs only the shapes whose name holds
+    // <text> (cargo passes `--bench` itself, which is skipped).
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let gemms: &[(&str, usize, usize, usize)] = &[
         ("resnet18 layer1 3x3 (im2col)", 3136, 64, 576),
         ("resnet18 layer2 3x3", 784, 128, 1152),
@@ -69,7 +73,7 @@ fn main() {
     ];
     let mut rows = vec![];
     println!("{:<34} {:>10} {:>9} {:>8} {:>9}", "GEMM m×n×k", "path", "GMAC/s", "of peak", "f32 GMAC/s");
-    for &(name, m, n, k) in gemms {
+    for &(name, m, n, k) in gemms.iter().filter(|g| wanted(g.0)) {
         let a: Vec<u8> = (0..m * k.div_ceil(4) * 4).map(|i| (i * 7 % 251) as u8).collect();
         let af: Vec<f32> = a.iter().map(|&v| v as f32).collect();
         let wf: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 - 6.0).collect();
@@ -108,7 +112,7 @@ fn main() {
         ("mobilenetv2 dw 3x3 s1 960@7", 960, 7, 1),
     ];
     println!("\n{:<34} {:>10} {:>9} {:>8}", "depthwise", "path", "GMAC/s", "of peak");
-    for &(name, c, hw, s) in dws {
+    for &(name, c, hw, s) in dws.iter().filter(|d| wanted(d.0)) {
         let geom = square_geom(c, c, hw, 3, s, c);
         let o = geom.oh;
         let x: Vec<u8> = (0..hw * hw * c).map(|i| (i * 7 % 251) as u8).collect();
@@ -139,7 +143,7 @@ fn main() {
         ("resnet18 layer4 3x3 512@7", 512, 512, 7, 3, 1),
     ];
     println!("\n{:<38} {:>10} {:>9} {:>8} {:>8} {:>10}", "convolution", "path", "GMAC/s", "of peak", "ms", "2 threads");
-    for &(name, ci, co, hw, k, s) in convs {
+    for &(name, ci, co, hw, k, s) in convs.iter().filter(|c| wanted(c.0)) {
         let geom = square_geom(ci, co, hw, k, s, 1);
         let o = geom.oh;
         let x: Vec<u8> = (0..hw * hw * ci).map(|i| (i * 7 % 251) as u8).collect();

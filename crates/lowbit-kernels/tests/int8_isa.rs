@@ -124,7 +124,7 @@ fn conv_case(
     co_g: usize,
     groups: usize,
     dw: bool,
-    ksel: usize,
+    k: usize,
     stride: usize,
     dil: usize,
     pad: usize,
@@ -134,7 +134,6 @@ fn conv_case(
     seed: u64,
     f32_out: bool,
 ) -> Result<(), TestCaseError> {
-    let k = [1, 3, 5][ksel];
     let (c_in, c_out, group) = if dw { (ci_g * 3, ci_g * 3, ci_g * 3) } else { (ci_g * groups, co_g * groups, groups) };
     let ext = (k - 1) * dil + 1;
     if h + 2 * pad < ext || w + 2 * pad < ext {
@@ -226,7 +225,7 @@ proptest! {
                                    ksel in 0usize..3, stride in 1usize..3, dil in 1usize..3, pad in 0usize..3,
                                    h in 1usize..12, w in 1usize..36, zx in prop_oneof![Just(0u8), Just(255u8), Just(128u8), any::<u8>()],
                                    seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
-        conv_case(ci_g, co_g, groups, dw, ksel, stride, dil, pad, h, w, zx, seed, f32_out)?;
+        conv_case(ci_g, co_g, groups, dw, [1, 3, 5][ksel], stride, dil, pad, h, w, zx, seed, f32_out)?;
     }
 }
 
@@ -247,7 +246,47 @@ proptest! {
                                         pad in 0usize..2, h in 1usize..6, w in 1usize..40,
                                         zx in prop_oneof![Just(0u8), Just(255u8), any::<u8>()],
                                         seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
-        conv_case(64 * cmul, co_g, 1, false, ksel, stride, 1, pad, h, w, zx, seed, f32_out)?;
+        conv_case(64 * cmul, co_g, 1, false, [1, 3, 5][ksel], stride, 1, pad, h, w, zx, seed, f32_out)?;
+    }
+}
+
+// Stride-2 windows on 1 to 4 input channels run as space to depth (the 7x7 stem); the AMX
+// packing makes each window row one 64-byte tile row (4 blocks of 16 bytes) when the window is 7
+// or 8 wide. Odd and even sizes, both paddings, the extreme zero points, rows past one AMX super block.
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn space_to_depth_conv_paths_match_definition(c_in in 1usize..5, co in 1usize..70, k in 5usize..9, pad in 0usize..4,
+                                                  h in 8usize..40, w in 8usize..40,
+                                                  zx in prop_oneof![Just(0u8), Just(255u8), any::<u8>()],
+                                                  seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
+        conv_case(c_in, co, 1, false, k, 2, 1, pad, h, w, zx, seed, f32_out)?;
+    }
+}
+
+#[test]
+fn stem_runs_as_space_to_depth() {
+    let g = ConvGeom {
+        c_in: 3,
+        h: 224,
+        w: 224,
+        c_out: 64,
+        kh: 7,
+        kw: 7,
+        sh: 2,
+        sw: 2,
+        dh: 1,
+        dw: 1,
+        pt: 3,
+        pl: 3,
+        oh: 112,
+        ow: 112,
+        group: 1,
+    };
+    for isa in Isa::all_supported() {
+        let qc = QConv::new(isa, g.clone(), &weights(64 * 3 * 49, 1), 7, requant(64, 2, false));
+        assert_eq!(qc.kernel_name(), "int8 space-to-depth gemm", "{}", isa.name());
     }
 }
 

@@ -134,13 +134,7 @@ enum Kind {
         m: usize,
         k: usize,
     },
-    QAdd {
-        qa: QParams,
-        qb: QParams,
-        lo: f32,
-        hi: f32,
-        qo: QParams,
-    },
+    QAdd(qops::AddQ),
     QGap {
         n: usize,
         plane: usize,
@@ -432,7 +426,7 @@ impl Plan {
                         (Kind::BinConv { c, batch: xs[0], zx: b.zx }, name)
                     }
                     Unit::Add { qa, qb, lo, hi, qo, .. } => {
-                        (Kind::QAdd { qa: *qa, qb: *qb, lo: *lo, hi: *hi, qo: *qo }, "int8 add".into())
+                        (Kind::QAdd(qops::AddQ::new(*qa, *qb, *lo, *hi, *qo)), "int8 add".into())
                     }
                     Unit::Gap { qi, qo, .. } => (
                         Kind::QGap { n: xs[0], plane: xs[2] * xs[3], c: xs[1], qi: *qi, qo: *qo },
@@ -697,7 +691,7 @@ impl Plan {
                     Kind::QConv { .. }
                         | Kind::BinConv { .. }
                         | Kind::QGemm { .. }
-                        | Kind::QAdd { .. }
+                        | Kind::QAdd(_)
                         | Kind::QGap { .. }
                         | Kind::QMaxPool { .. }
                 )
@@ -1033,7 +1027,7 @@ unsafe fn exec_step(
             };
             int8::gemm(*m, a.as_ptr(), lda, b, rq, OutPtr(base.add(*off)), b.n, threads);
         }
-        Kind::QAdd { qa, qb, lo, hi, qo } => {
+        Kind::QAdd(p) => {
             let a = bytes_in(base, s.ins[0].as_ref().unwrap());
             let b = bytes_in(base, s.ins[1].as_ref().unwrap());
             let o = bytes_out(base, &s.out);
@@ -1042,10 +1036,10 @@ unsafe fn exec_step(
                 let chunk = o.len().div_ceil(threads * 4);
                 o.par_chunks_mut(chunk).enumerate().for_each(|(i, oc)| {
                     let r = i * chunk..i * chunk + oc.len();
-                    qops::add(&a[r.clone()], *qa, &b[r], *qb, *lo, *hi, *qo, oc);
+                    qops::add(&a[r.clone()], &b[r], p, oc);
                 });
             } else {
-                qops::add(a, *qa, b, *qb, *lo, *hi, *qo, o);
+                qops::add(a, b, p, o);
             }
         }
         Kind::QGap { n, plane, c, qi, qo } => {

@@ -585,7 +585,85 @@ enum ConvKind {
     /// window position (tap byte offsets), no im2col copy; rows over the padding columns are
     /// computed and dropped.
     Shifted(PackedB, Requant, Vec<usize>),
+    /// Stride-2 convolution on few input channels (the 7x7 stem): the zero-point-padded input
+    /// rearranged into 2x2 blocks (space to depth: 4·c_in channels, padded to `s2d.cs`), which
+    /// turns the window into a stride-1 ⌈kh/2⌉×⌈kw/2⌉ one run as shifted rows, one tap per window
+    /// row. No im2col copy; the price is the zero weights of the odd window's missing row and
+    /// column (the stem's 147-byte reduction becomes 192, or 256 for AMX's whole 64-byte taps).
+    SpaceToDepth(PackedB, Requant, S2d),
     Depthwise(PackedDw, Requant),
+}
+
+/// Geometry of the space-to-depth input: `[hp][wp][cs]` blocks, window `kh`×`kw` blocks.
+#[derive(Clone, Debug)]
+struct S2d {
+    kh: usize,
+    kw: usize,
+    cs: usize,
+    hp: usize,
+    wp: usize,
+    /// Tap byte offsets (one per window row of blocks, `kw·cs` bytes each).
+    taps: Vec<usize>,
+}
+
+impl S2d {
+    /// The layout for `g` when space to depth applies: one group, stride 2, no dilation, at most
+    /// 4 input channels (a block's 4·c_in ≤ 16 bytes) and a window of at least 5 (smaller windows
+    /// waste more on zero weights than im2col costs).
+    fn fits(isa: Isa, g: &ConvGeom) -> Option<S2d> {
+        if g.group != 1 || g.sh != 2 || g.sw != 2 || g.dh != 1 || g.dw != 1 || g.c_in > 4 || g.kh < 5 || g.kw < 5 {
+            return None;
+        }
+        let (kh, kw) = (g.kh.div_ceil(2), g.kw.div_ceil(2));
+        // Channels padded to a multiple of 4; for AMX, to make a window row a whole 64-byte tile row
+        // when that at most doubles it.
+        let mut cs = (4 * g.c_in).div_ceil(4) * 4;
+        if isa == Isa::Amx && 64 % kw == 0 && 64 / kw >= cs && 64 / kw <= 2 * cs {
+            cs = 64 / kw;
+        }
+        let (hp, wp) = (g.oh + kh - 1, g.ow + kw - 1);
+        let taps = (0..kh).map(|t| t * wp * cs).collect();
+        Some(S2d { kh, kw, cs, hp, wp, taps })
+    }
+
+    /// Scratch bytes: the blocks plus one window row of slack (rows past the last are computed and
+    /// dropped).
+    fn len(&self) -> usize {
+        (self.hp * self.wp + self.kw) * self.cs
+    }
+
+    /// Writes the blocks of image `x`: block `(Y, X)` byte `(dy·2 + dx)·c_in + c` is input pixel
+    /// `(2Y + dy - pt, 2X + dx - pl)` channel `c`, the zero point outside the image and in the
+    /// padding channels.
+    fn fill(&self, g: &ConvGeom, x: &[u8], zx: u8, xp: &mut [u8]) {
+        let (c, cs) = (g.c_in, self.cs);
+        xp.fill(zx);
+        for yb in 0..self.hp {
+            for dy in 0..2 {
+                let iy = (2 * yb + dy) as isize - g.pt as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                let src = &x[iy as usize * g.w * c..(iy as usize + 1) * g.w * c];
+                let row = &mut xp[yb * self.wp * cs..(yb + 1) * self.wp * cs];
+                for xb in 0..self.wp {
+                    let ix = (2 * xb) as isize - g.pl as isize;
+                    let dst = &mut row[xb * cs + dy * 2 * c..xb * cs + (dy + 1) * 2 * c];
+                    if ix >= 0 && ix as usize + 1 < g.w {
+                        // Both pixels of the block row inside: one run of 2·c_in bytes.
+                        copy_small(dst, &src[ix as usize * c..(ix as usize + 2) * c]);
+                    } else {
+                        for dx in 0..2 {
+                            let i = ix + dx as isize;
+                            if i >= 0 && i < g.w as isize {
+                                dst[dx * c..(dx + 1) * c].copy_from_slice(&src[i as usize * c..(i as usize + 1) * c]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A quantized 2-D convolution (one image at a time), weights packed for one path.
@@ -658,6 +736,25 @@ impl QConv {
                 PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm, by_cols, groups },
                 rq,
             )
+        } else if let Some(s2d) = S2d::fits(isa, g) {
+            // k = window row · (kw·cs) + window column · cs + (dy·2 + dx)·c_in + c
+            let (ci, kwb) = (g.c_in, s2d.kw * s2d.cs);
+            let mut b = PackedB::new(isa, s2d.kh * kwb, g.c_out, |k, j| {
+                let (ky2, kx2, ch) = (k / kwb, k % kwb / s2d.cs, k % s2d.cs);
+                let (dy, dx, c) = (ch / (2 * ci), ch / ci % 2, ch % ci);
+                let (ky, kx) = (2 * ky2 + dy, 2 * kx2 + dx);
+                if ch < 4 * ci && ky < g.kh && kx < g.kw {
+                    w[((j * ci + c) * g.kh + ky) * g.kw + kx]
+                } else {
+                    0
+                }
+            });
+            let mut r = rq;
+            let corr: Vec<i32> = b.colsum.iter().map(|&s| -(zx as i32) * s).collect();
+            r.add_bias_i(&corr);
+            r.allow_unclamped(b.k4 as f64 * 255.0 * 128.0);
+            b.colsum = vec![];
+            ConvKind::SpaceToDepth(b, r, s2d)
         } else {
             let mut parts = vec![];
             for gi in 0..g.group {
@@ -701,13 +798,17 @@ impl QConv {
             ConvKind::Direct(..) => "int8 1x1 gemm",
             ConvKind::Im2col(..) => "int8 im2col+gemm",
             ConvKind::Shifted(..) => "int8 shifted-rows gemm",
+            ConvKind::SpaceToDepth(..) => "int8 space-to-depth gemm",
             ConvKind::Depthwise(..) => "int8 depthwise",
         }
     }
 
     pub fn out(&self) -> Out {
         match &self.kind {
-            ConvKind::Direct(_, r) | ConvKind::Depthwise(_, r) | ConvKind::Shifted(_, r, _) => r.out,
+            ConvKind::Direct(_, r)
+            | ConvKind::Depthwise(_, r)
+            | ConvKind::Shifted(_, r, _)
+            | ConvKind::SpaceToDepth(_, r, _) => r.out,
             ConvKind::Im2col(p) => p[0].1.out,
         }
     }
@@ -715,7 +816,9 @@ impl QConv {
     /// Bytes of packed weights and epilogue parameters held.
     pub fn weight_bytes(&self) -> usize {
         match &self.kind {
-            ConvKind::Direct(b, r) | ConvKind::Shifted(b, r, _) => b.bytes() + r.bytes(),
+            ConvKind::Direct(b, r) | ConvKind::Shifted(b, r, _) | ConvKind::SpaceToDepth(b, r, _) => {
+                b.bytes() + r.bytes()
+            }
             ConvKind::Im2col(p) => p.iter().map(|(b, r)| b.bytes() + r.bytes()).sum(),
             ConvKind::Depthwise(w, r) => {
                 w.w.len() * 4
@@ -751,6 +854,7 @@ impl QConv {
                 let (hp, wp) = self.padded_hw();
                 hp * wp * g.c_in.div_ceil(64) * 64 + 64
             }
+            ConvKind::SpaceToDepth(_, _, s2d) => s2d.len(),
         }
     }
 
@@ -783,6 +887,13 @@ impl QConv {
                 let src = ASrc { lda: g.c_in, taps, kc: g.c_in };
                 let map = RowMap::Padded { wp, ow: g.ow };
                 gemm_ex(g.oh * wp, xp.as_ptr(), src, map, b, r, out, g.c_out, threads);
+            }
+            ConvKind::SpaceToDepth(b, r, s2d) => {
+                let xp = &mut scratch[..s2d.len()];
+                s2d.fill(g, x, self.zx, xp);
+                let src = ASrc { lda: s2d.cs, taps: &s2d.taps, kc: s2d.kw * s2d.cs };
+                let map = RowMap::Padded { wp: s2d.wp, ow: g.ow };
+                gemm_ex(g.oh * s2d.wp, xp.as_ptr(), src, map, b, r, out, g.c_out, threads);
             }
             ConvKind::Depthwise(w, r) => {
                 let (hp, wp) = self.padded_hw();
