@@ -17,9 +17,8 @@
 //! ([`crate::isa::amx_permitted`]).
 
 use std::arch::asm;
-use std::arch::x86_64::*;
 
-use super::avx512::{mask, store16};
+use super::avx512::store_block;
 use super::{ASrc, OutPtr, PackedB, Requant, Tile};
 
 /// The tile configuration: palette 1; tiles 0..7 all 16 rows × 64 bytes.
@@ -137,11 +136,21 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
     let bstride = width * 4;
     let chunks = b.kp / 64;
     let ntiles = t.jn.div_ceil(16);
-    // On the stack: no allocation per task (32 KB).
-    let mut cacc = [0i32; SB * 64];
+    // On the stack, no allocation per task, and not zeroed (32 KB): every accumulator block is
+    // stored (from zeroed tiles in the first K block) before it is read, only through `cp`.
+    let mut cacc = std::mem::MaybeUninit::<[i32; SB * 64]>::uninit();
     let cp = cacc.as_mut_ptr() as *mut u8;
     let mut abuf0 = [0u8; 1024];
     let mut abuf1 = [0u8; 1024];
+    // The finished block whose epilogue is still to run: (its first row in `cacc`, task row, rows,
+    // column tile, column tiles). It runs after the next block's multiplies are issued, so the
+    // vector units work while the tiles do.
+    let mut pending: Option<(usize, usize, usize, usize, usize)> = None;
+    let flush = |p: (usize, usize, usize, usize, usize)| {
+        let (cr, i, rows, jt, nt) = p;
+        let acc = (cp as *const i32).add(cr * 64 + jt * 16);
+        store_block(acc, 64, i, rows, t.j0 + jt * 16, nt, t, rq, out);
+    };
     let mut rs = 0;
     while rs < t.rows {
         let rrows = SB.min(t.rows - rs);
@@ -195,28 +204,26 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
                             tap += 1;
                         }
                     }
+                    if let Some(p) = pending.take() {
+                        flush(p);
+                    }
                     tilestore!(0, c0, 256usize);
                     tilestore!(1, c0.add(64), 256usize);
                     tilestore!(2, c2, 256usize);
                     tilestore!(3, c2.add(64), 256usize);
+                    if kend == chunks {
+                        pending = Some((ib, rs + ib, mr, jt, 1 + two as usize));
+                    }
                     ib += 32;
                 }
                 jt += 2;
             }
             kb = kend;
         }
-        for r in 0..rrows {
-            let Some(orow) = t.map.out_row(t.i0 + rs + r) else { continue };
-            for v in 0..ntiles {
-                let j = t.j0 + v * 16;
-                let acc = _mm512_add_epi32(
-                    _mm512_loadu_si512(cacc.as_ptr().add(r * 64 + v * 16) as *const _),
-                    _mm512_loadu_si512(rq.bias_i.as_ptr().add(j) as *const _),
-                );
-                store16(acc, j, rq, out.at(rq.out, orow, j, t.ldc), mask(t.j0 + t.jn - j));
-            }
-        }
         rs += rrows;
+    }
+    if let Some(p) = pending {
+        flush(p);
     }
     release();
 }

@@ -390,6 +390,45 @@ pub enum RowMap {
     Padded { wp: usize, ow: usize },
 }
 
+/// Walks [`RowMap`] over consecutive GEMM rows with one division at the start.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowCursor {
+    map: RowMap,
+    /// `Padded`: column `i % wp` and output row of column 0 (`(i / wp)·ow`); `Linear`: the row.
+    x: usize,
+    base: usize,
+}
+
+impl RowCursor {
+    #[inline(always)]
+    pub(crate) fn new(map: RowMap, i: usize) -> RowCursor {
+        match map {
+            RowMap::Linear => RowCursor { map, x: 0, base: i },
+            RowMap::Padded { wp, ow } => RowCursor { map, x: i % wp, base: (i / wp) * ow },
+        }
+    }
+
+    /// The current row's output row, then steps to the next row.
+    #[inline(always)]
+    pub(crate) fn next_row(&mut self) -> Option<usize> {
+        match self.map {
+            RowMap::Linear => {
+                self.base += 1;
+                Some(self.base - 1)
+            }
+            RowMap::Padded { wp, ow } => {
+                let r = (self.x < ow).then_some(self.base + self.x);
+                self.x += 1;
+                if self.x == wp {
+                    self.x = 0;
+                    self.base += ow;
+                }
+                r
+            }
+        }
+    }
+}
+
 impl RowMap {
     #[inline(always)]
     pub fn out_row(self, i: usize) -> Option<usize> {
