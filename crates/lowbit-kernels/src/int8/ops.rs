@@ -229,45 +229,89 @@ multiversion! {
         let flip = if signed { 0x80u8 } else { 0 };
         let c = g.c_in;
         let (isz, osz) = (g.h * g.w * c, g.oh * g.ow * c);
-        // The window's rows and columns inside the image, per output coordinate.
-        let inside = |o: usize, s: usize, d: usize, p: usize, k: usize, n: usize| {
-            (0..k).filter(move |&t| (0..n as isize).contains(&((o * s + t * d) as isize - p as isize)))
+        // Byte offsets of the window's taps inside the image (relative to the window's first
+        // tap) for a window wholly inside: the offsets are the same for every such pixel.
+        let mut offs = [0usize; 64];
+        let taps = g.kh * g.kw;
+        if taps <= 64 {
+            for (t, o) in offs.iter_mut().enumerate().take(taps) {
+                *o = ((t / g.kw) * g.dh * g.w + (t % g.kw) * g.dw) * c;
+            }
+        }
+        // Output rows/columns whose window lies inside the image.
+        let inner = |o: usize, s: usize, d: usize, p: usize, k: usize, n: usize| {
+            o * s >= p && o * s - p + (k - 1) * d < n
         };
         for b in 0..n {
             let xi = &x[b * isz..(b + 1) * isz];
             for oy in 0..g.oh {
+                let row_in = taps <= 64 && inner(oy, g.sh, g.dh, g.pt, g.kh, g.h);
                 for ox in 0..g.ow {
                     let o = &mut out[b * osz + (oy * g.ow + ox) * c..b * osz + (oy * g.ow + ox + 1) * c];
-                    // 64 channels at a time, the running maximum in a register-sized block (signed
-                    // bytes compare as unsigned after flipping the sign bit).
-                    for c0 in (0..c).step_by(64) {
-                        let w = (c - c0).min(64);
-                        let mut m = [0u8; 64];
-                        for ky in inside(oy, g.sh, g.dh, g.pt, g.kh, g.h) {
-                            let iy = oy * g.sh + ky * g.dh - g.pt;
-                            for kx in inside(ox, g.sw, g.dw, g.pl, g.kw, g.w) {
-                                let ix = ox * g.sw + kx * g.dw - g.pl;
-                                let s = (iy * g.w + ix) * c + c0;
-                                if w == 64 {
-                                    let v: &[u8; 64] = xi[s..s + 64].try_into().unwrap();
-                                    for i in 0..64 {
-                                        m[i] = m[i].max(v[i] ^ flip);
-                                    }
-                                } else {
-                                    for i in 0..w {
-                                        m[i] = m[i].max(xi[s + i] ^ flip);
-                                    }
-                                }
-                            }
-                        }
-                        for (d, &v) in o[c0..c0 + w].iter_mut().zip(&m) {
-                            *d = v ^ flip;
-                        }
+                    if row_in && inner(ox, g.sw, g.dw, g.pl, g.kw, g.w) {
+                        let first = ((oy * g.sh - g.pt) * g.w + ox * g.sw - g.pl) * c;
+                        let win = &xi[first..first + offs[taps - 1] + c];
+                        max_taps(win, &offs[..taps], flip, o);
+                    } else {
+                        max_border(g, xi, oy, ox, flip, o);
                     }
                 }
             }
         }
     }
+}
+
+/// The maximum over the taps at `offs` of `win` (each `o.len()` bytes), into `o`, 64 channels at a
+/// time with the running maximum in a register-sized block (signed bytes compare as unsigned after
+/// flipping the sign bit).
+#[inline(always)]
+fn max_taps(win: &[u8], offs: &[usize], flip: u8, o: &mut [u8]) {
+    let c = o.len();
+    for c0 in (0..c).step_by(64) {
+        let w = (c - c0).min(64);
+        let mut m = [0u8; 64];
+        if w == 64 {
+            for &off in offs {
+                let v: &[u8; 64] = win[off + c0..off + c0 + 64].try_into().unwrap();
+                for i in 0..64 {
+                    m[i] = m[i].max(v[i] ^ flip);
+                }
+            }
+        } else {
+            for &off in offs {
+                for i in 0..w {
+                    m[i] = m[i].max(win[off + c0 + i] ^ flip);
+                }
+            }
+        }
+        for (d, &v) in o[c0..c0 + w].iter_mut().zip(&m) {
+            *d = v ^ flip;
+        }
+    }
+}
+
+/// One output pixel whose window crosses the image edge (the taps outside are skipped).
+#[inline(always)]
+fn max_border(g: &PoolGeom, xi: &[u8], oy: usize, ox: usize, flip: u8, o: &mut [u8]) {
+    let c = g.c_in;
+    o.fill(0);
+    for ky in 0..g.kh {
+        let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+        if iy < 0 || iy >= g.h as isize {
+            continue;
+        }
+        for kx in 0..g.kw {
+            let ix = (ox * g.sw + kx * g.dw) as isize - g.pl as isize;
+            if ix < 0 || ix >= g.w as isize {
+                continue;
+            }
+            let s = (iy as usize * g.w + ix as usize) * c;
+            for (m, &v) in o.iter_mut().zip(&xi[s..s + c]) {
+                *m = (*m).max(v ^ flip);
+            }
+        }
+    }
+    o.iter_mut().for_each(|d| *d ^= flip);
 }
 
 #[cfg(test)]
@@ -288,10 +332,12 @@ mod tests {
 
     #[test]
     fn max_pool_matches_the_dequantized_maximum() {
-        for signed in [false, true] {
+        // 5 channels (a partial block) and 70 (a whole 64-byte block and a partial one); the 7x6
+        // image has windows inside and across every edge.
+        for (signed, c) in [(false, 5), (true, 5), (false, 70), (true, 70)] {
             let g = PoolGeom {
-                c_in: 5,
-                c_out: 5,
+                c_in: c,
+                c_out: c,
                 h: 7,
                 w: 6,
                 kh: 3,
@@ -306,25 +352,25 @@ mod tests {
                 ow: 3,
                 group: 1,
             };
-            let x = bytes(2 * 7 * 6 * 5, 9 + signed as u32);
+            let x = bytes(2 * 7 * 6 * c, 9 + signed as u32);
             let q = QParams { scale: 0.1, zp: if signed { -3 } else { 7 }, signed };
-            let mut out = vec![0u8; 2 * 4 * 3 * 5];
+            let mut out = vec![0u8; 2 * 4 * 3 * c];
             max_pool(&g, 2, signed, &x, &mut out);
             for b in 0..2 {
                 for oy in 0..4 {
                     for ox in 0..3 {
-                        for c in 0..5 {
+                        for ch in 0..c {
                             let mut best = f32::NEG_INFINITY;
                             for ky in 0..3 {
                                 for kx in 0..3 {
                                     let (iy, ix) = ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
                                     if iy >= 0 && ix >= 0 && iy < 7 && ix < 6 {
                                         best =
-                                            best.max(q.dequant(x[((b * 7 + iy as usize) * 6 + ix as usize) * 5 + c]));
+                                            best.max(q.dequant(x[((b * 7 + iy as usize) * 6 + ix as usize) * c + ch]));
                                     }
                                 }
                             }
-                            assert_eq!(out[((b * 4 + oy) * 3 + ox) * 5 + c], q.quant(best), "signed={signed}");
+                            assert_eq!(out[((b * 4 + oy) * 3 + ox) * c + ch], q.quant(best), "signed={signed}");
                         }
                     }
                 }
