@@ -349,6 +349,18 @@ pub(crate) fn quad_index(kp: usize, n_pad: usize, k: usize, j: usize) -> usize {
     p * PANEL * kp + (k / 4) * width * 4 + jj * 4 + k % 4
 }
 
+/// The packed weights of the panel after the one at column `j0` (empty after the last).
+#[inline(always)]
+pub(crate) fn next_panel(b: &PackedB, j0: usize) -> (*const i8, usize) {
+    let j = j0 + PANEL;
+    if j >= b.n_pad || b.quad.is_empty() {
+        return (b.quad.as_ptr(), 0);
+    }
+    let width = PANEL.min(b.n_pad - j);
+    // SAFETY: panel `j / PANEL` starts at `j·kp` and holds `kp·width` bytes.
+    (unsafe { b.quad.as_ptr().add(j * b.kp) }, b.kp * width)
+}
+
 /// An output pointer for the epilogue (bytes or f32 depending on [`Out`]).
 #[derive(Clone, Copy)]
 pub struct OutPtr(pub *mut u8);
