@@ -161,7 +161,7 @@ impl AddQ {
     /// The clamped f32 sum, in the QDQ pattern's order.
     #[inline(always)]
     fn value(&self, x: u8, y: u8) -> f32 {
-        (self.qa.dequant(x) + self.qb.dequant(y)).max(self.lo).min(self.hi)
+        clamp_sel(self.qa.dequant(x) + self.qb.dequant(y), self.lo, self.hi)
     }
 
     /// [`QParams::quant`] with the division through `inv`.
@@ -169,9 +169,22 @@ impl AddQ {
     fn by_inv(&self, v: f32, inv: f32) -> u8 {
         let q = self.qo;
         let (lo, hi) = q.range();
-        let t = super::div_markstein(v, q.scale, inv).max((lo - q.zp) as f32).min((hi - q.zp) as f32);
-        // SAFETY: `max` returns the bound for NaN, so `t` is finite and within i32 range.
+        let t = clamp_sel(super::div_markstein(v, q.scale, inv), (lo - q.zp) as f32, (hi - q.zp) as f32);
+        // SAFETY: the clamp returns a bound for NaN, so `t` is finite and within i32 range.
         (unsafe { t.round_ties_even().to_int_unchecked::<i32>() } + q.zp) as u8
+    }
+}
+
+/// `x.max(lo).min(hi)` written as compare-and-select, which is the same value for every `x`
+/// (NaN included: it gives `lo`) but compiles to one `vmaxps` and one `vminps` instead of
+/// IEEE maxNum's extra NaN test and blend.
+#[inline(always)]
+fn clamp_sel(x: f32, lo: f32, hi: f32) -> f32 {
+    let x = if x > lo { x } else { lo };
+    if x < hi {
+        x
+    } else {
+        hi
     }
 }
 
