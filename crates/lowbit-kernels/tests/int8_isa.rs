@@ -134,13 +134,34 @@ fn conv_case(
     seed: u64,
     f32_out: bool,
 ) -> Result<(), TestCaseError> {
+    conv_case_pads(ci_g, co_g, groups, dw, k, stride, dil, (pad, pad), h, w, zx, seed, f32_out)
+}
+
+/// [`conv_case`] with `pads.0` before and `pads.1` after the image on both axes.
+#[allow(clippy::too_many_arguments)]
+fn conv_case_pads(
+    ci_g: usize,
+    co_g: usize,
+    groups: usize,
+    dw: bool,
+    k: usize,
+    stride: usize,
+    dil: usize,
+    pads: (usize, usize),
+    h: usize,
+    w: usize,
+    zx: u8,
+    seed: u64,
+    f32_out: bool,
+) -> Result<(), TestCaseError> {
+    let (pad, pad_end) = pads;
     let (c_in, c_out, group) = if dw { (ci_g * 3, ci_g * 3, ci_g * 3) } else { (ci_g * groups, co_g * groups, groups) };
     let ext = (k - 1) * dil + 1;
-    if h + 2 * pad < ext || w + 2 * pad < ext {
+    if h + pad + pad_end < ext || w + pad + pad_end < ext {
         return Ok(());
     }
-    let oh = (h + 2 * pad - ext) / stride + 1;
-    let ow = (w + 2 * pad - ext) / stride + 1;
+    let oh = (h + pad + pad_end - ext) / stride + 1;
+    let ow = (w + pad + pad_end - ext) / stride + 1;
     let geom = ConvGeom {
         c_in,
         h,
@@ -250,18 +271,20 @@ proptest! {
     }
 }
 
-// Stride-2 windows on 1 to 4 input channels run as space to depth (the 7x7 stem); the AMX
-// packing makes each window row one 64-byte tile row (4 blocks of 16 bytes) when the window is 7
-// or 8 wide. Odd and even sizes, both paddings, the extreme zero points, rows past one AMX super block.
+// Stride-2 windows on 1 to 4 input channels run as space to depth (the 7x7 stem); with 2 to 4
+// channels and a window 7 or 8 wide the AMX packing makes each window row one 64-byte tile row (4
+// blocks of 16 bytes), with 1 channel or other widths reductions cross taps. Odd and even sizes,
+// symmetric and asymmetric padding (up to the window), images down to one output row, the extreme
+// zero points, rows past one AMX super block.
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
-    fn space_to_depth_conv_paths_match_definition(c_in in 1usize..5, co in 1usize..70, k in 5usize..9, pad in 0usize..4,
-                                                  h in 8usize..40, w in 8usize..40,
+    fn space_to_depth_conv_paths_match_definition(c_in in 1usize..5, co in 1usize..70, k in 5usize..12, pad in 0usize..6,
+                                                  pad_end in 0usize..6, h in 3usize..40, w in 3usize..40,
                                                   zx in prop_oneof![Just(0u8), Just(255u8), any::<u8>()],
                                                   seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
-        conv_case(c_in, co, 1, false, k, 2, 1, pad, h, w, zx, seed, f32_out)?;
+        conv_case_pads(c_in, co, 1, false, k, 2, 1, (pad, pad_end), h, w, zx, seed, f32_out)?;
     }
 }
 

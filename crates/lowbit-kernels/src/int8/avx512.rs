@@ -86,9 +86,9 @@ pub(crate) unsafe fn store_block(
             let (lo, hi) = (_mm512_set1_ps(rq.lo), _mm512_set1_ps(rq.hi));
             for r in 0..rows {
                 let Some(orow) = cur.next_row() else { continue };
-                for v in 0..nt {
+                for (v, &mv) in m.iter().enumerate().take(nt) {
                     let y = _mm512_min_ps(_mm512_max_ps(value(r, v), lo), hi);
-                    _mm512_mask_storeu_ps(out.at(rq.out, orow, j + 16 * v, t.ldc) as *mut f32, m[v], y);
+                    _mm512_mask_storeu_ps(out.at(rq.out, orow, j + 16 * v, t.ldc) as *mut f32, mv, y);
                 }
             }
         }
@@ -96,11 +96,11 @@ pub(crate) unsafe fn store_block(
             let (ylo, yhi) = (_mm512_set1_ps(rq.ylo), _mm512_set1_ps(rq.yhi));
             for r in 0..rows {
                 let Some(orow) = cur.next_row() else { continue };
-                for v in 0..nt {
+                for (v, &mv) in m.iter().enumerate().take(nt) {
                     let y = value(r, v);
                     let y = if rq.unclamped { y } else { _mm512_min_ps(_mm512_max_ps(y, ylo), yhi) };
                     let q = quant16(y, scale, rq.inv, zp, qmin, qmax);
-                    _mm_mask_storeu_epi8(out.0.add(orow * t.ldc + j + 16 * v) as *mut i8, m[v], q);
+                    _mm_mask_storeu_epi8(out.0.add(orow * t.ldc + j + 16 * v) as *mut i8, mv, q);
                 }
             }
         }
@@ -164,7 +164,7 @@ unsafe fn rows<const MR: usize, const NR: usize>(
         let p0 = (i / MR) * slice;
         let mut p = p0;
         while p < (p0 + slice).min(next_len) {
-            _mm_prefetch::<_MM_HINT_T1>(next.add(p) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(next.add(p));
             p += 64;
         }
         micro::<MR, NR>(MR.min(t.rows - i), a.add(i * src.lda), src, b, rq, out, t, i);

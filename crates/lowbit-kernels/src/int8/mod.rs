@@ -666,9 +666,9 @@ impl S2d {
             return None;
         }
         let (kh, kw) = (g.kh.div_ceil(2), g.kw.div_ceil(2));
-        // Channels padded to a multiple of 4; for AMX, to make a window row a whole 64-byte tile row
-        // when that at most doubles it.
-        let mut cs = (4 * g.c_in).div_ceil(4) * 4;
+        // A block's 4·c_in bytes; for AMX, padded to make a window row a whole 64-byte tile row when
+        // that at most doubles it (2 to 4 channels and a window 7 or 8 wide: the stem).
+        let mut cs = 4 * g.c_in;
         if isa == Isa::Amx && 64 % kw == 0 && 64 / kw >= cs && 64 / kw <= 2 * cs {
             cs = 64 / kw;
         }

@@ -25,7 +25,7 @@ macro_rules! multiversion {
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
             unsafe fn v512($($arg: $ty),*) { body($($arg),*) }
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
+            #[target_feature(enable = "avx2,fma")]
             unsafe fn v256($($arg: $ty),*) { body($($arg),*) }
             #[cfg(target_arch = "x86_64")]
             match path() {
@@ -145,11 +145,15 @@ pub struct AddQ {
     /// `1/s_out`, set when dividing by `s_out` through it ([`super::div_markstein`]: one multiply,
     /// two FMAs) was checked to give the same byte as the division for all 65,536 input pairs.
     /// The division costs more than the rest of the step on every vector width.
-    pub inv: Option<f32>,
+    pub(crate) inv: Option<f32>,
 }
 
 impl AddQ {
     pub fn new(qa: QParams, qb: QParams, lo: f32, hi: f32, qo: QParams) -> AddQ {
+        // A NaN bound clamps nothing (`x.max(NaN) == x`); as an infinity it means the same to
+        // `clamp_sel`, which gives the bound itself for a NaN bound.
+        let lo = if lo.is_nan() { f32::NEG_INFINITY } else { lo };
+        let hi = if hi.is_nan() { f32::INFINITY } else { hi };
         let mut p = AddQ { qa, qb, lo, hi, qo, inv: None };
         let inv = 1.0 / qo.scale;
         let same = inv.is_finite()
@@ -176,8 +180,8 @@ impl AddQ {
 }
 
 /// `x.max(lo).min(hi)` written as compare-and-select, which is the same value for every `x`
-/// (NaN included: it gives `lo`) but compiles to one `vmaxps` and one `vminps` instead of
-/// IEEE maxNum's extra NaN test and blend.
+/// (NaN included: it gives `lo`) when `lo` and `hi` are not NaN, but compiles to one `vmaxps`
+/// and one `vminps` instead of IEEE maxNum's extra NaN test and blend.
 #[inline(always)]
 fn clamp_sel(x: f32, lo: f32, hi: f32) -> f32 {
     let x = if x > lo { x } else { lo };
@@ -258,7 +262,7 @@ multiversion! {
         for b in 0..n {
             let xi = &x[b * isz..(b + 1) * isz];
             for oy in 0..g.oh {
-                let row_in = taps <= 64 && inner(oy, g.sh, g.dh, g.pt, g.kh, g.h);
+                let row_in = taps > 0 && taps <= 64 && inner(oy, g.sh, g.dh, g.pt, g.kh, g.h);
                 for ox in 0..g.ow {
                     let o = &mut out[b * osz + (oy * g.ow + ox) * c..b * osz + (oy * g.ow + ox + 1) * c];
                     if row_in && inner(ox, g.sw, g.dw, g.pl, g.kw, g.w) {
@@ -392,6 +396,18 @@ mod tests {
     }
 
     #[test]
+    fn clamp_sel_equals_max_then_min() {
+        let xs = [f32::NAN, -f32::NAN, 0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1.5, -2.5, 1e-42, 3.0e38];
+        let bounds = [(f32::NEG_INFINITY, f32::INFINITY), (0.0, 6.0), (-0.0, 0.0), (-1.0, 1e-42)];
+        for &x in &xs {
+            for &(lo, hi) in &bounds {
+                // Equal as values (the sign of a zero may differ; quantization erases it).
+                assert_eq!(clamp_sel(x, lo, hi), x.max(lo).min(hi), "x={x} lo={lo} hi={hi}");
+            }
+        }
+    }
+
+    #[test]
     fn global_avg_matches_its_definition_past_one_stack_block() {
         for signed in [false, true] {
             let (n, plane, c) = (2, 9, 300);
@@ -426,6 +442,19 @@ mod tests {
         add(&a, &b, &p, &mut out);
         for i in 0..65536 {
             assert_eq!(out[i], qo.quant((qa.dequant(a[i]) + qb.dequant(b[i])).max(0.0)), "pair {i}");
+        }
+        // A signed output and a Clip range on the reciprocal path; NaN bounds clamp nothing.
+        let qs = QParams { scale: 0.031, zp: -7, signed: true };
+        for (lo, hi, want_lo, want_hi) in
+            [(-1.5f32, 2.25f32, -1.5f32, 2.25f32), (f32::NAN, 1.0, f32::NEG_INFINITY, 1.0)]
+        {
+            let p = AddQ::new(qa, qb, lo, hi, qs);
+            assert!(p.inv.is_some());
+            add(&a, &b, &p, &mut out);
+            for i in 0..65536 {
+                let v = (qa.dequant(a[i]) + qb.dequant(b[i])).max(want_lo).min(want_hi);
+                assert_eq!(out[i], qs.quant(v), "pair {i}");
+            }
         }
         let tiny = QParams { scale: 1e-40, zp: 3, signed: true };
         let p = AddQ::new(qa, qb, -1.0, 2.0, tiny);
