@@ -9,7 +9,8 @@ Per convolution or Gemm with W weights and C output channels, after BatchNorm fo
              which per-channel QDQ files (quantize_static's, lowbit's) carry and the integer epilogue
              needs to reproduce the QDQ arithmetic exactly.
 So the share is at least (W + 8 C) / (4 W + 4 C), nothing padded or packed. Issue 4 asks for at most
-26%, which needs W / C >= 174: models with many cheap (depthwise) channels cannot get there.
+26%, which needs W / C >= 174: models with many cheap (depthwise) channels cannot get there. Even
+per-tensor weights (one scale per layer, still an int32 bias per channel) leave (W + 4 C) / (4 W + 4 C).
 """
 import glob
 import os
@@ -46,14 +47,15 @@ def counts(path):
 
 
 def main():
-    print(f"{'model':<30} {'weights W':>10} {'channels C':>10} {'W/C':>7} {'floor':>7}")
+    print(f"{'model':<30} {'weights W':>10} {'channels C':>10} {'W/C':>7} {'floor':>7} {'per-tensor':>11}")
     for path in sorted(glob.glob(os.path.join(ZOO, "*.onnx"))):
         w, c = counts(path)
         if w == 0:
             continue
         floor = (w + 8 * c) / (4 * w + 4 * c)
+        per_tensor = (w + 4 * c) / (4 * w + 4 * c)
         name = os.path.splitext(os.path.basename(path))[0]
-        print(f"{name:<30} {w:>10} {c:>10} {w / c:>7.1f} {100 * floor:>6.1f}%")
+        print(f"{name:<30} {w:>10} {c:>10} {w / c:>7.1f} {100 * floor:>6.1f}% {100 * per_tensor:>10.1f}%")
 
 
 if __name__ == "__main__":
