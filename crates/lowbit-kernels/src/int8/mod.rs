@@ -998,7 +998,8 @@ fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp:
         }
     };
     if threads > 1 && hp * wp * cs >= 1 << 16 {
-        rows.par_bridge().for_each(job);
+        // Indexed chunks, not `par_bridge` (which hands rows out one at a time through a lock).
+        xp[..hp * wp * cs].par_chunks_mut(wp * cs).enumerate().for_each(job);
     } else {
         rows.for_each(job);
     }
@@ -1079,7 +1080,7 @@ fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8,
         }
     };
     if threads > 1 && g.oh * g.ow * k4 >= 1 << 16 {
-        out_rows.par_bridge().for_each(job);
+        a[..g.oh * g.ow * k4].par_chunks_mut(g.ow * k4).enumerate().for_each(job);
     } else {
         out_rows.for_each(job);
     }
