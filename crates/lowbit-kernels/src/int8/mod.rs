@@ -717,6 +717,17 @@ impl S2d {
     }
 }
 
+/// Folds the activation zero point into the epilogue of a convolution's GEMM (`-zx·Σ_k w` into the
+/// integer bias, which the column sums are kept for; they are dropped after) and lets the epilogue
+/// skip the clamp where the reduction length allows.
+fn fold_zero_point(b: &mut PackedB, mut r: Requant, zx: u8) -> Requant {
+    let corr: Vec<i32> = b.colsum.iter().map(|&s| -(zx as i32) * s).collect();
+    r.add_bias_i(&corr);
+    r.allow_unclamped(b.k4 as f64 * 255.0 * 128.0);
+    b.colsum = vec![];
+    r
+}
+
 /// A quantized 2-D convolution (one image at a time), weights packed for one path.
 #[derive(Clone, Debug)]
 pub struct QConv {
@@ -800,26 +811,17 @@ impl QConv {
                     0
                 }
             });
-            let mut r = rq;
-            let corr: Vec<i32> = b.colsum.iter().map(|&s| -(zx as i32) * s).collect();
-            r.add_bias_i(&corr);
-            r.allow_unclamped(b.k4 as f64 * 255.0 * 128.0);
-            b.colsum = vec![];
+            let r = fold_zero_point(&mut b, rq, zx);
             ConvKind::SpaceToDepth(b, r, s2d)
         } else {
             let mut parts = vec![];
             for gi in 0..g.group {
                 // k = tap * cig + ci, matching the NHWC im2col row.
-                let b = PackedB::new(isa, taps * cig, cog, |k, j| {
+                let mut b = PackedB::new(isa, taps * cig, cog, |k, j| {
                     let (t, ci) = (k / cig, k % cig);
                     w[((gi * cog + j) * cig + ci) * taps + t]
                 });
-                let mut b = b;
-                let mut r = rq.slice(gi * cog, cog);
-                let corr: Vec<i32> = b.colsum.iter().map(|&s| -(zx as i32) * s).collect();
-                r.add_bias_i(&corr);
-                r.allow_unclamped(b.k4 as f64 * 255.0 * 128.0);
-                b.colsum = vec![];
+                let r = fold_zero_point(&mut b, rq.slice(gi * cog, cog), zx);
                 parts.push((b, r));
             }
             let (_, wp) = QConv::shifted_hw(g);
@@ -975,7 +977,6 @@ impl QConv {
 #[allow(clippy::too_many_arguments)]
 fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp: &mut [u8], threads: usize) {
     let c = g.c_in;
-    let rows = xp[..hp * wp * cs].chunks_mut(wp * cs).enumerate();
     let job = |(ph, row): (usize, &mut [u8])| {
         let ih = ph as isize - g.pt as isize;
         if ih < 0 || ih >= g.h as isize {
@@ -1001,7 +1002,7 @@ fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp:
         // Indexed chunks, not `par_bridge` (which hands rows out one at a time through a lock).
         xp[..hp * wp * cs].par_chunks_mut(wp * cs).enumerate().for_each(job);
     } else {
-        rows.for_each(job);
+        xp[..hp * wp * cs].chunks_mut(wp * cs).enumerate().for_each(job);
     }
 }
 
@@ -1046,7 +1047,6 @@ fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8,
     let taps = g.kh * g.kw;
     // With one group and no dilation, the kw taps of a window row are one contiguous run.
     let runs = cig == g.c_in && g.dw == 1;
-    let out_rows = a[..g.oh * g.ow * k4].chunks_mut(g.ow * k4).enumerate();
     let job = |(oy, orow): (usize, &mut [u8])| {
         for ox in 0..g.ow {
             let row = &mut orow[ox * k4..(ox + 1) * k4];
@@ -1082,6 +1082,6 @@ fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8,
     if threads > 1 && g.oh * g.ow * k4 >= 1 << 16 {
         a[..g.oh * g.ow * k4].par_chunks_mut(g.ow * k4).enumerate().for_each(job);
     } else {
-        out_rows.for_each(job);
+        a[..g.oh * g.ow * k4].chunks_mut(g.ow * k4).enumerate().for_each(job);
     }
 }

@@ -157,7 +157,12 @@ impl AddQ {
         let mut p = AddQ { qa, qb, lo, hi, qo, inv: None };
         let inv = 1.0 / qo.scale;
         let same = inv.is_finite()
-            && (0..=255u8).all(|x| (0..=255u8).all(|y| p.by_inv(p.value(x, y), inv) == qo.quant(p.value(x, y))));
+            && (0..=255u8).all(|x| {
+                (0..=255u8).all(|y| {
+                    let v = p.value(x, y);
+                    p.by_inv(v, inv) == qo.quant(v)
+                })
+            });
         p.inv = same.then_some(inv);
         p
     }
