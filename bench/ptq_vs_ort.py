@@ -14,6 +14,7 @@ Writes the table to bench/RESULTS.md (section "PTQ W8A8 vs ONNX Runtime quantize
 import argparse
 import logging
 import json
+import math
 import os
 import subprocess
 import sys
@@ -76,6 +77,25 @@ def ort_logits(path, x, batch=50):
     return np.concatenate([s.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
+def kl(ref_logits, logits):
+    """Mean KL(softmax(ref) || softmax(logits)) in nats, as lowbit's `auto` scores its candidates."""
+    def logsoftmax(v):
+        v = v.astype(np.float64) - v.max(1, keepdims=True)
+        return v - np.log(np.exp(v).sum(1, keepdims=True))
+    lp, lq = logsoftmax(ref_logits), logsoftmax(logits)
+    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
+
+
+def mcnemar_p(b, c):
+    """Exact two-sided McNemar p-value: b and c images that only one of two classifiers gets right."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2 * tail)
+
+
 def score(logits, labels, ref_logits):
     pred = logits.argmax(1)
     if labels is not None:
@@ -98,7 +118,9 @@ def main():
         xc, _ = dump(cdata, csplit, preset, a.calib_n, os.path.join(tmp, m + "-calib"))
         xe, ye = dump(edata, esplit, preset, a.eval_limit, os.path.join(tmp, m + "-eval"))
         ref = ort_logits(model, xe)
+        ref_c = ort_logits(model, xc)
         float_score = score(ref, ye, ref)
+        truth = ye if ye is not None else ref.argmax(1)
         # ONNX Runtime, each calibration method
         name = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()[0].name
         # ORT's recommended pre-processing (shape inference, graph optimization incl. BN folding)
@@ -109,6 +131,7 @@ def main():
             print(f"{m}: ORT pre-processing failed ({e}); quantizing the original", file=sys.stderr)
             pre = model
         best = (-1, None)
+        ort_runs = {}  # method -> (test score, test predictions, KL to float on the calibration images)
         for meth in (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile):
             out = os.path.join(tmp, f"{m}-ort-{meth.name}.onnx")
             t = time.time()
@@ -118,13 +141,16 @@ def main():
                 try:
                     quantize_static(src, out, Reader(name, xc), quant_format=QuantFormat.QDQ, per_channel=True,
                                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=meth)
-                    sc = score(ort_logits(out, xe), ye, ref)
+                    qe = ort_logits(out, xe)
+                    sc = score(qe, ye, ref)
+                    ort_runs[meth.name] = (sc, qe.argmax(1), kl(ref_c, ort_logits(out, xc)))
                     break
                 except Exception as e:  # report, keep going
                     print(f"{m}: ORT {meth.name} on {os.path.basename(src)} failed: {str(e)[:200]}", file=sys.stderr)
             if sc is None:
                 continue
-            print(f"{m:28} ORT {meth.name:10} {sc * 100:6.2f}%  ({time.time() - t:.0f} s)", flush=True)
+            print(f"{m:28} ORT {meth.name:10} {sc * 100:6.2f}%  calibration KL {ort_runs[meth.name][2]:.6f}  "
+                  f"({time.time() - t:.0f} s)", flush=True)
             if sc > best[0]:
                 best = (sc, meth.name)
         # lowbit (its own calibration images: the same dumped set is what it loads itself)
@@ -132,7 +158,17 @@ def main():
         cmd = [LOWBIT, "quantize", model, "--calib", cdata, "--calib-split", csplit, "--calib-n", str(a.calib_n), "--preset", preset,
                "-o", os.path.join(tmp, m + "-lowbit.onnx"), "--json", j]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        lb = score(ort_logits(os.path.join(tmp, m + "-lowbit.onnx"), xe), ye, ref)
+        lq = ort_logits(os.path.join(tmp, m + "-lowbit.onnx"), xe)
+        lb = score(lq, ye, ref)
+        # ORT chosen the way lowbit chooses: lowest KL to float on the calibration images.
+        by_kl = min(ort_runs, key=lambda k: ort_runs[k][2])
+        # Paired comparison with ORT's best-on-test file: images only one of the two gets right.
+        bp = ort_runs[best[1]][1]
+        only_lb = int(((lq.argmax(1) == truth) & (bp != truth)).sum())
+        only_ort = int(((lq.argmax(1) != truth) & (bp == truth)).sum())
+        # Closeness to float on the evaluation images (for unlabelled data this is the score itself).
+        fp = ref.argmax(1)
+        agree = (float((bp == fp).mean()), float((lq.argmax(1) == fp).mean()))
         # the same lowbit file, run by lowbit's own executor
         cmd = [LOWBIT, "eval", os.path.join(tmp, m + "-lowbit.onnx"), "--data", edata, "--split", esplit, "--preset", preset, "--json", j + ".eval"]
         if ye is None:
@@ -144,21 +180,34 @@ def main():
         lb_self = ev["top1"] if ye is not None else ev["agreement"]["top1"]
         metric = "top-1" if ye is not None else "agreement"
         print(f"{m:28} lowbit {lb * 100:6.2f}% in ORT, {lb_self * 100:6.2f}% in lowbit; float {float_score * 100:.2f}%", flush=True)
-        rows.append((m, metric, len(xe), float_score, best[0], best[1], lb, lb_self))
+        rows.append((m, metric, len(xe), float_score, best[0], best[1], lb, lb_self, ort_runs[by_kl][0], by_kl,
+                     only_lb, only_ort, agree))
     body = [f"Measured {time.strftime('%Y-%m-%d')}, ONNX Runtime {ort.__version__}. Reproduce: `python bench/ptq_vs_ort.py`.",
             f"Calibration: the first {a.calib_n} images of the calibration set (Fashion-MNIST *train*; mnist10k and photos224 have no",
             "split, so the first images of the same set). lowbit: default settings (per-channel int8 weights, uint8 activations,",
             "activation range method chosen automatically on the calibration images). ORT: quant_pre_process, then quantize_static",
             "QDQ, per-channel, the best of MinMax/Entropy/Percentile chosen on the evaluation set (which favours ORT).",
-            "Both quantized files are scored in ONNX Runtime; lowbit's is also scored by lowbit's own executor.", "",
-            "| model | metric | images | float | ORT best (method) | lowbit (in ORT) | lowbit (in lowbit) |", "|---|---|---|---|---|---|---|"]
-    for m, metric, n, f, o, om, lb, ls in rows:
-        body.append(f"| {m} | {metric} | {n} | {f * 100:.2f}% | {o * 100:.2f}% ({om}) | {lb * 100:.2f}% | {ls * 100:.2f}% |")
+            "Both quantized files are scored in ONNX Runtime; lowbit's is also scored by lowbit's own executor.",
+            "\"ORT by calibration KL\" is ORT's method chosen the way lowbit chooses its own: lowest KL to float on the",
+            "calibration images.", "",
+            "| model | metric | images | float | ORT best on test (method) | ORT by calibration KL (method) | lowbit (in ORT) | lowbit (in lowbit) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for m, metric, n, f, o, om, lb, ls, ok, okm, *_ in rows:
+        body.append(f"| {m} | {metric} | {n} | {f * 100:.2f}% | {o * 100:.2f}% ({om}) | {ok * 100:.2f}% ({okm}) | "
+                    f"{lb * 100:.2f}% | {ls * 100:.2f}% |")
+    body += ["", "Paired with ORT's best-on-test file, both run in ONNX Runtime: images only lowbit gets right, images only ORT",
+             "gets right, and the exact McNemar p-value (the chance of a split at least this uneven if both were equally",
+             "accurate). Top-1 agreement with float on the same images measures closeness to the float model directly.", "",
+             "| model | only lowbit right | only ORT right | McNemar p | agreement with float: ORT best | lowbit |",
+             "|---|---|---|---|---|---|"]
+    for m, metric, n, f, o, om, lb, ls, ok, okm, only_lb, only_ort, (ag_o, ag_l) in rows:
+        body.append(f"| {m} | {only_lb} | {only_ort} | {mcnemar_p(only_lb, only_ort):.2f} | {ag_o * 100:.2f}% | "
+                    f"{ag_l * 100:.2f}% |")
     out = os.path.join(ROOT, "bench", "RESULTS.md")
     text = open(out).read() if os.path.exists(out) else "# lowbit benchmark results\n"
     title = "## PTQ W8A8 vs ONNX Runtime quantize_static"
     start = text.find(title)
-    block = title + "\n\n" + "\n".join(body) + "\n"
+    block = title + "\n\n" + "\n".join(body) + "\n\n"
     if start < 0:
         text = text.rstrip() + "\n\n" + block
     else:

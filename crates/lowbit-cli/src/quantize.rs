@@ -250,8 +250,10 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         ..Default::default()
     };
     let mut bias_corrected = !a.no_bias_correction;
+    // `auto` scores its candidates on up to 1,000 calibration images (the same cap as sensitivity below).
+    let auto_n = calib.n.min(1000);
     let (q, method, candidates) = if auto {
-        let n = calib.n.min(500);
+        let n = auto_n;
         let (q, c) = lowbit_quant::select::choose_method(
             &canon,
             &stats,
@@ -278,11 +280,15 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
                     if c.bias_correction { "yes" } else { "no" }.to_string(),
                     format!("{:.2}%", c.agreement * 100.0),
                     format!("{:.6}", c.kl),
+                    if c.tied_best { "yes" } else { "no" }.to_string(),
                 ]
             })
             .collect();
-        println!("range method on {} calibration images (agreement with float):", calib.n.min(500));
-        print_table(&["method", "bias corr.", "top-1 agreement", "KL"], &rows);
+        println!(
+            "range method on {auto_n} calibration images (chosen, first row: the lowest KL among those whose agreement \
+             with float is within sampling noise of the best):"
+        );
+        print_table(&["method", "bias corr.", "top-1 agreement", "KL", "near best agreement"], &rows);
         println!();
     }
     // Sensitivity and mixed precision, scored on the calibration images (never the evaluation set).
@@ -479,7 +485,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
                 "model": a.model.display().to_string(), "output": a.output.display().to_string(),
                 "weights_bits": a.weights, "weight_scheme": a.scheme, "act_bits": a.acts, "method": method.name(), "per_channel": !a.per_tensor, "bias_correction": bias_corrected, "bn_stats": a.bn_stats,
                 "calibration_images": calib.n, "preset": preset,
-                "method_candidates": candidates.iter().map(|c| json!({"method": c.method.name(), "bias_correction": c.bias_correction, "agreement": c.agreement, "kl": c.kl})).collect::<Vec<_>>(),
+                "method_candidates": candidates.iter().map(|c| json!({"method": c.method.name(), "bias_correction": c.bias_correction, "agreement": c.agreement, "kl": c.kl, "near_best_agreement": c.tied_best})).collect::<Vec<_>>(),
                 "float_top1": ftop, "quant_top1": qtop, "eval_images": eval_n,
                 "agreement": agree.as_ref().map(|g| json!({"top1": g.top1, "top5": g.top5, "cosine": g.cosine, "kl": g.kl})),
                 "float_weight_bytes": q.float_weight_bytes, "quant_weight_bytes": q.weight_bytes,

@@ -1,9 +1,15 @@
 //! Choosing the activation-range method (and whether to correct biases) automatically: build the
 //! QDQ model with each candidate from the same calibration statistics, score each against the float model on the
-//! calibration images (top-1 agreement, then KL of the logits), keep the best.
+//! calibration images, keep the best.
+//!
+//! "Best" is top-1 agreement with float where the scoring images can tell candidates apart, and KL of the logits where
+//! they cannot. Well-quantized candidates differ from float on a handful of images, so their agreement differs by one
+//! or two images, which is sampling noise; KL scores every image. A candidate counts as tied with the most-agreeing
+//! one when the paired difference is within two standard errors (McNemar: the images where exactly one of the two
+//! agrees with float split `b` against `c`, tied if `b - c <= 2 sqrt(b + c)`). Among the tied, the lowest KL wins.
 
 use lowbit_core::{Graph, Result};
-use lowbit_runtime::classify::{evaluate, Classifier};
+use lowbit_runtime::classify::{argmax, kl_divergence, Classifier};
 
 use crate::calibrate::Stats;
 use crate::observer::Method;
@@ -14,8 +20,12 @@ use crate::qdq::{build_qdq, QdqConfig, QdqModel};
 pub struct Candidate {
     pub method: Method,
     pub bias_correction: bool,
+    /// Top-1 agreement with float on the scoring images.
     pub agreement: f64,
+    /// Mean KL(float softmax || candidate softmax) on the scoring images.
     pub kl: f64,
+    /// Agreement within sampling noise of the most-agreeing candidate (so KL decided among these).
+    pub tied_best: bool,
 }
 
 /// The methods `auto` tries.
@@ -23,7 +33,19 @@ pub fn default_candidates() -> Vec<Method> {
     vec![Method::Mse, Method::Percentile(0.9999), Method::Percentile(0.99999), Method::MinMax, Method::Entropy]
 }
 
-/// Builds and scores every candidate; returns the chosen model and all scores (chosen first).
+/// Logits of `n` images of `data`, 100 at a time.
+fn all_logits(c: &mut Classifier, data: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+    let per = data.len() / n.max(1);
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(100) {
+        let len = 100.min(n - start);
+        out.extend(c.logits(&data[start * per..(start + len) * per], len)?);
+    }
+    Ok(out)
+}
+
+/// Builds and scores every candidate on `n` images of `data`; returns the chosen model and all scores, the chosen one
+/// first, then the others tied with the best agreement, then the rest, each group by KL.
 #[allow(clippy::too_many_arguments)]
 pub fn choose_method(
     canon: &Graph,
@@ -35,34 +57,89 @@ pub fn choose_method(
     n: usize,
     threads: usize,
 ) -> Result<(QdqModel, Vec<Candidate>)> {
-    let mut float = Classifier::new(canon.clone(), image_shape.to_vec(), threads);
-    let mut best: Option<(QdqModel, Candidate)> = None;
-    let mut all = vec![];
-    let variants: Vec<(Method, bool)> = candidates.iter().flat_map(|&m| [(m, true), (m, false)]).collect();
-    for (m, bc) in variants {
+    let reference = all_logits(&mut Classifier::new(canon.clone(), image_shape.to_vec(), threads), data, n)?;
+    // Only the scores are kept (not every candidate's model): the chosen model is built again at the end.
+    let mut scored: Vec<(Candidate, Vec<bool>)> = vec![];
+    for (m, bc) in candidates.iter().flat_map(|&m| [(m, true), (m, false)]) {
         let cfg = QdqConfig { method: m, bias_correction: bc, ..base.clone() };
         let q = build_qdq(canon, stats, &cfg)?;
-        let mut qc = Classifier::new(q.graph.clone(), image_shape.to_vec(), threads);
-        let r = evaluate(&mut qc, Some(&mut float), data, n, None, 100, &mut |_| {})?;
-        let ag = r.agreement.unwrap_or_default();
-        let c = Candidate { method: m, bias_correction: bc, agreement: ag.top1, kl: ag.kl };
-        // Ties in agreement go to the lower KL, but only when clearly lower (2%): otherwise the
-        // earlier candidate (the list is ordered by how well each method does on average) stays.
-        let better = match &best {
-            None => true,
-            Some((_, b)) => c.agreement > b.agreement || (c.agreement == b.agreement && c.kl < b.kl * 0.98),
-        };
-        all.push(c.clone());
-        if better {
-            best = Some((q, c));
+        let logits = all_logits(&mut Classifier::new(q.graph.clone(), image_shape.to_vec(), threads), data, n)?;
+        let agrees: Vec<bool> = reference.iter().zip(&logits).map(|(r, l)| argmax(r) == argmax(l)).collect();
+        let k = n.max(1) as f64;
+        let kl = reference.iter().zip(&logits).map(|(r, l)| kl_divergence(r, l)).sum::<f64>() / k;
+        // A model that produces NaN is never chosen over one that does not.
+        let kl = if kl.is_nan() { f64::INFINITY } else { kl };
+        let agreement = agrees.iter().filter(|&&a| a).count() as f64 / k;
+        scored.push((Candidate { method: m, bias_correction: bc, agreement, kl, tied_best: false }, agrees));
+    }
+    let top = pick(&mut scored.iter_mut().map(|(c, a)| (c, a.as_slice())).collect::<Vec<_>>());
+    let (chosen, _) = scored.swap_remove(top);
+    let q = build_qdq(
+        canon,
+        stats,
+        &QdqConfig { method: chosen.method, bias_correction: chosen.bias_correction, ..base.clone() },
+    )?;
+    let mut rest: Vec<Candidate> = scored.into_iter().map(|(c, _)| c).collect();
+    rest.sort_by(|a, b| b.tied_best.cmp(&a.tied_best).then(a.kl.total_cmp(&b.kl)));
+    let mut all = vec![chosen];
+    all.extend(rest);
+    Ok((q, all))
+}
+
+/// Marks the candidates tied with the most-agreeing one (`agrees[i]`: the candidate agrees with float on image `i`)
+/// and returns the index of the tied one with the lowest KL (the earliest on equal KL).
+fn pick(cands: &mut [(&mut Candidate, &[bool])]) -> usize {
+    let count = |a: &[bool]| a.iter().filter(|&&x| x).count();
+    let lead = (0..cands.len()).fold(0, |b, i| if count(cands[i].1) > count(cands[b].1) { i } else { b });
+    let lead_agrees = cands[lead].1.to_vec();
+    let mut chosen = lead;
+    for i in 0..cands.len() {
+        // Images where exactly one of the two agrees with float.
+        let only_lead = lead_agrees.iter().zip(cands[i].1).filter(|(&l, &c)| l && !c).count() as f64;
+        let only_this = lead_agrees.iter().zip(cands[i].1).filter(|(&l, &c)| !l && c).count() as f64;
+        let tied = only_lead - only_this <= 2.0 * (only_lead + only_this).sqrt();
+        cands[i].0.tied_best = tied;
+        if tied && (cands[i].0.kl < cands[chosen].0.kl || (cands[i].0.kl == cands[chosen].0.kl && i < chosen)) {
+            chosen = i;
         }
     }
-    let (q, chosen) = best.expect("at least one candidate");
-    all.sort_by(|a, b| b.agreement.partial_cmp(&a.agreement).unwrap().then(a.kl.partial_cmp(&b.kl).unwrap()));
-    // The chosen candidate first.
-    if let Some(i) = all.iter().position(|c| c.method == chosen.method && c.bias_correction == chosen.bias_correction) {
-        let c = all.remove(i);
-        all.insert(0, c);
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(kl: f64) -> Candidate {
+        Candidate { method: Method::MinMax, bias_correction: false, agreement: 0.0, kl, tied_best: false }
     }
-    Ok((q, all))
+
+    fn agrees(n: usize, wrong: &[usize]) -> Vec<bool> {
+        (0..n).map(|i| !wrong.contains(&i)).collect()
+    }
+
+    #[test]
+    fn agreement_decides_when_the_images_resolve_it_and_kl_otherwise() {
+        // Candidate 0 disagrees with float on 2 images, candidate 1 on 3, candidate 2 on 12.
+        let a = [agrees(100, &[0, 1]), agrees(100, &[0, 1, 2]), agrees(100, &(0..12).collect::<Vec<_>>())];
+        let mut c = [cand(0.3), cand(0.1), cand(0.05)];
+        let mut v: Vec<(&mut Candidate, &[bool])> = c.iter_mut().zip(a.iter().map(|x| x.as_slice())).collect();
+        // 1 image apart is noise (1 <= 2 sqrt(1)): the lower KL of candidate 1 wins; candidate 2 is 10 images worse,
+        // beyond 2 sqrt(10), so its even lower KL does not count.
+        assert_eq!(pick(&mut v), 1);
+        assert_eq!(c.iter().map(|c| c.tied_best).collect::<Vec<_>>(), [true, true, false]);
+
+        // Candidate 1 misses 3 more images than candidate 0, but on other images than candidate 0's: a tie.
+        let a = [agrees(100, &[0, 1, 2, 3, 4, 5]), agrees(100, &[6, 7, 8, 9, 10, 11, 12, 13, 14])];
+        let mut c = [cand(0.3), cand(0.1)];
+        let mut v: Vec<(&mut Candidate, &[bool])> = c.iter_mut().zip(a.iter().map(|x| x.as_slice())).collect();
+        // 6 vs 9 misses on disjoint images: 9 - 6 = 3 <= 2 sqrt(15).
+        assert_eq!(pick(&mut v), 1);
+
+        // Equal KL: the earlier candidate stays.
+        let a = [agrees(10, &[]), agrees(10, &[])];
+        let mut c = [cand(0.2), cand(0.2)];
+        let mut v: Vec<(&mut Candidate, &[bool])> = c.iter_mut().zip(a.iter().map(|x| x.as_slice())).collect();
+        assert_eq!(pick(&mut v), 0);
+    }
 }

@@ -90,6 +90,12 @@ pub fn softmax(v: &[f32]) -> Vec<f64> {
     e.iter().map(|x| x / s).collect()
 }
 
+/// KL(softmax(reference) || softmax(logits)), in nats.
+pub fn kl_divergence(reference: &[f32], logits: &[f32]) -> f64 {
+    let (p, q) = (softmax(reference), softmax(logits));
+    p.iter().zip(&q).map(|(&p, &q)| if p > 0.0 { p * (p / q.max(1e-30)).ln() } else { 0.0 }).sum()
+}
+
 /// Evaluates `model` on `n` images (`data` holds them back to back). With `labels`, top-1/top-5;
 /// with `reference`, agreement. `progress` is called with the number of images done.
 pub fn evaluate(
@@ -132,12 +138,7 @@ pub fn evaluate(
                 let na: f64 = row.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
                 let nb: f64 = rr.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
                 ag.cosine += if na > 0.0 && nb > 0.0 { dot / (na * nb) } else { 0.0 };
-                let (p, q) = (softmax(rr), softmax(row));
-                ag.kl += p
-                    .iter()
-                    .zip(&q)
-                    .map(|(&p, &q)| if p > 0.0 { p * (p / q.max(1e-30)).ln() } else { 0.0 })
-                    .sum::<f64>();
+                ag.kl += kl_divergence(rr, row);
             }
         }
         start += len;
