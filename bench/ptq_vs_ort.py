@@ -160,7 +160,7 @@ def main():
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         lq = ort_logits(os.path.join(tmp, m + "-lowbit.onnx"), xe)
         lb = score(lq, ye, ref)
-        # ORT chosen the way lowbit chooses: lowest KL to float on the calibration images.
+        # ORT's method with the lowest KL to float on the calibration images.
         by_kl = min(ort_runs, key=lambda k: ort_runs[k][2])
         # Paired comparison with ORT's best-on-test file: images only one of the two gets right.
         bp = ort_runs[best[1]][1]
@@ -188,8 +188,8 @@ def main():
             "activation range method chosen automatically on the calibration images). ORT: quant_pre_process, then quantize_static",
             "QDQ, per-channel, the best of MinMax/Entropy/Percentile chosen on the evaluation set (which favours ORT).",
             "Both quantized files are scored in ONNX Runtime; lowbit's is also scored by lowbit's own executor.",
-            "\"ORT by calibration KL\" is ORT's method chosen the way lowbit chooses its own: lowest KL to float on the",
-            "calibration images.", "",
+            "\"ORT by calibration KL\" is ORT's method with the lowest KL to float on the calibration images (the measure lowbit's",
+            "`auto` uses among candidates it cannot tell apart by agreement).", "",
             "| model | metric | images | float | ORT best on test (method) | ORT by calibration KL (method) | lowbit (in ORT) | lowbit (in lowbit) |",
             "|---|---|---|---|---|---|---|---|"]
     for m, metric, n, f, o, om, lb, ls, ok, okm, *_ in rows:
