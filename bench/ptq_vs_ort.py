@@ -78,12 +78,13 @@ def ort_logits(path, x, batch=50):
 
 
 def kl(ref_logits, logits):
-    """Mean KL(softmax(ref) || softmax(logits)) in nats, as lowbit's `auto` scores its candidates."""
+    """Mean KL(softmax(ref) || softmax(logits)) in nats, as lowbit's `auto` scores its candidates (which also floors
+    the candidate's probabilities at 1e-30)."""
     def logsoftmax(v):
         v = v.astype(np.float64) - v.max(1, keepdims=True)
         return v - np.log(np.exp(v).sum(1, keepdims=True))
     lp, lq = logsoftmax(ref_logits), logsoftmax(logits)
-    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
+    return float((np.exp(lp) * (lp - np.maximum(lq, math.log(1e-30)))).sum(1).mean())
 
 
 def mcnemar_p(b, c):
@@ -92,7 +93,7 @@ def mcnemar_p(b, c):
     if n == 0:
         return 1.0
     k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
     return min(1.0, 2 * tail)
 
 
@@ -142,8 +143,8 @@ def main():
                     quantize_static(src, out, Reader(name, xc), quant_format=QuantFormat.QDQ, per_channel=True,
                                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=meth)
                     qe = ort_logits(out, xe)
-                    sc = score(qe, ye, ref)
-                    ort_runs[meth.name] = (sc, qe.argmax(1), kl(ref_c, ort_logits(out, xc)))
+                    run = (score(qe, ye, ref), qe.argmax(1), kl(ref_c, ort_logits(out, xc)))
+                    ort_runs[meth.name], sc = run, run[0]
                     break
                 except Exception as e:  # report, keep going
                     print(f"{m}: ORT {meth.name} on {os.path.basename(src)} failed: {str(e)[:200]}", file=sys.stderr)
@@ -153,6 +154,9 @@ def main():
                   f"({time.time() - t:.0f} s)", flush=True)
             if sc > best[0]:
                 best = (sc, meth.name)
+        if not ort_runs:
+            print(f"{m}: ONNX Runtime quantized it with no method; skipped", file=sys.stderr)
+            continue
         # lowbit (its own calibration images: the same dumped set is what it loads itself)
         j = os.path.join(tmp, m + "-lowbit.json")
         cmd = [LOWBIT, "quantize", model, "--calib", cdata, "--calib-split", csplit, "--calib-n", str(a.calib_n), "--preset", preset,

@@ -259,6 +259,8 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
             &stats,
             &cfg,
             &lowbit_quant::select::default_candidates(),
+            // --no-bias-correction holds for auto too; otherwise auto tries both.
+            if a.no_bias_correction { &[false] } else { &[true, false] },
             &image_shape,
             &calib.data[..n * calib.image_len()],
             n,

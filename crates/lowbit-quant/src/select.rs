@@ -44,7 +44,7 @@ fn all_logits(c: &mut Classifier, data: &[f32], n: usize) -> Result<Vec<Vec<f32>
     Ok(out)
 }
 
-/// Builds and scores every candidate on `n` images of `data`; returns the chosen model and all scores, the chosen one
+/// Builds and scores every candidate (each method with each of `bias_correction`) on `n` images of `data`; returns the chosen model and all scores, the chosen one
 /// first, then the others tied with the best agreement, then the rest, each group by KL.
 #[allow(clippy::too_many_arguments)]
 pub fn choose_method(
@@ -52,6 +52,7 @@ pub fn choose_method(
     stats: &Stats,
     base: &QdqConfig,
     candidates: &[Method],
+    bias_correction: &[bool],
     image_shape: &[usize],
     data: &[f32],
     n: usize,
@@ -60,20 +61,26 @@ pub fn choose_method(
     let reference = all_logits(&mut Classifier::new(canon.clone(), image_shape.to_vec(), threads), data, n)?;
     // Only the scores are kept (not every candidate's model): the chosen model is built again at the end.
     let mut scored: Vec<(Candidate, Vec<bool>)> = vec![];
-    for (m, bc) in candidates.iter().flat_map(|&m| [(m, true), (m, false)]) {
+    if candidates.is_empty() || bias_correction.is_empty() {
+        return Err(lowbit_core::Error::Invalid("no range method candidates to choose from".into()));
+    }
+    for (m, bc) in candidates.iter().flat_map(|&m| bias_correction.iter().map(move |&bc| (m, bc))) {
         let cfg = QdqConfig { method: m, bias_correction: bc, ..base.clone() };
         let q = build_qdq(canon, stats, &cfg)?;
         let logits = all_logits(&mut Classifier::new(q.graph.clone(), image_shape.to_vec(), threads), data, n)?;
         let agrees: Vec<bool> = reference.iter().zip(&logits).map(|(r, l)| argmax(r) == argmax(l)).collect();
         let k = n.max(1) as f64;
-        let kl = reference.iter().zip(&logits).map(|(r, l)| kl_divergence(r, l)).sum::<f64>() / k;
-        // A model that produces NaN is never chosen over one that does not.
-        let kl = if kl.is_nan() { f64::INFINITY } else { kl };
+        // A model with non-finite logits is never chosen over one without.
+        let kl = if logits.iter().flatten().all(|v| v.is_finite()) {
+            reference.iter().zip(&logits).map(|(r, l)| kl_divergence(r, l)).sum::<f64>() / k
+        } else {
+            f64::INFINITY
+        };
         let agreement = agrees.iter().filter(|&&a| a).count() as f64 / k;
         scored.push((Candidate { method: m, bias_correction: bc, agreement, kl, tied_best: false }, agrees));
     }
     let top = pick(&mut scored.iter_mut().map(|(c, a)| (c, a.as_slice())).collect::<Vec<_>>());
-    let (chosen, _) = scored.swap_remove(top);
+    let (chosen, _) = scored.remove(top);
     let q = build_qdq(
         canon,
         stats,
@@ -118,28 +125,33 @@ mod tests {
         (0..n).map(|i| !wrong.contains(&i)).collect()
     }
 
+    fn run(a: &[Vec<bool>], kl: &[f64]) -> (usize, Vec<bool>) {
+        let mut c: Vec<Candidate> = kl.iter().map(|&k| cand(k)).collect();
+        let mut v: Vec<(&mut Candidate, &[bool])> = c.iter_mut().zip(a.iter().map(|x| x.as_slice())).collect();
+        let i = pick(&mut v);
+        (i, c.iter().map(|c| c.tied_best).collect())
+    }
+
     #[test]
     fn agreement_decides_when_the_images_resolve_it_and_kl_otherwise() {
-        // Candidate 0 disagrees with float on 2 images, candidate 1 on 3, candidate 2 on 12.
-        let a = [agrees(100, &[0, 1]), agrees(100, &[0, 1, 2]), agrees(100, &(0..12).collect::<Vec<_>>())];
-        let mut c = [cand(0.3), cand(0.1), cand(0.05)];
-        let mut v: Vec<(&mut Candidate, &[bool])> = c.iter_mut().zip(a.iter().map(|x| x.as_slice())).collect();
-        // 1 image apart is noise (1 <= 2 sqrt(1)): the lower KL of candidate 1 wins; candidate 2 is 10 images worse,
-        // beyond 2 sqrt(10), so its even lower KL does not count.
-        assert_eq!(pick(&mut v), 1);
-        assert_eq!(c.iter().map(|c| c.tied_best).collect::<Vec<_>>(), [true, true, false]);
+        // The most-agreeing candidate is the second (2 misses); the first misses 3 (one more: noise, 1 <= 2 sqrt(1)),
+        // the third 12 (10 more on the leader's hits: beyond 2 sqrt(10)). The first has the lowest KL of the tied.
+        let a = [agrees(100, &[0, 1, 2]), agrees(100, &[0, 1]), agrees(100, &(0..12).collect::<Vec<_>>())];
+        assert_eq!(run(&a, &[0.1, 0.3, 0.05]), (0, vec![true, true, false]));
 
-        // Candidate 1 misses 3 more images than candidate 0, but on other images than candidate 0's: a tie.
-        let a = [agrees(100, &[0, 1, 2, 3, 4, 5]), agrees(100, &[6, 7, 8, 9, 10, 11, 12, 13, 14])];
-        let mut c = [cand(0.3), cand(0.1)];
-        let mut v: Vec<(&mut Candidate, &[bool])> = c.iter_mut().zip(a.iter().map(|x| x.as_slice())).collect();
-        // 6 vs 9 misses on disjoint images: 9 - 6 = 3 <= 2 sqrt(15).
-        assert_eq!(pick(&mut v), 1);
+        // Pairing matters: 5 more misses than the leader. Nested in the leader's misses (b = 5, c = 0): 5 > 2 sqrt(5),
+        // resolved, the leader stays despite its higher KL. On disjoint images (b = 15, c = 10): 5 <= 2 sqrt(25), a
+        // tie, and the lower KL wins.
+        let lead = agrees(100, &(0..10).collect::<Vec<_>>());
+        let nested = agrees(100, &(0..15).collect::<Vec<_>>());
+        let disjoint = agrees(100, &(10..25).collect::<Vec<_>>());
+        assert_eq!(run(&[nested, lead.clone()], &[0.1, 0.2]), (1, vec![false, true]));
+        assert_eq!(run(&[disjoint, lead], &[0.1, 0.2]), (0, vec![true, true]));
+
+        // The boundary: b = 4, c = 0 is within 2 sqrt(4).
+        assert_eq!(run(&[agrees(50, &[]), agrees(50, &[0, 1, 2, 3])], &[0.2, 0.1]), (1, vec![true, true]));
 
         // Equal KL: the earlier candidate stays.
-        let a = [agrees(10, &[]), agrees(10, &[])];
-        let mut c = [cand(0.2), cand(0.2)];
-        let mut v: Vec<(&mut Candidate, &[bool])> = c.iter_mut().zip(a.iter().map(|x| x.as_slice())).collect();
-        assert_eq!(pick(&mut v), 0);
+        assert_eq!(run(&[agrees(10, &[]), agrees(10, &[])], &[0.2, 0.2]).0, 0);
     }
 }
