@@ -216,6 +216,11 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         }
         dfq_notes.push(format!("bias absorption: {n} channels"));
     }
+    // Hard-swish and hard-sigmoid become their own nodes, so their inputs are calibrated and quantized too.
+    let split = lowbit_quant::qdq::split_activations(&mut canon);
+    if split > 0 {
+        dfq_notes.push(format!("{split} hard-swish/hard-sigmoid activations quantized on their own (8-bit table)"));
+    }
     let pb = progress(0, "calibrate");
     let stats = lowbit_quant::calibrate::calibrate(
         &canon,

@@ -166,6 +166,31 @@ fn lowbit_qdq_integer_plan_equals_fake_quant() {
         assert!(p.int8_notes().is_empty(), "{m}: f32 fallbacks {:?}", p.int8_notes());
         std::fs::remove_dir_all(&d).unwrap();
     }
+    // Hard-swish convolutions and squeeze-and-excitation gates: the activations as byte tables, the gates as integer
+    // products.
+    let m = "ppocr-textline-cls";
+    let g = lowbit_onnx::read_model(&zoo(&format!("{m}.onnx"))).unwrap();
+    let photos =
+        lowbit_data::load_image_folder(&shared().join("data/photos224"), &Preprocess::ppocr(), Some(16)).unwrap();
+    let (mut canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
+    assert!(lowbit_quant::qdq::split_activations(&mut canon) > 0);
+    let stats =
+        lowbit_quant::calibrate::calibrate(&canon, &[3, 48, 192], &photos.data, photos.n, 8, 2, true, &mut |_, _| {})
+            .unwrap();
+    let q = build_qdq(&canon, &stats, &QdqConfig::default()).unwrap();
+    let d = tmpdir("int8-lowbit-ppocr");
+    let path = d.join("q.onnx");
+    lowbit_onnx::write_model(&q.graph, &path).unwrap();
+    let g = lowbit_onnx::read_model(&path).unwrap();
+    check_exact(&format!("{m} (lowbit QDQ)"), &g, m, images_for(4));
+    let p = Plan::compile(&g, &[vec![1, 3, 48, 192]], &PlanOptions::default()).unwrap();
+    let kernels: Vec<&str> = p.steps().iter().map(|s| s.kernel.as_str()).collect();
+    assert!(kernels.contains(&"int8 table") && kernels.contains(&"int8 mul"), "{kernels:?}");
+    // What stays f32 is the squeeze-and-excitation bias Adds on [1, C, 1, 1] (a constant operand), nothing else.
+    for note in p.int8_notes() {
+        assert!(note.starts_with("Add "), "{m}: f32 fallback {note}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
 }
 
 fn top1(v: &[f32], n: usize) -> Vec<usize> {

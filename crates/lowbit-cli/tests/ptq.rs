@@ -259,7 +259,9 @@ fn ppocr_qdq_with_hardswish_loads_in_ort() {
     let g = lowbit_onnx::read_model(&zoo("ppocr-textline-cls.onnx")).unwrap();
     let photos =
         lowbit_data::load_image_folder(&shared().join("data/photos224"), &Preprocess::ppocr(), Some(16)).unwrap();
-    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
+    let (mut canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
+    // As `lowbit quantize` does: hard-swish on its own, its input quantized.
+    assert!(lowbit_quant::qdq::split_activations(&mut canon) > 0);
     let stats =
         lowbit_quant::calibrate::calibrate(&canon, &[3, 48, 192], &photos.data, photos.n, 8, 2, true, &mut |_, _| {})
             .unwrap();

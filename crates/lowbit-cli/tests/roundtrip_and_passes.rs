@@ -108,3 +108,53 @@ fn passes_preserve_outputs_and_do_their_job() {
         }
     }
 }
+
+/// `x * HardSigmoid(x; 1/6, 1/2)` (how HardSwish is written before opset 14) becomes one HardSwish with the same bits;
+/// other HardSigmoid parameters, or a Mul by another tensor, stay as they are.
+#[test]
+fn hardsigmoid_times_input_becomes_hardswish_only_when_exact() {
+    use lowbit_core::{DType, Dim, Node, Op, ValueInfo};
+    let vi =
+        |n: &str| ValueInfo { name: n.into(), dtype: DType::F32, shape: Some(vec![Dim::Fixed(1), Dim::Fixed(64)]) };
+    let build = |alpha: f32, other: bool| Graph {
+        name: "g".into(),
+        inputs: vec![vi("x"), vi("z")],
+        outputs: vec![vi("y")],
+        initializers: Default::default(),
+        nodes: vec![
+            Node {
+                name: "h".into(),
+                op: Op::HardSigmoid { alpha, beta: 0.5 },
+                inputs: vec!["x".into()],
+                outputs: vec!["s".into()],
+            },
+            Node {
+                name: "m".into(),
+                op: Op::Mul,
+                inputs: vec!["s".into(), if other { "z" } else { "x" }.into()],
+                outputs: vec!["y".into()],
+            },
+        ],
+        opset: 13,
+        metadata: vec![],
+    };
+    let x: Vec<f32> = (0..64).map(|i| (i as f32 - 32.0) * 0.3127).collect();
+    let z: Vec<f32> = (0..64).map(|i| i as f32 * 0.01).collect();
+    for (alpha, other, fused) in [(1.0f32 / 6.0, false, 1), (0.2, false, 0), (1.0 / 6.0, true, 0)] {
+        let g = build(alpha, other);
+        let mut c = g.clone();
+        assert_eq!(lowbit_core::passes::fuse_hardswish(&mut c), fused, "alpha {alpha}, other {other}");
+        assert_eq!(c.nodes.iter().filter(|n| n.op == Op::HardSwish).count(), fused);
+        let out = |g: &Graph| {
+            let mut p =
+                Plan::compile(g, &[vec![1, 64], vec![1, 64]], &PlanOptions { optimize: false, ..Default::default() })
+                    .unwrap();
+            p.run(&[Tensor::f32(vec![1, 64], x.clone()), Tensor::f32(vec![1, 64], z.clone())])
+                .unwrap()
+                .remove(0)
+                .to_f32_vec()
+        };
+        let (a, b) = (out(&g), out(&c));
+        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{a:?} vs {b:?}");
+    }
+}

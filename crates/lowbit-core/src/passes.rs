@@ -246,9 +246,10 @@ fn scalar_const(g: &Graph, name: &str) -> Option<f32> {
 }
 
 /// Replaces the exporter pattern `x * clip(x + 3, 0, 6) / 6` (Add, Clip, Mul, Div or Mul by 1/6)
-/// with one `HardSwish` node. Returns how many were replaced.
+/// with one `HardSwish` node, and `x * HardSigmoid(x; 1/6, 1/2)` (how HardSwish is written before opset 14; the same
+/// f32 operations, so the same bits). Returns how many were replaced.
 pub fn fuse_hardswish(g: &mut Graph) -> usize {
-    let mut n = 0;
+    let mut n = fuse_hardsigmoid_mul(g);
     loop {
         let consumers = g.consumers();
         let producers = g.producers();
@@ -299,6 +300,35 @@ pub fn fuse_hardswish(g: &mut Graph) -> usize {
         for i in drop.iter().rev() {
             g.nodes.remove(*i);
         }
+        n += 1;
+    }
+    n
+}
+
+/// `Mul(x, HardSigmoid(x))` with alpha = 1/6 and beta = 1/2 (bit for bit) → `HardSwish(x)`.
+fn fuse_hardsigmoid_mul(g: &mut Graph) -> usize {
+    let mut n = 0;
+    loop {
+        let consumers = g.consumers();
+        let producers = g.producers();
+        let hit = g.nodes.iter().enumerate().find_map(|(mi, m)| {
+            if m.op != Op::Mul || m.inputs.len() != 2 {
+                return None;
+            }
+            (0..2).find_map(|k| {
+                let (x, h) = (&m.inputs[1 - k], &m.inputs[k]);
+                let &hi = producers.get(h)?;
+                let hn = &g.nodes[hi];
+                let exact = matches!(hn.op, Op::HardSigmoid { alpha, beta }
+                    if alpha.to_bits() == (1.0f32 / 6.0).to_bits() && beta == 0.5);
+                let single = consumers.get(h).map(|c| c.len()) == Some(1) && !g.is_output(h);
+                (exact && single && hn.inputs[0] == *x).then(|| (mi, hi, x.clone()))
+            })
+        });
+        let Some((mi, hi, x)) = hit else { break };
+        let (name, y) = (g.nodes[mi].name.clone(), g.nodes[mi].outputs[0].clone());
+        g.nodes[mi] = crate::Node { name, op: Op::HardSwish, inputs: vec![x], outputs: vec![y] };
+        g.nodes.remove(hi);
         n += 1;
     }
     n

@@ -12,7 +12,8 @@ use crate::observer::Observer;
 /// Observers of every float value of the canonical graph, keyed by value name.
 pub type Stats = HashMap<String, Observer>;
 
-/// Runs `graph` (one image input of shape `image_shape`) over `n` images in `data` and returns
+/// Runs `graph` (canonical, see `lowbit_runtime::canonicalize_free`; one image input of shape `image_shape`) over `n`
+/// images in `data` and returns
 /// the statistics of every float value. `hist` adds the second (histogram) pass. `progress` gets
 /// (images done, total images across passes).
 #[allow(clippy::too_many_arguments)]
@@ -38,7 +39,10 @@ pub fn calibrate(
             if !plans.contains_key(&len) {
                 let mut s = vec![len];
                 s.extend_from_slice(image_shape);
-                plans.insert(len, Plan::compile(graph, &[s], &PlanOptions { threads, ..Default::default() })?);
+                // The graph as given (canonical already): re-optimizing would fuse activations that
+                // `split_activations` took out back into their convolutions and hide the pre-activation.
+                let opts = PlanOptions { threads, optimize: false, ..Default::default() };
+                plans.insert(len, Plan::compile(graph, &[s], &opts)?);
             }
             let plan = plans.get_mut(&len).unwrap();
             let mut s = vec![len];

@@ -190,8 +190,19 @@ fn is_passthrough(op: &Op) -> bool {
     )
 }
 
+/// Ops whose inputs and output are all quantized (an element-wise activation between Q/DQ runs as a byte table, a
+/// Mul of two quantized tensors as an integer product).
 fn is_qio(op: &Op) -> bool {
-    matches!(op, Op::Add | Op::Concat { .. } | Op::AveragePool(_) | Op::GlobalAveragePool)
+    matches!(
+        op,
+        Op::Add
+            | Op::Mul
+            | Op::Concat { .. }
+            | Op::AveragePool(_)
+            | Op::GlobalAveragePool
+            | Op::HardSwish
+            | Op::HardSigmoid { .. }
+    )
 }
 
 impl QdqConfig {
@@ -221,6 +232,43 @@ pub fn first_last_overrides(g: &Graph, bits: u8) -> (HashMap<String, u8>, HashMa
         }
     }
     (w, a)
+}
+
+/// Splits activations that are not clamps (hard-swish, hard-sigmoid) out of the Conv/Gemm they are fused into, as
+/// their own nodes, so calibration observes the pre-activation and the export quantizes it: the integer runtime then
+/// runs the convolution with an 8-bit output and the activation as a byte table, and no f32 tensor is left between
+/// them. ReLU and Clip stay fused (they are the requantization's clamp). Returns how many were split. Run it on the
+/// canonical graph before calibrating.
+pub fn split_activations(g: &mut Graph) -> usize {
+    let mut split = 0;
+    let mut i = 0;
+    while i < g.nodes.len() {
+        let act = g.nodes[i].op.fused_act();
+        if matches!(g.nodes[i].op, Op::Conv(_) | Op::Gemm { .. })
+            && matches!(act, Act::HardSwish | Act::HardSigmoid { .. })
+        {
+            let y = g.nodes[i].outputs[0].clone();
+            let pre = g.fresh_name(&format!("{y}_preact"));
+            let n = &mut g.nodes[i];
+            match &mut n.op {
+                Op::Conv(c) => c.act = Act::None,
+                Op::Gemm { act: a, .. } => *a = Act::None,
+                _ => unreachable!(),
+            }
+            n.outputs[0] = pre.clone();
+            let op = match act {
+                Act::HardSwish => Op::HardSwish,
+                Act::HardSigmoid { alpha, beta } => Op::HardSigmoid { alpha, beta },
+                _ => unreachable!(),
+            };
+            let name = format!("{}_{}", n.name, op.op_type());
+            g.nodes.insert(i + 1, Node { name, op, inputs: vec![pre], outputs: vec![y] });
+            split += 1;
+            i += 1;
+        }
+        i += 1;
+    }
+    split
 }
 
 /// Quantizes `g` (a canonical float graph, see `lowbit_runtime::canonicalize_free`) using the

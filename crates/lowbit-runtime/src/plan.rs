@@ -135,6 +135,14 @@ enum Kind {
         k: usize,
     },
     QAdd(qops::AddQ),
+    QLut(Box<[u8; 256]>),
+    /// `c == 0`: same shapes; else `b` scales each of the `c` channels of NHWC `a` (`[n][plane][c]`).
+    QMul {
+        p: qops::MulQ,
+        n: usize,
+        plane: usize,
+        c: usize,
+    },
     QGap {
         n: usize,
         plane: usize,
@@ -428,6 +436,16 @@ impl Plan {
                     Unit::Add { qa, qb, lo, hi, qo, .. } => {
                         (Kind::QAdd(qops::AddQ::new(*qa, *qb, *lo, *hi, *qo)), "int8 add".into())
                     }
+                    Unit::Lut { table, .. } => (Kind::QLut(table.clone()), "int8 table".into()),
+                    Unit::Mul { qa, qb, qo, per_channel, .. } => {
+                        let p = qops::MulQ::new(*qa, *qb, *qo);
+                        let kind = if *per_channel {
+                            Kind::QMul { p, n: xs[0], plane: xs[2] * xs[3], c: xs[1] }
+                        } else {
+                            Kind::QMul { p, n: 0, plane: 0, c: 0 }
+                        };
+                        (kind, "int8 mul".into())
+                    }
                     Unit::Gap { qi, qo, .. } => (
                         Kind::QGap { n: xs[0], plane: xs[2] * xs[3], c: xs[1], qi: *qi, qo: *qo },
                         "int8 global average pool".into(),
@@ -692,6 +710,8 @@ impl Plan {
                         | Kind::BinConv { .. }
                         | Kind::QGemm { .. }
                         | Kind::QAdd(_)
+                        | Kind::QLut(_)
+                        | Kind::QMul { .. }
                         | Kind::QGap { .. }
                         | Kind::QMaxPool { .. }
                 )
@@ -1040,6 +1060,20 @@ unsafe fn exec_step(
                 });
             } else {
                 qops::add(a, b, p, o);
+            }
+        }
+        Kind::QLut(table) => {
+            let x = bytes_in(base, s.ins[0].as_ref().unwrap());
+            qops::lut(x, table, bytes_out(base, &s.out));
+        }
+        Kind::QMul { p, n, plane, c } => {
+            let a = bytes_in(base, s.ins[0].as_ref().unwrap());
+            let b = bytes_in(base, s.ins[1].as_ref().unwrap());
+            let o = bytes_out(base, &s.out);
+            if *c == 0 {
+                qops::mul(a, b, p, o);
+            } else {
+                qops::mul_channels(a, b, *n, *plane, *c, p, o);
             }
         }
         Kind::QGap { n, plane, c, qi, qo } => {

@@ -1,5 +1,5 @@
 //! Finds the integer units of a QDQ graph: `DequantizeLinear → op → QuantizeLinear` patterns
-//! (conv, gemm, add, global average pool, max pool, reshapes) whose inputs are already integer,
+//! (conv, gemm, add, mul, activations as byte tables, global average pool, max pool, reshapes) whose inputs are already integer,
 //! so the plan runs them on integer kernels and keeps the activations in 8 bits between them.
 //! Ops without an integer kernel stay as they are (float, between their own Q/DQ nodes); each
 //! quantized-looking node that is not fused gets a note saying why.
@@ -78,6 +78,21 @@ pub(crate) enum Unit {
         q: QParams,
         attrs: PoolAttrs,
     },
+    /// `DequantizeLinear → activation → QuantizeLinear` as a byte table (hard-swish, hard-sigmoid, ReLU, Clip).
+    Lut {
+        x: String,
+        table: Box<[u8; 256]>,
+    },
+    /// `DequantizeLinear(a) · DequantizeLinear(b) → QuantizeLinear`: same shapes, or `b` one value per channel of a
+    /// 4-D `a` (`[n, c, 1, 1]`, a squeeze-and-excitation gate).
+    Mul {
+        a: String,
+        qa: QParams,
+        b: String,
+        qb: QParams,
+        qo: QParams,
+        per_channel: bool,
+    },
     /// The output is the input's bytes (a reshape between equal Q/DQ parameters).
     Alias {
         x: String,
@@ -89,8 +104,8 @@ impl Unit {
         match self {
             Unit::Mac(m) => vec![m.x.clone()],
             Unit::Bin(b) => vec![b.x.clone()],
-            Unit::Add { a, b, .. } => vec![a.clone(), b.clone()],
-            Unit::Gap { x, .. } | Unit::MaxPool { x, .. } | Unit::Alias { x } => vec![x.clone()],
+            Unit::Add { a, b, .. } | Unit::Mul { a, b, .. } => vec![a.clone(), b.clone()],
+            Unit::Gap { x, .. } | Unit::MaxPool { x, .. } | Unit::Lut { x, .. } | Unit::Alias { x } => vec![x.clone()],
         }
     }
 }
@@ -325,6 +340,38 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                     }
                 } else if n.inputs.iter().any(|x| prod.get(x.as_str()).is_some_and(|&d| is(d, false))) {
                     note = Some("needs two per-tensor integer inputs of the output's shape".into());
+                }
+            }
+            Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish => {
+                let act = lowbit_core::passes::as_activation(g, n);
+                if let (Some(act), Some((x, qi)), Some((qn, qo))) = (act, dq_in(&f, 0), q_after(&n.outputs[0])) {
+                    // `Act::apply` is the f32 arithmetic the float kernels run for these nodes.
+                    let table = Box::new(lowbit_kernels::int8::ops::lut_table(qi, qo, |v| act.apply(v)));
+                    fused = Some((Unit::Lut { x, table }, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                }
+            }
+            Op::Mul => {
+                if let (Some((a, qa)), Some((b, qb)), Some((qn, qo))) =
+                    (dq_in(&f, 0), dq_in(&f, 1), q_after(&n.outputs[0]))
+                {
+                    let (sa, sb, so) = (shape(&a), shape(&b), shape(&n.outputs[0]));
+                    let gate = |full: &[usize], g: &[usize]| {
+                        full.len() == 4 && g.len() == 4 && g[0] == full[0] && g[1] == full[1] && g[2] * g[3] == 1
+                    };
+                    let unit = if sa == so && sb == so {
+                        Some(Unit::Mul { a, qa, b, qb, qo, per_channel: false })
+                    } else if sa == so && gate(&so, &sb) {
+                        Some(Unit::Mul { a, qa, b, qb, qo, per_channel: true })
+                    } else if sb == so && gate(&so, &sa) {
+                        // The product commutes exactly in f32: the full tensor goes first.
+                        Some(Unit::Mul { a: b, qa: qb, b: a, qb: qa, qo, per_channel: true })
+                    } else {
+                        note = Some("needs inputs of the output's shape or a per-channel gate".into());
+                        None
+                    };
+                    if let Some(u) = unit {
+                        fused = Some((u, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                    }
                 }
             }
             Op::GlobalAveragePool => {

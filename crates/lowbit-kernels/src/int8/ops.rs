@@ -215,6 +215,114 @@ multiversion! {
     }
 }
 
+/// The table of `DequantizeLinear(qi) → f → QuantizeLinear(qo)` over every stored byte: the integer form of any
+/// element-wise function of one quantized tensor (an activation such as hard-swish). Exact by construction: each entry
+/// is the fake-quant arithmetic itself.
+pub fn lut_table(qi: QParams, qo: QParams, f: impl Fn(f32) -> f32) -> [u8; 256] {
+    std::array::from_fn(|b| qo.quant(f(qi.dequant(b as u8))))
+}
+
+/// Looks every byte up in a [`lut_table`]: 64 bytes per step with AVX-512 VBMI where the CPU has it and the selected
+/// path is AVX-512 or AMX, else one byte at a time ([`lut_scalar`], the reference).
+pub fn lut(x: &[u8], table: &[u8; 256], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(path(), Isa::Avx512Vnni | Isa::Amx) && vbmi() {
+        // SAFETY: the CPU has AVX-512 F/BW/VBMI.
+        return unsafe { lut_vbmi(x, table, out) };
+    }
+    lut_scalar(x, table, out)
+}
+
+/// The byte lookup one byte at a time.
+pub fn lut_scalar(x: &[u8], table: &[u8; 256], out: &mut [u8]) {
+    out.iter_mut().zip(x).for_each(|(o, &v)| *o = table[v as usize]);
+}
+
+/// Whether the CPU has AVX-512 VBMI (byte permutes), decided once.
+#[cfg(target_arch = "x86_64")]
+pub fn vbmi() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vbmi")
+    })
+}
+
+/// The byte lookup with AVX-512 VBMI: two 128-entry two-register permutes (index bits 0-6) and a blend on bit 7.
+/// The tail goes through masked loads and stores.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VBMI; `out` is at least as long as `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+pub unsafe fn lut_vbmi(x: &[u8], table: &[u8; 256], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    assert!(out.len() >= x.len());
+    let t = |i: usize| _mm512_loadu_si512(table.as_ptr().add(64 * i) as *const _);
+    let (t0, t1, t2, t3) = (t(0), t(1), t(2), t(3));
+    let look = |v: __m512i| {
+        let lo = _mm512_permutex2var_epi8(t0, v, t1);
+        let hi = _mm512_permutex2var_epi8(t2, v, t3);
+        _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi)
+    };
+    let full = x.len() / 64;
+    for i in 0..full {
+        let v = _mm512_loadu_si512(x.as_ptr().add(64 * i) as *const _);
+        _mm512_storeu_si512(out.as_mut_ptr().add(64 * i) as *mut _, look(v));
+    }
+    let rest = x.len() - 64 * full;
+    if rest > 0 {
+        let k: __mmask64 = (1u64 << rest) - 1;
+        let v = _mm512_maskz_loadu_epi8(k, x.as_ptr().add(64 * full) as *const i8);
+        _mm512_mask_storeu_epi8(out.as_mut_ptr().add(64 * full) as *mut i8, k, look(v));
+    }
+}
+
+/// `QuantizeLinear(DequantizeLinear(a) · DequantizeLinear(b))`, the product in f32 as the QDQ pattern computes it.
+/// The dequantized values of every byte are tabulated once.
+#[derive(Clone, Debug)]
+pub struct MulQ {
+    pub qo: QParams,
+    ta: Box<[f32; 256]>,
+    tb: Box<[f32; 256]>,
+}
+
+impl MulQ {
+    pub fn new(qa: QParams, qb: QParams, qo: QParams) -> MulQ {
+        let t = |q: QParams| Box::new(std::array::from_fn(|b| q.dequant(b as u8)));
+        MulQ { qo, ta: t(qa), tb: t(qb) }
+    }
+}
+
+multiversion! {
+    /// [`MulQ`] on same-shaped tensors.
+    pub fn mul(a: &[u8], b: &[u8], p: &MulQ, out: &mut [u8]) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = p.qo.quant(p.ta[x as usize] * p.tb[y as usize]);
+        }
+    }
+}
+
+multiversion! {
+    /// [`MulQ`] scaling each channel of NHWC `a` (`[n][plane][c]`) by one value of `b` (`[n][c]`), as a squeeze-and-
+    /// excitation gate does.
+    pub fn mul_channels(a: &[u8], b: &[u8], n: usize, plane: usize, c: usize, p: &MulQ, out: &mut [u8]) {
+        let mut gate = vec![0f32; c];
+        for img in 0..n {
+            for (g, &v) in gate.iter_mut().zip(&b[img * c..(img + 1) * c]) {
+                *g = p.tb[v as usize];
+            }
+            let (a, out) = (&a[img * plane * c..(img + 1) * plane * c], &mut out[img * plane * c..(img + 1) * plane * c]);
+            for (orow, arow) in out.chunks_exact_mut(c).zip(a.chunks_exact(c)) {
+                for ((o, &x), &g) in orow.iter_mut().zip(arow).zip(&gate) {
+                    *o = p.qo.quant(p.ta[x as usize] * g);
+                }
+            }
+        }
+    }
+}
+
 /// GlobalAveragePool on NHWC `[n][plane][c]`: the exact integer sum, then
 /// `q_out(f32(Σ(q - z)) · s / plane)`.
 pub fn global_avg(x: &[u8], n: usize, plane: usize, c: usize, qi: QParams, qo: QParams, out: &mut [u8]) {
@@ -350,6 +458,88 @@ mod tests {
                 (s >> 8) as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn lut_and_mul_follow_the_qdq_arithmetic() {
+        // Parameters with a zero point at each end and in the middle, signed and unsigned, and an output range the
+        // products overflow (saturation).
+        let ps = [
+            QParams { scale: 0.05, zp: 0, signed: false },
+            QParams { scale: 0.013, zp: 255, signed: false },
+            QParams { scale: 0.021, zp: -128, signed: true },
+            QParams { scale: 0.1, zp: 7, signed: true },
+        ];
+        let hswish = |v: f32| v * (v * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0);
+        for &qi in &ps {
+            for &qo in &ps {
+                let t = lut_table(qi, qo, hswish);
+                let x: Vec<u8> = (0..=255).collect();
+                let mut out = vec![0u8; 256];
+                lut(&x, &t, &mut out);
+                for (b, &o) in out.iter().enumerate() {
+                    // The definition, written out: (q - zp) · s, hard-swish, y / s rounded half to even, saturated.
+                    let v = (qi.get(b as u8) - qi.zp) as f32 * qi.scale;
+                    let q = ((hswish(v) / qo.scale).round_ties_even() as i32 + qo.zp).clamp(qo.range().0, qo.range().1);
+                    assert_eq!(qo.get(o), q, "byte {b}, {qi:?} -> {qo:?}");
+                }
+                // Products: every byte pair, element by element and as a per-channel gate (ragged: 3 images, 5
+                // pixels, 7 channels).
+                let p = MulQ::new(qi, qo, qo);
+                let a: Vec<u8> = (0..65536).map(|i| (i >> 8) as u8).collect();
+                let bb: Vec<u8> = (0..65536).map(|i| i as u8).collect();
+                let mut out = vec![0u8; 65536];
+                mul(&a, &bb, &p, &mut out);
+                let def = |x: u8, y: u8| {
+                    let v = qi.dequant(x) * qo.dequant(y);
+                    ((v / qo.scale).round_ties_even() as i32 + qo.zp).clamp(qo.range().0, qo.range().1)
+                };
+                for i in 0..65536 {
+                    assert_eq!(qo.get(out[i]), def(a[i], bb[i]), "pair {i}");
+                }
+                let (n, plane, c) = (3, 5, 7);
+                let a = bytes(n * plane * c, 11);
+                let g = bytes(n * c, 12);
+                let mut out = vec![0u8; n * plane * c];
+                mul_channels(&a, &g, n, plane, c, &p, &mut out);
+                for img in 0..n {
+                    for px in 0..plane {
+                        for ch in 0..c {
+                            let i = (img * plane + px) * c + ch;
+                            assert_eq!(
+                                qo.get(out[i]),
+                                def(a[i], g[img * c + ch]),
+                                "image {img} pixel {px} channel {ch}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vbmi_lookup_equals_scalar() {
+        if !vbmi() {
+            eprintln!("no AVX-512 VBMI on this CPU: the VBMI lookup is not tested here");
+            return;
+        }
+        // Random tables and lengths around the 64-byte step (ragged tails, empty, several blocks), every byte value.
+        for (seed, len) in [(1, 0), (2, 1), (3, 63), (4, 64), (5, 65), (6, 255), (7, 256), (8, 1000), (9, 4097)] {
+            let table: [u8; 256] = bytes(256, seed).try_into().unwrap();
+            let mut x = bytes(len, seed + 100);
+            for (i, v) in x.iter_mut().enumerate().take(256) {
+                *v = i as u8;
+            }
+            let (mut a, mut b) = (vec![0u8; len + 7], vec![0u8; len + 7]);
+            lut_scalar(&x, &table, &mut a);
+            // SAFETY: checked above that the CPU has VBMI.
+            unsafe { lut_vbmi(&x, &table, &mut b) };
+            assert_eq!(a, b, "length {len}");
+            // Bytes past the input are not written.
+            assert!(b[len..].iter().all(|&v| v == 0));
+        }
     }
 
     #[test]
