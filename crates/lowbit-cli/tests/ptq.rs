@@ -266,6 +266,18 @@ fn ppocr_qdq_with_hardswish_loads_in_ort() {
         lowbit_quant::calibrate::calibrate(&canon, &[3, 48, 192], &photos.data, photos.n, 8, 2, true, &mut |_, _| {})
             .unwrap();
     let q = build_qdq(&canon, &stats, &QdqConfig::default()).unwrap();
+    // The first convolution's pre-activation and hard-swish output are quantized. When that layer is kept float, its
+    // split-out activation stays float with it: the pre-activation is not quantized (the output still is, as the next
+    // layer's input).
+    let conv = canon.nodes.iter().find(|n| matches!(n.op, lowbit_core::Op::Conv(_))).unwrap();
+    let act = canon.nodes.iter().find(|n| n.inputs.first() == Some(&conv.outputs[0])).unwrap();
+    assert_eq!(act.op, lowbit_core::Op::HardSwish);
+    let quantized = |g: &lowbit_core::Graph, v: &str| {
+        g.nodes.iter().any(|n| matches!(n.op, lowbit_core::Op::QuantizeLinear { .. }) && n.inputs[0] == v)
+    };
+    assert!(quantized(&q.graph, &conv.outputs[0]) && quantized(&q.graph, &act.outputs[0]));
+    let kept = build_qdq(&canon, &stats, &QdqConfig { skip_first: true, ..Default::default() }).unwrap();
+    assert!(!quantized(&kept.graph, &conv.outputs[0]) && quantized(&kept.graph, &act.outputs[0]));
     let d = tmpdir("ppocr-qdq");
     let path = d.join("q.onnx");
     lowbit_onnx::write_model(&q.graph, &path).unwrap();

@@ -116,7 +116,7 @@ fn hardsigmoid_times_input_becomes_hardswish_only_when_exact() {
     use lowbit_core::{DType, Dim, Node, Op, ValueInfo};
     let vi =
         |n: &str| ValueInfo { name: n.into(), dtype: DType::F32, shape: Some(vec![Dim::Fixed(1), Dim::Fixed(64)]) };
-    let build = |alpha: f32, other: bool| Graph {
+    let build = |alpha: f32, other: bool, first: bool| Graph {
         name: "g".into(),
         inputs: vec![vi("x"), vi("z")],
         outputs: vec![vi("y")],
@@ -131,7 +131,14 @@ fn hardsigmoid_times_input_becomes_hardswish_only_when_exact() {
             Node {
                 name: "m".into(),
                 op: Op::Mul,
-                inputs: vec!["s".into(), if other { "z" } else { "x" }.into()],
+                inputs: {
+                    let v: Vec<String> = vec!["s".into(), if other { "z" } else { "x" }.into()];
+                    if first {
+                        v
+                    } else {
+                        v.into_iter().rev().collect()
+                    }
+                },
                 outputs: vec!["y".into()],
             },
         ],
@@ -140,8 +147,10 @@ fn hardsigmoid_times_input_becomes_hardswish_only_when_exact() {
     };
     let x: Vec<f32> = (0..64).map(|i| (i as f32 - 32.0) * 0.3127).collect();
     let z: Vec<f32> = (0..64).map(|i| i as f32 * 0.01).collect();
-    for (alpha, other, fused) in [(1.0f32 / 6.0, false, 1), (0.2, false, 0), (1.0 / 6.0, true, 0)] {
-        let g = build(alpha, other);
+    // HardSigmoid as the Mul's first input and as its second (the order lowbit's writer uses).
+    let cases = [(1.0f32 / 6.0, false, 1), (0.2, false, 0), (1.0 / 6.0, true, 0)];
+    for ((alpha, other, fused), first) in cases.iter().flat_map(|&c| [(c, true), (c, false)]) {
+        let g = build(alpha, other, first);
         let mut c = g.clone();
         assert_eq!(lowbit_core::passes::fuse_hardswish(&mut c), fused, "alpha {alpha}, other {other}");
         assert_eq!(c.nodes.iter().filter(|n| n.op == Op::HardSwish).count(), fused);

@@ -297,6 +297,19 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
             float_nodes.insert(g.nodes[i].name.clone());
         }
     }
+    // An activation split out of a float layer (`split_activations`) stays float with it. A Mul is quantized only when
+    // both its inputs are activations of quantized nodes: a constant operand has no integer form here.
+    for n in &g.nodes {
+        let float_producer = |v: &str| producers.get(v).is_some_and(|&p| float_nodes.contains(&g.nodes[p].name));
+        let float = match n.op {
+            Op::HardSwish | Op::HardSigmoid { .. } => n.inputs.first().is_some_and(|v| float_producer(v)),
+            Op::Mul => n.inputs.iter().any(|v| g.initializers.contains_key(v) || float_producer(v)),
+            _ => false,
+        };
+        if float {
+            float_nodes.insert(n.name.clone());
+        }
+    }
     let quantized = |n: &Node| !float_nodes.contains(&n.name);
 
     // Which float values get a Q/DQ pair, with which parameters.

@@ -344,16 +344,25 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
             }
             Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish => {
                 let act = lowbit_core::passes::as_activation(g, n);
-                if let (Some(act), Some((x, qi)), Some((qn, qo))) = (act, dq_in(&f, 0), q_after(&n.outputs[0])) {
-                    // `Act::apply` is the f32 arithmetic the float kernels run for these nodes.
-                    let table = Box::new(lowbit_kernels::int8::ops::lut_table(qi, qo, |v| act.apply(v)));
-                    fused = Some((Unit::Lut { x, table }, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                match (act, dq_in(&f, 0), q_after(&n.outputs[0])) {
+                    (Some(act), Some((x, qi)), Some((qn, qo))) => {
+                        // `Act::apply` is the f32 arithmetic the float kernels run for these nodes.
+                        let table = Box::new(lowbit_kernels::int8::ops::lut_table(qi, qo, |v| act.apply(v)));
+                        fused = Some((Unit::Lut { x, table }, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                    }
+                    (None, _, _) => note = Some("its parameters are not constants".into()),
+                    (_, None, _) => note = Some("its input is not a per-tensor integer value".into()),
+                    (_, _, None) => note = Some("its output is not quantized".into()),
                 }
             }
             Op::Mul => {
-                if let (Some((a, qa)), Some((b, qb)), Some((qn, qo))) =
-                    (dq_in(&f, 0), dq_in(&f, 1), q_after(&n.outputs[0]))
-                {
+                let ins = (dq_in(&f, 0), dq_in(&f, 1), q_after(&n.outputs[0]));
+                if ins.0.is_none() || ins.1.is_none() {
+                    note = Some("needs two per-tensor integer inputs".into());
+                } else if ins.2.is_none() {
+                    note = Some("its output is not quantized".into());
+                }
+                if let (Some((a, qa)), Some((b, qb)), Some((qn, qo))) = ins {
                     let (sa, sb, so) = (shape(&a), shape(&b), shape(&n.outputs[0]));
                     let gate = |full: &[usize], g: &[usize]| {
                         full.len() == 4 && g.len() == 4 && g[0] == full[0] && g[1] == full[1] && g[2] * g[3] == 1
