@@ -56,7 +56,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         qdir = sys.argv[1] if len(sys.argv) > 1 else tmp
         if len(sys.argv) <= 1:
-            subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ort_qdq.py"), qdir], check=True,
+            subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ort_qdq.py"), qdir, "--models", ",".join(MODELS)],
+                           check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print("| model | QDQ file by | f32 arena KB | int8 arena KB | arena | f32 weights KB | int8 weights KB | "
               "weights | f32 file KB | QDQ file KB | file |")
