@@ -291,13 +291,15 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                 }
             }
             Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
+                // Integer 4-D values are NHWC bytes, a reshape assumes NCHW order: only where the two agree (no
+                // spatial plane, or fewer than 4 dimensions) on both sides.
+                let plain = |s: &[usize]| s.len() < 4 || s[2..].iter().product::<usize>() == 1;
                 let xs = shape(&n.inputs[0]);
-                let plain = xs.len() < 4 || xs[2..].iter().product::<usize>() == 1;
-                if f.int_vals.contains(&n.inputs[0]) && plain {
+                let plain_out = plain(&shape(&n.outputs[0]));
+                if f.int_vals.contains(&n.inputs[0]) && plain(&xs) && plain_out {
                     f.int_vals.insert(n.outputs[0].clone());
                 } else if let (Some((x, q)), Some((qn, qo))) = (dq_in(&f, 0), q_after(&n.outputs[0])) {
-                    let ls = shape(&x);
-                    if qo == q && (ls.len() < 4 || ls[2..].iter().product::<usize>() == 1) {
+                    if qo == q && plain(&shape(&x)) && plain_out {
                         fused = Some((Unit::Alias { x }, g.nodes[qn].outputs[0].clone(), vec![qn]));
                     }
                 }
