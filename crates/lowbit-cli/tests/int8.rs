@@ -169,14 +169,7 @@ fn lowbit_qdq_integer_plan_equals_fake_quant() {
     // Hard-swish convolutions and squeeze-and-excitation gates: the activations as byte tables, the gates as integer
     // products.
     let m = "ppocr-textline-cls";
-    let g = lowbit_onnx::read_model(&zoo(&format!("{m}.onnx"))).unwrap();
-    let photos =
-        lowbit_data::load_image_folder(&shared().join("data/photos224"), &Preprocess::ppocr(), Some(16)).unwrap();
-    let (mut canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
-    assert!(lowbit_quant::qdq::split_activations(&mut canon) > 0);
-    let stats =
-        lowbit_quant::calibrate::calibrate(&canon, &[3, 48, 192], &photos.data, photos.n, 8, 2, true, &mut |_, _| {})
-            .unwrap();
+    let (canon, stats, _) = calibrated_ppocr();
     let q = build_qdq(&canon, &stats, &QdqConfig::default()).unwrap();
     let d = tmpdir("int8-lowbit-ppocr");
     let path = d.join("q.onnx");

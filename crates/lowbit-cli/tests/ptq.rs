@@ -256,15 +256,8 @@ fn sensitivity_and_mixed_precision_meet_a_budget() {
 fn ppocr_qdq_with_hardswish_loads_in_ort() {
     // Opset-11 model whose hard-swish patterns are fused: the QDQ file must still be valid ONNX
     // at its opset (HardSwish only exists from opset 14).
-    let g = lowbit_onnx::read_model(&zoo("ppocr-textline-cls.onnx")).unwrap();
-    let photos =
-        lowbit_data::load_image_folder(&shared().join("data/photos224"), &Preprocess::ppocr(), Some(16)).unwrap();
-    let (mut canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
-    // As `lowbit quantize` does: hard-swish on its own, its input quantized.
-    assert!(lowbit_quant::qdq::split_activations(&mut canon) > 0);
-    let stats =
-        lowbit_quant::calibrate::calibrate(&canon, &[3, 48, 192], &photos.data, photos.n, 8, 2, true, &mut |_, _| {})
-            .unwrap();
+    // As `lowbit quantize` prepares it: hard-swish on its own, its input quantized.
+    let (canon, stats, photos) = calibrated_ppocr();
     let q = build_qdq(&canon, &stats, &QdqConfig::default()).unwrap();
     // The first convolution's pre-activation and hard-swish output are quantized. When that layer is kept float, its
     // split-out activation stays float with it: the pre-activation is not quantized (the output still is, as the next

@@ -80,3 +80,18 @@ pub fn ort_run_opt(model: &Path, x: &[f32], shape: &[usize], tag: &str, optimize
 pub fn lowbit_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lowbit"))
 }
+
+/// ppocr-textline-cls as `lowbit quantize` prepares it (canonical, hard-swish split out of its convolutions),
+/// calibrated on the first 16 photos224 crops: `(graph, statistics, images)`.
+pub fn calibrated_ppocr() -> (lowbit_core::Graph, lowbit_quant::calibrate::Stats, lowbit_data::ImageSet) {
+    let g = lowbit_onnx::read_model(&zoo("ppocr-textline-cls.onnx")).unwrap();
+    let photos =
+        lowbit_data::load_image_folder(&shared().join("data/photos224"), &lowbit_data::Preprocess::ppocr(), Some(16))
+            .unwrap();
+    let (mut canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
+    assert!(lowbit_quant::qdq::split_activations(&mut canon) > 0);
+    let stats =
+        lowbit_quant::calibrate::calibrate(&canon, &[3, 48, 192], &photos.data, photos.n, 8, 2, true, &mut |_, _| {})
+            .unwrap();
+    (canon, stats, photos)
+}
