@@ -258,7 +258,6 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
     // `auto` scores its candidates on up to 1,000 calibration images (the same cap as sensitivity below).
     let auto_n = calib.n.min(1000);
     let (q, method, candidates) = if auto {
-        let n = auto_n;
         let (q, c) = lowbit_quant::select::choose_method(
             &canon,
             &stats,
@@ -267,8 +266,8 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
             // --no-bias-correction holds for auto too; otherwise auto tries both.
             if a.no_bias_correction { &[false] } else { &[true, false] },
             &image_shape,
-            &calib.data[..n * calib.image_len()],
-            n,
+            &calib.data[..auto_n * calib.image_len()],
+            auto_n,
             a.threads,
         )
         .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;

@@ -10,6 +10,8 @@ pub struct Features {
     pub avx512vnni: bool,
     pub avxvnni: bool,
     pub avx512vpopcntdq: bool,
+    /// Byte permutes (`vpermb`, `vpermi2b`): the integer table lookup.
+    pub avx512vbmi: bool,
     pub amx_int8: bool,
 }
 
@@ -25,6 +27,7 @@ impl Features {
                 avx512vnni: std::arch::is_x86_feature_detected!("avx512vnni"),
                 avxvnni: std::arch::is_x86_feature_detected!("avxvnni"),
                 avx512vpopcntdq: std::arch::is_x86_feature_detected!("avx512vpopcntdq"),
+                avx512vbmi: std::arch::is_x86_feature_detected!("avx512vbmi"),
                 amx_int8: amx_int8_cpuid(),
             }
         }
@@ -45,6 +48,7 @@ impl Features {
             (self.avx512vnni, "avx512vnni"),
             (self.avxvnni, "avxvnni"),
             (self.avx512vpopcntdq, "avx512vpopcntdq"),
+            (self.avx512vbmi, "avx512vbmi"),
             (self.amx_int8, "amx-int8"),
         ] {
             if on {

@@ -60,7 +60,7 @@ pub fn choose_method(
 ) -> Result<(QdqModel, Vec<Candidate>)> {
     let reference = all_logits(&mut Classifier::new(canon.clone(), image_shape.to_vec(), threads), data, n)?;
     // Only the scores are kept (not every candidate's model): the chosen model is built again at the end.
-    let mut scored: Vec<(Candidate, Vec<bool>)> = vec![];
+    let (mut cands, mut agrees_all) = (vec![], vec![]);
     if candidates.is_empty() || bias_correction.is_empty() {
         return Err(lowbit_core::Error::Invalid("no range method candidates to choose from".into()));
     }
@@ -77,36 +77,34 @@ pub fn choose_method(
             f64::INFINITY
         };
         let agreement = agrees.iter().filter(|&&a| a).count() as f64 / k;
-        scored.push((Candidate { method: m, bias_correction: bc, agreement, kl, tied_best: false }, agrees));
+        cands.push(Candidate { method: m, bias_correction: bc, agreement, kl, tied_best: false });
+        agrees_all.push(agrees);
     }
-    let top = pick(&mut scored.iter_mut().map(|(c, a)| (c, a.as_slice())).collect::<Vec<_>>());
-    let (chosen, _) = scored.remove(top);
+    let top = pick(&mut cands, &agrees_all);
+    let chosen = cands.remove(top);
     let q = build_qdq(
         canon,
         stats,
         &QdqConfig { method: chosen.method, bias_correction: chosen.bias_correction, ..base.clone() },
     )?;
-    let mut rest: Vec<Candidate> = scored.into_iter().map(|(c, _)| c).collect();
-    rest.sort_by(|a, b| b.tied_best.cmp(&a.tied_best).then(a.kl.total_cmp(&b.kl)));
-    let mut all = vec![chosen];
-    all.extend(rest);
-    Ok((q, all))
+    cands.sort_by(|a, b| b.tied_best.cmp(&a.tied_best).then(a.kl.total_cmp(&b.kl)));
+    cands.insert(0, chosen);
+    Ok((q, cands))
 }
 
-/// Marks the candidates tied with the most-agreeing one (`agrees[i]`: the candidate agrees with float on image `i`)
+/// Marks the candidates tied with the most-agreeing one (`agrees[i][j]`: candidate `i` agrees with float on image `j`)
 /// and returns the index of the tied one with the lowest KL (the earliest on equal KL).
-fn pick(cands: &mut [(&mut Candidate, &[bool])]) -> usize {
-    let count = |a: &[bool]| a.iter().filter(|&&x| x).count();
-    let lead = (0..cands.len()).fold(0, |b, i| if count(cands[i].1) > count(cands[b].1) { i } else { b });
-    let lead_agrees = cands[lead].1.to_vec();
+fn pick(cands: &mut [Candidate], agrees: &[Vec<bool>]) -> usize {
+    let counts: Vec<usize> = agrees.iter().map(|a| a.iter().filter(|&&x| x).count()).collect();
+    let lead = (0..cands.len()).fold(0, |b, i| if counts[i] > counts[b] { i } else { b });
     let mut chosen = lead;
-    for i in 0..cands.len() {
+    for (i, a) in agrees.iter().enumerate() {
         // Images where exactly one of the two agrees with float.
-        let only_lead = lead_agrees.iter().zip(cands[i].1).filter(|(&l, &c)| l && !c).count() as f64;
-        let only_this = lead_agrees.iter().zip(cands[i].1).filter(|(&l, &c)| !l && c).count() as f64;
+        let only_lead = agrees[lead].iter().zip(a).filter(|(&l, &c)| l && !c).count() as f64;
+        let only_this = agrees[lead].iter().zip(a).filter(|(&l, &c)| !l && c).count() as f64;
         let tied = only_lead - only_this <= 2.0 * (only_lead + only_this).sqrt();
-        cands[i].0.tied_best = tied;
-        if tied && (cands[i].0.kl < cands[chosen].0.kl || (cands[i].0.kl == cands[chosen].0.kl && i < chosen)) {
+        cands[i].tied_best = tied;
+        if tied && (cands[i].kl < cands[chosen].kl || (cands[i].kl == cands[chosen].kl && i < chosen)) {
             chosen = i;
         }
     }
@@ -127,8 +125,7 @@ mod tests {
 
     fn run(a: &[Vec<bool>], kl: &[f64]) -> (usize, Vec<bool>) {
         let mut c: Vec<Candidate> = kl.iter().map(|&k| cand(k)).collect();
-        let mut v: Vec<(&mut Candidate, &[bool])> = c.iter_mut().zip(a.iter().map(|x| x.as_slice())).collect();
-        let i = pick(&mut v);
+        let i = pick(&mut c, a);
         (i, c.iter().map(|c| c.tied_best).collect())
     }
 

@@ -136,12 +136,10 @@ enum Kind {
     },
     QAdd(qops::AddQ),
     QLut(Box<[u8; 256]>),
-    /// `c == 0`: same shapes; else `b` scales each of the `c` channels of NHWC `a` (`[n][plane][c]`).
+    /// Same shapes, or with `gate = Some((n, plane, c))` `b` scales each channel of NHWC `a` (`[n][plane][c]`).
     QMul {
         p: qops::MulQ,
-        n: usize,
-        plane: usize,
-        c: usize,
+        gate: Option<(usize, usize, usize)>,
     },
     QGap {
         n: usize,
@@ -438,13 +436,8 @@ impl Plan {
                     }
                     Unit::Lut { table, .. } => (Kind::QLut(table.clone()), "int8 table".into()),
                     Unit::Mul { qa, qb, qo, per_channel, .. } => {
-                        let p = qops::MulQ::new(*qa, *qb, *qo);
-                        let kind = if *per_channel {
-                            Kind::QMul { p, n: xs[0], plane: xs[2] * xs[3], c: xs[1] }
-                        } else {
-                            Kind::QMul { p, n: 0, plane: 0, c: 0 }
-                        };
-                        (kind, "int8 mul".into())
+                        let gate = per_channel.then(|| (xs[0], xs[2] * xs[3], xs[1]));
+                        (Kind::QMul { p: qops::MulQ::new(*qa, *qb, *qo), gate }, "int8 mul".into())
                     }
                     Unit::Gap { qi, qo, .. } => (
                         Kind::QGap { n: xs[0], plane: xs[2] * xs[3], c: xs[1], qi: *qi, qo: *qo },
@@ -1066,14 +1059,13 @@ unsafe fn exec_step(
             let x = bytes_in(base, s.ins[0].as_ref().unwrap());
             qops::lut(x, table, bytes_out(base, &s.out));
         }
-        Kind::QMul { p, n, plane, c } => {
+        Kind::QMul { p, gate } => {
             let a = bytes_in(base, s.ins[0].as_ref().unwrap());
             let b = bytes_in(base, s.ins[1].as_ref().unwrap());
             let o = bytes_out(base, &s.out);
-            if *c == 0 {
-                qops::mul(a, b, p, o);
-            } else {
-                qops::mul_channels(a, b, *n, *plane, *c, p, o);
+            match *gate {
+                None => qops::mul(a, b, p, o),
+                Some((n, plane, c)) => qops::mul_channels(a, b, n, plane, c, p, o),
             }
         }
         Kind::QGap { n, plane, c, qi, qo } => {

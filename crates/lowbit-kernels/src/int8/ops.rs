@@ -243,9 +243,8 @@ pub fn lut_scalar(x: &[u8], table: &[u8; 256], out: &mut [u8]) {
 pub fn vbmi() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *V.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vbmi")
+        let f = crate::isa::Features::detect();
+        f.avx512f && f.avx512bw && f.avx512vbmi
     })
 }
 
@@ -308,15 +307,12 @@ multiversion! {
     /// [`MulQ`] scaling each channel of NHWC `a` (`[n][plane][c]`) by one value of `b` (`[n][c]`), as a squeeze-and-
     /// excitation gate does.
     pub fn mul_channels(a: &[u8], b: &[u8], n: usize, plane: usize, c: usize, p: &MulQ, out: &mut [u8]) {
-        let mut gate = vec![0f32; c];
         for img in 0..n {
-            for (g, &v) in gate.iter_mut().zip(&b[img * c..(img + 1) * c]) {
-                *g = p.tb[v as usize];
-            }
+            let gate = &b[img * c..(img + 1) * c];
             let (a, out) = (&a[img * plane * c..(img + 1) * plane * c], &mut out[img * plane * c..(img + 1) * plane * c]);
             for (orow, arow) in out.chunks_exact_mut(c).zip(a.chunks_exact(c)) {
-                for ((o, &x), &g) in orow.iter_mut().zip(arow).zip(&gate) {
-                    *o = p.qo.quant(p.ta[x as usize] * g);
+                for ((o, &x), &g) in orow.iter_mut().zip(arow).zip(gate) {
+                    *o = p.qo.quant(p.ta[x as usize] * p.tb[g as usize]);
                 }
             }
         }
