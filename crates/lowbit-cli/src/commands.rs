@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use lowbit_core::{DType, Tensor};
 use lowbit_data::Split;
-use lowbit_kernels::isa::Features;
+use lowbit_kernels::isa::features;
 use lowbit_runtime::classify::{self, Classifier, EvalReport};
 use serde_json::json;
 
@@ -77,7 +77,7 @@ pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>)
         plan.arena_bytes() as f64 / 1e6,
         plan.scratch_bytes() as f64 / 1e6
     );
-    let f = Features::detect();
+    let f = features();
     println!("cpu       {}", f.names().join(" "));
     if let Some(p) = json_out {
         let layers: Vec<_> = plan
@@ -264,7 +264,7 @@ pub fn bench(
     let g = load_model(model)?;
     let ov = input_shape_s.map(parse_shape).transpose()?;
     let shape = input_shape(&g, batch.max(1), ov.as_deref())?;
-    let mut plan = compile(&g, model, shape.clone(), threads)?;
+    let plan = compile(&g, model, shape.clone(), threads)?;
     let specs = plan.input_specs();
     if specs[0].1 != DType::F32 {
         bail!("{}: bench feeds float32 inputs; this model's input is {}", model.display(), specs[0].1.name());
@@ -334,6 +334,16 @@ pub fn bench(
     let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
     let (median, p90) = (pct(0.5), pct(0.9));
     let mean = times.iter().sum::<f64>() / times.len() as f64;
+    // One more run counting each kernel call by path (complete with one thread: calls on the other
+    // pool threads are not seen), so a forced LOWBIT_ISA is shown to reach every step.
+    let (_, traces) = plan.run_traced(std::slice::from_ref(&x)).map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    let mut calls = lowbit_kernels::isa::trace::Counts::default();
+    for t in &traces {
+        calls.f32.iter_mut().zip(t.f32).for_each(|(a, b)| *a += b);
+        calls.int8.iter_mut().zip(t.int8).for_each(|(a, b)| *a += b);
+        calls.binary.iter_mut().zip(t.binary).for_each(|(a, b)| *a += b);
+    }
+    let paths = plan.paths();
     let gmacs = plan.macs() as f64 / 1e9 / (median / 1e3);
     let ips = batch as f64 / (median / 1e3);
     let int8 = plan.int8_steps() > 0;
@@ -354,6 +364,14 @@ pub fn bench(
             format!("{:.2}", plan.weight_bytes() as f64 / 1e6),
         ]],
     );
+    println!(
+        "paths: f32 {}, integer {}, binary {}; kernel calls per run: {} ({} on SIMD paths)",
+        paths.f32.name(),
+        paths.int8.name(),
+        paths.binary.name(),
+        calls.total(),
+        calls.simd()
+    );
     if let Some(p) = json_out {
         write_json(
             p,
@@ -362,7 +380,10 @@ pub fn bench(
                 "median_ms": median, "p90_ms": p90, "mean_ms": mean, "images_per_s": ips, "gmac_per_s": gmacs,
                 "peak_gmac_per_s": if int8 { Some(peak) } else { None }, "int8_steps": plan.int8_steps(),
                 "f32_fallbacks": plan.int8_notes(), "macs": plan.macs(), "arena_bytes": plan.arena_bytes(),
-                "weight_bytes": plan.weight_bytes(), "cpu_features": Features::detect().names()}),
+                "weight_bytes": plan.weight_bytes(), "cpu_features": lowbit_kernels::isa::features().names(),
+                "paths": {"f32": paths.f32.name(), "int8": paths.int8.name(), "binary": paths.binary.name()},
+                "kernel_calls": {"f32": calls.f32, "int8": calls.int8, "binary": calls.binary,
+                    "total": calls.total(), "simd": calls.simd(), "counted_threads": 1}}),
         )?;
     }
     Ok(BenchResult { median_ms: median, p90_ms: p90, gmacs })

@@ -40,7 +40,7 @@ fn bireal_rewrites_every_block() {
     let adds = br.graph.nodes.iter().filter(|n| n.op == Op::Add).count();
     assert_eq!(adds, 18, "one real-valued shortcut per binary convolution");
     // The rewritten graph still runs (float).
-    let mut p = Plan::compile(&br.graph, &[vec![1, 1, 28, 28]], &PlanOptions::default()).unwrap();
+    let p = Plan::compile(&br.graph, &[vec![1, 1, 28, 28]], &PlanOptions::default()).unwrap();
     let out = p.run(&[Tensor::f32(vec![1, 1, 28, 28], vec![0.1; 784])]).unwrap();
     assert_eq!(out[0].shape, vec![1, 10]);
     // The unclipped variant: no hardtanh on the real-valued path, still 18 binary convolutions.
@@ -80,8 +80,8 @@ fn binary_plan_equals_fake_quant_on_every_path() {
         .collect();
     for bisa in BinIsa::all_supported() {
         for isa in [Isa::Scalar, Isa::best()] {
-            let opts = PlanOptions { threads: 2, isa: Some(isa), bin_isa: Some(bisa), ..Default::default() };
-            let mut p = Plan::compile(&g, &[vec![1, 1, 28, 28]], &opts).unwrap();
+            let opts = PlanOptions { threads: 2, ..Default::default() }.with_isa(isa).with_bin_isa(bisa);
+            let p = Plan::compile(&g, &[vec![1, 1, 28, 28]], &opts).unwrap();
             let binary_steps = p.steps().iter().filter(|s| s.kernel.starts_with("binary")).count();
             assert_eq!(binary_steps, nbin, "{}: every binary convolution runs on the binary kernel", bisa.name());
             assert!(p.int8_notes().is_empty(), "f32 fallbacks: {:?}", p.int8_notes());
@@ -125,7 +125,7 @@ fn onnx_runtime_runs_the_binary_export() {
     let (oshape, ort) = ort_run(&path, &set.data, &shape, "binary-ort-run");
     let (_, ort_sim) = ort_run_opt(&path, &set.data, &shape, "binary-ort-run-noopt", false);
     assert_eq!(oshape, vec![set.n, 10]);
-    let mut p = Plan::compile(&g, &[shape.clone()], &PlanOptions { threads: 2, ..Default::default() }).unwrap();
+    let p = Plan::compile(&g, &[shape.clone()], &PlanOptions { threads: 2, ..Default::default() }).unwrap();
     let ours = p.run(&[Tensor::f32(shape, set.data.clone())]).unwrap()[0].to_f32_vec();
     let agree = |a: &[f32], b: &[f32]| {
         (0..set.n).filter(|&i| argmax(&a[i * 10..(i + 1) * 10]) == argmax(&b[i * 10..(i + 1) * 10])).count()

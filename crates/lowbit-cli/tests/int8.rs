@@ -102,8 +102,8 @@ fn check_exact(tag: &str, g: &Graph, model: &str, n: usize) {
         want.push(fakequant::run(&g, &[x]).unwrap());
     }
     for isa in Isa::all_supported() {
-        let opts = PlanOptions { threads: 2, isa: Some(isa), ..Default::default() };
-        let mut p = Plan::compile(&g, &[[vec![1], shape.clone()].concat()], &opts).unwrap();
+        let opts = PlanOptions { threads: 2, ..Default::default() }.with_isa(isa);
+        let p = Plan::compile(&g, &[[vec![1], shape.clone()].concat()], &opts).unwrap();
         assert!(p.int8_steps() > 0, "{tag}: no integer steps");
         let mut int8_values = 0;
         for (i, w) in want.iter().enumerate() {
@@ -220,7 +220,7 @@ fn ort_qdq_files_agree_with_onnx_runtime() {
         let g = lowbit_onnx::read_model(&path).unwrap();
         let (data, shape, n) = images(m, n);
         let full = [vec![n], shape.clone()].concat();
-        let mut p = Plan::compile(&g, &[full.clone()], &PlanOptions { threads: 2, ..Default::default() }).unwrap();
+        let p = Plan::compile(&g, &[full.clone()], &PlanOptions { threads: 2, ..Default::default() }).unwrap();
         let ours = top1(&p.run(&[Tensor::f32(full.clone(), data.clone())]).unwrap()[0].to_f32_vec(), n);
         let ort_int8 = top1(&ort_run_opt(&path, &data, &full, &format!("int8-{m}"), true).1, n);
         let ort_sim = top1(&ort_run_opt(&path, &data, &full, &format!("int8s-{m}"), false).1, n);
@@ -317,7 +317,7 @@ fn corrupted_qdq_models_never_panic() {
                 let mut h = g.clone();
                 h.initializers.insert(name.clone(), v);
                 let r = std::panic::catch_unwind(|| {
-                    let mut p = Plan::compile(&h, &[full.clone()], &PlanOptions::default())?;
+                    let p = Plan::compile(&h, &[full.clone()], &PlanOptions::default())?;
                     p.run(std::slice::from_ref(&x))
                 });
                 match r {
@@ -374,8 +374,8 @@ fn reshape_into_a_spatial_plane_keeps_the_fake_quant_values() {
     let x = Tensor::f32(vec![1, 8], vec![0.9, -1.2, 2.0, 0.35, -0.4, 1.7, 0.05, -2.2]);
     let want = fakequant::run(&g, std::slice::from_ref(&x)).unwrap();
     for isa in Isa::all_supported() {
-        let opts = PlanOptions { isa: Some(isa), ..Default::default() };
-        let mut p = Plan::compile(&g, &[vec![1, 8]], &opts).unwrap();
+        let opts = PlanOptions::default().with_isa(isa);
+        let p = Plan::compile(&g, &[vec![1, 8]], &opts).unwrap();
         assert!(p.int8_steps() > 0, "{}: the convolution should run on integers", isa.name());
         let got = p.run(std::slice::from_ref(&x)).unwrap();
         assert_eq!(got[0].data, want["y"].data, "{}", isa.name());

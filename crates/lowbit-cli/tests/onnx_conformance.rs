@@ -97,7 +97,7 @@ fn run_case(dir: &Path) -> Outcome {
             return Outcome::Skip("an input has no data".into());
         }
         let shapes: Vec<Vec<usize>> = feeds.iter().map(|t| t.shape.clone()).collect();
-        let mut plan = match Plan::compile(&g, &shapes, &PlanOptions::default()) {
+        let plan = match Plan::compile(&g, &shapes, &PlanOptions::default()) {
             Ok(p) => p,
             Err(e) => return Outcome::Skip(e.to_string()),
         };

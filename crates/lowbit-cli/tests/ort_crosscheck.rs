@@ -14,7 +14,7 @@ fn check(model: &str, data: std::path::PathBuf, pre: Preprocess) {
     assert_eq!(set.n, 16, "{}: need 16 images", data.display());
     let shape = vec![set.n, set.c, set.h, set.w];
     for threads in [1, 2] {
-        let mut plan = Plan::compile(&g, &[shape.clone()], &PlanOptions { threads, ..Default::default() }).unwrap();
+        let plan = Plan::compile(&g, &[shape.clone()], &PlanOptions { threads, ..Default::default() }).unwrap();
         let out = plan.run(&[lowbit_core::Tensor::f32(shape.clone(), set.data.clone())]).unwrap().remove(0);
         let (oshape, want) = ort_run(&path, &set.data, &shape, model);
         assert_eq!(out.shape, oshape, "{model}: output shape");

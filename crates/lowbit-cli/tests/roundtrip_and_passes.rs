@@ -24,8 +24,7 @@ fn input(shape: &[usize]) -> Tensor {
 }
 
 fn run(g: &Graph, shape: &[usize], optimize: bool) -> Vec<f32> {
-    let mut p =
-        Plan::compile(g, &[shape.to_vec()], &PlanOptions { threads: 1, optimize, ..Default::default() }).unwrap();
+    let p = Plan::compile(g, &[shape.to_vec()], &PlanOptions { threads: 1, optimize, ..Default::default() }).unwrap();
     p.run(&[input(shape)]).unwrap().remove(0).to_f32_vec()
 }
 
@@ -155,7 +154,7 @@ fn hardsigmoid_times_input_becomes_hardswish_only_when_exact() {
         assert_eq!(lowbit_core::passes::fuse_hardswish(&mut c), fused, "alpha {alpha}, other {other}");
         assert_eq!(c.nodes.iter().filter(|n| n.op == Op::HardSwish).count(), fused);
         let out = |g: &Graph| {
-            let mut p =
+            let p =
                 Plan::compile(g, &[vec![1, 64], vec![1, 64]], &PlanOptions { optimize: false, ..Default::default() })
                     .unwrap();
             p.run(&[Tensor::f32(vec![1, 64], x.clone()), Tensor::f32(vec![1, 64], z.clone())])

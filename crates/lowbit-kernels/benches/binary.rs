@@ -8,8 +8,10 @@ use std::time::Instant;
 
 use lowbit_core::Act;
 use lowbit_kernels::binary::{BinConv, BinIsa};
-use lowbit_kernels::f32conv::{conv2d, ConvGeom, PackedConv};
+use lowbit_kernels::fp32::conv::{conv2d, PackedConv};
+use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::int8::{Out, OutPtr, Requant};
+use lowbit_kernels::isa::F32Isa;
 
 fn time_it(mut f: impl FnMut()) -> f64 {
     f();
@@ -35,7 +37,7 @@ fn main() {
         ("resnet18 layer3.0 3x3 128->256 s2", 128, 256, 28, 2),
     ];
     let mut rows = vec![];
-    let bound = BinIsa::Avx512.measured_bound_gmacs();
+    let bound = lowbit_kernels::binary::measured_bound_gmacs(BinIsa::Avx512);
     if bound > 0.0 {
         println!("avx512vpopcntdq register-only bound (xor + popcount + add, no loads): {bound:.0} G binary MAC/s");
     }
@@ -61,10 +63,10 @@ fn main() {
         };
         let macs = g.macs() as f64;
         let wf: Vec<f32> = (0..co * ci * 9).map(|i| if (i * 2654435761usize) % 7 < 3 { -0.1 } else { 0.1 }).collect();
-        let p = PackedConv::new(g.clone(), wf.clone(), Some(vec![0.0; co]), Act::None);
+        let p = PackedConv::new(F32Isa::best(), g.clone(), wf.clone(), Some(vec![0.0; co]), Act::None);
         let xf: Vec<f32> = (0..ci * hw * hw).map(|i| ((i * 37) % 255) as f32 / 255.0 - 0.5).collect();
         let mut of = vec![0f32; co * o * o];
-        let mut sf = vec![0f32; g.scratch_len()];
+        let mut sf = vec![0f32; p.scratch_len()];
         let tf = time_it(|| conv2d(&p, &xf, &mut of, &mut sf, 1));
         let w: Vec<i8> = wf.iter().map(|&v| if v < 0.0 { -1 } else { 1 }).collect();
         let x: Vec<u8> = (0..ci * hw * hw).map(|i| ((i * 37) % 255) as u8).collect();

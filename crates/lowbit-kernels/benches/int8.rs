@@ -5,9 +5,10 @@
 
 use std::time::Instant;
 
-use lowbit_kernels::f32conv::ConvGeom;
-use lowbit_kernels::f32gemm;
+use lowbit_kernels::fp32::gemm as f32gemm;
+use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::int8::{self, measured_peak_gmacs, Isa, Out, OutPtr, PackedB, QConv, Requant};
+use lowbit_kernels::isa::F32Isa;
 
 fn time_it(mut f: impl FnMut()) -> f64 {
     f();
@@ -82,8 +83,23 @@ fn main() {
         let bias = vec![0f32; n];
         // f32 peer: the same product as lowbit's f32 conv runs it (C[n×m] = W[n×k]·A[k×m]).
         let at: Vec<f32> = (0..k * m).map(|i| af[(i % m) * k + i / m]).collect();
-        let tf =
-            time_it(|| f32gemm::sgemm_bias_act(n, m, k, &wf, k, &at, m, &bias, lowbit_core::Act::None, &mut cf, m, 1));
+        let tf = time_it(|| {
+            f32gemm::sgemm_bias_act(
+                F32Isa::best(),
+                n,
+                m,
+                k,
+                &wf,
+                k,
+                &at,
+                m,
+                &bias,
+                lowbit_core::Act::None,
+                &mut cf,
+                m,
+                1,
+            )
+        });
         for isa in Isa::all_supported() {
             let b = PackedB::new(isa, k, n, |kk, j| ((kk * 31 + j * 17) % 255) as i8);
             let rq = requant_u8(n, f32::INFINITY);

@@ -4,6 +4,8 @@
 
 use lowbit_core::Act;
 
+use crate::isa::{trace, F32Isa};
+
 #[inline(always)]
 fn act_impl(act: Act, x: &mut [f32]) {
     match act {
@@ -20,13 +22,25 @@ unsafe fn act_avx512(act: Act, x: &mut [f32]) {
     act_impl(act, x)
 }
 
-/// Applies `act` to every element in place.
-pub fn apply_act(act: Act, x: &mut [f32]) {
+/// Applies `act` to every element in place, on path `isa` (the loop compiled for AVX-512 or AVX2,
+/// or portable: the same IEEE operations, so the same bits).
+pub fn apply_act(isa: F32Isa, act: Act, x: &mut [f32]) {
+    assert!(isa.supported(), "f32 path {} is not supported by this CPU", isa.name());
+    trace::f32(isa);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F.
-        return unsafe { act_avx512(act, x) };
+    match isa {
+        // SAFETY: the CPU supports the path (asserted above).
+        F32Isa::Avx512 => return unsafe { act_avx512(act, x) },
+        // SAFETY: as above.
+        F32Isa::Avx2 => return unsafe { act_avx2(act, x) },
+        F32Isa::Scalar => {}
     }
+    act_impl(act, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn act_avx2(act: Act, x: &mut [f32]) {
     act_impl(act, x)
 }
 
@@ -158,22 +172,33 @@ unsafe fn binary_avx512(op: BinOp, bc: &Broadcast, a: &[f32], b: &[f32], out: &m
 }
 
 /// `out = a (op) b` with numpy broadcasting described by `bc`.
-pub fn binary(op: BinOp, bc: &Broadcast, a: &[f32], b: &[f32], out: &mut [f32]) {
+pub fn binary(isa: F32Isa, op: BinOp, bc: &Broadcast, a: &[f32], b: &[f32], out: &mut [f32]) {
+    assert!(isa.supported(), "f32 path {} is not supported by this CPU", isa.name());
+    trace::f32(isa);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F.
-        return unsafe { binary_avx512(op, bc, a, b, out) };
+    match isa {
+        // SAFETY: the CPU supports the path (asserted above).
+        F32Isa::Avx512 => return unsafe { binary_avx512(op, bc, a, b, out) },
+        // SAFETY: as above.
+        F32Isa::Avx2 => return unsafe { binary_avx2(op, bc, a, b, out) },
+        F32Isa::Scalar => {}
     }
+    binary_impl(op, bc, a, b, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn binary_avx2(op: BinOp, bc: &Broadcast, a: &[f32], b: &[f32], out: &mut [f32]) {
     binary_impl(op, bc, a, b, out)
 }
 
 /// [`binary`] split over threads along the outermost broadcast dimension (or in equal chunks when
 /// the pattern collapsed to one dimension). Small tensors run on the calling thread.
-pub fn binary_par(op: BinOp, bc: &Broadcast, a: &[f32], b: &[f32], out: &mut [f32], threads: usize) {
+pub fn binary_par(isa: F32Isa, op: BinOp, bc: &Broadcast, a: &[f32], b: &[f32], out: &mut [f32], threads: usize) {
     use rayon::prelude::*;
     let total = out.len();
     if threads <= 1 || total < 1 << 15 {
-        return binary(op, bc, a, b, out);
+        return binary(isa, op, bc, a, b, out);
     }
     let parts = threads * 2;
     if bc.dims.len() == 1 {
@@ -182,7 +207,7 @@ pub fn binary_par(op: BinOp, bc: &Broadcast, a: &[f32], b: &[f32], out: &mut [f3
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
             let start = i * chunk;
             let sub = Broadcast { dims: vec![o.len()], a_strides: vec![sa], b_strides: vec![sb] };
-            binary(op, &sub, &a[start * sa..], &b[start * sb..], o);
+            binary(isa, op, &sub, &a[start * sa..], &b[start * sb..], o);
         });
         return;
     }
@@ -193,16 +218,16 @@ pub fn binary_par(op: BinOp, bc: &Broadcast, a: &[f32], b: &[f32], out: &mut [f3
         let r0 = i * rows;
         let mut sub = bc.clone();
         sub.dims[0] = o.len() / inner;
-        binary(op, &sub, &a[r0 * bc.a_strides[0]..], &b[r0 * bc.b_strides[0]..], o);
+        binary(isa, op, &sub, &a[r0 * bc.a_strides[0]..], &b[r0 * bc.b_strides[0]..], o);
     });
 }
 
 /// [`apply_act`] split over threads for large tensors.
-pub fn apply_act_par(act: Act, x: &mut [f32], threads: usize) {
+pub fn apply_act_par(isa: F32Isa, act: Act, x: &mut [f32], threads: usize) {
     use rayon::prelude::*;
     if threads <= 1 || x.len() < 1 << 15 {
-        return apply_act(act, x);
+        return apply_act(isa, act, x);
     }
     let chunk = x.len().div_ceil(threads * 2);
-    x.par_chunks_mut(chunk).for_each(|c| apply_act(act, c));
+    x.par_chunks_mut(chunk).for_each(|c| apply_act(isa, act, c));
 }

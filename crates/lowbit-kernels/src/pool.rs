@@ -1,18 +1,29 @@
 //! f32 pooling over NCHW planes: max and average with the same row-range trick as the depthwise
 //! kernel (no per-element bounds checks inside the window), and global average pooling.
 
-use crate::f32conv::{valid_range, ConvGeom};
 use rayon::prelude::*;
 
-/// Window geometry for pooling reuses [`ConvGeom`] (`c_in == c_out`, `group` unused).
-pub type PoolGeom = ConvGeom;
+use crate::geom::valid_range;
+pub use crate::geom::PoolGeom;
+use crate::isa::{trace, F32Isa};
 
-fn pool_plane(g: &PoolGeom, max: bool, count_include_pad: bool, pb: usize, pr: usize, src: &[f32], out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn pool_plane(
+    isa: F32Isa,
+    g: &PoolGeom,
+    max: bool,
+    count_include_pad: bool,
+    pb: usize,
+    pr: usize,
+    src: &[f32],
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    if max && g.sw <= 2 && g.kw <= 16 && crate::f32gemm::avx512_available() {
-        // SAFETY: AVX-512F is available; loads are masked to the plane's columns, rows range-checked.
+    if max && g.sw <= 2 && g.kw <= 16 && isa == F32Isa::Avx512 {
+        // SAFETY: the AVX-512 path runs here (checked by `pool2d`); loads are masked to the plane's
+        // columns, rows range-checked.
         unsafe {
-            crate::f32conv::window_avx512::<true>(g, src, &[], f32::NEG_INFINITY, f32::NEG_INFINITY, f32::INFINITY, out)
+            crate::fp32::avx512::window::<true>(g, src, &[], f32::NEG_INFINITY, f32::NEG_INFINITY, f32::INFINITY, out)
         };
         return;
     }
@@ -73,6 +84,7 @@ fn pool_plane(g: &PoolGeom, max: bool, count_include_pad: bool, pb: usize, pr: u
 /// for `count_include_pad`).
 #[allow(clippy::too_many_arguments)]
 pub fn pool2d(
+    isa: F32Isa,
     g: &PoolGeom,
     planes: usize,
     max: bool,
@@ -83,8 +95,10 @@ pub fn pool2d(
     out: &mut [f32],
     threads: usize,
 ) {
+    assert!(isa.supported(), "f32 path {} is not supported by this CPU", isa.name());
+    trace::f32(isa);
     let (ip, op) = (g.h * g.w, g.oh * g.ow);
-    let job = |p: usize, o: &mut [f32]| pool_plane(g, max, count_include_pad, pb, pr, &x[p * ip..(p + 1) * ip], o);
+    let job = |p: usize, o: &mut [f32]| pool_plane(isa, g, max, count_include_pad, pb, pr, &x[p * ip..(p + 1) * ip], o);
     if threads > 1 && planes * ip > 1 << 16 {
         out[..planes * op].par_chunks_mut(op).enumerate().for_each(|(p, o)| job(p, o));
     } else {

@@ -4,7 +4,7 @@
 //! strides, dilation, asymmetric padding), zero points at the extremes and saturating outputs.
 
 use lowbit_kernels::binary::{pack_f32_nchw, pack_u8, words, BinConv, BinIsa};
-use lowbit_kernels::f32conv::ConvGeom;
+use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::int8::{epilogue_f32, quantize_one, Out, OutPtr, Requant};
 use proptest::prelude::*;
 

@@ -4,7 +4,9 @@
 
 use lowbit_core::{Act, ConvAttrs, Node, Op, PoolAttrs, Tensor};
 use lowbit_kernels::eltwise::{self, BinOp, Broadcast};
-use lowbit_kernels::f32conv::{conv2d, ConvGeom, PackedConv};
+use lowbit_kernels::fp32::conv::{conv2d, PackedConv};
+use lowbit_kernels::geom::ConvGeom;
+use lowbit_kernels::isa::F32Isa;
 use lowbit_kernels::{pool, reference};
 use proptest::prelude::*;
 
@@ -105,15 +107,17 @@ proptest! {
         let win = lowbit_core::shape::window(&xs[2..], &ws[2..], &attrs.strides, &attrs.dilations, &attrs.pads, attrs.auto_pad, false).unwrap();
         let g = ConvGeom { c_in: c.c_in, h: c.h, w: c.w, c_out: c.c_out, kh: c.k.0, kw: c.k.1, sh: c.s, sw: c.s, dh: c.d, dw: c.d,
             pt: c.pads[0], pl: c.pads[1], oh: win.out[0], ow: win.out[1], group: c.group };
-        let p = PackedConv::new(g.clone(), w.to_f32_vec(), Some(b.to_f32_vec()), act);
-        let mut out = vec![f32::NAN; batch * c.c_out * g.oh * g.ow];
-        let mut scratch = vec![0.0; g.scratch_len()];
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        let (isz, osz) = (c.c_in * c.h * c.w, c.c_out * g.oh * g.ow);
-        pool.install(|| for n in 0..batch {
-            conv2d(&p, &x.to_f32_vec()[n * isz..(n + 1) * isz], &mut out[n * osz..(n + 1) * osz], &mut scratch, threads);
-        });
-        close(&out, want.as_f32().unwrap(), 1e-4)?;
+        for isa in F32Isa::all_supported() {
+            let p = PackedConv::new(isa, g.clone(), w.to_f32_vec(), Some(b.to_f32_vec()), act);
+            let mut out = vec![f32::NAN; batch * c.c_out * g.oh * g.ow];
+            let mut scratch = vec![0.0; p.scratch_len()];
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let (isz, osz) = (c.c_in * c.h * c.w, c.c_out * g.oh * g.ow);
+            pool.install(|| for n in 0..batch {
+                conv2d(&p, &x.to_f32_vec()[n * isz..(n + 1) * isz], &mut out[n * osz..(n + 1) * osz], &mut scratch, threads);
+            });
+            close(&out, want.as_f32().unwrap(), 1e-4)?;
+        }
     }
 
     /// MobileNet's stride-2 depthwise shape (3x3, stride 2, left padding 1), which the random
@@ -136,11 +140,13 @@ proptest! {
         let want = reference::eval(&node, &[Some(&x), Some(&wt), Some(&b)]).unwrap().remove(0);
         let win = lowbit_core::shape::window(&xs[2..], &ws[2..], &attrs.strides, &attrs.dilations, &attrs.pads, attrs.auto_pad, false).unwrap();
         let g = ConvGeom { c_in: c, h, w, c_out: c, kh: 3, kw: 3, sh: 2, sw: 2, dh: 1, dw: 1, pt, pl: 1, oh: win.out[0], ow: win.out[1], group: c };
-        let p = PackedConv::new(g.clone(), wt.to_f32_vec(), Some(b.to_f32_vec()), act);
-        let mut out = vec![f32::NAN; c * g.oh * g.ow];
-        let mut scratch = vec![0.0; g.scratch_len()];
-        conv2d(&p, &x.to_f32_vec(), &mut out, &mut scratch, 1);
-        close(&out, want.as_f32().unwrap(), 1e-4)?;
+        for isa in F32Isa::all_supported() {
+            let p = PackedConv::new(isa, g.clone(), wt.to_f32_vec(), Some(b.to_f32_vec()), act);
+            let mut out = vec![f32::NAN; c * g.oh * g.ow];
+            let mut scratch = vec![0.0; p.scratch_len()];
+            conv2d(&p, &x.to_f32_vec(), &mut out, &mut scratch, 1);
+            close(&out, want.as_f32().unwrap(), 1e-4)?;
+        }
     }
 
     #[test]
@@ -155,9 +161,11 @@ proptest! {
         let want = reference::eval(&node, &[Some(&x)]).unwrap().remove(0);
         let win = lowbit_core::shape::window(&[h, w], &[k.0, k.1], &attrs.strides, &[], &pads, attrs.auto_pad, ceil).unwrap();
         let g = ConvGeom { c_in: c, h, w, c_out: c, kh: k.0, kw: k.1, sh: s, sw: s, dh: 1, dw: 1, pt: pads[0], pl: pads[1], oh: win.out[0], ow: win.out[1], group: 1 };
-        let mut out = vec![f32::NAN; c * g.oh * g.ow];
-        pool::pool2d(&g, c, max, cip, win.pads_end[0], win.pads_end[1], x.as_f32().unwrap(), &mut out, 1);
-        close(&out, want.as_f32().unwrap(), 1e-5)?;
+        for isa in F32Isa::all_supported() {
+            let mut out = vec![f32::NAN; c * g.oh * g.ow];
+            pool::pool2d(isa, &g, c, max, cip, win.pads_end[0], win.pads_end[1], x.as_f32().unwrap(), &mut out, 1);
+            close(&out, want.as_f32().unwrap(), 1e-5)?;
+        }
     }
 
     #[test]
@@ -170,15 +178,17 @@ proptest! {
         let (bop, o) = match op { 0 => (BinOp::Add, Op::Add), 1 => (BinOp::Sub, Op::Sub), 2 => (BinOp::Mul, Op::Mul), _ => (BinOp::Div, Op::Div) };
         let node = Node { name: "e".into(), op: o, inputs: vec!["a".into(), "b".into()], outputs: vec!["y".into()] };
         let want = reference::eval(&node, &[Some(&ta), Some(&tb)]).unwrap().remove(0);
-        let mut got = vec![f32::NAN; out.iter().product()];
-        eltwise::binary(bop, &Broadcast::new(&a, &b, &out), ta.as_f32().unwrap(), tb.as_f32().unwrap(), &mut got);
-        close(&got, want.as_f32().unwrap(), 1e-6)?;
+        for isa in F32Isa::all_supported() {
+            let mut got = vec![f32::NAN; out.iter().product()];
+            eltwise::binary(isa, bop, &Broadcast::new(&a, &b, &out), ta.as_f32().unwrap(), tb.as_f32().unwrap(), &mut got);
+            close(&got, want.as_f32().unwrap(), 1e-6)?;
+        }
         // and with the operands swapped
         let out2 = lowbit_core::shape::broadcast(&b, &a).unwrap();
         let node2 = Node { inputs: vec!["b".into(), "a".into()], ..node };
         let want2 = reference::eval(&node2, &[Some(&tb), Some(&ta)]).unwrap().remove(0);
         let mut got2 = vec![f32::NAN; out2.iter().product()];
-        eltwise::binary(bop, &Broadcast::new(&b, &a, &out2), tb.as_f32().unwrap(), ta.as_f32().unwrap(), &mut got2);
+        eltwise::binary(F32Isa::best(), bop, &Broadcast::new(&b, &a, &out2), tb.as_f32().unwrap(), ta.as_f32().unwrap(), &mut got2);
         close(&got2, want2.as_f32().unwrap(), 1e-6)?;
     }
 }

@@ -3,7 +3,7 @@
 //! the extremes and outputs that saturate; and the convolution driver against a naive
 //! definition of the arithmetic contract.
 
-use lowbit_kernels::f32conv::ConvGeom;
+use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::int8::{self, epilogue_f32, quantize_one, Isa, Out, OutPtr, PackedB, QConv, Requant};
 use proptest::prelude::*;
 

@@ -1,14 +1,24 @@
 //! `lowbit-runtime` turns a [`lowbit_core::Graph`] into a compiled [`Plan`] for concrete input
-//! shapes and runs it: shape specialization and constant folding ([`specialize`]), kernel choice and
-//! weight packing, a liveness-based activation arena ([`memory`]) and a thread pool. It contains no
-//! kernel math: that lives in `lowbit-kernels`.
+//! shapes and runs it: shape specialization and constant folding ([`specialize`]), integer-unit
+//! fusion of QDQ patterns (`qfuse`), buffer layout by liveness (`layout`, [`memory`]), kernel
+//! choice and weight packing per node (`lower`), and the interpreter (`exec`) with a thread pool.
+//! A plan is immutable once compiled; each run owns a [`State`]. It contains no kernel math: that
+//! lives in `lowbit-kernels`. Also: the fake-quant executor ([`fakequant`]) and classification
+//! metrics ([`classify`]).
 
 pub mod classify;
+mod exec;
 pub mod fakequant;
+mod layout;
+mod lower;
 pub mod memory;
 mod plan;
 mod qfuse;
 pub mod specialize;
+mod step;
 
-pub use plan::{Plan, PlanOptions, StepInfo};
+pub use exec::State;
+pub use layout::{MAX_ARENA_BYTES, MAX_BUFFER_BYTES};
+pub use plan::{Plan, PlanOptions};
 pub use specialize::{canonicalize_free, specialize, Specialized};
+pub use step::StepInfo;

@@ -121,6 +121,28 @@ pub(crate) struct Fusion {
     pub notes: Vec<String>,
 }
 
+impl Fusion {
+    /// The nodes in step order, each integer unit in place of its anchor node (an alias becomes an
+    /// Identity), absorbed nodes dropped.
+    pub fn interleave(&self, g: &Graph) -> Vec<(Node, Option<Unit>)> {
+        let mut items = vec![];
+        for (i, n) in g.nodes.iter().enumerate() {
+            if self.skip.contains(&i) {
+                continue;
+            }
+            match self.units.get(&i) {
+                Some((u, out)) => {
+                    let op = if matches!(u, Unit::Alias { .. }) { Op::Identity } else { n.op.clone() };
+                    let node = Node { name: n.name.clone(), op, inputs: u.inputs(), outputs: vec![out.clone()] };
+                    items.push((node, Some(u.clone())));
+                }
+                None => items.push((n.clone(), None)),
+            }
+        }
+        items
+    }
+}
+
 /// Per-tensor parameters of a Q or DQ node with constant scale and zero point.
 pub(crate) fn qparams(g: &Graph, n: &Node) -> Option<QParams> {
     let s = g.initializers.get(n.input(1)?)?;
@@ -490,7 +512,7 @@ fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Resul
     if sw.len() != 1 && sw.len() != n_out {
         return Err(Some("weight scale length does not match the outputs".into()));
     }
-    let (lo, hi) = lowbit_kernels::f32gemm::clamp_of(act)
+    let (lo, hi) = lowbit_kernels::fp32::layout::clamp_of(act)
         .ok_or_else(|| Some(format!("fused activation {act:?} has no integer epilogue")))?;
     let scale: Vec<f32> = (0..n_out).map(|c| xq.scale * sw[if sw.len() == 1 { 0 } else { c }]).collect();
     let (bias_i, bias_f) = bias_parts(spec, n, &scale).map_err(Some)?;
@@ -530,7 +552,7 @@ fn bin_unit(
     }
     let scale: Vec<f32> = (0..n_out).map(|o| lq.scale * sw[if sw.len() == 1 { 0 } else { o }]).collect();
     let mul = (1.0 / lq.scale).round() as i32;
-    let (lo, hi) = lowbit_kernels::f32gemm::clamp_of(c.act)
+    let (lo, hi) = lowbit_kernels::fp32::layout::clamp_of(c.act)
         .ok_or_else(|| format!("fused activation {:?} has no integer epilogue", c.act))?;
     let (bias_i, bias_f) = bias_parts(spec, n, &scale)?;
     Ok(BinUnit { x, zx, w, wshape: ws, mul, scale, bias_i, bias_f, lo, hi, out: Out::F32, conv: c.clone() })

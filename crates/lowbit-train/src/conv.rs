@@ -23,8 +23,34 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::FlexTensor;
 use lowbit_core::Act;
-use lowbit_kernels::f32conv::{self, ConvGeom, PackedConv};
-use lowbit_kernels::f32gemm::sgemm_bias_act;
+use lowbit_kernels::fp32::conv::{self as f32conv, PackedConv};
+use lowbit_kernels::fp32::gemm as f32gemm;
+use lowbit_kernels::geom::ConvGeom;
+use lowbit_kernels::isa::{F32Isa, Paths};
+
+/// The f32 path training's kernels run on (`LOWBIT_ISA`, else the best this CPU has).
+fn f32_path() -> F32Isa {
+    Paths::selected_or_scalar().f32
+}
+
+/// [`f32gemm::sgemm_bias_act`] on [`f32_path`].
+#[allow(clippy::too_many_arguments)]
+fn sgemm_bias_act(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    bias: &[f32],
+    act: Act,
+    c: &mut [f32],
+    ldc: usize,
+    threads: usize,
+) {
+    f32gemm::sgemm_bias_act(f32_path(), m, n, k, a, lda, b, ldb, bias, act, c, ldc, threads)
+}
 use rayon::prelude::*;
 
 /// `[stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right]`.
@@ -135,7 +161,7 @@ impl Geom {
 /// `col[(c·kh + ki)·kw + kj][y·ow + x] = img[c][y·s + ki - pt][x·s + kj - pl]` (0 outside).
 fn im2col(g: &Geom, img: &[f32], col: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if lowbit_kernels::f32gemm::avx512_available() {
+    if f32_path() == F32Isa::Avx512 {
         // SAFETY: AVX-512F is available.
         return unsafe { avx512::im2col(g, img, col) };
     }
@@ -145,7 +171,7 @@ fn im2col(g: &Geom, img: &[f32], col: &mut [f32]) {
 /// The adjoint of [`im2col`]: `img` (zeroed by the caller) accumulates every column entry.
 fn col2im(g: &Geom, col: &[f32], img: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if lowbit_kernels::f32gemm::avx512_available() {
+    if f32_path() == F32Isa::Avx512 {
         // SAFETY: AVX-512F is available.
         return unsafe { avx512::col2im(g, col, img) };
     }
@@ -256,8 +282,8 @@ fn flex(v: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
 /// its shifted-rows path, without im2col), the weights packed once, images in parallel.
 fn conv_images(geom: ConvGeom, weight: Vec<f32>, src: &[f32], n: usize) -> Vec<f32> {
     let (in_len, out_len) = (geom.c_in * geom.h * geom.w, geom.c_out * geom.oh * geom.ow);
-    let scratch = geom.scratch_len();
-    let p = PackedConv::new(geom, weight, None, Act::None);
+    let p = PackedConv::new(f32_path(), geom, weight, None, Act::None);
+    let scratch = p.scratch_len();
     crate::par_build_init(
         n * out_len,
         out_len,

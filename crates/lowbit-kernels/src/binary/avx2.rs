@@ -4,9 +4,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{BinConv, PANEL};
+use crate::binary::layout::{BinConv, PANEL};
+use crate::epilogue::{OutPtr, Requant};
 use crate::int8::avx2::store8;
-use crate::int8::{OutPtr, Requant};
 
 #[inline(always)]
 unsafe fn popcnt64x4(v: __m256i, lut: __m256i, low: __m256i) -> __m256i {
@@ -16,10 +16,10 @@ unsafe fn popcnt64x4(v: __m256i, lut: __m256i, low: __m256i) -> __m256i {
     _mm256_sad_epu8(cnt, _mm256_setzero_si256())
 }
 
-/// Rows `m0..m0+mn` of weight panel `p` (see [`BinConv::run_packed`]).
+/// Rows `m0..m0+mn` of weight panel `p` (see [`BinConv::run_u8`]).
 ///
 /// # Safety
-/// As for [`super::scalar::panel`]; the CPU has AVX2 and FMA.
+/// As for [`crate::binary::scalar::panel`]; the CPU has AVX2 and FMA.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn panel(
@@ -97,13 +97,13 @@ pub(crate) unsafe fn panel(
     }
 }
 
-/// [`super::pack_u8`] 32 channels per compare (`x < zp` is `!(max(x, zp) == x)`).
+/// [`crate::binary::pack_u8`] 32 channels per compare (`x < zp` is `!(max(x, zp) == x)`).
 ///
 /// # Safety
 /// The CPU has AVX2; `x` holds `pixels · c` bytes and `out` `pixels · words(c)` words.
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn pack_u8(x: &[u8], pixels: usize, c: usize, zp: u8, out: &mut [u64]) {
-    let cw = super::words(c);
+    let cw = crate::binary::layout::words(c);
     assert!(x.len() >= pixels * c && out.len() >= pixels * cw);
     let z = _mm256_set1_epi8(zp as i8);
     for p in 0..pixels {

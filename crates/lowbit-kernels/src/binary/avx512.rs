@@ -5,14 +5,14 @@
 
 use std::arch::x86_64::*;
 
-use super::{BinConv, PANEL};
+use crate::binary::layout::{BinConv, PANEL};
+use crate::epilogue::{OutPtr, Requant};
 use crate::int8::avx512::store16;
-use crate::int8::{OutPtr, Requant};
 
-/// Rows `m0..m0+mn` of weight panel `p` (see [`BinConv::run_packed`]).
+/// Rows `m0..m0+mn` of weight panel `p` (see [`BinConv::run_u8`]).
 ///
 /// # Safety
-/// As for [`super::scalar::panel`]; the CPU has AVX-512 F/BW/VL/VPOPCNTDQ and FMA.
+/// As for [`crate::binary::scalar::panel`]; the CPU has AVX-512 F/BW/VL/VPOPCNTDQ and FMA.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq,fma")]
 pub(crate) unsafe fn panel(
@@ -100,13 +100,13 @@ unsafe fn micro<const MR: usize>(
     }
 }
 
-/// [`super::pack_u8`] with one unsigned byte compare per 64 channels (the mask is the word).
+/// [`crate::binary::pack_u8`] with one unsigned byte compare per 64 channels (the mask is the word).
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW; `x` holds `pixels · c` bytes and `out` `pixels · words(c)` words.
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(crate) unsafe fn pack_u8(x: &[u8], pixels: usize, c: usize, zp: u8, out: &mut [u64]) {
-    let cw = super::words(c);
+    let cw = crate::binary::layout::words(c);
     assert!(x.len() >= pixels * c && out.len() >= pixels * cw);
     let z = _mm512_set1_epi8(zp as i8);
     for p in 0..pixels {
@@ -191,7 +191,7 @@ mod tests {
     /// computed on scalars from the same inputs.
     #[test]
     fn peak_probe_counts_every_step() {
-        if !super::super::BinIsa::Avx512.supported() {
+        if !crate::isa::BinIsa::Avx512.supported() {
             return;
         }
         for iters in [0usize, 1, 7, 1000] {

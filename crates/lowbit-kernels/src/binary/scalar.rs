@@ -1,10 +1,10 @@
 //! Portable binary kernel: the reference the SIMD paths match bit for bit.
 
-use super::{BinConv, PANEL};
+use crate::binary::layout::{BinConv, PANEL};
+use crate::epilogue::{OutPtr, Requant};
 use crate::int8::scalar::store_one;
-use crate::int8::{OutPtr, Requant};
 
-/// Rows `m0..m0+mn` of weight panel `p` (see [`BinConv::run_packed`]).
+/// Rows `m0..m0+mn` of weight panel `p` (see [`BinConv::run_u8`]).
 ///
 /// # Safety
 /// `out` holds `oh·ow·c_out` elements of the epilogue's output type.

@@ -18,8 +18,24 @@
 
 use std::arch::asm;
 
-use super::avx512::store_block;
-use super::{ASrc, OutPtr, PackedB, Requant, Tile};
+use crate::epilogue::{OutPtr, Requant};
+use crate::int8::avx512::store_block;
+use crate::int8::pack::PackedB;
+use crate::int8::tile::{ASrc, Kernels, Tile};
+
+/// The AMX path's kernels: GEMM tiles on AMX where the packing has whole 64-byte reductions and the
+/// task at least 16 rows, AVX-512 VNNI otherwise (it reads the AMX packing, whose extra zero quads
+/// it never reaches) and for depthwise.
+pub(crate) const KERNELS: Kernels =
+    Kernels { gemm_tile: gemm_tile_or_vnni, depthwise_row: crate::int8::avx512::KERNELS.depthwise_row };
+
+unsafe fn gemm_tile_or_vnni(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
+    if !b.kp.is_multiple_of(64) || t.rows < 16 {
+        (crate::int8::avx512::KERNELS.gemm_tile)(t, a, src, b, rq, out)
+    } else {
+        gemm_tile(t, a, src, b, rq, out)
+    }
+}
 
 /// The tile configuration: palette 1; tiles 0..7 all 16 rows × 64 bytes.
 #[repr(C, align(64))]
@@ -118,20 +134,20 @@ const KB: usize = 32;
 /// Rows per super block (its accumulators round-trip through `cacc` between K blocks).
 const SB: usize = 128;
 
-/// One GEMM task (see [`super::gemm_ex`]), columns `jn ≤ 64`.
+/// One GEMM task (see [`crate::int8::gemm::gemm_ex`]), columns `jn ≤ 64`.
 ///
 /// Loop order per super block of 128 rows: K blocks of 2 KB, column pairs (2 tiles of 16),
 /// row blocks (2 tiles of 16), then the chunks of the K block; the accumulators are stored to and
 /// reloaded from a 128×64 i32 buffer between K blocks, and the epilogue reads that buffer.
 ///
 /// # Safety
-/// As for [`super::gemm_ex`]; the CPU has AMX-INT8 and AVX-512 F/BW/VL/VNNI, and this process
-/// holds the AMX tile permission; `b` was packed for [`super::Isa::Amx`].
+/// As for [`crate::int8::gemm::gemm_ex`]; the CPU has AMX-INT8 and AVX-512 F/BW/VL/VNNI, and this process
+/// holds the AMX tile permission; `b` was packed for [`crate::isa::Isa::Amx`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
     debug_assert!(b.kp.is_multiple_of(64));
     load_config();
-    let width = super::PANEL.min(b.n_pad - t.j0);
+    let width = crate::int8::pack::PANEL.min(b.n_pad - t.j0);
     let bp = b.quad.as_ptr().add(t.j0 * b.kp);
     let bstride = width * 4;
     let chunks = b.kp / 64;

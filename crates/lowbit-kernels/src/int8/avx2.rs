@@ -3,8 +3,14 @@
 
 use std::arch::x86_64::*;
 
-use super::scalar::depthwise_cols;
-use super::{ASrc, DwGeom, Out, OutPtr, PackedB, PackedDw, Requant, Tile};
+use crate::epilogue::{Out, OutPtr, Requant};
+use crate::geom::DwGeom;
+use crate::int8::pack::{PackedB, PackedDw};
+use crate::int8::scalar::depthwise_cols;
+use crate::int8::tile::{ASrc, Kernels, Tile};
+
+/// The AVX2 path's kernels.
+pub(crate) const KERNELS: Kernels = Kernels { gemm_tile, depthwise_row };
 
 /// Epilogue of 8 accumulators for channels `c..c+valid` (valid ≤ 8).
 #[inline(always)]
@@ -42,10 +48,10 @@ pub(crate) unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, va
     }
 }
 
-/// One GEMM task (see [`super::gemm_ex`]).
+/// One GEMM task (see [`crate::int8::gemm::gemm_ex`]).
 ///
 /// # Safety
-/// As for [`super::gemm_ex`]; the CPU has AVX2 and FMA.
+/// As for [`crate::int8::gemm::gemm_ex`]; the CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
     let mut j = t.j0;
@@ -110,7 +116,7 @@ unsafe fn micro<const MR: usize>(
 /// One output row of a depthwise convolution: 8 channels per vector, the channel tail scalar.
 ///
 /// # Safety
-/// As for [`super::depthwise`]; the CPU has AVX2.
+/// As for [`crate::int8::gemm::depthwise`]; the CPU has AVX2.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
     let xp = x.as_ptr();

@@ -3,7 +3,13 @@
 
 use std::arch::x86_64::*;
 
-use super::{ASrc, DwGeom, Out, OutPtr, PackedB, PackedDw, Requant, RowCursor, Tile};
+use crate::epilogue::{Out, OutPtr, Requant};
+use crate::geom::DwGeom;
+use crate::int8::pack::{next_panel, PackedB, PackedDw};
+use crate::int8::tile::{ASrc, Kernels, RowCursor, Tile};
+
+/// The AVX-512 VNNI path's kernels.
+pub(crate) const KERNELS: Kernels = Kernels { gemm_tile, depthwise_row };
 
 /// The store mask of the first `valid` of 16 lanes.
 #[inline(always)]
@@ -132,10 +138,10 @@ unsafe fn quant16(y: __m512, scale: f32, inv: f32, zp: i32, qmin: i32, qmax: i32
     }
 }
 
-/// One GEMM task (see [`super::gemm_ex`]), columns `jn ≤ 64`.
+/// One GEMM task (see [`crate::int8::gemm::gemm_ex`]), columns `jn ≤ 64`.
 ///
 /// # Safety
-/// As for [`super::gemm_ex`]; the CPU has AVX-512 F/BW/VL/VNNI and FMA.
+/// As for [`crate::int8::gemm::gemm_ex`]; the CPU has AVX-512 F/BW/VL/VNNI and FMA.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
     match t.jn.div_ceil(16) {
@@ -159,7 +165,7 @@ unsafe fn rows<const MR: usize, const NR: usize>(
     // block does not wait on memory where the weights are met once per image (ResNet-18 in
     // `lowbit bench` on AVX-512 VNNI, 3 alternating pairs of runs: 8.36-8.42 -> 8.01-8.12 ms; no
     // change on AMX, whose loop is not waiting on these loads).
-    let (next, next_len) = super::next_panel(b, t.j0);
+    let (next, next_len) = next_panel(b, t.j0);
     let blocks = t.rows.div_ceil(MR);
     let slice = next_len.div_ceil(blocks).div_ceil(64) * 64;
     let mut i = 0;
@@ -194,7 +200,7 @@ unsafe fn micro<const MR: usize, const NR: usize>(
         std::array::from_fn(|v| _mm512_loadu_si512(rq.bias_i.as_ptr().add(t.j0 + 16 * v) as *const _));
     let mut acc = [bias; MR];
     // This panel's contiguous block: `[k4/4][width][4]`.
-    let width = super::PANEL.min(b.n_pad - t.j0);
+    let width = crate::int8::pack::PANEL.min(b.n_pad - t.j0);
     let bp = b.quad.as_ptr().add(t.j0 * b.kp);
     let stride = width * 4;
     let quads = src.kc / 4;
@@ -333,7 +339,7 @@ unsafe fn dw_store64(acc: &[__m512i; 4], sc: &[__m512; 4], bf: &[__m512; 4], rp:
 /// pixels that share it (all of them at stride 1, every other one at stride 2).
 ///
 /// # Safety
-/// As for [`super::depthwise`]; the CPU has AVX-512 F/BW/VL/VNNI.
+/// As for [`crate::int8::gemm::depthwise`]; the CPU has AVX-512 F/BW/VL/VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
     let taps = g.kh * g.kw;

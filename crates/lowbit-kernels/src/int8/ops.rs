@@ -2,23 +2,19 @@
 //! integer region (f32 NCHW ⇄ quantized NHWC). Each follows the arithmetic of its QDQ pattern
 //! (DequantizeLinear → op → QuantizeLinear) with the same f32 operations in the same order.
 
-use super::{quantize_one, Isa};
-pub use crate::pool::PoolGeom;
+use crate::epilogue::{div_markstein, quantize_one};
+pub use crate::geom::PoolGeom;
+use crate::isa::{trace, Isa};
 
-/// The path the element-wise ops take (`LOWBIT_ISA`, else the best available), decided once.
-fn path() -> Isa {
-    static P: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *P.get_or_init(|| Isa::selected().unwrap_or(Isa::Scalar))
-}
-
-/// Defines a public function whose body is compiled three times (AVX-512, AVX2, portable) and
-/// dispatched on [`path`]. The body is plain IEEE f32/integer code, so all three compute the same
+/// Defines a public function, taking the integer path as its first argument, whose body is
+/// compiled three times (AVX-512, AVX2, portable) and dispatched on that path. The body is plain IEEE f32/integer code, so all three compute the same
 /// bits; only the vector width LLVM uses differs.
 macro_rules! multiversion {
     ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         #[allow(clippy::too_many_arguments)]
-        pub fn $name($($arg: $ty),*) {
+        pub fn $name(isa: Isa, $($arg: $ty),*) {
+            trace::int8(isa);
             #[inline(always)]
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
@@ -28,8 +24,9 @@ macro_rules! multiversion {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn v256($($arg: $ty),*) { body($($arg),*) }
             #[cfg(target_arch = "x86_64")]
-            match path() {
-                // SAFETY: `path` only returns paths this CPU supports.
+            assert!(isa.supported(), "integer path {} is not supported by this CPU", isa.name());
+            match isa {
+                // SAFETY: the CPU supports the path (asserted above).
                 Isa::Avx512Vnni | Isa::Amx => return unsafe { v512($($arg),*) },
                 Isa::Avx2 => return unsafe { v256($($arg),*) },
                 Isa::Scalar => {}
@@ -83,12 +80,12 @@ multiversion! {
 
 /// QuantizeLinear; with `layout` the f32 input is NCHW and the output NHWC (`tmp` holds the
 /// NCHW bytes on the way, `x.len()` of them).
-pub fn quantize(x: &[f32], q: QParams, layout: Layout, out: &mut [u8], tmp: &mut [u8]) {
+pub fn quantize(isa: Isa, x: &[f32], q: QParams, layout: Layout, out: &mut [u8], tmp: &mut [u8]) {
     match layout {
-        None => quantize_flat(x, q, out),
+        None => quantize_flat(isa, x, q, out),
         Some((n, c, p)) => {
             let tmp = &mut tmp[..x.len()];
-            quantize_flat(x, q, tmp);
+            quantize_flat(isa, x, q, tmp);
             nchw_to_nhwc(tmp, n, c, p, out);
         }
     }
@@ -178,7 +175,7 @@ impl AddQ {
     fn by_inv(&self, v: f32, inv: f32) -> u8 {
         let q = self.qo;
         let (lo, hi) = q.range();
-        let t = clamp_sel(super::div_markstein(v, q.scale, inv), (lo - q.zp) as f32, (hi - q.zp) as f32);
+        let t = clamp_sel(div_markstein(v, q.scale, inv), (lo - q.zp) as f32, (hi - q.zp) as f32);
         // SAFETY: the clamp returns a bound for NaN, so `t` is finite and within i32 range.
         (unsafe { t.round_ties_even().to_int_unchecked::<i32>() } + q.zp) as u8
     }
@@ -224,9 +221,10 @@ pub fn lut_table(qi: QParams, qo: QParams, f: impl Fn(f32) -> f32) -> [u8; 256] 
 
 /// Looks every byte up in a [`lut_table`]: 64 bytes per step with AVX-512 VBMI where the CPU has it and the selected
 /// path is AVX-512 or AMX, else one byte at a time ([`lut_scalar`], the reference).
-pub fn lut(x: &[u8], table: &[u8; 256], out: &mut [u8]) {
+pub fn lut(isa: Isa, x: &[u8], table: &[u8; 256], out: &mut [u8]) {
+    trace::int8(isa);
     #[cfg(target_arch = "x86_64")]
-    if matches!(path(), Isa::Avx512Vnni | Isa::Amx) && vbmi() {
+    if matches!(isa, Isa::Avx512Vnni | Isa::Amx) && vbmi() {
         // SAFETY: the CPU has AVX-512 F/BW/VBMI.
         return unsafe { lut_vbmi(x, table, out) };
     }
@@ -238,14 +236,10 @@ pub fn lut_scalar(x: &[u8], table: &[u8; 256], out: &mut [u8]) {
     out.iter_mut().zip(x).for_each(|(o, &v)| *o = table[v as usize]);
 }
 
-/// Whether the CPU has AVX-512 VBMI (byte permutes), decided once.
+/// Whether the CPU has AVX-512 VBMI (byte permutes).
 #[cfg(target_arch = "x86_64")]
 pub fn vbmi() -> bool {
-    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        let f = crate::isa::Features::detect();
-        f.avx512f && f.avx512bw && f.avx512vbmi
-    })
+    crate::isa::features().vbmi()
 }
 
 /// The byte lookup with AVX-512 VBMI: two 128-entry two-register permutes (index bits 0-6) and a blend on bit 7.
@@ -458,56 +452,59 @@ mod tests {
 
     #[test]
     fn lut_and_mul_follow_the_qdq_arithmetic() {
-        // Parameters with a zero point at each end and in the middle, signed and unsigned, and an output range the
-        // products overflow (saturation).
-        let ps = [
-            QParams { scale: 0.05, zp: 0, signed: false },
-            QParams { scale: 0.013, zp: 255, signed: false },
-            QParams { scale: 0.021, zp: -128, signed: true },
-            QParams { scale: 0.1, zp: 7, signed: true },
-        ];
-        // The definition of hard-swish, written out (the table is built from `Act::apply`, as the runtime builds it).
-        let hswish = |v: f32| v * (v * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0);
-        for &qi in &ps {
-            for &qo in &ps {
-                let t = lut_table(qi, qo, |v| lowbit_core::Act::HardSwish.apply(v));
-                let x: Vec<u8> = (0..=255).collect();
-                let mut out = vec![0u8; 256];
-                lut(&x, &t, &mut out);
-                for (b, &o) in out.iter().enumerate() {
-                    // The definition, written out: (q - zp) · s, hard-swish, y / s rounded half to even, saturated.
-                    let v = (qi.get(b as u8) - qi.zp) as f32 * qi.scale;
-                    let q = ((hswish(v) / qo.scale).round_ties_even() as i32 + qo.zp).clamp(qo.range().0, qo.range().1);
-                    assert_eq!(qo.get(o), q, "byte {b}, {qi:?} -> {qo:?}");
-                }
-                // Products: every byte pair, element by element and as a per-channel gate (ragged: 3 images, 5
-                // pixels, 7 channels).
-                let p = MulQ::new(qi, qo, qo);
-                let a: Vec<u8> = (0..65536).map(|i| (i >> 8) as u8).collect();
-                let bb: Vec<u8> = (0..65536).map(|i| i as u8).collect();
-                let mut out = vec![0u8; 65536];
-                mul(&a, &bb, &p, &mut out);
-                let def = |x: u8, y: u8| {
-                    let v = qi.dequant(x) * qo.dequant(y);
-                    ((v / qo.scale).round_ties_even() as i32 + qo.zp).clamp(qo.range().0, qo.range().1)
-                };
-                for i in 0..65536 {
-                    assert_eq!(qo.get(out[i]), def(a[i], bb[i]), "pair {i}");
-                }
-                let (n, plane, c) = (3, 5, 7);
-                let a = bytes(n * plane * c, 11);
-                let g = bytes(n * c, 12);
-                let mut out = vec![0u8; n * plane * c];
-                mul_channels(&a, &g, n, plane, c, &p, &mut out);
-                for img in 0..n {
-                    for px in 0..plane {
-                        for ch in 0..c {
-                            let i = (img * plane + px) * c + ch;
-                            assert_eq!(
-                                qo.get(out[i]),
-                                def(a[i], g[img * c + ch]),
-                                "image {img} pixel {px} channel {ch}"
-                            );
+        for isa in Isa::all_supported() {
+            // Parameters with a zero point at each end and in the middle, signed and unsigned, and an output range the
+            // products overflow (saturation).
+            let ps = [
+                QParams { scale: 0.05, zp: 0, signed: false },
+                QParams { scale: 0.013, zp: 255, signed: false },
+                QParams { scale: 0.021, zp: -128, signed: true },
+                QParams { scale: 0.1, zp: 7, signed: true },
+            ];
+            // The definition of hard-swish, written out (the table is built from `Act::apply`, as the runtime builds it).
+            let hswish = |v: f32| v * (v * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0);
+            for &qi in &ps {
+                for &qo in &ps {
+                    let t = lut_table(qi, qo, |v| lowbit_core::Act::HardSwish.apply(v));
+                    let x: Vec<u8> = (0..=255).collect();
+                    let mut out = vec![0u8; 256];
+                    lut(isa, &x, &t, &mut out);
+                    for (b, &o) in out.iter().enumerate() {
+                        // The definition, written out: (q - zp) · s, hard-swish, y / s rounded half to even, saturated.
+                        let v = (qi.get(b as u8) - qi.zp) as f32 * qi.scale;
+                        let q =
+                            ((hswish(v) / qo.scale).round_ties_even() as i32 + qo.zp).clamp(qo.range().0, qo.range().1);
+                        assert_eq!(qo.get(o), q, "byte {b}, {qi:?} -> {qo:?}");
+                    }
+                    // Products: every byte pair, element by element and as a per-channel gate (ragged: 3 images, 5
+                    // pixels, 7 channels).
+                    let p = MulQ::new(qi, qo, qo);
+                    let a: Vec<u8> = (0..65536).map(|i| (i >> 8) as u8).collect();
+                    let bb: Vec<u8> = (0..65536).map(|i| i as u8).collect();
+                    let mut out = vec![0u8; 65536];
+                    mul(isa, &a, &bb, &p, &mut out);
+                    let def = |x: u8, y: u8| {
+                        let v = qi.dequant(x) * qo.dequant(y);
+                        ((v / qo.scale).round_ties_even() as i32 + qo.zp).clamp(qo.range().0, qo.range().1)
+                    };
+                    for i in 0..65536 {
+                        assert_eq!(qo.get(out[i]), def(a[i], bb[i]), "pair {i}");
+                    }
+                    let (n, plane, c) = (3, 5, 7);
+                    let a = bytes(n * plane * c, 11);
+                    let g = bytes(n * c, 12);
+                    let mut out = vec![0u8; n * plane * c];
+                    mul_channels(isa, &a, &g, n, plane, c, &p, &mut out);
+                    for img in 0..n {
+                        for px in 0..plane {
+                            for ch in 0..c {
+                                let i = (img * plane + px) * c + ch;
+                                assert_eq!(
+                                    qo.get(out[i]),
+                                    def(a[i], g[img * c + ch]),
+                                    "image {img} pixel {px} channel {ch}"
+                                );
+                            }
                         }
                     }
                 }
@@ -541,45 +538,47 @@ mod tests {
 
     #[test]
     fn max_pool_matches_the_dequantized_maximum() {
-        // 5 channels (a partial block) and 70 (a whole 64-byte block and a partial one); the 7x6
-        // image has windows inside and across every edge.
-        for (signed, c) in [(false, 5), (true, 5), (false, 70), (true, 70)] {
-            let g = PoolGeom {
-                c_in: c,
-                c_out: c,
-                h: 7,
-                w: 6,
-                kh: 3,
-                kw: 3,
-                sh: 2,
-                sw: 2,
-                dh: 1,
-                dw: 1,
-                pt: 1,
-                pl: 1,
-                oh: 4,
-                ow: 3,
-                group: 1,
-            };
-            let x = bytes(2 * 7 * 6 * c, 9 + signed as u32);
-            let q = QParams { scale: 0.1, zp: if signed { -3 } else { 7 }, signed };
-            let mut out = vec![0u8; 2 * 4 * 3 * c];
-            max_pool(&g, 2, signed, &x, &mut out);
-            for b in 0..2 {
-                for oy in 0..4 {
-                    for ox in 0..3 {
-                        for ch in 0..c {
-                            let mut best = f32::NEG_INFINITY;
-                            for ky in 0..3 {
-                                for kx in 0..3 {
-                                    let (iy, ix) = ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
-                                    if iy >= 0 && ix >= 0 && iy < 7 && ix < 6 {
-                                        best =
-                                            best.max(q.dequant(x[((b * 7 + iy as usize) * 6 + ix as usize) * c + ch]));
+        for isa in Isa::all_supported() {
+            // 5 channels (a partial block) and 70 (a whole 64-byte block and a partial one); the 7x6
+            // image has windows inside and across every edge.
+            for (signed, c) in [(false, 5), (true, 5), (false, 70), (true, 70)] {
+                let g = PoolGeom {
+                    c_in: c,
+                    c_out: c,
+                    h: 7,
+                    w: 6,
+                    kh: 3,
+                    kw: 3,
+                    sh: 2,
+                    sw: 2,
+                    dh: 1,
+                    dw: 1,
+                    pt: 1,
+                    pl: 1,
+                    oh: 4,
+                    ow: 3,
+                    group: 1,
+                };
+                let x = bytes(2 * 7 * 6 * c, 9 + signed as u32);
+                let q = QParams { scale: 0.1, zp: if signed { -3 } else { 7 }, signed };
+                let mut out = vec![0u8; 2 * 4 * 3 * c];
+                max_pool(isa, &g, 2, signed, &x, &mut out);
+                for b in 0..2 {
+                    for oy in 0..4 {
+                        for ox in 0..3 {
+                            for ch in 0..c {
+                                let mut best = f32::NEG_INFINITY;
+                                for ky in 0..3 {
+                                    for kx in 0..3 {
+                                        let (iy, ix) = ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
+                                        if iy >= 0 && ix >= 0 && iy < 7 && ix < 6 {
+                                            best = best
+                                                .max(q.dequant(x[((b * 7 + iy as usize) * 6 + ix as usize) * c + ch]));
+                                        }
                                     }
                                 }
+                                assert_eq!(out[((b * 4 + oy) * 3 + ox) * c + ch], q.quant(best), "signed={signed}");
                             }
-                            assert_eq!(out[((b * 4 + oy) * 3 + ox) * c + ch], q.quant(best), "signed={signed}");
                         }
                     }
                 }
@@ -619,49 +618,51 @@ mod tests {
 
     #[test]
     fn add_and_layouts_follow_the_qdq_arithmetic() {
-        // Every input pair, through the reciprocal path and (a subnormal output scale, whose
-        // reciprocal overflows) the division path.
-        let a: Vec<u8> = (0..65536u32).map(|i| (i >> 8) as u8).collect();
-        let b: Vec<u8> = (0..65536u32).map(|i| i as u8).collect();
-        let (qa, qb, qo) = (
-            QParams { scale: 0.03, zp: 12, signed: false },
-            QParams { scale: 0.07, zp: -5, signed: true },
-            QParams { scale: 0.05, zp: 128, signed: false },
-        );
-        let mut out = vec![0u8; 65536];
-        let p = AddQ::new(qa, qb, 0.0, f32::INFINITY, qo);
-        assert!(p.inv.is_some(), "the reciprocal path holds for ordinary scales");
-        add(&a, &b, &p, &mut out);
-        for i in 0..65536 {
-            assert_eq!(out[i], qo.quant((qa.dequant(a[i]) + qb.dequant(b[i])).max(0.0)), "pair {i}");
-        }
-        // A signed output and a Clip range on the reciprocal path; NaN bounds clamp nothing.
-        let qs = QParams { scale: 0.031, zp: -7, signed: true };
-        for (lo, hi, want_lo, want_hi) in
-            [(-1.5f32, 2.25f32, -1.5f32, 2.25f32), (f32::NAN, 1.0, f32::NEG_INFINITY, 1.0)]
-        {
-            let p = AddQ::new(qa, qb, lo, hi, qs);
-            assert!(p.inv.is_some());
-            add(&a, &b, &p, &mut out);
+        for isa in Isa::all_supported() {
+            // Every input pair, through the reciprocal path and (a subnormal output scale, whose
+            // reciprocal overflows) the division path.
+            let a: Vec<u8> = (0..65536u32).map(|i| (i >> 8) as u8).collect();
+            let b: Vec<u8> = (0..65536u32).map(|i| i as u8).collect();
+            let (qa, qb, qo) = (
+                QParams { scale: 0.03, zp: 12, signed: false },
+                QParams { scale: 0.07, zp: -5, signed: true },
+                QParams { scale: 0.05, zp: 128, signed: false },
+            );
+            let mut out = vec![0u8; 65536];
+            let p = AddQ::new(qa, qb, 0.0, f32::INFINITY, qo);
+            assert!(p.inv.is_some(), "the reciprocal path holds for ordinary scales");
+            add(isa, &a, &b, &p, &mut out);
             for i in 0..65536 {
-                let v = (qa.dequant(a[i]) + qb.dequant(b[i])).max(want_lo).min(want_hi);
-                assert_eq!(out[i], qs.quant(v), "pair {i}");
+                assert_eq!(out[i], qo.quant((qa.dequant(a[i]) + qb.dequant(b[i])).max(0.0)), "pair {i}");
             }
-        }
-        let tiny = QParams { scale: 1e-40, zp: 3, signed: true };
-        let p = AddQ::new(qa, qb, -1.0, 2.0, tiny);
-        assert_eq!(p.inv, None);
-        add(&a, &b, &p, &mut out);
-        for i in 0..65536 {
-            assert_eq!(out[i], tiny.quant((qa.dequant(a[i]) + qb.dequant(b[i])).clamp(-1.0, 2.0)), "pair {i}");
-        }
-        // NCHW -> NHWC -> NCHW round trip through quantize/dequantize layouts
-        let x: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.1 - 1.0).collect();
-        let (mut q, mut tmp, mut back) = (vec![0u8; 24], vec![0u8; 24], vec![0f32; 24]);
-        quantize(&x, qo, Some((2, 3, 4)), &mut q, &mut tmp);
-        dequantize(&q, qo, Some((2, 3, 4)), &mut back);
-        for (i, (&v, &r)) in x.iter().zip(&back).enumerate() {
-            assert_eq!(r, qo.dequant(qo.quant(v)), "element {i}");
+            // A signed output and a Clip range on the reciprocal path; NaN bounds clamp nothing.
+            let qs = QParams { scale: 0.031, zp: -7, signed: true };
+            for (lo, hi, want_lo, want_hi) in
+                [(-1.5f32, 2.25f32, -1.5f32, 2.25f32), (f32::NAN, 1.0, f32::NEG_INFINITY, 1.0)]
+            {
+                let p = AddQ::new(qa, qb, lo, hi, qs);
+                assert!(p.inv.is_some());
+                add(isa, &a, &b, &p, &mut out);
+                for i in 0..65536 {
+                    let v = (qa.dequant(a[i]) + qb.dequant(b[i])).max(want_lo).min(want_hi);
+                    assert_eq!(out[i], qs.quant(v), "pair {i}");
+                }
+            }
+            let tiny = QParams { scale: 1e-40, zp: 3, signed: true };
+            let p = AddQ::new(qa, qb, -1.0, 2.0, tiny);
+            assert_eq!(p.inv, None);
+            add(isa, &a, &b, &p, &mut out);
+            for i in 0..65536 {
+                assert_eq!(out[i], tiny.quant((qa.dequant(a[i]) + qb.dequant(b[i])).clamp(-1.0, 2.0)), "pair {i}");
+            }
+            // NCHW -> NHWC -> NCHW round trip through quantize/dequantize layouts
+            let x: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.1 - 1.0).collect();
+            let (mut q, mut tmp, mut back) = (vec![0u8; 24], vec![0u8; 24], vec![0f32; 24]);
+            quantize(isa, &x, qo, Some((2, 3, 4)), &mut q, &mut tmp);
+            dequantize(&q, qo, Some((2, 3, 4)), &mut back);
+            for (i, (&v, &r)) in x.iter().zip(&back).enumerate() {
+                assert_eq!(r, qo.dequant(qo.quant(v)), "element {i}");
+            }
         }
     }
 }

@@ -1,6 +1,12 @@
 //! Portable integer kernels: the reference every SIMD path must match bit for bit.
 
-use super::{epilogue_f32, quantize_one, ASrc, DwGeom, Out, OutPtr, PackedB, PackedDw, Requant, Tile};
+use crate::epilogue::{epilogue_f32, quantize_one, Out, OutPtr, Requant};
+use crate::geom::DwGeom;
+use crate::int8::pack::{PackedB, PackedDw};
+use crate::int8::tile::{ASrc, Kernels, Tile};
+
+/// The portable path's kernels (the reference).
+pub(crate) const KERNELS: Kernels = Kernels { gemm_tile, depthwise_row };
 
 /// Writes the epilogue of accumulator `acc` for channel `c` to `p`.
 #[inline(always)]
@@ -12,10 +18,10 @@ pub(crate) unsafe fn store_one(acc: i32, c: usize, rq: &Requant, p: *mut u8) {
     }
 }
 
-/// One GEMM task (see [`super::gemm_ex`]).
+/// One GEMM task (see [`crate::int8::gemm::gemm_ex`]).
 ///
 /// # Safety
-/// As for [`super::gemm_ex`].
+/// As for [`crate::int8::gemm::gemm_ex`].
 pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
     let quad = b.quad_or_pairs();
     for i in 0..t.rows {
@@ -40,16 +46,16 @@ impl PackedB {
             if self.quad.is_empty() {
                 self.pairs[(k / 2) * self.n_pad * 2 + j * 2 + k % 2] as i32
             } else {
-                self.quad[super::quad_index(self.kp, self.n_pad, k, j)] as i32
+                self.quad[crate::int8::pack::quad_index(self.kp, self.n_pad, k, j)] as i32
             }
         }
     }
 }
 
-/// One output row of a depthwise convolution (see [`super::depthwise`]).
+/// One output row of a depthwise convolution (see [`crate::int8::gemm::depthwise`]).
 ///
 /// # Safety
-/// As for [`super::depthwise`].
+/// As for [`crate::int8::gemm::depthwise`].
 pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
     depthwise_cols(g, x, w, rq, out, oy, 0, g.c);
 }

@@ -1,0 +1,246 @@
+//! Fast f32 convolution in NCHW: pointwise convolutions go straight to GEMM, stride-1 windows run as
+//! "shifted rows" of a padded copy, other windows through im2col + GEMM, small planes on the
+//! channel-vector GEMM, depthwise ones on [`crate::fp32::depthwise`]. The strategy is chosen once,
+//! when the weights are packed for a path ([`PackedConv::new`]). Bias and the fused activation are
+//! applied in the GEMM epilogue.
+
+use lowbit_core::Act;
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use crate::fp32::avx512;
+use crate::fp32::depthwise::depthwise;
+use crate::fp32::gemm::{pack_t, prefer_t, sgemm_bias_act, sgemm_rows, sgemm_t};
+use crate::fp32::layout::BRows;
+use crate::geom::{valid_range, ConvGeom};
+use crate::isa::F32Isa;
+
+/// A convolution with its weights laid out for one path's kernels (done once, at plan time).
+#[derive(Clone, Debug)]
+pub struct PackedConv {
+    pub isa: F32Isa,
+    pub geom: ConvGeom,
+    /// `[c_out, c_in/group * kh * kw]`, row-major (ONNX order already fits); empty on the
+    /// channel-vector path, which holds `wt` instead.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub act: Act,
+    /// Shifted path: start of each B row in the padded input.
+    pub row_offsets: Vec<usize>,
+    /// Channel-vector path: the weights transposed ([`pack_t`]) and their row length.
+    pub wt: Vec<f32>,
+    pub mp: usize,
+    shifted: bool,
+}
+
+/// Does `g` run on the channel-vector GEMM ([`sgemm_t`]) on path `isa`? Small planes (7x7) do:
+/// vectors along the spatial axis would leave a quarter of their lanes empty.
+fn channel_vector(isa: F32Isa, g: &ConvGeom) -> bool {
+    if g.group != 1 {
+        return false;
+    }
+    let n = g.oh * g.ow;
+    // Columns the spatial kernel computes: the padded row width on the shifted path.
+    let cols = if !g.is_pointwise() && g.sh == 1 && g.sw == 1 { g.oh * (g.ow + (g.kw - 1) * g.dw) } else { n };
+    prefer_t(isa, g.c_out, n, cols)
+}
+
+/// Padded input height and width for the shifted path.
+fn padded_hw(g: &ConvGeom) -> (usize, usize) {
+    (g.oh + (g.kh - 1) * g.dh, g.ow + (g.kw - 1) * g.dw)
+}
+
+impl PackedConv {
+    /// Chooses the strategy for `geom` on path `isa` and lays the weights out for it.
+    pub fn new(isa: F32Isa, geom: ConvGeom, weight: Vec<f32>, bias: Option<Vec<f32>>, act: Act) -> PackedConv {
+        assert_eq!(weight.len(), geom.c_out * geom.k(), "weight size does not fit the geometry");
+        let bias = bias.unwrap_or_else(|| vec![0.0; geom.c_out]);
+        let cv = channel_vector(isa, &geom);
+        let shifted = !geom.is_pointwise() && !geom.is_depthwise() && geom.sh == 1 && geom.sw == 1 && !cv;
+        let mut row_offsets = vec![];
+        if shifted {
+            let (hp, wp) = padded_hw(&geom);
+            for c in 0..geom.c_in / geom.group {
+                for ky in 0..geom.kh {
+                    for kx in 0..geom.kw {
+                        row_offsets.push(c * hp * wp + ky * geom.dh * wp + kx * geom.dw);
+                    }
+                }
+            }
+        }
+        // The channel-vector path keeps only the transposed copy.
+        let (weight, wt, mp) = if cv {
+            let (wt, mp) = pack_t(geom.c_out, geom.k(), &weight, geom.k());
+            (vec![], wt, mp)
+        } else {
+            (weight, vec![], 0)
+        };
+        PackedConv { isa, geom, weight, bias, act, row_offsets, wt, mp, shifted }
+    }
+
+    /// Packed for the channel-vector GEMM?
+    pub fn channel_vector(&self) -> bool {
+        self.mp > 0
+    }
+
+    /// Runs as shifted rows of a padded copy (stride-1 window, no im2col)?
+    pub fn shifted(&self) -> bool {
+        self.shifted
+    }
+
+    /// The strategy, for reports.
+    pub fn kernel_name(&self) -> &'static str {
+        let g = &self.geom;
+        if g.is_depthwise() {
+            "f32 depthwise direct"
+        } else if self.channel_vector() {
+            if g.is_pointwise() {
+                "f32 1x1 channel-vector gemm"
+            } else {
+                "f32 im2col+channel-vector gemm"
+            }
+        } else if g.is_pointwise() {
+            "f32 1x1 gemm"
+        } else if self.shifted {
+            "f32 shifted-rows gemm"
+        } else {
+            "f32 im2col+gemm"
+        }
+    }
+
+    /// f32 elements of scratch space [`conv2d`] needs.
+    pub fn scratch_len(&self) -> usize {
+        let g = &self.geom;
+        if g.is_pointwise() || g.is_depthwise() {
+            0
+        } else if self.shifted {
+            let (hp, wp) = padded_hw(g);
+            g.c_in / g.group * hp * wp + (g.kw - 1) * g.dw + 16 + g.c_out / g.group * g.oh * wp
+        } else {
+            g.k() * g.oh * g.ow
+        }
+    }
+
+    /// Bytes of packed weights and biases held.
+    pub fn weight_bytes(&self) -> usize {
+        (self.weight.len() + self.wt.len() + self.bias.len()) * 4
+    }
+}
+
+/// Convolves one image `x` (`[c_in, h, w]`) into `out` (`[c_out, oh, ow]`).
+pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], threads: usize) {
+    let g = &p.geom;
+    let hw_out = g.oh * g.ow;
+    assert!(x.len() >= g.c_in * g.h * g.w && out.len() >= g.c_out * hw_out);
+    let isa = p.isa;
+    if g.is_depthwise() {
+        depthwise(isa, g, &p.weight, &p.bias, p.act, x, out, threads);
+        return;
+    }
+    let k = g.k();
+    let cog = g.c_out / g.group;
+    let cig = g.c_in / g.group;
+    for gi in 0..g.group {
+        let xg = &x[gi * cig * g.h * g.w..(gi + 1) * cig * g.h * g.w];
+        let w = if p.channel_vector() { &[][..] } else { &p.weight[gi * cog * k..(gi + 1) * cog * k] };
+        let bias = &p.bias[gi * cog..(gi + 1) * cog];
+        if p.shifted {
+            let (hp, wp) = padded_hw(g);
+            let (xpad, cbuf) = scratch.split_at_mut(cig * hp * wp + (g.kw - 1) * g.dw + 16);
+            let plane = hp * wp;
+            let fill = |c: usize, dst: &mut [f32]| {
+                dst.fill(0.0);
+                for y in 0..g.h.min(hp.saturating_sub(g.pt)) {
+                    let d = (y + g.pt) * wp + g.pl;
+                    let n = g.w.min(wp.saturating_sub(g.pl));
+                    dst[d..d + n].copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
+                }
+            };
+            let (planes, tail) = xpad.split_at_mut(cig * plane);
+            tail.fill(0.0);
+            if threads > 1 {
+                planes.par_chunks_mut(plane).enumerate().for_each(|(c, d)| fill(c, d));
+            } else {
+                planes.chunks_mut(plane).enumerate().for_each(|(c, d)| fill(c, d));
+            }
+            let nw = g.oh * wp;
+            let cbuf = &mut cbuf[..cog * nw];
+            sgemm_rows(isa, cog, nw, k, w, k, xpad, BRows::Offsets(&p.row_offsets), bias, p.act, cbuf, nw, threads);
+            let dst = &mut out[gi * cog * hw_out..(gi + 1) * cog * hw_out];
+            let cbuf = &*cbuf;
+            let compact = |c: usize, plane_out: &mut [f32]| {
+                for (y, row) in plane_out.chunks_mut(g.ow).enumerate() {
+                    row.copy_from_slice(&cbuf[c * nw + y * wp..c * nw + y * wp + g.ow]);
+                }
+            };
+            if threads > 1 {
+                dst.par_chunks_mut(hw_out).enumerate().for_each(|(c, d)| compact(c, d));
+            } else {
+                dst.chunks_mut(hw_out).enumerate().for_each(|(c, d)| compact(c, d));
+            }
+            continue;
+        }
+        let rhs: &[f32] = if g.is_pointwise() {
+            xg
+        } else {
+            let col = &mut scratch[..k * hw_out];
+            im2col(isa, g, xg, col, threads);
+            col
+        };
+        let dst = &mut out[gi * cog * hw_out..(gi + 1) * cog * hw_out];
+        if p.channel_vector() {
+            let rows = BRows::Strided(hw_out);
+            sgemm_t(isa, cog, hw_out, k, &p.wt, p.mp, rhs, rows, bias, p.act, dst, hw_out, threads);
+        } else {
+            sgemm_bias_act(isa, cog, hw_out, k, w, k, rhs, hw_out, bias, p.act, dst, hw_out, threads);
+        }
+    }
+}
+
+/// `dst[i] = src[i * stride]`, with an AVX-512 path for stride 2.
+fn gather_strided(isa: F32Isa, dst: &mut [f32], src: &[f32], stride: usize) {
+    assert!(dst.is_empty() || (dst.len() - 1) * stride < src.len());
+    #[cfg(target_arch = "x86_64")]
+    if stride == 2 && isa == F32Isa::Avx512 {
+        // SAFETY: the AVX-512 path runs here (checked by the GEMM entry points); loads are masked to
+        // `src`, stores to `dst`.
+        unsafe { avx512::gather2(dst, src) };
+        return;
+    }
+    for (i, v) in dst.iter_mut().enumerate() {
+        *v = src[i * stride];
+    }
+}
+
+fn im2col(isa: F32Isa, g: &ConvGeom, x: &[f32], col: &mut [f32], threads: usize) {
+    let hw_out = g.oh * g.ow;
+    let row = |r: usize, dst: &mut [f32]| {
+        let kx = r % g.kw;
+        let ky = (r / g.kw) % g.kh;
+        let c = r / (g.kw * g.kh);
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let (xlo, xhi) = valid_range(g.ow, g.sw, kx * g.dw, g.pl, g.w);
+        for oy in 0..g.oh {
+            let d = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+            let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+            if iy < 0 || iy >= g.h as isize {
+                d.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+            d[..xlo].fill(0.0);
+            d[xhi..].fill(0.0);
+            let base = xlo * g.sw + kx * g.dw - g.pl;
+            if g.sw == 1 {
+                d[xlo..xhi].copy_from_slice(&src[base..base + (xhi - xlo)]);
+            } else if xlo < xhi {
+                gather_strided(isa, &mut d[xlo..xhi], &src[base..], g.sw);
+            }
+        }
+    };
+    if threads > 1 {
+        col.par_chunks_mut(hw_out).enumerate().for_each(|(r, d)| row(r, d));
+    } else {
+        col.chunks_mut(hw_out).enumerate().for_each(|(r, d)| row(r, d));
+    }
+}

@@ -1,0 +1,63 @@
+//! Layouts and blocking shared by the f32 drivers and the per-ISA f32 kernels: where GEMM rows of B
+//! start ([`BRows`]), the clamp an epilogue fuses ([`clamp_of`]), and the tile sizes.
+
+use lowbit_core::Act;
+
+/// Rows × columns of C per AVX-512 GEMM tile (6 rows of 4 zmm vectors: 24 accumulators).
+pub(crate) const MR: usize = 6;
+pub(crate) const NR: usize = 64;
+/// Reduction block of the spatial GEMM.
+pub(crate) const KC: usize = 384;
+/// Reduction block of the channel-vector kernel: A^T (48 channels × KT) and B (KT × n) stay in L2.
+pub(crate) const KT: usize = 1024;
+/// Output channels per panel of [`crate::fp32::gemm::pack_t`] (three zmm vectors).
+pub(crate) const TP: usize = 48;
+/// Output columns computed per register block in the depthwise kernels.
+pub(crate) const DW_BLOCK: usize = 16;
+
+/// A pointer that may cross to the pool's threads (each task writes a disjoint block).
+#[derive(Clone, Copy)]
+pub(crate) struct Ptr<T>(pub T);
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+impl<T: Copy> Ptr<T> {
+    #[inline(always)]
+    pub(crate) fn get(self) -> T {
+        self.0
+    }
+}
+
+/// Lower and upper clamp of an activation the kernel can fuse, or `None` if it must run after.
+pub fn clamp_of(act: Act) -> Option<(f32, f32)> {
+    match act {
+        Act::None => Some((f32::NEG_INFINITY, f32::INFINITY)),
+        Act::Relu => Some((0.0, f32::INFINITY)),
+        Act::Clip { lo, hi } => Some((lo, hi)),
+        _ => None,
+    }
+}
+
+/// Where row `p` of B starts: every `ldb` elements, or at an arbitrary offset per row (used for
+/// stride-1 convolutions, whose "im2col" rows are shifted views of the padded input).
+#[derive(Clone, Copy, Debug)]
+pub enum BRows<'a> {
+    Strided(usize),
+    Offsets(&'a [usize]),
+}
+
+impl BRows<'_> {
+    #[inline(always)]
+    pub(crate) fn off(&self, p: usize) -> usize {
+        match self {
+            BRows::Strided(ld) => p * ld,
+            // SAFETY of callers: `p < k <= offsets.len()` is asserted on entry.
+            BRows::Offsets(o) => unsafe { *o.get_unchecked(p) },
+        }
+    }
+    pub(crate) fn max_end(&self, k: usize, n: usize) -> usize {
+        match self {
+            BRows::Strided(ld) => (k - 1) * ld + n,
+            BRows::Offsets(o) => o[..k].iter().max().copied().unwrap_or(0) + n,
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! Quantized 2-D convolution ([`QConv`]): the strategy per geometry (1x1 GEMM, im2col, shifted rows,
+//! space to depth, depthwise), weights packed once, and the input rearrangements each strategy needs
+//! (zero-point padding, NHWC im2col, space-to-depth blocks).
+
+use rayon::prelude::*;
+
+use crate::epilogue::{Out, OutPtr, Requant};
+use crate::geom::{ConvGeom, DwGeom};
+use crate::int8::gemm::{depthwise, gemm, gemm_ex};
+use crate::int8::pack::{dw_perm, PackedB, PackedDw};
+use crate::int8::tile::{ASrc, RowMap};
+use crate::isa::Isa;
+
+/// How a quantized convolution runs.
+#[derive(Clone, Debug)]
+enum ConvKind {
+    /// Stride-1 1x1 convolution on an input whose channels are a multiple of 4: GEMM over the
+    /// activation buffer itself.
+    Direct(PackedB, Requant),
+    /// im2col into NHWC rows (zero-point padded), then GEMM; one entry per group.
+    Im2col(Vec<(PackedB, Requant)>),
+    /// Stride-1 window convolution as a GEMM over the zero-point-padded input, one tap per
+    /// window position (tap byte offsets), no im2col copy; rows over the padding columns are
+    /// computed and dropped.
+    Shifted(PackedB, Requant, Vec<usize>),
+    /// Stride-2 convolution on few input channels (the 7x7 stem): the zero-point-padded input
+    /// rearranged into 2x2 blocks (space to depth: 4·c_in channels, padded to `s2d.cs`), which
+    /// turns the window into a stride-1 ⌈kh/2⌉×⌈kw/2⌉ one run as shifted rows, one tap per window
+    /// row. No im2col copy; the price is the zero weights of the odd window's missing row and
+    /// column (the stem's 147-byte reduction becomes 192, or 256 for AMX's whole 64-byte taps).
+    SpaceToDepth(PackedB, Requant, S2d),
+    Depthwise(PackedDw, Requant),
+}
+
+/// Geometry of the space-to-depth input: `[hp][wp][cs]` blocks, window `kh`×`kw` blocks.
+#[derive(Clone, Debug)]
+struct S2d {
+    kh: usize,
+    kw: usize,
+    cs: usize,
+    hp: usize,
+    wp: usize,
+    /// Tap byte offsets (one per window row of blocks, `kw·cs` bytes each).
+    taps: Vec<usize>,
+}
+
+impl S2d {
+    /// The layout for `g` when space to depth applies: one group, stride 2, no dilation, at most
+    /// 4 input channels (a block's 4·c_in ≤ 16 bytes) and a window of at least 5 (smaller windows
+    /// waste more on zero weights than im2col costs).
+    fn fits(isa: Isa, g: &ConvGeom) -> Option<S2d> {
+        if g.group != 1 || g.sh != 2 || g.sw != 2 || g.dh != 1 || g.dw != 1 || g.c_in > 4 || g.kh < 5 || g.kw < 5 {
+            return None;
+        }
+        let (kh, kw) = (g.kh.div_ceil(2), g.kw.div_ceil(2));
+        // A block's 4·c_in bytes; for AMX, padded to make a window row a whole 64-byte tile row when
+        // that at most doubles it (2 to 4 channels and a window 7 or 8 wide: the stem).
+        let mut cs = 4 * g.c_in;
+        if isa == Isa::Amx && 64 % kw == 0 && 64 / kw >= cs && 64 / kw <= 2 * cs {
+            cs = 64 / kw;
+        }
+        let (hp, wp) = (g.oh + kh - 1, g.ow + kw - 1);
+        let taps = (0..kh).map(|t| t * wp * cs).collect();
+        Some(S2d { kh, kw, cs, hp, wp, taps })
+    }
+
+    /// Scratch bytes: the blocks plus one window row of slack (rows past the last are computed and
+    /// dropped).
+    fn len(&self) -> usize {
+        (self.hp * self.wp + self.kw) * self.cs
+    }
+
+    /// Writes the blocks of image `x`: block `(Y, X)` byte `(dy·2 + dx)·c_in + c` is input pixel
+    /// `(2Y + dy - pt, 2X + dx - pl)` channel `c`, the zero point outside the image and in the
+    /// padding channels.
+    fn fill(&self, g: &ConvGeom, x: &[u8], zx: u8, xp: &mut [u8]) {
+        let (c, cs) = (g.c_in, self.cs);
+        xp.fill(zx);
+        for yb in 0..self.hp {
+            for dy in 0..2 {
+                let iy = (2 * yb + dy) as isize - g.pt as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                let src = &x[iy as usize * g.w * c..(iy as usize + 1) * g.w * c];
+                let row = &mut xp[yb * self.wp * cs..(yb + 1) * self.wp * cs];
+                for xb in 0..self.wp {
+                    let ix = (2 * xb) as isize - g.pl as isize;
+                    let dst = &mut row[xb * cs + dy * 2 * c..xb * cs + (dy + 1) * 2 * c];
+                    if ix >= 0 && ix as usize + 1 < g.w {
+                        // Both pixels of the block row inside: one run of 2·c_in bytes.
+                        copy_small(dst, &src[ix as usize * c..(ix as usize + 2) * c]);
+                    } else {
+                        for dx in 0..2 {
+                            let i = ix + dx as isize;
+                            if i >= 0 && i < g.w as isize {
+                                dst[dx * c..(dx + 1) * c].copy_from_slice(&src[i as usize * c..(i as usize + 1) * c]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds the activation zero point into the epilogue of a convolution's GEMM (`-zx·Σ_k w` into the
+/// integer bias, which the column sums are kept for; they are dropped after) and lets the epilogue
+/// skip the clamp where the reduction length allows.
+fn fold_zero_point(b: &mut PackedB, mut r: Requant, zx: u8) -> Requant {
+    let corr: Vec<i32> = b.colsum.iter().map(|&s| -(zx as i32) * s).collect();
+    r.add_bias_i(&corr);
+    r.allow_unclamped(b.k4 as f64 * 255.0 * 128.0);
+    b.colsum = vec![];
+    r
+}
+
+/// A quantized 2-D convolution (one image at a time), weights packed for one path.
+#[derive(Clone, Debug)]
+pub struct QConv {
+    pub geom: ConvGeom,
+    /// Activation zero point (uint8).
+    pub zx: u8,
+    kind: ConvKind,
+}
+
+impl QConv {
+    /// `w` is OIHW int8 (zero point 0); `rq` per output channel with the bias already in it (the
+    /// activation zero-point correction is added here).
+    pub fn new(isa: Isa, geom: ConvGeom, w: &[i8], zx: u8, rq: Requant) -> QConv {
+        let g = &geom;
+        let taps = g.kh * g.kw;
+        let (cig, cog) = (g.c_in / g.group, g.c_out / g.group);
+        let kind = if g.is_depthwise() {
+            let c_pad = g.c_out.div_ceil(16) * 16;
+            let mut wv = vec![0i32; taps * c_pad];
+            let mut colsum = vec![0i32; g.c_out];
+            for c in 0..g.c_out {
+                for t in 0..taps {
+                    wv[t * c_pad + c] = w[c * taps + t] as i32;
+                    colsum[c] += w[c * taps + t] as i32;
+                }
+            }
+            let mut rq = rq;
+            let corr: Vec<i32> = colsum.iter().map(|&s| -(zx as i32) * s).collect();
+            rq.add_bias_i(&corr);
+            let (mut vnni, mut rq_perm) = (vec![], None);
+            let by_cols = g.kh <= 4 && g.dw == 1 && g.sw <= 2;
+            let groups = if by_cols { g.kw } else { taps.div_ceil(4) };
+            // group and byte of tap t
+            let slot = |t: usize| if by_cols { (t % g.kw, t / g.kw) } else { (t / 4, t % 4) };
+            if matches!(isa, Isa::Avx512Vnni | Isa::Amx) && rq.out != Out::F32 && taps <= 64 {
+                let blocks = g.c_out.div_ceil(64);
+                vnni = vec![0i8; blocks * groups * 256];
+                let n64 = blocks * 64;
+                let (mut sc, mut bi, mut bf) = (vec![0f32; n64], vec![0i32; n64], vec![0f32; n64]);
+                let rbf = |c: usize| if rq.bias_f.is_empty() { 0.0 } else { rq.bias_f[c] };
+                for b in 0..blocks {
+                    for i in 0..4 {
+                        for lane in 0..16 {
+                            let c = b * 64 + dw_perm(i, lane);
+                            let at = b * 64 + i * 16 + lane;
+                            if c < g.c_out {
+                                (sc[at], bi[at], bf[at]) = (rq.scale[c], rq.bias_i[c], rbf(c));
+                                for t in 0..taps {
+                                    let (gr, byte) = slot(t);
+                                    vnni[((b * groups + gr) * 4 + i) * 64 + lane * 4 + byte] = w[c * taps + t];
+                                }
+                            }
+                        }
+                    }
+                }
+                let bf = if rq.bias_f.is_empty() { vec![] } else { bf };
+                let mut rp = Requant { scale: sc, bias_i: bi, bias_f: bf, ..rq.clone() };
+                rp.allow_unclamped(taps as f64 * 255.0 * 128.0);
+                rq_perm = Some(rp);
+            }
+            let (mut wv, mut colsum, mut rq) = (wv, colsum, rq);
+            if rq_perm.is_some() {
+                // The VNNI kernel reads only its own copies.
+                (wv, colsum) = (vec![], vec![]);
+                (rq.scale, rq.bias_i, rq.bias_f) = (vec![], vec![], vec![]);
+            }
+            ConvKind::Depthwise(
+                PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm, by_cols, groups },
+                rq,
+            )
+        } else if let Some(s2d) = S2d::fits(isa, g) {
+            // k = window row · (kw·cs) + window column · cs + (dy·2 + dx)·c_in + c
+            let (ci, kwb) = (g.c_in, s2d.kw * s2d.cs);
+            let mut b = PackedB::new(isa, s2d.kh * kwb, g.c_out, |k, j| {
+                let (ky2, kx2, ch) = (k / kwb, k % kwb / s2d.cs, k % s2d.cs);
+                let (dy, dx, c) = (ch / (2 * ci), ch / ci % 2, ch % ci);
+                let (ky, kx) = (2 * ky2 + dy, 2 * kx2 + dx);
+                if ch < 4 * ci && ky < g.kh && kx < g.kw {
+                    w[((j * ci + c) * g.kh + ky) * g.kw + kx]
+                } else {
+                    0
+                }
+            });
+            let r = fold_zero_point(&mut b, rq, zx);
+            ConvKind::SpaceToDepth(b, r, s2d)
+        } else {
+            let mut parts = vec![];
+            for gi in 0..g.group {
+                // k = tap * cig + ci, matching the NHWC im2col row.
+                let mut b = PackedB::new(isa, taps * cig, cog, |k, j| {
+                    let (t, ci) = (k / cig, k % cig);
+                    w[((gi * cog + j) * cig + ci) * taps + t]
+                });
+                let r = fold_zero_point(&mut b, rq.slice(gi * cog, cog), zx);
+                parts.push((b, r));
+            }
+            let (_, wp) = QConv::shifted_hw(g);
+            if g.is_pointwise() && g.c_in.is_multiple_of(4) {
+                let (b, r) = parts.pop().unwrap();
+                ConvKind::Direct(b, r)
+            } else if g.group == 1
+                && g.sh == 1
+                && g.sw == 1
+                && g.dh == 1
+                && g.dw == 1
+                && g.c_in.is_multiple_of(4)
+                && g.ow >= 28
+            {
+                let (b, r) = parts.pop().unwrap();
+                let taps: Vec<usize> = (0..taps).map(|t| ((t / g.kw) * wp + t % g.kw) * g.c_in).collect();
+                ConvKind::Shifted(b, r, taps)
+            } else {
+                ConvKind::Im2col(parts)
+            }
+        };
+        QConv { geom, zx, kind }
+    }
+
+    pub fn kernel_name(&self) -> &'static str {
+        match self.kind {
+            ConvKind::Direct(..) => "int8 1x1 gemm",
+            ConvKind::Im2col(..) => "int8 im2col+gemm",
+            ConvKind::Shifted(..) => "int8 shifted-rows gemm",
+            ConvKind::SpaceToDepth(..) => "int8 space-to-depth gemm",
+            ConvKind::Depthwise(..) => "int8 depthwise",
+        }
+    }
+
+    pub fn out(&self) -> Out {
+        match &self.kind {
+            ConvKind::Direct(_, r)
+            | ConvKind::Depthwise(_, r)
+            | ConvKind::Shifted(_, r, _)
+            | ConvKind::SpaceToDepth(_, r, _) => r.out,
+            ConvKind::Im2col(p) => p[0].1.out,
+        }
+    }
+
+    /// Bytes of packed weights and epilogue parameters held.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.kind {
+            ConvKind::Direct(b, r) | ConvKind::Shifted(b, r, _) | ConvKind::SpaceToDepth(b, r, _) => {
+                b.bytes() + r.bytes()
+            }
+            ConvKind::Im2col(p) => p.iter().map(|(b, r)| b.bytes() + r.bytes()).sum(),
+            ConvKind::Depthwise(w, r) => {
+                w.w.len() * 4
+                    + w.colsum.len() * 4
+                    + w.vnni.len()
+                    + r.bytes()
+                    + w.rq_perm.as_ref().map_or(0, |p| p.bytes())
+            }
+        }
+    }
+
+    /// Padded input height and width for the shifted-rows path.
+    fn shifted_hw(g: &ConvGeom) -> (usize, usize) {
+        (g.oh + g.kh - 1, g.ow + g.kw - 1)
+    }
+
+    fn padded_hw(&self) -> (usize, usize) {
+        let g = &self.geom;
+        ((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1)
+    }
+
+    /// Scratch bytes `run` needs.
+    pub fn scratch_len(&self) -> usize {
+        let g = &self.geom;
+        match &self.kind {
+            ConvKind::Direct(..) => 0,
+            ConvKind::Im2col(p) => g.oh * g.ow * p[0].0.k4,
+            ConvKind::Shifted(..) => {
+                let (hp, wp) = Self::shifted_hw(g);
+                (hp * wp + g.kw) * g.c_in
+            }
+            ConvKind::Depthwise(..) => {
+                let (hp, wp) = self.padded_hw();
+                hp * wp * g.c_in.div_ceil(64) * 64 + 64
+            }
+            ConvKind::SpaceToDepth(_, _, s2d) => s2d.len(),
+        }
+    }
+
+    /// Runs on one NHWC image `x` (`h*w*c_in` bytes), writing NHWC `oh*ow*c_out` outputs.
+    ///
+    /// # Safety
+    /// `out` must hold `oh*ow*c_out` elements of the output type; the path must be supported.
+    pub unsafe fn run(&self, x: &[u8], out: OutPtr, scratch: &mut [u8], threads: usize) {
+        let g = &self.geom;
+        assert!(x.len() >= g.h * g.w * g.c_in);
+        let p = g.oh * g.ow;
+        match &self.kind {
+            ConvKind::Direct(b, r) => gemm(p, x.as_ptr(), g.c_in, b, r, out, g.c_out, threads),
+            ConvKind::Im2col(parts) => {
+                let k4 = parts[0].0.k4;
+                let cig = g.c_in / g.group;
+                let cog = g.c_out / g.group;
+                let a = &mut scratch[..p * k4];
+                for (gi, (b, r)) in parts.iter().enumerate() {
+                    im2col_nhwc(g, x, gi * cig, cig, k4, self.zx, a, threads);
+                    let o = OutPtr(out.at(r.out, 0, gi * cog, 0));
+                    gemm(p, a.as_ptr(), k4, b, r, o, g.c_out, threads);
+                }
+            }
+            ConvKind::Shifted(b, r, taps) => {
+                let (hp, wp) = Self::shifted_hw(g);
+                let xp = &mut scratch[..(hp * wp + g.kw) * g.c_in];
+                pad_nhwc(g, x, hp, wp, g.c_in, self.zx, &mut xp[..hp * wp * g.c_in], threads);
+                xp[hp * wp * g.c_in..].fill(self.zx);
+                let src = ASrc { lda: g.c_in, taps, kc: g.c_in };
+                let map = RowMap::Padded { wp, ow: g.ow };
+                gemm_ex(g.oh * wp, xp.as_ptr(), src, map, b, r, out, g.c_out, threads);
+            }
+            ConvKind::SpaceToDepth(b, r, s2d) => {
+                let xp = &mut scratch[..s2d.len()];
+                s2d.fill(g, x, self.zx, xp);
+                let src = ASrc { lda: s2d.cs, taps: &s2d.taps, kc: s2d.kw * s2d.cs };
+                let map = RowMap::Padded { wp: s2d.wp, ow: g.ow };
+                gemm_ex(g.oh * s2d.wp, xp.as_ptr(), src, map, b, r, out, g.c_out, threads);
+            }
+            ConvKind::Depthwise(w, r) => {
+                let (hp, wp) = self.padded_hw();
+                let (c, cs) = (g.c_in, g.c_in.div_ceil(64) * 64);
+                let xp = &mut scratch[..hp * wp * cs];
+                pad_nhwc(g, x, hp, wp, cs, self.zx, xp, threads);
+                let dg = DwGeom {
+                    c,
+                    cs,
+                    wp,
+                    kh: g.kh,
+                    kw: g.kw,
+                    sh: g.sh,
+                    sw: g.sw,
+                    dh: g.dh,
+                    dw: g.dw,
+                    oh: g.oh,
+                    ow: g.ow,
+                };
+                depthwise(&dg, xp, w, r, out, threads);
+            }
+        }
+    }
+}
+
+/// Copies the NHWC input into a `[hp][wp][cs]` buffer (channel stride `cs ≥ c`) filled with the
+/// zero point outside the image and in the padding channels.
+#[allow(clippy::too_many_arguments)]
+fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp: &mut [u8], threads: usize) {
+    let c = g.c_in;
+    let job = |(ph, row): (usize, &mut [u8])| {
+        let ih = ph as isize - g.pt as isize;
+        if ih < 0 || ih >= g.h as isize {
+            row.fill(zx);
+            return;
+        }
+        let ih = ih as usize;
+        let left = g.pl.min(wp);
+        let n = g.w.min(wp - left);
+        if cs == c {
+            row[..left * c].fill(zx);
+            row[left * c..(left + n) * c].copy_from_slice(&x[ih * g.w * c..(ih * g.w + n) * c]);
+            row[(left + n) * c..].fill(zx);
+        } else {
+            row.fill(zx);
+            for i in 0..n {
+                let s = (ih * g.w + i) * c;
+                row[(left + i) * cs..(left + i) * cs + c].copy_from_slice(&x[s..s + c]);
+            }
+        }
+    };
+    if threads > 1 && hp * wp * cs >= 1 << 16 {
+        // Indexed chunks, not `par_bridge` (which hands rows out one at a time through a lock).
+        xp[..hp * wp * cs].par_chunks_mut(wp * cs).enumerate().for_each(job);
+    } else {
+        xp[..hp * wp * cs].chunks_mut(wp * cs).enumerate().for_each(job);
+    }
+}
+
+/// `dst.copy_from_slice(src)` without a library call for the short runs im2col copies (two
+/// overlapping fixed-size moves cover any length between a size and twice it).
+#[inline(always)]
+fn copy_small(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    assert_eq!(dst.len(), n);
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY: every access is within `0..n` of both slices (checked equal above).
+    unsafe {
+        macro_rules! two {
+            ($t:ty) => {{
+                let w = std::mem::size_of::<$t>();
+                (d as *mut $t).write_unaligned((s as *const $t).read_unaligned());
+                (d.add(n - w) as *mut $t).write_unaligned((s.add(n - w) as *const $t).read_unaligned());
+            }};
+        }
+        match n {
+            0 => {}
+            1..=3 => {
+                for i in 0..n {
+                    *d.add(i) = *s.add(i);
+                }
+            }
+            4..=7 => two!(u32),
+            8..=15 => two!(u64),
+            16..=31 => two!(u128),
+            32..=64 => {
+                two!([u128; 2]);
+            }
+            _ => std::ptr::copy_nonoverlapping(s, d, n),
+        }
+    }
+}
+
+/// NHWC im2col for channels `c0..c0+cig`: row `p` = for each tap, `cig` bytes (the zero point
+/// outside the image), then zeros up to `k4`.
+#[allow(clippy::too_many_arguments)]
+fn im2col_nhwc(g: &ConvGeom, x: &[u8], c0: usize, cig: usize, k4: usize, zx: u8, a: &mut [u8], threads: usize) {
+    let taps = g.kh * g.kw;
+    // With one group and no dilation, the kw taps of a window row are one contiguous run.
+    let runs = cig == g.c_in && g.dw == 1;
+    let job = |(oy, orow): (usize, &mut [u8])| {
+        for ox in 0..g.ow {
+            let row = &mut orow[ox * k4..(ox + 1) * k4];
+            let ix0 = (ox * g.sw) as isize - g.pl as isize;
+            let inside_x = ix0 >= 0 && ix0 as usize + (g.kw - 1) * g.dw < g.w;
+            for ky in 0..g.kh {
+                let iy = (oy * g.sh + ky * g.dh) as isize - g.pt as isize;
+                let seg = &mut row[ky * g.kw * cig..(ky + 1) * g.kw * cig];
+                if iy < 0 || iy >= g.h as isize {
+                    seg.fill(zx);
+                    continue;
+                }
+                let rbase = iy as usize * g.w;
+                if runs && inside_x {
+                    let s = (rbase + ix0 as usize) * g.c_in;
+                    copy_small(seg, &x[s..s + g.kw * cig]);
+                    continue;
+                }
+                for kx in 0..g.kw {
+                    let ix = ix0 + (kx * g.dw) as isize;
+                    let dst = &mut seg[kx * cig..(kx + 1) * cig];
+                    if ix < 0 || ix >= g.w as isize {
+                        dst.fill(zx);
+                    } else {
+                        let s = (rbase + ix as usize) * g.c_in + c0;
+                        copy_small(dst, &x[s..s + cig]);
+                    }
+                }
+            }
+            row[taps * cig..].fill(0);
+        }
+    };
+    if threads > 1 && g.oh * g.ow * k4 >= 1 << 16 {
+        a[..g.oh * g.ow * k4].par_chunks_mut(g.ow * k4).enumerate().for_each(job);
+    } else {
+        a[..g.oh * g.ow * k4].chunks_mut(g.ow * k4).enumerate().for_each(job);
+    }
+}

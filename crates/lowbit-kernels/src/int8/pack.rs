@@ -1,0 +1,113 @@
+//! Weights packed once, at plan time, for one integer path: GEMM right-hand sides ([`PackedB`]) and
+//! depthwise taps ([`PackedDw`]).
+
+use crate::epilogue::Requant;
+use crate::isa::Isa;
+
+/// Columns per panel (one task of the GEMM).
+pub const PANEL: usize = 64;
+
+/// GEMM right-hand side (weights, K × N) packed once for a path.
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    pub isa: Isa,
+    /// Reduction length padded to a multiple of 4.
+    pub k4: usize,
+    /// Quad rows held per panel: `k4`, or for AMX `k4` padded with zeros to a multiple of 64 (one
+    /// B tile is 16 quad rows) where that adds at most 1/16.
+    pub kp: usize,
+    pub n: usize,
+    /// N padded to a multiple of 16.
+    pub n_pad: usize,
+    /// VNNI quads, panel by panel: for each panel of [`PANEL`] columns, `[k4/4][width][4]`, so
+    /// the GEMM streams one contiguous block per panel (scalar and AVX-512 read this).
+    pub quad: Vec<i8>,
+    /// `[k4/2][n_pad][2]` as i16 (AVX2 reads this).
+    pub pairs: Vec<i16>,
+    /// Σ_k w[k][j] per column (for the activation zero-point correction).
+    pub colsum: Vec<i32>,
+}
+
+impl PackedB {
+    /// `w(k, j)` gives the weight of reduction index `k < k` and column `j < n`.
+    pub fn new(isa: Isa, k: usize, n: usize, w: impl Fn(usize, usize) -> i8) -> PackedB {
+        let k4 = k.div_ceil(4) * 4;
+        // AMX tiles want whole 64-byte reductions: pad with zero quads only where that costs at most
+        // 1/16 more weight memory; other reductions run on the AVX-512 kernel (see `gemm_ex`).
+        let k64 = k4.div_ceil(64) * 64;
+        let kp = if isa == Isa::Amx && (k64 - k4) * 16 <= k4 { k64 } else { k4 };
+        let n_pad = n.div_ceil(16) * 16;
+        let mut quad = vec![0i8; kp * n_pad];
+        let mut colsum = vec![0i32; n];
+        for kk in 0..k {
+            for (j, cs) in colsum.iter_mut().enumerate() {
+                let v = w(kk, j);
+                quad[quad_index(kp, n_pad, kk, j)] = v;
+                *cs += v as i32;
+            }
+        }
+        let mut pairs = vec![];
+        if isa == Isa::Avx2 {
+            pairs = vec![0i16; k4 * n_pad];
+            for kk in 0..k {
+                for j in 0..n {
+                    pairs[(kk / 2) * n_pad * 2 + j * 2 + kk % 2] = w(kk, j) as i16;
+                }
+            }
+            quad = vec![];
+        }
+        PackedB { isa, k4, kp, n, n_pad, quad, pairs, colsum }
+    }
+
+    /// Bytes of packed weights held in memory.
+    pub fn bytes(&self) -> usize {
+        self.quad.len() + self.pairs.len() * 2 + self.colsum.len() * 4
+    }
+}
+
+/// Where weight `(k, j)` lives in [`PackedB::quad`] (`kp`: [`PackedB::kp`]).
+#[inline(always)]
+pub(crate) fn quad_index(kp: usize, n_pad: usize, k: usize, j: usize) -> usize {
+    let (p, jj) = (j / PANEL, j % PANEL);
+    let width = PANEL.min(n_pad - p * PANEL);
+    p * PANEL * kp + (k / 4) * width * 4 + jj * 4 + k % 4
+}
+
+/// The packed weights of the panel after the one at column `j0` (empty after the last).
+#[inline(always)]
+pub(crate) fn next_panel(b: &PackedB, j0: usize) -> (*const i8, usize) {
+    let j = j0 + PANEL;
+    if j >= b.n_pad || b.quad.is_empty() {
+        return (b.quad.as_ptr(), 0);
+    }
+    let width = PANEL.min(b.n_pad - j);
+    // SAFETY: panel `j / PANEL` starts at `j·kp` and holds `kp·width` bytes.
+    (unsafe { b.quad.as_ptr().add(j * b.kp) }, b.kp * width)
+}
+
+/// Depthwise weights: `[taps][c_pad]` as i32.
+#[derive(Clone, Debug)]
+pub struct PackedDw {
+    pub isa: Isa,
+    pub taps: usize,
+    pub c: usize,
+    pub c_pad: usize,
+    pub w: Vec<i32>,
+    pub colsum: Vec<i32>,
+    /// AVX-512 VNNI layout: per 64-channel block, per group of 4 taps, 4 vectors whose i32 lane
+    /// (L, j) holds the 4 tap weights of channel `16L + 4i + j` (the order byte interleaving of
+    /// 4 tap rows produces), plus the epilogue parameters in the same order.
+    pub vnni: Vec<i8>,
+    pub rq_perm: Option<Requant>,
+    /// `vnni` groups are window columns (the 4 bytes of a lane: rows 0..kh, kh ≤ 4), so one
+    /// interleaved input column serves every output pixel that reads it; otherwise groups are 4
+    /// consecutive taps.
+    pub by_cols: bool,
+    pub groups: usize,
+}
+
+/// Channel of lane `(L, j)` (lane index `4L + j`) of vector `i` in a 64-channel block.
+#[inline(always)]
+pub(crate) fn dw_perm(i: usize, lane: usize) -> usize {
+    16 * (lane / 4) + 4 * i + lane % 4
+}

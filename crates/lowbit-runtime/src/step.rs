@@ -1,0 +1,173 @@
+//! The compiled form of one plan step: what it computes ([`Kind`], with packed weights), where its
+//! operands live ([`Operand`]), and what it reports ([`StepInfo`]).
+
+use std::sync::Arc;
+
+use lowbit_core::{Act, DType, Node, Tensor};
+use lowbit_kernels::binary::BinConv;
+use lowbit_kernels::eltwise::{BinOp, Broadcast};
+use lowbit_kernels::fp32::conv::PackedConv;
+use lowbit_kernels::geom::ConvGeom;
+use lowbit_kernels::int8::ops::{self as qops, PoolGeom, QParams};
+use lowbit_kernels::int8::{PackedB, QConv, Requant};
+
+/// What one step of the plan does, for reports.
+#[derive(Clone, Debug)]
+pub struct StepInfo {
+    pub name: String,
+    pub op: String,
+    pub kernel: String,
+    pub out_shape: Vec<usize>,
+    pub macs: u64,
+    pub params: usize,
+    /// The value this step writes.
+    pub output: String,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Operand {
+    /// A buffer in the arena: byte offset, element type, shape.
+    Buf {
+        off: usize,
+        dtype: DType,
+        shape: Vec<usize>,
+        /// 4-D integer value stored NHWC (the integer kernels' layout).
+        nhwc: bool,
+    },
+    Const(Arc<Tensor>),
+}
+
+impl Operand {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Operand::Buf { shape, .. } => shape.iter().product(),
+            Operand::Const(t) => t.len(),
+        }
+    }
+}
+
+pub(crate) enum Kind {
+    Conv {
+        p: PackedConv,
+        batch: usize,
+    },
+    Gemm {
+        m: usize,
+        n: usize,
+        k: usize,
+        b: Vec<f32>,
+        prefill: Option<Vec<f32>>,
+        trans_a: bool,
+        act: Act,
+    },
+    Act(Act),
+    Binary {
+        op: BinOp,
+        bc: Broadcast,
+    },
+    Pool {
+        g: ConvGeom,
+        planes: usize,
+        max: bool,
+        cip: bool,
+        pb: usize,
+        pr: usize,
+    },
+    GlobalPool {
+        plane: usize,
+        max: bool,
+    },
+    /// Per-tensor QuantizeLinear f32 -> u8/i8 (NCHW -> NHWC with a layout).
+    Quantize {
+        q: QParams,
+        layout: qops::Layout,
+    },
+    /// Per-tensor DequantizeLinear u8/i8 -> f32 (NHWC -> NCHW with a layout).
+    Dequantize {
+        q: QParams,
+        layout: qops::Layout,
+    },
+    QConv {
+        c: QConv,
+        batch: usize,
+    },
+    /// Binary convolution; `zx`: zero point of a uint8 NHWC input, `None` for f32 NCHW.
+    BinConv {
+        c: BinConv,
+        batch: usize,
+        zx: Option<u8>,
+    },
+    QGemm {
+        b: PackedB,
+        rq: Requant,
+        m: usize,
+        k: usize,
+    },
+    QAdd(qops::AddQ),
+    QLut(Box<[u8; 256]>),
+    /// Same shapes, or with `gate = Some((n, plane, c))` `b` scales each channel of NHWC `a` (`[n][plane][c]`).
+    QMul {
+        p: qops::MulQ,
+        gate: Option<(usize, usize, usize)>,
+    },
+    QGap {
+        n: usize,
+        plane: usize,
+        c: usize,
+        qi: QParams,
+        qo: QParams,
+    },
+    QMaxPool {
+        g: PoolGeom,
+        n: usize,
+        signed: bool,
+    },
+    Generic(Node),
+}
+
+pub(crate) struct Step {
+    pub kind: Kind,
+    pub ins: Vec<Option<Operand>>,
+    pub out: Operand,
+}
+
+pub(crate) fn shape_of(o: &Operand) -> Vec<usize> {
+    match o {
+        Operand::Buf { shape, .. } => shape.clone(),
+        Operand::Const(t) => t.shape.clone(),
+    }
+}
+
+impl Kind {
+    /// Runs on integer (or binary) kernels?
+    pub(crate) fn is_integer(&self) -> bool {
+        matches!(
+            self,
+            Kind::QConv { .. }
+                | Kind::BinConv { .. }
+                | Kind::QGemm { .. }
+                | Kind::QAdd(_)
+                | Kind::QLut(_)
+                | Kind::QMul { .. }
+                | Kind::QGap { .. }
+                | Kind::QMaxPool { .. }
+        )
+    }
+
+    /// Holds its weights packed in its own layout (the graph's constant copies can go).
+    pub(crate) fn packs_weights(&self) -> bool {
+        matches!(self, Kind::Conv { .. } | Kind::Gemm { .. })
+    }
+
+    /// Bytes of packed weights and per-channel parameters held.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        match self {
+            Kind::Conv { p, .. } => p.weight_bytes(),
+            Kind::Gemm { b, prefill, .. } => (b.len() + prefill.as_ref().map_or(0, |p| p.len())) * 4,
+            Kind::QConv { c, .. } => c.weight_bytes(),
+            Kind::BinConv { c, .. } => c.weight_bytes(),
+            Kind::QGemm { b, rq, .. } => b.bytes() + rq.bytes(),
+            _ => 0,
+        }
+    }
+}
