@@ -7,6 +7,8 @@ mod commands;
 mod common;
 mod pipeline;
 mod quantize;
+mod quantize_args;
+mod quantize_report;
 mod svg;
 mod train;
 

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use burn::tensor::Device;
 use lowbit_data::Split;
 use lowbit_quant::scheme::{quantize_linear_weights, Granularity, QScheme};
 use lowbit_train::qat::{self, QatConfig};
@@ -182,7 +181,7 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
         };
         let calib = train.slice(0, a.calib_n.min(train.n));
         let prep = qat::prepare(&g, &calib, &qc, a.threads).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
-        let dev = Device::flex().autodiff();
+        let dev = lowbit_train::device();
         let mut m = qat::model(&prep, &qc, train.image(0), &dev).map_err(|e| anyhow!("{e}"))?;
         let cfg = TrainConfig { epochs: a.qat_epochs, lr: 0.002, warmup: 0.0, ..Default::default() };
         let mut pb: Option<indicatif::ProgressBar> = None;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use burn::tensor::Device;
 use lowbit_data::Split;
 use lowbit_runtime::classify::Classifier;
 use lowbit_train::qat::{self, QatConfig};
@@ -149,7 +148,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         train_set.h,
         train_set.w
     );
-    let device = Device::flex().autodiff();
+    let device = lowbit_train::device();
     let cfg = TrainConfig {
         epochs: a.epochs,
         batch: a.batch,

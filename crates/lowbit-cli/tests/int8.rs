@@ -381,3 +381,73 @@ fn reshape_into_a_spatial_plane_keeps_the_fake_quant_values() {
         assert_eq!(got[0].data, want["y"].data, "{}", isa.name());
     }
 }
+
+/// Issue 18: a forced path reaches every step. On ResNet-18's and ppocr-textline-cls's QDQ files
+/// (convolutions, adds, pools, GEMM; hard-swish tables, products) and their float originals, a plan
+/// on the portable paths makes no kernel call on a SIMD path, counted step by step; every path this
+/// CPU has gives the portable path's integer outputs bit for bit (float plans within rounding); and
+/// `LOWBIT_ISA=scalar lowbit bench` reports no SIMD call while the default path makes some.
+#[test]
+fn forced_portable_paths_reach_every_step() {
+    use lowbit_kernels::isa::Paths;
+    for model in ["resnet18-random", "ppocr-textline-cls"] {
+        for (tag, file) in [("int8", ort_qdq_integer(model)), ("f32", zoo(&format!("{model}.onnx")))] {
+            let g = lowbit_onnx::read_model(&file).unwrap();
+            let g = if tag == "int8" { expose_int8(&g) } else { g };
+            let (data, shape, _) = images(model, 1);
+            let x = Tensor::f32([vec![1], shape.clone()].concat(), data[..shape.iter().product::<usize>()].to_vec());
+            let compile = |paths: Paths| {
+                let opts = PlanOptions { threads: 1, paths: Some(paths), ..Default::default() };
+                Plan::compile(&g, &[x.shape.clone()], &opts).unwrap()
+            };
+            let scalar = compile(Paths::scalar());
+            let (want, traces) = scalar.run_traced(std::slice::from_ref(&x)).unwrap();
+            assert_eq!(traces.len(), scalar.steps().len());
+            let mut kernel_steps = 0;
+            for (s, t) in scalar.steps().iter().zip(&traces) {
+                assert_eq!(t.simd(), 0, "{model} {tag}: step {} ({}) called a SIMD kernel: {t:?}", s.name, s.kernel);
+                kernel_steps += (t.total() > 0) as usize;
+            }
+            assert!(kernel_steps * 2 > traces.len(), "{model} {tag}: only {kernel_steps} steps called a kernel");
+            if tag == "int8" {
+                assert!(scalar.int8_steps() > 10, "{model}: {} integer steps", scalar.int8_steps());
+            }
+            for paths in Paths::all_supported() {
+                let p = compile(paths);
+                let (got, traces) = p.run_traced(std::slice::from_ref(&x)).unwrap();
+                if paths != Paths::scalar() {
+                    assert!(traces.iter().map(|t| t.simd()).sum::<u64>() > 0, "{model} {tag} {paths:?}: no SIMD call");
+                }
+                for (a, b) in got.iter().zip(&want) {
+                    if tag == "int8" && a.dtype() != lowbit_core::DType::F32 {
+                        assert!(a.data == b.data, "{model} {paths:?}: integer output differs from the portable path");
+                    } else {
+                        let (a, b) = (a.to_f32_vec(), b.to_f32_vec());
+                        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                        let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                        assert!(err <= 1e-3 * scale, "{model} {tag} {paths:?}: max error {err} of {scale}");
+                    }
+                }
+            }
+        }
+    }
+    let f = ort_qdq_integer("resnet18-random");
+    for (isa, simd_zero) in [("scalar", true), ("", false)] {
+        let j = tmpdir("trace-bench").join(format!("bench-{isa}.json"));
+        let o = Command::new(lowbit_bin())
+            .args(["bench", f.to_str().unwrap(), "--iters", "1", "--warmup", "0", "--json", j.to_str().unwrap()])
+            .env("LOWBIT_ISA", isa)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+        let calls = &r["kernel_calls"];
+        assert!(calls["total"].as_u64().unwrap() > 20, "{r}");
+        let simd = calls["simd"].as_u64().unwrap();
+        if simd_zero {
+            assert_eq!(simd, 0, "LOWBIT_ISA={isa}: {r}");
+        } else {
+            assert!(simd > 0 || Isa::best() == Isa::Scalar, "default paths: {r}");
+        }
+    }
+}

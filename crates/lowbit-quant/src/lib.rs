@@ -7,6 +7,7 @@
 pub mod calibrate;
 pub mod dfq;
 pub mod observer;
+pub mod ptq;
 pub mod qdq;
 pub mod scheme;
 pub mod select;

@@ -17,6 +17,12 @@ pub mod train;
 
 pub use model::{Binary, Model, QatMethod};
 
+/// The device training runs on: burn's flex CPU backend with autodiff (what every training entry
+/// point of this crate takes, so callers need not depend on burn).
+pub fn device() -> burn::tensor::Device {
+    burn::tensor::Device::flex().autodiff()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("node '{node}': {msg}")]

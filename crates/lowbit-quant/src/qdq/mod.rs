@@ -7,92 +7,21 @@ use std::collections::{HashMap, HashSet};
 
 use lowbit_core::{Act, Data, Error, Graph, Node, Op, Result, Tensor};
 
+mod acts;
+mod config;
+
 use crate::calibrate::Stats;
-use crate::observer::Method;
 use crate::scheme::{
-    kmeans_weights_int8, linear_params, log2_weights_int8, quantize_linear_weights, Granularity, Kind, Mode, QParams,
-    QScheme,
+    kmeans_weights_int8, log2_weights_int8, quantize_linear_weights, Granularity, Kind, Mode, QParams, QScheme,
 };
+use acts::{plan_activations, ActPlan};
+pub use config::KMeansCache;
+pub use config::QdqConfig;
+use config::{is_compute, is_passthrough, weights_fingerprint};
 
 /// The integer a binarized activation takes in the QDQ export (`±1` is stored as int8
 /// `±BINARY_LEVEL` with scale `1/BINARY_LEVEL`; a power of two, so the scale is exact).
 pub const BINARY_LEVEL: i32 = 64;
-
-/// What to quantize and how.
-#[derive(Clone, Debug)]
-pub struct QdqConfig {
-    pub weight_bits: u8,
-    pub act_bits: u8,
-    pub per_channel: bool,
-    pub method: Method,
-    /// Search each weight channel's clipping range by MSE (on by default below 8 bits).
-    pub weight_mse: bool,
-    /// Nodes (by name) left in float.
-    pub keep_float: HashSet<String>,
-    /// Per-node weight bit widths overriding `weight_bits` (mixed precision).
-    pub weight_bits_for: HashMap<String, u8>,
-    /// Per-value activation bit widths overriding `act_bits` (by value name; see
-    /// [`first_last_overrides`]).
-    pub act_bits_for: HashMap<String, u8>,
-    /// Keep the first compute layer (the one reading the model input) in float.
-    pub skip_first: bool,
-    /// Keep the last compute layer (the one writing the model output) in float.
-    pub skip_last: bool,
-    /// Correct each layer's bias for the mean shift its weight quantization causes, using the
-    /// calibration means of its input channels (empirical bias correction).
-    pub bias_correction: bool,
-    /// Activation parameters (scale, zero point) by value name, used instead of calibration
-    /// (quantization-aware training exports its learned steps this way).
-    pub act_override: HashMap<String, (f32, i32)>,
-    /// Weight scales (one per output channel, or one) by node name, used instead of the range or
-    /// MSE search.
-    pub weight_scale_override: HashMap<String, Vec<f32>>,
-    /// Binary convolutions (by node name): weights `sign(w)` (`+1` at zero) with the per-channel
-    /// scale `mean |w|`, and the input binarized to `±1` by `Sign(Sign(x) + 0.5)` followed by an
-    /// int8 Q/DQ pair with scale `1/BINARY_LEVEL`; the bias is int32 with the accumulator scale
-    /// (standard ONNX that any runtime executes, ONNX Runtime as QLinearConv; lowbit's plan reads
-    /// the pattern back as one xnor-popcount convolution).
-    pub binary: HashSet<String>,
-    /// The values weights may take: linear symmetric (default), power-of-two scales, logarithmic
-    /// or k-means shared. Every kind is written as int8 weights of a standard DequantizeLinear
-    /// (see [`crate::scheme::log2_weights_int8`], [`crate::scheme::kmeans_weights_int8`]), with a
-    /// `lowbit.quant.scheme.<node>` metadata entry naming the scheme; layers raised to 8 bits by
-    /// mixed precision are linear.
-    pub weight_kind: Kind,
-    /// k-means results by (node, bits, weight fingerprint), shared by clones of this configuration.
-    pub kmeans_cache: KMeansCache,
-}
-
-/// See [`QdqConfig::kmeans_cache`].
-pub type KMeansCache = std::sync::Arc<std::sync::Mutex<HashMap<(String, u8, u64), (Vec<i32>, QParams, Vec<i32>)>>>;
-
-/// FNV-1a over the bits of `w` (tells apart weight tensors that share a node name).
-fn weights_fingerprint(w: &[f32]) -> u64 {
-    w.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x0100_0000_01b3))
-}
-
-impl Default for QdqConfig {
-    fn default() -> Self {
-        QdqConfig {
-            weight_bits: 8,
-            act_bits: 8,
-            per_channel: true,
-            method: Method::MinMax,
-            weight_mse: false,
-            keep_float: HashSet::new(),
-            weight_bits_for: HashMap::new(),
-            act_bits_for: HashMap::new(),
-            skip_first: false,
-            skip_last: false,
-            bias_correction: true,
-            act_override: HashMap::new(),
-            weight_scale_override: HashMap::new(),
-            binary: HashSet::new(),
-            weight_kind: Kind::Linear(Mode::Symmetric),
-            kmeans_cache: Default::default(),
-        }
-    }
-}
 
 /// One quantized layer, for reports.
 #[derive(Clone, Debug)]
@@ -170,48 +99,6 @@ fn int32_bias(
     bdq
 }
 
-fn is_compute(n: &Node, g: &Graph) -> bool {
-    match n.op {
-        Op::Conv(_) | Op::Gemm { .. } => n.input(1).is_some_and(|w| g.initializers.contains_key(w)),
-        Op::MatMul => n.input(1).is_some_and(|w| g.initializers.get(w).is_some_and(|t| t.rank() == 2)),
-        _ => false,
-    }
-}
-
-fn is_passthrough(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::MaxPool(_)
-            | Op::Reshape { .. }
-            | Op::Flatten { .. }
-            | Op::Squeeze { .. }
-            | Op::Unsqueeze { .. }
-            | Op::Identity
-    )
-}
-
-/// Ops whose inputs and output are all quantized (an element-wise activation between Q/DQ runs as a byte table, a
-/// Mul of two quantized tensors as an integer product).
-fn is_qio(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Add
-            | Op::Mul
-            | Op::Concat { .. }
-            | Op::AveragePool(_)
-            | Op::GlobalAveragePool
-            | Op::HardSwish
-            | Op::HardSigmoid { .. }
-    )
-}
-
-impl QdqConfig {
-    /// The activation bit width of value `v`.
-    pub fn act_bits_of(&self, v: &str) -> u8 {
-        self.act_bits_for.get(v).copied().unwrap_or(self.act_bits)
-    }
-}
-
 /// Weight and activation overrides that keep the first and last compute layers of `g` at `bits`:
 /// their weights, and the activation the last layer reads (with the pass-through values, such as
 /// a Flatten, between it and the quantized producer). The first layer reads the model input,
@@ -282,148 +169,9 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
     for (v, b) in &cfg.act_bits_for {
         QScheme::activations(*b).validate().map_err(|e| Error::value(v, e))?;
     }
-    let producers = g.producers();
     let inputs: HashSet<&str> = g.runtime_inputs().iter().map(|v| v.name.as_str()).collect();
-    // First and last compute layers.
-    let compute: Vec<usize> = (0..g.nodes.len()).filter(|&i| is_compute(&g.nodes[i], g)).collect();
-    let mut float_nodes: HashSet<String> = cfg.keep_float.clone();
-    if cfg.skip_first {
-        if let Some(&i) = compute.first() {
-            float_nodes.insert(g.nodes[i].name.clone());
-        }
-    }
-    if cfg.skip_last {
-        if let Some(&i) = compute.last() {
-            float_nodes.insert(g.nodes[i].name.clone());
-        }
-    }
-    // An activation split out of a float layer (`split_activations`) stays float with it. A Mul is quantized only when
-    // both its inputs are activations of quantized nodes: a constant operand has no integer form here.
-    for n in &g.nodes {
-        let float_producer = |v: &str| producers.get(v).is_some_and(|&p| float_nodes.contains(&g.nodes[p].name));
-        let float = match n.op {
-            Op::HardSwish | Op::HardSigmoid { .. } => n.inputs.first().is_some_and(|v| float_producer(v)),
-            Op::Mul => n.inputs.iter().any(|v| g.initializers.contains_key(v) || float_producer(v)),
-            _ => false,
-        };
-        if float {
-            float_nodes.insert(n.name.clone());
-        }
-    }
+    let ActPlan { float_nodes, params, order, narrowed, clip_before_q } = plan_activations(g, stats, cfg)?;
     let quantized = |n: &Node| !float_nodes.contains(&n.name);
-
-    // Which float values get a Q/DQ pair, with which parameters.
-    let mut params: HashMap<String, (f32, i32)> = HashMap::new();
-    let mut order: Vec<String> = vec![];
-    // Values that take their parameters from a pass-through producer's input (already in range).
-    let mut inherited: HashSet<String> = HashSet::new();
-    let act_of = |v: &str| -> Result<(f32, i32)> {
-        if let Some(&p) = cfg.act_override.get(v) {
-            return Ok(p);
-        }
-        let o = stats.get(v).ok_or_else(|| Error::value(v, "no calibration statistics for this value"))?;
-        // The model input is data the user controls: never clip it, and keep it at 8 bits (images
-        // are 8-bit data; min-max over 256 levels loses nothing for u8 pixels).
-        let is_input = inputs.contains(v);
-        let bits = if is_input { 8 } else { cfg.act_bits_of(v) };
-        let method = if is_input { Method::MinMax } else { cfg.method };
-        let (lo, hi) = o.range(method, 1usize << bits);
-        if std::env::var_os("LOWBIT_DEBUG_RANGES").is_some() {
-            eprintln!("{v}: minmax [{}, {}] -> {:?} [{lo}, {hi}]", o.min, o.max, cfg.method);
-        }
-        let p = linear_params(&QScheme::activations(bits), &[lo], &[hi]);
-        Ok((p.scale[0], p.zero_point[0]))
-    };
-    let want = |v: &str, params: &mut HashMap<String, (f32, i32)>, order: &mut Vec<String>| -> Result<()> {
-        if v.is_empty() || g.initializers.contains_key(v) || params.contains_key(v) || g.is_output(v) {
-            return Ok(());
-        }
-        if !(inputs.contains(v) || producers.contains_key(v)) {
-            return Ok(());
-        }
-        // Only float activations are observed; integer values (shapes, indices) stay as they are.
-        if !stats.contains_key(v) {
-            return Ok(());
-        }
-        params.insert(v.to_string(), act_of(v)?);
-        order.push(v.to_string());
-        Ok(())
-    };
-    let consumers = g.consumers();
-    // An Add read only by a ReLU/Clip: its output is not quantized, the clamp's is (one rounding,
-    // and the integer Add applies the clamp in its epilogue), as ONNX Runtime places it.
-    let clamped_add = |n: &Node| -> bool {
-        n.op == Op::Add
-            && consumers.get(&n.outputs[0]).is_some_and(|c| {
-                c.len() == 1
-                    && matches!(
-                        lowbit_core::passes::as_activation(g, &g.nodes[c[0]]),
-                        Some(Act::Relu) | Some(Act::Clip { .. })
-                    )
-            })
-    };
-    for n in &g.nodes {
-        if (is_compute(n, g) && quantized(n)) || (is_qio(&n.op) && quantized(n)) {
-            want(&n.inputs[0], &mut params, &mut order)?;
-            if is_qio(&n.op) {
-                for i in n.inputs.iter().skip(1) {
-                    want(i, &mut params, &mut order)?;
-                }
-            }
-            if clamped_add(n) {
-                let r = &g.nodes[consumers[&n.outputs[0]][0]];
-                if !g.is_output(&r.outputs[0]) {
-                    want(&r.outputs[0], &mut params, &mut order)?;
-                }
-            } else {
-                want(&n.outputs[0], &mut params, &mut order)?;
-            }
-        } else if is_passthrough(&n.op) {
-            if let Some(p) = params.get(&n.inputs[0]).copied() {
-                let o = &n.outputs[0];
-                if !g.is_output(o) && !params.contains_key(o) {
-                    params.insert(o.clone(), p);
-                    order.push(o.clone());
-                    inherited.insert(o.clone());
-                }
-            }
-        }
-    }
-
-    // Below 8 bits, QuantizeLinear's uint8 saturation is wider than the quantizer's range: make the
-    // clipping to the representable range explicit, in the producer's activation where it has one
-    // (a fused Conv/Gemm activation or a Relu/Clip node), else as a Clip before the Q.
-    let mut narrowed: HashMap<String, Act> = HashMap::new(); // node name -> new activation
-    let mut clip_before_q: HashMap<String, (f32, f32)> = HashMap::new();
-    for v in &order {
-        let bits = cfg.act_bits_of(v);
-        if bits >= 8 || inherited.contains(v) || inputs.contains(v.as_str()) {
-            continue;
-        }
-        let qmax_b = ((1u32 << bits) - 1) as f32;
-        let (s, z) = params[v];
-        let (lo, hi) = (-(z as f32) * s, (qmax_b - z as f32) * s);
-        let prod = producers.get(v.as_str()).map(|&i| &g.nodes[i]);
-        let current = prod.and_then(|n| match n.op {
-            Op::Conv(_) | Op::Gemm { .. } => Some(n.op.fused_act()),
-            Op::Relu | Op::Clip { .. } => lowbit_core::passes::as_activation(g, n),
-            _ => None,
-        });
-        let merged = match current {
-            Some(Act::None) => Some(Act::Clip { lo, hi }),
-            Some(Act::Relu) => Some(Act::Clip { lo: lo.max(0.0), hi }),
-            Some(Act::Clip { lo: a, hi: b }) => Some(Act::Clip { lo: lo.max(a), hi: hi.min(b) }),
-            _ => None,
-        };
-        match (prod, merged) {
-            (Some(n), Some(a)) => {
-                narrowed.insert(n.name.clone(), a);
-            }
-            _ => {
-                clip_before_q.insert(v.clone(), (lo, hi));
-            }
-        }
-    }
 
     let mut out = g.clone();
     out.opset = out.opset.max(13);

@@ -1,0 +1,149 @@
+//! `lowbit quantize`'s command line and the library options it stands for.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use lowbit_quant::observer::Method;
+use lowbit_quant::ptq::PtqOptions;
+use lowbit_quant::scheme::{Kind, Mode};
+
+#[derive(clap::Args, Clone)]
+pub struct QuantizeArgs {
+    pub model: PathBuf,
+    /// Calibration data (IDX folder/file or image folder)
+    #[arg(long, required_unless_present = "data")]
+    pub calib: Option<PathBuf>,
+    /// Automatic pipeline on a labelled IDX folder with train and test splits: L1 data-free
+    /// (weights only), L2 calibrated with sensitivity-driven mixed precision (--max-drop), and L3
+    /// quantization-aware training only if the budget is still missed; a table of every stage
+    #[arg(long, conflicts_with_all = ["calib", "eval"])]
+    pub data: Option<PathBuf>,
+    /// L3 method (ste, lsq, pact, dsq) and epochs
+    #[arg(long, default_value = "lsq")]
+    pub qat_method: String,
+    #[arg(long, default_value_t = 1)]
+    pub qat_epochs: usize,
+    /// Split of an IDX folder used for calibration
+    #[arg(long, default_value = "train", value_parser = ["train", "test"])]
+    pub calib_split: String,
+    /// Number of calibration images
+    #[arg(long, default_value_t = 1000)]
+    pub calib_n: usize,
+    /// Weight bits (2..=8), per-channel symmetric
+    #[arg(long, default_value_t = 8)]
+    pub weights: u8,
+    /// Activation bits (2..=8), per-tensor affine
+    #[arg(long, default_value_t = 8)]
+    pub acts: u8,
+    /// Activation range method: auto (try all, keep the one closest to float on the
+    /// calibration images) | minmax | percentile[:P] | entropy | mse
+    #[arg(long, default_value = "auto")]
+    pub method: String,
+    /// Per-tensor weights instead of per-channel
+    #[arg(long)]
+    pub per_tensor: bool,
+    /// Weight values: linear (symmetric scale), pow2 (power-of-two scales: requantization is a
+    /// shift), log (0 or ±2^k, 2..4 bits), kmeans (2^bits shared values per layer). All are written
+    /// as int8 weights of a standard DequantizeLinear, so ONNX Runtime and lowbit's integer kernels run
+    /// them; the file's metadata names the scheme of each layer
+    #[arg(long, default_value = "linear")]
+    pub scheme: String,
+    /// Cross-layer equalization of consecutive convolutions before quantizing (DFQ)
+    #[arg(long)]
+    pub cle: bool,
+    /// With --cle: equalize every pair, replacing ReLU6 by ReLU even where activations reach 6 (as
+    /// the DFQ paper does; this changes the float function, and --eval measures against the
+    /// original model)
+    #[arg(long)]
+    pub cle_relu6_to_relu: bool,
+    /// Bias absorption across Conv-ReLU-Conv pairs (DFQ; uses calibration minima since
+    /// folded models carry no BatchNorm statistics)
+    #[arg(long)]
+    pub absorb_bias: bool,
+    /// Turn off bias correction of weight-quantization error
+    #[arg(long)]
+    pub no_bias_correction: bool,
+    /// DFQ's data-free statistics: where a layer's input comes from a convolution followed by
+    /// BatchNormalization in the given (unfolded) model, bias correction and bias absorption use
+    /// that BatchNorm's beta and gamma (the input as N(beta, gamma^2) through its activation)
+    /// instead of calibration data; activation ranges and the ReLU6 check of --cle still come
+    /// from --calib
+    #[arg(long)]
+    pub bn_stats: bool,
+    /// Per-layer sensitivity table (and plot with --plots)
+    #[arg(long)]
+    pub sensitivity: bool,
+    /// Mixed precision: raise the most sensitive layers to 8-bit weights until the top-1 drop
+    /// on the (labelled) calibration images is at most this many percentage points
+    #[arg(long)]
+    pub max_drop: Option<f64>,
+    /// Folder for SVG plots: per-layer sensitivity and activation histograms with clip ranges
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// Keep the first / last compute layer in float
+    #[arg(long)]
+    pub skip_first: bool,
+    #[arg(long)]
+    pub skip_last: bool,
+    /// Evaluate float and quantized on this labelled data (or agreement when unlabelled)
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Limit the evaluation images
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    #[arg(long)]
+    pub preset: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The library's options from the command line (typed, checked before any work).
+pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
+    let method = match a.method.as_str() {
+        "auto" => None,
+        m => Some(
+            Method::parse(m)
+                .ok_or_else(|| anyhow!("unknown --method '{m}' (auto, minmax, percentile[:P], entropy, mse)"))?,
+        ),
+    };
+    for (what, b) in [("--weights", a.weights), ("--acts", a.acts)] {
+        if !(2..=8).contains(&b) {
+            bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
+        }
+    }
+    if a.calib_n == 0 {
+        bail!("--calib-n must be at least 1");
+    }
+    let weight_kind = match a.scheme.as_str() {
+        "linear" => Kind::Linear(Mode::Symmetric),
+        "pow2" => Kind::Linear(Mode::PowerOfTwo),
+        "log" if a.weights <= 4 => Kind::Log2,
+        "log" => bail!(
+            "--scheme log takes --weights 2 to 4 ({} asked): logarithmic levels ±2^k are stored as int8 multiples of the smallest level, and 2^(bits-1)-1 exponents must fit ±127",
+            a.weights
+        ),
+        "kmeans" => Kind::KMeans,
+        other => bail!("unknown --scheme '{other}' (linear, pow2, log, kmeans)"),
+    };
+    Ok(PtqOptions {
+        weight_bits: a.weights,
+        act_bits: a.acts,
+        per_channel: !a.per_tensor,
+        method,
+        weight_kind,
+        cle: a.cle,
+        cle_relu6_to_relu: a.cle_relu6_to_relu,
+        absorb_bias: a.absorb_bias,
+        bias_correction: !a.no_bias_correction,
+        bn_stats: a.bn_stats,
+        sensitivity: a.sensitivity,
+        max_drop: a.max_drop,
+        skip_first: a.skip_first,
+        skip_last: a.skip_last,
+        threads: a.threads,
+    })
+}

@@ -1,0 +1,247 @@
+//! Post-training quantization as one library call ([`quantize`]): optional data-free steps
+//! (cross-layer equalization, bias absorption, BatchNorm statistics), calibration, the activation
+//! range method (one given, or `auto`: every candidate scored against float on the calibration
+//! images), bias correction, per-layer sensitivity and sensitivity-driven mixed precision. The
+//! result is a QDQ graph plus everything a report needs; printing, plots and files are the
+//! caller's.
+
+use lowbit_core::{Error, Graph, Result};
+
+use crate::calibrate::{calibrate, Stats};
+use crate::dfq::{self, BnDists};
+use crate::observer::Method;
+use crate::qdq::{build_qdq, split_activations, QdqConfig, QdqModel};
+use crate::scheme::Kind;
+use crate::select::{choose_method, default_candidates, Candidate};
+use crate::sensitivity::{layer_sensitivity, mixed_precision, LayerSensitivity, MixedPrecision, Reference, ScoreSet};
+
+/// Calibration images, already preprocessed: `n` images of `image_shape` (C, H, W) in `data`.
+pub struct CalibSet<'a> {
+    pub image_shape: &'a [usize],
+    pub data: &'a [f32],
+    pub n: usize,
+    pub labels: Option<&'a [u32]>,
+}
+
+/// What [`quantize`] does.
+#[derive(Clone, Debug)]
+pub struct PtqOptions {
+    pub weight_bits: u8,
+    pub act_bits: u8,
+    pub per_channel: bool,
+    /// The activation range method; `None`: choose automatically.
+    pub method: Option<Method>,
+    /// The values weights take (linear, power-of-two scales, logarithmic, k-means).
+    pub weight_kind: Kind,
+    /// Cross-layer equalization; with `cle_relu6_to_relu` every pair, ReLU6 replaced by ReLU.
+    pub cle: bool,
+    pub cle_relu6_to_relu: bool,
+    pub absorb_bias: bool,
+    pub bias_correction: bool,
+    /// Bias correction and absorption statistics from the model's BatchNorm layers.
+    pub bn_stats: bool,
+    /// Per-layer sensitivity (implied by `max_drop`).
+    pub sensitivity: bool,
+    /// Mixed precision: raise layers to 8-bit weights until the drop is at most this (pp).
+    pub max_drop: Option<f64>,
+    pub skip_first: bool,
+    pub skip_last: bool,
+    pub threads: usize,
+}
+
+impl Default for PtqOptions {
+    fn default() -> Self {
+        PtqOptions {
+            weight_bits: 8,
+            act_bits: 8,
+            per_channel: true,
+            method: None,
+            weight_kind: Kind::Linear(crate::scheme::Mode::Symmetric),
+            cle: false,
+            cle_relu6_to_relu: false,
+            absorb_bias: false,
+            bias_correction: true,
+            bn_stats: false,
+            sensitivity: false,
+            max_drop: None,
+            skip_first: false,
+            skip_last: false,
+            threads: 1,
+        }
+    }
+}
+
+/// The long stages, for progress reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Calibrate,
+    Sensitivity,
+}
+
+/// What [`quantize`] produced.
+pub struct PtqOutcome {
+    /// The QDQ model (after mixed precision, when asked).
+    pub model: QdqModel,
+    pub method: Method,
+    pub bias_corrected: bool,
+    /// `auto`'s candidates, the chosen one first, scored on `scored_images` calibration images.
+    pub candidates: Vec<Candidate>,
+    pub scored_images: usize,
+    /// Per-layer sensitivity (empty unless asked).
+    pub sensitivity: Vec<LayerSensitivity>,
+    pub mixed: Option<MixedSummary>,
+    /// What the data-free steps did, one line each.
+    pub notes: Vec<String>,
+    /// Calibration statistics of the graph that was quantized (histograms for plots).
+    pub stats: Stats,
+}
+
+/// The mixed-precision result without its model (that is [`PtqOutcome::model`]).
+pub struct MixedSummary {
+    pub max_drop: f64,
+    pub raised: Vec<String>,
+    pub drop_pp: f64,
+    pub within_budget: bool,
+}
+
+/// Images `auto`, sensitivity and mixed precision score on (at most).
+pub const SCORE_IMAGES: usize = 1000;
+
+/// Quantizes `g` (a float model as read) with `calib`.
+pub fn quantize(
+    g: &Graph,
+    calib: &CalibSet,
+    o: &PtqOptions,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<PtqOutcome> {
+    for (what, b) in [("weight", o.weight_bits), ("activation", o.act_bits)] {
+        if !(2..=8).contains(&b) {
+            return Err(Error::Invalid(format!("{b} {what} bits are out of range: linear quantization takes 2 to 8")));
+        }
+    }
+    if calib.n == 0 {
+        return Err(Error::Invalid("no calibration images".into()));
+    }
+    let (mut canon, _) = lowbit_runtime::canonicalize_free(g)?;
+    let shape = calib.image_shape;
+    let quick = |canon: &Graph| calibrate(canon, shape, calib.data, calib.n, 32, o.threads, false, &mut |_, _| {});
+    let mut notes = vec![];
+    let mut bn = o.bn_stats.then(|| BnDists::from_graph(g));
+    if let Some(d) = &bn {
+        // Only pairs that folding merged describe a convolution of the canonical graph.
+        let described = d.stats(&canon).len();
+        if described == 0 {
+            return Err(Error::Invalid(
+                "--bn-stats needs Conv -> BatchNormalization pairs with constant parameters, and this model has none (BatchNorm already folded?)".into(),
+            ));
+        }
+        notes.push(format!("BatchNorm statistics: {described} convolutions described by N(beta, gamma^2)"));
+        if !o.bias_correction && !o.absorb_bias {
+            notes.push("--bn-stats has no effect without bias correction or --absorb-bias".into());
+        }
+    }
+    if o.cle {
+        // The ReLU6 check stays on calibration data: BatchNorm's normal tails under-predict 6.
+        let st = quick(&canon)?;
+        let r = dfq::equalize(&mut canon, if o.cle_relu6_to_relu { None } else { Some(&st) }, 8);
+        if let Some(d) = bn.as_mut() {
+            d.rescale(&r.channel_scale);
+        }
+        notes.push(format!(
+            "cross-layer equalization: {} conv pairs, {} ReLU6 -> ReLU{}, {} pairs skipped (ReLU6 saturates: {})",
+            r.pairs,
+            r.relu6_replaced,
+            if o.cle_relu6_to_relu { " (all, as asked)" } else { " (never reached 6 on the calibration images)" },
+            r.relu6_unsafe.len(),
+            if r.relu6_unsafe.is_empty() { "none".to_string() } else { r.relu6_unsafe.join(", ") }
+        ));
+    }
+    if o.absorb_bias {
+        let mut st = quick(&canon)?;
+        if let Some(d) = &bn {
+            d.overlay(&canon, &mut st);
+        }
+        let (n, shifts) = dfq::absorb_biases(&mut canon, &st);
+        if let Some(d) = bn.as_mut() {
+            d.shift(&shifts);
+        }
+        notes.push(format!("bias absorption: {n} channels"));
+    }
+    // Hard-swish and hard-sigmoid become their own nodes, so their inputs are calibrated and quantized too.
+    let split = split_activations(&mut canon);
+    if split > 0 {
+        notes.push(format!("{split} hard-swish/hard-sigmoid activations quantized on their own (8-bit table)"));
+    }
+    let hist = o.method.is_none_or(|m| m.needs_histogram());
+    let mut stats = calibrate(&canon, shape, calib.data, calib.n, 32, o.threads, hist, &mut |d, t| {
+        progress(Stage::Calibrate, d, t)
+    })
+    .map_err(|e| Error::Invalid(format!("calibration failed: {e}")))?;
+    // With --bn-stats, bias correction reads BatchNorm's per-channel means (ranges stay calibrated).
+    if let Some(d) = &bn {
+        d.overlay(&canon, &mut stats);
+    }
+    let cfg = QdqConfig {
+        weight_bits: o.weight_bits,
+        act_bits: o.act_bits,
+        per_channel: o.per_channel,
+        method: o.method.unwrap_or(Method::Mse),
+        weight_mse: o.weight_bits < 8,
+        skip_first: o.skip_first,
+        skip_last: o.skip_last,
+        bias_correction: o.bias_correction,
+        weight_kind: o.weight_kind,
+        ..Default::default()
+    };
+    let scored = calib.n.min(SCORE_IMAGES);
+    let per: usize = shape.iter().product();
+    let (mut model, method, bias_corrected, candidates) = match o.method {
+        None => {
+            // Bias correction off holds for auto too; otherwise auto tries both.
+            let bc: &[bool] = if o.bias_correction { &[true, false] } else { &[false] };
+            let cands = default_candidates();
+            let (q, c) =
+                choose_method(&canon, &stats, &cfg, &cands, bc, shape, &calib.data[..scored * per], scored, o.threads)?;
+            let (m, b) = (c[0].method, c[0].bias_correction);
+            (q, m, b, c)
+        }
+        Some(m) => (build_qdq(&canon, &stats, &cfg)?, m, o.bias_correction, vec![]),
+    };
+    // Sensitivity and mixed precision, scored on the calibration images (never the evaluation set).
+    let (mut sensitivity, mut mixed) = (vec![], None);
+    if o.sensitivity || o.max_drop.is_some() {
+        let set = ScoreSet {
+            image_shape: shape,
+            data: &calib.data[..scored * per],
+            n: scored,
+            labels: calib.labels.map(|l| &l[..scored]),
+            threads: o.threads,
+        };
+        let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
+        let r = Reference::new(&canon, &set)?;
+        sensitivity =
+            layer_sensitivity(&canon, &stats, &chosen, &set, &r, &mut |d, t| progress(Stage::Sensitivity, d, t))?;
+        if let Some(md) = o.max_drop {
+            let MixedPrecision { model: m, raised, drop_pp, within_budget } =
+                mixed_precision(&canon, &stats, &chosen, 8, &sensitivity, md, &set, &r)?;
+            mixed = Some(MixedSummary { max_drop: md, raised, drop_pp, within_budget });
+            model = m;
+        }
+    }
+    if !model.layers.iter().any(|l| l.weight_bits.is_some()) {
+        return Err(Error::Invalid(
+            "no quantizable layer (Conv/Gemm/MatMul with constant weights) in this model".into(),
+        ));
+    }
+    Ok(PtqOutcome {
+        model,
+        method,
+        bias_corrected,
+        candidates,
+        scored_images: scored,
+        sensitivity,
+        mixed,
+        notes,
+        stats,
+    })
+}
