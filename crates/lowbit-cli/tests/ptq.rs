@@ -56,7 +56,8 @@ fn check_model_against_ort(
     let mut fc = Classifier::new(lowbit_onnx::read_model(&zoo(model)).unwrap(), vec![1, 28, 28], 2);
     let ours = qc.logits(&test.data, n).unwrap();
     let float = fc.logits(&test.data, n).unwrap();
-    let (oshape, ort) = ort_run(&path, &test.data, &[n, 1, 28, 28], &format!("ptq-ort-{model}-{weight_bits}-{kind:?}"));
+    let (oshape, ort) =
+        ort_run_qdq(&path, &test.data, &[n, 1, 28, 28], &format!("ptq-ort-{model}-{weight_bits}-{kind:?}"));
     assert_eq!(oshape, vec![n, 10]);
     let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
     let acc = |l: &Vec<Vec<f32>>| (0..n).filter(|&i| argmax(&l[i]) as u32 == labels[i]).count() as f64 / n as f64;
@@ -274,7 +275,7 @@ fn ppocr_qdq_with_hardswish_loads_in_ort() {
     let d = tmpdir("ppocr-qdq");
     let path = d.join("q.onnx");
     lowbit_onnx::write_model(&q.graph, &path).unwrap();
-    let (shape, ort) = ort_run(&path, &photos.data[..4 * 3 * 48 * 192], &[4, 3, 48, 192], "ppocr-qdq-ort");
+    let (shape, ort) = ort_run_qdq(&path, &photos.data[..4 * 3 * 48 * 192], &[4, 3, 48, 192], "ppocr-qdq-ort");
     assert_eq!(shape, vec![4, 2]);
     let mut qc = Classifier::new(q.graph.clone(), vec![3, 48, 192], 1);
     let ours = qc.logits(&photos.data[..4 * 3 * 48 * 192], 4).unwrap();
@@ -363,7 +364,7 @@ fn first_and_last_layers_keep_their_own_width() {
     let d = tmpdir("ptq-first-last");
     let path = d.join("q.onnx");
     lowbit_onnx::write_model(&fl.graph, &path).unwrap();
-    let (_, ort) = ort_run(&path, &test.data, &[n, 1, 28, 28], "ptq-first-last-ort");
+    let (_, ort) = ort_run_qdq(&path, &test.data, &[n, 1, 28, 28], "ptq-first-last-ort");
     let ours = Classifier::new(fl.graph.clone(), vec![1, 28, 28], 2).logits(&test.data, n).unwrap();
     let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
     assert!(agree * 1000 >= n * 995, "lowbit/ORT agreement {agree}/{n}");

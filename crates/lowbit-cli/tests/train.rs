@@ -126,7 +126,7 @@ fn qat_exports_qdq_that_ort_and_the_integer_runtime_agree_on() {
         assert!(g.nodes.iter().any(|x| x.op.op_type() == "QuantizeLinear"));
         let mut c = Classifier::new(g, vec![1, 28, 28], 2);
         let ours = c.logits(&test.data, n).unwrap();
-        let (_, ort) = ort_run(&out, &test.data, &[n, 1, 28, 28], &format!("train-qat-{method}"));
+        let (_, ort) = ort_run_qdq(&out, &test.data, &[n, 1, 28, 28], &format!("train-qat-{method}"));
         let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
         assert!(agree * 1000 >= n * 995, "{method}: ORT agrees on {agree}/{n}");
     }

@@ -51,6 +51,25 @@ pub fn ort_run(model: &Path, x: &[f32], shape: &[usize], tag: &str) -> (Vec<usiz
     ort_run_opt(model, x, shape, tag, true)
 }
 
+/// Whether ONNX Runtime's fused u8 x s8 kernels sum exactly on this CPU. Without VNNI or AMX they
+/// use `vpmaddubsw`, whose 16-bit pair sums saturate when two adjacent weights near +-127 meet large
+/// activations (ONNX Runtime's documentation says so and recommends 7-bit weights there).
+pub fn ort_int8_exact() -> bool {
+    let f = lowbit_kernels::isa::features();
+    f.avx512vnni || f.avxvnni || f.amx_int8
+}
+
+/// Runs a QDQ `model` in ONNX Runtime as the reference for lowbit's integer results: optimized (its
+/// integer kernels) where they are exact ([`ort_int8_exact`]), otherwise with graph optimizations
+/// off (QDQ operators as the standard defines them, in float).
+pub fn ort_run_qdq(model: &Path, x: &[f32], shape: &[usize], tag: &str) -> (Vec<usize>, Vec<f32>) {
+    let exact = ort_int8_exact();
+    if !exact {
+        eprintln!("(no VNNI/AMX: ONNX Runtime's u8s8 sums saturate, so it runs {} unoptimized)", model.display());
+    }
+    ort_run_opt(model, x, shape, tag, exact)
+}
+
 /// [`ort_run`], with ONNX Runtime's graph optimizations on or off (off: QDQ runs as float
 /// simulation instead of ONNX Runtime's integer kernels).
 pub fn ort_run_opt(model: &Path, x: &[f32], shape: &[usize], tag: &str, optimize: bool) -> (Vec<usize>, Vec<f32>) {
