@@ -1,5 +1,6 @@
 //! AVX2 integer kernels. `vpmaddubsw` would saturate its 16-bit pair sums (255·127·2 > 32767), so
-//! the GEMM widens both operands to i16 and uses `vpmaddwd`, whose i32 pair sums are exact.
+//! the GEMM widens both operands to i16 and uses `vpmaddwd`, whose i32 pair sums are exact. The
+//! weights stay int8 in memory and are sign-extended as they are loaded.
 
 use std::arch::x86_64::*;
 
@@ -92,7 +93,7 @@ unsafe fn micro<const MR: usize>(
             // Columns past n_pad are never loaded: j0 + 8·nv ≤ n_pad.
             let mut bv = [_mm256_setzero_si256(); 4];
             for (v, x) in bv.iter_mut().enumerate().take(nv) {
-                *x = _mm256_loadu_si256(bq.add(v * 16) as *const _);
+                *x = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(v * 16) as *const _));
             }
             for r in 0..MR {
                 let x0 = *ap[r].add(off + 2 * kp) as i32;
@@ -129,7 +130,9 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
                 let iy = oy * g.sh + ky * g.dh;
                 for kx in 0..g.kw {
                     let ix = ox * g.sw + kx * g.dw;
-                    let wv = _mm256_loadu_si256(w.w.as_ptr().add((ky * g.kw + kx) * w.c_pad + c) as *const _);
+                    let wv = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        w.w.as_ptr().add((ky * g.kw + kx) * w.c_pad + c) as *const _
+                    ));
                     let xv = _mm_loadl_epi64(xp.add((iy * g.wp + ix) * g.cs + c) as *const _);
                     acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(xv), wv));
                 }

@@ -421,7 +421,9 @@ unsafe fn depthwise_row_lanes(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, 
             for ky in 0..g.kh {
                 let iy = oy * g.sh + ky * g.dh;
                 for kx in 0..g.kw {
-                    let wv = _mm512_loadu_si512(w.w.as_ptr().add((ky * g.kw + kx) * w.c_pad + c) as *const _);
+                    let wv = _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        w.w.as_ptr().add((ky * g.kw + kx) * w.c_pad + c) as *const _
+                    ));
                     for (p, a) in acc.iter_mut().enumerate().take(np) {
                         let ix = (ox + p) * g.sw + kx * g.dw;
                         let xv = _mm_maskz_loadu_epi8(m, xp.add((iy * g.wp + ix) * g.cs + c) as *const i8);

@@ -133,11 +133,11 @@ impl QConv {
         let (cig, cog) = (g.c_in / g.group, g.c_out / g.group);
         let kind = if g.is_depthwise() {
             let c_pad = g.c_out.div_ceil(16) * 16;
-            let mut wv = vec![0i32; taps * c_pad];
+            let mut wv = vec![0i8; taps * c_pad];
             let mut colsum = vec![0i32; g.c_out];
             for c in 0..g.c_out {
                 for t in 0..taps {
-                    wv[t * c_pad + c] = w[c * taps + t] as i32;
+                    wv[t * c_pad + c] = w[c * taps + t];
                     colsum[c] += w[c * taps + t] as i32;
                 }
             }
@@ -261,11 +261,7 @@ impl QConv {
             }
             ConvKind::Im2col(p) => p.iter().map(|(b, r)| b.bytes() + r.bytes()).sum(),
             ConvKind::Depthwise(w, r) => {
-                w.w.len() * 4
-                    + w.colsum.len() * 4
-                    + w.vnni.len()
-                    + r.bytes()
-                    + w.rq_perm.as_ref().map_or(0, |p| p.bytes())
+                w.w.len() + w.colsum.len() * 4 + w.vnni.len() + r.bytes() + w.rq_perm.as_ref().map_or(0, |p| p.bytes())
             }
         }
     }

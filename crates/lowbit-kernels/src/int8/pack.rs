@@ -22,8 +22,9 @@ pub struct PackedB {
     /// VNNI quads, panel by panel: for each panel of [`PANEL`] columns, `[k4/4][width][4]`, so
     /// the GEMM streams one contiguous block per panel (scalar and AVX-512 read this).
     pub quad: Vec<i8>,
-    /// `[k4/2][n_pad][2]` as i16 (AVX2 reads this).
-    pub pairs: Vec<i16>,
+    /// `[k4/2][n_pad][2]`: pairs of reduction rows per column (AVX2 reads this, sign-extending
+    /// 16 bytes to 16 i16 lanes per load, so the weights stay one byte each in memory).
+    pub pairs: Vec<i8>,
     /// Σ_k w[k][j] per column (for the activation zero-point correction).
     pub colsum: Vec<i32>,
 }
@@ -48,10 +49,10 @@ impl PackedB {
         }
         let mut pairs = vec![];
         if isa == Isa::Avx2 {
-            pairs = vec![0i16; k4 * n_pad];
+            pairs = vec![0i8; k4 * n_pad];
             for kk in 0..k {
                 for j in 0..n {
-                    pairs[(kk / 2) * n_pad * 2 + j * 2 + kk % 2] = w(kk, j) as i16;
+                    pairs[(kk / 2) * n_pad * 2 + j * 2 + kk % 2] = w(kk, j);
                 }
             }
             quad = vec![];
@@ -61,7 +62,7 @@ impl PackedB {
 
     /// Bytes of packed weights held in memory.
     pub fn bytes(&self) -> usize {
-        self.quad.len() + self.pairs.len() * 2 + self.colsum.len() * 4
+        self.quad.len() + self.pairs.len() + self.colsum.len() * 4
     }
 }
 
@@ -85,14 +86,14 @@ pub(crate) fn next_panel(b: &PackedB, j0: usize) -> (*const i8, usize) {
     (unsafe { b.quad.as_ptr().add(j * b.kp) }, b.kp * width)
 }
 
-/// Depthwise weights: `[taps][c_pad]` as i32.
+/// Depthwise weights: `[taps][c_pad]`, one byte each (the kernels sign-extend as they load).
 #[derive(Clone, Debug)]
 pub struct PackedDw {
     pub isa: Isa,
     pub taps: usize,
     pub c: usize,
     pub c_pad: usize,
-    pub w: Vec<i32>,
+    pub w: Vec<i8>,
     pub colsum: Vec<i32>,
     /// AVX-512 VNNI layout: per 64-channel block, per group of 4 taps, 4 vectors whose i32 lane
     /// (L, j) holds the 4 tap weights of channel `16L + 4i + j` (the order byte interleaving of

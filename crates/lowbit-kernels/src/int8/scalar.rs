@@ -80,7 +80,7 @@ pub(crate) unsafe fn depthwise_cols(
                     let iy = oy * g.sh + ky * g.dh;
                     let ix = ox * g.sw + kx * g.dw;
                     let v = x[(iy * g.wp + ix) * g.cs + c] as i32;
-                    acc = acc.wrapping_add(v * w.w[(ky * g.kw + kx) * w.c_pad + c]);
+                    acc = acc.wrapping_add(v * w.w[(ky * g.kw + kx) * w.c_pad + c] as i32);
                 }
             }
             store_one(acc, c, rq, out.at(rq.out, oy * g.ow + ox, c, g.c));
