@@ -74,9 +74,12 @@ def main():
     cpu_line = next((ln.split(None, 1)[1] for ln in feats.splitlines() if ln.startswith("cpu")), "?")
     # The best path this CPU has first (measured every round), then AVX-512 VNNI every round too (the
     # acceptance names it), then the slow paths once.
-    best = "amx" if "amx-int8" in cpu_line else "avx512vnni"
-    isas = ["amx", "avx512vnni", "avx2", "scalar"] if best == "amx" else ["avx512vnni", "avx2", "scalar"]
-    every_round = {best, "avx512vnni"}
+    # On CPUs without AVX-512 (AMD Zen 3, Intel client cores) the best path is AVX2.
+    have = {"amx": "amx-int8" in cpu_line, "avx512vnni": "avx512vnni" in cpu_line, "avx2": "avx2" in cpu_line,
+            "scalar": True}
+    isas = [i for i in ["amx", "avx512vnni", "avx2", "scalar"] if have[i]]
+    best = isas[0]
+    every_round = {best} | ({"avx512vnni"} if have["avx512vnni"] else set())
     rows = []
     for m in models:
         fp32 = os.path.join(ZOO, m + ".onnx")
@@ -87,7 +90,7 @@ def main():
             for r in range(a.rounds):
                 res["ort_fp32"].append(ort_median(fp32, threads, batch, a.iters))
                 res["ort_int8"].append(ort_median(qdq, threads, batch, a.iters))
-                res["lowbit_fp32"].append(lowbit_run(fp32, threads, batch, a.iters, "avx512vnni")["median_ms"])
+                res["lowbit_fp32"].append(lowbit_run(fp32, threads, batch, a.iters, best)["median_ms"])
                 for isa in isas:
                     # the slow paths once per configuration, batch 1 only
                     if isa not in every_round and (r > 0 or batch > 1 or threads > 1):
@@ -97,12 +100,14 @@ def main():
                     if isa == best:
                         extra = j
             med = {k: float(np.median(v)) if v else None for k, v in res.items()}
+            med.setdefault("avx512vnni", None)
+            vnni = med["avx512vnni"]
             rows.append((m, threads, batch, med, extra))
             lb = med[best]
             print(f"{m:28} T{threads} B{batch}: lowbit int8 ({best}) {lb:7.2f} ms ({extra['gmac_per_s']:.0f} GMAC/s, "
                   f"{100 * extra['gmac_per_s'] / extra['peak_gmac_per_s']:.0f}% of peak)  ORT int8 {med['ort_int8']:7.2f}  "
                   f"ORT fp32 {med['ort_fp32']:7.2f}  lowbit fp32 {med['lowbit_fp32']:7.2f}  -> ORT int8 / lowbit int8 = "
-                  f"{med['ort_int8'] / lb:.2f}; avx512vnni {med['avx512vnni']:.2f} ms -> {med['ort_int8'] / med['avx512vnni']:.2f}",
+                  f"{med['ort_int8'] / lb:.2f}" + (f"; avx512vnni {vnni:.2f} ms -> {med['ort_int8'] / vnni:.2f}" if vnni else ""),
                   flush=True)
     body = [f"Measured {time.strftime('%Y-%m-%d')} on {cpu_model()} ({os.cpu_count()} cores; features: {cpu_line}),",
             f"ONNX Runtime {ort.__version__} (CPU EP, graph optimizations ALL). The QDQ files are ONNX Runtime's own",
@@ -118,7 +123,8 @@ def main():
         f = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
         body.append(f"| {m} | {t} | {b} | {med[best]:.2f} | {j['gmac_per_s']:.0f} "
                     f"({100 * j['gmac_per_s'] / j['peak_gmac_per_s']:.0f}%) | {med['ort_int8']:.2f} | "
-                    f"{med['ort_int8'] / med[best]:.2f} | {med['avx512vnni']:.2f} | {med['ort_int8'] / med['avx512vnni']:.2f} | "
+                    f"{med['ort_int8'] / med[best]:.2f} | {f(med['avx512vnni'])} | "
+                    f"{f(med['ort_int8'] / med['avx512vnni'] if med['avx512vnni'] else None)} | "
                     f"{med['ort_fp32']:.2f} | {med['lowbit_fp32']:.2f} | "
                     f"{f(med['avx2'])} | {f(med['scalar'])} |")
     scal = [(m, med) for m, t, b, med, _ in rows if b == 1]

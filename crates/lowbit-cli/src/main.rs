@@ -1,6 +1,6 @@
-//! The `lowbit` command: inspect, run, evaluate and benchmark ONNX CNNs (and, in later issues,
-//! quantize them). Logic a library user would need lives in the other crates; this file parses
-//! arguments, prints tables and writes JSON.
+//! The `lowbit` command: inspect, run, evaluate, benchmark, quantize (PTQ with a QAT fallback),
+//! binarize and train ONNX CNNs. Logic a library user would need lives in the other crates (PTQ is
+//! `lowbit_quant::ptq::quantize`); this crate parses arguments, prints tables and writes JSON.
 
 mod binarize;
 mod commands;

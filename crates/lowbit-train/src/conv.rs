@@ -496,7 +496,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_columns_match_portable() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
+        if !lowbit_kernels::isa::features().avx512f {
             return;
         }
         let mut rng = crate::Rng::new(3);
