@@ -85,52 +85,65 @@ impl Graph {
         self.inputs.iter().filter(|i| !self.initializers.contains_key(&i.name)).collect()
     }
 
-    /// Puts nodes in topological order (stable for an already sorted graph) and checks that every
-    /// input is defined and every output is produced.
+    /// Puts nodes in topological order (stable: an already sorted graph keeps its order) and checks
+    /// that every value is defined once, every input is defined and every output is produced.
+    /// Linear in the graph's size (Kahn's algorithm, ready nodes taken lowest index first).
     pub fn sort_and_check(&mut self) -> Result<()> {
-        let mut defined: HashSet<String> = self.inputs.iter().map(|i| i.name.clone()).collect();
-        defined.extend(self.initializers.keys().cloned());
-        let mut done = vec![false; self.nodes.len()];
-        let mut order = Vec::with_capacity(self.nodes.len());
-        loop {
-            let mut progress = false;
-            for (i, n) in self.nodes.iter().enumerate() {
-                if done[i] {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut defined: HashSet<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+        defined.extend(self.initializers.keys().map(String::as_str));
+        let mut producer: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for o in n.outputs.iter().filter(|o| !o.is_empty()) {
+                if defined.contains(o.as_str()) || producer.insert(o.as_str(), i).is_some() {
+                    return Err(Error::node(&n.name, format!("value '{o}' is defined twice")));
+                }
+            }
+        }
+        // waiting[i]: how many distinct produced values node i still waits for.
+        let mut waiting = vec![0usize; self.nodes.len()];
+        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let mut seen = HashSet::new();
+            for v in n.inputs.iter().filter(|s| !s.is_empty()) {
+                if defined.contains(v.as_str()) || !seen.insert(v.as_str()) {
                     continue;
                 }
-                if n.inputs.iter().all(|s| s.is_empty() || defined.contains(s)) {
-                    done[i] = true;
-                    progress = true;
-                    order.push(i);
-                    for o in &n.outputs {
-                        if !o.is_empty() && !defined.insert(o.clone()) {
-                            return Err(Error::node(&n.name, format!("value '{o}' is defined twice")));
-                        }
+                if !producer.contains_key(v.as_str()) {
+                    return Err(Error::node(&n.name, format!("input(s) [\"{v}\"] are never defined")));
+                }
+                waiting[i] += 1;
+                readers.entry(v.as_str()).or_default().push(i);
+            }
+        }
+        let mut ready: BinaryHeap<Reverse<usize>> =
+            (0..self.nodes.len()).filter(|&i| waiting[i] == 0).map(Reverse).collect();
+        let mut order = Vec::with_capacity(self.nodes.len());
+        while let Some(Reverse(i)) = ready.pop() {
+            order.push(i);
+            for o in self.nodes[i].outputs.iter().filter(|o| !o.is_empty()) {
+                for &r in readers.get(o.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
+                    waiting[r] -= 1;
+                    if waiting[r] == 0 {
+                        ready.push(Reverse(r));
                     }
                 }
             }
-            if order.len() == self.nodes.len() {
-                break;
-            }
-            if !progress {
-                let (i, n) = self.nodes.iter().enumerate().find(|(i, _)| !done[*i]).unwrap();
-                let missing: Vec<_> =
-                    n.inputs.iter().filter(|s| !s.is_empty() && !defined.contains(*s)).cloned().collect();
-                let _ = i;
-                return Err(Error::node(
-                    &n.name,
-                    format!("input(s) {missing:?} are never defined (or the graph has a cycle)"),
-                ));
+        }
+        if order.len() != self.nodes.len() {
+            let n = self.nodes.iter().enumerate().find(|(i, _)| waiting[*i] > 0).map(|(_, n)| n);
+            let name = n.map(|n| n.name.as_str()).unwrap_or("?");
+            return Err(Error::node(name, "the graph has a cycle through this node"));
+        }
+        for o in &self.outputs {
+            if !defined.contains(o.name.as_str()) && !producer.contains_key(o.name.as_str()) {
+                return Err(Error::value(&o.name, "graph output is never produced"));
             }
         }
         if order.iter().enumerate().any(|(a, &b)| a != b) {
             let mut nodes: Vec<Option<Node>> = std::mem::take(&mut self.nodes).into_iter().map(Some).collect();
-            self.nodes = order.into_iter().map(|i| nodes[i].take().unwrap()).collect();
-        }
-        for o in &self.outputs {
-            if !defined.contains(&o.name) {
-                return Err(Error::value(&o.name, "graph output is never produced"));
-            }
+            self.nodes = order.into_iter().filter_map(|i| nodes[i].take()).collect();
         }
         Ok(())
     }

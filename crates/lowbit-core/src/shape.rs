@@ -65,13 +65,18 @@ pub fn window(
         pads_end: vec![0; n],
         out: vec![0; n],
     };
+    let overflow = || {
+        Error::Invalid(format!(
+            "kernel {kernel:?}, dilations {dilations:?} and pads {pads:?} overflow the shape arithmetic"
+        ))
+    };
     for d in 0..n {
-        let ek = dilations[d] * (kernel[d] - 1) + 1;
+        let ek = dilations[d].checked_mul(kernel[d] - 1).and_then(|v| v.checked_add(1)).ok_or_else(overflow)?;
         let (s, i) = (strides[d], input[d]);
         match auto_pad {
             AutoPad::SameUpper | AutoPad::SameLower => {
                 let out = i.div_ceil(s);
-                let total = ((out.max(1) - 1) * s + ek).saturating_sub(i);
+                let total = ((out.max(1) - 1) * s).checked_add(ek).ok_or_else(overflow)?.saturating_sub(i);
                 let small = total / 2;
                 let (b, e) =
                     if auto_pad == AutoPad::SameUpper { (small, total - small) } else { (total - small, small) };
@@ -87,7 +92,7 @@ pub fn window(
             }
             AutoPad::NotSet => {
                 let (b, e) = (pads[d], pads[d + n]);
-                let span = i + b + e;
+                let span = i.checked_add(b).and_then(|v| v.checked_add(e)).ok_or_else(overflow)?;
                 if span < ek {
                     return Err(Error::Invalid(format!("padded input size {span} smaller than window {ek}")));
                 }
@@ -122,12 +127,11 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-/// Normalizes a possibly negative axis against `rank` (`rank_extra` allows axis == rank, as in
-/// Unsqueeze).
+/// Normalizes a possibly negative axis against `rank` (a scalar has no axis).
 pub fn norm_axis(axis: i64, rank: usize) -> Result<usize> {
     let r = rank as i64;
-    let a = if axis < 0 { axis + r } else { axis };
-    if a < 0 || a >= r.max(1) && !(r == 0 && a == 0) {
+    let a = if axis < 0 { axis.saturating_add(r) } else { axis };
+    if a < 0 || a >= r {
         return Err(Error::Invalid(format!("axis {axis} out of range for rank {rank}")));
     }
     Ok(a as usize)
@@ -153,7 +157,10 @@ pub fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> Result<
             s => out.push(s as usize),
         }
     }
-    let known: usize = out.iter().product();
+    let known = out
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::Invalid(format!("reshape target {spec:?} overflows")))?;
     if let Some(i) = infer {
         if known == 0 || total % known != 0 {
             return Err(Error::Invalid(format!("cannot reshape {input:?} to {spec:?}")));
@@ -237,8 +244,18 @@ fn need_const<'a>(ins: &'a [Option<Known<'a>>], i: usize, what: &str) -> Result<
 }
 
 /// Infers output element types and shapes of `node`.
+/// Every output is checked: its size in bytes must not overflow nor exceed the memory limit
+/// ([`crate::limits`]), so that nothing later allocates from an absurd shape.
 pub fn infer(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usize>)>> {
-    infer_inner(node, ins).map_err(|e| e.in_node(&node.name))
+    let outs = infer_inner(node, ins).map_err(|e| e.in_node(&node.name))?;
+    for (i, (dt, shape)) in outs.iter().enumerate() {
+        let name = node.outputs.get(i).map(String::as_str).unwrap_or("?");
+        let bytes = crate::limits::checked_bytes(shape, dt.size())
+            .ok_or_else(|| Error::node(&node.name, format!("output '{name}' of shape {shape:?} overflows")))?;
+        crate::limits::check_memory(&format!("output '{name}' of shape {shape:?}"), bytes)
+            .map_err(|e| e.in_node(&node.name))?;
+    }
+    Ok(outs)
 }
 
 fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usize>)>> {
@@ -483,6 +500,9 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             }
             let n: usize = s.shape.iter().product();
             if n != 1 {
+                if x.shape.is_empty() {
+                    return Err(Error::Invalid(format!("{n} scales along axis {axis} of a rank-0 input")));
+                }
                 let a = norm_axis(*axis, x.shape.len())?;
                 if x.shape[a] != n {
                     return Err(Error::Invalid(format!("{n} scales for axis {a} of {:?}", x.shape)));

@@ -135,6 +135,15 @@ pub fn load_idx(images: &Path, labels: Option<&Path>, pre: &Preprocess, limit: O
         .checked_mul(w)
         .filter(|&hw| hw.checked_mul(total).is_some())
         .ok_or_else(|| idx_err(images, format!("IDX header size {total}x{h}x{w} is too large")))?;
+    // The pixels and the preprocessed floats, checked against the memory limit before reading:
+    // a small gzip file can claim (and hold) gigabytes.
+    let need = [c, oh, ow, 4]
+        .iter()
+        .try_fold(n, |a, &d| a.checked_mul(d))
+        .and_then(|f| f.checked_add(n * hw))
+        .unwrap_or(usize::MAX);
+    lowbit_core::limits::check_memory(&format!("{n} image(s) of {h}x{w}"), need)
+        .map_err(|e| idx_err(images, e.to_string()))?;
     let pixels = read_up_to(&mut *r, n * hw, images, &format!("pixels of {total}x{h}x{w} images"))?;
     if pixels.len() < n * hw {
         return Err(idx_err(

@@ -7,6 +7,9 @@ use prost::Message;
 use crate::pb;
 use crate::{OnnxError, Result};
 
+/// The newest ONNX IR version lowbit reads (that of ONNX 1.23).
+pub const MAX_IR_VERSION: i64 = 14;
+
 /// Reads and decodes an ONNX file. Errors carry the file's path.
 pub fn read_model(path: &Path) -> Result<Graph> {
     let p = path.display().to_string();
@@ -31,6 +34,12 @@ pub fn decode_model(bytes: &[u8]) -> Result<Graph> {
         }
     }
     let opset = opset.ok_or_else(|| decode_err("no default-domain opset_import (is this an ONNX model?)"))?;
+    if m.ir_version() > MAX_IR_VERSION {
+        return Err(decode_err(format!(
+            "IR version {} is newer than lowbit reads (up to {MAX_IR_VERSION})",
+            m.ir_version()
+        )));
+    }
     let gp = m.graph.as_ref().ok_or_else(|| decode_err("model has no graph"))?;
     let mut g = Graph { name: gp.name().to_string(), opset, ..Default::default() };
     g.metadata = m.metadata_props.iter().map(|e| (e.key().to_string(), e.value().to_string())).collect();
@@ -49,10 +58,12 @@ pub fn decode_model(bytes: &[u8]) -> Result<Graph> {
         g.outputs.push(value_info(vi)?);
     }
     let mut seen_names = HashSet::new();
+    // Every name a node of the file uses, so that invented names never collide (built once: the
+    // reader stays linear in the number of unnamed nodes).
+    let taken: HashSet<&str> = gp.node.iter().map(|m| m.name()).collect();
     for (i, n) in gp.node.iter().enumerate() {
         let name = if n.name().is_empty() || !seen_names.insert(n.name().to_string()) {
             // A fresh name that no node of the file uses.
-            let taken: HashSet<&str> = gp.node.iter().map(|m| m.name()).collect();
             let mut k = 0usize;
             loop {
                 let cand =
@@ -90,6 +101,7 @@ pub fn decode_model(bytes: &[u8]) -> Result<Graph> {
         g.nodes.push(Node { name, op, inputs, outputs: n.output.clone() });
     }
     g.sort_and_check()?;
+    lowbit_core::validate::validate(&g)?;
     Ok(g)
 }
 

@@ -44,6 +44,9 @@ impl Classifier {
         if n == 0 || t.shape.first() != Some(&n) {
             return Err(Error::Invalid(format!("model output shape {:?} is not [{n}, classes]", t.shape)));
         }
+        if v.is_empty() {
+            return Err(Error::Invalid(format!("model output shape {:?} has 0 classes", t.shape)));
+        }
         Ok(v.chunks(v.len() / n).map(|c| c.to_vec()).collect())
     }
 }
@@ -121,11 +124,30 @@ pub fn evaluate(
             Some(m) => Some(m.logits(chunk, len)?),
             None => None,
         };
+        if let Some(rl) = &refl {
+            if let (Some(a), Some(b)) = (logits.first(), rl.first()) {
+                if a.len() != b.len() {
+                    return Err(Error::Invalid(format!(
+                        "the model has {} classes but the reference model has {}; they cannot be compared",
+                        a.len(),
+                        b.len()
+                    )));
+                }
+            }
+        }
         for (i, row) in logits.iter().enumerate() {
             let top = topk(row, 5);
             r.predictions.push(top[0]);
             if let Some(l) = labels {
-                let y = l[start + i] as usize;
+                let y = *l.get(start + i).ok_or_else(|| Error::Invalid(format!("no label for image {}", start + i)))?
+                    as usize;
+                if y >= row.len() {
+                    return Err(Error::Invalid(format!(
+                        "image {} has label {y} but the model has only {} classes",
+                        start + i,
+                        row.len()
+                    )));
+                }
                 c1 += (top[0] == y) as usize;
                 c5 += top.contains(&y) as usize;
             }

@@ -10,10 +10,6 @@ use crate::memory::{self, Interval};
 use crate::specialize::Specialized;
 use crate::step::Operand;
 
-/// Largest single value and total arena a plan may need (guards against absurd shapes).
-pub const MAX_BUFFER_BYTES: usize = 4 << 30;
-pub const MAX_ARENA_BYTES: usize = 16 << 30;
-
 /// The types of a specialized graph's values and which are stored as integers in lowbit's layout.
 pub(crate) struct Values<'a> {
     pub spec: &'a Specialized,
@@ -99,19 +95,10 @@ impl Layout {
                 bufs[b].last = end;
             }
         }
-        if bufs.iter().any(|b| b.bytes > MAX_BUFFER_BYTES) {
-            return Err(Error::Invalid(format!(
-                "a value needs more than {} GiB; refusing to plan it",
-                MAX_BUFFER_BYTES >> 30
-            )));
-        }
+        // Checked against the memory limit before the arena is allocated (shape inference has
+        // already checked every single value).
         let (offsets, arena_bytes) = memory::plan(&bufs);
-        if arena_bytes > MAX_ARENA_BYTES {
-            return Err(Error::Invalid(format!(
-                "the plan needs {:.1} GiB of activation memory; refusing",
-                arena_bytes as f64 / (1u64 << 30) as f64
-            )));
-        }
+        lowbit_core::limits::check_memory("the plan's activation arena", arena_bytes)?;
         Ok(Layout { buf_of, offsets, arena_bytes })
     }
 

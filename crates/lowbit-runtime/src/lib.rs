@@ -18,7 +18,6 @@ pub mod specialize;
 mod step;
 
 pub use exec::State;
-pub use layout::{MAX_ARENA_BYTES, MAX_BUFFER_BYTES};
 pub use plan::{Plan, PlanOptions};
 pub use specialize::{canonicalize_free, specialize, Specialized};
 pub use step::StepInfo;

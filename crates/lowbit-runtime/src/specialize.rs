@@ -132,6 +132,11 @@ fn propagate(
 /// Specializes `graph` to the given input shapes (name, shape) and canonicalizes it.
 /// With `optimize == false` only shapes are inferred and constants folded (no BN folding/fusion).
 pub fn specialize(graph: &Graph, inputs: &[(String, Vec<usize>)], optimize: bool) -> Result<Specialized> {
+    for (name, shape) in inputs {
+        let bytes = lowbit_core::limits::checked_bytes(shape, 4)
+            .ok_or_else(|| Error::value(name, format!("input shape {shape:?} overflows")))?;
+        lowbit_core::limits::check_memory(&format!("input '{name}' of shape {shape:?}"), bytes)?;
+    }
     let mut g = graph.clone();
     let mut dq_consts = HashMap::new();
     let (_, folded) = propagate(&mut g, inputs, true, &mut dq_consts)?;
