@@ -8,6 +8,17 @@ use lowbit_core::{Dim, Graph};
 use lowbit_data::{ImageSet, Preprocess, Split};
 use lowbit_runtime::{Plan, PlanOptions};
 
+/// A `--threads` value bounded by this machine's CPUs (with a warning when it was more), at least 1.
+pub fn clamp_threads(n: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    if n > cpus {
+        eprintln!("warning: --threads {n} is more than this machine's {cpus} CPUs; using {cpus}");
+        cpus
+    } else {
+        n.max(1)
+    }
+}
+
 pub fn load_model(path: &Path) -> Result<Graph> {
     lowbit_onnx::read_model(path).map_err(|e| anyhow!("{e}"))
 }
@@ -107,19 +118,7 @@ pub fn compile(g: &Graph, model: &Path, shape: Vec<usize>, threads: usize) -> Re
     Ok(p)
 }
 
-/// Writes bytes to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("out"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow!("{}: cannot write: {e}", path.display())
-    })
-}
+pub use crate::outputs::write_atomic;
 
 pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     write_atomic(path, serde_json::to_string_pretty(v)?.as_bytes())

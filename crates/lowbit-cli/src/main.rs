@@ -5,6 +5,7 @@
 mod binarize;
 mod commands;
 mod common;
+mod outputs;
 mod pipeline;
 mod quantize;
 mod quantize_args;
@@ -19,8 +20,19 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "lowbit", version, about = "Low-bit quantization toolkit and runtime for ONNX CNNs")]
 struct Cli {
+    /// Replace an output that is an input, a symlink, a special or a read-only file
+    #[arg(long, global = true)]
+    force: bool,
+    /// Memory limit for what model and data sizes make lowbit allocate, e.g. 512M, 4G (default:
+    /// 3/4 of the smallest of RAM, `ulimit -v` and the cgroup limit)
+    #[arg(long, global = true, value_parser = parse_size)]
+    max_memory: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    lowbit_core::limits::parse_size(s)
 }
 
 #[derive(clap::Args, Clone)]
@@ -127,8 +139,87 @@ enum Cmd {
     },
 }
 
+/// Bounds every `--threads` by the CPU count.
+fn clamp_threads(cmd: &mut Cmd) {
+    let t = match cmd {
+        Cmd::Run { threads, .. }
+        | Cmd::Eval { threads, .. }
+        | Cmd::Bench { threads, .. }
+        | Cmd::Demo { threads, .. } => threads,
+        Cmd::Quantize(a) => &mut a.threads,
+        Cmd::Train(a) => &mut a.threads,
+        Cmd::Binarize(a) => &mut a.threads,
+        Cmd::Inspect { .. } | Cmd::DumpData { .. } => return,
+    };
+    *t = common::clamp_threads(*t);
+}
+
+/// Checks every file the command will write against its inputs and each other, before any work.
+fn check_outputs(cmd: &Cmd) -> anyhow::Result<()> {
+    use std::path::Path;
+    fn some<'a>(v: &[Option<&'a PathBuf>]) -> Vec<&'a Path> {
+        v.iter().flatten().map(|p| p.as_path()).collect()
+    }
+    match cmd {
+        Cmd::Inspect { model, json: Some(j), .. } | Cmd::Bench { model, json: Some(j), .. } => {
+            outputs::check_outputs(&[model.as_path()], &[("--json", j.as_path())])
+        }
+        Cmd::Run { model, input, json: Some(j), .. } => {
+            outputs::check_outputs(&[model.as_path(), input.as_path()], &[("--json", j.as_path())])
+        }
+        Cmd::Eval { model, data, reference, json: Some(j), .. } => {
+            outputs::check_outputs(&some(&[Some(model), Some(data), reference.as_ref()]), &[("--json", j.as_path())])
+        }
+        Cmd::Quantize(a) => {
+            let ins = some(&[Some(&a.model), a.calib.as_ref(), a.data.as_ref(), a.eval.as_ref()]);
+            let mut outs = vec![("-o", a.output.as_path())];
+            outs.extend(a.json.as_deref().map(|j| ("--json", j)));
+            outputs::check_outputs(&ins, &outs)?;
+            match &a.plots {
+                Some(d) => outputs::check_folder("--plots", d),
+                None => Ok(()),
+            }
+        }
+        Cmd::Binarize(a) => {
+            let mut outs = vec![("-o", a.output.as_path())];
+            outs.extend(a.json.as_deref().map(|j| ("--json", j)));
+            outputs::check_outputs(&[a.model.as_path(), a.calib.as_path()], &outs)
+        }
+        Cmd::Train(a) => {
+            let ins = some(&[Some(&a.model), Some(&a.data), a.teacher.as_ref()]);
+            let plot = a.plot.clone().unwrap_or_else(|| {
+                let mut s = a.output.as_os_str().to_owned();
+                s.push(".curve.svg");
+                PathBuf::from(s)
+            });
+            let mut outs = vec![("-o", a.output.as_path()), ("--plot", plot.as_path())];
+            outs.extend(a.json.as_deref().map(|j| ("--json", j)));
+            outputs::check_outputs(&ins, &outs)
+        }
+        Cmd::DumpData { data, output, .. } => {
+            let with = |ext: &str| PathBuf::from(format!("{}.{ext}", output.display()));
+            let (f, l, j) = (with("f32"), with("labels"), with("json"));
+            outputs::check_outputs(
+                &[data.as_path()],
+                &[("-o (.f32)", f.as_path()), ("-o (.labels)", l.as_path()), ("-o (.json)", j.as_path())],
+            )
+        }
+        Cmd::Demo { out, .. } => outputs::check_folder("--out", out),
+        _ => Ok(()),
+    }
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    outputs::set_force(cli.force);
+    if let Some(m) = cli.max_memory {
+        lowbit_core::limits::set_max_memory(m);
+    }
+    clamp_threads(&mut cli.cmd);
+    if let Err(e) = check_outputs(&cli.cmd) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
     let r = match cli.cmd {
         Cmd::Inspect { model, input_shape, json } => commands::inspect(&model, input_shape.as_deref(), json.as_deref()),
         Cmd::Run { model, input, data, top, threads, json } => {
