@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
+use burn::optim::{AdamW, AdamWConfig, Optimizer, RecordState, Sgd, SgdConfig, StateSink, StateSource};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Tensor, TensorData};
 use lowbit_data::ImageSet;
@@ -96,6 +96,63 @@ enum Opt {
     AdamW(AdamW, Vec<Option<<AdamW as Optimizer>::State<1>>>),
 }
 
+/// The optimizer's per-parameter state (SGD velocities, AdamW moments and step counts) as named
+/// leaves, so that a resumed run continues exactly where the interrupted one stopped.
+#[derive(Serialize, Deserialize, Default)]
+struct OptState {
+    tensors: Vec<(String, TensorData)>,
+    scalars: Vec<(String, burn_pack::Scalar)>,
+}
+
+fn flatten_states<S: RecordState>(st: &[Option<S>], sink: &mut StateSink) {
+    for (i, s) in st.iter().enumerate() {
+        if let Some(s) = s {
+            s.state_flatten(&i.to_string(), sink);
+        }
+    }
+}
+
+fn unflatten_states<S: RecordState>(
+    st: &mut [Option<S>],
+    src: &mut StateSource,
+    dev: &burn::tensor::Device,
+) -> std::result::Result<(), String> {
+    for (i, slot) in st.iter_mut().enumerate() {
+        let p = i.to_string();
+        *slot = if src.has_under(&p) {
+            Some(
+                S::state_unflatten(&p, src, dev)
+                    .ok_or_else(|| format!("optimizer state of parameter {i} is incomplete"))?,
+            )
+        } else {
+            None
+        };
+    }
+    Ok(())
+}
+
+impl Opt {
+    fn save(&self) -> OptState {
+        let mut sink = StateSink::default();
+        match self {
+            Opt::Sgd(_, st) => flatten_states(st, &mut sink),
+            Opt::AdamW(_, st) => flatten_states(st, &mut sink),
+        }
+        OptState { tensors: sink.tensors, scalars: sink.scalars }
+    }
+
+    fn load(&mut self, s: OptState, dev: &burn::tensor::Device) -> std::result::Result<(), String> {
+        let mut src = StateSource::new(s.scalars.into_iter().collect());
+        for (n, t) in s.tensors {
+            src.insert_tensor(n, t);
+        }
+        match self {
+            Opt::Sgd(_, st) => unflatten_states(st, &mut src, dev),
+            Opt::AdamW(_, st) => unflatten_states(st, &mut src, dev),
+        }
+    }
+}
+
 /// Learning rate at `step` of `total`.
 pub fn lr_at(cfg: &TrainConfig, step: usize, total: usize) -> f64 {
     let total = total.max(1) as f64;
@@ -174,6 +231,8 @@ struct Checkpoint {
     buffers: Vec<(String, Vec<f32>)>,
     history: Vec<EpochLog>,
     fingerprint: String,
+    /// The optimizer's state after the last completed epoch.
+    optimizer: OptState,
 }
 
 fn fingerprint(model: &Model, cfg: &TrainConfig, tag: &str) -> String {
@@ -199,6 +258,34 @@ fn load_checkpoint(path: &Path, model: &mut Model, fp: &str) -> Result<Option<Ch
     let ck: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| err(format!("not a lowbit checkpoint: {e}")))?;
     if ck.fingerprint != fp {
         return Err(err("checkpoint is from a different model or configuration; delete it to start over".into()));
+    }
+    // Every value is checked before any is loaded: a damaged checkpoint is refused, never half-used.
+    if ck.params.len() != model.params.len() || ck.buffers.len() != model.buffers.len() {
+        return Err(err(format!(
+            "holds {} parameters and {} buffers, the model has {} and {}; delete it to start over",
+            ck.params.len(),
+            ck.buffers.len(),
+            model.params.len(),
+            model.buffers.len()
+        )));
+    }
+    for (p, (name, shape, v)) in model.params.iter().zip(&ck.params) {
+        let n: usize = p.shape.iter().product();
+        if *name != p.name || *shape != p.shape || v.len() != n || v.iter().any(|x| !x.is_finite()) {
+            return Err(err(format!("parameter '{}' is damaged (want {:?}, {n} finite values)", p.name, p.shape)));
+        }
+    }
+    for ((bn, bt), (name, v)) in model.buffers.iter().zip(&ck.buffers) {
+        if name != bn || v.len() != bt.dims()[0] {
+            return Err(err(format!("buffer '{bn}' is damaged")));
+        }
+    }
+    if ck.epoch == 0 || ck.history.len() != ck.epoch {
+        return Err(err(format!(
+            "claims {} epochs with {} logged; delete it to start over",
+            ck.epoch,
+            ck.history.len()
+        )));
     }
     let dev = model.device.clone();
     for (p, (_, _, v)) in model.params.iter_mut().zip(&ck.params) {
@@ -239,10 +326,18 @@ pub fn train(
     let fp = fingerprint(model, cfg, tag);
     let mut history = vec![];
     let mut start_epoch = 0;
+    let mut saved_opt = None;
     if let Some(p) = checkpoint {
         if let Some(ck) = load_checkpoint(p, model, &fp)? {
+            if ck.epoch > cfg.epochs {
+                return Err(Error::File {
+                    path: p.display().to_string(),
+                    msg: format!("checkpoint is after epoch {} of {}", ck.epoch, cfg.epochs),
+                });
+            }
             start_epoch = ck.epoch;
             history = ck.history;
+            saved_opt = Some(ck.optimizer);
             on(Event::Resumed { epoch: start_epoch });
         }
     }
@@ -257,12 +352,23 @@ pub fn train(
         ),
         OptimizerKind::AdamW => Opt::AdamW(AdamWConfig::new().with_weight_decay(0.0).build(), vec![None; np]),
     };
+    if let Some(s) = saved_opt {
+        opt.load(s, &model.device).map_err(|m| Error::File {
+            path: checkpoint.map(|p| p.display().to_string()).unwrap_or_default(),
+            msg: m,
+        })?;
+    }
     // Padding is black: the smallest value of the (normalized) data.
     let fill = train.data.iter().copied().fold(f32::INFINITY, f32::min);
     let classes = train.num_classes().unwrap_or(10).max(1);
     let img = train.image_len();
     let dev = model.device.clone();
     let mut order: Vec<usize> = (0..train.n).collect();
+    // Each epoch shuffles the previous epoch's order: a resumed run replays the shuffles of the
+    // epochs it skips, so it sees the same batches as an uninterrupted one.
+    for epoch in 0..start_epoch {
+        Rng::new(cfg.seed.wrapping_mul(1000).wrapping_add(epoch as u64)).shuffle(&mut order);
+    }
     for epoch in start_epoch..cfg.epochs {
         let t0 = Instant::now();
         let mut rng = Rng::new(cfg.seed.wrapping_mul(1000).wrapping_add(epoch as u64));
@@ -365,6 +471,7 @@ pub fn train(
                 buffers: model.buffers.iter().map(|(n, t)| (n.clone(), host(t))).collect(),
                 history: history.clone(),
                 fingerprint: fp.clone(),
+                optimizer: opt.save(),
             };
             save_checkpoint(p, &ck)?;
         }
