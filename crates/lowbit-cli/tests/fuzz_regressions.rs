@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use lowbit_core::Dim;
 
 #[test]
 fn fuzz_regressions_stay_fixed() {
@@ -18,20 +17,7 @@ fn fuzz_regressions_stay_fixed() {
         let Ok(g) = lowbit_onnx::decode_model(&bytes) else { continue };
         let g2 = lowbit_onnx::decode_model(&lowbit_onnx::encode_model(&g)).unwrap();
         assert_eq!(format!("{g:?}"), format!("{g2:?}"), "{}: round trip changed the graph", f.display());
-        let inputs: Vec<(String, Vec<usize>)> = g
-            .runtime_inputs()
-            .iter()
-            .map(|v| {
-                let s = v
-                    .shape
-                    .clone()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|d| if let Dim::Fixed(n) = d { *n } else { 1 })
-                    .collect();
-                (v.name.clone(), s)
-            })
-            .collect();
+        let inputs = declared_inputs(&g);
         let _ = lowbit_runtime::specialize(&g, &inputs, true);
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|(_, s)| s.clone()).collect();
         let _ = lowbit_runtime::Plan::compile(&g, &shapes, &Default::default());

@@ -4,6 +4,8 @@
 //! lowbit does not implement (an element type, 3-D pooling, ...) is counted as skipped with its
 //! reason; a test that runs must match the expected outputs. Prints passed/failed/skipped per op.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -14,42 +16,7 @@ use prost::Message;
 
 const DATA: &str = "/usr/share/libonnx-testdata/data/node";
 
-/// The ONNX op types lowbit claims to support.
-const CLAIMED: &[&str] = &[
-    "Conv",
-    "BatchNormalization",
-    "Relu",
-    "Clip",
-    "HardSigmoid",
-    "HardSwish",
-    "Sigmoid",
-    "Sign",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "Gemm",
-    "MatMul",
-    "Flatten",
-    "Reshape",
-    "Concat",
-    "Softmax",
-    "Identity",
-    "Shape",
-    "Gather",
-    "Unsqueeze",
-    "Squeeze",
-    "Cast",
-    "Slice",
-    "Transpose",
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "Constant",
-];
+use common::CLAIMED_OPS as CLAIMED;
 
 fn load_tensor(p: &Path) -> Tensor {
     let t = pb::TensorProto::decode(std::fs::read(p).unwrap().as_slice()).unwrap();

@@ -114,3 +114,57 @@ pub fn calibrated_ppocr() -> (lowbit_core::Graph, lowbit_quant::calibrate::Stats
             .unwrap();
     (canon, stats, photos)
 }
+
+/// The ONNX op types lowbit claims to support.
+pub const CLAIMED_OPS: &[&str] = &[
+    "Conv",
+    "BatchNormalization",
+    "Relu",
+    "Clip",
+    "HardSigmoid",
+    "HardSwish",
+    "Sigmoid",
+    "Sign",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Gemm",
+    "MatMul",
+    "Flatten",
+    "Reshape",
+    "Concat",
+    "Softmax",
+    "Identity",
+    "Shape",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Cast",
+    "Slice",
+    "Transpose",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Constant",
+];
+
+/// A graph's runtime inputs at their declared shapes, symbolic dims set to 1.
+pub fn declared_inputs(g: &lowbit_core::Graph) -> Vec<(String, Vec<usize>)> {
+    g.runtime_inputs()
+        .iter()
+        .map(|v| {
+            let s = v
+                .shape
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .map(|d| if let lowbit_core::Dim::Fixed(n) = d { *n } else { 1 })
+                .collect();
+            (v.name.clone(), s)
+        })
+        .collect()
+}
