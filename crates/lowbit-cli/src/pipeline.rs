@@ -32,6 +32,9 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
     let t_all = Instant::now();
     let data = a.data.clone().expect("pipeline needs --data");
     let budget = a.max_drop.ok_or_else(|| anyhow!("--data runs the automatic pipeline and needs --max-drop PP"))?;
+    if !(budget.is_finite() && budget >= 0.0) {
+        bail!("--max-drop {budget} must be a finite number of percentage points, 0 or above");
+    }
     let qat_method = QatMethod::parse(&a.qat_method)
         .ok_or_else(|| anyhow!("unknown --qat-method '{}' (ste, lsq, pact, dsq)", a.qat_method))?;
     for (what, b) in [("--weights", a.weights), ("--acts", a.acts)] {

@@ -128,6 +128,21 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if a.epochs == 0 || a.batch == 0 {
         bail!("--epochs and --batch must be at least 1");
     }
+    let positive = |what: &str, v: Option<f64>| match v {
+        Some(x) if !(x.is_finite() && x > 0.0) => bail!("{what} {x} must be a finite number above 0"),
+        _ => Ok(()),
+    };
+    positive("--lr", a.lr)?;
+    positive("--temperature", Some(a.temperature as f64))?;
+    if let Some(w) = a.weight_decay.filter(|w| !(w.is_finite() && *w >= 0.0)) {
+        bail!("--weight-decay {w} must be a finite number, 0 or above");
+    }
+    if let Some(w) = a.warmup.filter(|w| !(0.0..=1.0).contains(w)) {
+        bail!("--warmup {w} is a share of the training steps: 0 to 1");
+    }
+    if !(0.0..=1.0).contains(&a.distill_weight) {
+        bail!("--distill-weight {} must be 0 to 1", a.distill_weight);
+    }
     if a.threads > 0 {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
     }

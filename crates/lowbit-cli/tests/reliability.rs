@@ -390,3 +390,55 @@ fn damaged_checkpoints_are_refused() {
         assert!(!out.exists(), "{what}: wrote a model from a damaged checkpoint");
     }
 }
+
+/// Nonsense numbers are refused up front with the flag's name.
+#[test]
+fn nonsense_arguments_are_refused() {
+    let m = zoo("mnist-cnn.onnx");
+    let d = tmpdir("nonsense");
+    let out = d.join("o.onnx");
+    let assets = root().join("assets");
+    for (flag, val) in [("--lr", "-1"), ("--lr", "nan"), ("--weight-decay", "-0.1"), ("--temperature", "0")] {
+        let arg = format!("{flag}={val}");
+        let o = lowbit(&["train", s(&m), "--data", s(&assets), "--preset", "fmnist", "-o", s(&out), &arg]);
+        assert_clean_failure(&o, &format!("train {arg}"), &[flag]);
+    }
+    let o = lowbit(&["quantize", s(&m), "--calib", s(&data()), "--preset", "mnist", "--max-drop=-1", "-o", s(&out)]);
+    assert_clean_failure(&o, "quantize --max-drop -1", &["--max-drop"]);
+    // Argument syntax errors come from clap: exit code 2 with its usage hint.
+    let o = lowbit(&["bench", s(&m), "--max-memory", "lots"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad size 'lots'"));
+    assert!(!out.exists());
+}
+
+/// Per-layer sensitivity and mixed precision quantize each layer alone: a layer that reads a
+/// reshaped activation (mnist-cnn's first Gemm reads the Flatten of a MaxPool) takes the
+/// reshape's input statistics ("input activation is not quantized" before).
+#[test]
+fn sensitivity_and_mixed_precision_run_on_mnist_cnn() {
+    let d = tmpdir("sens-mnist");
+    let out = d.join("q.onnx");
+    let o = lowbit(&[
+        "quantize",
+        s(&zoo("mnist-cnn.onnx")),
+        "--calib",
+        s(&data()),
+        "--preset",
+        "mnist",
+        "--calib-n",
+        "64",
+        "--weights",
+        "4",
+        "--sensitivity",
+        "--max-drop",
+        "0.5",
+        "-o",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("/classifier/classifier.0/Gemm"), "no sensitivity row: {stdout}");
+    assert!(lowbit_onnx::read_model(&out).is_ok());
+}

@@ -106,6 +106,14 @@ fn read_header(r: &mut dyn Read, path: &Path, ndims: u8) -> Result<Vec<usize>> {
     Ok(raw.chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect())
 }
 
+/// Reads what follows the data to its end, so that a gzip file's checksum and length are verified
+/// (a bad CRC is only seen there); at most 1 MiB of trailing bytes is tolerated.
+fn check_end(r: &mut dyn Read, path: &Path) -> Result<()> {
+    let mut rest = Vec::new();
+    r.take(1 << 20).read_to_end(&mut rest).map_err(|e| idx_err(path, format!("corrupt file: {e}")))?;
+    Ok(())
+}
+
 /// Reads an IDX label file header and the first `take` labels; returns (header count, labels).
 fn read_labels(path: &Path, take: usize) -> Result<(usize, Vec<u32>)> {
     let mut r = open_maybe_gz(path)?;
@@ -117,6 +125,9 @@ fn read_labels(path: &Path, take: usize) -> Result<(usize, Vec<u32>)> {
             path,
             format!("truncated IDX file: header says {count} labels but only {} bytes of labels", raw.len()),
         ));
+    }
+    if take == count {
+        check_end(&mut *r, path)?;
     }
     Ok((count, raw.into_iter().map(u32::from).collect()))
 }
@@ -150,6 +161,9 @@ pub fn load_idx(images: &Path, labels: Option<&Path>, pre: &Preprocess, limit: O
             images,
             format!("truncated IDX file: header says {total}x{h}x{w} but only {} bytes of pixels", pixels.len()),
         ));
+    }
+    if n == total {
+        check_end(&mut *r, images)?;
     }
     drop(r);
 
@@ -432,6 +446,15 @@ mod tests {
         fs::write(&gz_cut, &gz_bytes[..gz_bytes.len() / 2]).expect("write");
         let msg = load_idx(&gz_cut, None, &raw(), None).expect_err("truncated gzip").to_string();
         assert!(msg.starts_with(&gz_cut.display().to_string()), "{msg}");
+
+        // a gzip file whose checksum (the trailer's first 4 bytes) is wrong
+        let mut bad = gz_bytes.clone();
+        let at = bad.len() - 8;
+        bad[at] ^= 0xff;
+        let gz_crc = tmp.join("crc.gz");
+        fs::write(&gz_crc, &bad).expect("write");
+        let msg = load_idx(&gz_crc, None, &raw(), None).expect_err("bad crc").to_string();
+        assert!(msg.starts_with(&gz_crc.display().to_string()) && msg.contains("corrupt"), "{msg}");
 
         // truncated labels
         let lp = tmp.join("labels");

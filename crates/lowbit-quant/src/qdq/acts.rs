@@ -60,11 +60,31 @@ pub(crate) fn plan_activations(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Res
     let mut order: Vec<String> = vec![];
     // Values that take their parameters from a pass-through producer's input (already in range).
     let mut inherited: HashSet<String> = HashSet::new();
+    // The statistics of a value: its own, or, for the output of a reshape (which the runtime
+    // aliases and so never observes), those of the reshape's input: the same numbers.
+    let stats_of = |v: &str| -> Option<&crate::observer::Observer> {
+        let mut v = v;
+        for _ in 0..g.nodes.len() + 1 {
+            if let Some(o) = stats.get(v) {
+                return Some(o);
+            }
+            let n = &g.nodes[*producers.get(v)?];
+            let reshape = matches!(
+                n.op,
+                Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity
+            );
+            if !reshape {
+                return None;
+            }
+            v = n.inputs.first()?;
+        }
+        None
+    };
     let act_of = |v: &str| -> Result<(f32, i32)> {
         if let Some(&p) = cfg.act_override.get(v) {
             return Ok(p);
         }
-        let o = stats.get(v).ok_or_else(|| Error::value(v, "no calibration statistics for this value"))?;
+        let o = stats_of(v).ok_or_else(|| Error::value(v, "no calibration statistics for this value"))?;
         // The model input is data the user controls: never clip it, and keep it at 8 bits (images
         // are 8-bit data; min-max over 256 levels loses nothing for u8 pixels).
         let is_input = inputs.contains(v);
@@ -85,7 +105,7 @@ pub(crate) fn plan_activations(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Res
             return Ok(());
         }
         // Only float activations are observed; integer values (shapes, indices) stay as they are.
-        if !stats.contains_key(v) {
+        if stats_of(v).is_none() {
             return Ok(());
         }
         params.insert(v.to_string(), act_of(v)?);
