@@ -208,6 +208,9 @@ fn mutated_models_never_panic() {
             *l = info.to_string();
         }
     }));
+    let crashes = root().join("target/mutate-crashes");
+    std::fs::create_dir_all(&crashes).unwrap();
+    let last_seed = crashes.join(format!("last-seed-{seed0}"));
     let t0 = Instant::now();
     let (mut runs, mut read_ok) = (0u64, 0u64);
     let mut seed = seed0;
@@ -224,10 +227,10 @@ fn mutated_models_never_panic() {
             bytes[i] ^= 1 << r.below(8);
         }
         read_ok += lowbit_onnx::decode_model(&bytes).is_ok() as u64;
+        // An abort (not a panic) cannot be caught: the seed on disk says which mutant it was.
+        let _ = std::fs::write(&last_seed, seed.to_string());
         if catch_unwind(AssertUnwindSafe(|| exercise(&bytes))).is_err() {
-            let dir = root().join("target/mutate-crashes");
-            std::fs::create_dir_all(&dir).unwrap();
-            let f = dir.join(format!("seed-{seed}-{name}"));
+            let f = crashes.join(format!("seed-{seed}-{name}"));
             std::fs::write(&f, &bytes).unwrap();
             let _ = std::panic::take_hook();
             let why = LAST.lock().map(|l| l.clone()).unwrap_or_default();

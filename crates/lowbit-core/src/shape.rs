@@ -289,6 +289,23 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
                 return Err(Error::Invalid(format!("kernel_shape {k:?} does not match weight {:?}", w.shape)));
             }
             let win = window(&x.shape[2..], &k, &c.strides, &c.dilations, &c.pads, c.auto_pad, false)?;
+            // The kernels' per-image working copies: the padded input and the im2col matrix.
+            let padded = (0..win.out.len())
+                .try_fold(x.shape[1].checked_mul(4), |a, d| {
+                    let span = x.shape[2 + d].checked_add(win.pads_begin[d])?.checked_add(win.pads_end[d])?;
+                    a?.checked_mul(span).map(Some)
+                })
+                .flatten();
+            let im2col = win
+                .out
+                .iter()
+                .chain(&k)
+                .try_fold(w.shape[1].checked_mul(4), |a, &d| a?.checked_mul(d).map(Some))
+                .flatten();
+            for (what, b) in [("padded input", padded), ("im2col matrix", im2col)] {
+                let b = b.ok_or_else(|| Error::Invalid(format!("the {what} of this Conv overflows")))?;
+                crate::limits::check_memory(&format!("the {what} of this Conv"), b)?;
+            }
             let mut s = vec![x.shape[0], w.shape[0]];
             s.extend(win.out);
             one(DType::F32, s)

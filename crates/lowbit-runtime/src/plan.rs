@@ -164,6 +164,12 @@ impl Plan {
                     .map_err(|e| Error::Invalid(format!("thread pool: {e}")))?,
             ),
         };
+        // Everything one run allocates, checked against the memory limit before it is allocated.
+        let run_bytes = [(sizes.scratch, 4), (sizes.qscratch, 1), (sizes.bscratch, 8)]
+            .iter()
+            .try_fold(sizes.arena_bytes, |a, &(n, b)| a.checked_add(n.checked_mul(b)?))
+            .unwrap_or(usize::MAX);
+        lowbit_core::limits::check_memory("one run of the plan (activations and scratch)", run_bytes)?;
         let states = Mutex::new(vec![State::new(&sizes)]);
         let (notes, profile) = (fu.notes, Mutex::new(None));
         Ok(Plan { steps, infos, inputs, outputs, sizes, states, paths, notes, pool, threads, spec, profile })
