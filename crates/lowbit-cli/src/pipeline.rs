@@ -32,8 +32,8 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
     let t_all = Instant::now();
     let data = a.data.clone().expect("pipeline needs --data");
     let budget = a.max_drop.ok_or_else(|| anyhow!("--data runs the automatic pipeline and needs --max-drop PP"))?;
-    if !(budget.is_finite() && budget >= 0.0) {
-        bail!("--max-drop {budget} must be a finite number of percentage points, 0 or above");
+    if !budget.is_finite() {
+        bail!("--max-drop {budget} must be a finite number of percentage points");
     }
     let qat_method = QatMethod::parse(&a.qat_method)
         .ok_or_else(|| anyhow!("unknown --qat-method '{}' (ste, lsq, pact, dsq)", a.qat_method))?;

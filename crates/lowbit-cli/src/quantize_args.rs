@@ -118,8 +118,8 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
     if a.calib_n == 0 {
         bail!("--calib-n must be at least 1");
     }
-    if let Some(d) = a.max_drop.filter(|d| !(d.is_finite() && *d >= 0.0)) {
-        bail!("--max-drop {d} must be a finite number of percentage points, 0 or above");
+    if let Some(d) = a.max_drop.filter(|d| !d.is_finite()) {
+        bail!("--max-drop {d} must be a finite number of percentage points");
     }
     let weight_kind = match a.scheme.as_str() {
         "linear" => Kind::Linear(Mode::Symmetric),

@@ -403,8 +403,8 @@ fn nonsense_arguments_are_refused() {
         let o = lowbit(&["train", s(&m), "--data", s(&assets), "--preset", "fmnist", "-o", s(&out), &arg]);
         assert_clean_failure(&o, &format!("train {arg}"), &[flag]);
     }
-    let o = lowbit(&["quantize", s(&m), "--calib", s(&data()), "--preset", "mnist", "--max-drop=-1", "-o", s(&out)]);
-    assert_clean_failure(&o, "quantize --max-drop -1", &["--max-drop"]);
+    let o = lowbit(&["quantize", s(&m), "--calib", s(&data()), "--preset", "mnist", "--max-drop=nan", "-o", s(&out)]);
+    assert_clean_failure(&o, "quantize --max-drop nan", &["--max-drop"]);
     // Argument syntax errors come from clap: exit code 2 with its usage hint.
     let o = lowbit(&["bench", s(&m), "--max-memory", "lots"]);
     assert_eq!(o.status.code(), Some(2));
