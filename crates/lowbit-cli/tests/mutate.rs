@@ -189,8 +189,31 @@ fn mutated_models_never_panic() {
     let seed0: u64 = std::env::var("LOWBIT_MUTATE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     lowbit_core::limits::set_max_memory(256 << 20);
     let mut seeds: Vec<(String, Vec<u8>)> = vec![];
-    for name in ["mnist-cnn.onnx", "fmnist-resnet.onnx", "fmnist-mobilenet.onnx", "ppocr-textline-cls.onnx"] {
+    for name in [
+        "mnist-cnn.onnx",
+        "fmnist-resnet.onnx",
+        "fmnist-mobilenet.onnx",
+        "ppocr-textline-cls.onnx",
+        "det-centerface.onnx",
+        "rec-sface-int8bq.onnx",
+    ] {
         seeds.push((name.into(), std::fs::read(zoo(name)).unwrap()));
+    }
+    // The ONNX node tests of the operators added for detection/segmentation/embedding networks:
+    // small models that carry every attribute those operators have (Resize modes, Pad modes,
+    // ConvTranspose output shapes, reduction axes, ...).
+    let node_tests = std::path::Path::new("/usr/share/libonnx-testdata/data/node");
+    if let Ok(rd) = std::fs::read_dir(node_tests) {
+        let mut dirs: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        for d in dirs {
+            let Ok(b) = std::fs::read(d.join("model.onnx")) else { continue };
+            let Ok(m) = pb::ModelProto::decode(b.as_slice()) else { continue };
+            let new = m.graph.as_ref().is_some_and(|g| g.node.iter().any(|n| common::new_ops().contains(&n.op_type())));
+            if new {
+                seeds.push((d.file_name().unwrap().to_string_lossy().into(), b));
+            }
+        }
     }
     let repro = root().join("crates/lowbit-cli/tests/repro");
     for e in std::fs::read_dir(&repro).unwrap().flatten() {

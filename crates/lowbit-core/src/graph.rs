@@ -82,7 +82,18 @@ impl Graph {
 
     /// Inputs the caller must feed: declared inputs that are not also initializers.
     pub fn runtime_inputs(&self) -> Vec<&ValueInfo> {
-        self.inputs.iter().filter(|i| !self.initializers.contains_key(&i.name)).collect()
+        // Inputs that are initializers (old exports list them) or that nothing reads (files
+        // another tool rewrote keep them) are not fed.
+        let read: HashSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.inputs.iter().map(String::as_str))
+            .chain(self.outputs.iter().map(|o| o.name.as_str()))
+            .collect();
+        self.inputs
+            .iter()
+            .filter(|i| !self.initializers.contains_key(&i.name) && read.contains(i.name.as_str()))
+            .collect()
     }
 
     /// Puts nodes in topological order (stable: an already sorted graph keeps its order) and checks

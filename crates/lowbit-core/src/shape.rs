@@ -1,16 +1,9 @@
 //! Shape inference for every [`Op`]: given input element types, shapes and (when constant) values,
 //! the output element types and shapes.
 
-use crate::{AutoPad, DType, Error, Node, Op, Result, Tensor};
-
-/// What is known about one input while inferring shapes.
-#[derive(Clone, Copy, Debug)]
-pub struct Known<'a> {
-    pub dtype: DType,
-    pub shape: &'a [usize],
-    /// The value itself when it is a constant.
-    pub value: Option<&'a Tensor>,
-}
+pub use crate::dims::{broadcast, norm_axis, Known};
+use crate::dims::{need, need_const, or_ones};
+use crate::{AutoPad, DType, Error, Node, Op, Result};
 
 /// A resolved sliding window (convolution or pooling) over the spatial dimensions.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,14 +14,6 @@ pub struct Window {
     pub pads_begin: Vec<usize>,
     pub pads_end: Vec<usize>,
     pub out: Vec<usize>,
-}
-
-fn or_ones(v: &[usize], n: usize) -> Vec<usize> {
-    if v.is_empty() {
-        vec![1; n]
-    } else {
-        v.to_vec()
-    }
 }
 
 /// Resolves strides/dilations/pads/auto_pad/ceil_mode against the input's spatial size.
@@ -107,34 +92,6 @@ pub fn window(
         }
     }
     Ok(w)
-}
-
-/// Numpy-style multidirectional broadcast of two shapes.
-pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
-    let n = a.len().max(b.len());
-    let mut out = vec![0; n];
-    for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-        out[i] = if da == db || db == 1 {
-            da
-        } else if da == 1 {
-            db
-        } else {
-            return Err(Error::Invalid(format!("shapes {a:?} and {b:?} do not broadcast")));
-        };
-    }
-    Ok(out)
-}
-
-/// Normalizes a possibly negative axis against `rank` (a scalar has no axis).
-pub fn norm_axis(axis: i64, rank: usize) -> Result<usize> {
-    let r = rank as i64;
-    let a = if axis < 0 { axis.saturating_add(r) } else { axis };
-    if a < 0 || a >= r {
-        return Err(Error::Invalid(format!("axis {axis} out of range for rank {rank}")));
-    }
-    Ok(a as usize)
 }
 
 /// Target shape of a Reshape (`0` copies the input dim unless `allowzero`, `-1` is inferred).
@@ -231,16 +188,6 @@ pub fn slice_len(s: i64, e: i64, step: i64) -> usize {
     } else {
         0
     }
-}
-
-fn need<'a>(ins: &'a [Option<Known<'a>>], i: usize) -> Result<Known<'a>> {
-    ins.get(i).copied().flatten().ok_or_else(|| Error::Invalid(format!("missing input {i}")))
-}
-
-fn need_const<'a>(ins: &'a [Option<Known<'a>>], i: usize, what: &str) -> Result<&'a Tensor> {
-    need(ins, i)?
-        .value
-        .ok_or_else(|| Error::Invalid(format!("{what} (input {i}) must be a constant or computable from shapes")))
 }
 
 /// Infers output element types and shapes of `node`.
@@ -542,6 +489,24 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             };
             one(dt, x.shape.to_vec())
         }
+        Op::Unary(_)
+        | Op::PRelu
+        | Op::Pow
+        | Op::Variadic(_)
+        | Op::Compare(_)
+        | Op::Where
+        | Op::Reduce { .. }
+        | Op::ConvTranspose(_)
+        | Op::Resize(_)
+        | Op::Pad { .. }
+        | Op::ConstantOfShape { .. }
+        | Op::Range
+        | Op::Expand
+        | Op::Tile
+        | Op::DepthSpace { .. }
+        | Op::InstanceNorm { .. }
+        | Op::LpNorm { .. }
+        | Op::DequantizeBlocked { .. } => crate::shape_ops::infer(node, ins),
         Op::Transpose { perm } => {
             let r = x.shape.len();
             let p: Vec<usize> = perm.clone().unwrap_or_else(|| (0..r).rev().collect());

@@ -153,6 +153,20 @@ pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// For each flat index of `out`, the flat index of the broadcast source element of shape `src`.
+pub fn broadcast_index(src: &[usize], out: &[usize]) -> Vec<usize> {
+    let r = out.len();
+    let mut sst = vec![0usize; r];
+    let full = strides(src);
+    for d in 0..src.len() {
+        let od = r - src.len() + d;
+        sst[od] = if src[d] == 1 { 0 } else { full[d] };
+    }
+    let ost = strides(out);
+    let total: usize = out.iter().product();
+    (0..total).map(|f| (0..r).map(|d| ((f / ost[d]) % out[d].max(1)) * sst[d]).sum()).collect()
+}
+
 /// Row-major strides of `shape`.
 pub fn strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; shape.len()];

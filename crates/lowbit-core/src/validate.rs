@@ -38,7 +38,22 @@ pub fn arity(op: &Op) -> (usize, Option<usize>) {
         Op::Squeeze { axes: None } => (1, Some(2)),
         Op::Concat { .. } => (1, None),
         Op::Slice { attrs: None } => (3, Some(5)),
-        Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => (2, Some(3)),
+        Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } | Op::DequantizeBlocked { .. } => (2, Some(3)),
+        Op::Unary(_)
+        | Op::Reduce { axes: Some(_), .. }
+        | Op::ConstantOfShape { .. }
+        | Op::DepthSpace { .. }
+        | Op::LpNorm { .. }
+        | Op::Pad { pads: Some(_), .. } => (1, Some(1)),
+        Op::Reduce { axes: None, .. } => (1, Some(2)),
+        Op::PRelu | Op::Pow | Op::Compare(_) | Op::Expand | Op::Tile => (2, Some(2)),
+        Op::Variadic(_) => (1, None),
+        Op::Where | Op::Range | Op::InstanceNorm { .. } => (3, Some(3)),
+        Op::ConvTranspose(_) => (2, Some(3)),
+        Op::Resize(r) if r.upsample => (1, Some(2)),
+        Op::Resize(r) if r.opset10 => (2, Some(2)),
+        Op::Resize(_) => (1, Some(4)),
+        Op::Pad { pads: None, .. } => (2, Some(4)),
     }
 }
 
@@ -79,6 +94,17 @@ fn check_node(g: &Graph, n: &Node) -> Result<()> {
     }
     let init = |i: usize| n.input(i).and_then(|v| g.initializers.get(v));
     match &n.op {
+        Op::DequantizeBlocked { .. } => {
+            if let Some(s) = init(1) {
+                let v = s.to_f32_vec();
+                if let Some(x) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                    return Err(bad(format!(
+                        "quantization scale '{}' holds {x}; scales must be finite and positive",
+                        n.inputs[1]
+                    )));
+                }
+            }
+        }
         Op::QuantizeLinear { axis } | Op::DequantizeLinear { axis } => {
             // A per-axis scale must fit a constant input here (other inputs: in shape inference).
             if let (Some(x), Some(s)) = (init(0), init(1)) {
@@ -104,7 +130,7 @@ fn check_node(g: &Graph, n: &Node) -> Result<()> {
                 }
             }
         }
-        Op::Conv(_) | Op::Gemm { .. } | Op::MatMul | Op::BatchNorm { .. } => {
+        Op::Conv(_) | Op::Gemm { .. } | Op::MatMul | Op::BatchNorm { .. } | Op::ConvTranspose(_) => {
             for i in 1..n.inputs.len() {
                 if let Some(Data::F32(v)) = init(i).map(|t| &t.data) {
                     if let Some(x) = v.iter().find(|x| !x.is_finite()) {

@@ -18,3 +18,4 @@ pub mod int8;
 pub mod isa;
 pub mod pool;
 pub mod reference;
+pub mod refops;

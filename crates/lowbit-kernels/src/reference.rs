@@ -271,6 +271,24 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
                 Tensor::f32(oshape, o)
             }
         }
+        Op::Unary(_)
+        | Op::PRelu
+        | Op::Pow
+        | Op::Variadic(_)
+        | Op::Compare(_)
+        | Op::Where
+        | Op::Reduce { .. }
+        | Op::ConvTranspose(_)
+        | Op::Resize(_)
+        | Op::Pad { .. }
+        | Op::ConstantOfShape { .. }
+        | Op::Range
+        | Op::Expand
+        | Op::Tile
+        | Op::DepthSpace { .. }
+        | Op::InstanceNorm { .. }
+        | Op::LpNorm { .. }
+        | Op::DequantizeBlocked { .. } => crate::refops::eval(&node.op, inputs, odt, oshape)?,
         Op::Transpose { perm } => {
             let r = x.rank();
             let p: Vec<usize> = perm.clone().unwrap_or_else(|| (0..r).rev().collect());
@@ -286,19 +304,7 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
     Ok(vec![out])
 }
 
-/// For each flat index of `out`, the flat index of the broadcast source element of shape `src`.
-pub fn broadcast_index(src: &[usize], out: &[usize]) -> Vec<usize> {
-    let r = out.len();
-    let mut sst = vec![0usize; r];
-    let full = lowbit_core::tensor::strides(src);
-    for d in 0..src.len() {
-        let od = r - src.len() + d;
-        sst[od] = if src[d] == 1 { 0 } else { full[d] };
-    }
-    let ost = lowbit_core::tensor::strides(out);
-    let total: usize = out.iter().product();
-    (0..total).map(|f| (0..r).map(|d| ((f / ost[d]) % out[d].max(1)) * sst[d]).sum()).collect()
-}
+pub use lowbit_core::tensor::broadcast_index;
 
 fn binary(op: &Op, a: &Tensor, b: &Tensor, oshape: &[usize]) -> Result<Tensor> {
     let ia = broadcast_index(&a.shape, oshape);

@@ -58,6 +58,7 @@ pub fn decode_model(bytes: &[u8]) -> Result<Graph> {
         g.outputs.push(value_info(vi)?);
     }
     let mut seen_names = HashSet::new();
+    let mut missing = Missing::default();
     // Every name a node of the file uses, so that invented names never collide (built once: the
     // reader stays linear in the number of unnamed nodes).
     let taken: HashSet<&str> = gp.node.iter().map(|m| m.name()).collect();
@@ -77,32 +78,77 @@ pub fn decode_model(bytes: &[u8]) -> Result<Graph> {
             n.name().to_string()
         };
         if !matches!(n.domain(), "" | "ai.onnx") {
-            return Err(Error::Unsupported {
-                node: name,
-                op: format!("{}:{}", n.domain(), n.op_type()),
-                reason: "operator domain is not supported".into(),
-            }
-            .into());
+            missing.add(&format!("{}:{}", n.domain(), n.op_type()), &name);
+            continue;
         }
         if n.op_type() == "Constant" {
             let out = n.output.first().ok_or_else(|| Error::node(&name, "Constant without output"))?;
             g.initializers.insert(out.clone(), constant_value(n).map_err(|e| e.in_node(&name))?);
             continue;
         }
-        let op = parse_op(n, &name, opset).map_err(|e| e.in_node(&name))?;
+        let op = match parse_op(n, &name, opset) {
+            Err(Error::Unsupported { reason, .. }) if reason == NOT_IMPLEMENTED => {
+                missing.add(n.op_type(), &name);
+                continue;
+            }
+            r => r.map_err(|e| e.in_node(&name))?,
+        };
+        if !missing.is_empty() {
+            continue; // only the list of missing operators is reported
+        }
         if n.output.is_empty() {
             return Err(Error::node(&name, "node has no outputs").into());
         }
         // Trailing empty inputs mean "absent"; drop them so reading what we write is an identity.
         let mut inputs = n.input.clone();
+        if n.op_type() == "Dropout" {
+            inputs.truncate(1); // read as Identity; its ratio is unused at inference
+        }
         while inputs.last().is_some_and(|s| s.is_empty()) {
             inputs.pop();
         }
         g.nodes.push(Node { name, op, inputs, outputs: n.output.clone() });
     }
+    missing.check()?;
     g.sort_and_check()?;
     lowbit_core::validate::validate(&g)?;
     Ok(g)
+}
+
+const NOT_IMPLEMENTED: &str = "operator is not implemented by lowbit";
+
+/// Every operator of a file lowbit does not implement, counted, so one error lists them all.
+#[derive(Default)]
+struct Missing(Vec<(String, usize, String)>);
+
+impl Missing {
+    fn add(&mut self, op: &str, node: &str) {
+        match self.0.iter_mut().find(|(o, _, _)| o == op) {
+            Some(e) => e.1 += 1,
+            None => self.0.push((op.to_string(), 1, node.to_string())),
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn check(&self) -> lowbit_core::Result<()> {
+        let Some((op, _, node)) = self.0.first() else { return Ok(()) };
+        let total: usize = self.0.iter().map(|e| e.1).sum();
+        let list: Vec<String> = self
+            .0
+            .iter()
+            .map(|(o, k, n)| format!("{o} ({k} node{}, first '{n}')", if *k == 1 { "" } else { "s" }))
+            .collect();
+        Err(Error::Unsupported {
+            node: node.clone(),
+            op: op.clone(),
+            reason: format!(
+                "{} operator type(s) in {total} node(s) are not implemented by lowbit: {}",
+                self.0.len(),
+                list.join(", ")
+            ),
+        })
+    }
 }
 
 trait InValue {
@@ -373,8 +419,14 @@ fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op
             attrs: if opset < 10 { Some((a.ints("starts"), a.ints("ends"), a.ints("axes"))) } else { None },
         },
         "QuantizeLinear" | "DequantizeLinear" => {
-            if a.get("block_size").and_then(|x| x.i).unwrap_or(0) != 0 {
-                return Err(unsupported("blocked quantization is not supported"));
+            let block = a.get("block_size").and_then(|x| x.i).unwrap_or(0);
+            if block != 0 {
+                if n.op_type() == "QuantizeLinear" {
+                    return Err(unsupported("blocked QuantizeLinear is not supported"));
+                }
+                let block = usize::try_from(block)
+                    .map_err(|_| Error::Invalid(format!("block_size {block} must be positive")))?;
+                return Ok(Op::DequantizeBlocked { axis: a.int("axis", 1), block });
             }
             let axis = a.int("axis", 1);
             if n.op_type() == "QuantizeLinear" {
@@ -386,13 +438,192 @@ fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op
         "Transpose" => {
             Op::Transpose { perm: a.get("perm").map(|x| x.ints.iter().map(|&v| v.max(0) as usize).collect()) }
         }
-        other => {
-            return Err(Error::Unsupported {
-                node: name.into(),
-                op: other.into(),
-                reason: "operator is not implemented by lowbit".into(),
+        "PRelu" => Op::PRelu,
+        "Pow" => Op::Pow,
+        "Where" => Op::Where,
+        "Range" => Op::Range,
+        "Expand" => Op::Expand,
+        "Tile" => Op::Tile,
+        "Dropout" => {
+            // Inference: the identity. A training_mode input that is not a constant false, or a
+            // mask output someone reads, is refused.
+            if n.output.iter().skip(1).any(|o| !o.is_empty()) {
+                return Err(unsupported("the mask output of Dropout is not supported"));
+            }
+            if a.int("is_test", 1) == 0 && opset < 7 {
+                return Err(unsupported("Dropout in training mode is not supported"));
+            }
+            if n.input.get(2).is_some_and(|s| !s.is_empty()) {
+                return Err(unsupported("Dropout with a training_mode input is not supported"));
+            }
+            Op::Identity
+        }
+        "ConvTranspose" => Op::ConvTranspose(lowbit_core::ConvTransposeAttrs {
+            kernel_shape: a.usizes("kernel_shape")?,
+            strides: a.usizes("strides")?,
+            pads: pads_of(&a)?,
+            dilations: a.usizes("dilations")?,
+            group: usize::try_from(a.int("group", 1))
+                .ok()
+                .filter(|&g| g >= 1)
+                .ok_or_else(|| Error::Invalid("group must be >= 1".into()))?,
+            auto_pad: a.auto_pad()?,
+            output_padding: a.usizes("output_padding")?,
+            output_shape: a.usizes("output_shape")?,
+        }),
+        "Resize" | "Upsample" => Op::Resize(resize_attrs(&a, n.op_type() == "Upsample", opset)?),
+        "Pad" => {
+            let mode = match a.string("mode").as_deref().unwrap_or("constant") {
+                "constant" => lowbit_core::PadMode::Constant,
+                "reflect" => lowbit_core::PadMode::Reflect,
+                "edge" => lowbit_core::PadMode::Edge,
+                "wrap" => lowbit_core::PadMode::Wrap,
+                m => return Err(Error::Invalid(format!("unknown Pad mode '{m}'"))),
+            };
+            let pads = if opset < 11 { Some(a.ints(if opset < 2 { "paddings" } else { "pads" })) } else { None };
+            Op::Pad { mode, pads, value: a.float("value", 0.0) }
+        }
+        "ConstantOfShape" => {
+            let value = match a.get("value").and_then(|x| x.t.as_ref()) {
+                Some(t) => {
+                    let v = tensor_from_proto(t).map_err(|e| Error::Invalid(e.to_string()))?;
+                    if v.len() != 1 {
+                        return Err(Error::Invalid(format!("ConstantOfShape value has {} elements, not 1", v.len())));
+                    }
+                    v.reshaped(vec![]).map_err(|e| Error::Invalid(e.to_string()))?
+                }
+                None => Tensor::scalar_f32(0.0),
+            };
+            Op::ConstantOfShape { value }
+        }
+        "DepthToSpace" | "SpaceToDepth" => {
+            let block = usize::try_from(a.int("blocksize", 0))
+                .ok()
+                .filter(|&b| b >= 1)
+                .ok_or_else(|| Error::Invalid("blocksize must be >= 1".into()))?;
+            let to_space = n.op_type() == "DepthToSpace";
+            let dcr = match a.string("mode").as_deref().unwrap_or("DCR") {
+                "DCR" => true,
+                "CRD" if to_space => false,
+                m => return Err(Error::Invalid(format!("unknown mode '{m}'"))),
+            };
+            Op::DepthSpace { to_space, block, dcr }
+        }
+        "InstanceNormalization" => Op::InstanceNorm { epsilon: a.float("epsilon", 1e-5) },
+        "LpNormalization" => {
+            let p = match a.int("p", 2) {
+                1 => 1,
+                2 => 2,
+                p => return Err(Error::Invalid(format!("LpNormalization p={p} (1 or 2 are defined)"))),
+            };
+            Op::LpNorm { axis: a.int("axis", -1), p }
+        }
+        other if other.starts_with("Reduce") && lowbit_core::Reduce::ALL.iter().any(|(nm, _)| *nm == other) => {
+            let kind = lowbit_core::Reduce::ALL
+                .iter()
+                .find(|(nm, _)| *nm == other)
+                .map(|p| p.1)
+                .unwrap_or(lowbit_core::Reduce::Sum);
+            // Axes moved from attribute to input 1 at opset 13 (ReduceSum) and 18 (the others).
+            let axes_as_input = if kind == lowbit_core::Reduce::Sum { opset >= 13 } else { opset >= 18 };
+            Op::Reduce {
+                kind,
+                axes: if axes_as_input { None } else { Some(a.ints("axes")) },
+                keepdims: a.int("keepdims", 1) != 0,
+                noop_with_empty_axes: a.int("noop_with_empty_axes", 0) != 0,
+            }
+        }
+        other if lowbit_core::Unary::ALL.iter().any(|(nm, _)| *nm == other) => {
+            let u = lowbit_core::Unary::ALL
+                .iter()
+                .find(|(nm, _)| *nm == other)
+                .map(|p| p.1)
+                .unwrap_or(lowbit_core::Unary::Neg);
+            Op::Unary(match u {
+                lowbit_core::Unary::LeakyRelu { alpha } => {
+                    lowbit_core::Unary::LeakyRelu { alpha: a.float("alpha", alpha) }
+                }
+                lowbit_core::Unary::Elu { alpha } => lowbit_core::Unary::Elu { alpha: a.float("alpha", alpha) },
+                lowbit_core::Unary::Selu { alpha, gamma } => {
+                    lowbit_core::Unary::Selu { alpha: a.float("alpha", alpha), gamma: a.float("gamma", gamma) }
+                }
+                u => u,
             })
+        }
+        other if lowbit_core::Variadic::ALL.iter().any(|(nm, _)| *nm == other) => Op::Variadic(
+            lowbit_core::Variadic::ALL
+                .iter()
+                .find(|(nm, _)| *nm == other)
+                .map(|p| p.1)
+                .unwrap_or(lowbit_core::Variadic::Sum),
+        ),
+        other if lowbit_core::Compare::ALL.iter().any(|(nm, _)| *nm == other) => Op::Compare(
+            lowbit_core::Compare::ALL
+                .iter()
+                .find(|(nm, _)| *nm == other)
+                .map(|p| p.1)
+                .unwrap_or(lowbit_core::Compare::Equal),
+        ),
+        other => {
+            return Err(Error::Unsupported { node: name.into(), op: other.into(), reason: NOT_IMPLEMENTED.into() })
         }
     };
     Ok(op)
+}
+
+fn resize_attrs(a: &Attrs, upsample: bool, opset: i64) -> lowbit_core::Result<lowbit_core::ResizeAttrs> {
+    use lowbit_core::{CoordMode, NearestMode, ResizeMode};
+    let mode = match a.string("mode").as_deref().unwrap_or("nearest") {
+        "nearest" => ResizeMode::Nearest,
+        "linear" | "bilinear" => ResizeMode::Linear,
+        m => return Err(Error::Invalid(format!("Resize mode '{m}' is not supported (nearest, linear)"))),
+    };
+    let coord = if upsample || opset < 11 {
+        CoordMode::Asymmetric
+    } else {
+        match a.string("coordinate_transformation_mode").as_deref().unwrap_or("half_pixel") {
+            "half_pixel" => CoordMode::HalfPixel,
+            "pytorch_half_pixel" => CoordMode::PytorchHalfPixel,
+            "align_corners" => CoordMode::AlignCorners,
+            "asymmetric" => CoordMode::Asymmetric,
+            "tf_half_pixel_for_nn" => CoordMode::TfHalfPixelForNn,
+            "half_pixel_symmetric" => CoordMode::HalfPixelSymmetric,
+            "tf_crop_and_resize" => CoordMode::TfCropAndResize,
+            m => return Err(Error::Invalid(format!("coordinate_transformation_mode '{m}' is not supported"))),
+        }
+    };
+    let nearest = if upsample || opset < 11 {
+        NearestMode::Floor
+    } else {
+        match a.string("nearest_mode").as_deref().unwrap_or("round_prefer_floor") {
+            "round_prefer_floor" => NearestMode::RoundPreferFloor,
+            "round_prefer_ceil" => NearestMode::RoundPreferCeil,
+            "floor" => NearestMode::Floor,
+            "ceil" => NearestMode::Ceil,
+            m => return Err(Error::Invalid(format!("nearest_mode '{m}' is not supported"))),
+        }
+    };
+    if a.int("antialias", 0) != 0 {
+        return Err(Error::Invalid("Resize with antialias is not supported".into()));
+    }
+    match a.string("keep_aspect_ratio_policy").as_deref() {
+        None | Some("stretch") => {}
+        Some(p) => return Err(Error::Invalid(format!("keep_aspect_ratio_policy '{p}' is not supported"))),
+    }
+    let scales_attr = a.get("scales").map(|x| x.floats.clone()).filter(|_| upsample);
+    if upsample && scales_attr.is_none() && opset < 9 {
+        return Err(Error::Invalid("Upsample needs scales".into()));
+    }
+    Ok(lowbit_core::ResizeAttrs {
+        mode,
+        coord,
+        nearest,
+        scales_attr,
+        upsample,
+        opset10: !upsample && opset < 11,
+        axes: a.get("axes").map(|x| x.ints.clone()),
+        exclude_outside: a.int("exclude_outside", 0) != 0,
+        extrapolation_value: a.float("extrapolation_value", 0.0),
+        cubic_coeff_a: a.float("cubic_coeff_a", -0.75),
+    })
 }

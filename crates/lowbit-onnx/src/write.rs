@@ -1,6 +1,9 @@
 use std::path::Path;
 
-use lowbit_core::{Act, AutoPad, DType, Data, Dim, Graph, Op, PoolAttrs, Tensor, ValueInfo};
+use lowbit_core::{
+    Act, AutoPad, CoordMode, DType, Data, Dim, Graph, NearestMode, Op, PadMode, PoolAttrs, ResizeMode, Tensor, Unary,
+    ValueInfo,
+};
 use prost::Message;
 
 use crate::pb;
@@ -271,6 +274,107 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
                 if *axis != 1 {
                     attrs.push(attr_i("axis", *axis));
                 }
+            }
+            Op::DequantizeBlocked { axis, block } => {
+                attrs.push(attr_i("axis", *axis));
+                attrs.push(attr_i("block_size", *block as i64));
+            }
+            Op::Unary(u) => match u {
+                Unary::LeakyRelu { alpha } | Unary::Elu { alpha } => attrs.push(attr_f("alpha", *alpha)),
+                Unary::Selu { alpha, gamma } => {
+                    attrs.push(attr_f("alpha", *alpha));
+                    attrs.push(attr_f("gamma", *gamma));
+                }
+                _ => {}
+            },
+            Op::Reduce { axes, keepdims, noop_with_empty_axes, .. } => {
+                if let Some(a) = axes.as_ref().filter(|a| !a.is_empty()) {
+                    attrs.push(attr_ints("axes", a.iter().copied()));
+                }
+                attrs.push(attr_i("keepdims", *keepdims as i64));
+                if *noop_with_empty_axes {
+                    attrs.push(attr_i("noop_with_empty_axes", 1));
+                }
+            }
+            Op::ConvTranspose(c) => {
+                window_attrs(&mut attrs, &c.kernel_shape, &c.strides, &c.pads, &c.dilations, c.auto_pad);
+                attrs.push(attr_i("group", c.group as i64));
+                if !c.output_padding.is_empty() {
+                    attrs.push(attr_ints("output_padding", us(&c.output_padding)));
+                }
+                if !c.output_shape.is_empty() {
+                    attrs.push(attr_ints("output_shape", us(&c.output_shape)));
+                }
+            }
+            Op::Resize(r) => {
+                attrs.push(attr_s("mode", if r.mode == ResizeMode::Linear { "linear" } else { "nearest" }));
+                if let Some(s) = &r.scales_attr {
+                    attrs.push(pb::AttributeProto {
+                        name: Some("scales".into()),
+                        floats: s.clone(),
+                        r#type: Some(pb::attribute_proto::AttributeType::Floats as i32),
+                        ..Default::default()
+                    });
+                }
+                if !r.upsample && !r.opset10 {
+                    let coord = match r.coord {
+                        CoordMode::HalfPixel => "half_pixel",
+                        CoordMode::PytorchHalfPixel => "pytorch_half_pixel",
+                        CoordMode::AlignCorners => "align_corners",
+                        CoordMode::Asymmetric => "asymmetric",
+                        CoordMode::TfHalfPixelForNn => "tf_half_pixel_for_nn",
+                        CoordMode::HalfPixelSymmetric => "half_pixel_symmetric",
+                        CoordMode::TfCropAndResize => "tf_crop_and_resize",
+                    };
+                    attrs.push(attr_s("coordinate_transformation_mode", coord));
+                    let nearest = match r.nearest {
+                        NearestMode::RoundPreferFloor => "round_prefer_floor",
+                        NearestMode::RoundPreferCeil => "round_prefer_ceil",
+                        NearestMode::Floor => "floor",
+                        NearestMode::Ceil => "ceil",
+                    };
+                    attrs.push(attr_s("nearest_mode", nearest));
+                    if r.exclude_outside {
+                        attrs.push(attr_i("exclude_outside", 1));
+                    }
+                    if r.extrapolation_value != 0.0 {
+                        attrs.push(attr_f("extrapolation_value", r.extrapolation_value));
+                    }
+                    attrs.push(attr_f("cubic_coeff_a", r.cubic_coeff_a));
+                    if let Some(a) = &r.axes {
+                        attrs.push(attr_ints("axes", a.iter().copied()));
+                    }
+                }
+            }
+            Op::Pad { mode, pads, value } => {
+                let m = match mode {
+                    PadMode::Constant => "constant",
+                    PadMode::Reflect => "reflect",
+                    PadMode::Edge => "edge",
+                    PadMode::Wrap => "wrap",
+                };
+                attrs.push(attr_s("mode", m));
+                if let Some(p) = pads {
+                    attrs.push(attr_ints(if g.opset < 2 { "paddings" } else { "pads" }, p.iter().copied()));
+                    attrs.push(attr_f("value", *value));
+                }
+            }
+            Op::ConstantOfShape { value } => attrs.push(pb::AttributeProto {
+                name: Some("value".into()),
+                t: Some(tensor_to_proto("value", &value.clone().reshaped(vec![1]).unwrap_or_else(|_| value.clone()))),
+                r#type: Some(pb::attribute_proto::AttributeType::Tensor as i32),
+                ..Default::default()
+            }),
+            Op::DepthSpace { to_space, block, dcr } => {
+                attrs.push(attr_i("blocksize", *block as i64));
+                if *to_space {
+                    attrs.push(attr_s("mode", if *dcr { "DCR" } else { "CRD" }));
+                }
+            }
+            Op::InstanceNorm { epsilon } => attrs.push(attr_f("epsilon", *epsilon)),
+            Op::LpNorm { axis, p } => {
+                attrs.push(attr_i("axis", *axis));
+                attrs.push(attr_i("p", *p as i64));
             }
             _ => {}
         }

@@ -57,14 +57,20 @@ fn propagate(
     dq_consts: &mut HashMap<String, QConst>,
 ) -> Result<(HashMap<String, (DType, Vec<usize>)>, usize)> {
     let mut types: HashMap<String, (DType, Vec<usize>)> = HashMap::new();
-    for vi in g.runtime_inputs() {
-        let shape = inputs
-            .iter()
-            .find(|(n, _)| *n == vi.name)
-            .map(|(_, s)| s.clone())
-            .ok_or_else(|| Error::value(&vi.name, "no shape given for this model input"))?;
-        check_input(vi, &shape)?;
-        types.insert(vi.name.clone(), (vi.dtype, shape));
+    // Every input given a shape keeps its type, also once folding left it unread (a Shape of
+    // it was all that read it); an input something reads must have a shape.
+    let read: Vec<String> = g.runtime_inputs().iter().map(|v| v.name.clone()).collect();
+    for vi in g.inputs.iter().filter(|i| !g.initializers.contains_key(&i.name)) {
+        match inputs.iter().find(|(n, _)| *n == vi.name) {
+            Some((_, shape)) => {
+                check_input(vi, shape)?;
+                types.insert(vi.name.clone(), (vi.dtype, shape.clone()));
+            }
+            None if read.contains(&vi.name) => {
+                return Err(Error::value(&vi.name, "no shape given for this model input"));
+            }
+            None => {}
+        }
     }
     for (k, t) in &g.initializers {
         types.insert(k.clone(), (t.dtype(), t.shape.clone()));

@@ -1,0 +1,149 @@
+//! The non-classifier zoo models (a detector with ConvTranspose, a segmentation network whose 38
+//! Resizes are sized by Shape subgraphs, an embedder another tool quantized with block-wise
+//! DequantizeLinear and PRelu) load, and lowbit's float outputs match ONNX Runtime's, run live, on
+//! real photos at two input shapes: every output within 1e-4 of its range (or, where ONNX Runtime
+//! with and without graph optimizations differs by more, within twice that difference).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use lowbit_data::Preprocess;
+use lowbit_runtime::{Plan, PlanOptions};
+
+/// Every output of `model` in ONNX Runtime: (shape, values) per output.
+fn ort_all(model: &std::path::Path, x: &[f32], shape: &[usize], tag: &str, opt: &str) -> Vec<(Vec<usize>, Vec<f32>)> {
+    let d = tmpdir(tag);
+    let (inp, out) = (d.join("in.f32"), d.join("out.f32"));
+    std::fs::write(&inp, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let shape_s: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
+    let o = Command::new(python())
+        .arg(root().join("tools/ort_run.py"))
+        .args([model.as_os_str(), inp.as_os_str()])
+        .arg(shape_s.join(","))
+        .arg(&out)
+        .args(["1", opt, "all"])
+        .output()
+        .expect("run python");
+    assert!(o.status.success(), "ONNX Runtime failed on {}: {}", model.display(), String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let all: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let _ = std::fs::remove_dir_all(&d);
+    let mut at = 0;
+    v["shapes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let s: Vec<usize> = s.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            let n: usize = s.iter().product();
+            at += n;
+            (s, all[at - n..at].to_vec())
+        })
+        .collect()
+}
+
+/// Runs `model` on `n` images of `folder` resized to `h`x`w` in lowbit and ONNX Runtime and
+/// compares every output.
+fn check(model: &str, folder: &str, pre: Preprocess, n: usize, h: usize, w: usize) {
+    let path = zoo(model);
+    let mut g = lowbit_onnx::read_model(&path).unwrap();
+    // As --input-shape does: the file's fixed input size no longer binds.
+    let first = g.runtime_inputs()[0].name.clone();
+    g.inputs.iter_mut().filter(|i| i.name == first).for_each(|i| i.shape = None);
+    let pre = Preprocess { resize_exact: Some((h, w)), resize_shorter: None, crop: None, ..pre };
+    let set = lowbit_data::load_image_folder(&shared().join("data").join(folder), &pre, Some(n)).unwrap();
+    assert_eq!(set.n, n);
+    let shape = vec![set.n, set.c, h, w];
+    let plan = Plan::compile(&g, &[shape.clone()], &PlanOptions::default()).unwrap();
+    let outs = plan.run(&[lowbit_core::Tensor::f32(shape.clone(), set.data.clone())]).unwrap();
+    let want = ort_all(&path, &set.data, &shape, model, "all");
+    // ONNX Runtime with and without its graph optimizations sums in other orders: how far apart
+    // two correct float runs of this model are on this input.
+    let other = ort_all(&path, &set.data, &shape, model, "none");
+    assert_eq!(outs.len(), want.len(), "{model}: number of outputs");
+    for (i, (got, (ws, wv))) in outs.iter().zip(&want).enumerate() {
+        assert_eq!(&got.shape, ws, "{model} {h}x{w}: output {i} shape");
+        let gv = got.as_f32().unwrap();
+        let (lo, hi) = wv.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let range = (hi - lo).max(f32::MIN_POSITIVE);
+        let maxdiff = gv.iter().zip(wv).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let noise = other[i].1.iter().zip(wv).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!(
+            "{model} {n}x{h}x{w} output {i} {ws:?}: max|diff| {maxdiff:.3e} = {:.2e} of range {range:.3}; ORT optimized vs not: {noise:.3e}",
+            maxdiff / range
+        );
+        // 1e-4 of the range, unless ONNX Runtime's own two modes differ by more (deep networks
+        // with sigmoid side outputs): then within twice that.
+        let allowed = (1e-4 * range).max(2.0 * noise);
+        assert!(
+            maxdiff <= allowed,
+            "{model} {h}x{w} output {i}: max|diff| {maxdiff} > {allowed} (range {range}, ORT noise {noise})"
+        );
+    }
+}
+
+fn raw_rgb() -> Preprocess {
+    Preprocess { scale: 1.0, mean: vec![0.0], std: vec![1.0], ..Preprocess::imagenet() }
+}
+
+#[test]
+fn centerface_matches_ort_at_two_sizes() {
+    // The file fixes its input at [10,3,32,32]; real use runs it at any multiple of 32.
+    check("det-centerface.onnx", "scenes", raw_rgb(), 2, 192, 256);
+    check("det-centerface.onnx", "scenes", raw_rgb(), 1, 320, 224);
+}
+
+#[test]
+fn u2netp_matches_ort_at_two_sizes() {
+    check("seg-u2netp.onnx", "scenes", Preprocess::imagenet(), 1, 320, 320);
+    check("seg-u2netp.onnx", "scenes", Preprocess::imagenet(), 1, 160, 224);
+}
+
+#[test]
+fn sface_blockwise_int8_matches_ort_at_two_batch_sizes() {
+    // Flatten -> Gemm fixes the face size at 112x112; the batch is what varies.
+    check("rec-sface-int8bq.onnx", "faces", raw_rgb(), 1, 112, 112);
+    check("rec-sface-int8bq.onnx", "faces", raw_rgb(), 3, 112, 112);
+}
+
+#[test]
+fn every_unsupported_operator_is_listed_at_once() {
+    use lowbit_onnx::pb;
+    use prost::Message;
+    let node = |op: &str, domain: &str, i: &str, o: &str| pb::NodeProto {
+        op_type: Some(op.into()),
+        domain: Some(domain.into()),
+        name: Some(format!("n_{o}")),
+        input: vec![i.into()],
+        output: vec![o.into()],
+        ..Default::default()
+    };
+    let vi = |n: &str| pb::ValueInfoProto { name: Some(n.into()), ..Default::default() };
+    let m = pb::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(13) }],
+        graph: Some(pb::GraphProto {
+            node: vec![
+                node("Relu", "", "x", "a"),
+                node("NonZero", "", "a", "b"),
+                node("Relu", "", "b", "c"),
+                node("NonZero", "", "c", "d"),
+                node("FusedConv", "com.microsoft", "d", "e"),
+                node("Relu", "", "e", "y"),
+            ],
+            input: vec![vi("x")],
+            output: vec![vi("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let e = lowbit_onnx::decode_model(&m.encode_to_vec()).unwrap_err().to_string();
+    assert!(e.contains("2 operator type(s) in 3 node(s)"), "{e}");
+    assert!(
+        e.contains("NonZero (2 nodes, first 'n_b')") && e.contains("com.microsoft:FusedConv (1 node, first 'n_e')"),
+        "{e}"
+    );
+}
