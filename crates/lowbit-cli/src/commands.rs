@@ -22,8 +22,11 @@ fn split(s: &str) -> Split {
 }
 
 pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>) -> Result<()> {
-    let g = load_model(model)?;
+    let mut g = load_model(model)?;
     let ov = input_shape.map(parse_shape).transpose()?;
+    if let Some(s) = &ov {
+        override_input_shape(&mut g, s).map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    }
     let shape = input_shape_or_default(&g, ov.as_deref())?;
     let plan = compile(&g, model, shape.clone(), 1)?;
     let file_bytes = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
@@ -261,8 +264,13 @@ pub fn bench(
     input_shape_s: Option<&str>,
     json_out: Option<&Path>,
 ) -> Result<BenchResult> {
-    let g = load_model(model)?;
+    let mut g = load_model(model)?;
     let ov = input_shape_s.map(parse_shape).transpose()?;
+    if let Some(s) = &ov {
+        let mut s = s.clone();
+        s[0] = batch.max(1);
+        override_input_shape(&mut g, &s).map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    }
     let shape = input_shape(&g, batch.max(1), ov.as_deref())?;
     let plan = compile(&g, model, shape.clone(), threads)?;
     let specs = plan.input_specs();

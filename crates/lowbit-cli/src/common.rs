@@ -55,6 +55,21 @@ pub fn input_shape(g: &Graph, batch: usize, override_shape: Option<&[usize]>) ->
         .collect()
 }
 
+/// `--input-shape`: the model's (single) input is declared with this shape, also where the file
+/// fixes another one (old exports fix a size the network does not need). The rank must match.
+pub fn override_input_shape(g: &mut Graph, shape: &[usize]) -> Result<()> {
+    let vi = single_input(g)?;
+    if let Some(d) = vi.shape.as_ref().filter(|d| d.len() != shape.len()) {
+        bail!("--input-shape {shape:?} has rank {}, input '{}' has rank {}", shape.len(), vi.name, d.len());
+    }
+    if shape.contains(&0) {
+        bail!("--input-shape {shape:?} has a zero dimension");
+    }
+    let dims = Some(shape.iter().map(|&d| Dim::Fixed(d)).collect());
+    g.inputs.iter_mut().filter(|i| i.name == vi.name).for_each(|i| i.shape = dims.clone());
+    Ok(())
+}
+
 pub fn parse_shape(s: &str) -> Result<Vec<usize>> {
     s.split(|c| c == ',' || c == 'x')
         .map(|p| p.trim().parse::<usize>().with_context(|| format!("bad --input-shape '{s}' (want e.g. 1,3,224,224)")))

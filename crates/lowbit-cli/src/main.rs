@@ -53,7 +53,7 @@ enum Cmd {
     /// Show a model's layers, parameters, MACs, memory and this CPU's features
     Inspect {
         model: PathBuf,
-        /// Input shape when the model's is symbolic, e.g. 1,3,48,192
+        /// Input shape (overrides the file's, also a fixed one; same rank), e.g. 1,3,48,192
         #[arg(long)]
         input_shape: Option<String>,
         /// Also save the report as JSON
@@ -108,6 +108,8 @@ enum Cmd {
         iters: usize,
         #[arg(long, default_value_t = 10)]
         warmup: usize,
+        /// Input shape (overrides the file's, also a fixed one; same rank; --batch sets N),
+        /// e.g. 1,3,480,640
         #[arg(long)]
         input_shape: Option<String>,
         #[arg(long)]

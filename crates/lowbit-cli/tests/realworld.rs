@@ -147,3 +147,19 @@ fn every_unsupported_operator_is_listed_at_once() {
         "{e}"
     );
 }
+
+#[test]
+fn input_shape_overrides_a_fixed_file_shape() {
+    let m = zoo("det-centerface.onnx");
+    let run = |args: &[&str]| Command::new(lowbit_bin()).args(args).output().unwrap();
+    let o = run(&["bench", m.to_str().unwrap(), "--input-shape", "1,3,96,128", "--iters", "1", "--warmup", "0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["inspect", m.to_str().unwrap(), "--input-shape", "1,3,96,128"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("ConvTranspose"), "{out}");
+    // Another rank is refused, naming the file and the input.
+    let o = run(&["inspect", m.to_str().unwrap(), "--input-shape", "1,3,96"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("det-centerface.onnx") && err.contains("input.1") && err.contains("rank"), "{err}");
+}
