@@ -104,12 +104,67 @@ fn input_shape_or_default(g: &lowbit_core::Graph, ov: Option<&[usize]>) -> Resul
     input_shape(g, b, ov)
 }
 
+/// The preset (named, from the model, or guessed) with the explicit flags applied on top; with
+/// flags and no preset to go on, RGB 0-255 without normalisation.
+fn preprocess_for(a: &DataArgs, g: &lowbit_core::Graph, data: &Path) -> Result<(String, lowbit_data::Preprocess)> {
+    let flags = a.size.is_some() || a.scale.is_some() || a.mean.is_some() || a.std.is_some() || a.gray;
+    let (mut name, mut pre) = match choose_preset(a.preset.as_deref(), g, data) {
+        Ok(p) => p,
+        Err(_) if flags => {
+            ("rgb".to_string(), lowbit_data::Preprocess { channels: 3, ..lowbit_data::Preprocess::none() })
+        }
+        Err(e) => return Err(e),
+    };
+    apply_flags(a, &mut pre)?;
+    if flags {
+        name.push_str(" + flags");
+    }
+    Ok((name, pre))
+}
+
+/// --size/--gray/--scale/--mean/--std applied to a preset.
+fn apply_flags(a: &DataArgs, pre: &mut lowbit_data::Preprocess) -> Result<()> {
+    let floats = |flag: &str, s: &str| -> Result<Vec<f32>> {
+        s.split(',')
+            .map(|v| v.trim().parse::<f32>().ok().filter(|x| x.is_finite()))
+            .collect::<Option<Vec<f32>>>()
+            .ok_or_else(|| anyhow!("{flag} '{s}': want comma-separated finite numbers, e.g. 0.485,0.456,0.406"))
+    };
+    if let Some(sz) = &a.size {
+        let wh: Vec<usize> = sz.split(['x', 'X', ',']).filter_map(|v| v.trim().parse().ok()).collect();
+        let [w, h] = wh[..] else { bail!("--size '{sz}': want WxH, e.g. 640x480") };
+        if w == 0 || h == 0 {
+            bail!("--size '{sz}': width and height must be at least 1");
+        }
+        pre.resize_exact = Some((h, w));
+        pre.resize_shorter = None;
+        pre.crop = None;
+    }
+    if a.gray {
+        pre.channels = 1;
+    }
+    if let Some(x) = a.scale {
+        pre.scale = x;
+    }
+    if let Some(m) = &a.mean {
+        pre.mean = floats("--mean", m)?;
+    }
+    if let Some(sd) = &a.std {
+        pre.std = floats("--std", sd)?;
+    }
+    pre.validate().map_err(|e| anyhow!("preprocessing: {e}"))
+}
+
 fn load_for(model: &Path, data: &Path, a: &DataArgs) -> Result<(lowbit_core::Graph, String, lowbit_data::ImageSet)> {
-    let g = load_model(model)?;
+    let mut g = load_model(model)?;
     // Surface missing/empty/corrupt data before anything else.
     load_data(data, split(&a.split), &lowbit_data::Preprocess::none(), Some(1))?;
-    let (preset, pre) = choose_preset(a.preset.as_deref(), &g, data)?;
+    let (preset, pre) = preprocess_for(a, &g, data)?;
     let set = load_data(data, split(&a.split), &pre, a.limit)?;
+    if a.size.is_some() {
+        // --size chooses the input's height and width, also where the file fixes others.
+        override_input_shape(&mut g, &[set.n, set.c, set.h, set.w]).map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    }
     // Check the data against the declared input shape up front, with a clear message.
     if let Some(lowbit_core::ValueInfo { shape: Some(dims), name, .. }) =
         g.runtime_inputs().first().map(|v| (*v).clone())
@@ -171,6 +226,77 @@ pub fn run(
         write_json(p, &json!({"model": model.display().to_string(), "preset": preset, "results": out}))?;
     }
     Ok(())
+}
+
+/// `run --save-outputs DIR`: every output of every image as DIR/<image stem>/<output>.npy.
+pub fn save_outputs(
+    model: &Path,
+    input: &Path,
+    a: &DataArgs,
+    threads: usize,
+    dir: &Path,
+    json_out: Option<&Path>,
+) -> Result<()> {
+    let (mut g, preset, set) = load_for(model, input, a)?;
+    let one = [1, set.c, set.h, set.w];
+    override_input_shape(&mut g, &one).map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    let plan = compile(&g, model, one.to_vec(), threads)?;
+    let names: Vec<String> = g.outputs.iter().map(|o| o.name.clone()).collect();
+    let per = set.c * set.h * set.w;
+    let mut rows = vec![];
+    let mut report = vec![];
+    for (i, img) in set.names.iter().enumerate() {
+        let x = Tensor::f32(one.to_vec(), set.data[i * per..(i + 1) * per].to_vec());
+        let outs = plan.run(&[x]).map_err(|e| anyhow!("{}: {img}: {e}", model.display()))?;
+        let stem =
+            Path::new(img).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| format!("{i}"));
+        let d = dir.join(safe_name(&stem));
+        std::fs::create_dir_all(&d).map_err(|e| anyhow!("{}: {e}", d.display()))?;
+        let mut files = vec![];
+        for (name, t) in names.iter().zip(&outs) {
+            let p = d.join(format!("{}.npy", safe_name(name)));
+            write_atomic(&p, &npy_f32(&t.shape, &t.to_f32_vec()))?;
+            files.push(json!({"output": name, "shape": t.shape, "file": p.display().to_string()}));
+        }
+        rows.push(vec![img.clone(), outs.iter().map(|t| format!("{:?}", t.shape)).collect::<Vec<_>>().join(" ")]);
+        report.push(json!({"image": img, "outputs": files}));
+    }
+    println!("preset {preset}, {} images, outputs written to {}", set.n, dir.display());
+    print_table(&["image", &format!("output shapes ({})", names.join(", "))], &rows);
+    if let Some(p) = json_out {
+        write_json(p, &json!({"model": model.display().to_string(), "preset": preset, "results": report}))?;
+    }
+    Ok(())
+}
+
+/// A file name from a value or image name: path separators and control characters become '_'.
+fn safe_name(s: &str) -> String {
+    let t: String =
+        s.chars().map(|c| if c == '/' || c == '\\' || c.is_control() || c == ':' { '_' } else { c }).collect();
+    match t.as_str() {
+        "" | "." | ".." => format!("_{t}"),
+        _ => t,
+    }
+}
+
+/// A NumPy .npy file (format 1.0) of little-endian float32 values.
+pub fn npy_f32(shape: &[usize], v: &[f32]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let tuple = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    out
 }
 
 pub fn eval(
@@ -499,11 +625,17 @@ fn pct(v: Option<f64>) -> String {
 }
 
 pub fn dump_data(data: &Path, a: &DataArgs, out: &Path) -> Result<()> {
-    let name = a.preset.as_deref().ok_or_else(|| anyhow!("dump-data needs --preset"))?;
-    let pre = lowbit_data::Preprocess::by_name(name).ok_or_else(|| anyhow!("unknown --preset '{name}'"))?;
+    let flags = a.size.is_some() || a.scale.is_some() || a.mean.is_some() || a.std.is_some() || a.gray;
+    let mut pre = match a.preset.as_deref() {
+        Some(name) => lowbit_data::Preprocess::by_name(name).ok_or_else(|| anyhow!("unknown --preset '{name}'"))?,
+        None if flags => lowbit_data::Preprocess { channels: 3, ..lowbit_data::Preprocess::none() },
+        None => bail!("dump-data needs --preset or preprocessing flags (--size, --scale, --mean, --std, --gray)"),
+    };
+    apply_flags(a, &mut pre)?;
     let set = load_data(data, split(&a.split), &pre, a.limit)?;
     let with = |ext: &str| std::path::PathBuf::from(format!("{}.{ext}", out.display()));
     write_atomic(&with("f32"), &set.data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+    write_atomic(&with("npy"), &npy_f32(&[set.n, set.c, set.h, set.w], &set.data))?;
     if let Some(l) = &set.labels {
         write_atomic(&with("labels"), &l.iter().map(|&v| v as u8).collect::<Vec<u8>>())?;
     }

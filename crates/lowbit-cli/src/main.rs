@@ -46,6 +46,21 @@ pub struct DataArgs {
     /// Use at most this many images
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Resize every image to WxH (after the preset; overrides a file's fixed input height and width)
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Multiply pixels (0-255) by this before mean/std (overrides the preset)
+    #[arg(long)]
+    pub scale: Option<f32>,
+    /// Per-channel mean, e.g. 0.485,0.456,0.406 (overrides the preset)
+    #[arg(long)]
+    pub mean: Option<String>,
+    /// Per-channel standard deviation, e.g. 0.229,0.224,0.225 (overrides the preset)
+    #[arg(long)]
+    pub std: Option<String>,
+    /// Convert to one gray channel (default: the preset's channels; RGB without a preset)
+    #[arg(long)]
+    pub gray: bool,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +85,10 @@ enum Cmd {
         data: DataArgs,
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// Write every output of every image as DIR/<image stem>/<output name>.npy (float32),
+        /// for any model (detectors, segmentation, embedders), instead of printing top classes
+        #[arg(long)]
+        save_outputs: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         threads: usize,
         #[arg(long)]
@@ -127,7 +146,8 @@ enum Cmd {
         data: PathBuf,
         #[command(flatten)]
         data_args: DataArgs,
-        /// Output prefix: PREFIX.f32, PREFIX.labels (u8 per image, if labelled), PREFIX.json
+        /// Output prefix: PREFIX.f32, PREFIX.npy (the same float32 tensor, NCHW), PREFIX.labels
+        /// (u8 per image, if labelled), PREFIX.json
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
@@ -166,8 +186,14 @@ fn check_outputs(cmd: &Cmd) -> anyhow::Result<()> {
         Cmd::Inspect { model, json: Some(j), .. } | Cmd::Bench { model, json: Some(j), .. } => {
             outputs::check_outputs(&[model.as_path()], &[("--json", j.as_path())])
         }
-        Cmd::Run { model, input, json: Some(j), .. } => {
-            outputs::check_outputs(&[model.as_path(), input.as_path()], &[("--json", j.as_path())])
+        Cmd::Run { model, input, json, save_outputs, .. } if json.is_some() || save_outputs.is_some() => {
+            if let Some(j) = json {
+                outputs::check_outputs(&[model.as_path(), input.as_path()], &[("--json", j.as_path())])?;
+            }
+            match save_outputs {
+                Some(d) => outputs::check_folder("--save-outputs", d),
+                None => Ok(()),
+            }
         }
         Cmd::Eval { model, data, reference, json: Some(j), .. } => {
             outputs::check_outputs(&some(&[Some(model), Some(data), reference.as_ref()]), &[("--json", j.as_path())])
@@ -200,10 +226,15 @@ fn check_outputs(cmd: &Cmd) -> anyhow::Result<()> {
         }
         Cmd::DumpData { data, output, .. } => {
             let with = |ext: &str| PathBuf::from(format!("{}.{ext}", output.display()));
-            let (f, l, j) = (with("f32"), with("labels"), with("json"));
+            let (f, l, j, n) = (with("f32"), with("labels"), with("json"), with("npy"));
             outputs::check_outputs(
                 &[data.as_path()],
-                &[("-o (.f32)", f.as_path()), ("-o (.labels)", l.as_path()), ("-o (.json)", j.as_path())],
+                &[
+                    ("-o (.f32)", f.as_path()),
+                    ("-o (.labels)", l.as_path()),
+                    ("-o (.json)", j.as_path()),
+                    ("-o (.npy)", n.as_path()),
+                ],
             )
         }
         Cmd::Demo { out, .. } => outputs::check_folder("--out", out),
@@ -224,7 +255,10 @@ fn main() {
     }
     let r = match cli.cmd {
         Cmd::Inspect { model, input_shape, json } => commands::inspect(&model, input_shape.as_deref(), json.as_deref()),
-        Cmd::Run { model, input, data, top, threads, json } => {
+        Cmd::Run { model, input, data, threads, json, save_outputs: Some(dir), .. } => {
+            commands::save_outputs(&model, &input, &data, threads, &dir, json.as_deref())
+        }
+        Cmd::Run { model, input, data, top, threads, json, save_outputs: None } => {
             commands::run(&model, &input, &data, top, threads, json.as_deref())
         }
         Cmd::Eval { model, data, data_args, reference, batch, threads, json, check_fake_quant } => commands::eval(

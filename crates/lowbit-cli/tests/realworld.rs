@@ -163,3 +163,60 @@ fn input_shape_overrides_a_fixed_file_shape() {
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains("det-centerface.onnx") && err.contains("input.1") && err.contains("rank"), "{err}");
 }
+
+/// Reads a little-endian float32 .npy file: (shape, values).
+fn read_npy(p: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
+    let b = std::fs::read(p).unwrap();
+    assert_eq!(&b[..8], b"\x93NUMPY\x01\x00", "{}", p.display());
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let h = std::str::from_utf8(&b[10..10 + hl]).unwrap();
+    assert!(h.contains("'descr': '<f4'") && h.contains("'fortran_order': False"), "{h}");
+    let dims = &h[h.find("'shape': (").unwrap() + 10..];
+    let dims = &dims[..dims.find(')').unwrap()];
+    let shape: Vec<usize> = dims.split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    let v = b[10 + hl..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    (shape, v)
+}
+
+#[test]
+fn run_save_outputs_writes_what_onnx_runtime_computes() {
+    // The same flags give run and dump-data the same tensors; ONNX Runtime runs the dumped ones.
+    let d = tmpdir("save-outputs");
+    let m = zoo("det-centerface.onnx");
+    let scenes = shared().join("data/scenes");
+    let flags = ["--limit", "2", "--size", "160x96"];
+    let o = Command::new(lowbit_bin())
+        .args(["run", m.to_str().unwrap(), "--input", scenes.to_str().unwrap(), "--save-outputs"])
+        .arg(d.join("outs"))
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(lowbit_bin())
+        .args(["dump-data", scenes.to_str().unwrap(), "-o"])
+        .arg(d.join("in"))
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (shape, x) = read_npy(&d.join("in.npy"));
+    assert_eq!(shape, [2, 3, 96, 160]);
+    let want = ort_all(&m, &x, &shape, "save-outputs-ort", "all");
+    let mut stems: Vec<String> =
+        std::fs::read_dir(d.join("outs")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+    stems.sort();
+    assert_eq!(stems.len(), 2);
+    for (i, stem) in stems.iter().enumerate() {
+        for (k, name) in ["537", "538", "539", "540"].iter().enumerate() {
+            let (s, v) = read_npy(&d.join("outs").join(stem).join(format!("{name}.npy")));
+            let (ws, wv) = &want[k];
+            assert_eq!(s[1..], ws[1..], "{stem}/{name}");
+            let per: usize = ws[1..].iter().product();
+            let wv = &wv[i * per..(i + 1) * per];
+            let (lo, hi) = wv.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            let diff = v.iter().zip(wv).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-4 * (hi - lo), "{stem}/{name}: max|diff| {diff}, range {}", hi - lo);
+        }
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
