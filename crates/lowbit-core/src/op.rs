@@ -215,6 +215,11 @@ pub fn erf(x: f32) -> f32 {
     (if x < 0.0 { -r } else { r }) as f32
 }
 
+/// The entry of an (ONNX name, value) table with this name.
+pub fn by_name<T: Copy>(table: &[(&'static str, T)], name: &str) -> Option<T> {
+    table.iter().find(|(n, _)| *n == name).map(|p| p.1)
+}
+
 /// Reductions over axes (ReduceMean/Max/Min/Sum/Prod/L1/L2/SumSquare/LogSumExp).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reduce {

@@ -489,24 +489,6 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             };
             one(dt, x.shape.to_vec())
         }
-        Op::Unary(_)
-        | Op::PRelu
-        | Op::Pow
-        | Op::Variadic(_)
-        | Op::Compare(_)
-        | Op::Where
-        | Op::Reduce { .. }
-        | Op::ConvTranspose(_)
-        | Op::Resize(_)
-        | Op::Pad { .. }
-        | Op::ConstantOfShape { .. }
-        | Op::Range
-        | Op::Expand
-        | Op::Tile
-        | Op::DepthSpace { .. }
-        | Op::InstanceNorm { .. }
-        | Op::LpNorm { .. }
-        | Op::DequantizeBlocked { .. } => crate::shape_ops::infer(node, ins),
         Op::Transpose { perm } => {
             let r = x.shape.len();
             let p: Vec<usize> = perm.clone().unwrap_or_else(|| (0..r).rev().collect());
@@ -517,5 +499,7 @@ fn infer_inner(node: &Node, ins: &[Option<Known>]) -> Result<Vec<(DType, Vec<usi
             }
             one(x.dtype, p.iter().map(|&i| x.shape[i]).collect())
         }
+        // The operators of detection/segmentation/embedding networks.
+        _ => crate::shape_ops::infer(node, ins),
     }
 }

@@ -57,6 +57,21 @@ pub fn arity(op: &Op) -> (usize, Option<usize>) {
     }
 }
 
+/// Quantization scales (input 1, when constant) must be finite and positive.
+fn check_scales(s: Option<&crate::Tensor>, n: &Node) -> Result<()> {
+    if let Some(x) = s.and_then(|s| s.to_f32_vec().into_iter().find(|x| !(x.is_finite() && *x > 0.0))) {
+        return Err(Error::Node {
+            node: n.name.clone(),
+            reason: format!(
+                "({}) quantization scale '{}' holds {x}; scales must be finite and positive",
+                n.op.op_type(),
+                n.inputs[1]
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Validates a graph as read from a file. Errors name the node or value and the reason.
 pub fn validate(g: &Graph) -> Result<()> {
     if !(1..=MAX_OPSET).contains(&g.opset) {
@@ -95,15 +110,7 @@ fn check_node(g: &Graph, n: &Node) -> Result<()> {
     let init = |i: usize| n.input(i).and_then(|v| g.initializers.get(v));
     match &n.op {
         Op::DequantizeBlocked { .. } => {
-            if let Some(s) = init(1) {
-                let v = s.to_f32_vec();
-                if let Some(x) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
-                    return Err(bad(format!(
-                        "quantization scale '{}' holds {x}; scales must be finite and positive",
-                        n.inputs[1]
-                    )));
-                }
-            }
+            check_scales(init(1), n)?;
         }
         Op::QuantizeLinear { axis } | Op::DequantizeLinear { axis } => {
             // A per-axis scale must fit a constant input here (other inputs: in shape inference).
@@ -120,15 +127,7 @@ fn check_node(g: &Graph, n: &Node) -> Result<()> {
                     }
                 }
             }
-            if let Some(s) = init(1) {
-                let v = s.to_f32_vec();
-                if let Some(x) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
-                    return Err(bad(format!(
-                        "quantization scale '{}' holds {x}; scales must be finite and positive",
-                        n.inputs[1]
-                    )));
-                }
-            }
+            check_scales(init(1), n)?;
         }
         Op::Conv(_) | Op::Gemm { .. } | Op::MatMul | Op::BatchNorm { .. } | Op::ConvTranspose(_) => {
             for i in 1..n.inputs.len() {

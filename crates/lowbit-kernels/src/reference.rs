@@ -271,24 +271,6 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
                 Tensor::f32(oshape, o)
             }
         }
-        Op::Unary(_)
-        | Op::PRelu
-        | Op::Pow
-        | Op::Variadic(_)
-        | Op::Compare(_)
-        | Op::Where
-        | Op::Reduce { .. }
-        | Op::ConvTranspose(_)
-        | Op::Resize(_)
-        | Op::Pad { .. }
-        | Op::ConstantOfShape { .. }
-        | Op::Range
-        | Op::Expand
-        | Op::Tile
-        | Op::DepthSpace { .. }
-        | Op::InstanceNorm { .. }
-        | Op::LpNorm { .. }
-        | Op::DequantizeBlocked { .. } => crate::refops::eval(&node.op, inputs, odt, oshape)?,
         Op::Transpose { perm } => {
             let r = x.rank();
             let p: Vec<usize> = perm.clone().unwrap_or_else(|| (0..r).rev().collect());
@@ -299,6 +281,8 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
                 (0..total).map(|flat| (0..r).map(|d| ((flat / ost[d]) % oshape[d].max(1)) * st[p[d]]).sum()).collect();
             Tensor { shape: oshape, data: x.data.gather(&sel) }
         }
+        // The operators of detection/segmentation/embedding networks.
+        _ => crate::refops::eval(&node.op, inputs, odt, oshape)?,
     };
     debug_assert_eq!(out.dtype(), odt);
     Ok(vec![out])

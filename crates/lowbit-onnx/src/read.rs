@@ -1,7 +1,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use lowbit_core::{AutoPad, ConvAttrs, DType, Data, Dim, Error, Graph, Node, Op, PoolAttrs, Tensor, ValueInfo};
+use lowbit_core::op::by_name;
+use lowbit_core::{
+    AutoPad, Compare, ConvAttrs, DType, Data, Dim, Error, Graph, Node, Op, PoolAttrs, Reduce, Tensor, Unary, ValueInfo,
+    Variadic,
+};
 use prost::Message;
 
 use crate::pb;
@@ -518,14 +522,10 @@ fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op
             };
             Op::LpNorm { axis: a.int("axis", -1), p }
         }
-        other if other.starts_with("Reduce") && lowbit_core::Reduce::ALL.iter().any(|(nm, _)| *nm == other) => {
-            let kind = lowbit_core::Reduce::ALL
-                .iter()
-                .find(|(nm, _)| *nm == other)
-                .map(|p| p.1)
-                .unwrap_or(lowbit_core::Reduce::Sum);
+        other if by_name(&Reduce::ALL, other).is_some() => {
+            let kind = by_name(&Reduce::ALL, other).unwrap_or(Reduce::Sum);
             // Axes moved from attribute to input 1 at opset 13 (ReduceSum) and 18 (the others).
-            let axes_as_input = if kind == lowbit_core::Reduce::Sum { opset >= 13 } else { opset >= 18 };
+            let axes_as_input = if kind == Reduce::Sum { opset >= 13 } else { opset >= 18 };
             Op::Reduce {
                 kind,
                 axes: if axes_as_input { None } else { Some(a.ints("axes")) },
@@ -533,37 +533,23 @@ fn parse_op(n: &pb::NodeProto, name: &str, opset: i64) -> lowbit_core::Result<Op
                 noop_with_empty_axes: a.int("noop_with_empty_axes", 0) != 0,
             }
         }
-        other if lowbit_core::Unary::ALL.iter().any(|(nm, _)| *nm == other) => {
-            let u = lowbit_core::Unary::ALL
-                .iter()
-                .find(|(nm, _)| *nm == other)
-                .map(|p| p.1)
-                .unwrap_or(lowbit_core::Unary::Neg);
+        other if by_name(&Unary::ALL, other).is_some() => {
+            let u = by_name(&Unary::ALL, other).unwrap_or(Unary::Neg);
             Op::Unary(match u {
-                lowbit_core::Unary::LeakyRelu { alpha } => {
-                    lowbit_core::Unary::LeakyRelu { alpha: a.float("alpha", alpha) }
-                }
-                lowbit_core::Unary::Elu { alpha } => lowbit_core::Unary::Elu { alpha: a.float("alpha", alpha) },
-                lowbit_core::Unary::Selu { alpha, gamma } => {
-                    lowbit_core::Unary::Selu { alpha: a.float("alpha", alpha), gamma: a.float("gamma", gamma) }
+                Unary::LeakyRelu { alpha } => Unary::LeakyRelu { alpha: a.float("alpha", alpha) },
+                Unary::Elu { alpha } => Unary::Elu { alpha: a.float("alpha", alpha) },
+                Unary::Selu { alpha, gamma } => {
+                    Unary::Selu { alpha: a.float("alpha", alpha), gamma: a.float("gamma", gamma) }
                 }
                 u => u,
             })
         }
-        other if lowbit_core::Variadic::ALL.iter().any(|(nm, _)| *nm == other) => Op::Variadic(
-            lowbit_core::Variadic::ALL
-                .iter()
-                .find(|(nm, _)| *nm == other)
-                .map(|p| p.1)
-                .unwrap_or(lowbit_core::Variadic::Sum),
-        ),
-        other if lowbit_core::Compare::ALL.iter().any(|(nm, _)| *nm == other) => Op::Compare(
-            lowbit_core::Compare::ALL
-                .iter()
-                .find(|(nm, _)| *nm == other)
-                .map(|p| p.1)
-                .unwrap_or(lowbit_core::Compare::Equal),
-        ),
+        other if by_name(&Variadic::ALL, other).is_some() => {
+            Op::Variadic(by_name(&Variadic::ALL, other).unwrap_or(Variadic::Sum))
+        }
+        other if by_name(&Compare::ALL, other).is_some() => {
+            Op::Compare(by_name(&Compare::ALL, other).unwrap_or(Compare::Equal))
+        }
         other => {
             return Err(Error::Unsupported { node: name.into(), op: other.into(), reason: NOT_IMPLEMENTED.into() })
         }
