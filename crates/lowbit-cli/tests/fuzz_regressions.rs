@@ -1,6 +1,7 @@
 //! Replays every input the ONNX-reader fuzzer ever crashed on (`fuzz/regressions/`): reading must
 //! not panic, what is read must survive a write/read round trip unchanged, and shape
-//! specialization and plan compilation must fail cleanly or succeed, never panic or exhaust memory.
+//! specialization, plan compilation and one run must fail cleanly or succeed, never panic or
+//! exhaust memory. Crashes the mutation harness (tests/mutate.rs) finds are kept here too.
 
 mod common;
 
@@ -20,6 +21,12 @@ fn fuzz_regressions_stay_fixed() {
         let inputs = declared_inputs(&g);
         let _ = lowbit_runtime::specialize(&g, &inputs, true);
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|(_, s)| s.clone()).collect();
-        let _ = lowbit_runtime::Plan::compile(&g, &shapes, &Default::default());
+        let Ok(p) = lowbit_runtime::Plan::compile(&g, &shapes, &Default::default()) else { continue };
+        // And run once (the mutation harness's crashes are here too).
+        let xs: Vec<lowbit_core::Tensor> = shapes
+            .iter()
+            .map(|s| lowbit_core::Tensor::f32(s.clone(), vec![0.5; s.iter().product::<usize>()]))
+            .collect();
+        let _ = p.run(&xs);
     }
 }

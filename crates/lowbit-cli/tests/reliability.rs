@@ -442,3 +442,69 @@ fn sensitivity_and_mixed_precision_run_on_mnist_cnn() {
     assert!(stdout.contains("/classifier/classifier.0/Gemm"), "no sensitivity row: {stdout}");
     assert!(lowbit_onnx::read_model(&out).is_ok());
 }
+
+/// An IDX folder with train and test splits cut from `../shared/data/mnist10k` (the MNIST test
+/// set, which mnist-cnn was not trained on): `train` images for L3, `test` to decide and report.
+fn mnist_split(d: &std::path::Path, train: usize, test: usize) -> std::path::PathBuf {
+    let src = shared().join("data/mnist10k");
+    let set = lowbit_data::load_any(&src, lowbit_data::Split::Test, &lowbit_data::Preprocess::none(), None).unwrap();
+    let labels = set.labels.clone().unwrap();
+    let dir = d.join("mnist-split");
+    std::fs::create_dir_all(&dir).unwrap();
+    let per = set.c * set.h * set.w;
+    let write = |prefix: &str, from: usize, n: usize| {
+        let mut img = vec![0, 0, 8, 3];
+        for v in [n, set.h, set.w] {
+            img.extend((v as u32).to_be_bytes());
+        }
+        img.extend(set.data[from * per..(from + n) * per].iter().map(|&v| v.round().clamp(0.0, 255.0) as u8));
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
+        let mut lab = vec![0, 0, 8, 1];
+        lab.extend((n as u32).to_be_bytes());
+        lab.extend(labels[from..from + n].iter().map(|&l| l as u8));
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
+    };
+    write("train", 0, train);
+    write("t10k", train, test);
+    dir
+}
+
+#[test]
+fn the_automatic_pipeline_runs_on_mnist_cnn() {
+    // mnist-cnn's first Gemm reads a Flatten: the pipeline failed there with "input activation is
+    // not quantized". A negative budget makes every stage run, L3 included.
+    let d = tmpdir("pipeline-mnist");
+    let split = mnist_split(&d, 1024, 600);
+    let (out, js) = (d.join("q.onnx"), d.join("q.json"));
+    let o = lowbit(&[
+        "quantize",
+        s(&zoo("mnist-cnn.onnx")),
+        "--data",
+        s(&split),
+        "--preset",
+        "mnist",
+        "--weights",
+        "4",
+        "--acts",
+        "4",
+        "--max-drop=-100",
+        "--calib-n",
+        "128",
+        "-o",
+        s(&out),
+        "--json",
+        s(&js),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "an impossible budget is reported as missed: {stdout}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&js).unwrap()).unwrap();
+    let stages: Vec<&str> = r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["float", "L1", "L2", "L3"], "{stdout}");
+    assert_eq!(r["decide_images"], 300);
+    for s in r["stages"].as_array().unwrap() {
+        let t = s["test_top1"].as_f64().unwrap();
+        assert!(t > 0.5, "every stage classifies digits: {s}");
+    }
+    assert!(lowbit_onnx::read_model(&out).is_ok());
+    std::fs::remove_dir_all(&d).unwrap();
+}

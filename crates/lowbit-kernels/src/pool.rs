@@ -98,6 +98,9 @@ pub fn pool2d(
     assert!(isa.supported(), "f32 path {} is not supported by this CPU", isa.name());
     trace::f32(isa);
     let (ip, op) = (g.h * g.w, g.oh * g.ow);
+    if op == 0 {
+        return;
+    }
     let job = |p: usize, o: &mut [f32]| pool_plane(isa, g, max, count_include_pad, pb, pr, &x[p * ip..(p + 1) * ip], o);
     if threads > 1 && planes * ip > 1 << 16 {
         out[..planes * op].par_chunks_mut(op).enumerate().for_each(|(p, o)| job(p, o));
@@ -108,6 +111,11 @@ pub fn pool2d(
 
 /// Global average (or max) over each plane of `plane` elements.
 pub fn global_pool(x: &[f32], plane: usize, max: bool, out: &mut [f32]) {
+    if plane == 0 {
+        // Over nothing: the mean is 0/0, the max the identity of max (as the reference says).
+        out.fill(if max { f32::NEG_INFINITY } else { f32::NAN });
+        return;
+    }
     for (o, c) in out.iter_mut().zip(x.chunks(plane)) {
         *o = if max {
             c.iter().copied().fold(f32::NEG_INFINITY, f32::max)

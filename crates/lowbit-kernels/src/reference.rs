@@ -88,8 +88,13 @@ fn eval_op(node: &Node, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
             let xs = f32s(x, "input")?;
             let inner: usize = x.shape[2..].iter().product();
             let avg = matches!(node.op, Op::GlobalAveragePool);
+            if inner == 0 {
+                // Over nothing: the mean is 0/0, the max the identity of max.
+                let n: usize = oshape.iter().product();
+                return Ok(vec![Tensor::f32(oshape, vec![if avg { f32::NAN } else { f32::NEG_INFINITY }; n])]);
+            }
             let o = xs
-                .chunks(inner.max(1))
+                .chunks(inner)
                 .map(|c| {
                     if avg {
                         c.iter().sum::<f32>() / inner as f32

@@ -40,8 +40,11 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// A fresh folder per call (tests of one binary run in parallel and may use the same tag).
 pub fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lowbit-test-{tag}-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("lowbit-test-{tag}-{}-{k}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
