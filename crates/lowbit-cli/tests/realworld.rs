@@ -220,3 +220,79 @@ fn run_save_outputs_writes_what_onnx_runtime_computes() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn resize_and_concat_kernels_equal_the_reference_bit_for_bit() {
+    use lowbit_core::{CoordMode, Graph, NearestMode, Node, Op, ResizeAttrs, ResizeMode, Tensor, ValueInfo};
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
+    };
+    let coords = [
+        CoordMode::HalfPixel,
+        CoordMode::PytorchHalfPixel,
+        CoordMode::AlignCorners,
+        CoordMode::Asymmetric,
+        CoordMode::TfHalfPixelForNn,
+        CoordMode::HalfPixelSymmetric,
+    ];
+    let nearest = [NearestMode::RoundPreferFloor, NearestMode::RoundPreferCeil, NearestMode::Floor, NearestMode::Ceil];
+    let mut cases = 0;
+    for (k, &(h, w, sh, sw)) in
+        [(5, 7, 2.0, 2.0), (3, 4, 1.0, 2.5), (8, 6, 0.5, 1.0), (1, 9, 3.0, 0.7), (6, 6, 1.7, 2.3)].iter().enumerate()
+    {
+        for mode in [ResizeMode::Linear, ResizeMode::Nearest] {
+            let coord = coords[k % coords.len()];
+            let r = ResizeAttrs {
+                mode,
+                coord,
+                nearest: nearest[k % nearest.len()],
+                scales_attr: None,
+                upsample: false,
+                opset10: false,
+                axes: None,
+                exclude_outside: false,
+                extrapolation_value: 0.0,
+                cubic_coeff_a: -0.75,
+            };
+            let vi = |n: &str| ValueInfo { name: n.into(), dtype: lowbit_core::DType::F32, shape: None };
+            let mut g = Graph { opset: 13, ..Default::default() };
+            g.inputs = vec![vi("x")];
+            g.outputs = vec![vi("y")];
+            g.initializers.insert("scales".into(), Tensor::f32(vec![4], vec![1.0, 1.0, sh, sw]));
+            g.nodes = vec![
+                Node {
+                    name: "r".into(),
+                    op: Op::Resize(r),
+                    inputs: vec!["x".into(), "".into(), "scales".into()],
+                    outputs: vec!["z".into()],
+                },
+                // Concat of the resized map with itself along channels, and along width.
+                Node {
+                    name: "c".into(),
+                    op: Op::Concat { axis: 1 },
+                    inputs: vec!["z".into(), "z".into()],
+                    outputs: vec!["y".into()],
+                },
+            ];
+            let shape = vec![2, 3, h, w];
+            let x = Tensor::f32(shape.clone(), (0..2 * 3 * h * w).map(|_| rnd()).collect());
+            let plan = Plan::compile(&g, &[shape], &PlanOptions::default()).unwrap();
+            let kernels: Vec<&str> = plan.steps().iter().map(|s| s.kernel.as_str()).collect();
+            assert_eq!(kernels, ["f32 resize", "f32 concat"], "the fast kernels run");
+            let got = plan.run(std::slice::from_ref(&x)).unwrap().remove(0);
+            let z = lowbit_kernels::reference::eval(&g.nodes[0], &[Some(&x), None, g.initializers.get("scales")])
+                .unwrap()
+                .remove(0);
+            let want = lowbit_kernels::reference::eval(&g.nodes[1], &[Some(&z), Some(&z)]).unwrap().remove(0);
+            assert_eq!(got.shape, want.shape);
+            let (a, b) = (got.as_f32().unwrap(), want.as_f32().unwrap());
+            assert!(a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()), "{mode:?} {coord:?} {h}x{w} x{sh},{sw}");
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 10);
+}

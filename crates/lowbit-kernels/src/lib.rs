@@ -19,3 +19,4 @@ pub mod isa;
 pub mod pool;
 pub mod reference;
 pub mod refops;
+pub mod resample;

@@ -5,7 +5,7 @@ use lowbit_core::{DType, Data, Error, Result, Tensor};
 use lowbit_kernels::int8::ops as qops;
 use lowbit_kernels::int8::{self, OutPtr};
 use lowbit_kernels::isa::Paths;
-use lowbit_kernels::{eltwise, fp32, pool, reference};
+use lowbit_kernels::{eltwise, fp32, pool, reference, resample};
 
 use crate::step::{Kind, Operand, Step, StepInfo};
 
@@ -255,6 +255,14 @@ unsafe fn exec_step(
             pool::pool2d(paths.f32, g, *planes, *max, *cip, *pb, *pr, x(), f32_out(base, &s.out), threads);
         }
         Kind::GlobalPool { plane, max } => pool::global_pool(x(), *plane, *max, f32_out(base, &s.out)),
+        Kind::Concat { outer, inners } => {
+            let parts: Vec<&[f32]> = s.ins.iter().map(|o| f32_in(base, o.as_ref().unwrap())).collect();
+            resample::concat_f32(&parts, *outer, inners, f32_out(base, &s.out));
+        }
+        Kind::Resize2d { planes, hw, ohw, rows, cols } => {
+            let out = f32_out(base, &s.out);
+            resample::resize2d_f32(*planes, *hw, *ohw, rows.as_ref(), cols.as_ref(), x(), out, scratch);
+        }
         Kind::Quantize { q, layout } => {
             let xs = x();
             qops::quantize(paths.int8, xs, *q, *layout, bytes_out(base, &s.out), qscratch);

@@ -77,6 +77,19 @@ pub(crate) enum Kind {
         plane: usize,
         max: bool,
     },
+    /// f32 Concat: per outer block, each input's `inners[i]` values.
+    Concat {
+        outer: usize,
+        inners: Vec<usize>,
+    },
+    /// f32 Resize of the last two axes of NCHW (nearest or linear; `None`: axis unchanged).
+    Resize2d {
+        planes: usize,
+        hw: (usize, usize),
+        ohw: (usize, usize),
+        rows: Option<lowbit_kernels::resample::Taps>,
+        cols: Option<lowbit_kernels::resample::Taps>,
+    },
     /// Per-tensor QuantizeLinear f32 -> u8/i8 (NCHW -> NHWC with a layout).
     Quantize {
         q: QParams,
