@@ -12,39 +12,6 @@ use common::*;
 use lowbit_data::Preprocess;
 use lowbit_runtime::{Plan, PlanOptions};
 
-/// Every output of `model` in ONNX Runtime: (shape, values) per output.
-fn ort_all(model: &std::path::Path, x: &[f32], shape: &[usize], tag: &str, opt: &str) -> Vec<(Vec<usize>, Vec<f32>)> {
-    let d = tmpdir(tag);
-    let (inp, out) = (d.join("in.f32"), d.join("out.f32"));
-    std::fs::write(&inp, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    let shape_s: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
-    let o = Command::new(python())
-        .arg(root().join("tools/ort_run.py"))
-        .args([model.as_os_str(), inp.as_os_str()])
-        .arg(shape_s.join(","))
-        .arg(&out)
-        .args(["1", opt, "all"])
-        .output()
-        .expect("run python");
-    assert!(o.status.success(), "ONNX Runtime failed on {}: {}", model.display(), String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let bytes = std::fs::read(&out).unwrap();
-    let all: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    let _ = std::fs::remove_dir_all(&d);
-    let mut at = 0;
-    v["shapes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let s: Vec<usize> = s.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-            let n: usize = s.iter().product();
-            at += n;
-            (s, all[at - n..at].to_vec())
-        })
-        .collect()
-}
-
 /// Runs `model` on `n` images of `folder` resized to `h`x`w` in lowbit and ONNX Runtime and
 /// compares every output.
 fn check(model: &str, folder: &str, pre: Preprocess, n: usize, h: usize, w: usize) {

@@ -76,27 +76,40 @@ pub fn ort_run_qdq(model: &Path, x: &[f32], shape: &[usize], tag: &str) -> (Vec<
 /// [`ort_run`], with ONNX Runtime's graph optimizations on or off (off: QDQ runs as float
 /// simulation instead of ONNX Runtime's integer kernels).
 pub fn ort_run_opt(model: &Path, x: &[f32], shape: &[usize], tag: &str, optimize: bool) -> (Vec<usize>, Vec<f32>) {
+    ort_all(model, x, shape, tag, if optimize { "all" } else { "none" }).swap_remove(0)
+}
+
+/// Every output of `model` in ONNX Runtime: (shape, values) per output.
+pub fn ort_all(model: &Path, x: &[f32], shape: &[usize], tag: &str, opt: &str) -> Vec<(Vec<usize>, Vec<f32>)> {
     let d = tmpdir(tag);
     let (inp, out) = (d.join("in.f32"), d.join("out.f32"));
     std::fs::write(&inp, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
     let shape_s: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
     let o = Command::new(python())
         .arg(root().join("tools/ort_run.py"))
-        .arg(model)
-        .arg(&inp)
+        .args([model.as_os_str(), inp.as_os_str()])
         .arg(shape_s.join(","))
         .arg(&out)
-        .arg("1")
-        .arg(if optimize { "all" } else { "none" })
+        .args(["1", opt, "all"])
         .output()
         .expect("run python");
     assert!(o.status.success(), "ONNX Runtime failed on {}: {}", model.display(), String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let oshape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     let bytes = std::fs::read(&out).unwrap();
-    let vals = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let all: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     let _ = std::fs::remove_dir_all(&d);
-    (oshape, vals)
+    let mut at = 0;
+    v["shapes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let s: Vec<usize> = s.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            let n: usize = s.iter().product();
+            at += n;
+            (s, all[at - n..at].to_vec())
+        })
+        .collect()
 }
 
 pub fn lowbit_bin() -> PathBuf {
