@@ -168,3 +168,32 @@ fn hardsigmoid_times_input_becomes_hardswish_only_when_exact() {
         assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{a:?} vs {b:?}");
     }
 }
+
+#[test]
+fn batchnorm_after_conv_transpose_is_folded_and_outputs_are_kept() {
+    // CenterFace's decoder: ConvTranspose -> BatchNormalization, three times.
+    let mut g = lowbit_onnx::read_model(&zoo("det-centerface.onnx")).unwrap();
+    let name = g.runtime_inputs()[0].name.clone();
+    let shape = [1, 3, 64, 96];
+    for i in g.inputs.iter_mut().filter(|i| i.name == name) {
+        i.shape = Some(shape.iter().map(|&d| lowbit_core::Dim::Fixed(d)).collect());
+    }
+    let after_deconv = |g: &Graph| {
+        let p = g.producers();
+        g.nodes
+            .iter()
+            .filter(|n| n.op.op_type() == "BatchNormalization")
+            .filter(|n| p.get(&n.inputs[0]).is_some_and(|&i| g.nodes[i].op.op_type() == "ConvTranspose"))
+            .count()
+    };
+    assert_eq!(after_deconv(&g), 3);
+    let spec = lowbit_runtime::specialize(&g, &[(name, shape.to_vec())], true).unwrap();
+    assert_eq!(after_deconv(&spec.graph), 0, "BatchNorm after ConvTranspose left unfolded");
+    let opts = |optimize| PlanOptions { threads: 1, optimize, ..Default::default() };
+    let a = Plan::compile(&g, &[shape.to_vec()], &opts(true)).unwrap().run(&[input(&shape)]).unwrap();
+    let b = Plan::compile(&g, &[shape.to_vec()], &opts(false)).unwrap().run(&[input(&shape)]).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        let r = max_rel(&x.to_f32_vec(), &y.to_f32_vec());
+        assert!(r < 1e-5, "folded and unfolded plans differ by {r}");
+    }
+}

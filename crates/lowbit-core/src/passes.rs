@@ -92,6 +92,15 @@ pub fn fold_batchnorm(g: &mut Graph) -> usize {
                         }
                     }
                 }
+                Op::ConvTranspose(a) if w.shape.len() >= 3 && w.shape[1] * a.group.max(1) == c => {
+                    // Weight [C_in, C_out / group, k...]: output channel (ic / cig) * cog + ocg.
+                    let (cog, cig) = (w.shape[1], w.shape[0] / a.group.max(1));
+                    let per = nw.len() / (w.shape[0] * cog);
+                    for (i, chunk) in nw.chunks_exact_mut(per).enumerate() {
+                        let (ic, ocg) = (i / cog, i % cog);
+                        chunk.iter_mut().for_each(|x| *x *= scale[(ic / cig) * cog + ocg]);
+                    }
+                }
                 _ => continue,
             }
             let bias_scale = match &p.op {

@@ -5,6 +5,7 @@
 use lowbit_core::{Act, ConvAttrs, Node, Op, PoolAttrs, Tensor};
 use lowbit_kernels::eltwise::{self, BinOp, Broadcast};
 use lowbit_kernels::fp32::conv::{conv2d, PackedConv};
+use lowbit_kernels::fp32::deconv::{Deconv2d, PackedDeconv};
 use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::isa::F32Isa;
 use lowbit_kernels::{pool, reference};
@@ -116,6 +117,42 @@ proptest! {
             pool.install(|| for n in 0..batch {
                 conv2d(&p, &x.to_f32_vec()[n * isz..(n + 1) * isz], &mut out[n * osz..(n + 1) * osz], &mut scratch, threads);
             });
+            close(&out, want.as_f32().unwrap(), 1e-4)?;
+        }
+    }
+
+    /// ConvTranspose as GEMM + col2im against the reference's direct loops: groups, strides,
+    /// dilations, asymmetric pads, output padding, ragged sizes.
+    #[test]
+    fn conv_transpose_matches_reference(cig in 1usize..4, cog in 1usize..4, group in 1usize..4, h in 1usize..9, w in 1usize..12,
+            k in (1usize..5, 1usize..5), s in (1usize..4, 1usize..4), d in (1usize..3, 1usize..3), pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+            opad in (0usize..3, 0usize..3), batch in 1usize..3, seed in any::<u64>()) {
+        // output_padding must be smaller than the stride or the dilation.
+        let opad = (opad.0 % s.0.max(d.0), opad.1 % s.1.max(d.1));
+        let attrs = lowbit_core::ConvTransposeAttrs {
+            kernel_shape: vec![k.0, k.1], strides: vec![s.0, s.1], pads: pads.to_vec(), dilations: vec![d.0, d.1], group,
+            auto_pad: Default::default(), output_padding: vec![opad.0, opad.1], output_shape: vec![],
+        };
+        let (ci, co) = (cig * group, cog * group);
+        let xs = vec![batch, ci, h, w];
+        let ws = vec![ci, cog, k.0, k.1];
+        let x = Tensor::f32(xs.clone(), rnd(seed, xs.iter().product()));
+        let wt = Tensor::f32(ws.clone(), rnd(seed ^ 7, ws.iter().product()));
+        let b = Tensor::f32(vec![co], rnd(seed ^ 9, co));
+        let Ok(geom) = lowbit_core::shape_ops::conv_transpose_geom(&xs, &ws, &attrs) else { return Ok(()) };
+        let node = Node { name: "t".into(), op: Op::ConvTranspose(attrs.clone()), inputs: vec!["x".into(), "w".into(), "b".into()], outputs: vec!["y".into()] };
+        let mut want = reference::eval(&node, &[Some(&x), Some(&wt), Some(&b)]).unwrap();
+        let want = want.remove(0);
+        let g = Deconv2d::new(&xs, &geom, group).unwrap();
+        prop_assert_eq!(&want.shape, &vec![batch, co, g.oh, g.ow]);
+        for isa in F32Isa::all_supported() {
+            let p = PackedDeconv::new(isa, g, &wt.to_f32_vec(), Some(b.to_f32_vec()));
+            let mut out = vec![f32::NAN; batch * co * g.oh * g.ow];
+            let mut scratch = vec![0.0; p.scratch_len()];
+            let (isz, osz) = (ci * h * w, co * g.oh * g.ow);
+            for n in 0..batch {
+                p.run(&x.to_f32_vec()[n * isz..(n + 1) * isz], &mut out[n * osz..(n + 1) * osz], &mut scratch, 1);
+            }
             close(&out, want.as_f32().unwrap(), 1e-4)?;
         }
     }

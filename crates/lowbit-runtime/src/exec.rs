@@ -212,6 +212,15 @@ unsafe fn exec_step(
                 fp32::conv::conv2d(p, &xs[b * isz..(b + 1) * isz], &mut out[b * osz..(b + 1) * osz], scratch, threads);
             }
         }
+        Kind::Deconv { p, batch } => {
+            let xs = x();
+            let out = f32_out(base, &s.out);
+            let g = &p.geom;
+            let (isz, osz) = (g.c_in * g.h * g.w, g.c_out * g.oh * g.ow);
+            for b in 0..*batch {
+                p.run(&xs[b * isz..(b + 1) * isz], &mut out[b * osz..(b + 1) * osz], scratch, threads);
+            }
+        }
         Kind::Gemm { m, n, k, b, prefill, trans_a, act } => {
             let a = x();
             let out = f32_out(base, &s.out);

@@ -177,6 +177,26 @@ pub(crate) fn lower_node(v: &Values, n: &Node, ins: &[Option<Operand>], paths: P
             let kernel = p.kernel_name();
             (Kind::Conv { p, batch: xs[0] }, kernel)
         }
+        Op::ConvTranspose(c) if all_f32 && konst(1).is_some() && (n.input(2).is_none() || konst(2).is_some()) => {
+            let xs = in_shape(0);
+            let w = konst(1).unwrap();
+            let geom = lowbit_core::shape_ops::conv_transpose_geom(&xs, &w.shape, c).map_err(|e| e.in_node(&n.name))?;
+            match lowbit_kernels::fp32::deconv::Deconv2d::new(&xs, &geom, c.group) {
+                Some(d) if out_shape == [xs[0], d.c_out, d.oh, d.ow] => {
+                    macs = (xs[0] * d.macs()) as u64;
+                    params = w.len() + d.c_out;
+                    let p = lowbit_kernels::fp32::deconv::PackedDeconv::new(
+                        paths.f32,
+                        d,
+                        &w.to_f32_vec(),
+                        konst(2).map(|b| b.to_f32_vec()),
+                    );
+                    scratch = scratch.max(p.scratch_len());
+                    (Kind::Deconv { p, batch: xs[0] }, "f32 deconv gemm")
+                }
+                _ => (Kind::Generic(n.clone()), "reference"),
+            }
+        }
         Op::Gemm { alpha, beta, trans_a, trans_b, act }
             if all_f32 && konst(1).is_some() && (n.input(2).is_none() || konst(2).is_some()) =>
         {

@@ -51,6 +51,11 @@ pub(crate) enum Kind {
         p: PackedConv,
         batch: usize,
     },
+    /// f32 ConvTranspose (GEMM + col2im).
+    Deconv {
+        p: lowbit_kernels::fp32::deconv::PackedDeconv,
+        batch: usize,
+    },
     Gemm {
         m: usize,
         n: usize,

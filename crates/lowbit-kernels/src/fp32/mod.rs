@@ -5,6 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod conv;
+pub mod deconv;
 pub mod depthwise;
 pub mod gemm;
 pub mod layout;
