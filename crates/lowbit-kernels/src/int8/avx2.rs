@@ -40,10 +40,20 @@ pub(crate) unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, va
             let t = _mm256_max_ps(t, _mm256_set1_ps((qmin - zp) as f32));
             let t = _mm256_min_ps(t, _mm256_set1_ps((qmax - zp) as f32));
             let q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_set1_epi32(zp));
-            let mut v = [0i32; 8];
-            _mm256_storeu_si256(v.as_mut_ptr() as *mut _, q);
-            for (l, &x) in v.iter().enumerate().take(valid) {
-                *p.add(l) = x as u8;
+            // Already within [qmin, qmax] (a byte range): the saturating packs keep every value,
+            // and a signed value's byte is its two's complement (`x as u8`).
+            let q16 = if qmin < 0 {
+                _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q))
+            } else {
+                _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q))
+            };
+            let q8 = if qmin < 0 { _mm_packs_epi16(q16, q16) } else { _mm_packus_epi16(q16, q16) };
+            if valid == 8 {
+                _mm_storel_epi64(p as *mut _, q8);
+            } else {
+                let mut v = [0u8; 16];
+                _mm_storeu_si128(v.as_mut_ptr() as *mut _, q8);
+                std::ptr::copy_nonoverlapping(v.as_ptr(), p, valid);
             }
         }
     }
@@ -122,8 +132,32 @@ unsafe fn micro<const MR: usize>(
 pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
     let xp = x.as_ptr();
     let full = g.c / 8 * 8;
+    // 16-channel blocks with packed tap pairs: `vpmaddwd` does two taps of 8 channels at once.
+    let (b16, taps) = if w.pairs.is_empty() { (0, 0) } else { (g.c / 16, g.kh * g.kw) };
+    let np = taps.div_ceil(2);
+    let tap_at = |t: usize, ox: usize| ((oy * g.sh + t / g.kw * g.dh) * g.wp + ox * g.sw + t % g.kw * g.dw) * g.cs;
     for ox in 0..g.ow {
-        let mut c = 0;
+        for b in 0..b16 {
+            let c = b * 16;
+            let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            let wp = w.pairs.as_ptr().add(b * np * 32);
+            for p in 0..np {
+                let x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(xp.add(tap_at(2 * p, ox) + c) as *const _));
+                let x1 = if 2 * p + 1 < taps {
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(xp.add(tap_at(2 * p + 1, ox) + c) as *const _))
+                } else {
+                    _mm256_setzero_si256()
+                };
+                let lo = _mm256_loadu_si256(wp.add(p * 32) as *const _);
+                let hi = _mm256_loadu_si256(wp.add(p * 32 + 16) as *const _);
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), lo));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), hi));
+            }
+            let o = out.at(rq.out, oy * g.ow + ox, c, g.c);
+            store8(_mm256_permute2x128_si256::<0x20>(a0, a1), c, rq, o, 8);
+            store8(_mm256_permute2x128_si256::<0x31>(a0, a1), c + 8, rq, out.at(rq.out, oy * g.ow + ox, c + 8, g.c), 8);
+        }
+        let mut c = b16 * 16;
         while c < full {
             let mut acc = _mm256_setzero_si256();
             for ky in 0..g.kh {

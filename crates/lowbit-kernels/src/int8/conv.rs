@@ -115,6 +115,41 @@ fn fold_zero_point(b: &mut PackedB, mut r: Requant, zx: u8) -> Requant {
     r
 }
 
+/// Bytes per pixel of the padded depthwise input: whole 64-channel blocks for the AVX-512 kernels,
+/// which read them; the channels themselves otherwise (AVX2 and scalar read within the pixel), so
+/// the padding copies whole rows and the input takes no more cache than it needs.
+fn dw_pixel_stride(isa: Isa, c: usize) -> usize {
+    if matches!(isa, Isa::Avx512Vnni | Isa::Amx) {
+        c.div_ceil(64) * 64
+    } else {
+        c
+    }
+}
+
+/// The AVX2 depthwise weights (see [`PackedDw::pairs`]) of `w` ([c][taps] int8), for the whole
+/// 16-channel blocks.
+fn dw_pairs(w: &[i8], c: usize, taps: usize) -> Vec<i16> {
+    let np = taps.div_ceil(2);
+    let mut v = vec![0i16; c / 16 * np * 32];
+    for b in 0..c / 16 {
+        for p in 0..np {
+            for (half, first) in [(0usize, 0usize), (1, 4)] {
+                for lane in 0..2 {
+                    for j in 0..4 {
+                        let ch = b * 16 + lane * 8 + first + j;
+                        let at = ((b * np + p) * 2 + half) * 16 + lane * 8 + 2 * j;
+                        for k in 0..2 {
+                            let t = 2 * p + k;
+                            v[at + k] = if t < taps { w[ch * taps + t] as i16 } else { 0 };
+                        }
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
 /// A quantized 2-D convolution (one image at a time), weights packed for one path.
 #[derive(Clone, Debug)]
 pub struct QConv {
@@ -181,8 +216,9 @@ impl QConv {
                 (wv, colsum) = (vec![], vec![]);
                 (rq.scale, rq.bias_i, rq.bias_f) = (vec![], vec![], vec![]);
             }
+            let pairs = if isa == Isa::Avx2 { dw_pairs(w, g.c_out, taps) } else { vec![] };
             ConvKind::Depthwise(
-                PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm, by_cols, groups },
+                PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm, by_cols, groups, pairs },
                 rq,
             )
         } else if let Some(s2d) = S2d::fits(isa, g) {
@@ -286,9 +322,9 @@ impl QConv {
                 let (hp, wp) = Self::shifted_hw(g);
                 (hp * wp + g.kw) * g.c_in
             }
-            ConvKind::Depthwise(..) => {
+            ConvKind::Depthwise(w, _) => {
                 let (hp, wp) = self.padded_hw();
-                hp * wp * g.c_in.div_ceil(64) * 64 + 64
+                hp * wp * dw_pixel_stride(w.isa, g.c_in) + 64
             }
             ConvKind::SpaceToDepth(_, _, s2d) => s2d.len(),
         }
@@ -333,7 +369,7 @@ impl QConv {
             }
             ConvKind::Depthwise(w, r) => {
                 let (hp, wp) = self.padded_hw();
-                let (c, cs) = (g.c_in, g.c_in.div_ceil(64) * 64);
+                let (c, cs) = (g.c_in, dw_pixel_stride(w.isa, g.c_in));
                 let xp = &mut scratch[..hp * wp * cs];
                 pad_nhwc(g, x, hp, wp, cs, self.zx, xp, threads);
                 let dg = DwGeom {

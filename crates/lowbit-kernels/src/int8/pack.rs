@@ -105,6 +105,10 @@ pub struct PackedDw {
     /// consecutive taps.
     pub by_cols: bool,
     pub groups: usize,
+    /// AVX2 layout: per 16-channel block, per pair of taps (2p, 2p+1; a missing second tap is 0),
+    /// 32 i16 in the order `vpunpcklwd`/`vpunpckhwd` interleave two 16-channel rows: the low
+    /// vector holds channels 0-3 and 8-11, the high one 4-7 and 12-15, each as (tap 2p, tap 2p+1).
+    pub pairs: Vec<i16>,
 }
 
 /// Channel of lane `(L, j)` (lane index `4L + j`) of vector `i` in a 64-channel block.
