@@ -203,8 +203,12 @@ fn strip_empty_tail(mut v: Vec<String>) -> Vec<String> {
 pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
     let mut e = Emitter { g, nodes: vec![], extra_init: vec![] };
     for n in &g.nodes {
-        let ins = strip_empty_tail(n.inputs.clone());
+        let mut ins = strip_empty_tail(n.inputs.clone());
         let outs = n.outputs.clone();
+        // Attribute forms an older opset used, written as the inputs the file's opset wants (a
+        // quantized file is raised to opset 13 at least).
+        let opset = g.opset;
+        let i64s = |v: &[i64]| Tensor::i64(vec![v.len()], v.to_vec());
         let mut attrs = vec![];
         let act = n.op.fused_act();
         let (main_out, act_out) = if act.is_none() {
@@ -212,13 +216,21 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
         } else {
             (vec![format!("{}_preact", outs[0])], Some(outs[0].clone()))
         };
-        let op_type = n.op.op_type();
+        let mut op_type = n.op.op_type();
         match &n.op {
             Op::Conv(c) => {
                 window_attrs(&mut attrs, &c.kernel_shape, &c.strides, &c.pads, &c.dilations, c.auto_pad);
                 attrs.push(attr_i("group", c.group as i64));
             }
             Op::BatchNorm { epsilon } => attrs.push(attr_f("epsilon", *epsilon)),
+            Op::Clip { min, max } if opset >= 11 && (min.is_some() || max.is_some()) => {
+                ins.truncate(1);
+                let lo = min.map(|m| e.constant(format!("{}__min", n.name), Tensor::f32(vec![], vec![m])));
+                ins.push(lo.unwrap_or_default());
+                if let Some(m) = max {
+                    ins.push(e.constant(format!("{}__max", n.name), Tensor::f32(vec![], vec![*m])));
+                }
+            }
             Op::Clip { min, max } => {
                 if let Some(m) = min {
                     attrs.push(attr_f("min", *m));
@@ -256,12 +268,24 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
                 }
             }
             Op::Gather { axis } => attrs.push(attr_i("axis", *axis)),
+            Op::Unsqueeze { axes: Some(a) } | Op::Squeeze { axes: Some(a) } if opset >= 13 => {
+                ins.truncate(1);
+                ins.push(e.constant(format!("{}__axes", n.name), i64s(a)));
+            }
             Op::Unsqueeze { axes } | Op::Squeeze { axes } => {
                 if let Some(a) = axes {
                     attrs.push(attr_ints("axes", a.iter().copied()));
                 }
             }
             Op::Cast { to } => attrs.push(attr_i("to", dtype_to_onnx(*to) as i64)),
+            Op::Slice { attrs: Some((s, en, ax)) } if opset >= 10 => {
+                ins.truncate(1);
+                ins.push(e.constant(format!("{}__starts", n.name), i64s(s)));
+                ins.push(e.constant(format!("{}__ends", n.name), i64s(en)));
+                if !ax.is_empty() {
+                    ins.push(e.constant(format!("{}__axes", n.name), i64s(ax)));
+                }
+            }
             Op::Slice { attrs: Some((s, en, ax)) } => {
                 attrs.push(attr_ints("starts", s.iter().copied()));
                 attrs.push(attr_ints("ends", en.iter().copied()));
@@ -287,9 +311,15 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
                 }
                 _ => {}
             },
-            Op::Reduce { axes, keepdims, noop_with_empty_axes, .. } => {
+            Op::Reduce { kind, axes, keepdims, noop_with_empty_axes } => {
+                let as_input = opset >= if *kind == lowbit_core::Reduce::Sum { 13 } else { 18 };
                 if let Some(a) = axes.as_ref().filter(|a| !a.is_empty()) {
-                    attrs.push(attr_ints("axes", a.iter().copied()));
+                    if as_input {
+                        ins.truncate(1);
+                        ins.push(e.constant(format!("{}__axes", n.name), i64s(a)));
+                    } else {
+                        attrs.push(attr_ints("axes", a.iter().copied()));
+                    }
                 }
                 attrs.push(attr_i("keepdims", *keepdims as i64));
                 if *noop_with_empty_axes {
@@ -305,6 +335,22 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
                 if !c.output_shape.is_empty() {
                     attrs.push(attr_ints("output_shape", us(&c.output_shape)));
                 }
+            }
+            Op::Resize(r) if (r.upsample || r.opset10) && opset >= 11 => {
+                // Upsample / Resize-10 (asymmetric coordinates, floor for nearest) as a Resize of
+                // the file's opset: inputs X, roi (empty), scales.
+                op_type = "Resize";
+                attrs.push(attr_s("mode", if r.mode == ResizeMode::Linear { "linear" } else { "nearest" }));
+                attrs.push(attr_s("coordinate_transformation_mode", "asymmetric"));
+                attrs.push(attr_s("nearest_mode", "floor"));
+                let scales = match &r.scales_attr {
+                    Some(sc) => e.constant(format!("{}__scales", n.name), Tensor::f32(vec![sc.len()], sc.clone())),
+                    None => ins.get(1).cloned().unwrap_or_default(),
+                };
+                let roi = e.constant(format!("{}__roi", n.name), Tensor::f32(vec![0], vec![]));
+                ins.truncate(1);
+                ins.push(roi);
+                ins.push(scales);
             }
             Op::Resize(r) => {
                 attrs.push(attr_s("mode", if r.mode == ResizeMode::Linear { "linear" } else { "nearest" }));
@@ -354,7 +400,13 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
                     PadMode::Wrap => "wrap",
                 };
                 attrs.push(attr_s("mode", m));
-                if let Some(p) = pads {
+                if let Some(p) = pads.as_ref().filter(|_| opset >= 11) {
+                    ins.truncate(1);
+                    ins.push(e.constant(format!("{}__pads", n.name), i64s(p)));
+                    if *value != 0.0 {
+                        ins.push(e.constant(format!("{}__value", n.name), Tensor::f32(vec![], vec![*value])));
+                    }
+                } else if let Some(p) = pads {
                     attrs.push(attr_ints(if g.opset < 2 { "paddings" } else { "pads" }, p.iter().copied()));
                     attrs.push(attr_f("value", *value));
                 }
