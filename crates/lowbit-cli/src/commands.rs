@@ -104,67 +104,17 @@ fn input_shape_or_default(g: &lowbit_core::Graph, ov: Option<&[usize]>) -> Resul
     input_shape(g, b, ov)
 }
 
-/// The preset (named, from the model, or guessed) with the explicit flags applied on top; with
-/// flags and no preset to go on, RGB 0-255 without normalisation.
-fn preprocess_for(a: &DataArgs, g: &lowbit_core::Graph, data: &Path) -> Result<(String, lowbit_data::Preprocess)> {
-    let flags = a.size.is_some() || a.scale.is_some() || a.mean.is_some() || a.std.is_some() || a.gray;
-    let (mut name, mut pre) = match choose_preset(a.preset.as_deref(), g, data) {
-        Ok(p) => p,
-        Err(_) if flags => {
-            ("rgb".to_string(), lowbit_data::Preprocess { channels: 3, ..lowbit_data::Preprocess::none() })
-        }
-        Err(e) => return Err(e),
-    };
-    apply_flags(a, &mut pre)?;
-    if flags {
-        name.push_str(" + flags");
-    }
-    Ok((name, pre))
-}
-
-/// --size/--gray/--scale/--mean/--std applied to a preset.
-fn apply_flags(a: &DataArgs, pre: &mut lowbit_data::Preprocess) -> Result<()> {
-    let floats = |flag: &str, s: &str| -> Result<Vec<f32>> {
-        s.split(',')
-            .map(|v| v.trim().parse::<f32>().ok().filter(|x| x.is_finite()))
-            .collect::<Option<Vec<f32>>>()
-            .ok_or_else(|| anyhow!("{flag} '{s}': want comma-separated finite numbers, e.g. 0.485,0.456,0.406"))
-    };
-    if let Some(sz) = &a.size {
-        let wh: Vec<usize> = sz.split(['x', 'X', ',']).filter_map(|v| v.trim().parse().ok()).collect();
-        let [w, h] = wh[..] else { bail!("--size '{sz}': want WxH, e.g. 640x480") };
-        if w == 0 || h == 0 {
-            bail!("--size '{sz}': width and height must be at least 1");
-        }
-        pre.resize_exact = Some((h, w));
-        pre.resize_shorter = None;
-        pre.crop = None;
-    }
-    if a.gray {
-        pre.channels = 1;
-    }
-    if let Some(x) = a.scale {
-        pre.scale = x;
-    }
-    if let Some(m) = &a.mean {
-        pre.mean = floats("--mean", m)?;
-    }
-    if let Some(sd) = &a.std {
-        pre.std = floats("--std", sd)?;
-    }
-    pre.validate().map_err(|e| anyhow!("preprocessing: {e}"))
-}
-
-fn load_for(model: &Path, data: &Path, a: &DataArgs) -> Result<(lowbit_core::Graph, String, lowbit_data::ImageSet)> {
+pub(crate) fn load_for(
+    model: &Path,
+    data: &Path,
+    a: &DataArgs,
+) -> Result<(lowbit_core::Graph, String, lowbit_data::ImageSet)> {
     let mut g = load_model(model)?;
     // Surface missing/empty/corrupt data before anything else.
     load_data(data, split(&a.split), &lowbit_data::Preprocess::none(), Some(1))?;
-    let (preset, pre) = preprocess_for(a, &g, data)?;
+    let (preset, pre) = a.image.resolve(&g, data)?;
     let set = load_data(data, split(&a.split), &pre, a.limit)?;
-    if a.size.is_some() {
-        // --size chooses the input's height and width, also where the file fixes others.
-        override_input_shape(&mut g, &[set.n, set.c, set.h, set.w]).map_err(|e| anyhow!("{}: {e}", model.display()))?;
-    }
+    a.image.fit_model(&mut g, model, [set.c, set.h, set.w])?;
     // Check the data against the declared input shape up front, with a clear message.
     if let Some(lowbit_core::ValueInfo { shape: Some(dims), name, .. }) =
         g.runtime_inputs().first().map(|v| (*v).clone())
@@ -248,9 +198,7 @@ pub fn save_outputs(
     for (i, img) in set.names.iter().enumerate() {
         let x = Tensor::f32(one.to_vec(), set.data[i * per..(i + 1) * per].to_vec());
         let outs = plan.run(&[x]).map_err(|e| anyhow!("{}: {img}: {e}", model.display()))?;
-        let stem =
-            Path::new(img).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| format!("{i}"));
-        let d = dir.join(safe_name(&stem));
+        let d = dir.join(safe_name(&image_stem(img, i)));
         std::fs::create_dir_all(&d).map_err(|e| anyhow!("{}: {e}", d.display()))?;
         let mut files = vec![];
         for (name, t) in names.iter().zip(&outs) {
@@ -270,13 +218,58 @@ pub fn save_outputs(
 }
 
 /// A file name from a value or image name: path separators and control characters become '_'.
-fn safe_name(s: &str) -> String {
+pub(crate) fn safe_name(s: &str) -> String {
     let t: String =
         s.chars().map(|c| if c == '/' || c == '\\' || c.is_control() || c == ':' { '_' } else { c }).collect();
     match t.as_str() {
         "" | "." | ".." => format!("_{t}"),
         _ => t,
     }
+}
+
+/// The folder name of image `i` called `name` in saved outputs: its file stem.
+pub(crate) fn image_stem(name: &str, i: usize) -> String {
+    Path::new(name).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| format!("{i}"))
+}
+
+/// Reads a NumPy .npy file of little-endian float32 values in C order (as [`npy_f32`] and
+/// `numpy.save` of a float32 array write them).
+pub(crate) fn read_npy_f32(p: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let b = std::fs::read(p).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+    let bad = |why: &str| anyhow!("{}: not a float32 .npy file: {why}", p.display());
+    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+        return Err(bad("no NUMPY magic"));
+    }
+    let (hlen, start) = match b[6] {
+        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
+        2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
+        v => return Err(bad(&format!("version {v}"))),
+    };
+    let header = b.get(start..start + hlen).ok_or_else(|| bad("truncated header"))?;
+    let header = String::from_utf8_lossy(header);
+    if !header.contains("'descr': '<f4'") {
+        return Err(bad(&format!("dtype in {} is not '<f4'", header.trim())));
+    }
+    if header.contains("'fortran_order': True") {
+        return Err(bad("Fortran order"));
+    }
+    let tuple = header.split("'shape':").nth(1).and_then(|t| t.split(')').next()).ok_or_else(|| bad("no shape"))?;
+    let shape: Vec<usize> = tuple
+        .trim_start_matches([' ', '('])
+        .split(',')
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.trim().parse::<usize>().map_err(|_| bad(&format!("shape '{tuple})'"))))
+        .collect::<Result<_>>()?;
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows"))?;
+    let body = &b[start + hlen..];
+    if n.checked_mul(4) != Some(body.len()) {
+        return Err(bad(&format!(
+            "shape {shape:?} needs {} bytes of data, the file has {}",
+            n.saturating_mul(4),
+            body.len()
+        )));
+    }
+    Ok((shape, body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
 }
 
 /// A NumPy .npy file (format 1.0) of little-endian float32 values.
@@ -571,7 +564,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             skip_last: false,
             eval: Some(data.clone()),
             eval_limit: None,
-            preset: Some("fmnist".into()),
+            image: crate::image_args::ImageArgs { preset: Some("fmnist".into()), ..Default::default() },
             threads,
             output: out.join(format!("fmnist-default-w{w}a{a}.onnx")),
             json: Some(out.join(format!("quantize-w{w}a{a}.json"))),
@@ -625,13 +618,7 @@ fn pct(v: Option<f64>) -> String {
 }
 
 pub fn dump_data(data: &Path, a: &DataArgs, out: &Path) -> Result<()> {
-    let flags = a.size.is_some() || a.scale.is_some() || a.mean.is_some() || a.std.is_some() || a.gray;
-    let mut pre = match a.preset.as_deref() {
-        Some(name) => lowbit_data::Preprocess::by_name(name).ok_or_else(|| anyhow!("unknown --preset '{name}'"))?,
-        None if flags => lowbit_data::Preprocess { channels: 3, ..lowbit_data::Preprocess::none() },
-        None => bail!("dump-data needs --preset or preprocessing flags (--size, --scale, --mean, --std, --gray)"),
-    };
-    apply_flags(a, &mut pre)?;
+    let pre = a.image.resolve_without_model().map_err(|e| anyhow!("dump-data {e}"))?;
     let set = load_data(data, split(&a.split), &pre, a.limit)?;
     let with = |ext: &str| std::path::PathBuf::from(format!("{}.{ext}", out.display()));
     write_atomic(&with("f32"), &set.data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
@@ -641,8 +628,40 @@ pub fn dump_data(data: &Path, a: &DataArgs, out: &Path) -> Result<()> {
     }
     write_json(
         &with("json"),
-        &json!({"shape": [set.n, set.c, set.h, set.w], "labelled": set.labels.is_some(), "source": data.display().to_string()}),
+        &json!({"shape": [set.n, set.c, set.h, set.w], "labelled": set.labels.is_some(), "source": data.display().to_string(),
+            "names": set.names, "stems": set.names.iter().enumerate().map(|(i, n)| safe_name(&image_stem(n, i))).collect::<Vec<_>>()}),
     )?;
     println!("{} images {:?} -> {}.f32", set.n, [set.c, set.h, set.w], out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_round_trip_and_bad_files_named() {
+        let dir = std::env::temp_dir().join(format!("lowbit-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.npy");
+        for shape in [vec![2, 3], vec![5], vec![1, 2, 1, 2]] {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|i| i as f32 * -0.5).collect();
+            std::fs::write(&p, npy_f32(&shape, &v)).unwrap();
+            assert_eq!(read_npy_f32(&p).unwrap(), (shape, v));
+        }
+        let mut bytes = npy_f32(&[4], &[1.0; 4]);
+        bytes.truncate(bytes.len() - 2);
+        std::fs::write(&p, &bytes).unwrap();
+        let e = read_npy_f32(&p).unwrap_err().to_string();
+        assert!(e.contains("a.npy") && e.contains("16 bytes"), "{e}");
+        let mut f8 = npy_f32(&[1], &[0.0]);
+        let at = f8.windows(3).position(|w| w == b"<f4").unwrap();
+        f8[at + 2] = b'8';
+        std::fs::write(&p, f8).unwrap();
+        assert!(read_npy_f32(&p).unwrap_err().to_string().contains("<f4"));
+        std::fs::write(&p, b"junk").unwrap();
+        assert!(read_npy_f32(&p).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

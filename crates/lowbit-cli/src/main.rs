@@ -5,12 +5,14 @@
 mod binarize;
 mod commands;
 mod common;
+mod image_args;
 mod outputs;
 mod pipeline;
 mod quantize;
 mod quantize_args;
 mod quantize_report;
 mod svg;
+mod task_eval;
 mod train;
 
 use std::path::PathBuf;
@@ -37,30 +39,14 @@ fn parse_size(s: &str) -> Result<usize, String> {
 
 #[derive(clap::Args, Clone)]
 pub struct DataArgs {
-    /// Preprocessing: imagenet | mnist | fmnist | ppocr | none (default: guessed from model and data)
-    #[arg(long)]
-    pub preset: Option<String>,
     /// For IDX folders with train and test files: which split
     #[arg(long, default_value = "test", value_parser = ["train", "test"])]
     pub split: String,
     /// Use at most this many images
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Resize every image to WxH (after the preset; overrides a file's fixed input height and width)
-    #[arg(long)]
-    pub size: Option<String>,
-    /// Multiply pixels (0-255) by this before mean/std (overrides the preset)
-    #[arg(long)]
-    pub scale: Option<f32>,
-    /// Per-channel mean, e.g. 0.485,0.456,0.406 (overrides the preset)
-    #[arg(long)]
-    pub mean: Option<String>,
-    /// Per-channel standard deviation, e.g. 0.229,0.224,0.225 (overrides the preset)
-    #[arg(long)]
-    pub std: Option<String>,
-    /// Convert to one gray channel (default: the preset's channels; RGB without a preset)
-    #[arg(long)]
-    pub gray: bool,
+    #[command(flatten)]
+    pub image: image_args::ImageArgs,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +101,8 @@ enum Cmd {
         /// by node; slow) and count identical outputs and top-1 against the plan
         #[arg(long)]
         check_fake_quant: bool,
+        #[command(flatten)]
+        task: task_eval::TaskArgs,
     },
     /// Measure latency and throughput
     Bench {
@@ -261,17 +249,26 @@ fn main() {
         Cmd::Run { model, input, data, top, threads, json, save_outputs: None } => {
             commands::run(&model, &input, &data, top, threads, json.as_deref())
         }
-        Cmd::Eval { model, data, data_args, reference, batch, threads, json, check_fake_quant } => commands::eval(
-            &model,
-            &data,
-            &data_args,
-            reference.as_deref(),
-            batch,
-            threads,
-            json.as_deref(),
-            check_fake_quant,
-        )
-        .map(|_| ()),
+        Cmd::Eval { model, data, data_args, reference, batch, threads, json, check_fake_quant, task } => (|| {
+            if let Some(r) = reference.as_deref().filter(|_| task.task != "classify") {
+                if task_eval::eval(&model, &data, &data_args, r, &task, threads, json.as_deref())?.is_some() {
+                    return Ok(());
+                }
+            } else if task.task != "classify" && task.task != "auto" {
+                anyhow::bail!("--task {} compares against a model: pass --reference FLOAT.onnx", task.task);
+            }
+            commands::eval(
+                &model,
+                &data,
+                &data_args,
+                reference.as_deref(),
+                batch,
+                threads,
+                json.as_deref(),
+                check_fake_quant,
+            )
+            .map(|_| ())
+        })(),
         Cmd::Bench { model, batch, threads, iters, warmup, input_shape, json } => {
             commands::bench(&model, batch, threads, iters, warmup, input_shape.as_deref(), json.as_deref()).map(|_| ())
         }

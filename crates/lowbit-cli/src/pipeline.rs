@@ -61,7 +61,7 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
         );
     }
     let g = load_model(&a.model)?;
-    let (_, pre) = choose_preset(a.preset.as_deref(), &g, &data)?;
+    let (_, pre) = a.image.resolve(&g, &data)?;
     let train_all = load_data(&data, Split::Train, &pre, None)?;
     let test = load_data(&data, Split::Test, &pre, a.eval_limit)?;
     if train_all.labels.is_none() || test.labels.is_none() {

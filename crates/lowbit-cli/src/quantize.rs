@@ -26,12 +26,13 @@ pub struct QuantizeOutcome {
 pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
     let opts = options(a)?;
     let t0 = Instant::now();
-    let g = load_model(&a.model)?;
+    let mut g = load_model(&a.model)?;
     let split = if a.calib_split == "test" { Split::Test } else { Split::Train };
     let calib_path = a.calib.clone().ok_or_else(|| anyhow!("--calib is required"))?;
     load_data(&calib_path, split, &lowbit_data::Preprocess::none(), Some(1))?;
-    let (preset, pre) = choose_preset(a.preset.as_deref(), &g, &calib_path)?;
+    let (preset, pre) = a.image.resolve(&g, &calib_path)?;
     let calib = load_data(&calib_path, split, &pre, Some(a.calib_n))?;
+    a.image.fit_model(&mut g, &a.model, [calib.c, calib.h, calib.w])?;
     let image_shape = vec![calib.c, calib.h, calib.w];
     // Check shapes with a clear message before the long part.
     let (canon, _) = lowbit_runtime::canonicalize_free(&g).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;

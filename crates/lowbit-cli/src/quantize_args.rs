@@ -91,8 +91,8 @@ pub struct QuantizeArgs {
     /// Limit the evaluation images
     #[arg(long)]
     pub eval_limit: Option<usize>,
-    #[arg(long)]
-    pub preset: Option<String>,
+    #[command(flatten)]
+    pub image: crate::image_args::ImageArgs,
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     #[arg(short = 'o', long)]

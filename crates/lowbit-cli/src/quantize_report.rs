@@ -16,7 +16,26 @@ use crate::quantize_args::QuantizeArgs;
 
 /// `auto`'s candidate table, the sensitivity table and the mixed-precision line.
 pub fn choice_and_sensitivity(a: &QuantizeArgs, r: &PtqOutcome, labelled: bool) {
-    if !r.candidates.is_empty() {
+    if r.candidates.first().is_some_and(|c| c.sqnr_db.is_some()) {
+        let rows: Vec<Vec<String>> = r
+            .candidates
+            .iter()
+            .map(|c| {
+                vec![
+                    c.method.name(),
+                    if c.bias_correction { "yes" } else { "no" }.to_string(),
+                    format!("{:.2}", c.sqnr_db.unwrap_or(f64::NAN)),
+                ]
+            })
+            .collect();
+        println!(
+            "range method on {} calibration images (not a classifier: chosen, first row, by the mean SQNR of every \
+             output against float):",
+            r.scored_images
+        );
+        print_table(&["method", "bias corr.", "SQNR dB"], &rows);
+        println!();
+    } else if !r.candidates.is_empty() {
         let rows: Vec<Vec<String>> = r
             .candidates
             .iter()
@@ -203,7 +222,7 @@ pub fn summary(
             "model": a.model.display().to_string(), "output": a.output.display().to_string(),
             "weights_bits": a.weights, "weight_scheme": a.scheme, "act_bits": a.acts, "method": r.method.name(), "per_channel": !a.per_tensor, "bias_correction": r.bias_corrected, "bn_stats": a.bn_stats,
             "calibration_images": calib_n, "preset": preset,
-            "method_candidates": r.candidates.iter().map(|c| json!({"method": c.method.name(), "bias_correction": c.bias_correction, "agreement": c.agreement, "kl": c.kl, "near_best_agreement": c.tied_best})).collect::<Vec<_>>(),
+            "method_candidates": r.candidates.iter().map(|c| json!({"method": c.method.name(), "bias_correction": c.bias_correction, "agreement": c.agreement, "kl": c.kl, "near_best_agreement": c.tied_best, "sqnr_db": c.sqnr_db})).collect::<Vec<_>>(),
             "float_top1": ev.and_then(|e| e.float_top1), "quant_top1": ev.and_then(|e| e.quant_top1), "eval_images": ev.map_or(0, |e| e.n),
             "agreement": agree.map(|g| json!({"top1": g.top1, "top5": g.top5, "cosine": g.cosine, "kl": g.kl})),
             "float_weight_bytes": q.float_weight_bytes, "quant_weight_bytes": q.weight_bytes,

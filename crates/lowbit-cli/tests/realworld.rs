@@ -263,3 +263,130 @@ fn resize_and_concat_kernels_equal_the_reference_bit_for_bit() {
     }
     assert_eq!(cases, 10);
 }
+
+/// `lowbit eval ... --json` as JSON, asserting success.
+fn eval_json(args: &[&str], out: &std::path::Path) -> serde_json::Value {
+    let o = Command::new(lowbit_bin()).arg("eval").args(args).arg("--json").arg(out).output().unwrap();
+    assert!(o.status.success(), "eval {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+#[test]
+fn task_eval_judges_detector_segmenter_and_embedder_against_float() {
+    let d = tmpdir("task-eval");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let lb = |args: &[&str]| {
+        let o = Command::new(lowbit_bin()).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (scenes, faces) = (s(&shared().join("data/scenes")), s(&shared().join("data/faces")));
+    // Detector: the float model against itself finds every box; quantized W8A8 and W3A3 are
+    // scored by mAP@0.5 against float, W3 lower than W8; a folder of saved outputs as the
+    // reference scores exactly as the model it was saved from.
+    let cf = s(&zoo("det-centerface.onnx"));
+    let flags = ["--size", "320x256", "--scale", "1"];
+    let same =
+        eval_json(&[&[cf.as_str(), "--data", &faces, "--reference", &cf][..], &flags[..]].concat(), &d.join("a.json"));
+    let m = &same["metric"];
+    assert_eq!((m["task"].as_str(), m["decoder"].as_str()), (Some("detect"), Some("CenterNet")), "{same}");
+    assert!(m["reference_boxes"].as_u64().unwrap() >= 3, "{same}");
+    assert_eq!(m["map50"].as_f64(), Some(1.0), "{same}");
+    let mut maps = vec![];
+    for bits in ["8", "3"] {
+        let q = s(&d.join(format!("cf{bits}.onnx")));
+        lb(&[
+            &[
+                "quantize",
+                cf.as_str(),
+                "--calib",
+                &scenes,
+                "--calib-n",
+                "8",
+                "--method",
+                "minmax",
+                "--weights",
+                bits,
+                "--acts",
+                bits,
+                "-o",
+                &q,
+            ][..],
+            &flags[..],
+        ]
+        .concat());
+        let r = eval_json(
+            &[&[q.as_str(), "--data", &faces, "--reference", &cf][..], &flags[..]].concat(),
+            &d.join("q.json"),
+        );
+        maps.push(r["metric"]["map50"].as_f64().unwrap());
+        if bits == "8" {
+            let outs = s(&d.join("float-outs"));
+            lb(&[&["run", cf.as_str(), "--input", &faces, "--save-outputs", &outs][..], &flags[..]].concat());
+            let r2 = eval_json(
+                &[&[q.as_str(), "--data", &faces, "--reference", &outs][..], &flags[..]].concat(),
+                &d.join("q2.json"),
+            );
+            assert_eq!(r2["metric"], r["metric"], "saved outputs as reference");
+        }
+    }
+    assert!(maps[0] >= 0.8 && maps[0] <= 1.0 && maps[1] < maps[0], "W8 and W3 mAP {maps:?}");
+    // Segmentation: IoU of the thresholded masks.
+    let u2 = s(&zoo("seg-u2netp.onnx"));
+    let flags = ["--preset", "imagenet", "--size", "96x96", "--limit", "3"];
+    let r =
+        eval_json(&[&[u2.as_str(), "--data", &scenes, "--reference", &u2][..], &flags[..]].concat(), &d.join("u.json"));
+    assert_eq!((r["metric"]["task"].as_str(), r["metric"]["iou"].as_f64()), (Some("segment"), Some(1.0)), "{r}");
+    // Embeddings: cosine and verification over pairs (identities from the file names).
+    let sf = s(&zoo("rec-sface-int8bq.onnx"));
+    let flags = ["--size", "112x112", "--scale", "1"];
+    let r =
+        eval_json(&[&[sf.as_str(), "--data", &faces, "--reference", &sf][..], &flags[..]].concat(), &d.join("e.json"));
+    let m = &r["metric"];
+    assert_eq!(
+        (m["task"].as_str(), m["pairs"].as_u64(), m["agreement"].as_f64()),
+        (Some("embed"), Some(15), Some(1.0)),
+        "{r}"
+    );
+    assert!((m["cosine"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{r}");
+    // Asking for a task without a reference is an error.
+    let o = Command::new(lowbit_bin())
+        .args(["eval", &sf, "--data", &faces, "--task", "embed"])
+        .args(flags)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--reference"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn files_written_at_a_raised_opset_load_in_onnx_runtime_with_the_same_outputs() {
+    // A quantized file is written at opset 13 at least: attribute forms of older opsets
+    // (Unsqueeze axes, Slice starts/ends, Clip min/max, Pad pads, Upsample) become inputs.
+    let d = tmpdir("raised-opset");
+    for (model, shape) in [
+        ("seg-u2netp.onnx", [1usize, 3, 64, 64]),
+        ("det-centerface.onnx", [1, 3, 64, 96]),
+        ("ppocr-textline-cls.onnx", [1, 3, 48, 192]),
+    ] {
+        let path = zoo(model);
+        let mut g = lowbit_onnx::read_model(&path).unwrap();
+        for opset in [13, 18] {
+            g.opset = g.opset.max(opset);
+            let out = d.join(format!("{opset}-{model}"));
+            lowbit_onnx::write_model(&g, &out).unwrap();
+            let n: usize = shape.iter().product();
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32) / 4.0).collect();
+            let want = ort_all(&path, &x, &shape, "raised-a", "none");
+            let got = ort_all(&out, &x, &shape, "raised-b", "none");
+            assert_eq!(want.len(), got.len(), "{model}");
+            for ((ws, wv), (gs, gv)) in want.iter().zip(&got) {
+                assert_eq!(ws, gs, "{model} opset {opset}");
+                let range = wv.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+                let diff = wv.iter().zip(gv).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(diff <= 1e-5 * range, "{model} opset {opset}: max|diff| {diff} of {range}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -35,6 +35,8 @@ pub struct Preprocess {
     pub mean: Vec<f32>,
     /// Per-channel standard deviation (len == channels, or len 1 to broadcast).
     pub std: Vec<f32>,
+    /// Write 3-channel images in B, G, R order (mean/std are then in that order too).
+    pub bgr: bool,
 }
 
 /// Placeholder path used in errors from [`Preprocess::apply_u8`], which has no file to name.
@@ -54,6 +56,7 @@ impl Preprocess {
             scale: 1.0 / 255.0,
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
+            bgr: false,
         }
     }
 
@@ -77,6 +80,7 @@ impl Preprocess {
             scale: 1.0 / 255.0,
             mean: vec![0.5],
             std: vec![0.5],
+            bgr: false,
         }
     }
 
@@ -90,6 +94,7 @@ impl Preprocess {
             scale: 1.0,
             mean: vec![0.0],
             std: vec![1.0],
+            bgr: false,
         }
     }
 
@@ -102,6 +107,7 @@ impl Preprocess {
             scale: 1.0 / 255.0,
             mean: vec![mean],
             std: vec![std],
+            bgr: false,
         }
     }
 
@@ -234,11 +240,13 @@ impl Preprocess {
         let left = (rw - ow) / 2;
         out.reserve(oc * oh * ow);
         for ch in 0..oc {
+            // Output channel `ch` reads source channel `src` (reversed for BGR).
+            let src = if self.bgr && oc == 3 { 2 - ch } else { ch };
             let mean = self.mean[if self.mean.len() == 1 { 0 } else { ch }];
             let std = self.std[if self.std.len() == 1 { 0 } else { ch }];
             for y in top..top + oh {
                 let row = &px[(y * rw + left) * oc..(y * rw + left + ow) * oc];
-                out.extend(row.iter().skip(ch).step_by(oc).map(|&v| (f32::from(v) * self.scale - mean) / std));
+                out.extend(row.iter().skip(src).step_by(oc).map(|&v| (f32::from(v) * self.scale - mean) / std));
             }
         }
         Ok((oc, oh, ow))
@@ -295,6 +303,7 @@ mod tests {
             scale: 1.0,
             mean: vec![0.0],
             std: vec![1.0],
+            bgr: false,
         }
     }
 
@@ -324,6 +333,20 @@ mod tests {
             0.2, 0.5, 0.1, 0.4,
         ];
         assert_close(&out, &want);
+    }
+
+    #[test]
+    fn bgr_reverses_the_channels_and_takes_mean_std_in_that_order() {
+        // One pixel (R, G, B) = (10, 20, 30); mean/std are per output channel, i.e. B, G, R.
+        let pre =
+            Preprocess { scale: 1.0, mean: vec![30.0, 0.0, 0.0], std: vec![1.0, 2.0, 5.0], bgr: true, ..plain(3) };
+        let mut out = Vec::new();
+        pre.apply_u8(&[10, 20, 30], 3, 1, 1, &mut out).expect("valid image");
+        assert_close(&out, &[0.0, 10.0, 2.0]);
+        // Gray models are unaffected.
+        let mut gray = Vec::new();
+        Preprocess { bgr: true, ..plain(1) }.apply_u8(&[7], 1, 1, 1, &mut gray).expect("gray");
+        assert_close(&gray, &[7.0]);
     }
 
     #[test]

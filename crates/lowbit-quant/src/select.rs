@@ -8,8 +8,9 @@
 //! one when the paired difference is within two standard errors (McNemar: the images where exactly one of the two
 //! agrees with float split `b` against `c`, tied if `b - c <= 2 sqrt(b + c)`). Among the tied, the lowest KL wins.
 
-use lowbit_core::{Graph, Result};
+use lowbit_core::{Graph, Result, Tensor};
 use lowbit_runtime::classify::{argmax, kl_divergence, Classifier};
+use lowbit_runtime::{Plan, PlanOptions};
 
 use crate::calibrate::Stats;
 use crate::observer::Method;
@@ -26,6 +27,10 @@ pub struct Candidate {
     pub kl: f64,
     /// Agreement within sampling noise of the most-agreeing candidate (so KL decided among these).
     pub tied_best: bool,
+    /// Models that are not classifiers (the first output is not [N, classes]): the mean over the
+    /// outputs of each output's SQNR against float, in dB, which decides instead of agreement and
+    /// KL (both NaN then).
+    pub sqnr_db: Option<f64>,
 }
 
 /// The methods `auto` tries.
@@ -58,12 +63,23 @@ pub fn choose_method(
     n: usize,
     threads: usize,
 ) -> Result<(QdqModel, Vec<Candidate>)> {
-    let reference = all_logits(&mut Classifier::new(canon.clone(), image_shape.to_vec(), threads), data, n)?;
-    // Only the scores are kept (not every candidate's model): the chosen model is built again at the end.
-    let (mut cands, mut agrees_all) = (vec![], vec![]);
     if candidates.is_empty() || bias_correction.is_empty() {
         return Err(lowbit_core::Error::Invalid("no range method candidates to choose from".into()));
     }
+    let one: Vec<usize> = [&[1][..], image_shape].concat();
+    let first = Plan::compile(canon, &[one.clone()], &PlanOptions { threads, ..Default::default() })?
+        .run(&[Tensor::f32(one, data[..image_shape.iter().product()].to_vec())])?;
+    let shapes: Vec<Vec<usize>> = first.iter().map(|t| t.shape.clone()).collect();
+    let hw = (image_shape.get(1).copied().unwrap_or(1), image_shape.get(2).copied().unwrap_or(1));
+    let softmax = canon.outputs.first().is_some_and(|o| {
+        canon.nodes.iter().any(|n| n.outputs.contains(&o.name) && matches!(n.op, lowbit_core::Op::Softmax { .. }))
+    });
+    if lowbit_runtime::task::guess(&shapes, hw, softmax) != lowbit_runtime::task::Task::Classify {
+        return choose_by_sqnr(canon, stats, base, candidates, bias_correction, image_shape, data, n, threads);
+    }
+    let reference = all_logits(&mut Classifier::new(canon.clone(), image_shape.to_vec(), threads), data, n)?;
+    // Only the scores are kept (not every candidate's model): the chosen model is built again at the end.
+    let (mut cands, mut agrees_all) = (vec![], vec![]);
     for (m, bc) in candidates.iter().flat_map(|&m| bias_correction.iter().map(move |&bc| (m, bc))) {
         let cfg = QdqConfig { method: m, bias_correction: bc, ..base.clone() };
         let q = build_qdq(canon, stats, &cfg)?;
@@ -77,7 +93,7 @@ pub fn choose_method(
             f64::INFINITY
         };
         let agreement = agrees.iter().filter(|&&a| a).count() as f64 / k;
-        cands.push(Candidate { method: m, bias_correction: bc, agreement, kl, tied_best: false });
+        cands.push(Candidate { method: m, bias_correction: bc, agreement, kl, tied_best: false, sqnr_db: None });
         agrees_all.push(agrees);
     }
     let top = pick(&mut cands, &agrees_all);
@@ -88,6 +104,83 @@ pub fn choose_method(
         &QdqConfig { method: chosen.method, bias_correction: chosen.bias_correction, ..base.clone() },
     )?;
     cands.sort_by(|a, b| b.tied_best.cmp(&a.tied_best).then(a.kl.total_cmp(&b.kl)));
+    cands.insert(0, chosen);
+    Ok((q, cands))
+}
+
+/// Every output of every image (batch 1): `[image][output]` values.
+fn all_outputs(g: &Graph, image_shape: &[usize], data: &[f32], n: usize, threads: usize) -> Result<Vec<Vec<Vec<f32>>>> {
+    let one: Vec<usize> = [&[1][..], image_shape].concat();
+    let per: usize = image_shape.iter().product();
+    let plan = Plan::compile(g, &[one.clone()], &PlanOptions { threads, ..Default::default() })?;
+    (0..n)
+        .map(|i| {
+            let outs = plan.run(&[Tensor::f32(one.clone(), data[i * per..(i + 1) * per].to_vec())])?;
+            Ok(outs.iter().map(|t| t.to_f32_vec()).collect())
+        })
+        .collect()
+}
+
+/// Mean over the outputs of each output's SQNR (dB, capped at 200) of `test` against `reference`
+/// over all images; -inf when `test` has a non-finite value.
+pub fn mean_sqnr_db(reference: &[Vec<Vec<f32>>], test: &[Vec<Vec<f32>>]) -> f64 {
+    let outs = reference.first().map(|r| r.len()).unwrap_or(0);
+    if outs == 0 {
+        return f64::NEG_INFINITY;
+    }
+    let mut sum = 0.0;
+    for k in 0..outs {
+        let (mut s, mut e) = (0.0f64, 0.0f64);
+        for (r, t) in reference.iter().zip(test) {
+            if t[k].iter().any(|v| !v.is_finite()) {
+                return f64::NEG_INFINITY;
+            }
+            s += r[k].iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+            e += r[k].iter().zip(&t[k]).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>();
+        }
+        sum += if e == 0.0 { 200.0 } else { (10.0 * (s / e).log10()).min(200.0) };
+    }
+    sum / outs as f64
+}
+
+/// [`choose_method`] for models that are not classifiers (detectors, segmentation, embedders):
+/// the candidate whose outputs are closest to float by mean SQNR wins (the earliest on a tie).
+#[allow(clippy::too_many_arguments)]
+fn choose_by_sqnr(
+    canon: &Graph,
+    stats: &Stats,
+    base: &QdqConfig,
+    candidates: &[Method],
+    bias_correction: &[bool],
+    image_shape: &[usize],
+    data: &[f32],
+    n: usize,
+    threads: usize,
+) -> Result<(QdqModel, Vec<Candidate>)> {
+    let reference = all_outputs(canon, image_shape, data, n, threads)?;
+    let mut cands = vec![];
+    for (m, bc) in candidates.iter().flat_map(|&m| bias_correction.iter().map(move |&bc| (m, bc))) {
+        let cfg = QdqConfig { method: m, bias_correction: bc, ..base.clone() };
+        let q = build_qdq(canon, stats, &cfg)?;
+        let sqnr = mean_sqnr_db(&reference, &all_outputs(&q.graph, image_shape, data, n, threads)?);
+        cands.push(Candidate {
+            method: m,
+            bias_correction: bc,
+            agreement: f64::NAN,
+            kl: f64::NAN,
+            tied_best: false,
+            sqnr_db: Some(sqnr),
+        });
+    }
+    let score = |c: &Candidate| c.sqnr_db.unwrap_or(f64::NEG_INFINITY);
+    let top = (0..cands.len()).fold(0, |b, i| if score(&cands[i]) > score(&cands[b]) { i } else { b });
+    let chosen = cands.remove(top);
+    let q = build_qdq(
+        canon,
+        stats,
+        &QdqConfig { method: chosen.method, bias_correction: chosen.bias_correction, ..base.clone() },
+    )?;
+    cands.sort_by(|a, b| score(b).total_cmp(&score(a)));
     cands.insert(0, chosen);
     Ok((q, cands))
 }
@@ -116,7 +209,14 @@ mod tests {
     use super::*;
 
     fn cand(kl: f64) -> Candidate {
-        Candidate { method: Method::MinMax, bias_correction: false, agreement: 0.0, kl, tied_best: false }
+        Candidate {
+            method: Method::MinMax,
+            bias_correction: false,
+            agreement: 0.0,
+            kl,
+            tied_best: false,
+            sqnr_db: None,
+        }
     }
 
     fn agrees(n: usize, wrong: &[usize]) -> Vec<bool> {

@@ -16,6 +16,7 @@ mod plan;
 mod qfuse;
 pub mod specialize;
 mod step;
+pub mod task;
 
 pub use exec::State;
 pub use plan::{Plan, PlanOptions};
