@@ -103,6 +103,13 @@ def float_model(src, shape, dst):
         nodes.append(n)
     del m.graph.node[:]
     m.graph.node.extend(nodes)
+    # Inputs that are initializers or node outputs, or that no node reads (old exporters list
+    # weights as inputs too).
+    made = {i.name for i in m.graph.initializer} | {o for n in m.graph.node for o in n.output}
+    read = {i for n in m.graph.node for i in n.input}
+    keep = [i for i in m.graph.input if i.name not in made and i.name in read]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
     opset = max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
     if opset < 13:  # per-channel QDQ (DequantizeLinear axis) needs opset 13
         m = onnx.version_converter.convert_version(m, 13)

@@ -390,3 +390,29 @@ fn files_written_at_a_raised_opset_load_in_onnx_runtime_with_the_same_outputs() 
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_quantized_file_asks_onnx_runtime_for_no_input_the_model_does_not_read() {
+    // SFace lists 29 weight names as graph inputs that no node reads (its converter left them);
+    // the quantized file must not make ONNX Runtime require them.
+    let d = tmpdir("unread-inputs");
+    let q = d.join("sface-w8a8.onnx");
+    let o = Command::new(lowbit_bin())
+        .args(["quantize", zoo("rec-sface-int8bq.onnx").to_str().unwrap(), "--calib"])
+        .arg(shared().join("data/faces"))
+        .args(["--size", "112x112", "--scale", "1", "--calib-n", "2", "--method", "minmax", "-o"])
+        .arg(&q)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g = lowbit_onnx::read_model(&q).unwrap();
+    assert_eq!(g.runtime_inputs().len(), 1);
+    let read: std::collections::HashSet<&String> = g.nodes.iter().flat_map(|n| n.inputs.iter()).collect();
+    let stray: Vec<&str> =
+        g.inputs.iter().filter(|i| !read.contains(&i.name) && !g.initializers.contains_key(&i.name)).map(|i| i.name.as_str()).collect();
+    assert!(stray.is_empty(), "declared inputs nothing reads: {stray:?}");
+    let x = vec![100.0f32; 3 * 112 * 112];
+    let outs = ort_all(&q, &x, &[1, 3, 112, 112], "unread-inputs-ort", "all");
+    assert_eq!(outs[0].0, vec![1, 128]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
