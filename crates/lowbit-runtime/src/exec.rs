@@ -256,6 +256,16 @@ unsafe fn exec_step(
             out.copy_from_slice(x());
             eltwise::apply_act_par(paths.f32, *a, out, threads);
         }
+        Kind::PRelu { slope, plane } => {
+            let out = f32_out(base, &s.out);
+            let c = slope.len();
+            for (i, (o, xs)) in out.chunks_mut((*plane).max(1)).zip(x().chunks((*plane).max(1))).enumerate() {
+                let a = slope[i % c];
+                for (y, &v) in o.iter_mut().zip(xs) {
+                    *y = if v >= 0.0 { v } else { v * a };
+                }
+            }
+        }
         Kind::Binary { op, bc } => {
             let b = f32_in(base, s.ins[1].as_ref().unwrap());
             eltwise::binary_par(paths.f32, *op, bc, x(), b, f32_out(base, &s.out), threads);

@@ -230,6 +230,25 @@ pub(crate) fn lower_node(v: &Values, n: &Node, ins: &[Option<Operand>], paths: P
             let b = if m == 1 { f32gemm::pack_gemv(k, nn, &bt.to_f32_vec()) } else { bt.to_f32_vec() };
             (Kind::Gemm { m, n: nn, k, b, prefill: None, trans_a: false, act: Act::None }, "f32 gemm")
         }
+        // PRelu with a constant slope per channel (or one slope): a plane at a time.
+        Op::PRelu if all_f32 && konst(1).is_some() && out_shape.len() >= 2 => {
+            let sl = konst(1).unwrap();
+            let c = out_shape[1];
+            // Right-aligned against the output: one value, or C values on axis 1 and 1 elsewhere.
+            let r = out_shape.len();
+            let dims: Vec<usize> = (0..r)
+                .map(|i| if i + sl.shape.len() >= r { sl.shape[i + sl.shape.len() - r] } else { 1 })
+                .collect();
+            let per_channel = dims.iter().enumerate().all(|(i, &d)| d == 1 || (i == 1 && d == c));
+            if per_channel && sl.rank() <= r {
+                let sv = sl.to_f32_vec();
+                let slope = if sv.len() == 1 { vec![sv[0]; c] } else { sv };
+                let plane = out_shape[2..].iter().product();
+                (Kind::PRelu { slope, plane }, "f32 eltwise")
+            } else {
+                (Kind::Generic(n.clone()), "reference")
+            }
+        }
         Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish if all_f32 => {
             match lowbit_core::passes::as_activation(g, n) {
                 Some(a) => (Kind::Act(a), "f32 eltwise"),

@@ -66,6 +66,11 @@ pub(crate) enum Kind {
         act: Act,
     },
     Act(Act),
+    /// f32 PRelu, one slope per channel (axis 1) over planes of `plane` values.
+    PRelu {
+        slope: Vec<f32>,
+        plane: usize,
+    },
     Binary {
         op: BinOp,
         bc: Broadcast,
