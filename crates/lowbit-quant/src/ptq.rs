@@ -124,7 +124,12 @@ pub fn quantize(
     }
     let (mut canon, _) = lowbit_runtime::canonicalize_free(g)?;
     let shape = calib.image_shape;
-    let quick = |canon: &Graph| calibrate(canon, shape, calib.data, calib.n, 32, o.threads, false, &mut |_, _| {});
+    // Calibration batches: the batch size the file fixes (many exports fix 1), else 32.
+    let batch = match g.runtime_inputs().first().and_then(|v| v.shape.as_ref()).and_then(|d| d.first()) {
+        Some(lowbit_core::Dim::Fixed(b)) if *b > 0 => *b,
+        _ => 32,
+    };
+    let quick = |canon: &Graph| calibrate(canon, shape, calib.data, calib.n, batch, o.threads, false, &mut |_, _| {});
     let mut notes = vec![];
     let mut bn = o.bn_stats.then(|| BnDists::from_graph(g));
     if let Some(d) = &bn {
@@ -173,7 +178,7 @@ pub fn quantize(
         notes.push(format!("{split} hard-swish/hard-sigmoid activations quantized on their own (8-bit table)"));
     }
     let hist = o.method.is_none_or(|m| m.needs_histogram());
-    let mut stats = calibrate(&canon, shape, calib.data, calib.n, 32, o.threads, hist, &mut |d, t| {
+    let mut stats = calibrate(&canon, shape, calib.data, calib.n, batch, o.threads, hist, &mut |d, t| {
         progress(Stage::Calibrate, d, t)
     })
     .map_err(|e| Error::Invalid(format!("calibration failed: {e}")))?;
