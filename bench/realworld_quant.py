@@ -7,7 +7,8 @@ usage: python bench/realworld_quant.py [--models centerface,u2netp,sface] [--ite
 
 For each model:
   1. `lowbit quantize` (per-channel int8 weights, uint8 activations, method auto) calibrated on
-     ../shared/data/scenes (faces for the embedder).
+     ../shared/data/scenes (for the embedder: ../shared/data/faces aligned to 112x112 by
+     bench/align_faces.py with CenterFace's landmarks).
   2. ONNX Runtime quantize_static on the same float model and the same preprocessed images
      (dumped by `lowbit dump-data`): QDQ, per-channel int8 weights, uint8 activations, MinMax and
      Percentile calibration; the better of the two by the task metric is reported.
@@ -47,7 +48,8 @@ FACES = os.path.join(SHARED, "data", "faces")
 MODELS = {
     "centerface": ("det-centerface.onnx", ["--size", "640x480", "--scale", "1"], SCENES, [SCENES, FACES], "map50", "mAP@0.5"),
     "u2netp": ("seg-u2netp.onnx", ["--preset", "imagenet", "--size", "320x320"], SCENES, [SCENES], "iou", "mask IoU"),
-    "sface": ("rec-sface-int8bq.onnx", ["--size", "112x112", "--scale", "1"], FACES, [FACES], "cosine", "cosine"),
+    # faces aligned by bench/align_faces.py (CenterFace landmarks -> ArcFace template, 112x112)
+    "sface": ("rec-sface-int8bq.onnx", ["--size", "112x112", "--scale", "1"], "ALIGNED", ["ALIGNED"], "cosine", "cosine"),
 }
 
 
@@ -184,8 +186,13 @@ def main():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     results = {"cpu": cpu, "isa": os.environ.get("LOWBIT_ISA", "auto"), "onnxruntime": ort.__version__, "models": {}}
     tmp = tempfile.mkdtemp(prefix="lowbit-rwq-")
+    aligned = os.path.join(tmp, "faces-aligned")
     for name in args.models.split(","):
         file, flags, calib, evals, key, label = MODELS[name]
+        if "ALIGNED" in [calib] + evals:
+            if not os.path.isdir(aligned):
+                run([sys.executable, os.path.join(ROOT, "bench", "align_faces.py"), FACES, aligned])
+            calib, evals = aligned, [aligned]
         src = os.path.join(SHARED, "zoo", file)
         work = os.path.join(tmp, name)
         os.makedirs(work)

@@ -405,19 +405,20 @@ pub fn verification(reference: &[Vec<f32>], test: &[Vec<f32>], ids: &[String], t
     }
 }
 
-/// The identity of an image from its name: the folder it is in when it has one, else its file
-/// stem without trailing digits, '_' and '-' (`obama2.jpg` -> `obama`).
+/// The identity of an image from its name: the folder it is in when it has one, else the letters
+/// its file stem starts with (`obama2.jpg`, `obama_partial_face.jpg` -> `obama`; a stem without
+/// leading letters is its own identity).
 pub fn identity(name: &str) -> String {
     let p = std::path::Path::new(name);
     if let Some(parent) = p.parent().and_then(|d| d.file_name()) {
         return parent.to_string_lossy().to_string();
     }
     let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let t = stem.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_' || c == '-');
-    if t.is_empty() {
+    let letters: String = stem.chars().take_while(|c| c.is_alphabetic()).collect();
+    if letters.is_empty() {
         stem
     } else {
-        t.to_string()
+        letters
     }
 }
 
@@ -549,6 +550,7 @@ mod tests {
         assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - 0.5f64.sqrt()).abs() < 1e-9);
         assert_eq!(cosine(&[0.0], &[0.0]), 1.0);
         assert_eq!(identity("obama2.jpg"), "obama");
+        assert_eq!(identity("obama_partial_face2.jpg"), "obama");
         assert_eq!(identity("people/alice/01.png"), "alice");
         assert_eq!(identity("7.png"), "7");
         let ids: Vec<String> = ["a", "a", "b"].iter().map(|s| s.to_string()).collect();
