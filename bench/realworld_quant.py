@@ -36,7 +36,9 @@ import onnx
 import onnx.version_converter
 from onnx import numpy_helper
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from ort_qdq import Reader  # one image per calibration batch, as lowbit dumps them
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared")
@@ -116,17 +118,6 @@ def float_model(src, shape, dst):
     if opset < 13:  # per-channel QDQ (DequantizeLinear axis) needs opset 13
         m = onnx.version_converter.convert_version(m, 13)
     onnx.save(m, dst)
-
-
-class Reader(CalibrationDataReader):
-    def __init__(self, name, x):
-        self.name, self.x, self.i = name, x, 0
-
-    def get_next(self):
-        if self.i >= len(self.x):
-            return None
-        self.i += 1
-        return {self.name: self.x[self.i - 1 : self.i]}
 
 
 def session(path, optimize=True):
