@@ -228,10 +228,13 @@ pub fn eval(
             let iou = seg.iter().map(|s| s.iou).sum::<f64>() / n;
             let worst = seg.iter().map(|s| s.iou).fold(f64::INFINITY, f64::min);
             let mae = seg.iter().map(|s| s.mae).sum::<f64>() / n;
+            let (ti, tu) = seg.iter().fold((0u64, 0u64), |a, s| (a.0 + s.inter, a.1 + s.union));
+            let pooled = if tu == 0 { 1.0 } else { ti as f64 / tu as f64 };
             rows.push(vec!["task".into(), "segment (first output)".into()]);
-            rows.push(vec!["mask IoU vs reference".into(), format!("{iou:.4} (worst image {worst:.4})")]);
+            rows.push(vec!["mask IoU vs reference".into(), format!("{iou:.4} mean per image (worst {worst:.4})")]);
+            rows.push(vec!["mask IoU, all pixels".into(), format!("{pooled:.4}")]);
             rows.push(vec!["mean abs error".into(), format!("{mae:.5}")]);
-            metric = json!({"task": "segment", "iou": iou, "worst_iou": worst, "mae": mae,
+            metric = json!({"task": "segment", "iou": iou, "pooled_iou": pooled, "worst_iou": worst, "mae": mae,
                 "per_image": seg.iter().zip(&set.names).map(|(s, nm)| json!({"image": nm, "iou": s.iou, "mae": s.mae})).collect::<Vec<_>>()});
         }
         Task::Embed => {

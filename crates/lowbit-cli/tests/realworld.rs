@@ -336,6 +336,7 @@ fn task_eval_judges_detector_segmenter_and_embedder_against_float() {
     let r =
         eval_json(&[&[u2.as_str(), "--data", &scenes, "--reference", &u2][..], &flags[..]].concat(), &d.join("u.json"));
     assert_eq!((r["metric"]["task"].as_str(), r["metric"]["iou"].as_f64()), (Some("segment"), Some(1.0)), "{r}");
+    assert_eq!(r["metric"]["pooled_iou"].as_f64(), Some(1.0), "{r}");
     // Embeddings: cosine and verification over pairs (identities from the file names).
     let sf = s(&zoo("rec-sface-int8bq.onnx"));
     let flags = ["--size", "112x112", "--scale", "1"];

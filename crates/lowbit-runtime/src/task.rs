@@ -299,6 +299,11 @@ pub struct SegScore {
     pub iou: f64,
     /// Mean absolute difference of the raw maps.
     pub mae: f64,
+    /// Pixels in both masks and in either (summed over the classes): over many images,
+    /// Σ intersection / Σ union is the IoU of all their pixels together, which a nearly empty
+    /// mask cannot dominate.
+    pub inter: u64,
+    pub union: u64,
 }
 
 /// Compares two segmentation outputs [1, C, H, W]. One channel: foreground where the value
@@ -325,15 +330,17 @@ pub fn segmentation(reference: &Output, test: &Output, threshold: f32) -> Result
     let (a, b) = (labels(reference), labels(test));
     let classes: Vec<usize> = if c == 1 { vec![1] } else { (0..c).collect() };
     let mut ious = vec![];
+    let (mut ti, mut tu) = (0u64, 0u64);
     for k in classes {
         let inter = a.iter().zip(&b).filter(|(x, y)| **x == k && **y == k).count();
         let union = a.iter().zip(&b).filter(|(x, y)| **x == k || **y == k).count();
         if union > 0 {
             ious.push(inter as f64 / union as f64);
         }
+        (ti, tu) = (ti + inter as u64, tu + union as u64);
     }
     let iou = if ious.is_empty() { 1.0 } else { ious.iter().sum::<f64>() / ious.len() as f64 };
-    Ok(SegScore { iou, mae })
+    Ok(SegScore { iou, mae, inter: ti, union: tu })
 }
 
 /// Cosine similarity (1 for two zero vectors, 0 when only one is zero).
@@ -536,6 +543,7 @@ mod tests {
         let s = segmentation(&r, &t, 0.5).unwrap();
         assert!((s.iou - 1.0 / 3.0).abs() < 1e-9);
         assert!((s.mae - 0.9 / 4.0).abs() < 1e-6);
+        assert_eq!((s.inter, s.union), (1, 3));
         let empty = Output { shape: vec![1, 1, 1, 4], data: vec![0.0; 4] };
         assert_eq!(segmentation(&empty, &empty, 0.5).unwrap().iou, 1.0);
         // Two classes by argmax: pixel labels [0, 1] vs [0, 0] -> IoU class 0 = 1/2, class 1 = 0.
