@@ -409,8 +409,12 @@ fn a_quantized_file_asks_onnx_runtime_for_no_input_the_model_does_not_read() {
     let g = lowbit_onnx::read_model(&q).unwrap();
     assert_eq!(g.runtime_inputs().len(), 1);
     let read: std::collections::HashSet<&String> = g.nodes.iter().flat_map(|n| n.inputs.iter()).collect();
-    let stray: Vec<&str> =
-        g.inputs.iter().filter(|i| !read.contains(&i.name) && !g.initializers.contains_key(&i.name)).map(|i| i.name.as_str()).collect();
+    let stray: Vec<&str> = g
+        .inputs
+        .iter()
+        .filter(|i| !read.contains(&i.name) && !g.initializers.contains_key(&i.name))
+        .map(|i| i.name.as_str())
+        .collect();
     assert!(stray.is_empty(), "declared inputs nothing reads: {stray:?}");
     let x = vec![100.0f32; 3 * 112 * 112];
     let outs = ort_all(&q, &x, &[1, 3, 112, 112], "unread-inputs-ort", "all");

@@ -236,9 +236,8 @@ pub(crate) fn lower_node(v: &Values, n: &Node, ins: &[Option<Operand>], paths: P
             let c = out_shape[1];
             // Right-aligned against the output: one value, or C values on axis 1 and 1 elsewhere.
             let r = out_shape.len();
-            let dims: Vec<usize> = (0..r)
-                .map(|i| if i + sl.shape.len() >= r { sl.shape[i + sl.shape.len() - r] } else { 1 })
-                .collect();
+            let dims: Vec<usize> =
+                (0..r).map(|i| if i + sl.shape.len() >= r { sl.shape[i + sl.shape.len() - r] } else { 1 }).collect();
             let per_channel = dims.iter().enumerate().all(|(i, &d)| d == 1 || (i == 1 && d == c));
             if per_channel && sl.rank() <= r {
                 let sv = sl.to_f32_vec();

@@ -178,9 +178,8 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
     // Graph inputs no node reads and no initializer backs (old exporters list weights as inputs
     // and a converter may leave them behind) are not written: other runtimes would ask for them.
     let read: HashSet<&str> = g.nodes.iter().flat_map(|n| n.inputs.iter().map(|s| s.as_str())).collect();
-    out.inputs.retain(|i| {
-        read.contains(i.name.as_str()) || g.initializers.contains_key(&i.name) || g.is_output(&i.name)
-    });
+    out.inputs
+        .retain(|i| read.contains(i.name.as_str()) || g.initializers.contains_key(&i.name) || g.is_output(&i.name));
     let mut layers = vec![];
     let mut weight_bytes = 0usize;
     let mut scheme_meta: Vec<(String, String)> = vec![];
