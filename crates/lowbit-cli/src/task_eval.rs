@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
-use lowbit_core::{Graph, Op, Tensor};
+use lowbit_core::{Graph, Tensor};
 use lowbit_runtime::task::{self, Decoder, Output, Task};
 use serde_json::json;
 
@@ -42,15 +42,10 @@ pub fn resolve(t: &TaskArgs, reference: &Graph, shapes: &[Vec<usize>], input_hw:
         }
     };
     Ok(match t.task.as_str() {
-        "auto" => {
-            let softmax = reference.outputs.first().is_some_and(|o| {
-                reference.nodes.iter().any(|n| n.outputs.contains(&o.name) && matches!(n.op, Op::Softmax { .. }))
-            });
-            match task::guess(shapes, input_hw, softmax) {
-                Task::Detect(d) if t.decoder != "auto" => Task::Detect(decoder(shapes).unwrap_or(d)),
-                other => other,
-            }
-        }
+        "auto" => match task::guess(shapes, input_hw, task::ends_in_softmax(reference)) {
+            Task::Detect(d) if t.decoder != "auto" => Task::Detect(decoder(shapes).unwrap_or(d)),
+            other => other,
+        },
         "classify" => Task::Classify,
         "detect" => Task::Detect(decoder(shapes)?),
         "segment" => Task::Segment,
@@ -97,13 +92,26 @@ impl Side {
     }
 }
 
-/// Opens `path` as a model (its input fitted to the images) or as a folder of saved outputs.
-fn open_side(path: &Path, a: &DataArgs, set: &lowbit_data::ImageSet, threads: usize) -> Result<Side> {
+/// Opens `path` as a model (its input fitted to the images; `loaded`: already read and fitted) or
+/// as a folder of saved outputs.
+fn open_side(
+    path: &Path,
+    a: &DataArgs,
+    set: &lowbit_data::ImageSet,
+    threads: usize,
+    loaded: Option<Graph>,
+) -> Result<Side> {
     if path.is_dir() {
         return Ok(Side::Saved(path.to_path_buf()));
     }
-    let mut g = load_model(path)?;
-    a.image.fit_model(&mut g, path, [set.c, set.h, set.w])?;
+    let mut g = match loaded {
+        Some(g) => g,
+        None => {
+            let mut g = load_model(path)?;
+            a.image.fit_model(&mut g, path, [set.c, set.h, set.w])?;
+            g
+        }
+    };
     let one = [1, set.c, set.h, set.w];
     override_input_shape(&mut g, &one).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let plan = compile(&g, path, one.to_vec(), threads)?;
@@ -131,12 +139,14 @@ pub fn eval(
         (false, _) => model,
         (true, false) => reference,
     };
-    let (_, preset, set) = crate::commands::load_for(graph_path, data, a)?;
+    let (loaded, preset, set) = crate::commands::load_for(graph_path, data, a)?;
     if set.n == 0 {
         bail!("{}: no images", data.display());
     }
-    let test = open_side(model, a, &set, threads)?;
-    let refr = open_side(reference, a, &set, threads)?;
+    // The model load_for read (and fitted to the images) serves its side.
+    let mut loaded = Some(loaded);
+    let test = open_side(model, a, &set, threads, if graph_path == model { loaded.take() } else { None })?;
+    let refr = open_side(reference, a, &set, threads, loaded.take())?;
     let g = match (&test, &refr) {
         (Side::Model { graph, .. }, _) | (_, Side::Model { graph, .. }) => graph.clone(),
         _ => unreachable!("one side is a model"),
@@ -150,7 +160,7 @@ pub fn eval(
         return Ok(None);
     }
     // Per output: sum of cosines, worst cosine, max abs error, signal and noise energy.
-    let mut per_out = vec![(0.0f64, f64::INFINITY, 0.0f64, 0.0f64, 0.0f64); names.len()];
+    let mut per_out = vec![(0.0f64, f64::INFINITY, 0.0f64, task::Sqnr::default()); names.len()];
     let (mut truth, mut preds, mut test_at_conf) = (vec![], vec![], 0usize);
     let (mut seg, mut emb_ref, mut emb_test, mut emb_cos) = (vec![], vec![], vec![], vec![]);
     let decoder = match kind {
@@ -179,8 +189,7 @@ pub fn eval(
             e.0 += c;
             e.1 = e.1.min(c);
             e.2 = e.2.max(m);
-            e.3 += a.data.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
-            e.4 += a.data.iter().zip(&b.data).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>();
+            e.3.add(&a.data, &b.data);
         }
         match kind {
             Task::Detect(d) => {
@@ -261,8 +270,8 @@ pub fn eval(
     }
     let mut outs_json = vec![];
     for (k, name) in names.iter().enumerate() {
-        let (cs, cw, m, s, e) = per_out[k];
-        let sqnr = 10.0 * (s / e).log10();
+        let (cs, cw, m, e) = per_out[k];
+        let sqnr = e.db();
         rows.push(vec![
             format!("output {name}"),
             format!("cosine {:.5} (worst {cw:.5}), max abs {m:.3e}, SQNR {sqnr:.1} dB", cs / n),

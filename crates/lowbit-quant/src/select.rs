@@ -71,10 +71,9 @@ pub fn choose_method(
         .run(&[Tensor::f32(one, data[..image_shape.iter().product()].to_vec())])?;
     let shapes: Vec<Vec<usize>> = first.iter().map(|t| t.shape.clone()).collect();
     let hw = (image_shape.get(1).copied().unwrap_or(1), image_shape.get(2).copied().unwrap_or(1));
-    let softmax = canon.outputs.first().is_some_and(|o| {
-        canon.nodes.iter().any(|n| n.outputs.contains(&o.name) && matches!(n.op, lowbit_core::Op::Softmax { .. }))
-    });
-    if lowbit_runtime::task::guess(&shapes, hw, softmax) != lowbit_runtime::task::Task::Classify {
+    if lowbit_runtime::task::guess(&shapes, hw, lowbit_runtime::task::ends_in_softmax(canon))
+        != lowbit_runtime::task::Task::Classify
+    {
         return choose_by_sqnr(canon, stats, base, candidates, bias_correction, image_shape, data, n, threads);
     }
     let reference = all_logits(&mut Classifier::new(canon.clone(), image_shape.to_vec(), threads), data, n)?;
@@ -130,15 +129,14 @@ pub fn mean_sqnr_db(reference: &[Vec<Vec<f32>>], test: &[Vec<Vec<f32>>]) -> f64 
     }
     let mut sum = 0.0;
     for k in 0..outs {
-        let (mut s, mut e) = (0.0f64, 0.0f64);
+        let mut e = lowbit_runtime::task::Sqnr::default();
         for (r, t) in reference.iter().zip(test) {
             if t[k].iter().any(|v| !v.is_finite()) {
                 return f64::NEG_INFINITY;
             }
-            s += r[k].iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
-            e += r[k].iter().zip(&t[k]).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>();
+            e.add(&r[k], &t[k]);
         }
-        sum += if e == 0.0 { 200.0 } else { (10.0 * (s / e).log10()).min(200.0) };
+        sum += if e.noise == 0.0 { 200.0 } else { e.db().min(200.0) };
     }
     sum / outs as f64
 }

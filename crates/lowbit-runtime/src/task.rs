@@ -355,11 +355,38 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
+/// Signal and error energy of outputs against their reference, summed over as many images as
+/// are added: the SQNR of all of them together.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sqnr {
+    pub signal: f64,
+    pub noise: f64,
+}
+
+impl Sqnr {
+    pub fn add(&mut self, reference: &[f32], test: &[f32]) {
+        self.signal += reference.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+        self.noise += reference.iter().zip(test).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>();
+    }
+
+    /// In dB (infinite when equal).
+    pub fn db(&self) -> f64 {
+        10.0 * (self.signal / self.noise).log10()
+    }
+}
+
 /// Signal-to-quantization-noise ratio of `test` against `reference`, in dB (infinite when equal).
 pub fn sqnr_db(reference: &[f32], test: &[f32]) -> f64 {
-    let s: f64 = reference.iter().map(|x| (*x as f64).powi(2)).sum();
-    let n: f64 = reference.iter().zip(test).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
-    10.0 * (s / n).log10()
+    let mut s = Sqnr::default();
+    s.add(reference, test);
+    s.db()
+}
+
+/// Whether the model's first output is computed by a Softmax (a classifier's probabilities).
+pub fn ends_in_softmax(g: &lowbit_core::Graph) -> bool {
+    g.outputs.first().is_some_and(|o| {
+        g.nodes.iter().any(|n| n.outputs.contains(&o.name) && matches!(n.op, lowbit_core::Op::Softmax { .. }))
+    })
 }
 
 /// Verification of embeddings: every pair of images is "same" when the cosine of their
