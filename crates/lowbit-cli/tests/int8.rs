@@ -451,3 +451,120 @@ fn forced_portable_paths_reach_every_step() {
         }
     }
 }
+
+/// Issue 19, item 3: PRelu, Resize (linear and nearest), Concat (inputs at other scales than the output, along channels
+/// and along the width), Sigmoid and LeakyRelu between Q/DQ pairs run as integer steps, and on every integer path this
+/// CPU has their bytes equal the fake-quant executor's (the QDQ graph's f32 arithmetic, node by node). Random shapes
+/// with channel counts off every vector width, zero points at both ends, inputs that saturate.
+#[test]
+fn prelu_resize_concat_and_tables_run_on_integers_equal_to_fake_quant() {
+    use lowbit_core::{CoordMode, DType, Data, Dim, NearestMode, Node, ResizeAttrs, ResizeMode, Unary};
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let cases = [
+        (5usize, 13usize, 11usize, 0u8, 255u8, CoordMode::HalfPixel, 2.0f32),
+        (67, 9, 7, 255, 0, CoordMode::AlignCorners, 2.0),
+        (16, 12, 17, 128, 3, CoordMode::PytorchHalfPixel, 1.5),
+        (130, 6, 5, 17, 250, CoordMode::Asymmetric, 3.0),
+    ];
+    for (k, &(c, h, w, z_in, z_mid, coord, up)) in cases.iter().enumerate() {
+        let vi = |n: &str, s: &[usize]| ValueInfo {
+            name: n.into(),
+            dtype: DType::F32,
+            shape: Some(s.iter().map(|&d| Dim::Fixed(d)).collect()),
+        };
+        let mut g = Graph { name: "ops".into(), opset: 13, ..Default::default() };
+        g.inputs = vec![vi("x", &[1, c, h, w])];
+        let mut init = |name: &str, t: Tensor| {
+            g.initializers.insert(name.into(), t);
+        };
+        let u8t = |v: u8| Tensor { shape: vec![], data: Data::U8(vec![v]) };
+        // Five quantizations: the input, after PRelu, after the linear resize, after Concat, after Sigmoid.
+        let params = [(0.031f32, z_in), (0.017, z_mid), (0.023, 128), (0.05, 60), (1.0 / 256.0, 0)];
+        for (i, (s, z)) in params.iter().enumerate() {
+            init(&format!("s{i}"), Tensor::f32(vec![], vec![*s]));
+            init(&format!("z{i}"), u8t(*z));
+        }
+        init("slope", Tensor::f32(vec![c, 1, 1], (0..c).map(|i| (i as f32 - 3.0) * 0.13).collect()));
+        init("scales", Tensor::f32(vec![4], vec![1.0, 1.0, up, up]));
+        let resize = |mode| {
+            Op::Resize(ResizeAttrs {
+                mode,
+                coord,
+                nearest: NearestMode::RoundPreferFloor,
+                scales_attr: None,
+                upsample: false,
+                opset10: false,
+                axes: None,
+                exclude_outside: false,
+                extrapolation_value: 0.0,
+                cubic_coeff_a: -0.75,
+            })
+        };
+        let node = |name: &str, op: Op, i: &[&str], o: &str| Node {
+            name: name.into(),
+            op,
+            inputs: i.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![o.into()],
+        };
+        let qdq = |i: usize, x: &str, name: &str| {
+            vec![
+                node(
+                    &format!("q_{name}"),
+                    Op::QuantizeLinear { axis: 1 },
+                    &[x, &format!("s{i}"), &format!("z{i}")],
+                    &format!("{name}_q"),
+                ),
+                node(
+                    &format!("d_{name}"),
+                    Op::DequantizeLinear { axis: 1 },
+                    &[&format!("{name}_q"), &format!("s{i}"), &format!("z{i}")],
+                    &format!("{name}_d"),
+                ),
+            ]
+        };
+        let mut nodes = qdq(0, "x", "in");
+        nodes.push(node("prelu", Op::PRelu, &["in_d", "slope"], "p"));
+        nodes.extend(qdq(1, "p", "p"));
+        nodes.push(node("up", resize(ResizeMode::Linear), &["p_d", "", "scales"], "u"));
+        nodes.extend(qdq(2, "u", "u"));
+        // Nearest on the input, parameters unchanged: a byte copy.
+        nodes.push(node("near", resize(ResizeMode::Nearest), &["in_d", "", "scales"], "n"));
+        nodes.extend(qdq(0, "n", "n"));
+        // Along channels (three inputs, two scales other than the output's), then along the width (equal scales).
+        nodes.push(node("cat", Op::Concat { axis: 1 }, &["u_d", "n_d", "u_d"], "cat"));
+        nodes.extend(qdq(3, "cat", "cat"));
+        nodes.push(node("catw", Op::Concat { axis: 3 }, &["cat_d", "cat_d"], "catw"));
+        nodes.extend(qdq(3, "catw", "catw"));
+        nodes.push(node("sig", Op::Sigmoid, &["catw_d"], "sig"));
+        nodes.extend(qdq(4, "sig", "sig"));
+        nodes.push(node("leaky", Op::Unary(Unary::LeakyRelu { alpha: 0.1 }), &["cat_d"], "lk"));
+        nodes.extend(qdq(3, "lk", "lk"));
+        g.nodes = nodes;
+        g.outputs = vec![vi("sig_d", &[]), vi("lk_d", &[])];
+        g.outputs.iter_mut().for_each(|o| o.shape = None);
+        let g = expose_int8(&g);
+        // Values over the whole input range and beyond it (saturation at both ends).
+        let x = Tensor::f32(vec![1, c, h, w], (0..c * h * w).map(|_| (rnd() - 0.5) * 20.0).collect());
+        let want = fakequant::run(&g, std::slice::from_ref(&x)).unwrap();
+        for isa in Isa::all_supported() {
+            let p = Plan::compile(&g, &[vec![1, c, h, w]], &PlanOptions::default().with_isa(isa)).unwrap();
+            let kernels: Vec<&str> = p.steps().iter().map(|s| s.kernel.as_str()).collect();
+            for k in ["int8 prelu", "int8 resize", "int8 concat", "int8 table"] {
+                assert!(kernels.contains(&k), "case {k}: no {k} step in {kernels:?}");
+            }
+            assert!(p.int8_notes().is_empty(), "case {k} {}: f32 fallbacks {:?}", isa.name(), p.int8_notes());
+            let got = p.run(std::slice::from_ref(&x)).unwrap();
+            for (o, t) in g.outputs.iter().zip(&got) {
+                let r = &want[&o.name];
+                assert_eq!(t.shape, r.shape, "case {k} {}: {}", isa.name(), o.name);
+                assert!(t.data == r.data, "case {k} {}: {} differs from the fake-quant executor", isa.name(), o.name);
+            }
+        }
+    }
+}

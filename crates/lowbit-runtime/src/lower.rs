@@ -145,6 +145,38 @@ pub(crate) fn lower_unit(v: &Values, n: &Node, u: &Unit, paths: Paths) -> Result
             let (pg, _, _) = pool_geom(&xs, p).map_err(|e| e.in_node(&n.name))?;
             (Kind::QMaxPool { g: pg, n: xs[0], signed: q.signed }, "int8 max pool".into())
         }
+        Unit::PRelu { qi, qo, slope, .. } => {
+            (Kind::QPRelu { qi: *qi, qo: *qo, slope: slope.clone() }, "int8 prelu".into())
+        }
+        Unit::Concat { xs: parts, qo, axis } => {
+            // The bytes' own axis and shapes: NHWC for 4-D values.
+            let nhwc = |s: Vec<usize>| if s.len() == 4 { vec![s[0], s[2], s[3], s[1]] } else { s };
+            let a = if xs.len() == 4 { [0, 3, 1, 2][*axis] } else { *axis };
+            let mut inners = vec![];
+            let mut outer = 0;
+            for name in &n.inputs {
+                let sh = nhwc(v.ty(name)?.1);
+                outer = sh[..a].iter().product();
+                inners.push(sh[a..].iter().product());
+            }
+            let tables =
+                parts.iter().map(|(_, q)| (q != qo).then(|| Box::new(qops::lut_table(*q, *qo, |v| v)))).collect();
+            (Kind::QConcat { outer, inners, tables }, "int8 concat".into())
+        }
+        Unit::Resize { qi, qo, rows, cols, .. } => {
+            let os = v.ty(&n.outputs[0])?.1;
+            let kind = Kind::QResize {
+                n: xs[0],
+                c: xs[1],
+                hw: (xs[2], xs[3]),
+                ohw: (os[2], os[3]),
+                rows: rows.clone(),
+                cols: cols.clone(),
+                qi: *qi,
+                qo: *qo,
+            };
+            (kind, "int8 resize".into())
+        }
         Unit::Alias { .. } => unreachable!("aliases have no step"),
     };
     Ok(Lowered { macs, params, qscratch, bscratch, ..Lowered::new(kind, kernel) })
@@ -326,11 +358,11 @@ pub(crate) fn lower_node(v: &Values, n: &Node, ins: &[Option<Operand>], paths: P
     Ok(Lowered { macs, params, scratch, qscratch, ..Lowered::new(kind, kernel) })
 }
 
-type ResizeTaps = (Option<lowbit_kernels::resample::Taps>, Option<lowbit_kernels::resample::Taps>);
+pub(crate) type ResizeTaps = (Option<lowbit_kernels::resample::Taps>, Option<lowbit_kernels::resample::Taps>);
 
 /// The per-axis taps of a Resize that changes only the last two axes of NCHW, as the reference
 /// evaluator computes them (`None` when it resizes N or C, or its sizes are not constant).
-fn resize_taps<'a>(
+pub(crate) fn resize_taps<'a>(
     n: &Node,
     r: &lowbit_core::ResizeAttrs,
     xs: &[usize],

@@ -97,6 +97,27 @@ pub(crate) enum Unit {
     Alias {
         x: String,
     },
+    /// `DequantizeLinear → PRelu → QuantizeLinear` with a constant slope per channel (axis 1).
+    PRelu {
+        x: String,
+        qi: QParams,
+        qo: QParams,
+        slope: Vec<f32>,
+    },
+    /// `DequantizeLinear` of each input `→ Concat → QuantizeLinear`; `axis` of the NCHW (or plain) shape.
+    Concat {
+        xs: Vec<(String, QParams)>,
+        qo: QParams,
+        axis: usize,
+    },
+    /// `DequantizeLinear → Resize (nearest or linear, 4-D, height and width only) → QuantizeLinear`.
+    Resize {
+        x: String,
+        qi: QParams,
+        qo: QParams,
+        rows: Option<lowbit_kernels::resample::Taps>,
+        cols: Option<lowbit_kernels::resample::Taps>,
+    },
 }
 
 impl Unit {
@@ -105,7 +126,13 @@ impl Unit {
             Unit::Mac(m) => vec![m.x.clone()],
             Unit::Bin(b) => vec![b.x.clone()],
             Unit::Add { a, b, .. } | Unit::Mul { a, b, .. } => vec![a.clone(), b.clone()],
-            Unit::Gap { x, .. } | Unit::MaxPool { x, .. } | Unit::Lut { x, .. } | Unit::Alias { x } => vec![x.clone()],
+            Unit::Gap { x, .. }
+            | Unit::MaxPool { x, .. }
+            | Unit::Lut { x, .. }
+            | Unit::Alias { x }
+            | Unit::PRelu { x, .. }
+            | Unit::Resize { x, .. } => vec![x.clone()],
+            Unit::Concat { xs, .. } => xs.iter().map(|p| p.0.clone()).collect(),
         }
     }
 }
@@ -366,12 +393,20 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                     note = Some("needs two per-tensor integer inputs of the output's shape".into());
                 }
             }
-            Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish => {
-                let act = lowbit_core::passes::as_activation(g, n);
-                match (act, dq_in(&f, 0), q_after(&n.outputs[0])) {
+            Op::Relu | Op::Clip { .. } | Op::HardSigmoid { .. } | Op::HardSwish | Op::Sigmoid | Op::Unary(_) => {
+                // The f32 function the reference evaluator computes for the node (`Act::apply` is also what the
+                // float kernels run for the activations).
+                let func: Option<Box<dyn Fn(f32) -> f32>> = match &n.op {
+                    Op::Sigmoid => Some(Box::new(|v: f32| 1.0 / (1.0 + (-v).exp()))),
+                    Op::Unary(u) => {
+                        let u = *u;
+                        Some(Box::new(move |v: f32| u.apply(v)))
+                    }
+                    _ => lowbit_core::passes::as_activation(g, n).map(|a| Box::new(move |v: f32| a.apply(v)) as _),
+                };
+                match (func, dq_in(&f, 0), q_after(&n.outputs[0])) {
                     (Some(act), Some((x, qi)), Some((qn, qo))) => {
-                        // `Act::apply` is the f32 arithmetic the float kernels run for these nodes.
-                        let table = Box::new(lowbit_kernels::int8::ops::lut_table(qi, qo, |v| act.apply(v)));
+                        let table = Box::new(lowbit_kernels::int8::ops::lut_table(qi, qo, act));
                         fused = Some((Unit::Lut { x, table }, g.nodes[qn].outputs[0].clone(), vec![qn]));
                     }
                     (None, _, _) => note = Some("its parameters are not constants".into()),
@@ -412,6 +447,65 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                     if shape(&x).len() == 4 {
                         fused = Some((Unit::Gap { x, qi, qo }, g.nodes[qn].outputs[0].clone(), vec![qn]));
                     }
+                }
+            }
+            Op::PRelu => {
+                let slope = n.input(1).and_then(|v| g.initializers.get(v));
+                match (slope, dq_in(&f, 0), q_after(&n.outputs[0])) {
+                    (Some(sl), Some((x, qi)), Some((qn, qo))) => {
+                        let xs = shape(&x);
+                        let r = xs.len();
+                        // One slope, or one per channel on axis 1 (right-aligned, 1 elsewhere); the channels are the
+                        // last axis of the bytes for a 4-D (NHWC) or 2-D value.
+                        let c = xs.get(1).copied().unwrap_or(0);
+                        let dims: Vec<usize> = (0..r)
+                            .map(|i| if i + sl.shape.len() >= r { sl.shape[i + sl.shape.len() - r] } else { 1 })
+                            .collect();
+                        let per_channel =
+                            sl.rank() <= r && dims.iter().enumerate().all(|(i, &d)| d == 1 || (i == 1 && d == c));
+                        if (r == 4 || r == 2) && per_channel && sl.dtype() == DType::F32 && c > 0 {
+                            let sv = sl.to_f32_vec();
+                            let slope = if sv.len() == 1 { vec![sv[0]; c] } else { sv };
+                            fused = Some((Unit::PRelu { x, qi, qo, slope }, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                        } else {
+                            note = Some("needs a constant slope per channel of a 2-D or 4-D input".into());
+                        }
+                    }
+                    (None, _, _) => note = Some("its slope is not a constant".into()),
+                    (_, None, _) => note = Some("its input is not a per-tensor integer value".into()),
+                    (_, _, None) => note = Some("its output is not quantized".into()),
+                }
+            }
+            Op::Concat { axis } if !n.inputs.iter().any(|s| s.is_empty()) => {
+                let ins: Vec<Option<(String, QParams)>> = (0..n.inputs.len()).map(|i| dq_in(&f, i)).collect();
+                let rank = shape(&n.outputs[0]).len();
+                match (ins.iter().all(|i| i.is_some()), q_after(&n.outputs[0])) {
+                    (true, Some((qn, qo))) => match lowbit_core::shape::norm_axis(*axis, rank) {
+                        Ok(axis) if rank > 0 => {
+                            let xs = ins.into_iter().flatten().collect();
+                            fused = Some((Unit::Concat { xs, qo, axis }, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                        }
+                        _ => note = Some("its axis is out of range".into()),
+                    },
+                    (false, _) => note = Some("needs every input per-tensor integer".into()),
+                    (_, None) => note = Some("its output is not quantized".into()),
+                }
+            }
+            Op::Resize(r) if r.coord != lowbit_core::CoordMode::TfCropAndResize => {
+                let konst = |i: usize| n.input(i).and_then(|s| g.initializers.get(s));
+                match (dq_in(&f, 0), q_after(&n.outputs[0])) {
+                    (Some((x, qi)), Some((qn, qo))) => {
+                        let (xs, os) = (shape(&x), shape(&n.outputs[0]));
+                        match (xs.len() == 4).then(|| crate::lower::resize_taps(n, r, &xs, &os, &konst)).flatten() {
+                            Some((rows, cols)) => {
+                                let unit = Unit::Resize { x, qi, qo, rows, cols };
+                                fused = Some((unit, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                            }
+                            None => note = Some("only nearest or linear resizing of height and width".into()),
+                        }
+                    }
+                    (None, _) => note = Some("its input is not a per-tensor integer value".into()),
+                    (_, None) => note = Some("its output is not quantized".into()),
                 }
             }
             Op::MaxPool(p) if n.outputs.iter().skip(1).all(|o| o.is_empty()) => {

@@ -145,6 +145,30 @@ pub(crate) enum Kind {
         n: usize,
         signed: bool,
     },
+    /// PRelu on `[pixels][c]` bytes, one slope per channel.
+    QPRelu {
+        qi: QParams,
+        qo: QParams,
+        slope: Vec<f32>,
+    },
+    /// Concat of bytes: per outer block, each input's `inners[i]` bytes, through its requantization table where its
+    /// parameters are not the output's.
+    QConcat {
+        outer: usize,
+        inners: Vec<usize>,
+        tables: Vec<Option<Box<[u8; 256]>>>,
+    },
+    /// Resize of NHWC bytes (height and width).
+    QResize {
+        n: usize,
+        c: usize,
+        hw: (usize, usize),
+        ohw: (usize, usize),
+        rows: Option<lowbit_kernels::resample::Taps>,
+        cols: Option<lowbit_kernels::resample::Taps>,
+        qi: QParams,
+        qo: QParams,
+    },
     Generic(Node),
 }
 
@@ -174,6 +198,9 @@ impl Kind {
                 | Kind::QMul { .. }
                 | Kind::QGap { .. }
                 | Kind::QMaxPool { .. }
+                | Kind::QPRelu { .. }
+                | Kind::QConcat { .. }
+                | Kind::QResize { .. }
         )
     }
 
