@@ -115,17 +115,6 @@ fn fold_zero_point(b: &mut PackedB, mut r: Requant, zx: u8) -> Requant {
     r
 }
 
-/// Bytes per pixel of the padded depthwise input: whole 64-channel blocks for the AVX-512 kernels,
-/// which read them; the channels themselves otherwise (AVX2 and scalar read within the pixel), so
-/// the padding copies whole rows and the input takes no more cache than it needs.
-fn dw_pixel_stride(isa: Isa, c: usize) -> usize {
-    if matches!(isa, Isa::Avx512Vnni | Isa::Amx) {
-        c.div_ceil(64) * 64
-    } else {
-        c
-    }
-}
-
 /// The AVX2 depthwise weights (see [`PackedDw::pairs`]) of `w` ([c][taps] int8), for the whole
 /// 16-channel blocks.
 fn dw_pairs(w: &[i8], c: usize, taps: usize) -> Vec<i16> {
@@ -322,9 +311,9 @@ impl QConv {
                 let (hp, wp) = Self::shifted_hw(g);
                 (hp * wp + g.kw) * g.c_in
             }
-            ConvKind::Depthwise(w, _) => {
+            ConvKind::Depthwise(..) => {
                 let (hp, wp) = self.padded_hw();
-                hp * wp * dw_pixel_stride(w.isa, g.c_in) + 64
+                hp * wp * g.c_in + 64
             }
             ConvKind::SpaceToDepth(_, _, s2d) => s2d.len(),
         }
@@ -369,8 +358,11 @@ impl QConv {
             }
             ConvKind::Depthwise(w, r) => {
                 let (hp, wp) = self.padded_hw();
-                let (c, cs) = (g.c_in, dw_pixel_stride(w.isa, g.c_in));
-                let xp = &mut scratch[..hp * wp * cs];
+                // Bytes per pixel: the channels themselves (whole rows copy at once). The AVX-512 kernels read whole 64-channel
+                // blocks: past the last channel they read the next pixel's bytes (or the 64 spare bytes after the buffer),
+                // into lanes whose weights are zero and whose outputs are not stored.
+                let (c, cs) = (g.c_in, g.c_in);
+                let xp = &mut scratch[..hp * wp * cs + 64];
                 pad_nhwc(g, x, hp, wp, cs, self.zx, xp, threads);
                 let dg = DwGeom {
                     c,
