@@ -253,7 +253,8 @@ proptest! {
     }
 }
 
-// Stride-2 windows on 1 to 4 input channels run as space to depth (the 7x7 stem); with 2 to 4
+// Stride-2 windows on 1 to 4 input channels run as space to depth (the 7x7 stem; on AVX-512 VNNI
+// also 3x3 and 4x4 windows, the MobileNet/CenterFace stem); with 2 to 4
 // channels and a window 7 or 8 wide the AMX packing makes each window row one 64-byte tile row (4
 // blocks of 16 bytes), with 1 channel or other widths reductions cross taps. Odd and even sizes,
 // symmetric and asymmetric padding (up to the window), images down to one output row, the extreme
@@ -262,7 +263,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
-    fn space_to_depth_conv_paths_match_definition(c_in in 1usize..5, co in 1usize..70, k in 5usize..12, pad in 0usize..6,
+    fn space_to_depth_conv_paths_match_definition(c_in in 1usize..5, co in 1usize..70, k in 3usize..12, pad in 0usize..6,
                                                   pad_end in 0usize..6, h in 3usize..40, w in 3usize..40,
                                                   zx in prop_oneof![Just(0u8), Just(255u8), any::<u8>()],
                                                   seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
@@ -292,6 +293,13 @@ fn stem_runs_as_space_to_depth() {
     for isa in Isa::all_supported() {
         let qc = QConv::new(isa, g.clone(), &weights(64 * 3 * 49, 1), 7, requant(64, 2, false));
         assert_eq!(qc.kernel_name(), "int8 space-to-depth gemm", "{}", isa.name());
+    }
+    // The 3x3 stride-2 stem of MobileNets: space to depth on AVX-512 VNNI, im2col elsewhere.
+    let g3 = ConvGeom { kh: 3, kw: 3, pt: 1, pl: 1, c_out: 32, ..g };
+    for isa in Isa::all_supported() {
+        let qc = QConv::new(isa, g3.clone(), &weights(32 * 3 * 9, 1), 7, requant(32, 2, false));
+        let want = if isa == Isa::Avx512Vnni { "int8 space-to-depth gemm" } else { "int8 im2col+gemm" };
+        assert_eq!(qc.kernel_name(), want, "{}", isa.name());
     }
 }
 
