@@ -54,7 +54,7 @@ pub type PoolGeom = ConvGeom;
 #[derive(Clone, Copy, Debug)]
 pub struct DwGeom {
     pub c: usize,
-    /// Channel stride of the padded input (a multiple of 64 ≥ `c`).
+    /// Channel stride of the padded input (`c`; the AVX-512 kernels read whole 64-channel blocks past it).
     pub cs: usize,
     pub wp: usize,
     pub kh: usize,

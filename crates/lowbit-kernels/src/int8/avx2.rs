@@ -127,7 +127,7 @@ unsafe fn micro<const MR: usize>(
 /// One output row of a depthwise convolution: 8 channels per vector, the channel tail scalar.
 ///
 /// # Safety
-/// As for [`crate::int8::gemm::depthwise`]; the CPU has AVX2.
+/// As for the band loop in `crate::int8::conv` (`x` holds the window rows of output row `oy`, `out` the band's outputs); the CPU has AVX2.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
     let xp = x.as_ptr();

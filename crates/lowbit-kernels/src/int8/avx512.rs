@@ -339,7 +339,7 @@ unsafe fn dw_store64(acc: &[__m512i; 4], sc: &[__m512; 4], bf: &[__m512; 4], rp:
 /// pixels that share it (all of them at stride 1, every other one at stride 2).
 ///
 /// # Safety
-/// As for [`crate::int8::gemm::depthwise`]; the CPU has AVX-512 F/BW/VL/VNNI.
+/// As for the band loop in `crate::int8::conv` (`x` holds the window rows of output row `oy`, `out` the band's outputs); the CPU has AVX-512 F/BW/VL/VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
     let taps = g.kh * g.kw;

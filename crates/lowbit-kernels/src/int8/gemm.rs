@@ -4,8 +4,7 @@
 use rayon::prelude::*;
 
 use crate::epilogue::{OutPtr, Requant};
-use crate::geom::DwGeom;
-use crate::int8::pack::{PackedB, PackedDw, PANEL};
+use crate::int8::pack::{PackedB, PANEL};
 use crate::int8::tile::{ASrc, Kernels, RowMap, SendConst, Tile};
 use crate::isa::{trace, Isa};
 
@@ -94,19 +93,4 @@ pub unsafe fn gemm_ex(
         let i0 = r * chunk;
         run(i0, chunk.min(m - i0), p);
     });
-}
-
-/// Depthwise convolution rows `oh0..oh0+rows` of a padded NHWC input.
-///
-/// # Safety
-/// `x` is the padded input of `g`; `out` holds `g.oh * g.ow * g.c` outputs; the path is supported.
-pub unsafe fn depthwise(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, threads: usize) {
-    trace::int8(w.isa);
-    let kern = kernels(w.isa);
-    let run = |r: usize| (kern.depthwise_row)(g, x, w, rq, out, r);
-    if threads <= 1 || g.oh * g.ow * g.c < 1 << 14 {
-        (0..g.oh).for_each(run);
-    } else {
-        (0..g.oh).into_par_iter().for_each(run);
-    }
 }

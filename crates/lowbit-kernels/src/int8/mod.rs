@@ -37,7 +37,7 @@ pub use crate::epilogue::{div_markstein, epilogue_f32, quantize_one, split_bias,
 pub use crate::geom::DwGeom;
 pub use crate::isa::Isa;
 pub use conv::QConv;
-pub use gemm::{depthwise, gemm, gemm_ex};
+pub use gemm::{gemm, gemm_ex};
 pub use pack::{PackedB, PackedDw, PANEL};
 pub use peak::measured_peak_gmacs;
 pub use tile::{ASrc, RowMap, Tile};

@@ -52,10 +52,10 @@ impl PackedB {
     }
 }
 
-/// One output row of a depthwise convolution (see [`crate::int8::gemm::depthwise`]).
+/// One output row of a depthwise convolution (see the band loop in `crate::int8::conv` (`x` holds the window rows of output row `oy`, `out` the band's outputs)).
 ///
 /// # Safety
-/// As for [`crate::int8::gemm::depthwise`].
+/// As for the band loop in `crate::int8::conv` (`x` holds the window rows of output row `oy`, `out` the band's outputs).
 pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
     depthwise_cols(g, x, w, rq, out, oy, 0, g.c);
 }
