@@ -453,11 +453,11 @@ fn forced_portable_paths_reach_every_step() {
 }
 
 /// Issue 19, item 3: PRelu, Resize (linear and nearest), Concat (inputs at other scales than the output, along channels
-/// and along the width), Sigmoid and LeakyRelu between Q/DQ pairs run as integer steps, and on every integer path this
+/// and along the width), Sigmoid, LeakyRelu and ConvTranspose between Q/DQ pairs run as integer steps, and on every integer path this
 /// CPU has their bytes equal the fake-quant executor's (the QDQ graph's f32 arithmetic, node by node). Random shapes
 /// with channel counts off every vector width, zero points at both ends, inputs that saturate.
 #[test]
-fn prelu_resize_concat_and_tables_run_on_integers_equal_to_fake_quant() {
+fn prelu_resize_concat_deconv_and_tables_run_on_integers_equal_to_fake_quant() {
     use lowbit_core::{CoordMode, DType, Data, Dim, NearestMode, Node, ResizeAttrs, ResizeMode, Unary};
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     let mut rnd = move || {
@@ -545,8 +545,30 @@ fn prelu_resize_concat_and_tables_run_on_integers_equal_to_fake_quant() {
         nodes.extend(qdq(4, "sig", "sig"));
         nodes.push(node("leaky", Op::Unary(Unary::LeakyRelu { alpha: 0.1 }), &["cat_d"], "lk"));
         nodes.extend(qdq(3, "lk", "lk"));
+        // ConvTranspose on the PRelu output: int8 weights [c][co][k][k] with per-output-channel scales, an int32 bias
+        // at the accumulator's scale, stride 2 (3 in one case), padding, output padding, dilation 2 in one case.
+        let (co, kk, stride, dil) = [(7usize, 4usize, 2usize, 1usize), (16, 3, 2, 2), (5, 2, 3, 1), (33, 4, 2, 1)][k];
+        let wq: Vec<i8> = (0..c * co * kk * kk).map(|_| ((rnd() * 255.0) as i32 - 128) as i8).collect();
+        init("dw_q", Tensor { shape: vec![c, co, kk, kk], data: Data::I8(wq) });
+        let ws: Vec<f32> = (0..co).map(|i| 0.002 + 0.0007 * i as f32).collect();
+        init("dw_s", Tensor::f32(vec![co], ws.clone()));
+        let bq: Vec<i32> = (0..co).map(|i| (i as i32 - 3) * 517).collect();
+        init("db_q", Tensor { shape: vec![co], data: Data::I32(bq) });
+        init("db_s", Tensor::f32(vec![co], ws.iter().map(|w| w * params[1].0).collect()));
+        nodes.push(node("dqw", Op::DequantizeLinear { axis: 1 }, &["dw_q", "dw_s"], "dw_d"));
+        nodes.push(node("dqb", Op::DequantizeLinear { axis: 0 }, &["db_q", "db_s"], "db_d"));
+        let attrs = lowbit_core::ConvTransposeAttrs {
+            strides: vec![stride, stride],
+            dilations: vec![dil, dil],
+            pads: vec![1, 0, 1, 1],
+            output_padding: vec![1, 0],
+            group: 1,
+            ..Default::default()
+        };
+        nodes.push(node("deconv", Op::ConvTranspose(attrs), &["p_d", "dw_d", "db_d"], "dc"));
+        nodes.extend(qdq(2, "dc", "dc"));
         g.nodes = nodes;
-        g.outputs = vec![vi("sig_d", &[]), vi("lk_d", &[])];
+        g.outputs = vec![vi("sig_d", &[]), vi("lk_d", &[]), vi("dc_d", &[])];
         g.outputs.iter_mut().for_each(|o| o.shape = None);
         let g = expose_int8(&g);
         // Values over the whole input range and beyond it (saturation at both ends).
@@ -555,8 +577,8 @@ fn prelu_resize_concat_and_tables_run_on_integers_equal_to_fake_quant() {
         for isa in Isa::all_supported() {
             let p = Plan::compile(&g, &[vec![1, c, h, w]], &PlanOptions::default().with_isa(isa)).unwrap();
             let kernels: Vec<&str> = p.steps().iter().map(|s| s.kernel.as_str()).collect();
-            for k in ["int8 prelu", "int8 resize", "int8 concat", "int8 table"] {
-                assert!(kernels.contains(&k), "case {k}: no {k} step in {kernels:?}");
+            for want in ["int8 prelu", "int8 resize", "int8 concat", "int8 table", "int8 deconv gemm"] {
+                assert!(kernels.iter().any(|s| s.starts_with(want)), "case {k}: no {want} step in {kernels:?}");
             }
             assert!(p.int8_notes().is_empty(), "case {k} {}: f32 fallbacks {:?}", isa.name(), p.int8_notes());
             let got = p.run(std::slice::from_ref(&x)).unwrap();

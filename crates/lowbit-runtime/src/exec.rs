@@ -372,6 +372,15 @@ unsafe fn exec_step(
             let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
             qops::max_pool(paths.int8, g, *n, *signed, xs, bytes_out(base, &s.out));
         }
+        Kind::QDeconv { d, batch } => {
+            let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
+            let g = &d.geom;
+            let (isz, osz) = (g.h * g.w * g.c_in, g.oh * g.ow * g.c_out);
+            let Operand::Buf { off, .. } = &s.out else { unreachable!("outputs are buffers") };
+            for b in 0..*batch {
+                d.run(&xs[b * isz..(b + 1) * isz], OutPtr(base.add(off + b * osz)), threads);
+            }
+        }
         Kind::QPRelu { qi, qo, slope } => {
             let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
             qops::prelu_channels(paths.int8, xs, slope.len(), slope, *qi, *qo, bytes_out(base, &s.out));

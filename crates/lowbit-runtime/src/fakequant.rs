@@ -1,6 +1,6 @@
 //! The fake-quant executor: runs a QDQ graph node by node on the reference evaluator, with f32
 //! values between nodes exactly as the graph says, except that a Conv or Gemm whose input and
-//! weights are DequantizeLinear outputs, and a GlobalAveragePool whose input is one, are computed
+//! weights are DequantizeLinear outputs (also a group-1 ConvTranspose), and a GlobalAveragePool whose input is one, are computed
 //! from the integers behind them: the sum of integer products is exact (float summation would
 //! round differently depending on order), then scaled once, `f32(acc + bias_q) · (s_x · s_w)`
 //! (or `f32(acc) · (s_x · s_w) + bias` for a float bias). That is the value the float QDQ graph
@@ -29,7 +29,9 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<HashMap<String, Tensor>> 
     let mut prod: HashMap<String, Node> = HashMap::new();
     for n in &graph.nodes {
         let exact = match &n.op {
-            Op::Conv(_) | Op::Gemm { .. } => exact_mac(n, &prod, &vals).map_err(|e| e.in_node(&n.name))?,
+            Op::Conv(_) | Op::Gemm { .. } | Op::ConvTranspose(_) => {
+                exact_mac(n, &prod, &vals).map_err(|e| e.in_node(&n.name))?
+            }
             Op::GlobalAveragePool => exact_gap(n, &prod, &vals),
             _ => None,
         };
@@ -120,6 +122,23 @@ fn exact_mac(n: &Node, prod: &HashMap<String, Node>, vals: &HashMap<String, Tens
             }
             (if *trans_b { ws[0] } else { ws[1] }, vec![xs[0], if *trans_b { ws[0] } else { ws[1] }])
         }
+        Op::ConvTranspose(c) => {
+            // Per-channel weight scales must be on the output-channel axis (1) of `[C_in][C_out][kh][kw]`.
+            let axis = match n.input(1).and_then(|v| prod.get(v)).map(|d| &d.op) {
+                Some(Op::DequantizeLinear { axis }) => *axis,
+                _ => return Ok(None),
+            };
+            if xs.len() != 4
+                || ws.len() != 4
+                || c.group.max(1) != 1
+                || !lowbit_kernels::int8::QDeconv::exact_for(xs[1])
+                || (w.scale.len() != 1 && axis != 1 && axis != -3)
+            {
+                return Ok(None);
+            }
+            let g = lowbit_core::shape_ops::conv_transpose_geom(xs, ws, c)?;
+            (ws[1], vec![xs[0], ws[1], g.out[0], g.out[1]])
+        }
         _ => return Ok(None),
     };
     let sw = |c: usize| w.scale[if w.scale.len() == 1 { 0 } else { c }];
@@ -192,6 +211,46 @@ fn exact_mac(n: &Node, prod: &HashMap<String, Node>, vals: &HashMap<String, Tens
                         acc += xv[i * k + kk] * wt;
                     }
                     out[i * nout + j] = y(acc, j);
+                }
+            }
+        }
+        Op::ConvTranspose(c) => {
+            // y[co][oy][ox] = Σ x[ci][iy][ix] · w[ci][co][ky][kx] over oy = iy·sh + ky·dh - pad (and the same across).
+            let g = lowbit_core::shape_ops::conv_transpose_geom(xs, ws, c)?;
+            let (h, wd, oh, ow, kh, kw) = (xs[2], xs[3], g.out[0], g.out[1], ws[2], ws[3]);
+            let (sh, sw2, dh, dw, ph, pw) =
+                (g.strides[0], g.strides[1], g.dilations[0], g.dilations[1], g.pads_begin[0], g.pads_begin[1]);
+            let cin = xs[1];
+            let mut acc = vec![0i32; nout * oh * ow];
+            for b in 0..xs[0] {
+                acc.fill(0);
+                for ci in 0..cin {
+                    let plane = &xv[(b * cin + ci) * h * wd..][..h * wd];
+                    for co in 0..nout {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let wt = wv[((ci * nout + co) * kh + ky) * kw + kx];
+                                for iy in 0..h {
+                                    let oy = (iy * sh + ky * dh) as isize - ph as isize;
+                                    if oy < 0 || oy >= oh as isize {
+                                        continue;
+                                    }
+                                    for ix in 0..wd {
+                                        let ox = (ix * sw2 + kx * dw) as isize - pw as isize;
+                                        if ox >= 0 && ox < ow as isize {
+                                            acc[(co * oh + oy as usize) * ow + ox as usize] += plane[iy * wd + ix] * wt;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for co in 0..nout {
+                    let o = &mut out[(b * nout + co) * oh * ow..][..oh * ow];
+                    for (d, &a) in o.iter_mut().zip(&acc[co * oh * ow..][..oh * ow]) {
+                        *d = y(a, co);
+                    }
                 }
             }
         }

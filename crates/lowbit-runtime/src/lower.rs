@@ -8,7 +8,7 @@ use lowbit_kernels::fp32::conv::PackedConv;
 use lowbit_kernels::fp32::gemm as f32gemm;
 use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::int8::ops as qops;
-use lowbit_kernels::int8::{PackedB, QConv, Requant};
+use lowbit_kernels::int8::{self, PackedB, QConv, Requant};
 use lowbit_kernels::isa::Paths;
 use lowbit_kernels::reference;
 
@@ -144,6 +144,20 @@ pub(crate) fn lower_unit(v: &Values, n: &Node, u: &Unit, paths: Paths) -> Result
         Unit::MaxPool { q, attrs: p, .. } => {
             let (pg, _, _) = pool_geom(&xs, p).map_err(|e| e.in_node(&n.name))?;
             (Kind::QMaxPool { g: pg, n: xs[0], signed: q.signed }, "int8 max pool".into())
+        }
+        Unit::Deconv(d) => {
+            let geom = lowbit_core::shape_ops::conv_transpose_geom(&xs, &d.wshape, &d.attrs)
+                .map_err(|e| e.in_node(&n.name))?;
+            let dg = lowbit_kernels::fp32::deconv::Deconv2d::new(&xs, &geom, 1)
+                .ok_or_else(|| Error::node(&n.name, "ConvTranspose geometry is not 2-D"))?;
+            let (qmin, qmax) = d.qo.range();
+            let out = int8::Out::Q { scale: d.qo.scale, zp: d.qo.zp, qmin, qmax };
+            let (lo, hi) = (f32::NEG_INFINITY, f32::INFINITY);
+            let q = int8::QDeconv::new(isa, dg, &d.w, d.xq.zp as u8, &d.scale, &d.bias_i, &d.bias_f, lo, hi, out)
+                .ok_or_else(|| Error::node(&n.name, "ConvTranspose has no integer kernel"))?;
+            macs = (xs[0] * dg.macs()) as u64;
+            params = d.w.len() + d.scale.len();
+            (Kind::QDeconv { d: q, batch: xs[0] }, format!("int8 deconv gemm ({})", isa.name()))
         }
         Unit::PRelu { qi, qo, slope, .. } => {
             (Kind::QPRelu { qi: *qi, qo: *qo, slope: slope.clone() }, "int8 prelu".into())

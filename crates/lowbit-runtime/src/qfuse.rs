@@ -32,6 +32,21 @@ pub(crate) struct MacUnit {
     pub conv: Option<ConvAttrs>,
 }
 
+/// A quantized ConvTranspose: ONNX weights `[C_in][C_out][kh][kw]` int8, the accumulator's scale and bias per
+/// output channel, the output's quantization.
+#[derive(Clone, Debug)]
+pub(crate) struct DeconvUnit {
+    pub x: String,
+    pub xq: QParams,
+    pub w: Vec<i8>,
+    pub wshape: Vec<usize>,
+    pub scale: Vec<f32>,
+    pub bias_i: Vec<i32>,
+    pub bias_f: Vec<f32>,
+    pub qo: QParams,
+    pub attrs: lowbit_core::ConvTransposeAttrs,
+}
+
 /// A binary convolution: `Sign(Sign(x) + 0.5)` → int8 Q/DQ (scale 1) → Conv with `±1` int8
 /// weights (per-channel scales).
 #[derive(Clone, Debug)]
@@ -110,6 +125,8 @@ pub(crate) enum Unit {
         qo: QParams,
         axis: usize,
     },
+    /// A quantized 2-D ConvTranspose (group 1) with a quantized output.
+    Deconv(Box<DeconvUnit>),
     /// `DequantizeLinear → Resize (nearest or linear, 4-D, height and width only) → QuantizeLinear`.
     Resize {
         x: String,
@@ -124,6 +141,7 @@ impl Unit {
     pub fn inputs(&self) -> Vec<String> {
         match self {
             Unit::Mac(m) => vec![m.x.clone()],
+            Unit::Deconv(d) => vec![d.x.clone()],
             Unit::Bin(b) => vec![b.x.clone()],
             Unit::Add { a, b, .. } | Unit::Mul { a, b, .. } => vec![a.clone(), b.clone()],
             Unit::Gap { x, .. }
@@ -476,6 +494,14 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                     (_, _, None) => note = Some("its output is not quantized".into()),
                 }
             }
+            Op::ConvTranspose(c) => match (deconv_unit(spec, n, c, dq_in(&f, 0)), q_after(&n.outputs[0])) {
+                (Ok(mut d), Some((qn, qo))) => {
+                    d.qo = qo;
+                    fused = Some((Unit::Deconv(Box::new(d)), g.nodes[qn].outputs[0].clone(), vec![qn]));
+                }
+                (Err(why), _) => note = why,
+                (Ok(_), None) => note = Some("its output is not quantized".into()),
+            },
             Op::Concat { axis } if !n.inputs.iter().any(|s| s.is_empty()) => {
                 let ins: Vec<Option<(String, QParams)>> = (0..n.inputs.len()).map(|i| dq_in(&f, i)).collect();
                 let rank = shape(&n.outputs[0]).len();
@@ -518,7 +544,8 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                     }
                 }
             }
-            _ => {}
+            Op::DequantizeLinear { .. } => {}
+            op => note = Some(format!("lowbit has no integer kernel for {}", op.op_type())),
         }
         if let Some(why) = note {
             if n.inputs.iter().any(|x| prod.get(x.as_str()).is_some_and(|&d| is(d, false))) {
@@ -612,6 +639,49 @@ fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Resul
     let (bias_i, bias_f) = bias_parts(spec, n, &scale).map_err(Some)?;
     let wshape = if conv.is_some() { ws } else { vec![n_out, k] };
     Ok(MacUnit { x, xq, w, n: n_out, k, wshape, scale, bias_i, bias_f, lo, hi, out: Out::F32, conv })
+}
+
+/// Checks a ConvTranspose for integer execution (uint8 input, int8 weights with zero point 0 per tensor or per output
+/// channel, group 1, few enough input channels for exact f32 columns) and gathers its numbers (the output quantization
+/// is set by the caller).
+fn deconv_unit(
+    spec: &Specialized,
+    n: &Node,
+    c: &lowbit_core::ConvTransposeAttrs,
+    x: Option<(String, QParams)>,
+) -> Result<DeconvUnit, Option<String>> {
+    let (x, xq) = x.ok_or(None)?;
+    if xq.signed {
+        return Err(Some("int8 activations (lowbit's kernels take uint8 activations)".into()));
+    }
+    let wname = n.input(1).ok_or(None)?;
+    let wc =
+        spec.dq_consts.get(wname).ok_or_else(|| Some("its weights are not DequantizeLinear of a constant".into()))?;
+    if wc.q.dtype() != DType::I8 || wc.zp.as_ref().is_some_and(|z| z.to_i64_vec().iter().any(|&v| v != 0)) {
+        return Err(Some("weights are not int8 with zero point 0".into()));
+    }
+    let ws = wc.q.shape.clone();
+    let xs = spec.types.get(&x).map(|t| t.1.clone()).unwrap_or_default();
+    if ws.len() != 4 || xs.len() != 4 {
+        return Err(Some("only 2-D transposed convolutions have integer kernels".into()));
+    }
+    if c.group.max(1) != 1 {
+        return Err(Some("grouped transposed convolutions have no integer kernel".into()));
+    }
+    if !lowbit_kernels::int8::QDeconv::exact_for(ws[0]) {
+        return Err(Some("too many input channels for exact integer columns".into()));
+    }
+    let n_out = ws[1];
+    let sw = wc.scale.to_f32_vec();
+    let axis = if wc.axis < 0 { wc.axis + 4 } else { wc.axis };
+    if sw.len() != 1 && (axis != 1 || sw.len() != n_out) {
+        return Err(Some("weight scales are not per output channel".into()));
+    }
+    let w: Vec<i8> = wc.q.to_i64_vec().iter().map(|&v| v as i8).collect();
+    let scale: Vec<f32> = (0..n_out).map(|o| xq.scale * sw[if sw.len() == 1 { 0 } else { o }]).collect();
+    let (bias_i, bias_f) = bias_parts(spec, n, &scale).map_err(Some)?;
+    let qo = QParams { scale: 1.0, zp: 0, signed: false };
+    Ok(DeconvUnit { x, xq, w, wshape: ws, scale, bias_i, bias_f, qo, attrs: c.clone() })
 }
 
 /// Checks a binary convolution's weights (int8 `±1`, per-channel scales on axis 0, group 1) and

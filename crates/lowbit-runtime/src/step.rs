@@ -145,6 +145,11 @@ pub(crate) enum Kind {
         n: usize,
         signed: bool,
     },
+    /// Quantized ConvTranspose (NHWC bytes in and out).
+    QDeconv {
+        d: lowbit_kernels::int8::QDeconv,
+        batch: usize,
+    },
     /// PRelu on `[pixels][c]` bytes, one slope per channel.
     QPRelu {
         qi: QParams,
@@ -199,6 +204,7 @@ impl Kind {
                 | Kind::QGap { .. }
                 | Kind::QMaxPool { .. }
                 | Kind::QPRelu { .. }
+                | Kind::QDeconv { .. }
                 | Kind::QConcat { .. }
                 | Kind::QResize { .. }
         )
@@ -215,6 +221,7 @@ impl Kind {
             Kind::Conv { p, .. } => p.weight_bytes(),
             Kind::Gemm { b, prefill, .. } => (b.len() + prefill.as_ref().map_or(0, |p| p.len())) * 4,
             Kind::QConv { c, .. } => c.weight_bytes(),
+            Kind::QDeconv { d, .. } => d.weight_bytes(),
             Kind::BinConv { c, .. } => c.weight_bytes(),
             Kind::QGemm { b, rq, .. } => b.bytes() + rq.bytes(),
             _ => 0,

@@ -25,6 +25,7 @@ pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod conv;
+pub mod deconv;
 pub mod gemm;
 pub mod ops;
 pub mod pack;
@@ -37,6 +38,7 @@ pub use crate::epilogue::{div_markstein, epilogue_f32, quantize_one, split_bias,
 pub use crate::geom::DwGeom;
 pub use crate::isa::Isa;
 pub use conv::QConv;
+pub use deconv::QDeconv;
 pub use gemm::{gemm, gemm_ex};
 pub use pack::{PackedB, PackedDw, PANEL};
 pub use peak::measured_peak_gmacs;

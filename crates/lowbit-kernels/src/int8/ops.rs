@@ -564,6 +564,53 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// col2im of a quantized transposed convolution: column block `(tap, channel)` of input pixel `(iy, ix)` (f32
+    /// holding an integer, see [`crate::int8::deconv::QDeconv`]) added as an integer into output pixel
+    /// `(iy·sh + ky·dh - ph, ix·sw + kx·dw - pw)` of `acc` (NHWC, zeroed by the caller).
+    pub fn col2im_i32(g: &crate::fp32::deconv::Deconv2d, cols: &[f32], acc: &mut [i32]) {
+        let (co, kk) = (g.c_out, g.kh * g.kw);
+        for iy in 0..g.h {
+            for ky in 0..g.kh {
+                let oy = (iy * g.sh + ky * g.dh) as isize - g.ph as isize;
+                if oy < 0 || oy >= g.oh as isize {
+                    continue;
+                }
+                for ix in 0..g.w {
+                    let src = &cols[(iy * g.w + ix) * kk * co..][..kk * co];
+                    for kx in 0..g.kw {
+                        let ox = (ix * g.sw + kx * g.dw) as isize - g.pw as isize;
+                        if ox < 0 || ox >= g.ow as isize {
+                            continue;
+                        }
+                        let d = &mut acc[(oy as usize * g.ow + ox as usize) * co..][..co];
+                        for (a, &v) in d.iter_mut().zip(&src[(ky * g.kw + kx) * co..][..co]) {
+                            *a += v as i32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The last step of a quantized transposed convolution: each accumulator of `[pixels][c]` through
+    /// [`crate::int8::deconv::DeconvEpilogue`] to its output byte.
+    pub fn deconv_epilogue(acc: &[i32], ep: &crate::int8::deconv::DeconvEpilogue, out: &mut [u8]) {
+        let crate::epilogue::Out::Q { scale: so, zp, qmin, qmax } = ep.out else { return };
+        let c = ep.scale.len();
+        let (lo, hi) = (ep.lo, ep.hi);
+        for (orow, arow) in out.chunks_exact_mut(c).zip(acc.chunks_exact(c)) {
+            let per = ep.scale.iter().zip(ep.bias_i).zip(ep.bias_f);
+            for ((o, &a), ((&s, &bi), &bf)) in orow.iter_mut().zip(arow).zip(per) {
+                let y = ((a.wrapping_add(bi) as f32) * s + bf).max(lo).min(hi);
+                *o = quantize_one(y, so, zp, qmin, qmax) as u8;
+            }
+        }
+    }
+}
+
 /// One output pixel whose window crosses the image edge (the taps outside are skipped).
 #[inline(always)]
 fn max_border(g: &PoolGeom, xi: &[u8], oy: usize, ox: usize, flip: u8, o: &mut [u8]) {

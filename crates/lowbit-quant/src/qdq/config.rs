@@ -86,6 +86,8 @@ impl Default for QdqConfig {
 pub(crate) fn is_compute(n: &Node, g: &Graph) -> bool {
     match n.op {
         Op::Conv(_) | Op::Gemm { .. } => n.input(1).is_some_and(|w| g.initializers.contains_key(w)),
+        // Weights `[C_in][C_out][kh][kw]`: per-channel scales on axis 1, which are the output channels with one group.
+        Op::ConvTranspose(ref c) => c.group <= 1 && n.input(1).is_some_and(|w| g.initializers.contains_key(w)),
         Op::MatMul => n.input(1).is_some_and(|w| g.initializers.get(w).is_some_and(|t| t.rank() == 2)),
         _ => false,
     }

@@ -1,0 +1,148 @@
+//! Quantized ConvTranspose (2-D, group 1, any stride, dilation and padding) on the integer GEMM
+//! kernels: `cols = X · W` with one column per (kernel tap, output channel) and the activation zero
+//! point folded into the column bias, written as f32 (exact: every column is an integer below
+//! 2^24, which [`QDeconv::exact_for`] checks from the input channel count), then each column added
+//! as an integer into the output pixel it lands on (col2im), then the arithmetic contract of the
+//! integer kernels (`f32(acc + bias_i) · scale + bias_f`, quantized). Bit-exact with the fake-quant
+//! executor's exact ConvTranspose on every path: the integer sums are order-free and the epilogue is
+//! one f32 expression per value.
+
+use crate::epilogue::{Out, OutPtr, Requant};
+use crate::fp32::deconv::Deconv2d;
+use crate::int8::gemm::gemm;
+use crate::int8::pack::PackedB;
+use crate::isa::{trace, Isa};
+
+/// A quantized transposed convolution, weights packed for one path.
+#[derive(Clone, Debug)]
+pub struct QDeconv {
+    pub geom: Deconv2d,
+    pub isa: Isa,
+    /// Activation zero point (uint8).
+    pub zx: u8,
+    b: PackedB,
+    /// The GEMM's epilogue: scale 1, the zero-point correction as integer bias, f32 out.
+    cols_rq: Requant,
+    scale: Vec<f32>,
+    bias_i: Vec<i32>,
+    bias_f: Vec<f32>,
+    lo: f32,
+    hi: f32,
+    out: Out,
+}
+
+thread_local! {
+    /// The columns (f32) and the output accumulators (i32) of the thread's current image.
+    static BUFS: std::cell::RefCell<(Vec<f32>, Vec<i32>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+impl QDeconv {
+    /// Whether every column of a transposed convolution over `c_in` channels is an integer f32
+    /// holds exactly: `|Σ (x - zx)·w| ≤ c_in · 255 · 128 < 2^24`.
+    pub fn exact_for(c_in: usize) -> bool {
+        (c_in as u64) * 255 * 128 < 1 << 24
+    }
+
+    /// `w`: ONNX layout `[C_in][C_out][kh][kw]` int8 (zero point 0); `scale`, `bias_i`, `bias_f` per
+    /// output channel (the accumulator's scale and bias, as for a convolution); `lo`/`hi` the clamp;
+    /// `out` the output quantization. `None` unless group 1, a quantized output and [`QDeconv::exact_for`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        isa: Isa,
+        geom: Deconv2d,
+        w: &[i8],
+        zx: u8,
+        scale: &[f32],
+        bias_i: &[i32],
+        bias_f: &[f32],
+        lo: f32,
+        hi: f32,
+        out: Out,
+    ) -> Option<QDeconv> {
+        let g = geom;
+        if g.group != 1 || out == Out::F32 || !Self::exact_for(g.c_in) || w.len() != g.c_in * g.c_out * g.kh * g.kw {
+            return None;
+        }
+        let (co, kk) = (g.c_out, g.kh * g.kw);
+        let n = kk * co;
+        // Column j = tap · c_out + output channel, so that a tap's channels are contiguous for col2im.
+        let mut b = PackedB::new(isa, g.c_in, n, |ci, j| {
+            let (t, o) = (j / co, j % co);
+            w[(ci * co + o) * kk + t]
+        });
+        let corr: Vec<i32> = b.colsum.iter().map(|&s| -(zx as i32) * s).collect();
+        b.colsum = vec![];
+        let cols_rq = Requant::new(&vec![1.0; n], &corr, &[], f32::NEG_INFINITY, f32::INFINITY, Out::F32);
+        Some(QDeconv {
+            geom,
+            isa,
+            zx,
+            b,
+            cols_rq,
+            scale: scale.to_vec(),
+            bias_i: bias_i.to_vec(),
+            bias_f: bias_f.to_vec(),
+            lo,
+            hi,
+            out,
+        })
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.b.bytes() + self.cols_rq.bytes() + self.scale.len() * 12
+    }
+
+    /// Runs on one NHWC image `x` (`h·w·c_in` bytes), writing NHWC `oh·ow·c_out` quantized outputs.
+    ///
+    /// # Safety
+    /// `out` holds `oh·ow·c_out` bytes; the path is supported by the CPU.
+    pub unsafe fn run(&self, x: &[u8], out: OutPtr, threads: usize) {
+        let g = &self.geom;
+        assert!(x.len() >= g.h * g.w * g.c_in);
+        trace::int8(self.isa);
+        let (p, kk, co) = (g.h * g.w, g.kh * g.kw, g.c_out);
+        let n = kk * co;
+        BUFS.with(|bufs| {
+            let (cols, acc, apad) = &mut *bufs.borrow_mut();
+            cols.resize(p * n, 0.0);
+            acc.clear();
+            acc.resize(g.oh * g.ow * co, 0);
+            // The GEMM reads whole 4-byte groups of a row: rows of a channel count off 4 are copied to
+            // a stride of whole groups (the extra bytes meet zero weights).
+            let (a, lda) = if g.c_in % 4 == 0 {
+                (x.as_ptr(), g.c_in)
+            } else {
+                let k4 = g.c_in.div_ceil(4) * 4;
+                apad.clear();
+                apad.resize(p * k4, self.zx);
+                for (d, s) in apad.chunks_exact_mut(k4).zip(x.chunks_exact(g.c_in)) {
+                    d[..g.c_in].copy_from_slice(s);
+                }
+                (apad.as_ptr(), k4)
+            };
+            gemm(p, a, lda, &self.b, &self.cols_rq, OutPtr(cols.as_mut_ptr() as *mut u8), n, threads);
+            crate::int8::ops::col2im_i32(self.isa, g, cols, acc);
+            let o = std::slice::from_raw_parts_mut(out.0, g.oh * g.ow * co);
+            let ep = DeconvEpilogue {
+                scale: &self.scale,
+                bias_i: &self.bias_i,
+                bias_f: &self.bias_f,
+                lo: self.lo,
+                hi: self.hi,
+                out: self.out,
+            };
+            crate::int8::ops::deconv_epilogue(self.isa, acc, &ep, o);
+        });
+    }
+}
+
+/// The per-channel numbers of [`QDeconv`]'s last step: `q_out(min(max(f32(acc + bias_i) · scale + bias_f, lo), hi))`.
+pub struct DeconvEpilogue<'a> {
+    pub scale: &'a [f32],
+    pub bias_i: &'a [i32],
+    pub bias_f: &'a [f32],
+    pub lo: f32,
+    pub hi: f32,
+    pub out: Out,
+}
