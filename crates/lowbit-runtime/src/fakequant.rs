@@ -29,7 +29,7 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<HashMap<String, Tensor>> 
     let mut prod: HashMap<String, Node> = HashMap::new();
     for n in &graph.nodes {
         let exact = match &n.op {
-            Op::Conv(_) | Op::Gemm { .. } | Op::ConvTranspose(_) => {
+            Op::Conv(_) | Op::Gemm { .. } | Op::MatMul | Op::ConvTranspose(_) => {
                 exact_mac(n, &prod, &vals).map_err(|e| e.in_node(&n.name))?
             }
             Op::GlobalAveragePool => exact_gap(n, &prod, &vals),
@@ -122,6 +122,13 @@ fn exact_mac(n: &Node, prod: &HashMap<String, Node>, vals: &HashMap<String, Tens
             }
             (if *trans_b { ws[0] } else { ws[1] }, vec![xs[0], if *trans_b { ws[0] } else { ws[1] }])
         }
+        // A 2-D MatMul by constant weights is a Gemm without transposes or bias.
+        Op::MatMul => {
+            if xs.len() != 2 || ws.len() != 2 || n.inputs.len() != 2 {
+                return Ok(None);
+            }
+            (ws[1], vec![xs[0], ws[1]])
+        }
         Op::ConvTranspose(c) => {
             // Per-channel weight scales must be on the output-channel axis (1) of `[C_in][C_out][kh][kw]`.
             let axis = match n.input(1).and_then(|v| prod.get(v)).map(|d| &d.op) {
@@ -201,13 +208,14 @@ fn exact_mac(n: &Node, prod: &HashMap<String, Node>, vals: &HashMap<String, Tens
                 }
             }
         }
-        Op::Gemm { trans_b, .. } => {
+        Op::Gemm { .. } | Op::MatMul => {
+            let trans_b = matches!(n.op, Op::Gemm { trans_b: true, .. });
             let (m, k) = (xs[0], xs[1]);
             for i in 0..m {
                 for j in 0..nout {
                     let mut acc = 0i32;
                     for kk in 0..k {
-                        let wt = if *trans_b { wv[j * k + kk] } else { wv[kk * nout + j] };
+                        let wt = if trans_b { wv[j * k + kk] } else { wv[kk * nout + j] };
                         acc += xv[i * k + kk] * wt;
                     }
                     out[i * nout + j] = y(acc, j);

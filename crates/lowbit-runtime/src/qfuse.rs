@@ -242,6 +242,7 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
     };
     // DQ outputs consumed as integers by units, counted per reader.
     let mut int_reads: HashMap<String, usize> = HashMap::new();
+    let mut pending: Vec<(usize, String)> = vec![];
 
     for (i, n) in g.nodes.iter().enumerate() {
         if f.skip.contains(&i) {
@@ -371,7 +372,7 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                     }
                 }
             }
-            Op::Conv(_) | Op::Gemm { .. } => match mac_unit(spec, n, dq_in(&f, 0)) {
+            Op::Conv(_) | Op::Gemm { .. } | Op::MatMul => match mac_unit(spec, n, dq_in(&f, 0)) {
                 Ok(mut m) => {
                     let o = &n.outputs[0];
                     if let Some((qn, qo)) = q_after(o) {
@@ -549,7 +550,7 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
         }
         if let Some(why) = note {
             if n.inputs.iter().any(|x| prod.get(x.as_str()).is_some_and(|&d| is(d, false))) {
-                f.notes.push(format!("{} '{}' runs in f32: {}", n.op.op_type(), n.name, why));
+                pending.push((i, format!("{} '{}' runs in f32: {}", n.op.op_type(), n.name, why)));
             }
         }
         if let Some((unit, out, absorbed)) = fused {
@@ -566,6 +567,8 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
             f.units.insert(i, (unit, out));
         }
     }
+    // The notes of nodes no later unit absorbed (a binarization chain's Sign comes before its convolution).
+    f.notes.extend(pending.into_iter().filter(|(i, _)| !f.skip.contains(i)).map(|p| p.1));
     // DQ nodes whose every reader now reads the integers directly.
     for (i, n) in g.nodes.iter().enumerate() {
         if is(i, false) {
@@ -606,7 +609,17 @@ fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Resul
             }
             (c.act, Some(c.clone()), ws[0], ws[1] * ws[2] * ws[3], w8)
         }
-        Op::Gemm { alpha, beta, trans_a, trans_b, act } => {
+        Op::Gemm { .. } | Op::MatMul => {
+            // A 2-D MatMul by constant weights is a Gemm without transposes or bias.
+            let (alpha, beta, trans_a, trans_b, act) = match &n.op {
+                Op::Gemm { alpha, beta, trans_a, trans_b, act } => (alpha, beta, trans_a, trans_b, act),
+                _ => {
+                    if spec.types.get(&x).is_none_or(|t| t.1.len() != 2) || n.inputs.len() != 2 {
+                        return Err(Some("only 2-D MatMul has an integer kernel".into()));
+                    }
+                    (&1.0, &1.0, &false, &false, &Act::None)
+                }
+            };
             if *alpha != 1.0 || *trans_a || (n.input(2).is_some() && *beta != 1.0) || ws.len() != 2 {
                 return Err(Some("only Gemm with alpha = beta = 1 and A not transposed".into()));
             }

@@ -218,13 +218,52 @@ unsafe fn micro<const MR: usize, const NR: usize>(
         }
     }
     let mut cur = RowCursor::new(t.map, t.i0 + i);
+    // Four vectors of 8-bit outputs with the full 8-bit range: packed together (see `store64`).
+    let packed = NR == 4 && matches!(rq.out, Out::Q { qmin: 0, qmax: 255, .. } | Out::Q { qmin: -128, qmax: 127, .. });
     for row in acc.iter().take(mr) {
         let Some(orow) = cur.next_row() else { continue };
+        if packed {
+            let r: &[__m512i; 4] = row[..4].try_into().unwrap();
+            store64(r, t.j0, rq, out.0.add(orow * t.ldc + t.j0), t.jn);
+            continue;
+        }
         for (v, x) in row.iter().enumerate() {
             let j = t.j0 + v * 16;
             store16(*x, j, rq, out.at(rq.out, orow, j, t.ldc), mask(t.j0 + t.jn - j));
         }
     }
+}
+
+/// Epilogue of 64 accumulators (channels `c..c+64`, `valid` of them stored) with an 8-bit output of the full range
+/// (`0..=255` or `-128..=127`): [`store16`]'s arithmetic up to the zero point, then the saturating packs i32 → i16 →
+/// 8 bits (which clamp exactly as `store16`'s conversions do) and one dword permute back to channel order, instead of
+/// four saturating narrowing conversions (two µops each) and four stores.
+#[inline(always)]
+unsafe fn store64(acc: &[__m512i; 4], c: usize, rq: &Requant, p: *mut u8, valid: usize) {
+    let Out::Q { scale, zp, qmin, .. } = rq.out else { unreachable!("8-bit outputs only") };
+    let (vs, vinv, vzp) = (_mm512_set1_ps(scale), _mm512_set1_ps(rq.inv), _mm512_set1_epi32(zp));
+    let (ylo, yhi) = (_mm512_set1_ps(rq.ylo), _mm512_set1_ps(rq.yhi));
+    let mut q = [_mm512_setzero_si512(); 4];
+    for (v, qv) in q.iter_mut().enumerate() {
+        let s = _mm512_loadu_ps(rq.scale.as_ptr().add(c + 16 * v));
+        let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[v]), s);
+        let y = if rq.bias_f.is_empty() {
+            y
+        } else {
+            _mm512_add_ps(y, _mm512_loadu_ps(rq.bias_f.as_ptr().add(c + 16 * v)))
+        };
+        let y = if rq.unclamped { y } else { _mm512_min_ps(_mm512_max_ps(y, ylo), yhi) };
+        let t0 = _mm512_mul_ps(y, vinv);
+        let t = _mm512_fmadd_ps(_mm512_fnmadd_ps(t0, vs, y), vinv, t0);
+        *qv = _mm512_add_epi32(_mm512_cvtps_epi32(t), vzp);
+    }
+    let (a, b) = (_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+    let bytes = if qmin == 0 { _mm512_packus_epi16(a, b) } else { _mm512_packs_epi16(a, b) };
+    // Dword 4l + v of the packs holds channels 16v + 4l .. + 3 (lane l of vector v): move it to dword 4v + l.
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let bytes = _mm512_permutexvar_epi32(idx, bytes);
+    let m: u64 = if valid >= 64 { u64::MAX } else { (1u64 << valid) - 1 };
+    _mm512_mask_storeu_epi8(p as *mut i8, m, bytes);
 }
 
 /// Interleaves the bytes of 4 rows of 64 channels so that i32 lane `(L, j)` of vector `i` holds
