@@ -3,6 +3,8 @@
 //! evaluator does, in the same order (Resize: along the height, then along the width), so the
 //! results are bit-identical to it.
 
+use lowbit_core::{DType, Node, Tensor};
+
 /// Concatenation: for each of `outer` blocks, each part's `inners[i]` values in turn.
 pub fn concat_f32(parts: &[&[f32]], outer: usize, inners: &[usize], out: &mut [f32]) {
     let mut at = 0;
@@ -67,4 +69,48 @@ pub fn resize2d_f32(
         (None, Some(c)) => along_w(x, out, c),
         (None, None) => out.copy_from_slice(&x[..out.len()]),
     }
+}
+
+pub type ResizeTaps = (Option<Taps>, Option<Taps>);
+
+/// The per-axis taps of a Resize that changes only the last two axes of NCHW, as the reference
+/// evaluator computes them (`None` when it resizes N or C, or its sizes are not constant).
+pub fn resize_taps<'a>(
+    n: &Node,
+    r: &lowbit_core::ResizeAttrs,
+    xs: &[usize],
+    out: &[usize],
+    konst: &dyn Fn(usize) -> Option<&'a Tensor>,
+) -> Option<ResizeTaps> {
+    use crate::refops::{linear_taps, nearest_index, resize_coord};
+    use lowbit_core::shape::Known;
+    let known: Vec<Option<Known>> = (0..n.inputs.len())
+        .map(|i| match i {
+            0 => Some(Known { dtype: DType::F32, shape: xs, value: None }),
+            _ => konst(i).map(|t| Known { dtype: t.dtype(), shape: &t.shape, value: Some(t) }),
+        })
+        .collect();
+    let (shape, scales) = lowbit_core::shape_ops::resize_plan(xs, r, &known).ok()?;
+    if shape != out || scales[0] != 1.0 || scales[1] != 1.0 || xs[2] == 0 || xs[3] == 0 {
+        return None;
+    }
+    let axis = |d: usize| -> Option<Taps> {
+        if xs[d] == out[d] && scales[d] == 1.0 {
+            return None; // the reference skips an unchanged axis
+        }
+        let nearest = r.mode == lowbit_core::ResizeMode::Nearest;
+        let taps = (0..out[d])
+            .map(|j| {
+                let c = resize_coord(r.coord, j, scales[d], xs[d], out[d], (0.0, 1.0));
+                if nearest {
+                    let i = nearest_index(r.nearest, c, xs[d]);
+                    (i, i, 0.0)
+                } else {
+                    linear_taps(c, xs[d])
+                }
+            })
+            .collect();
+        Some(Taps { taps, nearest })
+    };
+    Some((axis(2), axis(3)))
 }

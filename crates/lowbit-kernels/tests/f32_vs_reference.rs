@@ -229,3 +229,65 @@ proptest! {
         close(&got2, want2.as_f32().unwrap(), 1e-6)?;
     }
 }
+
+/// A plane narrower than the dilated window with padding wider than it (U²-Netp's dilation-8 stages at 160x224):
+/// some taps' columns never meet the image. The im2col path once indexed before the row there (a panic).
+#[test]
+fn dilated_taps_wholly_in_the_padding_match_reference() {
+    for (h, w, d, pad, s) in [(3usize, 3usize, 4usize, 4usize, 1usize), (5, 2, 8, 8, 1), (4, 7, 3, 5, 2)] {
+        let attrs = ConvAttrs {
+            kernel_shape: vec![3, 3],
+            strides: vec![s, s],
+            pads: vec![pad; 4],
+            dilations: vec![d, d],
+            ..Default::default()
+        };
+        // 32 outputs: small planes take the channel-vector GEMM on AVX-512, whose window goes through im2col.
+        let (c_in, c_out) = (3, 32);
+        let xs = vec![1, c_in, h, w];
+        let ws = vec![c_out, c_in, 3, 3];
+        let x = Tensor::f32(xs.clone(), rnd(11, xs.iter().product()));
+        let wt = Tensor::f32(ws.clone(), rnd(13, ws.iter().product()));
+        let node = Node {
+            name: "c".into(),
+            op: Op::Conv(attrs.clone()),
+            inputs: vec!["x".into(), "w".into()],
+            outputs: vec!["y".into()],
+        };
+        let want = reference::eval(&node, &[Some(&x), Some(&wt)]).unwrap().remove(0);
+        let win = lowbit_core::shape::window(
+            &xs[2..],
+            &ws[2..],
+            &attrs.strides,
+            &attrs.dilations,
+            &attrs.pads,
+            attrs.auto_pad,
+            false,
+        )
+        .unwrap();
+        let g = ConvGeom {
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: 3,
+            kw: 3,
+            sh: s,
+            sw: s,
+            dh: d,
+            dw: d,
+            pt: pad,
+            pl: pad,
+            oh: win.out[0],
+            ow: win.out[1],
+            group: 1,
+        };
+        for isa in F32Isa::all_supported() {
+            let p = PackedConv::new(isa, g.clone(), wt.to_f32_vec(), None, Act::None);
+            let mut out = vec![f32::NAN; c_out * g.oh * g.ow];
+            let mut scratch = vec![0.0; p.scratch_len()];
+            conv2d(&p, &x.to_f32_vec(), &mut out, &mut scratch, 1);
+            close(&out, want.as_f32().unwrap(), 1e-4).unwrap();
+        }
+    }
+}

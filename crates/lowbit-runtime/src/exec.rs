@@ -383,17 +383,37 @@ unsafe fn exec_step(
         }
         Kind::QPRelu { qi, qo, slope } => {
             let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
-            qops::prelu_channels(paths.int8, xs, slope.len(), slope, *qi, *qo, bytes_out(base, &s.out));
+            lowbit_kernels::int8::moves::prelu_channels(
+                paths.int8,
+                xs,
+                slope.len(),
+                slope,
+                *qi,
+                *qo,
+                bytes_out(base, &s.out),
+            );
         }
         Kind::QConcat { outer, inners, tables } => {
             let parts: Vec<(&[u8], Option<&[u8; 256]>)> =
                 s.ins.iter().zip(tables).map(|(o, t)| (bytes_in(base, o.as_ref().unwrap()), t.as_deref())).collect();
-            qops::concat(paths.int8, &parts, *outer, inners, bytes_out(base, &s.out));
+            lowbit_kernels::int8::moves::concat(paths.int8, &parts, *outer, inners, bytes_out(base, &s.out));
         }
         Kind::QResize { n, c, hw, ohw, rows, cols, qi, qo } => {
             let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
             let out = bytes_out(base, &s.out);
-            qops::resize_nhwc(paths.int8, *n, *hw, *ohw, *c, rows.as_ref(), cols.as_ref(), *qi, *qo, xs, out);
+            lowbit_kernels::int8::moves::resize_nhwc(
+                paths.int8,
+                *n,
+                *hw,
+                *ohw,
+                *c,
+                rows.as_ref(),
+                cols.as_ref(),
+                *qi,
+                *qo,
+                xs,
+                out,
+            );
         }
         Kind::Generic(node) => {
             let owned: Vec<Option<Tensor>> = s.ins.iter().map(|o| o.as_ref().map(|o| read_operand(base, o))).collect();

@@ -1,6 +1,6 @@
 //! `lowbit-runtime` turns a [`lowbit_core::Graph`] into a compiled [`Plan`] for concrete input
 //! shapes and runs it: shape specialization and constant folding ([`specialize`]), integer-unit
-//! fusion of QDQ patterns (`qfuse`), buffer layout by liveness (`layout`, [`memory`]), kernel
+//! fusion of QDQ patterns (`qfuse`, its multiply-accumulate units in `qunits`), buffer layout by liveness (`layout`, [`memory`]), kernel
 //! choice and weight packing per node (`lower`), and the interpreter (`exec`) with a thread pool.
 //! A plan is immutable once compiled; each run owns a [`State`]. It contains no kernel math: that
 //! lives in `lowbit-kernels`. Also: the fake-quant executor ([`fakequant`]) and classification
@@ -14,6 +14,7 @@ mod lower;
 pub mod memory;
 mod plan;
 mod qfuse;
+mod qunits;
 pub mod specialize;
 mod step;
 pub mod task;

@@ -335,7 +335,7 @@ pub(crate) fn lower_node(v: &Values, n: &Node, ins: &[Option<Operand>], paths: P
                 && out_shape.len() == 4
                 && r.coord != lowbit_core::CoordMode::TfCropAndResize =>
         {
-            match resize_taps(n, r, &in_shape(0), &out_shape, &konst) {
+            match lowbit_kernels::resample::resize_taps(n, r, &in_shape(0), &out_shape, &konst) {
                 Some((rows, cols)) => {
                     let xs = in_shape(0);
                     scratch = scratch.max(xs[0] * xs[1] * out_shape[2] * xs[3]);
@@ -370,49 +370,4 @@ pub(crate) fn lower_node(v: &Values, n: &Node, ins: &[Option<Operand>], paths: P
         _ => (Kind::Generic(n.clone()), "reference"),
     };
     Ok(Lowered { macs, params, scratch, qscratch, ..Lowered::new(kind, kernel) })
-}
-
-pub(crate) type ResizeTaps = (Option<lowbit_kernels::resample::Taps>, Option<lowbit_kernels::resample::Taps>);
-
-/// The per-axis taps of a Resize that changes only the last two axes of NCHW, as the reference
-/// evaluator computes them (`None` when it resizes N or C, or its sizes are not constant).
-pub(crate) fn resize_taps<'a>(
-    n: &Node,
-    r: &lowbit_core::ResizeAttrs,
-    xs: &[usize],
-    out: &[usize],
-    konst: &dyn Fn(usize) -> Option<&'a Tensor>,
-) -> Option<ResizeTaps> {
-    use lowbit_core::shape::Known;
-    use lowbit_kernels::refops::{linear_taps, nearest_index, resize_coord};
-    use lowbit_kernels::resample::Taps;
-    let known: Vec<Option<Known>> = (0..n.inputs.len())
-        .map(|i| match i {
-            0 => Some(Known { dtype: DType::F32, shape: xs, value: None }),
-            _ => konst(i).map(|t| Known { dtype: t.dtype(), shape: &t.shape, value: Some(t) }),
-        })
-        .collect();
-    let (shape, scales) = lowbit_core::shape_ops::resize_plan(xs, r, &known).ok()?;
-    if shape != out || scales[0] != 1.0 || scales[1] != 1.0 || xs[2] == 0 || xs[3] == 0 {
-        return None;
-    }
-    let axis = |d: usize| -> Option<Taps> {
-        if xs[d] == out[d] && scales[d] == 1.0 {
-            return None; // the reference skips an unchanged axis
-        }
-        let nearest = r.mode == lowbit_core::ResizeMode::Nearest;
-        let taps = (0..out[d])
-            .map(|j| {
-                let c = resize_coord(r.coord, j, scales[d], xs[d], out[d], (0.0, 1.0));
-                if nearest {
-                    let i = nearest_index(r.nearest, c, xs[d]);
-                    (i, i, 0.0)
-                } else {
-                    linear_taps(c, xs[d])
-                }
-            })
-            .collect();
-        Some(Taps { taps, nearest })
-    };
-    Some((axis(2), axis(3)))
 }

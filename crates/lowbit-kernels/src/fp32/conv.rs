@@ -227,6 +227,11 @@ fn im2col(isa: F32Isa, g: &ConvGeom, x: &[f32], col: &mut [f32], threads: usize)
                 d.fill(0.0);
                 continue;
             }
+            // A tap whose dilated column never meets the image (narrow planes, wide dilation): all padding.
+            if xlo >= xhi {
+                d.fill(0.0);
+                continue;
+            }
             let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
             d[..xlo].fill(0.0);
             d[xhi..].fill(0.0);

@@ -7,7 +7,7 @@
 //! executor's exact ConvTranspose on every path: the integer sums are order-free and the epilogue is
 //! one f32 expression per value.
 
-use crate::epilogue::{Out, OutPtr, Requant};
+use crate::epilogue::{quantize_one, Out, OutPtr, Requant};
 use crate::fp32::deconv::Deconv2d;
 use crate::int8::gemm::gemm;
 use crate::int8::pack::PackedB;
@@ -122,7 +122,7 @@ impl QDeconv {
                 (apad.as_ptr(), k4)
             };
             gemm(p, a, lda, &self.b, &self.cols_rq, OutPtr(cols.as_mut_ptr() as *mut u8), n, threads);
-            crate::int8::ops::col2im_i32(self.isa, g, cols, acc);
+            col2im_i32(self.isa, g, cols, acc);
             let o = std::slice::from_raw_parts_mut(out.0, g.oh * g.ow * co);
             let ep = DeconvEpilogue {
                 scale: &self.scale,
@@ -132,7 +132,7 @@ impl QDeconv {
                 hi: self.hi,
                 out: self.out,
             };
-            crate::int8::ops::deconv_epilogue(self.isa, acc, &ep, o);
+            deconv_epilogue(self.isa, acc, &ep, o);
         });
     }
 }
@@ -145,4 +145,51 @@ pub struct DeconvEpilogue<'a> {
     pub lo: f32,
     pub hi: f32,
     pub out: Out,
+}
+
+multiversion! {
+    /// col2im of a quantized transposed convolution: column block `(tap, channel)` of input pixel `(iy, ix)` (f32
+    /// holding an integer, see [`QDeconv`]) added as an integer into output pixel
+    /// `(iy·sh + ky·dh - ph, ix·sw + kx·dw - pw)` of `acc` (NHWC, zeroed by the caller).
+    pub fn col2im_i32(g: &Deconv2d, cols: &[f32], acc: &mut [i32]) {
+        let (co, kk) = (g.c_out, g.kh * g.kw);
+        for iy in 0..g.h {
+            for ky in 0..g.kh {
+                let oy = (iy * g.sh + ky * g.dh) as isize - g.ph as isize;
+                if oy < 0 || oy >= g.oh as isize {
+                    continue;
+                }
+                for ix in 0..g.w {
+                    let src = &cols[(iy * g.w + ix) * kk * co..][..kk * co];
+                    for kx in 0..g.kw {
+                        let ox = (ix * g.sw + kx * g.dw) as isize - g.pw as isize;
+                        if ox < 0 || ox >= g.ow as isize {
+                            continue;
+                        }
+                        let d = &mut acc[(oy as usize * g.ow + ox as usize) * co..][..co];
+                        for (a, &v) in d.iter_mut().zip(&src[(ky * g.kw + kx) * co..][..co]) {
+                            *a += v as i32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The last step of a quantized transposed convolution: each accumulator of `[pixels][c]` through
+    /// [`DeconvEpilogue`] to its output byte.
+    pub fn deconv_epilogue(acc: &[i32], ep: &DeconvEpilogue, out: &mut [u8]) {
+        let Out::Q { scale: so, zp, qmin, qmax } = ep.out else { return };
+        let c = ep.scale.len();
+        let (lo, hi) = (ep.lo, ep.hi);
+        for (orow, arow) in out.chunks_exact_mut(c).zip(acc.chunks_exact(c)) {
+            let per = ep.scale.iter().zip(ep.bias_i).zip(ep.bias_f);
+            for ((o, &a), ((&s, &bi), &bf)) in orow.iter_mut().zip(arow).zip(per) {
+                let y = ((a.wrapping_add(bi) as f32) * s + bf).max(lo).min(hi);
+                *o = quantize_one(y, so, zp, qmin, qmax) as u8;
+            }
+        }
+    }
 }

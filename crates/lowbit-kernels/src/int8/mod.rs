@@ -18,6 +18,36 @@
 //! `y = min(max(y, lo), hi)` (the fused ReLU/Clip); and for a quantized output
 //! `q = round_half_even(clamp(y / s_out, qmin - z_out, qmax - z_out)) + z_out`.
 
+/// Defines a public function, taking the integer path as its first argument, whose body is
+/// compiled three times (AVX-512, AVX2, portable) and dispatched on that path. The body is plain IEEE f32/integer code, so all three compute the same
+/// bits; only the vector width LLVM uses differs.
+macro_rules! multiversion {
+    ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name(isa: Isa, $($arg: $ty),*) {
+            trace::int8(isa);
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+            unsafe fn v512($($arg: $ty),*) { body($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn v256($($arg: $ty),*) { body($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            assert!(isa.supported(), "integer path {} is not supported by this CPU", isa.name());
+            match isa {
+                // SAFETY: the CPU supports the path (asserted above).
+                Isa::Avx512Vnni | Isa::Amx => return unsafe { v512($($arg),*) },
+                Isa::Avx2 => return unsafe { v256($($arg),*) },
+                Isa::Scalar => {}
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 #[cfg(target_arch = "x86_64")]
@@ -27,6 +57,7 @@ pub mod avx512;
 pub mod conv;
 pub mod deconv;
 pub mod gemm;
+pub mod moves;
 pub mod ops;
 pub mod pack;
 pub mod peak;
