@@ -66,8 +66,13 @@ pub(crate) struct BinUnit {
     pub conv: ConvAttrs,
 }
 
-/// Checks a Conv/Gemm for integer execution and gathers its numbers (output decided by caller).
-pub(crate) fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Result<MacUnit, Option<String>> {
+/// The uint8 input behind a DequantizeLinear and the int8 weights (zero point 0) of a multiply-accumulate node, or why
+/// it has none (`None`: not a quantized node at all).
+fn int8_operands<'a>(
+    spec: &'a Specialized,
+    n: &Node,
+    x: Option<(String, QParams)>,
+) -> Result<(String, QParams, &'a crate::specialize::QConst), Option<String>> {
     let (x, xq) = x.ok_or(None)?;
     if xq.signed {
         return Err(Some("int8 activations (lowbit's kernels take uint8 activations)".into()));
@@ -78,6 +83,12 @@ pub(crate) fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)
     if wc.q.dtype() != DType::I8 || wc.zp.as_ref().is_some_and(|z| z.to_i64_vec().iter().any(|&v| v != 0)) {
         return Err(Some("weights are not int8 with zero point 0".into()));
     }
+    Ok((x, xq, wc))
+}
+
+/// Checks a Conv/Gemm for integer execution and gathers its numbers (output decided by caller).
+pub(crate) fn mac_unit(spec: &Specialized, n: &Node, x: Option<(String, QParams)>) -> Result<MacUnit, Option<String>> {
+    let (x, xq, wc) = int8_operands(spec, n, x)?;
     let ws = wc.q.shape.clone();
     let w8: Vec<i8> = wc.q.to_i64_vec().iter().map(|&v| v as i8).collect();
     let sw = wc.scale.to_f32_vec();
@@ -147,16 +158,7 @@ pub(crate) fn deconv_unit(
     c: &lowbit_core::ConvTransposeAttrs,
     x: Option<(String, QParams)>,
 ) -> Result<DeconvUnit, Option<String>> {
-    let (x, xq) = x.ok_or(None)?;
-    if xq.signed {
-        return Err(Some("int8 activations (lowbit's kernels take uint8 activations)".into()));
-    }
-    let wname = n.input(1).ok_or(None)?;
-    let wc =
-        spec.dq_consts.get(wname).ok_or_else(|| Some("its weights are not DequantizeLinear of a constant".into()))?;
-    if wc.q.dtype() != DType::I8 || wc.zp.as_ref().is_some_and(|z| z.to_i64_vec().iter().any(|&v| v != 0)) {
-        return Err(Some("weights are not int8 with zero point 0".into()));
-    }
+    let (x, xq, wc) = int8_operands(spec, n, x)?;
     let ws = wc.q.shape.clone();
     let xs = spec.types.get(&x).map(|t| t.1.clone()).unwrap_or_default();
     if ws.len() != 4 || xs.len() != 4 {

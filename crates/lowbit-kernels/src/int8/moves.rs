@@ -3,7 +3,7 @@
 //! Each follows the arithmetic of its QDQ pattern (DequantizeLinear → op → QuantizeLinear) exactly.
 
 #[cfg(target_arch = "x86_64")]
-use crate::int8::ops::vbmi;
+use crate::int8::ops::{lut_rows_vbmi, vbmi};
 use crate::int8::ops::{lut_scalar, QParams};
 use crate::isa::{trace, Isa};
 use crate::resample::Taps;
@@ -56,37 +56,6 @@ fn lut_rows(isa: Isa, x: &[u8], w: usize, table: &[u8; 256], out: &mut [u8], str
     let _ = isa;
     for r in 0..rows {
         lut_scalar(&x[r * w..(r + 1) * w], table, &mut out[r * stride + at..r * stride + at + w]);
-    }
-}
-
-/// [`lut_rows`] with AVX-512 VBMI, the table's four registers loaded once.
-///
-/// # Safety
-/// The CPU has AVX-512 F/BW/VBMI; `x` holds `rows * w` bytes and `out` `(rows - 1) * stride + at + w`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn lut_rows_vbmi(x: &[u8], w: usize, table: &[u8; 256], out: &mut [u8], stride: usize, at: usize, rows: usize) {
-    use std::arch::x86_64::*;
-    let t = |i: usize| _mm512_loadu_si512(table.as_ptr().add(64 * i) as *const _);
-    let (t0, t1, t2, t3) = (t(0), t(1), t(2), t(3));
-    let look = |v: __m512i| {
-        let lo = _mm512_permutex2var_epi8(t0, v, t1);
-        let hi = _mm512_permutex2var_epi8(t2, v, t3);
-        _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi)
-    };
-    for r in 0..rows {
-        let (src, dst) = (x.as_ptr().add(r * w), out.as_mut_ptr().add(r * stride + at));
-        let mut i = 0;
-        while i + 64 <= w {
-            let v = _mm512_loadu_si512(src.add(i) as *const _);
-            _mm512_storeu_si512(dst.add(i) as *mut _, look(v));
-            i += 64;
-        }
-        if i < w {
-            let k: __mmask64 = (1u64 << (w - i)) - 1;
-            let v = _mm512_maskz_loadu_epi8(k, src.add(i) as *const i8);
-            _mm512_mask_storeu_epi8(dst.add(i) as *mut i8, k, look(v));
-        }
     }
 }
 

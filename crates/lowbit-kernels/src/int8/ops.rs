@@ -220,8 +220,27 @@ pub fn vbmi() -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 pub unsafe fn lut_vbmi(x: &[u8], table: &[u8; 256], out: &mut [u8]) {
-    use std::arch::x86_64::*;
     assert!(out.len() >= x.len());
+    lut_rows_vbmi(x, x.len(), table, out, 0, 0, 1)
+}
+
+/// `rows` rows of `w` bytes of `x` (contiguous) through `table` into `out` at row stride `stride` from column `at`, with
+/// AVX-512 VBMI (the table's four registers loaded once; tails through masked loads and stores).
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VBMI; `x` holds `rows * w` bytes and `out` `(rows - 1) * stride + at + w`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+pub(crate) unsafe fn lut_rows_vbmi(
+    x: &[u8],
+    w: usize,
+    table: &[u8; 256],
+    out: &mut [u8],
+    stride: usize,
+    at: usize,
+    rows: usize,
+) {
+    use std::arch::x86_64::*;
     let t = |i: usize| _mm512_loadu_si512(table.as_ptr().add(64 * i) as *const _);
     let (t0, t1, t2, t3) = (t(0), t(1), t(2), t(3));
     let look = |v: __m512i| {
@@ -229,16 +248,19 @@ pub unsafe fn lut_vbmi(x: &[u8], table: &[u8; 256], out: &mut [u8]) {
         let hi = _mm512_permutex2var_epi8(t2, v, t3);
         _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), lo, hi)
     };
-    let full = x.len() / 64;
-    for i in 0..full {
-        let v = _mm512_loadu_si512(x.as_ptr().add(64 * i) as *const _);
-        _mm512_storeu_si512(out.as_mut_ptr().add(64 * i) as *mut _, look(v));
-    }
-    let rest = x.len() - 64 * full;
-    if rest > 0 {
-        let k: __mmask64 = (1u64 << rest) - 1;
-        let v = _mm512_maskz_loadu_epi8(k, x.as_ptr().add(64 * full) as *const i8);
-        _mm512_mask_storeu_epi8(out.as_mut_ptr().add(64 * full) as *mut i8, k, look(v));
+    for r in 0..rows {
+        let (src, dst) = (x.as_ptr().add(r * w), out.as_mut_ptr().add(r * stride + at));
+        let mut i = 0;
+        while i + 64 <= w {
+            let v = _mm512_loadu_si512(src.add(i) as *const _);
+            _mm512_storeu_si512(dst.add(i) as *mut _, look(v));
+            i += 64;
+        }
+        if i < w {
+            let k: __mmask64 = (1u64 << (w - i)) - 1;
+            let v = _mm512_maskz_loadu_epi8(k, src.add(i) as *const i8);
+            _mm512_mask_storeu_epi8(dst.add(i) as *mut i8, k, look(v));
+        }
     }
 }
 
