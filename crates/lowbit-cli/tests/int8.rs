@@ -461,13 +461,7 @@ fn forced_portable_paths_reach_every_step() {
 #[test]
 fn prelu_resize_concat_deconv_and_tables_run_on_integers_equal_to_fake_quant() {
     use lowbit_core::{CoordMode, DType, Data, Dim, NearestMode, Node, ResizeAttrs, ResizeMode, Unary};
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut rnd = uniform(0x2545_F491_4F6C_DD1D);
     let cases = [
         (5usize, 13usize, 11usize, 0u8, 255u8, CoordMode::HalfPixel, 2.0f32),
         (67, 9, 7, 255, 0, CoordMode::AlignCorners, 2.0),

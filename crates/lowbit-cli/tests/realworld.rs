@@ -191,13 +191,8 @@ fn run_save_outputs_writes_what_onnx_runtime_computes() {
 #[test]
 fn resize_and_concat_kernels_equal_the_reference_bit_for_bit() {
     use lowbit_core::{CoordMode, Graph, NearestMode, Node, Op, ResizeAttrs, ResizeMode, Tensor, ValueInfo};
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
-    };
+    let mut u = uniform(0x9E37_79B9_7F4A_7C15);
+    let mut rnd = move || u() * 8.0 - 4.0;
     let coords = [
         CoordMode::HalfPixel,
         CoordMode::PytorchHalfPixel,

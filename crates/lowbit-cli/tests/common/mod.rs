@@ -244,3 +244,13 @@ pub fn declared_inputs(g: &lowbit_core::Graph) -> Vec<(String, Vec<usize>)> {
         })
         .collect()
 }
+
+/// A xorshift64 stream of uniform f32 values in `[0, 1)` (24 bits each), reproducible from `seed`.
+pub fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
