@@ -15,7 +15,9 @@ pub struct Features {
     pub fma: bool,
     pub avx512f: bool,
     pub avx512bw: bool,
+    pub avx512vl: bool,
     pub avx512vnni: bool,
+    /// VEX-encoded 256-bit `vpdpbusd` (Intel client cores since Alder Lake).
     pub avxvnni: bool,
     pub avx512vpopcntdq: bool,
     /// Byte permutes (`vpermb`, `vpermi2b`): the integer table lookup.
@@ -39,6 +41,7 @@ impl Features {
                 fma: std::arch::is_x86_feature_detected!("fma"),
                 avx512f: std::arch::is_x86_feature_detected!("avx512f"),
                 avx512bw: std::arch::is_x86_feature_detected!("avx512bw"),
+                avx512vl: std::arch::is_x86_feature_detected!("avx512vl"),
                 avx512vnni: std::arch::is_x86_feature_detected!("avx512vnni"),
                 avxvnni: std::arch::is_x86_feature_detected!("avxvnni"),
                 avx512vpopcntdq: std::arch::is_x86_feature_detected!("avx512vpopcntdq"),
@@ -60,6 +63,7 @@ impl Features {
             (self.fma, "fma"),
             (self.avx512f, "avx512f"),
             (self.avx512bw, "avx512bw"),
+            (self.avx512vl, "avx512vl"),
             (self.avx512vnni, "avx512vnni"),
             (self.avxvnni, "avxvnni"),
             (self.avx512vpopcntdq, "avx512vpopcntdq"),
@@ -84,6 +88,10 @@ impl Features {
 pub enum Isa {
     Scalar,
     Avx2,
+    /// 256-bit `vpdpbusd`: the GEMMs on 8-lane vectors, everything else on the AVX2 kernels. Runs
+    /// VEX-encoded where the CPU has AVX-VNNI (Intel client cores), and as the same code
+    /// EVEX-encoded where it has AVX-512 VNNI with VL instead (so every VNNI machine tests it).
+    AvxVnni,
     Avx512Vnni,
     /// AMX-INT8 tiles for GEMM and convolution, AVX-512 VNNI for the rest.
     Amx,
@@ -94,6 +102,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512Vnni => "avx512vnni",
             Isa::Amx => "amx",
         }
@@ -105,6 +114,7 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             Isa::Avx2 => f.avx2 && f.fma,
+            Isa::AvxVnni => f.avx2 && f.fma && (f.avxvnni || (f.avx512vnni && f.avx512vl)),
             Isa::Avx512Vnni => f.avx512f && f.avx512bw && f.avx512vnni && f.fma,
             Isa::Amx => Isa::Avx512Vnni.supported() && f.amx_int8 && amx_permitted(),
         }
@@ -112,7 +122,10 @@ impl Isa {
 
     /// Every path this CPU can run, best last.
     pub fn all_supported() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx].into_iter().filter(|i| i.supported()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Amx]
+            .into_iter()
+            .filter(|i| i.supported())
+            .collect()
     }
 
     /// The best path this CPU runs.
@@ -125,12 +138,10 @@ impl Isa {
         match s {
             "scalar" => Ok(Isa::Scalar),
             "avx2" => Ok(Isa::Avx2),
+            "avxvnni" => Ok(Isa::AvxVnni),
             "avx512vnni" | "avx512" => Ok(Isa::Avx512Vnni),
             "amx" => Ok(Isa::Amx),
-            "avxvnni" => Err(format!(
-                "LOWBIT_ISA={s}: lowbit has no AVX-VNNI (256-bit) integer kernels yet; use scalar, avx2, avx512vnni or amx"
-            )),
-            _ => Err(format!("LOWBIT_ISA={s}: unknown path; use scalar, avx2, avx512vnni or amx")),
+            _ => Err(format!("LOWBIT_ISA={s}: unknown path; use scalar, avx2, avxvnni, avx512vnni or amx")),
         }
     }
 
@@ -182,7 +193,7 @@ impl F32Isa {
     pub fn matching(isa: Isa) -> F32Isa {
         match isa {
             Isa::Scalar => F32Isa::Scalar,
-            Isa::Avx2 => F32Isa::Avx2,
+            Isa::Avx2 | Isa::AvxVnni => F32Isa::Avx2,
             Isa::Avx512Vnni | Isa::Amx => F32Isa::Avx512,
         }
     }
@@ -242,7 +253,7 @@ impl BinIsa {
     pub fn matching(isa: Isa) -> BinIsa {
         match isa {
             Isa::Scalar => BinIsa::Scalar,
-            Isa::Avx2 => BinIsa::Avx2,
+            Isa::Avx2 | Isa::AvxVnni => BinIsa::Avx2,
             Isa::Avx512Vnni | Isa::Amx => BinIsa::best(),
         }
     }
@@ -285,7 +296,7 @@ impl Paths {
     }
 
     /// Reads the environment (uncached; use [`Paths::selected`]): `LOWBIT_ISA=scalar|avx2|
-    /// avx512vnni|amx` forces the integer path and the f32 and binary paths of the same width;
+    /// avxvnni|avx512vnni|amx` forces the integer path and the f32 and binary paths of the same width;
     /// `LOWBIT_BIN_ISA=scalar|avx2|avx512` then overrides the binary path. Unset: the best of each.
     pub fn from_env() -> Result<Paths, String> {
         let mut p = match std::env::var("LOWBIT_ISA") {
@@ -378,8 +389,8 @@ pub mod trace {
     pub struct Counts {
         /// Indexed by `F32Isa as usize`: scalar, avx2, avx512.
         pub f32: [u64; 3],
-        /// Indexed by `Isa as usize`: scalar, avx2, avx512vnni, amx.
-        pub int8: [u64; 4],
+        /// Indexed by `Isa as usize`: scalar, avx2, avxvnni, avx512vnni, amx.
+        pub int8: [u64; 5],
         /// Indexed by `BinIsa as usize`: scalar, avx2, avx512.
         pub binary: [u64; 3],
     }
@@ -396,7 +407,7 @@ pub mod trace {
     }
 
     std::thread_local! {
-        static COUNTS: Cell<Counts> = Cell::new(Counts { f32: [0; 3], int8: [0; 4], binary: [0; 3] });
+        static COUNTS: Cell<Counts> = Cell::new(Counts { f32: [0; 3], int8: [0; 5], binary: [0; 3] });
     }
 
     #[inline]
@@ -440,6 +451,8 @@ mod tests {
         assert_eq!(s, Paths::scalar());
         assert_eq!(Paths::for_int8(Isa::Avx2).f32, F32Isa::Avx2);
         assert_eq!(Paths::for_int8(Isa::Avx2).binary, BinIsa::Avx2);
+        assert_eq!(Paths::for_int8(Isa::AvxVnni).f32, F32Isa::Avx2);
+        assert_eq!(Paths::for_int8(Isa::AvxVnni).binary, BinIsa::Avx2);
         for p in Paths::all_supported() {
             assert!(p.supported(), "{p:?}");
         }
@@ -449,7 +462,7 @@ mod tests {
     #[test]
     fn parse_refuses_unknown_paths_by_name() {
         assert!(Isa::parse("avx512").is_ok());
-        assert!(Isa::parse("avxvnni").unwrap_err().contains("AVX-VNNI"));
+        assert_eq!(Isa::parse("avxvnni"), Ok(Isa::AvxVnni));
         assert!(Isa::parse("neon").unwrap_err().contains("unknown"));
         assert!(BinIsa::parse("x").is_err());
     }

@@ -177,22 +177,28 @@ impl QConv {
             let groups = if by_cols { g.kw } else { taps.div_ceil(4) };
             // group and byte of tap t
             let slot = |t: usize| if by_cols { (t % g.kw, t / g.kw) } else { (t / 4, t % 4) };
-            if matches!(isa, Isa::Avx512Vnni | Isa::Amx) && rq.out != Out::F32 && taps <= 64 {
-                let blocks = g.c_out.div_ceil(64);
-                vnni = vec![0i8; blocks * groups * 256];
-                let n64 = blocks * 64;
-                let (mut sc, mut bi, mut bf) = (vec![0f32; n64], vec![0i32; n64], vec![0f32; n64]);
+            // Channel blocks of a vector's bytes: 64 for AVX-512, 32 for the 256-bit VNNI path.
+            let bw = match isa {
+                Isa::Avx512Vnni | Isa::Amx => 64,
+                Isa::AvxVnni => 32,
+                _ => 0,
+            };
+            if bw > 0 && rq.out != Out::F32 && taps <= 64 {
+                let blocks = g.c_out.div_ceil(bw);
+                vnni = vec![0i8; blocks * groups * 4 * bw];
+                let nb = blocks * bw;
+                let (mut sc, mut bi, mut bf) = (vec![0f32; nb], vec![0i32; nb], vec![0f32; nb]);
                 let rbf = |c: usize| if rq.bias_f.is_empty() { 0.0 } else { rq.bias_f[c] };
                 for b in 0..blocks {
                     for i in 0..4 {
-                        for lane in 0..16 {
-                            let c = b * 64 + dw_perm(i, lane);
-                            let at = b * 64 + i * 16 + lane;
+                        for lane in 0..bw / 4 {
+                            let c = b * bw + dw_perm(i, lane);
+                            let at = b * bw + i * (bw / 4) + lane;
                             if c < g.c_out {
                                 (sc[at], bi[at], bf[at]) = (rq.scale[c], rq.bias_i[c], rbf(c));
                                 for t in 0..taps {
                                     let (gr, byte) = slot(t);
-                                    vnni[((b * groups + gr) * 4 + i) * 64 + lane * 4 + byte] = w[c * taps + t];
+                                    vnni[((b * groups + gr) * 4 + i) * bw + lane * 4 + byte] = w[c * taps + t];
                                 }
                             }
                         }
@@ -209,7 +215,11 @@ impl QConv {
                 (wv, colsum) = (vec![], vec![]);
                 (rq.scale, rq.bias_i, rq.bias_f) = (vec![], vec![], vec![]);
             }
-            let pairs = if isa == Isa::Avx2 { dw_pairs(w, g.c_out, taps) } else { vec![] };
+            let pairs = if matches!(isa, Isa::Avx2 | Isa::AvxVnni) && rq_perm.is_none() {
+                dw_pairs(w, g.c_out, taps)
+            } else {
+                vec![]
+            };
             ConvKind::Depthwise(
                 PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm, by_cols, groups, pairs },
                 rq,

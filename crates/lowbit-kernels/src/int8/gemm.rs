@@ -15,6 +15,8 @@ pub(crate) fn kernels(isa: Isa) -> &'static Kernels {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => &crate::int8::avx2::KERNELS,
         #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => crate::int8::avxvnni::kernels(),
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => &crate::int8::avx512::KERNELS,
         #[cfg(target_arch = "x86_64")]
         Isa::Amx => &crate::int8::amx::KERNELS,

@@ -5,9 +5,9 @@
 //! activation buffer, the per-channel epilogue runs on whole vectors, and depthwise convolutions
 //! vectorize over channels.
 //!
-//! One module per instruction set ([`scalar`], [`avx2`], [`avx512`], [`amx`]); each exports one table of kernels
+//! One module per instruction set ([`scalar`], [`avx2`], [`avxvnni`], [`avx512`], [`amx`]); each exports one table of kernels
 //! ([`tile::Kernels`]: a GEMM tile, a depthwise row) that the drivers ([`gemm`], [`conv`]) call on
-//! the path they are given ([`Isa`], resolved once by [`crate::isa::Paths`]) (`LOWBIT_ISA=scalar|avx2|avx512vnni|amx` forces a path). The
+//! the path they are given ([`Isa`], resolved once by [`crate::isa::Paths`]) (`LOWBIT_ISA=scalar|avx2|avxvnni|avx512vnni|amx` forces a path). The
 //! AMX path runs the GEMMs on tiles and everything else (depthwise, pooling, element-wise) on the
 //! AVX-512 kernels. Every path
 //! computes the same integers and applies the same f32 operations in the same order, so they are
@@ -40,7 +40,7 @@ macro_rules! multiversion {
             match isa {
                 // SAFETY: the CPU supports the path (asserted above).
                 Isa::Avx512Vnni | Isa::Amx => return unsafe { v512($($arg),*) },
-                Isa::Avx2 => return unsafe { v256($($arg),*) },
+                Isa::Avx2 | Isa::AvxVnni => return unsafe { v256($($arg),*) },
                 Isa::Scalar => {}
             }
             body($($arg),*)
@@ -54,6 +54,8 @@ pub mod amx;
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod avxvnni;
 pub mod conv;
 pub mod deconv;
 pub mod gemm;

@@ -95,9 +95,10 @@ pub struct PackedDw {
     pub c_pad: usize,
     pub w: Vec<i8>,
     pub colsum: Vec<i32>,
-    /// AVX-512 VNNI layout: per 64-channel block, per group of 4 taps, 4 vectors whose i32 lane
-    /// (L, j) holds the 4 tap weights of channel `16L + 4i + j` (the order byte interleaving of
-    /// 4 tap rows produces), plus the epilogue parameters in the same order.
+    /// VNNI layout: per block of a vector's bytes (64 channels for AVX-512, 32 for the 256-bit
+    /// path), per group of 4 taps, 4 vectors whose i32 lane (L, j) holds the 4 tap weights of
+    /// channel `16L + 4i + j` (the order byte interleaving of 4 tap rows produces, 128 bits at a
+    /// time), plus the epilogue parameters in the same order.
     pub vnni: Vec<i8>,
     pub rq_perm: Option<Requant>,
     /// `vnni` groups are window columns (the 4 bytes of a lane: rows 0..kh, kh ≤ 4), so one
@@ -111,7 +112,7 @@ pub struct PackedDw {
     pub pairs: Vec<i16>,
 }
 
-/// Channel of lane `(L, j)` (lane index `4L + j`) of vector `i` in a 64-channel block.
+/// Channel of lane `(L, j)` (lane index `4L + j`) of vector `i` in a 64- or 32-channel block.
 #[inline(always)]
 pub(crate) fn dw_perm(i: usize, lane: usize) -> usize {
     16 * (lane / 4) + 4 * i + lane % 4

@@ -1,7 +1,7 @@
 //! This core's measured peak for each integer path's multiply-accumulate instruction.
 
 #[cfg(target_arch = "x86_64")]
-use crate::int8::{amx, avx2, avx512};
+use crate::int8::{amx, avx2, avx512, avxvnni};
 use crate::isa::Isa;
 
 /// This core's measured peak for a path's multiply-accumulate instruction, in GMAC/s (about
@@ -22,6 +22,8 @@ pub fn measured_peak_gmacs(isa: Isa) -> f64 {
             Isa::Amx => ((iters / 16) as f64 * 4.0 * 16384.0, unsafe { amx::peak_probe(iters / 16) }),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => (iters as f64 * 12.0 * 16.0, unsafe { avx2::peak_probe(iters) }),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => (iters as f64 * 12.0 * 32.0, unsafe { avxvnni::peak_probe(iters) }),
             _ => {
                 let mut acc = [0i32; 8];
                 for i in 0..iters {

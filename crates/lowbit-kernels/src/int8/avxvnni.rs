@@ -1,0 +1,366 @@
+//! 256-bit VNNI integer kernels: `vpdpbusd ymm` (u8 × s8, four products summed into each i32
+//! lane, exact) for the GEMMs, on the quad-packed weights the AVX-512 path reads, and for
+//! depthwise convolutions with an 8-bit output, on 32-channel blocks whose 4 interleaved taps
+//! (window rows) each lane multiplies at once, as the AVX-512 path does on 64. The GEMM epilogue
+//! and the depthwise convolutions with an f32 output are the AVX2 path's (the same 8-lane
+//! arithmetic).
+//!
+//! The kernel source is compiled twice: VEX-encoded with AVX-VNNI (Intel client cores since Alder
+//! Lake, which have no AVX-512), and EVEX-encoded with AVX-512 VNNI + VL (the same instruction on
+//! 256-bit registers). [`Isa::AvxVnni`](crate::isa::Isa::AvxVnni) takes the VEX form where the CPU
+//! has it, else the EVEX form, so the property tests exercise this code on every VNNI machine. The
+//! micro-kernel keeps to the 16 registers VEX can name: 6 rows × 16 columns of accumulators, two
+//! weight vectors and one broadcast row.
+
+use crate::int8::tile::Kernels;
+use crate::isa::features;
+
+/// The kernels of the encoding this CPU runs.
+pub(crate) fn kernels() -> &'static Kernels {
+    if features().avxvnni {
+        &vex::KERNELS
+    } else {
+        &evex::KERNELS
+    }
+}
+
+/// Peak probe of the encoding this CPU runs: `iters` rounds of 12 independent `vpdpbusd ymm` (32
+/// MACs each).
+///
+/// # Safety
+/// [`crate::isa::Isa::AvxVnni`] is supported by this CPU.
+pub unsafe fn peak_probe(iters: usize) -> i32 {
+    if features().avxvnni {
+        vex::peak_probe(iters)
+    } else {
+        evex::peak_probe(iters)
+    }
+}
+
+macro_rules! vnni256 {
+    ($feat:literal, $dp:ident) => {
+        use std::arch::x86_64::*;
+
+        use crate::epilogue::{Out, OutPtr, Requant};
+        use crate::geom::DwGeom;
+        use crate::int8::avx2::store8;
+        use crate::int8::pack::{PackedB, PackedDw, PANEL};
+        use crate::int8::tile::{ASrc, Kernels, RowCursor, Tile};
+
+        pub(crate) const KERNELS: Kernels = Kernels { gemm_tile, depthwise_row };
+
+        /// One GEMM task (see [`crate::int8::gemm::gemm_ex`]), columns `jn ≤ 64`.
+        ///
+        /// # Safety
+        /// As for [`crate::int8::gemm::gemm_ex`]; the CPU has this encoding's features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
+            // This panel's contiguous block: `[k4/4][width][4]`. Columns step by 16 and `n_pad` is a
+            // multiple of 16, so a step's two vectors never read past the panel.
+            let width = PANEL.min(b.n_pad - t.j0);
+            let bp = b.quad.as_ptr().add(t.j0 * b.kp);
+            let mut jb = 0;
+            while jb < t.jn {
+                let cols = (t.jn - jb).min(16);
+                let mut i = 0;
+                while i < t.rows {
+                    micro(
+                        (t.rows - i).min(6),
+                        a.add(i * src.lda),
+                        src,
+                        bp.add(jb * 4),
+                        width * 4,
+                        rq,
+                        out,
+                        t,
+                        i,
+                        jb,
+                        cols,
+                    );
+                    i += 6;
+                }
+                jb += 16;
+            }
+        }
+
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn micro(
+            mr: usize,
+            a: *const u8,
+            src: &ASrc,
+            bp: *const i8,
+            stride: usize,
+            rq: &Requant,
+            out: OutPtr,
+            t: &Tile,
+            i: usize,
+            jb: usize,
+            cols: usize,
+        ) {
+            // Rows past the end repeat the last row (computed, not stored).
+            let ap: [*const u8; 6] = std::array::from_fn(|r| a.add(r.min(mr - 1) * src.lda));
+            let mut acc = [[_mm256_setzero_si256(); 2]; 6];
+            let quads = src.kc / 4;
+            for (tp, &off) in src.taps.iter().enumerate() {
+                let bt = bp.add(tp * quads * stride);
+                for q in 0..quads {
+                    let bq = bt.add(q * stride);
+                    let w0 = _mm256_loadu_si256(bq as *const _);
+                    let w1 = _mm256_loadu_si256(bq.add(32) as *const _);
+                    for r in 0..6 {
+                        let av = _mm256_set1_epi32((ap[r].add(off + q * 4) as *const i32).read_unaligned());
+                        acc[r][0] = $dp(acc[r][0], av, w0);
+                        acc[r][1] = $dp(acc[r][1], av, w1);
+                    }
+                }
+            }
+            let mut cur = RowCursor::new(t.map, t.i0 + i);
+            if cols == 16 {
+                if let Out::Q { scale, zp, qmin, qmax } = rq.out {
+                    if (qmin, qmax) == (0, 255) || (qmin, qmax) == (-128, 127) {
+                        return store_rows16(&acc, mr, &mut cur, t.j0 + jb, rq, out, t.ldc, (scale, zp, qmin, qmax));
+                    }
+                }
+            }
+            for row in acc.iter().take(mr) {
+                let Some(orow) = cur.next_row() else { continue };
+                for (v, x) in row.iter().enumerate().take(cols.div_ceil(8)) {
+                    let j = t.j0 + jb + v * 8;
+                    store8(*x, j, rq, out.at(rq.out, orow, j, t.ldc), (cols - v * 8).min(8));
+                }
+            }
+        }
+
+        /// Epilogue of `mr` rows of 16 accumulators (channels `j..j+16`) with a full-range 8-bit
+        /// output: `store8`'s arithmetic with the per-channel vectors and constants loaded once for
+        /// the rows, and the two vectors of a row packed into one 16-byte store. Short reductions
+        /// (MobileNets' 1x1 layers on 16-32 channels) spend more on the epilogue than on the MACs.
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn store_rows16(
+            acc: &[[__m256i; 2]; 6],
+            mr: usize,
+            cur: &mut RowCursor,
+            j: usize,
+            rq: &Requant,
+            out: OutPtr,
+            ldc: usize,
+            (scale, zp, qmin, qmax): (f32, i32, i32, i32),
+        ) {
+            let ld_i = |v: usize| _mm256_loadu_si256(rq.bias_i.as_ptr().add(j + 8 * v) as *const _);
+            let ld_f = |p: &[f32], v: usize| _mm256_loadu_ps(p.as_ptr().add(j + 8 * v));
+            let (bi, sc) = ([ld_i(0), ld_i(1)], [ld_f(&rq.scale, 0), ld_f(&rq.scale, 1)]);
+            let has_bf = !rq.bias_f.is_empty();
+            let bf = if has_bf { [ld_f(&rq.bias_f, 0), ld_f(&rq.bias_f, 1)] } else { [_mm256_setzero_ps(); 2] };
+            let (ylo, yhi) = (_mm256_set1_ps(rq.ylo), _mm256_set1_ps(rq.yhi));
+            let (vs, vinv, vzp) = (_mm256_set1_ps(scale), _mm256_set1_ps(rq.inv), _mm256_set1_epi32(zp));
+            let (tlo, thi) = (_mm256_set1_ps((qmin - zp) as f32), _mm256_set1_ps((qmax - zp) as f32));
+            for row in acc.iter().take(mr) {
+                let Some(orow) = cur.next_row() else { continue };
+                let mut q = [_mm256_setzero_si256(); 2];
+                for v in 0..2 {
+                    let y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(row[v], bi[v])), sc[v]);
+                    let y = if has_bf { _mm256_add_ps(y, bf[v]) } else { y };
+                    let y = if rq.unclamped { y } else { _mm256_min_ps(_mm256_max_ps(y, ylo), yhi) };
+                    let q0 = _mm256_mul_ps(y, vinv);
+                    let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vs, y), vinv, q0);
+                    let t = _mm256_min_ps(_mm256_max_ps(t, tlo), thi);
+                    q[v] = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp);
+                }
+                // Within [qmin, qmax] already: the packs keep every value. Their 64-bit pieces come
+                // out as channels 0-3, 8-11, 4-7, 12-15; one permute restores the order.
+                let w = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(q[0], q[1]));
+                let (lo, hi) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+                let b = if qmin == 0 { _mm_packus_epi16(lo, hi) } else { _mm_packs_epi16(lo, hi) };
+                _mm_storeu_si128(out.0.add(orow * ldc + j) as *mut _, b);
+            }
+        }
+
+        /// Interleaves the bytes of 4 rows of 32 channels so that i32 lane `(L, j)` of vector `i`
+        /// holds channel `16L + 4i + j` of rows 0..3 (the unpacks work within 128-bit halves).
+        #[inline(always)]
+        unsafe fn interleave4(x: [__m256i; 4]) -> [__m256i; 4] {
+            let (alo, ahi) = (_mm256_unpacklo_epi8(x[0], x[1]), _mm256_unpackhi_epi8(x[0], x[1]));
+            let (blo, bhi) = (_mm256_unpacklo_epi8(x[2], x[3]), _mm256_unpackhi_epi8(x[2], x[3]));
+            [
+                _mm256_unpacklo_epi16(alo, blo),
+                _mm256_unpackhi_epi16(alo, blo),
+                _mm256_unpacklo_epi16(ahi, bhi),
+                _mm256_unpackhi_epi16(ahi, bhi),
+            ]
+        }
+
+        /// Interleaved input column `ix` of the window's `kh ≤ 4` rows (missing rows read as zeros).
+        #[inline(always)]
+        unsafe fn dw_col(row0: *const u8, g: &DwGeom, kh: usize, ix: usize) -> [__m256i; 4] {
+            let p = row0.add(ix * g.cs);
+            let mut r = [_mm256_setzero_si256(); 4];
+            for (ky, v) in r.iter_mut().enumerate().take(kh) {
+                *v = _mm256_loadu_si256(p.add(ky * g.dh * g.wp * g.cs) as *const _);
+            }
+            interleave4(r)
+        }
+
+        /// The 4 permuted accumulators of a 32-channel block plus one group of 4 taps.
+        #[inline(always)]
+        unsafe fn dp4(acc: &mut [__m256i; 4], x: &[__m256i; 4], wg: *const i8) {
+            for i in 0..4 {
+                acc[i] = $dp(acc[i], x[i], _mm256_loadu_si256(wg.add(32 * i) as *const _));
+            }
+        }
+
+        /// Epilogue of the 4 permuted accumulators of a 32-channel block (the AVX-512 path's
+        /// `dw_store64` on 8 lanes): the saturating packs, which work within 128-bit halves, put
+        /// the channels back in order; `valid` of the 32 are stored.
+        #[inline(always)]
+        unsafe fn dw_store32(
+            acc: &[__m256i; 4],
+            sc: &[__m256; 4],
+            bf: &[__m256; 4],
+            rp: &Requant,
+            o: *mut u8,
+            valid: usize,
+        ) {
+            let Out::Q { scale, zp, qmin, qmax } = rp.out else { unreachable!() };
+            let (vlo, vhi) = (_mm256_set1_ps(rp.ylo), _mm256_set1_ps(rp.yhi));
+            let (vs, vinv, vzp) = (_mm256_set1_ps(scale), _mm256_set1_ps(rp.inv), _mm256_set1_epi32(zp));
+            let mut q = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                let y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[i]), sc[i]);
+                let y = if rp.bias_f.is_empty() { y } else { _mm256_add_ps(y, bf[i]) };
+                let y = if rp.unclamped { y } else { _mm256_min_ps(_mm256_max_ps(y, vlo), vhi) };
+                let t0 = _mm256_mul_ps(y, vinv);
+                let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(t0, vs, y), vinv, t0);
+                q[i] = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp);
+            }
+            if !matches!((qmin, qmax), (0, 255) | (-128, 127)) {
+                for v in q.iter_mut() {
+                    *v = _mm256_min_epi32(_mm256_max_epi32(*v, _mm256_set1_epi32(qmin)), _mm256_set1_epi32(qmax));
+                }
+            }
+            let (a, b) = (_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            let bytes = if qmin >= 0 { _mm256_packus_epi16(a, b) } else { _mm256_packs_epi16(a, b) };
+            if valid == 32 {
+                _mm256_storeu_si256(o as *mut _, bytes);
+            } else {
+                let mut v = [0u8; 32];
+                _mm256_storeu_si256(v.as_mut_ptr() as *mut _, bytes);
+                std::ptr::copy_nonoverlapping(v.as_ptr(), o, valid);
+            }
+        }
+
+        /// One output row of a depthwise convolution (see the AVX-512 path's `depthwise_row`):
+        /// with an 8-bit output, 32 channels at a time through `vpdpbusd` on interleaved taps,
+        /// each interleaved window column kept for the output pixels that share it (stride 1 and
+        /// 2); with an f32 output, the AVX2 kernel.
+        ///
+        /// # Safety
+        /// As for the band loop in `crate::int8::conv`; the CPU has this encoding's features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
+            let (Some(rp), Out::Q { .. }) = (&w.rq_perm, rq.out) else {
+                return crate::int8::avx2::depthwise_row(g, x, w, rq, out, oy);
+            };
+            let taps = g.kh * g.kw;
+            let groups = w.groups;
+            let xp = x.as_ptr();
+            let mut toff = [0usize; 64];
+            for (t, o) in toff.iter_mut().enumerate().take(taps) {
+                *o = ((t / g.kw) * g.dh * g.wp + (t % g.kw) * g.dw) * g.cs;
+            }
+            // Window columns kept across output pixels: each one serves up to ceil(kw / sw) of them.
+            let keep = w.by_cols && g.kw <= 5 && g.sw <= 2;
+            for c0 in (0..g.c).step_by(32) {
+                let valid = (g.c - c0).min(32);
+                let wb = w.vnni.as_ptr().add(c0 / 32 * groups * 128);
+                let (mut sc, mut bf, mut bi) =
+                    ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4], [_mm256_setzero_si256(); 4]);
+                for i in 0..4 {
+                    sc[i] = _mm256_loadu_ps(rp.scale.as_ptr().add(c0 + 8 * i));
+                    if !rp.bias_f.is_empty() {
+                        bf[i] = _mm256_loadu_ps(rp.bias_f.as_ptr().add(c0 + 8 * i));
+                    }
+                    bi[i] = _mm256_loadu_si256(rp.bias_i.as_ptr().add(c0 + 8 * i) as *const _);
+                }
+                let row0 = xp.add((oy * g.sh) * g.wp * g.cs + c0);
+                let orow = out.0.add(oy * g.ow * g.c + c0);
+                if keep {
+                    let mut cols = [[_mm256_setzero_si256(); 4]; 5];
+                    for (k, c) in cols.iter_mut().enumerate().take(g.kw) {
+                        *c = dw_col(row0, g, g.kh, k);
+                    }
+                    for ox in 0..g.ow {
+                        if ox > 0 {
+                            for k in 0..g.kw {
+                                cols[k] =
+                                    if k + g.sw < g.kw { cols[k + g.sw] } else { dw_col(row0, g, g.kh, ox * g.sw + k) };
+                            }
+                        }
+                        let mut acc = bi;
+                        for (kx, c) in cols.iter().enumerate().take(g.kw) {
+                            dp4(&mut acc, c, wb.add(kx * 128));
+                        }
+                        dw_store32(&acc, &sc, &bf, rp, orow.add(ox * g.c), valid);
+                    }
+                } else if w.by_cols {
+                    for ox in 0..g.ow {
+                        let mut acc = bi;
+                        for kx in 0..g.kw {
+                            dp4(&mut acc, &dw_col(row0, g, g.kh, ox * g.sw + kx), wb.add(kx * 128));
+                        }
+                        dw_store32(&acc, &sc, &bf, rp, orow.add(ox * g.c), valid);
+                    }
+                } else {
+                    for ox in 0..g.ow {
+                        let base = row0.add(ox * g.sw * g.cs);
+                        let mut acc = bi;
+                        for gi in 0..groups {
+                            let mut xs = [_mm256_setzero_si256(); 4];
+                            for (j, v) in xs.iter_mut().enumerate() {
+                                if gi * 4 + j < taps {
+                                    *v = _mm256_loadu_si256(base.add(toff[gi * 4 + j]) as *const _);
+                                }
+                            }
+                            dp4(&mut acc, &interleave4(xs), wb.add(gi * 128));
+                        }
+                        dw_store32(&acc, &sc, &bf, rp, orow.add(ox * g.c), valid);
+                    }
+                }
+            }
+        }
+
+        /// See [`super::peak_probe`].
+        ///
+        /// # Safety
+        /// The CPU has this encoding's features.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn peak_probe(iters: usize) -> i32 {
+            let a = _mm256_set1_epi32(0x01020304);
+            let b = _mm256_set1_epi32(0x01ff01ff);
+            let mut acc = [_mm256_setzero_si256(); 12];
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = $dp(*x, a, b);
+                }
+            }
+            let mut s = _mm256_setzero_si256();
+            for x in acc {
+                s = _mm256_add_epi32(s, x);
+            }
+            let mut v = [0i32; 8];
+            _mm256_storeu_si256(v.as_mut_ptr() as *mut _, s);
+            v.iter().sum()
+        }
+    };
+}
+
+/// VEX encoding (AVX-VNNI).
+mod vex {
+    vnni256!("avx2,fma,avxvnni", _mm256_dpbusd_avx_epi32);
+}
+
+/// EVEX encoding (AVX-512 VNNI + VL).
+mod evex {
+    vnni256!("avx2,fma,avx512f,avx512vl,avx512vnni", _mm256_dpbusd_epi32);
+}
