@@ -145,6 +145,37 @@ fn ort_qdq_integer_plan_equals_fake_quant() {
     }
 }
 
+/// Expansion + depthwise pairs run as one fused step, with the outputs of the unfused plan bit for bit (every
+/// path, 1 and 2 threads, a batch of 2; the intermediate values are not exposed, or nothing could fuse).
+#[test]
+fn fused_expand_depthwise_steps_equal_the_unfused_plan() {
+    for (m, n) in [("fmnist-mobilenet", 4), ("mobilenetv2-imagenet", 2), ("efficientnet-lite0-imagenet", 2)] {
+        let g = lowbit_onnx::read_model(&ort_qdq_integer(m)).unwrap();
+        let (data, shape, n) = images(m, n);
+        let full = [vec![n], shape.clone()].concat();
+        let x = Tensor::f32(full.clone(), data);
+        for isa in Isa::all_supported() {
+            for threads in [1, 2] {
+                let opts = |fuse| PlanOptions { threads, fuse, ..Default::default() }.with_isa(isa);
+                let (f, u) = (
+                    Plan::compile(&g, &[full.clone()], &opts(true)).unwrap(),
+                    Plan::compile(&g, &[full.clone()], &opts(false)).unwrap(),
+                );
+                let fused =
+                    |p: &Plan| p.steps().iter().filter(|s| s.kernel.starts_with("int8 expand+depthwise")).count();
+                assert!(fused(&f) >= 2 && fused(&u) == 0, "{m} {}: {} fused steps", isa.name(), fused(&f));
+                assert_eq!(f.steps().len() + fused(&f), u.steps().len());
+                let (a, b) = (f.run(std::slice::from_ref(&x)).unwrap(), u.run(std::slice::from_ref(&x)).unwrap());
+                assert!(
+                    a.iter().zip(&b).all(|(p, q)| p.data == q.data),
+                    "{m} {} threads {threads}: fused differs",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn lowbit_qdq_integer_plan_equals_fake_quant() {
     use lowbit_quant::qdq::{build_qdq, QdqConfig};

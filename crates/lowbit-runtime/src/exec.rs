@@ -301,6 +301,16 @@ unsafe fn exec_step(
                 c.run(&xs[b * isz..(b + 1) * isz], OutPtr(base.add(off + b * osz * esz)), qscratch, threads);
             }
         }
+        Kind::QExpandDw { f, batch } => {
+            let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
+            let (e, g) = (&f.expand.geom, &f.dw.geom);
+            let (isz, osz) = (e.h * e.w * e.c_in, g.oh * g.ow * g.c_out);
+            let esz = if f.out() == int8::Out::F32 { 4 } else { 1 };
+            let Operand::Buf { off, .. } = &s.out else { unreachable!("outputs are buffers") };
+            for b in 0..*batch {
+                f.run(&xs[b * isz..(b + 1) * isz], OutPtr(base.add(off + b * osz * esz)), threads);
+            }
+        }
         Kind::BinConv { c, batch, zx } => {
             let g = &c.geom;
             let osz = g.oh * g.ow * g.c_out;

@@ -6,6 +6,7 @@
 //! lives in `lowbit-kernels`. Also: the fake-quant executor ([`fakequant`]) and classification
 //! metrics ([`classify`]).
 
+mod blocks;
 pub mod classify;
 mod exec;
 pub mod fakequant;

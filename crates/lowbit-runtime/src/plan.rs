@@ -28,11 +28,15 @@ pub struct PlanOptions {
     /// Kernel paths; `None` = [`Paths::selected`] (`LOWBIT_ISA`, `LOWBIT_BIN_ISA`, else the best
     /// this CPU has).
     pub paths: Option<Paths>,
+    /// Fuse integer expansion + depthwise convolution pairs into one step (bit-exact either way;
+    /// default on, `LOWBIT_FUSE=0` turns it off for comparisons).
+    pub fuse: bool,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { threads: 1, optimize: true, int8: true, paths: None }
+        let fuse = std::env::var("LOWBIT_FUSE").map_or(true, |v| v != "0");
+        PlanOptions { threads: 1, optimize: true, int8: true, paths: None, fuse }
     }
 }
 
@@ -134,6 +138,11 @@ impl Plan {
             infos.push(StepInfo { name, op, kernel: l.kernel, out_shape, macs: l.macs, params: l.params, output });
             steps.push(Step { kind: l.kind, ins, out });
         }
+        let outputs =
+            g.outputs.iter().map(|o| Ok((o.name.clone(), layout.operand(&v, &o.name)?))).collect::<Result<Vec<_>>>()?;
+        if opts.fuse {
+            crate::blocks::fuse_expand_dw(&mut steps, &mut infos, &outputs, paths.int8.name());
+        }
         let inputs = rt_inputs
             .iter()
             .map(|i| {
@@ -141,8 +150,6 @@ impl Plan {
                 Ok((i.name.clone(), dt, sh, layout.offset(&i.name)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        let outputs =
-            g.outputs.iter().map(|o| Ok((o.name.clone(), layout.operand(&v, &o.name)?))).collect::<Result<Vec<_>>>()?;
         // Weights live once, packed in their step: the graph's copies of constants that only
         // packed steps (and integer units) read are dropped.
         packed

@@ -9,7 +9,7 @@ use lowbit_kernels::eltwise::{BinOp, Broadcast};
 use lowbit_kernels::fp32::conv::PackedConv;
 use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::int8::ops::{self as qops, PoolGeom, QParams};
-use lowbit_kernels::int8::{PackedB, QConv, Requant};
+use lowbit_kernels::int8::{PackedB, QConv, QExpandDw, Requant};
 
 /// What one step of the plan does, for reports.
 #[derive(Clone, Debug)]
@@ -114,6 +114,11 @@ pub(crate) enum Kind {
         c: QConv,
         batch: usize,
     },
+    /// An expansion 1x1 and the depthwise convolution of its output, fused (`crate::blocks`).
+    QExpandDw {
+        f: Box<QExpandDw>,
+        batch: usize,
+    },
     /// Binary convolution; `zx`: zero point of a uint8 NHWC input, `None` for f32 NCHW.
     BinConv {
         c: BinConv,
@@ -196,6 +201,7 @@ impl Kind {
         matches!(
             self,
             Kind::QConv { .. }
+                | Kind::QExpandDw { .. }
                 | Kind::BinConv { .. }
                 | Kind::QGemm { .. }
                 | Kind::QAdd(_)
@@ -221,6 +227,7 @@ impl Kind {
             Kind::Conv { p, .. } => p.weight_bytes(),
             Kind::Gemm { b, prefill, .. } => (b.len() + prefill.as_ref().map_or(0, |p| p.len())) * 4,
             Kind::QConv { c, .. } => c.weight_bytes(),
+            Kind::QExpandDw { f, .. } => f.weight_bytes(),
             Kind::QDeconv { d, .. } => d.weight_bytes(),
             Kind::BinConv { c, .. } => c.weight_bytes(),
             Kind::QGemm { b, rq, .. } => b.bytes() + rq.bytes(),

@@ -6,10 +6,11 @@ use rayon::prelude::*;
 
 use crate::epilogue::{Out, OutPtr, Requant};
 use crate::geom::{ConvGeom, DwGeom};
-use crate::int8::gemm::{gemm, gemm_ex, kernels};
+use crate::int8::bands::{depthwise_bands, pad_row};
+use crate::int8::gemm::{gemm, gemm_ex};
 use crate::int8::pack::{dw_perm, PackedB, PackedDw};
 use crate::int8::tile::{ASrc, RowMap};
-use crate::isa::{trace, Isa};
+use crate::isa::Isa;
 
 /// How a quantized convolution runs.
 #[derive(Clone, Debug)]
@@ -310,6 +311,46 @@ impl QConv {
         (g.oh + g.kh - 1, g.ow + g.kw - 1)
     }
 
+    /// The depthwise kernels' view of the geometry (padded input rows of `c_in` bytes per pixel).
+    pub(crate) fn dw_geom(&self) -> DwGeom {
+        let g = &self.geom;
+        let (_, wp) = self.padded_hw();
+        DwGeom {
+            c: g.c_in,
+            cs: g.c_in,
+            wp,
+            kh: g.kh,
+            kw: g.kw,
+            sh: g.sh,
+            sw: g.sw,
+            dh: g.dh,
+            dw: g.dw,
+            oh: g.oh,
+            ow: g.ow,
+        }
+    }
+
+    /// Runs as one GEMM over its input (a 1x1 convolution on channels a multiple of 4)?
+    pub fn direct_gemm(&self) -> bool {
+        self.direct().is_some()
+    }
+
+    /// The packed weights of a 1x1 convolution run as one GEMM over its input.
+    pub(crate) fn direct(&self) -> Option<(&PackedB, &Requant)> {
+        match &self.kind {
+            ConvKind::Direct(b, r) => Some((b, r)),
+            _ => None,
+        }
+    }
+
+    /// The packed weights of a depthwise convolution.
+    pub(crate) fn depthwise(&self) -> Option<(&PackedDw, &Requant)> {
+        match &self.kind {
+            ConvKind::Depthwise(w, r) => Some((w, r)),
+            _ => None,
+        }
+    }
+
     fn padded_hw(&self) -> (usize, usize) {
         let g = &self.geom;
         ((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1)
@@ -368,23 +409,7 @@ impl QConv {
                 let map = RowMap::Padded { wp: s2d.wp, ow: g.ow };
                 gemm_ex(g.oh * s2d.wp, xp.as_ptr(), src, map, b, r, out, g.c_out, threads);
             }
-            ConvKind::Depthwise(w, r) => {
-                let (_, wp) = self.padded_hw();
-                let dg = DwGeom {
-                    c: g.c_in,
-                    cs: g.c_in,
-                    wp,
-                    kh: g.kh,
-                    kw: g.kw,
-                    sh: g.sh,
-                    sw: g.sw,
-                    dh: g.dh,
-                    dw: g.dw,
-                    oh: g.oh,
-                    ow: g.ow,
-                };
-                depthwise_bands(g, &dg, x, self.zx, w, r, out, threads);
-            }
+            ConvKind::Depthwise(w, r) => depthwise_bands(g, &self.dw_geom(), x, self.zx, w, r, out, threads),
         }
     }
 }
@@ -393,99 +418,12 @@ impl QConv {
 /// zero point outside the image and in the padding channels.
 #[allow(clippy::too_many_arguments)]
 fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp: &mut [u8], threads: usize) {
-    let job = |(ph, row): (usize, &mut [u8])| pad_row(g, x, ph, wp, cs, zx, row);
+    let job = |(ph, row): (usize, &mut [u8])| pad_row(g, x, 0, ph, wp, cs, zx, row);
     if threads > 1 && hp * wp * cs >= 1 << 16 {
         // Indexed chunks, not `par_bridge` (which hands rows out one at a time through a lock).
         xp[..hp * wp * cs].par_chunks_mut(wp * cs).enumerate().for_each(job);
     } else {
         xp[..hp * wp * cs].chunks_mut(wp * cs).enumerate().for_each(job);
-    }
-}
-
-/// Padded row `ph` (`wp` pixels of `cs ≥ c_in` bytes): the input row `ph - pt` between the zero point's left and
-/// right padding, or all zero point above and below the image.
-fn pad_row(g: &ConvGeom, x: &[u8], ph: usize, wp: usize, cs: usize, zx: u8, row: &mut [u8]) {
-    let c = g.c_in;
-    let ih = ph as isize - g.pt as isize;
-    if ih < 0 || ih >= g.h as isize {
-        row.fill(zx);
-        return;
-    }
-    let ih = ih as usize;
-    let left = g.pl.min(wp);
-    let n = g.w.min(wp - left);
-    if cs == c {
-        row[..left * c].fill(zx);
-        row[left * c..(left + n) * c].copy_from_slice(&x[ih * g.w * c..(ih * g.w + n) * c]);
-        row[(left + n) * c..].fill(zx);
-    } else {
-        row.fill(zx);
-        for i in 0..n {
-            let s = (ih * g.w + i) * c;
-            row[(left + i) * cs..(left + i) * cs + c].copy_from_slice(&x[s..s + c]);
-        }
-    }
-}
-
-thread_local! {
-    /// Each thread's band of padded depthwise input rows (grown once to the largest band met).
-    static BAND: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Bytes of padded input rows a depthwise band aims at: well inside L2, so the rows the kernel reads were just
-/// written there by the padding copy (a whole padded image went out to memory and came back).
-const DW_BAND_BYTES: usize = 192 << 10;
-
-/// A depthwise convolution in bands of output rows: each band's input rows are padded (zero point) into the
-/// thread's buffer and the band's rows computed from it at once, bands on the pool when `threads > 1`.
-///
-/// # Safety
-/// `out` holds `oh * ow * c` outputs of the requantization's type; the path is supported by the CPU.
-#[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_bands(
-    g: &ConvGeom,
-    dg: &DwGeom,
-    x: &[u8],
-    zx: u8,
-    w: &PackedDw,
-    rq: &Requant,
-    out: OutPtr,
-    threads: usize,
-) {
-    trace::int8(w.isa);
-    let kern = kernels(w.isa);
-    let row_bytes = dg.wp * dg.cs;
-    let span = (g.kh - 1) * g.dh + 1;
-    let mut band = ((DW_BAND_BYTES / row_bytes.max(1)).saturating_sub(span) / g.sh + 1).clamp(1, g.oh.max(1));
-    if threads > 1 {
-        // At least two bands per thread so the pool has work to balance.
-        band = band.min(g.oh.div_ceil(2 * threads)).max(1);
-    }
-    let bands = g.oh.div_ceil(band);
-    let job = |b: usize| {
-        let (oy0, rows) = (b * band, band.min(g.oh - b * band));
-        let nrows = (rows - 1) * g.sh + span;
-        BAND.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            // 64 spare bytes: the AVX-512 kernels read whole 64-channel blocks past the last pixel.
-            let need = nrows * row_bytes + 64;
-            if buf.len() < need {
-                buf.resize(need, 0);
-            }
-            for (i, row) in buf[..nrows * row_bytes].chunks_mut(row_bytes).enumerate() {
-                pad_row(g, x, oy0 * g.sh + i, dg.wp, dg.cs, zx, row);
-            }
-            let o = OutPtr(out.at(rq.out, oy0 * g.ow, 0, g.c_out));
-            let bg = DwGeom { oh: rows, ..*dg };
-            for oy in 0..rows {
-                (kern.depthwise_row)(&bg, &buf, w, rq, o, oy);
-            }
-        });
-    };
-    if threads > 1 && bands > 1 && g.oh * g.ow * g.c_out >= 1 << 14 {
-        (0..bands).into_par_iter().for_each(job);
-    } else {
-        (0..bands).for_each(job);
     }
 }
 

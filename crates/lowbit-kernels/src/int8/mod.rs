@@ -56,8 +56,10 @@ pub mod avx2;
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avxvnni;
+pub(crate) mod bands;
 pub mod conv;
 pub mod deconv;
+pub mod fused;
 pub mod gemm;
 pub mod moves;
 pub mod ops;
@@ -72,6 +74,7 @@ pub use crate::geom::DwGeom;
 pub use crate::isa::Isa;
 pub use conv::QConv;
 pub use deconv::QDeconv;
+pub use fused::QExpandDw;
 pub use gemm::{gemm, gemm_ex};
 pub use pack::{PackedB, PackedDw, PANEL};
 pub use peak::measured_peak_gmacs;

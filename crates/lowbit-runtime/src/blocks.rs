@@ -1,0 +1,97 @@
+//! Plan steps fused after lowering: a 1x1 integer convolution whose output only the depthwise
+//! convolution after it reads becomes one [`QExpandDw`] step (the inverted-residual block's
+//! expansion computed band by band into the depthwise input buffer; bit-exact with the two steps).
+
+use std::ops::Range;
+
+use lowbit_kernels::int8::QExpandDw;
+
+use crate::step::{Kind, Operand, Step, StepInfo};
+
+/// Bytes of the arena a buffer operand occupies.
+fn bytes(o: &Operand) -> Option<Range<usize>> {
+    match o {
+        Operand::Buf { off, dtype, shape, .. } => Some(*off..*off + dtype.size() * shape.iter().product::<usize>()),
+        Operand::Const(_) => None,
+    }
+}
+
+fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
+/// Does any step after `i + 1`, or a plan output, read step `i`'s output? Later steps reuse parts
+/// of its bytes for other values; a read counts only where no step since has written them.
+fn read_later(steps: &[Step], outputs: &[(String, Operand)], i: usize) -> bool {
+    let Some(mid) = bytes(&steps[i].out) else { return true };
+    let mut live = vec![mid];
+    for s in &steps[i + 2..] {
+        if s.ins.iter().flatten().filter_map(bytes).any(|r| live.iter().any(|l| overlaps(&r, l))) {
+            return true;
+        }
+        if let Some(w) = bytes(&s.out) {
+            live = live
+                .into_iter()
+                .flat_map(|l| [l.start..l.end.min(w.start), l.start.max(w.end)..l.end])
+                .filter(|r| r.start < r.end)
+                .collect();
+        }
+        if live.is_empty() {
+            return false;
+        }
+    }
+    // What is still there at the end may be a plan output.
+    outputs.iter().filter_map(|(_, o)| bytes(o)).any(|r| live.iter().any(|l| overlaps(&r, l)))
+}
+
+/// Fuses every expansion + depthwise pair of integer steps in place.
+pub(crate) fn fuse_expand_dw(
+    steps: &mut Vec<Step>,
+    infos: &mut Vec<StepInfo>,
+    outputs: &[(String, Operand)],
+    isa: &str,
+) {
+    let mut i = 0;
+    while i + 1 < steps.len() {
+        let chained = match (&steps[i].kind, &steps[i + 1].kind, &steps[i + 1].ins.first()) {
+            (Kind::QConv { c: e, batch: b0 }, Kind::QConv { c: d, batch: b1 }, Some(Some(x))) => {
+                b0 == b1
+                    && e.direct_gemm()
+                    && d.geom.is_depthwise()
+                    && bytes(x) == bytes(&steps[i].out)
+                    && !read_later(steps, outputs, i)
+                    // The fused step reads the expansion's input while it writes the depthwise output:
+                    // the arena may have put the two in the same bytes (each dead when the other lives).
+                    && !matches!((steps[i].ins.first().and_then(|o| o.as_ref()).and_then(bytes), bytes(&steps[i + 1].out)),
+                                 (Some(a), Some(b)) if overlaps(&a, &b))
+            }
+            _ => false,
+        };
+        if !chained {
+            i += 1;
+            continue;
+        }
+        let second = steps.remove(i + 1);
+        let first = std::mem::replace(&mut steps[i].kind, Kind::Act(lowbit_core::Act::None));
+        let (Kind::QConv { c: e, batch }, Kind::QConv { c: d, .. }) = (first, second.kind) else { unreachable!() };
+        match QExpandDw::fuse(e, d) {
+            Ok(f) => {
+                steps[i].kind = Kind::QExpandDw { f: Box::new(f), batch };
+                steps[i].out = second.out;
+                let b = infos.remove(i + 1);
+                let a = &mut infos[i];
+                a.name = format!("{} + {}", a.name, b.name);
+                a.op = format!("{}+{}", a.op, b.op);
+                a.kernel = format!("int8 expand+depthwise ({isa})");
+                a.macs += b.macs;
+                a.params += b.params;
+                (a.out_shape, a.output) = (b.out_shape, b.output);
+            }
+            Err((e, d)) => {
+                steps[i].kind = Kind::QConv { c: e, batch };
+                steps.insert(i + 1, Step { kind: Kind::QConv { c: d, batch }, ins: second.ins, out: second.out });
+            }
+        }
+        i += 1;
+    }
+}
