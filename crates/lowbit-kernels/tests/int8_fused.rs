@@ -26,28 +26,17 @@ fn requant(n: usize, r: &mut impl FnMut() -> u64, out: Out) -> Requant {
     Requant::new(&scale, &bias_i, &bias_f, lo, hi, out)
 }
 
+/// A 1x1 stride-1 convolution on an `h`×`w` image.
+fn pointwise(c_in: usize, c_out: usize, h: usize, w: usize) -> ConvGeom {
+    ConvGeom { c_in, h, w, c_out, kh: 1, kw: 1, sh: 1, sw: 1, dh: 1, dw: 1, pt: 0, pl: 0, oh: h, ow: w, group: 1 }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn case(c_in: usize, c_mid: usize, h: usize, w: usize, k: usize, s: usize, zx: u8, zm: u8, f32_out: bool, seed: u64) {
     let mut r = stream(seed);
     let pad = k / 2;
     let (oh, ow) = ((h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1);
-    let ge = ConvGeom {
-        c_in,
-        h,
-        w,
-        c_out: c_mid,
-        kh: 1,
-        kw: 1,
-        sh: 1,
-        sw: 1,
-        dh: 1,
-        dw: 1,
-        pt: 0,
-        pl: 0,
-        oh: h,
-        ow: w,
-        group: 1,
-    };
+    let ge = pointwise(c_in, c_mid, h, w);
     let gd = ConvGeom {
         c_in: c_mid,
         c_out: c_mid,
@@ -111,23 +100,7 @@ fn fused_over_many_bands_and_refusals() {
     case(16, 96, 112, 112, 3, 2, 7, 3, false, 1);
     case(24, 144, 96, 80, 3, 1, 128, 0, false, 2);
     case(40, 240, 60, 60, 5, 1, 0, 255, false, 3);
-    let g = ConvGeom {
-        c_in: 8,
-        h: 4,
-        w: 4,
-        c_out: 8,
-        kh: 1,
-        kw: 1,
-        sh: 1,
-        sw: 1,
-        dh: 1,
-        dw: 1,
-        pt: 0,
-        pl: 0,
-        oh: 4,
-        ow: 4,
-        group: 1,
-    };
+    let g = pointwise(8, 8, 4, 4);
     let gd = ConvGeom { kh: 3, kw: 3, pt: 1, pl: 1, group: 8, ..g.clone() };
     let mut r = stream(9);
     let int8_mid = requant(8, &mut r, Out::Q { scale: 0.1, zp: 0, qmin: -128, qmax: 127 });
