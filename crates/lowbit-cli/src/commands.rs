@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::common::*;
 use crate::DataArgs;
 
-fn split(s: &str) -> Split {
+pub(crate) fn split(s: &str) -> Split {
     if s == "train" {
         Split::Train
     } else {
@@ -174,45 +174,6 @@ pub fn run(
     print_table(&["image", "top classes (class:prob)"], &rows);
     if let Some(p) = json_out {
         write_json(p, &json!({"model": model.display().to_string(), "preset": preset, "results": out}))?;
-    }
-    Ok(())
-}
-
-/// `run --save-outputs DIR`: every output of every image as DIR/<image stem>/<output>.npy.
-pub fn save_outputs(
-    model: &Path,
-    input: &Path,
-    a: &DataArgs,
-    threads: usize,
-    dir: &Path,
-    json_out: Option<&Path>,
-) -> Result<()> {
-    let (mut g, preset, set) = load_for(model, input, a)?;
-    let one = [1, set.c, set.h, set.w];
-    override_input_shape(&mut g, &one).map_err(|e| anyhow!("{}: {e}", model.display()))?;
-    let plan = compile(&g, model, one.to_vec(), threads)?;
-    let names: Vec<String> = g.outputs.iter().map(|o| o.name.clone()).collect();
-    let per = set.c * set.h * set.w;
-    let mut rows = vec![];
-    let mut report = vec![];
-    for (i, img) in set.names.iter().enumerate() {
-        let x = Tensor::f32(one.to_vec(), set.data[i * per..(i + 1) * per].to_vec());
-        let outs = plan.run(&[x]).map_err(|e| anyhow!("{}: {img}: {e}", model.display()))?;
-        let d = dir.join(safe_name(&image_stem(img, i)));
-        std::fs::create_dir_all(&d).map_err(|e| anyhow!("{}: {e}", d.display()))?;
-        let mut files = vec![];
-        for (name, t) in names.iter().zip(&outs) {
-            let p = d.join(format!("{}.npy", safe_name(name)));
-            write_atomic(&p, &npy_f32(&t.shape, &t.to_f32_vec()))?;
-            files.push(json!({"output": name, "shape": t.shape, "file": p.display().to_string()}));
-        }
-        rows.push(vec![img.clone(), outs.iter().map(|t| format!("{:?}", t.shape)).collect::<Vec<_>>().join(" ")]);
-        report.push(json!({"image": img, "outputs": files}));
-    }
-    println!("preset {preset}, {} images, outputs written to {}", set.n, dir.display());
-    print_table(&["image", &format!("output shapes ({})", names.join(", "))], &rows);
-    if let Some(p) = json_out {
-        write_json(p, &json!({"model": model.display().to_string(), "preset": preset, "results": report}))?;
     }
     Ok(())
 }

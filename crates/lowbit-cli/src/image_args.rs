@@ -32,6 +32,12 @@ pub struct ImageArgs {
     /// Feed channels in BGR order (OpenCV-trained models); mean/std are given in that order
     #[arg(long)]
     pub bgr: bool,
+    /// Letterbox: keep the aspect ratio, fit inside --size (or pad up to --multiple), centre the image and fill the rest with PAD (default 114, as detectors are trained)
+    #[arg(long, num_args = 0..=1, default_missing_value = "114", value_name = "PAD")]
+    pub letterbox: Option<u8>,
+    /// Keep each image's size, rounded to a multiple of N (a detector's stride, e.g. 32); with --letterbox padded up to it. Images of different sizes then run at their own shapes (one plan per shape)
+    #[arg(long, value_name = "N")]
+    pub multiple: Option<usize>,
 }
 
 impl ImageArgs {
@@ -43,6 +49,8 @@ impl ImageArgs {
             || self.std.is_some()
             || self.gray
             || self.bgr
+            || self.letterbox.is_some()
+            || self.multiple.is_some()
     }
 
     /// The preset (named, from the model, or guessed) with the explicit flags applied on top; with
@@ -89,6 +97,22 @@ impl ImageArgs {
             pre.resize_shorter = None;
             pre.crop = None;
         }
+        if let Some(m) = self.multiple {
+            if m == 0 {
+                bail!("--multiple 0: want a positive stride, e.g. 32");
+            }
+            pre.multiple = Some(m);
+            if self.size.is_none() {
+                // Each image keeps its own size (rounded): no preset resize or crop.
+                (pre.resize_exact, pre.resize_shorter, pre.crop) = (None, None, None);
+            }
+        }
+        if let Some(pad) = self.letterbox {
+            if self.size.is_none() && self.multiple.is_none() {
+                bail!("--letterbox needs --size WxH to fit into or --multiple N to pad to");
+            }
+            pre.letterbox = Some(pad);
+        }
         if self.gray {
             pre.channels = 1;
         }
@@ -110,7 +134,7 @@ impl ImageArgs {
     /// With --size, the model's input takes the images' channels, height and width (also where the
     /// file fixes others) and a free batch dimension.
     pub fn fit_model(&self, g: &mut Graph, model: &Path, chw: [usize; 3]) -> Result<()> {
-        if self.size.is_some() {
+        if self.size.is_some() || self.multiple.is_some() {
             override_input_shape(g, &[1, chw[0], chw[1], chw[2]]).map_err(|e| anyhow!("{}: {e}", model.display()))?;
             for i in g.inputs.iter_mut() {
                 if let Some(d) = i.shape.as_mut().filter(|d| d.len() == 4 && d[1..] == chw.map(Dim::Fixed)) {

@@ -11,6 +11,7 @@ mod pipeline;
 mod quantize;
 mod quantize_args;
 mod quantize_report;
+mod save;
 mod svg;
 mod task_eval;
 mod train;
@@ -244,7 +245,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Inspect { model, input_shape, json } => commands::inspect(&model, input_shape.as_deref(), json.as_deref()),
         Cmd::Run { model, input, data, threads, json, save_outputs: Some(dir), .. } => {
-            commands::save_outputs(&model, &input, &data, threads, &dir, json.as_deref())
+            save::save_outputs(&model, &input, &data, threads, &dir, json.as_deref())
         }
         Cmd::Run { model, input, data, top, threads, json, save_outputs: None } => {
             commands::run(&model, &input, &data, top, threads, json.as_deref())

@@ -189,6 +189,48 @@ fn run_save_outputs_writes_what_onnx_runtime_computes() {
 }
 
 #[test]
+fn run_at_each_images_own_size_with_a_plan_per_shape() {
+    // --multiple without --size: every image keeps its size, letterboxed up to a multiple of 32; the detector runs
+    // at each shape (one plan per shape) and its outputs have that shape's geometry (CenterFace: stride 4).
+    let d = tmpdir("each-size");
+    let m = zoo("det-centerface.onnx");
+    let scenes = shared().join("data/scenes");
+    let o = Command::new(lowbit_bin())
+        .args(["run", m.to_str().unwrap(), "--input", scenes.to_str().unwrap(), "--limit", "3", "--multiple", "32"])
+        .args(["--letterbox", "--save-outputs"])
+        .arg(d.join("outs"))
+        .arg("--json")
+        .arg(d.join("r.json"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("r.json")).unwrap()).unwrap();
+    let rows = r["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let mut shapes = std::collections::HashSet::new();
+    for row in rows {
+        let s: Vec<usize> = serde_json::from_value(row["input_shape"].clone()).unwrap();
+        assert!(s[2] % 32 == 0 && s[3] % 32 == 0 && s[0] == 1 && s[1] == 3, "{s:?}");
+        shapes.insert(s.clone());
+        for out in row["outputs"].as_array().unwrap() {
+            let (os, v) = read_npy(std::path::Path::new(out["file"].as_str().unwrap()));
+            assert_eq!((os[2], os[3]), (s[2] / 4, s[3] / 4), "{}: {s:?} -> {os:?}", out["output"]);
+            assert!(v.iter().all(|x| x.is_finite()));
+        }
+    }
+    assert!(shapes.len() >= 2, "the first three scenes should come out at different sizes: {shapes:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("at {} input shapes", shapes.len())));
+    // A letterbox needs a size or a multiple.
+    let o = Command::new(lowbit_bin())
+        .args(["run", m.to_str().unwrap(), "--input", scenes.to_str().unwrap(), "--letterbox", "--save-outputs"])
+        .arg(d.join("bad"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--letterbox needs"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn resize_and_concat_kernels_equal_the_reference_bit_for_bit() {
     use lowbit_core::{CoordMode, Graph, NearestMode, Node, Op, ResizeAttrs, ResizeMode, Tensor, ValueInfo};
     let mut u = uniform(0x9E37_79B9_7F4A_7C15);

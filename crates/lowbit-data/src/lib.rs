@@ -21,7 +21,7 @@ mod test_util;
 use std::path::{Path, PathBuf};
 
 pub use error::{DataError, Result};
-pub use folder::{load_image_file, load_image_folder, LABELS_FILE};
+pub use folder::{load_image_file, load_image_folder, load_image_folder_each, LABELS_FILE};
 pub use idx::{load_idx, load_idx_dir, write_idx_images, write_idx_labels, Split};
 pub use imageset::ImageSet;
 pub use preprocess::Preprocess;
@@ -60,6 +60,15 @@ pub fn load_any(path: &Path, split: Split, pre: &Preprocess, limit: Option<usize
     }
     let labels = idx::sibling_labels(path);
     load_idx(path, labels.as_deref(), pre, limit)
+}
+
+/// [`load_any`], but each image of an image folder as its own set, so images may come out of
+/// preprocessing at different sizes (`multiple` without a fixed size); an IDX source is one set.
+pub fn load_any_each(path: &Path, split: Split, pre: &Preprocess, limit: Option<usize>) -> Result<Vec<ImageSet>> {
+    if path.is_dir() && idx::list_files(path, idx::is_idx_images_name)?.is_empty() {
+        return folder::load_image_folder_each(path, pre, limit);
+    }
+    Ok(vec![load_any(path, split, pre, limit)?])
 }
 
 /// The Fashion-MNIST folder, or an error saying how to install it:

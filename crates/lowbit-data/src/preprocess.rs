@@ -16,6 +16,9 @@ use crate::error::{DataError, Result};
 /// 2. resize: to exactly `resize_exact` (h, w) ignoring aspect ratio, or else so that the shorter
 ///    side equals `resize_shorter` (the longer side is scaled and truncated, as torchvision does);
 ///    both use the `image` crate's bilinear (`Triangle`) filter on u8 pixels;
+///    with `letterbox` the resize keeps the aspect ratio (fits inside `resize_exact`) and the image is
+///    centred on a canvas of the pad value; `multiple` rounds the size (or, letterboxed, pads it) to
+///    a multiple;
 /// 3. center crop to `crop` (h, w) — an image smaller than the crop is an error, a larger one is
 ///    just cropped (no implicit resize);
 /// 4. `(pixel * scale - mean[c]) / std[c]`, written in CHW order.
@@ -37,6 +40,14 @@ pub struct Preprocess {
     pub std: Vec<f32>,
     /// Write 3-channel images in B, G, R order (mean/std are then in that order too).
     pub bgr: bool,
+    /// Letterbox with this pixel value: the resize keeps the aspect ratio and fits the image inside
+    /// `resize_exact`, the image is centred and the rest filled with the value (as detectors are
+    /// fed); with `multiple` and no `resize_exact`, the image keeps its size and is padded up to the
+    /// next multiple.
+    pub letterbox: Option<u8>,
+    /// Round the size after the resize step to a multiple of this (detector strides): each side to
+    /// the nearest multiple (at least one), or with `letterbox` padded up to the next one.
+    pub multiple: Option<usize>,
 }
 
 /// Placeholder path used in errors from [`Preprocess::apply_u8`], which has no file to name.
@@ -57,6 +68,8 @@ impl Preprocess {
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
             bgr: false,
+            letterbox: None,
+            multiple: None,
         }
     }
 
@@ -81,6 +94,8 @@ impl Preprocess {
             mean: vec![0.5],
             std: vec![0.5],
             bgr: false,
+            letterbox: None,
+            multiple: None,
         }
     }
 
@@ -95,6 +110,8 @@ impl Preprocess {
             mean: vec![0.0],
             std: vec![1.0],
             bgr: false,
+            letterbox: None,
+            multiple: None,
         }
     }
 
@@ -108,6 +125,8 @@ impl Preprocess {
             mean: vec![mean],
             std: vec![std],
             bgr: false,
+            letterbox: None,
+            multiple: None,
         }
     }
 
@@ -145,6 +164,14 @@ impl Preprocess {
         if self.resize_shorter.is_some() && self.resize_exact.is_some() {
             return Err("preprocessing: resize_shorter and resize_exact are both set".into());
         }
+        if self.multiple == Some(0) {
+            return Err("preprocessing: multiple must be positive".into());
+        }
+        if self.letterbox.is_some() && self.resize_exact.is_none() && self.multiple.is_none() {
+            return Err(
+                "preprocessing: letterbox needs a size to fit into (resize_exact) or a multiple to pad to".into()
+            );
+        }
         let zero = |d: Option<(usize, usize)>| d.is_some_and(|(h, w)| h == 0 || w == 0);
         if self.resize_shorter == Some(0) || zero(self.resize_exact) || zero(self.crop) {
             return Err("preprocessing: resize/crop sizes must be positive".into());
@@ -172,15 +199,39 @@ impl Preprocess {
 
     /// Size after the resize step (before cropping).
     fn resized_size(&self, h: usize, w: usize) -> (usize, usize) {
-        if let Some(hw) = self.resize_exact {
-            return hw;
+        self.resize_plan(h, w).1
+    }
+
+    /// The resize step: the size the image is resized to, and the canvas it is placed on (the
+    /// same unless letterboxed).
+    fn resize_plan(&self, h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
+        let base = if let Some(hw) = self.resize_exact {
+            hw
+        } else {
+            match self.resize_shorter {
+                // Same rule as torchvision's Resize(int): the long side is scaled and truncated.
+                Some(s) if h <= w => (s, (s * w / h).max(1)),
+                Some(s) => ((s * h / w).max(1), s),
+                None => (h, w),
+            }
+        };
+        let (mut content, mut canvas) = (base, base);
+        if self.letterbox.is_some() && self.resize_exact.is_some() {
+            // Fit inside the canvas, keeping the aspect ratio (rounded as the usual letterbox does).
+            let s = (base.0 as f64 / h as f64).min(base.1 as f64 / w as f64);
+            let fit = |v: usize, lim: usize| ((v as f64 * s).round() as usize).clamp(1, lim);
+            content = (fit(h, base.0), fit(w, base.1));
         }
-        match self.resize_shorter {
-            // Same rule as torchvision's Resize(int): the long side is scaled and truncated.
-            Some(s) if h <= w => (s, (s * w / h).max(1)),
-            Some(s) => ((s * h / w).max(1), s),
-            None => (h, w),
+        if let Some(m) = self.multiple {
+            if self.letterbox.is_some() {
+                canvas = (canvas.0.div_ceil(m) * m, canvas.1.div_ceil(m) * m);
+            } else {
+                let near = |v: usize| ((v + m / 2) / m).max(1) * m;
+                content = (near(content.0), near(content.1));
+                canvas = content;
+            }
         }
+        (content, canvas)
     }
 
     /// Preprocesses one HWC-interleaved u8 image with `c` channels (1, 2 = gray+alpha, 3, 4 = RGBA)
@@ -233,8 +284,12 @@ impl Preprocess {
             ));
         }
         let px = convert_channels(pixels, c, oc)?;
-        let (rh, rw) = self.resized_size(h, w);
-        let px = if (rh, rw) == (h, w) { px } else { Cow::Owned(resize(&px, oc, h, w, rh, rw)?) };
+        let ((ih, iw), (rh, rw)) = self.resize_plan(h, w);
+        let px = if (ih, iw) == (h, w) { px } else { Cow::Owned(resize(&px, oc, h, w, ih, iw)?) };
+        let px = match self.letterbox {
+            Some(pad) if (ih, iw) != (rh, rw) => Cow::Owned(letterbox(&px, oc, (ih, iw), (rh, rw), pad)),
+            _ => px,
+        };
         // Center crop offsets (floor of half the excess); zero when there is no crop.
         let top = (rh - oh) / 2;
         let left = (rw - ow) / 2;
@@ -251,6 +306,17 @@ impl Preprocess {
         }
         Ok((oc, oh, ow))
     }
+}
+
+/// HWC pixels of an `ih`×`iw` image centred on an `rh`×`rw` canvas of `pad`.
+fn letterbox(px: &[u8], c: usize, (ih, iw): (usize, usize), (rh, rw): (usize, usize), pad: u8) -> Vec<u8> {
+    let mut out = vec![pad; rh * rw * c];
+    let (top, left) = ((rh - ih) / 2, (rw - iw) / 2);
+    for y in 0..ih {
+        let d = ((top + y) * rw + left) * c;
+        out[d..d + iw * c].copy_from_slice(&px[y * iw * c..(y + 1) * iw * c]);
+    }
+    out
 }
 
 /// Luma as Pillow's `convert("L")` computes it (ITU-R 601-2 weights 0.299/0.587/0.114 in 16-bit
@@ -304,6 +370,8 @@ mod tests {
             mean: vec![0.0],
             std: vec![1.0],
             bgr: false,
+            letterbox: None,
+            multiple: None,
         }
     }
 
@@ -416,6 +484,38 @@ mod tests {
         pre.apply_u8(&[255; 32 * 100], 1, 32, 100, &mut out).expect("resizable");
         assert_eq!(out.len(), 3 * 48 * 192);
         assert!(out.iter().all(|&v| (v - 1.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn letterbox_keeps_the_aspect_and_centres_on_the_pad_value() {
+        // 2x4 into 4x4: no resize (scale 1 fits), one pad row above and below.
+        let pre = Preprocess { resize_exact: Some((4, 4)), letterbox: Some(7), ..Preprocess::none() };
+        let mut out = vec![];
+        assert_eq!(pre.apply_u8(&[200; 8], 1, 2, 4, &mut out).unwrap(), (1, 4, 4));
+        assert_eq!(out, [[7.0; 4], [200.0; 4], [200.0; 4], [7.0; 4]].concat());
+        // 4x2 into 2x8: scaled by 1/2 to 2x1, centred at column 3 of 8.
+        let pre = Preprocess { resize_exact: Some((2, 8)), letterbox: Some(0), ..Preprocess::none() };
+        let mut out = vec![];
+        assert_eq!(pre.apply_u8(&[90; 8], 1, 4, 2, &mut out).unwrap(), (1, 2, 8));
+        let row = [0.0, 0.0, 0.0, 90.0, 0.0, 0.0, 0.0, 0.0];
+        assert_eq!(out, [row, row].concat());
+        // Keep the size, pad up to a multiple of 8: 10x21 -> 16x24, the image at (3, 1).
+        let pre = Preprocess { multiple: Some(8), letterbox: Some(114), ..Preprocess::none() };
+        let mut out = vec![];
+        assert_eq!(pre.apply_u8(&[1; 210], 1, 10, 21, &mut out).unwrap(), (1, 16, 24));
+        let at = |y: usize, x: usize| out[y * 24 + x];
+        assert_eq!(
+            (at(2, 1), at(3, 0), at(3, 1), at(12, 21), at(13, 22), at(15, 23)),
+            (114.0, 114.0, 1.0, 1.0, 114.0, 114.0)
+        );
+        assert_eq!(out.iter().filter(|&&v| v == 1.0).count(), 210);
+        // Without letterbox each side is resized to the nearest multiple (at least one).
+        let pre = Preprocess { multiple: Some(8), ..Preprocess::none() };
+        assert_eq!(pre.output_shape(10, 21), Ok((1, 8, 24)));
+        assert_eq!(pre.output_shape(3, 13), Ok((1, 8, 16)));
+        // A letterbox needs something to fit into or pad to; a zero multiple is refused.
+        assert!(Preprocess { letterbox: Some(0), ..Preprocess::none() }.validate().unwrap_err().contains("letterbox"));
+        assert!(Preprocess { multiple: Some(0), ..Preprocess::none() }.validate().unwrap_err().contains("multiple"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! metrics ([`classify`]).
 
 mod blocks;
+mod cache;
 pub mod classify;
 mod exec;
 pub mod fakequant;
@@ -20,6 +21,7 @@ pub mod specialize;
 mod step;
 pub mod task;
 
+pub use cache::PlanCache;
 pub use exec::State;
 pub use plan::{Plan, PlanOptions};
 pub use specialize::{canonicalize_free, specialize, Specialized};
