@@ -3,7 +3,7 @@
 
 use lowbit_core::{DType, Data, Error, Result, Tensor};
 use lowbit_kernels::int8::ops as qops;
-use lowbit_kernels::int8::{self, OutPtr};
+use lowbit_kernels::int8::{self, edges, OutPtr};
 use lowbit_kernels::isa::Paths;
 use lowbit_kernels::{eltwise, fp32, pool, reference, resample};
 
@@ -139,7 +139,13 @@ unsafe fn read_operand(base: *const u8, o: &Operand) -> Tensor {
             let mut tmp = vec![];
             if *nhwc {
                 tmp = vec![0u8; n];
-                qops::nhwc_to_nchw(std::slice::from_raw_parts(p, n), shape[0], shape[1], shape[2] * shape[3], &mut tmp);
+                edges::nhwc_to_nchw(
+                    std::slice::from_raw_parts(p, n),
+                    shape[0],
+                    shape[1],
+                    shape[2] * shape[3],
+                    &mut tmp,
+                );
                 p = tmp.as_mut_ptr();
             }
             let data = match dtype {
@@ -284,12 +290,12 @@ unsafe fn exec_step(
         }
         Kind::Quantize { q, layout } => {
             let xs = x();
-            qops::quantize(paths.int8, xs, *q, *layout, bytes_out(base, &s.out), qscratch);
+            edges::quantize(paths.int8, xs, *q, *layout, bytes_out(base, &s.out), qscratch, threads);
         }
         Kind::Dequantize { q, layout } => {
             let out = f32_out(base, &s.out);
             let src = bytes_in(base, s.ins[0].as_ref().unwrap());
-            qops::dequantize(src, *q, *layout, out);
+            edges::dequantize(src, *q, *layout, out, threads);
         }
         Kind::QConv { c, batch } => {
             let xs = bytes_in(base, s.ins[0].as_ref().unwrap());

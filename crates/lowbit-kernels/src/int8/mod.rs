@@ -59,6 +59,7 @@ pub mod avxvnni;
 pub(crate) mod bands;
 pub mod conv;
 pub mod deconv;
+pub mod edges;
 pub mod fused;
 pub mod gemm;
 pub mod moves;

@@ -41,66 +41,6 @@ impl QParams {
 /// NCHW ↔ NHWC index map for `[n, c, plane]` tensors (`None`: same layout on both sides).
 pub type Layout = Option<(usize, usize, usize)>;
 
-multiversion! {
-    /// QuantizeLinear of contiguous values.
-    pub fn quantize_flat(x: &[f32], q: QParams, out: &mut [u8]) {
-        out.iter_mut().zip(x).for_each(|(o, &v)| *o = q.quant(v));
-    }
-}
-
-/// QuantizeLinear; with `layout` the f32 input is NCHW and the output NHWC (`tmp` holds the
-/// NCHW bytes on the way, `x.len()` of them).
-pub fn quantize(isa: Isa, x: &[f32], q: QParams, layout: Layout, out: &mut [u8], tmp: &mut [u8]) {
-    match layout {
-        None => quantize_flat(isa, x, q, out),
-        Some((n, c, p)) => {
-            let tmp = &mut tmp[..x.len()];
-            quantize_flat(isa, x, q, tmp);
-            nchw_to_nhwc(tmp, n, c, p, out);
-        }
-    }
-}
-
-/// NCHW bytes → NHWC bytes.
-pub fn nchw_to_nhwc(x: &[u8], n: usize, c: usize, p: usize, out: &mut [u8]) {
-    for b in 0..n {
-        for ch in 0..c {
-            let src = &x[(b * c + ch) * p..(b * c + ch + 1) * p];
-            for (i, &v) in src.iter().enumerate() {
-                out[(b * p + i) * c + ch] = v;
-            }
-        }
-    }
-}
-
-/// DequantizeLinear; with `layout` the input is NHWC and the f32 output NCHW.
-pub fn dequantize(x: &[u8], q: QParams, layout: Layout, out: &mut [f32]) {
-    match layout {
-        None => out.iter_mut().zip(x).for_each(|(o, &v)| *o = q.dequant(v)),
-        Some((n, c, p)) => {
-            for b in 0..n {
-                for ch in 0..c {
-                    let dst = &mut out[(b * c + ch) * p..(b * c + ch + 1) * p];
-                    for (i, o) in dst.iter_mut().enumerate() {
-                        *o = q.dequant(x[(b * p + i) * c + ch]);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// NHWC bytes → NCHW bytes (for generic fallbacks and graph outputs).
-pub fn nhwc_to_nchw(x: &[u8], n: usize, c: usize, p: usize, out: &mut [u8]) {
-    for b in 0..n {
-        for ch in 0..c {
-            for i in 0..p {
-                out[(b * c + ch) * p + i] = x[(b * p + i) * c + ch];
-            }
-        }
-    }
-}
-
 /// An integer Add step: `q_out(clamp(dq_a(a) + dq_b(b), lo, hi))`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AddQ {
@@ -650,8 +590,8 @@ mod tests {
             // NCHW -> NHWC -> NCHW round trip through quantize/dequantize layouts
             let x: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.1 - 1.0).collect();
             let (mut q, mut tmp, mut back) = (vec![0u8; 24], vec![0u8; 24], vec![0f32; 24]);
-            quantize(isa, &x, qo, Some((2, 3, 4)), &mut q, &mut tmp);
-            dequantize(&q, qo, Some((2, 3, 4)), &mut back);
+            crate::int8::edges::quantize(isa, &x, qo, Some((2, 3, 4)), &mut q, &mut tmp, 1);
+            crate::int8::edges::dequantize(&q, qo, Some((2, 3, 4)), &mut back, 1);
             for (i, (&v, &r)) in x.iter().zip(&back).enumerate() {
                 assert_eq!(r, qo.dequant(qo.quant(v)), "element {i}");
             }
