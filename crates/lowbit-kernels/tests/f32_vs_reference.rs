@@ -157,26 +157,28 @@ proptest! {
         }
     }
 
-    /// MobileNet's stride-2 depthwise shape (3x3, stride 2, left padding 1), which the random
+    /// MobileNet's stride-2 depthwise shape (3x3 or 5x5, stride 2, left padding 1), which the random
     /// convolution cases almost never draw: every plane size, ragged right edges, asymmetric
     /// padding, fused clamps.
     #[test]
     fn depthwise_3x3_stride2_matches_reference(c in 1usize..6, h in 1usize..40, w in 1usize..70,
                                                 pt in 0usize..3, pb in 0usize..3, pr in 0usize..3,
-                                                act in 0u8..3, seed in any::<u64>()) {
-        let (h, w) = (h + 2, w + 2);
+                                                act in 0u8..3, k5 in any::<bool>(), seed in any::<u64>()) {
+        // 5x5 too (EfficientNet's stride-2 depthwise), whose taps reach 4 columns past the block.
+        let k = if k5 { 5 } else { 3 };
+        let (h, w) = (h + k - 1, w + k - 1);
         let act = act_of(act);
-        let attrs = ConvAttrs { kernel_shape: vec![3, 3], strides: vec![2, 2], pads: vec![pt, 1, pb, pr], dilations: vec![1, 1],
+        let attrs = ConvAttrs { kernel_shape: vec![k, k], strides: vec![2, 2], pads: vec![pt, 1, pb, pr], dilations: vec![1, 1],
             group: c, act, ..Default::default() };
         let xs = vec![1, c, h, w];
-        let ws = vec![c, 1, 3, 3];
+        let ws = vec![c, 1, k, k];
         let x = Tensor::f32(xs.clone(), rnd(seed, c * h * w));
-        let wt = Tensor::f32(ws.clone(), rnd(seed ^ 7, c * 9));
+        let wt = Tensor::f32(ws.clone(), rnd(seed ^ 7, c * k * k));
         let b = Tensor::f32(vec![c], rnd(seed ^ 9, c));
         let node = Node { name: "c".into(), op: Op::Conv(attrs.clone()), inputs: vec!["x".into(), "w".into(), "b".into()], outputs: vec!["y".into()] };
         let want = reference::eval(&node, &[Some(&x), Some(&wt), Some(&b)]).unwrap().remove(0);
         let win = lowbit_core::shape::window(&xs[2..], &ws[2..], &attrs.strides, &attrs.dilations, &attrs.pads, attrs.auto_pad, false).unwrap();
-        let g = ConvGeom { c_in: c, h, w, c_out: c, kh: 3, kw: 3, sh: 2, sw: 2, dh: 1, dw: 1, pt, pl: 1, oh: win.out[0], ow: win.out[1], group: c };
+        let g = ConvGeom { c_in: c, h, w, c_out: c, kh: k, kw: k, sh: 2, sw: 2, dh: 1, dw: 1, pt, pl: 1, oh: win.out[0], ow: win.out[1], group: c };
         for isa in F32Isa::all_supported() {
             let p = PackedConv::new(isa, g.clone(), wt.to_f32_vec(), Some(b.to_f32_vec()), act);
             let mut out = vec![f32::NAN; c * g.oh * g.ow];

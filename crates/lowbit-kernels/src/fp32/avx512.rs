@@ -468,6 +468,45 @@ pub(crate) unsafe fn window<const MAX: bool>(
                         continue;
                     }
                     let row = p.wrapping_offset(iy * g.w as isize);
+                    if K > 0 && g.sw == 2 && g.dw == 1 {
+                        // Stride 2, window known: the row's 48 columns from the block's first are loaded
+                        // once and split into even and odd columns; tap kx is the even (kx even) or odd
+                        // run shifted by kx / 2 (2 loads and a permute per tap before). Masked-off
+                        // columns read as the fill, as the per-tap loads read them.
+                        let start = (ox0 * 2) as isize - g.pl as isize;
+                        let (a0, b0) = ((-start).clamp(0, 48), (g.w as isize - start).clamp(0, 48));
+                        let span = if b0 <= a0 { 0u64 } else { ((1u64 << b0) - 1) & !((1u64 << a0) - 1) };
+                        let fill = if MAX { ninf } else { _mm512_setzero_ps() };
+                        let base = row.wrapping_offset(start);
+                        let x0 = _mm512_mask_loadu_ps(fill, span as u16, base);
+                        let x1 = _mm512_mask_loadu_ps(fill, (span >> 16) as u16, base.wrapping_add(16));
+                        let x2 = _mm512_mask_loadu_ps(fill, (span >> 32) as u16, base.wrapping_add(32));
+                        let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+                        let e = _mm512_castps_si512(_mm512_permutex2var_ps(x0, even, x1));
+                        let o = _mm512_castps_si512(_mm512_permutex2var_ps(x0, odd, x1));
+                        let en = _mm512_castps_si512(_mm512_permutex2var_ps(x2, even, x2));
+                        let on = _mm512_castps_si512(_mm512_permutex2var_ps(x2, odd, x2));
+                        for kx in 0..kw {
+                            let (lo_, hi_) = if kx % 2 == 0 { (e, en) } else { (o, on) };
+                            let x = _mm512_castsi512_ps(match kx / 2 {
+                                0 => lo_,
+                                1 => _mm512_alignr_epi32::<1>(hi_, lo_),
+                                2 => _mm512_alignr_epi32::<2>(hi_, lo_),
+                                3 => _mm512_alignr_epi32::<3>(hi_, lo_),
+                                4 => _mm512_alignr_epi32::<4>(hi_, lo_),
+                                5 => _mm512_alignr_epi32::<5>(hi_, lo_),
+                                6 => _mm512_alignr_epi32::<6>(hi_, lo_),
+                                _ => _mm512_alignr_epi32::<7>(hi_, lo_),
+                            });
+                            if MAX {
+                                *a = _mm512_max_ps(*a, x);
+                            } else {
+                                let wv = _mm512_set1_ps(*w.get_unchecked(ky * kw + kx));
+                                *a = _mm512_fmadd_ps(wv, x, *a);
+                            }
+                        }
+                        continue;
+                    }
                     for kx in 0..kw {
                         let start = (ox0 * g.sw + kx * g.dw) as isize - g.pl as isize;
                         let base = row.wrapping_offset(start);
