@@ -61,6 +61,12 @@ pub fn save_outputs(
     Ok(())
 }
 
+/// Where [`save_outputs_each`] gets its images: a file decoded when its turn comes, or IDX data (one size).
+enum Source {
+    File(std::path::PathBuf),
+    Set(lowbit_data::ImageSet),
+}
+
 /// [`save_outputs`] with every image at its own size (`--multiple` without `--size`): the model's
 /// input gets free batch, height and width, and a plan is compiled for each input shape met.
 fn save_outputs_each(
@@ -75,15 +81,24 @@ fn save_outputs_each(
     // Surface missing/empty/corrupt data before anything else.
     load_data(input, split(&a.split), &lowbit_data::Preprocess::none(), Some(1))?;
     let (preset, pre) = a.image.resolve(&g, input)?;
-    let sets = lowbit_data::load_any_each(input, split(&a.split), &pre, a.limit).map_err(|e| anyhow!("{e}"))?;
-    let c = sets.first().map_or(pre.channels, |s| s.c);
+    // One image at a time: at their own sizes the decoded images of a large folder would not fit.
+    let sources: Vec<Source> = match lowbit_data::image_paths(input, a.limit).map_err(|e| anyhow!("{e}"))? {
+        Some(files) => files.into_iter().map(Source::File).collect(),
+        None => vec![Source::Set(load_data(input, split(&a.split), &pre, a.limit)?)],
+    };
+    let c = pre.channels;
     let vi = single_input(&g).map_err(|e| anyhow!("{}: {e}", model.display()))?;
     let free = Some(vec![Dim::Sym("N".into()), Dim::Fixed(c), Dim::Sym("H".into()), Dim::Sym("W".into())]);
     g.inputs.iter_mut().filter(|i| i.name == vi.name).for_each(|i| i.shape = free.clone());
     let names: Vec<String> = g.outputs.iter().map(|o| o.name.clone()).collect();
-    let cache = PlanCache::new(g, PlanOptions { threads, ..Default::default() });
+    // A few plans kept: each holds its arena and threads (photos rarely share more than a few sizes).
+    let cache = PlanCache::new(g, PlanOptions { threads, ..Default::default() }, 4);
     let (mut rows, mut report, mut n) = (vec![], vec![], 0);
-    for set in &sets {
+    for src in sources {
+        let set = match src {
+            Source::File(f) => lowbit_data::load_image_file(&f, &pre).map_err(|e| anyhow!("{e}"))?,
+            Source::Set(s) => s,
+        };
         for i in 0..set.n {
             let shape = vec![1, set.c, set.h, set.w];
             let (plan, new) =
@@ -105,7 +120,7 @@ fn save_outputs_each(
     }
     println!(
         "preset {preset}, {n} images at {} input shapes (one plan each), outputs written to {}",
-        cache.len(),
+        cache.compiled(),
         dir.display()
     );
     print_table(&["image", "input shape", &format!("output shapes ({})", names.join(", "))], &rows);

@@ -140,8 +140,8 @@ pub fn load_image_folder(dir: &Path, pre: &Preprocess, limit: Option<usize>) -> 
     Ok(set)
 }
 
-/// Each image of a folder (as [`load_image_folder`] lists them, unlabelled) as a set of one.
-pub fn load_image_folder_each(dir: &Path, pre: &Preprocess, limit: Option<usize>) -> Result<Vec<ImageSet>> {
+/// The image files of a folder, as [`load_image_folder`] lists them (at most `limit`).
+pub fn image_files(dir: &Path, limit: Option<usize>) -> Result<Vec<std::path::PathBuf>> {
     let mut files = list_files(dir, is_image_name)?;
     if files.is_empty() {
         return Err(DataError::NoImages { dir: dir.to_path_buf() });
@@ -149,7 +149,7 @@ pub fn load_image_folder_each(dir: &Path, pre: &Preprocess, limit: Option<usize>
     if let Some(l) = limit {
         files.truncate(l);
     }
-    files.iter().map(|f| load_files(std::slice::from_ref(f), pre, dir)).collect()
+    Ok(files)
 }
 
 /// One image file as a set of one (unlabelled).

@@ -21,7 +21,7 @@ mod test_util;
 use std::path::{Path, PathBuf};
 
 pub use error::{DataError, Result};
-pub use folder::{load_image_file, load_image_folder, load_image_folder_each, LABELS_FILE};
+pub use folder::{image_files, load_image_file, load_image_folder, LABELS_FILE};
 pub use idx::{load_idx, load_idx_dir, write_idx_images, write_idx_labels, Split};
 pub use imageset::ImageSet;
 pub use preprocess::Preprocess;
@@ -62,13 +62,15 @@ pub fn load_any(path: &Path, split: Split, pre: &Preprocess, limit: Option<usize
     load_idx(path, labels.as_deref(), pre, limit)
 }
 
-/// [`load_any`], but each image of an image folder as its own set, so images may come out of
-/// preprocessing at different sizes (`multiple` without a fixed size); an IDX source is one set.
-pub fn load_any_each(path: &Path, split: Split, pre: &Preprocess, limit: Option<usize>) -> Result<Vec<ImageSet>> {
+/// The image files [`load_any`] would read from `path` one at a time (a folder of images, or one image
+/// file), so callers can decode and run them one by one at their own sizes; `None` for IDX data (one
+/// size for all, load it with [`load_any`]).
+pub fn image_paths(path: &Path, limit: Option<usize>) -> Result<Option<Vec<PathBuf>>> {
     if path.is_dir() && idx::list_files(path, idx::is_idx_images_name)?.is_empty() {
-        return folder::load_image_folder_each(path, pre, limit);
+        return image_files(path, limit).map(Some);
     }
-    Ok(vec![load_any(path, split, pre, limit)?])
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    Ok((path.is_file() && folder::is_image_name(name)).then(|| vec![path.to_path_buf()]))
 }
 
 /// The Fashion-MNIST folder, or an error saying how to install it:

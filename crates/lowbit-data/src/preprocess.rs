@@ -164,8 +164,8 @@ impl Preprocess {
         if self.resize_shorter.is_some() && self.resize_exact.is_some() {
             return Err("preprocessing: resize_shorter and resize_exact are both set".into());
         }
-        if self.multiple == Some(0) {
-            return Err("preprocessing: multiple must be positive".into());
+        if self.multiple.is_some_and(|m| m == 0 || m > 4096) {
+            return Err(format!("preprocessing: multiple {} is outside 1..=4096", self.multiple.unwrap_or(0)));
         }
         if self.letterbox.is_some() && self.resize_exact.is_none() && self.multiple.is_none() {
             return Err(
@@ -186,6 +186,9 @@ impl Preprocess {
             return Err(format!("image is empty ({h}x{w})"));
         }
         let (rh, rw) = self.resized_size(h, w);
+        if rh.checked_mul(rw).and_then(|v| v.checked_mul(self.channels)).is_none_or(|v| v > 1 << 31) {
+            return Err(format!("image is {h}x{w}, to be resized to {rh}x{rw}: too large"));
+        }
         match self.crop {
             Some((ch, cw)) if ch > rh || cw > rw => Err(if (rh, rw) == (h, w) {
                 format!("image is {h}x{w}, smaller than the {ch}x{cw} center crop")
@@ -516,6 +519,12 @@ mod tests {
         // A letterbox needs something to fit into or pad to; a zero multiple is refused.
         assert!(Preprocess { letterbox: Some(0), ..Preprocess::none() }.validate().unwrap_err().contains("letterbox"));
         assert!(Preprocess { multiple: Some(0), ..Preprocess::none() }.validate().unwrap_err().contains("multiple"));
+        assert!(Preprocess { multiple: Some(1 << 40), ..Preprocess::none() }
+            .validate()
+            .unwrap_err()
+            .contains("multiple"));
+        let huge = Preprocess { resize_exact: Some((1 << 20, 1 << 20)), letterbox: Some(0), ..Preprocess::none() };
+        assert!(huge.output_shape(10, 10).unwrap_err().contains("too large"));
     }
 
     #[test]
