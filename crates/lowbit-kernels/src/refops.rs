@@ -296,51 +296,79 @@ fn reduce(x: &Tensor, axes: &[usize], kind: Reduce, odt: DType, oshape: Vec<usiz
     Ok(Tensor { shape: oshape, data: from_f64(odt, acc) })
 }
 
-fn conv_transpose(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &lowbit_core::ConvTransposeAttrs) -> Result<Tensor> {
-    let g = conv_transpose_geom(&x.shape, &w.shape, c)?;
-    let xs = f32s(x, "ConvTranspose input")?;
-    let wv = f32s(w, "ConvTranspose weight")?;
-    let sp = x.rank() - 2;
-    if sp > 2 {
-        return Err(Error::Invalid(format!("ConvTranspose with {sp} spatial dims is not supported (1 or 2)")));
-    }
-    let two = |v: &[usize], d: usize| if sp == 1 { [d, v[0]] } else { [v[0], v[1]] };
-    let [h, wd] = two(&x.shape[2..], 1);
-    let [oh, ow] = two(&g.out, 1);
-    let [kh, kw] = two(&g.kernel, 1);
-    let [sh, sw] = two(&g.strides, 1);
-    let [dh, dw] = two(&g.dilations, 1);
-    let [ph, pw] = two(&g.pads_begin, 0);
-    let (n, ci, co) = (x.shape[0], x.shape[1], g.out_channels);
-    let grp = c.group.max(1);
-    let (cig, cog) = (ci / grp, co / grp);
-    let mut o = vec![0f32; n * co * oh * ow];
-    if let Some(b) = b {
-        let bv = f32s(b, "ConvTranspose bias")?;
-        for (i, v) in o.iter_mut().enumerate() {
-            *v = bv[(i / (oh * ow)) % co];
+/// The sizes of a 1-D or 2-D ConvTranspose (a 1-D one as height 1).
+#[derive(Clone, Copy, Debug)]
+pub struct DeconvShape {
+    pub n: usize,
+    pub ci: usize,
+    pub co: usize,
+    pub group: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub ph: usize,
+    pub pw: usize,
+}
+
+impl DeconvShape {
+    /// From the input and weight shapes (`[C_in][C_out/group][k..]`) and the attributes.
+    pub fn new(xs: &[usize], ws: &[usize], c: &lowbit_core::ConvTransposeAttrs) -> Result<DeconvShape> {
+        let g = conv_transpose_geom(xs, ws, c)?;
+        let sp = xs.len() - 2;
+        if sp > 2 {
+            return Err(Error::Invalid(format!("ConvTranspose with {sp} spatial dims is not supported (1 or 2)")));
         }
+        let two = |v: &[usize], d: usize| if sp == 1 { [d, v[0]] } else { [v[0], v[1]] };
+        let ([h, w], [oh, ow], [kh, kw]) = (two(&xs[2..], 1), two(&g.out, 1), two(&g.kernel, 1));
+        let ([sh, sw], [dh, dw], [ph, pw]) = (two(&g.strides, 1), two(&g.dilations, 1), two(&g.pads_begin, 0));
+        let (n, ci, co, group) = (xs[0], xs[1], g.out_channels, c.group.max(1));
+        Ok(DeconvShape { n, ci, co, group, h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw })
     }
-    for ni in 0..n {
-        for ic in 0..ci {
+
+    /// Output elements (`n·co·oh·ow`).
+    pub fn out_len(&self) -> usize {
+        self.n * self.co * self.oh * self.ow
+    }
+}
+
+/// Adds ConvTranspose's products into `o` (NCHW, `s.out_len()` values, holding the bias or zeros):
+/// every input value scattered through the window, `y[co][oy][ox] += x[ci][iy][ix]·w[ci][co][ky][kx]`
+/// for `oy = iy·sh + ky·dh - ph` (and across). On f32 the reference's order; on integers (the
+/// fake-quant executor) exact.
+pub fn conv_transpose_acc<T: Copy + std::ops::Mul<Output = T> + std::ops::AddAssign>(
+    s: &DeconvShape,
+    xs: &[T],
+    wv: &[T],
+    o: &mut [T],
+) {
+    let (cig, cog) = (s.ci / s.group, s.co / s.group);
+    for ni in 0..s.n {
+        for ic in 0..s.ci {
             let gi = ic / cig;
-            for iy in 0..h {
-                for ix in 0..wd {
-                    let xv = xs[((ni * ci + ic) * h + iy) * wd + ix];
+            for iy in 0..s.h {
+                for ix in 0..s.w {
+                    let xv = xs[((ni * s.ci + ic) * s.h + iy) * s.w + ix];
                     for ocg in 0..cog {
                         let oc = gi * cog + ocg;
-                        for ky in 0..kh {
-                            let oy = (iy * sh + ky * dh) as isize - ph as isize;
-                            if oy < 0 || oy >= oh as isize {
+                        for ky in 0..s.kh {
+                            let oy = (iy * s.sh + ky * s.dh) as isize - s.ph as isize;
+                            if oy < 0 || oy >= s.oh as isize {
                                 continue;
                             }
-                            for kx in 0..kw {
-                                let ox = (ix * sw + kx * dw) as isize - pw as isize;
-                                if ox < 0 || ox >= ow as isize {
+                            for kx in 0..s.kw {
+                                let ox = (ix * s.sw + kx * s.dw) as isize - s.pw as isize;
+                                if ox < 0 || ox >= s.ow as isize {
                                     continue;
                                 }
-                                o[((ni * co + oc) * oh + oy as usize) * ow + ox as usize] +=
-                                    xv * wv[((ic * cog + ocg) * kh + ky) * kw + kx];
+                                o[((ni * s.co + oc) * s.oh + oy as usize) * s.ow + ox as usize] +=
+                                    xv * wv[((ic * cog + ocg) * s.kh + ky) * s.kw + kx];
                             }
                         }
                     }
@@ -348,8 +376,22 @@ fn conv_transpose(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &lowbit_core::C
             }
         }
     }
-    let mut shape = vec![n, co];
-    shape.extend(&g.out);
+}
+
+fn conv_transpose(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &lowbit_core::ConvTransposeAttrs) -> Result<Tensor> {
+    let s = DeconvShape::new(&x.shape, &w.shape, c)?;
+    let xs = f32s(x, "ConvTranspose input")?;
+    let wv = f32s(w, "ConvTranspose weight")?;
+    let mut o = vec![0f32; s.out_len()];
+    if let Some(b) = b {
+        let bv = f32s(b, "ConvTranspose bias")?;
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = bv[(i / (s.oh * s.ow)) % s.co];
+        }
+    }
+    conv_transpose_acc(&s, xs, wv, &mut o);
+    let mut shape = vec![s.n, s.co];
+    shape.extend(&conv_transpose_geom(&x.shape, &w.shape, c)?.out);
     Ok(Tensor::f32(shape, o))
 }
 

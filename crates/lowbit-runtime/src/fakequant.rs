@@ -223,43 +223,13 @@ fn exact_mac(n: &Node, prod: &HashMap<String, Node>, vals: &HashMap<String, Tens
             }
         }
         Op::ConvTranspose(c) => {
-            // y[co][oy][ox] = Σ x[ci][iy][ix] · w[ci][co][ky][kx] over oy = iy·sh + ky·dh - pad (and the same across).
-            let g = lowbit_core::shape_ops::conv_transpose_geom(xs, ws, c)?;
-            let (h, wd, oh, ow, kh, kw) = (xs[2], xs[3], g.out[0], g.out[1], ws[2], ws[3]);
-            let (sh, sw2, dh, dw, ph, pw) =
-                (g.strides[0], g.strides[1], g.dilations[0], g.dilations[1], g.pads_begin[0], g.pads_begin[1]);
-            let cin = xs[1];
-            let mut acc = vec![0i32; nout * oh * ow];
-            for b in 0..xs[0] {
-                acc.fill(0);
-                for ci in 0..cin {
-                    let plane = &xv[(b * cin + ci) * h * wd..][..h * wd];
-                    for co in 0..nout {
-                        for ky in 0..kh {
-                            for kx in 0..kw {
-                                let wt = wv[((ci * nout + co) * kh + ky) * kw + kx];
-                                for iy in 0..h {
-                                    let oy = (iy * sh + ky * dh) as isize - ph as isize;
-                                    if oy < 0 || oy >= oh as isize {
-                                        continue;
-                                    }
-                                    for ix in 0..wd {
-                                        let ox = (ix * sw2 + kx * dw) as isize - pw as isize;
-                                        if ox >= 0 && ox < ow as isize {
-                                            acc[(co * oh + oy as usize) * ow + ox as usize] += plane[iy * wd + ix] * wt;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                for co in 0..nout {
-                    let o = &mut out[(b * nout + co) * oh * ow..][..oh * ow];
-                    for (d, &a) in o.iter_mut().zip(&acc[co * oh * ow..][..oh * ow]) {
-                        *d = y(a, co);
-                    }
-                }
+            // The reference's scatter on the integers (exact in any order).
+            let s = lowbit_kernels::refops::DeconvShape::new(xs, ws, c)?;
+            let mut acc = vec![0i32; s.out_len()];
+            lowbit_kernels::refops::conv_transpose_acc(&s, &xv, &wv, &mut acc);
+            let plane = s.oh * s.ow;
+            for (i, (d, &a)) in out.iter_mut().zip(&acc).enumerate() {
+                *d = y(a, (i / plane) % s.co);
             }
         }
         _ => unreachable!(),
