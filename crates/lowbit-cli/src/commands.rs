@@ -21,7 +21,8 @@ pub(crate) fn split(s: &str) -> Split {
     }
 }
 
-pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>) -> Result<()> {
+/// `lowbit inspect`: prints the model's layers and returns the JSON report (written to `json_out` too).
+pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>) -> Result<serde_json::Value> {
     let mut g = load_model(model)?;
     let ov = input_shape.map(parse_shape).transpose()?;
     if let Some(s) = &ov {
@@ -34,10 +35,10 @@ pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>)
     for n in &g.nodes {
         *ops.entry(n.op.op_type()).or_default() += 1;
     }
-    println!("model     {}", model.display());
-    println!("file      {:.2} MB, opset {}, {} nodes", file_bytes as f64 / 1e6, g.opset, g.nodes.len());
-    println!("ops       {}", ops.iter().map(|(k, v)| format!("{k}x{v}")).collect::<Vec<_>>().join(" "));
-    println!("params    {} ({:.2} MB as f32)", g.param_count(), g.param_count() as f64 * 4.0 / 1e6);
+    crate::say!("model     {}", model.display());
+    crate::say!("file      {:.2} MB, opset {}, {} nodes", file_bytes as f64 / 1e6, g.opset, g.nodes.len());
+    crate::say!("ops       {}", ops.iter().map(|(k, v)| format!("{k}x{v}")).collect::<Vec<_>>().join(" "));
+    crate::say!("params    {} ({:.2} MB as f32)", g.param_count(), g.param_count() as f64 * 4.0 / 1e6);
     // Weight schemes lowbit wrote (pow2 / log2 / kmeans layers carry a metadata entry each).
     let mut schemes: std::collections::BTreeMap<&str, usize> = Default::default();
     for (k, v) in &g.metadata {
@@ -47,11 +48,11 @@ pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>)
     }
     if !schemes.is_empty() {
         let list: Vec<String> = schemes.iter().map(|(s, n)| format!("{s} weights on {n} layer(s)")).collect();
-        println!("schemes   {}", list.join(", "));
+        crate::say!("schemes   {}", list.join(", "));
     }
-    println!("input     {:?}", shape);
+    crate::say!("input     {:?}", shape);
     let sp = plan.specialized();
-    println!(
+    crate::say!(
         "passes    {} constants folded, {} BatchNorms folded, {} hard-swish patterns, {} activations fused, {} identities removed",
         sp.folded,
         sp.passes.batchnorms_folded,
@@ -74,28 +75,26 @@ pub fn inspect(model: &Path, input_shape: Option<&str>, json_out: Option<&Path>)
         })
         .collect();
     print_table(&["layer", "op", "kernel", "output", "params", "MMAC"], &rows);
-    println!("total     {:.3} GMAC per batch of {}", plan.macs() as f64 / 1e9, shape[0]);
-    println!(
+    crate::say!("total     {:.3} GMAC per batch of {}", plan.macs() as f64 / 1e9, shape[0]);
+    crate::say!(
         "arena     {:.2} MB activations (liveness-planned), {:.2} MB scratch",
         plan.arena_bytes() as f64 / 1e6,
         plan.scratch_bytes() as f64 / 1e6
     );
     let f = features();
-    println!("cpu       {}", f.names().join(" "));
+    crate::say!("cpu       {}", f.names().join(" "));
+    let layers: Vec<_> = plan
+        .steps()
+        .iter()
+        .map(|s| json!({"name": s.name, "op": s.op, "kernel": s.kernel, "output": s.out_shape, "params": s.params, "macs": s.macs}))
+        .collect();
+    let report = json!({"model": model.display().to_string(), "file_bytes": file_bytes, "opset": g.opset, "ops": ops,
+        "params": g.param_count(), "input_shape": shape, "macs": plan.macs(), "arena_bytes": plan.arena_bytes(),
+        "scratch_bytes": plan.scratch_bytes(), "layers": layers, "cpu_features": f.names()});
     if let Some(p) = json_out {
-        let layers: Vec<_> = plan
-            .steps()
-            .iter()
-            .map(|s| json!({"name": s.name, "op": s.op, "kernel": s.kernel, "output": s.out_shape, "params": s.params, "macs": s.macs}))
-            .collect();
-        write_json(
-            p,
-            &json!({"model": model.display().to_string(), "file_bytes": file_bytes, "opset": g.opset, "ops": ops,
-                "params": g.param_count(), "input_shape": shape, "macs": plan.macs(), "arena_bytes": plan.arena_bytes(),
-                "scratch_bytes": plan.scratch_bytes(), "layers": layers, "cpu_features": f.names()}),
-        )?;
+        write_json(p, &report)?;
     }
-    Ok(())
+    Ok(report)
 }
 
 /// Input shape for batch 1, symbolic non-batch dims from the override.
@@ -170,7 +169,7 @@ pub fn run(
             out.push(json!({"image": set.names[start + i], "top": t, "prob": t.iter().map(|&k| p[k]).collect::<Vec<_>>(), "logits": l}));
         }
     }
-    println!("preset {preset}, {} images", set.n);
+    crate::say!("preset {preset}, {} images", set.n);
     print_table(&["image", "top classes (class:prob)"], &rows);
     if let Some(p) = json_out {
         write_json(p, &json!({"model": model.display().to_string(), "preset": preset, "results": out}))?;
@@ -262,15 +261,40 @@ pub fn eval(
     threads: usize,
     json_out: Option<&Path>,
     check_fake_quant: bool,
-) -> Result<EvalReport> {
+) -> Result<(EvalReport, serde_json::Value)> {
     let (g, preset, set) = load_for(model, data, a)?;
+    let reference = reference.map(|p| Ok::<_, anyhow::Error>((p, load_model(p)?))).transpose()?;
+    let what = EvalInputs { model, data: &data.display().to_string(), preset: &preset, reference };
+    eval_set(&what, g, &set, batch, threads, json_out, check_fake_quant)
+}
+
+/// What [`eval_set`] evaluates: the model file (for messages and the report), where the images
+/// came from, their preprocessing, and the reference model (path and graph) to agree with.
+pub struct EvalInputs<'a> {
+    pub model: &'a Path,
+    pub data: &'a str,
+    pub preset: &'a str,
+    pub reference: Option<(&'a Path, lowbit_core::Graph)>,
+}
+
+/// `lowbit eval` on images already loaded and preprocessed (`g` is the model as read, its input fit
+/// to the images): accuracy when labelled, agreement with a reference; prints the table and returns
+/// the report with its JSON (written to `json_out` too).
+pub fn eval_set(
+    w: &EvalInputs,
+    g: lowbit_core::Graph,
+    set: &lowbit_data::ImageSet,
+    batch: usize,
+    threads: usize,
+    json_out: Option<&Path>,
+    check_fake_quant: bool,
+) -> Result<(EvalReport, serde_json::Value)> {
+    let (model, data, preset) = (w.model, w.data, w.preset.to_string());
+    let reference = w.reference.as_ref().map(|(p, _)| *p);
     let shape = vec![set.c, set.h, set.w];
     let graph = check_fake_quant.then(|| g.clone());
     let mut c = Classifier::new(g, shape.clone(), threads);
-    let mut r = match reference {
-        Some(p) => Some(Classifier::new(load_model(p)?, shape.clone(), threads)),
-        None => None,
-    };
+    let mut r = w.reference.as_ref().map(|(_, rg)| Classifier::new(rg.clone(), shape.clone(), threads));
     let pb = progress(set.n as u64, "eval");
     let t0 = Instant::now();
     let rep = classify::evaluate(&mut c, r.as_mut(), &set.data, set.n, set.labels.as_deref(), batch, &mut |d| {
@@ -313,19 +337,17 @@ pub fn eval(
         rows.push(vec!["fake-quant executor: same top-1".into(), format!("{same_top1}/{}", set.n)]);
         fq_report = json!({"identical_outputs": same_bits, "same_top1": same_top1, "images": set.n});
     }
-    println!("{} on {}", model.display(), data.display());
+    crate::say!("{} on {data}", model.display());
     print_table(&["metric", "value"], &rows);
+    let report = json!({"model": model.display().to_string(), "data": data, "preset": preset, "images": set.n,
+        "top1": rep.top1, "top5": rep.top5,
+        "agreement": rep.agreement.as_ref().map(|a| json!({"top1": a.top1, "top5": a.top5, "cosine": a.cosine, "kl": a.kl})),
+        "reference": reference.map(|p| p.display().to_string()), "seconds": secs,
+        "predictions": rep.predictions, "fake_quant_check": fq_report});
     if let Some(p) = json_out {
-        write_json(
-            p,
-            &json!({"model": model.display().to_string(), "data": data.display().to_string(), "preset": preset, "images": set.n,
-                "top1": rep.top1, "top5": rep.top5,
-                "agreement": rep.agreement.as_ref().map(|a| json!({"top1": a.top1, "top5": a.top5, "cosine": a.cosine, "kl": a.kl})),
-                "reference": reference.map(|p| p.display().to_string()), "seconds": secs,
-                "predictions": rep.predictions, "fake_quant_check": fq_report}),
-        )?;
+        write_json(p, &report)?;
     }
-    Ok(rep)
+    Ok((rep, report))
 }
 
 /// Latency statistics of one benchmark.
@@ -333,6 +355,8 @@ pub struct BenchResult {
     pub median_ms: f64,
     pub p90_ms: f64,
     pub gmacs: f64,
+    /// The JSON report (what `--json` writes).
+    pub report: serde_json::Value,
 }
 
 pub fn bench(
@@ -438,7 +462,7 @@ pub fn bench(
     let precision = if int8 { format!("int8, {}", plan.isa().name()) } else { "f32".to_string() };
     // Share of this machine's measured multiply-accumulate peak for the integer path in use.
     let peak = if int8 { lowbit_kernels::int8::measured_peak_gmacs(plan.isa()) * threads as f64 } else { 0.0 };
-    println!("{} batch {} threads {} ({precision})", model.display(), batch, threads);
+    crate::say!("{} batch {} threads {} ({precision})", model.display(), batch, threads);
     print_table(
         &["median ms", "p90 ms", "mean ms", "images/s", "GMAC/s", "of peak", "arena MB", "weights MB"],
         &[vec![
@@ -452,7 +476,7 @@ pub fn bench(
             format!("{:.2}", plan.weight_bytes() as f64 / 1e6),
         ]],
     );
-    println!(
+    crate::say!(
         "paths: f32 {}, integer {}, binary {}; kernel calls per run: {} ({} on SIMD paths)",
         paths.f32.name(),
         paths.int8.name(),
@@ -460,10 +484,7 @@ pub fn bench(
         calls.total(),
         calls.simd()
     );
-    if let Some(p) = json_out {
-        write_json(
-            p,
-            &json!({"model": model.display().to_string(), "precision": if int8 { "int8" } else { "f32" },
+    let report = json!({"model": model.display().to_string(), "precision": if int8 { "int8" } else { "f32" },
                 "isa": if int8 { Some(plan.isa().name()) } else { None }, "batch": batch, "threads": threads, "iters": iters,
                 "median_ms": median, "p90_ms": p90, "mean_ms": mean, "images_per_s": ips, "gmac_per_s": gmacs,
                 "peak_gmac_per_s": if int8 { Some(peak) } else { None }, "int8_steps": plan.int8_steps(),
@@ -471,10 +492,11 @@ pub fn bench(
                 "weight_bytes": plan.weight_bytes(), "cpu_features": lowbit_kernels::isa::features().names(),
                 "paths": {"f32": paths.f32.name(), "int8": paths.int8.name(), "binary": paths.binary.name()},
                 "kernel_calls": {"f32": calls.f32, "int8": calls.int8, "binary": calls.binary,
-                    "total": calls.total(), "simd": calls.simd(), "counted_threads": 1}}),
-        )?;
+                    "total": calls.total(), "simd": calls.simd(), "counted_threads": 1}});
+    if let Some(p) = json_out {
+        write_json(p, &report)?;
     }
-    Ok(BenchResult { median_ms: median, p90_ms: p90, gmacs })
+    Ok(BenchResult { median_ms: median, p90_ms: p90, gmacs, report })
 }
 
 const DEMO_MODEL: &[u8] = include_bytes!("../../../assets/fmnist-default.onnx");
@@ -496,7 +518,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
     write_atomic(&data.join("t10k-labels-idx1-ubyte.gz"), DEMO_LABELS)?;
     write_atomic(&data.join("train-images-idx3-ubyte.gz"), DEMO_TRAIN_IMAGES)?;
     write_atomic(&data.join("train-labels-idx1-ubyte.gz"), DEMO_TRAIN_LABELS)?;
-    println!("== embedded default: a Fashion-MNIST ResNet-20-style model lowbit trained itself; 500 training images for calibration, 1,000 test images ==\n");
+    crate::say!("== embedded default: a Fashion-MNIST ResNet-20-style model lowbit trained itself; 500 training images for calibration, 1,000 test images ==\n");
     let t0 = Instant::now();
     let mut summary = vec![];
     for (w, a) in [(8u8, 8u8), (4, 8)] {
@@ -532,14 +554,14 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
         };
         let r = crate::quantize::quantize(&qa)?;
         summary.push((w, a, r));
-        println!();
+        crate::say!();
     }
     let b = bench(&model, 1, threads, 200, 20, None, Some(&out.join("bench.json")))?;
-    println!();
+    crate::say!();
     // The W8A8 file on lowbit's integer runtime (int8 activations between layers).
     let q8 = out.join("fmnist-default-w8a8.onnx");
     let bq = bench(&q8, 1, threads, 200, 20, None, Some(&out.join("bench-w8a8.json")))?;
-    println!("\nsummary ({:.1} s):", t0.elapsed().as_secs_f64());
+    crate::say!("\nsummary ({:.1} s):", t0.elapsed().as_secs_f64());
     let mut rows = vec![];
     if let Some((_, _, r)) = summary.first() {
         rows.push(vec![
@@ -562,15 +584,15 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
         ]);
     }
     print_table(&["model", "top-1 (1,000 test images)", "change", "weights"], &rows);
-    println!("float32 batch-1 latency {:.3} ms median ({:.3} ms p90, {:.1} GMAC/s)", b.median_ms, b.p90_ms, b.gmacs);
-    println!(
+    crate::say!("float32 batch-1 latency {:.3} ms median ({:.3} ms p90, {:.1} GMAC/s)", b.median_ms, b.p90_ms, b.gmacs);
+    crate::say!(
         "W8A8 on the integer runtime {:.3} ms median ({:.3} ms p90, {:.1} GMAC/s): {:.2}x the float32 speed",
         bq.median_ms,
         bq.p90_ms,
         bq.gmacs,
         b.median_ms / bq.median_ms
     );
-    println!("models and reports written to {}/", out.display());
+    crate::say!("models and reports written to {}/", out.display());
     Ok(())
 }
 
@@ -592,7 +614,7 @@ pub fn dump_data(data: &Path, a: &DataArgs, out: &Path) -> Result<()> {
         &json!({"shape": [set.n, set.c, set.h, set.w], "labelled": set.labels.is_some(), "source": data.display().to_string(),
             "names": set.names, "stems": set.names.iter().enumerate().map(|(i, n)| safe_name(&image_stem(n, i))).collect::<Vec<_>>()}),
     )?;
-    println!("{} images {:?} -> {}.f32", set.n, [set.c, set.h, set.w], out.display());
+    crate::say!("{} images {:?} -> {}.f32", set.n, [set.c, set.h, set.w], out.display());
     Ok(())
 }
 

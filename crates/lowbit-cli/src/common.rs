@@ -8,6 +8,28 @@ use lowbit_core::{Dim, Graph};
 use lowbit_data::{ImageSet, Preprocess, Split};
 use lowbit_runtime::{Plan, PlanOptions};
 
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the commands' printed tables and summaries off (or on again); reports, files and errors
+/// are unchanged. The Python package runs quiet unless asked.
+pub fn set_quiet(q: bool) {
+    QUIET.store(q, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `println!` unless [`set_quiet`] is on.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {
+        if !$crate::common::quiet() {
+            println!($($t)*)
+        }
+    };
+}
+
 /// A `--threads` value bounded by this machine's CPUs (with a warning when it was more), at least 1.
 pub fn clamp_threads(n: usize) -> usize {
     let cpus = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
@@ -141,6 +163,9 @@ pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 
 /// Prints a table with aligned columns.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    if quiet() {
+        return;
+    }
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {

@@ -1,24 +1,11 @@
 //! The `lowbit` command: inspect, run, evaluate, benchmark, quantize (PTQ with a QAT fallback),
-//! binarize and train ONNX CNNs. Logic a library user would need lives in the other crates (PTQ is
-//! `lowbit_quant::ptq::quantize`); this crate parses arguments, prints tables and writes JSON.
-
-mod binarize;
-mod commands;
-mod common;
-mod image_args;
-mod outputs;
-mod pipeline;
-mod quantize;
-mod quantize_args;
-mod quantize_report;
-mod save;
-mod svg;
-mod task_eval;
-mod train;
+//! binarize and train ONNX CNNs. The commands are the `lowbit_cli` library; this file parses the
+//! command line and dispatches.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use lowbit_cli::{binarize, commands, common, outputs, pipeline, quantize, save, task_eval, train, DataArgs};
 
 #[derive(Parser)]
 #[command(name = "lowbit", version, about = "Low-bit quantization toolkit and runtime for ONNX CNNs")]
@@ -36,18 +23,6 @@ struct Cli {
 
 fn parse_size(s: &str) -> Result<usize, String> {
     lowbit_core::limits::parse_size(s)
-}
-
-#[derive(clap::Args, Clone)]
-pub struct DataArgs {
-    /// For IDX folders with train and test files: which split
-    #[arg(long, default_value = "test", value_parser = ["train", "test"])]
-    pub split: String,
-    /// Use at most this many images
-    #[arg(long)]
-    pub limit: Option<usize>,
-    #[command(flatten)]
-    pub image: image_args::ImageArgs,
 }
 
 #[derive(Subcommand)]
@@ -243,7 +218,9 @@ fn main() {
         std::process::exit(1);
     }
     let r = match cli.cmd {
-        Cmd::Inspect { model, input_shape, json } => commands::inspect(&model, input_shape.as_deref(), json.as_deref()),
+        Cmd::Inspect { model, input_shape, json } => {
+            commands::inspect(&model, input_shape.as_deref(), json.as_deref()).map(|_| ())
+        }
         Cmd::Run { model, input, data, threads, json, save_outputs: Some(dir), .. } => {
             save::save_outputs(&model, &input, &data, threads, &dir, json.as_deref())
         }

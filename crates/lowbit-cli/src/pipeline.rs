@@ -254,8 +254,8 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
         lowbit_onnx::write_model(&q.graph, &a.output).map_err(|e| anyhow!("{e}"))?;
         done_by = if l3_ok { "L3" } else { "" };
     }
-    println!();
-    println!(
+    crate::say!();
+    crate::say!(
         "automatic pipeline, W{}A{}, budget {budget} pp: decided on test images 0..{ndec}, reported on {ndec}..{} (neither seen in training or calibration)",
         a.weights, a.acts, test.n
     );
@@ -274,10 +274,10 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
         &rows,
     );
     match done_by {
-        "" => println!("budget NOT met by any stage; wrote the last stage to {}", a.output.display()),
-        s => println!("{s} met the budget; wrote {}", a.output.display()),
+        "" => crate::say!("budget NOT met by any stage; wrote the last stage to {}", a.output.display()),
+        s => crate::say!("{s} met the budget; wrote {}", a.output.display()),
     }
-    println!("total {:.1} s", t_all.elapsed().as_secs_f64());
+    crate::say!("total {:.1} s", t_all.elapsed().as_secs_f64());
     if let Some(j) = &a.json {
         write_json(
             j,

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use lowbit_data::Split;
 use lowbit_quant::ptq::{self, CalibSet, Stage};
 
@@ -21,25 +21,46 @@ pub struct QuantizeOutcome {
     /// Weight bits per quantized layer (after mixed precision).
     pub weight_bits: Vec<(String, Option<u8>)>,
     pub graph: lowbit_core::Graph,
+    /// The JSON report (what `--json` writes).
+    pub report: serde_json::Value,
 }
 
 pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
-    let opts = options(a)?;
+    options(a)?;
     let t0 = Instant::now();
-    let mut g = load_model(&a.model)?;
+    let g = load_model(&a.model)?;
     let split = if a.calib_split == "test" { Split::Test } else { Split::Train };
     let calib_path = a.calib.clone().ok_or_else(|| anyhow!("--calib is required"))?;
     load_data(&calib_path, split, &lowbit_data::Preprocess::none(), Some(1))?;
     let (preset, pre) = a.image.resolve(&g, &calib_path)?;
     let calib = load_data(&calib_path, split, &pre, Some(a.calib_n))?;
+    quantize_set(a, g, &calib, &preset, Some(&pre), t0)
+}
+
+/// [`quantize`] on calibration images already loaded and preprocessed (`a.calib` is not read; the
+/// first `a.calib_n` images of `calib` are used); `pre` is their preprocessing when lowbit did it
+/// (then `a.eval` can be loaded the same way), `preset` its name for the report.
+pub fn quantize_set(
+    a: &QuantizeArgs,
+    mut g: lowbit_core::Graph,
+    calib: &lowbit_data::ImageSet,
+    preset: &str,
+    pre: Option<&lowbit_data::Preprocess>,
+    t0: Instant,
+) -> Result<QuantizeOutcome> {
+    let opts = options(a)?;
+    let calib = &calib.slice(0, a.calib_n);
+    if calib.is_empty() {
+        bail!("{}: no calibration images", calib.source);
+    }
     a.image.fit_model(&mut g, &a.model, [calib.c, calib.h, calib.w])?;
     let image_shape = vec![calib.c, calib.h, calib.w];
     // Check shapes with a clear message before the long part.
     let (canon, _) = lowbit_runtime::canonicalize_free(&g).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
-    compile(&canon, &a.model, [vec![1], image_shape.clone()].concat(), 1).map_err(|e| {
-        anyhow!("{e} (calibration data {} has images of shape {:?})", calib_path.display(), image_shape)
-    })?;
-    let set = CalibSet { image_shape: &image_shape, data: &calib.data, n: calib.n, labels: calib.labels.as_deref() };
+    compile(&canon, &a.model, [vec![1], image_shape.clone()].concat(), 1)
+        .map_err(|e| anyhow!("{e} (calibration data {} has images of shape {:?})", calib.source, image_shape))?;
+    let labels: Option<Vec<u32>> = calib.labels.clone();
+    let set = CalibSet { image_shape: &image_shape, data: &calib.data, n: calib.n, labels: labels.as_deref() };
     let mut bar: Option<(Stage, indicatif::ProgressBar)> = None;
     let r = ptq::quantize(&g, &set, &opts, &mut |stage, done, total| {
         if bar.as_ref().is_none_or(|b| b.0 != stage) {
@@ -61,12 +82,16 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         report::plots(a, &r, dir, calib.labels.is_some())?;
     }
     let calib_secs = t0.elapsed().as_secs_f64();
-    let ev = match &a.eval {
-        Some(ev) => Some(report::evaluate(a, ev, &g, &r.model.graph, &pre, &image_shape)?),
-        None => None,
+    let ev = match (&a.eval, pre) {
+        (Some(ev), Some(pre)) => Some(report::evaluate(a, ev, &g, &r.model.graph, pre, &image_shape)?),
+        (Some(ev), None) => bail!(
+            "{}: evaluation data needs lowbit's preprocessing, and these calibration images came preprocessed",
+            ev.display()
+        ),
+        (None, _) => None,
     };
     lowbit_onnx::write_model(&r.model.graph, &a.output).map_err(|e| anyhow!("{e}"))?;
-    report::summary(a, &r, &preset, calib.n, ev.as_ref(), calib_secs, t0)?;
+    let report = report::summary(a, &r, preset, calib.n, ev.as_ref(), calib_secs, t0)?;
     let q = &r.model;
     Ok(QuantizeOutcome {
         float_top1: ev.as_ref().and_then(|e| e.float_top1),
@@ -75,5 +100,6 @@ pub fn quantize(a: &QuantizeArgs) -> Result<QuantizeOutcome> {
         quant_weight_bytes: q.weight_bytes,
         weight_bits: q.layers.iter().map(|l| (l.node.clone(), l.weight_bits)).collect(),
         graph: q.graph.clone(),
+        report,
     })
 }

@@ -28,13 +28,13 @@ pub fn choice_and_sensitivity(a: &QuantizeArgs, r: &PtqOutcome, labelled: bool) 
                 ]
             })
             .collect();
-        println!(
+        crate::say!(
             "range method on {} calibration images (not a classifier: chosen, first row, by the mean SQNR of every \
              output against float):",
             r.scored_images
         );
         print_table(&["method", "bias corr.", "SQNR dB"], &rows);
-        println!();
+        crate::say!();
     } else if !r.candidates.is_empty() {
         let rows: Vec<Vec<String>> = r
             .candidates
@@ -49,19 +49,21 @@ pub fn choice_and_sensitivity(a: &QuantizeArgs, r: &PtqOutcome, labelled: bool) 
                 ]
             })
             .collect();
-        println!(
+        crate::say!(
             "range method on {} calibration images (chosen, first row: the lowest KL among those whose agreement \
              with float is within sampling noise of the best):",
             r.scored_images
         );
         print_table(&["method", "bias corr.", "top-1 agreement", "KL", "near best agreement"], &rows);
-        println!();
+        crate::say!();
     }
     if !r.sensitivity.is_empty() {
         let what = if labelled { "top-1 drop" } else { "agreement drop" };
-        println!(
+        crate::say!(
             "per-layer sensitivity at W{}A{} (only that layer quantized; {} calibration images):",
-            a.weights, a.acts, r.scored_images
+            a.weights,
+            a.acts,
+            r.scored_images
         );
         let rows: Vec<Vec<String>> = r
             .sensitivity
@@ -76,9 +78,9 @@ pub fn choice_and_sensitivity(a: &QuantizeArgs, r: &PtqOutcome, labelled: bool) 
             })
             .collect();
         print_table(&["layer", "params", what, "logit SQNR"], &rows);
-        println!();
+        crate::say!();
         if let Some(m) = &r.mixed {
-            println!(
+            crate::say!(
                 "mixed precision for --max-drop {}: {} layer(s) raised to 8-bit weights ({}); {what} on calibration images {:.2} pp{}",
                 m.max_drop,
                 m.raised.len(),
@@ -86,7 +88,7 @@ pub fn choice_and_sensitivity(a: &QuantizeArgs, r: &PtqOutcome, labelled: bool) 
                 m.drop_pp,
                 if m.within_budget { "" } else { " -- budget NOT met even with every layer raised" }
             );
-            println!();
+            crate::say!();
         }
     }
 }
@@ -117,7 +119,7 @@ pub fn plots(a: &QuantizeArgs, r: &PtqOutcome, dir: &Path, labelled: bool) -> Re
         .collect();
     let title = format!("{}: activation histograms and clip ranges", a.model.display());
     write_atomic(&dir.join("histograms.svg"), crate::svg::histograms(&title, &hists).as_bytes())?;
-    println!("plots written to {}/", dir.display());
+    crate::say!("plots written to {}/", dir.display());
     Ok(())
 }
 
@@ -160,11 +162,11 @@ pub fn summary(
     ev: Option<&Eval>,
     calib_secs: f64,
     t0: Instant,
-) -> Result<()> {
+) -> Result<serde_json::Value> {
     let q = &r.model;
     let file_in = std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0);
     let file_out = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
-    println!(
+    crate::say!(
         "{} -> {} (W{}A{}{}, {}, preset {preset}, {calib_n} calibration images)",
         a.model.display(),
         a.output.display(),
@@ -196,7 +198,7 @@ pub fn summary(
         }
     }
     for n in &r.notes {
-        println!("{n}");
+        crate::say!("{n}");
     }
     print_table(&["", "float", "quantized", "change"], &rows);
     let bits = |b: Option<u8>| b.map(|b| b.to_string()).unwrap_or_else(|| "f32".into());
@@ -205,10 +207,9 @@ pub fn summary(
         .iter()
         .map(|l| vec![l.node.clone(), l.op.clone(), l.params.to_string(), bits(l.weight_bits), bits(l.act_bits)])
         .collect();
-    println!();
+    crate::say!();
     print_table(&["layer", "op", "params", "w bits", "a bits"], &lrows);
-    println!("\ncalibration {:.1} s, total {:.1} s", calib_secs, t0.elapsed().as_secs_f64());
-    let Some(j) = &a.json else { return Ok(()) };
+    crate::say!("\ncalibration {:.1} s, total {:.1} s", calib_secs, t0.elapsed().as_secs_f64());
     let sens = r
         .sensitivity
         .iter()
@@ -216,9 +217,7 @@ pub fn summary(
     let sens_json = if r.sensitivity.is_empty() { serde_json::Value::Null } else { json!(sens.collect::<Vec<_>>()) };
     let mixed_json = r.mixed.as_ref().map(|m| json!({"max_drop_pp": m.max_drop, "raised": m.raised, "drop_pp": m.drop_pp, "within_budget": m.within_budget}));
     let agree = ev.and_then(|e| e.agreement.as_ref());
-    write_json(
-        j,
-        &json!({
+    let report = json!({
             "model": a.model.display().to_string(), "output": a.output.display().to_string(),
             "weights_bits": a.weights, "weight_scheme": a.scheme, "act_bits": a.acts, "method": r.method.name(), "per_channel": !a.per_tensor, "bias_correction": r.bias_corrected, "bn_stats": a.bn_stats,
             "calibration_images": calib_n, "preset": preset,
@@ -230,6 +229,9 @@ pub fn summary(
             "layers": q.layers.iter().map(|l| json!({"node": l.node, "op": l.op, "params": l.params, "weight_bits": l.weight_bits, "act_bits": l.act_bits})).collect::<Vec<_>>(),
             "sensitivity": sens_json, "mixed_precision": mixed_json,
             "seconds": t0.elapsed().as_secs_f64(),
-        }),
-    )
+    });
+    if let Some(j) = &a.json {
+        write_json(j, &report)?;
+    }
+    Ok(report)
 }

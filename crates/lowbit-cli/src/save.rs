@@ -53,7 +53,7 @@ pub fn save_outputs(
         rows.push(vec![img.clone(), outs.iter().map(|t| format!("{:?}", t.shape)).collect::<Vec<_>>().join(" ")]);
         report.push(json!({"image": img, "outputs": files}));
     }
-    println!("preset {preset}, {} images, outputs written to {}", set.n, dir.display());
+    crate::say!("preset {preset}, {} images, outputs written to {}", set.n, dir.display());
     print_table(&["image", &format!("output shapes ({})", names.join(", "))], &rows);
     if let Some(p) = json_out {
         write_json(p, &json!({"model": model.display().to_string(), "preset": preset, "results": report}))?;
@@ -118,7 +118,7 @@ fn save_outputs_each(
             n += 1;
         }
     }
-    println!(
+    crate::say!(
         "preset {preset}, {n} images at {} input shapes (one plan each), outputs written to {}",
         cache.compiled(),
         dir.display()

@@ -278,7 +278,7 @@ pub fn eval(
         ]);
         outs_json.push(json!({"output": name, "cosine": cs / n, "worst_cosine": cw, "max_abs": m, "sqnr_db": if sqnr.is_finite() { json!(sqnr) } else { json!("inf") }}));
     }
-    println!("{} against {} on {}", model.display(), reference.display(), data.display());
+    crate::say!("{} against {} on {}", model.display(), reference.display(), data.display());
     print_table(&["metric", "value"], &rows);
     let report = json!({"model": model.display().to_string(), "reference": reference.display().to_string(),
         "data": data.display().to_string(), "preset": preset, "images": set.n, "input": one,
