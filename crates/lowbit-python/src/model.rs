@@ -21,17 +21,6 @@ pub struct Model {
     threads: usize,
 }
 
-fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "float32",
-        DType::I64 => "int64",
-        DType::I32 => "int32",
-        DType::I8 => "int8",
-        DType::U8 => "uint8",
-        DType::Bool => "bool",
-    }
-}
-
 #[pymethods]
 impl Model {
     /// Loads and checks `path`; plans are compiled on the first run at each input shape.
@@ -84,11 +73,7 @@ impl Model {
             let t = tensor(x, name)?;
             let bad = |why: String| err(format!("{}: input '{name}': {why}", self.path.display()));
             if t.dtype() != *dtype {
-                return Err(bad(format!(
-                    "the model takes {}, the array is {}",
-                    dtype_name(*dtype),
-                    dtype_name(t.dtype())
-                )));
+                return Err(bad(format!("the model takes {}, the array is {}", dtype.name(), t.dtype().name())));
             }
             if let Some(d) = dims.as_ref().filter(|d| d.len() != t.shape.len()) {
                 return Err(bad(format!(
@@ -134,7 +119,7 @@ impl Model {
     /// numpy type names of the inputs.
     #[getter]
     fn input_dtypes(&self) -> Vec<&'static str> {
-        self.inputs.iter().map(|i| dtype_name(i.1)).collect()
+        self.inputs.iter().map(|i| i.1.name()).collect()
     }
 
     #[getter]
