@@ -271,6 +271,48 @@ proptest! {
     }
 }
 
+// 1 to 4 output channels at stride 1 run along the reduction on AVX-512 VNNI (`int8 narrow conv`):
+// input channels not a multiple of 4 (padded), over 64 (a masked last chunk), 1x1 windows on such
+// channels, rows in blocks of 16 and single rows, the extreme zero points.
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn narrow_conv_paths_match_definition(ci in 1usize..140, co in 1usize..5, ksel in 0usize..3, pad in 0usize..3,
+                                          h in 1usize..9, w in 1usize..40,
+                                          zx in prop_oneof![Just(0u8), Just(255u8), any::<u8>()],
+                                          seed in any::<u64>(), f32_out in proptest::bool::weighted(0.3)) {
+        conv_case(ci, co, 1, false, [1, 3, 5][ksel], 1, 1, (pad, pad), h, w, zx, seed, f32_out)?;
+    }
+}
+
+#[test]
+fn few_output_channels_run_along_the_reduction() {
+    let g = ConvGeom {
+        c_in: 64,
+        h: 20,
+        w: 30,
+        c_out: 1,
+        kh: 3,
+        kw: 3,
+        sh: 1,
+        sw: 1,
+        dh: 1,
+        dw: 1,
+        pt: 1,
+        pl: 1,
+        oh: 20,
+        ow: 30,
+        group: 1,
+    };
+    let rq = requant(1, 3, false);
+    for isa in Isa::all_supported() {
+        let qc = QConv::new(isa, g.clone(), &weights(64 * 9, 4), 7, rq.clone());
+        let narrow = matches!(isa, Isa::Avx512Vnni | Isa::Amx);
+        assert_eq!(qc.kernel_name() == "int8 narrow conv", narrow, "{}: {}", isa.name(), qc.kernel_name());
+    }
+}
+
 #[test]
 fn stem_runs_as_space_to_depth() {
     let g = ConvGeom {

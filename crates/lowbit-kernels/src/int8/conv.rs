@@ -8,6 +8,7 @@ use crate::epilogue::{Out, OutPtr, Requant};
 use crate::geom::{ConvGeom, DwGeom};
 use crate::int8::bands::{depthwise_bands, pad_row};
 use crate::int8::gemm::{gemm, gemm_ex};
+use crate::int8::narrow::{narrow_conv, NarrowW};
 use crate::int8::pack::{dw_perm, PackedB, PackedDw};
 use crate::int8::tile::{ASrc, RowMap};
 use crate::isa::Isa;
@@ -31,6 +32,11 @@ enum ConvKind {
     /// column (the stem's 147-byte reduction becomes 192, or 256 for AMX's whole 64-byte taps).
     SpaceToDepth(PackedB, Requant, S2d),
     Depthwise(PackedDw, Requant),
+    /// 1 to 4 output channels, stride 1, no dilation (AVX-512 VNNI): the vector along the
+    /// reduction ([`narrow`]), over the zero-point-padded input with `cs` bytes per pixel (`c_in`
+    /// rounded up to 4). A 1x1 window on channels a multiple of 4 stays a direct GEMM (the
+    /// expansion + depthwise fusion reads its packing).
+    Narrow(NarrowW, Requant),
 }
 
 /// Geometry of the space-to-depth input: `[hp][wp][cs]` blocks, window `kh`×`kw` blocks.
@@ -225,6 +231,27 @@ impl QConv {
                 PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm, by_cols, groups, pairs },
                 rq,
             )
+        } else if matches!(isa, Isa::Avx512Vnni | Isa::Amx)
+            && g.group == 1
+            && g.c_out <= 4
+            && (g.sh, g.sw, g.dh, g.dw) == (1, 1, 1, 1)
+            && !(g.is_pointwise() && g.c_in.is_multiple_of(4))
+        {
+            let cs = g.c_in.div_ceil(4) * 4;
+            let (_, wp) = QConv::shifted_hw(g);
+            let offs = (0..taps).map(|t| ((t / g.kw) * wp + t % g.kw) * cs).collect();
+            let nw = NarrowW::new(
+                isa,
+                g.c_out,
+                cs,
+                offs,
+                |j, t, c| if c < g.c_in { w[(j * g.c_in + c) * taps + t] } else { 0 },
+            );
+            let mut rq = rq;
+            let corr: Vec<i32> = nw.colsum().iter().map(|&s| -(zx as i32) * s).collect();
+            rq.add_bias_i(&corr);
+            rq.allow_unclamped((taps * cs) as f64 * 255.0 * 128.0);
+            ConvKind::Narrow(nw, rq)
         } else if let Some(s2d) = S2d::fits(isa, g) {
             // k = window row · (kw·cs) + window column · cs + (dy·2 + dx)·c_in + c
             let (ci, kwb) = (g.c_in, s2d.kw * s2d.cs);
@@ -280,6 +307,7 @@ impl QConv {
             ConvKind::Shifted(..) => "int8 shifted-rows gemm",
             ConvKind::SpaceToDepth(..) => "int8 space-to-depth gemm",
             ConvKind::Depthwise(..) => "int8 depthwise",
+            ConvKind::Narrow(..) => "int8 narrow conv",
         }
     }
 
@@ -288,7 +316,8 @@ impl QConv {
             ConvKind::Direct(_, r)
             | ConvKind::Depthwise(_, r)
             | ConvKind::Shifted(_, r, _)
-            | ConvKind::SpaceToDepth(_, r, _) => r.out,
+            | ConvKind::SpaceToDepth(_, r, _)
+            | ConvKind::Narrow(_, r) => r.out,
             ConvKind::Im2col(p) => p[0].1.out,
         }
     }
@@ -303,6 +332,7 @@ impl QConv {
             ConvKind::Depthwise(w, r) => {
                 w.w.len() + w.colsum.len() * 4 + w.vnni.len() + r.bytes() + w.rq_perm.as_ref().map_or(0, |p| p.bytes())
             }
+            ConvKind::Narrow(w, rq) => w.bytes() + rq.bytes(),
         }
     }
 
@@ -369,6 +399,10 @@ impl QConv {
             // Bands of padded rows in a buffer per thread (see `depthwise_bands`).
             ConvKind::Depthwise(..) => 0,
             ConvKind::SpaceToDepth(_, _, s2d) => s2d.len(),
+            ConvKind::Narrow(w, _) => {
+                let (hp, wp) = Self::shifted_hw(g);
+                (hp * wp + g.kw) * w.cs
+            }
         }
     }
 
@@ -410,6 +444,14 @@ impl QConv {
                 gemm_ex(g.oh * s2d.wp, xp.as_ptr(), src, map, b, r, out, g.c_out, threads);
             }
             ConvKind::Depthwise(w, r) => depthwise_bands(g, &self.dw_geom(), x, self.zx, w, r, out, threads),
+            ConvKind::Narrow(w, rq) => {
+                let (hp, wp) = Self::shifted_hw(g);
+                let xp = &mut scratch[..(hp * wp + g.kw) * w.cs];
+                pad_nhwc(g, x, hp, wp, w.cs, self.zx, &mut xp[..hp * wp * w.cs], threads);
+                xp[hp * wp * w.cs..].fill(self.zx);
+                let map = RowMap::Padded { wp, ow: g.ow };
+                narrow_conv(g.oh * wp, xp, w, rq, map, out, g.c_out, threads)
+            }
         }
     }
 }

@@ -63,6 +63,7 @@ pub mod edges;
 pub mod fused;
 pub mod gemm;
 pub mod moves;
+pub mod narrow;
 pub mod ops;
 pub mod pack;
 pub mod peak;
