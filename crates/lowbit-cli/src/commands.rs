@@ -305,11 +305,18 @@ pub fn eval_set(
     let secs = t0.elapsed().as_secs_f64();
     let mut rows = vec![vec!["images".into(), set.n.to_string()], vec!["preset".into(), preset.clone()]];
     if let (Some(t1), Some(t5)) = (rep.top1, rep.top5) {
-        rows.push(vec!["top-1".into(), format!("{:.2}%", t1 * 100.0)]);
+        rows.push(vec!["top-1".into(), format!("{:.2}% ± {:.2} pp", t1 * 100.0, binomial_se(t1, set.n) * 100.0)]);
         rows.push(vec!["top-5".into(), format!("{:.2}%", t5 * 100.0)]);
     }
     if let Some(ag) = &rep.agreement {
-        rows.push(vec!["top-1 agreement".into(), format!("{:.2}%", ag.top1 * 100.0)]);
+        rows.push(vec![
+            "top-1 agreement".into(),
+            format!(
+                "{:.2}% ± {:.2} pp (binomial standard error)",
+                ag.top1 * 100.0,
+                binomial_se(ag.top1, set.n) * 100.0
+            ),
+        ]);
         rows.push(vec!["top-5 overlap".into(), format!("{:.2}%", ag.top5 * 100.0)]);
         rows.push(vec!["cosine".into(), format!("{:.5}", ag.cosine)]);
         rows.push(vec!["KL".into(), format!("{:.5}", ag.kl)]);
@@ -340,14 +347,20 @@ pub fn eval_set(
     crate::say!("{} on {data}", model.display());
     print_table(&["metric", "value"], &rows);
     let report = json!({"model": model.display().to_string(), "data": data, "preset": preset, "images": set.n,
-        "top1": rep.top1, "top5": rep.top5,
-        "agreement": rep.agreement.as_ref().map(|a| json!({"top1": a.top1, "top5": a.top5, "cosine": a.cosine, "kl": a.kl})),
+        "top1": rep.top1, "top1_se": rep.top1.map(|t| binomial_se(t, set.n)), "top5": rep.top5,
+        "agreement": rep.agreement.as_ref().map(|a| json!({"top1": a.top1, "top1_se": binomial_se(a.top1, set.n), "top5": a.top5, "cosine": a.cosine, "kl": a.kl})),
         "reference": reference.map(|p| p.display().to_string()), "seconds": secs,
         "predictions": rep.predictions, "fake_quant_check": fq_report});
     if let Some(p) = json_out {
         write_json(p, &report)?;
     }
     Ok((rep, report))
+}
+
+/// The standard error of a proportion `p` measured on `n` images, `sqrt(p(1 - p) / n)`: how far
+/// a top-1 or agreement figure moves between image sets of this size.
+pub fn binomial_se(p: f64, n: usize) -> f64 {
+    (p * (1.0 - p) / n.max(1) as f64).sqrt()
 }
 
 /// Latency statistics of one benchmark.

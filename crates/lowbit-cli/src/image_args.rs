@@ -38,6 +38,11 @@ pub struct ImageArgs {
     /// Keep each image's size, rounded to a multiple of N (a detector's stride, e.g. 32); with --letterbox padded up to it. Images of different sizes then run at their own shapes (one plan per shape)
     #[arg(long, value_name = "N")]
     pub multiple: Option<usize>,
+    /// Image files: N deterministic square views of each photo (the centred largest square, then
+    /// smaller ones on a grid), each preprocessed as an image; an evaluation set of ImageNet-style
+    /// crops from a few full-size photos (1..=1000)
+    #[arg(long, value_name = "N")]
+    pub crops: Option<usize>,
 }
 
 impl ImageArgs {
@@ -106,6 +111,12 @@ impl ImageArgs {
                 // Each image keeps its own size (rounded): no preset resize or crop.
                 (pre.resize_exact, pre.resize_shorter, pre.crop) = (None, None, None);
             }
+        }
+        if let Some(n) = self.crops {
+            if !(1..=1000).contains(&n) {
+                bail!("--crops {n}: want 1 to 1000 views per image");
+            }
+            pre.crops = Some(n);
         }
         if let Some(pad) = self.letterbox {
             if self.size.is_none() && self.multiple.is_none() {

@@ -25,7 +25,7 @@ fn file_name(path: &Path) -> String {
 }
 
 /// Decodes one image file and appends its preprocessed CHW values; returns (c, h, w).
-fn decode_into(path: &Path, pre: &Preprocess, out: &mut Vec<f32>) -> Result<(usize, usize, usize)> {
+fn decode_into(path: &Path, pre: &Preprocess, out: &mut Vec<f32>) -> Result<Vec<(usize, usize, usize)>> {
     pre.validate().map_err(|reason| DataError::Preprocess { path: path.to_path_buf(), reason })?;
     let img = image::ImageReader::open(path)
         .map_err(|e| DataError::io(path, "cannot open", e))?
@@ -38,47 +38,54 @@ fn decode_into(path: &Path, pre: &Preprocess, out: &mut Vec<f32>) -> Result<(usi
     // gray formula is the same for files and raw pixels.
     let (pixels, c) =
         if img.color().has_color() { (img.to_rgb8().into_raw(), 3) } else { (img.to_luma8().into_raw(), 1) };
-    pre.apply_at(path, &pixels, c, h, w, out)
+    let Some(n) = pre.crops else { return Ok(vec![pre.apply_at(path, &pixels, c, h, w, out)?]) };
+    // Each view cropped from the decoded pixels, then preprocessed as a whole image.
+    let one = Preprocess { crops: None, ..pre.clone() };
+    let mut shapes = vec![];
+    let mut view = vec![];
+    for (top, left, side) in crate::preprocess::crop_views(h, w, n) {
+        view.clear();
+        for y in top..top + side {
+            view.extend_from_slice(&pixels[(y * w + left) * c..(y * w + left + side) * c]);
+        }
+        shapes.push(one.apply_at(path, &view, c, side, side, out)?);
+    }
+    Ok(shapes)
 }
 
 /// Decodes `files` in order into one set; all must come out the same size.
 fn load_files(files: &[PathBuf], pre: &Preprocess, source: &Path) -> Result<ImageSet> {
     let mut data = Vec::new();
     let mut shape = None;
+    let mut names = vec![];
     for path in files {
-        let s = decode_into(path, pre, &mut data)?;
-        match shape {
-            None => shape = Some(s),
-            Some(first) if first != s => {
-                return Err(DataError::Preprocess {
-                    path: path.clone(),
-                    reason: format!(
-                        "image is {}x{}x{} after preprocessing but {} was {}x{}x{}; \
+        let shapes = decode_into(path, pre, &mut data)?;
+        for (k, &s) in shapes.iter().enumerate() {
+            names.push(if pre.crops.is_some() { format!("{}#{k}", file_name(path)) } else { file_name(path) });
+            match shape {
+                None => shape = Some(s),
+                Some(first) if first != s => {
+                    return Err(DataError::Preprocess {
+                        path: path.clone(),
+                        reason: format!(
+                            "image is {}x{}x{} after preprocessing but {} was {}x{}x{}; \
                          set a resize or crop so all images come out the same size",
-                        s.0,
-                        s.1,
-                        s.2,
-                        file_name(&files[0]),
-                        first.0,
-                        first.1,
-                        first.2
-                    ),
-                })
+                            s.0,
+                            s.1,
+                            s.2,
+                            file_name(&files[0]),
+                            first.0,
+                            first.1,
+                            first.2
+                        ),
+                    })
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
         }
     }
     let (c, h, w) = shape.unwrap_or((pre.channels, 0, 0));
-    Ok(ImageSet {
-        n: files.len(),
-        c,
-        h,
-        w,
-        data,
-        labels: None,
-        names: files.iter().map(|p| file_name(p)).collect(),
-        source: source.display().to_string(),
-    })
+    Ok(ImageSet { n: names.len(), c, h, w, data, labels: None, names, source: source.display().to_string() })
 }
 
 /// Parses `labels.txt`: lines `<filename> <label>`; blank lines and `#` comments are skipped.
@@ -129,7 +136,10 @@ pub fn load_image_folder(dir: &Path, pre: &Preprocess, limit: Option<usize>) -> 
             .names
             .iter()
             .map(|name| {
-                map.get(name).copied().ok_or_else(|| DataError::Labels {
+                // A view `file#k` has its file's label.
+                let file =
+                    if pre.crops.is_some() { name.rsplit_once('#').map_or(name.as_str(), |(f, _)| f) } else { name };
+                map.get(file).copied().ok_or_else(|| DataError::Labels {
                     path: labels_path.clone(),
                     reason: format!("no label for {name}"),
                 })
@@ -177,6 +187,25 @@ mod tests {
         let err = load_image_folder(tmp.path(), &Preprocess::imagenet(), None).expect_err("empty");
         assert!(matches!(err, DataError::NoImages { .. }), "{err:?}");
         assert_eq!(err.to_string(), format!("no images (.jpg/.jpeg/.png) in {}", tmp.path().display()));
+    }
+
+    #[test]
+    fn crops_make_views_with_their_files_labels() {
+        let d = TempDir::new("crops");
+        let mut a = RgbImage::new(40, 30);
+        a.put_pixel(20, 15, Rgb([255, 0, 0]));
+        a.save(d.path().join("a.png")).unwrap();
+        RgbImage::new(30, 30).save(d.path().join("b.png")).unwrap();
+        std::fs::write(d.path().join(LABELS_FILE), "a.png 3\nb.png 5\n").unwrap();
+        let pre = Preprocess { channels: 3, resize_exact: Some((8, 8)), crops: Some(5), ..Preprocess::none() };
+        let s = load_image_folder(d.path(), &pre, None).unwrap();
+        assert_eq!((s.n, s.c, s.h, s.w), (10, 3, 8, 8));
+        assert_eq!(s.names[0], "a.png#0");
+        assert_eq!(s.names[9], "b.png#4");
+        assert_eq!(s.labels.as_deref(), Some(&[3, 3, 3, 3, 3, 5, 5, 5, 5, 5][..]));
+        // The same views on another load; without crops one image per file.
+        assert_eq!(load_image_folder(d.path(), &pre, None).unwrap().data, s.data);
+        assert_eq!(load_image_folder(d.path(), &Preprocess { crops: None, ..pre }, None).unwrap().n, 2);
     }
 
     #[test]

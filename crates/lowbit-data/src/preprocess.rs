@@ -48,6 +48,33 @@ pub struct Preprocess {
     /// Round the size after the resize step to a multiple of this (detector strides): each side to
     /// the nearest multiple (at least one), or with `letterbox` padded up to the next one.
     pub multiple: Option<usize>,
+    /// Image files become this many deterministic square views each before the steps above
+    /// ([`crop_views`]): more ImageNet-style evaluation images from a few full-size photos.
+    pub crops: Option<usize>,
+}
+
+/// The first `n` square views `(top, left, side)` of an `h` x `w` image, in a fixed order: level
+/// `L = 0, 1, 2, ...` has sides `0.8^L` of the shorter side at `(L + 1)²` positions spread evenly
+/// over the image (level 0: the centred largest square), so 1, 5, 14, 30, 55, 91 views cover levels
+/// 0-5. Views are at least 16 pixels; the same image and `n` give the same views on every machine.
+pub fn crop_views(h: usize, w: usize, n: usize) -> Vec<(usize, usize, usize)> {
+    let mut v = Vec::with_capacity(n);
+    let short = h.min(w);
+    let mut level = 0i32;
+    while v.len() < n && level < 64 {
+        let side = ((short as f64) * 0.8f64.powi(level)).round().max(16.0).min(short as f64) as usize;
+        let k = level as usize + 1;
+        let at = |free: usize, i: usize| if k == 1 { free / 2 } else { (free * i + (k - 1) / 2) / (k - 1) };
+        for iy in 0..k {
+            for ix in 0..k {
+                if v.len() < n {
+                    v.push((at(h - side, iy), at(w - side, ix), side));
+                }
+            }
+        }
+        level += 1;
+    }
+    v
 }
 
 /// Placeholder path used in errors from [`Preprocess::apply_u8`], which has no file to name.
@@ -70,6 +97,7 @@ impl Preprocess {
             bgr: false,
             letterbox: None,
             multiple: None,
+            crops: None,
         }
     }
 
@@ -96,6 +124,7 @@ impl Preprocess {
             bgr: false,
             letterbox: None,
             multiple: None,
+            crops: None,
         }
     }
 
@@ -112,6 +141,7 @@ impl Preprocess {
             bgr: false,
             letterbox: None,
             multiple: None,
+            crops: None,
         }
     }
 
@@ -127,6 +157,7 @@ impl Preprocess {
             bgr: false,
             letterbox: None,
             multiple: None,
+            crops: None,
         }
     }
 
@@ -166,6 +197,9 @@ impl Preprocess {
         }
         if self.multiple.is_some_and(|m| m == 0 || m > 4096) {
             return Err(format!("preprocessing: multiple {} is outside 1..=4096", self.multiple.unwrap_or(0)));
+        }
+        if self.crops.is_some_and(|n| n == 0 || n > 1000) {
+            return Err(format!("preprocessing: crops {} is outside 1..=1000", self.crops.unwrap_or(0)));
         }
         if self.letterbox.is_some() && self.resize_exact.is_none() && self.multiple.is_none() {
             return Err(
@@ -363,6 +397,26 @@ fn resize(px: &[u8], c: usize, h: usize, w: usize, nh: usize, nw: usize) -> std:
 mod tests {
     use super::*;
 
+    /// Views are deterministic, inside the image, square, in level order (largest first), and the
+    /// count asked for; a wide image's level-0 view is centred.
+    #[test]
+    fn crop_views_cover_levels_in_order() {
+        let v = crop_views(480, 640, 36);
+        assert_eq!(v.len(), 36);
+        assert_eq!(v, crop_views(480, 640, 36));
+        assert_eq!(v[0], (0, 80, 480));
+        assert!(v.iter().all(|&(t, l, s)| t + s <= 480 && l + s <= 640 && s >= 16));
+        assert!(v.windows(2).all(|p| p[0].2 >= p[1].2), "sides shrink level by level");
+        // Level 1: four views of side 384 at the corners.
+        assert_eq!(&v[1..5], &[(0, 0, 384), (0, 256, 384), (96, 0, 384), (96, 256, 384)]);
+        assert_eq!(crop_views(20, 20, 3).len(), 3);
+        let small = crop_views(20, 20, 100);
+        assert!(
+            small.len() == 100 && small.iter().all(|&(t, l, s)| (16..=20).contains(&s) && t + s <= 20 && l + s <= 20)
+        );
+        assert_eq!(crop_views(10, 12, 2), [(0, 1, 10), (0, 0, 10)]);
+    }
+
     fn plain(channels: usize) -> Preprocess {
         Preprocess {
             channels,
@@ -375,6 +429,7 @@ mod tests {
             bgr: false,
             letterbox: None,
             multiple: None,
+            crops: None,
         }
     }
 
