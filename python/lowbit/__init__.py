@@ -48,7 +48,7 @@ class Model:
     """
 
     def __init__(self, path: PathLike, threads: int = 1) -> None:
-        self._m = _lowbit.Model(os.fspath(path), threads)
+        self._m = _lowbit.Model(_path(path), _count("threads", threads))
 
     @classmethod
     def load(cls, path: PathLike, threads: int = 1) -> "Model":
@@ -190,6 +190,24 @@ def _is_path(x: Any) -> bool:
     return isinstance(x, (str, bytes, os.PathLike))
 
 
+def _path(p: Any) -> str:
+    return os.fsdecode(os.fspath(p))
+
+
+def _count(name: str, v: Any, least: int = 1) -> int:
+    """A whole number of at least `least`, or LowbitError naming the argument."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least or v >= 2**63:
+        raise LowbitError(f"{name} {v!r}: want a whole number of at least {least}")
+    return int(v)
+
+
+def _labels(y: Any, what: str) -> np.ndarray:
+    y = np.atleast_1d(np.asarray(y)).reshape(-1)
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= 2**32):
+        raise LowbitError(f"{what}: labels must be whole numbers in 0..2^32, got {y.dtype} {y.min()}..{y.max()}")
+    return y.astype(np.int64)
+
+
 def _collect(images: Any, limit: Optional[int], what: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Images (N, C, H, W) float32 and labels (or None) from an array or an iterable of arrays
     (C, H, W) / batches (N, C, H, W), optionally as (images, labels) pairs; at most `limit` images."""
@@ -201,10 +219,11 @@ def _collect(images: Any, limit: Optional[int], what: str) -> Tuple[np.ndarray, 
     n = 0
     for item in images:
         y = None
-        if isinstance(item, tuple):
-            if len(item) != 2:
-                raise LowbitError(f"{what}: a tuple item must be (images, labels), got {len(item)} elements")
+        # (images, labels) pairs: tuples, or the lists a PyTorch DataLoader yields.
+        if isinstance(item, (tuple, list)) and len(item) == 2 and np.ndim(item[1]) <= 1:
             item, y = item
+        elif isinstance(item, tuple):
+            raise LowbitError(f"{what}: a tuple item must be (images, labels), got {len(item)} elements")
         a = np.asarray(item, dtype=np.float32)
         if a.ndim == 3:
             a = a[None]
@@ -215,11 +234,9 @@ def _collect(images: Any, limit: Optional[int], what: str) -> Tuple[np.ndarray, 
         if (y is None) != (not labels) and chunks:
             raise LowbitError(f"{what}: some items have labels and some do not")
         if y is not None:
-            yl = np.atleast_1d(np.asarray(y)).astype(np.int64).reshape(-1)
+            yl = _labels(y, what)
             if len(yl) != len(a):
                 raise LowbitError(f"{what}: {len(yl)} labels for a batch of {len(a)} images")
-            if (yl < 0).any():
-                raise LowbitError(f"{what}: negative label {int(yl.min())}")
             labels.append(yl)
         if limit is not None and n + len(a) > limit:
             a = a[: limit - n]
@@ -274,9 +291,12 @@ def quantize(
     The other options are the command line's (`lowbit quantize --help`). Returns a `Report`;
     `json` also writes it as the command line does, `verbose` prints its tables.
     """
-    flags = [os.fspath(model), "-o", os.fspath(out), "--weights", str(weights), "--acts", str(acts)]
-    flags += ["--method", method, "--scheme", scheme, "--calib-n", str(calib_n), "--calib-split", calib_split]
-    flags += ["--threads", str(threads)]
+    opts = [("-o", out), ("--weights", weights), ("--acts", acts), ("--method", method), ("--scheme", scheme),
+            ("--calib-n", _count("calib_n", calib_n)), ("--calib-split", calib_split),
+            ("--threads", _count("threads", threads)), ("--max-drop", max_drop), ("--eval", eval),
+            ("--eval-limit", eval_limit), ("--json", json), ("--plots", plots), ("--preset", preset)]
+    # `--flag=value` and the model after `--`: values starting with '-' stay values.
+    flags = [f"{f}={_path(v) if _is_path(v) else v}" for f, v in opts if v is not None]
     for on, flag in [
         (not per_channel, "--per-tensor"),
         (cle, "--cle"),
@@ -290,21 +310,15 @@ def quantize(
     ]:
         if on:
             flags.append(flag)
-    for val, flag in [
-        (max_drop, "--max-drop"),
-        (eval, "--eval"),
-        (eval_limit, "--eval-limit"),
-        (json, "--json"),
-        (plots, "--plots"),
-        (preset, "--preset"),
-    ]:
-        if val is not None:
-            flags += [flag, os.fspath(val) if _is_path(val) else str(val)]
+    flags += ["--", _path(model)]
     if _is_path(calib):
-        j = _lowbit.quantize(flags, calib_path=os.fspath(calib), verbose=verbose)
+        _lowbit.check_quantize(flags, calib_path=_path(calib))
+        j = _lowbit.quantize(flags, calib_path=_path(calib), verbose=verbose)
     else:
         if preset is not None:
             raise LowbitError("quantize: preset applies to a calibration path; arrays come preprocessed")
+        # Options, model and outputs are checked before the data loader is read.
+        _lowbit.check_quantize(flags, arrays=True)
         x, y = _collect(calib, calib_n, "calibration data")
         j = _lowbit.quantize(flags, calib=x, labels=None if y is None else y.tolist(), verbose=verbose)
     return Report(_json.loads(j))
@@ -330,18 +344,24 @@ def evaluate(
     `data`: preprocessed images as an array or iterable (as for `quantize`, labels from pairs or
     `labels`), or a path lowbit reads with `preset`, `split`, `limit`. Returns the JSON report.
     """
-    j_path = None if json is None else os.fspath(json)
-    ref = None if reference is None else os.fspath(reference)
+    j_path = None if json is None else _path(json)
+    ref = None if reference is None else _path(reference)
+    batch, threads = _count("batch", batch), _count("threads", threads)
+    limit = None if limit is None else _count("limit", limit)
     if _is_path(data):
-        j = _lowbit.evaluate(os.fspath(model), data_path=os.fspath(data), reference=ref, preset=preset,
+        if labels is not None:
+            raise LowbitError("evaluate: labels go with arrays; a path brings its own (IDX labels, labels.txt)")
+        j = _lowbit.evaluate(_path(model), data_path=_path(data), reference=ref, preset=preset,
                              split=split, limit=limit, batch=batch, threads=threads, json=j_path, verbose=verbose)
     else:
+        if preset is not None or split != "test":
+            raise LowbitError("evaluate: preset and split apply to a data path; arrays come preprocessed")
         x, y = _collect(data, limit, "evaluation data")
         if labels is not None:
-            y = np.asarray(labels).astype(np.int64).reshape(-1)[: len(x)]
-            if (y < 0).any():
-                raise LowbitError("evaluation data: negative label")
-        j = _lowbit.evaluate(os.fspath(model), data=x, labels=None if y is None else [int(v) for v in y],
+            y = _labels(labels, "evaluation labels")
+            if len(y) != len(x):
+                raise LowbitError(f"evaluation data: {len(y)} labels for {len(x)} images")
+        j = _lowbit.evaluate(_path(model), data=x, labels=None if y is None else [int(v) for v in y],
                              reference=ref, batch=batch, threads=threads, json=j_path, verbose=verbose)
     return _json.loads(j)
 
@@ -359,9 +379,10 @@ def bench(
 ) -> Dict[str, Any]:
     """Latency of `model` on its input shape (`lowbit bench`): median/p90/mean ms, images/s,
     GMAC/s, the kernel paths and CPU features it ran on. Returns the JSON report."""
-    shape = None if input_shape is None else [int(d) for d in input_shape]
-    j = _lowbit.bench(os.fspath(model), batch=batch, threads=threads, iters=iters, warmup=warmup,
-                      input_shape=shape, json=None if json is None else os.fspath(json), verbose=verbose)
+    shape = None if input_shape is None else [_count("input_shape", d) for d in input_shape]
+    j = _lowbit.bench(_path(model), batch=_count("batch", batch), threads=_count("threads", threads),
+                      iters=_count("iters", iters), warmup=_count("warmup", warmup, 0), input_shape=shape,
+                      json=None if json is None else _path(json), verbose=verbose)
     return _json.loads(j)
 
 
@@ -373,8 +394,8 @@ def inspect(
     verbose: bool = False,
 ) -> Dict[str, Any]:
     """Layers, kernels, MACs and memory of `model` as lowbit compiles it (`lowbit inspect`)."""
-    shape = None if input_shape is None else [int(d) for d in input_shape]
-    j = _lowbit.inspect(os.fspath(model), input_shape=shape, json=None if json is None else os.fspath(json),
+    shape = None if input_shape is None else [_count("input_shape", d) for d in input_shape]
+    j = _lowbit.inspect(_path(model), input_shape=shape, json=None if json is None else _path(json),
                         verbose=verbose)
     return _json.loads(j)
 

@@ -37,6 +37,7 @@ def quantize(
     calib_path: Optional[str] = None,
     verbose: bool = False,
 ) -> str: ...
+def check_quantize(flags: List[str], calib_path: Optional[str] = None, arrays: bool = False) -> None: ...
 def evaluate(
     model: str,
     data: Optional[npt.NDArray[np.float32]] = None,

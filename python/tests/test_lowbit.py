@@ -156,7 +156,9 @@ def test_quantize_batches_labels_and_evaluate(tmp):
     """Batches and (images, labels) pairs are accepted; W4A8 runs; evaluate from arrays with labels
     equals evaluate from the IDX path."""
     x = np.stack(list(fmnist_train_images(64)))
-    batches = ((x[i : i + 16], np.arange(i, i + 16) % 10) for i in range(0, 64, 16))
+    # Tuples and the [images, labels] lists a PyTorch DataLoader yields.
+    batches = ((x[i : i + 16], np.arange(i, i + 16) % 10) if i % 32 else [x[i : i + 16], np.arange(i, i + 16) % 10]
+               for i in range(0, 64, 16))
     out = tmp / "w4a8.onnx"
     rep = lowbit.quantize(DEFAULT, batches, out, weights=4, method="minmax")
     assert rep.weight_bits == 4 and rep.calibration_images == 64 and out.exists()
@@ -201,6 +203,25 @@ def test_errors_are_exceptions_with_the_clis_message(tmp):
         m.run({"x": np.zeros((1, 1, 28, 28), np.float32)})
     with pytest.raises(lowbit.LowbitError, match="out of range"):
         lowbit.quantize(DEFAULT, np.zeros((4, 1, 28, 28), np.float32), tmp / "o.onnx", weights=9)
+
+    def never_read():
+        raise AssertionError("the data loader was read before the options were checked")
+        yield
+
+    for bad in ({"method": "mimax"}, {"weights": 9}, {"calib_n": 0}, {"max_drop": float("nan")}):
+        with pytest.raises(lowbit.LowbitError):
+            lowbit.quantize(DEFAULT, never_read(), tmp / "o.onnx", **bad)
+    with pytest.raises(lowbit.LowbitError, match="folder"):
+        lowbit.quantize(DEFAULT, never_read(), tmp / "no-such-dir" / "o.onnx")
+    with pytest.raises(lowbit.LowbitError, match="eval needs"):
+        lowbit.quantize(DEFAULT, never_read(), tmp / "o.onnx", eval=FMNIST)
+    with pytest.raises(lowbit.LowbitError, match="threads"):
+        lowbit.Model(DEFAULT, threads=-1)
+    with pytest.raises(lowbit.LowbitError, match="labels"):
+        lowbit.quantize(DEFAULT, [(np.zeros((1, 28, 28)), 2**40)], tmp / "o.onnx")
+    import pickle
+    e = pickle.loads(pickle.dumps(lowbit.LowbitError("x.onnx: reason")))
+    assert isinstance(e, lowbit.LowbitError) and str(e) == "x.onnx: reason"
     with pytest.raises(lowbit.LowbitError, match="differs from the first"):
         lowbit.quantize(DEFAULT, [np.zeros((1, 28, 28)), np.zeros((1, 14, 14))], tmp / "o.onnx")
     with pytest.raises(lowbit.LowbitError, match="no images"):

@@ -60,3 +60,16 @@ pub fn array(py: Python<'_>, t: Tensor) -> PyResult<Py<PyAny>> {
         Data::Bool(v) => arr!(v),
     })
 }
+
+/// Runs `f` (lowbit code, outside the GIL) and turns a panic into a [`LowbitError`] instead of
+/// pyo3's `PanicException` (a `BaseException` that `except Exception` does not catch).
+pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        format!("internal error (please report): {why}")
+    })
+}

@@ -9,8 +9,9 @@ mod tools;
 
 use pyo3::prelude::*;
 
+// Declared under `lowbit` (which re-exports it) so that it pickles across processes.
 pyo3::create_exception!(
-    _lowbit,
+    lowbit,
     LowbitError,
     pyo3::exceptions::PyException,
     "What lowbit refused or could not do; the message names the file, node and reason, as the command line's error does."
@@ -21,6 +22,7 @@ fn _lowbit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LowbitError", m.py().get_type::<LowbitError>())?;
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(tools::quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(tools::check_quantize, m)?)?;
     m.add_function(wrap_pyfunction!(tools::evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(tools::bench, m)?)?;
     m.add_function(wrap_pyfunction!(tools::inspect, m)?)?;

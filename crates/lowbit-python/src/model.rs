@@ -8,7 +8,7 @@ use lowbit_core::{DType, Dim, Tensor};
 use lowbit_runtime::{PlanCache, PlanOptions};
 use pyo3::prelude::*;
 
-use crate::convert::{array, err, tensor};
+use crate::convert::{array, err, guarded, tensor};
 
 /// A model loaded from an ONNX file (float, or QDQ on the integer kernels).
 #[pyclass(frozen, module = "lowbit._lowbit")]
@@ -92,14 +92,17 @@ impl Model {
         let cache = &self.cache;
         let outs = py
             .detach(move || {
-                let (plan, new) = cache.plan(&shapes).map_err(|e| format!("{}: {e}", path.display()))?;
-                if new {
-                    for note in plan.int8_notes() {
-                        eprintln!("note: {} at {shapes:?}: {note}", path.display());
+                guarded(|| {
+                    let (plan, new) = cache.plan(&shapes).map_err(|e| format!("{}: {e}", path.display()))?;
+                    if new {
+                        for note in plan.int8_notes() {
+                            eprintln!("note: {} at {shapes:?}: {note}", path.display());
+                        }
                     }
-                }
-                plan.run(&xs).map_err(|e| format!("{}: {e}", path.display()))
+                    plan.run(&xs).map_err(|e| format!("{}: {e}", path.display()))
+                })
             })
+            .and_then(|r| r)
             .map_err(err)?;
         outs.into_iter().map(|t| array(py, t)).collect()
     }

@@ -14,7 +14,7 @@ use lowbit_data::ImageSet;
 use numpy::{PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use crate::convert::err;
+use crate::convert::{err, guarded};
 
 /// `lowbit quantize`'s options, parsed from the flags the Python wrapper builds (so defaults and
 /// checks are the command line's).
@@ -55,6 +55,45 @@ fn quiet(verbose: bool) {
     common::set_quiet(!verbose);
 }
 
+/// Parses `flags` (with `calib_path` when given) as `lowbit quantize` would and checks the options,
+/// the model file and the outputs, before the caller reads any calibration data.
+#[pyfunction]
+#[pyo3(signature = (flags, calib_path = None, arrays = false))]
+pub fn check_quantize(flags: Vec<String>, calib_path: Option<PathBuf>, arrays: bool) -> PyResult<()> {
+    let a = parse_quantize(flags, calib_path.as_deref())?;
+    lowbit_cli::quantize_args::options(&a).map_err(err)?;
+    if arrays && a.eval.is_some() {
+        return Err(err("quantize: eval needs lowbit's own preprocessing; give the calibration data as a path"));
+    }
+    if !a.model.is_file() {
+        common::load_model(&a.model).map_err(err)?;
+    }
+    check_quantize_outputs(&a, calib_path.as_deref())
+}
+
+fn parse_quantize(mut flags: Vec<String>, calib_path: Option<&std::path::Path>) -> PyResult<QuantizeArgs> {
+    let calib = calib_path.map_or("<arrays>".into(), |p| p.display().to_string());
+    // Before the positional model path (which follows `--`).
+    let at = flags.iter().position(|f| f == "--").unwrap_or(flags.len());
+    flags.insert(at, format!("--calib={calib}"));
+    let a =
+        QuantizeCli::try_parse_from(&flags).map_err(|e| err(e.to_string().lines().next().unwrap_or("").to_string()))?.a;
+    Ok(QuantizeArgs { threads: common::clamp_threads(a.threads), ..a })
+}
+
+fn check_quantize_outputs(a: &QuantizeArgs, calib_path: Option<&std::path::Path>) -> PyResult<()> {
+    let mut ins = vec![a.model.as_path()];
+    ins.extend(calib_path);
+    ins.extend(a.eval.as_deref());
+    let mut outs = vec![("out", a.output.as_path())];
+    outs.extend(a.json.as_deref().map(|j| ("json", j)));
+    outputs::check_outputs(&ins, &outs).map_err(err)?;
+    if let Some(d) = &a.plots {
+        outputs::check_folder("plots", d).map_err(err)?;
+    }
+    Ok(())
+}
+
 /// `lowbit quantize MODEL --calib ... -o OUT` with `flags` (the command line's, without --calib):
 /// calibration images from `calib` (arrays, preprocessed) or `calib_path` (a file or folder lowbit
 /// reads with its presets). Returns the JSON report.
@@ -68,33 +107,25 @@ pub fn quantize(
     calib_path: Option<PathBuf>,
     verbose: bool,
 ) -> PyResult<String> {
-    let mut flags = flags;
-    flags.extend(["--calib".into(), calib_path.as_ref().map_or("<arrays>".into(), |p| p.display().to_string())]);
-    let a =
-        QuantizeCli::try_parse_from(&flags).map_err(|e| err(e.to_string().lines().next().unwrap_or("").to_string()))?.a;
-    let a = QuantizeArgs { threads: common::clamp_threads(a.threads), ..a };
-    let mut ins = vec![a.model.as_path()];
-    ins.extend(calib_path.as_deref());
-    ins.extend(a.eval.as_deref());
-    let mut outs = vec![("out", a.output.as_path())];
-    outs.extend(a.json.as_deref().map(|j| ("json", j)));
-    outputs::check_outputs(&ins, &outs).map_err(err)?;
-    if let Some(d) = &a.plots {
-        outputs::check_folder("plots", d).map_err(err)?;
-    }
+    let a = parse_quantize(flags, calib_path.as_deref())?;
+    check_quantize_outputs(&a, calib_path.as_deref())?;
     let set = match (&calib, &calib_path) {
         (Some(x), None) => Some(image_set(x, labels, "calibration arrays")?),
         (None, Some(_)) => None,
         _ => return Err(err("quantize: give calibration images as arrays or as a path, one of the two")),
     };
     quiet(verbose);
-    let r = py.detach(|| match set {
-        Some(set) => {
-            let g = common::load_model(&a.model)?;
-            q::quantize_set(&a, g, &set, "none (arrays preprocessed by the caller)", None, Instant::now())
-        }
-        None => q::quantize(&a),
-    });
+    let r = py
+        .detach(|| {
+            guarded(|| match set {
+                Some(set) => {
+                    let g = common::load_model(&a.model)?;
+                    q::quantize_set(&a, g, &set, "none (arrays preprocessed by the caller)", None, Instant::now())
+                }
+                None => q::quantize(&a),
+            })
+        })
+        .map_err(err)?;
     Ok(r.map_err(err)?.report.to_string())
 }
 
@@ -136,26 +167,32 @@ pub fn evaluate(
         _ => return Err(err("evaluate: give the images as arrays or as a path, one of the two")),
     };
     quiet(verbose);
-    let r = py.detach(|| match (set, &data_path) {
-        (Some(set), _) => {
-            let g = common::load_model(&model)?;
-            let reference =
-                reference.as_deref().map(|p| Ok::<_, anyhow::Error>((p, common::load_model(p)?))).transpose()?;
-            let what = EvalInputs {
-                model: &model,
-                data: &set.source,
-                preset: "none (arrays preprocessed by the caller)",
-                reference,
-            };
-            commands::eval_set(&what, g, &set, batch, threads, json.as_deref(), false)
-        }
-        (None, Some(p)) => {
-            let mut a = DataArgs { split, limit, image: Default::default() };
-            a.image.preset = preset;
-            commands::eval(&model, p, &a, reference.as_deref(), batch, threads, json.as_deref(), false)
-        }
-        (None, None) => unreachable!("checked above"),
-    });
+    let r = py
+        .detach(|| {
+            guarded(|| match (set, &data_path) {
+                (Some(set), _) => {
+                    let g = common::load_model(&model)?;
+                    let reference = reference
+                        .as_deref()
+                        .map(|p| Ok::<_, anyhow::Error>((p, common::load_model(p)?)))
+                        .transpose()?;
+                    let what = EvalInputs {
+                        model: &model,
+                        data: &set.source,
+                        preset: "none (arrays preprocessed by the caller)",
+                        reference,
+                    };
+                    commands::eval_set(&what, g, &set, batch, threads, json.as_deref(), false)
+                }
+                (None, Some(p)) => {
+                    let mut a = DataArgs { split, limit, image: Default::default() };
+                    a.image.preset = preset;
+                    commands::eval(&model, p, &a, reference.as_deref(), batch, threads, json.as_deref(), false)
+                }
+                (None, None) => unreachable!("checked above"),
+            })
+        })
+        .map_err(err)?;
     Ok(r.map_err(err)?.1.to_string())
 }
 
@@ -180,7 +217,11 @@ pub fn bench(
     }
     let shape = input_shape.map(|s| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","));
     quiet(verbose);
-    let r = py.detach(|| commands::bench(&model, batch, threads, iters, warmup, shape.as_deref(), json.as_deref()));
+    let r = py
+        .detach(|| {
+            guarded(|| commands::bench(&model, batch, threads, iters, warmup, shape.as_deref(), json.as_deref()))
+        })
+        .map_err(err)?;
     Ok(r.map_err(err)?.report.to_string())
 }
 
@@ -199,7 +240,7 @@ pub fn inspect(
     }
     let shape = input_shape.map(|s| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","));
     quiet(verbose);
-    let r = py.detach(|| commands::inspect(&model, shape.as_deref(), json.as_deref()));
+    let r = py.detach(|| guarded(|| commands::inspect(&model, shape.as_deref(), json.as_deref()))).map_err(err)?;
     Ok(r.map_err(err)?.to_string())
 }
 
