@@ -274,6 +274,9 @@ def quantize(
     max_drop: Optional[float] = None,
     skip_first: bool = False,
     skip_last: bool = False,
+    rounding: str = "nearest",
+    adaround_iters: int = 1000,
+    adaround_images: int = 256,
     eval: Optional[PathLike] = None,
     eval_limit: Optional[int] = None,
     threads: int = 1,
@@ -288,13 +291,16 @@ def quantize(
     path lowbit reads itself (IDX file/folder or image folder, preprocessed by `preset`). The first
     `calib_n` images are used. Labels are only read by `sensitivity` / `max_drop` scoring.
     `eval` (a path) needs lowbit's own preprocessing, so it goes with a path `calib`.
+    `rounding="adaround"` learns each weight's rounding layer by layer (AdaRound).
     The other options are the command line's (`lowbit quantize --help`). Returns a `Report`;
     `json` also writes it as the command line does, `verbose` prints its tables.
     """
     opts = [("-o", out), ("--weights", weights), ("--acts", acts), ("--method", method), ("--scheme", scheme),
             ("--calib-n", _count("calib_n", calib_n)), ("--calib-split", calib_split),
             ("--threads", _count("threads", threads)), ("--max-drop", max_drop), ("--eval", eval),
-            ("--eval-limit", eval_limit), ("--json", json), ("--plots", plots), ("--preset", preset)]
+            ("--eval-limit", eval_limit), ("--json", json), ("--plots", plots), ("--preset", preset),
+            ("--rounding", rounding), ("--adaround-iters", _count("adaround_iters", adaround_iters)),
+            ("--adaround-images", _count("adaround_images", adaround_images))]
     # `--flag=value` and the model after `--`: values starting with '-' stay values.
     flags = [f"{f}={_path(v) if _is_path(v) else v}" for f, v in opts if v is not None]
     for on, flag in [

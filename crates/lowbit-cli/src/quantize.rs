@@ -65,7 +65,11 @@ pub fn quantize_set(
     let r = ptq::quantize(&g, &set, &opts, &mut |stage, done, total| {
         if bar.as_ref().is_none_or(|b| b.0 != stage) {
             bar.take().inspect(|b| b.1.finish_and_clear());
-            let name = if stage == Stage::Calibrate { "calibrate" } else { "sensitivity" };
+            let name = match stage {
+                Stage::Calibrate => "calibrate",
+                Stage::Sensitivity => "sensitivity",
+                Stage::AdaRound => "adaround",
+            };
             bar = Some((stage, progress(total as u64, name)));
         }
         if let Some((_, b)) = &bar {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
+use lowbit_quant::adaround::{learn::LearnSettings, AdaRoundOptions};
 use lowbit_quant::observer::Method;
 use lowbit_quant::ptq::PtqOptions;
 use lowbit_quant::scheme::{Kind, Mode};
@@ -39,6 +40,17 @@ pub struct QuantizeArgs {
     /// calibration images) | minmax | percentile[:P] | entropy | mse
     #[arg(long, default_value = "auto")]
     pub method: String,
+    /// Weight rounding: nearest, or adaround (each layer's rounding learned to reconstruct its
+    /// float output from the quantized model's input, Nagel et al. 2020; `--method adaround` is
+    /// short for `--method auto --rounding adaround`)
+    #[arg(long, default_value = "nearest", value_parser = ["nearest", "adaround"])]
+    pub rounding: String,
+    /// AdaRound: iterations per layer (each exact over all sampled rows), calibration images the
+    /// statistics come from
+    #[arg(long, default_value_t = 1000)]
+    pub adaround_iters: usize,
+    #[arg(long, default_value_t = 256)]
+    pub adaround_images: usize,
     /// Per-tensor weights instead of per-channel
     #[arg(long)]
     pub per_tensor: bool,
@@ -103,13 +115,13 @@ pub struct QuantizeArgs {
 
 /// The library's options from the command line (typed, checked before any work).
 pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
-    let method = match a.method.as_str() {
-        "auto" => None,
-        m => Some(
-            Method::parse(m)
-                .ok_or_else(|| anyhow!("unknown --method '{m}' (auto, minmax, percentile[:P], entropy, mse)"))?,
-        ),
-    };
+    let method =
+        match a.method.as_str() {
+            "auto" | "adaround" => None,
+            m => Some(Method::parse(m).ok_or_else(|| {
+                anyhow!("unknown --method '{m}' (auto, minmax, percentile[:P], entropy, mse, adaround)")
+            })?),
+        };
     for (what, b) in [("--weights", a.weights), ("--acts", a.acts)] {
         if !(2..=8).contains(&b) {
             bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
@@ -132,6 +144,25 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
         "kmeans" => Kind::KMeans,
         other => bail!("unknown --scheme '{other}' (linear, pow2, log, kmeans)"),
     };
+    let adaround = (a.rounding == "adaround" || a.method == "adaround").then(|| AdaRoundOptions {
+        learn: LearnSettings { iters: a.adaround_iters, ..Default::default() },
+        images: a.adaround_images,
+        ..Default::default()
+    });
+    if adaround.is_some() {
+        if a.adaround_iters == 0 || a.adaround_images == 0 {
+            bail!("--adaround-iters and --adaround-images must be at least 1");
+        }
+        if !matches!(weight_kind, Kind::Linear(_)) {
+            bail!(
+                "--rounding adaround learns the rounding of linear weights (--scheme linear or pow2), not --scheme {}",
+                a.scheme
+            );
+        }
+        if a.sensitivity || a.max_drop.is_some() {
+            bail!("--rounding adaround does not combine with --sensitivity or --max-drop yet");
+        }
+    }
     Ok(PtqOptions {
         weight_bits: a.weights,
         act_bits: a.acts,
@@ -148,5 +179,6 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
         skip_first: a.skip_first,
         skip_last: a.skip_last,
         threads: a.threads,
+        adaround,
     })
 }

@@ -209,6 +209,27 @@ pub fn summary(
         .collect();
     crate::say!();
     print_table(&["layer", "op", "params", "w bits", "a bits"], &lrows);
+    if !r.rounding.is_empty() {
+        let rrows: Vec<Vec<String>> = r
+            .rounding
+            .iter()
+            .map(|l| {
+                vec![
+                    l.node.clone(),
+                    format!("{}x{}", l.groups, l.k),
+                    l.rows.to_string(),
+                    format!("{:.3e}", l.rel_err_nearest),
+                    format!("{:.3e}", l.rel_err_learned),
+                    format!("{:.1}%", l.flipped * 100.0),
+                ]
+            })
+            .collect();
+        crate::say!(
+            "\nAdaRound ({:.1} s): each layer's output error (pre-activation, relative to its variance) from the quantized model's input",
+            r.rounding_secs
+        );
+        print_table(&["layer", "groups x k", "rows", "nearest", "adaround", "flipped"], &rrows);
+    }
     crate::say!("\ncalibration {:.1} s, total {:.1} s", calib_secs, t0.elapsed().as_secs_f64());
     let sens = r
         .sensitivity
@@ -228,6 +249,9 @@ pub fn summary(
             "file_bytes_in": file_in, "file_bytes_out": file_out,
             "layers": q.layers.iter().map(|l| json!({"node": l.node, "op": l.op, "params": l.params, "weight_bits": l.weight_bits, "act_bits": l.act_bits})).collect::<Vec<_>>(),
             "sensitivity": sens_json, "mixed_precision": mixed_json,
+            "rounding": if r.rounding.is_empty() { "nearest" } else { "adaround" },
+            "adaround_seconds": r.rounding_secs,
+            "adaround_layers": r.rounding.iter().map(|l| json!({"node": l.node, "k": l.k, "groups": l.groups, "rows": l.rows, "rel_err_nearest": l.rel_err_nearest, "rel_err_adaround": l.rel_err_learned, "flipped": l.flipped})).collect::<Vec<_>>(),
             "seconds": t0.elapsed().as_secs_f64(),
     });
     if let Some(j) = &a.json {

@@ -7,6 +7,7 @@
 
 use lowbit_core::{Error, Graph, Result};
 
+use crate::adaround::{adaround, AdaRoundOptions, LayerRounding};
 use crate::calibrate::{calibrate, Stats};
 use crate::dfq::{self, BnDists};
 use crate::observer::Method;
@@ -47,6 +48,8 @@ pub struct PtqOptions {
     pub skip_first: bool,
     pub skip_last: bool,
     pub threads: usize,
+    /// Learn the weights' rounding (AdaRound) after the ranges are chosen; `None`: round to nearest.
+    pub adaround: Option<AdaRoundOptions>,
 }
 
 impl Default for PtqOptions {
@@ -67,6 +70,7 @@ impl Default for PtqOptions {
             skip_first: false,
             skip_last: false,
             threads: 1,
+            adaround: None,
         }
     }
 }
@@ -76,6 +80,8 @@ impl Default for PtqOptions {
 pub enum Stage {
     Calibrate,
     Sensitivity,
+    /// AdaRound's statistics pass (images) and learning (layers).
+    AdaRound,
 }
 
 /// What [`quantize`] produced.
@@ -94,6 +100,9 @@ pub struct PtqOutcome {
     pub notes: Vec<String>,
     /// Calibration statistics of the graph that was quantized (histograms for plots).
     pub stats: Stats,
+    /// AdaRound's per-layer outcome and seconds (empty and 0 without it).
+    pub rounding: Vec<LayerRounding>,
+    pub rounding_secs: f64,
 }
 
 /// The mixed-precision result without its model (that is [`PtqOutcome::model`]).
@@ -121,6 +130,11 @@ pub fn quantize(
     }
     if calib.n == 0 {
         return Err(Error::Invalid("no calibration images".into()));
+    }
+    if o.adaround.is_some() && (o.sensitivity || o.max_drop.is_some()) {
+        return Err(Error::Invalid(
+            "AdaRound does not combine with --sensitivity or --max-drop yet (they rebuild layers with rounding to nearest)".into(),
+        ));
     }
     let (mut canon, _) = lowbit_runtime::canonicalize_free(g)?;
     let shape = calib.image_shape;
@@ -212,6 +226,17 @@ pub fn quantize(
         }
         Some(m) => (build_qdq(&canon, &stats, &cfg)?, m, o.bias_correction, vec![]),
     };
+    let (mut rounding, mut rounding_secs) = (vec![], 0.0);
+    if let Some(ao) = &o.adaround {
+        let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
+        let ao = AdaRoundOptions { threads: o.threads, ..ao.clone() };
+        let (m, r, secs) = adaround(&canon, &stats, &chosen, shape, calib.data, calib.n, &ao, &mut |_, d, t| {
+            progress(Stage::AdaRound, d, t)
+        })?;
+        model = m;
+        rounding = r;
+        rounding_secs = secs;
+    }
     // Sensitivity and mixed precision, scored on the calibration images (never the evaluation set).
     let (mut sensitivity, mut mixed) = (vec![], None);
     if o.sensitivity || o.max_drop.is_some() {
@@ -248,5 +273,7 @@ pub fn quantize(
         mixed,
         notes,
         stats,
+        rounding,
+        rounding_secs,
     })
 }

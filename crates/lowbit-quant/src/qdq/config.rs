@@ -36,6 +36,11 @@ pub struct QdqConfig {
     /// Weight scales (one per output channel, or one) by node name, used instead of the range or
     /// MSE search.
     pub weight_scale_override: HashMap<String, Vec<f32>>,
+    /// Weight integers (in the weight tensor's own layout) and their scales (one per output
+    /// channel) by node name, written as they are: AdaRound's learned rounding.
+    pub weight_int_override: HashMap<String, (Vec<i32>, Vec<f32>)>,
+    /// Float biases by node name replacing the layer's bias and its bias correction.
+    pub bias_override: HashMap<String, Vec<f32>>,
     /// Binary convolutions (by node name): weights `sign(w)` (`+1` at zero) with the per-channel
     /// scale `mean |w|`, and the input binarized to `±1` by `Sign(Sign(x) + 0.5)` followed by an
     /// int8 Q/DQ pair with scale `1/BINARY_LEVEL`; the bias is int32 with the accumulator scale
@@ -76,6 +81,8 @@ impl Default for QdqConfig {
             bias_correction: true,
             act_override: HashMap::new(),
             weight_scale_override: HashMap::new(),
+            weight_int_override: HashMap::new(),
+            bias_override: HashMap::new(),
             binary: HashSet::new(),
             weight_kind: Kind::Linear(Mode::Symmetric),
             kmeans_cache: Default::default(),

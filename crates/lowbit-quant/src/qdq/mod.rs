@@ -69,6 +69,30 @@ fn quantize_with_scales(
     Ok((q, QParams { scale: sc, zero_point: vec![0; c], qmin, qmax }))
 }
 
+/// Integer weights given as they are ([`QdqConfig::weight_int_override`]), checked against the
+/// weight tensor and the scheme's range; per-tensor schemes keep the first scale.
+fn given_ints(
+    q: &[i32],
+    scales: &[f32],
+    w: &[f32],
+    shape: &[usize],
+    s: &QScheme,
+) -> std::result::Result<(Vec<i32>, QParams), String> {
+    if q.len() != w.len() {
+        return Err(format!("{} weight integers given for {} weights", q.len(), w.len()));
+    }
+    let (qmin, qmax) = (s.qmin(), s.qmax());
+    if q.iter().any(|v| !(qmin..=qmax).contains(v)) {
+        return Err(format!("given weight integers leave [{qmin}, {qmax}]"));
+    }
+    let (c, _, _) = crate::scheme::channel_layout(shape, s.granularity);
+    let sc: Vec<f32> = if c == 1 { scales.iter().take(1).copied().collect() } else { scales.to_vec() };
+    if sc.len() != c || sc.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+        return Err(format!("{} weight scales given for {c} channels (positive and finite)", scales.len()));
+    }
+    Ok((q.to_vec(), QParams { scale: sc, zero_point: vec![0; c], qmin, qmax }))
+}
+
 /// Adds `b` as int32 values with per-output scales `bscale` (rounded half to even) and their
 /// DequantizeLinear node; returns the dequantized value's name.
 fn int32_bias(
@@ -405,6 +429,10 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
             let kind = if bits > cfg.weight_bits { Kind::Linear(Mode::Symmetric) } else { cfg.weight_kind };
             let mut book = 0usize;
             let (q, p): (Vec<i32>, QParams) = match (cfg.weight_scale_override.get(&n.name), kind) {
+                _ if cfg.weight_int_override.contains_key(&n.name) => {
+                    let (q, sc) = &cfg.weight_int_override[&n.name];
+                    given_ints(q, sc, &wv, &w.shape, &scheme).map_err(|e| Error::node(&n.name, e))?
+                }
                 (Some(sc), _) => {
                     quantize_with_scales(&wv, &w.shape, &scheme, sc).map_err(|e| Error::node(&n.name, e))?
                 }
@@ -445,7 +473,16 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 scheme_meta.push((format!("lowbit.quant.scheme.{}", n.name), format!("{sn}:{bits}")));
             }
             let nch = p.scale.len();
-            if cfg.bias_correction && matches!(n.op, Op::Conv(_)) {
+            let given_bias = cfg.bias_override.get(&n.name);
+            if let Some(b) = given_bias {
+                if b.len() != w.shape[axis] {
+                    return Err(Error::node(
+                        &n.name,
+                        format!("{} biases given for {} outputs", b.len(), w.shape[axis]),
+                    ));
+                }
+                bias = Some(b.clone());
+            } else if cfg.bias_correction && matches!(n.op, Op::Conv(_)) {
                 if let Some(mean) = stats.get(x).map(|o| o.channel_means()).filter(|m| !m.is_empty()) {
                     let (co, cig) = (w.shape[0], w.shape[1]);
                     let kk: usize = w.shape[2..].iter().product();

@@ -1,0 +1,124 @@
+//! AdaRound end to end: learned rounding on a 4-bit model beats rounding to nearest on unseen
+//! images, only ever rounds each weight up or down, keeps the scales, and the file stays standard
+//! QDQ that ONNX Runtime runs with the same answers as lowbit.
+
+mod common;
+
+use common::*;
+use lowbit_data::{Preprocess, Split};
+use lowbit_quant::adaround::{adaround, learn::LearnSettings, AdaRoundOptions};
+use lowbit_quant::observer::Method;
+use lowbit_quant::qdq::{build_qdq, QdqConfig};
+use lowbit_runtime::classify::{argmax, Classifier};
+
+/// `(name, int8 values, scales)` of every weight DequantizeLinear.
+fn weights(g: &lowbit_core::Graph) -> Vec<(String, Vec<i8>, Vec<f32>)> {
+    g.nodes
+        .iter()
+        .filter(|n| n.name.ends_with("_weight_DequantizeLinear"))
+        .map(|n| {
+            let lowbit_core::Data::I8(q) = &g.initializers[&n.inputs[0]].data else { panic!("{}: not int8", n.name) };
+            (n.name.clone(), q.clone(), g.initializers[&n.inputs[1]].to_f32_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn adaround_w4a4_beats_nearest_and_runs_in_ort() {
+    let g = lowbit_onnx::read_model(&zoo("fmnist-resnet.onnx")).unwrap();
+    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(256)).unwrap();
+    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
+    let stats =
+        lowbit_quant::calibrate::calibrate(&canon, &[1, 28, 28], &calib.data, calib.n, 64, 2, true, &mut |_, _| {})
+            .unwrap();
+    let cfg = QdqConfig {
+        weight_bits: 4,
+        act_bits: 4,
+        method: Method::Mse,
+        weight_mse: true,
+        bias_correction: false,
+        ..Default::default()
+    };
+    let near = build_qdq(&canon, &stats, &cfg).unwrap();
+    let o = AdaRoundOptions {
+        learn: LearnSettings { iters: 300, ..Default::default() },
+        images: 128,
+        threads: 2,
+        ..Default::default()
+    };
+    let mut waves = 0;
+    let (ada, layers, _) =
+        adaround(&canon, &stats, &cfg, &[1, 28, 28], &calib.data, calib.n, &o, &mut |_, d, _| waves = d).unwrap();
+    assert!(waves > 1, "layers are learned in sequence");
+    assert_eq!(layers.len(), near.layers.len(), "every quantized layer is re-rounded");
+    for l in &layers {
+        assert!(l.rel_err_learned <= l.rel_err_nearest * 1.0001 + 1e-9, "{}: {l:?}", l.node);
+    }
+    // Same scales; each weight is the nearest integer or its neighbour (rounded the other way).
+    let floats: std::collections::HashMap<String, Vec<f32>> = canon
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.name.clone(), canon.initializers.get(n.input(1)?)?.to_f32_vec())))
+        .collect();
+    let (wn, wa) = (weights(&near.graph), weights(&ada.graph));
+    assert_eq!(wn.len(), wa.len());
+    let mut flipped = 0usize;
+    for ((name, qn, sn), (name2, qa, sa)) in wn.iter().zip(&wa) {
+        assert_eq!(name, name2);
+        assert_eq!(sn, sa, "{name}: scales kept");
+        let w = &floats[name.trim_end_matches("_weight_DequantizeLinear")];
+        let per = w.len() / sn.len();
+        for (i, (&a, &b)) in qn.iter().zip(qa).enumerate() {
+            let x = w[i] / sn[i / per];
+            assert!((b as f32 - x).abs() < 1.0 + 1e-4 || b == 7 || b == -8, "{name}[{i}]: {b} for {x}");
+            assert!((a as i32 - b as i32).abs() <= 1);
+            flipped += (a != b) as usize;
+        }
+    }
+    assert!(flipped > 0);
+    // Unseen images: better than nearest by a margin, and ORT runs the file with lowbit's answers.
+    let n = 2000;
+    let test = lowbit_data::load_idx_dir(&fashion_dir(), Split::Test, &Preprocess::fmnist(), Some(n)).unwrap();
+    let labels = test.labels.clone().unwrap();
+    let acc = |gr: &lowbit_core::Graph| {
+        let l = Classifier::new(gr.clone(), vec![1, 28, 28], 2).logits(&test.data, n).unwrap();
+        ((0..n).filter(|&i| argmax(&l[i]) as u32 == labels[i]).count() as f64 / n as f64, l)
+    };
+    let ((fa, _), (na, _), (aa, ours)) = (acc(&g), acc(&near.graph), acc(&ada.graph));
+    eprintln!("W4A4 top-1 on {n} test images: float {fa:.4}, nearest {na:.4}, adaround {aa:.4}");
+    assert!(aa >= na + 0.005, "adaround {aa} vs nearest {na}");
+    assert!(fa - aa <= 0.015, "adaround {aa} vs float {fa}");
+    let d = tmpdir("adaround-w4a4");
+    let path = d.join("q.onnx");
+    lowbit_onnx::write_model(&ada.graph, &path).unwrap();
+    let (shape, ort) = ort_run_qdq(&path, &test.data, &[n, 1, 28, 28], "adaround-w4a4");
+    assert_eq!(shape, vec![n, 10]);
+    let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
+    assert!(agree as f64 >= 0.995 * n as f64, "ORT agrees on {agree}/{n}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn adaround_refuses_what_it_cannot_do() {
+    let d = tmpdir("adaround-cli");
+    let out = d.join("q.onnx");
+    let model = zoo("fmnist-resnet.onnx");
+    for (extra, needle) in [
+        (&["--scheme", "kmeans"][..], "linear weights"),
+        (&["--max-drop", "1"][..], "does not combine"),
+        (&["--adaround-iters", "0"][..], "at least 1"),
+    ] {
+        let r = std::process::Command::new(lowbit_bin())
+            .args(["quantize", model.to_str().unwrap(), "--calib", fashion_dir().to_str().unwrap()])
+            .args(["--calib-n", "16", "--rounding", "adaround", "-o", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{extra:?} should fail");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists());
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
