@@ -398,8 +398,19 @@ fn learn_layer(
                 full += wi * (0..k).map(|j| ff[i * k + j] as f64 * w[row * k + j] as f64).sum::<f64>();
             }
         }
-        e_near += error_of(&p, near) + full;
-        e_learn += error_of(&p, &learned) + full;
+        // Reported without the damping term (which only shapes the learning).
+        let (qq0, qf0) = if o.damp > 0.0 {
+            let (a, b, ..) = g.centered(gi, 0.0);
+            (a, b)
+        } else {
+            (qq.clone(), qf.clone())
+        };
+        let target0: Vec<f32> = (0..cog * k)
+            .map(|ri| (0..k).map(|j| w[ri / k * k + j] * qf0[ri % k * k + j]).sum())
+            .collect();
+        let p0 = Problem { gqq: &qq0, target: &target0, ..p };
+        e_near += error_of(&p0, near) + full;
+        e_learn += error_of(&p0, &learned) + full;
         power += full;
         flipped += learned.iter().zip(near).filter(|(a, b)| a != b).count();
         // Mean of (w_q x_q − w x_f) per output channel, taken out of the bias.
