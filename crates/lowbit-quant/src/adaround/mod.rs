@@ -405,9 +405,8 @@ fn learn_layer(
         } else {
             (qq.clone(), qf.clone())
         };
-        let target0: Vec<f32> = (0..cog * k)
-            .map(|ri| (0..k).map(|j| w[ri / k * k + j] * qf0[ri % k * k + j]).sum())
-            .collect();
+        let target0: Vec<f32> =
+            (0..cog * k).map(|ri| (0..k).map(|j| w[ri / k * k + j] * qf0[ri % k * k + j]).sum()).collect();
         let p0 = Problem { gqq: &qq0, target: &target0, ..p };
         e_near += error_of(&p0, near) + full;
         e_learn += error_of(&p0, &learned) + full;
