@@ -173,6 +173,21 @@ def test_quantize_batches_labels_and_evaluate(tmp):
     assert 0.5 < ev_arr["top1"] <= 1.0
 
 
+def test_quantize_adaround(tmp):
+    """rounding="adaround" re-rounds every quantized layer, never with a larger output error, and
+    reports it; the file runs."""
+    x = np.stack(list(fmnist_train_images(64)))
+    out = tmp / "w4a8-adaround.onnx"
+    rep = lowbit.quantize(DEFAULT, x, out, weights=4, method="mse", rounding="adaround", adaround_iters=50)
+    layers = rep.json["adaround_layers"]
+    assert rep.json["rounding"] == "adaround" and len(layers) == len(rep.layers) > 0
+    assert all(l["rel_err_adaround"] <= l["rel_err_nearest"] * 1.0001 + 1e-9 for l in layers)
+    y = lowbit.Model(out).run(x[:4])
+    assert y[0].shape == (4, 10)
+    with pytest.raises(lowbit.LowbitError):
+        lowbit.quantize(DEFAULT, x, tmp / "bad.onnx", rounding="adaround", scheme="kmeans")
+
+
 def _dump(tmp, name, data, *args):
     prefix = tmp / name
     cli("dump-data", data, *args, "-o", prefix)

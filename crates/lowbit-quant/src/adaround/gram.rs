@@ -107,24 +107,50 @@ fn add_at_b(a: &[f32], b: &[f32], k: usize, dst: &mut [f32]) {
         }
         return;
     }
+    // aᵀ is k × rows: row stride 1, column stride k.
+    gemm(k, k, rows, dst, a, 1, k, b, true, 1);
+}
+
+/// `dst (m × n, row-major) (+)= lhs · rhs` on lowbit's f32 GEMM, `lhs` (m × kk) given by its row
+/// and column strides, `rhs` (kk × n) row-major; the slices are checked to cover the shapes.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm(
+    m: usize,
+    n: usize,
+    kk: usize,
+    dst: &mut [f32],
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    accumulate: bool,
+    threads: usize,
+) {
+    if m == 0 || n == 0 || kk == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(dst.len() >= m * n && rhs.len() >= kk * n && lhs.len() > (m - 1) * lhs_rs + (kk - 1) * lhs_cs);
     let isa = lowbit_kernels::isa::Paths::selected_or_scalar().f32;
-    // SAFETY: aᵀ is k × rows with row stride 1 and column stride k; b is rows × k; dst k × k.
+    // SAFETY: the slices cover the strided shapes (checked above).
     unsafe {
         lowbit_kernels::fp32::gemm::sgemm(
             isa,
-            k,
-            k,
-            rows,
+            m,
+            n,
+            kk,
             dst.as_mut_ptr(),
-            k as isize,
-            a.as_ptr(),
+            n as isize,
+            lhs.as_ptr(),
+            lhs_rs as isize,
+            lhs_cs as isize,
+            rhs.as_ptr(),
+            n as isize,
             1,
-            k as isize,
-            b.as_ptr(),
-            k as isize,
-            1,
-            true,
-            1,
+            accumulate,
+            threads,
         )
     }
 }

@@ -77,26 +77,7 @@ fn times_gram(a: &[f32], g: &[f32], k: usize, out: &mut [f32], threads: usize) {
         }
         return;
     }
-    let isa = lowbit_kernels::isa::Paths::selected_or_scalar().f32;
-    // SAFETY: `a` is rows × k, `g` k × k, `out` rows × k, all row-major and contiguous.
-    unsafe {
-        lowbit_kernels::fp32::gemm::sgemm(
-            isa,
-            rows,
-            k,
-            k,
-            out.as_mut_ptr(),
-            k as isize,
-            a.as_ptr(),
-            k as isize,
-            1,
-            g.as_ptr(),
-            k as isize,
-            1,
-            false,
-            threads,
-        )
-    }
+    super::gram::gemm(rows, k, k, out, a, k, 1, g, false, threads);
 }
 
 /// The reconstruction error (up to the constant `w G_ff wᵀ / M`) of integer weights `q`.
