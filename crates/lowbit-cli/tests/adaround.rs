@@ -11,18 +11,6 @@ use lowbit_quant::observer::Method;
 use lowbit_quant::qdq::{build_qdq, QdqConfig};
 use lowbit_runtime::classify::{argmax, Classifier};
 
-/// `(name, int8 values, scales)` of every weight DequantizeLinear.
-fn weights(g: &lowbit_core::Graph) -> Vec<(String, Vec<i8>, Vec<f32>)> {
-    g.nodes
-        .iter()
-        .filter(|n| n.name.ends_with("_weight_DequantizeLinear"))
-        .map(|n| {
-            let lowbit_core::Data::I8(q) = &g.initializers[&n.inputs[0]].data else { panic!("{}: not int8", n.name) };
-            (n.name.clone(), q.clone(), g.initializers[&n.inputs[1]].to_f32_vec())
-        })
-        .collect()
-}
-
 #[test]
 fn adaround_w4a4_beats_nearest_and_runs_in_ort() {
     let g = lowbit_onnx::read_model(&zoo("fmnist-resnet.onnx")).unwrap();
@@ -60,7 +48,7 @@ fn adaround_w4a4_beats_nearest_and_runs_in_ort() {
         .iter()
         .filter_map(|n| Some((n.name.clone(), canon.initializers.get(n.input(1)?)?.to_f32_vec())))
         .collect();
-    let (wn, wa) = (weights(&near.graph), weights(&ada.graph));
+    let (wn, wa) = (int8_weights(&near.graph), int8_weights(&ada.graph));
     assert_eq!(wn.len(), wa.len());
     let mut flipped = 0usize;
     for ((name, qn, sn), (name2, qa, sa)) in wn.iter().zip(&wa) {

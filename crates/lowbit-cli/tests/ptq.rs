@@ -87,20 +87,6 @@ fn fmnist_mobilenet_w4a8_runs_in_ort_and_agrees() {
     check_against_ort("fmnist-mobilenet.onnx", 4, 2000, 2.5);
 }
 
-/// The int8 weight initializers read by DequantizeLinear nodes, with their scales, by node name.
-fn int8_weights(g: &lowbit_core::Graph) -> Vec<(String, Vec<i8>, Vec<f32>)> {
-    g.nodes
-        .iter()
-        .filter(|n| {
-            matches!(n.op, lowbit_core::Op::DequantizeLinear { .. }) && n.name.ends_with("_weight_DequantizeLinear")
-        })
-        .map(|n| {
-            let lowbit_core::Data::I8(q) = &g.initializers[&n.inputs[0]].data else { panic!("{}: not int8", n.name) };
-            (n.name.clone(), q.clone(), g.initializers[&n.inputs[1]].to_f32_vec())
-        })
-        .collect()
-}
-
 #[test]
 fn pow2_log_and_kmeans_weights_are_standard_int8_that_ort_runs() {
     for (kind, name, max_drop) in

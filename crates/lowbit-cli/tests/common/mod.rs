@@ -254,3 +254,17 @@ pub fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
         (seed >> 40) as f32 / (1u64 << 24) as f32
     }
 }
+
+/// The int8 weight initializers read by DequantizeLinear nodes, with their scales, by node name.
+pub fn int8_weights(g: &lowbit_core::Graph) -> Vec<(String, Vec<i8>, Vec<f32>)> {
+    g.nodes
+        .iter()
+        .filter(|n| {
+            matches!(n.op, lowbit_core::Op::DequantizeLinear { .. }) && n.name.ends_with("_weight_DequantizeLinear")
+        })
+        .map(|n| {
+            let lowbit_core::Data::I8(q) = &g.initializers[&n.inputs[0]].data else { panic!("{}: not int8", n.name) };
+            (n.name.clone(), q.clone(), g.initializers[&n.inputs[1]].to_f32_vec())
+        })
+        .collect()
+}

@@ -437,7 +437,7 @@ fn learn_layer(
 
 /// Re-rounds the weights of `cfg`'s QDQ model of `canon` by AdaRound on `n` calibration images
 /// of `data` (each of `image_shape`). Layers whose weights are not linear int8 (binary,
-/// logarithmic, k-means) keep theirs. `progress(done, total)` counts images, then layers.
+/// logarithmic, k-means) keep theirs. `progress(what, done, total)` counts waves.
 #[allow(clippy::too_many_arguments)]
 pub fn adaround(
     canon: &Graph,
