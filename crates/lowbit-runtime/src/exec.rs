@@ -108,9 +108,16 @@ pub(crate) fn with_spinning_helpers<R: Send>(f: impl FnOnce() -> R + Send) -> R 
                 }
             });
         }
-        let r = f();
-        done.store(true, Ordering::Release);
-        r
+        // Set `done` on the way out even when `f` panics: otherwise the helpers would spin
+        // forever and the scope (which waits for them before passing the panic on) would hang.
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let _release = Release(&done);
+        f()
     })
 }
 
@@ -451,4 +458,27 @@ unsafe fn exec_step(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_spinning_helpers;
+
+    /// A panic inside a run with spinning helpers reaches the caller; it must not leave the
+    /// helpers spinning (the scope would then wait for them forever). Run on its own thread so
+    /// a regression fails by timeout instead of hanging the test binary.
+    #[test]
+    fn a_panic_under_spinning_helpers_returns() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| with_spinning_helpers(|| -> u32 { panic!("kernel failure") }))
+            }));
+            let ok = pool.install(|| with_spinning_helpers(|| 7u32));
+            let _ = tx.send((r.is_err(), ok));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(got, Ok((true, 7)), "the panic did not come back (helpers still spinning?)");
+    }
 }
