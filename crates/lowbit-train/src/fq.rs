@@ -22,6 +22,26 @@
 
 use burn::tensor::Tensor;
 
+/// Rounds half to even, exactly, for |v| < 2^22 (the quantizer's clamped range): adding and
+/// subtracting 1.5·2^23 leaves the integer the default rounding mode picks. Branch-free, so the
+/// loops vectorise (`f32::round_ties_even` is a library call on baseline x86-64).
+#[inline(always)]
+pub(crate) fn rint(v: f32) -> f32 {
+    const M: f32 = 12_582_912.0;
+    (v + M) - M
+}
+
+/// `floor(v)` for |v| < 2^22, branch-free (see [`rint`]).
+#[inline(always)]
+pub(crate) fn floor(v: f32) -> f32 {
+    let r = rint(v);
+    if r > v {
+        r - 1.0
+    } else {
+        r
+    }
+}
+
 /// `round(x)` forward, identity backward.
 pub fn round_pass<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let r = x.clone().round();
@@ -172,6 +192,17 @@ mod tests {
 
     fn ranges() -> Vec<Range> {
         vec![Range::signed(4), Range::unsigned(4, 3), Range::unsigned(2, 0), Range::signed(8)]
+    }
+
+    #[test]
+    fn rint_and_floor_match_std() {
+        for v in [
+            -128.5f32, -3.0, -0.0, -1e-7, 1e-7, 7.0, -2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 2.51, 254.5, 255.0,
+            3.4999,
+        ] {
+            assert_eq!(rint(v), v.round_ties_even(), "{v}");
+            assert_eq!(floor(v), v.floor(), "{v}");
+        }
     }
 
     #[test]

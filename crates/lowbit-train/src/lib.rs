@@ -10,6 +10,7 @@ pub mod bn;
 pub mod conv;
 pub mod dsq;
 pub mod fq;
+pub mod fqop;
 pub mod model;
 pub mod qat;
 pub mod relu;

@@ -12,6 +12,7 @@ use lowbit_core::shape::window;
 use lowbit_core::{Act, ConvAttrs, Graph, Op, PoolAttrs};
 
 use crate::fq::{self, Range};
+use crate::fqop::Kind;
 use crate::{Error, Result};
 
 /// A value flowing through the model: images (NCHW) or rows (N x K).
@@ -347,9 +348,18 @@ impl Model {
             p.t.clone().reshape(shape(p.shape[0]))
         };
         match q.method {
-            QatMethod::Ste => fq::ste(x, bc(q.step), q.range),
-            QatMethod::Lsq => fq::lsq(x, bc(q.step), q.range, q.grad_scale),
-            QatMethod::Pact => fq::pact(x, bc(q.step), q.range),
+            QatMethod::Ste if crate::conv::burn_ops("fq") => fq::ste(x, bc(q.step), q.range),
+            QatMethod::Lsq if crate::conv::burn_ops("fq") => fq::lsq(x, bc(q.step), q.range, q.grad_scale),
+            QatMethod::Pact if crate::conv::burn_ops("fq") => fq::pact(x, bc(q.step), q.range),
+            QatMethod::Ste | QatMethod::Lsq | QatMethod::Pact => {
+                let kind = match q.method {
+                    QatMethod::Ste => Kind::Ste,
+                    QatMethod::Lsq => Kind::Lsq,
+                    _ => Kind::Pact,
+                };
+                let s = self.params[q.step].t.clone();
+                crate::fqop::fake_quant(x, s, kind, q.range, q.grad_scale, axis)
+            }
             QatMethod::Dsq if crate::conv::burn_ops("dsq") => {
                 let a = bc(q.alpha.expect("DSQ quantizer has alpha")).clamp(1e-3, 0.5);
                 fq::dsq(x, bc(q.step), a, q.range, q.grad_scale)
