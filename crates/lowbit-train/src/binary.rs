@@ -20,7 +20,7 @@ use lowbit_quant::calibrate::calibrate;
 use lowbit_quant::observer::Method;
 use lowbit_quant::qdq::{build_qdq, QdqConfig, QdqModel};
 
-use crate::model::{Binary, Model};
+use crate::model::{host, Binary, Model};
 use crate::{Error, Result};
 
 /// The rewritten graph and the convolutions to binarize (by node name).
@@ -157,7 +157,7 @@ pub fn export(model: &Model, calib: &ImageSet, threads: usize) -> Result<QdqMode
     for (node, w, _) in model.compute_layers() {
         if model.binary.contains_key(&w) {
             let p = &model.params[w];
-            g.initializers.insert(p.name.clone(), Tensor::f32(p.shape.clone(), model.binary_deploy_weights(w)));
+            g.initializers.insert(p.name.clone(), Tensor::f32(p.shape.clone(), deploy_weights(model, w)));
             names.insert(node);
         }
     }
@@ -178,4 +178,28 @@ pub fn export_graph(g: &Graph, binary: HashSet<String>, calib: &ImageSet, thread
     let stats = calibrate(&gc, &shape, &calib.data, calib.n, 100, threads, false, &mut |_, _| {})?;
     let cfg = QdqConfig { method: Method::MinMax, bias_correction: false, binary, ..Default::default() };
     Ok(build_qdq(&gc, &stats, &cfg)?)
+}
+
+/// The deployed weights of a binary convolution (flat OIHW): `sign · scale` per filter, with
+/// the sign taken at `+1` for zero and the scale an exact power of two under Libra-PB.
+pub fn deploy_weights(model: &Model, i: usize) -> Vec<f32> {
+    let p = &model.params[i];
+    let b = model.binary.get(&i).copied().unwrap_or(Binary { libra: false, ede: false });
+    let w = host(&p.t);
+    let per = w.len() / p.shape[0].max(1);
+    let mut out = Vec::with_capacity(w.len());
+    for f in w.chunks(per.max(1)) {
+        let n = f.len() as f64;
+        let (c, scale): (Vec<f64>, f64) = if b.libra {
+            let mean = f.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let c: Vec<f64> = f.iter().map(|&v| v as f64 - mean).collect();
+            let std = (c.iter().map(|v| v * v).sum::<f64>() / n + 1e-12).sqrt();
+            let m = c.iter().map(|v| (v / std).abs()).sum::<f64>() / n;
+            (c, 2f64.powi(m.log2().round() as i32))
+        } else {
+            (f.iter().map(|&v| v as f64).collect(), f.iter().map(|v| v.abs() as f64).sum::<f64>() / n)
+        };
+        out.extend(c.iter().map(|&v| if v >= 0.0 { scale as f32 } else { -scale as f32 }));
+    }
+    out
 }

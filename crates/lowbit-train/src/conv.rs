@@ -29,7 +29,7 @@ use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::isa::{F32Isa, Paths};
 
 /// The f32 path training's kernels run on (`LOWBIT_ISA`, else the best this CPU has).
-fn f32_path() -> F32Isa {
+pub(crate) fn f32_path() -> F32Isa {
     Paths::selected_or_scalar().f32
 }
 

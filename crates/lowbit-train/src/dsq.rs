@@ -82,27 +82,217 @@ fn consts(p: DsqParams) -> Consts {
     Consts { zp: p[0], qmin: p[1], qmax: p[2], g: p[3], inner: (p[4] as usize).max(1) }
 }
 
-/// `tanh(x)` to about 1e-7 absolute error, branch-free so the backward loop vectorises (`f32::tanh`
-/// is a library call per element: it made a DSQ epoch 3.4x a float one on one thread).
-/// `tanh(|x|) = 1 - 2/(e^(2|x|) + 1)`, `e^y = 2^n·p(r)` with `n = round(y/ln 2)`, `|r| <= ln2/2`
-/// and `p` the degree-7 Taylor polynomial (relative error below 2e-8 on that interval).
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+/// 1.5·2^23: adding and subtracting it rounds to the nearest integer.
+const ROUND_M: f32 = 12_582_912.0;
+/// `tanh(20)` is 1 in f32.
+const TANH_Y_MAX: f32 = 40.0;
+/// Taylor coefficients of `e^r` after the constant term: 1, 1/2!, ..., 1/7!.
+const EXP_C: [f32; 7] = [1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0];
+
+/// `tanh(x)` to about 3e-7 absolute error, branch-free (`f32::tanh` is a library call per
+/// element: it made a DSQ epoch 3.4x a float one on one thread). `tanh(|x|) = 1 - 2/(e^(2|x|) +
+/// 1)`, `e^y = 2^n·p(r)` with `n = round(y/ln 2)`, `|r| <= ln2/2` and `p` the degree-7 Taylor
+/// polynomial (relative error below 2e-8 on that interval). [`tanh_avx2`] does the same
+/// operations in the same order.
 #[inline(always)]
 fn tanh(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const M: f32 = 12_582_912.0; // 1.5·2^23: round to nearest by addition
-    let y = (2.0 * x.abs()).min(40.0); // tanh(20) is 1 in f32
-    let t = y * std::f32::consts::LOG2_E + M;
-    let n = t - M;
+    let y = (2.0 * x.abs()).min(TANH_Y_MAX);
+    let t = y * std::f32::consts::LOG2_E + ROUND_M;
+    let n = t - ROUND_M;
     // n in 0..=58 sits in t's low mantissa bits: 2^n built with integer operations only.
-    let two_n = f32::from_bits((t.to_bits().wrapping_sub(M.to_bits()).wrapping_add(127)) << 23);
+    let two_n = f32::from_bits((t.to_bits().wrapping_sub(ROUND_M.to_bits()).wrapping_add(127)) << 23);
     let r = (y - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let e = p * two_n;
+    let mut p = EXP_C[6];
+    for c in EXP_C[..6].iter().rev() {
+        p = c + r * p;
+    }
+    let e = (1.0 + r * p) * two_n;
     (1.0 - 2.0 / (e + 1.0)).copysign(x)
+}
+
+/// Partial sums kept per lane in the backward's reductions (the AVX2 vector width).
+const LANES: usize = 8;
+
+/// The per-element constants of one channel's backward.
+#[derive(Clone, Copy)]
+struct Elem {
+    st: f32,
+    zp: f32,
+    qmin: f32,
+    qmax: f32,
+    i_max: f32,
+    kk: f32,
+    /// `2·tanh(k/2)`, `1 - tanh²(k/2)`, `2·tanh²(k/2)`.
+    two_norm: f32,
+    norm: f32,
+    one_minus_norm2: f32,
+    two_norm2: f32,
+}
+
+impl Elem {
+    fn new(st: f32, k: &Consts, i_max: f32, kk: f32) -> Elem {
+        let norm = (0.5 * kk).tanh();
+        Elem {
+            st,
+            zp: k.zp,
+            qmin: k.qmin,
+            qmax: k.qmax,
+            i_max,
+            kk,
+            two_norm: 2.0 * norm,
+            norm,
+            one_minus_norm2: 1.0 - norm * norm,
+            two_norm2: 2.0 * norm * norm,
+        }
+    }
+
+    /// `(dx, ds term, dk term)` of one element with input `xv` and output gradient `gy`; the
+    /// operations and their order are those of [`row_avx2`]'s lanes.
+    #[inline(always)]
+    fn grads(&self, xv: f32, gy: f32) -> (f32, f32, f32) {
+        let u = xv / self.st + self.zp;
+        let inside = u >= self.qmin && u <= self.qmax;
+        let v = u.max(self.qmin).min(self.qmax);
+        let hard = rint(v);
+        let i = floor(v).max(self.qmin).min(self.i_max);
+        let e = (v - i) - 0.5;
+        let th = tanh(self.kk * e);
+        let sech2 = 1.0 - th * th;
+        // dφ/dv and dφ/dk.
+        let dphi_dv = (self.kk * sech2) / self.two_norm;
+        let dphi_dk = ((e * sech2) * self.norm - (0.5 * th) * self.one_minus_norm2) / self.two_norm2;
+        let dv = if inside { dphi_dv } else { 0.0 };
+        // y = (φ(v) - zp)·s in the backward: dy/dx = dφ/dv·[inside], dy/ds = (hard - zp) - dφ/dv·[inside]·x/s.
+        (gy * dv, gy * ((hard - self.zp) - (dv * xv) / self.st), (gy * self.st) * dphi_dk)
+    }
+}
+
+/// One row of the backward: writes `dx` into `dr`, returns the row's sums of the step and `k`
+/// terms. Lane `l` sums elements `l, l + 8, ...` of the whole-vector part, the tail goes to lane
+/// 0, and the lanes are added in order (the order [`row_avx2`] keeps, so the two agree bit for bit).
+fn row_scalar(e: &Elem, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> (f32, f32) {
+    let (mut sa, mut sb) = ([0f32; LANES], [0f32; LANES]);
+    let body = dr.len() / LANES * LANES;
+    for j in 0..body {
+        let (d, a, b) = e.grads(xr[j], gr[j]);
+        dr[j] = d;
+        sa[j % LANES] += a;
+        sb[j % LANES] += b;
+    }
+    row_tail(e, xr, gr, dr, body, sa, sb)
+}
+
+fn row_tail(
+    e: &Elem,
+    xr: &[f32],
+    gr: &[f32],
+    dr: &mut [f32],
+    body: usize,
+    mut sa: [f32; LANES],
+    mut sb: [f32; LANES],
+) -> (f32, f32) {
+    for j in body..dr.len() {
+        let (d, a, b) = e.grads(xr[j], gr[j]);
+        dr[j] = d;
+        sa[0] += a;
+        sb[0] += b;
+    }
+    (sa.iter().fold(0.0, |s, v| s + v), sb.iter().fold(0.0, |s, v| s + v))
+}
+
+/// [`row_scalar`] on AVX2, eight elements per step, bit-identical to it (no FMA: every multiply
+/// and add rounds as the scalar code's does).
+///
+/// # Safety
+/// The CPU has AVX2; `xr`, `gr` and `dr` have the same length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_avx2(e: &Elem, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let s = _mm256_set1_ps;
+    let (st, zp, qmin, qmax, i_max, kk) = (s(e.st), s(e.zp), s(e.qmin), s(e.qmax), s(e.i_max), s(e.kk));
+    let (two_norm, norm, omn2, two_norm2) = (s(e.two_norm), s(e.norm), s(e.one_minus_norm2), s(e.two_norm2));
+    let (one, half) = (s(1.0), s(0.5));
+    let (mut sa, mut sb) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let body = dr.len() / LANES * LANES;
+    let mut j = 0;
+    while j < body {
+        let xv = _mm256_loadu_ps(xr.as_ptr().add(j));
+        let gy = _mm256_loadu_ps(gr.as_ptr().add(j));
+        let u = _mm256_add_ps(_mm256_div_ps(xv, st), zp);
+        let inside = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(u, qmin), _mm256_cmp_ps::<_CMP_LE_OQ>(u, qmax));
+        let v = _mm256_min_ps(_mm256_max_ps(u, qmin), qmax);
+        let hard = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        let i = _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(v), qmin), i_max);
+        let ev = _mm256_sub_ps(_mm256_sub_ps(v, i), half);
+        let th = tanh_avx2(_mm256_mul_ps(kk, ev));
+        let sech2 = _mm256_sub_ps(one, _mm256_mul_ps(th, th));
+        let dphi_dv = _mm256_div_ps(_mm256_mul_ps(kk, sech2), two_norm);
+        let dphi_dk = _mm256_div_ps(
+            _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(ev, sech2), norm), _mm256_mul_ps(_mm256_mul_ps(half, th), omn2)),
+            two_norm2,
+        );
+        let dv = _mm256_and_ps(dphi_dv, inside);
+        _mm256_storeu_ps(dr.as_mut_ptr().add(j), _mm256_mul_ps(gy, dv));
+        let a = _mm256_mul_ps(gy, _mm256_sub_ps(_mm256_sub_ps(hard, zp), _mm256_div_ps(_mm256_mul_ps(dv, xv), st)));
+        let b = _mm256_mul_ps(_mm256_mul_ps(gy, st), dphi_dk);
+        sa = _mm256_add_ps(sa, a);
+        sb = _mm256_add_ps(sb, b);
+        j += LANES;
+    }
+    let (mut la, mut lb) = ([0f32; LANES], [0f32; LANES]);
+    _mm256_storeu_ps(la.as_mut_ptr(), sa);
+    _mm256_storeu_ps(lb.as_mut_ptr(), sb);
+    row_tail(e, xr, gr, dr, body, la, lb)
+}
+
+/// [`tanh`] on eight lanes, the same operations in the same order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tanh_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let s = _mm256_set1_ps;
+    let sign = _mm256_set1_ps(-0.0);
+    let ax = _mm256_andnot_ps(sign, x);
+    let y = _mm256_min_ps(_mm256_mul_ps(s(2.0), ax), s(TANH_Y_MAX));
+    let t = _mm256_add_ps(_mm256_mul_ps(y, s(std::f32::consts::LOG2_E)), s(ROUND_M));
+    let n = _mm256_sub_ps(t, s(ROUND_M));
+    let bits = _mm256_add_epi32(
+        _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(ROUND_M.to_bits() as i32)),
+        _mm256_set1_epi32(127),
+    );
+    let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(bits));
+    let r = _mm256_sub_ps(_mm256_sub_ps(y, _mm256_mul_ps(n, s(LN2_HI))), _mm256_mul_ps(n, s(LN2_LO)));
+    let mut p = s(EXP_C[6]);
+    for c in EXP_C[..6].iter().rev() {
+        p = _mm256_add_ps(s(*c), _mm256_mul_ps(r, p));
+    }
+    let e = _mm256_mul_ps(_mm256_add_ps(s(1.0), _mm256_mul_ps(r, p)), two_n);
+    let th = _mm256_sub_ps(s(1.0), _mm256_div_ps(s(2.0), _mm256_add_ps(e, s(1.0))));
+    _mm256_or_ps(th, _mm256_and_ps(sign, x))
+}
+
+/// Whether the backward runs [`row_avx2`]: on AVX2 CPUs unless `LOWBIT_ISA=scalar` (training's
+/// f32 path, as the convolutions choose it).
+fn use_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::conv::f32_path() != lowbit_kernels::isa::F32Isa::Scalar && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn row(avx2: bool, e: &Elem, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `use_avx2` checked the CPU; the three slices have the row's length.
+        return unsafe { row_avx2(e, xr, gr, dr) };
+    }
+    let _ = avx2;
+    row_scalar(e, xr, gr, dr)
 }
 
 /// Rows per parallel task: about 16K values.
@@ -142,7 +332,7 @@ fn backward(x: &FlexTensor, s: &FlexTensor, alpha: &FlexTensor, dy: &FlexTensor,
     let a = a_raw.clamp(ALPHA_MIN, ALPHA_MAX);
     let a_live = (ALPHA_MIN..=ALPHA_MAX).contains(&a_raw);
     let kk = (2.0 / a - 1.0).ln();
-    let norm = (0.5 * kk).tanh();
+    let avx2 = use_avx2();
     let dk_da = -2.0 / (a * (2.0 - a));
     let i_max = (k.qmax - 1.0).max(k.qmin);
     let mut dx = vec![0f32; xs.len()];
@@ -158,25 +348,8 @@ fn backward(x: &FlexTensor, s: &FlexTensor, alpha: &FlexTensor, dy: &FlexTensor,
                 let ch = (row0 + j) % c;
                 let st = ss[ch];
                 let (off, len) = ((row0 + j) * k.inner, dr.len());
-                let (mut ds_row, mut dk_row) = (0f32, 0f32);
-                for ((d, &xv), &gy) in dr.iter_mut().zip(&xs[off..off + len]).zip(&dys[off..off + len]) {
-                    let u = xv / st + k.zp;
-                    let inside = u >= k.qmin && u <= k.qmax;
-                    let v = u.clamp(k.qmin, k.qmax);
-                    let hard = rint(v);
-                    let i = floor(v).clamp(k.qmin, i_max);
-                    let e = v - i - 0.5;
-                    let th = tanh(kk * e);
-                    let sech2 = 1.0 - th * th;
-                    // dφ/dv and dφ/dk.
-                    let dphi_dv = kk * sech2 / (2.0 * norm);
-                    let dphi_dk = (e * sech2 * norm - 0.5 * th * (1.0 - norm * norm)) / (2.0 * norm * norm);
-                    let dv = if inside { dphi_dv } else { 0.0 };
-                    // y = (φ(v) - zp)·s in the backward: dy/dx = dφ/dv·[inside], dy/ds = (hard - zp) - dφ/dv·[inside]·x/s.
-                    *d = gy * dv;
-                    ds_row += gy * ((hard - k.zp) - dv * xv / st);
-                    dk_row += gy * st * dphi_dk;
-                }
+                let e = Elem::new(st, &k, i_max, kk);
+                let (ds_row, dk_row) = row(avx2, &e, &xs[off..off + len], &dys[off..off + len], dr);
                 ds[ch] += ds_row as f64;
                 dk += dk_row as f64;
             }
@@ -270,6 +443,43 @@ mod tests {
             worst = worst.max((tanh(x) as f64 - (x as f64).tanh()).abs());
         }
         assert!(worst < 3e-7, "worst absolute error {worst}");
+    }
+
+    /// The AVX2 row against the scalar one, bit for bit: rows of 0 to 70 values (ragged tails),
+    /// inputs inside, at and beyond both ends of the range, signed and unsigned ranges with zero
+    /// points, α near both ends of its clamp.
+    #[test]
+    fn avx2_row_is_bit_exact_with_scalar() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut rng = crate::Rng::new(23);
+        let ranges =
+            [Range::signed(2), Range::signed(4), Range::unsigned(4, 3), Range::unsigned(8, 0), Range::unsigned(8, 255)];
+        for (case, r) in ranges.iter().cycle().take(60).enumerate() {
+            let k = Consts { zp: r.zp, qmin: r.qmin, qmax: r.qmax, g: 1.0, inner: 1 };
+            let alpha = [ALPHA_MIN, 0.01, 0.2, ALPHA_MAX][case % 4];
+            let kk = (2.0 / alpha - 1.0).ln();
+            let st = 0.01 + rng.normal().abs() * 0.2;
+            let e = Elem::new(st, &k, (r.qmax - 1.0).max(r.qmin), kk);
+            let len = case * 7 % 71;
+            let span = (r.qmax - r.qmin) * st;
+            let xr: Vec<f32> = (0..len)
+                .map(|j| match j % 5 {
+                    0 => (r.qmin - r.zp) * st,       // the lower end exactly
+                    1 => (r.qmax - r.zp) * st * 1.5, // beyond the upper end
+                    _ => rng.normal() * span,
+                })
+                .collect();
+            let gr: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
+            let (mut d1, mut d2) = (vec![0f32; len], vec![0f32; len]);
+            let a = row_scalar(&e, &xr, &gr, &mut d1);
+            // SAFETY: AVX2 checked above; equal lengths.
+            let b = unsafe { row_avx2(&e, &xr, &gr, &mut d2) };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&d1), bits(&d2), "case {case}: dx");
+            assert_eq!((a.0.to_bits(), a.1.to_bits()), (b.0.to_bits(), b.1.to_bits()), "case {case}: sums {a:?} {b:?}");
+        }
     }
 
     /// The fused quantizer against the composed one ([`crate::fq::dsq`], itself checked against

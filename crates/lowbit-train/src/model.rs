@@ -410,30 +410,6 @@ impl Model {
         q.reshape(s)
     }
 
-    /// The deployed weights of a binary convolution (flat OIHW): `sign · scale` per filter, with
-    /// the sign taken at `+1` for zero and the scale an exact power of two under Libra-PB.
-    pub fn binary_deploy_weights(&self, i: usize) -> Vec<f32> {
-        let p = &self.params[i];
-        let b = self.binary.get(&i).copied().unwrap_or(Binary { libra: false, ede: false });
-        let w = host(&p.t);
-        let per = w.len() / p.shape[0].max(1);
-        let mut out = Vec::with_capacity(w.len());
-        for f in w.chunks(per.max(1)) {
-            let n = f.len() as f64;
-            let (c, scale): (Vec<f64>, f64) = if b.libra {
-                let mean = f.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let c: Vec<f64> = f.iter().map(|&v| v as f64 - mean).collect();
-                let std = (c.iter().map(|v| v * v).sum::<f64>() / n + 1e-12).sqrt();
-                let m = c.iter().map(|v| (v / std).abs()).sum::<f64>() / n;
-                (c, 2f64.powi(m.log2().round() as i32))
-            } else {
-                (f.iter().map(|&v| v as f64).collect(), f.iter().map(|v| v.abs() as f64).sum::<f64>() / n)
-            };
-            out.extend(c.iter().map(|&v| if v >= 0.0 { scale as f32 } else { -scale as f32 }));
-        }
-        out
-    }
-
     /// A bias, fake-quantized as deployed (int32 with scale `s_x * s_w`, straight-through) when
     /// the layer's weight and input are quantized.
     fn bias(&self, b: usize, w: usize, x: &str) -> Tensor<1> {
