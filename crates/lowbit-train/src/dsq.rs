@@ -50,17 +50,7 @@ pub fn dsq<const D: usize>(
 ) -> Tensor<D> {
     let dims = x.dims();
     let c = s.dims()[0];
-    let inner: usize = match axis {
-        Some(a) if c > 1 => {
-            assert_eq!(dims[a], c, "dsq: {c} steps for axis {a} of {dims:?}");
-            dims[a + 1..].iter().product()
-        }
-        _ => {
-            // One step: any row length works; rows of 4096 values split the work into tasks.
-            assert_eq!(c, 1, "dsq: {c} steps without an axis");
-            4096
-        }
-    };
+    let inner = crate::fq::row_len(&dims, c, axis, "dsq");
     let p = [r.zp, r.qmin, r.qmax, g, inner as f32];
     Tensor::<D>::from_dispatch(<Dispatch as LbDsq>::lb_dsq(
         x.into_dispatch(),
@@ -295,11 +285,6 @@ fn row(avx2: bool, e: &Elem, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> (f32, f3
     row_scalar(e, xr, gr, dr)
 }
 
-/// Rows per parallel task: about 16K values.
-fn rows_per_task(inner: usize) -> usize {
-    (16384 / inner).max(1)
-}
-
 fn forward(x: &FlexTensor, s: &FlexTensor, p: DsqParams) -> FlexTensor {
     let (x, s) = (f32_data(x, "input"), f32_data(s, "step"));
     let k = consts(p);
@@ -307,7 +292,7 @@ fn forward(x: &FlexTensor, s: &FlexTensor, p: DsqParams) -> FlexTensor {
     let ss: &[f32] = s.storage();
     let c = ss.len();
     let mut y = vec![0f32; xs.len()];
-    let chunk = rows_per_task(k.inner) * k.inner;
+    let chunk = crate::fq::rows_per_task(k.inner) * k.inner;
     y.par_chunks_mut(chunk).enumerate().for_each(|(t, yc)| {
         let row0 = t * chunk / k.inner;
         for (j, yr) in yc.chunks_mut(k.inner).enumerate() {
@@ -336,7 +321,7 @@ fn backward(x: &FlexTensor, s: &FlexTensor, alpha: &FlexTensor, dy: &FlexTensor,
     let dk_da = -2.0 / (a * (2.0 - a));
     let i_max = (k.qmax - 1.0).max(k.qmin);
     let mut dx = vec![0f32; xs.len()];
-    let chunk = rows_per_task(k.inner) * k.inner;
+    let chunk = crate::fq::rows_per_task(k.inner) * k.inner;
     let (ds, dalpha) = dx
         .par_chunks_mut(chunk)
         .enumerate()

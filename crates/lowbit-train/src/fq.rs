@@ -42,6 +42,27 @@ pub(crate) fn floor(v: f32) -> f32 {
     }
 }
 
+/// The row length of a fused quantizer's input of shape `dims` with `c` parameters along `axis`
+/// (the product of the dimensions after the axis: row `r` is in channel `r mod c`); with one
+/// parameter, rows of 4096 values, which split the work into tasks.
+pub(crate) fn row_len(dims: &[usize], c: usize, axis: Option<usize>, who: &str) -> usize {
+    match axis {
+        Some(a) if c > 1 => {
+            assert_eq!(dims[a], c, "{who}: {c} parameters for axis {a} of {dims:?}");
+            dims[a + 1..].iter().product()
+        }
+        _ => {
+            assert_eq!(c, 1, "{who}: {c} parameters without an axis");
+            4096
+        }
+    }
+}
+
+/// Rows per parallel task of a fused quantizer: about 16K values.
+pub(crate) fn rows_per_task(inner: usize) -> usize {
+    (16384 / inner).max(1)
+}
+
 /// `round(x)` forward, identity backward.
 pub fn round_pass<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let r = x.clone().round();

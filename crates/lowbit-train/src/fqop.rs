@@ -57,17 +57,7 @@ pub fn fake_quant<const D: usize>(
 ) -> Tensor<D> {
     let dims = x.dims();
     let c = s.dims()[0];
-    let inner: usize = match axis {
-        Some(a) if c > 1 => {
-            assert_eq!(dims[a], c, "fake_quant: {c} steps for axis {a} of {dims:?}");
-            dims[a + 1..].iter().product()
-        }
-        _ => {
-            // One step: any row length works; rows of 4096 values split the work into tasks.
-            assert_eq!(c, 1, "fake_quant: {c} steps without an axis");
-            4096
-        }
-    };
+    let inner = crate::fq::row_len(&dims, c, axis, "fake_quant");
     let k = match kind {
         Kind::Ste => 0.0,
         Kind::Lsq => 1.0,
@@ -105,18 +95,13 @@ impl Consts {
     }
 }
 
-/// Rows per parallel task: about 16K values.
-fn rows_per_task(inner: usize) -> usize {
-    (16384 / inner).max(1)
-}
-
 fn forward(x: &FlexTensor, s: &FlexTensor, p: FqParams) -> FlexTensor {
     let (x, s) = (f32_data(x, "input"), f32_data(s, "step"));
     let k = Consts::new(p);
     let xs: &[f32] = x.storage();
     let ss: &[f32] = s.storage();
     let c = ss.len();
-    let chunk = rows_per_task(k.inner) * k.inner;
+    let chunk = crate::fq::rows_per_task(k.inner) * k.inner;
     let y = crate::par_build(xs.len(), chunk, |t, yc| {
         let row0 = t * chunk / k.inner;
         for (j, yr) in yc.chunks_mut(k.inner).enumerate() {
@@ -147,7 +132,7 @@ fn backward(x: &FlexTensor, s: &FlexTensor, dy: &FlexTensor, p: FqParams) -> (Fl
     let (xs, ss, dys): (&[f32], &[f32], &[f32]) = (x.storage(), s.storage(), dy.storage());
     assert_eq!(xs.len(), dys.len(), "fake_quant: input and its gradient differ in size");
     let c = ss.len();
-    let chunk = rows_per_task(k.inner) * k.inner;
+    let chunk = crate::fq::rows_per_task(k.inner) * k.inner;
     let mut dx = vec![0f32; xs.len()];
     // Per task: the parameter gradient of each channel it touched (rows of one task cover at most
     // `c` channels; summed in f64 across tasks).
