@@ -194,8 +194,21 @@ fn conv_case(
             }
         }
     }
+    // Every path as the plan would choose, and stride-1 3x3 windows also as integer Winograd on
+    // every path (scalar included) wherever its exactness bound admits them.
+    let wino_shape = k == 3 && stride == 1 && dil == 1 && group == 1;
+    let mut variants = vec![];
     for isa in Isa::all_supported() {
-        let qc = QConv::new(isa, geom.clone(), &wt, zx, rq.clone());
+        variants.push(QConv::new(isa, geom.clone(), &wt, zx, rq.clone()));
+        if wino_shape {
+            let qc = QConv::with_winograd(isa, geom.clone(), &wt, zx, rq.clone(), true);
+            let bound = int8::winograd::Winograd::exact_for(&geom, &wt, zx);
+            prop_assert_eq!(qc.kernel_name().contains("winograd"), bound);
+            variants.push(qc);
+        }
+    }
+    for qc in variants {
+        let isa = qc.isa();
         let mut scratch = vec![0u8; qc.scratch_len()];
         for t in [1, 2] {
             let mut got = vec![0u8; want.len()];
@@ -203,11 +216,12 @@ fn conv_case(
             unsafe { qc.run(&x, OutPtr(got.as_mut_ptr()), &mut scratch, t) };
             prop_assert!(
                 got == want,
-                "{} ({}) threads={} differs from the definition: {:?}",
+                "{} ({}) threads={} differs from the definition: {:?} first at {:?}",
                 isa.name(),
                 qc.kernel_name(),
                 t,
-                geom
+                geom,
+                got.iter().zip(&want).position(|(a, b)| a != b).map(|i| (i, got[i], want[i]))
             );
         }
     }
@@ -284,6 +298,54 @@ proptest! {
                                           seed in any::<u64>(), f32_out in proptest::bool::weighted(0.3)) {
         conv_case(ci, co, 1, false, [1, 3, 5][ksel], 1, 1, (pad, pad), h, w, zx, seed, f32_out)?;
     }
+}
+
+// Stride-1 3x3 windows as integer Winograd F(4x4, 3x3): input channels past one 32-channel chunk
+// with a 16-channel tail, output channels past one 64-channel block with 16-48 lane tails, ragged
+// tiles (images not a multiple of 4, down to one pixel), pads 0 to 2, the extreme zero points.
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    #[test]
+    fn winograd_conv_paths_match_definition(ci in 1usize..90, co in 1usize..150, pad in 0usize..3,
+                                            h in 1usize..19, w in 1usize..19,
+                                            zx in prop_oneof![Just(0u8), Just(255u8), any::<u8>()],
+                                            seed in any::<u64>(), f32_out in proptest::bool::weighted(0.2)) {
+        conv_case(ci, co, 1, false, 3, 1, 1, (pad, pad), h, w, zx, seed, f32_out)?;
+    }
+}
+
+/// The exactness bound: `Σ|w|·max|x - zx| < 2^25` per output channel. At the bound the recovery
+/// `(s²·Y)·9⁻¹ >> a` would lose the top bits, so such a layer must stay on the direct kernels.
+#[test]
+fn winograd_admits_only_layers_within_its_bound() {
+    let g = |c_in| ConvGeom {
+        c_in,
+        h: 8,
+        w: 8,
+        c_out: 2,
+        kh: 3,
+        kw: 3,
+        sh: 1,
+        sw: 1,
+        dh: 1,
+        dw: 1,
+        pt: 1,
+        pl: 1,
+        oh: 8,
+        ow: 8,
+        group: 1,
+    };
+    // 2^25 / (127·255) = 1036.2 taps of |w| = 127 with zx = 0: 115 channels (1035 taps) fit, 116 do not.
+    assert!(int8::winograd::Winograd::exact_for(&g(115), &vec![127; 2 * 115 * 9], 0));
+    assert!(!int8::winograd::Winograd::exact_for(&g(116), &vec![-127; 2 * 116 * 9], 0));
+    // max|x - zx| is 255 at either extreme zero point and 128 at 127.
+    assert!(!int8::winograd::Winograd::exact_for(&g(116), &vec![127; 2 * 116 * 9], 255));
+    assert!(int8::winograd::Winograd::exact_for(&g(200), &vec![127; 2 * 200 * 9], 127));
+    // Only 3x3, stride 1, one group.
+    let mut s2 = g(8);
+    s2.sh = 2;
+    assert!(!int8::winograd::Winograd::exact_for(&s2, &[1; 2 * 8 * 9], 0));
 }
 
 #[test]

@@ -11,6 +11,7 @@ use crate::int8::gemm::{gemm, gemm_ex};
 use crate::int8::narrow::{narrow_conv, NarrowW};
 use crate::int8::pack::{dw_perm, PackedB, PackedDw};
 use crate::int8::tile::{ASrc, RowMap};
+use crate::int8::winograd::Winograd;
 use crate::isa::Isa;
 
 /// How a quantized convolution runs.
@@ -37,6 +38,10 @@ enum ConvKind {
     /// rounded up to 4). A 1x1 window on channels a multiple of 4 stays a direct GEMM (the
     /// expansion + depthwise fusion reads its packing).
     Narrow(NarrowW, Requant),
+    /// Stride-1 3x3 as integer Winograd F(4x4, 3x3) ([`crate::int8::winograd`]), bit-exact with the
+    /// direct convolution (admitted only when its bound holds); the epilogue without the
+    /// zero-point correction.
+    Winograd(Winograd, Requant),
 }
 
 /// Geometry of the space-to-depth input: `[hp][wp][cs]` blocks, window `kh`×`kw` blocks.
@@ -163,10 +168,21 @@ impl QConv {
     /// `w` is OIHW int8 (zero point 0); `rq` per output channel with the bias already in it (the
     /// activation zero-point correction is added here).
     pub fn new(isa: Isa, geom: ConvGeom, w: &[i8], zx: u8, rq: Requant) -> QConv {
+        let wino = wino_mode().unwrap_or_else(|| wino_pays(isa, &geom));
+        QConv::with_winograd(isa, geom, w, zx, rq, wino)
+    }
+
+    /// [`QConv::new`] with the Winograd choice made by the caller: `wino` runs a stride-1 3x3
+    /// convolution as integer Winograd wherever that is exact (on any path, scalar included).
+    pub fn with_winograd(isa: Isa, geom: ConvGeom, w: &[i8], zx: u8, rq: Requant, wino: bool) -> QConv {
         let g = &geom;
         let taps = g.kh * g.kw;
         let (cig, cog) = (g.c_in / g.group, g.c_out / g.group);
-        let kind = if g.is_depthwise() {
+        let kind = if wino && Winograd::exact_for(g, w, zx) {
+            let mut rq = rq;
+            rq.allow_unclamped((taps * g.c_in) as f64 * 255.0 * 128.0);
+            ConvKind::Winograd(Winograd::new(isa, g, w), rq)
+        } else if g.is_depthwise() {
             let c_pad = g.c_out.div_ceil(16) * 16;
             let mut wv = vec![0i8; taps * c_pad];
             let mut colsum = vec![0i32; g.c_out];
@@ -300,6 +316,17 @@ impl QConv {
         QConv { geom, zx, kind }
     }
 
+    /// The integer path the weights were packed for.
+    pub fn isa(&self) -> Isa {
+        match &self.kind {
+            ConvKind::Direct(b, _) | ConvKind::Shifted(b, _, _) | ConvKind::SpaceToDepth(b, _, _) => b.isa,
+            ConvKind::Im2col(p) => p[0].0.isa,
+            ConvKind::Depthwise(w, _) => w.isa,
+            ConvKind::Narrow(w, _) => w.isa,
+            ConvKind::Winograd(w, _) => w.isa,
+        }
+    }
+
     pub fn kernel_name(&self) -> &'static str {
         match self.kind {
             ConvKind::Direct(..) => "int8 1x1 gemm",
@@ -308,6 +335,7 @@ impl QConv {
             ConvKind::SpaceToDepth(..) => "int8 space-to-depth gemm",
             ConvKind::Depthwise(..) => "int8 depthwise",
             ConvKind::Narrow(..) => "int8 narrow conv",
+            ConvKind::Winograd(..) => "int8 winograd f(4x4,3x3)",
         }
     }
 
@@ -317,7 +345,8 @@ impl QConv {
             | ConvKind::Depthwise(_, r)
             | ConvKind::Shifted(_, r, _)
             | ConvKind::SpaceToDepth(_, r, _)
-            | ConvKind::Narrow(_, r) => r.out,
+            | ConvKind::Narrow(_, r)
+            | ConvKind::Winograd(_, r) => r.out,
             ConvKind::Im2col(p) => p[0].1.out,
         }
     }
@@ -333,6 +362,7 @@ impl QConv {
                 w.w.len() + w.colsum.len() * 4 + w.vnni.len() + r.bytes() + w.rq_perm.as_ref().map_or(0, |p| p.bytes())
             }
             ConvKind::Narrow(w, rq) => w.bytes() + rq.bytes(),
+            ConvKind::Winograd(w, rq) => w.bytes() + rq.bytes(),
         }
     }
 
@@ -403,6 +433,7 @@ impl QConv {
                 let (hp, wp) = Self::shifted_hw(g);
                 (hp * wp + g.kw) * w.cs
             }
+            ConvKind::Winograd(w, _) => w.scratch_len(),
         }
     }
 
@@ -452,8 +483,33 @@ impl QConv {
                 let map = RowMap::Padded { wp, ow: g.ow };
                 narrow_conv(g.oh * wp, xp, w, rq, map, out, g.c_out, threads)
             }
+            ConvKind::Winograd(w, rq) => w.run(g, x, self.zx, rq, out, scratch, threads),
         }
     }
+}
+
+/// `LOWBIT_WINOGRAD=0|1`: never / wherever exact (unset: where [`wino_pays`] says).
+fn wino_mode() -> Option<bool> {
+    match std::env::var("LOWBIT_WINOGRAD").ok()?.as_str() {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    }
+}
+
+/// Whether integer Winograd is expected to beat the direct kernels for `g` on `isa` (by default
+/// only where measured). AVX2's direct kernels widen bytes to 16 bits for `vpmaddwd`, so
+/// Winograd's 4x fewer products on the same instruction pay in full: 3.1-4.0x on ResNet-18's
+/// layer 1-3 and U²-Netp's 3x3 shapes (`cargo bench -p lowbit-kernels --bench int8 -- 3x3`, AMD
+/// EPYC, AVX2), but 0.8x on layer 4 (7x7, 512 channels: 19 MB of transformed weights streamed for
+/// 4 tiles), hence at least 8 tiles and at most 256 input channels (8+ tiles per task). On AVX-512
+/// VNNI (`vpdpwssd`, half of `vpdpbusd`'s products per instruction) the expected gain is about 2x
+/// fewer instructions less the transforms; not measured yet, so opt-in there
+/// (`LOWBIT_WINOGRAD=1`). The 256-bit VNNI path runs the AVX2 micro-kernel (no `vpdpwssd ymm`
+/// yet), which only matches its direct `vpdpbusd` in instructions; AMX keeps its tiles.
+fn wino_pays(isa: Isa, g: &ConvGeom) -> bool {
+    let tiles = g.oh.div_ceil(4) * g.ow.div_ceil(4);
+    isa == Isa::Avx2 && g.c_in >= 8 && g.c_in <= 256 && g.c_out >= 16 && tiles >= 8
 }
 
 /// Copies the NHWC input into a `[hp][wp][cs]` buffer (channel stride `cs ≥ c`) filled with the

@@ -69,6 +69,8 @@ pub mod pack;
 pub mod peak;
 pub mod scalar;
 pub mod tile;
+pub mod winograd;
+pub(crate) mod winograd_kern;
 
 // The integer API in one place for the runtime (nothing inside the crate imports through these).
 pub use crate::epilogue::{div_markstein, epilogue_f32, quantize_one, split_bias, Out, OutPtr, Requant};
