@@ -502,14 +502,17 @@ fn wino_mode() -> Option<bool> {
 /// Winograd's 4x fewer products on the same instruction pay in full: 3.1-4.0x on ResNet-18's
 /// layer 1-3 and U²-Netp's 3x3 shapes (`cargo bench -p lowbit-kernels --bench int8 -- 3x3`, AMD
 /// EPYC, AVX2), but 0.8x on layer 4 (7x7, 512 channels: 19 MB of transformed weights streamed for
-/// 4 tiles), hence at least 8 tiles and at most 256 input channels (8+ tiles per task). On AVX-512
+/// 4 tiles), hence at least 8 tiles and at most 256 input channels (8+ tiles per task). Few output
+/// channels too: U²-Netp's 64->1 side outputs padded a 16-column GEMM tile with 15 empty columns
+/// (Conv_945 at 320x320 44 ms, as Winograd 10 ms); fewer than 8 input channels (the RGB stem) lose
+/// (11.3 -> 14.6 ms: the transforms of 16 padded channels for 3 real ones). On AVX-512
 /// VNNI (`vpdpwssd`, half of `vpdpbusd`'s products per instruction) the expected gain is about 2x
 /// fewer instructions less the transforms; not measured yet, so opt-in there
 /// (`LOWBIT_WINOGRAD=1`). The 256-bit VNNI path runs the AVX2 micro-kernel (no `vpdpwssd ymm`
 /// yet), which only matches its direct `vpdpbusd` in instructions; AMX keeps its tiles.
 fn wino_pays(isa: Isa, g: &ConvGeom) -> bool {
     let tiles = g.oh.div_ceil(4) * g.ow.div_ceil(4);
-    isa == Isa::Avx2 && g.c_in >= 8 && g.c_in <= 256 && g.c_out >= 16 && tiles >= 8
+    isa == Isa::Avx2 && g.c_in >= 8 && g.c_in <= 256 && tiles >= 8
 }
 
 /// Copies the NHWC input into a `[hp][wp][cs]` buffer (channel stride `cs ≥ c`) filled with the
