@@ -88,7 +88,7 @@ fn pool_geom(x: &[usize], p: &lowbit_core::PoolAttrs) -> Result<(ConvGeom, usize
 }
 
 /// A fused integer unit (anchored at node `n`) as one step on `paths`.
-pub(crate) fn lower_unit(v: &Values, n: &Node, u: &Unit, paths: Paths) -> Result<Lowered> {
+pub(crate) fn lower_unit(v: &Values, n: &Node, u: &Unit, paths: Paths, winograd: Option<bool>) -> Result<Lowered> {
     let xs = n.input(0).and_then(|s| v.ty(s).ok()).map(|t| t.1).unwrap_or_default();
     let isa = paths.int8;
     let (mut macs, mut params, mut qscratch, mut bscratch) = (0u64, 0usize, 0usize, 0usize);
@@ -99,7 +99,7 @@ pub(crate) fn lower_unit(v: &Values, n: &Node, u: &Unit, paths: Paths) -> Result
             if let Some(c) = &m.conv {
                 let geom = conv_geom(&xs, &m.wshape, c).map_err(|e| e.in_node(&n.name))?;
                 macs = (xs[0] * geom.macs()) as u64;
-                let qc = QConv::new(isa, geom, &m.w, m.xq.zp as u8, rq);
+                let qc = QConv::with_choice(isa, geom, &m.w, m.xq.zp as u8, rq, winograd);
                 qscratch = qscratch.max(qc.scratch_len());
                 let name = format!("{} ({})", qc.kernel_name(), isa.name());
                 (Kind::QConv { c: qc, batch: xs[0] }, name)

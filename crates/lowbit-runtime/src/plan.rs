@@ -31,12 +31,18 @@ pub struct PlanOptions {
     /// Fuse integer expansion + depthwise convolution pairs into one step (bit-exact either way;
     /// default on, `LOWBIT_FUSE=0` turns it off for comparisons).
     pub fuse: bool,
+    /// Stride-1 3x3 integer convolutions as Winograd F(4x4, 3x3) (bit-exact either way):
+    /// `Some(false)` never (the memory-lean plan: transformed weights take 8x the bytes of int8
+    /// 3x3 weights), `Some(true)` wherever exact, `None` where it pays on the path (AVX2). Default
+    /// from `LOWBIT_WINOGRAD=0|1`, else `None`.
+    pub winograd: Option<bool>,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
         let fuse = std::env::var("LOWBIT_FUSE").map_or(true, |v| v != "0");
-        PlanOptions { threads: 1, optimize: true, int8: true, paths: None, fuse }
+        let winograd = lowbit_kernels::int8::conv::wino_mode();
+        PlanOptions { threads: 1, optimize: true, int8: true, paths: None, fuse, winograd }
     }
 }
 
@@ -119,7 +125,7 @@ impl Plan {
                 .collect::<Result<_>>()?;
             let out = layout.operand(&v, &n.outputs[0])?;
             let l = match unit {
-                Some(u) => lower_unit(&v, n, u, paths)?,
+                Some(u) => lower_unit(&v, n, u, paths, opts.winograd)?,
                 None => lower_node(&v, n, &ins, paths)?,
             };
             sizes.scratch = sizes.scratch.max(l.scratch);

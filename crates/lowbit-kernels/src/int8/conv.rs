@@ -168,7 +168,13 @@ impl QConv {
     /// `w` is OIHW int8 (zero point 0); `rq` per output channel with the bias already in it (the
     /// activation zero-point correction is added here).
     pub fn new(isa: Isa, geom: ConvGeom, w: &[i8], zx: u8, rq: Requant) -> QConv {
-        let wino = wino_mode().unwrap_or_else(|| wino_pays(isa, &geom));
+        QConv::with_choice(isa, geom, w, zx, rq, wino_mode())
+    }
+
+    /// [`QConv::new`] with the Winograd choice given: `Some(false)` never, `Some(true)` wherever
+    /// exact, `None` where it is expected to pay on `isa` (by default only on AVX2, where measured).
+    pub fn with_choice(isa: Isa, geom: ConvGeom, w: &[i8], zx: u8, rq: Requant, wino: Option<bool>) -> QConv {
+        let wino = wino.unwrap_or_else(|| wino_pays(isa, &geom));
         QConv::with_winograd(isa, geom, w, zx, rq, wino)
     }
 
@@ -489,7 +495,7 @@ impl QConv {
 }
 
 /// `LOWBIT_WINOGRAD=0|1`: never / wherever exact (unset: where [`wino_pays`] says).
-fn wino_mode() -> Option<bool> {
+pub fn wino_mode() -> Option<bool> {
     match std::env::var("LOWBIT_WINOGRAD").ok()?.as_str() {
         "0" => Some(false),
         "1" => Some(true),

@@ -29,18 +29,13 @@ use rayon::prelude::*;
 use crate::epilogue::{OutPtr, Requant};
 use crate::geom::ConvGeom;
 use crate::int8::bands::pad_row;
+use crate::int8::winograd_kern::{OutBlock, TileGeo, G};
 use crate::isa::{trace, Isa};
 
-/// Scaled `G`: `G'' = diag(4, 6, 6, 24, 24, 1)·G` (Lavin's F(4,3) kernel transform).
-const G: [[i32; 3]; 6] = [[1, 0, 0], [-1, -1, -1], [-1, 1, -1], [1, 2, 4], [1, -2, 4], [0, 0, 1]];
 /// Output channels per block (four 16-lane vectors).
 pub(crate) const NB: usize = 64;
 /// Tiles per micro-kernel call.
 pub(crate) const MR: usize = 6;
-/// 9⁻¹ mod 2^32.
-pub(crate) const INV9: i32 = 0x38E3_8E39;
-/// The power of two in `s_p` (`s = 24, 12, 6, 6 = 3·2^a`).
-pub(crate) const A2: [u32; 4] = [3, 2, 1, 1];
 /// |Y| must stay below this for the recovery to be exact (2^(31 - max(a_p + a_q))).
 const Y_LIMIT: i64 = 1 << 25;
 
@@ -225,196 +220,7 @@ impl Winograd {
     }
 }
 
-/// Where a task's tiles are: `nt` tiles from `t0` (row-major over `tiles_w` tiles per row), the
-/// padded input's row width `wp` pixels of `kp` bytes.
-pub(crate) struct TileGeo {
-    pub kp: usize,
-    pub wp: usize,
-    pub tiles_w: usize,
-    pub t0: usize,
-    pub nt: usize,
-}
-
-impl TileGeo {
-    /// Byte offset of tile `tl`'s top-left input pixel.
-    #[inline(always)]
-    pub(crate) fn origin(&self, tl: usize) -> usize {
-        let t = self.t0 + tl;
-        ((t / self.tiles_w) * 4 * self.wp + (t % self.tiles_w) * 4) * self.kp
-    }
-    /// Output pixel of tile `tl` at `(p, q)`, if inside the image.
-    #[inline(always)]
-    pub(crate) fn out_pixel(&self, tl: usize, p: usize, q: usize, oh: usize, ow: usize) -> Option<usize> {
-        let t = self.t0 + tl;
-        let (y, x) = ((t / self.tiles_w) * 4 + p, (t % self.tiles_w) * 4 + q);
-        (y < oh && x < ow).then_some(y * ow + x)
-    }
-}
-
-/// One block of output channels: `j0..j0 + wn` (lanes; channels past `c_out` are not stored).
-pub(crate) struct OutBlock {
-    pub j0: usize,
-    pub wn: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub c_out: usize,
-}
-
 thread_local! {
     /// Each thread's V (transformed inputs) and M (Winograd-domain accumulators) of one task.
     static SCRATCH: std::cell::RefCell<(Vec<i16>, Vec<i32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// Lane arithmetic the transforms are written in, once for every vector width: i16 lanes for
-/// the input transform, i32 lanes (wrapping) for the output transform.
-pub(crate) trait Lanes: Copy {
-    unsafe fn add(self, b: Self) -> Self;
-    unsafe fn sub(self, b: Self) -> Self;
-    unsafe fn shl(self, n: u32) -> Self;
-}
-
-/// `Bᵀ·x` for six values (one column or row of a tile): Lavin's F(4,3) input transform.
-#[inline(always)]
-pub(crate) unsafe fn b_t<L: Lanes>(x: [L; 6]) -> [L; 6] {
-    let [x0, x1, x2, x3, x4, x5] = x;
-    let a = x4.sub(x2); // rows 3 and 4
-    let b = x3.sub(x1).shl(1);
-    let c = x3.add(x4); // row 1
-    let d = x1.add(x2).shl(2);
-    let e = x4.sub(x3); // row 2
-    let f = x1.sub(x2).shl(2);
-    [
-        x0.shl(2).sub(x2.shl(2)).sub(x2).add(x4),
-        c.sub(d),
-        e.add(f),
-        a.add(b),
-        a.sub(b),
-        x1.shl(2).sub(x3.shl(2)).sub(x3).add(x5),
-    ]
-}
-
-/// The scaled output transform for six values: rows `s_p·Aᵀ[p]/r` = `[6,4,4,1,1,0]`,
-/// `[0,2,-2,1,-1,0]`, `[0,1,1,1,1,0]`, `[0,1,-1,2,-2,6]`.
-#[inline(always)]
-pub(crate) unsafe fn a_t<L: Lanes>(m: [L; 6]) -> [L; 4] {
-    let [m0, m1, m2, m3, m4, m5] = m;
-    let (s1, d1, s2, d2) = (m1.add(m2), m1.sub(m2), m3.add(m4), m3.sub(m4));
-    [
-        m0.shl(2).add(m0.shl(1)).add(s1.shl(2)).add(s2),
-        d1.shl(1).add(d2),
-        s1.add(s2),
-        d1.add(d2.shl(1)).add(m5.shl(2)).add(m5.shl(1)),
-    ]
-}
-
-/// The 2-D input transform of a 6x6 tile `d[r][c]`: `V[i][j]`, row-major.
-#[inline(always)]
-pub(crate) unsafe fn input_2d<L: Lanes>(d: &[[L; 6]; 6]) -> [[L; 6]; 6] {
-    // Columns first: t[i][c] = Σ_r Bᵀ[i][r]·d[r][c].
-    let mut t = [[d[0][0]; 6]; 6];
-    for c in 0..6 {
-        let col = b_t([d[0][c], d[1][c], d[2][c], d[3][c], d[4][c], d[5][c]]);
-        for i in 0..6 {
-            t[i][c] = col[i];
-        }
-    }
-    let mut v = t;
-    for i in 0..6 {
-        v[i] = b_t(t[i]);
-    }
-    v
-}
-
-/// The 2-D output transform of `M[i][j]`: `R[p][q] = s_p·s_q·Y[p][q]` (mod 2^32).
-#[inline(always)]
-pub(crate) unsafe fn output_2d<L: Lanes>(m: &[[L; 6]; 6]) -> [[L; 4]; 4] {
-    let mut t = [[m[0][0]; 6]; 4];
-    for j in 0..6 {
-        let col = a_t([m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j]]);
-        for p in 0..4 {
-            t[p][j] = col[p];
-        }
-    }
-    let mut r = [[m[0][0]; 4]; 4];
-    for p in 0..4 {
-        r[p] = a_t(t[p]);
-    }
-    r
-}
-
-impl Lanes for i16 {
-    #[inline(always)]
-    unsafe fn add(self, b: i16) -> i16 {
-        self.wrapping_add(b)
-    }
-    #[inline(always)]
-    unsafe fn sub(self, b: i16) -> i16 {
-        self.wrapping_sub(b)
-    }
-    #[inline(always)]
-    unsafe fn shl(self, n: u32) -> i16 {
-        self.wrapping_shl(n)
-    }
-}
-
-impl Lanes for i32 {
-    #[inline(always)]
-    unsafe fn add(self, b: i32) -> i32 {
-        self.wrapping_add(b)
-    }
-    #[inline(always)]
-    unsafe fn sub(self, b: i32) -> i32 {
-        self.wrapping_sub(b)
-    }
-    #[inline(always)]
-    unsafe fn shl(self, n: u32) -> i32 {
-        self.wrapping_shl(n)
-    }
-}
-
-/// `Y` from `R = s_p·s_q·Y` (mod 2^32), exact for |Y| < 2^25.
-#[inline(always)]
-pub(crate) fn recover(r: i32, p: usize, q: usize) -> i32 {
-    r.wrapping_mul(INV9) >> (A2[p] + A2[q])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One tile through the scaled transforms equals the direct 3x3 correlation.
-    #[test]
-    fn transforms_compute_the_direct_correlation() {
-        let mut s = 12345u64;
-        let mut r = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 33) as i32
-        };
-        for _ in 0..200 {
-            let d: [[i32; 6]; 6] = std::array::from_fn(|_| std::array::from_fn(|_| r() % 511 - 255));
-            let w: [[i32; 3]; 3] = std::array::from_fn(|_| std::array::from_fn(|_| r() % 256 - 128));
-            let d16: [[i16; 6]; 6] = std::array::from_fn(|i| std::array::from_fn(|j| d[i][j] as i16));
-            // SAFETY: integer arithmetic.
-            let v = unsafe { input_2d(&d16) };
-            let mut m = [[0i32; 6]; 6];
-            for i in 0..6 {
-                for j in 0..6 {
-                    let u: i32 = (0..3)
-                        .flat_map(|a| (0..3).map(move |b| (a, b)))
-                        .map(|(a, b)| G[i][a] * w[a][b] * G[j][b])
-                        .sum();
-                    m[i][j] = u * v[i][j] as i32;
-                }
-            }
-            // SAFETY: integer arithmetic.
-            let y = unsafe { output_2d(&m) };
-            for p in 0..4 {
-                for q in 0..4 {
-                    let want: i32 =
-                        (0..3).flat_map(|a| (0..3).map(move |b| (a, b))).map(|(a, b)| d[p + a][q + b] * w[a][b]).sum();
-                    assert_eq!(recover(y[p][q], p, q), want, "({p},{q})");
-                }
-            }
-        }
-    }
 }

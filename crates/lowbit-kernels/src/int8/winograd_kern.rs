@@ -1,12 +1,158 @@
-//! The Winograd kernels per path ([`crate::int8::winograd`]): the input transform, the 16-bit
+//! The Winograd arithmetic ([`crate::int8::winograd`]): the scaled transforms written once over
+//! any lane type, and the kernels per path: the input transform, the 16-bit
 //! pair GEMM micro-kernel and the output transform with the requantizing epilogue. The scalar
 //! versions are the reference; AVX-512 uses `vpdpwssd` on 16 lanes, AVX2 (and the 256-bit VNNI
 //! path) `vpmaddwd` + `vpaddd` on 8. All integer, so every path computes the same bits.
 
 use crate::epilogue::{OutPtr, Requant};
 use crate::int8::scalar::store_one;
-use crate::int8::winograd::{input_2d, output_2d, recover, OutBlock, TileGeo};
 use crate::isa::Isa;
+
+/// Scaled `G`: `G'' = diag(4, 6, 6, 24, 24, 1)·G` (Lavin's F(4,3) kernel transform).
+pub(crate) const G: [[i32; 3]; 6] = [[1, 0, 0], [-1, -1, -1], [-1, 1, -1], [1, 2, 4], [1, -2, 4], [0, 0, 1]];
+/// The power of two in `s_p` (`s = 24, 12, 6, 6 = 3·2^a`).
+pub(crate) const A2: [u32; 4] = [3, 2, 1, 1];
+/// 9⁻¹ mod 2^32.
+pub(crate) const INV9: i32 = 0x38E3_8E39;
+
+/// Where a task's tiles are: `nt` tiles from `t0` (row-major over `tiles_w` tiles per row), the
+/// padded input's row width `wp` pixels of `kp` bytes.
+pub(crate) struct TileGeo {
+    pub kp: usize,
+    pub wp: usize,
+    pub tiles_w: usize,
+    pub t0: usize,
+    pub nt: usize,
+}
+
+impl TileGeo {
+    /// Byte offset of tile `tl`'s top-left input pixel.
+    #[inline(always)]
+    pub(crate) fn origin(&self, tl: usize) -> usize {
+        let t = self.t0 + tl;
+        ((t / self.tiles_w) * 4 * self.wp + (t % self.tiles_w) * 4) * self.kp
+    }
+    /// Output pixel of tile `tl` at `(p, q)`, if inside the image.
+    #[inline(always)]
+    pub(crate) fn out_pixel(&self, tl: usize, p: usize, q: usize, oh: usize, ow: usize) -> Option<usize> {
+        let t = self.t0 + tl;
+        let (y, x) = ((t / self.tiles_w) * 4 + p, (t % self.tiles_w) * 4 + q);
+        (y < oh && x < ow).then_some(y * ow + x)
+    }
+}
+
+/// One block of output channels: `j0..j0 + wn` (lanes; channels past `c_out` are not stored).
+pub(crate) struct OutBlock {
+    pub j0: usize,
+    pub wn: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub c_out: usize,
+}
+
+/// Lane arithmetic the transforms are written in, once for every vector width: i16 lanes for
+/// the input transform, i32 lanes (wrapping) for the output transform.
+pub(crate) trait Lanes: Copy {
+    unsafe fn add(self, b: Self) -> Self;
+    unsafe fn sub(self, b: Self) -> Self;
+    unsafe fn shl(self, n: u32) -> Self;
+}
+
+/// `Bᵀ·x` for six values (one column or row of a tile): Lavin's F(4,3) input transform.
+#[inline(always)]
+pub(crate) unsafe fn b_t<L: Lanes>(x: [L; 6]) -> [L; 6] {
+    let [x0, x1, x2, x3, x4, x5] = x;
+    let a = x4.sub(x2); // rows 3 and 4
+    let b = x3.sub(x1).shl(1);
+    let c = x3.add(x4); // row 1
+    let d = x1.add(x2).shl(2);
+    let e = x4.sub(x3); // row 2
+    let f = x1.sub(x2).shl(2);
+    [
+        x0.shl(2).sub(x2.shl(2)).sub(x2).add(x4),
+        c.sub(d),
+        e.add(f),
+        a.add(b),
+        a.sub(b),
+        x1.shl(2).sub(x3.shl(2)).sub(x3).add(x5),
+    ]
+}
+
+/// The scaled output transform for six values: rows `s_p·Aᵀ[p]/r` = `[6,4,4,1,1,0]`,
+/// `[0,2,-2,1,-1,0]`, `[0,1,1,1,1,0]`, `[0,1,-1,2,-2,6]`.
+#[inline(always)]
+pub(crate) unsafe fn a_t<L: Lanes>(m: [L; 6]) -> [L; 4] {
+    let [m0, m1, m2, m3, m4, m5] = m;
+    let (s1, d1, s2, d2) = (m1.add(m2), m1.sub(m2), m3.add(m4), m3.sub(m4));
+    [
+        m0.shl(2).add(m0.shl(1)).add(s1.shl(2)).add(s2),
+        d1.shl(1).add(d2),
+        s1.add(s2),
+        d1.add(d2.shl(1)).add(m5.shl(2)).add(m5.shl(1)),
+    ]
+}
+
+/// The 2-D input transform of a 6x6 tile `d[r][c]`: `V[i][j]`, row-major.
+#[inline(always)]
+pub(crate) unsafe fn input_2d<L: Lanes>(d: &[[L; 6]; 6]) -> [[L; 6]; 6] {
+    // Columns first: t[i][c] = Σ_r Bᵀ[i][r]·d[r][c].
+    let mut t = [[d[0][0]; 6]; 6];
+    for c in 0..6 {
+        let col = b_t([d[0][c], d[1][c], d[2][c], d[3][c], d[4][c], d[5][c]]);
+        for i in 0..6 {
+            t[i][c] = col[i];
+        }
+    }
+    let mut v = t;
+    for i in 0..6 {
+        v[i] = b_t(t[i]);
+    }
+    v
+}
+
+/// The 2-D output transform of `M[i][j]`: `R[p][q] = s_p·s_q·Y[p][q]` (mod 2^32).
+#[inline(always)]
+pub(crate) unsafe fn output_2d<L: Lanes>(m: &[[L; 6]; 6]) -> [[L; 4]; 4] {
+    let mut t = [[m[0][0]; 6]; 4];
+    for j in 0..6 {
+        let col = a_t([m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j]]);
+        for p in 0..4 {
+            t[p][j] = col[p];
+        }
+    }
+    let mut r = [[m[0][0]; 4]; 4];
+    for p in 0..4 {
+        r[p] = a_t(t[p]);
+    }
+    r
+}
+
+/// Scalar lanes (the reference): wrapping integer arithmetic.
+macro_rules! scalar_lanes {
+    ($($t:ty),*) => {$(
+        impl Lanes for $t {
+            #[inline(always)]
+            unsafe fn add(self, b: $t) -> $t {
+                self.wrapping_add(b)
+            }
+            #[inline(always)]
+            unsafe fn sub(self, b: $t) -> $t {
+                self.wrapping_sub(b)
+            }
+            #[inline(always)]
+            unsafe fn shl(self, n: u32) -> $t {
+                self.wrapping_shl(n)
+            }
+        }
+    )*};
+}
+scalar_lanes!(i16, i32);
+
+/// `Y` from `R = s_p·s_q·Y` (mod 2^32), exact for |Y| < 2^25.
+#[inline(always)]
+pub(crate) fn recover(r: i32, p: usize, q: usize) -> i32 {
+    r.wrapping_mul(INV9) >> (A2[p] + A2[q])
+}
 
 /// Input transform of a task's tiles into `v[ξ][tile][kp]`.
 ///
@@ -129,10 +275,10 @@ unsafe fn output_scalar(geo: &TileGeo, ob: &OutBlock, m: &[i32], rq: &Requant, o
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::{input_2d, output_2d, Lanes, OutBlock, TileGeo, A2, INV9};
     use crate::epilogue::{OutPtr, Requant};
     use crate::int8::avx2::store8;
     use crate::int8::avx512::{mask, store16};
-    use crate::int8::winograd::{input_2d, output_2d, Lanes, OutBlock, TileGeo, A2, INV9};
 
     #[derive(Clone, Copy)]
     struct Z16(__m512i);
@@ -322,28 +468,62 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-    pub(super) unsafe fn output_512(geo: &TileGeo, ob: &OutBlock, m: &[i32], rq: &Requant, out: OutPtr) {
-        let inv9 = _mm512_set1_epi32(INV9);
+    /// An output vector: [`Lanes`] on i32 plus the recovery and the requantizing store of its
+    /// `W` channels.
+    trait OutVec: Lanes {
+        const W: usize;
+        unsafe fn load(p: *const i32) -> Self;
+        /// `Y = (R · 9⁻¹) >> shift`, the epilogue with the integer bias, stored for `valid` channels.
+        unsafe fn finish(self, shift: u32, j: usize, rq: &Requant, p: *mut u8, valid: usize);
+    }
+
+    impl OutVec for Z32 {
+        const W: usize = 16;
+        #[inline(always)]
+        unsafe fn load(p: *const i32) -> Z32 {
+            Z32(_mm512_loadu_si512(p as *const _))
+        }
+        #[inline(always)]
+        unsafe fn finish(self, shift: u32, j: usize, rq: &Requant, p: *mut u8, valid: usize) {
+            let y = _mm512_mullo_epi32(self.0, _mm512_set1_epi32(INV9));
+            let y = _mm512_sra_epi32(y, _mm_cvtsi32_si128(shift as i32));
+            // `store16` expects the integer bias already added (`store8` adds it itself).
+            let bi = _mm512_loadu_si512(rq.bias_i.as_ptr().add(j) as *const _);
+            store16(_mm512_add_epi32(y, bi), j, rq, p, mask(valid));
+        }
+    }
+
+    impl OutVec for Y32 {
+        const W: usize = 8;
+        #[inline(always)]
+        unsafe fn load(p: *const i32) -> Y32 {
+            Y32(_mm256_loadu_si256(p as *const __m256i))
+        }
+        #[inline(always)]
+        unsafe fn finish(self, shift: u32, j: usize, rq: &Requant, p: *mut u8, valid: usize) {
+            let y = _mm256_mullo_epi32(self.0, _mm256_set1_epi32(INV9));
+            let y = _mm256_sra_epi32(y, _mm_cvtsi32_si128(shift as i32));
+            store8(y, j, rq, p, valid.min(8));
+        }
+    }
+
+    /// [`super::output_tiles`] on vectors of `V::W` channels.
+    #[inline(always)]
+    unsafe fn output_vec<V: OutVec>(geo: &TileGeo, ob: &OutBlock, m: &[i32], rq: &Requant, out: OutPtr) {
         for tl in 0..geo.nt {
-            for vi in 0..ob.wn / 16 {
-                let j = ob.j0 + vi * 16;
+            for vi in 0..ob.wn / V::W {
+                let j = ob.j0 + vi * V::W;
                 if j >= ob.c_out {
                     break;
                 }
-                let mut mm = [[Z32(inv9); 6]; 6];
-                for (xi, e) in mm.iter_mut().flatten().enumerate() {
-                    *e = Z32(_mm512_loadu_si512(m.as_ptr().add((tl * 36 + xi) * ob.wn + vi * 16) as *const _));
-                }
+                let mm: [[V; 6]; 6] = std::array::from_fn(|i| {
+                    std::array::from_fn(|c| V::load(m.as_ptr().add((tl * 36 + i * 6 + c) * ob.wn + vi * V::W)))
+                });
                 let r = output_2d(&mm);
-                let bi = _mm512_loadu_si512(rq.bias_i.as_ptr().add(j) as *const _);
-                let msk = mask(ob.c_out - j);
                 for (p, row) in r.iter().enumerate() {
                     for (q, val) in row.iter().enumerate() {
                         if let Some(pix) = geo.out_pixel(tl, p, q, ob.oh, ob.ow) {
-                            let y = _mm512_mullo_epi32(val.0, inv9);
-                            let y = _mm512_sra_epi32(y, _mm_cvtsi32_si128((A2[p] + A2[q]) as i32));
-                            store16(_mm512_add_epi32(y, bi), j, rq, out.at(rq.out, pix, j, ob.c_out), msk);
+                            val.finish(A2[p] + A2[q], j, rq, out.at(rq.out, pix, j, ob.c_out), ob.c_out - j);
                         }
                     }
                 }
@@ -351,30 +531,52 @@ mod x86 {
         }
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn output_512(geo: &TileGeo, ob: &OutBlock, m: &[i32], rq: &Requant, out: OutPtr) {
+        output_vec::<Z32>(geo, ob, m, rq, out)
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn output_256(geo: &TileGeo, ob: &OutBlock, m: &[i32], rq: &Requant, out: OutPtr) {
-        let inv9 = _mm256_set1_epi32(INV9);
-        for tl in 0..geo.nt {
-            for vi in 0..ob.wn / 8 {
-                let j = ob.j0 + vi * 8;
-                if j >= ob.c_out {
-                    break;
+        output_vec::<Y32>(geo, ob, m, rq, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One tile through the scaled transforms equals the direct 3x3 correlation.
+    #[test]
+    fn transforms_compute_the_direct_correlation() {
+        let mut s = 12345u64;
+        let mut r = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 33) as i32
+        };
+        for _ in 0..200 {
+            let d: [[i32; 6]; 6] = std::array::from_fn(|_| std::array::from_fn(|_| r() % 511 - 255));
+            let w: [[i32; 3]; 3] = std::array::from_fn(|_| std::array::from_fn(|_| r() % 256 - 128));
+            let d16: [[i16; 6]; 6] = std::array::from_fn(|i| std::array::from_fn(|j| d[i][j] as i16));
+            // SAFETY: integer arithmetic.
+            let v = unsafe { input_2d(&d16) };
+            let mut m = [[0i32; 6]; 6];
+            for i in 0..6 {
+                for j in 0..6 {
+                    let u: i32 = (0..3)
+                        .flat_map(|a| (0..3).map(move |b| (a, b)))
+                        .map(|(a, b)| G[i][a] * w[a][b] * G[j][b])
+                        .sum();
+                    m[i][j] = u * v[i][j] as i32;
                 }
-                let mut mm = [[Y32(inv9); 6]; 6];
-                for (xi, e) in mm.iter_mut().flatten().enumerate() {
-                    *e = Y32(_mm256_loadu_si256(m.as_ptr().add((tl * 36 + xi) * ob.wn + vi * 8) as *const __m256i));
-                }
-                let r = output_2d(&mm);
-                let valid = (ob.c_out - j).min(8);
-                for (p, row) in r.iter().enumerate() {
-                    for (q, val) in row.iter().enumerate() {
-                        if let Some(pix) = geo.out_pixel(tl, p, q, ob.oh, ob.ow) {
-                            let y = _mm256_mullo_epi32(val.0, inv9);
-                            let y = _mm256_sra_epi32(y, _mm_cvtsi32_si128((A2[p] + A2[q]) as i32));
-                            // `store8` adds the integer bias itself (`store16` does not).
-                            store8(y, j, rq, out.at(rq.out, pix, j, ob.c_out), valid);
-                        }
-                    }
+            }
+            // SAFETY: integer arithmetic.
+            let y = unsafe { output_2d(&m) };
+            for p in 0..4 {
+                for q in 0..4 {
+                    let want: i32 =
+                        (0..3).flat_map(|a| (0..3).map(move |b| (a, b))).map(|(a, b)| d[p + a][q + b] * w[a][b]).sum();
+                    assert_eq!(recover(y[p][q], p, q), want, "({p},{q})");
                 }
             }
         }
