@@ -39,6 +39,19 @@ pub(crate) fn pad_row(g: &ConvGeom, x: &[u8], first: usize, ph: usize, wp: usize
     }
 }
 
+/// Copies the NHWC input into a `[hp][wp][cs]` buffer (channel stride `cs ≥ c`) filled with the
+/// zero point outside the image and in the padding channels.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp: &mut [u8], threads: usize) {
+    let job = |(ph, row): (usize, &mut [u8])| pad_row(g, x, 0, ph, wp, cs, zx, row);
+    if threads > 1 && hp * wp * cs >= 1 << 16 {
+        // Indexed chunks, not `par_bridge` (which hands rows out one at a time through a lock).
+        xp[..hp * wp * cs].par_chunks_mut(wp * cs).enumerate().for_each(job);
+    } else {
+        xp[..hp * wp * cs].chunks_mut(wp * cs).enumerate().for_each(job);
+    }
+}
+
 thread_local! {
     /// Each thread's band of padded depthwise input rows (grown once to the largest band met).
     static BAND: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::epilogue::{Out, OutPtr, Requant};
 use crate::geom::{ConvGeom, DwGeom};
-use crate::int8::bands::{depthwise_bands, pad_row};
+use crate::int8::bands::{depthwise_bands, pad_nhwc};
 use crate::int8::gemm::{gemm, gemm_ex};
 use crate::int8::narrow::{narrow_conv, NarrowW};
 use crate::int8::pack::{dw_perm, PackedB, PackedDw};
@@ -519,19 +519,6 @@ pub fn wino_mode() -> Option<bool> {
 fn wino_pays(isa: Isa, g: &ConvGeom) -> bool {
     let tiles = g.oh.div_ceil(4) * g.ow.div_ceil(4);
     isa == Isa::Avx2 && g.c_in >= 8 && g.c_in <= 256 && tiles >= 8
-}
-
-/// Copies the NHWC input into a `[hp][wp][cs]` buffer (channel stride `cs ≥ c`) filled with the
-/// zero point outside the image and in the padding channels.
-#[allow(clippy::too_many_arguments)]
-fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, zx: u8, xp: &mut [u8], threads: usize) {
-    let job = |(ph, row): (usize, &mut [u8])| pad_row(g, x, 0, ph, wp, cs, zx, row);
-    if threads > 1 && hp * wp * cs >= 1 << 16 {
-        // Indexed chunks, not `par_bridge` (which hands rows out one at a time through a lock).
-        xp[..hp * wp * cs].par_chunks_mut(wp * cs).enumerate().for_each(job);
-    } else {
-        xp[..hp * wp * cs].chunks_mut(wp * cs).enumerate().for_each(job);
-    }
 }
 
 /// `dst.copy_from_slice(src)` without a library call for the short runs im2col copies (two

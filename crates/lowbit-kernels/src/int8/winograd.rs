@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::epilogue::{OutPtr, Requant};
 use crate::geom::ConvGeom;
-use crate::int8::bands::pad_row;
+use crate::int8::bands::pad_nhwc;
 use crate::int8::winograd_kern::{OutBlock, TileGeo, G};
 use crate::isa::{trace, Isa};
 
@@ -141,12 +141,7 @@ impl Winograd {
         trace::int8(isa);
         let (hp, wp) = self.padded_hw();
         let xp = &mut scratch[..hp * wp * self.kp];
-        let job = |(ph, row): (usize, &mut [u8])| pad_row(g, x, 0, ph, wp, self.kp, zx, row);
-        if threads > 1 && xp.len() >= 1 << 16 {
-            xp.par_chunks_mut(wp * self.kp).enumerate().for_each(job);
-        } else {
-            xp.chunks_mut(wp * self.kp).enumerate().for_each(job);
-        }
+        pad_nhwc(g, x, hp, wp, self.kp, zx, xp, threads);
         let xp: &[u8] = xp;
         let tiles = self.tiles_h * self.tiles_w;
         // Tiles per task: V (36·tb·kp i16) within about 160 KB of L2.
