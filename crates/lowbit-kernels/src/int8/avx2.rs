@@ -124,60 +124,104 @@ unsafe fn micro<const MR: usize>(
     }
 }
 
-/// One output row of a depthwise convolution: 8 channels per vector, the channel tail scalar.
+/// Output pixels per block of the depthwise kernel: each pair of tap weights is loaded once for
+/// this many pixels (4 pixels × 2 accumulators + 2 weight vectors + temporaries fit 16 registers).
+const DW_NX: usize = 4;
+
+/// One output row of a depthwise convolution: 16-channel blocks on tap pairs (`vpmaddwd`), four
+/// output pixels at a time; an 8-channel block on single taps, the channel tail scalar.
 ///
 /// # Safety
 /// As for the band loop in `crate::int8::conv` (`x` holds the window rows of output row `oy`, `out` the band's outputs); the CPU has AVX2.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, out: OutPtr, oy: usize) {
+    let taps = g.kh * g.kw;
+    // Byte offset of every tap from its output pixel's first input byte, computed once per row
+    // (a divide per tap per pixel cost more than the multiplies it feeds).
+    let mut on_stack = [0usize; 64];
+    let mut on_heap = vec![];
+    let offs: &mut [usize] = if taps <= on_stack.len() {
+        &mut on_stack[..taps]
+    } else {
+        on_heap.resize(taps, 0);
+        &mut on_heap
+    };
+    for (t, o) in offs.iter_mut().enumerate() {
+        *o = ((oy * g.sh + t / g.kw * g.dh) * g.wp + t % g.kw * g.dw) * g.cs;
+    }
+    let offs = &*offs;
+    let step = g.sw * g.cs;
     let xp = x.as_ptr();
-    let full = g.c / 8 * 8;
-    // 16-channel blocks with packed tap pairs: `vpmaddwd` does two taps of 8 channels at once.
-    let (b16, taps) = if w.pairs.is_empty() { (0, 0) } else { (g.c / 16, g.kh * g.kw) };
-    let np = taps.div_ceil(2);
-    let tap_at = |t: usize, ox: usize| ((oy * g.sh + t / g.kw * g.dh) * g.wp + ox * g.sw + t % g.kw * g.dw) * g.cs;
-    for ox in 0..g.ow {
-        for b in 0..b16 {
-            let c = b * 16;
-            let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            let wp = w.pairs.as_ptr().add(b * np * 32);
-            for p in 0..np {
-                let x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(xp.add(tap_at(2 * p, ox) + c) as *const _));
-                let x1 = if 2 * p + 1 < taps {
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(xp.add(tap_at(2 * p + 1, ox) + c) as *const _))
-                } else {
-                    _mm256_setzero_si256()
-                };
-                let lo = _mm256_loadu_si256(wp.add(p * 32) as *const _);
-                let hi = _mm256_loadu_si256(wp.add(p * 32 + 16) as *const _);
-                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), lo));
-                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), hi));
+    let b16 = if w.pairs.is_empty() { 0 } else { g.c / 16 };
+    for b in 0..b16 {
+        let c = b * 16;
+        let wp = w.pairs.as_ptr().add(b * taps.div_ceil(2) * 32);
+        let mut ox = 0;
+        while ox + DW_NX <= g.ow {
+            let acc = dw16::<DW_NX>(xp.add(ox * step + c), step, offs, wp);
+            for (i, a) in acc.iter().enumerate() {
+                store8(a[0], c, rq, out.at(rq.out, oy * g.ow + ox + i, c, g.c), 8);
+                store8(a[1], c + 8, rq, out.at(rq.out, oy * g.ow + ox + i, c + 8, g.c), 8);
             }
-            let o = out.at(rq.out, oy * g.ow + ox, c, g.c);
-            store8(_mm256_permute2x128_si256::<0x20>(a0, a1), c, rq, o, 8);
-            store8(_mm256_permute2x128_si256::<0x31>(a0, a1), c + 8, rq, out.at(rq.out, oy * g.ow + ox, c + 8, g.c), 8);
+            ox += DW_NX;
         }
-        let mut c = b16 * 16;
-        while c < full {
+        while ox < g.ow {
+            let [a] = dw16::<1>(xp.add(ox * step + c), step, offs, wp);
+            store8(a[0], c, rq, out.at(rq.out, oy * g.ow + ox, c, g.c), 8);
+            store8(a[1], c + 8, rq, out.at(rq.out, oy * g.ow + ox, c + 8, g.c), 8);
+            ox += 1;
+        }
+    }
+    let full = g.c / 8 * 8;
+    let mut c = b16 * 16;
+    while c < full {
+        for ox in 0..g.ow {
+            let px = xp.add(ox * step + c);
             let mut acc = _mm256_setzero_si256();
-            for ky in 0..g.kh {
-                let iy = oy * g.sh + ky * g.dh;
-                for kx in 0..g.kw {
-                    let ix = ox * g.sw + kx * g.dw;
-                    let wv = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        w.w.as_ptr().add((ky * g.kw + kx) * w.c_pad + c) as *const _
-                    ));
-                    let xv = _mm_loadl_epi64(xp.add((iy * g.wp + ix) * g.cs + c) as *const _);
-                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(xv), wv));
-                }
+            for (t, &o) in offs.iter().enumerate() {
+                let wv = _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.w.as_ptr().add(t * w.c_pad + c) as *const _));
+                let xv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(px.add(o) as *const _));
+                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(xv, wv));
             }
             store8(acc, c, rq, out.at(rq.out, oy * g.ow + ox, c, g.c), 8);
-            c += 8;
         }
+        c += 8;
     }
     if full < g.c {
         depthwise_cols(g, x, w, rq, out, oy, full, g.c);
     }
+}
+
+/// Accumulators of 16 channels for `NX` output pixels `step` bytes apart, the first pixel's input
+/// at `px`: `[pixel][channels 0-7, 8-15]`. Two taps' bytes are interleaved (`vpunpck*bw`) and
+/// widened to the i16 pairs `vpmaddwd` multiplies with the pair's weights ([`PackedDw::pairs`]).
+#[inline(always)]
+unsafe fn dw16<const NX: usize>(px: *const u8, step: usize, offs: &[usize], wp: *const i16) -> [[__m256i; 2]; NX] {
+    let mut acc = [[_mm256_setzero_si256(); 2]; NX];
+    let mut pair = |p: usize, o0: usize, o1: Option<usize>| {
+        let wlo = _mm256_loadu_si256(wp.add(p * 32) as *const _);
+        let whi = _mm256_loadu_si256(wp.add(p * 32 + 16) as *const _);
+        for (i, a) in acc.iter_mut().enumerate() {
+            let q = px.add(i * step);
+            let x0 = _mm_loadu_si128(q.add(o0) as *const _);
+            let x1 = match o1 {
+                Some(o1) => _mm_loadu_si128(q.add(o1) as *const _),
+                None => _mm_setzero_si128(),
+            };
+            let lo = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x0, x1));
+            let hi = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x0, x1));
+            a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(lo, wlo));
+            a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(hi, whi));
+        }
+    };
+    let whole = offs.len() / 2;
+    for p in 0..whole {
+        pair(p, offs[2 * p], Some(offs[2 * p + 1]));
+    }
+    if offs.len() % 2 == 1 {
+        pair(whole, offs[2 * whole], None);
+    }
+    acc
 }
 
 /// Peak probe: `iters` rounds of 12 independent `vpmaddwd ymm` + `vpaddd` (16 MACs each).

@@ -138,16 +138,12 @@ fn dw_pairs(w: &[i8], c: usize, taps: usize) -> Vec<i16> {
     let mut v = vec![0i16; c / 16 * np * 32];
     for b in 0..c / 16 {
         for p in 0..np {
-            for (half, first) in [(0usize, 0usize), (1, 4)] {
-                for lane in 0..2 {
-                    for j in 0..4 {
-                        let ch = b * 16 + lane * 8 + first + j;
-                        let at = ((b * np + p) * 2 + half) * 16 + lane * 8 + 2 * j;
-                        for k in 0..2 {
-                            let t = 2 * p + k;
-                            v[at + k] = if t < taps { w[ch * taps + t] as i16 } else { 0 };
-                        }
-                    }
+            for j in 0..16 {
+                let ch = b * 16 + j;
+                let at = (b * np + p) * 32 + 2 * j;
+                for k in 0..2 {
+                    let t = 2 * p + k;
+                    v[at + k] = if t < taps { w[ch * taps + t] as i16 } else { 0 };
                 }
             }
         }

@@ -107,8 +107,8 @@ pub struct PackedDw {
     pub by_cols: bool,
     pub groups: usize,
     /// AVX2 layout: per 16-channel block, per pair of taps (2p, 2p+1; a missing second tap is 0),
-    /// 32 i16 in the order `vpunpcklwd`/`vpunpckhwd` interleave two 16-channel rows: the low
-    /// vector holds channels 0-3 and 8-11, the high one 4-7 and 12-15, each as (tap 2p, tap 2p+1).
+    /// 32 i16: channels 0-15 in order, each as (tap 2p, tap 2p+1), the order in which the kernel
+    /// interleaves two taps' 16 input bytes (`vpunpck{l,h}bw`) before widening them to i16.
     pub pairs: Vec<i16>,
 }
 
