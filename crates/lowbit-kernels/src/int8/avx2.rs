@@ -59,30 +59,80 @@ pub(crate) unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, va
     }
 }
 
-/// One GEMM task (see [`crate::int8::gemm::gemm_ex`]).
+/// Rows of A widened at a time by [`gemm_tile`] (a multiple of every micro-kernel's row count).
+const ROW_BLOCK: usize = 24;
+
+thread_local! {
+    /// A's rows widened to u16, so a pair of reduction bytes is one 32-bit broadcast.
+    static WIDE: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One GEMM task (see [`crate::int8::gemm::gemm_ex`]). A block of rows is first widened to u16
+/// (each pair of reduction bytes then feeds `vpmaddwd` from one `vpbroadcastd` load instead of two
+/// byte loads, a shift, an or and a move), then every 32-column block of the task runs over it with
+/// a micro-kernel shaped for the block's width: 3 rows × 32 columns, 4 × 24, 6 × 16 or 12 × 8.
 ///
 /// # Safety
 /// As for [`crate::int8::gemm::gemm_ex`]; the CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
-    let mut j = t.j0;
-    while j < t.j0 + t.jn {
-        let cols = (t.j0 + t.jn - j).min(32);
+    let k = src.taps.len() * src.kc;
+    WIDE.with(|wide| {
+        let mut wide = wide.borrow_mut();
+        if wide.len() < ROW_BLOCK * k {
+            wide.resize(ROW_BLOCK * k, 0);
+        }
         let mut i = 0;
         while i < t.rows {
-            micro::<2>((t.rows - i).min(2), a.add(i * src.lda), src, b, j, cols, rq, out, t, i);
-            i += 2;
+            let rows = (t.rows - i).min(ROW_BLOCK);
+            widen(a.add(i * src.lda), src, rows, wide.as_mut_ptr());
+            let wa = wide.as_ptr() as *const u32;
+            let mut j = t.j0;
+            while j < t.j0 + t.jn {
+                let cols = (t.j0 + t.jn - j).min(32);
+                match cols.div_ceil(8) {
+                    4 => rows_of::<3, 4>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    3 => rows_of::<4, 3>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    2 => rows_of::<6, 2>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    _ => rows_of::<12, 1>(rows, wa, k, b, j, cols, rq, out, t, i),
+                }
+                j += 32;
+            }
+            i += rows;
         }
-        j += 32;
+    });
+}
+
+/// Rows `0..rows` of A (row `r` at `a + r·lda`, read through `src`) into `w` as u16, `k` per row.
+#[inline(always)]
+unsafe fn widen(a: *const u8, src: &ASrc, rows: usize, w: *mut u16) {
+    let k = src.taps.len() * src.kc;
+    for r in 0..rows {
+        let row = a.add(r * src.lda);
+        let dst = w.add(r * k);
+        for (tp, &off) in src.taps.iter().enumerate() {
+            let (s, d) = (row.add(off), dst.add(tp * src.kc));
+            let mut c = 0;
+            while c + 16 <= src.kc {
+                let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(c) as *const _));
+                _mm256_storeu_si256(d.add(c) as *mut _, v);
+                c += 16;
+            }
+            while c < src.kc {
+                *d.add(c) = *s.add(c) as u16;
+                c += 1;
+            }
+        }
     }
 }
 
+/// Micro-tiles of `MR` rows × `NV` 8-column vectors over rows `0..rows` of the widened block.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<const MR: usize>(
-    mr: usize,
-    a: *const u8,
-    src: &ASrc,
+unsafe fn rows_of<const MR: usize, const NV: usize>(
+    rows: usize,
+    wa: *const u32,
+    k: usize,
     b: &PackedB,
     j0: usize,
     cols: usize,
@@ -91,33 +141,50 @@ unsafe fn micro<const MR: usize>(
     t: &Tile,
     i: usize,
 ) {
-    let ap: [*const u8; MR] = std::array::from_fn(|r| a.add(r.min(mr - 1) * src.lda));
-    let nv = cols.div_ceil(8);
-    let mut acc = [[_mm256_setzero_si256(); 4]; MR];
-    let bp = b.pairs.as_ptr().add(j0 * 2);
+    let mut r = 0;
+    while r < rows {
+        micro::<MR, NV>((rows - r).min(MR), wa.add(r * k / 2), k, b, j0, cols, rq, out, t, i + r);
+        r += MR;
+    }
+}
+
+/// `mr` (≤ `MR`) rows of widened A (`k / 2` pairs each) times columns `j0..j0 + cols` of B, with
+/// `NV = ⌈cols / 8⌉`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<const MR: usize, const NV: usize>(
+    mr: usize,
+    wa: *const u32,
+    k: usize,
+    b: &PackedB,
+    j0: usize,
+    cols: usize,
+    rq: &Requant,
+    out: OutPtr,
+    t: &Tile,
+    i: usize,
+) {
+    let kp_n = k / 2;
+    // Rows past `mr` repeat the last valid one (their sums are computed and dropped).
+    let ap: [*const u32; MR] = std::array::from_fn(|r| wa.add(r.min(mr - 1) * kp_n));
+    let mut acc = [[_mm256_setzero_si256(); NV]; MR];
     let stride = b.n_pad * 2;
-    for (tp, &off) in src.taps.iter().enumerate() {
-        let bt = bp.add(tp * src.kc / 2 * stride);
-        for kp in 0..src.kc / 2 {
-            let bq = bt.add(kp * stride);
-            // Columns past n_pad are never loaded: j0 + 8·nv ≤ n_pad.
-            let mut bv = [_mm256_setzero_si256(); 4];
-            for (v, x) in bv.iter_mut().enumerate().take(nv) {
-                *x = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(v * 16) as *const _));
-            }
-            for r in 0..MR {
-                let x0 = *ap[r].add(off + 2 * kp) as i32;
-                let x1 = *ap[r].add(off + 2 * kp + 1) as i32;
-                let av = _mm256_set1_epi32(x0 | (x1 << 16));
-                for v in 0..4 {
-                    acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
-                }
+    let mut bq = b.pairs.as_ptr().add(j0 * 2);
+    for kp in 0..kp_n {
+        // Columns past n_pad are never loaded: j0 + 8·NV ≤ n_pad.
+        let bv: [__m256i; NV] =
+            std::array::from_fn(|v| _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(v * 16) as *const _)));
+        for r in 0..MR {
+            let av = _mm256_set1_epi32(*ap[r].add(kp) as i32);
+            for v in 0..NV {
+                acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
             }
         }
+        bq = bq.add(stride);
     }
     for (r, row) in acc.iter().enumerate().take(mr) {
         let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
-        for (v, x) in row.iter().enumerate().take(nv) {
+        for (v, x) in row.iter().enumerate() {
             let j = j0 + v * 8;
             store8(*x, j, rq, out.at(rq.out, orow, j, t.ldc), (j0 + cols - j).min(8));
         }
