@@ -6,7 +6,7 @@
 //!    fed the graph's runtime inputs at their declared shapes (symbolic dims set to 1).
 //!
 //! Every crash it found is kept in `fuzz/regressions/` and replayed by the workspace test
-//! `crates/lowbit-cli/tests/fuzz_regressions.rs`.
+//! `crates/lowbit-cli/tests/it/fuzz_regressions.rs`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

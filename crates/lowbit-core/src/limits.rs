@@ -13,8 +13,32 @@ pub fn set_max_memory(bytes: usize) {
     MAX_MEMORY.store(bytes, Ordering::Relaxed);
 }
 
-/// The limit in bytes.
+thread_local! {
+    /// A limit for this thread only ([`with_max_memory`]), 0 for none.
+    static LOCAL_MAX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with the limit set to `bytes` on this thread only (planning and shape inference
+/// check on the calling thread), so one caller's limit cannot reach another's work in the same
+/// process (the tests run in one process: the fuzzing harness's 256 MiB must not apply to the
+/// others).
+pub fn with_max_memory<R>(bytes: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LOCAL_MAX.with(|l| l.set(self.0));
+        }
+    }
+    let _restore = Restore(LOCAL_MAX.with(|l| l.replace(bytes)));
+    f()
+}
+
+/// The limit in bytes: this thread's ([`with_max_memory`]), else the process's.
 pub fn max_memory() -> usize {
+    match LOCAL_MAX.with(|l| l.get()) {
+        0 => {}
+        n => return n,
+    }
     match MAX_MEMORY.load(Ordering::Relaxed) {
         0 => default_max_memory(),
         n => n,

@@ -2,9 +2,7 @@
 //! images, only ever rounds each weight up or down, keeps the scales, and the file stays standard
 //! QDQ that ONNX Runtime runs with the same answers as lowbit.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lowbit_data::{Preprocess, Split};
 use lowbit_quant::adaround::{adaround, learn::LearnSettings, AdaRoundOptions};
 use lowbit_quant::observer::Method;

@@ -3,11 +3,9 @@
 //! int8 value and the outputs equal, on every binary and integer path this CPU has), and ONNX
 //! Runtime running the same file.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 
-use common::*;
+use crate::common::*;
 use lowbit_core::{Graph, Op, Tensor, ValueInfo};
 use lowbit_data::{Preprocess, Split};
 use lowbit_kernels::binary::BinIsa;

@@ -1,11 +1,9 @@
 //! The `lowbit` command as a user meets it: the README's main job, and bad input giving a one-line
 //! error that names the problem, a non-zero exit and never a panic.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 fn lowbit(args: &[&str]) -> Output {
     Command::new(lowbit_bin()).args(args).output().unwrap()

@@ -3,9 +3,7 @@
 //! specialization, plan compilation and one run must fail cleanly or succeed, never panic or
 //! exhaust memory. Crashes the mutation harness (tests/mutate.rs) finds are kept here too.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn fuzz_regressions_stay_fixed() {

@@ -5,14 +5,12 @@
 //! - QDQ files from `quantize_static` (per-channel) agree with ONNX Runtime on ≥ 99.5% of images;
 //! - every quantized conv/gemm/add/pool of those models runs on integer kernels.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 use lowbit_core::{Graph, Op, Tensor, ValueInfo};
 use lowbit_data::{Preprocess, Split};
 use lowbit_kernels::int8::Isa;

@@ -4,7 +4,7 @@
 //! file (`mod.rs`) declares and re-exports its children, and nothing in the crate imports through
 //! those re-exports, so per-ISA kernels, drivers and types stay layered.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

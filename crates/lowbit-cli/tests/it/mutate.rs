@@ -10,12 +10,12 @@
 //! `.ci/run` gives it 60 s. A panicking mutant is written to `target/mutate-crashes/` and fails the
 //! test with its seed; minimized, it belongs in `tests/repro/`.
 
-mod common;
+use crate::common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lowbit_core::Tensor;
 use lowbit_onnx::pb;
 use prost::Message;
@@ -185,9 +185,13 @@ fn exercise(bytes: &[u8]) {
 
 #[test]
 fn mutated_models_never_panic() {
+    // The limit holds on this thread only: the other tests of this binary run beside it.
+    lowbit_core::limits::with_max_memory(256 << 20, mutate_for_a_while);
+}
+
+fn mutate_for_a_while() {
     let secs: u64 = std::env::var("LOWBIT_MUTATE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let seed0: u64 = std::env::var("LOWBIT_MUTATE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    lowbit_core::limits::set_max_memory(256 << 20);
     let mut seeds: Vec<(String, Vec<u8>)> = vec![];
     for name in [
         "mnist-cnn.onnx",
@@ -224,11 +228,22 @@ fn mutated_models_never_panic() {
     }
     let decoded: Vec<(String, pb::ModelProto)> =
         seeds.iter().map(|(n, b)| (n.clone(), pb::ModelProto::decode(b.as_slice()).unwrap())).collect();
-    // Panics are caught and reported below (with where they happened), not printed per mutant.
+    // Panics are caught and reported below (with where they happened), not printed per mutant;
+    // other threads' panics (the other tests of this binary) still reach the usual hook.
     static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
-    std::panic::set_hook(Box::new(|info| {
-        if let Ok(mut l) = LAST.lock() {
-            *l = info.to_string();
+    let me = std::thread::current().id();
+    let usual = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let t = std::thread::current();
+        // libtest names each test's thread after the test; the pools' workers are unnamed.
+        let other_test = t.id() != me && t.name().is_some_and(|n| n.contains("::"));
+        if !other_test {
+            if let Ok(mut l) = LAST.lock() {
+                *l = info.to_string();
+            }
+        }
+        if t.id() != me {
+            usual(info);
         }
     }));
     let crashes = root().join("target/mutate-crashes");

@@ -5,7 +5,7 @@
 //! reason; a test that runs must match the expected outputs, and every model read must write and
 //! read back as the same graph. Prints passed/failed/skipped per op.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +17,7 @@ use prost::Message;
 
 const DATA: &str = "/usr/share/libonnx-testdata/data/node";
 
-use common::CLAIMED_OPS as CLAIMED;
+use crate::common::CLAIMED_OPS as CLAIMED;
 
 fn load_tensor(p: &Path) -> Tensor {
     let t = pb::TensorProto::decode(std::fs::read(p).unwrap().as_slice()).unwrap();

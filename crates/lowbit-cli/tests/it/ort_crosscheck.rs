@@ -1,9 +1,7 @@
 //! Acceptance: every zoo model loads, and lowbit's float outputs match ONNX Runtime, run live, on
 //! 16 inputs from the matching data: max |diff| <= 1e-4 * max |output|.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lowbit_data::{Preprocess, Split};
 use lowbit_runtime::{Plan, PlanOptions};
 

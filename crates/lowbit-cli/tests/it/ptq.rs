@@ -2,9 +2,7 @@
 //! file, and check that ONNX Runtime loads it and agrees with lowbit's executor on >= 99.5% of
 //! test images; accuracy stays close to float; bad requests fail cleanly with no file left.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lowbit_data::{Preprocess, Split};
 use lowbit_quant::observer::Method;
 use lowbit_quant::qdq::{build_qdq, QdqConfig};

@@ -4,11 +4,9 @@
 //! real photos at two input shapes: every output within 1e-4 of its range (or, where ONNX Runtime
 //! with and without graph optimizations differs by more, within twice that difference).
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use lowbit_data::Preprocess;
 use lowbit_runtime::{Plan, PlanOptions};
 

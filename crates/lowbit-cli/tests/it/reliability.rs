@@ -4,13 +4,11 @@
 //! cap; and no command replaces its own input, another of its outputs, a symlink, a special file or a
 //! read-only file unless `--force` is given, with every output folder checked before the work starts.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn repro(name: &str) -> PathBuf {
     root().join("crates/lowbit-cli/tests/repro").join(name)

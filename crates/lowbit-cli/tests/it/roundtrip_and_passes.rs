@@ -2,9 +2,7 @@
 //! canonicalizing passes (constant folding, BatchNorm folding, activation fusion, dead-node
 //! removal) preserving outputs, on every zoo model.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lowbit_core::{Graph, Tensor};
 use lowbit_runtime::{Plan, PlanOptions};
 

@@ -3,11 +3,9 @@
 //! evaluation; QAT writes a QDQ model that ONNX Runtime and lowbit's integer runtime agree on;
 //! checkpoints resume; bad requests fail with clear messages and leave no output.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use lowbit_data::{Preprocess, Split};
 use lowbit_runtime::classify::{argmax, Classifier};
 
