@@ -91,10 +91,10 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
             while j < t.j0 + t.jn {
                 let cols = (t.j0 + t.jn - j).min(32);
                 match cols.div_ceil(8) {
-                    4 => rows_of::<3, 4>(rows, wa, k, b, j, cols, rq, out, t, i),
-                    3 => rows_of::<4, 3>(rows, wa, k, b, j, cols, rq, out, t, i),
-                    2 => rows_of::<6, 2>(rows, wa, k, b, j, cols, rq, out, t, i),
-                    _ => rows_of::<12, 1>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    4 => micro::<3, 4>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    3 => micro::<4, 3>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    2 => micro::<6, 2>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    _ => micro::<12, 1>(rows, wa, k, b, j, cols, rq, out, t, i),
                 }
                 j += 32;
             }
@@ -126,10 +126,11 @@ unsafe fn widen(a: *const u8, src: &ASrc, rows: usize, w: *mut u16) {
     }
 }
 
-/// Micro-tiles of `MR` rows × `NV` 8-column vectors over rows `0..rows` of the widened block.
+/// Rows `0..rows` of widened A (`k / 2` pairs each) times columns `j0..j0 + cols` of B, with
+/// `NV = ⌈cols / 8⌉`, in micro-tiles of `MR` rows.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_of<const MR: usize, const NV: usize>(
+unsafe fn micro<const MR: usize, const NV: usize>(
     rows: usize,
     wa: *const u32,
     k: usize,
@@ -141,53 +142,35 @@ unsafe fn rows_of<const MR: usize, const NV: usize>(
     t: &Tile,
     i: usize,
 ) {
-    let mut r = 0;
-    while r < rows {
-        micro::<MR, NV>((rows - r).min(MR), wa.add(r * k / 2), k, b, j0, cols, rq, out, t, i + r);
-        r += MR;
-    }
-}
-
-/// `mr` (≤ `MR`) rows of widened A (`k / 2` pairs each) times columns `j0..j0 + cols` of B, with
-/// `NV = ⌈cols / 8⌉`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro<const MR: usize, const NV: usize>(
-    mr: usize,
-    wa: *const u32,
-    k: usize,
-    b: &PackedB,
-    j0: usize,
-    cols: usize,
-    rq: &Requant,
-    out: OutPtr,
-    t: &Tile,
-    i: usize,
-) {
-    let kp_n = k / 2;
-    // Rows past `mr` repeat the last valid one (their sums are computed and dropped).
-    let ap: [*const u32; MR] = std::array::from_fn(|r| wa.add(r.min(mr - 1) * kp_n));
-    let mut acc = [[_mm256_setzero_si256(); NV]; MR];
-    let stride = b.n_pad * 2;
-    let mut bq = b.pairs.as_ptr().add(j0 * 2);
-    for kp in 0..kp_n {
-        // Columns past n_pad are never loaded: j0 + 8·NV ≤ n_pad.
-        let bv: [__m256i; NV] =
-            std::array::from_fn(|v| _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(v * 16) as *const _)));
-        for r in 0..MR {
-            let av = _mm256_set1_epi32(*ap[r].add(kp) as i32);
-            for v in 0..NV {
-                acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
+    let mut r0 = 0;
+    while r0 < rows {
+        let (mr, wa) = ((rows - r0).min(MR), wa.add(r0 * k / 2));
+        let kp_n = k / 2;
+        // Rows past `mr` repeat the last valid one (their sums are computed and dropped).
+        let ap: [*const u32; MR] = std::array::from_fn(|r| wa.add(r.min(mr - 1) * kp_n));
+        let mut acc = [[_mm256_setzero_si256(); NV]; MR];
+        let stride = b.n_pad * 2;
+        let mut bq = b.pairs.as_ptr().add(j0 * 2);
+        for kp in 0..kp_n {
+            // Columns past n_pad are never loaded: j0 + 8·NV ≤ n_pad.
+            let bv: [__m256i; NV] =
+                std::array::from_fn(|v| _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(v * 16) as *const _)));
+            for r in 0..MR {
+                let av = _mm256_set1_epi32(*ap[r].add(kp) as i32);
+                for v in 0..NV {
+                    acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
+                }
+            }
+            bq = bq.add(stride);
+        }
+        for (r, row) in acc.iter().enumerate().take(mr) {
+            let Some(orow) = t.map.out_row(t.i0 + i + r0 + r) else { continue };
+            for (v, x) in row.iter().enumerate() {
+                let j = j0 + v * 8;
+                store8(*x, j, rq, out.at(rq.out, orow, j, t.ldc), (j0 + cols - j).min(8));
             }
         }
-        bq = bq.add(stride);
-    }
-    for (r, row) in acc.iter().enumerate().take(mr) {
-        let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
-        for (v, x) in row.iter().enumerate() {
-            let j = j0 + v * 8;
-            store8(*x, j, rq, out.at(rq.out, orow, j, t.ldc), (j0 + cols - j).min(8));
-        }
+        r0 += MR;
     }
 }
 
