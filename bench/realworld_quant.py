@@ -20,7 +20,13 @@ For each model:
      u8s8 kernels use vpmaddubsw, whose int16 pair sums saturate with full 8-bit weights (ORT
      documents `reduce_range` for this), so the two ORT figures differ there.
   5. Latency, batch 1, 1 thread, same run: lowbit fp32, lowbit int8 (its file), ORT int8 (its file).
-Prints a table and writes bench/realworld_quant.json.
+  6. Segmentation: which images the data can resolve. The float model is run on each evaluation
+     image with uniform noise of at most half a gray level added (the precision the 8-bit image
+     itself has; a gray level per channel is the smallest step between the channel's values), SEEDS
+     times; an image whose float mask then moves below the asked IoU against itself has a mask the
+     image does not determine, and no quantized model can be held to it. Mean per-image IoU is
+     reported over all images and over the resolvable ones, with the pooled IoU (all pixels).
+Prints a table and writes bench/realworld_quant.json (or --out).
 """
 import argparse
 import json
@@ -166,11 +172,45 @@ def metric(model, ref, data, flags, key, out_json):
     return json.load(open(out_json))["metric"][key]
 
 
+SEEDS = 4
+RESOLVE_IOU = 0.97  # issue 19's mask IoU bar
+
+
+def float_self_iou(flt, x):
+    """Per image: the lowest IoU of the float mask (first output > 0.5) against itself with the input
+    perturbed by uniform noise of at most half a gray level, over SEEDS draws."""
+    s = session(flt)
+    inp = s.get_inputs()[0].name
+    # A gray level per channel: the smallest gap between distinct values of the channel.
+    level = []
+    for c in range(x.shape[1]):
+        v = np.unique(x[:, c])
+        level.append(float(np.diff(v).min()) if len(v) > 1 else 0.0)
+    half = (np.array(level, dtype=np.float32) / 2).reshape(1, -1, 1, 1)
+    worst = []
+    for i in range(len(x)):
+        xi = x[i : i + 1]
+        ref = s.run(None, {inp: xi})[0] > 0.5
+        lo = 1.0
+        for seed in range(SEEDS):
+            rng = np.random.default_rng(seed * 1000 + i)
+            o = s.run(None, {inp: (xi + rng.uniform(-1, 1, xi.shape).astype(np.float32) * half).astype(np.float32)})[0] > 0.5
+            u = (ref | o).sum()
+            lo = min(lo, 1.0 if u == 0 else float((ref & o).sum() / u))
+        worst.append(lo)
+    return worst, level
+
+
+def per_image(out_json):
+    return [r["iou"] for r in json.load(open(out_json))["metric"]["per_image"]]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--quantize-flags", default="", help="extra `lowbit quantize` flags, e.g. '--method mse'")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "realworld_quant.json"))
     args = ap.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     ort.set_default_logger_severity(3)
@@ -236,6 +276,26 @@ def main():
         results["models"][name] = {"metric": label, "input": shape, "lowbit": lb_metric, "ort": best[1], "ort_calibration": best[0],
                                    "ort_qdq_semantics": best[3], "ort_runs_lowbit_file_agreement": agree,
                                    "ort_qdq_semantics_lowbit_file_agreement": agree_ref, "lowbit_quantize_seconds": lb_secs, **lat}
+        if key == "iou":
+            r = results["models"][name]
+            pooled = lambda j: json.load(open(os.path.join(work, j)))["metric"]["pooled_iou"]
+            best_json = f"ort-{best[0]}.json"
+            r["pooled_iou"] = {"lowbit": pooled("lb.json"), "ort": pooled(best_json), "ort_qdq_semantics": pooled(best_json.replace(".json", "-ref.json")),
+                               "ort_runs_lowbit_file_agreement": pooled("agree.json"), "ort_qdq_semantics_lowbit_file_agreement": pooled("agree-ref.json")}
+            self_iou, level = float_self_iou(flt, xe)
+            ok = [i for i, v in enumerate(self_iou) if v >= RESOLVE_IOU]
+            lbi, orti, orri = per_image(os.path.join(work, "lb.json")), per_image(os.path.join(work, best_json)), per_image(os.path.join(work, best_json.replace(".json", "-ref.json")))
+            r["resolution"] = {"seeds": SEEDS, "gray_level": level, "bar": RESOLVE_IOU, "images": stems,
+                               "float_self_iou_worst": self_iou, "float_self_iou_mean": float(np.mean(self_iou)),
+                               "resolvable": [stems[i] for i in ok],
+                               "lowbit_per_image": lbi, "ort_per_image": orti, "ort_qdq_semantics_per_image": orri,
+                               "lowbit_mean_resolvable": float(np.mean([lbi[i] for i in ok])) if ok else None,
+                               "ort_mean_resolvable": float(np.mean([orti[i] for i in ok])) if ok else None,
+                               "ort_qdq_semantics_mean_resolvable": float(np.mean([orri[i] for i in ok])) if ok else None}
+            for tag, j in [("ort_runs_lowbit_file_agreement", "agree.json"), ("ort_qdq_semantics_lowbit_file_agreement", "agree-ref.json")]:
+                a = per_image(os.path.join(work, j))
+                r["resolution"][tag + "_per_image"] = a
+                r["resolution"][tag + "_mean_resolvable"] = float(np.mean([a[i] for i in ok])) if ok else None
         print(name, json.dumps(results["models"][name]), flush=True)
     print(f"\nCPU {cpu}, lowbit path LOWBIT_ISA={results['isa']}, onnxruntime {ort.__version__}, batch 1, 1 thread")
     hdr = ["model", "metric vs float", "lowbit W8A8", "ORT quantize_static (ORT int8 kernels / QDQ semantics)",
@@ -246,7 +306,15 @@ def main():
         print(" | ".join([f"{n} {r['input']}", r["metric"], f"{r['lowbit']:.4f}", f"{r['ort']:.4f} / {r['ort_qdq_semantics']:.4f} ({r['ort_calibration']})",
                           f"{r['ort_runs_lowbit_file_agreement']:.4f} / {r['ort_qdq_semantics_lowbit_file_agreement']:.4f}", f"{r['lowbit_fp32_ms']:.1f}", f"{r['lowbit_int8_ms']:.1f}",
                           f"{r['ort_int8_ms']:.1f}", f"{r['ort_fp32_ms']:.1f}"]))
-    json.dump(results, open(os.path.join(ROOT, "bench", "realworld_quant.json"), "w"), indent=1)
+    for n, r in results["models"].items():
+        if "resolution" in r:
+            z, p = r["resolution"], r["pooled_iou"]
+            print(f"{n}: pooled IoU lowbit {p['lowbit']:.4f}, ORT {p['ort']:.4f} / {p['ort_qdq_semantics']:.4f}; float against itself at half a gray level "
+                  f"(worst of {z['seeds']}): mean per image {z['float_self_iou_mean']:.4f}; {len(z['resolvable'])} of {len(z['images'])} images resolvable at {z['bar']}: "
+                  f"mean per image lowbit {z['lowbit_mean_resolvable']:.4f}, ORT {z['ort_mean_resolvable']:.4f} / {z['ort_qdq_semantics_mean_resolvable']:.4f}; "
+                  f"ORT runs lowbit's file: agreement {z['ort_runs_lowbit_file_agreement_mean_resolvable']:.4f} / {z['ort_qdq_semantics_lowbit_file_agreement_mean_resolvable']:.4f} "
+                  f"(pooled {p['ort_runs_lowbit_file_agreement']:.4f} / {p['ort_qdq_semantics_lowbit_file_agreement']:.4f})")
+    json.dump(results, open(args.out, "w"), indent=1)
 
 
 if __name__ == "__main__":

@@ -561,6 +561,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             plots: None,
             skip_first: false,
             skip_last: false,
+            quantize_input: false,
             eval: Some(data.clone()),
             eval_limit: None,
             image: crate::image_args::ImageArgs { preset: Some("fmnist".into()), ..Default::default() },

@@ -97,6 +97,11 @@ pub struct QuantizeArgs {
     pub skip_first: bool,
     #[arg(long)]
     pub skip_last: bool,
+    /// Detectors, segmentation and embedders: keep the input quantized even where the first layer
+    /// in float brings the outputs closer to float (by default checked on the calibration images:
+    /// kept float when it gains at least 1 dB of output SQNR)
+    #[arg(long, conflicts_with = "skip_first")]
+    pub quantize_input: bool,
     /// Evaluate float and quantized on this labelled data (or agreement when unlabelled)
     #[arg(long)]
     pub eval: Option<PathBuf>,
@@ -178,6 +183,7 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
         max_drop: a.max_drop,
         skip_first: a.skip_first,
         skip_last: a.skip_last,
+        input_check: !a.quantize_input,
         threads: a.threads,
         adaround,
     })

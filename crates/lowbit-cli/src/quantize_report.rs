@@ -249,6 +249,8 @@ pub fn summary(
             "file_bytes_in": file_in, "file_bytes_out": file_out,
             "layers": q.layers.iter().map(|l| json!({"node": l.node, "op": l.op, "params": l.params, "weight_bits": l.weight_bits, "act_bits": l.act_bits})).collect::<Vec<_>>(),
             "sensitivity": sens_json, "mixed_precision": mixed_json,
+            "input_precision": r.input_precision.as_ref().map(|p| json!({"sqnr_int8_input_db": p.sqnr_int8_input_db, "sqnr_float_first_db": p.sqnr_float_first_db, "first_layer_float": p.float_first()})),
+            "notes": r.notes,
             "rounding": if r.rounding.is_empty() { "nearest" } else { "adaround" },
             "adaround_seconds": r.rounding_secs,
             "adaround_layers": r.rounding.iter().map(|l| json!({"node": l.node, "k": l.k, "groups": l.groups, "rows": l.rows, "rel_err_nearest": l.rel_err_nearest, "rel_err_adaround": l.rel_err_learned, "flipped": l.flipped})).collect::<Vec<_>>(),

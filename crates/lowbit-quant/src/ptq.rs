@@ -13,7 +13,7 @@ use crate::dfq::{self, BnDists};
 use crate::observer::Method;
 use crate::qdq::{build_qdq, split_activations, QdqConfig, QdqModel};
 use crate::scheme::Kind;
-use crate::select::{choose_method, default_candidates, Candidate};
+use crate::select::{choose_input_precision, choose_method, default_candidates, Candidate, InputPrecision};
 use crate::sensitivity::{layer_sensitivity, mixed_precision, LayerSensitivity, MixedPrecision, Reference, ScoreSet};
 
 /// Calibration images, already preprocessed: `n` images of `image_shape` (C, H, W) in `data`.
@@ -47,6 +47,9 @@ pub struct PtqOptions {
     pub max_drop: Option<f64>,
     pub skip_first: bool,
     pub skip_last: bool,
+    /// Dense-prediction models: keep the first layer float when that brings the outputs closer to
+    /// float ([`crate::select::choose_input_precision`]); off keeps the input quantized.
+    pub input_check: bool,
     pub threads: usize,
     /// Learn the weights' rounding (AdaRound) after the ranges are chosen; `None`: round to nearest.
     pub adaround: Option<AdaRoundOptions>,
@@ -69,6 +72,7 @@ impl Default for PtqOptions {
             max_drop: None,
             skip_first: false,
             skip_last: false,
+            input_check: true,
             threads: 1,
             adaround: None,
         }
@@ -98,6 +102,8 @@ pub struct PtqOutcome {
     pub mixed: Option<MixedSummary>,
     /// What the data-free steps did, one line each.
     pub notes: Vec<String>,
+    /// The input-precision check (dense-prediction models; `None` when it did not run).
+    pub input_precision: Option<InputPrecision>,
     /// Calibration statistics of the graph that was quantized (histograms for plots).
     pub stats: Stats,
     /// AdaRound's per-layer outcome and seconds (empty and 0 without it).
@@ -200,7 +206,7 @@ pub fn quantize(
     if let Some(d) = &bn {
         d.overlay(&canon, &mut stats);
     }
-    let cfg = QdqConfig {
+    let mut cfg = QdqConfig {
         weight_bits: o.weight_bits,
         act_bits: o.act_bits,
         per_channel: o.per_channel,
@@ -226,6 +232,26 @@ pub fn quantize(
         }
         Some(m) => (build_qdq(&canon, &stats, &cfg)?, m, o.bias_correction, vec![]),
     };
+    // The model input's 8-bit rounding against a float first layer (dense-prediction models).
+    let mut input_precision = None;
+    if o.input_check && !o.skip_first {
+        let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
+        if let Some((ip, q)) =
+            choose_input_precision(&canon, &stats, &chosen, shape, &calib.data[..scored * per], scored, o.threads)?
+        {
+            notes.push(format!(
+                "input precision: outputs {:.2} dB from float with the input quantized to 8 bits, {:.2} dB with the first layer float: {}",
+                ip.sqnr_int8_input_db,
+                ip.sqnr_float_first_db,
+                if ip.float_first() { "first layer kept float" } else { "input quantized" }
+            ));
+            if ip.float_first() {
+                cfg.skip_first = true;
+                model = q;
+            }
+            input_precision = Some(ip);
+        }
+    }
     let (mut rounding, mut rounding_secs) = (vec![], 0.0);
     if let Some(ao) = &o.adaround {
         let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
@@ -272,6 +298,7 @@ pub fn quantize(
         sensitivity,
         mixed,
         notes,
+        input_precision,
         stats,
         rounding,
         rounding_secs,

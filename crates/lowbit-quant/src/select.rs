@@ -66,14 +66,7 @@ pub fn choose_method(
     if candidates.is_empty() || bias_correction.is_empty() {
         return Err(lowbit_core::Error::Invalid("no range method candidates to choose from".into()));
     }
-    let one: Vec<usize> = [&[1][..], image_shape].concat();
-    let first = Plan::compile(canon, &[one.clone()], &PlanOptions { threads, ..Default::default() })?
-        .run(&[Tensor::f32(one, data[..image_shape.iter().product()].to_vec())])?;
-    let shapes: Vec<Vec<usize>> = first.iter().map(|t| t.shape.clone()).collect();
-    let hw = (image_shape.get(1).copied().unwrap_or(1), image_shape.get(2).copied().unwrap_or(1));
-    if lowbit_runtime::task::guess(&shapes, hw, lowbit_runtime::task::ends_in_softmax(canon))
-        != lowbit_runtime::task::Task::Classify
-    {
+    if !is_classifier(canon, image_shape, data, threads)? {
         return choose_by_sqnr(canon, stats, base, candidates, bias_correction, image_shape, data, n, threads);
     }
     let reference = all_logits(&mut Classifier::new(canon.clone(), image_shape.to_vec(), threads), data, n)?;
@@ -105,6 +98,67 @@ pub fn choose_method(
     cands.sort_by(|a, b| b.tied_best.cmp(&a.tied_best).then(a.kl.total_cmp(&b.kl)));
     cands.insert(0, chosen);
     Ok((q, cands))
+}
+
+/// Whether `canon` is a classifier (its outputs on the first image of `data` look like class scores).
+fn is_classifier(canon: &Graph, image_shape: &[usize], data: &[f32], threads: usize) -> Result<bool> {
+    let one: Vec<usize> = [&[1][..], image_shape].concat();
+    let first = Plan::compile(canon, &[one.clone()], &PlanOptions { threads, ..Default::default() })?
+        .run(&[Tensor::f32(one, data[..image_shape.iter().product()].to_vec())])?;
+    let shapes: Vec<Vec<usize>> = first.iter().map(|t| t.shape.clone()).collect();
+    let hw = (image_shape.get(1).copied().unwrap_or(1), image_shape.get(2).copied().unwrap_or(1));
+    Ok(lowbit_runtime::task::guess(&shapes, hw, lowbit_runtime::task::ends_in_softmax(canon))
+        == lowbit_runtime::task::Task::Classify)
+}
+
+/// How much closer to float a dense-prediction model's outputs must come (mean SQNR, dB) for
+/// [`choose_input_precision`] to keep its first layer float.
+pub const FLOAT_INPUT_MIN_GAIN_DB: f64 = 1.0;
+
+/// What [`choose_input_precision`] measured: mean output SQNR against float with the model input
+/// quantized to 8 bits (as `base` builds it) and with the first layer kept float.
+#[derive(Clone, Debug)]
+pub struct InputPrecision {
+    pub sqnr_int8_input_db: f64,
+    pub sqnr_float_first_db: f64,
+}
+
+impl InputPrecision {
+    /// The first layer stays float: it brings the outputs at least [`FLOAT_INPUT_MIN_GAIN_DB`] closer to float.
+    pub fn float_first(&self) -> bool {
+        self.sqnr_float_first_db >= self.sqnr_int8_input_db + FLOAT_INPUT_MIN_GAIN_DB
+    }
+}
+
+/// Dense-prediction models (detectors, segmentation, embedders: not classifiers) read images whose
+/// channels are normalised by different means and deviations, so one uint8 scale over the input
+/// cannot keep every gray level: its step is wider than a level of the narrowest channel, and
+/// neighbouring levels merge. Classifiers shrug this off (their argmax is robust); a mask
+/// thresholded at 0.5 or a heatmap peak need not. This scores `base` against the same
+/// configuration with the first compute layer (the one reading the input) kept float, on `n`
+/// images of `data`; `None` for classifiers. The caller keeps the float first layer when
+/// [`InputPrecision::float_first`].
+#[allow(clippy::too_many_arguments)]
+pub fn choose_input_precision(
+    canon: &Graph,
+    stats: &Stats,
+    base: &QdqConfig,
+    image_shape: &[usize],
+    data: &[f32],
+    n: usize,
+    threads: usize,
+) -> Result<Option<(InputPrecision, QdqModel)>> {
+    if n == 0 || base.skip_first || is_classifier(canon, image_shape, data, threads)? {
+        return Ok(None);
+    }
+    let reference = all_outputs(canon, image_shape, data, n, threads)?;
+    let score = |cfg: &QdqConfig| -> Result<(f64, QdqModel)> {
+        let q = build_qdq(canon, stats, cfg)?;
+        Ok((mean_sqnr_db(&reference, &all_outputs(&q.graph, image_shape, data, n, threads)?), q))
+    };
+    let (int8_input, _) = score(base)?;
+    let (float_first, q) = score(&QdqConfig { skip_first: true, ..base.clone() })?;
+    Ok(Some((InputPrecision { sqnr_int8_input_db: int8_input, sqnr_float_first_db: float_first }, q)))
 }
 
 /// Every output of every image (batch 1): `[image][output]` values.

@@ -212,6 +212,8 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
         };
         let mut fused: Option<(Unit, String, Vec<usize>)> = None;
         let mut note: Option<String> = None;
+        // A layer the quantized file keeps float (noted although no DequantizeLinear feeds it).
+        let mut file_float = false;
         // A binary convolution: the whole binarization chain in front of the Conv.
         if let Op::Conv(attrs) = &n.op {
             let chain = (|| -> Option<(Vec<usize>, String, Option<u8>, Option<String>, QParams)> {
@@ -328,6 +330,19 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                     } else {
                         note = Some("its output is not quantized".into());
                     }
+                }
+                // A float layer of a quantized file (its output is quantized, its input is not): the file's choice,
+                // e.g. a first layer kept float so the model input is not rounded to 8 bits.
+                Err(None)
+                    if dq_in(&f, 0).is_none()
+                        && (q_after(&n.outputs[0]).is_some()
+                            || sole(&n.outputs[0]).is_some_and(|r| {
+                                lowbit_core::passes::as_activation(g, &g.nodes[r]).is_some()
+                                    && q_after(&g.nodes[r].outputs[0]).is_some()
+                            })) =>
+                {
+                    note = Some("its input is not quantized (the file keeps this layer float)".into());
+                    file_float = true;
                 }
                 Err(why) => note = why,
             },
@@ -495,7 +510,7 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
             op => note = Some(format!("lowbit has no integer kernel for {}", op.op_type())),
         }
         if let Some(why) = note {
-            if n.inputs.iter().any(|x| prod.get(x.as_str()).is_some_and(|&d| is(d, false))) {
+            if file_float || n.inputs.iter().any(|x| prod.get(x.as_str()).is_some_and(|&d| is(d, false))) {
                 pending.push((i, format!("{} '{}' runs in f32: {}", n.op.op_type(), n.name, why)));
             }
         }
