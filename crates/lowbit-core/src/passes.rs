@@ -21,6 +21,7 @@ fn const_f32<'a>(g: &'a Graph, name: Option<&str>) -> Option<&'a [f32]> {
 pub fn canonicalize(g: &mut Graph) -> PassReport {
     let mut r = PassReport { identities_removed: remove_identities(g), ..Default::default() };
     r.batchnorms_folded = fold_batchnorm(g);
+    r.batchnorms_folded += fold_batchnorm_forward(g);
     r.hardswish_patterns = fuse_hardswish(g);
     r.activations_fused = fuse_activations(g);
     r.nodes_removed = remove_dead(g);
@@ -124,6 +125,102 @@ pub fn fold_batchnorm(g: &mut Graph) -> usize {
         p.outputs[0] = bn_out;
         if let Op::Gemm { alpha, beta, .. } = &mut p.op {
             *alpha = 1.0;
+            *beta = 1.0;
+        }
+        g.nodes.remove(bi);
+        folded += 1;
+    }
+    folded
+}
+
+/// Folds a `BatchNormalization` that no Conv/Gemm feeds (it follows an activation, as in the
+/// embedding heads of face recognisers: PRelu -> BatchNorm -> Dropout -> Flatten -> Gemm) forward
+/// into the Gemm that reads it, directly or through `Flatten` (axis 1): with `x' = x·a[c] + b[c]`
+/// per channel and `k = c·HW + s` the Gemm's reduction index, `W'[k] = W[k]·a[c(k)]` and the bias
+/// gains `alpha · Σ_k b[c(k)]·W[k]`. The BatchNorm and the Flatten must have no other reader.
+/// Returns how many were folded.
+pub fn fold_batchnorm_forward(g: &mut Graph) -> usize {
+    let mut folded = 0;
+    loop {
+        let consumers = g.consumers();
+        let sole = |v: &str| -> Option<usize> {
+            match consumers.get(v) {
+                Some(c) if c.len() == 1 && !g.is_output(v) => Some(c[0]),
+                _ => None,
+            }
+        };
+        let mut done = None;
+        for (bi, bn) in g.nodes.iter().enumerate() {
+            let Op::BatchNorm { epsilon } = bn.op else { continue };
+            if bn.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+                continue;
+            }
+            let (Some(gamma), Some(beta), Some(mean), Some(var)) = (
+                const_f32(g, bn.input(1)),
+                const_f32(g, bn.input(2)),
+                const_f32(g, bn.input(3)),
+                const_f32(g, bn.input(4)),
+            ) else {
+                continue;
+            };
+            let Some(mut ri) = sole(&bn.outputs[0]) else { continue };
+            let mut flatten = None;
+            if matches!(g.nodes[ri].op, Op::Flatten { axis: 1 }) {
+                flatten = Some(ri);
+                let Some(r) = sole(&g.nodes[ri].outputs[0]) else { continue };
+                ri = r;
+            }
+            let gm = &g.nodes[ri];
+            let Op::Gemm { alpha, beta: gbeta, trans_a: false, trans_b, act: _ } = gm.op else { continue };
+            let Some(w) = gm.input(1).and_then(|n| g.initializers.get(n)) else { continue };
+            let (Some(wv), true) = (w.as_f32(), w.shape.len() == 2) else { continue };
+            let c = gamma.len();
+            let (k, n) = if trans_b { (w.shape[1], w.shape[0]) } else { (w.shape[0], w.shape[1]) };
+            if c == 0 || k % c != 0 || (flatten.is_none() && k != c) || [beta.len(), mean.len(), var.len()] != [c; 3] {
+                continue;
+            }
+            let bias_in: Vec<f32> = match gm.input(2) {
+                Some(name) => match const_f32(g, Some(name)) {
+                    Some(b) if b.len() == n => b.to_vec(),
+                    Some(b) if b.len() == 1 => vec![b[0]; n],
+                    _ => continue,
+                },
+                None => vec![0.0; n],
+            };
+            let hw = k / c;
+            let a: Vec<f32> = (0..c).map(|i| gamma[i] / (var[i] + epsilon).sqrt()).collect();
+            let b: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * a[i]).collect();
+            let mut nw = wv.to_vec();
+            let mut nb: Vec<f64> = bias_in.iter().map(|&v| (v * gbeta) as f64).collect();
+            for kk in 0..k {
+                let ch = kk / hw;
+                for (o, nbo) in nb.iter_mut().enumerate() {
+                    let i = if trans_b { o * k + kk } else { kk * n + o };
+                    *nbo += (alpha * b[ch] * wv[i]) as f64;
+                    nw[i] *= a[ch];
+                }
+            }
+            let nb: Vec<f32> = nb.into_iter().map(|v| v as f32).collect();
+            done = Some((bi, ri, Tensor { shape: w.shape.clone(), data: crate::Data::F32(nw) }, nb));
+            break;
+        }
+        let Some((bi, gi, nw, nb)) = done else { break };
+        let wname = g.fresh_name(&format!("{}_w_bnfold", g.nodes[gi].name));
+        g.initializers.insert(wname.clone(), nw);
+        let bname = g.fresh_name(&format!("{}_b_bnfold", g.nodes[gi].name));
+        g.initializers.insert(bname.clone(), Tensor::f32(vec![nb.len()], nb));
+        // The BatchNorm's reader now reads its input.
+        let (bn_in, bn_out) = (g.nodes[bi].inputs[0].clone(), g.nodes[bi].outputs[0].clone());
+        for x in g.nodes.iter_mut().flat_map(|n| n.inputs.iter_mut()) {
+            if *x == bn_out {
+                *x = bn_in.clone();
+            }
+        }
+        let gm = &mut g.nodes[gi];
+        gm.inputs.resize(3, String::new());
+        gm.inputs[1] = wname;
+        gm.inputs[2] = bname;
+        if let Op::Gemm { beta, .. } = &mut gm.op {
             *beta = 1.0;
         }
         g.nodes.remove(bi);

@@ -210,6 +210,22 @@ fn main() {
             }
         }
     }
+    // Quantized PRelu (SFace's activation), elements per nanosecond on each path.
+    if wanted("prelu") {
+        println!("\n{:<38} {:>10} {:>9} {:>8}", "prelu", "path", "elem/ns", "ms");
+        for &(c, hw) in &[(64usize, 112usize), (128, 56), (512, 14)] {
+            let x: Vec<u8> = (0..hw * hw * c).map(|i| (i * 7 % 251) as u8).collect();
+            let slope: Vec<f32> = (0..c).map(|i| 0.05 + i as f32 * 0.01).collect();
+            let qi = int8::ops::QParams { scale: 0.03, zp: 120, signed: false };
+            let qo = int8::ops::QParams { scale: 0.025, zp: 60, signed: false };
+            let mut out = vec![0u8; x.len()];
+            for isa in Isa::all_supported() {
+                let t = time_it(|| int8::moves::prelu_channels(isa, &x, c, &slope, qi, qo, &mut out));
+                let name = format!("prelu {c}@{hw}");
+                println!("{:<38} {:>10} {:>9.2} {:>8.3}", name, isa.name(), x.len() as f64 / t / 1e9, t * 1e3);
+            }
+        }
+    }
     println!("\nmeasured peaks (GMAC/s, one core):");
     for isa in Isa::all_supported() {
         println!("  {:<10} {:.1}", isa.name(), measured_peak_gmacs(isa));

@@ -450,3 +450,41 @@ fn markstein_division_is_correctly_rounded() {
     }
     assert_eq!(bad, 0, "{bad} of {n} quotients differ");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Quantized PRelu on every path against its definition `qo(prelu(qi(x), slope[c]))`: ragged
+    /// channel counts (tails below 8), int8 and uint8 on either side, zero points at the extremes,
+    /// slopes negative, zero, above one and non-finite, output scales that saturate.
+    #[test]
+    fn prelu_paths_match_definition(c in 1usize..40, pixels in 1usize..20, si in any::<bool>(), so in any::<bool>(),
+                                    zsel in 0usize..4, ssel in 0usize..3, seed in any::<u64>()) {
+        let mut r = rng(seed);
+        let x = bytes(c * pixels, seed ^ 3);
+        let slope: Vec<f32> = (0..c)
+            .map(|_| match r() % 9 {
+                0 => 0.0,
+                1 => -0.5,
+                2 => 3.0,
+                3 if seed % 5 == 0 => f32::INFINITY,
+                4 if seed % 7 == 0 => f32::NAN,
+                _ => (r() % 2000) as f32 / 1000.0 - 0.5,
+            })
+            .collect();
+        let zp = |signed: bool| if signed { [-128, 127, 0, -3][zsel] } else { [0, 255, 128, 3][zsel] };
+        let qi = int8::ops::QParams { scale: [0.02, 0.5, 3e-3][ssel], zp: zp(si), signed: si };
+        let qo = int8::ops::QParams { scale: [0.01, 0.07, 1e-3][(ssel + 1) % 3], zp: zp(so), signed: so };
+        let want: Vec<u8> = (0..c * pixels)
+            .map(|i| {
+                let f = qi.dequant(x[i]);
+                qo.quant(if f >= 0.0 { f } else { f * slope[i % c] })
+            })
+            .collect();
+        for isa in Isa::all_supported() {
+            let mut got = vec![0u8; c * pixels];
+            int8::moves::prelu_channels(isa, &x, c, &slope, qi, qo, &mut got);
+            prop_assert!(got == want, "{} differs from the definition (c={} signed in/out {}/{})", isa.name(), c, si, so);
+        }
+    }
+}

@@ -195,3 +195,57 @@ fn batchnorm_after_conv_transpose_is_folded_and_outputs_are_kept() {
         assert!(r < 1e-5, "folded and unfolded plans differ by {r}");
     }
 }
+
+#[test]
+fn batchnorm_after_an_activation_folds_forward_into_the_gemm_that_reads_it() {
+    // SFace's head: PRelu -> BatchNormalization -> Dropout -> Flatten -> Gemm (-> BatchNormalization).
+    let g = lowbit_onnx::read_model(&zoo("rec-sface-int8bq.onnx")).unwrap();
+    let name = g.runtime_inputs()[0].name.clone();
+    let shape = [1, 3, 112, 112];
+    let bns = |g: &Graph| g.nodes.iter().filter(|n| n.op.op_type() == "BatchNormalization").count();
+    assert!(bns(&g) > 0);
+    let spec = lowbit_runtime::specialize(&g, &[(name, shape.to_vec())], true).unwrap();
+    assert_eq!(bns(&spec.graph), 0, "BatchNorm left unfolded");
+    let opts = |optimize| PlanOptions { threads: 1, optimize, ..Default::default() };
+    let a = Plan::compile(&g, &[shape.to_vec()], &opts(true)).unwrap().run(&[input(&shape)]).unwrap();
+    let b = Plan::compile(&g, &[shape.to_vec()], &opts(false)).unwrap().run(&[input(&shape)]).unwrap();
+    let r = max_rel(&a[0].to_f32_vec(), &b[0].to_f32_vec());
+    assert!(r < 1e-4, "folded and unfolded plans differ by {r}");
+
+    // Without a Flatten (BatchNorm1d on [N, C]), B not transposed, alpha and beta not 1, and a Relu in front that
+    // no Gemm precedes: folded, same outputs. With a second reader of the BatchNorm it stays.
+    use lowbit_core::{Act, DType, Dim, Node, Op, ValueInfo};
+    let (c, n) = (6usize, 5usize);
+    let v = |k: usize, s: f32| -> Vec<f32> { (0..k).map(|i| ((i * 37 % 11) as f32 - 5.0) * s + 0.1).collect() };
+    let node = |name: &str, op: Op, i: &[&str], o: &[&str]| Node {
+        name: name.into(),
+        op,
+        inputs: i.iter().map(|s| s.to_string()).collect(),
+        outputs: o.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut h = Graph { name: "bn1d".into(), opset: 13, ..Default::default() };
+    h.inputs.push(ValueInfo { name: "x".into(), dtype: DType::F32, shape: Some(vec![Dim::Fixed(3), Dim::Fixed(c)]) });
+    h.outputs.push(ValueInfo { name: "y".into(), dtype: DType::F32, shape: None });
+    h.initializers.insert("g".into(), Tensor::f32(vec![c], v(c, 0.3).iter().map(|x| x + 1.0).collect()));
+    h.initializers.insert("b".into(), Tensor::f32(vec![c], v(c, 0.2)));
+    h.initializers.insert("m".into(), Tensor::f32(vec![c], v(c, 0.1)));
+    h.initializers.insert("s".into(), Tensor::f32(vec![c], v(c, 0.05).iter().map(|x| x.abs() + 0.5).collect()));
+    h.initializers.insert("w".into(), Tensor::f32(vec![c, n], v(c * n, 0.07)));
+    h.initializers.insert("c".into(), Tensor::f32(vec![n], v(n, 0.4)));
+    h.nodes.push(node("relu", Op::Relu, &["x"], &["r"]));
+    h.nodes.push(node("bn", Op::BatchNorm { epsilon: 1e-5 }, &["r", "g", "b", "m", "s"], &["t"]));
+    let gemm = Op::Gemm { alpha: 0.5, beta: 2.0, trans_a: false, trans_b: false, act: Act::None };
+    h.nodes.push(node("fc", gemm, &["t", "w", "c"], &["y"]));
+    let x = Tensor::f32(vec![3, c], v(3 * c, 0.9));
+    let run_h = |h: &Graph, optimize: bool| {
+        Plan::compile(h, &[vec![3, c]], &opts(optimize)).unwrap().run(&[x.clone()]).unwrap().remove(0).to_f32_vec()
+    };
+    let mut folded = h.clone();
+    assert_eq!(lowbit_core::passes::fold_batchnorm_forward(&mut folded), 1);
+    assert_eq!(bns(&folded), 0);
+    let (a, b) = (run_h(&folded, false), run_h(&h, false));
+    assert!(max_rel(&a, &b) < 1e-5, "{a:?} vs {b:?}");
+    let mut two = h.clone();
+    two.outputs.push(ValueInfo { name: "t".into(), dtype: DType::F32, shape: None });
+    assert_eq!(lowbit_core::passes::fold_batchnorm_forward(&mut two), 0);
+}

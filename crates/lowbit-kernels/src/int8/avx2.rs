@@ -88,15 +88,27 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
             widen(a.add(i * src.lda), src, rows, wide.as_mut_ptr());
             let wa = wide.as_ptr() as *const u32;
             let mut j = t.j0;
+            // One or two rows (a fully connected layer at batch 1): one row per micro-tile (not a
+            // tile of repeated rows whose sums are dropped) over up to 64 columns, so each pass
+            // over B reads whole cache lines of it.
+            let step = if rows <= 2 { 64 } else { 32 };
             while j < t.j0 + t.jn {
-                let cols = (t.j0 + t.jn - j).min(32);
-                match cols.div_ceil(8) {
-                    4 => micro::<3, 4>(rows, wa, k, b, j, cols, rq, out, t, i),
-                    3 => micro::<4, 3>(rows, wa, k, b, j, cols, rq, out, t, i),
-                    2 => micro::<6, 2>(rows, wa, k, b, j, cols, rq, out, t, i),
-                    _ => micro::<12, 1>(rows, wa, k, b, j, cols, rq, out, t, i),
+                let cols = (t.j0 + t.jn - j).min(step);
+                match (rows <= 2, cols.div_ceil(8)) {
+                    (true, 8) => micro::<1, 8>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (true, 7) => micro::<1, 7>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (true, 6) => micro::<1, 6>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (true, 5) => micro::<1, 5>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (true, 4) => micro::<1, 4>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (true, 3) => micro::<1, 3>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (true, 2) => micro::<1, 2>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (true, _) => micro::<1, 1>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (false, 4) => micro::<3, 4>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (false, 3) => micro::<4, 3>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (false, 2) => micro::<6, 2>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (false, _) => micro::<12, 1>(rows, wa, k, b, j, cols, rq, out, t, i),
                 }
-                j += 32;
+                j += step;
             }
             i += rows;
         }
