@@ -28,6 +28,51 @@ pub fn canonicalize(g: &mut Graph) -> PassReport {
     r
 }
 
+/// A `BatchNormalization` in inference form with constant parameters: `(scale, beta, mean)` with
+/// `scale = gamma / sqrt(var + epsilon)` per channel, so `y = (x - mean)·scale + beta`.
+fn bn_constants<'a>(g: &'a Graph, bn: &crate::Node) -> Option<(Vec<f32>, &'a [f32], &'a [f32])> {
+    let Op::BatchNorm { epsilon } = bn.op else { return None };
+    if bn.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+        return None; // training-mode outputs requested
+    }
+    let (gamma, beta, mean, var) = (
+        const_f32(g, bn.input(1))?,
+        const_f32(g, bn.input(2))?,
+        const_f32(g, bn.input(3))?,
+        const_f32(g, bn.input(4))?,
+    );
+    let c = gamma.len();
+    if [beta.len(), mean.len(), var.len()] != [c; 3] {
+        return None;
+    }
+    Some(((0..c).map(|o| gamma[o] / (var[o] + epsilon).sqrt()).collect(), beta, mean))
+}
+
+/// A Conv's or Gemm's constant bias (input 2) as `n` values (a scalar broadcast; zeros when absent);
+/// `None` when it is not a constant of that size.
+fn bias_of(g: &Graph, node: &crate::Node, n: usize) -> Option<Vec<f32>> {
+    match node.input(2) {
+        Some(name) => match const_f32(g, Some(name))? {
+            b if b.len() == n => Some(b.to_vec()),
+            b if b.len() == 1 => Some(vec![b[0]; n]),
+            _ => None,
+        },
+        None => Some(vec![0.0; n]),
+    }
+}
+
+/// Gives node `ni` the folded weights `w` and bias `b` (as new initializers, inputs 1 and 2).
+fn set_folded_params(g: &mut Graph, ni: usize, w: Tensor, b: Vec<f32>) {
+    let wname = g.fresh_name(&format!("{}_w_bnfold", g.nodes[ni].name));
+    g.initializers.insert(wname.clone(), w);
+    let bname = g.fresh_name(&format!("{}_b_bnfold", g.nodes[ni].name));
+    g.initializers.insert(bname.clone(), Tensor::f32(vec![b.len()], b));
+    let n = &mut g.nodes[ni];
+    n.inputs.resize(3, String::new());
+    n.inputs[1] = wname;
+    n.inputs[2] = bname;
+}
+
 /// Folds `BatchNormalization` into the Conv or Gemm that feeds it, when that producer has no other
 /// reader and all parameters are constants. Returns how many were folded.
 pub fn fold_batchnorm(g: &mut Graph) -> usize {
@@ -37,12 +82,7 @@ pub fn fold_batchnorm(g: &mut Graph) -> usize {
         let producers = g.producers();
         let mut done = None;
         for (bi, bn) in g.nodes.iter().enumerate() {
-            let Op::BatchNorm { epsilon } = bn.op else {
-                continue;
-            };
-            if bn.outputs.iter().skip(1).any(|o| !o.is_empty()) {
-                continue; // training-mode outputs requested
-            }
+            let Some((scale, beta, mean)) = bn_constants(g, bn) else { continue };
             let Some(&pi) = producers.get(&bn.inputs[0]) else {
                 continue;
             };
@@ -50,28 +90,12 @@ pub fn fold_batchnorm(g: &mut Graph) -> usize {
             if consumers.get(&bn.inputs[0]).map(|c| c.len()) != Some(1) || g.is_output(&bn.inputs[0]) {
                 continue;
             }
-            let (Some(gamma), Some(beta), Some(mean), Some(var)) = (
-                const_f32(g, bn.input(1)),
-                const_f32(g, bn.input(2)),
-                const_f32(g, bn.input(3)),
-                const_f32(g, bn.input(4)),
-            ) else {
-                continue;
-            };
             let Some(w) = p.input(1).and_then(|n| g.initializers.get(n)) else {
                 continue;
             };
             let Some(wv) = w.as_f32() else { continue };
-            let c = gamma.len();
-            let scale: Vec<f32> = (0..c).map(|o| gamma[o] / (var[o] + epsilon).sqrt()).collect();
-            let bias_in: Vec<f32> = match p.input(2) {
-                Some(n) => match const_f32(g, Some(n)) {
-                    Some(b) if b.len() == c => b.to_vec(),
-                    Some(b) if b.len() == 1 => vec![b[0]; c],
-                    _ => continue,
-                },
-                None => vec![0.0; c],
-            };
+            let c = scale.len();
+            let Some(bias_in) = bias_of(g, p, c) else { continue };
             let mut nw = wv.to_vec();
             match &p.op {
                 Op::Conv(a) if a.act.is_none() && w.shape[0] == c => {
@@ -113,15 +137,9 @@ pub fn fold_batchnorm(g: &mut Graph) -> usize {
             break;
         }
         let Some((bi, pi, nw, nb)) = done else { break };
-        let wname = g.fresh_name(&format!("{}_w_bnfold", g.nodes[pi].name));
-        g.initializers.insert(wname.clone(), nw);
-        let bname = g.fresh_name(&format!("{}_b_bnfold", g.nodes[pi].name));
-        g.initializers.insert(bname.clone(), Tensor::f32(vec![nb.len()], nb));
+        set_folded_params(g, pi, nw, nb);
         let bn_out = g.nodes[bi].outputs[0].clone();
         let p = &mut g.nodes[pi];
-        p.inputs.resize(3, String::new());
-        p.inputs[1] = wname;
-        p.inputs[2] = bname;
         p.outputs[0] = bn_out;
         if let Op::Gemm { alpha, beta, .. } = &mut p.op {
             *alpha = 1.0;
@@ -151,18 +169,7 @@ pub fn fold_batchnorm_forward(g: &mut Graph) -> usize {
         };
         let mut done = None;
         for (bi, bn) in g.nodes.iter().enumerate() {
-            let Op::BatchNorm { epsilon } = bn.op else { continue };
-            if bn.outputs.iter().skip(1).any(|o| !o.is_empty()) {
-                continue;
-            }
-            let (Some(gamma), Some(beta), Some(mean), Some(var)) = (
-                const_f32(g, bn.input(1)),
-                const_f32(g, bn.input(2)),
-                const_f32(g, bn.input(3)),
-                const_f32(g, bn.input(4)),
-            ) else {
-                continue;
-            };
+            let Some((a, beta, mean)) = bn_constants(g, bn) else { continue };
             let Some(mut ri) = sole(&bn.outputs[0]) else { continue };
             let mut flatten = None;
             if matches!(g.nodes[ri].op, Op::Flatten { axis: 1 }) {
@@ -174,21 +181,13 @@ pub fn fold_batchnorm_forward(g: &mut Graph) -> usize {
             let Op::Gemm { alpha, beta: gbeta, trans_a: false, trans_b, act: _ } = gm.op else { continue };
             let Some(w) = gm.input(1).and_then(|n| g.initializers.get(n)) else { continue };
             let (Some(wv), true) = (w.as_f32(), w.shape.len() == 2) else { continue };
-            let c = gamma.len();
+            let c = a.len();
             let (k, n) = if trans_b { (w.shape[1], w.shape[0]) } else { (w.shape[0], w.shape[1]) };
-            if c == 0 || k % c != 0 || (flatten.is_none() && k != c) || [beta.len(), mean.len(), var.len()] != [c; 3] {
+            if c == 0 || k % c != 0 || (flatten.is_none() && k != c) {
                 continue;
             }
-            let bias_in: Vec<f32> = match gm.input(2) {
-                Some(name) => match const_f32(g, Some(name)) {
-                    Some(b) if b.len() == n => b.to_vec(),
-                    Some(b) if b.len() == 1 => vec![b[0]; n],
-                    _ => continue,
-                },
-                None => vec![0.0; n],
-            };
+            let Some(bias_in) = bias_of(g, gm, n) else { continue };
             let hw = k / c;
-            let a: Vec<f32> = (0..c).map(|i| gamma[i] / (var[i] + epsilon).sqrt()).collect();
             let b: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * a[i]).collect();
             let mut nw = wv.to_vec();
             let mut nb: Vec<f64> = bias_in.iter().map(|&v| (v * gbeta) as f64).collect();
@@ -205,10 +204,7 @@ pub fn fold_batchnorm_forward(g: &mut Graph) -> usize {
             break;
         }
         let Some((bi, gi, nw, nb)) = done else { break };
-        let wname = g.fresh_name(&format!("{}_w_bnfold", g.nodes[gi].name));
-        g.initializers.insert(wname.clone(), nw);
-        let bname = g.fresh_name(&format!("{}_b_bnfold", g.nodes[gi].name));
-        g.initializers.insert(bname.clone(), Tensor::f32(vec![nb.len()], nb));
+        set_folded_params(g, gi, nw, nb);
         // The BatchNorm's reader now reads its input.
         let (bn_in, bn_out) = (g.nodes[bi].inputs[0].clone(), g.nodes[bi].outputs[0].clone());
         for x in g.nodes.iter_mut().flat_map(|n| n.inputs.iter_mut()) {
@@ -216,11 +212,7 @@ pub fn fold_batchnorm_forward(g: &mut Graph) -> usize {
                 *x = bn_in.clone();
             }
         }
-        let gm = &mut g.nodes[gi];
-        gm.inputs.resize(3, String::new());
-        gm.inputs[1] = wname;
-        gm.inputs[2] = bname;
-        if let Op::Gemm { beta, .. } = &mut gm.op {
+        if let Op::Gemm { beta, .. } = &mut g.nodes[gi].op {
             *beta = 1.0;
         }
         g.nodes.remove(bi);
