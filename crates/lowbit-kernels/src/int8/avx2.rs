@@ -34,20 +34,7 @@ pub(crate) unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, va
             }
         }
         Out::Q { scale, zp, qmin, qmax } => {
-            let (vs, vinv) = (_mm256_set1_ps(scale), _mm256_set1_ps(rq.inv));
-            let q = _mm256_mul_ps(y, vinv);
-            let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q, vs, y), vinv, q);
-            let t = _mm256_max_ps(t, _mm256_set1_ps((qmin - zp) as f32));
-            let t = _mm256_min_ps(t, _mm256_set1_ps((qmax - zp) as f32));
-            let q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_set1_epi32(zp));
-            // Already within [qmin, qmax] (a byte range): the saturating packs keep every value,
-            // and a signed value's byte is its two's complement (`x as u8`).
-            let q16 = if qmin < 0 {
-                _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q))
-            } else {
-                _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q))
-            };
-            let q8 = if qmin < 0 { _mm_packs_epi16(q16, q16) } else { _mm_packus_epi16(q16, q16) };
+            let q8 = quantize8(y, scale, rq.inv, zp, qmin, qmax);
             if valid == 8 {
                 _mm_storel_epi64(p as *mut _, q8);
             } else {
@@ -56,6 +43,29 @@ pub(crate) unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, va
                 std::ptr::copy_nonoverlapping(v.as_ptr(), p, valid);
             }
         }
+    }
+}
+
+/// QuantizeLinear of eight f32 values `y` (clamped beforehand so that `y·inv` cannot overflow):
+/// `y / scale` correctly rounded from `inv = 1/scale` (Markstein: one FMA correction), clamped to
+/// `qmin - zp ..= qmax - zp`, rounded half to even, `+ zp`, as eight bytes in the low half.
+#[inline(always)]
+pub(crate) unsafe fn quantize8(y: __m256, scale: f32, inv: f32, zp: i32, qmin: i32, qmax: i32) -> __m128i {
+    let (vs, vinv) = (_mm256_set1_ps(scale), _mm256_set1_ps(inv));
+    let q = _mm256_mul_ps(y, vinv);
+    let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q, vs, y), vinv, q);
+    let t = _mm256_max_ps(t, _mm256_set1_ps((qmin - zp) as f32));
+    let t = _mm256_min_ps(t, _mm256_set1_ps((qmax - zp) as f32));
+    let q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_set1_epi32(zp));
+    // Already within [qmin, qmax] (a byte range): the saturating packs keep every value,
+    // and a signed value's byte is its two's complement (`x as u8`).
+    let (q0, q1) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+    if qmin < 0 {
+        let h = _mm_packs_epi32(q0, q1);
+        _mm_packs_epi16(h, h)
+    } else {
+        let h = _mm_packus_epi32(q0, q1);
+        _mm_packus_epi16(h, h)
     }
 }
 

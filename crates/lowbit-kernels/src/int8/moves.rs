@@ -51,11 +51,12 @@ unsafe fn prelu_avx2(x: &[u8], c: usize, slope: &[f32], qi: QParams, qo: QParams
     use std::arch::x86_64::*;
     let c8 = c / 8 * 8;
     let (lo, hi) = qo.range();
-    let (zi, si, so) = (_mm256_set1_epi32(qi.zp), _mm256_set1_ps(qi.scale), _mm256_set1_ps(qo.scale));
-    let (tlo, thi, zo) =
-        (_mm256_set1_ps((lo - qo.zp) as f32), _mm256_set1_ps((hi - qo.zp) as f32), _mm256_set1_epi32(qo.zp));
+    let (zi, si) = (_mm256_set1_epi32(qi.zp), _mm256_set1_ps(qi.scale));
     let zero = _mm256_setzero_ps();
-    let inv = _mm256_set1_ps(1.0 / qo.scale);
+    let inv = 1.0 / qo.scale;
+    // y clamped to one step beyond the output range first (NaN -> the lower bound, as the scalar
+    // path's `f32::max` gives): the result is unchanged and `y·(1/s)` cannot overflow, so the
+    // division is the epilogues' (Markstein's, correctly rounded).
     let (ylo, yhi) =
         (_mm256_set1_ps((lo - qo.zp - 1) as f32 * qo.scale), _mm256_set1_ps((hi - qo.zp + 1) as f32 * qo.scale));
     for (orow, xrow) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
@@ -66,23 +67,8 @@ unsafe fn prelu_avx2(x: &[u8], c: usize, slope: &[f32], qi: QParams, qo: QParams
             let f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, zi)), si);
             let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(f, zero);
             let y = _mm256_blendv_ps(f, _mm256_mul_ps(f, _mm256_loadu_ps(slope.as_ptr().add(j))), neg);
-            // y clamped to one step beyond the output range first (NaN -> the lower bound, as the
-            // scalar path's `f32::max` gives): the result is unchanged and `y·(1/s)` cannot
-            // overflow, so the division is Markstein's (correctly rounded, as the epilogues').
             let y = _mm256_min_ps(_mm256_max_ps(y, ylo), yhi);
-            let q = _mm256_mul_ps(y, inv);
-            let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q, so, y), inv, q);
-            let t = _mm256_min_ps(_mm256_max_ps(t, tlo), thi);
-            let q = _mm256_add_epi32(_mm256_cvtps_epi32(t), zo);
-            let (q0, q1) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
-            // Within the output's byte range already: the saturating packs keep every value.
-            let q8 = if qo.signed {
-                let h = _mm_packs_epi32(q0, q1);
-                _mm_packs_epi16(h, h)
-            } else {
-                let h = _mm_packus_epi32(q0, q1);
-                _mm_packus_epi16(h, h)
-            };
+            let q8 = crate::int8::avx2::quantize8(y, qo.scale, inv, qo.zp, lo, hi);
             _mm_storel_epi64(orow.as_mut_ptr().add(j) as *mut _, q8);
             j += 8;
         }
