@@ -101,6 +101,37 @@ pub fn pool2d(
     if op == 0 {
         return;
     }
+    // AVX2 max pooling: groups of planes on the depthwise kernel's padded, phase-split layout.
+    #[cfg(target_arch = "x86_64")]
+    if max && isa == F32Isa::Avx2 {
+        let lay = crate::fp32::avx2::DwLayout::new(g);
+        let ninf = vec![f32::NEG_INFINITY; lay.group];
+        let job = |i: usize, o: &mut [f32]| {
+            let (c0, nc) = (i * lay.group, o.len() / op);
+            let (lo, hi) = (f32::NEG_INFINITY, f32::INFINITY);
+            // SAFETY: the AVX2 path runs here (checked supported above); the kernel asserts the
+            // slices hold what the geometry says.
+            unsafe {
+                crate::fp32::avx2::dw_channels::<true>(
+                    g,
+                    &lay,
+                    &x[c0 * ip..(c0 + nc) * ip],
+                    &[],
+                    &ninf[..nc],
+                    lo,
+                    hi,
+                    o,
+                )
+            };
+        };
+        let chunk = lay.group * op;
+        if threads > 1 && planes * ip > 1 << 16 {
+            out[..planes * op].par_chunks_mut(chunk).enumerate().for_each(|(i, o)| job(i, o));
+        } else {
+            out[..planes * op].chunks_mut(chunk).enumerate().for_each(|(i, o)| job(i, o));
+        }
+        return;
+    }
     let job = |p: usize, o: &mut [f32]| pool_plane(isa, g, max, count_include_pad, pb, pr, &x[p * ip..(p + 1) * ip], o);
     if threads > 1 && planes * ip > 1 << 16 {
         out[..planes * op].par_chunks_mut(op).enumerate().for_each(|(p, o)| job(p, o));

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
-use crate::fp32::layout::{BRows, Ptr, DW_BLOCK, KC, KT, MR, NR, TP};
+use crate::fp32::layout::{degenerate, k_blocks, split_gemm, BRows, Ptr, DW_BLOCK, KC, KT, MR, NR, TP};
 use crate::geom::ConvGeom;
 
 /// Accumulates `x · panel` into `y` (`panel` is `[k][y.len()]`, at most 128 columns).
@@ -88,20 +88,6 @@ unsafe fn tile<const R: usize, const V: usize>(
     }
 }
 
-/// Runs `f(k0, k1, last)` over the reduction range `[0, k)` in blocks of `kc`.
-#[inline(always)]
-fn k_blocks(k: usize, kc: usize, mut f: impl FnMut(usize, usize, bool)) {
-    let mut k0 = 0;
-    loop {
-        let k1 = (k0 + kc).min(k);
-        f(k0, k1, k1 == k);
-        if k1 == k {
-            return;
-        }
-        k0 = k1;
-    }
-}
-
 /// All tiles with rows in `[i0, i1)` and columns in `[j0, j1)`.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -153,23 +139,6 @@ unsafe fn block(
             j += NR;
         }
     });
-}
-
-/// Empty products: nothing to do, or (k = 0) C is the clamped bias. True if handled.
-#[allow(clippy::too_many_arguments)]
-unsafe fn degenerate(m: usize, n: usize, k: usize, bias: &[f32], lo: f32, hi: f32, c: *mut f32, ldc: usize) -> bool {
-    if m == 0 || n == 0 {
-        return true;
-    }
-    if k == 0 {
-        for i in 0..m {
-            for j in 0..n {
-                *c.add(i * ldc + j) = bias[i].max(lo).min(hi);
-            }
-        }
-        return true;
-    }
-    false
 }
 
 /// One (16·V channels) × J columns tile of the channel-vector kernel over `[k0, k1)`. Partial
@@ -339,35 +308,10 @@ pub(crate) unsafe fn gemm(
     if degenerate(m, n, k, bias, lo, hi, c, ldc) {
         return;
     }
-    let bias = bias.as_ptr();
-    let nb = n.div_ceil(NR);
-    let mb = m.div_ceil(MR);
-    if threads <= 1 || (nb < 2 && mb < 2) {
-        block(0, m, 0, n, k, a, lda, b, rows, bias, lo, hi, c, ldc);
-        return;
-    }
-    let (pa, pb, pc, pbias) = (Ptr(a), Ptr(b), Ptr(c), Ptr(bias));
-    let rows = Ptr(rows);
-    // Split the larger operand: columns (B/C) when B is the bigger stream, rows (A/C) when the
-    // weights are, so no thread streams the whole of the big matrix.
-    let parts = threads * 2;
-    if nb >= parts && (n >= m || mb < parts) {
-        let per = nb.div_ceil(parts);
-        (0..parts).into_par_iter().for_each(|t| {
-            let (j0, j1) = ((t * per * NR).min(n), ((t + 1) * per * NR).min(n));
-            if j0 < j1 {
-                block(0, m, j0, j1, k, pa.get(), lda, pb.get(), rows.get(), pbias.get(), lo, hi, pc.get(), ldc);
-            }
-        });
-    } else {
-        let per = mb.div_ceil(parts);
-        (0..parts).into_par_iter().for_each(|t| {
-            let (i0, i1) = ((t * per * MR).min(m), ((t + 1) * per * MR).min(m));
-            if i0 < i1 {
-                block(i0, i1, 0, n, k, pa.get(), lda, pb.get(), rows.get(), pbias.get(), lo, hi, pc.get(), ldc);
-            }
-        });
-    }
+    let (pa, pb, pc, pbias, rows) = (Ptr(a), Ptr(b), Ptr(c), Ptr(bias.as_ptr()), Ptr(rows));
+    split_gemm(m, n, MR, NR, threads, |i0, i1, j0, j1| {
+        block(i0, i1, j0, j1, k, pa.get(), lda, pb.get(), rows.get(), pbias.get(), lo, hi, pc.get(), ldc)
+    });
 }
 
 /// `dst[i] = src[2i]`: two masked loads and one permute per 16 outputs.

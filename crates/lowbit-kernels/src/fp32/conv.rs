@@ -7,11 +7,11 @@
 use lowbit_core::Act;
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use crate::fp32::avx512;
 use crate::fp32::depthwise::depthwise;
 use crate::fp32::gemm::{pack_t, prefer_t, sgemm_bias_act, sgemm_rows, sgemm_t};
 use crate::fp32::layout::BRows;
+#[cfg(target_arch = "x86_64")]
+use crate::fp32::{avx2, avx512};
 use crate::geom::{valid_range, ConvGeom};
 use crate::isa::F32Isa;
 
@@ -56,15 +56,13 @@ impl PackedConv {
         assert_eq!(weight.len(), geom.c_out * geom.k(), "weight size does not fit the geometry");
         let bias = bias.unwrap_or_else(|| vec![0.0; geom.c_out]);
         let cv = channel_vector(isa, &geom);
-        // Shifted rows need the AVX-512 GEMM, which reads B through row offsets; the other paths'
-        // offset GEMM is a plain loop on one thread (ResNet-18 on AVX2: 4-7 GMAC/s against 26-30
-        // for im2col + GEMM, 277 ms per image against ONNX Runtime's 47).
-        let shifted = isa == F32Isa::Avx512
-            && !geom.is_pointwise()
-            && !geom.is_depthwise()
-            && geom.sh == 1
-            && geom.sw == 1
-            && !cv;
+        // Shifted rows need a GEMM that reads B through row offsets (AVX-512 streams them, AVX2
+        // packs its panels from them; the portable path's is a plain loop). They compute
+        // `(kw - 1)·dw` extra columns per output row, so on AVX2, which has no channel-vector
+        // kernel for small planes, only where that waste is small.
+        let waste = (geom.kw.max(1) - 1) * geom.dw;
+        let simd = isa == F32Isa::Avx512 || (isa == F32Isa::Avx2 && waste * 100 <= 15 * geom.ow);
+        let shifted = simd && !geom.is_pointwise() && !geom.is_depthwise() && geom.sh == 1 && geom.sw == 1 && !cv;
         let mut row_offsets = vec![];
         if shifted {
             let (hp, wp) = padded_hw(&geom);
@@ -205,7 +203,7 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
     }
 }
 
-/// `dst[i] = src[i * stride]`, with an AVX-512 path for stride 2.
+/// `dst[i] = src[i * stride]`, with AVX-512 and AVX2 paths for stride 2.
 fn gather_strided(isa: F32Isa, dst: &mut [f32], src: &[f32], stride: usize) {
     assert!(dst.is_empty() || (dst.len() - 1) * stride < src.len());
     #[cfg(target_arch = "x86_64")]
@@ -213,6 +211,13 @@ fn gather_strided(isa: F32Isa, dst: &mut [f32], src: &[f32], stride: usize) {
         // SAFETY: the AVX-512 path runs here (checked by the GEMM entry points); loads are masked to
         // `src`, stores to `dst`.
         unsafe { avx512::gather2(dst, src) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if stride == 2 && isa == F32Isa::Avx2 {
+        // SAFETY: the AVX2 path runs here (checked by the GEMM entry points); every load and
+        // store is bounded by the slices.
+        unsafe { avx2::gather2(dst, src) };
         return;
     }
     for (i, v) in dst.iter_mut().enumerate() {

@@ -1,13 +1,14 @@
 //! f32 depthwise convolution, one channel plane at a time: on AVX-512 straight from the unpadded
-//! plane (masked loads) or, for small stride-1 planes, as one flat sweep; otherwise on a padded copy
-//! with a register-blocked row kernel compiled for AVX2 and for portable code.
+//! plane (masked loads) or, for small stride-1 planes, as one flat sweep; on AVX2 from a padded,
+//! phase-split copy ([`crate::fp32::avx2`]); on the portable path from a padded copy with a
+//! register-blocked row kernel.
 
 use lowbit_core::Act;
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use crate::fp32::avx512;
 use crate::fp32::layout::{clamp_of, DW_BLOCK};
+#[cfg(target_arch = "x86_64")]
+use crate::fp32::{avx2, avx512};
 use crate::geom::ConvGeom;
 use crate::isa::{trace, F32Isa};
 
@@ -68,12 +69,6 @@ fn dw_channel_impl(g: &ConvGeom, padded: &[f32], pw: usize, w: &[f32], bias: f32
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dw_channel_avx2(g: &ConvGeom, padded: &[f32], pw: usize, w: &[f32], bias: f32, act: Act, out: &mut [f32]) {
-    dw_channel_impl(g, padded, pw, w, bias, act, out)
-}
-
 std::thread_local! {
     static PAD_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -98,11 +93,6 @@ fn dw_channel(isa: F32Isa, g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, ac
     PAD_BUF.with(|b| {
         let mut buf = b.borrow_mut();
         let pw = pad_plane(g, plane, &mut buf, 0.0);
-        #[cfg(target_arch = "x86_64")]
-        if isa != F32Isa::Scalar {
-            // SAFETY: AVX2 and FMA are part of both SIMD paths (checked by `depthwise`).
-            return unsafe { dw_channel_avx2(g, &buf, pw, w, bias, act, out) };
-        }
         dw_channel_impl(g, &buf, pw, w, bias, act, out)
     })
 }
@@ -123,6 +113,30 @@ pub fn depthwise(
     assert!(isa.supported(), "f32 path {} is not supported by this CPU", isa.name());
     trace::f32(isa);
     let (ip, op, kk) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    // AVX2 (and AVX-512 where its own kernels do not apply): groups of channels on the padded,
+    // phase-split layout.
+    #[cfg(target_arch = "x86_64")]
+    if isa != F32Isa::Scalar && !(isa == F32Isa::Avx512 && g.sw <= 2 && g.kw <= 16 && clamp_of(act).is_some()) {
+        let lay = avx2::DwLayout::new(g);
+        let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        let job = |i: usize, o: &mut [f32]| {
+            let (c0, nc) = (i * lay.group, o.len() / op.max(1));
+            let (planes, w) = (&x[c0 * ip..(c0 + nc) * ip], &weight[c0 * kk..(c0 + nc) * kk]);
+            // SAFETY: both SIMD paths include AVX2 and FMA (checked supported above); the kernel
+            // asserts the slices hold what the geometry says.
+            unsafe { avx2::dw_channels::<false>(g, &lay, planes, w, &bias[c0..c0 + nc], lo, hi, o) };
+            if clamp_of(act).is_none() {
+                crate::eltwise::apply_act(isa, act, o);
+            }
+        };
+        let chunk = (lay.group * op).max(1);
+        if threads > 1 {
+            out[..g.c_out * op].par_chunks_mut(chunk).enumerate().for_each(|(i, o)| job(i, o));
+        } else {
+            out[..g.c_out * op].chunks_mut(chunk).enumerate().for_each(|(i, o)| job(i, o));
+        }
+        return;
+    }
     let job = |c: usize, o: &mut [f32]| {
         dw_channel(isa, g, &x[c * ip..(c + 1) * ip], &weight[c * kk..(c + 1) * kk], bias[c], act, o)
     };

@@ -4,17 +4,18 @@
 //!
 //! Each entry point takes its path ([`F32Isa`]): AVX-512 runs lowbit's own tiles
 //! ([`crate::fp32::avx512`]: a 6×64 tile of C in 24 zmm registers, B rows streamed with masked loads
-//! so ragged edges need no copies); AVX2 uses the `gemm` crate; the portable path is plain loops
-//! (the reference, no AVX). The result is compared against the reference evaluator in tests.
+//! so ragged edges need no copies); AVX2 runs lowbit's 6×16 tile over packed B panels
+//! ([`crate::fp32::avx2`]); the general strided [`sgemm`] uses the `gemm` crate on both; the
+//! portable path is plain loops (the reference, no AVX). The result is compared against the reference evaluator in tests.
 
 use gemm::Parallelism;
 use lowbit_core::Act;
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use crate::fp32::avx512;
 use crate::fp32::layout::TP;
 pub use crate::fp32::layout::{clamp_of, BRows};
+#[cfg(target_arch = "x86_64")]
+use crate::fp32::{avx2, avx512};
 use crate::isa::{trace, F32Isa};
 
 /// Every entry point: the path must run here (its SIMD code is otherwise undefined behaviour), and
@@ -36,7 +37,7 @@ fn check_bc(m: usize, n: usize, k: usize, b: &[f32], rows: BRows, bias: &[f32], 
     assert!(bias.len() >= m);
 }
 
-/// An activation the AVX-512 epilogues cannot fuse (not a clamp), applied to C afterwards.
+/// An activation the SIMD epilogues cannot fuse (not a clamp), applied to C afterwards.
 fn act_after(isa: F32Isa, act: Act, m: usize, n: usize, c: &mut [f32], ldc: usize) {
     if clamp_of(act).is_none() {
         for i in 0..m {
@@ -90,6 +91,14 @@ pub fn sgemm_rows(
         let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         // SAFETY: the path is AVX-512 (checked supported on entry) and the asserts above bound every access.
         unsafe { avx512::gemm(m, n, k, a.as_ptr(), lda, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads) };
+        act_after(isa, act, m, n, c, ldc);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == F32Isa::Avx2 {
+        let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        // SAFETY: the path is AVX2 + FMA (checked supported on entry) and the asserts above bound every access.
+        unsafe { avx2::gemm(m, n, k, a.as_ptr(), lda, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads) };
         act_after(isa, act, m, n, c, ldc);
         return;
     }
@@ -160,6 +169,13 @@ pub fn gemv_bias_act(
         if isa == F32Isa::Avx512 {
             // SAFETY: AVX-512 path (checked supported on entry); the panel holds k rows of `wd` <= 128 columns.
             unsafe { avx512::gemv_panel(x, panel, k, yc) };
+            crate::eltwise::apply_act(isa, act, yc);
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa == F32Isa::Avx2 {
+            // SAFETY: AVX2 + FMA path (checked supported on entry); the panel holds k rows of `wd` columns.
+            unsafe { avx2::gemv_panel(x, panel, k, yc) };
             crate::eltwise::apply_act(isa, act, yc);
             return;
         }

@@ -61,3 +61,81 @@ impl BRows<'_> {
         }
     }
 }
+
+/// Runs `f(k0, k1, last)` over the reduction range `[0, k)` in blocks of `kc`.
+#[inline(always)]
+pub(crate) fn k_blocks(k: usize, kc: usize, mut f: impl FnMut(usize, usize, bool)) {
+    let mut k0 = 0;
+    loop {
+        let k1 = (k0 + kc).min(k);
+        f(k0, k1, k1 == k);
+        if k1 == k {
+            return;
+        }
+        k0 = k1;
+    }
+}
+
+/// Empty products: nothing to do, or (k = 0) C is the clamped bias. True if handled.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn degenerate(
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: &[f32],
+    lo: f32,
+    hi: f32,
+    c: *mut f32,
+    ldc: usize,
+) -> bool {
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                *c.add(i * ldc + j) = bias[i].max(lo).min(hi);
+            }
+        }
+        return true;
+    }
+    false
+}
+
+/// Runs `block(i0, i1, j0, j1)` over the rows and columns of an `m × n` product on `threads` threads:
+/// one block on one thread; otherwise the larger operand is split (columns, B and C, when B is the
+/// bigger stream; rows, A and C, when the weights are), so no thread streams the whole of the big
+/// matrix. `mr`/`nr`: the tile sizes the split respects.
+pub(crate) fn split_gemm(
+    m: usize,
+    n: usize,
+    mr: usize,
+    nr: usize,
+    threads: usize,
+    block: impl Fn(usize, usize, usize, usize) + Sync,
+) {
+    use rayon::prelude::*;
+    let (nb, mb) = (n.div_ceil(nr), m.div_ceil(mr));
+    if threads <= 1 || (nb < 2 && mb < 2) {
+        block(0, m, 0, n);
+        return;
+    }
+    let parts = threads * 2;
+    if nb >= parts && (n >= m || mb < parts) {
+        let per = nb.div_ceil(parts);
+        (0..parts).into_par_iter().for_each(|t| {
+            let (j0, j1) = ((t * per * nr).min(n), ((t + 1) * per * nr).min(n));
+            if j0 < j1 {
+                block(0, m, j0, j1);
+            }
+        });
+    } else {
+        let per = mb.div_ceil(parts);
+        (0..parts).into_par_iter().for_each(|t| {
+            let (i0, i1) = ((t * per * mr).min(m), ((t + 1) * per * mr).min(m));
+            if i0 < i1 {
+                block(i0, i1, 0, n);
+            }
+        });
+    }
+}

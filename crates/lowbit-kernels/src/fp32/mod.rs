@@ -1,7 +1,9 @@
 //! f32 kernels: GEMM drivers ([`gemm`]), convolution strategies ([`conv`]), depthwise convolution
-//! ([`depthwise`]) and lowbit's AVX-512 kernels ([`avx512`]), with the layouts they share
+//! ([`depthwise`]) and lowbit's AVX2 and AVX-512 kernels (`avx2`, [`avx512`]), with the layouts they share
 //! ([`layout`]). Every entry point takes its path ([`crate::isa::F32Isa`]).
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod conv;
