@@ -111,6 +111,12 @@ unsafe fn tile<const R: usize, const V: usize>(
     }
     let mut bp = panel;
     for p in k0..k1 {
+        if p % 16 == 0 {
+            // The weights' rows are R streams `lda` apart; fetch them eight lines ahead.
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T0>(a.add(r * lda + p + 128) as *const i8);
+            }
+        }
         let bv: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(bp.add(v * 8)));
         for (r, row) in acc.iter_mut().enumerate() {
             let av = _mm256_broadcast_ss(&*a.add(r * lda + p));
@@ -510,19 +516,28 @@ unsafe fn dw_plane<const MAX: bool>(
             ($t:literal, $v:literal) => {{
                 let mut oy = 0;
                 while oy < g.oh {
-                    let r = match g.oh - oy {
-                        1 => 1,
-                        2 | 3 => 2,
-                        _ => 4,
+                    // Rows per block: as many independent accumulators as registers allow (16
+                    // with one vector per row, four rows of two), so the FMA latency is hidden.
+                    let r = match (g.oh - oy, $v) {
+                        (n, 1) if n >= 8 => 8,
+                        (n, _) if n >= 4 => 4,
+                        (n, _) => n,
                     };
                     let mut ox0 = 0;
                     while ox0 < g.ow {
                         let cols = (g.ow - ox0).min(8 * $v);
                         let (b, o) = (src.add(oy * rowstep + ox0), dst.add(oy * g.ow + ox0));
+                        macro_rules! blk {
+                            ($r:literal) => {
+                                dw_block::<MAX, $r, $v, $t>(offs, wp, b, rowstep, bias, vlo, vhi, o, g.ow, cols)
+                            };
+                        }
                         match r {
-                            4 => dw_block::<MAX, 4, $v, $t>(offs, wp, b, rowstep, bias, vlo, vhi, o, g.ow, cols),
-                            2 => dw_block::<MAX, 2, $v, $t>(offs, wp, b, rowstep, bias, vlo, vhi, o, g.ow, cols),
-                            _ => dw_block::<MAX, 1, $v, $t>(offs, wp, b, rowstep, bias, vlo, vhi, o, g.ow, cols),
+                            8 => blk!(8),
+                            4 => blk!(4),
+                            3 => blk!(3),
+                            2 => blk!(2),
+                            _ => blk!(1),
                         }
                         ox0 += 8 * $v;
                     }
