@@ -2,7 +2,8 @@
 """lowbit float32 vs ONNX Runtime float32, batch 1, same thread count, in one run.
 
 usage: bench/compare_ort.py [--iters N] [--rounds R]   (from the repository root, after
-`cargo build --release`; needs ./venv with onnxruntime, as scripts/test.sh creates)
+`cargo build --release`; needs ./venv with onnxruntime, as scripts/test.sh creates; LOWBIT_BIN=PATH
+measures another build instead of target/release/lowbit)
 
 Both engines are measured in alternating rounds on the same machine in the same run (the machines
 are shared and noisy); each round reports a median latency, and the table shows the median over
@@ -22,7 +23,8 @@ import onnxruntime as ort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZOO = os.path.join(ROOT, "..", "shared", "zoo")
-LOWBIT = os.path.join(ROOT, "target", "release", "lowbit")
+# LOWBIT_BIN: another build of lowbit to measure (an A/B of two commits).
+LOWBIT = os.environ.get("LOWBIT_BIN") or os.path.join(ROOT, "target", "release", "lowbit")
 # Every classifier in the zoo (issue 20, line 4), with the batch-1 input shape each is run at.
 SHAPES = {
     "resnet18-random.onnx": (1, 3, 224, 224),

@@ -111,12 +111,6 @@ unsafe fn tile<const R: usize, const V: usize>(
     }
     let mut bp = panel;
     for p in k0..k1 {
-        if p % 16 == 0 {
-            // The weights' rows are R streams `lda` apart; fetch them eight lines ahead.
-            for r in 0..R {
-                _mm_prefetch::<_MM_HINT_T0>(a.add(r * lda + p + 128) as *const i8);
-            }
-        }
         let bv: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(bp.add(v * 8)));
         for (r, row) in acc.iter_mut().enumerate() {
             let av = _mm256_broadcast_ss(&*a.add(r * lda + p));

@@ -395,6 +395,27 @@ mod tests {
             }
         }
 
+        /// Tall products: several row blocks of the AVX2 kernel (120 rows of A per block), ragged
+        /// tiles at both edges, and reduction blocks.
+        #[test]
+        fn tall_matches_naive(m in 100usize..400, n in 1usize..40, k in 1usize..800, threads in 1usize..3, seed in any::<u64>()) {
+            let mut s = seed | 1;
+            let mut rnd = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5 };
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
+            let mut c = vec![f32::NAN; m * n];
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let want = naive(m, n, k, &a, &b, &bias, Act::Relu);
+            for isa in F32Isa::all_supported() {
+                c.fill(f32::NAN);
+                pool.install(|| sgemm_bias_act(isa, m, n, k, &a, k, &b, n, &bias, Act::Relu, &mut c, n, threads));
+                for (x, y) in c.iter().zip(&want) {
+                    prop_assert!((x - y).abs() <= 1e-4 * (1.0 + k as f32).sqrt(), "{:?}: {} vs {}", isa, x, y);
+                }
+            }
+        }
+
         #[test]
         fn channel_vector_matches_naive(m in 1usize..120, n in 1usize..70, k in 0usize..1300, threads in 1usize..3, relu in any::<bool>(), seed in any::<u64>()) {
             let mut s = seed | 1;
