@@ -53,7 +53,7 @@ unsafe fn lanes(n: usize) -> __m256i {
 
 /// Loads `n` floats (all eight if `n >= 8`; the rest zero).
 #[inline(always)]
-unsafe fn load_part(p: *const f32, n: usize) -> __m256 {
+pub(crate) unsafe fn load_part(p: *const f32, n: usize) -> __m256 {
     if n >= 8 {
         return _mm256_loadu_ps(p);
     }
@@ -63,7 +63,7 @@ unsafe fn load_part(p: *const f32, n: usize) -> __m256 {
 /// Stores the first `n` lanes of `v` (all eight if `n >= 8`) with 4-, 2- and 1-lane stores (AMD's
 /// masked stores are slow).
 #[inline(always)]
-unsafe fn store_part(p: *mut f32, v: __m256, n: usize) {
+pub(crate) unsafe fn store_part(p: *mut f32, v: __m256, n: usize) {
     if n >= 8 {
         return _mm256_storeu_ps(p, v);
     }

@@ -42,7 +42,7 @@ fn channel_vector(isa: F32Isa, g: &ConvGeom) -> bool {
     let n = g.oh * g.ow;
     // Columns the spatial kernel computes: the padded row width on the shifted path.
     let cols = if !g.is_pointwise() && g.sh == 1 && g.sw == 1 { g.oh * (g.ow + (g.kw - 1) * g.dw) } else { n };
-    prefer_t(isa, g.c_out, n, cols)
+    prefer_t(isa, g.c_out, n, g.k(), cols)
 }
 
 /// Padded input height and width for the shifted path.

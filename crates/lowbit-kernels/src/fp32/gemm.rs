@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::fp32::layout::TP;
 pub use crate::fp32::layout::{clamp_of, BRows};
 #[cfg(target_arch = "x86_64")]
-use crate::fp32::{avx2, avx512};
+use crate::fp32::{avx2, avx2_t, avx512};
 use crate::isa::{trace, F32Isa};
 
 /// Every entry point: the path must run here (its SIMD code is otherwise undefined behaviour), and
@@ -208,16 +208,23 @@ pub fn pack_t(m: usize, k: usize, a: &[f32], lda: usize) -> (Vec<f32>, usize) {
     (at, mp)
 }
 
-/// Does the channel-vector kernel ([`sgemm_t`]) use the vector lanes better than the spatial one for
-/// a GEMM whose B rows hold `n` useful columns out of `cols` computed ones? It does when 16-wide
-/// vectors along n waste over 15% (7x7 planes: 49 of 64 lanes).
-pub fn prefer_t(isa: F32Isa, m: usize, n: usize, cols: usize) -> bool {
-    isa == F32Isa::Avx512 && m >= 16 && (n as f64) < 0.85 * (cols.div_ceil(16) * 16) as f64
+/// Does the channel-vector kernel ([`sgemm_t`]) suit an `m × k` by `k × n` GEMM whose B rows hold
+/// `n` useful columns out of `cols` computed ones? On AVX-512 when 16-wide vectors along n waste over
+/// 15% (7x7 planes: 49 of 64 lanes). On AVX2 for small planes (n <= 64) with a short reduction:
+/// 1x1 convolutions on 7x7 planes run at 36-45 GMAC/s there against 36-38 on the spatial tile
+/// (`cargo bench -p lowbit-kernels --bench f32 -- @7`), but with k = 4608 (3x3, 512 channels) at 28
+/// against 33, the reduction's B rows no longer staying in cache.
+pub fn prefer_t(isa: F32Isa, m: usize, n: usize, k: usize, cols: usize) -> bool {
+    match isa {
+        F32Isa::Avx512 => m >= 16 && (n as f64) < 0.85 * (cols.div_ceil(16) * 16) as f64,
+        F32Isa::Avx2 => m >= 16 && n <= 64 && k <= 1152,
+        F32Isa::Scalar => false,
+    }
 }
 
-/// As [`sgemm_rows`], vectorised along m instead of n: zmm vectors hold 16 output channels of one
-/// column, so narrow n (small planes) wastes no lanes. `at`/`mp` come from [`pack_t`]. Needs AVX-512
-/// (see [`prefer_t`]); falls back to an exact scalar loop otherwise.
+/// As [`sgemm_rows`], vectorised along m instead of n: vectors hold 16 (AVX-512) or 8 (AVX2) output
+/// channels of one column, so narrow n (small planes) wastes no lanes. `at`/`mp` come from
+/// [`pack_t`]. The portable path is an exact scalar loop.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_t(
     isa: F32Isa,
@@ -243,6 +250,16 @@ pub fn sgemm_t(
         // SAFETY: the path is AVX-512 (checked supported on entry) and the asserts above bound every access.
         unsafe {
             avx512::gemm_t(m, n, k, at.as_ptr(), mp, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads)
+        };
+        act_after(isa, act, m, n, c, ldc);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == F32Isa::Avx2 {
+        let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        // SAFETY: the path is AVX2 + FMA (checked supported on entry) and the asserts above bound every access.
+        unsafe {
+            avx2_t::gemm_t(m, n, k, at.as_ptr(), mp, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads)
         };
         act_after(isa, act, m, n, c, ldc);
         return;

@@ -5,6 +5,8 @@
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2_t;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod conv;
 pub mod deconv;
