@@ -3,25 +3,13 @@
 //! MobileNetV2 / EfficientNet-Lite0 / ResNet-18 layer shapes, one thread, with the share of the
 //! path's FMA peak measured in the same run (a register-only chain of independent FMAs).
 
-use std::time::Instant;
+mod common;
 
+use common::{square_geom as geom, time_it};
 use lowbit_core::Act;
 use lowbit_kernels::fp32::conv::{conv2d, PackedConv};
 use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::isa::F32Isa;
-
-fn time_it(mut f: impl FnMut()) -> f64 {
-    f();
-    let (mut best, mut total) = (f64::MAX, 0.0);
-    while total < 0.3 {
-        let t = Instant::now();
-        f();
-        let s = t.elapsed().as_secs_f64();
-        best = best.min(s);
-        total += s;
-    }
-    best
-}
 
 /// f32 multiply-adds per second one core can issue: 12 independent 8-lane FMA chains (AVX2).
 #[cfg(target_arch = "x86_64")]
@@ -59,27 +47,6 @@ fn fma_peak_gmacs() -> f64 {
 #[cfg(not(target_arch = "x86_64"))]
 fn fma_peak_gmacs() -> f64 {
     f64::NAN
-}
-
-fn geom(c_in: usize, c_out: usize, hw: usize, k: usize, s: usize, group: usize) -> ConvGeom {
-    let (pad, o) = (k / 2, (hw + 2 * (k / 2) - k) / s + 1);
-    ConvGeom {
-        c_in,
-        h: hw,
-        w: hw,
-        c_out,
-        kh: k,
-        kw: k,
-        sh: s,
-        sw: s,
-        dh: 1,
-        dw: 1,
-        pt: pad,
-        pl: pad,
-        oh: o,
-        ow: o,
-        group,
-    }
 }
 
 fn main() {

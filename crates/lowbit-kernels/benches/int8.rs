@@ -3,48 +3,12 @@
 //! path's measured peak, and lowbit's f32 GEMM on the same shapes measured in the same run.
 //! Results also go to target/int8-bench.json.
 
-use std::time::Instant;
+mod common;
 
+use common::{square_geom, time_it};
 use lowbit_kernels::fp32::gemm as f32gemm;
-use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::int8::{self, measured_peak_gmacs, Isa, Out, OutPtr, PackedB, QConv, Requant};
 use lowbit_kernels::isa::F32Isa;
-
-fn time_it(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut best = f64::MAX;
-    let mut total = 0.0;
-    while total < 0.3 {
-        let t = Instant::now();
-        f();
-        let s = t.elapsed().as_secs_f64();
-        best = best.min(s);
-        total += s;
-    }
-    best
-}
-
-/// A `k`x`k` convolution at stride `s` on a square `hw` image, padded by `k / 2` on every side.
-fn square_geom(c_in: usize, c_out: usize, hw: usize, k: usize, s: usize, group: usize) -> ConvGeom {
-    let (pad, o) = (k / 2, (hw + 2 * (k / 2) - k) / s + 1);
-    ConvGeom {
-        c_in,
-        h: hw,
-        w: hw,
-        c_out,
-        kh: k,
-        kw: k,
-        sh: s,
-        sw: s,
-        dh: 1,
-        dw: 1,
-        pt: pad,
-        pl: pad,
-        oh: o,
-        ow: o,
-        group,
-    }
-}
 
 /// Uniform requantization of `n` channels to uint8 (scale 0.05), outputs clamped to `[0, hi]`.
 fn requant_u8(n: usize, hi: f32) -> Requant {
