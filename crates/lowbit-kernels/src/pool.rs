@@ -19,7 +19,7 @@ fn pool_plane(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if max && g.sw <= 2 && g.kw <= 16 && isa == F32Isa::Avx512 {
+    if max && isa == F32Isa::Avx512 && crate::fp32::avx512::window_fits(g) {
         // SAFETY: the AVX-512 path runs here (checked by `pool2d`); loads are masked to the plane's
         // columns, rows range-checked.
         unsafe {
@@ -101,35 +101,15 @@ pub fn pool2d(
     if op == 0 {
         return;
     }
-    // AVX2 max pooling: groups of planes on the depthwise kernel's padded, phase-split layout.
+    // Max pooling on AVX2 (and AVX-512 where its own window does not apply): groups of planes on the
+    // depthwise kernel's padded, phase-split layout.
     #[cfg(target_arch = "x86_64")]
-    if max && isa == F32Isa::Avx2 {
-        let lay = crate::fp32::avx2::DwLayout::new(g);
-        let ninf = vec![f32::NEG_INFINITY; lay.group];
-        let job = |i: usize, o: &mut [f32]| {
-            let (c0, nc) = (i * lay.group, o.len() / op);
-            let (lo, hi) = (f32::NEG_INFINITY, f32::INFINITY);
-            // SAFETY: the AVX2 path runs here (checked supported above); the kernel asserts the
-            // slices hold what the geometry says.
-            unsafe {
-                crate::fp32::avx2::dw_channels::<true>(
-                    g,
-                    &lay,
-                    &x[c0 * ip..(c0 + nc) * ip],
-                    &[],
-                    &ninf[..nc],
-                    lo,
-                    hi,
-                    o,
-                )
-            };
-        };
-        let chunk = lay.group * op;
-        if threads > 1 && planes * ip > 1 << 16 {
-            out[..planes * op].par_chunks_mut(chunk).enumerate().for_each(|(i, o)| job(i, o));
-        } else {
-            out[..planes * op].chunks_mut(chunk).enumerate().for_each(|(i, o)| job(i, o));
-        }
+    if max && isa != F32Isa::Scalar && !(isa == F32Isa::Avx512 && crate::fp32::avx512::window_fits(g)) {
+        let (lo, hi) = (f32::NEG_INFINITY, f32::INFINITY);
+        let parallel = threads > 1 && planes * ip > 1 << 16;
+        // SAFETY: both SIMD paths include AVX2 and FMA (checked supported above); the kernel
+        // asserts the slices hold what the geometry says.
+        unsafe { crate::fp32::avx2::windows::<true>(g, planes, x, &[], &[], lo, hi, out, parallel) };
         return;
     }
     let job = |p: usize, o: &mut [f32]| pool_plane(isa, g, max, count_include_pad, pb, pr, &x[p * ip..(p + 1) * ip], o);

@@ -1,6 +1,6 @@
 //! lowbit's AVX2 + FMA f32 kernels: the 6×16 GEMM tile over packed B panels ([`gemm`]), the
-//! batch-1 matrix-vector panel ([`gemv_panel`]) and depthwise convolution on a padded,
-//! phase-split plane ([`dw_channel`]). Callers hold an [`crate::isa::F32Isa::Avx2`] path (or
+//! batch-1 matrix-vector panel ([`gemv_panel`]), stride-2 gathers ([`gather2`]), and depthwise
+//! convolution and max pooling on a padded, phase-split plane layout ([`windows`]). Callers hold an [`crate::isa::F32Isa::Avx2`] path (or
 //! AVX-512, which includes AVX2 and FMA).
 //!
 //! Unlike the AVX-512 tile, which streams B rows straight from the activations with masked loads,
@@ -267,7 +267,7 @@ pub(crate) unsafe fn gemv_panel(x: &[f32], panel: &[f32], k: usize, y: &mut [f32
 /// phase `q` column `j` being padded column `s·j + q` (zero outside the image). Tap `(ky, kx)` of
 /// output `(oy, ox)` then sits at `oy·sh·rl + offs[ky·kw + kx] + ox`, `rl = s·pwq`: a constant
 /// offset per tap, so strided windows load contiguous vectors like stride-1 ones.
-pub(crate) struct DwLayout {
+struct DwLayout {
     pwq: usize,
     rl: usize,
     ph: usize,
@@ -276,11 +276,11 @@ pub(crate) struct DwLayout {
     offs: Vec<usize>,
     /// Channels laid out per call of [`dw_channels`] (about 24 KB of planes): the kernel reads a
     /// plane only after the copies of the others were written, not straight after its own stores.
-    pub(crate) group: usize,
+    group: usize,
 }
 
 impl DwLayout {
-    pub(crate) fn new(g: &ConvGeom) -> DwLayout {
+    fn new(g: &ConvGeom) -> DwLayout {
         let s = g.sw.max(1);
         let v2 = g.ow > 8;
         let vw = if v2 { 16 } else { 8 };
@@ -325,17 +325,20 @@ unsafe fn copy(d: &mut [f32], s: &[f32]) {
     store_part(dp.add(i), load_part(sp.add(i), n - i), n - i);
 }
 
+/// Lanes `2i + P` (`P` = 0: even, 1: odd) of the 16 floats `a`, `b`, in order.
+#[inline(always)]
+unsafe fn half<const P: i32>(a: __m256, b: __m256) -> __m256 {
+    // Within 128-bit lanes: [a0 a2 b0 b2 | a4 a6 b4 b6] (P = 0); the 64-bit permute orders the pairs.
+    let x = if P == 0 { _mm256_shuffle_ps::<0b10_00_10_00>(a, b) } else { _mm256_shuffle_ps::<0b11_01_11_01>(a, b) };
+    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(x)))
+}
+
 /// `even[i] = src[2i]`, `odd[i] = src[2i + 1]` for `i < 8`.
 #[inline(always)]
 unsafe fn deinterleave8(src: *const f32, even: *mut f32, odd: *mut f32) {
     let (a, b) = (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)));
-    // Within 128-bit lanes: [a0 a2 b0 b2 | a4 a6 b4 b6]; the 64-bit permute orders the pairs.
-    let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-    let o = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
-    let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
-    let o = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(o)));
-    _mm256_storeu_ps(even, e);
-    _mm256_storeu_ps(odd, o);
+    _mm256_storeu_ps(even, half::<0>(a, b));
+    _mm256_storeu_ps(odd, half::<1>(a, b));
 }
 
 /// `dst[i] = src[2i]`: eight at a time from 16 inputs (shuffles), the rest one by one.
@@ -347,11 +350,7 @@ pub(crate) unsafe fn gather2(dst: &mut [f32], src: &[f32]) {
     let mut i = 0;
     while i + 8 <= dst.len() && 2 * i + 16 <= src.len() {
         let (a, b) = (_mm256_loadu_ps(src.as_ptr().add(2 * i)), _mm256_loadu_ps(src.as_ptr().add(2 * i + 8)));
-        let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-        _mm256_storeu_ps(
-            dst.as_mut_ptr().add(i),
-            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e))),
-        );
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), half::<0>(a, b));
         i += 8;
     }
     for (j, v) in dst.iter_mut().enumerate().skip(i) {
@@ -360,8 +359,8 @@ pub(crate) unsafe fn gather2(dst: &mut [f32], src: &[f32]) {
 }
 
 /// Copies one channel's `plane` into `dst` (`ph` rows of `rl`): `pl` pads, the image row, pads;
-/// rows of pads above and below (the pad `v`: zero for convolution, -inf for max pooling). For stride 1 that is the layout; wider strides split the phases
-/// afterwards ([`split_phases`]).
+/// rows of pads above and below (the pad `v`: zero for convolution, -inf for max pooling). For
+/// stride 1 that is the layout; wider strides split the phases afterwards ([`split_phases`]).
 #[inline(always)]
 unsafe fn pad_rows(g: &ConvGeom, lay: &DwLayout, plane: &[f32], dst: &mut [f32], v: f32) {
     let (rl, z) = (lay.rl, _mm256_set1_ps(v));
@@ -436,18 +435,56 @@ unsafe fn dw_block<const MAX: bool, const R: usize, const V: usize, const T: usi
     }
 }
 
-/// Depthwise convolution of `nc = bias.len()` channels: `planes` (`[nc, h, w]`) into `out`
-/// (`[nc, oh, ow]`), weights `[nc, kh·kw]`, the clamp `[lo, hi]` fused: any stride, dilation and
-/// padding (`lay` from the same geometry). Every plane is laid out first, then convolved. With
-/// `MAX`, max pooling instead: `w` is not read, and `bias` (-inf) only gives the count.
+/// Sliding windows over every plane of `x` (`[planes, h, w]`) into `out` (`[planes, oh, ow]`), any
+/// stride, dilation and padding: depthwise convolution with weights `w` (`[planes, kh·kw]`), `bias`
+/// (`[planes]`) and the clamp `[lo, hi]` fused, or with `MAX` max pooling (`w` and `bias` not read,
+/// no clamp). Groups of planes ([`DwLayout::group`]) are laid out, then convolved; with `parallel`
+/// the groups go to the thread pool.
 ///
 /// # Safety
 /// AVX2 and FMA must be available.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn windows<const MAX: bool>(
+    g: &ConvGeom,
+    planes: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    lo: f32,
+    hi: f32,
+    out: &mut [f32],
+    parallel: bool,
+) {
+    use rayon::prelude::*;
+    let (ip, op, kk) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    assert!(
+        x.len() >= planes * ip && out.len() >= planes * op && (MAX || (w.len() >= planes * kk && bias.len() >= planes))
+    );
+    if op == 0 {
+        return;
+    }
+    let lay = DwLayout::new(g);
+    let job = |i: usize, o: &mut [f32]| {
+        let (c0, nc) = (i * lay.group, o.len() / op);
+        let (wg, bg) = if MAX { (&[][..], &[][..]) } else { (&w[c0 * kk..(c0 + nc) * kk], &bias[c0..c0 + nc]) };
+        // SAFETY: the caller's path has AVX2 and FMA.
+        unsafe { dw_channels::<MAX>(g, &lay, nc, &x[c0 * ip..(c0 + nc) * ip], wg, bg, lo, hi, o) };
+    };
+    let out = &mut out[..planes * op];
+    if parallel {
+        out.par_chunks_mut(lay.group * op).enumerate().for_each(|(i, o)| job(i, o));
+    } else {
+        out.chunks_mut(lay.group * op).enumerate().for_each(|(i, o)| job(i, o));
+    }
+}
+
+/// [`windows`] on `nc` planes laid out together.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn dw_channels<const MAX: bool>(
+unsafe fn dw_channels<const MAX: bool>(
     g: &ConvGeom,
     lay: &DwLayout,
+    nc: usize,
     planes: &[f32],
     w: &[f32],
     bias: &[f32],
@@ -455,11 +492,7 @@ pub(crate) unsafe fn dw_channels<const MAX: bool>(
     hi: f32,
     out: &mut [f32],
 ) {
-    let (nc, kk, ip, op) = (bias.len(), lay.offs.len(), g.h * g.w, g.oh * g.ow);
-    assert!(planes.len() >= nc * ip && (MAX || w.len() >= nc * kk) && out.len() >= nc * op);
-    if op == 0 || nc == 0 {
-        return;
-    }
+    let (kk, ip, op) = (lay.offs.len(), g.h * g.w, g.oh * g.ow);
     let psz = lay.ph * lay.rl;
     PLANE.with(|buf| {
         let mut buf = buf.borrow_mut();
@@ -482,8 +515,8 @@ pub(crate) unsafe fn dw_channels<const MAX: bool>(
             }
         }
         for c in 0..nc {
-            let wc = if MAX { &[][..] } else { &w[c * kk..(c + 1) * kk] };
-            dw_plane::<MAX>(g, lay, &pbuf[c * psz..], wc, bias[c], lo, hi, &mut out[c * op..(c + 1) * op]);
+            let (wc, bc) = if MAX { (&[][..], f32::NEG_INFINITY) } else { (&w[c * kk..(c + 1) * kk], bias[c]) };
+            dw_plane::<MAX>(g, lay, &pbuf[c * psz..], wc, bc, lo, hi, &mut out[c * op..(c + 1) * op]);
         }
     })
 }
@@ -501,51 +534,49 @@ unsafe fn dw_plane<const MAX: bool>(
     hi: f32,
     out: &mut [f32],
 ) {
-    {
-        let offs = &lay.offs[..];
-        let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-        let (src, dst, wp) = (pbuf.as_ptr(), out.as_mut_ptr(), w.as_ptr());
-        let rowstep = g.sh * lay.rl;
-        macro_rules! run {
-            ($t:literal, $v:literal) => {{
-                let mut oy = 0;
-                while oy < g.oh {
-                    // Rows per block: as many independent accumulators as registers allow (16
-                    // with one vector per row, four rows of two), so the FMA latency is hidden.
-                    let r = match (g.oh - oy, $v) {
-                        (n, 1) if n >= 8 => 8,
-                        (n, _) if n >= 4 => 4,
-                        (n, _) => n,
-                    };
-                    let mut ox0 = 0;
-                    while ox0 < g.ow {
-                        let cols = (g.ow - ox0).min(8 * $v);
-                        let (b, o) = (src.add(oy * rowstep + ox0), dst.add(oy * g.ow + ox0));
-                        macro_rules! blk {
-                            ($r:literal) => {
-                                dw_block::<MAX, $r, $v, $t>(offs, wp, b, rowstep, bias, vlo, vhi, o, g.ow, cols)
-                            };
-                        }
-                        match r {
-                            8 => blk!(8),
-                            4 => blk!(4),
-                            3 => blk!(3),
-                            2 => blk!(2),
-                            _ => blk!(1),
-                        }
-                        ox0 += 8 * $v;
+    let offs = &lay.offs[..];
+    let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let (src, dst, wp) = (pbuf.as_ptr(), out.as_mut_ptr(), w.as_ptr());
+    let rowstep = g.sh * lay.rl;
+    macro_rules! run {
+        ($t:literal, $v:literal) => {{
+            let mut oy = 0;
+            while oy < g.oh {
+                // Rows per block: as many independent accumulators as registers allow (16
+                // with one vector per row, four rows of two), so the FMA latency is hidden.
+                let r = match (g.oh - oy, $v) {
+                    (n, 1) if n >= 8 => 8,
+                    (n, _) if n >= 4 => 4,
+                    (n, _) => n,
+                };
+                let mut ox0 = 0;
+                while ox0 < g.ow {
+                    let cols = (g.ow - ox0).min(8 * $v);
+                    let (b, o) = (src.add(oy * rowstep + ox0), dst.add(oy * g.ow + ox0));
+                    macro_rules! blk {
+                        ($r:literal) => {
+                            dw_block::<MAX, $r, $v, $t>(offs, wp, b, rowstep, bias, vlo, vhi, o, g.ow, cols)
+                        };
                     }
-                    oy += r;
+                    match r {
+                        8 => blk!(8),
+                        4 => blk!(4),
+                        3 => blk!(3),
+                        2 => blk!(2),
+                        _ => blk!(1),
+                    }
+                    ox0 += 8 * $v;
                 }
-            }};
-        }
-        match (offs.len(), lay.v2) {
-            (9, true) => run!(9, 2),
-            (9, false) => run!(9, 1),
-            (25, true) => run!(25, 2),
-            (25, false) => run!(25, 1),
-            (_, true) => run!(0, 2),
-            (_, false) => run!(0, 1),
-        }
+                oy += r;
+            }
+        }};
+    }
+    match (offs.len(), lay.v2) {
+        (9, true) => run!(9, 2),
+        (9, false) => run!(9, 1),
+        (25, true) => run!(25, 2),
+        (25, false) => run!(25, 1),
+        (_, true) => run!(0, 2),
+        (_, false) => run!(0, 1),
     }
 }

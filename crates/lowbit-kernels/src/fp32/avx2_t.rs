@@ -53,10 +53,11 @@ unsafe fn tile_t<const J: usize>(
     for p in k0..k1 {
         let (a0, a1) = (_mm256_loadu_ps(a), _mm256_loadu_ps(a.add(8)));
         let bp = b.add(rows.off(p));
-        for j in 0..J {
+        let [r0, r1] = &mut acc;
+        for (j, (x0, x1)) in r0.iter_mut().zip(r1.iter_mut()).enumerate() {
             let x = _mm256_broadcast_ss(&*bp.add(j));
-            acc[0][j] = _mm256_fmadd_ps(a0, x, acc[0][j]);
-            acc[1][j] = _mm256_fmadd_ps(a1, x, acc[1][j]);
+            *x0 = _mm256_fmadd_ps(a0, x, *x0);
+            *x1 = _mm256_fmadd_ps(a1, x, *x1);
         }
         a = a.add(ld);
     }

@@ -354,6 +354,11 @@ pub(crate) unsafe fn dw_channel_nopad(
     window::<false>(g, plane, w, bias, lo, hi, out)
 }
 
+/// Does [`window`] take geometry `g` (stride at most 2, window at most 16 wide)?
+pub(crate) fn window_fits(g: &ConvGeom) -> bool {
+    g.sw <= 2 && g.kw <= 16
+}
+
 /// The sliding-window kernel behind AVX-512 depthwise convolution (`MAX == false`: weighted sum
 /// starting from `init`) and max pooling (`MAX == true`: maximum, masked lanes read as -inf).
 #[target_feature(enable = "avx512f,avx2,fma")]

@@ -6,7 +6,7 @@
 use lowbit_core::Act;
 use rayon::prelude::*;
 
-use crate::fp32::layout::{clamp_of, DW_BLOCK};
+use crate::fp32::layout::{clamp_of, fused_clamp, DW_BLOCK};
 #[cfg(target_arch = "x86_64")]
 use crate::fp32::{avx2, avx512};
 use crate::geom::ConvGeom;
@@ -84,7 +84,7 @@ fn dw_channel(isa: F32Isa, g: &ConvGeom, plane: &[f32], w: &[f32], bias: f32, ac
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == F32Isa::Avx512 && g.sw <= 2 && g.kw <= 16 {
+    if isa == F32Isa::Avx512 && avx512::window_fits(g) {
         if let Some((lo, hi)) = clamp_of(act) {
             // SAFETY: as above; every load is masked to the plane's columns and rows are range-checked.
             return unsafe { avx512::dw_channel_nopad(g, plane, w, bias, lo, hi, out) };
@@ -116,24 +116,13 @@ pub fn depthwise(
     // AVX2 (and AVX-512 where its own kernels do not apply): groups of channels on the padded,
     // phase-split layout.
     #[cfg(target_arch = "x86_64")]
-    if isa != F32Isa::Scalar && !(isa == F32Isa::Avx512 && g.sw <= 2 && g.kw <= 16 && clamp_of(act).is_some()) {
-        let lay = avx2::DwLayout::new(g);
-        let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        let job = |i: usize, o: &mut [f32]| {
-            let (c0, nc) = (i * lay.group, o.len() / op.max(1));
-            let (planes, w) = (&x[c0 * ip..(c0 + nc) * ip], &weight[c0 * kk..(c0 + nc) * kk]);
-            // SAFETY: both SIMD paths include AVX2 and FMA (checked supported above); the kernel
-            // asserts the slices hold what the geometry says.
-            unsafe { avx2::dw_channels::<false>(g, &lay, planes, w, &bias[c0..c0 + nc], lo, hi, o) };
-            if clamp_of(act).is_none() {
-                crate::eltwise::apply_act(isa, act, o);
-            }
-        };
-        let chunk = (lay.group * op).max(1);
-        if threads > 1 {
-            out[..g.c_out * op].par_chunks_mut(chunk).enumerate().for_each(|(i, o)| job(i, o));
-        } else {
-            out[..g.c_out * op].chunks_mut(chunk).enumerate().for_each(|(i, o)| job(i, o));
+    if isa != F32Isa::Scalar && !(isa == F32Isa::Avx512 && avx512::window_fits(g) && clamp_of(act).is_some()) {
+        let (lo, hi) = fused_clamp(act);
+        // SAFETY: both SIMD paths include AVX2 and FMA (checked supported above); the kernel
+        // asserts the slices hold what the geometry says.
+        unsafe { avx2::windows::<false>(g, g.c_out, x, weight, bias, lo, hi, out, threads > 1) };
+        if clamp_of(act).is_none() {
+            crate::eltwise::apply_act(isa, act, &mut out[..g.c_out * op]);
         }
         return;
     }

@@ -12,6 +12,7 @@ use gemm::Parallelism;
 use lowbit_core::Act;
 use rayon::prelude::*;
 
+use crate::fp32::layout::fused_clamp;
 use crate::fp32::layout::TP;
 pub use crate::fp32::layout::{clamp_of, BRows};
 #[cfg(target_arch = "x86_64")]
@@ -87,18 +88,18 @@ pub fn sgemm_rows(
     check_bc(m, n, k, b, rows, bias, c, ldc);
     enter(isa);
     #[cfg(target_arch = "x86_64")]
-    if isa == F32Isa::Avx512 {
-        let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        // SAFETY: the path is AVX-512 (checked supported on entry) and the asserts above bound every access.
-        unsafe { avx512::gemm(m, n, k, a.as_ptr(), lda, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads) };
-        act_after(isa, act, m, n, c, ldc);
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == F32Isa::Avx2 {
-        let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        // SAFETY: the path is AVX2 + FMA (checked supported on entry) and the asserts above bound every access.
-        unsafe { avx2::gemm(m, n, k, a.as_ptr(), lda, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads) };
+    if isa != F32Isa::Scalar {
+        let (lo, hi) = fused_clamp(act);
+        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        // SAFETY: the path (AVX-512, or AVX2 + FMA) was checked supported on entry and the asserts
+        // above bound every access.
+        unsafe {
+            if isa == F32Isa::Avx512 {
+                avx512::gemm(m, n, k, ap, lda, bp, rows, bias, lo, hi, cp, ldc, threads)
+            } else {
+                avx2::gemm(m, n, k, ap, lda, bp, rows, bias, lo, hi, cp, ldc, threads)
+            }
+        };
         act_after(isa, act, m, n, c, ldc);
         return;
     }
@@ -245,21 +246,17 @@ pub fn sgemm_t(
     check_bc(m, n, k, b, rows, bias, c, ldc);
     enter(isa);
     #[cfg(target_arch = "x86_64")]
-    if isa == F32Isa::Avx512 {
-        let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        // SAFETY: the path is AVX-512 (checked supported on entry) and the asserts above bound every access.
+    if isa != F32Isa::Scalar {
+        let (lo, hi) = fused_clamp(act);
+        let (ap, bp, cp) = (at.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        // SAFETY: the path (AVX-512, or AVX2 + FMA) was checked supported on entry and the asserts
+        // above bound every access.
         unsafe {
-            avx512::gemm_t(m, n, k, at.as_ptr(), mp, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads)
-        };
-        act_after(isa, act, m, n, c, ldc);
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == F32Isa::Avx2 {
-        let (lo, hi) = clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-        // SAFETY: the path is AVX2 + FMA (checked supported on entry) and the asserts above bound every access.
-        unsafe {
-            avx2_t::gemm_t(m, n, k, at.as_ptr(), mp, b.as_ptr(), rows, bias, lo, hi, c.as_mut_ptr(), ldc, threads)
+            if isa == F32Isa::Avx512 {
+                avx512::gemm_t(m, n, k, ap, mp, bp, rows, bias, lo, hi, cp, ldc, threads)
+            } else {
+                avx2_t::gemm_t(m, n, k, ap, mp, bp, rows, bias, lo, hi, cp, ldc, threads)
+            }
         };
         act_after(isa, act, m, n, c, ldc);
         return;

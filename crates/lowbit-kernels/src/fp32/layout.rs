@@ -37,6 +37,12 @@ pub fn clamp_of(act: Act) -> Option<(f32, f32)> {
     }
 }
 
+/// The clamp a SIMD epilogue applies for `act`: its own if it is one, else none (the activation
+/// then runs afterwards).
+pub(crate) fn fused_clamp(act: Act) -> (f32, f32) {
+    clamp_of(act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY))
+}
+
 /// Where row `p` of B starts: every `ldb` elements, or at an arbitrary offset per row (used for
 /// stride-1 convolutions, whose "im2col" rows are shifted views of the padded input).
 #[derive(Clone, Copy, Debug)]
