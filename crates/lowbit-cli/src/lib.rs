@@ -7,6 +7,7 @@
 pub mod binarize;
 pub mod commands;
 pub mod common;
+pub mod embed;
 pub mod image_args;
 pub mod outputs;
 pub mod pipeline;

@@ -228,6 +228,18 @@ fn main() {
             commands::run(&model, &input, &data, top, threads, json.as_deref())
         }
         Cmd::Eval { model, data, data_args, reference, batch, threads, json, check_fake_quant, task } => (|| {
+            if task.task == "embed" && matches!(lowbit_data::image_paths(&data, None), Ok(None)) {
+                // Labelled IDX data: the open-set protocol (identities never trained on).
+                return lowbit_cli::embed::eval_open_set(
+                    &model,
+                    &data,
+                    &task.open_set,
+                    reference.as_deref(),
+                    data_args.image.preset.as_deref(),
+                    threads,
+                    json.as_deref(),
+                );
+            }
             if let Some(r) = reference.as_deref().filter(|_| task.task != "classify") {
                 if task_eval::eval(&model, &data, &data_args, r, &task, threads, json.as_deref())?.is_some() {
                     return Ok(());

@@ -29,6 +29,9 @@ pub struct TaskArgs {
     /// that best separates the identities with the reference's embeddings)
     #[arg(long)]
     pub verify_threshold: Option<f64>,
+    /// Embeddings on labelled IDX data: the open-set protocol's second source and unseen classes
+    #[command(flatten)]
+    pub open_set: crate::embed::EmbedArgs,
 }
 
 /// The task to evaluate: the one asked for, or guessed from the reference's outputs.
@@ -261,9 +264,22 @@ pub fn eval(
                 "verification accuracy".into(),
                 format!("reference {:.4}, model {:.4}", v.reference_accuracy, v.test_accuracy),
             ]);
+            // The class / individual error decomposition over the identities (issue 23), and TAR
+            // at the FARs the pairs resolve.
+            let mut uniq = ids.clone();
+            uniq.sort();
+            uniq.dedup();
+            let nid: Vec<u32> = ids.iter().map(|i| uniq.binary_search(i).unwrap_or(0) as u32).collect();
+            let d = lowbit_runtime::embedding::decompose(&emb_ref, &emb_test, &nid);
+            rows.extend(crate::embed::decomposition_rows(&d));
+            let tar = lowbit_runtime::embedding::open_set(&emb_test, &nid, &crate::embed::FARS);
+            if !tar.tar.is_empty() {
+                rows.extend(crate::embed::score_rows("model", &tar));
+            }
             metric = json!({"task": "embed", "cosine": mean, "worst_cosine": worst, "pairs": v.pairs,
                 "threshold": v.threshold, "agreement": v.agreement, "reference_accuracy": v.reference_accuracy,
-                "test_accuracy": v.test_accuracy,
+                "test_accuracy": v.test_accuracy, "decomposition": crate::embed::decomposition_json(&d),
+                "identities": uniq, "open_set": crate::embed::scores_json(&tar),
                 "per_image": emb_cos.iter().zip(&set.names).map(|(c, nm)| json!({"image": nm, "cosine": c})).collect::<Vec<_>>()});
         }
         Task::Classify => unreachable!(),

@@ -108,9 +108,14 @@ pub struct TrainArgs {
     /// Loss/accuracy curve (SVG); default: OUTPUT with .curve.svg
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub embed: crate::embed::EmbedTrainArgs,
 }
 
 pub fn train(a: &TrainArgs) -> Result<()> {
+    if a.embed.task == "embed" {
+        return crate::embed::train_embed(a);
+    }
     let t_all = Instant::now();
     let method = match &a.qat {
         None => None,

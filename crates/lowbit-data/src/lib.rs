@@ -3,7 +3,8 @@
 //! This crate owns getting images into memory as model-ready tensors: reading and writing IDX
 //! files (MNIST / Fashion-MNIST, plain or gzipped), loading folders of .jpg/.png images, and the
 //! preprocessing that turns u8 pixels into normalized NCHW `f32` ([`Preprocess`] with presets for
-//! ImageNet, MNIST, Fashion-MNIST and PaddleOCR). The result is an [`ImageSet`]. Loaders never
+//! ImageNet, MNIST, Fashion-MNIST and PaddleOCR). The result is an [`ImageSet`]. [`openset`] turns labelled sets into an open-set recognition
+//! protocol (identities trained on apart from identities evaluated). Loaders never
 //! panic on bad files: every [`DataError`] names the file or folder and the reason. The crate does
 //! not depend on the other lowbit crates.
 
@@ -11,6 +12,7 @@ mod error;
 mod folder;
 mod idx;
 mod imageset;
+pub mod openset;
 mod preprocess;
 
 #[cfg(test)]

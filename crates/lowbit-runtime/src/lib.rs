@@ -4,11 +4,13 @@
 //! choice and weight packing per node (`lower`), and the interpreter (`exec`) with a thread pool.
 //! A plan is immutable once compiled; each run owns a [`State`]. It contains no kernel math: that
 //! lives in `lowbit-kernels`. Also: the fake-quant executor ([`fakequant`]) and classification
-//! metrics ([`classify`]).
+//! metrics ([`classify`]), open-set embedding metrics and the class/individual error decomposition
+//! ([`embedding`]).
 
 mod blocks;
 mod cache;
 pub mod classify;
+pub mod embedding;
 mod exec;
 pub mod fakequant;
 mod layout;

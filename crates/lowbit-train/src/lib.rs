@@ -2,13 +2,15 @@
 //! autodiff (CPU `flex` backend) ([`model`]), trains it in float with BatchNorm in training mode,
 //! SGD-momentum or AdamW, a warm-up + cosine schedule and crop/flip augmentation ([`train`]), and
 //! runs quantization-aware training with the fake-quant functions of [`fq`] (STE, LSQ, PACT, DSQ)
-//! initialised from a post-training result, optionally distilling from the float model ([`qat`]).
+//! initialised from a post-training result, optionally distilling from the float model ([`qat`]). [`embed`] trains embedding models for
+//! open-set recognition (CosFace / ArcFace heads, and RCM for their QAT).
 //! It re-implements no autodiff: gradients come from burn.
 
 pub mod binary;
 pub mod bn;
 pub mod conv;
 pub mod dsq;
+pub mod embed;
 pub mod fq;
 pub mod fqop;
 pub mod model;

@@ -153,6 +153,8 @@ pub struct Model {
     pub binary: HashMap<usize, Binary>,
     /// Training progress in `[0, 1]` (the EDE schedule reads it); set by the training loop.
     pub progress: f32,
+    /// The margin-softmax head of embedding training ([`crate::embed`]); never exported.
+    pub head: Option<crate::embed::Head>,
     graph: Graph,
 }
 
@@ -191,6 +193,7 @@ impl Model {
             value_sizes: HashMap::new(),
             binary: HashMap::new(),
             progress: 0.0,
+            head: None,
             graph: g.clone(),
         };
         let mut pidx: HashMap<String, usize> = HashMap::new();

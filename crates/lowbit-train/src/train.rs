@@ -391,27 +391,13 @@ pub fn train(
             }
             let x: Tensor<4> = Tensor::from_data(TensorData::new(xb.clone(), [bs, train.c, train.h, train.w]), &dev);
             model.progress = (epoch * steps + step) as f32 / total.max(1) as f32;
-            let logits = model.forward(x, true)?;
-            let y: Tensor<2> = Tensor::from_data(TensorData::new(onehot, [bs, classes]), &dev);
-            let ce = (log_softmax(logits.clone(), 1) * y).sum().neg().div_scalar(bs as f32);
-            let loss = match (&cfg.distill, teacher.as_mut()) {
-                (Some(d), Some(t)) => {
-                    let tl = t(&xb, bs)?;
-                    if tl.len() != bs * classes {
-                        return Err(Error::Invalid(format!(
-                            "teacher gave {} logits for {bs} images of {classes} classes",
-                            tl.len()
-                        )));
-                    }
-                    let tt = d.temperature;
-                    let tl: Tensor<2> = Tensor::from_data(TensorData::new(tl, [bs, classes]), &dev);
-                    let pt = burn::tensor::activation::softmax(tl.clone().div_scalar(tt), 1);
-                    let lpt = log_softmax(tl.div_scalar(tt), 1);
-                    let lps = log_softmax(logits.clone().div_scalar(tt), 1);
-                    let kl = (pt * (lpt - lps)).sum().div_scalar(bs as f32).mul_scalar(tt * tt);
-                    ce.mul_scalar(1.0 - d.weight) + kl.mul_scalar(d.weight)
+            let out = model.forward(x, true)?;
+            let (loss, lg) = match model.head.clone() {
+                Some(h) => embed_step(model, &h, out, &xb, &idx, labels, teacher.as_mut())?,
+                None => {
+                    let (l, logits) = class_loss(out, onehot, bs, classes, cfg, teacher.as_mut(), &xb)?;
+                    (l, logits)
                 }
-                _ => ce,
             };
             let grads = loss.backward();
             let lv = loss.into_data().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("{e:?}")))?[0] as f64;
@@ -421,7 +407,7 @@ pub fn train(
                     epoch + 1
                 )));
             }
-            let lg = logits.into_data().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("{e:?}")))?;
+            let classes = lg.len() / bs;
             for (j, &i) in idx.iter().enumerate() {
                 if argmax(&lg[j * classes..(j + 1) * classes]) == labels[i] as usize {
                     correct += 1;
@@ -452,7 +438,11 @@ pub fn train(
             on(Event::Batch { epoch, step, steps, loss: loss_sum / seen as f64, acc: correct as f64 / seen as f64 });
         }
         on(Event::Evaluating { epoch });
-        let test_acc = if test.labels.is_some() && test.n > 0 { evaluate(model, test, 500)? } else { f64::NAN };
+        let test_acc = match (&model.head, test.labels.is_some() && test.n > 0) {
+            (_, false) => f64::NAN,
+            (Some(_), true) => crate::embed::evaluate(model, test, 500)?,
+            (None, true) => evaluate(model, test, 500)?,
+        };
         model.require_grad();
         let log = EpochLog {
             epoch: epoch + 1,
@@ -477,6 +467,78 @@ pub fn train(
         }
     }
     Ok(history)
+}
+
+/// Cross-entropy on the model's logits, plus distillation from the teacher's when asked.
+/// Returns the loss and the logits (host).
+fn class_loss(
+    logits: Tensor<2>,
+    onehot: Vec<f32>,
+    bs: usize,
+    classes: usize,
+    cfg: &TrainConfig,
+    teacher: Option<&mut &mut Teacher>,
+    xb: &[f32],
+) -> Result<(Tensor<1>, Vec<f32>)> {
+    let dev = logits.device();
+    let y: Tensor<2> = Tensor::from_data(TensorData::new(onehot, [bs, classes]), &dev);
+    let ce = (log_softmax(logits.clone(), 1) * y).sum().neg().div_scalar(bs as f32);
+    let loss = match (&cfg.distill, teacher) {
+        (Some(d), Some(t)) => {
+            let tl = t(xb, bs)?;
+            if tl.len() != bs * classes {
+                return Err(Error::Invalid(format!(
+                    "teacher gave {} logits for {bs} images of {classes} classes",
+                    tl.len()
+                )));
+            }
+            let tt = d.temperature;
+            let tl: Tensor<2> = Tensor::from_data(TensorData::new(tl, [bs, classes]), &dev);
+            let pt = burn::tensor::activation::softmax(tl.clone().div_scalar(tt), 1);
+            let lpt = log_softmax(tl.div_scalar(tt), 1);
+            let lps = log_softmax(logits.clone().div_scalar(tt), 1);
+            let kl = (pt * (lpt - lps)).sum().div_scalar(bs as f32).mul_scalar(tt * tt);
+            ce.mul_scalar(1.0 - d.weight) + kl.mul_scalar(d.weight)
+        }
+        _ => ce,
+    };
+    let lg = logits.into_data().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("{e:?}")))?;
+    Ok((loss, lg))
+}
+
+/// The margin-softmax loss of an embedding batch; with RCM, the teacher gives the float model's
+/// embeddings of the batch. Returns the loss and the cosines to every identity (host).
+fn embed_step(
+    model: &Model,
+    h: &crate::embed::Head,
+    feats: Tensor<2>,
+    xb: &[f32],
+    idx: &[usize],
+    labels: &[u32],
+    teacher: Option<&mut &mut Teacher>,
+) -> Result<(Tensor<1>, Vec<f32>)> {
+    let y: Vec<usize> = idx.iter().map(|&i| labels[i] as usize).collect();
+    let w = model.params[h.param].t.clone();
+    let extra = match (h.cfg.rcm, &h.centres) {
+        (Some(lambda), Some(centres)) => {
+            let t = teacher.ok_or_else(|| Error::Invalid("RCM needs the float model's embeddings".into()))?;
+            let ff = t(xb, idx.len())?;
+            if ff.len() != idx.len() * h.cfg.dim {
+                return Err(Error::Invalid(format!(
+                    "the float model gave {} values for {} embeddings of {}",
+                    ff.len(),
+                    idx.len(),
+                    h.cfg.dim
+                )));
+            }
+            // The current cosine of each sample to its identity's head row (no gradient needed).
+            let (_, cos) = crate::embed::margin_loss(feats.clone().detach(), w.clone().detach(), &y, &h.cfg, &[]);
+            let cq: Vec<f32> = y.iter().enumerate().map(|(i, &l)| cos[i * h.cfg.classes + l]).collect();
+            crate::embed::rcm_extra(h.cfg.kind, lambda, &cq, &ff, centres, &y)
+        }
+        _ => vec![],
+    };
+    Ok(crate::embed::margin_loss(feats, w, &y, &h.cfg, &extra))
 }
 
 /// The default checkpoint file for an output model: `OUT.ckpt.json`.

@@ -6,6 +6,7 @@ mod common;
 mod adaround;
 mod binary;
 mod cli;
+mod embed;
 mod fuzz_regressions;
 mod int8;
 mod module_graph;
