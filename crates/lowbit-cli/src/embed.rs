@@ -15,7 +15,7 @@ use lowbit_runtime::classify::Classifier;
 use lowbit_runtime::embedding::{self as em, Decomposition, OpenSet as Scores};
 use lowbit_train::embed::{self as te, EmbedConfig, MarginKind};
 use lowbit_train::qat::{self, QatConfig};
-use lowbit_train::train::{self as tr, Event, OptimizerKind, TrainConfig};
+use lowbit_train::train::{self as tr, OptimizerKind, TrainConfig};
 use lowbit_train::{Model, QatMethod};
 use serde_json::json;
 
@@ -113,6 +113,7 @@ pub fn embeddings(g: &Graph, set: &ImageSet, threads: usize, what: &str) -> Resu
 pub fn scores_json(s: &Scores) -> serde_json::Value {
     json!({"images": s.images, "identities": s.identities, "positive_pairs": s.positive_pairs,
         "negative_pairs": s.negative_pairs, "rank1": s.rank1,
+        "confused": s.confused.iter().map(|c| json!({"a": c.0, "b": c.1, "false_accepts": c.2})).collect::<Vec<_>>(),
         "tar": s.tar.iter().map(|t| json!({"far": t.far, "tar": t.tar, "threshold": t.threshold, "far_measured": t.far_measured})).collect::<Vec<_>>()})
 }
 
@@ -130,6 +131,13 @@ pub fn score_rows(name: &str, s: &Scores) -> Vec<Vec<String>> {
         r.push(vec![
             format!("{name}: TAR @ FAR {:.0e}", t.far),
             format!("{:.2}% (cosine > {:.4})", t.tar * 100.0, t.threshold),
+        ]);
+    }
+    if let (Some(t), Some(c)) = (s.tar.iter().map(|t| t.far).reduce(f64::min), s.confused.first()) {
+        let accepted = s.tar.iter().find(|x| x.far == t).map_or(0.0, |x| x.far_measured * s.negative_pairs as f64);
+        r.push(vec![
+            format!("{name}: most confused identities at FAR {t:.0e}"),
+            format!("{} and {}: {} of {:.0} false accepts", c.0, c.1, c.2, accepted),
         ]);
     }
     r
@@ -375,28 +383,7 @@ pub fn train_embed(a: &TrainArgs) -> Result<()> {
         std::fs::remove_file(&ckpt).map_err(|e| anyhow!("{}: {e}", ckpt.display()))?;
     }
     let tag = format!("{}|embed|{:?}|{:?}|{}|{:?}", a.model.display(), a.qat, econf, a.reinit, a.limit);
-    let mut pb: Option<indicatif::ProgressBar> = None;
-    let mut on = |e: Event| match e {
-        Event::Batch { epoch, step, steps, loss, acc } => {
-            let p = pb.get_or_insert_with(|| progress(steps as u64, &format!("epoch {}/{}", epoch + 1, cfg.epochs)));
-            p.set_position(step as u64 + 1);
-            p.set_message(format!("epoch {}/{} loss {loss:.4} acc {:.2}%", epoch + 1, cfg.epochs, acc * 100.0));
-        }
-        Event::Evaluating { .. } => {
-            if let Some(p) = pb.take() {
-                p.finish_and_clear();
-            }
-        }
-        Event::Epoch(l) => eprintln!(
-            "epoch {:>3}: loss {:.4}  train (seen ids) {:.2}%  rank-1 (unseen ids) {:.2}%  {:.0} s",
-            l.epoch,
-            l.loss,
-            l.train_acc * 100.0,
-            l.test_acc * 100.0,
-            l.seconds
-        ),
-        Event::Resumed { epoch } => eprintln!("resuming from {} after epoch {epoch}", ckpt.display()),
-    };
+    let mut on = crate::train::progress_printer(cfg.epochs, &ckpt, "train (seen ids)", "rank-1 (unseen ids)");
     let teacher: Option<&mut tr::Teacher> = if rcm.is_some() { Some(&mut teacher_fn) } else { None };
     let t_train = Instant::now();
     let history = tr::train(&mut model, &o.train, &test, &cfg, teacher, Some(&ckpt), &tag, &mut on)
@@ -440,22 +427,7 @@ pub fn train_embed(a: &TrainArgs) -> Result<()> {
     report["train_seconds"] = json!(train_s);
     report["total_seconds"] = json!(t_all.elapsed().as_secs_f64());
     report["threads"] = json!(a.threads);
-    let plot = a.plot.clone().unwrap_or_else(|| {
-        let mut s = a.output.as_os_str().to_owned();
-        s.push(".curve.svg");
-        PathBuf::from(s)
-    });
-    let loss: Vec<(f64, f64)> = history.iter().map(|l| (l.epoch as f64, l.loss)).collect();
-    let tra: Vec<(f64, f64)> = history.iter().map(|l| (l.epoch as f64, l.train_acc * 100.0)).collect();
-    let tea: Vec<(f64, f64)> = history.iter().map(|l| (l.epoch as f64, l.test_acc * 100.0)).collect();
-    write_atomic(
-        &plot,
-        crate::svg::curves(
-            &format!("{}: embedding training", a.model.display()),
-            &[("loss", vec![("train loss", loss)]), ("%", vec![("train top-1 (seen)", tra), ("rank-1 (unseen)", tea)])],
-        )
-        .as_bytes(),
-    )?;
+    crate::train::write_curves(a, &history, "embedding training", ("%", "train top-1 (seen)", "rank-1 (unseen)"))?;
     if let Some(j) = &a.json {
         write_json(j, &report)?;
     }

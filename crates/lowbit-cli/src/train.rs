@@ -283,28 +283,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         std::fs::remove_file(&ckpt).map_err(|e| anyhow!("{}: {e}", ckpt.display()))?;
     }
     let tag = format!("{}|{:?}|{}|{:?}", a.model.display(), a.qat, a.reinit, binary);
-    let mut pb: Option<indicatif::ProgressBar> = None;
-    let mut on = |e: Event| match e {
-        Event::Batch { epoch, step, steps, loss, acc } => {
-            let p = pb.get_or_insert_with(|| progress(steps as u64, &format!("epoch {}/{}", epoch + 1, cfg.epochs)));
-            p.set_position(step as u64 + 1);
-            p.set_message(format!("epoch {}/{} loss {loss:.4} acc {:.2}%", epoch + 1, cfg.epochs, acc * 100.0));
-        }
-        Event::Evaluating { .. } => {
-            if let Some(p) = pb.take() {
-                p.finish_and_clear();
-            }
-        }
-        Event::Epoch(l) => eprintln!(
-            "epoch {:>3}: loss {:.4}  train {:.2}%  test {:.2}%  {:.0} s",
-            l.epoch,
-            l.loss,
-            l.train_acc * 100.0,
-            l.test_acc * 100.0,
-            l.seconds
-        ),
-        Event::Resumed { epoch } => eprintln!("resuming from {} after epoch {epoch}", ckpt.display()),
-    };
+    let mut on = progress_printer(cfg.epochs, &ckpt, "train", "test");
     let teacher: Option<&mut tr::Teacher> = if a.distill { Some(&mut teacher_fn) } else { None };
     let t_train = Instant::now();
     let history = tr::train(&mut model, &train_set, &test_set, &cfg, teacher, Some(&ckpt), &tag, &mut on)
@@ -399,6 +378,53 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     report["train_seconds"] = json!(train_s);
     report["total_seconds"] = json!(t_all.elapsed().as_secs_f64());
     report["threads"] = json!(a.threads);
+    write_curves(a, &history, "training curves", ("top-1 %", "train", "test"))?;
+    if let Some(j) = &a.json {
+        write_json(j, &report)?;
+    }
+    Ok(())
+}
+
+/// Prints training progress: a bar per epoch, a line per finished epoch (`train` and `test`
+/// name its two accuracies).
+pub(crate) fn progress_printer<'a>(
+    epochs: usize,
+    ckpt: &'a std::path::Path,
+    train: &'a str,
+    test: &'a str,
+) -> impl FnMut(Event) + 'a {
+    let mut pb: Option<indicatif::ProgressBar> = None;
+    move |e: Event| match e {
+        Event::Batch { epoch, step, steps, loss, acc } => {
+            let p = pb.get_or_insert_with(|| progress(steps as u64, &format!("epoch {}/{epochs}", epoch + 1)));
+            p.set_position(step as u64 + 1);
+            p.set_message(format!("epoch {}/{epochs} loss {loss:.4} acc {:.2}%", epoch + 1, acc * 100.0));
+        }
+        Event::Evaluating { .. } => {
+            if let Some(p) = pb.take() {
+                p.finish_and_clear();
+            }
+        }
+        Event::Epoch(l) => eprintln!(
+            "epoch {:>3}: loss {:.4}  {train} {:.2}%  {test} {:.2}%  {:.0} s",
+            l.epoch,
+            l.loss,
+            l.train_acc * 100.0,
+            l.test_acc * 100.0,
+            l.seconds
+        ),
+        Event::Resumed { epoch } => eprintln!("resuming from {} after epoch {epoch}", ckpt.display()),
+    }
+}
+
+/// The loss and accuracy curves of a training run as SVG (`--plot`, default OUTPUT.curve.svg);
+/// `acc` = (axis label, train series name, test series name).
+pub(crate) fn write_curves(
+    a: &TrainArgs,
+    history: &[tr::EpochLog],
+    title: &str,
+    acc: (&str, &str, &str),
+) -> Result<()> {
     let plot = a.plot.clone().unwrap_or_else(|| {
         let mut s = a.output.as_os_str().to_owned();
         s.push(".curve.svg");
@@ -410,14 +436,11 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     write_atomic(
         &plot,
         crate::svg::curves(
-            &format!("{}: training curves", a.model.display()),
-            &[("loss", vec![("train loss", loss)]), ("top-1 %", vec![("train", tra), ("test", tea)])],
+            &format!("{}: {title}", a.model.display()),
+            &[("loss", vec![("train loss", loss)]), (acc.0, vec![(acc.1, tra), (acc.2, tea)])],
         )
         .as_bytes(),
     )?;
-    if let Some(j) = &a.json {
-        write_json(j, &report)?;
-    }
     Ok(())
 }
 

@@ -63,6 +63,10 @@ pub struct OpenSet {
     pub tar: Vec<TarAtFar>,
     /// Share of images whose nearest other image (by cosine) has the same identity.
     pub rank1: f64,
+    /// At the threshold of the smallest resolved FAR: the identity pairs with the most accepted
+    /// different-identity pairs, `(a, b, count)`, most first (at most 5). Shows whether a few
+    /// look-alike identities decide the TAR.
+    pub confused: Vec<(u32, u32, usize)>,
 }
 
 /// Scores every pair of `emb` (rows of equal length) with identities `ids`.
@@ -103,7 +107,7 @@ pub fn open_set(emb: &[Vec<f32>], ids: &[u32], fars: &[f64]) -> OpenSet {
     let mut ident: Vec<u32> = ids[..n].to_vec();
     ident.sort_unstable();
     ident.dedup();
-    let tar = fars
+    let tar: Vec<TarAtFar> = fars
         .iter()
         .filter(|&&far| far * neg.len() as f64 >= 10.0)
         .map(|&far| {
@@ -119,7 +123,46 @@ pub fn open_set(emb: &[Vec<f32>], ids: &[u32], fars: &[f64]) -> OpenSet {
             }
         })
         .collect();
-    OpenSet { images: n, identities: ident.len(), positive_pairs: pos.len(), negative_pairs: neg.len(), tar, rank1 }
+    let confused = match tar.iter().map(|t| t.threshold).reduce(f64::max) {
+        Some(t) => confusions(&e, &ids[..n], t),
+        None => vec![],
+    };
+    OpenSet {
+        images: n,
+        identities: ident.len(),
+        positive_pairs: pos.len(),
+        negative_pairs: neg.len(),
+        tar,
+        rank1,
+        confused,
+    }
+}
+
+/// Different-identity pairs of unit embeddings `e` scoring above `t`, counted per identity pair;
+/// the 5 largest counts.
+fn confusions(e: &[Vec<f32>], ids: &[u32], t: f64) -> Vec<(u32, u32, usize)> {
+    use std::collections::HashMap;
+    let n = e.len();
+    let counts = (0..n)
+        .into_par_iter()
+        .fold(HashMap::new, |mut m: HashMap<(u32, u32), usize>, i| {
+            for j in i + 1..n {
+                if ids[i] != ids[j] && dot(&e[i], &e[j]) as f32 as f64 > t {
+                    *m.entry((ids[i].min(ids[j]), ids[i].max(ids[j]))).or_default() += 1;
+                }
+            }
+            m
+        })
+        .reduce(HashMap::new, |mut a, b| {
+            for (k, v) in b {
+                *a.entry(k).or_default() += v;
+            }
+            a
+        });
+    let mut v: Vec<(u32, u32, usize)> = counts.into_iter().map(|((a, b), c)| (a, b, c)).collect();
+    v.sort_by(|x, y| y.2.cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1))));
+    v.truncate(5);
+    v
 }
 
 /// `x` rotated by the smallest rotation taking unit vector `a` to unit vector `b` (in the plane
@@ -312,6 +355,11 @@ mod tests {
             assert!(t.tar > 0.9, "{t:?}");
         }
         assert!(r.rank1 > 0.95);
+        // The accepted negatives at the tightest threshold, per identity pair, are all of them.
+        let tight = &r.tar[0];
+        let per_pair: usize = r.confused.iter().map(|c| c.2).sum();
+        assert_eq!(per_pair, (tight.far_measured * r.negative_pairs as f64).round() as usize, "{r:?}");
+        assert!(r.confused.iter().all(|c| c.0 < c.1 && c.2 > 0), "{r:?}");
         // Random embeddings: rank-1 near chance, TAR near FAR.
         let rand: Vec<Vec<f32>> = (0..60).map(|_| (0..8).map(|_| rng(&mut s)).collect()).collect();
         let r = open_set(&rand, &ids, &[0.1]);
