@@ -24,6 +24,33 @@ fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
+/// An image's name in its set: its path below the folder (`alice/1.jpg` in an identity
+/// sub-folder), or its file name.
+fn set_name(path: &Path, root: &Path) -> String {
+    match path.strip_prefix(root) {
+        Ok(rel) if root.is_dir() && rel.components().count() > 1 => rel.to_string_lossy().into_owned(),
+        _ => file_name(path),
+    }
+}
+
+/// The images of a folder: its .jpg/.jpeg/.png files, or, when it has none, those of its
+/// sub-folders one level down (one sub-folder per identity or class), sorted by sub-folder then
+/// name.
+fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let files = list_files(dir, is_image_name)?;
+    if !files.is_empty() {
+        return Ok(files);
+    }
+    let entries = fs::read_dir(dir).map_err(|e| DataError::io(dir, "cannot list folder", e))?;
+    let mut subs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    subs.sort();
+    let mut all = vec![];
+    for s in subs {
+        all.extend(list_files(&s, is_image_name)?);
+    }
+    Ok(all)
+}
+
 /// Decodes one image file and appends its preprocessed CHW values; returns (c, h, w).
 fn decode_into(path: &Path, pre: &Preprocess, out: &mut Vec<f32>) -> Result<Vec<(usize, usize, usize)>> {
     pre.validate().map_err(|reason| DataError::Preprocess { path: path.to_path_buf(), reason })?;
@@ -61,7 +88,8 @@ fn load_files(files: &[PathBuf], pre: &Preprocess, source: &Path) -> Result<Imag
     for path in files {
         let shapes = decode_into(path, pre, &mut data)?;
         for (k, &s) in shapes.iter().enumerate() {
-            names.push(if pre.crops.is_some() { format!("{}#{k}", file_name(path)) } else { file_name(path) });
+            let name = set_name(path, source);
+            names.push(if pre.crops.is_some() { format!("{name}#{k}") } else { name });
             match shape {
                 None => shape = Some(s),
                 Some(first) if first != s => {
@@ -110,7 +138,8 @@ fn read_labels_txt(path: &Path) -> Result<HashMap<String, u32>> {
     Ok(map)
 }
 
-/// All .jpg/.jpeg/.png files in a folder (not recursive), sorted by file name; decoded with the
+/// All .jpg/.jpeg/.png files in a folder, sorted by file name (or, in a folder without any, those of
+/// its sub-folders, named `sub/file`, see `list_images`); decoded with the
 /// `image` crate, converted to `pre.channels`, resized/cropped, normalized. Empty folder -> error
 /// "no images (.jpg/.jpeg/.png) in <dir>". Optional labels: if a file `labels.txt` exists with
 /// lines "<filename> <label>", it is used, and every loaded image must have a label.
@@ -121,7 +150,7 @@ pub fn load_image_folder(dir: &Path, pre: &Preprocess, limit: Option<usize>) -> 
     if !dir.is_dir() {
         return Err(DataError::Layout { path: dir.to_path_buf(), reason: "not a folder".into() });
     }
-    let mut files = list_files(dir, is_image_name)?;
+    let mut files = list_images(dir)?;
     if files.is_empty() {
         return Err(DataError::NoImages { dir: dir.to_path_buf() });
     }
@@ -152,7 +181,7 @@ pub fn load_image_folder(dir: &Path, pre: &Preprocess, limit: Option<usize>) -> 
 
 /// The image files of a folder, as [`load_image_folder`] lists them (at most `limit`).
 pub fn image_files(dir: &Path, limit: Option<usize>) -> Result<Vec<std::path::PathBuf>> {
-    let mut files = list_files(dir, is_image_name)?;
+    let mut files = list_images(dir)?;
     if files.is_empty() {
         return Err(DataError::NoImages { dir: dir.to_path_buf() });
     }
@@ -232,6 +261,24 @@ mod tests {
         let gray = load_image_folder(tmp.path(), &raw(1), None).expect("load");
         assert_eq!(gray.shape(), [3, 1, 2, 3]);
         assert_eq!(gray.image(2), &[150.0; 6]);
+    }
+
+    /// One sub-folder per identity (or class): images named `sub/file`, sorted by sub-folder.
+    #[test]
+    fn identity_subfolders_are_read_one_level_down() {
+        let tmp = TempDir::new("folder-ids");
+        for (sub, file, v) in [("bob", "1.png", 20u8), ("alice", "2.png", 10), ("alice", "1.png", 5)] {
+            fs::create_dir_all(tmp.join(sub)).expect("mkdir");
+            GrayImage::from_pixel(2, 2, Luma([v])).save(tmp.join(sub).join(file)).expect("save");
+        }
+        fs::write(tmp.join("notes.txt"), "not an image").expect("write");
+        let set = load_image_folder(tmp.path(), &raw(1), None).expect("load");
+        assert_eq!(set.names, vec!["alice/1.png", "alice/2.png", "bob/1.png"]);
+        assert_eq!([set.image(0)[0], set.image(1)[0], set.image(2)[0]], [5.0, 10.0, 20.0]);
+        assert_eq!(image_files(tmp.path(), Some(2)).expect("list").len(), 2);
+        // A folder with images of its own ignores its sub-folders.
+        GrayImage::from_pixel(2, 2, Luma([1])).save(tmp.join("top.png")).expect("save");
+        assert_eq!(load_image_folder(tmp.path(), &raw(1), None).expect("load").names, vec!["top.png"]);
     }
 
     #[test]
