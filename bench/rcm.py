@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """RCM against the plain margin loss in low-bit QAT of an embedding model (issue 23, lines 2-3).
 
-usage: python bench/rcm.py FLOAT_EMBED.onnx [--bits 4,3] [--seeds 0,1,2] [--epochs 1] [--limit 6000] [--lr 5e-4]
+usage: python bench/rcm.py FLOAT_EMBED.onnx [--bits 4,3] [--seeds 0,1,2] [--epochs 1] [--limit 6000] [--lr 5e-4] [--rcm-weight 1] [--losses arcface,rcm]
                            [--out bench/rcm.json] [--svg bench/rcm_decomposition.svg] [--report-only]
 
 FLOAT_EMBED.onnx is a float embedding model trained on the open-set protocol, e.g.
@@ -36,7 +36,7 @@ def one(float_model, bits, seed, loss, args, work):
     out = os.path.join(work, f"w{bits}-{loss}-s{seed}.onnx")
     js = out + ".json"
     cmd = [LOWBIT, "train", float_model, "--data", FMNIST, "--extra-data", MNIST, "--task", "embed",
-           "--loss", loss, "--qat", "lsq", "--weights", str(bits), "--acts", str(bits),
+           "--loss", loss, "--rcm-weight", str(args.rcm_weight), "--qat", "lsq", "--weights", str(bits), "--acts", str(bits),
            "--first-last-bits", "8", "--epochs", str(args.epochs), "--lr", str(args.lr), "--limit", str(args.limit),
            "--test-limit", "1000", "--seed", str(seed), "--no-resume", "-o", out, "--json", js]
     print("+", " ".join(cmd), flush=True)
@@ -89,6 +89,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--limit", type=int, default=6000)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--rcm-weight", type=float, default=1.0, help="RCM's lambda")
+    ap.add_argument("--losses", default="arcface,rcm")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "rcm.json"))
     ap.add_argument("--svg", default=os.path.join(ROOT, "bench", "rcm_decomposition.svg"))
     ap.add_argument("--report-only", action="store_true", help="print the table and draw the plot of --out again")
@@ -100,10 +102,10 @@ def main():
         rows = []
         for bits in [int(b) for b in args.bits.split(",")]:
             for seed in [int(s) for s in args.seeds.split(",")]:
-                for loss in ["arcface", "rcm"]:
+                for loss in args.losses.split(","):
                     rows.append(one(args.float_model, bits, seed, loss, args, work))
                     json.dump({"float_model": args.float_model, "epochs": args.epochs, "limit": args.limit, "lr": args.lr,
-                               "runs": rows}, open(args.out, "w"), indent=1)
+                               "rcm_weight": args.rcm_weight, "runs": rows}, open(args.out, "w"), indent=1)
     svg(rows, args.svg)
     keys = ["tar_1e-3", "tar_1e-2", "rank1", "class_deg", "individual_deg", "compactness_change_deg", "cosine"]
     print(f"\nfloat: TAR@1e-3 {rows[0]['float_tar_1e-3']*100:.2f}%, TAR@1e-2 {rows[0]['float_tar_1e-2']*100:.2f}%, "
@@ -113,6 +115,8 @@ def main():
     for bits in sorted({r["bits"] for r in rows}, reverse=True):
         for loss in ["arcface", "rcm"]:
             sel = [r for r in rows if r["bits"] == bits and r["loss"] == loss]
+            if not sel:
+                continue
             cells = []
             for k in keys:
                 v = [r[k] * (100 if k in ("tar_1e-3", "tar_1e-2", "rank1") else 1) for r in sel]

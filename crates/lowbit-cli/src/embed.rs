@@ -214,6 +214,7 @@ pub fn eval_open_set(
 ) -> Result<()> {
     let g = load_model(model)?;
     let (pname, pre) = choose_preset(preset, &g, data)?;
+    // Only the unseen identities are needed: keep no training images.
     let o = load_open_set(data, e, &pre, Some(0))?;
     let ids = o.eval.labels.clone().unwrap_or_default();
     let test = embeddings(&g, &o.eval, threads, &model.display().to_string())?;
