@@ -4,7 +4,7 @@
 //! identities; with `--reference`, agreement and the class / individual error decomposition).
 //! The protocol is [`lowbit_data::openset`]; the metrics are [`lowbit_runtime::embedding`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
@@ -20,46 +20,10 @@ use lowbit_train::{Model, QatMethod};
 use serde_json::json;
 
 use crate::common::*;
-use crate::train::TrainArgs;
+use crate::train_args::{progress_printer, write_curves, EmbedArgs, TrainArgs};
 
 /// The FARs reported (each only where the negative pairs resolve it).
 pub const FARS: [f64; 3] = [1e-2, 1e-3, 1e-4];
-
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct EmbedArgs {
-    /// A second labelled IDX source for the open-set protocol (its classes become identities
-    /// 10-19), e.g. ../shared/data/mnist10k beside Fashion-MNIST
-    #[arg(long)]
-    pub extra_data: Option<PathBuf>,
-    /// Classes of every source kept out of training and evaluated as unseen identities
-    #[arg(long, value_delimiter = ',', default_value = "6,7,8,9")]
-    pub unseen: Vec<u32>,
-}
-
-#[derive(clap::Args, Clone, Debug)]
-pub struct EmbedTrainArgs {
-    /// classify (a classifier, the default) | embed (open-set embedding training)
-    #[arg(long, default_value = "classify", value_parser = ["classify", "embed"])]
-    pub task: String,
-    /// Embedding loss: cosface | arcface | rcm (ArcFace with the rotation consistent margin;
-    /// needs --qat)
-    #[arg(long, default_value = "arcface", value_parser = ["cosface", "arcface", "rcm"])]
-    pub loss: String,
-    /// Margin (default 0.35 CosFace, 0.5 rad ArcFace)
-    #[arg(long)]
-    pub margin: Option<f32>,
-    /// Scale s of the margin-softmax logits
-    #[arg(long, default_value_t = 16.0)]
-    pub scale: f32,
-    /// Embedding width (the last fully connected layer is resized to it for float training)
-    #[arg(long, default_value_t = 128)]
-    pub embed_dim: usize,
-    /// RCM weight λ on the individual error
-    #[arg(long, default_value_t = 1.0)]
-    pub rcm_weight: f32,
-    #[command(flatten)]
-    pub data: EmbedArgs,
-}
 
 /// Loads the open-set protocol from `data` (and `--extra-data`) with preprocessing `pre`.
 pub fn load_open_set(
@@ -251,6 +215,17 @@ pub fn train_embed(a: &TrainArgs) -> Result<()> {
         None => None,
         Some(m) => Some(QatMethod::parse(m).ok_or_else(|| anyhow!("unknown --qat '{m}' (ste, lsq, pact, dsq)"))?),
     };
+    for (what, b) in [("--weights", a.weights), ("--acts", a.acts)] {
+        if !(2..=8).contains(&b) {
+            bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
+        }
+    }
+    if a.epochs == 0 || a.batch == 0 {
+        bail!("--epochs and --batch must be at least 1");
+    }
+    if let Some(lr) = a.lr.filter(|x| !(x.is_finite() && *x > 0.0)) {
+        bail!("--lr {lr} must be a finite number above 0");
+    }
     if a.binary.is_some() || a.distill {
         bail!("--task embed trains with a margin head: --binary and --distill are not available");
     }
@@ -384,7 +359,7 @@ pub fn train_embed(a: &TrainArgs) -> Result<()> {
         std::fs::remove_file(&ckpt).map_err(|e| anyhow!("{}: {e}", ckpt.display()))?;
     }
     let tag = format!("{}|embed|{:?}|{:?}|{}|{:?}", a.model.display(), a.qat, econf, a.reinit, a.limit);
-    let mut on = crate::train::progress_printer(cfg.epochs, &ckpt, "train (seen ids)", "rank-1 (unseen ids)");
+    let mut on = progress_printer(cfg.epochs, &ckpt, "train (seen ids)", "rank-1 (unseen ids)");
     let teacher: Option<&mut tr::Teacher> = if rcm.is_some() { Some(&mut teacher_fn) } else { None };
     let t_train = Instant::now();
     let history = tr::train(&mut model, &o.train, &test, &cfg, teacher, Some(&ckpt), &tag, &mut on)
@@ -428,7 +403,7 @@ pub fn train_embed(a: &TrainArgs) -> Result<()> {
     report["train_seconds"] = json!(train_s);
     report["total_seconds"] = json!(t_all.elapsed().as_secs_f64());
     report["threads"] = json!(a.threads);
-    crate::train::write_curves(a, &history, "embedding training", ("%", "train top-1 (seen)", "rank-1 (unseen)"))?;
+    write_curves(a, &history, "embedding training", ("%", "train top-1 (seen)", "rank-1 (unseen)"))?;
     if let Some(j) = &a.json {
         write_json(j, &report)?;
     }

@@ -18,6 +18,7 @@ pub mod save;
 pub mod svg;
 pub mod task_eval;
 pub mod train;
+pub mod train_args;
 
 #[derive(clap::Args, Clone)]
 pub struct DataArgs {

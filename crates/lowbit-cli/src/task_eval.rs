@@ -31,7 +31,7 @@ pub struct TaskArgs {
     pub verify_threshold: Option<f64>,
     /// Embeddings on labelled IDX data: the open-set protocol's second source and unseen classes
     #[command(flatten)]
-    pub open_set: crate::embed::EmbedArgs,
+    pub open_set: crate::train_args::EmbedArgs,
 }
 
 /// The task to evaluate: the one asked for, or guessed from the reference's outputs.

@@ -1,116 +1,20 @@
 //! `lowbit train`: float training and quantization-aware training of an ONNX model, with
 //! progress, a table and JSON report, a loss/accuracy curve and resumable checkpoints.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use lowbit_data::Split;
 use lowbit_runtime::classify::Classifier;
 use lowbit_train::qat::{self, QatConfig};
-use lowbit_train::train::{self as tr, Distill, Event, OptimizerKind, TrainConfig};
+use lowbit_train::train::{self as tr, Distill, OptimizerKind, TrainConfig};
 use lowbit_train::Binary;
 use lowbit_train::{Model, QatMethod};
 use serde_json::json;
 
 use crate::common::*;
-
-#[derive(clap::Args, Clone)]
-pub struct TrainArgs {
-    /// The model to train (its architecture, and its weights unless --reinit)
-    pub model: PathBuf,
-    /// An IDX folder with train and test files (e.g. /usr/share/datasets/fashion-mnist)
-    #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long)]
-    pub preset: Option<String>,
-    #[arg(long, default_value_t = 5)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 128)]
-    pub batch: usize,
-    /// Peak learning rate (default 0.1 for float training, 0.002 for --qat)
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// sgd (momentum 0.9, Nesterov) | adamw (default: sgd; adamw for --binary)
-    #[arg(long, value_parser = ["sgd", "adamw"])]
-    pub optimizer: Option<String>,
-    /// L2 weight decay on convolution and linear weights (default 5e-4; 0 for --binary)
-    #[arg(long)]
-    pub weight_decay: Option<f32>,
-    /// Share of the steps spent warming up (default 0.15 float, 0 for --qat)
-    #[arg(long)]
-    pub warmup: Option<f64>,
-    /// No random crop / flip
-    #[arg(long)]
-    pub no_augment: bool,
-    /// Start from freshly initialised weights (train the architecture from scratch)
-    #[arg(long)]
-    pub reinit: bool,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Train on at most this many images
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Evaluate on at most this many test images
-    #[arg(long)]
-    pub test_limit: Option<usize>,
-    /// Quantization-aware training: ste | lsq | pact | dsq
-    #[arg(long)]
-    pub qat: Option<String>,
-    /// QAT weight bits (per-channel symmetric)
-    #[arg(long, default_value_t = 4)]
-    pub weights: u8,
-    /// QAT activation bits (per-tensor affine)
-    #[arg(long, default_value_t = 4)]
-    pub acts: u8,
-    #[arg(long)]
-    pub per_tensor: bool,
-    #[arg(long)]
-    pub skip_first: bool,
-    #[arg(long)]
-    pub skip_last: bool,
-    /// QAT: keep the first and last layers quantized at this width (their weights and the
-    /// activation the last layer reads), the usual setting below 4 bits
-    #[arg(long, requires = "qat", conflicts_with_all = ["skip_first", "skip_last"], value_parser = clap::value_parser!(u8).range(2..=8))]
-    pub first_last_bits: Option<u8>,
-    /// Binary network (W1A1, first/last layers 8-bit, Bi-Real shortcuts): irnet (Libra-PB + EDE)
-    /// or xnor (sign with mean |w| scale, straight-through estimator: the baseline)
-    #[arg(long, value_parser = ["irnet", "xnor"], conflicts_with = "qat")]
-    pub binary: Option<String>,
-    /// IR-Net ablation: without Libra-PB (XNOR weight scale instead)
-    #[arg(long, requires = "binary")]
-    pub no_libra: bool,
-    /// IR-Net ablation: without EDE (straight-through estimator instead)
-    #[arg(long, requires = "binary")]
-    pub no_ede: bool,
-    /// Calibration images for the post-training start of QAT
-    #[arg(long, default_value_t = 1000)]
-    pub calib_n: usize,
-    /// Distil from the float model (or --teacher)
-    #[arg(long)]
-    pub distill: bool,
-    #[arg(long)]
-    pub teacher: Option<PathBuf>,
-    #[arg(long, default_value_t = 4.0)]
-    pub temperature: f32,
-    /// Weight of the distillation term (the label loss gets 1 - this)
-    #[arg(long, default_value_t = 0.5)]
-    pub distill_weight: f32,
-    /// Start over even if a checkpoint (OUTPUT.ckpt.json) exists
-    #[arg(long)]
-    pub no_resume: bool,
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
-    #[arg(short = 'o', long)]
-    pub output: PathBuf,
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Loss/accuracy curve (SVG); default: OUTPUT with .curve.svg
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
-    #[command(flatten)]
-    pub embed: crate::embed::EmbedTrainArgs,
-}
+pub use crate::train_args::TrainArgs;
+use crate::train_args::{progress_printer, write_curves};
 
 pub fn train(a: &TrainArgs) -> Result<()> {
     if a.embed.task == "embed" {
@@ -382,65 +286,6 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if let Some(j) = &a.json {
         write_json(j, &report)?;
     }
-    Ok(())
-}
-
-/// Prints training progress: a bar per epoch, a line per finished epoch (`train` and `test`
-/// name its two accuracies).
-pub(crate) fn progress_printer<'a>(
-    epochs: usize,
-    ckpt: &'a std::path::Path,
-    train: &'a str,
-    test: &'a str,
-) -> impl FnMut(Event) + 'a {
-    let mut pb: Option<indicatif::ProgressBar> = None;
-    move |e: Event| match e {
-        Event::Batch { epoch, step, steps, loss, acc } => {
-            let p = pb.get_or_insert_with(|| progress(steps as u64, &format!("epoch {}/{epochs}", epoch + 1)));
-            p.set_position(step as u64 + 1);
-            p.set_message(format!("epoch {}/{epochs} loss {loss:.4} acc {:.2}%", epoch + 1, acc * 100.0));
-        }
-        Event::Evaluating { .. } => {
-            if let Some(p) = pb.take() {
-                p.finish_and_clear();
-            }
-        }
-        Event::Epoch(l) => eprintln!(
-            "epoch {:>3}: loss {:.4}  {train} {:.2}%  {test} {:.2}%  {:.0} s",
-            l.epoch,
-            l.loss,
-            l.train_acc * 100.0,
-            l.test_acc * 100.0,
-            l.seconds
-        ),
-        Event::Resumed { epoch } => eprintln!("resuming from {} after epoch {epoch}", ckpt.display()),
-    }
-}
-
-/// The loss and accuracy curves of a training run as SVG (`--plot`, default OUTPUT.curve.svg);
-/// `acc` = (axis label, train series name, test series name).
-pub(crate) fn write_curves(
-    a: &TrainArgs,
-    history: &[tr::EpochLog],
-    title: &str,
-    acc: (&str, &str, &str),
-) -> Result<()> {
-    let plot = a.plot.clone().unwrap_or_else(|| {
-        let mut s = a.output.as_os_str().to_owned();
-        s.push(".curve.svg");
-        PathBuf::from(s)
-    });
-    let loss: Vec<(f64, f64)> = history.iter().map(|l| (l.epoch as f64, l.loss)).collect();
-    let tra: Vec<(f64, f64)> = history.iter().map(|l| (l.epoch as f64, l.train_acc * 100.0)).collect();
-    let tea: Vec<(f64, f64)> = history.iter().map(|l| (l.epoch as f64, l.test_acc * 100.0)).collect();
-    write_atomic(
-        &plot,
-        crate::svg::curves(
-            &format!("{}: {title}", a.model.display()),
-            &[("loss", vec![("train loss", loss)]), (acc.0, vec![(acc.1, tra), (acc.2, tea)])],
-        )
-        .as_bytes(),
-    )?;
     Ok(())
 }
 

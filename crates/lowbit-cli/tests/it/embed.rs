@@ -176,6 +176,21 @@ fn embedding_training_qat_with_rcm_and_open_set_evaluation() {
         d.join("x.onnx").to_str().unwrap(),
     ]);
     assert!(!ok && stderr.contains("--qat"), "{stderr}");
+    let (ok, _, stderr) = run(&[
+        "train",
+        float.to_str().unwrap(),
+        "--data",
+        a,
+        "--task",
+        "embed",
+        "--qat",
+        "lsq",
+        "--weights",
+        "9",
+        "-o",
+        d.join("x.onnx").to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("--weights 9 is out of range"), "{stderr}");
     let ppocr = zoo("ppocr-textline-cls.onnx");
     let (ok, _, stderr) = run(&[
         "train",
