@@ -13,6 +13,7 @@ pub mod dsq;
 pub mod embed;
 pub mod fq;
 pub mod fqop;
+pub mod head;
 pub mod model;
 pub mod qat;
 pub mod relu;

@@ -154,7 +154,7 @@ pub struct Model {
     /// Training progress in `[0, 1]` (the EDE schedule reads it); set by the training loop.
     pub progress: f32,
     /// The margin-softmax head of embedding training ([`crate::embed`]); never exported.
-    pub head: Option<crate::embed::Head>,
+    pub head: Option<crate::head::Head>,
     graph: Graph,
 }
 

@@ -510,7 +510,7 @@ fn class_loss(
 /// embeddings of the batch. Returns the loss and the cosines to every identity (host).
 fn embed_step(
     model: &Model,
-    h: &crate::embed::Head,
+    h: &crate::head::Head,
     feats: Tensor<2>,
     xb: &[f32],
     idx: &[usize],
