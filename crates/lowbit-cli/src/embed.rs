@@ -14,7 +14,7 @@ use lowbit_data::{ImageSet, Split};
 use lowbit_runtime::classify::Classifier;
 use lowbit_runtime::embedding::{self as em, Decomposition, OpenSet as Scores};
 use lowbit_train::embed::{self as te, EmbedConfig, MarginKind};
-use lowbit_train::qat::{self, QatConfig};
+use lowbit_train::qat;
 use lowbit_train::train::{self as tr, OptimizerKind, TrainConfig};
 use lowbit_train::{Model, QatMethod};
 use serde_json::json;
@@ -292,16 +292,7 @@ pub fn train_embed(a: &TrainArgs) -> Result<()> {
             (m, None, None)
         }
         Some(meth) => {
-            let qc = QatConfig {
-                method: meth,
-                weight_bits: a.weights,
-                act_bits: a.acts,
-                per_channel: !a.per_tensor,
-                skip_first: a.skip_first,
-                skip_last: a.skip_last,
-                first_last_bits: a.first_last_bits,
-                ..Default::default()
-            };
+            let qc = a.qat_config(meth);
             let t0 = Instant::now();
             let k = o.train.n.div_ceil(a.calib_n.max(1)).max(1);
             let calib = pick(&o.train, &(0..o.train.n).step_by(k).take(a.calib_n).collect::<Vec<_>>());

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use lowbit_data::Split;
 use lowbit_runtime::classify::Classifier;
-use lowbit_train::qat::{self, QatConfig};
+use lowbit_train::qat;
 use lowbit_train::train::{self as tr, Distill, OptimizerKind, TrainConfig};
 use lowbit_train::Binary;
 use lowbit_train::{Model, QatMethod};
@@ -135,16 +135,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             (m, None, None)
         }
         Some(meth) => {
-            let qc = QatConfig {
-                method: meth,
-                weight_bits: a.weights,
-                act_bits: a.acts,
-                per_channel: !a.per_tensor,
-                skip_first: a.skip_first,
-                skip_last: a.skip_last,
-                first_last_bits: a.first_last_bits,
-                ..Default::default()
-            };
+            let qc = a.qat_config(meth);
             let float_acc = top1(&g, &test_set, a.threads)?;
             stages.push(vec!["float".into(), format!("{:.2}", float_acc * 100.0), "-".into()]);
             report["float_top1"] = json!(float_acc);

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use lowbit_train::qat::QatConfig;
 use lowbit_train::train::{self as tr, Event};
+use lowbit_train::QatMethod;
 
 use crate::common::*;
 
@@ -140,6 +142,22 @@ pub struct EmbedTrainArgs {
     pub rcm_weight: f32,
     #[command(flatten)]
     pub data: EmbedArgs,
+}
+
+impl TrainArgs {
+    /// The quantization-aware training settings these arguments ask for, with `method`.
+    pub fn qat_config(&self, method: QatMethod) -> QatConfig {
+        QatConfig {
+            method,
+            weight_bits: self.weights,
+            act_bits: self.acts,
+            per_channel: !self.per_tensor,
+            skip_first: self.skip_first,
+            skip_last: self.skip_last,
+            first_last_bits: self.first_last_bits,
+            ..Default::default()
+        }
+    }
 }
 
 /// Prints training progress: a bar per epoch, a line per finished epoch (`train` and `test`
