@@ -148,14 +148,15 @@ pub fn rcm_extra(
 }
 
 /// The margin-softmax loss of embeddings `feat` (`[n, dim]`) against head weights `w` (`[classes *
-/// dim]`) for true identities `labels`, with `extra[i]` added to sample `i`'s margin. Returns the
-/// mean loss and the cosines to every identity (host, `[n, classes]`, for accuracy and RCM).
+/// dim]`) for true identities `labels`. `extra` gets the cosines to every identity (host, `[n,
+/// classes]`) and gives what to add to each sample's margin (RCM reads the current cosines: one
+/// forward pass serves both). Returns the mean loss and those cosines (for accuracy).
 pub fn margin_loss(
     feat: Tensor<2>,
     w: Tensor<1>,
     labels: &[usize],
     cfg: &EmbedConfig,
-    extra: &[f32],
+    extra: impl FnOnce(&[f32]) -> Vec<f32>,
 ) -> (Tensor<1>, Vec<f32>) {
     let [n, d] = feat.dims();
     let c = cfg.classes;
@@ -169,6 +170,7 @@ pub fn margin_loss(
     let wu = w / wnorm;
     let cos = fu.matmul(wu.transpose()).clamp(-1.0 + 1e-6, 1.0 - 1e-6);
     let host = cos.clone().into_data().try_to_vec::<f32>().unwrap_or_default();
+    let extra = extra(&host);
     // logits = s (cos A - sin B - C): A = 1, B = C = 0 off the true identity.
     let (mut a, mut b, mut cc, mut onehot) =
         (vec![1f32; n * c], vec![0f32; n * c], vec![0f32; n * c], vec![0f32; n * c]);
@@ -275,7 +277,7 @@ mod tests {
             let run = |fv: &[f32]| {
                 let ft = Tensor::<2>::from_data(TensorData::new(fv.to_vec(), [5, 4]), &dev()).require_grad();
                 let wt = Tensor::<1>::from_data(TensorData::new(w.clone(), [12]), &dev()).require_grad();
-                let (l, _) = margin_loss(ft.clone(), wt.clone(), &labels, &c, &extra);
+                let (l, _) = margin_loss(ft.clone(), wt.clone(), &labels, &c, |_| extra.to_vec());
                 let g = l.backward();
                 let lv = l.into_data().try_to_vec::<f32>().unwrap()[0];
                 let gf = ft.grad(&g).unwrap().into_data().try_to_vec::<f32>().unwrap();
@@ -303,7 +305,7 @@ mod tests {
         f[4..].fill(0.0);
         let ft = Tensor::<2>::from_data(TensorData::new(f, [2, 4]), &dev()).require_grad();
         let wt = Tensor::<1>::from_data(TensorData::new(sample(6, 12), [12]), &dev()).require_grad();
-        let (l, _) = margin_loss(ft.clone(), wt.clone(), &[0, 1], &c, &[]);
+        let (l, _) = margin_loss(ft.clone(), wt.clone(), &[0, 1], &c, |_| vec![]);
         let g = l.backward();
         for v in [ft.grad(&g).unwrap().into_data(), wt.grad(&g).unwrap().into_data()] {
             assert!(v.try_to_vec::<f32>().unwrap().iter().all(|x| x.is_finite()));

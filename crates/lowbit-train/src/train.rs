@@ -519,7 +519,7 @@ fn embed_step(
 ) -> Result<(Tensor<1>, Vec<f32>)> {
     let y: Vec<usize> = idx.iter().map(|&i| labels[i] as usize).collect();
     let w = model.params[h.param].t.clone();
-    let extra = match (h.cfg.rcm, &h.centres) {
+    let rcm = match (h.cfg.rcm, &h.centres) {
         (Some(lambda), Some(centres)) => {
             let t = teacher.ok_or_else(|| Error::Invalid("RCM needs the float model's embeddings".into()))?;
             let ff = t(xb, idx.len())?;
@@ -531,14 +531,19 @@ fn embed_step(
                     h.cfg.dim
                 )));
             }
-            // The current cosine of each sample to its identity's head row (no gradient needed).
-            let (_, cos) = crate::embed::margin_loss(feats.clone().detach(), w.clone().detach(), &y, &h.cfg, &[]);
-            let cq: Vec<f32> = y.iter().enumerate().map(|(i, &l)| cos[i * h.cfg.classes + l]).collect();
-            crate::embed::rcm_extra(h.cfg.kind, lambda, &cq, &ff, centres, &y)
+            Some((lambda, centres, ff))
         }
-        _ => vec![],
+        _ => None,
     };
-    Ok(crate::embed::margin_loss(feats, w, &y, &h.cfg, &extra))
+    // RCM's extra margins from the current cosine of each sample to its identity's head row.
+    let extra = |cos: &[f32]| match &rcm {
+        Some((lambda, centres, ff)) => {
+            let cq: Vec<f32> = y.iter().enumerate().map(|(i, &l)| cos[i * h.cfg.classes + l]).collect();
+            crate::embed::rcm_extra(h.cfg.kind, *lambda, &cq, ff, centres, &y)
+        }
+        None => vec![],
+    };
+    Ok(crate::embed::margin_loss(feats, w, &y, &h.cfg, extra))
 }
 
 /// The default checkpoint file for an output model: `OUT.ckpt.json`.
