@@ -107,6 +107,22 @@ fn main() {
             let t = time_it(|| conv2d(&p, &x, &mut out, &mut scratch, 1));
             let gm = macs / t / 1e9;
             println!("{:<22} {:>8} {:>24} {:>9.1} {:>7.0}%", name, isa.name(), p.kernel_name(), gm, 100.0 * gm / peak);
+            if isa != F32Isa::Scalar && lowbit_kernels::fp32::winograd::applies(&g) {
+                let b = Some(vec![0.1; g.c_out]);
+                let p =
+                    PackedConv::with_winograd(isa, g.clone(), w.clone(), b, Act::Clip { lo: 0.0, hi: 6.0 }, Some(true));
+                let mut scratch = vec![0f32; p.scratch_len()];
+                let t = time_it(|| conv2d(&p, &x, &mut out, &mut scratch, 1));
+                let gm = macs / t / 1e9;
+                println!(
+                    "{:<22} {:>8} {:>24} {:>9.1} {:>7.0}%",
+                    name,
+                    isa.name(),
+                    p.kernel_name(),
+                    gm,
+                    100.0 * gm / peak
+                );
+            }
         }
     }
 }

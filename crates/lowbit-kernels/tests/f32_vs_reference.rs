@@ -121,6 +121,41 @@ proptest! {
         }
     }
 
+    /// Winograd F(4x4, 3x3) on every path against the reference's direct loops: ragged planes (any
+    /// size mod 4 and mod 32 columns), asymmetric pads, several bands of tile rows, every
+    /// activation; equal up to rounding (bounded relative to the output's range).
+    #[test]
+    fn winograd_matches_reference(ci in 1usize..20, co in 1usize..20, h in 1usize..40, w in 1usize..70,
+            pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3], act in 0u8..5, threads in 1usize..3, seed in any::<u64>()) {
+        let act = act_of(act);
+        let (h, w) = (h + 2, w + 2);
+        let attrs = ConvAttrs { kernel_shape: vec![3, 3], strides: vec![1, 1], pads: pads.to_vec(), dilations: vec![1, 1], group: 1, act, ..Default::default() };
+        let (xs, ws) = (vec![1, ci, h, w], vec![co, ci, 3, 3]);
+        let x = Tensor::f32(xs.clone(), rnd(seed, xs.iter().product()));
+        let wt = Tensor::f32(ws.clone(), rnd(seed ^ 7, ws.iter().product()));
+        let b = Tensor::f32(vec![co], rnd(seed ^ 9, co));
+        let node = Node { name: "c".into(), op: Op::Conv(attrs.clone()), inputs: vec!["x".into(), "w".into(), "b".into()], outputs: vec!["y".into()] };
+        let want = reference::eval(&node, &[Some(&x), Some(&wt), Some(&b)]).unwrap().remove(0);
+        let want = want.as_f32().unwrap();
+        // The range before the activation (a clamp hides how large the sums were).
+        let lin = Node { op: Op::Conv(ConvAttrs { act: Act::None, ..attrs.clone() }), ..node.clone() };
+        let pre = reference::eval(&lin, &[Some(&x), Some(&wt), Some(&b)]).unwrap().remove(0);
+        let range = pre.as_f32().unwrap().iter().fold(0f32, |m, v| m.max(v.abs()));
+        let g = ConvGeom { c_in: ci, h, w, c_out: co, kh: 3, kw: 3, sh: 1, sw: 1, dh: 1, dw: 1, pt: pads[0], pl: pads[1],
+            oh: h + pads[0] + pads[2] - 2, ow: w + pads[1] + pads[3] - 2, group: 1 };
+        for isa in F32Isa::all_supported() {
+            let p = PackedConv::with_winograd(isa, g.clone(), wt.to_f32_vec(), Some(b.to_f32_vec()), act, Some(true));
+            prop_assert_eq!(p.kernel_name(), "f32 winograd F(4x4,3x3)");
+            let mut out = vec![f32::NAN; co * g.oh * g.ow];
+            let mut scratch = vec![f32::NAN; p.scratch_len()];
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| conv2d(&p, &x.to_f32_vec(), &mut out, &mut scratch, threads));
+            for (i, (a, e)) in out.iter().zip(want).enumerate() {
+                prop_assert!((a - e).abs() <= 1e-5 * (1.0 + range), "{} element {}: {} vs {} (range {})", isa.name(), i, a, e, range);
+            }
+        }
+    }
+
     /// ConvTranspose as GEMM + col2im against the reference's direct loops: groups, strides,
     /// dilations, asymmetric pads, output padding, ragged sizes.
     #[test]

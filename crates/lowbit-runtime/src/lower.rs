@@ -197,7 +197,13 @@ pub(crate) fn lower_unit(v: &Values, n: &Node, u: &Unit, paths: Paths, winograd:
 }
 
 /// A node outside the integer units as one step on `paths` (`ins`: its operands).
-pub(crate) fn lower_node(v: &Values, n: &Node, ins: &[Option<Operand>], paths: Paths) -> Result<Lowered> {
+pub(crate) fn lower_node(
+    v: &Values,
+    n: &Node,
+    ins: &[Option<Operand>],
+    paths: Paths,
+    winograd: Option<bool>,
+) -> Result<Lowered> {
     let g = &v.spec.graph;
     let ty = |name: &str| v.ty(name);
     let out_shape = ty(&n.outputs[0])?.1;
@@ -218,7 +224,8 @@ pub(crate) fn lower_node(v: &Values, n: &Node, ins: &[Option<Operand>], paths: P
             let geom = conv_geom(&xs, &w.shape, c).map_err(|e| e.in_node(&n.name))?;
             macs = (xs[0] * geom.macs()) as u64;
             params = w.len() + geom.c_out;
-            let p = PackedConv::new(paths.f32, geom, w.to_f32_vec(), konst(2).map(|b| b.to_f32_vec()), c.act);
+            let b = konst(2).map(|b| b.to_f32_vec());
+            let p = PackedConv::with_winograd(paths.f32, geom, w.to_f32_vec(), b, c.act, winograd);
             scratch = scratch.max(p.scratch_len());
             let kernel = p.kernel_name();
             (Kind::Conv { p, batch: xs[0] }, kernel)

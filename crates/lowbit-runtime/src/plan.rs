@@ -31,10 +31,10 @@ pub struct PlanOptions {
     /// Fuse integer expansion + depthwise convolution pairs into one step (bit-exact either way;
     /// default on, `LOWBIT_FUSE=0` turns it off for comparisons).
     pub fuse: bool,
-    /// Stride-1 3x3 integer convolutions as Winograd F(4x4, 3x3) (bit-exact either way):
-    /// `Some(false)` never (the memory-lean plan: transformed weights take 8x the bytes of int8
-    /// 3x3 weights), `Some(true)` wherever exact, `None` where it pays on the path (AVX2). Default
-    /// from `LOWBIT_WINOGRAD=0|1`, else `None`.
+    /// Stride-1 3x3 convolutions as Winograd F(4x4, 3x3), integer (bit-exact either way) and f32
+    /// (equal up to rounding): `Some(false)` never (the memory-lean plan: transformed weights take
+    /// 8x the bytes of int8 3x3 weights, 4x those of f32 ones), `Some(true)` wherever the geometry
+    /// allows, `None` where it pays on the path. Default from `LOWBIT_WINOGRAD=0|1`, else `None`.
     pub winograd: Option<bool>,
 }
 
@@ -126,7 +126,7 @@ impl Plan {
             let out = layout.operand(&v, &n.outputs[0])?;
             let l = match unit {
                 Some(u) => lower_unit(&v, n, u, paths, opts.winograd)?,
-                None => lower_node(&v, n, &ins, paths)?,
+                None => lower_node(&v, n, &ins, paths, opts.winograd)?,
             };
             sizes.scratch = sizes.scratch.max(l.scratch);
             sizes.qscratch = sizes.qscratch.max(l.qscratch);

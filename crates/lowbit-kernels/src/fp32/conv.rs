@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use crate::fp32::depthwise::depthwise;
 use crate::fp32::gemm::{pack_t, prefer_t, sgemm_bias_act, sgemm_rows, sgemm_t};
 use crate::fp32::layout::BRows;
+use crate::fp32::winograd::{self, Wino};
 #[cfg(target_arch = "x86_64")]
 use crate::fp32::{avx2, avx512};
 use crate::geom::{valid_range, ConvGeom};
@@ -31,6 +32,8 @@ pub struct PackedConv {
     pub wt: Vec<f32>,
     pub mp: usize,
     shifted: bool,
+    /// Winograd F(4x4, 3x3): the transformed weights (`weight` is then empty).
+    wino: Option<Box<Wino>>,
 }
 
 /// Does `g` run on the channel-vector GEMM ([`sgemm_t`]) on path `isa`? Small planes (7x7) do:
@@ -51,10 +54,45 @@ fn padded_hw(g: &ConvGeom) -> (usize, usize) {
 }
 
 impl PackedConv {
-    /// Chooses the strategy for `geom` on path `isa` and lays the weights out for it.
+    /// Chooses the strategy for `geom` on path `isa` and lays the weights out for it (direct
+    /// kernels only: results equal the reference up to summation order).
     pub fn new(isa: F32Isa, geom: ConvGeom, weight: Vec<f32>, bias: Option<Vec<f32>>, act: Act) -> PackedConv {
+        Self::with_winograd(isa, geom, weight, bias, act, Some(false))
+    }
+
+    /// As [`PackedConv::new`], with stride-1 3x3 convolutions as Winograd F(4x4, 3x3)
+    /// ([`crate::fp32::winograd`]): `Some(true)` wherever the geometry allows, `Some(false)` never,
+    /// `None` where [`winograd::pays`] says.
+    pub fn with_winograd(
+        isa: F32Isa,
+        geom: ConvGeom,
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        act: Act,
+        winograd: Option<bool>,
+    ) -> PackedConv {
         assert_eq!(weight.len(), geom.c_out * geom.k(), "weight size does not fit the geometry");
         let bias = bias.unwrap_or_else(|| vec![0.0; geom.c_out]);
+        let wino = match winograd {
+            Some(true) => winograd::applies(&geom),
+            Some(false) => false,
+            None => winograd::pays(isa, &geom),
+        };
+        if wino {
+            let w = Some(Box::new(Wino::new(isa, &geom, &weight)));
+            return PackedConv {
+                isa,
+                geom,
+                weight: vec![],
+                bias,
+                act,
+                row_offsets: vec![],
+                wt: vec![],
+                mp: 0,
+                shifted: false,
+                wino: w,
+            };
+        }
         let cv = channel_vector(isa, &geom);
         // Shifted rows need a GEMM that reads B through row offsets (AVX-512 streams them, AVX2
         // packs its panels from them; the portable path's is a plain loop). They compute
@@ -81,7 +119,7 @@ impl PackedConv {
         } else {
             (weight, vec![], 0)
         };
-        PackedConv { isa, geom, weight, bias, act, row_offsets, wt, mp, shifted }
+        PackedConv { isa, geom, weight, bias, act, row_offsets, wt, mp, shifted, wino: None }
     }
 
     /// Packed for the channel-vector GEMM?
@@ -97,7 +135,9 @@ impl PackedConv {
     /// The strategy, for reports.
     pub fn kernel_name(&self) -> &'static str {
         let g = &self.geom;
-        if g.is_depthwise() {
+        if self.wino.is_some() {
+            "f32 winograd F(4x4,3x3)"
+        } else if g.is_depthwise() {
             "f32 depthwise direct"
         } else if self.channel_vector() {
             if g.is_pointwise() {
@@ -117,7 +157,9 @@ impl PackedConv {
     /// f32 elements of scratch space [`conv2d`] needs.
     pub fn scratch_len(&self) -> usize {
         let g = &self.geom;
-        if g.is_pointwise() || g.is_depthwise() {
+        if let Some(w) = &self.wino {
+            w.scratch_len(g)
+        } else if g.is_pointwise() || g.is_depthwise() {
             0
         } else if self.shifted {
             let (hp, wp) = padded_hw(g);
@@ -129,7 +171,7 @@ impl PackedConv {
 
     /// Bytes of packed weights and biases held.
     pub fn weight_bytes(&self) -> usize {
-        (self.weight.len() + self.wt.len() + self.bias.len()) * 4
+        (self.weight.len() + self.wt.len() + self.bias.len()) * 4 + self.wino.as_ref().map_or(0, |w| w.bytes())
     }
 }
 
@@ -139,6 +181,10 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
     let hw_out = g.oh * g.ow;
     assert!(x.len() >= g.c_in * g.h * g.w && out.len() >= g.c_out * hw_out);
     let isa = p.isa;
+    if let Some(w) = &p.wino {
+        w.run(isa, g, &p.bias, p.act, x, out, scratch, threads);
+        return;
+    }
     if g.is_depthwise() {
         depthwise(isa, g, &p.weight, &p.bias, p.act, x, out, threads);
         return;

@@ -13,3 +13,6 @@ pub mod deconv;
 pub mod depthwise;
 pub mod gemm;
 pub mod layout;
+pub mod winograd;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod winograd_avx2;
