@@ -37,10 +37,13 @@ pub fn applies(g: &ConvGeom) -> bool {
 /// and 64 input channels. Below that the gain is small or negative (16->16 at 28x28: 40 against 32
 /// GMAC/s direct, 32->32 at 14x14: 32 against 34; 64->64 at 56x56: 92 against 44) while the
 /// transforms' rounding adds up: with 8+ channels U²-Netp's output moved 1.13e-4 of its range from
-/// ONNX Runtime's (4.7e-5 direct), over the 1e-4 lowbit holds fp32 models to.
+/// ONNX Runtime's (4.7e-5 direct), over the 1e-4 lowbit holds fp32 models to. Only on AVX2 by
+/// default, where it was measured; on AVX-512 (twice the direct kernels' width, the transforms
+/// still eight lanes) it is opt-in (`LOWBIT_WINOGRAD=1`) until measured there.
 pub fn pays(isa: F32Isa, g: &ConvGeom) -> bool {
     let tiles = g.oh.div_ceil(4) * g.ow.div_ceil(4);
-    isa != F32Isa::Scalar && applies(g) && g.c_in >= 64 && g.c_out >= 8 && tiles >= 8
+    let small = XI * 4 * g.c_in * g.c_out <= 1 << 20;
+    isa == F32Isa::Avx2 && applies(g) && g.c_in >= 64 && g.c_out >= 8 && (tiles >= 8 || small)
 }
 
 /// A convolution's transformed weights and band height.
