@@ -333,14 +333,6 @@ unsafe fn half<const P: i32>(a: __m256, b: __m256) -> __m256 {
     _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(x)))
 }
 
-/// `even[i] = src[2i]`, `odd[i] = src[2i + 1]` for `i < 8`.
-#[inline(always)]
-unsafe fn deinterleave8(src: *const f32, even: *mut f32, odd: *mut f32) {
-    let (a, b) = (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)));
-    _mm256_storeu_ps(even, half::<0>(a, b));
-    _mm256_storeu_ps(odd, half::<1>(a, b));
-}
-
 /// `dst[i] = src[2i]`: eight at a time from 16 inputs (shuffles), the rest one by one.
 ///
 /// # Safety
@@ -379,20 +371,58 @@ unsafe fn pad_rows(g: &ConvGeom, lay: &DwLayout, plane: &[f32], dst: &mut [f32],
     }
 }
 
+/// Stride 2 in one pass: every padded row of `plane` straight into its two phases in `dst` (phase
+/// `q` holds padded column `2j + q`, i.e. image column `2j + q - pl`). Sixteen image columns give
+/// their even and odd halves with two shuffles, each stored whole into the phase it belongs to;
+/// no row is stored and re-read, as [`pad_rows`] + [`split_phases`] do.
+#[inline(always)]
+unsafe fn pad_split2(g: &ConvGeom, lay: &DwLayout, plane: &[f32], dst: &mut [f32], v: f32) {
+    let (pwq, rl, z) = (lay.pwq, lay.rl, _mm256_set1_ps(v));
+    for (y, row) in dst[..lay.ph * rl].chunks_mut(rl).enumerate() {
+        fill(row, z);
+        let iy = y as isize - g.pt as isize;
+        if iy < 0 || iy >= g.h as isize {
+            continue;
+        }
+        let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+        // Half-vector `i0..i0 + 8` of even (odd) columns lands in phase `(pl + 0) % 2` (`(pl + 1) % 2`)
+        // from index `i0 + (pl + 0) / 2` (`i0 + (pl + 1) / 2`).
+        let (q0, j0) = (g.pl % 2, g.pl / 2);
+        let (q1, j1) = ((g.pl + 1) % 2, (g.pl + 1) / 2);
+        // The last columns are loaded masked, the lanes past the image set to the pad (the stores
+        // only write pad there, inside the phase row).
+        let mut i0 = 0;
+        while 2 * i0 < g.w && i0 + j1.max(j0) + 8 <= pwq {
+            let n = g.w - 2 * i0;
+            let (a, b) = if n >= 16 {
+                (_mm256_loadu_ps(src.as_ptr().add(2 * i0)), _mm256_loadu_ps(src.as_ptr().add(2 * i0 + 8)))
+            } else {
+                let (ma, mb) = (lanes(n), lanes(n.saturating_sub(8)));
+                let a = _mm256_maskload_ps(src.as_ptr().add(2 * i0), ma);
+                let b = _mm256_maskload_ps(src.as_ptr().add((2 * i0 + 8).min(g.w)), mb);
+                (_mm256_blendv_ps(z, a, _mm256_castsi256_ps(ma)), _mm256_blendv_ps(z, b, _mm256_castsi256_ps(mb)))
+            };
+            _mm256_storeu_ps(row.as_mut_ptr().add(q0 * pwq + i0 + j0), half::<0>(a, b));
+            _mm256_storeu_ps(row.as_mut_ptr().add(q1 * pwq + i0 + j1), half::<1>(a, b));
+            i0 += 8;
+        }
+        for (i, &x) in src.iter().enumerate().skip((2 * i0).min(g.w)) {
+            let p = i + g.pl;
+            if p / 2 < pwq {
+                row[(p % 2) * pwq + p / 2] = x;
+            }
+        }
+    }
+}
+
 /// Splits every padded row of `src` (as [`pad_rows`] wrote it) into its `s` phases in `dst`.
 #[inline(always)]
 unsafe fn split_phases(g: &ConvGeom, lay: &DwLayout, src: &[f32], dst: &mut [f32]) {
     let (s, pwq, rl) = (g.sw, lay.pwq, lay.rl);
     for (row, d) in src[..lay.ph * rl].chunks(rl).zip(dst.chunks_mut(rl)) {
-        if s == 2 {
-            for j in (0..pwq).step_by(8) {
-                deinterleave8(row.as_ptr().add(2 * j), d.as_mut_ptr().add(j), d.as_mut_ptr().add(pwq + j));
-            }
-        } else {
-            for q in 0..s {
-                for j in 0..pwq {
-                    d[q * pwq + j] = row[s * j + q];
-                }
+        for q in 0..s {
+            for j in 0..pwq {
+                d[q * pwq + j] = row[s * j + q];
             }
         }
     }
@@ -496,18 +526,24 @@ unsafe fn dw_channels<const MAX: bool>(
     let psz = lay.ph * lay.rl;
     PLANE.with(|buf| {
         let mut buf = buf.borrow_mut();
-        // The planes, and for strides over 1 the padded rows before their phases are split. Each
+        // The planes (stride 2: straight into their phases), and for strides over 2 the padded rows
+        // before their phases are split. Each
         // pass reads what the previous one wrote a whole group earlier, not straight after the
         // stores (a load that spans two recent stores waits for them to reach the cache).
-        let split = g.sw > 1;
+        let split = g.sw > 2;
         let need = nc * psz * if split { 2 } else { 1 };
         if buf.len() < need {
             buf.resize(need, 0.0);
         }
         let (pbuf, tmp) = buf.split_at_mut(nc * psz);
         for c in 0..nc {
+            let fillv = if MAX { f32::NEG_INFINITY } else { 0.0 };
+            if g.sw == 2 {
+                pad_split2(g, lay, &planes[c * ip..(c + 1) * ip], &mut pbuf[c * psz..(c + 1) * psz], fillv);
+                continue;
+            }
             let d = if split { &mut tmp[c * psz..(c + 1) * psz] } else { &mut pbuf[c * psz..(c + 1) * psz] };
-            pad_rows(g, lay, &planes[c * ip..(c + 1) * ip], d, if MAX { f32::NEG_INFINITY } else { 0.0 });
+            pad_rows(g, lay, &planes[c * ip..(c + 1) * ip], d, fillv);
         }
         if split {
             for c in 0..nc {
