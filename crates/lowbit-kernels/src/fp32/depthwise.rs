@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::fp32::layout::{clamp_of, fused_clamp, DW_BLOCK};
 #[cfg(target_arch = "x86_64")]
-use crate::fp32::{avx2, avx512};
+use crate::fp32::{avx2, avx512, dw_cv};
 use crate::geom::ConvGeom;
 use crate::isa::{trace, F32Isa};
 
@@ -118,9 +118,15 @@ pub fn depthwise(
     #[cfg(target_arch = "x86_64")]
     if isa != F32Isa::Scalar && !(isa == F32Isa::Avx512 && avx512::window_fits(g) && clamp_of(act).is_some()) {
         let (lo, hi) = fused_clamp(act);
-        // SAFETY: both SIMD paths include AVX2 and FMA (checked supported above); the kernel
-        // asserts the slices hold what the geometry says.
-        unsafe { avx2::windows::<false>(g, g.c_out, x, weight, bias, lo, hi, out, threads > 1) };
+        // SAFETY: both SIMD paths include AVX2 and FMA (checked supported above); the kernels
+        // assert the slices hold what the geometry says.
+        unsafe {
+            if isa == F32Isa::Avx2 && dw_cv::suits(g) {
+                dw_cv::depthwise(g, x, weight, bias, lo, hi, out, threads > 1)
+            } else {
+                avx2::windows::<false>(g, g.c_out, x, weight, bias, lo, hi, out, threads > 1)
+            }
+        };
         if clamp_of(act).is_none() {
             crate::eltwise::apply_act(isa, act, &mut out[..g.c_out * op]);
         }

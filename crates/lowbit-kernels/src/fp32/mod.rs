@@ -11,6 +11,8 @@ pub mod avx512;
 pub mod conv;
 pub mod deconv;
 pub mod depthwise;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod dw_cv;
 pub mod gemm;
 pub mod layout;
 pub mod winograd;

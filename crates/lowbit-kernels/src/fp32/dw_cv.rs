@@ -1,0 +1,190 @@
+//! AVX2 depthwise convolution on small planes with channels in the vector lanes: groups of eight
+//! planes are transposed into one padded `[row][column][8]` buffer, every output pixel of the group
+//! is then a sum of taps of whole vectors (one weight vector per tap, no edge columns and no
+//! half-empty vectors, unlike rows of 7 or 14 along the lanes), and the results are transposed back
+//! into the planes. Any stride, dilation and padding; the clamp is fused.
+
+use std::arch::x86_64::*;
+
+use crate::fp32::layout::Ptr;
+use crate::geom::ConvGeom;
+
+/// Rows x columns of `v` (eight vectors) transposed: lane `j` of row `i` becomes lane `i` of row `j`.
+#[inline(always)]
+unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+    let t: [__m256; 8] = [
+        _mm256_unpacklo_ps(v[0], v[1]),
+        _mm256_unpackhi_ps(v[0], v[1]),
+        _mm256_unpacklo_ps(v[2], v[3]),
+        _mm256_unpackhi_ps(v[2], v[3]),
+        _mm256_unpacklo_ps(v[4], v[5]),
+        _mm256_unpackhi_ps(v[4], v[5]),
+        _mm256_unpacklo_ps(v[6], v[7]),
+        _mm256_unpackhi_ps(v[6], v[7]),
+    ];
+    let s: [__m256; 8] = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    [
+        _mm256_permute2f128_ps::<0x20>(s[0], s[4]),
+        _mm256_permute2f128_ps::<0x20>(s[1], s[5]),
+        _mm256_permute2f128_ps::<0x20>(s[2], s[6]),
+        _mm256_permute2f128_ps::<0x20>(s[3], s[7]),
+        _mm256_permute2f128_ps::<0x31>(s[0], s[4]),
+        _mm256_permute2f128_ps::<0x31>(s[1], s[5]),
+        _mm256_permute2f128_ps::<0x31>(s[2], s[6]),
+        _mm256_permute2f128_ps::<0x31>(s[3], s[7]),
+    ]
+}
+
+std::thread_local! {
+    static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether the channel-vector kernel takes `g` (AVX2, depthwise, 8+ channels): outputs of at most
+/// 56x56, whose group buffers (input and output of eight channels, about 210 KB at 56x56) stay in
+/// L2. Against rows along the lanes (`cargo bench -p lowbit-kernels --bench f32 -- dw`, AMD EPYC,
+/// share of the FMA peak): 960@7 8 -> 17%, 576@14 13 -> 22%, 576@14 stride 2 4 -> 10%, 192@28 19 ->
+/// 24%, 144@56 23 -> 28%, 5x5 480@14 25 -> 37%; at 112x112 (32 channels) 29 -> 26%, so not there.
+pub(crate) fn suits(g: &ConvGeom) -> bool {
+    g.oh * g.ow <= 3136 && g.c_out >= 8
+}
+
+/// Depthwise convolution of `x` (`[c, h, w]`) into `out` (`[c, oh, ow]`), weights `[c][kh·kw]`,
+/// `bias[c]`, clamped to `[lo, hi]`; groups of eight channels on the pool with `parallel`.
+///
+/// # Safety
+/// AVX2 and FMA must be available.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn depthwise(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    lo: f32,
+    hi: f32,
+    out: &mut [f32],
+    parallel: bool,
+) {
+    use rayon::prelude::*;
+    let (c, ip, op, kk) = (g.c_out, g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    assert!(x.len() >= c * ip && out.len() >= c * op && w.len() >= c * kk && bias.len() >= c && op > 0);
+    let groups = c.div_ceil(8);
+    let o = Ptr(out.as_mut_ptr());
+    let job = |gi: usize| {
+        // SAFETY: the caller's path has AVX2 and FMA; group `gi` writes only its own planes.
+        BUF.with(|b| unsafe { group(g, gi * 8, x, w, bias, lo, hi, o.get(), &mut b.borrow_mut()) })
+    };
+    if parallel {
+        (0..groups).into_par_iter().for_each(job);
+    } else {
+        (0..groups).for_each(job);
+    }
+}
+
+/// Channels `c0 .. c0 + 8` (fewer at the end) of [`depthwise`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn group(
+    g: &ConvGeom,
+    c0: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    lo: f32,
+    hi: f32,
+    out: *mut f32,
+    buf: &mut Vec<f32>,
+) {
+    let (ip, op, kk) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    let nc = (g.c_out - c0).min(8);
+    let hp = (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+    let wp = (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1;
+    // Padded input [hp][wp][8], then the outputs [op][8] (rounded up to whole vectors of pixels).
+    let opr = op.div_ceil(8) * 8;
+    // The tap loop always computes eight pixels and stores those that exist: up to `7·sw` pixels
+    // past the last row are read (zeros).
+    let xlen = 8 * (hp * wp + 8 * g.sw);
+    buf.clear();
+    buf.resize(xlen + 8 * (opr + kk + 1), 0.0);
+    let (xb, rest) = buf.split_at_mut(xlen);
+    let (ob, wb) = rest.split_at_mut(8 * opr);
+    // Weights [tap][8] and the bias vector; missing channels stay zero.
+    for ch in 0..nc {
+        for t in 0..kk {
+            wb[t * 8 + ch] = w[(c0 + ch) * kk + t];
+        }
+        wb[kk * 8 + ch] = bias[c0 + ch];
+    }
+    let zero = _mm256_setzero_ps();
+    // Transpose the image rows in: eight columns of eight channels per step.
+    for iy in 0..g.h {
+        let py = iy + g.pt;
+        if py >= hp {
+            break;
+        }
+        let mut ix = 0;
+        while ix < g.w {
+            let n = (g.w - ix).min(8);
+            let rows: [__m256; 8] = std::array::from_fn(|ch| {
+                if ch < nc {
+                    crate::fp32::avx2::load_part(x.as_ptr().add((c0 + ch) * ip + iy * g.w + ix), n)
+                } else {
+                    zero
+                }
+            });
+            let cols = transpose8(rows);
+            for (j, v) in cols.iter().enumerate().take(n) {
+                let px = ix + j + g.pl;
+                if px < wp {
+                    _mm256_storeu_ps(xb.as_mut_ptr().add((py * wp + px) * 8), *v);
+                }
+            }
+            ix += 8;
+        }
+    }
+    // Taps: blocks of up to 8 output pixels of a row (independent accumulators).
+    let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let vb = _mm256_loadu_ps(wb.as_ptr().add(kk * 8));
+    let (xp, wpp) = (xb.as_ptr(), wb.as_ptr());
+    for oy in 0..g.oh {
+        let mut ox0 = 0;
+        while ox0 < g.ow {
+            let n = (g.ow - ox0).min(8);
+            let mut acc = [vb; 8];
+            for ky in 0..g.kh {
+                let row = xp.add(((oy * g.sh + ky * g.dh) * wp) * 8);
+                for kx in 0..g.kw {
+                    let wv = _mm256_loadu_ps(wpp.add((ky * g.kw + kx) * 8));
+                    let base = row.add((ox0 * g.sw + kx * g.dw) * 8);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(base.add(j * g.sw * 8)), *a);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(n) {
+                let y = _mm256_min_ps(_mm256_max_ps(*a, vlo), vhi);
+                _mm256_storeu_ps(ob.as_mut_ptr().add((oy * g.ow + ox0 + j) * 8), y);
+            }
+            ox0 += 8;
+        }
+    }
+    // Transpose back: eight pixels of the eight channels per step.
+    let mut p0 = 0;
+    while p0 < op {
+        let n = (op - p0).min(8);
+        let px: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(ob.as_ptr().add((p0 + j) * 8)));
+        let chans = transpose8(px);
+        for (ch, v) in chans.iter().enumerate().take(nc) {
+            crate::fp32::avx2::store_part(out.add((c0 + ch) * op + p0), *v, n);
+        }
+        p0 += 8;
+    }
+}
