@@ -109,7 +109,14 @@ pub fn pool2d(
         let parallel = threads > 1 && planes * ip > 1 << 16;
         // SAFETY: both SIMD paths include AVX2 and FMA (checked supported above); the kernel
         // asserts the slices hold what the geometry says.
-        unsafe { crate::fp32::avx2::windows::<true>(g, planes, x, &[], &[], lo, hi, out, parallel) };
+        unsafe {
+            crate::fp32::avx2::windows::<true>(
+                &crate::fp32::layout::Planes { g, x, w: &[], bias: &[], lo, hi },
+                planes,
+                out,
+                parallel,
+            )
+        };
         return;
     }
     let job = |p: usize, o: &mut [f32]| pool_plane(isa, g, max, count_include_pad, pb, pr, &x[p * ip..(p + 1) * ip], o);

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use crate::fp32::layout::{degenerate, k_blocks, split_gemm, BRows, Ptr, KC, MR};
+use crate::fp32::layout::{degenerate, k_blocks, split_gemm, BRows, Planes, Ptr, KC, MR};
 use crate::geom::ConvGeom;
 
 /// Columns of C per tile (two ymm vectors).
@@ -474,18 +474,9 @@ unsafe fn dw_block<const MAX: bool, const R: usize, const V: usize, const T: usi
 /// # Safety
 /// AVX2 and FMA must be available.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn windows<const MAX: bool>(
-    g: &ConvGeom,
-    planes: usize,
-    x: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    lo: f32,
-    hi: f32,
-    out: &mut [f32],
-    parallel: bool,
-) {
+pub(crate) unsafe fn windows<const MAX: bool>(p: &Planes, planes: usize, out: &mut [f32], parallel: bool) {
     use rayon::prelude::*;
+    let Planes { g, x, w, bias, lo, hi } = *p;
     let (ip, op, kk) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     assert!(
         x.len() >= planes * ip && out.len() >= planes * op && (MAX || (w.len() >= planes * kk && bias.len() >= planes))

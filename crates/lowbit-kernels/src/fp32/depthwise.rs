@@ -6,7 +6,7 @@
 use lowbit_core::Act;
 use rayon::prelude::*;
 
-use crate::fp32::layout::{clamp_of, fused_clamp, DW_BLOCK};
+use crate::fp32::layout::{clamp_of, fused_clamp, Planes, DW_BLOCK};
 #[cfg(target_arch = "x86_64")]
 use crate::fp32::{avx2, avx512, dw_cv};
 use crate::geom::ConvGeom;
@@ -120,11 +120,12 @@ pub fn depthwise(
         let (lo, hi) = fused_clamp(act);
         // SAFETY: both SIMD paths include AVX2 and FMA (checked supported above); the kernels
         // assert the slices hold what the geometry says.
+        let p = Planes { g, x, w: weight, bias, lo, hi };
         unsafe {
             if isa == F32Isa::Avx2 && dw_cv::suits(g) {
-                dw_cv::depthwise(g, x, weight, bias, lo, hi, out, threads > 1)
+                dw_cv::depthwise(&p, out, threads > 1)
             } else {
-                avx2::windows::<false>(g, g.c_out, x, weight, bias, lo, hi, out, threads > 1)
+                avx2::windows::<false>(&p, g.c_out, out, threads > 1)
             }
         };
         if clamp_of(act).is_none() {

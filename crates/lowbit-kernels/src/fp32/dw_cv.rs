@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::fp32::layout::Ptr;
+use crate::fp32::layout::{Planes, Ptr};
 use crate::geom::ConvGeom;
 
 /// Rows x columns of `v` (eight vectors) transposed: lane `j` of row `i` becomes lane `i` of row `j`.
@@ -63,17 +63,9 @@ pub(crate) fn suits(g: &ConvGeom) -> bool {
 /// # Safety
 /// AVX2 and FMA must be available.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn depthwise(
-    g: &ConvGeom,
-    x: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    lo: f32,
-    hi: f32,
-    out: &mut [f32],
-    parallel: bool,
-) {
+pub(crate) unsafe fn depthwise(p: &Planes, out: &mut [f32], parallel: bool) {
     use rayon::prelude::*;
+    let Planes { g, x, w, bias, lo, hi } = *p;
     let (c, ip, op, kk) = (g.c_out, g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     assert!(x.len() >= c * ip && out.len() >= c * op && w.len() >= c * kk && bias.len() >= c && op > 0);
     let groups = c.div_ceil(8);

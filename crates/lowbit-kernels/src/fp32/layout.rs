@@ -3,6 +3,8 @@
 
 use lowbit_core::Act;
 
+use crate::geom::ConvGeom;
+
 /// Rows × columns of C per AVX-512 GEMM tile (6 rows of 4 zmm vectors: 24 accumulators).
 pub(crate) const MR: usize = 6;
 pub(crate) const NR: usize = 64;
@@ -14,6 +16,18 @@ pub(crate) const KT: usize = 1024;
 pub(crate) const TP: usize = 48;
 /// Output columns computed per register block in the depthwise kernels.
 pub(crate) const DW_BLOCK: usize = 16;
+
+/// Sliding windows over planes: the geometry, the input planes (`[planes, h, w]`), per-plane weights
+/// (`[planes, kh·kw]`) and biases, and the clamp `[lo, hi]` fused into the outputs.
+#[derive(Clone, Copy)]
+pub(crate) struct Planes<'a> {
+    pub g: &'a ConvGeom,
+    pub x: &'a [f32],
+    pub w: &'a [f32],
+    pub bias: &'a [f32],
+    pub lo: f32,
+    pub hi: f32,
+}
 
 /// A pointer that may cross to the pool's threads (each task writes a disjoint block).
 #[derive(Clone, Copy)]

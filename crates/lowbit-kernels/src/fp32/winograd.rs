@@ -254,21 +254,6 @@ unsafe fn input_tiles(
         return winograd_avx2::input_rows(buf, wp, nr, tw, v.add(c * tb), g.c_in * tb);
     }
     let _ = isa;
-    input_impl(g, plane, r0, r1, tw, v, c, tb, buf)
-}
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_impl(
-    g: &ConvGeom,
-    plane: &[f32],
-    r0: usize,
-    r1: usize,
-    tw: usize,
-    v: *mut f32,
-    c: usize,
-    tb: usize,
-    buf: &mut Vec<f32>,
-) {
     // Columns per phase: tile `tx` reads phases 0-3 at `tx` and phases 0-1 at `tx + 1`.
     let n = tw + 1;
     buf.clear();
@@ -368,24 +353,6 @@ fn output_tiles(
         };
     }
     let _ = isa;
-    output_impl(g, m, o, r0, r1, tw, tb, bias, lo, hi, plane, buf)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn output_impl(
-    g: &ConvGeom,
-    m: &[f32],
-    o: usize,
-    r0: usize,
-    r1: usize,
-    tw: usize,
-    tb: usize,
-    bias: f32,
-    lo: f32,
-    hi: f32,
-    plane: &mut [f32],
-    buf: &mut Vec<f32>,
-) {
     let co = g.c_out;
     buf.clear();
     buf.resize(40 * tw, 0.0);
