@@ -51,6 +51,8 @@ unsafe fn tile_t<const J: usize>(
     }
     let mut a = ap.add(k0 * ld);
     for p in k0..k1 {
+        // The weights come from memory on the first column tile: ask for them 16 rows ahead.
+        _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(16 * ld) as *const i8);
         let (a0, a1) = (_mm256_loadu_ps(a), _mm256_loadu_ps(a.add(8)));
         let bp = b.add(rows.off(p));
         let [r0, r1] = &mut acc;
