@@ -16,6 +16,13 @@ fn run(args: &[&str]) -> (bool, String, String) {
     (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
 }
 
+/// `lowbit train MODEL --data DATA --task embed ARGS...`.
+fn train_embed(model: &std::path::Path, data: &str, args: &[&str]) -> (bool, String, String) {
+    let mut v = vec!["train", model.to_str().unwrap(), "--data", data, "--task", "embed"];
+    v.extend_from_slice(args);
+    run(&v)
+}
+
 fn report(p: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
@@ -33,35 +40,33 @@ fn embedding_training_qat_with_rcm_and_open_set_evaluation() {
     let float = d.join("emb.onnx");
     let fj = d.join("emb.json");
     let resnet = zoo("fmnist-resnet.onnx");
-    let (ok, stdout, stderr) = run(&[
-        "train",
-        resnet.to_str().unwrap(),
-        "--data",
+    let (ok, stdout, stderr) = train_embed(
+        &resnet,
         a,
-        "--extra-data",
-        m,
-        "--preset",
-        "fmnist",
-        "--task",
-        "embed",
-        "--loss",
-        "cosface",
-        "--embed-dim",
-        "32",
-        "--reinit",
-        "--epochs",
-        "2",
-        "--limit",
-        "640",
-        "--batch",
-        "64",
-        "--test-limit",
-        "300",
-        "-o",
-        float.to_str().unwrap(),
-        "--json",
-        fj.to_str().unwrap(),
-    ]);
+        &[
+            "--extra-data",
+            m,
+            "--preset",
+            "fmnist",
+            "--loss",
+            "cosface",
+            "--embed-dim",
+            "32",
+            "--reinit",
+            "--epochs",
+            "2",
+            "--limit",
+            "640",
+            "--batch",
+            "64",
+            "--test-limit",
+            "300",
+            "-o",
+            float.to_str().unwrap(),
+            "--json",
+            fj.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{stderr}");
     assert!(stdout.contains("TAR @ FAR") && stdout.contains("rank-1"), "{stdout}");
     let r = report(&fj);
@@ -98,34 +103,32 @@ fn embedding_training_qat_with_rcm_and_open_set_evaluation() {
     // QAT W4A4 with RCM from the float embedder: decomposition against it in the report.
     let q = d.join("q.onnx");
     let qj = d.join("q.json");
-    let (ok, _, stderr) = run(&[
-        "train",
-        float.to_str().unwrap(),
-        "--data",
+    let (ok, _, stderr) = train_embed(
+        &float,
         a,
-        "--extra-data",
-        m,
-        "--task",
-        "embed",
-        "--loss",
-        "rcm",
-        "--qat",
-        "lsq",
-        "--epochs",
-        "1",
-        "--limit",
-        "256",
-        "--batch",
-        "64",
-        "--calib-n",
-        "128",
-        "--test-limit",
-        "200",
-        "-o",
-        q.to_str().unwrap(),
-        "--json",
-        qj.to_str().unwrap(),
-    ]);
+        &[
+            "--extra-data",
+            m,
+            "--loss",
+            "rcm",
+            "--qat",
+            "lsq",
+            "--epochs",
+            "1",
+            "--limit",
+            "256",
+            "--batch",
+            "64",
+            "--calib-n",
+            "128",
+            "--test-limit",
+            "200",
+            "-o",
+            q.to_str().unwrap(),
+            "--json",
+            qj.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{stderr}");
     let r = report(&qj);
     assert!(r["embed"]["rcm"].as_f64().is_some(), "{}", r["embed"]);
@@ -163,49 +166,14 @@ fn embedding_training_qat_with_rcm_and_open_set_evaluation() {
     assert!(close(&e["model"]["rank1"], &r["open_set"]["model"]["rank1"], 1e-9));
 
     // Bad requests.
-    let (ok, _, stderr) = run(&[
-        "train",
-        float.to_str().unwrap(),
-        "--data",
-        a,
-        "--task",
-        "embed",
-        "--loss",
-        "rcm",
-        "-o",
-        d.join("x.onnx").to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = train_embed(&float, a, &["--loss", "rcm", "-o", d.join("x.onnx").to_str().unwrap()]);
     assert!(!ok && stderr.contains("--qat"), "{stderr}");
-    let (ok, _, stderr) = run(&[
-        "train",
-        float.to_str().unwrap(),
-        "--data",
-        a,
-        "--task",
-        "embed",
-        "--qat",
-        "lsq",
-        "--weights",
-        "9",
-        "-o",
-        d.join("x.onnx").to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) =
+        train_embed(&float, a, &["--qat", "lsq", "--weights", "9", "-o", d.join("x.onnx").to_str().unwrap()]);
     assert!(!ok && stderr.contains("--weights 9 is out of range"), "{stderr}");
     let ppocr = zoo("ppocr-textline-cls.onnx");
-    let (ok, _, stderr) = run(&[
-        "train",
-        ppocr.to_str().unwrap(),
-        "--data",
-        a,
-        "--extra-data",
-        m,
-        "--preset",
-        "fmnist",
-        "--task",
-        "embed",
-        "-o",
-        d.join("y.onnx").to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) =
+        train_embed(&ppocr, a, &["--extra-data", m, "--preset", "fmnist", "-o", d.join("y.onnx").to_str().unwrap()]);
     assert!(!ok && stderr.contains("last fully connected layer"), "{stderr}");
     assert!(!d.join("x.onnx").exists() && !d.join("y.onnx").exists());
 }
