@@ -101,28 +101,17 @@ fn main() {
             if isa == F32Isa::Scalar && macs > 5e7 {
                 continue;
             }
-            let p =
-                PackedConv::new(isa, g.clone(), w.clone(), Some(vec![0.1; g.c_out]), Act::Clip { lo: 0.0, hi: 6.0 });
-            let mut out = vec![0f32; g.c_out * g.oh * g.ow];
-            let mut scratch = vec![0f32; p.scratch_len()];
-            let t = time_it(|| conv2d(&p, &x, &mut out, &mut scratch, 1));
-            let gm = macs / t / 1e9;
-            println!("{:<22} {:>8} {:>24} {:>9.1} {:>7.0}%", name, isa.name(), p.kernel_name(), gm, 100.0 * gm / peak);
-            if isa != F32Isa::Scalar && lowbit_kernels::fp32::winograd::applies(&g) {
-                let b = Some(vec![0.1; g.c_out]);
-                let p =
-                    PackedConv::with_winograd(isa, g.clone(), w.clone(), b, Act::Clip { lo: 0.0, hi: 6.0 }, Some(true));
+            // The direct strategy, then Winograd where the geometry allows it (SIMD paths).
+            let wino = isa != F32Isa::Scalar && lowbit_kernels::fp32::winograd::applies(&g);
+            for choice in [Some(false), Some(true)].into_iter().take(if wino { 2 } else { 1 }) {
+                let (b, act) = (Some(vec![0.1; g.c_out]), Act::Clip { lo: 0.0, hi: 6.0 });
+                let p = PackedConv::with_winograd(isa, g.clone(), w.clone(), b, act, choice);
+                let mut out = vec![0f32; g.c_out * g.oh * g.ow];
                 let mut scratch = vec![0f32; p.scratch_len()];
                 let t = time_it(|| conv2d(&p, &x, &mut out, &mut scratch, 1));
                 let gm = macs / t / 1e9;
-                println!(
-                    "{:<22} {:>8} {:>24} {:>9.1} {:>7.0}%",
-                    name,
-                    isa.name(),
-                    p.kernel_name(),
-                    gm,
-                    100.0 * gm / peak
-                );
+                let (path, kernel) = (isa.name(), p.kernel_name());
+                println!("{:<22} {:>8} {:>24} {:>9.1} {:>7.0}%", name, path, kernel, gm, 100.0 * gm / peak);
             }
         }
     }
