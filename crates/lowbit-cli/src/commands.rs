@@ -554,6 +554,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             cle: false,
             cle_relu6_to_relu: false,
             absorb_bias: false,
+            no_act_equalize: false,
             no_bias_correction: false,
             bn_stats: false,
             sensitivity: false,

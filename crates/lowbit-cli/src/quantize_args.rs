@@ -72,6 +72,11 @@ pub struct QuantizeArgs {
     /// folded models carry no BatchNorm statistics)
     #[arg(long)]
     pub absorb_bias: bool,
+    /// Turn off activation equalization (on by default with per-channel linear weights: activation
+    /// channels feeding a depthwise convolution are stretched towards a common range, the
+    /// depthwise weights shrunk to match, which per-channel weight scales absorb exactly)
+    #[arg(long)]
+    pub no_act_equalize: bool,
     /// Turn off bias correction of weight-quantization error
     #[arg(long)]
     pub no_bias_correction: bool,
@@ -177,6 +182,7 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
         cle: a.cle,
         cle_relu6_to_relu: a.cle_relu6_to_relu,
         absorb_bias: a.absorb_bias,
+        act_equalize: !a.no_act_equalize,
         bias_correction: !a.no_bias_correction,
         bn_stats: a.bn_stats,
         sensitivity: a.sensitivity,

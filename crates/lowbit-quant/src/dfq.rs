@@ -31,12 +31,12 @@ pub struct DfqReport {
     pub channel_scale: HashMap<String, Vec<f32>>,
 }
 
-struct Pair {
-    a: usize,
-    b: usize,
+pub(crate) struct Pair {
+    pub(crate) a: usize,
+    pub(crate) b: usize,
 }
 
-fn find_pairs(g: &Graph) -> Vec<Pair> {
+pub(crate) fn find_pairs(g: &Graph) -> Vec<Pair> {
     let consumers = g.consumers();
     let producers = g.producers();
     let mut v = vec![];
@@ -61,14 +61,14 @@ fn find_pairs(g: &Graph) -> Vec<Pair> {
 
 /// Input-channel layout of B's weight: for B's input channel `i`, the (output channel, weight
 /// input-channel index) pairs that read it.
-fn b_reads(wshape: &[usize], group: usize, i: usize) -> Vec<(usize, usize)> {
+pub(crate) fn b_reads(wshape: &[usize], group: usize, i: usize) -> Vec<(usize, usize)> {
     let (co, cig) = (wshape[0], wshape[1]);
     let cog = co / group;
     let gi = i / cig;
     (gi * cog..(gi + 1) * cog).map(|o| (o, i % cig)).collect()
 }
 
-fn group_of(op: &Op) -> usize {
+pub(crate) fn group_of(op: &Op) -> usize {
     match op {
         Op::Conv(c) => c.group.max(1),
         _ => 1,
@@ -76,7 +76,7 @@ fn group_of(op: &Op) -> usize {
 }
 
 /// Makes sure each pair's weights and biases are private copies (initializers may be shared).
-fn own(g: &mut Graph, node: usize, input: usize) -> Option<String> {
+pub(crate) fn own(g: &mut Graph, node: usize, input: usize) -> Option<String> {
     let name = g.nodes[node].input(input)?.to_string();
     let fresh = g.fresh_name(&format!("{name}_dfq"));
     let t = g.initializers.get(&name)?.clone();

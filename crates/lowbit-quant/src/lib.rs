@@ -6,6 +6,7 @@
 //! [`select`]) and the whole post-training pipeline as one library call ([`ptq::quantize`]: typed
 //! options in, a QDQ graph and its report out, progress by stage). It contains no training loops.
 
+pub mod acteq;
 pub mod adaround;
 pub mod calibrate;
 pub mod dfq;

@@ -58,6 +58,8 @@ pub struct Observer {
     pub channel_count: u64,
     /// Per-channel minimum (axis 1), used by bias absorption.
     pub channel_min: Vec<f32>,
+    /// Per-channel maximum (axis 1), used by activation equalization.
+    pub channel_max: Vec<f32>,
 }
 
 impl Default for Observer {
@@ -72,6 +74,7 @@ impl Default for Observer {
             channel_sum: vec![],
             channel_count: 0,
             channel_min: vec![],
+            channel_max: vec![],
         }
     }
 }
@@ -98,6 +101,7 @@ impl Observer {
         if self.channel_sum.len() != c {
             self.channel_sum = vec![0.0; c];
             self.channel_min = vec![f32::INFINITY; c];
+            self.channel_max = vec![f32::NEG_INFINITY; c];
             self.channel_count = 0;
         }
         for b in 0..n {
@@ -105,6 +109,7 @@ impl Observer {
                 let v = &x[(b * c + ch) * inner..(b * c + ch + 1) * inner];
                 self.channel_sum[ch] += v.iter().map(|&v| v as f64).sum::<f64>();
                 self.channel_min[ch] = v.iter().fold(self.channel_min[ch], |m, &x| m.min(x));
+                self.channel_max[ch] = v.iter().fold(self.channel_max[ch], |m, &x| m.max(x));
             }
         }
         self.channel_count += (n * inner) as u64;

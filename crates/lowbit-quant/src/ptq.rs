@@ -7,12 +7,13 @@
 
 use lowbit_core::{Error, Graph, Result};
 
+use crate::acteq;
 use crate::adaround::{adaround, AdaRoundOptions, LayerRounding};
 use crate::calibrate::{calibrate, Stats};
 use crate::dfq::{self, BnDists};
 use crate::observer::Method;
 use crate::qdq::{build_qdq, split_activations, QdqConfig, QdqModel};
-use crate::scheme::Kind;
+use crate::scheme::{Kind, Mode};
 use crate::select::{choose_input_precision, choose_method, default_candidates, Candidate, InputPrecision};
 use crate::sensitivity::{layer_sensitivity, mixed_precision, LayerSensitivity, MixedPrecision, Reference, ScoreSet};
 
@@ -38,6 +39,9 @@ pub struct PtqOptions {
     pub cle: bool,
     pub cle_relu6_to_relu: bool,
     pub absorb_bias: bool,
+    /// Stretch narrow activation channels feeding depthwise convolutions ([`acteq`]); only with
+    /// per-channel linear weights, where it costs the weights nothing.
+    pub act_equalize: bool,
     pub bias_correction: bool,
     /// Bias correction and absorption statistics from the model's BatchNorm layers.
     pub bn_stats: bool,
@@ -66,6 +70,7 @@ impl Default for PtqOptions {
             cle: false,
             cle_relu6_to_relu: false,
             absorb_bias: false,
+            act_equalize: true,
             bias_correction: true,
             bn_stats: false,
             sensitivity: false,
@@ -191,6 +196,19 @@ pub fn quantize(
             d.shift(&shifts);
         }
         notes.push(format!("bias absorption: {n} channels"));
+    }
+    if o.act_equalize && o.per_channel && matches!(o.weight_kind, Kind::Linear(Mode::Affine | Mode::Symmetric)) {
+        let st = quick(&canon)?;
+        let r = acteq::equalize_activations(&mut canon, &st);
+        if let Some(d) = bn.as_mut() {
+            d.rescale(&r.channel_scale);
+        }
+        if r.pairs > 0 {
+            notes.push(format!(
+                "activation equalization: {} narrow channels stretched in {} conv -> depthwise pairs",
+                r.channels, r.pairs
+            ));
+        }
     }
     // Hard-swish and hard-sigmoid become their own nodes, so their inputs are calibrated and quantized too.
     let split = split_activations(&mut canon);

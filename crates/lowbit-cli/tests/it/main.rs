@@ -3,6 +3,7 @@
 
 mod common;
 
+mod acteq;
 mod adaround;
 mod binary;
 mod cli;
