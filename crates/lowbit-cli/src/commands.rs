@@ -562,6 +562,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             plots: None,
             skip_first: false,
             skip_last: false,
+            first_last_bits: None,
             quantize_input: false,
             eval: Some(data.clone()),
             eval_limit: None,

@@ -102,6 +102,10 @@ pub struct QuantizeArgs {
     pub skip_first: bool,
     #[arg(long)]
     pub skip_last: bool,
+    /// Keep the first and last compute layers quantized at this width (their weights and the
+    /// activation the last layer reads), the low-bit literature's convention below 8 bits
+    #[arg(long, conflicts_with_all = ["skip_first", "skip_last"], value_parser = clap::value_parser!(u8).range(2..=8))]
+    pub first_last_bits: Option<u8>,
     /// Detectors, segmentation and embedders: keep the input quantized even where the first layer
     /// in float brings the outputs closer to float (by default checked on the calibration images:
     /// kept float when it gains at least 1 dB of output SQNR)
@@ -188,6 +192,7 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
         sensitivity: a.sensitivity,
         max_drop: a.max_drop,
         skip_first: a.skip_first,
+        first_last_bits: a.first_last_bits,
         skip_last: a.skip_last,
         input_check: !a.quantize_input,
         threads: a.threads,

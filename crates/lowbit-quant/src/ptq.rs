@@ -12,7 +12,7 @@ use crate::adaround::{adaround, AdaRoundOptions, LayerRounding};
 use crate::calibrate::{calibrate, Stats};
 use crate::dfq::{self, BnDists};
 use crate::observer::Method;
-use crate::qdq::{build_qdq, split_activations, QdqConfig, QdqModel};
+use crate::qdq::{build_qdq, first_last_overrides, split_activations, QdqConfig, QdqModel};
 use crate::scheme::{Kind, Mode};
 use crate::select::{choose_input_precision, choose_method, default_candidates, Candidate, InputPrecision};
 use crate::sensitivity::{layer_sensitivity, mixed_precision, LayerSensitivity, MixedPrecision, Reference, ScoreSet};
@@ -51,6 +51,9 @@ pub struct PtqOptions {
     pub max_drop: Option<f64>,
     pub skip_first: bool,
     pub skip_last: bool,
+    /// Keep the first and last compute layers at this width (weights, and the activation the last
+    /// layer reads): the low-bit literature's convention (MQBench, BRECQ, QDrop) below 8 bits.
+    pub first_last_bits: Option<u8>,
     /// Dense-prediction models: keep the first layer float when that brings the outputs closer to
     /// float ([`crate::select::choose_input_precision`]); off keeps the input quantized.
     pub input_check: bool,
@@ -77,6 +80,7 @@ impl Default for PtqOptions {
             max_drop: None,
             skip_first: false,
             skip_last: false,
+            first_last_bits: None,
             input_check: true,
             threads: 1,
             adaround: None,
@@ -236,6 +240,11 @@ pub fn quantize(
         weight_kind: o.weight_kind,
         ..Default::default()
     };
+    if let Some(b) = o.first_last_bits {
+        let (w, a) = first_last_overrides(&canon, b);
+        cfg.weight_bits_for.extend(w);
+        cfg.act_bits_for.extend(a);
+    }
     let scored = calib.n.min(SCORE_IMAGES);
     let per: usize = shape.iter().product();
     let (mut model, method, bias_corrected, candidates) = match o.method {
