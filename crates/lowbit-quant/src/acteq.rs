@@ -98,17 +98,23 @@ pub fn equalize_activations(g: &mut Graph, stats: &Stats) -> ActEqReport {
         let per_a = wa.len() / c;
         let gb = group_of(&g.nodes[b].op);
         let kb: usize = wb_shape[2..].iter().product();
+        // All three tensors must be f32 before any is touched, or the pair would be half rescaled.
+        let f32_at = |n: usize, i: usize| {
+            g.nodes[n].input(i).and_then(|v| g.initializers.get(v)).and_then(|t| t.as_f32()).is_some()
+        };
+        if !f32_at(a, 1) || !f32_at(b, 1) || (g.nodes[a].input(2).is_some() && !f32_at(a, 2)) {
+            continue;
+        }
         let (Some(wa_name), Some(wb_name)) = (own(g, a, 1), own(g, b, 1)) else { continue };
         let ba_name = own(g, a, 2);
-        let wa = g.initializers.get_mut(&wa_name).and_then(|t| t.as_f32_mut());
-        let Some(wa) = wa else { continue };
+        let wa = g.initializers.get_mut(&wa_name).and_then(|t| t.as_f32_mut()).expect("checked f32 above");
         for (i, &si) in s.iter().enumerate() {
             wa[i * per_a..(i + 1) * per_a].iter_mut().for_each(|v| *v *= si);
         }
         if let Some(bias) = ba_name.and_then(|n| g.initializers.get_mut(&n)).and_then(|t| t.as_f32_mut()) {
             bias.iter_mut().zip(&s).for_each(|(v, si)| *v *= si);
         }
-        let wb = g.initializers.get_mut(&wb_name).and_then(|t| t.as_f32_mut()).expect("owned f32 weights");
+        let wb = g.initializers.get_mut(&wb_name).and_then(|t| t.as_f32_mut()).expect("checked f32 above");
         for (i, &si) in s.iter().enumerate() {
             for (oc, ci) in b_reads(&wb_shape, gb, i) {
                 let base = (oc * wb_shape[1] + ci) * kb;
