@@ -507,14 +507,28 @@ pub fn wino_mode() -> Option<bool> {
 /// 4 tiles), hence at least 8 tiles and at most 256 input channels (8+ tiles per task). Few output
 /// channels too: U²-Netp's 64->1 side outputs padded a 16-column GEMM tile with 15 empty columns
 /// (Conv_945 at 320x320 44 ms, as Winograd 10 ms); fewer than 8 input channels (the RGB stem) lose
-/// (11.3 -> 14.6 ms: the transforms of 16 padded channels for 3 real ones). On AVX-512
-/// VNNI (`vpdpwssd`, half of `vpdpbusd`'s products per instruction) the expected gain is about 2x
-/// fewer instructions less the transforms; not measured yet, so opt-in there
-/// (`LOWBIT_WINOGRAD=1`). The 256-bit VNNI path runs the AVX2 micro-kernel (no `vpdpwssd ymm`
-/// yet), which only matches its direct `vpdpbusd` in instructions; AMX keeps its tiles.
+/// (11.3 -> 14.6 ms: the transforms of 16 padded channels for 3 real ones).
+///
+/// On the VNNI paths (`vpdpwssd`: half of `vpdpbusd`'s products per instruction, so at best 2x
+/// fewer instructions less the transforms) it pays only where the transforms are small next to
+/// the GEMM and the transformed weights stay in L2: at least 64 input and output channels, at most
+/// 1.5 MB of `U` (36·c_in·c_out·2 bytes: ResNet-18's 128-channel layers) and 48+ tiles. Measured on
+/// an AMD EPYC with AVX-512 VNNI and AVX-VNNI (`cargo bench -p lowbit-kernels --bench int8 -- 3x3`,
+/// 1 core): ResNet-18 layer 1 (64@56) 0.235 -> 0.166 ms, layer 2 (128@28) 0.240 -> 0.153 ms,
+/// U²-Netp 64->64@80 0.493 -> 0.363 ms (avxvnni 0.474 -> 0.316, 0.476 -> 0.288, 0.993 -> 0.670),
+/// but 16 output channels 0.216 -> 0.296 ms (the transforms dominate) and ResNet-18 layer 3
+/// (256@14, 4.7 MB of `U` for 16 tiles) slower inside the network than alone (cold weights).
+/// AMX keeps its tiles.
 fn wino_pays(isa: Isa, g: &ConvGeom) -> bool {
     let tiles = g.oh.div_ceil(4) * g.ow.div_ceil(4);
-    isa == Isa::Avx2 && g.c_in >= 8 && g.c_in <= 256 && tiles >= 8
+    match isa {
+        Isa::Avx2 => g.c_in >= 8 && g.c_in <= 256 && tiles >= 8,
+        Isa::AvxVnni | Isa::Avx512Vnni => {
+            let u_bytes = 36 * g.c_in.div_ceil(16) * 16 * g.c_out.div_ceil(16) * 16 * 2;
+            g.c_in >= 64 && g.c_out >= 64 && u_bytes <= 3 << 19 && tiles >= 48
+        }
+        _ => false,
+    }
 }
 
 /// `dst.copy_from_slice(src)` without a library call for the short runs im2col copies (two
