@@ -328,3 +328,49 @@ fn dilated_taps_wholly_in_the_padding_match_reference() {
         }
     }
 }
+
+/// The shifted-rows path in several bands of output rows (each compacted while in cache): every
+/// band, group and thread count against the reference, and the same bits with 1, 2 and 3 threads
+/// (the bands split over the pool, each value the same reduction).
+#[test]
+fn shifted_rows_in_bands_match_reference() {
+    for (c_in, c_out, group, h, w) in
+        [(3usize, 96usize, 1usize, 37usize, 150usize), (4, 96, 2, 23, 141), (8, 200, 1, 9, 300)]
+    {
+        let attrs =
+            ConvAttrs { kernel_shape: vec![3, 5], pads: vec![1, 2, 1, 2], group, act: Act::Relu, ..Default::default() };
+        let xs = vec![1, c_in, h, w];
+        let ws = vec![c_out, c_in / group, 3, 5];
+        let x = Tensor::f32(xs.clone(), rnd(21, xs.iter().product()));
+        let wt = Tensor::f32(ws.clone(), rnd(23, ws.iter().product()));
+        let b = Tensor::f32(vec![c_out], rnd(25, c_out));
+        let node = Node {
+            name: "c".into(),
+            op: Op::Conv(attrs.clone()),
+            inputs: vec!["x".into(), "w".into(), "b".into()],
+            outputs: vec!["y".into()],
+        };
+        let want = reference::eval(&node, &[Some(&x), Some(&wt), Some(&b)]).unwrap().remove(0);
+        let g =
+            ConvGeom { c_in, h, w, c_out, kh: 3, kw: 5, sh: 1, sw: 1, dh: 1, dw: 1, pt: 1, pl: 2, oh: h, ow: w, group };
+        for isa in F32Isa::all_supported() {
+            let p = PackedConv::new(isa, g.clone(), wt.to_f32_vec(), Some(b.to_f32_vec()), Act::Relu);
+            let mut bits = vec![];
+            for threads in 1..4 {
+                let mut out = vec![f32::NAN; c_out * h * w];
+                let mut scratch = vec![0.0; p.scratch_len()];
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| conv2d(&p, &x.to_f32_vec(), &mut out, &mut scratch, threads));
+                close(&out, want.as_f32().unwrap(), 1e-4).unwrap();
+                bits.push(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            }
+            assert!(
+                bits.windows(2).all(|b| b[0] == b[1]),
+                "{isa:?} {c_in}->{c_out} group {group}: threads change bits"
+            );
+            if isa != F32Isa::Scalar {
+                assert!(p.shifted(), "{isa:?} {c_in}->{c_out}: expected the shifted-rows path");
+            }
+        }
+    }
+}
