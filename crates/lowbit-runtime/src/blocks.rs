@@ -1,6 +1,8 @@
 //! Plan steps fused after lowering: a 1x1 integer convolution whose output only the depthwise
 //! convolution after it reads becomes one [`QExpandDw`] step (the inverted-residual block's
-//! expansion computed band by band into the depthwise input buffer; bit-exact with the two steps).
+//! expansion computed band by band into the depthwise input buffer; bit-exact with the two steps),
+//! and a float convolution whose output only a QuantizeLinear reads becomes one step writing the
+//! bytes band by band.
 
 use std::ops::Range;
 
@@ -92,6 +94,49 @@ pub(crate) fn fuse_expand_dw(
                 steps.insert(i + 1, Step { kind: Kind::QConv { c: d, batch }, ins: second.ins, out: second.out });
             }
         }
+        i += 1;
+    }
+}
+
+/// Fuses every float convolution (one shifted-rows group) whose output only the QuantizeLinear
+/// after it reads, into NHWC bytes, into one step ([`lowbit_kernels::int8::edges::conv_quantize`]:
+/// the same bytes, the f32 output never written whole).
+pub(crate) fn fuse_conv_quantize(steps: &mut Vec<Step>, infos: &mut Vec<StepInfo>, outputs: &[(String, Operand)]) {
+    let mut i = 0;
+    while i + 1 < steps.len() {
+        let fits = match (&steps[i].kind, &steps[i + 1].kind, &steps[i + 1].ins.first()) {
+            (Kind::Conv { p, batch }, Kind::Quantize { layout: Some((n, c, plane)), .. }, Some(Some(x))) => {
+                *n == *batch
+                    && *c == p.geom.c_out
+                    && *plane == p.geom.oh * p.geom.ow
+                    && p.shifted()
+                    && p.geom.group == 1
+                    && bytes(x) == bytes(&steps[i].out)
+                    && !read_later(steps, outputs, i)
+                    // One image's input may share bytes with the output: the step copies all of it
+                    // into its padded planes (scratch) before it writes a byte. With more images,
+                    // image 0's output would overwrite image 1's input.
+                    && (*batch == 1
+                        || !matches!((steps[i].ins.first().and_then(|o| o.as_ref()).and_then(bytes), bytes(&steps[i + 1].out)),
+                                     (Some(a), Some(b)) if overlaps(&a, &b)))
+            }
+            _ => false,
+        };
+        if !fits {
+            i += 1;
+            continue;
+        }
+        let second = steps.remove(i + 1);
+        let first = std::mem::replace(&mut steps[i].kind, Kind::Act(lowbit_core::Act::None));
+        let (Kind::Conv { p, batch }, Kind::Quantize { q, .. }) = (first, second.kind) else { unreachable!() };
+        steps[i].kind = Kind::ConvQuant { p, q, batch };
+        steps[i].out = second.out;
+        let b = infos.remove(i + 1);
+        let a = &mut infos[i];
+        a.name = format!("{} + {}", a.name, b.name);
+        a.op = format!("{}+{}", a.op, b.op);
+        a.kernel = format!("{} + quantize", a.kernel);
+        (a.out_shape, a.output) = (b.out_shape, b.output);
         i += 1;
     }
 }

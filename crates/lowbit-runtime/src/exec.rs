@@ -225,6 +225,16 @@ unsafe fn exec_step(
                 fp32::conv::conv2d(p, &xs[b * isz..(b + 1) * isz], &mut out[b * osz..(b + 1) * osz], scratch, threads);
             }
         }
+        Kind::ConvQuant { p, q, batch } => {
+            let xs = x();
+            let out = bytes_out(base, &s.out);
+            let (isz, osz) = (p.geom.c_in * p.geom.h * p.geom.w, p.geom.c_out * p.geom.oh * p.geom.ow);
+            for b in 0..*batch {
+                let (xb, ob) = (&xs[b * isz..(b + 1) * isz], &mut out[b * osz..(b + 1) * osz]);
+                let done = edges::conv_quantize(paths.int8, p, xb, *q, ob, scratch, threads);
+                assert!(done, "fused conv + quantize planned for a convolution that is not one shifted-rows group");
+            }
+        }
         Kind::Deconv { p, batch } => {
             let xs = x();
             let out = f32_out(base, &s.out);

@@ -148,6 +148,7 @@ impl Plan {
             g.outputs.iter().map(|o| Ok((o.name.clone(), layout.operand(&v, &o.name)?))).collect::<Result<Vec<_>>>()?;
         if opts.fuse {
             crate::blocks::fuse_expand_dw(&mut steps, &mut infos, &outputs, paths.int8.name());
+            crate::blocks::fuse_conv_quantize(&mut steps, &mut infos, &outputs);
         }
         let inputs = rt_inputs
             .iter()

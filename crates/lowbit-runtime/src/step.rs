@@ -51,6 +51,12 @@ pub(crate) enum Kind {
         p: PackedConv,
         batch: usize,
     },
+    /// f32 Conv whose output only a QuantizeLinear into NHWC reads, fused (`crate::blocks`).
+    ConvQuant {
+        p: PackedConv,
+        q: QParams,
+        batch: usize,
+    },
     /// f32 ConvTranspose (GEMM + col2im).
     Deconv {
         p: lowbit_kernels::fp32::deconv::PackedDeconv,
@@ -218,13 +224,13 @@ impl Kind {
 
     /// Holds its weights packed in its own layout (the graph's constant copies can go).
     pub(crate) fn packs_weights(&self) -> bool {
-        matches!(self, Kind::Conv { .. } | Kind::Gemm { .. })
+        matches!(self, Kind::Conv { .. } | Kind::ConvQuant { .. } | Kind::Gemm { .. })
     }
 
     /// Bytes of packed weights and per-channel parameters held.
     pub(crate) fn weight_bytes(&self) -> usize {
         match self {
-            Kind::Conv { p, .. } => p.weight_bytes(),
+            Kind::Conv { p, .. } | Kind::ConvQuant { p, .. } => p.weight_bytes(),
             Kind::Gemm { b, prefill, .. } => (b.len() + prefill.as_ref().map_or(0, |p| p.len())) * 4,
             Kind::QConv { c, .. } => c.weight_bytes(),
             Kind::QExpandDw { f, .. } => f.weight_bytes(),

@@ -7,6 +7,7 @@ mod acteq;
 mod adaround;
 mod binary;
 mod cli;
+mod convquant;
 mod embed;
 mod fuzz_regressions;
 mod int8;

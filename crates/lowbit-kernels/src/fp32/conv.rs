@@ -197,25 +197,21 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
         let w = if p.channel_vector() { &[][..] } else { &p.weight[gi * cog * k..(gi + 1) * cog * k] };
         let bias = &p.bias[gi * cog..(gi + 1) * cog];
         if p.shifted {
-            let (hp, wp) = padded_hw(g);
-            let (xpad, cbuf) = scratch.split_at_mut(cig * hp * wp + (g.kw - 1) * g.dw + 16);
-            let plane = hp * wp;
-            let fill = |c: usize, dst: &mut [f32]| {
-                dst.fill(0.0);
-                for y in 0..g.h.min(hp.saturating_sub(g.pt)) {
-                    let d = (y + g.pt) * wp + g.pl;
-                    let n = g.w.min(wp.saturating_sub(g.pl));
-                    dst[d..d + n].copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
+            let (wp, xpad, cbuf) = pad_planes(g, xg, scratch, threads);
+            let dptr = Ptr(out[gi * cog * hw_out..(gi + 1) * cog * hw_out].as_mut_ptr());
+            let compact = |y0: usize, y1: usize, cb: &[f32], nw: usize| {
+                for c in 0..cog {
+                    for y in y0..y1 {
+                        let src = &cb[c * nw + (y - y0) * wp..c * nw + (y - y0) * wp + g.ow];
+                        // SAFETY: the group's output holds cog·oh·ow values; this band alone writes
+                        // rows y0..y1 of each plane.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(src.as_ptr(), dptr.get().add(c * hw_out + y * g.ow), g.ow)
+                        };
+                    }
                 }
             };
-            let (planes, tail) = xpad.split_at_mut(cig * plane);
-            tail.fill(0.0);
-            if threads > 1 {
-                planes.par_chunks_mut(plane).enumerate().for_each(|(c, d)| fill(c, d));
-            } else {
-                planes.chunks_mut(plane).enumerate().for_each(|(c, d)| fill(c, d));
-            }
-            shifted_bands(p, g, w, bias, xpad, wp, cbuf, &mut out[gi * cog * hw_out..(gi + 1) * cog * hw_out], threads);
+            shifted_bands(p, w, bias, xpad, wp, cbuf, threads, &compact);
             continue;
         }
         let rhs: &[f32] = if g.is_pointwise() {
@@ -243,26 +239,63 @@ fn band_rows(cog: usize, wp: usize, oh: usize) -> usize {
     ((256 << 10) / (cog * wp * 4).max(1)).clamp(1, oh.max(1))
 }
 
-/// The shifted-rows GEMM of one group in bands of output rows, each compacted into `dst`
-/// (`[cog][oh][ow]`). Every output value is the same FMA chain as one GEMM over the whole image
-/// (a column's reduction does not depend on the column range), so the bits are the same.
+/// The zero-padded planes of one group's input `xg` at the start of `scratch` (the shifted-rows
+/// layout, with the tail the last row's window overruns); returns the padded row width, the planes
+/// and the rest of `scratch`.
+fn pad_planes<'a>(
+    g: &ConvGeom,
+    xg: &[f32],
+    scratch: &'a mut [f32],
+    threads: usize,
+) -> (usize, &'a [f32], &'a mut [f32]) {
+    let cig = g.c_in / g.group;
+    let (hp, wp) = padded_hw(g);
+    let (xpad, cbuf) = scratch.split_at_mut(cig * hp * wp + (g.kw - 1) * g.dw + 16);
+    let plane = hp * wp;
+    let fill = |c: usize, dst: &mut [f32]| {
+        dst.fill(0.0);
+        for y in 0..g.h.min(hp.saturating_sub(g.pt)) {
+            let d = (y + g.pt) * wp + g.pl;
+            let n = g.w.min(wp.saturating_sub(g.pl));
+            dst[d..d + n].copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
+        }
+    };
+    let (planes, tail) = xpad.split_at_mut(cig * plane);
+    tail.fill(0.0);
+    if threads > 1 {
+        planes.par_chunks_mut(plane).enumerate().for_each(|(c, d)| fill(c, d));
+    } else {
+        planes.chunks_mut(plane).enumerate().for_each(|(c, d)| fill(c, d));
+    }
+    (wp, xpad, cbuf)
+}
+
+/// A band of output rows of the shifted-rows GEMM: rows `y0..y1`, the values of channel `c`, row
+/// `y`, column `x` at `cb[c·nw + (y - y0)·wp + x]` (columns `ow..wp` of each row are padding).
+pub trait BandSink: Fn(usize, usize, &[f32], usize) + Sync {}
+impl<F: Fn(usize, usize, &[f32], usize) + Sync> BandSink for F {}
+
+/// The shifted-rows GEMM of one group in bands of output rows, each handed to `sink` (bands split
+/// over the pool, each task with its own block of `cbuf`). Every output value is the same FMA chain
+/// as one GEMM over the whole image (a column's reduction does not depend on the column range), so
+/// the bits are the same.
 #[allow(clippy::too_many_arguments)]
 fn shifted_bands(
     p: &PackedConv,
-    g: &ConvGeom,
     w: &[f32],
     bias: &[f32],
     xpad: &[f32],
     wp: usize,
     cbuf: &mut [f32],
-    dst: &mut [f32],
     threads: usize,
+    sink: &dyn BandSink,
 ) {
-    let (cog, k, hw_out) = (g.c_out / g.group, g.k(), g.oh * g.ow);
+    let g = &p.geom;
+    let (cog, k) = (g.c_out / g.group, g.k());
     let rows = band_rows(cog, wp, g.oh);
     let bands = g.oh.div_ceil(rows);
-    let slots = threads.clamp(1, bands).min(cbuf.len() / (cog * rows * wp)).max(1);
-    let dptr = Ptr(dst.as_mut_ptr());
+    let per = cog * rows * wp;
+    let slots = threads.clamp(1, bands).min(cbuf.len() / per).max(1);
     let run = |slot: usize, cb: &mut [f32]| {
         for b in (slot..bands).step_by(slots) {
             let (y0, y1) = (b * rows, ((b + 1) * rows).min(g.oh));
@@ -270,21 +303,28 @@ fn shifted_bands(
             let cb = &mut cb[..cog * nw];
             let rowsel = BRows::Offsets(&p.row_offsets);
             sgemm_rows(p.isa, cog, nw, k, w, k, &xpad[y0 * wp..], rowsel, bias, p.act, cb, nw, 1);
-            for c in 0..cog {
-                for y in y0..y1 {
-                    let src = &cb[c * nw + (y - y0) * wp..c * nw + (y - y0) * wp + g.ow];
-                    // SAFETY: `dst` holds cog·oh·ow values; this band alone writes rows y0..y1.
-                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dptr.get().add(c * hw_out + y * g.ow), g.ow) };
-                }
-            }
+            sink(y0, y1, cb, nw);
         }
     };
-    let per = cog * rows * wp;
     if slots > 1 {
         cbuf[..slots * per].par_chunks_mut(per).enumerate().for_each(|(s, cb)| run(s, cb));
     } else {
         run(0, &mut cbuf[..per]);
     }
+}
+
+/// Convolves one image `x` band by band into `sink` instead of planes, where the convolution runs as
+/// shifted rows in one group (returns false, doing nothing, otherwise): for a consumer that turns
+/// the f32 output into something smaller while it is in cache (QuantizeLinear into NHWC bytes).
+pub fn conv2d_bands(p: &PackedConv, x: &[f32], scratch: &mut [f32], threads: usize, sink: &dyn BandSink) -> bool {
+    let g = &p.geom;
+    if !p.shifted || g.group != 1 || p.wino.is_some() {
+        return false;
+    }
+    assert!(x.len() >= g.c_in * g.h * g.w);
+    let (wp, xpad, cbuf) = pad_planes(g, x, scratch, threads);
+    shifted_bands(p, &p.weight, &p.bias, xpad, wp, cbuf, threads, sink);
+    true
 }
 
 /// `dst[i] = src[i * stride]`, with AVX-512 and AVX2 paths for stride 2.

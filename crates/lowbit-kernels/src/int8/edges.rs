@@ -96,6 +96,51 @@ fn to_nhwc(x: &[u8], c: usize, p: usize, i0: usize, out: &mut [u8]) {
     }
 }
 
+/// A float convolution and the QuantizeLinear of its output in one pass: `out` gets the NHWC
+/// bytes (`[oh][ow][c_out]`) of `quantize(conv2d(p, x))`, each band of output rows quantized while
+/// it is in cache instead of the whole f32 output written, re-read and transposed (a first layer
+/// the quantizer keeps float: U²-Netp's 64 channels at 320x320 are 26 MB of f32). The same bytes
+/// as the two steps. Returns false, doing nothing, where the convolution is not one shifted-rows
+/// group ([`crate::fp32::conv::conv2d_bands`]).
+pub fn conv_quantize(
+    isa: Isa,
+    p: &crate::fp32::conv::PackedConv,
+    x: &[f32],
+    q: QParams,
+    out: &mut [u8],
+    scratch: &mut [f32],
+    threads: usize,
+) -> bool {
+    let (c, ow, oh) = (p.geom.c_out, p.geom.ow, p.geom.oh);
+    assert!(out.len() >= c * ow * oh);
+    let base = SendMutU8(out.as_mut_ptr());
+    let sink = |y0: usize, y1: usize, cb: &[f32], nw: usize| {
+        let wp = nw / (y1 - y0);
+        let mut tmp = vec![0u8; c * ow];
+        for y in y0..y1 {
+            for ch in 0..c {
+                let at = ch * nw + (y - y0) * wp;
+                quantize_flat(isa, &cb[at..at + ow], q, &mut tmp[ch * ow..(ch + 1) * ow]);
+            }
+            // SAFETY: `out` holds oh·ow·c bytes; this band alone writes rows y0..y1.
+            let row = unsafe { std::slice::from_raw_parts_mut(base.get().add(y * ow * c), ow * c) };
+            to_nhwc(&tmp, c, ow, 0, row);
+        }
+    };
+    crate::fp32::conv::conv2d_bands(p, x, scratch, threads, &sink)
+}
+
+#[derive(Clone, Copy)]
+struct SendMutU8(*mut u8);
+// SAFETY: each task writes disjoint rows through it.
+unsafe impl Send for SendMutU8 {}
+unsafe impl Sync for SendMutU8 {}
+impl SendMutU8 {
+    fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
 /// DequantizeLinear of NHWC bytes into the `c` f32 planes of `p` values at `out` (one image),
 /// planes' elements `i0..i0 + np`.
 ///
