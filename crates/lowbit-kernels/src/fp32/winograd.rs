@@ -37,13 +37,24 @@ pub fn applies(g: &ConvGeom) -> bool {
 /// and 64 input channels. Below that the gain is small or negative (16->16 at 28x28: 40 against 32
 /// GMAC/s direct, 32->32 at 14x14: 32 against 34; 64->64 at 56x56: 92 against 44) while the
 /// transforms' rounding adds up: with 8+ channels U²-Netp's output moved 1.13e-4 of its range from
-/// ONNX Runtime's (4.7e-5 direct), over the 1e-4 lowbit holds fp32 models to. Only on AVX2 by
-/// default, where it was measured; on AVX-512 (twice the direct kernels' width, the transforms
-/// still eight lanes) it is opt-in (`LOWBIT_WINOGRAD=1`) until measured there.
+/// ONNX Runtime's (4.7e-5 direct), over the 1e-4 lowbit holds fp32 models to.
+///
+/// On AVX-512 (twice the direct kernels' width, the transforms still eight lanes) only where the
+/// transformed weights stay within 2.5 MB and there are 48+ tiles: ResNet-18 in the network
+/// (`LOWBIT_PROFILE=1 LOWBIT_WINOGRAD=0|1 lowbit bench ../shared/zoo/resnet18-random.onnx`, AMD
+/// EPYC, AVX-512, 1 thread): layer 1 (64@56) 1.02-1.04 -> 0.70-0.74 ms, layer 2 (128@28) 1.05-1.06
+/// -> 0.47 ms, but layer 3 (256@14, 9.4 MB of `U`) 1.08-1.09 -> 1.15-1.19 ms and layer 4 1.48-1.51
+/// -> 1.72-1.77 ms.
 pub fn pays(isa: F32Isa, g: &ConvGeom) -> bool {
     let tiles = g.oh.div_ceil(4) * g.ow.div_ceil(4);
-    let small = XI * 4 * g.c_in * g.c_out <= 1 << 20;
-    isa == F32Isa::Avx2 && applies(g) && g.c_in >= 64 && g.c_out >= 8 && (tiles >= 8 || small)
+    let u_bytes = XI * 4 * g.c_in * g.c_out;
+    let small = u_bytes <= 1 << 20;
+    let common = applies(g) && g.c_in >= 64 && g.c_out >= 8;
+    match isa {
+        F32Isa::Avx2 => common && (tiles >= 8 || small),
+        F32Isa::Avx512 => common && tiles >= 48 && u_bytes <= 5 << 19,
+        F32Isa::Scalar => false,
+    }
 }
 
 /// A convolution's transformed weights and band height.
