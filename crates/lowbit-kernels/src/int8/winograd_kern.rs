@@ -391,24 +391,23 @@ mod x86 {
         acc
     }
 
-    /// The 256-bit form, for the same reason: VEX-encoded (AVX-VNNI).
-    #[inline]
-    #[target_feature(enable = "avx2,avxvnni")]
-    unsafe fn dpwssd256_vex(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-        let mut acc = acc;
-        std::arch::asm!("{{vex}} vpdpwssd {acc}, {a}, {b}", acc = inout(ymm_reg) acc, a = in(ymm_reg) a,
-            b = in(ymm_reg) b, options(pure, nomem, nostack, preserves_flags));
-        acc
+    /// The 256-bit form, for the same reason, in each encoding: VEX (AVX-VNNI, `{vex}` prefix) and
+    /// EVEX (AVX-512 VNNI + VL; the assembler's default for this mnemonic).
+    macro_rules! dpwssd256 {
+        ($($name:ident, $feat:literal, $ins:literal;)*) => {$(
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn $name(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+                let mut acc = acc;
+                std::arch::asm!($ins, acc = inout(ymm_reg) acc, a = in(ymm_reg) a, b = in(ymm_reg) b,
+                    options(pure, nomem, nostack, preserves_flags));
+                acc
+            }
+        )*};
     }
-
-    /// EVEX-encoded (AVX-512 VNNI + VL; the assembler's default for this mnemonic).
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-    unsafe fn dpwssd256_evex(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-        let mut acc = acc;
-        std::arch::asm!("vpdpwssd {acc}, {a}, {b}", acc = inout(ymm_reg) acc, a = in(ymm_reg) a,
-            b = in(ymm_reg) b, options(pure, nomem, nostack, preserves_flags));
-        acc
+    dpwssd256! {
+        dpwssd256_vex, "avx2,avxvnni", "{{vex}} vpdpwssd {acc}, {a}, {b}";
+        dpwssd256_evex, "avx2,avx512f,avx512vl,avx512vnni", "vpdpwssd {acc}, {a}, {b}";
     }
 
     #[inline]
@@ -526,52 +525,35 @@ mod x86 {
         }
     }
 
-    /// Lanes `16·vi..16·vi + 16` of [`super::micro`] (`m` already at that column), AVX2.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn micro_256(
-        mr: usize,
-        nv: usize,
-        vi: usize,
-        v: *const i16,
-        kp: usize,
-        u: *const i16,
-        m: *mut i32,
-        ldm: usize,
-    ) {
-        rows256::<0>(mr, v, kp, u.add(vi * 32), 16 * nv, m, ldm)
+    /// The entry points of the 256-bit pair GEMM, one per encoding (they differ only in the
+    /// features they are compiled for): lanes `16·vi..16·vi + 16` of [`super::micro`] (`m` already
+    /// at that column).
+    macro_rules! micro256 {
+        ($($(#[$doc:meta])* $name:ident, $feat:literal, $e:literal;)*) => {$(
+            $(#[$doc])*
+            #[target_feature(enable = $feat)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn $name(
+                mr: usize,
+                nv: usize,
+                vi: usize,
+                v: *const i16,
+                kp: usize,
+                u: *const i16,
+                m: *mut i32,
+                ldm: usize,
+            ) {
+                rows256::<$e>(mr, v, kp, u.add(vi * 32), 16 * nv, m, ldm)
+            }
+        )*};
     }
-
-    /// [`micro_256`] with `vpdpwssd ymm`, VEX-encoded (AVX-VNNI).
-    #[target_feature(enable = "avx2,fma,avxvnni")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn micro_256_vex(
-        mr: usize,
-        nv: usize,
-        vi: usize,
-        v: *const i16,
-        kp: usize,
-        u: *const i16,
-        m: *mut i32,
-        ldm: usize,
-    ) {
-        rows256::<1>(mr, v, kp, u.add(vi * 32), 16 * nv, m, ldm)
-    }
-
-    /// [`micro_256`] with `vpdpwssd ymm`, EVEX-encoded (AVX-512 VNNI + VL).
-    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn micro_256_evex(
-        mr: usize,
-        nv: usize,
-        vi: usize,
-        v: *const i16,
-        kp: usize,
-        u: *const i16,
-        m: *mut i32,
-        ldm: usize,
-    ) {
-        rows256::<2>(mr, v, kp, u.add(vi * 32), 16 * nv, m, ldm)
+    micro256! {
+        /// AVX2 (`vpmaddwd` + `vpaddd`).
+        micro_256, "avx2,fma", 0;
+        /// `vpdpwssd ymm`, VEX-encoded (AVX-VNNI).
+        micro_256_vex, "avx2,fma,avxvnni", 1;
+        /// `vpdpwssd ymm`, EVEX-encoded (AVX-512 VNNI + VL).
+        micro_256_evex, "avx2,fma,avx512f,avx512vl,avx512vnni", 2;
     }
 
     /// An output vector: [`Lanes`] on i32 plus the recovery and the requantizing store of its
@@ -649,101 +631,5 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Both encodings of the 256-bit `vpdpwssd` micro-kernel (the path runs only the one the CPU
-    /// prefers) and the AVX-512 one equal the scalar reference, at the i16 extremes too.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn pair_gemm_encodings_match_scalar() {
-        let f = crate::isa::features();
-        let mut s = 99u64;
-        let mut r = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 33) as i32
-        };
-        for case in 0..40 {
-            let (mr, nv, kp) = (1 + case % 6, 1 + case % 4, 16 * (1 + case % 5));
-            let wn = 16 * nv;
-            let ext = |x: i32| {
-                if case % 3 == 0 {
-                    if x % 2 == 0 {
-                        i16::MIN
-                    } else {
-                        i16::MAX
-                    }
-                } else {
-                    (x % 65536 - 32768) as i16
-                }
-            };
-            let v: Vec<i16> = (0..mr * kp).map(|_| ext(r())).collect();
-            let u: Vec<i16> = (0..kp * wn).map(|_| ext(r())).collect();
-            let mut want = vec![0i32; mr * wn];
-            // SAFETY: sizes as `micro` documents.
-            unsafe { micro_scalar(mr, nv, v.as_ptr(), kp, u.as_ptr(), want.as_mut_ptr(), wn) };
-            let mut check = |name: &str, run: &dyn Fn(*mut i32)| {
-                let mut got = vec![0i32; mr * wn];
-                run(got.as_mut_ptr());
-                assert_eq!(got, want, "{name} mr {mr} nv {nv} kp {kp}");
-            };
-            let (vp, up) = (v.as_ptr(), u.as_ptr());
-            if f.avx2 && f.fma && f.avx512f && f.avx512vl && f.avx512vnni {
-                // SAFETY: the CPU has the features; sizes as documented.
-                check("evex", &|m| unsafe {
-                    (0..nv).for_each(|vi| x86::micro_256_evex(mr, nv, vi, vp, kp, up, m.add(vi * 16), wn))
-                });
-                // SAFETY: as above.
-                check("avx512", &|m| unsafe { x86::micro_512(mr, nv, vp, kp, up, m, wn) });
-            }
-            if f.avx2 && f.fma && f.avxvnni {
-                // SAFETY: as above.
-                check("vex", &|m| unsafe {
-                    (0..nv).for_each(|vi| x86::micro_256_vex(mr, nv, vi, vp, kp, up, m.add(vi * 16), wn))
-                });
-            }
-            if f.avx2 && f.fma {
-                // SAFETY: as above.
-                check("avx2", &|m| unsafe {
-                    (0..nv).for_each(|vi| x86::micro_256(mr, nv, vi, vp, kp, up, m.add(vi * 16), wn))
-                });
-            }
-        }
-    }
-
-    /// One tile through the scaled transforms equals the direct 3x3 correlation.
-    #[test]
-    fn transforms_compute_the_direct_correlation() {
-        let mut s = 12345u64;
-        let mut r = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 33) as i32
-        };
-        for _ in 0..200 {
-            let d: [[i32; 6]; 6] = std::array::from_fn(|_| std::array::from_fn(|_| r() % 511 - 255));
-            let w: [[i32; 3]; 3] = std::array::from_fn(|_| std::array::from_fn(|_| r() % 256 - 128));
-            let d16: [[i16; 6]; 6] = std::array::from_fn(|i| std::array::from_fn(|j| d[i][j] as i16));
-            // SAFETY: integer arithmetic.
-            let v = unsafe { input_2d(&d16) };
-            let mut m = [[0i32; 6]; 6];
-            for i in 0..6 {
-                for j in 0..6 {
-                    let u: i32 = (0..3)
-                        .flat_map(|a| (0..3).map(move |b| (a, b)))
-                        .map(|(a, b)| G[i][a] * w[a][b] * G[j][b])
-                        .sum();
-                    m[i][j] = u * v[i][j] as i32;
-                }
-            }
-            // SAFETY: integer arithmetic.
-            let y = unsafe { output_2d(&m) };
-            for p in 0..4 {
-                for q in 0..4 {
-                    let want: i32 =
-                        (0..3).flat_map(|a| (0..3).map(move |b| (a, b))).map(|(a, b)| d[p + a][q + b] * w[a][b]).sum();
-                    assert_eq!(recover(y[p][q], p, q), want, "({p},{q})");
-                }
-            }
-        }
-    }
-}
+#[path = "winograd_kern_tests.rs"]
+mod tests;
