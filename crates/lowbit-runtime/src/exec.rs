@@ -279,6 +279,7 @@ unsafe fn exec_step(
             out.copy_from_slice(x());
             eltwise::apply_act_par(paths.f32, *a, out, threads);
         }
+        Kind::Sigmoid => eltwise::sigmoid(paths.f32, x(), f32_out(base, &s.out), threads),
         Kind::PRelu { slope, plane } => {
             let out = f32_out(base, &s.out);
             let c = slope.len();

@@ -307,6 +307,7 @@ pub(crate) fn lower_node(
                 None => (Kind::Generic(n.clone()), "reference"),
             }
         }
+        Op::Sigmoid if all_f32 => (Kind::Sigmoid, "f32 eltwise"),
         Op::Add | Op::Sub | Op::Mul | Op::Div if all_f32 => {
             let op = match n.op {
                 Op::Add => BinOp::Add,

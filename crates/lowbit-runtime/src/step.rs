@@ -72,6 +72,8 @@ pub(crate) enum Kind {
         act: Act,
     },
     Act(Act),
+    /// f32 logistic function.
+    Sigmoid,
     /// f32 PRelu, one slope per channel (axis 1) over planes of `plane` values.
     PRelu {
         slope: Vec<f32>,
