@@ -46,6 +46,33 @@ fn read_later(steps: &[Step], outputs: &[(String, Operand)], i: usize) -> bool {
     outputs.iter().filter_map(|(_, o)| bytes(o)).any(|r| live.iter().any(|l| overlaps(&r, l)))
 }
 
+/// Step `i + 1` reads step `i`'s output as its first input, and nothing after it (nor a plan
+/// output) does: the pair can become one step that never writes that value.
+fn feeds_only_next(steps: &[Step], outputs: &[(String, Operand)], i: usize) -> bool {
+    matches!(steps[i + 1].ins.first(), Some(Some(x)) if bytes(x) == bytes(&steps[i].out))
+        && !read_later(steps, outputs, i)
+}
+
+/// Do step `i`'s first input and step `i + 1`'s output share bytes of the arena (each dead while
+/// the other lives, so the two steps may share them, but one fused step reading the first while it
+/// writes the second may not)?
+fn input_meets_next_output(steps: &[Step], i: usize) -> bool {
+    matches!((steps[i].ins.first().and_then(|o| o.as_ref()).and_then(bytes), bytes(&steps[i + 1].out)),
+             (Some(a), Some(b)) if overlaps(&a, &b))
+}
+
+/// Step `i + 1`'s report folded into step `i`'s (after the steps were fused), under `kernel`.
+fn merge_infos(infos: &mut Vec<StepInfo>, i: usize, kernel: String) {
+    let b = infos.remove(i + 1);
+    let a = &mut infos[i];
+    a.name = format!("{} + {}", a.name, b.name);
+    a.op = format!("{}+{}", a.op, b.op);
+    a.kernel = kernel;
+    a.macs += b.macs;
+    a.params += b.params;
+    (a.out_shape, a.output) = (b.out_shape, b.output);
+}
+
 /// Fuses every expansion + depthwise pair of integer steps in place.
 pub(crate) fn fuse_expand_dw(
     steps: &mut Vec<Step>,
@@ -55,17 +82,14 @@ pub(crate) fn fuse_expand_dw(
 ) {
     let mut i = 0;
     while i + 1 < steps.len() {
-        let chained = match (&steps[i].kind, &steps[i + 1].kind, &steps[i + 1].ins.first()) {
-            (Kind::QConv { c: e, batch: b0 }, Kind::QConv { c: d, batch: b1 }, Some(Some(x))) => {
+        let chained = match (&steps[i].kind, &steps[i + 1].kind) {
+            (Kind::QConv { c: e, batch: b0 }, Kind::QConv { c: d, batch: b1 }) => {
                 b0 == b1
                     && e.direct_gemm()
                     && d.geom.is_depthwise()
-                    && bytes(x) == bytes(&steps[i].out)
-                    && !read_later(steps, outputs, i)
-                    // The fused step reads the expansion's input while it writes the depthwise output:
-                    // the arena may have put the two in the same bytes (each dead when the other lives).
-                    && !matches!((steps[i].ins.first().and_then(|o| o.as_ref()).and_then(bytes), bytes(&steps[i + 1].out)),
-                                 (Some(a), Some(b)) if overlaps(&a, &b))
+                    && feeds_only_next(steps, outputs, i)
+                    // The fused step reads the expansion's input while it writes the depthwise output.
+                    && !input_meets_next_output(steps, i)
             }
             _ => false,
         };
@@ -80,14 +104,7 @@ pub(crate) fn fuse_expand_dw(
             Ok(f) => {
                 steps[i].kind = Kind::QExpandDw { f: Box::new(f), batch };
                 steps[i].out = second.out;
-                let b = infos.remove(i + 1);
-                let a = &mut infos[i];
-                a.name = format!("{} + {}", a.name, b.name);
-                a.op = format!("{}+{}", a.op, b.op);
-                a.kernel = format!("int8 expand+depthwise ({isa})");
-                a.macs += b.macs;
-                a.params += b.params;
-                (a.out_shape, a.output) = (b.out_shape, b.output);
+                merge_infos(infos, i, format!("int8 expand+depthwise ({isa})"));
             }
             Err((e, d)) => {
                 steps[i].kind = Kind::QConv { c: e, batch };
@@ -104,21 +121,18 @@ pub(crate) fn fuse_expand_dw(
 pub(crate) fn fuse_conv_quantize(steps: &mut Vec<Step>, infos: &mut Vec<StepInfo>, outputs: &[(String, Operand)]) {
     let mut i = 0;
     while i + 1 < steps.len() {
-        let fits = match (&steps[i].kind, &steps[i + 1].kind, &steps[i + 1].ins.first()) {
-            (Kind::Conv { p, batch }, Kind::Quantize { layout: Some((n, c, plane)), .. }, Some(Some(x))) => {
+        let fits = match (&steps[i].kind, &steps[i + 1].kind) {
+            (Kind::Conv { p, batch }, Kind::Quantize { layout: Some((n, c, plane)), .. }) => {
                 *n == *batch
                     && *c == p.geom.c_out
                     && *plane == p.geom.oh * p.geom.ow
                     && p.shifted()
                     && p.geom.group == 1
-                    && bytes(x) == bytes(&steps[i].out)
-                    && !read_later(steps, outputs, i)
+                    && feeds_only_next(steps, outputs, i)
                     // One image's input may share bytes with the output: the step copies all of it
                     // into its padded planes (scratch) before it writes a byte. With more images,
                     // image 0's output would overwrite image 1's input.
-                    && (*batch == 1
-                        || !matches!((steps[i].ins.first().and_then(|o| o.as_ref()).and_then(bytes), bytes(&steps[i + 1].out)),
-                                     (Some(a), Some(b)) if overlaps(&a, &b)))
+                    && (*batch == 1 || !input_meets_next_output(steps, i))
             }
             _ => false,
         };
@@ -131,12 +145,8 @@ pub(crate) fn fuse_conv_quantize(steps: &mut Vec<Step>, infos: &mut Vec<StepInfo
         let (Kind::Conv { p, batch }, Kind::Quantize { q, .. }) = (first, second.kind) else { unreachable!() };
         steps[i].kind = Kind::ConvQuant { p, q, batch };
         steps[i].out = second.out;
-        let b = infos.remove(i + 1);
-        let a = &mut infos[i];
-        a.name = format!("{} + {}", a.name, b.name);
-        a.op = format!("{}+{}", a.op, b.op);
-        a.kernel = format!("{} + quantize", a.kernel);
-        (a.out_shape, a.output) = (b.out_shape, b.output);
+        let kernel = format!("{} + quantize", infos[i].kernel);
+        merge_infos(infos, i, kernel);
         i += 1;
     }
 }

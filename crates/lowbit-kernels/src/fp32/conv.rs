@@ -318,7 +318,8 @@ fn shifted_bands(
 /// the f32 output into something smaller while it is in cache (QuantizeLinear into NHWC bytes).
 pub fn conv2d_bands(p: &PackedConv, x: &[f32], scratch: &mut [f32], threads: usize, sink: &dyn BandSink) -> bool {
     let g = &p.geom;
-    if !p.shifted || g.group != 1 || p.wino.is_some() {
+    // (A Winograd convolution is never `shifted`.)
+    if !p.shifted || g.group != 1 {
         return false;
     }
     assert!(x.len() >= g.c_in * g.h * g.w);

@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use crate::fp32::layout::Ptr;
 use crate::int8::ops::{Layout, QParams};
 use crate::isa::{trace, Isa};
 
@@ -113,32 +114,29 @@ pub fn conv_quantize(
 ) -> bool {
     let (c, ow, oh) = (p.geom.c_out, p.geom.ow, p.geom.oh);
     assert!(out.len() >= c * ow * oh);
-    let base = SendMutU8(out.as_mut_ptr());
+    let base = Ptr(out.as_mut_ptr());
     let sink = |y0: usize, y1: usize, cb: &[f32], nw: usize| {
         let wp = nw / (y1 - y0);
-        let mut tmp = vec![0u8; c * ow];
-        for y in y0..y1 {
-            for ch in 0..c {
-                let at = ch * nw + (y - y0) * wp;
-                quantize_flat(isa, &cb[at..at + ow], q, &mut tmp[ch * ow..(ch + 1) * ow]);
+        ROW.with(|tmp| {
+            let mut tmp = tmp.borrow_mut();
+            tmp.resize(c * ow, 0);
+            for y in y0..y1 {
+                for ch in 0..c {
+                    let at = ch * nw + (y - y0) * wp;
+                    quantize_flat(isa, &cb[at..at + ow], q, &mut tmp[ch * ow..(ch + 1) * ow]);
+                }
+                // SAFETY: `out` holds oh·ow·c bytes; this band alone writes rows y0..y1.
+                let row = unsafe { std::slice::from_raw_parts_mut(base.get().add(y * ow * c), ow * c) };
+                to_nhwc(&tmp, c, ow, 0, row);
             }
-            // SAFETY: `out` holds oh·ow·c bytes; this band alone writes rows y0..y1.
-            let row = unsafe { std::slice::from_raw_parts_mut(base.get().add(y * ow * c), ow * c) };
-            to_nhwc(&tmp, c, ow, 0, row);
-        }
+        });
     };
     crate::fp32::conv::conv2d_bands(p, x, scratch, threads, &sink)
 }
 
-#[derive(Clone, Copy)]
-struct SendMutU8(*mut u8);
-// SAFETY: each task writes disjoint rows through it.
-unsafe impl Send for SendMutU8 {}
-unsafe impl Sync for SendMutU8 {}
-impl SendMutU8 {
-    fn get(self) -> *mut u8 {
-        self.0
-    }
+thread_local! {
+    /// Each thread's one output row of [`conv_quantize`] as channel planes of bytes.
+    static ROW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// DequantizeLinear of NHWC bytes into the `c` f32 planes of `p` values at `out` (one image),
@@ -176,7 +174,7 @@ pub fn dequantize(x: &[u8], q: QParams, layout: Layout, out: &mut [f32], threads
                     // Each task writes a range of every plane: split the pixels, then each task fills
                     // its slices of the planes through a raw pointer (disjoint ranges).
                     let k = p.div_ceil(threads * 4).max(1);
-                    let base = SendMut(ob.as_mut_ptr());
+                    let base = Ptr(ob.as_mut_ptr());
                     (0..p.div_ceil(k)).into_par_iter().for_each(|t| {
                         let (i0, np) = (t * k, k.min(p - t * k));
                         // SAFETY: `ob` holds c·p values; task t alone writes elements i0..i0 + np
@@ -189,16 +187,6 @@ pub fn dequantize(x: &[u8], q: QParams, layout: Layout, out: &mut [f32], threads
                 }
             }
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendMut(*mut f32);
-unsafe impl Send for SendMut {}
-unsafe impl Sync for SendMut {}
-impl SendMut {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
