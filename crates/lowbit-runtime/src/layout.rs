@@ -89,6 +89,22 @@ impl Layout {
                 }
             }
         }
+        // A convolution whose output feeds the next step (a depthwise convolution or a
+        // QuantizeLinear) may be fused with it into one step that reads the convolution's input
+        // while it writes the next output ([`crate::blocks`]): keep that input live one step longer
+        // so the two never share bytes.
+        let steps: Vec<&Node> = items.iter().filter(|n| !v.is_alias(n)).collect();
+        for (k, pair) in steps.windows(2).enumerate() {
+            let (a, b) = (pair[0], pair[1]);
+            let next_reads =
+                matches!(b.op, Op::Conv(_) | Op::QuantizeLinear { .. }) && b.inputs.first() == a.outputs.first();
+            if matches!(a.op, Op::Conv(_)) && next_reads {
+                if let Some(&buf) = a.inputs.first().and_then(|x| buf_of.get(x)) {
+                    // Steps are numbered from 1; `b` is step k + 2.
+                    bufs[buf].last = bufs[buf].last.max(k + 2);
+                }
+            }
+        }
         let end = step_no + 1;
         for o in &g.outputs {
             if let Some(&b) = buf_of.get(&o.name) {

@@ -161,7 +161,15 @@ fn fused_expand_depthwise_steps_equal_the_unfused_plan() {
                 );
                 let fused =
                     |p: &Plan| p.steps().iter().filter(|s| s.kernel.starts_with("int8 expand+depthwise")).count();
+                // Every 1x1 convolution followed by the depthwise one reading it fuses, the stride-2 ones whose
+                // input the arena would otherwise give the depthwise output too.
+                let pairs = u
+                    .steps()
+                    .windows(2)
+                    .filter(|w| w[0].kernel.starts_with("int8 1x1 gemm") && w[1].kernel.starts_with("int8 depthwise"))
+                    .count();
                 assert!(fused(&f) >= 2 && fused(&u) == 0, "{m} {}: {} fused steps", isa.name(), fused(&f));
+                assert_eq!(fused(&f), pairs, "{m} {}: fused steps against expansion + depthwise pairs", isa.name());
                 assert_eq!(f.steps().len() + fused(&f), u.steps().len());
                 let (a, b) = (f.run(std::slice::from_ref(&x)).unwrap(), u.run(std::slice::from_ref(&x)).unwrap());
                 assert!(
