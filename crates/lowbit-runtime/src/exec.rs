@@ -313,7 +313,7 @@ unsafe fn exec_step(
         Kind::Dequantize { q, layout } => {
             let out = f32_out(base, &s.out);
             let src = bytes_in(base, s.ins[0].as_ref().unwrap());
-            edges::dequantize(src, *q, *layout, out, threads);
+            edges::dequantize(paths.int8, src, *q, *layout, out, threads);
         }
         Kind::QConv { c, batch } => {
             let xs = bytes_in(base, s.ins[0].as_ref().unwrap());

@@ -71,19 +71,28 @@ fn block_px(c: usize) -> usize {
 fn to_nhwc(x: &[u8], c: usize, p: usize, i0: usize, out: &mut [u8]) {
     let np = out.len() / c;
     assert!(x.len() >= c * p && i0 + np <= p);
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if c.is_multiple_of(16) {
-        // Whole 16x16 byte squares (SSE2, every x86-64 CPU); the last < 16 pixels below.
-        done = np / 16 * 16;
-        for b0 in (0..done).step_by(16) {
-            for c0 in (0..c).step_by(16) {
-                // SAFETY: rows `c0..c0 + 16` of `x` have pixels `i0 + b0..+16` (asserted above:
-                // b0 + 16 <= np), and `out` has pixels `b0..b0 + 16` of `c` bytes.
-                unsafe { sse2::square(x.as_ptr().add(c0 * p + i0 + b0), p, out.as_mut_ptr().add(b0 * c + c0), c) };
-            }
-        }
+    if c == 1 {
+        out.copy_from_slice(&x[i0..i0 + np]);
+        return;
     }
+    // Whole stripes of 16 pixels in 16x16 byte squares (SSE2, every x86-64 CPU), or three byte
+    // shuffles per register for RGB; the last < 16 pixels below.
+    #[cfg(target_arch = "x86_64")]
+    let done = {
+        let done = np / 16 * 16;
+        // SAFETY: the planes hold pixels i0..i0 + done (asserted above), `out` their NHWC bytes;
+        // the CPU has SSSE3 where it is used.
+        unsafe {
+            if c == 3 && std::is_x86_feature_detected!("ssse3") {
+                sse2::rgb_to_pixels(x.as_ptr().add(i0), p, done, out)
+            } else {
+                sse2::planes_to_pixels(x.as_ptr().add(i0), p, c, done, out)
+            }
+        };
+        done
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     let bp = block_px(c);
     for b0 in (done..np).step_by(bp) {
         let b1 = (b0 + bp).min(np);
@@ -93,6 +102,29 @@ fn to_nhwc(x: &[u8], c: usize, p: usize, i0: usize, out: &mut [u8]) {
             for (o, &v) in ob[ch..].iter_mut().step_by(c).zip(src) {
                 *o = v;
             }
+        }
+    }
+}
+
+/// Pixels `i0..i0 + n` of the NHWC bytes `x` (one image of `c` channels) as `c` rows of `n`
+/// bytes at `dst`, `ld` apart (the transpose of [`to_nhwc`]).
+///
+/// # Safety
+/// `x` holds pixels up to `i0 + n`; `dst` holds `c` rows of `ld >= n` bytes.
+unsafe fn to_rows(x: &[u8], c: usize, i0: usize, n: usize, dst: *mut u8, ld: usize) {
+    assert!(x.len() >= (i0 + n) * c && ld >= n);
+    #[cfg(target_arch = "x86_64")]
+    let done = {
+        let done = n / 16 * 16;
+        // SAFETY: as the caller promised, for pixels i0..i0 + done.
+        sse2::pixels_to_rows(x, c, i0, done, dst, ld);
+        done
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for ch in 0..c {
+        for i in done..n {
+            dst.add(ch * ld + i).write(x[(i0 + i) * c + ch]);
         }
     }
 }
@@ -139,25 +171,44 @@ thread_local! {
     static ROW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// DequantizeLinear of NHWC bytes into the `c` f32 planes of `p` values at `out` (one image),
-/// planes' elements `i0..i0 + np`.
-///
-/// # Safety
-/// `out` holds `c·p` values; no other thread writes elements `i0..i0 + np` of a plane meanwhile.
-unsafe fn dequantize_planes(x: &[u8], q: QParams, c: usize, p: usize, i0: usize, np: usize, out: *mut f32) {
-    let bp = block_px(c);
-    for b0 in (i0..i0 + np).step_by(bp) {
-        let b1 = (b0 + bp).min(i0 + np);
-        for ch in 0..c {
-            for i in b0..b1 {
-                out.add(ch * p + i).write(q.dequant(x[i * c + ch]));
-            }
-        }
+multiversion! {
+    /// DequantizeLinear of contiguous bytes.
+    pub fn dequantize_flat(x: &[u8], q: QParams, out: &mut [f32]) {
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o = q.dequant(v));
     }
 }
 
+thread_local! {
+    /// Each thread's block of pixels of [`dequantize_planes`] as channel rows of bytes.
+    static ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// DequantizeLinear of NHWC bytes into the `c` f32 planes of `p` values at `out` (one image),
+/// planes' elements `i0..i0 + np`: blocks of pixels transposed into channel rows of bytes while
+/// in L1, each row then dequantized as contiguous values.
+///
+/// # Safety
+/// `out` holds `c·p` values; no other thread writes elements `i0..i0 + np` of a plane meanwhile.
+unsafe fn dequantize_planes(isa: Isa, x: &[u8], q: QParams, c: usize, p: usize, i0: usize, np: usize, out: *mut f32) {
+    let bp = block_px(c) / 16 * 16;
+    ROWS.with(|t| {
+        let mut t = t.borrow_mut();
+        t.resize(c * bp, 0);
+        for b0 in (i0..i0 + np).step_by(bp) {
+            let n = bp.min(i0 + np - b0);
+            // SAFETY: `x` is the image's NHWC bytes (p pixels), `t` c rows of bp >= n bytes.
+            unsafe { to_rows(x, c, b0, n, t.as_mut_ptr(), bp) };
+            for ch in 0..c {
+                // SAFETY: plane ch's elements b0..b0 + n are in `out` and this caller's alone.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.add(ch * p + b0), n) };
+                dequantize_flat(isa, &t[ch * bp..ch * bp + n], q, o);
+            }
+        }
+    });
+}
+
 /// DequantizeLinear; with `layout` the input is NHWC and the f32 output NCHW.
-pub fn dequantize(x: &[u8], q: QParams, layout: Layout, out: &mut [f32], threads: usize) {
+pub fn dequantize(isa: Isa, x: &[u8], q: QParams, layout: Layout, out: &mut [f32], threads: usize) {
     let par = threads > 1 && out.len() >= PAR_MIN;
     match layout {
         None if par => {
@@ -179,11 +230,11 @@ pub fn dequantize(x: &[u8], q: QParams, layout: Layout, out: &mut [f32], threads
                         let (i0, np) = (t * k, k.min(p - t * k));
                         // SAFETY: `ob` holds c·p values; task t alone writes elements i0..i0 + np
                         // of each plane (the tasks' pixel ranges are disjoint).
-                        unsafe { dequantize_planes(xb, q, c, p, i0, np, base.get()) };
+                        unsafe { dequantize_planes(isa, xb, q, c, p, i0, np, base.get()) };
                     });
                 } else {
                     // SAFETY: `ob` holds c·p values, all written here by this thread alone.
-                    unsafe { dequantize_planes(xb, q, c, p, 0, p, ob.as_mut_ptr()) };
+                    unsafe { dequantize_planes(isa, xb, q, c, p, 0, p, ob.as_mut_ptr()) };
                 }
             }
         }
@@ -206,12 +257,9 @@ pub fn nhwc_to_nchw(x: &[u8], n: usize, c: usize, p: usize, out: &mut [u8]) {
 mod sse2 {
     use std::arch::x86_64::*;
 
-    /// `dst[k·ld_dst + j] = src[j·ld_src + k]` for `j, k < 16`.
-    ///
-    /// # Safety
-    /// Both squares are in bounds.
-    pub(super) unsafe fn square(src: *const u8, ld_src: usize, dst: *mut u8, ld_dst: usize) {
-        let r: [__m128i; 16] = std::array::from_fn(|j| _mm_loadu_si128(src.add(j * ld_src) as *const __m128i));
+    /// Row `k` of the result is column `k` of the 16x16 bytes in `r` (row `j` in `r[j]`).
+    #[inline(always)]
+    unsafe fn transpose(r: [__m128i; 16]) -> [__m128i; 16] {
         // Round 1: pairs of rows (channels 2i, 2i+1) by pixel, pixels 0-7 then 8-15.
         let mut a = [_mm_setzero_si128(); 16];
         for i in 0..8 {
@@ -237,9 +285,112 @@ mod sse2 {
             }
         }
         // Round 4: one pixel's 16 channels per register.
-        for e in 0..8 {
-            _mm_storeu_si128(dst.add(2 * e * ld_dst) as *mut __m128i, _mm_unpacklo_epi64(c[2 * e], c[2 * e + 1]));
-            _mm_storeu_si128(dst.add((2 * e + 1) * ld_dst) as *mut __m128i, _mm_unpackhi_epi64(c[2 * e], c[2 * e + 1]));
+        std::array::from_fn(|k| {
+            let e = k / 2;
+            if k % 2 == 0 {
+                _mm_unpacklo_epi64(c[2 * e], c[2 * e + 1])
+            } else {
+                _mm_unpackhi_epi64(c[2 * e], c[2 * e + 1])
+            }
+        })
+    }
+
+    /// Row `j` (< `n` of 16): 16 bytes at `src + j·ld`, or the bytes of `src[j·ld..]` below
+    /// `end` (zeros after them).
+    #[inline(always)]
+    unsafe fn load_rows(src: *const u8, ld: usize, n: usize, end: *const u8) -> [__m128i; 16] {
+        std::array::from_fn(|j| {
+            let at = src.add(j * ld);
+            if j >= n {
+                _mm_setzero_si128()
+            } else if at.add(16) <= end {
+                _mm_loadu_si128(at as *const __m128i)
+            } else {
+                let mut b = [0u8; 16];
+                std::ptr::copy_nonoverlapping(at, b.as_mut_ptr(), end.offset_from(at) as usize);
+                _mm_loadu_si128(b.as_ptr() as *const __m128i)
+            }
+        })
+    }
+
+    /// The first `n` pixels (a multiple of 16) of the `c` byte planes at `x`, `p` apart, as NHWC
+    /// bytes in `out` (`n·c` or more). A stripe's partial group of channels (`c` not a multiple of
+    /// 16) is stored first, whole 16-byte vectors that run into the next pixels' first channels
+    /// (rewritten after it by those pixels' own stores), except where a vector would leave `out`.
+    ///
+    /// # Safety
+    /// Each plane holds `n` pixels from `x`.
+    pub(super) unsafe fn planes_to_pixels(x: *const u8, p: usize, c: usize, n: usize, out: &mut [u8]) {
+        assert!(out.len() >= n * c);
+        let partial = c % 16 != 0;
+        let groups = (c / 16 * 16..c).step_by(16).filter(|_| partial).chain((0..c / 16 * 16).step_by(16));
+        let groups: Vec<usize> = groups.collect();
+        let end = x.add((c - 1) * p + n);
+        for b0 in (0..n).step_by(16) {
+            for &c0 in &groups {
+                let vc = (c - c0).min(16);
+                let t = transpose(load_rows(x.add(c0 * p + b0), p, vc, end));
+                for (k, v) in t.iter().enumerate() {
+                    let at = (b0 + k) * c + c0;
+                    if at + 16 <= out.len() {
+                        _mm_storeu_si128(out.as_mut_ptr().add(at) as *mut __m128i, *v);
+                    } else {
+                        let mut b = [0u8; 16];
+                        _mm_storeu_si128(b.as_mut_ptr() as *mut __m128i, *v);
+                        out[at..at + vc].copy_from_slice(&b[..vc]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `SHUF[o][ch]`: the byte shuffle taking plane `ch`'s 16 pixels to their places in output
+    /// register `o` of 16 interleaved RGB pixels (0x80: a byte of another plane).
+    const SHUF: [[[u8; 16]; 3]; 3] = {
+        let mut m = [[[0x80u8; 16]; 3]; 3];
+        let mut k = 0;
+        while k < 48 {
+            m[k / 16][k % 3][k % 16] = (k / 3) as u8;
+            k += 1;
+        }
+        m
+    };
+
+    /// [`planes_to_pixels`] for three planes: 16 pixels of each into 48 interleaved bytes.
+    ///
+    /// # Safety
+    /// Each plane holds `n` pixels from `x`; the CPU has SSSE3.
+    #[target_feature(enable = "ssse3")]
+    pub(super) unsafe fn rgb_to_pixels(x: *const u8, p: usize, n: usize, out: &mut [u8]) {
+        assert!(out.len() >= n * 3 && n.is_multiple_of(16));
+        let m: [[__m128i; 3]; 3] =
+            std::array::from_fn(|o| std::array::from_fn(|ch| _mm_loadu_si128(SHUF[o][ch].as_ptr() as *const __m128i)));
+        for b0 in (0..n).step_by(16) {
+            let r: [__m128i; 3] = std::array::from_fn(|ch| _mm_loadu_si128(x.add(ch * p + b0) as *const __m128i));
+            for (o, m) in m.iter().enumerate() {
+                let v = _mm_or_si128(
+                    _mm_or_si128(_mm_shuffle_epi8(r[0], m[0]), _mm_shuffle_epi8(r[1], m[1])),
+                    _mm_shuffle_epi8(r[2], m[2]),
+                );
+                _mm_storeu_si128(out.as_mut_ptr().add(b0 * 3 + o * 16) as *mut __m128i, v);
+            }
+        }
+    }
+
+    /// Pixels `i0..i0 + n` (`n` a multiple of 16) of the NHWC bytes `x` (`c` channels) as `c`
+    /// rows of bytes at `dst`, `ld` apart.
+    ///
+    /// # Safety
+    /// `x` holds those pixels; `dst` `c` rows of `ld >= n` bytes.
+    pub(super) unsafe fn pixels_to_rows(x: &[u8], c: usize, i0: usize, n: usize, dst: *mut u8, ld: usize) {
+        let end = x.as_ptr().add(x.len());
+        for b0 in (0..n).step_by(16) {
+            for c0 in (0..c).step_by(16) {
+                let t = transpose(load_rows(x.as_ptr().add((i0 + b0) * c + c0), c, 16, end));
+                for (k, v) in t.iter().take(c - c0).enumerate() {
+                    _mm_storeu_si128(dst.add((c0 + k) * ld + b0) as *mut __m128i, *v);
+                }
+            }
         }
     }
 }
@@ -260,7 +411,7 @@ mod tests {
                 let run = |threads: usize| {
                     let (mut b, mut tmp, mut f) = (vec![0u8; len], vec![0u8; len], vec![0f32; len]);
                     quantize(Isa::Scalar, &x, q, layout, &mut b, &mut tmp, threads);
-                    dequantize(&b, q, layout, &mut f, threads);
+                    dequantize(Isa::Scalar, &b, q, layout, &mut f, threads);
                     (b, f.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
                 };
                 let one = run(1);
@@ -273,20 +424,55 @@ mod tests {
         }
     }
 
-    /// The layout change (16x16 squares where the channels allow, the blocked loop elsewhere) puts
-    /// plane `ch`'s pixel `i` at byte `i·c + ch`, for every channel count and ragged pixel range.
+    /// The layout changes (16x16 squares, partial channel groups, the scalar tail) put plane
+    /// `ch`'s pixel `i` at byte `i·c + ch` and back, for every channel count and ragged pixel
+    /// range, never writing outside the range; the threaded DequantizeLinear of NHWC bytes gives
+    /// every plane's values.
     #[test]
     fn nhwc_bytes_are_the_planes_transposed() {
-        for c in [1, 3, 16, 20, 32, 48, 64, 80] {
+        for c in [1, 2, 3, 4, 5, 8, 10, 15, 16, 17, 20, 24, 31, 32, 48, 64, 80, 85] {
             let p = 16 * 37 + 11;
             let x: Vec<u8> = (0..c * p).map(|i| (i * 131 % 251) as u8).collect();
-            for (i0, np) in [(0, p), (5, 16), (17, 16 * 9 + 3), (p - 7, 7), (3, 0)] {
-                let mut out = vec![0u8; np * c];
-                to_nhwc(&x, c, p, i0, &mut out);
+            for (i0, np) in [(0, p), (5, 16), (17, 16 * 9 + 3), (p - 7, 7), (p - 33, 33), (3, 0)] {
+                // Guard bytes around the range: a store past it would show.
+                let mut out = vec![0xa5u8; np * c + 64];
+                to_nhwc(&x, c, p, i0, &mut out[32..32 + np * c]);
+                assert!(
+                    out[..32].iter().chain(&out[32 + np * c..]).all(|&b| b == 0xa5),
+                    "c {c} i0 {i0}: wrote outside"
+                );
+                let out = &out[32..32 + np * c];
                 for i in 0..np {
                     for ch in 0..c {
                         assert_eq!(out[i * c + ch], x[ch * p + i0 + i], "c {c} i0 {i0} pixel {i} channel {ch}");
                     }
+                }
+                // And back: pixels i0..i0 + np of the whole NHWC image as channel rows.
+                let mut whole = vec![0u8; p * c];
+                to_nhwc(&x, c, p, 0, &mut whole);
+                let ld = np + 5;
+                let mut rows = vec![0x5au8; c * ld];
+                // SAFETY: `whole` holds p pixels, `rows` c rows of ld >= np bytes.
+                unsafe { to_rows(&whole, c, i0, np, rows.as_mut_ptr(), ld) };
+                for ch in 0..c {
+                    assert_eq!(
+                        &rows[ch * ld..ch * ld + np],
+                        &x[ch * p + i0..ch * p + i0 + np],
+                        "c {c} i0 {i0} row {ch}"
+                    );
+                    assert!(rows[ch * ld + np..(ch + 1) * ld].iter().all(|&b| b == 0x5a), "c {c} i0 {i0}: past a row");
+                }
+            }
+            let q = QParams { scale: 0.07, zp: 3, signed: false };
+            for threads in [1, 2] {
+                let mut whole = vec![0u8; 2 * p * c];
+                for b in 0..2 {
+                    to_nhwc(&x, c, p, 0, &mut whole[b * p * c..(b + 1) * p * c]);
+                }
+                let mut f = vec![0f32; 2 * p * c];
+                dequantize(Isa::best(), &whole, q, Some((2, c, p)), &mut f, threads);
+                for (i, v) in f.iter().enumerate() {
+                    assert_eq!(v.to_bits(), q.dequant(x[i % (c * p)]).to_bits(), "c {c} threads {threads} value {i}");
                 }
             }
         }

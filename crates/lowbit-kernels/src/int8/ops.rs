@@ -606,7 +606,7 @@ mod tests {
             let x: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.1 - 1.0).collect();
             let (mut q, mut tmp, mut back) = (vec![0u8; 24], vec![0u8; 24], vec![0f32; 24]);
             crate::int8::edges::quantize(isa, &x, qo, Some((2, 3, 4)), &mut q, &mut tmp, 1);
-            crate::int8::edges::dequantize(&q, qo, Some((2, 3, 4)), &mut back, 1);
+            crate::int8::edges::dequantize(isa, &q, qo, Some((2, 3, 4)), &mut back, 1);
             for (i, (&v, &r)) in x.iter().zip(&back).enumerate() {
                 assert_eq!(r, qo.dequant(qo.quant(v)), "element {i}");
             }

@@ -33,7 +33,7 @@ fn pair_gemm_encodings_match_scalar() {
         let mut want = vec![0i32; mr * wn];
         // SAFETY: sizes as `micro` documents.
         unsafe { micro_scalar(mr, nv, v.as_ptr(), kp, u.as_ptr(), want.as_mut_ptr(), wn) };
-        let mut check = |name: &str, run: &dyn Fn(*mut i32)| {
+        let check = |name: &str, run: &dyn Fn(*mut i32)| {
             let mut got = vec![0i32; mr * wn];
             run(got.as_mut_ptr());
             assert_eq!(got, want, "{name} mr {mr} nv {nv} kp {kp}");
