@@ -157,7 +157,8 @@ pub(crate) fn lower_unit(v: &Values, n: &Node, u: &Unit, paths: Paths, winograd:
                 .ok_or_else(|| Error::node(&n.name, "ConvTranspose has no integer kernel"))?;
             macs = (xs[0] * dg.macs()) as u64;
             params = d.w.len() + d.scale.len();
-            (Kind::QDeconv { d: q, batch: xs[0] }, format!("int8 deconv gemm ({})", isa.name()))
+            let name = format!("{} ({})", q.kernel_name(), isa.name());
+            (Kind::QDeconv { d: q, batch: xs[0] }, name)
         }
         Unit::PRelu { qi, qo, slope, .. } => {
             (Kind::QPRelu { qi: *qi, qo: *qo, slope: slope.clone() }, "int8 prelu".into())

@@ -586,8 +586,10 @@ fn prelu_resize_concat_deconv_and_tables_run_on_integers_equal_to_fake_quant() {
         nodes.push(node("leaky", Op::Unary(Unary::LeakyRelu { alpha: 0.1 }), &["cat_d"], "lk"));
         nodes.extend(qdq(3, "lk", "lk"));
         // ConvTranspose on the PRelu output: int8 weights [c][co][k][k] with per-output-channel scales, an int32 bias
-        // at the accumulator's scale, stride 2 (3 in one case), padding, output padding, dilation 2 in one case.
-        let (co, kk, stride, dil) = [(7usize, 4usize, 2usize, 1usize), (16, 3, 2, 2), (5, 2, 3, 1), (33, 4, 2, 1)][k];
+        // at the accumulator's scale, stride 2, padding, output padding, dilation 2 in one case; in the last two cases
+        // kernel = stride and no padding (taps that do not overlap: the outputs placed by a copy).
+        let (co, kk, stride, dil) = [(7usize, 4usize, 2usize, 1usize), (16, 3, 2, 2), (5, 2, 2, 1), (33, 3, 3, 1)][k];
+        let disjoint = k >= 2;
         let wq: Vec<i8> = (0..c * co * kk * kk).map(|_| ((rnd() * 255.0) as i32 - 128) as i8).collect();
         init("dw_q", Tensor { shape: vec![c, co, kk, kk], data: Data::I8(wq) });
         let ws: Vec<f32> = (0..co).map(|i| 0.002 + 0.0007 * i as f32).collect();
@@ -600,8 +602,8 @@ fn prelu_resize_concat_deconv_and_tables_run_on_integers_equal_to_fake_quant() {
         let attrs = lowbit_core::ConvTransposeAttrs {
             strides: vec![stride, stride],
             dilations: vec![dil, dil],
-            pads: vec![1, 0, 1, 1],
-            output_padding: vec![1, 0],
+            pads: if disjoint { vec![0; 4] } else { vec![1, 0, 1, 1] },
+            output_padding: if disjoint { vec![0, 0] } else { vec![1, 0] },
             group: 1,
             ..Default::default()
         };
@@ -617,7 +619,8 @@ fn prelu_resize_concat_deconv_and_tables_run_on_integers_equal_to_fake_quant() {
         for isa in Isa::all_supported() {
             let p = Plan::compile(&g, &[vec![1, c, h, w]], &PlanOptions::default().with_isa(isa)).unwrap();
             let kernels: Vec<&str> = p.steps().iter().map(|s| s.kernel.as_str()).collect();
-            for want in ["int8 prelu", "int8 resize", "int8 concat", "int8 table", "int8 deconv gemm"] {
+            let deconv = if disjoint { "int8 deconv pixel-shuffle gemm" } else { "int8 deconv gemm" };
+            for want in ["int8 prelu", "int8 resize", "int8 concat", "int8 table", deconv] {
                 assert!(kernels.iter().any(|s| s.starts_with(want)), "case {k}: no {want} step in {kernels:?}");
             }
             assert!(p.int8_notes().is_empty(), "case {k} {}: f32 fallbacks {:?}", isa.name(), p.int8_notes());

@@ -29,6 +29,10 @@ pub struct QDeconv {
     lo: f32,
     hi: f32,
     out: Out,
+    /// Where the taps do not overlap (kernel = stride, no padding, dilation or extra output): the
+    /// GEMM's own quantizing epilogue, per column (the channel's numbers, the zero-point correction
+    /// in the integer bias). Each output then is one column of one input pixel, placed by a copy.
+    direct: Option<Requant>,
 }
 
 thread_local! {
@@ -74,6 +78,13 @@ impl QDeconv {
         let corr: Vec<i32> = b.colsum.iter().map(|&s| -(zx as i32) * s).collect();
         b.colsum = vec![];
         let cols_rq = Requant::new(&vec![1.0; n], &corr, &[], f32::NEG_INFINITY, f32::INFINITY, Out::F32);
+        let disjoint =
+            (g.kh, g.kw, g.dh, g.dw, g.ph, g.pw, g.oh, g.ow) == (g.sh, g.sw, 1, 1, 0, 0, g.h * g.sh, g.w * g.sw);
+        let direct = disjoint.then(|| {
+            let per = |v: &[f32]| (0..n).map(|j| v.get(j % co).copied().unwrap_or(0.0)).collect::<Vec<f32>>();
+            let bi: Vec<i32> = (0..n).map(|j| bias_i.get(j % co).copied().unwrap_or(0).wrapping_add(corr[j])).collect();
+            Requant::new(&per(scale), &bi, &per(bias_f), lo, hi, out)
+        });
         Some(QDeconv {
             geom,
             isa,
@@ -86,7 +97,18 @@ impl QDeconv {
             lo,
             hi,
             out,
+            direct,
         })
+    }
+
+    /// The kernel's name in plan reports: a GEMM whose outputs are placed by a copy where the taps
+    /// do not overlap, or a GEMM, col2im and epilogue.
+    pub fn kernel_name(&self) -> &'static str {
+        if self.direct.is_some() {
+            "int8 deconv pixel-shuffle gemm"
+        } else {
+            "int8 deconv gemm"
+        }
     }
 
     pub fn weight_bytes(&self) -> usize {
@@ -105,9 +127,6 @@ impl QDeconv {
         let n = kk * co;
         BUFS.with(|bufs| {
             let (cols, acc, apad) = &mut *bufs.borrow_mut();
-            cols.resize(p * n, 0.0);
-            acc.clear();
-            acc.resize(g.oh * g.ow * co, 0);
             // The GEMM reads whole 4-byte groups of a row: rows of a channel count off 4 are copied to
             // a stride of whole groups (the extra bytes meet zero weights).
             let (a, lda) = if g.c_in % 4 == 0 {
@@ -121,6 +140,28 @@ impl QDeconv {
                 }
                 (apad.as_ptr(), k4)
             };
+            if let Some(rq) = &self.direct {
+                // Input pixel (iy, ix)'s columns of tap row ky are output row iy·sh + ky's pixels
+                // ix·sw .. + kw, all channels: kw·c_out contiguous bytes.
+                // The bytes of the columns, in the f32 columns' buffer.
+                cols.resize((p * n).div_ceil(4), 0.0);
+                let t = cols.as_mut_ptr() as *mut u8;
+                gemm(p, a, lda, &self.b, rq, OutPtr(t), n, threads);
+                let run = g.kw * co;
+                for iy in 0..g.h {
+                    for ky in 0..g.kh {
+                        for ix in 0..g.w {
+                            let src = t.add((iy * g.w + ix) * n + ky * run);
+                            let dst = out.0.add(((iy * g.sh + ky) * g.ow + ix * g.sw) * co);
+                            std::ptr::copy_nonoverlapping(src, dst, run);
+                        }
+                    }
+                }
+                return;
+            }
+            cols.resize(p * n, 0.0);
+            acc.clear();
+            acc.resize(g.oh * g.ow * co, 0);
             gemm(p, a, lda, &self.b, &self.cols_rq, OutPtr(cols.as_mut_ptr() as *mut u8), n, threads);
             col2im_i32(self.isa, g, cols, acc);
             let o = std::slice::from_raw_parts_mut(out.0, g.oh * g.ow * co);
