@@ -71,13 +71,19 @@ impl Requant {
         Requant { scale: pad(scale), bias_i: bi, bias_f, lo, hi, out, ylo, yhi, inv, unclamped: false }
     }
 
-    /// Lets the SIMD epilogues skip the `y` clamp when there is no activation clamp and every
-    /// accumulator (at most `max_acc` in magnitude before the integer bias) keeps `|y/s_out|`
-    /// below 2^30: then `y/s_out` cannot overflow the conversion, and saturating after rounding
-    /// equals the scalar path's clamping.
+    /// Lets the SIMD epilogues skip the `y` clamp when the activation clamp is implied by the
+    /// output's saturation and every accumulator (at most `max_acc` in magnitude before the
+    /// integer bias) keeps `|y/s_out|` below 2^30: then `y/s_out` cannot overflow the conversion,
+    /// and saturating after rounding equals the scalar path's clamping.
+    ///
+    /// The clamp is implied where its bounds quantize to the ends of the output range (no bound,
+    /// ReLU into a zero point of 0, ReLU6 into a range reaching 6): `y < lo` gives `y/s <= lo/s`
+    /// (correctly rounded division is monotone), which rounds to at most `round(lo/s)`, and that
+    /// already saturates to `qmin`, as the clamped value does; likewise above `hi`.
     pub fn allow_unclamped(&mut self, max_acc: f64) {
-        let Out::Q { scale: so, .. } = self.out else { return };
-        if self.lo != f32::NEG_INFINITY || self.hi != f32::INFINITY {
+        let Out::Q { scale: so, zp, qmin, qmax } = self.out else { return };
+        let at_end = |v: f32, end: i32| v.is_infinite() || quantize_one(v, so, zp, qmin, qmax) == end;
+        if !(at_end(self.lo, qmin) && at_end(self.hi, qmax)) {
             return;
         }
         let ok = (0..self.scale.len()).all(|c| {
