@@ -246,6 +246,22 @@ proptest! {
     }
 }
 
+// Depthwise convolutions of any channel count (one input and output channel per group), above all
+// 16 and 32 channels, which the AVX-512 kernel computes 4 or 2 output pixels per vector at stride 1
+// in a 3x3 window: every remainder of the row width, pads before and after, one-row images.
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn depthwise_paths_match_definition(c in prop_oneof![Just(16usize), Just(32usize), 1usize..100], ksel in 0usize..3,
+                                        stride in prop_oneof![Just(1usize), Just(2usize)], pad in 0usize..2,
+                                        pad_end in 0usize..2, h in 1usize..9, w in 1usize..40,
+                                        zx in prop_oneof![Just(0u8), Just(255u8), any::<u8>()],
+                                        seed in any::<u64>(), f32_out in proptest::bool::weighted(0.1)) {
+        conv_case(1, 1, c, false, [3, 3, 5][ksel], stride, 1, (pad, pad_end), h, w, zx, seed, f32_out)?;
+    }
+}
+
 // Larger shapes, fewer cases: reductions over more than one AMX K block (2 KB) and more than one
 // 128-row super block, and convolutions whose taps are whole 64-byte chunks (direct tile loads;
 // rows 28 or more wide run as shifted-rows GEMMs, one tap per window position).

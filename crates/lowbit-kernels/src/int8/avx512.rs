@@ -388,6 +388,9 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
     let groups = w.groups;
     let zero = _mm512_setzero_si512();
     let xp = x.as_ptr();
+    if w.ppv > 1 {
+        return depthwise_row_pixels(g, xp, w, rp, out, oy);
+    }
     let mut toff = [0usize; 64];
     for (t, o) in toff.iter_mut().enumerate().take(taps) {
         *o = ((t / g.kw) * g.dh * g.wp + (t % g.kw) * g.dw) * g.cs;
@@ -442,6 +445,47 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
                 }
                 dw_store64(&acc, &sc, &bf, rp, orow.add(ox * g.c), m);
             }
+        }
+    }
+}
+
+/// A 3x3 stride-1 depthwise row of `64 / ppv` channels with `ppv` neighbouring output pixels per
+/// vector: the window column of pixel `ppv·X + k`'s 64 bytes are columns `ppv·X + k ..` of the
+/// input, each pixel's channels against the block's repeated weights, so `dw_cols_row` at stride
+/// `ppv` over `ow / ppv` vectors computes every pixel; the last `ow mod ppv` pixels under a mask
+/// (their window reads past the row's end land in the next padded row or the band's spare bytes,
+/// and are not stored).
+#[inline(always)]
+unsafe fn depthwise_row_pixels(g: &DwGeom, xp: *const u8, w: &PackedDw, rp: &Requant, out: OutPtr, oy: usize) {
+    let (c, ppv) = (g.c, w.ppv);
+    let (mut sc, mut bf, mut bi) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4], [_mm512_setzero_si512(); 4]);
+    for i in 0..4 {
+        sc[i] = _mm512_loadu_ps(rp.scale.as_ptr().add(16 * i));
+        if !rp.bias_f.is_empty() {
+            bf[i] = _mm512_loadu_ps(rp.bias_f.as_ptr().add(16 * i));
+        }
+        bi[i] = _mm512_loadu_si512(rp.bias_i.as_ptr().add(16 * i) as *const _);
+    }
+    let row0 = xp.add(oy * g.sh * g.wp * g.cs);
+    let orow = out.0.add(oy * g.ow * c);
+    let wb = w.vnni.as_ptr();
+    let (full, rest) = (g.ow / ppv, g.ow % ppv);
+    // (No closure for the two calls: a closure would not inherit the caller's target features.)
+    let at = g.ow - rest;
+    let parts = [
+        (DwGeom { c: 64, ow: full, ..*g }, row0, orow, u64::MAX),
+        (
+            DwGeom { c: 64, ow: (rest > 0) as usize, ..*g },
+            row0.add(at * g.cs),
+            orow.add(at * c),
+            (1u64 << (rest * c)) - 1,
+        ),
+    ];
+    for (gv, row0, orow, m) in parts.iter().filter(|p| p.0.ow > 0) {
+        if ppv == 2 {
+            dw_cols_row::<3, 3, 2>(gv, *row0, wb, &bi, &sc, &bf, rp, *orow, *m);
+        } else {
+            dw_cols_row::<3, 3, 4>(gv, *row0, wb, &bi, &sc, &bf, rp, *orow, *m);
         }
     }
 }

@@ -208,8 +208,17 @@ impl QConv {
                 Isa::AvxVnni => 32,
                 _ => 0,
             };
+            // Pixels per 64-byte vector: 16 or 32 channels at stride 1 in a 3x3 window fill the
+            // AVX-512 kernel's 64 lanes with 4 or 2 neighbouring output pixels (their windows'
+            // columns are neighbouring 64-byte loads), the channels repeated across the block.
+            let ppv = match (bw, g.c_out, g.kh, g.kw, g.sw, g.dh, by_cols) {
+                (64, 16 | 32, 3, 3, 1, 1, true) => 64 / g.c_out,
+                _ => 1,
+            };
+            // The packed block's channel `c` is the layer's channel `c mod c_out` when it repeats.
+            let real = |c: usize| if ppv > 1 { c % g.c_out } else { c };
             if bw > 0 && rq.out != Out::F32 && taps <= 64 {
-                let blocks = g.c_out.div_ceil(bw);
+                let blocks = (g.c_out * ppv).div_ceil(bw);
                 vnni = vec![0i8; blocks * groups * 4 * bw];
                 let nb = blocks * bw;
                 let (mut sc, mut bi, mut bf) = (vec![0f32; nb], vec![0i32; nb], vec![0f32; nb]);
@@ -219,7 +228,8 @@ impl QConv {
                         for lane in 0..bw / 4 {
                             let c = b * bw + dw_perm(i, lane);
                             let at = b * bw + i * (bw / 4) + lane;
-                            if c < g.c_out {
+                            if c < g.c_out * ppv {
+                                let c = real(c);
                                 (sc[at], bi[at], bf[at]) = (rq.scale[c], rq.bias_i[c], rbf(c));
                                 for t in 0..taps {
                                     let (gr, byte) = slot(t);
@@ -234,6 +244,7 @@ impl QConv {
                 rp.allow_unclamped(taps as f64 * 255.0 * 128.0);
                 rq_perm = Some(rp);
             }
+            let ppv = if rq_perm.is_some() { ppv } else { 1 };
             let (mut wv, mut colsum, mut rq) = (wv, colsum, rq);
             if rq_perm.is_some() {
                 // The VNNI kernel reads only its own copies.
@@ -246,7 +257,7 @@ impl QConv {
                 vec![]
             };
             ConvKind::Depthwise(
-                PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm, by_cols, groups, pairs },
+                PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm, by_cols, groups, pairs, ppv },
                 rq,
             )
         } else if matches!(isa, Isa::Avx512Vnni | Isa::Amx)

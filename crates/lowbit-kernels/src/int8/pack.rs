@@ -110,6 +110,10 @@ pub struct PackedDw {
     /// 32 i16: channels 0-15 in order, each as (tap 2p, tap 2p+1), the order in which the kernel
     /// interleaves two taps' 16 input bytes (`vpunpck{l,h}bw`) before widening them to i16.
     pub pairs: Vec<i16>,
+    /// Output pixels per `vnni` vector: 1, or 2 / 4 where the layer's 32 / 16 channels are
+    /// repeated across a 64-channel block (the AVX-512 kernel then computes neighbouring pixels in
+    /// one vector).
+    pub ppv: usize,
 }
 
 /// Channel of lane `(L, j)` (lane index `4L + j`) of vector `i` in a 64- or 32-channel block.
