@@ -89,15 +89,19 @@ impl Layout {
                 }
             }
         }
-        // A convolution whose output feeds the next step (a depthwise convolution or a
-        // QuantizeLinear) may be fused with it into one step that reads the convolution's input
-        // while it writes the next output ([`crate::blocks`]): keep that input live one step longer
-        // so the two never share bytes.
+        // A convolution whose output feeds the next step may be fused with it into one step that
+        // reads the convolution's input while it writes the next output ([`crate::blocks`]): an
+        // integer convolution and the grouped (depthwise) one after it, a float convolution and
+        // its QuantizeLinear. Keep that input live one step longer so the two never share bytes.
         let steps: Vec<&Node> = items.iter().filter(|n| !v.is_alias(n)).collect();
         for (k, pair) in steps.windows(2).enumerate() {
             let (a, b) = (pair[0], pair[1]);
-            let next_reads =
-                matches!(b.op, Op::Conv(_) | Op::QuantizeLinear { .. }) && b.inputs.first() == a.outputs.first();
+            let int_out = a.outputs.first().is_some_and(|o| v.int_vals.contains(o));
+            let next_reads = match &b.op {
+                Op::Conv(at) => int_out && at.group > 1,
+                Op::QuantizeLinear { .. } => !int_out,
+                _ => false,
+            } && b.inputs.first() == a.outputs.first();
             if matches!(a.op, Op::Conv(_)) && next_reads {
                 if let Some(&buf) = a.inputs.first().and_then(|x| buf_of.get(x)) {
                     // Steps are numbered from 1; `b` is step k + 2.
