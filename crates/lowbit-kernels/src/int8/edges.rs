@@ -113,6 +113,10 @@ fn to_nhwc(x: &[u8], c: usize, p: usize, i0: usize, out: &mut [u8]) {
 /// `x` holds pixels up to `i0 + n`; `dst` holds `c` rows of `ld >= n` bytes.
 unsafe fn to_rows(x: &[u8], c: usize, i0: usize, n: usize, dst: *mut u8, ld: usize) {
     assert!(x.len() >= (i0 + n) * c && ld >= n);
+    if c == 1 {
+        std::ptr::copy_nonoverlapping(x.as_ptr().add(i0), dst, n);
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     let done = {
         let done = n / 16 * 16;
