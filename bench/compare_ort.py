@@ -87,7 +87,10 @@ def replace_section(text, title, body):
     block = title + "\n\n" + body + "\n"
     if start < 0:
         return (text.rstrip() + "\n\n" if text.strip() else "# lowbit benchmark results\n\n") + block
-    end = text.find("\n## ", start + len(title))
+    # The section's own table ends at the next heading: a later section, or the dated subsections that earlier
+    # sessions added under it (kept).
+    ends = [e for e in (text.find("\n## ", start + len(title)), text.find("\n### ", start + len(title))) if e >= 0]
+    end = min(ends) if ends else -1
     # A blank line before the next section.
     return text[:start] + block + ("\n" + text[end + 1:] if end >= 0 else "")
 
