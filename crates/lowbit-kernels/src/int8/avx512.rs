@@ -116,6 +116,49 @@ pub(crate) unsafe fn store_block(
     }
 }
 
+/// The epilogue of 16 accumulators of one output channel `c` (16 output rows, the integer bias not
+/// yet added), [`store16`]'s arithmetic with the channel's numbers in every lane: 16 bytes, or 16
+/// f32 values, at `dst`.
+#[inline(always)]
+pub(crate) unsafe fn store16_channel(acc: __m512i, c: usize, rq: &Requant, dst: *mut u8) {
+    let a = _mm512_add_epi32(acc, _mm512_set1_epi32(rq.bias_i[c]));
+    let y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(rq.scale[c]));
+    let y = if rq.bias_f.is_empty() { y } else { _mm512_add_ps(y, _mm512_set1_ps(rq.bias_f[c])) };
+    match rq.out {
+        Out::F32 => {
+            let y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(rq.lo)), _mm512_set1_ps(rq.hi));
+            _mm512_storeu_ps(dst as *mut f32, y)
+        }
+        Out::Q { scale, zp, qmin, qmax } => {
+            let y = if rq.unclamped {
+                y
+            } else {
+                _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(rq.ylo)), _mm512_set1_ps(rq.yhi))
+            };
+            _mm_storeu_si128(dst as *mut __m128i, quant16(y, scale, rq.inv, zp, qmin, qmax));
+        }
+    }
+}
+
+/// Lane `r` of the result: the sum of the 16 lanes of `acc[r]` (wrapping, as any order of i32 sums).
+#[inline(always)]
+pub(crate) unsafe fn hsum16(acc: &[__m512i; 16]) -> __m512i {
+    // Pairs of rows: per 128-bit chunk [a0+a2, b0+b2, a1+a3, b1+b3].
+    let p: [__m512i; 8] = std::array::from_fn(|k| {
+        let (a, b) = (acc[2 * k], acc[2 * k + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b))
+    });
+    // Fours of rows: per chunk one partial sum of each of rows 4k..4k+4, in order.
+    let q: [__m512i; 4] = std::array::from_fn(|k| {
+        let (x, y) = (p[2 * k], p[2 * k + 1]);
+        _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y))
+    });
+    // Across the four chunks: chunk k of the result holds rows 4k..4k+4.
+    let e01 = _mm512_add_epi32(_mm512_shuffle_i32x4::<0x88>(q[0], q[1]), _mm512_shuffle_i32x4::<0xDD>(q[0], q[1]));
+    let e23 = _mm512_add_epi32(_mm512_shuffle_i32x4::<0x88>(q[2], q[3]), _mm512_shuffle_i32x4::<0xDD>(q[2], q[3]));
+    _mm512_add_epi32(_mm512_shuffle_i32x4::<0x88>(e01, e23), _mm512_shuffle_i32x4::<0xDD>(e01, e23))
+}
+
 /// `round_half_even(clamp(y / s, qmin - zp, qmax - zp)) + zp` as bytes, `y` already clamped to
 /// `[ylo, yhi]` (see [`Requant`]).
 #[inline(always)]

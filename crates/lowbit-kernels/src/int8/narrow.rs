@@ -170,16 +170,36 @@ unsafe fn block<const R: usize>(xp: &[u8], w: &NarrowW, i: usize, rq: &Requant, 
             let mut c = 0;
             while c < cs {
                 // The last chunk of a pixel reads only its own bytes (masked); its padding weights are 0.
-                let mask: __mmask64 = if cs - c >= 64 { !0 } else { (1u64 << (cs - c)) - 1 };
                 let wv = _mm512_loadu_si512(wt.add(c) as *const _);
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_maskz_loadu_epi8(mask, base.add(r * cs + off + c) as *const i8);
-                    *a = _mm512_dpbusd_epi32(*a, xv, wv);
+                if cs - c >= 64 {
+                    // Whole chunks load unmasked (byte-masked loads are slower on some cores).
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let xv = _mm512_loadu_si512(base.add(r * cs + off + c) as *const _);
+                        *a = _mm512_dpbusd_epi32(*a, xv, wv);
+                    }
+                } else {
+                    let mask: __mmask64 = (1u64 << (cs - c)) - 1;
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let xv = _mm512_maskz_loadu_epi8(mask, base.add(r * cs + off + c) as *const i8);
+                        *a = _mm512_dpbusd_epi32(*a, xv, wv);
+                    }
                 }
                 c += 64;
             }
         }
         let mut cur = RowCursor::new(map, i);
+        if let Ok(acc) = <&[__m512i; 16]>::try_from(&acc[..]) {
+            // 16 rows: one transposing sum and one vector epilogue, then the rows' values placed.
+            let mut vals = [0u8; 64];
+            crate::int8::avx512::store16_channel(crate::int8::avx512::hsum16(acc), j, rq, vals.as_mut_ptr());
+            let esz = if rq.out == crate::epilogue::Out::F32 { 4 } else { 1 };
+            for r in 0..16 {
+                if let Some(o) = cur.next_row() {
+                    std::ptr::copy_nonoverlapping(vals.as_ptr().add(r * esz), out.at(rq.out, o, j, ldc), esz);
+                }
+            }
+            continue;
+        }
         for a in &acc {
             store(_mm512_reduce_add_epi32(*a), &mut cur, j, rq, out, ldc);
         }
