@@ -14,6 +14,7 @@ pub mod embed;
 pub mod fq;
 pub mod fqop;
 pub mod head;
+pub mod int8grad;
 pub mod model;
 pub mod qat;
 pub mod relu;
