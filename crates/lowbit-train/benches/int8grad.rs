@@ -7,25 +7,16 @@
 //! GEMM-only figure (operands already quantized and packed) shows what the kernels alone give.
 //! Prints the CPU's paths: `LOWBIT_ISA` picks them as everywhere.
 
-use std::time::Instant;
+#[allow(dead_code)]
+#[path = "../../lowbit-kernels/benches/common/mod.rs"]
+mod common;
 
+use common::time_it;
 use lowbit_kernels::fp32::gemm::sgemm_bias_act;
 use lowbit_kernels::int8::{gemm, Out, OutPtr, PackedB, Requant};
 use lowbit_kernels::isa::Paths;
-use lowbit_train::int8grad::{qgemm, SplitMix};
-
-fn time_it(mut f: impl FnMut()) -> f64 {
-    f();
-    let (mut best, mut total) = (f64::MAX, 0.0);
-    while total < 0.3 {
-        let t = Instant::now();
-        f();
-        let s = t.elapsed().as_secs_f64();
-        best = best.min(s);
-        total += s;
-    }
-    best
-}
+use lowbit_train::int8grad::qgemm;
+use lowbit_train::Rng;
 
 fn main() {
     let paths = Paths::selected_or_scalar();
@@ -34,7 +25,7 @@ fn main() {
         "{:<34} {:>10} {:>12} {:>12} {:>9} {:>9}",
         "gemm (m x k x n)", "f32 ms", "int8 ms", "int8 gemm ms", "speed-up", "gemm only"
     );
-    let mut r = SplitMix(1);
+    let mut r = Rng::new(1);
     let shapes = [
         ("fwd 16@28x28 <- 16x3x3", 16, 144, 784),
         ("fwd 32@14x14 <- 32x3x3", 32, 288, 196),
@@ -44,14 +35,14 @@ fn main() {
         ("wgrad 64 <- 64x3x3, 128x7x7", 64, 128 * 49, 576),
     ];
     for (name, m, k, n) in shapes {
-        let a: Vec<f32> = (0..m * k).map(|_| r.next_f32() - 0.5).collect();
-        let b: Vec<f32> = (0..k * n).map(|_| r.next_f32() - 0.5).collect();
+        let a: Vec<f32> = (0..m * k).map(|_| r.uniform() - 0.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| r.uniform() - 0.5).collect();
         let mut c = vec![0f32; m * n];
         let zero = vec![0f32; m];
         let f32_s =
             time_it(|| sgemm_bias_act(paths.f32, m, n, k, &a, k, &b, n, &zero, lowbit_core::Act::None, &mut c, n, 1));
         let int8_s = time_it(|| {
-            let mut rng = SplitMix(2);
+            let mut rng = Rng::new(2);
             std::hint::black_box(qgemm(paths.int8, m, n, k, &a, 0.5, &b, 0.5, Some(&mut rng), 1));
         });
         // The kernel alone: operands already levels, B packed.

@@ -10,24 +10,7 @@
 
 use lowbit_kernels::int8::{gemm, Isa, Out, OutPtr, PackedB, Requant};
 
-/// A small deterministic generator (SplitMix64) for stochastic rounding.
-#[derive(Clone, Debug)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)` (24 random bits).
-    pub fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
-    }
-}
+use crate::Rng;
 
 /// Largest integer level of a symmetric `bits`-bit grid (127 for 8 bits).
 pub fn qmax(bits: u32) -> i32 {
@@ -37,7 +20,7 @@ pub fn qmax(bits: u32) -> i32 {
 /// Symmetric quantization of `x` clipped to `[-clip, clip]` on a `bits`-bit grid: the integer
 /// levels and the step `clip / qmax`. Nearest rounding (ties to even) without `rng`, stochastic
 /// rounding (`floor(x/s + u)`, `u` uniform in `[0, 1)`: unbiased inside the clip) with it.
-pub fn quantize_sym(x: &[f32], clip: f32, bits: u32, rng: Option<&mut SplitMix>) -> (Vec<i8>, f32) {
+pub fn quantize_sym(x: &[f32], clip: f32, bits: u32, rng: Option<&mut Rng>) -> (Vec<i8>, f32) {
     let m = qmax(bits);
     if !(clip.is_finite() && clip > 0.0) {
         return (vec![0; x.len()], 0.0);
@@ -46,7 +29,7 @@ pub fn quantize_sym(x: &[f32], clip: f32, bits: u32, rng: Option<&mut SplitMix>)
     let lim = m as f32;
     let q = match rng {
         None => x.iter().map(|&v| (v / s).round_ties_even().clamp(-lim, lim) as i8).collect(),
-        Some(r) => x.iter().map(|&v| ((v / s) + r.next_f32()).floor().clamp(-lim, lim) as i8).collect(),
+        Some(r) => x.iter().map(|&v| ((v / s) + r.uniform()).floor().clamp(-lim, lim) as i8).collect(),
     };
     (q, s)
 }
@@ -136,7 +119,7 @@ pub fn qgemm(
     clip_a: f32,
     b: &[f32],
     clip_b: f32,
-    rng: Option<&mut SplitMix>,
+    rng: Option<&mut Rng>,
     threads: usize,
 ) -> Vec<f32> {
     assert!(a.len() >= m * k && b.len() >= k * n);

@@ -1,18 +1,13 @@
 use super::*;
 
-/// Standard normal values (Box-Muller).
-fn normal(r: &mut SplitMix, n: usize, sigma: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let (u, v) = (r.next_f32().max(1e-7), r.next_f32());
-            sigma * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-        })
-        .collect()
+/// Normal values of standard deviation `sigma`.
+fn normal(r: &mut Rng, n: usize, sigma: f32) -> Vec<f32> {
+    (0..n).map(|_| sigma * r.normal()).collect()
 }
 
 /// Gradients as the paper describes them: nearly all values near zero, a rare large outlier that
 /// sets the maximum (so clipping at the maximum spends the grid's resolution on it).
-fn heavy_tailed(r: &mut SplitMix, n: usize, outlier: f32) -> Vec<f32> {
+fn heavy_tailed(r: &mut Rng, n: usize, outlier: f32) -> Vec<f32> {
     let mut g = normal(r, n, 1e-3);
     g[n / 3] = outlier;
     g
@@ -24,17 +19,17 @@ fn heavy_tailed(r: &mut SplitMix, n: usize, outlier: f32) -> Vec<f32> {
 /// step with nearest rounding).
 #[test]
 fn int8_gemm_matches_the_float_product_within_the_quantization_error() {
-    let mut r = SplitMix(7);
+    let mut r = Rng::new(7);
     for (m, n, k) in [(1, 1, 1), (5, 17, 3), (33, 40, 75), (64, 96, 130), (7, 130, 257)] {
         let a = normal(&mut r, m * k, 1.0);
         let b = normal(&mut r, k * n, 0.05);
         let ca = a.iter().fold(0f32, |x, v| x.max(v.abs()));
         let cb = b.iter().fold(0f32, |x, v| x.max(v.abs()));
         for isa in Isa::all_supported() {
-            let mut ra = SplitMix(11);
+            let mut ra = Rng::new(11);
             let c = qgemm(isa, m, n, k, &a, ca, &b, cb, Some(&mut ra), 1);
             // The same quantization again (same seed) for the reference.
-            let (qa, sa) = quantize_sym(&a, ca, 8, Some(&mut SplitMix(11)));
+            let (qa, sa) = quantize_sym(&a, ca, 8, Some(&mut Rng::new(11)));
             let (qb, sb) = quantize_sym(&b, cb, 8, None);
             for i in 0..m {
                 for j in 0..n {
@@ -68,7 +63,7 @@ fn int8_gemm_matches_the_float_product_within_the_quantization_error() {
 /// away) is measurably worse, so a max-clipping implementation fails this test.
 #[test]
 fn dsgc_returns_the_cosine_optimal_clip_on_heavy_tailed_gradients() {
-    let mut r = SplitMix(3);
+    let mut r = Rng::new(3);
     for (bits, outlier) in [(8, 0.1f32), (8, 0.3), (6, 0.05), (4, 0.02)] {
         let g = heavy_tailed(&mut r, 20_000, outlier);
         let d = dsgc_clip(&g, bits);
@@ -85,7 +80,7 @@ fn dsgc_returns_the_cosine_optimal_clip_on_heavy_tailed_gradients() {
         assert!(d.deviation_at_max > fine * 1.01, "{bits} bits: max clipping is optimal here ({d:?}, optimum {fine})");
     }
     // A tensor without outliers keeps (nearly) its full range.
-    let u: Vec<f32> = (0..4096).map(|_| r.next_f32() * 2.0 - 1.0).collect();
+    let u: Vec<f32> = (0..4096).map(|_| r.uniform() * 2.0 - 1.0).collect();
     let du = dsgc_clip(&u, 8);
     assert!(du.clip > 0.9 * du.max, "{du:?}");
 }
@@ -97,7 +92,7 @@ fn stochastic_rounding_is_unbiased() {
     let s = 0.01f32;
     let clip = 127.0 * s;
     let draws = 200_000;
-    let mut r = SplitMix(5);
+    let mut r = Rng::new(5);
     for &x in &[0.3 * s, -1.7 * s, 5.25 * s, -0.05 * s] {
         let xs = vec![x; draws];
         let (q, step) = quantize_sym(&xs, clip, 8, Some(&mut r));
