@@ -47,9 +47,9 @@ pub fn quantize(isa: Isa, x: &[f32], q: QParams, layout: Layout, out: &mut [u8],
                 let (xb, ob) = (&tmp[b * c * p..(b + 1) * c * p], &mut out[b * c * p..(b + 1) * c * p]);
                 if par {
                     let k = chunk(p, c, threads);
-                    ob.par_chunks_mut(k).enumerate().for_each(|(i, o)| to_nhwc(xb, c, p, i * k / c, o));
+                    ob.par_chunks_mut(k).enumerate().for_each(|(i, o)| to_nhwc(isa, xb, c, p, i * k / c, o));
                 } else {
-                    to_nhwc(xb, c, p, 0, ob);
+                    to_nhwc(isa, xb, c, p, 0, ob);
                 }
             }
         }
@@ -67,8 +67,9 @@ fn block_px(c: usize) -> usize {
     (BLOCK_BYTES / c.max(1)).max(16)
 }
 
-/// Pixels `i0..i0 + out.len() / c` of the `c` byte planes of `p` values in `x` (one image), NHWC.
-fn to_nhwc(x: &[u8], c: usize, p: usize, i0: usize, out: &mut [u8]) {
+/// Pixels `i0..i0 + out.len() / c` of the `c` byte planes of `p` values in `x` (one image), NHWC
+/// (RGB by byte shuffles on the SIMD paths, which all have SSSE3).
+fn to_nhwc(isa: Isa, x: &[u8], c: usize, p: usize, i0: usize, out: &mut [u8]) {
     let np = out.len() / c;
     assert!(x.len() >= c * p && i0 + np <= p);
     if c == 1 {
@@ -81,9 +82,9 @@ fn to_nhwc(x: &[u8], c: usize, p: usize, i0: usize, out: &mut [u8]) {
     let done = {
         let done = np / 16 * 16;
         // SAFETY: the planes hold pixels i0..i0 + done (asserted above), `out` their NHWC bytes;
-        // the CPU has SSSE3 where it is used.
+        // every path but the portable one implies SSSE3 (AVX2 or later).
         unsafe {
-            if c == 3 && std::is_x86_feature_detected!("ssse3") {
+            if c == 3 && isa != Isa::Scalar && isa.supported() {
                 sse2::rgb_to_pixels(x.as_ptr().add(i0), p, done, out)
             } else {
                 sse2::planes_to_pixels(x.as_ptr().add(i0), p, c, done, out)
@@ -163,7 +164,7 @@ pub fn conv_quantize(
                 }
                 // SAFETY: `out` holds oh·ow·c bytes; this band alone writes rows y0..y1.
                 let row = unsafe { std::slice::from_raw_parts_mut(base.get().add(y * ow * c), ow * c) };
-                to_nhwc(&tmp, c, ow, 0, row);
+                to_nhwc(isa, &tmp, c, ow, 0, row);
             }
         });
     };
@@ -218,10 +219,10 @@ pub fn dequantize(isa: Isa, x: &[u8], q: QParams, layout: Layout, out: &mut [f32
         None if par => {
             let k = out.len().div_ceil(threads * 4);
             out.par_chunks_mut(k).zip(x.par_chunks(k)).for_each(|(o, x)| {
-                o.iter_mut().zip(x).for_each(|(o, &v)| *o = q.dequant(v));
+                dequantize_flat(isa, x, q, o);
             });
         }
-        None => out.iter_mut().zip(x).for_each(|(o, &v)| *o = q.dequant(v)),
+        None => dequantize_flat(isa, x, q, out),
         Some((n, c, p)) => {
             for b in 0..n {
                 let (xb, ob) = (&x[b * c * p..(b + 1) * c * p], &mut out[b * c * p..(b + 1) * c * p]);
@@ -434,13 +435,17 @@ mod tests {
     /// every plane's values.
     #[test]
     fn nhwc_bytes_are_the_planes_transposed() {
-        for c in [1, 2, 3, 4, 5, 8, 10, 15, 16, 17, 20, 24, 31, 32, 48, 64, 80, 85] {
+        // The portable path's squares and the SIMD paths' RGB shuffles.
+        for (isa, c) in [Isa::Scalar, Isa::best()]
+            .into_iter()
+            .flat_map(|isa| [1, 2, 3, 4, 5, 8, 10, 15, 16, 17, 20, 24, 31, 32, 48, 64, 80, 85].map(|c| (isa, c)))
+        {
             let p = 16 * 37 + 11;
             let x: Vec<u8> = (0..c * p).map(|i| (i * 131 % 251) as u8).collect();
             for (i0, np) in [(0, p), (5, 16), (17, 16 * 9 + 3), (p - 7, 7), (p - 33, 33), (3, 0)] {
                 // Guard bytes around the range: a store past it would show.
                 let mut out = vec![0xa5u8; np * c + 64];
-                to_nhwc(&x, c, p, i0, &mut out[32..32 + np * c]);
+                to_nhwc(isa, &x, c, p, i0, &mut out[32..32 + np * c]);
                 assert!(
                     out[..32].iter().chain(&out[32 + np * c..]).all(|&b| b == 0xa5),
                     "c {c} i0 {i0}: wrote outside"
@@ -453,7 +458,7 @@ mod tests {
                 }
                 // And back: pixels i0..i0 + np of the whole NHWC image as channel rows.
                 let mut whole = vec![0u8; p * c];
-                to_nhwc(&x, c, p, 0, &mut whole);
+                to_nhwc(isa, &x, c, p, 0, &mut whole);
                 let ld = np + 5;
                 let mut rows = vec![0x5au8; c * ld];
                 // SAFETY: `whole` holds p pixels, `rows` c rows of ld >= np bytes.
@@ -471,10 +476,10 @@ mod tests {
             for threads in [1, 2] {
                 let mut whole = vec![0u8; 2 * p * c];
                 for b in 0..2 {
-                    to_nhwc(&x, c, p, 0, &mut whole[b * p * c..(b + 1) * p * c]);
+                    to_nhwc(isa, &x, c, p, 0, &mut whole[b * p * c..(b + 1) * p * c]);
                 }
                 let mut f = vec![0f32; 2 * p * c];
-                dequantize(Isa::best(), &whole, q, Some((2, c, p)), &mut f, threads);
+                dequantize(isa, &whole, q, Some((2, c, p)), &mut f, threads);
                 for (i, v) in f.iter().enumerate() {
                     assert_eq!(v.to_bits(), q.dequant(x[i % (c * p)]).to_bits(), "c {c} threads {threads} value {i}");
                 }
