@@ -9,6 +9,7 @@ pub mod commands;
 pub mod common;
 pub mod embed;
 pub mod image_args;
+pub mod int8_report;
 pub mod outputs;
 pub mod pipeline;
 pub mod quantize;

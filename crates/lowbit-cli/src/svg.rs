@@ -108,7 +108,8 @@ pub fn histograms(title: &str, hs: &[Hist]) -> String {
 pub fn curves(title: &str, charts: &[(&str, Vec<(&str, Vec<(f64, f64)>)>)]) -> String {
     let (cw, ch) = (440.0, 260.0);
     let (w, h) = (cw * charts.len() as f64 + 20.0, ch + 50.0);
-    let colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"];
+    let colors =
+        ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666", "#1f78b4", "#b2df8a"];
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="10">"#
     );

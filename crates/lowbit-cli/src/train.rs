@@ -132,6 +132,9 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 let acc = top1(&g, &test_set, a.threads)?;
                 stages.push(vec!["start (float)".into(), format!("{:.2}", acc * 100.0), "-".into()]);
             }
+            if a.int8_train {
+                report["int8_train"] = crate::int8_report::enable(a, &mut m)?;
+            }
             (m, None, None)
         }
         Some(meth) => {
@@ -161,6 +164,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         match (method, binary) {
             (Some(m), _) => format!("QAT {} W{}A{}", m.name(), a.weights, a.acts),
             (None, Some(b)) => format!("binary {}", binary_name(b)),
+            _ if a.int8_train => "int8 training".to_string(),
             _ => "float".to_string(),
         },
         cfg.lr,
@@ -177,7 +181,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if a.no_resume && ckpt.exists() {
         std::fs::remove_file(&ckpt).map_err(|e| anyhow!("{}: {e}", ckpt.display()))?;
     }
-    let tag = format!("{}|{:?}|{}|{:?}", a.model.display(), a.qat, a.reinit, binary);
+    let mut tag = format!("{}|{:?}|{}|{:?}", a.model.display(), a.qat, a.reinit, binary);
+    if a.int8_train {
+        tag += &format!("|int8 dsgc={} dcls={} bits={} all={}", !a.no_dsgc, !a.no_dcls, a.grad_bits, a.int8_all);
+    }
     let mut on = progress_printer(cfg.epochs, &ckpt, "train", "test");
     let teacher: Option<&mut tr::Teacher> = if a.distill { Some(&mut teacher_fn) } else { None };
     let t_train = Instant::now();
@@ -239,7 +246,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             q.graph
         }
         _ => {
-            stages.push(vec!["trained (float)".into(), format!("{:.2}", last * 100.0), format!("{train_s:.0}")]);
+            let what = if a.int8_train { "trained (int8 convolutions)" } else { "trained (float)" };
+            stages.push(vec![what.into(), format!("{:.2}", last * 100.0), format!("{train_s:.0}")]);
             let mut g2 = model.to_graph();
             g2.metadata.retain(|(k, _)| k != "lowbit.preprocess");
             g2.metadata.push(("lowbit.preprocess".into(), preset.clone()));
@@ -274,6 +282,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     report["total_seconds"] = json!(t_all.elapsed().as_secs_f64());
     report["threads"] = json!(a.threads);
     write_curves(a, &history, "training curves", ("top-1 %", "train", "test"))?;
+    if a.int8_train {
+        let steps = (train_set.n / a.batch).max(1);
+        report["int8_train"]["layers"] = crate::int8_report::report(a, &model, steps)?;
+    }
     if let Some(j) = &a.json {
         write_json(j, &report)?;
     }

@@ -89,21 +89,21 @@ pub fn burn_ops(op: &str) -> bool {
 
 /// The shapes of one convolution.
 #[derive(Clone, Copy, Debug)]
-struct Geom {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    p: ConvParams,
+pub(crate) struct Geom {
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) o: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    pub(crate) p: ConvParams,
 }
 
 impl Geom {
-    fn new(xs: &[usize], ws: &[usize], p: ConvParams) -> Geom {
+    pub(crate) fn new(xs: &[usize], ws: &[usize], p: ConvParams) -> Geom {
         assert!(xs.len() == 4 && ws.len() == 4 && xs[1] == ws[1], "conv2d: input {xs:?} and weight {ws:?} disagree");
         let [sh, sw, pt, pl, pb, pr] = p;
         let (h, w, kh, kw) = (xs[2], xs[3], ws[2], ws[3]);
@@ -121,37 +121,37 @@ impl Geom {
             p,
         }
     }
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.c * self.kh * self.kw
     }
-    fn pix(&self) -> usize {
+    pub(crate) fn pix(&self) -> usize {
         self.oh * self.ow
     }
-    fn chw(&self) -> usize {
+    pub(crate) fn chw(&self) -> usize {
         self.c * self.h * self.w
     }
     /// A 1x1, stride-1, unpadded convolution: the image itself is its column matrix.
-    fn pointwise(&self) -> bool {
+    pub(crate) fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.p == [1, 1, 0, 0, 0, 0]
     }
     /// A stride-1 convolution with a window and padding smaller than it on every side: the
     /// forward pass and the input gradient run on a padded copy of their input, whose shifted
     /// views are the column matrix's rows ("shifted rows"; no im2col, no col2im).
-    fn shifted(&self) -> bool {
+    pub(crate) fn shifted(&self) -> bool {
         let [sh, sw, pt, pl, pb, pr] = self.p;
         !self.pointwise() && sh == 1 && sw == 1 && pt < self.kh && pb < self.kh && pl < self.kw && pr < self.kw
     }
     /// For output column `x` of row `ki/kj` tap `kj`: the input column, if inside the image.
     #[inline]
-    fn in_col(&self, ox: usize, kj: usize) -> Option<usize> {
+    pub(crate) fn in_col(&self, ox: usize, kj: usize) -> Option<usize> {
         (ox * self.p[1] + kj).checked_sub(self.p[3]).filter(|&x| x < self.w)
     }
     #[inline]
-    fn in_row(&self, oy: usize, ki: usize) -> Option<usize> {
+    pub(crate) fn in_row(&self, oy: usize, ki: usize) -> Option<usize> {
         (oy * self.p[0] + ki).checked_sub(self.p[2]).filter(|&y| y < self.h)
     }
     /// The output columns whose input column for tap `kj` lies inside the image: `lo..hi`.
-    fn valid_cols(&self, kj: usize) -> (usize, usize) {
+    pub(crate) fn valid_cols(&self, kj: usize) -> (usize, usize) {
         let lo = (0..self.ow).find(|&x| self.in_col(x, kj).is_some()).unwrap_or(self.ow);
         let hi = (lo..self.ow).rev().find(|&x| self.in_col(x, kj).is_some()).map_or(lo, |x| x + 1);
         (lo, hi)
@@ -274,7 +274,7 @@ pub(crate) fn f32_data(t: &FlexTensor, what: &str) -> FlexTensor {
     t.to_contiguous()
 }
 
-fn flex(v: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+pub(crate) fn flex(v: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 
@@ -361,7 +361,7 @@ fn forward(x: &FlexTensor, w: &FlexTensor, p: ConvParams) -> FlexTensor {
 }
 
 /// `dX = col2im(Wᵀ · dY)` per image.
-fn input_grad(x_shape: &[usize], w: &FlexTensor, dy: &FlexTensor, p: ConvParams) -> FlexTensor {
+pub(crate) fn input_grad(x_shape: &[usize], w: &FlexTensor, dy: &FlexTensor, p: ConvParams) -> FlexTensor {
     let (w, dy) = (f32_data(w, "weight"), f32_data(dy, "output gradient"));
     let g = Geom::new(x_shape, w.layout().shape(), p);
     let (ws, dys): (&[f32], &[f32]) = (w.storage(), dy.storage());

@@ -5,8 +5,10 @@
 //! not), Deviation Counteractive Learning-rate Scaling (`max(exp(-alpha·d), beta)`), and products
 //! of quantized operands on lowbit's integer GEMM (int32 accumulation, dequantized to f32).
 //!
-//! These are the pieces the int8 forward / input-gradient / weight-gradient GEMMs of a training
-//! step are built from; `lowbit train --int8-train` does not use them yet.
+//! [`crate::conv8`] builds the int8 forward / input-gradient / weight-gradient convolutions of
+//! `lowbit train --int8-train` from these pieces; [`levels_stochastic`] and [`absmax`] are the
+//! per-step passes (vectorized, on the pool), [`quantize_sym`] and [`dsgc_clip`] the reference
+//! definitions and the periodic clip search.
 
 use lowbit_kernels::int8::{gemm, Isa, Out, OutPtr, PackedB, Requant};
 
@@ -65,10 +67,7 @@ pub struct Dsgc {
 /// and refined by golden-section search between the best point's neighbours.
 pub fn dsgc_clip(g: &[f32], bits: u32) -> Dsgc {
     let max = g.iter().fold(0f32, |m, &v| m.max(v.abs()));
-    let dev = |c: f32| {
-        let (q, s) = quantize_sym(g, c, bits, None);
-        deviation(g, &q, s)
-    };
+    let dev = |c: f32| deviation_nearest(g, c, bits);
     if !(max.is_finite() && max > 0.0) {
         return Dsgc { clip: max, max, deviation: 1.0, deviation_at_max: 1.0 };
     }
@@ -95,6 +94,63 @@ pub fn dsgc_clip(g: &[f32], bits: u32) -> Dsgc {
         }
     }
     Dsgc { clip: best_c.min(max), max, deviation: best_d, deviation_at_max: at_max }
+}
+
+/// `deviation(g, quantize_sym(g, clip, bits, None))` in one vectorized pass without the levels
+/// (what the DSGC search evaluates ~180 times per search; sums in f32 lanes per block of 4,096,
+/// blocks in f64).
+pub fn deviation_nearest(g: &[f32], clip: f32, bits: u32) -> f64 {
+    if !(clip.is_finite() && clip > 0.0) {
+        return 1.0;
+    }
+    let lim = qmax(bits) as f32;
+    let s = clip / lim;
+    #[inline(always)]
+    fn body(g: &[f32], s: f32, lim: f32) -> Moments {
+        let mut m = Moments::default();
+        for gb in g.chunks(4096) {
+            let (mut dot, mut gg, mut qq) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+            let mut it = gb.chunks_exact(16);
+            for c in &mut it {
+                for l in 0..16 {
+                    let q = (c[l] / s).round_ties_even().clamp(-lim, lim);
+                    dot[l] += c[l] * q;
+                    gg[l] += c[l] * c[l];
+                    qq[l] += q * q;
+                }
+            }
+            for (l, v) in it.remainder().iter().enumerate() {
+                let q = (v / s).round_ties_even().clamp(-lim, lim);
+                dot[l] += v * q;
+                gg[l] += v * v;
+                qq[l] += q * q;
+            }
+            let sum = |a: [f32; 16]| a.iter().map(|&v| v as f64).sum::<f64>();
+            m = m.add(Moments { dot: sum(dot), gg: sum(gg), qq: sum(qq) });
+        }
+        m
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+        unsafe fn v512(g: &[f32], s: f32, lim: f32) -> Moments {
+            body(g, s, lim)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn v256(g: &[f32], s: f32, lim: f32) -> Moments {
+            body(g, s, lim)
+        }
+        let f = lowbit_kernels::isa::features();
+        if f.avx512f && f.avx512bw && f.avx512vl {
+            // SAFETY: the CPU has the features (checked just above).
+            return unsafe { v512(g, s, lim) }.deviation();
+        }
+        if f.avx2 && f.fma {
+            // SAFETY: as above.
+            return unsafe { v256(g, s, lim) }.deviation();
+        }
+    }
+    body(g, s, lim).deviation()
 }
 
 /// Deviation Counteractive Learning-rate Scaling: the factor a layer's learning rate is scaled by
@@ -144,6 +200,165 @@ pub fn qgemm(
         unsafe { gemm(m, bytes.as_ptr(), k4, &packed, &rq, OutPtr(c.as_mut_ptr() as *mut u8), n, threads) };
     }
     c
+}
+
+/// The step of a symmetric grid with largest level `qmax` reaching `clip` (1 for an all-zero
+/// tensor, so its levels are all zero rather than undefined).
+pub fn step_of(clip: f32, qmax: i32) -> f32 {
+    if clip.is_finite() && clip > 0.0 {
+        clip / qmax as f32
+    } else {
+        1.0
+    }
+}
+
+/// Largest magnitude of `x` (NaNs ignored).
+pub fn absmax(x: &[f32]) -> f32 {
+    use rayon::prelude::*;
+    fn part(x: &[f32]) -> f32 {
+        let mut lanes = [0f32; 16];
+        let mut it = x.chunks_exact(16);
+        for c in &mut it {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                *l = l.max(v.abs());
+            }
+        }
+        it.remainder().iter().chain(&lanes).fold(0f32, |m, v| m.max(v.abs()))
+    }
+    if x.len() < PAR_MIN {
+        return part(x);
+    }
+    x.par_chunks(PAR_MIN).map(part).reduce(|| 0.0, f32::max)
+}
+
+/// Elements below which the per-step passes stay on the calling thread.
+const PAR_MIN: usize = 1 << 16;
+
+/// A 32-bit integer hash (lowbias32): the counter-based random source of stochastic rounding, so
+/// every element's draw depends only on `(seed, index)` and the pass vectorizes and splits freely.
+#[inline(always)]
+fn hash32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// The uniform draw in `[0, 1)` stochastic rounding adds to element `i` under `seed`.
+#[inline(always)]
+pub fn draw(seed: u32, i: u32) -> f32 {
+    (hash32(i.wrapping_mul(0x9e37_79b9) ^ seed) >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// What one pass of [`levels_stochastic`] measured: `Σ g·q`, `Σ g²`, `Σ q²` (the deviation
+/// `1 - cos(g, q)` of the quantized tensor follows without a second pass).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Moments {
+    pub dot: f64,
+    pub gg: f64,
+    pub qq: f64,
+}
+
+impl Moments {
+    pub fn deviation(&self) -> f64 {
+        if self.gg == 0.0 || self.qq == 0.0 {
+            return 1.0;
+        }
+        (1.0 - self.dot / (self.gg.sqrt() * self.qq.sqrt())).max(0.0)
+    }
+    fn add(self, o: Moments) -> Moments {
+        Moments { dot: self.dot + o.dot, gg: self.gg + o.gg, qq: self.qq + o.qq }
+    }
+}
+
+/// Stochastic rounding of `g` onto the symmetric grid of step `s` with levels `-lim..=lim`:
+/// `out[i] = clamp(floor(g[i]/s + u_i), -lim, lim)` (integer-valued f32), `u_i = draw(seed, i)`.
+/// Unbiased inside the clip. Returns the [`Moments`] of `g` and the levels.
+pub fn levels_stochastic(g: &[f32], s: f32, lim: f32, seed: u32, out: &mut [f32]) -> Moments {
+    use rayon::prelude::*;
+    assert_eq!(g.len(), out.len());
+    let inv = 1.0 / s;
+    let run = |base: usize, g: &[f32], o: &mut [f32]| levels_part(g, inv, lim, seed, base as u32, o);
+    if g.len() < PAR_MIN {
+        return run(0, g, out);
+    }
+    g.par_chunks(PAR_MIN)
+        .zip(out.par_chunks_mut(PAR_MIN))
+        .enumerate()
+        .map(|(i, (g, o))| run(i * PAR_MIN, g, o))
+        .reduce(Moments::default, Moments::add)
+}
+
+/// [`levels_stochastic`] on one range starting at element `base`, compiled for AVX-512 / AVX2
+/// where present (the same IEEE operations in the same order on every path: the same bits).
+fn levels_part(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f32]) -> Moments {
+    #[inline(always)]
+    fn body(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f32]) -> Moments {
+        let mut m = Moments::default();
+        // f32 sums in 16 lanes over blocks of 4,096 elements, blocks added in f64.
+        for (bi, (gb, ob)) in g.chunks(4096).zip(out.chunks_mut(4096)).enumerate() {
+            let (mut dot, mut gg, mut qq) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+            let b0 = base.wrapping_add((bi * 4096) as u32);
+            let mut ci = 0u32;
+            let mut gi = gb.chunks_exact(16);
+            let mut oi = ob.chunks_exact_mut(16);
+            for (gc, oc) in (&mut gi).zip(&mut oi) {
+                for l in 0..16 {
+                    let u = draw(seed, b0.wrapping_add(ci + l as u32));
+                    let q = (gc[l] * inv + u).floor().clamp(-lim, lim);
+                    oc[l] = q;
+                    dot[l] += gc[l] * q;
+                    gg[l] += gc[l] * gc[l];
+                    qq[l] += q * q;
+                }
+                ci += 16;
+            }
+            for (l, (gv, ov)) in gi.remainder().iter().zip(oi.into_remainder()).enumerate() {
+                let u = draw(seed, b0.wrapping_add(ci + l as u32));
+                let q = (gv * inv + u).floor().clamp(-lim, lim);
+                *ov = q;
+                dot[l] += gv * q;
+                gg[l] += gv * gv;
+                qq[l] += q * q;
+            }
+            let sum = |a: [f32; 16]| a.iter().map(|&v| v as f64).sum::<f64>();
+            m = m.add(Moments { dot: sum(dot), gg: sum(gg), qq: sum(qq) });
+        }
+        m
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+        unsafe fn v512(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f32]) -> Moments {
+            body(g, inv, lim, seed, base, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn v256(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f32]) -> Moments {
+            body(g, inv, lim, seed, base, out)
+        }
+        let f = lowbit_kernels::isa::features();
+        if f.avx512f && f.avx512bw && f.avx512vl {
+            // SAFETY: the CPU has the features (checked just above).
+            return unsafe { v512(g, inv, lim, seed, base, out) };
+        }
+        if f.avx2 && f.fma {
+            // SAFETY: as above.
+            return unsafe { v256(g, inv, lim, seed, base, out) };
+        }
+    }
+    body(g, inv, lim, seed, base, out)
+}
+
+/// At most `n` evenly strided elements of `g` plus its largest magnitude: what the periodic DSGC
+/// search runs on (the search's cost then does not grow with the batch).
+pub fn sample(g: &[f32], n: usize) -> Vec<f32> {
+    let every = g.len().div_ceil(n.max(1)).max(1);
+    let mut s: Vec<f32> = g.iter().step_by(every).copied().collect();
+    if let Some(m) = g.iter().copied().filter(|v| v.is_finite()).max_by(|a, b| a.abs().total_cmp(&b.abs())) {
+        s.push(m);
+    }
+    s
 }
 
 #[cfg(test)]

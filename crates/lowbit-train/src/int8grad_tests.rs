@@ -115,3 +115,22 @@ fn dcls_scales_by_the_deviation_down_to_beta() {
     assert!((dcls_factor(0.05, 20.0, 0.1) - (-1f64).exp()).abs() < 1e-12);
     assert_eq!(dcls_factor(0.5, 20.0, 0.1), 0.1);
 }
+
+/// The fused vectorized deviation is the definition's (quantize, then compare), at several clips
+/// and widths, ragged lengths included.
+#[test]
+fn fused_deviation_is_the_definition() {
+    let mut rng = Rng::new(8);
+    for len in [1, 15, 17, 4096, 5000] {
+        let g: Vec<f32> = (0..len).map(|_| rng.normal() * 0.1).collect();
+        let max = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for bits in [4, 8] {
+            for frac in [1.0, 0.3, 0.01] {
+                let (q, s) = quantize_sym(&g, max * frac, bits, None);
+                let want = deviation(&g, &q, s).max(0.0);
+                let got = deviation_nearest(&g, max * frac, bits);
+                assert!((got - want).abs() <= 1e-5 + 1e-3 * want, "len {len} bits {bits} frac {frac}: {got} vs {want}");
+            }
+        }
+    }
+}

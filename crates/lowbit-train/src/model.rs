@@ -155,6 +155,8 @@ pub struct Model {
     pub progress: f32,
     /// The margin-softmax head of embedding training ([`crate::embed`]); never exported.
     pub head: Option<crate::head::Head>,
+    /// INT8-trained convolutions by parameter index of the weight ([`Model::enable_int8`]).
+    pub int8: HashMap<usize, std::sync::Arc<crate::conv8::Int8Layer>>,
     graph: Graph,
 }
 
@@ -194,6 +196,7 @@ impl Model {
             binary: HashMap::new(),
             progress: 0.0,
             head: None,
+            int8: HashMap::new(),
             graph: g.clone(),
         };
         let mut pidx: HashMap<String, usize> = HashMap::new();
@@ -484,7 +487,13 @@ impl Model {
                         groups: attrs.group.max(1),
                     };
                     let bt = b.map(|b| self.bias(b, *w, x));
-                    (out, V::T4(apply_act(crate::conv::conv2d(xt, wt, bt, opts), attrs.act)))
+                    let y = match self.int8.get(w) {
+                        Some(l) if opts.groups == 1 && opts.dilation == [1, 1] => {
+                            crate::conv8::conv2d(xt, wt, bt, opts, l.clone())
+                        }
+                        _ => crate::conv::conv2d(xt, wt, bt, opts),
+                    };
+                    (out, V::T4(apply_act(y, attrs.act)))
                 }
                 Step::Bn { x, gamma, beta, mean, var, eps, out } => {
                     let xt = get(x)?.t4(name)?;
@@ -635,42 +644,10 @@ impl Model {
         }
         g
     }
-
-    /// Re-initializes every weight (Kaiming normal, fan-out for convolutions, fan-in for linear
-    /// layers), biases to 0, BatchNorm to identity. For training an architecture from scratch.
-    pub fn reinitialize(&mut self, seed: u64) {
-        let mut rng = crate::Rng::new(seed);
-        let bn_gamma: std::collections::HashSet<usize> = self
-            .steps
-            .iter()
-            .filter_map(|(_, s)| if let Step::Bn { gamma, .. } = s { Some(*gamma) } else { None })
-            .collect();
-        let gemm_w: std::collections::HashSet<usize> =
-            self.steps.iter().filter_map(|(_, s)| if let Step::Gemm { w, .. } = s { Some(*w) } else { None }).collect();
-        for (i, p) in self.params.iter_mut().enumerate() {
-            let n: usize = p.shape.iter().product();
-            let v: Vec<f32> = if p.decay {
-                let fan = if gemm_w.contains(&i) {
-                    p.shape.iter().skip(1).product::<usize>().max(1)
-                } else {
-                    p.shape[0] * p.shape[2..].iter().product::<usize>()
-                };
-                let std = if gemm_w.contains(&i) { (1.0 / fan as f32).sqrt() } else { (2.0 / fan as f32).sqrt() };
-                (0..n).map(|_| rng.normal() * std).collect()
-            } else if bn_gamma.contains(&i) {
-                vec![1.0; n]
-            } else {
-                vec![0.0; n]
-            };
-            p.t = t1(v, &self.device);
-        }
-        for (name, t) in self.buffers.iter_mut() {
-            let n = t.dims()[0];
-            let is_var = self.graph.nodes.iter().any(|nd| nd.input(4) == Some(name.as_str()));
-            *t = t1(vec![if is_var { 1.0 } else { 0.0 }; n], &self.device);
-        }
-    }
 }
+
+#[path = "model_init.rs"]
+mod init;
 
 fn apply_act<const D: usize>(t: Tensor<D>, act: Act) -> Tensor<D> {
     match act {

@@ -11,7 +11,7 @@ use crate::geom::ConvGeom;
 
 /// Rows x columns of `v` (eight vectors) transposed: lane `j` of row `i` becomes lane `i` of row `j`.
 #[inline(always)]
-unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+pub(crate) unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
     let t: [__m256; 8] = [
         _mm256_unpacklo_ps(v[0], v[1]),
         _mm256_unpackhi_ps(v[0], v[1]),

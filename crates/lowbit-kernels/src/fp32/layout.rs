@@ -159,3 +159,79 @@ pub(crate) fn split_gemm(
         });
     }
 }
+
+/// `dst` (`cols × rows`, row-major) = `src` (`rows × cols`) transposed: NHWC pixels to NCHW
+/// planes and back. 8 × 8 blocks of AVX2 unpacks/shuffles where the CPU has AVX2, the edges (and
+/// other CPUs) element by element; the same values either way (moves only).
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    let (r8, c8) = blocks(src, rows, cols, dst);
+    // What the blocks left: the last columns of every row, then the last rows' first columns.
+    for r in 0..rows {
+        let c0 = if r < r8 { c8 } else { 0 };
+        for c in c0..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+/// The whole 8 × 8 blocks of [`transpose`] on AVX2; the rows and columns they covered.
+#[cfg(target_arch = "x86_64")]
+fn blocks(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) -> (usize, usize) {
+    if !crate::isa::features().avx2 {
+        return (0, 0);
+    }
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    // SAFETY: AVX2 is present; the blocks lie inside both matrices (the caller asserted the sizes).
+    unsafe { transpose_avx2(src, rows, cols, r8, c8, dst) };
+    (r8, c8)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn blocks(_: &[f32], _: usize, _: usize, _: &mut [f32]) -> (usize, usize) {
+    (0, 0)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_avx2(src: &[f32], rows: usize, cols: usize, r8: usize, c8: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for r in (0..r8).step_by(8) {
+        for c in (0..c8).step_by(8) {
+            let at = |i: usize| (r + i) * cols + c;
+            let v = [
+                _mm256_loadu_ps(s.add(at(0))),
+                _mm256_loadu_ps(s.add(at(1))),
+                _mm256_loadu_ps(s.add(at(2))),
+                _mm256_loadu_ps(s.add(at(3))),
+                _mm256_loadu_ps(s.add(at(4))),
+                _mm256_loadu_ps(s.add(at(5))),
+                _mm256_loadu_ps(s.add(at(6))),
+                _mm256_loadu_ps(s.add(at(7))),
+            ];
+            let t = crate::fp32::dw_cv::transpose8(v);
+            for (j, tj) in t.iter().enumerate() {
+                _mm256_storeu_ps(d.add((c + j) * rows + r), *tj);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod transpose_tests {
+    /// The blocked transpose against the definition on ragged shapes (every element moved once).
+    #[test]
+    fn transpose_is_the_definition() {
+        for (rows, cols) in [(1, 1), (7, 9), (8, 8), (16, 24), (17, 3), (49, 64), (784, 16), (5, 33)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let mut dst = vec![f32::NAN; rows * cols];
+            super::transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}x{cols} at {r},{c}");
+                }
+            }
+        }
+    }
+}
