@@ -153,7 +153,13 @@ pub trait LbConv8: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// An int8 training convolution (one group, no dilation: the caller checks).
+/// Whether [`conv2d`] runs a convolution with options `o` and weights of shape `ws`: one group or
+/// depthwise, no dilation.
+pub fn supports(o: &ConvOptions<2>, ws: &[usize]) -> bool {
+    o.dilation == [1, 1] && (o.groups == 1 || (ws.len() == 4 && ws[1] == 1 && ws[0] == o.groups))
+}
+
+/// An int8 training convolution (one group or depthwise, no dilation: the caller checks).
 pub fn conv2d(x: Tensor<4>, w: Tensor<4>, b: Option<Tensor<1>>, o: ConvOptions<2>, layer: Arc<Int8Layer>) -> Tensor<4> {
     let p = [o.stride[0], o.stride[1], o.padding[0].0, o.padding[1].0, o.padding[0].1, o.padding[1].1];
     let y = Tensor::<4>::from_dispatch(<Dispatch as LbConv8>::lb_conv2d_int8(
@@ -193,10 +199,18 @@ fn weight_levels(w: &[f32], s: f32) -> Vec<i8> {
     w.iter().map(|&v| (v / s).round_ties_even().clamp(-127.0, 127.0) as i8).collect()
 }
 
+/// The shapes of a convolution of input `xs` with weights `ws` (one group, or depthwise: then
+/// `g.c == g.o` and `g.k()` is not the weight row length), and whether it is depthwise.
+fn geom_of(xs: &[usize], ws: &[usize], p: ConvParams) -> (Geom, bool) {
+    let depthwise = dw::is_depthwise(xs, ws);
+    let cin = if depthwise { xs[1] } else { ws[1] };
+    (Geom::new(xs, &[ws[0], cin, ws[2], ws[3]], p), depthwise)
+}
+
 fn forward8(x: &FlexTensor, w: &FlexTensor, p: ConvParams, layer: &Int8Layer) -> (FlexTensor, Saved) {
     let t0 = Instant::now();
     let (x, w) = (f32_data(x, "input"), f32_data(w, "weight"));
-    let g = Geom::new(x.layout().shape(), w.layout().shape(), p);
+    let (g, depthwise) = geom_of(x.layout().shape(), w.layout().shape(), p);
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), w.storage());
     let isa = layer.cfg.isa;
     let threads = rayon::current_num_threads();
@@ -223,7 +237,7 @@ fn forward8(x: &FlexTensor, w: &FlexTensor, p: ConvParams, layer: &Int8Layer) ->
         pl: p[3],
         oh: g.oh,
         ow: g.ow,
-        group: 1,
+        group: if depthwise { g.c } else { 1 },
     };
     let y = run_conv(isa, geom, &wq, sx * sw, &xn, g.n);
     let mut st = layer.st();
@@ -266,7 +280,7 @@ fn backward8(
     let isa = cfg.isa;
     let threads = rayon::current_num_threads();
     let dy = f32_data(dy, "output gradient");
-    let g = Geom::new(&s.xshape, &s.wshape, p);
+    let (g, depthwise) = geom_of(&s.xshape, &s.wshape, p);
     let dys: &[f32] = dy.storage();
     let max = absmax(dys);
     let qm = qmax(cfg.grad_bits);
@@ -297,17 +311,26 @@ fn backward8(
     let t1 = Instant::now();
     let dx = want_dx.then(|| {
         let [_, _, pt, pl, pb, pr] = p;
-        if p[0] == 1 && p[1] == 1 && pt < g.kh && pb < g.kh && pl < g.kw && pr < g.kw {
+        let stride1 = p[0] == 1 && p[1] == 1 && pt < g.kh && pb < g.kh && pl < g.kw && pr < g.kw;
+        if depthwise && !stride1 {
+            return flex(dw::input_grad_direct(&g, &s.wq, sg * s.sw, &dyp), [g.n, g.c, g.h, g.w]);
+        }
+        if stride1 {
             // dX = the full correlation of dYq with the flipped kernel, transposed (O in, C out).
             let kk = g.kh * g.kw;
-            let mut wf = vec![0i8; g.c * g.o * kk];
-            for o in 0..g.o {
-                for c in 0..g.c {
-                    for t in 0..kk {
-                        wf[(c * g.o + o) * kk + kk - 1 - t] = s.wq[(o * g.c + c) * kk + t];
+            let wf = if depthwise {
+                dw::flipped(&s.wq, kk)
+            } else {
+                let mut wf = vec![0i8; g.c * g.o * kk];
+                for o in 0..g.o {
+                    for c in 0..g.c {
+                        for t in 0..kk {
+                            wf[(c * g.o + o) * kk + kk - 1 - t] = s.wq[(o * g.c + c) * kk + t];
+                        }
                     }
                 }
-            }
+                wf
+            };
             let geom = ConvGeom {
                 c_in: g.o,
                 h: g.oh,
@@ -323,7 +346,7 @@ fn backward8(
                 pl: g.kw - 1 - pl,
                 oh: g.h,
                 ow: g.w,
-                group: 1,
+                group: if depthwise { g.c } else { 1 },
             };
             flex(run_conv(isa, geom, &wf, sg * s.sw, &dyn_, g.n), [g.n, g.c, g.h, g.w])
         } else {
@@ -335,9 +358,13 @@ fn backward8(
     });
     let t2 = Instant::now();
     let dw = want_dw.then(|| {
+        let sc = s.sx * sg * factor as f32;
+        if depthwise {
+            let v: Vec<f32> = dw::weight_grad(&g, &s.xq, &dyp).into_iter().map(|v| v * sc).collect();
+            return flex(v, s.wshape);
+        }
         let dwt = weight_grad8(&g, isa, &s.xq, &dyp);
         let (k, o) = (g.k(), g.o);
-        let sc = s.sx * sg * factor as f32;
         let mut dw = vec![0f32; o * k];
         for j in 0..k {
             for c in 0..o {
@@ -590,6 +617,9 @@ impl<C: CheckpointStrategy> LbConv8 for Autodiff<Flex, C> {
         }
     }
 }
+
+#[path = "conv8_dw.rs"]
+mod dw;
 
 #[cfg(test)]
 #[path = "conv8_tests.rs"]

@@ -37,7 +37,8 @@ fn planes_pack_like_the_general_packer() {
 /// Forward, input gradient and weight gradient of the int8 convolution against f32 convolutions
 /// of the same dequantized operands (`sx·Xq`, `sw·Wq`, and the stochastically rounded `sg·dYq`
 /// rebuilt from the documented draws), on every path this CPU has, stride 1 (integer input
-/// gradient) and strided (f32 input gradient) geometries with ragged edges, weight-gradient
+/// gradient) and strided (f32 input gradient) geometries with ragged edges, depthwise ones (direct
+/// integer loops where strided), weight-gradient
 /// reductions split into row bands and shared by many images; DCLS off and on
 /// (the weight gradient scaled by exactly the factor of the recorded deviation).
 #[test]
@@ -45,8 +46,11 @@ fn int8_conv_equals_the_dequantized_products() {
     let dev = Device::flex().autodiff();
     let mut rng = crate::Rng::new(11);
     let cases = [
-        // n, c, h, w, o, k, stride, pads (t, l, b, r)
+        // n, c, h, w, o, k, stride, pads (t, l, b, r); o = 0: depthwise (o = c, one group each)
         (2, 3, 9, 7, 5, 3, 1, [1, 1, 1, 1]),
+        (2, 24, 9, 7, 0, 3, 1, [1, 1, 1, 1]),
+        (3, 17, 8, 9, 0, 3, 2, [1, 1, 1, 1]),
+        (2, 5, 6, 5, 0, 5, 1, [2, 1, 2, 0]),
         (3, 16, 8, 8, 16, 3, 1, [1, 1, 1, 1]),
         (2, 5, 7, 6, 4, 1, 1, [0, 0, 0, 0]),
         (3, 4, 8, 8, 6, 3, 2, [1, 1, 1, 1]),
@@ -61,8 +65,9 @@ fn int8_conv_equals_the_dequantized_products() {
     for isa in paths() {
         for (ci, &(n, c, h, w, o, k, s, pads)) in cases.iter().enumerate() {
             let dcls = ci % 2 == 1;
+            let (o, cw, groups) = if o == 0 { (c, 1, c) } else { (o, c, 1) };
             let xs = rand(&mut rng, n * c * h * w);
-            let wv = rand(&mut rng, o * c * k * k);
+            let wv = rand(&mut rng, o * cw * k * k);
             let p = [s, s, pads[0], pads[1], pads[2], pads[3]];
             let mut cfg = Int8Config::new(isa);
             cfg.dsgc = false;
@@ -70,9 +75,9 @@ fn int8_conv_equals_the_dequantized_products() {
             cfg.record_every = 1;
             let layer = Int8Layer::new("t", cfg, ci);
             let x = flex(xs.clone(), [n, c, h, w]);
-            let wt = flex(wv.clone(), [o, c, k, k]);
+            let wt = flex(wv.clone(), [o, cw, k, k]);
             let (y, saved) = forward8(&x, &wt, p, &layer);
-            let g = Geom::new(&[n, c, h, w], &[o, c, k, k], p);
+            let g = Geom::new(&[n, c, h, w], &[o, c, k, k], p); // (only its output shape is used)
             let dys = rand(&mut rng, g.n * g.o * g.pix());
             let (dx, dw) = backward8(&saved, &flex(dys.clone(), [n, o, g.oh, g.ow]), p, &layer, true, true);
             // The reference: f32 convolution of the dequantized operands, with gradient dYd.
@@ -88,18 +93,19 @@ fn int8_conv_equals_the_dequantized_products() {
                 .collect();
             let dyd: Vec<f32> = lv.iter().map(|&v| v * sg).collect();
             let xr = Tensor::<4>::from_data(TensorData::new(xd, [n, c, h, w]), &dev).require_grad();
-            let wr = Tensor::<4>::from_data(TensorData::new(wd, [o, c, k, k]), &dev).require_grad();
+            let wr = Tensor::<4>::from_data(TensorData::new(wd, [o, cw, k, k]), &dev).require_grad();
             let opts = ConvOptions {
                 stride: [s, s],
                 padding: [(pads[0], pads[2]), (pads[1], pads[3])],
                 dilation: [1, 1],
-                groups: 1,
+                groups,
             };
+            assert!(supports(&opts, &[o, cw, k, k]));
             let yr = burn::tensor::module::conv2d(xr.clone(), wr.clone(), None, opts);
             let m = Tensor::<4>::from_data(TensorData::new(dyd, [n, o, g.oh, g.ow]), &dev);
             let grads = (yr.clone() * m).sum().backward();
             let vec4 = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
-            let what = format!("{isa:?} n{n} c{c} {h}x{w} o{o} k{k} s{s} pads{pads:?}");
+            let what = format!("{isa:?} n{n} c{c} {h}x{w} o{o} groups{groups} k{k} s{s} pads{pads:?}");
             let ours = |t: &FlexTensor| t.storage::<f32>().to_vec();
             close(&ours(&y), &vec4(yr.detach()), &format!("{what} output"));
             close(&ours(&dx.unwrap()), &vec4(xr.grad(&grads).unwrap()), &format!("{what} input gradient"));

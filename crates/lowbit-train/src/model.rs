@@ -488,7 +488,7 @@ impl Model {
                     };
                     let bt = b.map(|b| self.bias(b, *w, x));
                     let y = match self.int8.get(w) {
-                        Some(l) if opts.groups == 1 && opts.dilation == [1, 1] => {
+                        Some(l) if crate::conv8::supports(&opts, &wt.dims()) => {
                             crate::conv8::conv2d(xt, wt, bt, opts, l.clone())
                         }
                         _ => crate::conv::conv2d(xt, wt, bt, opts),

@@ -41,14 +41,16 @@ impl Model {
         }
     }
 
-    /// Runs every ungrouped, undilated convolution on the integer training kernels of
+    /// Runs every ungrouped or depthwise, undilated convolution on the integer training kernels of
     /// [`crate::conv8`] with `cfg`, except (unless `all`) the first one, which reads the model
     /// input. Returns the names of the int8 convolutions.
     pub fn enable_int8(&mut self, cfg: Int8Config, all: bool) -> Vec<String> {
         let mut names = vec![];
         for (name, step) in &self.steps {
             if let Step::Conv { x, w, attrs, .. } = step {
-                let plain = attrs.group <= 1 && attrs.dilations.iter().all(|&d| d == 1);
+                let ws = &self.params[*w].shape;
+                let depthwise = attrs.group > 1 && ws.len() == 4 && ws[1] == 1 && ws[0] == attrs.group;
+                let plain = (attrs.group <= 1 || depthwise) && attrs.dilations.iter().all(|&d| d == 1);
                 if plain && (all || *x != self.input) && !self.binary.contains_key(w) {
                     self.int8.insert(*w, Int8Layer::new(name, cfg, names.len()));
                     names.push(name.clone());
