@@ -370,11 +370,7 @@ pub(crate) fn input_grad(x_shape: &[usize], w: &FlexTensor, dy: &FlexTensor, p: 
     }
     let (k, pix) = (g.k(), g.pix());
     let mut wt = vec![0f32; k * g.o];
-    for o in 0..g.o {
-        for j in 0..k {
-            wt[j * g.o + o] = ws[o * k + j];
-        }
-    }
+    lowbit_kernels::fp32::layout::transpose(ws, g.o, k, &mut wt);
     let zero = vec![0f32; k];
     let dx = crate::par_build_init(g.n * g.chw(), g.chw(), Vec::new, |col: &mut Vec<f32>, i, dxi| {
         let dyi = &dys[i * g.o * pix..(i + 1) * g.o * pix];
@@ -405,11 +401,7 @@ fn weight_grad(x: &FlexTensor, w_shape: &[usize], dy: &FlexTensor, p: ConvParams
             let (mut col, mut dyt) = (vec![0f32; if g.pointwise() { 0 } else { k * pix }], vec![0f32; pix * o]);
             for i in part * per..((part + 1) * per).min(g.n) {
                 let dyi = &dys[i * o * pix..(i + 1) * o * pix];
-                for (c, row) in dyi.chunks_exact(pix).enumerate() {
-                    for (j, v) in row.iter().enumerate() {
-                        dyt[j * o + c] = *v;
-                    }
-                }
+                lowbit_kernels::fp32::layout::transpose(dyi, o, pix, &mut dyt);
                 let img = &xs[i * g.chw()..(i + 1) * g.chw()];
                 let a: &[f32] = if g.pointwise() {
                     img
@@ -428,11 +420,7 @@ fn weight_grad(x: &FlexTensor, w_shape: &[usize], dy: &FlexTensor, p: ConvParams
         })
         .unwrap_or_else(|| vec![0f32; k * o]);
     let mut dw = vec![0f32; o * k];
-    for j in 0..k {
-        for c in 0..o {
-            dw[c * k + j] = dwt[j * o + c];
-        }
-    }
+    lowbit_kernels::fp32::layout::transpose(&dwt, k, o, &mut dw);
     flex(dw, [o, g.c, g.kh, g.kw])
 }
 

@@ -366,11 +366,8 @@ fn backward8(
         let dwt = weight_grad8(&g, isa, &s.xq, &dyp);
         let (k, o) = (g.k(), g.o);
         let mut dw = vec![0f32; o * k];
-        for j in 0..k {
-            for c in 0..o {
-                dw[c * k + j] = dwt[j * o + c] * sc;
-            }
-        }
+        lowbit_kernels::fp32::layout::transpose(&dwt, k, o, &mut dw);
+        dw.iter_mut().for_each(|v| *v *= sc);
         flex(dw, s.wshape)
     });
     let mut st = layer.st();
