@@ -299,15 +299,16 @@ fn backward8(
         (step, clip)
     };
     let sg = step_of(clip, qm);
-    let mut lv = vec![0f32; dys.len()];
+    // The levels as planes (weight gradient) and NHWC bytes (input gradient), zero point 128.
+    let mut dyp = vec![0u8; dys.len()];
     let seed = layer.salt ^ (step as u32).wrapping_mul(0x27d4_eb2f);
-    let mom = levels_stochastic(dys, sg, qm as f32, seed, &mut lv);
+    let mom = levels_stochastic(dys, sg, qm as f32, seed, &mut dyp);
     let dev = mom.deviation();
     let factor = if cfg.dcls { int8grad::dcls_factor(dev, cfg.alpha, cfg.beta) } else { 1.0 };
-    // The levels as NHWC bytes (input gradient) and planes (weight gradient), zero point 128.
-    let (mut dyn_, mut dyp) = (vec![0u8; lv.len()], vec![0u8; lv.len()]);
-    let q1 = QParams { scale: 1.0, zp: 128, signed: false };
-    edges::quantize(isa, &lv, q1, Some((g.n, g.o, g.pix())), &mut dyn_, &mut dyp, threads);
+    let mut dyn_ = vec![0u8; dys.len()];
+    if want_dx {
+        edges::planes_to_nhwc(isa, &dyp, g.n, g.o, g.pix(), &mut dyn_, threads);
+    }
     let t1 = Instant::now();
     let dx = want_dx.then(|| {
         let [_, _, pt, pl, pb, pr] = p;
@@ -352,7 +353,7 @@ fn backward8(
         } else {
             // Strided: the same dequantized operands through the f32 transposed convolution.
             let wd: Vec<f32> = s.wq.iter().map(|&v| v as f32 * s.sw).collect();
-            let dyd: Vec<f32> = lv.iter().map(|&v| v * sg).collect();
+            let dyd: Vec<f32> = dyp.iter().map(|&v| (v as f32 - 128.0) * sg).collect();
             crate::conv::input_grad(&s.xshape, &flex(wd, s.wshape), &flex(dyd, [g.n, g.o, g.oh, g.ow]), p)
         }
     });

@@ -272,14 +272,15 @@ impl Moments {
     }
 }
 
-/// Stochastic rounding of `g` onto the symmetric grid of step `s` with levels `-lim..=lim`:
-/// `out[i] = clamp(floor(g[i]/s + u_i), -lim, lim)` (integer-valued f32), `u_i = draw(seed, i)`.
-/// Unbiased inside the clip. Returns the [`Moments`] of `g` and the levels.
-pub fn levels_stochastic(g: &[f32], s: f32, lim: f32, seed: u32, out: &mut [f32]) -> Moments {
+/// Stochastic rounding of `g` onto the symmetric grid of step `s` with levels `-lim..=lim`
+/// (`lim <= 127`): `out[i] = clamp(floor(g[i]/s + u_i), -lim, lim) + 128` as a byte (the zero point
+/// of lowbit's integer kernels), `u_i = draw(seed, i)`. Unbiased inside the clip. Returns the
+/// [`Moments`] of `g` and the levels.
+pub fn levels_stochastic(g: &[f32], s: f32, lim: f32, seed: u32, out: &mut [u8]) -> Moments {
     use rayon::prelude::*;
     assert_eq!(g.len(), out.len());
     let inv = 1.0 / s;
-    let run = |base: usize, g: &[f32], o: &mut [f32]| levels_part(g, inv, lim, seed, base as u32, o);
+    let run = |base: usize, g: &[f32], o: &mut [u8]| levels_part(g, inv, lim, seed, base as u32, o);
     if g.len() < PAR_MIN {
         return run(0, g, out);
     }
@@ -292,9 +293,9 @@ pub fn levels_stochastic(g: &[f32], s: f32, lim: f32, seed: u32, out: &mut [f32]
 
 /// [`levels_stochastic`] on one range starting at element `base`, compiled for AVX-512 / AVX2
 /// where present (the same IEEE operations in the same order on every path: the same bits).
-fn levels_part(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f32]) -> Moments {
+fn levels_part(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [u8]) -> Moments {
     #[inline(always)]
-    fn body(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f32]) -> Moments {
+    fn body(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [u8]) -> Moments {
         let mut m = Moments::default();
         // f32 sums in 16 lanes over blocks of 4,096 elements, blocks added in f64.
         for (bi, (gb, ob)) in g.chunks(4096).zip(out.chunks_mut(4096)).enumerate() {
@@ -307,7 +308,7 @@ fn levels_part(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f
                 for l in 0..16 {
                     let u = draw(seed, b0.wrapping_add(ci + l as u32));
                     let q = (gc[l] * inv + u).floor().clamp(-lim, lim);
-                    oc[l] = q;
+                    oc[l] = (q + 128.0) as u8;
                     dot[l] += gc[l] * q;
                     gg[l] += gc[l] * gc[l];
                     qq[l] += q * q;
@@ -317,7 +318,7 @@ fn levels_part(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f
             for (l, (gv, ov)) in gi.remainder().iter().zip(oi.into_remainder()).enumerate() {
                 let u = draw(seed, b0.wrapping_add(ci + l as u32));
                 let q = (gv * inv + u).floor().clamp(-lim, lim);
-                *ov = q;
+                *ov = (q + 128.0) as u8;
                 dot[l] += gv * q;
                 gg[l] += gv * gv;
                 qq[l] += q * q;
@@ -330,11 +331,11 @@ fn levels_part(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-        unsafe fn v512(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f32]) -> Moments {
+        unsafe fn v512(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [u8]) -> Moments {
             body(g, inv, lim, seed, base, out)
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn v256(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [f32]) -> Moments {
+        unsafe fn v256(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [u8]) -> Moments {
             body(g, inv, lim, seed, base, out)
         }
         let f = lowbit_kernels::isa::features();

@@ -43,15 +43,22 @@ pub fn quantize(isa: Isa, x: &[f32], q: QParams, layout: Layout, out: &mut [u8],
         Some((n, c, p)) => {
             let tmp = &mut tmp[..x.len()];
             flat(tmp);
-            for b in 0..n {
-                let (xb, ob) = (&tmp[b * c * p..(b + 1) * c * p], &mut out[b * c * p..(b + 1) * c * p]);
-                if par {
-                    let k = chunk(p, c, threads);
-                    ob.par_chunks_mut(k).enumerate().for_each(|(i, o)| to_nhwc(isa, xb, c, p, i * k / c, o));
-                } else {
-                    to_nhwc(isa, xb, c, p, 0, ob);
-                }
-            }
+            planes_to_nhwc(isa, tmp, n, c, p, out, if par { threads } else { 1 });
+        }
+    }
+}
+
+/// `n` images of `c` byte planes of `p` pixels as NHWC bytes (the byte transpose [`quantize`]
+/// ends with), split over pixel ranges on the pool for large tensors.
+pub fn planes_to_nhwc(isa: Isa, x: &[u8], n: usize, c: usize, p: usize, out: &mut [u8], threads: usize) {
+    let par = threads > 1 && n * c * p >= PAR_MIN;
+    for b in 0..n {
+        let (xb, ob) = (&x[b * c * p..(b + 1) * c * p], &mut out[b * c * p..(b + 1) * c * p]);
+        if par {
+            let k = chunk(p, c, threads);
+            ob.par_chunks_mut(k).enumerate().for_each(|(i, o)| to_nhwc(isa, xb, c, p, i * k / c, o));
+        } else {
+            to_nhwc(isa, xb, c, p, 0, ob);
         }
     }
 }
