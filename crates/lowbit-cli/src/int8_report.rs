@@ -23,7 +23,18 @@ pub fn enable(a: &TrainArgs, m: &mut Model) -> Result<Value> {
     cfg.seed = a.seed;
     let names = m.enable_int8(cfg, a.int8_all);
     if names.is_empty() {
-        bail!("{}: no convolution to train in int8 (grouped and dilated ones stay f32)", a.model.display());
+        bail!(
+            "{}: no convolution to train in int8 (grouped and dilated ones stay f32, and those reading the model input unless --int8-all)",
+            a.model.display()
+        );
+    }
+    if cfg.dcls && a.optimizer.as_deref() == Some("adamw") {
+        eprintln!("warning: DCLS scales weight gradients, which AdamW's normalisation largely cancels; use SGD (the default) for it to act as a learning-rate scale");
+    }
+    if isa == lowbit_kernels::int8::Isa::Scalar {
+        eprintln!(
+            "warning: the integer path is the portable scalar one (LOWBIT_ISA or this CPU): int8 training will be slow"
+        );
     }
     eprintln!(
         "int8 training: {} convolutions on the {} integer path (errors {} bits, {}, {}){}",
@@ -32,7 +43,11 @@ pub fn enable(a: &TrainArgs, m: &mut Model) -> Result<Value> {
         cfg.grad_bits,
         if cfg.dsgc { "DSGC clip" } else { "max clip" },
         if cfg.dcls { "DCLS" } else { "no DCLS" },
-        if a.int8_all { "" } else { "; the first convolution and the classifier stay f32" }
+        if a.int8_all {
+            "; linear layers stay f32"
+        } else {
+            "; convolutions reading the model input and linear layers stay f32"
+        }
     );
     Ok(json!({"path": isa.name(), "grad_bits": cfg.grad_bits, "dsgc": cfg.dsgc, "dcls": cfg.dcls,
         "alpha": cfg.alpha, "beta": cfg.beta, "dsgc_every": cfg.dsgc_every, "convs": names}))
@@ -48,7 +63,7 @@ fn series(v: &Series) -> Vec<(&str, Vec<(f64, f64)>)> {
 /// (`steps_per_epoch` puts the history on an epoch axis).
 pub fn report(a: &TrainArgs, m: &Model, steps_per_epoch: usize) -> Result<Value> {
     let mut layers: Vec<_> = m.int8.values().cloned().collect();
-    layers.sort_by(|x, y| x.name.cmp(&y.name));
+    layers.sort_by_key(|l| l.index);
     let mut rows = vec![];
     let mut out = vec![];
     let (mut dev_s, mut ratio_s, mut fac_s): (Series, Series, Series) = (vec![], vec![], vec![]);

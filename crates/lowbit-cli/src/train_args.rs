@@ -80,8 +80,8 @@ pub struct TrainArgs {
     #[arg(long, requires = "binary")]
     pub no_ede: bool,
     /// Unified INT8 training: every convolution's forward, input-gradient and weight-gradient
-    /// products on lowbit's integer kernels (int32 accumulation; f32 master weights); the first
-    /// convolution and the classifier stay f32 unless --int8-all
+    /// products on lowbit's integer kernels (int32 accumulation; f32 master weights); linear
+    /// layers stay f32, and convolutions reading the model input unless --int8-all
     #[arg(long, conflicts_with_all = ["qat", "binary"])]
     pub int8_train: bool,
     /// INT8 training ablation: clip errors at their largest magnitude instead of DSGC's clip
@@ -93,7 +93,7 @@ pub struct TrainArgs {
     /// INT8 training: bits of the quantized errors (output gradients)
     #[arg(long, default_value_t = 8, requires = "int8_train", value_parser = clap::value_parser!(u32).range(2..=8))]
     pub grad_bits: u32,
-    /// INT8 training: the first convolution on the integer kernels too
+    /// INT8 training: the convolutions reading the model input (the stem) on the integer kernels too
     #[arg(long, requires = "int8_train")]
     pub int8_all: bool,
     /// Calibration images for the post-training start of QAT

@@ -65,6 +65,8 @@ pub struct Int8Config {
 impl Int8Config {
     /// The paper's setting on `isa`: 8-bit errors, DSGC, DCLS with alpha 20, beta 0.1.
     pub fn new(isa: Isa) -> Int8Config {
+        // The integer kernels' contract: the path runs on this CPU.
+        assert!(isa.supported(), "integer path {} is not supported by this CPU", isa.name());
         Int8Config {
             isa,
             grad_bits: 8,
@@ -116,6 +118,8 @@ struct State {
 #[derive(Debug)]
 pub struct Int8Layer {
     pub name: String,
+    /// Position among the model's int8 convolutions (graph order).
+    pub index: usize,
     pub cfg: Int8Config,
     /// Salt of this layer's random draws.
     salt: u32,
@@ -125,7 +129,7 @@ pub struct Int8Layer {
 impl Int8Layer {
     pub fn new(name: &str, cfg: Int8Config, index: usize) -> Arc<Int8Layer> {
         let salt = (cfg.seed as u32) ^ (index as u32).wrapping_mul(0x85eb_ca6b);
-        Arc::new(Int8Layer { name: name.into(), cfg, salt, state: Mutex::new(State::default()) })
+        Arc::new(Int8Layer { name: name.into(), index, cfg, salt, state: Mutex::new(State::default()) })
     }
     fn st(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -290,7 +294,9 @@ fn backward8(
         st.step += 1;
         let clip = if cfg.dsgc {
             if st.clip.is_none() || step % cfg.dsgc_every.max(1) == 0 {
-                st.clip = Some(int8grad::dsgc_clip(&int8grad::sample(dys, cfg.dsgc_sample), cfg.grad_bits).clip);
+                // An all-zero error (a dead branch) has no clip to keep: search again next step.
+                let c = int8grad::dsgc_clip(&int8grad::sample(dys, cfg.dsgc_sample), cfg.grad_bits).clip;
+                st.clip = (c.is_finite() && c > 0.0).then_some(c);
             }
             st.clip.unwrap_or(max).min(max)
         } else {
@@ -305,8 +311,9 @@ fn backward8(
     let mom = levels_stochastic(dys, sg, qm as f32, seed, &mut dyp);
     let dev = mom.deviation();
     let factor = if cfg.dcls { int8grad::dcls_factor(dev, cfg.alpha, cfg.beta) } else { 1.0 };
-    let mut dyn_ = vec![0u8; dys.len()];
+    let mut dyn_ = vec![];
     if want_dx {
+        dyn_ = vec![0u8; dys.len()];
         edges::planes_to_nhwc(isa, &dyp, g.n, g.o, g.pix(), &mut dyn_, threads);
     }
     let t1 = Instant::now();
@@ -400,13 +407,26 @@ fn weight_grad8(g: &Geom, isa: Isa, xq: &[u8], dyp: &[u8]) -> Vec<f32> {
             let p4 = pix.div_ceil(4) * 4;
             let (mut acc, mut tmp) = (vec![0f32; k * o], vec![0f32; k * o]);
             let mut a = vec![128u8; k * p4];
+            let mut sub = vec![];
             for i in imgs {
                 byte_cols(g, &xq[i * g.chw()..(i + 1) * g.chw()], p4, &mut a);
-                let b = pack_planes(isa, &dyp[i * o * pix..(i + 1) * o * pix], o, pix);
-                let rq = shift_requant(&b);
-                // SAFETY: `a` holds k rows of p4 = b.k4 bytes, `tmp` k rows of o f32.
-                unsafe { gemm(k, a.as_ptr(), p4, &b, &rq, OutPtr(tmp.as_mut_ptr() as *mut u8), o, 1) };
-                acc.iter_mut().zip(&tmp).for_each(|(s, t)| *s += t);
+                let planes = &dyp[i * o * pix..(i + 1) * o * pix];
+                // Pixel ranges of at most GRID_LIMIT (whole quads), so int32 sums cannot overflow.
+                for p0 in (0..pix).step_by(GRID_LIMIT) {
+                    let p1 = (p0 + GRID_LIMIT).min(pix);
+                    let b = if p0 == 0 && p1 == pix {
+                        pack_planes(isa, planes, o, pix)
+                    } else {
+                        sub.clear();
+                        (0..o).for_each(|c| sub.extend_from_slice(&planes[c * pix + p0..c * pix + p1]));
+                        pack_planes(isa, &sub, o, p1 - p0)
+                    };
+                    let rq = shift_requant(&b);
+                    // SAFETY: the k rows of `a` are p4 bytes apart and hold p4 - p0 >= b.k4 bytes from
+                    // p0 (p0 and p4 are multiples of 4); `tmp` holds k rows of o f32.
+                    unsafe { gemm(k, a.as_ptr().add(p0), p4, &b, &rq, OutPtr(tmp.as_mut_ptr() as *mut u8), o, 1) };
+                    acc.iter_mut().zip(&tmp).for_each(|(s, t)| *s += t);
+                }
             }
             acc
         })
@@ -420,11 +440,12 @@ fn weight_grad8(g: &Geom, isa: Isa, xq: &[u8], dyp: &[u8]) -> Vec<f32> {
 /// The epilogue of a product whose left operand carries the +128 byte shift: integer sums less
 /// `128·Σ b` per column, unscaled f32.
 fn shift_requant(b: &PackedB) -> Requant {
-    let corr: Vec<i32> = b.colsum.iter().map(|&s| -128 * s).collect();
+    let corr: Vec<i32> = b.colsum.iter().map(|&s| s.wrapping_mul(-128)).collect();
     Requant::new(&vec![1.0; b.n], &corr, &[], f32::NEG_INFINITY, f32::INFINITY, Out::F32)
 }
 
-/// Positions of one reduction at most: `|Σ (x+128)·dy| <= 255·127·positions` stays in int32.
+/// Positions of one reduction at most: `|Σ (x+128)·dy| <= 255·127·positions` stays in int32
+/// (a multiple of 4: the strided path splits pixel rows of whole quads).
 const GRID_LIMIT: usize = 60_000;
 
 /// The stride-1 weight gradient without columns: on a grid of padded planes (`wp = ow + kw - 1`

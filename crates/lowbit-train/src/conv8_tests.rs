@@ -61,16 +61,22 @@ fn int8_conv_equals_the_dequantized_products() {
         // images that share one reduction.
         (1, 2, 40, 1600, 3, 3, 1, [1, 1, 1, 1]),
         (150, 2, 7, 7, 3, 3, 1, [1, 0, 2, 1]),
+        // The inference convolution's other kernels: shifted rows (c % 4 == 0, wide rows), a
+        // direct 1x1 GEMM, and (on AVX2) Winograd.
+        (2, 8, 6, 30, 8, 3, 1, [1, 1, 1, 1]),
+        (2, 8, 5, 5, 12, 1, 1, [0, 0, 0, 0]),
+        (2, 16, 16, 16, 16, 3, 1, [1, 1, 1, 1]),
     ];
     for isa in paths() {
         for (ci, &(n, c, h, w, o, k, s, pads)) in cases.iter().enumerate() {
             let dcls = ci % 2 == 1;
+            let dsgc = ci % 3 == 2;
             let (o, cw, groups) = if o == 0 { (c, 1, c) } else { (o, c, 1) };
             let xs = rand(&mut rng, n * c * h * w);
             let wv = rand(&mut rng, o * cw * k * k);
             let p = [s, s, pads[0], pads[1], pads[2], pads[3]];
             let mut cfg = Int8Config::new(isa);
-            cfg.dsgc = false;
+            cfg.dsgc = dsgc;
             cfg.dcls = dcls;
             cfg.record_every = 1;
             let layer = Int8Layer::new("t", cfg, ci);
@@ -83,8 +89,17 @@ fn int8_conv_equals_the_dequantized_products() {
             // The reference: f32 convolution of the dequantized operands, with gradient dYd.
             let xd: Vec<f32> = saved.xq.iter().map(|&b| (b as f32 - 128.0) * saved.sx).collect();
             let wd: Vec<f32> = saved.wq.iter().map(|&v| v as f32 * saved.sw).collect();
+            // Quantization within half a step of the values.
+            for (v, q) in xs.iter().zip(&xd) {
+                assert!((v - q).abs() <= saved.sx * 0.5001, "input {v} quantized to {q}");
+            }
+            for (v, q) in wv.iter().zip(&wd) {
+                assert!((v - q).abs() <= saved.sw * 0.5001, "weight {v} quantized to {q}");
+            }
             let max = absmax(&dys);
-            let sg = step_of(max, 127);
+            let clip =
+                if dsgc { int8grad::dsgc_clip(&int8grad::sample(&dys, cfg.dsgc_sample), 8).clip.min(max) } else { max };
+            let sg = step_of(clip, 127);
             let seed = layer.salt; // step 0
             let lv: Vec<f32> = dys
                 .iter()
@@ -110,7 +125,14 @@ fn int8_conv_equals_the_dequantized_products() {
             close(&ours(&y), &vec4(yr.detach()), &format!("{what} output"));
             close(&ours(&dx.unwrap()), &vec4(xr.grad(&grads).unwrap()), &format!("{what} input gradient"));
             let rec = layer.history()[0];
-            assert_eq!(rec.clip, max, "{what}: without DSGC the clip is the max");
+            assert_eq!(rec.clip, clip, "{what}: the clip (DSGC {dsgc})");
+            assert!(!dsgc || dys.len() < 2000 || clip < max, "{what}: DSGC clips many Gaussian errors below their max");
+            // The recorded deviation is 1 - cos(dY, dYq) of the levels used.
+            let (dot, gg, qq) = dys.iter().zip(&lv).fold((0f64, 0f64, 0f64), |(d, a, b), (&g, &q)| {
+                (d + g as f64 * q as f64, a + g as f64 * g as f64, b + q as f64 * q as f64)
+            });
+            let dev = 1.0 - dot / (gg.sqrt() * qq.sqrt());
+            assert!((rec.deviation - dev).abs() <= 1e-6 + 1e-3 * dev, "{what}: deviation {} vs {dev}", rec.deviation);
             let f = if dcls { int8grad::dcls_factor(rec.deviation, 20.0, 0.1) } else { 1.0 };
             assert!(dcls == (rec.factor < 1.0) && (rec.factor - f).abs() < 1e-12, "{what}: factor {}", rec.factor);
             let dw_ref: Vec<f32> = vec4(wr.grad(&grads).unwrap()).iter().map(|v| v * f as f32).collect();

@@ -141,7 +141,7 @@ pub fn deviation_nearest(g: &[f32], clip: f32, bits: u32) -> f64 {
             body(g, s, lim)
         }
         let f = lowbit_kernels::isa::features();
-        if f.avx512f && f.avx512bw && f.avx512vl {
+        if f.avx512f && f.avx512bw && f.avx512vl && f.avx2 && f.fma {
             // SAFETY: the CPU has the features (checked just above).
             return unsafe { v512(g, s, lim) }.deviation();
         }
@@ -202,11 +202,12 @@ pub fn qgemm(
     c
 }
 
-/// The step of a symmetric grid with largest level `qmax` reaching `clip` (1 for an all-zero
-/// tensor, so its levels are all zero rather than undefined).
+/// The step of a symmetric grid with largest level `qmax` reaching `clip` (1 for an all-zero or
+/// subnormal-only tensor, so its levels are all zero rather than undefined).
 pub fn step_of(clip: f32, qmax: i32) -> f32 {
-    if clip.is_finite() && clip > 0.0 {
-        clip / qmax as f32
+    let s = clip / qmax as f32;
+    if s.is_normal() && s > 0.0 {
+        s
     } else {
         1.0
     }
@@ -339,7 +340,7 @@ fn levels_part(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [u
             body(g, inv, lim, seed, base, out)
         }
         let f = lowbit_kernels::isa::features();
-        if f.avx512f && f.avx512bw && f.avx512vl {
+        if f.avx512f && f.avx512bw && f.avx512vl && f.avx2 && f.fma {
             // SAFETY: the CPU has the features (checked just above).
             return unsafe { v512(g, inv, lim, seed, base, out) };
         }

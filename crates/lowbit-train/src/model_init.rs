@@ -42,8 +42,8 @@ impl Model {
     }
 
     /// Runs every ungrouped or depthwise, undilated convolution on the integer training kernels of
-    /// [`crate::conv8`] with `cfg`, except (unless `all`) the first one, which reads the model
-    /// input. Returns the names of the int8 convolutions.
+    /// [`crate::conv8`] with `cfg`, except (unless `all`) those that read the model input (the
+    /// stem). Returns the names of the int8 convolutions.
     pub fn enable_int8(&mut self, cfg: Int8Config, all: bool) -> Vec<String> {
         let mut names = vec![];
         for (name, step) in &self.steps {
