@@ -25,6 +25,44 @@ fn input_at(o: usize, k: usize, stride: usize, pad: usize, len: usize) -> Option
     (o * stride + k).checked_sub(pad).filter(|&i| i < len)
 }
 
+/// The output columns `lo..hi` for which `ok` holds (a contiguous range: the window's column is
+/// inside the image).
+fn valid(len: usize, ok: impl Fn(usize) -> bool) -> (usize, usize) {
+    let lo = (0..len).find(|&x| ok(x)).unwrap_or(len);
+    let hi = (lo..len).rev().find(|&x| ok(x)).map_or(lo, |x| x + 1);
+    (lo, hi)
+}
+
+/// `Σ (a - 128)·(b - 128)` over two byte rows of equal length, compiled for AVX-512 / AVX2 where
+/// present (integer sums: the same value on every path).
+fn dot_bytes(a: &[u8], b: &[u8]) -> i32 {
+    #[inline(always)]
+    fn body(a: &[u8], b: &[u8]) -> i32 {
+        a.iter().zip(b).map(|(&x, &y)| (x as i32 - 128) * (y as i32 - 128)).sum()
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+        unsafe fn v512(a: &[u8], b: &[u8]) -> i32 {
+            body(a, b)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn v256(a: &[u8], b: &[u8]) -> i32 {
+            body(a, b)
+        }
+        let f = lowbit_kernels::isa::features();
+        if f.avx512f && f.avx512bw && f.avx512vl && f.avx2 {
+            // SAFETY: the CPU has the features (checked just above).
+            return unsafe { v512(a, b) };
+        }
+        if f.avx2 {
+            // SAFETY: as above.
+            return unsafe { v256(a, b) };
+        }
+    }
+    body(a, b)
+}
+
 /// `dX = Σ_taps w · dY` scattered back through the windows, integer sums times `scale`, NCHW
 /// (`g.c` = `g.o` channels; `dyp` the error planes as bytes, level + 128).
 pub(super) fn input_grad_direct(g: &Geom, wq: &[i8], scale: f32, dyp: &[u8]) -> Vec<f32> {
@@ -39,15 +77,19 @@ pub(super) fn input_grad_direct(g: &Geom, wq: &[i8], scale: f32, dyp: &[u8]) -> 
             acc.fill(0);
             let dy = &dyp[plane * pix..(plane + 1) * pix];
             let w = &wq[c * taps..(c + 1) * taps];
-            for oy in 0..g.oh {
-                for ki in 0..g.kh {
-                    let Some(iy) = input_at(oy, ki, sh, pt, g.h) else { continue };
-                    for kj in 0..g.kw {
+            for kj in 0..g.kw {
+                let (lo, hi) = valid(g.ow, |ox| input_at(ox, kj, sw, pl, g.w).is_some());
+                if lo >= hi {
+                    continue;
+                }
+                for oy in 0..g.oh {
+                    let drow = &dy[oy * g.ow + lo..oy * g.ow + hi];
+                    for ki in 0..g.kh {
+                        let Some(iy) = input_at(oy, ki, sh, pt, g.h) else { continue };
                         let wv = w[ki * g.kw + kj] as i32;
-                        for ox in 0..g.ow {
-                            if let Some(ix) = input_at(ox, kj, sw, pl, g.w) {
-                                acc[iy * g.w + ix] += wv * (dy[oy * g.ow + ox] as i32 - 128);
-                            }
+                        let x0 = iy * g.w + lo * sw + kj - pl;
+                        for (a, &d) in acc[x0..].iter_mut().step_by(sw).zip(drow) {
+                            *a += wv * (d as i32 - 128);
                         }
                     }
                 }
@@ -70,9 +112,7 @@ pub(super) fn weight_grad(g: &Geom, xq: &[u8], dyp: &[u8]) -> Vec<f32> {
                 let dy = &dyp[(n * g.c + c) * pix..(n * g.c + c + 1) * pix];
                 for (t, s) in sums.iter_mut().enumerate() {
                     let (ki, kj) = (t / g.kw, t % g.kw);
-                    // Output columns whose input column is inside the image: lo..hi.
-                    let lo = (0..g.ow).find(|&ox| input_at(ox, kj, sw, pl, g.w).is_some()).unwrap_or(g.ow);
-                    let hi = (lo..g.ow).rev().find(|&ox| input_at(ox, kj, sw, pl, g.w).is_some()).map_or(lo, |x| x + 1);
+                    let (lo, hi) = valid(g.ow, |ox| input_at(ox, kj, sw, pl, g.w).is_some());
                     if lo >= hi {
                         continue;
                     }
@@ -81,11 +121,7 @@ pub(super) fn weight_grad(g: &Geom, xq: &[u8], dyp: &[u8]) -> Vec<f32> {
                         let drow = &dy[oy * g.ow + lo..oy * g.ow + hi];
                         let x0 = iy * g.w + lo * sw + kj - pl;
                         let row: i32 = if sw == 1 {
-                            x[x0..x0 + (hi - lo)]
-                                .iter()
-                                .zip(drow)
-                                .map(|(&a, &b)| (a as i32 - 128) * (b as i32 - 128))
-                                .sum()
+                            dot_bytes(&x[x0..x0 + (hi - lo)], drow)
                         } else {
                             x[x0..]
                                 .iter()
