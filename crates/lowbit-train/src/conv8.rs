@@ -217,12 +217,17 @@ fn forward8(x: &FlexTensor, w: &FlexTensor, p: ConvParams, layer: &Int8Layer) ->
     let (g, depthwise) = geom_of(x.layout().shape(), w.layout().shape(), p);
     let (xs, ws): (&[f32], &[f32]) = (x.storage(), w.storage());
     let isa = layer.cfg.isa;
-    let threads = rayon::current_num_threads();
     let sx = step_of(absmax(xs), 127);
     let (mut xn, mut xq) = (vec![0u8; xs.len()], vec![0u8; xs.len()]);
     let q = QParams { scale: sx, zp: 128, signed: false };
     // `xq` receives the planes on the way to the NHWC bytes.
-    edges::quantize(isa, xs, q, Some((g.n, g.c, g.h * g.w)), &mut xn, &mut xq, threads);
+    // Images in parallel, each converted on one thread (splitting one small image's pixels
+    // over the pool costs more than it saves).
+    let chw = g.chw().max(1);
+    xn.par_chunks_mut(chw)
+        .zip(xq.par_chunks_mut(chw))
+        .zip(xs.par_chunks(chw))
+        .for_each(|((n, t), x)| edges::quantize(isa, x, q, Some((1, g.c, g.h * g.w)), n, t, 1));
     let sw = step_of(absmax(ws), 127);
     let wq = weight_levels(ws, sw);
     let t1 = Instant::now();
@@ -282,7 +287,6 @@ fn backward8(
     let t0 = Instant::now();
     let cfg = &layer.cfg;
     let isa = cfg.isa;
-    let threads = rayon::current_num_threads();
     let dy = f32_data(dy, "output gradient");
     let (g, depthwise) = geom_of(&s.xshape, &s.wshape, p);
     let dys: &[f32] = dy.storage();
@@ -314,7 +318,10 @@ fn backward8(
     let mut dyn_ = vec![];
     if want_dx {
         dyn_ = vec![0u8; dys.len()];
-        edges::planes_to_nhwc(isa, &dyp, g.n, g.o, g.pix(), &mut dyn_, threads);
+        let img = (g.o * g.pix()).max(1);
+        dyn_.par_chunks_mut(img)
+            .zip(dyp.par_chunks(img))
+            .for_each(|(d, p)| edges::planes_to_nhwc(isa, p, 1, g.o, g.pix(), d, 1));
     }
     let t1 = Instant::now();
     let dx = want_dx.then(|| {
@@ -557,20 +564,33 @@ pub(crate) fn byte_cols(g: &Geom, img: &[u8], p4: usize, a: &mut [u8]) {
     }
 }
 
-/// `o` planes of `pix` bytes (level + 128) as the GEMM right-hand side `B[pix][o] = level`: on
-/// the paths that read VNNI quads, written directly (each plane's 4 neighbouring pixels are one
-/// quad); elsewhere through [`PackedB::new`].
+/// `o` planes of `pix` bytes (level + 128) as the GEMM right-hand side `B[pix][o] = level`,
+/// written directly in the layout the path reads (VNNI quads: each plane's 4 neighbouring pixels;
+/// AVX2 pairs), or through [`PackedB::new`] for AMX.
 pub(crate) fn pack_planes(isa: Isa, planes: &[u8], o: usize, pix: usize) -> PackedB {
     let level = |kk: usize, j: usize| (planes[j * pix + kk] ^ 0x80) as i8;
-    if matches!(isa, Isa::Avx2 | Isa::Amx) {
+    if isa == Isa::Amx {
         return PackedB::new(isa, pix, o, level);
     }
     let k4 = pix.div_ceil(4) * 4;
     let n_pad = o.div_ceil(16) * 16;
+    let colsum: Vec<i32> = (0..o)
+        .map(|j| planes[j * pix..(j + 1) * pix].iter().map(|&v| v as i32).sum::<i32>() - 128 * pix as i32)
+        .collect();
+    if isa == Isa::Avx2 {
+        // `[k4/2][n_pad][2]`: each plane's pixel pairs.
+        let mut pairs = vec![0i8; k4 * n_pad];
+        for j in 0..o {
+            let plane = &planes[j * pix..(j + 1) * pix];
+            for (kk, &v) in plane.iter().enumerate() {
+                pairs[(kk / 2) * n_pad * 2 + j * 2 + kk % 2] = (v ^ 0x80) as i8;
+            }
+        }
+        return PackedB { isa, k4, kp: k4, n: o, n_pad, quad: vec![], pairs, colsum };
+    }
     let panel = lowbit_kernels::int8::pack::PANEL;
     let mut quad = vec![0i8; k4 * n_pad];
-    let mut colsum = vec![0i32; o];
-    for (j, cs) in colsum.iter_mut().enumerate() {
+    for j in 0..o {
         let plane = &planes[j * pix..(j + 1) * pix];
         let (pi, jj) = (j / panel, j % panel);
         let width = panel.min(n_pad - pi * panel);
@@ -589,7 +609,6 @@ pub(crate) fn pack_planes(isa: Isa, planes: &[u8], o: usize, pix: usize) -> Pack
                 quad[d + r] = (v ^ 0x80) as i8;
             }
         }
-        *cs = plane.iter().map(|&v| v as i32).sum::<i32>() - 128 * pix as i32;
     }
     PackedB { isa, k4, kp: k4, n: o, n_pad, quad, pairs: vec![], colsum }
 }

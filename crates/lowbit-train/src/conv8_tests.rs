@@ -17,18 +17,19 @@ fn close(a: &[f32], b: &[f32], what: &str) {
     }
 }
 
-/// The VNNI quads written straight from the planes equal the general packer's, ragged pixel
+/// The VNNI quads and AVX2 pairs written straight from the planes equal the general packer's, ragged pixel
 /// counts and channel counts across a panel boundary included.
 #[test]
 fn planes_pack_like_the_general_packer() {
     let mut rng = crate::Rng::new(5);
     for (o, pix) in [(1, 1), (3, 5), (16, 49), (17, 196), (64, 7), (70, 30), (130, 13)] {
         let planes: Vec<u8> = (0..o * pix).map(|_| rng.below(256) as u8).collect();
-        for isa in [Isa::Scalar, Isa::AvxVnni, Isa::Avx512Vnni] {
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni] {
             let fast = pack_planes(isa, &planes, o, pix);
             let slow = PackedB::new(isa, pix, o, |kk, j| (planes[j * pix + kk] ^ 0x80) as i8);
             assert_eq!((fast.k4, fast.kp, fast.n, fast.n_pad), (slow.k4, slow.kp, slow.n, slow.n_pad), "o{o} pix{pix}");
             assert_eq!(fast.quad, slow.quad, "quads o{o} pix{pix} {isa:?}");
+            assert_eq!(fast.pairs, slow.pairs, "pairs o{o} pix{pix} {isa:?}");
             assert_eq!(fast.colsum, slow.colsum, "colsum o{o} pix{pix}");
         }
     }
