@@ -33,34 +33,14 @@ fn valid(len: usize, ok: impl Fn(usize) -> bool) -> (usize, usize) {
     (lo, hi)
 }
 
-/// `Σ (a - 128)·(b - 128)` over two byte rows of equal length, compiled for AVX-512 / AVX2 where
-/// present (integer sums: the same value on every path).
+/// `Σ (a - 128)·(b - 128)` over two byte rows of equal length (integer sums: the same value on
+/// every path [`crate::simd_dispatch`] picks).
 fn dot_bytes(a: &[u8], b: &[u8]) -> i32 {
     #[inline(always)]
     fn body(a: &[u8], b: &[u8]) -> i32 {
         a.iter().zip(b).map(|(&x, &y)| (x as i32 - 128) * (y as i32 - 128)).sum()
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-        unsafe fn v512(a: &[u8], b: &[u8]) -> i32 {
-            body(a, b)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn v256(a: &[u8], b: &[u8]) -> i32 {
-            body(a, b)
-        }
-        let f = lowbit_kernels::isa::features();
-        if f.avx512f && f.avx512bw && f.avx512vl && f.avx2 {
-            // SAFETY: the CPU has the features (checked just above).
-            return unsafe { v512(a, b) };
-        }
-        if f.avx2 {
-            // SAFETY: as above.
-            return unsafe { v256(a, b) };
-        }
-    }
-    body(a, b)
+    crate::simd_dispatch!(body(a: &[u8], b: &[u8]) -> i32)
 }
 
 /// `dX = Σ_taps w · dY` scattered back through the windows, integer sums times `scale`, NCHW

@@ -130,27 +130,10 @@ pub fn deviation_nearest(g: &[f32], clip: f32, bits: u32) -> f64 {
         }
         m
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-        unsafe fn v512(g: &[f32], s: f32, lim: f32) -> Moments {
-            body(g, s, lim)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn v256(g: &[f32], s: f32, lim: f32) -> Moments {
-            body(g, s, lim)
-        }
-        let f = lowbit_kernels::isa::features();
-        if f.avx512f && f.avx512bw && f.avx512vl && f.avx2 && f.fma {
-            // SAFETY: the CPU has the features (checked just above).
-            return unsafe { v512(g, s, lim) }.deviation();
-        }
-        if f.avx2 && f.fma {
-            // SAFETY: as above.
-            return unsafe { v256(g, s, lim) }.deviation();
-        }
+    fn moments(g: &[f32], s: f32, lim: f32) -> Moments {
+        crate::simd_dispatch!(body(g: &[f32], s: f32, lim: f32) -> Moments)
     }
-    body(g, s, lim).deviation()
+    moments(g, s, lim).deviation()
 }
 
 /// Deviation Counteractive Learning-rate Scaling: the factor a layer's learning rate is scaled by
@@ -329,27 +312,7 @@ fn levels_part(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [u
         }
         m
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-        unsafe fn v512(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [u8]) -> Moments {
-            body(g, inv, lim, seed, base, out)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn v256(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [u8]) -> Moments {
-            body(g, inv, lim, seed, base, out)
-        }
-        let f = lowbit_kernels::isa::features();
-        if f.avx512f && f.avx512bw && f.avx512vl && f.avx2 && f.fma {
-            // SAFETY: the CPU has the features (checked just above).
-            return unsafe { v512(g, inv, lim, seed, base, out) };
-        }
-        if f.avx2 && f.fma {
-            // SAFETY: as above.
-            return unsafe { v256(g, inv, lim, seed, base, out) };
-        }
-    }
-    body(g, inv, lim, seed, base, out)
+    crate::simd_dispatch!(body(g: &[f32], inv: f32, lim: f32, seed: u32, base: u32, out: &mut [u8]) -> Moments)
 }
 
 /// At most `n` evenly strided elements of `g` plus its largest magnitude: what the periodic DSGC

@@ -6,6 +6,38 @@
 //! open-set recognition (CosFace / ArcFace heads, and RCM for their QAT).
 //! It re-implements no autodiff: gradients come from burn.
 
+/// The body of a function, `$body($args)`, compiled for AVX-512 (F/BW/VL with AVX2 and FMA) or
+/// AVX2 + FMA where the CPU has them, else the portable build. The body is plain IEEE f32/integer
+/// code without FMA contraction, so every build computes the same bits; only the vector width
+/// LLVM uses differs. Expands to the function's tail expression (it `return`s on the SIMD paths).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! simd_dispatch {
+    ($body:ident($($arg:ident: $ty:ty),*) -> $ret:ty) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+            unsafe fn v512($($arg: $ty),*) -> $ret {
+                $body($($arg),*)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn v256($($arg: $ty),*) -> $ret {
+                $body($($arg),*)
+            }
+            let f = lowbit_kernels::isa::features();
+            if f.avx512f && f.avx512bw && f.avx512vl && f.avx2 && f.fma {
+                // SAFETY: the CPU has the features (checked just above).
+                return unsafe { v512($($arg),*) };
+            }
+            if f.avx2 && f.fma {
+                // SAFETY: as above.
+                return unsafe { v256($($arg),*) };
+            }
+        }
+        $body($($arg),*)
+    }};
+}
+
 pub mod binary;
 pub mod bn;
 pub mod conv;
