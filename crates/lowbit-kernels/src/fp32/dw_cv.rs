@@ -6,43 +6,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::fp32::layout::{Planes, Ptr};
+use crate::fp32::layout::{transpose8, Planes, Ptr};
 use crate::geom::ConvGeom;
-
-/// Rows x columns of `v` (eight vectors) transposed: lane `j` of row `i` becomes lane `i` of row `j`.
-#[inline(always)]
-pub(crate) unsafe fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
-    let t: [__m256; 8] = [
-        _mm256_unpacklo_ps(v[0], v[1]),
-        _mm256_unpackhi_ps(v[0], v[1]),
-        _mm256_unpacklo_ps(v[2], v[3]),
-        _mm256_unpackhi_ps(v[2], v[3]),
-        _mm256_unpacklo_ps(v[4], v[5]),
-        _mm256_unpackhi_ps(v[4], v[5]),
-        _mm256_unpacklo_ps(v[6], v[7]),
-        _mm256_unpackhi_ps(v[6], v[7]),
-    ];
-    let s: [__m256; 8] = [
-        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
-        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
-        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
-        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
-        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
-        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
-        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
-        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
-    ];
-    [
-        _mm256_permute2f128_ps::<0x20>(s[0], s[4]),
-        _mm256_permute2f128_ps::<0x20>(s[1], s[5]),
-        _mm256_permute2f128_ps::<0x20>(s[2], s[6]),
-        _mm256_permute2f128_ps::<0x20>(s[3], s[7]),
-        _mm256_permute2f128_ps::<0x31>(s[0], s[4]),
-        _mm256_permute2f128_ps::<0x31>(s[1], s[5]),
-        _mm256_permute2f128_ps::<0x31>(s[2], s[6]),
-        _mm256_permute2f128_ps::<0x31>(s[3], s[7]),
-    ]
-}
 
 std::thread_local! {
     static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };

@@ -192,6 +192,43 @@ fn blocks(_: &[f32], _: usize, _: usize, _: &mut [f32]) -> (usize, usize) {
     (0, 0)
 }
 
+/// Rows x columns of `v` (eight vectors) transposed: lane `j` of row `i` becomes lane `i` of row `j`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn transpose8(v: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let t: [__m256; 8] = [
+        _mm256_unpacklo_ps(v[0], v[1]),
+        _mm256_unpackhi_ps(v[0], v[1]),
+        _mm256_unpacklo_ps(v[2], v[3]),
+        _mm256_unpackhi_ps(v[2], v[3]),
+        _mm256_unpacklo_ps(v[4], v[5]),
+        _mm256_unpackhi_ps(v[4], v[5]),
+        _mm256_unpacklo_ps(v[6], v[7]),
+        _mm256_unpackhi_ps(v[6], v[7]),
+    ];
+    let s: [__m256; 8] = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    [
+        _mm256_permute2f128_ps::<0x20>(s[0], s[4]),
+        _mm256_permute2f128_ps::<0x20>(s[1], s[5]),
+        _mm256_permute2f128_ps::<0x20>(s[2], s[6]),
+        _mm256_permute2f128_ps::<0x20>(s[3], s[7]),
+        _mm256_permute2f128_ps::<0x31>(s[0], s[4]),
+        _mm256_permute2f128_ps::<0x31>(s[1], s[5]),
+        _mm256_permute2f128_ps::<0x31>(s[2], s[6]),
+        _mm256_permute2f128_ps::<0x31>(s[3], s[7]),
+    ]
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn transpose_avx2(src: &[f32], rows: usize, cols: usize, r8: usize, c8: usize, dst: &mut [f32]) {
@@ -210,7 +247,7 @@ unsafe fn transpose_avx2(src: &[f32], rows: usize, cols: usize, r8: usize, c8: u
                 _mm256_loadu_ps(s.add(at(6))),
                 _mm256_loadu_ps(s.add(at(7))),
             ];
-            let t = crate::fp32::dw_cv::transpose8(v);
+            let t = transpose8(v);
             for (j, tj) in t.iter().enumerate() {
                 _mm256_storeu_ps(d.add((c + j) * rows + r), *tj);
             }
