@@ -95,6 +95,17 @@ def replace_section(text, title, body):
     return text[:start] + block + ("\n" + text[end + 1:] if end >= 0 else "")
 
 
+def write_section(title, body):
+    """Replaces (or appends) section `title` of bench/RESULTS.md with `body`, through a temporary file."""
+    out = os.path.join(ROOT, "bench", "RESULTS.md")
+    text = open(out).read() if os.path.exists(out) else ""
+    text = replace_section(text, title, body)
+    tmp = out + ".tmp"
+    open(tmp, "w").write(text)
+    os.replace(tmp, out)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=40)
@@ -123,13 +134,7 @@ def main():
             "| model | threads | lowbit fp32 ms | ORT fp32 ms | ratio |", "|---|---|---|---|---|"]
     for m, t, l, o, r in rows:
         body.append(f"| {m} | {t} | {l:.2f} | {o:.2f} | {r:.2f} |")
-    out = os.path.join(ROOT, "bench", "RESULTS.md")
-    text = open(out).read() if os.path.exists(out) else ""
-    text = replace_section(text, "## float32 vs ONNX Runtime", "\n".join(body))
-    tmp = out + ".tmp"
-    open(tmp, "w").write(text)
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    print(f"wrote {write_section('## float32 vs ONNX Runtime', chr(10).join(body))}")
 
 
 if __name__ == "__main__":

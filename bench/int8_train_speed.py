@@ -22,7 +22,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_ort import cpu_model, replace_section  # noqa: E402
+from compare_ort import cpu_model, write_section  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOWBIT = os.path.join(ROOT, "target", "release", "lowbit")
@@ -93,12 +93,7 @@ def main():
     for isa, path, t, f, q, r, sp in rows:
         body.append(f"| {isa} | {path} | {t} | {f:.2f} | {q:.2f} | **{r:.2f}x** | {sp['forward']:.2f} | "
                     f"{sp['input_grad']:.2f} | {sp['weight_grad']:.2f} | {sp['quantization']:.2f} |")
-    out = os.path.join(ROOT, "bench", "RESULTS.md")
-    text = open(out).read() if os.path.exists(out) else ""
-    text = replace_section(text, "## INT8 training speed (issue 22 line 3)", "\n".join(body))
-    tmpf = out + ".tmp"
-    open(tmpf, "w").write(text)
-    os.replace(tmpf, out)
+    write_section("## INT8 training speed (issue 22 line 3)", "\n".join(body))
 
 
 if __name__ == "__main__":
