@@ -181,20 +181,36 @@ fn col2im(g: &Geom, col: &[f32], img: &mut [f32]) {
 /// [`im2col`] with `copy` moving one stride-1 row segment (a short copy: 28 floats on 28x28).
 #[inline(always)]
 fn im2col_with(g: &Geom, img: &[f32], col: &mut [f32], copy: impl Fn(&mut [f32], &[f32])) {
-    let (pix, sw) = (g.pix(), g.p[1]);
+    im2col_rows(g, img, col, g.pix(), 0.0, copy)
+}
+
+/// The column matrix of one image of any element type: row `(c, ki, kj)` (`ld` elements apart)
+/// holds, for each output pixel, the input value that tap reads, `pad` where it reads padding;
+/// `copy` moves one stride-1 row segment. Shared by the f32 columns and the int8 training's byte
+/// columns.
+#[inline(always)]
+pub(crate) fn im2col_rows<T: Copy>(
+    g: &Geom,
+    img: &[T],
+    col: &mut [T],
+    ld: usize,
+    pad: T,
+    copy: impl Fn(&mut [T], &[T]),
+) {
+    let sw = g.p[1];
     for c in 0..g.c {
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let row = &mut col[((c * g.kh + ki) * g.kw + kj) * pix..][..pix];
+                let row = &mut col[((c * g.kh + ki) * g.kw + kj) * ld..][..g.pix()];
                 let (lo, hi) = g.valid_cols(kj);
                 for oy in 0..g.oh {
                     let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
                     let Some(iy) = g.in_row(oy, ki) else {
-                        out.fill(0.0);
+                        out.fill(pad);
                         continue;
                     };
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
+                    out[..lo].fill(pad);
+                    out[hi..].fill(pad);
                     let src = &img[(c * g.h + iy) * g.w..][..g.w];
                     if lo < hi {
                         let x0 = lo * sw + kj - g.p[3];

@@ -531,37 +531,7 @@ fn weight_grad_grid(g: &Geom, isa: Isa, xq: &[u8], dyp: &[u8], imgs: std::ops::R
 /// The byte columns of one image: row `(c, ki, kj)` holds, for each output pixel, the input byte
 /// that tap reads (128, the zero level, where it reads padding); rows are `p4` bytes apart.
 pub(crate) fn byte_cols(g: &Geom, img: &[u8], p4: usize, a: &mut [u8]) {
-    let sw = g.p[1];
-    for c in 0..g.c {
-        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                let r = (c * g.kh + ki) * g.kw + kj;
-                let row = &mut a[r * p4..r * p4 + g.pix()];
-                let (lo, hi) = g.valid_cols(kj);
-                for oy in 0..g.oh {
-                    let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    let Some(iy) = g.in_row(oy, ki) else {
-                        out.fill(128);
-                        continue;
-                    };
-                    out[..lo].fill(128);
-                    out[hi..].fill(128);
-                    if lo < hi {
-                        let x0 = lo * sw + kj - g.p[3];
-                        let src = &plane[iy * g.w..(iy + 1) * g.w];
-                        if sw == 1 {
-                            out[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]);
-                        } else {
-                            for (d, x) in out[lo..hi].iter_mut().zip((x0..).step_by(sw)) {
-                                *d = src[x];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    crate::conv::im2col_rows(g, img, a, p4, 128, |d, s| d.copy_from_slice(s))
 }
 
 /// `o` planes of `pix` bytes (level + 128) as the GEMM right-hand side `B[pix][o] = level`,
