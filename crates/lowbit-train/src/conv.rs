@@ -79,7 +79,7 @@ pub fn conv2d(x: Tensor<4>, w: Tensor<4>, b: Option<Tensor<1>>, o: ConvOptions<2
     }
 }
 
-/// `LOWBIT_BURN_OPS=conv,bn,dsq,fq,relu` (or `all`): the listed operations through burn's own tensor
+/// `LOWBIT_BURN_OPS=conv,bn,dsq,fq,relu,clip,sign` (or `all`): the listed operations through burn's own tensor
 /// operations instead of lowbit's (to compare speed, or to rule lowbit's out when debugging).
 pub fn burn_ops(op: &str) -> bool {
     static LIST: std::sync::OnceLock<String> = std::sync::OnceLock::new();

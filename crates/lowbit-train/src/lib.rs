@@ -50,8 +50,8 @@ pub mod head;
 pub mod int8grad;
 pub mod model;
 pub mod qat;
-pub mod relu;
 pub mod train;
+pub mod unary;
 
 pub use model::{Binary, Model, QatMethod};
 

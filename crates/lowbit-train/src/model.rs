@@ -389,10 +389,13 @@ impl Model {
     }
 
     fn binarize<const D: usize>(&self, x: Tensor<D>, b: Binary) -> Tensor<D> {
-        if b.ede {
-            fq::ede(x, fq::ede_t(self.progress))
-        } else {
-            fq::sign_ste(x)
+        use crate::unary::{unary, Unary};
+        let composed = crate::conv::burn_ops("sign");
+        match (b.ede, composed) {
+            (true, true) => fq::ede(x, fq::ede_t(self.progress)),
+            (false, true) => fq::sign_ste(x),
+            (true, false) => unary(x, Unary::SignEde { t: fq::ede_t(self.progress) }),
+            (false, false) => unary(x, Unary::SignSte),
         }
     }
 
@@ -652,7 +655,10 @@ mod init;
 fn apply_act<const D: usize>(t: Tensor<D>, act: Act) -> Tensor<D> {
     match act {
         Act::None => t,
-        Act::Relu => crate::relu::relu(t),
+        Act::Relu => crate::unary::relu(t),
+        Act::Clip { lo, hi } if !crate::conv::burn_ops("clip") => {
+            crate::unary::unary(t, crate::unary::Unary::Clip { lo, hi })
+        }
         Act::Clip { lo, hi } => t.clamp(lo, hi),
         Act::HardSigmoid { alpha, beta } => t.mul_scalar(alpha).add_scalar(beta).clamp(0.0, 1.0),
         Act::HardSwish => t.clone() * t.div_scalar(6.0).add_scalar(0.5).clamp(0.0, 1.0),
