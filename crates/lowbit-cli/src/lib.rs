@@ -20,6 +20,7 @@ pub mod svg;
 pub mod task_eval;
 pub mod train;
 pub mod train_args;
+pub mod widths;
 
 #[derive(clap::Args, Clone)]
 pub struct DataArgs {

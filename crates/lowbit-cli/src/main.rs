@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use lowbit_cli::{binarize, commands, common, outputs, pipeline, quantize, save, task_eval, train, DataArgs};
+use lowbit_cli::{binarize, commands, common, outputs, pipeline, quantize, save, task_eval, train, widths, DataArgs};
 
 #[derive(Parser)]
 #[command(name = "lowbit", version, about = "Low-bit quantization toolkit and runtime for ONNX CNNs")]
@@ -105,6 +105,9 @@ enum Cmd {
     Binarize(binarize::BinarizeArgs),
     /// Train a model in float, or quantization-aware (--qat ste|lsq|pact|dsq), on labelled data
     Train(train::TrainArgs),
+    /// DMS channel-width search for a binary network under a binary-ops or parameter budget;
+    /// writes the widths (JSON) that `train --binary ... --widths` builds
+    SearchWidths(widths::SearchArgs),
     /// Write preprocessed images (raw little-endian f32, NCHW) and labels for other tools
     DumpData {
         data: PathBuf,
@@ -133,7 +136,7 @@ fn clamp_threads(cmd: &mut Cmd) {
         | Cmd::Bench { threads, .. }
         | Cmd::Demo { threads, .. } => threads,
         Cmd::Quantize(a) => &mut a.threads,
-        Cmd::Train(a) => &mut a.threads,
+        Cmd::Train(a) | Cmd::SearchWidths(widths::SearchArgs { train: a, .. }) => &mut a.threads,
         Cmd::Binarize(a) => &mut a.threads,
         Cmd::Inspect { .. } | Cmd::DumpData { .. } => return,
     };
@@ -177,7 +180,7 @@ fn check_outputs(cmd: &Cmd) -> anyhow::Result<()> {
             outs.extend(a.json.as_deref().map(|j| ("--json", j)));
             outputs::check_outputs(&[a.model.as_path(), a.calib.as_path()], &outs)
         }
-        Cmd::Train(a) => {
+        Cmd::Train(a) | Cmd::SearchWidths(widths::SearchArgs { train: a, .. }) => {
             let ins = some(&[Some(&a.model), Some(&a.data), a.teacher.as_ref()]);
             let plot = a.plot.clone().unwrap_or_else(|| {
                 let mut s = a.output.as_os_str().to_owned();
@@ -267,6 +270,7 @@ fn main() {
         Cmd::Quantize(args) if args.data.is_some() => pipeline::pipeline(&args),
         Cmd::Quantize(args) => quantize::quantize(&args).map(|_| ()),
         Cmd::Train(args) => train::train(&args),
+        Cmd::SearchWidths(args) => widths::search_widths(&args),
         Cmd::Binarize(args) => binarize::binarize(&args),
     };
     if let Err(e) = r {

@@ -30,28 +30,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
         }
     }
-    let binary = a.binary.as_deref().map(|b| match b {
-        "xnor" => Binary { libra: false, ede: false },
-        _ => Binary { libra: !a.no_libra, ede: !a.no_ede },
-    });
-    if a.epochs == 0 || a.batch == 0 {
-        bail!("--epochs and --batch must be at least 1");
-    }
-    let positive = |what: &str, v: Option<f64>| match v {
-        Some(x) if !(x.is_finite() && x > 0.0) => bail!("{what} {x} must be a finite number above 0"),
-        _ => Ok(()),
-    };
-    positive("--lr", a.lr)?;
-    positive("--temperature", Some(a.temperature as f64))?;
-    if let Some(w) = a.weight_decay.filter(|w| !(w.is_finite() && *w >= 0.0)) {
-        bail!("--weight-decay {w} must be a finite number, 0 or above");
-    }
-    if let Some(w) = a.warmup.filter(|w| !(0.0..=1.0).contains(w)) {
-        bail!("--warmup {w} is a share of the training steps: 0 to 1");
-    }
-    if !(0.0..=1.0).contains(&a.distill_weight) {
-        bail!("--distill-weight {} must be 0 to 1", a.distill_weight);
-    }
+    let binary = binary_of(a);
+    let cfg = train_config(a, method, binary.is_some())?;
     if a.threads > 0 {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
     }
@@ -73,30 +53,6 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         train_set.w
     );
     let device = lowbit_train::device();
-    let cfg = TrainConfig {
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr.unwrap_or(if binary.is_some() {
-            0.001
-        } else if method.is_some() {
-            0.002
-        } else {
-            0.1
-        }),
-        optimizer: match a.optimizer.as_deref() {
-            Some("adamw") => OptimizerKind::AdamW,
-            None if binary.is_some() => OptimizerKind::AdamW,
-            _ => OptimizerKind::Sgd,
-        },
-        momentum: 0.9,
-        weight_decay: a.weight_decay.unwrap_or(if binary.is_some() { 0.0 } else { 5e-4 }),
-        warmup: a.warmup.unwrap_or(if method.is_some() || binary.is_some() { 0.0 } else { 0.15 }),
-        crop_pad: if a.no_augment { 0 } else { 2 },
-        flip: !a.no_augment,
-        seed: a.seed,
-        distill: a.distill.then_some(Distill { temperature: a.temperature, weight: a.distill_weight }),
-        limit: a.limit,
-    };
     let image_shape = vec![train_set.c, train_set.h, train_set.w];
     let teacher_graph = match &a.teacher {
         Some(p) => load_model(p)?,
@@ -113,8 +69,19 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             stages.push(vec!["float".into(), format!("{:.2}", float_acc * 100.0), "-".into()]);
             report["float_top1"] = json!(float_acc);
             let br = lowbit_train::binary::bireal(&g).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
-            let mut m = Model::from_graph(&br.graph, &device).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+            let graph = match &a.widths {
+                Some(w) => {
+                    let (graph, rep) = crate::widths::widen(&br.graph, &br.binary_convs, w, a.seed)?;
+                    report["widths"] = rep;
+                    graph
+                }
+                None => br.graph.clone(),
+            };
+            let mut m = Model::from_graph(&graph, &device).map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
             lowbit_train::binary::mark(&mut m, &br.binary_convs, how).map_err(|e| anyhow!("{e}"))?;
+            if a.reinit || a.widths.is_some() {
+                m.reinitialize(a.seed);
+            }
             eprintln!(
                 "binary: {} convolutions W1A1 ({}), Bi-Real shortcuts; first/last/shortcut layers 8-bit at export",
                 br.binary_convs.len(),
@@ -181,7 +148,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if a.no_resume && ckpt.exists() {
         std::fs::remove_file(&ckpt).map_err(|e| anyhow!("{}: {e}", ckpt.display()))?;
     }
-    let mut tag = format!("{}|{:?}|{}|{:?}", a.model.display(), a.qat, a.reinit, binary);
+    let mut tag = format!("{}|{:?}|{}|{:?}|{:?}", a.model.display(), a.qat, a.reinit, binary, a.widths);
     if a.int8_train {
         tag += &format!("|int8 dsgc={} dcls={} bits={} all={}", !a.no_dsgc, !a.no_dcls, a.grad_bits, a.int8_all);
     }
@@ -292,7 +259,62 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn binary_name(b: Binary) -> &'static str {
+/// The training configuration `a` asks for (with the defaults of float, QAT and binary training),
+/// after checking its values.
+pub(crate) fn train_config(a: &TrainArgs, method: Option<QatMethod>, binary: bool) -> Result<TrainConfig> {
+    if a.epochs == 0 || a.batch == 0 {
+        bail!("--epochs and --batch must be at least 1");
+    }
+    let positive = |what: &str, v: Option<f64>| match v {
+        Some(x) if !(x.is_finite() && x > 0.0) => bail!("{what} {x} must be a finite number above 0"),
+        _ => Ok(()),
+    };
+    positive("--lr", a.lr)?;
+    positive("--temperature", Some(a.temperature as f64))?;
+    if let Some(w) = a.weight_decay.filter(|w| !(w.is_finite() && *w >= 0.0)) {
+        bail!("--weight-decay {w} must be a finite number, 0 or above");
+    }
+    if let Some(w) = a.warmup.filter(|w| !(0.0..=1.0).contains(w)) {
+        bail!("--warmup {w} is a share of the training steps: 0 to 1");
+    }
+    if !(0.0..=1.0).contains(&a.distill_weight) {
+        bail!("--distill-weight {} must be 0 to 1", a.distill_weight);
+    }
+    Ok(TrainConfig {
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr.unwrap_or(if binary {
+            0.001
+        } else if method.is_some() {
+            0.002
+        } else {
+            0.1
+        }),
+        optimizer: match a.optimizer.as_deref() {
+            Some("adamw") => OptimizerKind::AdamW,
+            None if binary => OptimizerKind::AdamW,
+            _ => OptimizerKind::Sgd,
+        },
+        momentum: 0.9,
+        weight_decay: a.weight_decay.unwrap_or(if binary { 0.0 } else { 5e-4 }),
+        warmup: a.warmup.unwrap_or(if method.is_some() || binary { 0.0 } else { 0.15 }),
+        crop_pad: if a.no_augment { 0 } else { 2 },
+        flip: !a.no_augment,
+        seed: a.seed,
+        distill: a.distill.then_some(Distill { temperature: a.temperature, weight: a.distill_weight }),
+        limit: a.limit,
+    })
+}
+
+/// The binarization `--binary` asks for, with the ablation flags.
+pub(crate) fn binary_of(a: &TrainArgs) -> Option<Binary> {
+    a.binary.as_deref().map(|b| match b {
+        "xnor" => Binary { libra: false, ede: false },
+        _ => Binary { libra: !a.no_libra, ede: !a.no_ede },
+    })
+}
+
+pub(crate) fn binary_name(b: Binary) -> &'static str {
     match (b.libra, b.ede) {
         (true, true) => "irnet",
         (true, false) => "irnet-no-ede",

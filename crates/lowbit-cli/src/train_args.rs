@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// IR-Net ablation: without EDE (straight-through estimator instead)
     #[arg(long, requires = "binary")]
     pub no_ede: bool,
+    /// Binary network widths: a file written by `lowbit search-widths`, or one multiplier for every
+    /// searched channel group (e.g. 1.5); trains the architecture from scratch
+    #[arg(long, requires = "binary")]
+    pub widths: Option<String>,
     /// Unified INT8 training: every convolution's forward, input-gradient and weight-gradient
     /// products on lowbit's integer kernels (int32 accumulation; f32 master weights); linear
     /// layers stay f32, and convolutions reading the model input unless --int8-all

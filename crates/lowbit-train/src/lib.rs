@@ -42,6 +42,7 @@ pub mod binary;
 pub mod bn;
 pub mod conv;
 pub mod conv8;
+pub mod dms;
 pub mod dsq;
 pub mod embed;
 pub mod fq;

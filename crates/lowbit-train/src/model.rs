@@ -157,6 +157,8 @@ pub struct Model {
     pub head: Option<crate::head::Head>,
     /// INT8-trained convolutions by parameter index of the weight ([`Model::enable_int8`]).
     pub int8: HashMap<usize, std::sync::Arc<crate::conv8::Int8Layer>>,
+    /// A channel-width search over this (super)network ([`crate::dms`]).
+    pub dms: Option<crate::dms::Dms>,
     graph: Graph,
 }
 
@@ -197,6 +199,7 @@ impl Model {
             progress: 0.0,
             head: None,
             int8: HashMap::new(),
+            dms: None,
             graph: g.clone(),
         };
         let mut pidx: HashMap<String, usize> = HashMap::new();
@@ -388,37 +391,6 @@ impl Model {
         }
     }
 
-    fn binarize<const D: usize>(&self, x: Tensor<D>, b: Binary) -> Tensor<D> {
-        use crate::unary::{unary, Unary};
-        let composed = crate::conv::burn_ops("sign");
-        match (b.ede, composed) {
-            (true, true) => fq::ede(x, fq::ede_t(self.progress)),
-            (false, true) => fq::sign_ste(x),
-            (true, false) => unary(x, Unary::SignEde { t: fq::ede_t(self.progress) }),
-            (false, false) => unary(x, Unary::SignSte),
-        }
-    }
-
-    /// A binary convolution's weights as trained: `±scale` per filter.
-    fn binary_weight(&self, i: usize, b: Binary) -> Tensor<4> {
-        let p = &self.params[i];
-        let s = [p.shape[0], p.shape[1], p.shape[2], p.shape[3]];
-        let w: Tensor<2> = p.t.clone().reshape([s[0], s[1] * s[2] * s[3]]);
-        let q = if b.libra {
-            let c = w.clone() - w.mean_dim(1);
-            let std = c.clone().square().mean_dim(1).add_scalar(1e-12).sqrt();
-            let bw = c / std;
-            // 2^round(log2(mean |bw|)), no gradient.
-            let ln2 = std::f32::consts::LN_2;
-            let sw = bw.clone().abs().mean_dim(1).log().div_scalar(ln2).round().mul_scalar(ln2).exp().detach();
-            self.binarize(bw, b) * sw
-        } else {
-            let a = w.clone().abs().mean_dim(1).detach();
-            self.binarize(w, b) * a
-        };
-        q.reshape(s)
-    }
-
     /// A bias, fake-quantized as deployed (int32 with scale `s_x * s_w`, straight-through) when
     /// the layer's weight and input are quantized.
     fn bias(&self, b: usize, w: usize, x: &str) -> Tensor<1> {
@@ -459,6 +431,8 @@ impl Model {
         vals.insert(input.clone(), self.act_q(&input, V::T4(x)));
         let mut updates: Vec<(usize, Tensor<1>)> = vec![];
         let mut sizes: Vec<(String, usize)> = vec![];
+        let masks = self.dms.as_mut().map(|d| d.masks(&self.params, self.progress, train));
+        let dms = self.dms.as_ref().zip(masks.as_ref());
         for (name, step) in &self.steps {
             let get = |v: &str| -> Result<V> {
                 vals.get(v).cloned().ok_or_else(|| Error::node(name, format!("input '{v}' is not computed")))
@@ -469,7 +443,10 @@ impl Model {
                     let [_, _, h, wd] = xt.dims();
                     let bin = self.binary.get(w).copied();
                     let (xt, wt): (Tensor<4>, Tensor<4>) = match bin {
-                        Some(b) => (self.binarize(xt, b), self.binary_weight(*w, b)),
+                        Some(b) => {
+                            let mask = dms.and_then(|(d, m)| d.weight_mask(*w, m));
+                            (self.binarize(xt, b), self.binary_weight(*w, b, mask))
+                        }
                         None => (xt, self.weight(*w, 0)),
                     };
                     let ks = &self.params[*w].shape;
@@ -610,6 +587,10 @@ impl Model {
                     (out, V::T4(y))
                 }
             };
+            let val = match (dms, val) {
+                (Some((d, m)), V::T4(t)) => V::T4(d.mask_value(out, t, m)),
+                (_, v) => v,
+            };
             let val = self.act_q(out, val);
             let per = match &val {
                 V::T4(t) => t.dims()[1..].iter().product::<usize>(),
@@ -629,6 +610,15 @@ impl Model {
             .ok_or_else(|| Error::Invalid(format!("output '{}' not computed", self.output)))?;
         let out = out.t2(&self.output)?;
         Ok((out, if keep { vals } else { HashMap::new() }))
+    }
+
+    /// The first output of node `name`.
+    pub fn graph_node_output(&self, name: &str) -> Option<String> {
+        self.graph.nodes.iter().find(|n| n.name == name).and_then(|n| n.outputs.first().cloned())
+    }
+
+    pub fn is_batchnorm(&self, name: &str) -> bool {
+        self.steps.iter().any(|(n, s)| n == name && matches!(s, Step::Bn { .. }))
     }
 
     /// The graph with every parameter and running statistic replaced by its trained value.
@@ -651,6 +641,9 @@ impl Model {
 
 #[path = "model_init.rs"]
 mod init;
+
+#[path = "model_bin.rs"]
+mod bin;
 
 fn apply_act<const D: usize>(t: Tensor<D>, act: Act) -> Tensor<D> {
     match act {

@@ -399,6 +399,11 @@ pub fn train(
                     (l, logits)
                 }
             };
+            // A width search's budget penalty ([`crate::dms`]).
+            let loss = match model.dms.as_mut().and_then(|d| d.penalty.take()) {
+                Some(p) => loss + p,
+                None => loss,
+            };
             let grads = loss.backward();
             let lv = loss.into_data().try_to_vec::<f32>().map_err(|e| Error::Invalid(format!("{e:?}")))?[0] as f64;
             if !lv.is_finite() {

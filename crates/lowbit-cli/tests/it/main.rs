@@ -8,6 +8,7 @@ mod adaround;
 mod binary;
 mod cli;
 mod convquant;
+mod dms;
 mod embed;
 mod fuzz_regressions;
 mod int8;
