@@ -244,6 +244,12 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     );
     report["history"] = serde_json::to_value(&history)?;
     report["deployed_top1"] = json!(deployed);
+    if binary.is_some() {
+        let (macs, weights) = lowbit_train::dms::binary_cost(&model);
+        report["binary_macs"] = json!(macs);
+        report["binary_weights"] = json!(weights);
+        report["params"] = json!(model.num_params());
+    }
     report["stages"] = json!(stages);
     report["train_seconds"] = json!(train_s);
     report["total_seconds"] = json!(t_all.elapsed().as_secs_f64());

@@ -263,6 +263,22 @@ pub fn cost_terms(model: &Model, gr: &Groups, ops: bool) -> Result<Vec<CostTerm>
     Ok(terms)
 }
 
+/// A trained binary model's binary multiply-accumulates per image and binary weights (after a
+/// forward, which records the value sizes).
+pub fn binary_cost(model: &Model) -> (f64, f64) {
+    let (mut macs, mut weights) = (0f64, 0f64);
+    for (name, w, cout) in model.compute_layers() {
+        if model.binary.contains_key(&w) {
+            let n = model.params[w].shape.iter().product::<usize>() as f64;
+            let out = model.graph_node_output(&name).unwrap_or_default();
+            let hw = model.value_sizes.get(&out).map_or(0, |s| s / cout.max(1));
+            weights += n;
+            macs += n * hw as f64;
+        }
+    }
+    (macs, weights)
+}
+
 /// The cost of `terms` at per-group widths `w` (as f64).
 pub fn cost_at(terms: &[CostTerm], w: &dyn Fn(usize) -> f64) -> f64 {
     let side = |s: &Side| match s {

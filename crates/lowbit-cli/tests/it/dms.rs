@@ -242,11 +242,17 @@ fn search_then_train_the_found_widths_end_to_end() {
     }
     // A uniform multiplier.
     let out_u = d.join("u.onnx");
+    let js = d.join("u.json");
     let mut args = vec!["train", m, "--binary", "xnor", "--widths", "1.5"];
     args.extend(common);
-    args.extend(["-o", out_u.to_str().unwrap()]);
+    args.extend(["-o", out_u.to_str().unwrap(), "--json", js.to_str().unwrap()]);
     let (ok, out) = run(&args);
     assert!(ok, "{out}");
+    // Its report counts 1.5² the model's own binary multiply-accumulates.
+    let u: serde_json::Value = serde_json::from_slice(&std::fs::read(&js).unwrap()).unwrap();
+    let own = r["budget"]["model_own"].as_f64().unwrap();
+    let macs = u["binary_macs"].as_f64().unwrap();
+    assert!((macs / own - 2.25).abs() < 1e-9, "{macs} vs {own}");
     let g = lowbit_onnx::read_model(&out_u).unwrap();
     assert_eq!(conv_out_channels(&g, "/layers/layers.7/conv2/Conv"), 96);
     assert_eq!(conv_out_channels(&g, "/layers/layers.3/shortcut/shortcut.0/Conv"), 48);
