@@ -96,7 +96,9 @@ def main():
     ap.add_argument("--search-epochs", type=int, default=2)
     ap.add_argument("--budgets", default="1x,0.25x")
     ap.add_argument("--uniform", default="0.5,1,1.5,2")
-    ap.add_argument("--candidates", default="0.5,0.75,1,1.25,1.5,1.75,2")
+    ap.add_argument("--candidates", default="1x=0.5,0.625,0.75,0.875,1,1.125,1.25,1.375,1.5,1.625,1.75,1.875,2;"
+                    "0.25x=0.25,0.375,0.5,0.625,0.75,0.875,1,1.125,1.25",
+                    help="per budget: BUDGET=m,m,...;BUDGET=...")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
@@ -105,13 +107,14 @@ def main():
     os.makedirs(a.dir, exist_ok=True)
     d = lambda name: os.path.join(a.dir, name)  # noqa: E731
     recipe = ["--data", DATA, "--binary", "irnet", "--limit", str(a.limit), "--threads", "1"]
+    cands = dict(kv.split("=", 1) for kv in a.candidates.split(";"))
     # 1. Searches.
     searches = []
     for b in a.budgets.split(","):
         w = d(f"widths-{b}.json")
         if not os.path.exists(w):
             searches.append(([LOWBIT, "search-widths", MODEL, *recipe, "--budget-ops", b, "--candidates",
-                              a.candidates, "--epochs", str(a.search_epochs), "--test-limit", "1000", "-o", w],
+                              cands[b], "--epochs", str(a.search_epochs), "--test-limit", "1000", "-o", w],
                              d(f"search-{b}.log")))
     # 2. Uniform trainings can start beside the searches; searched ones after.
     def train_cmd(tag, widths):
@@ -163,13 +166,14 @@ def main():
         f"{a.limit} Fashion-MNIST training images, {a.epochs} epochs, Adam 0.001 cosine, batch 128, seed 0; "
         f"deployed = the exported QDQ file on lowbit's binary/integer runtime, 10k test images. Widths are the "
         f"stage widths (stem + stage 1 / stage 2 / stage 3). Searches: `search-widths --budget-ops B --candidates "
-        f"{a.candidates} --epochs {a.search_epochs} --limit {a.limit}` from the float weights. Latency: `lowbit "
+        f"C --epochs {a.search_epochs} --limit {a.limit}` from the float weights. Latency: `lowbit "
         f"bench`, 1 thread, batch 1, median of {a.rounds} alternating rounds of {a.iters} runs.\n\n"
         "| network | widths | binary MMACs | binary weights (K) | parameters (K) | simulated top-1 | deployed top-1 "
         "| latency ms |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         + "\n".join(f"- {s}" for s in searched_info) + "\n\n"
         f"Plot: bench/dms_widths.svg. Reproduce: `python bench/dms_widths.py --limit {a.limit} --epochs {a.epochs} "
-        f"--search-epochs {a.search_epochs} --budgets {a.budgets} --uniform {a.uniform}`.\n")
+        f"--search-epochs {a.search_epochs} --budgets {a.budgets} --uniform {a.uniform}` (candidates C per budget: "
+        f"{a.candidates}).\n")
     print(body)
     write_section("DMS width search (issue 24)", body)
 

@@ -174,13 +174,16 @@ pub fn search_widths(s: &SearchArgs) -> Result<()> {
     if a.reinit {
         model.reinitialize(a.seed);
     }
-    // Start every group at the candidate nearest its own width.
+    // Start every group at the candidate nearest the uniform scaling that meets the budget (the
+    // cost grows with the square of a uniform multiplier).
+    let u = (budget / own).sqrt();
     let start: Vec<f32> = groups
         .iter()
         .zip(&cand_w)
         .map(|(&i, w)| {
-            let b = gr.groups[i].base;
-            (0..w.len()).min_by_key(|&k| w[k].abs_diff(b)).unwrap_or(0) as f32
+            let b = u * gr.groups[i].base as f64;
+            (0..w.len()).min_by(|&x, &y| (w[x] as f64 - b).abs().total_cmp(&(w[y] as f64 - b).abs())).unwrap_or(0)
+                as f32
         })
         .collect();
     let search: Vec<(usize, Vec<usize>)> = groups.iter().copied().zip(cand_w.iter().cloned()).collect();
@@ -204,16 +207,37 @@ pub fn search_widths(s: &SearchArgs) -> Result<()> {
     let train_s = t_train.elapsed().as_secs_f64();
     let d = model.dms.as_ref().ok_or_else(|| anyhow!("the search lost its state"))?;
     let mu = d.locations(&model);
-    let mut pick = d.chosen(&model);
-    // The nearest candidates may overshoot the budget by rounding: step down the group whose
-    // location is closest to its next lower candidate until the cost fits.
+    // The final widths: for every group the candidate just below or just above its location (the
+    // annealed distribution sits on one, or on the boundary between two), the combination with the
+    // largest cost within the budget (ties: nearest the locations); when even the lower ones all
+    // overshoot, step down the group nearest its next lower candidate until the cost fits.
     let cost_of = |p: &[usize]| {
         dms::cost_at(&terms, &|i| match groups.iter().position(|&g| g == i) {
             Some(k) => cand_w[k][p[k]] as f64,
             None => gr.groups[i].base as f64,
         })
     };
-    let rounded = cost_of(&pick);
+    let nearest = d.chosen(&model);
+    let rounded = cost_of(&nearest);
+    let lower: Vec<usize> = mu.iter().map(|m| m.floor().max(0.0) as usize).collect();
+    let mut pick = lower.clone();
+    let g = groups.len().min(16);
+    let mut best: Option<(f64, f32)> = None;
+    for bits in 0u32..(1 << g) {
+        let p: Vec<usize> = (0..groups.len())
+            .map(|k| if k < g && bits >> k & 1 == 1 { (lower[k] + 1).min(cand_w[k].len() - 1) } else { lower[k] })
+            .collect();
+        let c = cost_of(&p);
+        let dist: f32 = p.iter().zip(&mu).map(|(&i, &m)| (i as f32 - m).abs()).sum();
+        let better = match best {
+            None => true,
+            Some((bc, bd)) => c > bc || (c == bc && dist < bd),
+        };
+        if c <= budget * (1.0 + 1e-9) && better {
+            best = Some((c, dist));
+            pick = p;
+        }
+    }
     while cost_of(&pick) > budget * (1.0 + 1e-9) {
         let k = (0..pick.len())
             .filter(|&k| pick[k] > 0)

@@ -36,7 +36,7 @@ use crate::model::{host, Model};
 use crate::{Error, Result};
 
 /// Scale between the trained parameter and the location's logit (see the module docs).
-const GAIN: f32 = 30.0;
+const GAIN: f32 = 60.0;
 const SPREAD_START: f32 = 1.0;
 const SPREAD_END: f32 = 0.02;
 

@@ -269,83 +269,18 @@ fn bad_width_requests_fail_clearly() {
     let bad = d.join("bad.json");
     std::fs::write(&bad, r#"{"widths": [{"layers": ["/no/such/Conv"], "width": 8}]}"#).unwrap();
     let missing = d.join("missing.json");
+    let (bad, missing) = (bad.to_str().unwrap(), missing.to_str().unwrap());
+    let base = |cmd: &'static str| vec![cmd, m, "--data", dt, "--preset", "fmnist", "-o", o];
+    let train = |w| [base("train"), vec!["--binary", "irnet", "--widths", w]].concat();
+    let search = |extra: &[&'static str]| [base("search-widths"), extra.to_vec()].concat();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (
-            vec![
-                "train",
-                m,
-                "--data",
-                dt,
-                "--preset",
-                "fmnist",
-                "--binary",
-                "irnet",
-                "--widths",
-                bad.to_str().unwrap(),
-                "-o",
-                o,
-            ],
-            "/no/such/Conv",
-        ),
-        (
-            vec![
-                "train",
-                m,
-                "--data",
-                dt,
-                "--preset",
-                "fmnist",
-                "--binary",
-                "irnet",
-                "--widths",
-                missing.to_str().unwrap(),
-                "-o",
-                o,
-            ],
-            "missing.json",
-        ),
-        (
-            vec!["train", m, "--data", dt, "--preset", "fmnist", "--binary", "irnet", "--widths", "0", "-o", o],
-            "above 0",
-        ),
-        (vec!["search-widths", m, "--data", dt, "--preset", "fmnist", "--binary", "irnet", "-o", o], "--budget-ops"),
-        (
-            vec![
-                "search-widths",
-                m,
-                "--data",
-                dt,
-                "--preset",
-                "fmnist",
-                "--binary",
-                "irnet",
-                "--budget-ops",
-                "lots",
-                "-o",
-                o,
-            ],
-            "lots",
-        ),
-        (vec!["search-widths", m, "--data", dt, "--preset", "fmnist", "--budget-ops", "1x", "-o", o], "--binary"),
-        (
-            vec![
-                "search-widths",
-                m,
-                "--data",
-                dt,
-                "--preset",
-                "fmnist",
-                "--binary",
-                "irnet",
-                "--budget-ops",
-                "1x",
-                "--candidates",
-                "1",
-                "-o",
-                o,
-            ],
-            "two",
-        ),
+        (train(bad), "/no/such/Conv"),
+        (train(missing), "missing.json"),
+        (train("0"), "above 0"),
+        (search(&["--binary", "irnet"]), "--budget-ops"),
+        (search(&["--binary", "irnet", "--budget-ops", "lots"]), "lots"),
+        (search(&["--budget-ops", "1x"]), "--binary"),
+        (search(&["--binary", "irnet", "--budget-ops", "1x", "--candidates", "1"]), "two"),
     ];
     for (args, want) in cases {
         let (ok, text) = run(&args);
