@@ -207,10 +207,11 @@ pub fn search_widths(s: &SearchArgs) -> Result<()> {
     let train_s = t_train.elapsed().as_secs_f64();
     let d = model.dms.as_ref().ok_or_else(|| anyhow!("the search lost its state"))?;
     let mu = d.locations(&model);
-    // The final widths: for every group the candidate just below or just above its location (the
-    // annealed distribution sits on one, or on the boundary between two), the combination with the
-    // largest cost within the budget (ties: nearest the locations); when even the lower ones all
-    // overshoot, step down the group nearest its next lower candidate until the cost fits.
+    // The final widths: the most probable combination under the annealed distribution that fits
+    // the budget. Each group's location lies on a candidate or, typically, near the boundary
+    // between two (where the relaxation mixes them), so each group chooses the candidate below or
+    // above it, with the logistic probabilities at the final spread; ties go to the larger cost.
+    // If even the lower candidates overshoot, step down the group nearest its next lower one.
     let cost_of = |p: &[usize]| {
         dms::cost_at(&terms, &|i| match groups.iter().position(|&g| g == i) {
             Some(k) => cand_w[k][p[k]] as f64,
@@ -219,22 +220,29 @@ pub fn search_widths(s: &SearchArgs) -> Result<()> {
     };
     let nearest = d.chosen(&model);
     let rounded = cost_of(&nearest);
-    let lower: Vec<usize> = mu.iter().map(|m| m.floor().max(0.0) as usize).collect();
+    let lower: Vec<usize> =
+        mu.iter().zip(&cand_w).map(|(m, w)| (m.floor().max(0.0) as usize).min(w.len() - 1)).collect();
+    let s_end = Dms::spread(1.0) as f64;
+    let log_p = |k: usize, up: bool| {
+        let z = (lower[k] as f64 + 0.5 - mu[k] as f64) / s_end;
+        // ln F(z) for the lower candidate, ln(1 - F(z)) for the upper.
+        let z = if up { -z } else { z };
+        -(1.0 + (-z).exp()).ln()
+    };
     let mut pick = lower.clone();
     let g = groups.len().min(16);
-    let mut best: Option<(f64, f32)> = None;
+    let mut best: Option<(f64, f64)> = None;
     for bits in 0u32..(1 << g) {
-        let p: Vec<usize> = (0..groups.len())
-            .map(|k| if k < g && bits >> k & 1 == 1 { (lower[k] + 1).min(cand_w[k].len() - 1) } else { lower[k] })
-            .collect();
+        let up = |k: usize| k < g && bits >> k & 1 == 1 && lower[k] + 1 < cand_w[k].len();
+        let p: Vec<usize> = (0..groups.len()).map(|k| lower[k] + usize::from(up(k))).collect();
         let c = cost_of(&p);
-        let dist: f32 = p.iter().zip(&mu).map(|(&i, &m)| (i as f32 - m).abs()).sum();
+        let lp: f64 = (0..groups.len()).map(|k| log_p(k, up(k))).sum();
         let better = match best {
             None => true,
-            Some((bc, bd)) => c > bc || (c == bc && dist < bd),
+            Some((bl, bc)) => lp > bl + 1e-9 || ((lp - bl).abs() <= 1e-9 && c > bc),
         };
         if c <= budget * (1.0 + 1e-9) && better {
-            best = Some((c, dist));
+            best = Some((lp, c));
             pick = p;
         }
     }
@@ -323,11 +331,18 @@ pub fn search_widths(s: &SearchArgs) -> Result<()> {
     // The search curves: expected width per group over training.
     let mut svg_curves: Vec<(String, Vec<(f64, f64)>)> = vec![];
     for (k, n) in names.iter().enumerate() {
-        let pts = hist.iter().step_by((hist.len() / 400).max(1)).map(|(p, w, _)| (*p as f64, w[k] as f64)).collect();
+        let pts = hist
+            .iter()
+            .step_by((hist.len() / 400).max(1))
+            .map(|(p, w, _)| (*p as f64 * cfg.epochs as f64, w[k] as f64))
+            .collect();
         svg_curves.push((format!("{n} (base {})", gr.groups[groups[k]].base), pts));
     }
-    let cost_pts =
-        hist.iter().step_by((hist.len() / 400).max(1)).map(|(p, _, c)| (*p as f64, *c as f64 / budget)).collect();
+    let cost_pts = hist
+        .iter()
+        .step_by((hist.len() / 400).max(1))
+        .map(|(p, _, c)| (*p as f64 * cfg.epochs as f64, *c as f64 / budget))
+        .collect();
     let charts: Vec<(&str, Vec<(&str, Vec<(f64, f64)>)>)> = vec![
         ("expected width", svg_curves.iter().map(|(n, p)| (n.as_str(), p.clone())).collect()),
         ("expected cost / budget", vec![("cost", cost_pts)]),
