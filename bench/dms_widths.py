@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--candidates", default="1x=0.5,0.625,0.75,0.875,1,1.125,1.25,1.375,1.5,1.625,1.75,1.875,2;"
                     "0.25x=0.25,0.375,0.5,0.625,0.75,0.875,1,1.125,1.25",
                     help="per budget: BUDGET=m,m,...;BUDGET=...")
+    ap.add_argument("--penalty", default="20")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
@@ -114,7 +115,7 @@ def main():
         w = d(f"widths-{b}.json")
         if not os.path.exists(w):
             searches.append(([LOWBIT, "search-widths", MODEL, *recipe, "--budget-ops", b, "--candidates",
-                              cands[b], "--epochs", str(a.search_epochs), "--test-limit", "1000", "-o", w],
+                              cands[b], "--penalty", a.penalty, "--epochs", str(a.search_epochs), "--test-limit", "1000", "-o", w],
                              d(f"search-{b}.log")))
     # 2. Uniform trainings can start beside the searches; searched ones after.
     def train_cmd(tag, widths):
@@ -166,7 +167,7 @@ def main():
         f"{a.limit} Fashion-MNIST training images, {a.epochs} epochs, Adam 0.001 cosine, batch 128, seed 0; "
         f"deployed = the exported QDQ file on lowbit's binary/integer runtime, 10k test images. Widths are the "
         f"stage widths (stem + stage 1 / stage 2 / stage 3). Searches: `search-widths --budget-ops B --candidates "
-        f"C --epochs {a.search_epochs} --limit {a.limit}` from the float weights. Latency: `lowbit "
+        f"C --penalty {a.penalty} --epochs {a.search_epochs} --limit {a.limit}` from the float weights. Latency: `lowbit "
         f"bench`, 1 thread, batch 1, median of {a.rounds} alternating rounds of {a.iters} runs.\n\n"
         "| network | widths | binary MMACs | binary weights (K) | parameters (K) | simulated top-1 | deployed top-1 "
         "| latency ms |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"

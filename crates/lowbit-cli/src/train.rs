@@ -7,14 +7,13 @@ use anyhow::{anyhow, bail, Result};
 use lowbit_data::Split;
 use lowbit_runtime::classify::Classifier;
 use lowbit_train::qat;
-use lowbit_train::train::{self as tr, Distill, OptimizerKind, TrainConfig};
-use lowbit_train::Binary;
+use lowbit_train::train as tr;
 use lowbit_train::{Model, QatMethod};
 use serde_json::json;
 
 use crate::common::*;
 pub use crate::train_args::TrainArgs;
-use crate::train_args::{progress_printer, write_curves};
+use crate::train_args::{binary_name, binary_of, progress_printer, train_config, write_curves};
 
 pub fn train(a: &TrainArgs) -> Result<()> {
     if a.embed.task == "embed" {
@@ -245,7 +244,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     report["history"] = serde_json::to_value(&history)?;
     report["deployed_top1"] = json!(deployed);
     if binary.is_some() {
-        let (macs, weights) = lowbit_train::dms::binary_cost(&model);
+        let (macs, weights) = lowbit_train::dms_setup::binary_cost(&model);
         report["binary_macs"] = json!(macs);
         report["binary_weights"] = json!(weights);
         report["params"] = json!(model.num_params());
@@ -263,68 +262,4 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         write_json(j, &report)?;
     }
     Ok(())
-}
-
-/// The training configuration `a` asks for (with the defaults of float, QAT and binary training),
-/// after checking its values.
-pub(crate) fn train_config(a: &TrainArgs, method: Option<QatMethod>, binary: bool) -> Result<TrainConfig> {
-    if a.epochs == 0 || a.batch == 0 {
-        bail!("--epochs and --batch must be at least 1");
-    }
-    let positive = |what: &str, v: Option<f64>| match v {
-        Some(x) if !(x.is_finite() && x > 0.0) => bail!("{what} {x} must be a finite number above 0"),
-        _ => Ok(()),
-    };
-    positive("--lr", a.lr)?;
-    positive("--temperature", Some(a.temperature as f64))?;
-    if let Some(w) = a.weight_decay.filter(|w| !(w.is_finite() && *w >= 0.0)) {
-        bail!("--weight-decay {w} must be a finite number, 0 or above");
-    }
-    if let Some(w) = a.warmup.filter(|w| !(0.0..=1.0).contains(w)) {
-        bail!("--warmup {w} is a share of the training steps: 0 to 1");
-    }
-    if !(0.0..=1.0).contains(&a.distill_weight) {
-        bail!("--distill-weight {} must be 0 to 1", a.distill_weight);
-    }
-    Ok(TrainConfig {
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr.unwrap_or(if binary {
-            0.001
-        } else if method.is_some() {
-            0.002
-        } else {
-            0.1
-        }),
-        optimizer: match a.optimizer.as_deref() {
-            Some("adamw") => OptimizerKind::AdamW,
-            None if binary => OptimizerKind::AdamW,
-            _ => OptimizerKind::Sgd,
-        },
-        momentum: 0.9,
-        weight_decay: a.weight_decay.unwrap_or(if binary { 0.0 } else { 5e-4 }),
-        warmup: a.warmup.unwrap_or(if method.is_some() || binary { 0.0 } else { 0.15 }),
-        crop_pad: if a.no_augment { 0 } else { 2 },
-        flip: !a.no_augment,
-        seed: a.seed,
-        distill: a.distill.then_some(Distill { temperature: a.temperature, weight: a.distill_weight }),
-        limit: a.limit,
-    })
-}
-
-/// The binarization `--binary` asks for, with the ablation flags.
-pub(crate) fn binary_of(a: &TrainArgs) -> Option<Binary> {
-    a.binary.as_deref().map(|b| match b {
-        "xnor" => Binary { libra: false, ede: false },
-        _ => Binary { libra: !a.no_libra, ede: !a.no_ede },
-    })
-}
-
-pub(crate) fn binary_name(b: Binary) -> &'static str {
-    match (b.libra, b.ede) {
-        (true, true) => "irnet",
-        (true, false) => "irnet-no-ede",
-        (false, true) => "irnet-no-libra",
-        (false, false) => "xnor-ste",
-    }
 }

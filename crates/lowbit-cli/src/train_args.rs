@@ -1,13 +1,14 @@
 //! `lowbit train`'s arguments (classifier and embedding training) and what both training
-//! commands share: the progress printer and the loss/accuracy plot. Kept apart from `train` and
-//! `embed` so that neither imports the other's module.
+//! commands share: the progress printer, the loss/accuracy plot, the training configuration and
+//! the binarization asked for. Kept apart from `train`, `embed` and `widths` so that none imports
+//! another's module.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use lowbit_train::qat::QatConfig;
-use lowbit_train::train::{self as tr, Event};
-use lowbit_train::QatMethod;
+use lowbit_train::train::{self as tr, Distill, Event, OptimizerKind, TrainConfig};
+use lowbit_train::{Binary, QatMethod};
 
 use crate::common::*;
 
@@ -238,4 +239,68 @@ pub(crate) fn write_curves(
         .as_bytes(),
     )?;
     Ok(())
+}
+
+/// The training configuration `a` asks for (with the defaults of float, QAT and binary training),
+/// after checking its values.
+pub(crate) fn train_config(a: &TrainArgs, method: Option<QatMethod>, binary: bool) -> Result<TrainConfig> {
+    if a.epochs == 0 || a.batch == 0 {
+        bail!("--epochs and --batch must be at least 1");
+    }
+    let positive = |what: &str, v: Option<f64>| match v {
+        Some(x) if !(x.is_finite() && x > 0.0) => bail!("{what} {x} must be a finite number above 0"),
+        _ => Ok(()),
+    };
+    positive("--lr", a.lr)?;
+    positive("--temperature", Some(a.temperature as f64))?;
+    if let Some(w) = a.weight_decay.filter(|w| !(w.is_finite() && *w >= 0.0)) {
+        bail!("--weight-decay {w} must be a finite number, 0 or above");
+    }
+    if let Some(w) = a.warmup.filter(|w| !(0.0..=1.0).contains(w)) {
+        bail!("--warmup {w} is a share of the training steps: 0 to 1");
+    }
+    if !(0.0..=1.0).contains(&a.distill_weight) {
+        bail!("--distill-weight {} must be 0 to 1", a.distill_weight);
+    }
+    Ok(TrainConfig {
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr.unwrap_or(if binary {
+            0.001
+        } else if method.is_some() {
+            0.002
+        } else {
+            0.1
+        }),
+        optimizer: match a.optimizer.as_deref() {
+            Some("adamw") => OptimizerKind::AdamW,
+            None if binary => OptimizerKind::AdamW,
+            _ => OptimizerKind::Sgd,
+        },
+        momentum: 0.9,
+        weight_decay: a.weight_decay.unwrap_or(if binary { 0.0 } else { 5e-4 }),
+        warmup: a.warmup.unwrap_or(if method.is_some() || binary { 0.0 } else { 0.15 }),
+        crop_pad: if a.no_augment { 0 } else { 2 },
+        flip: !a.no_augment,
+        seed: a.seed,
+        distill: a.distill.then_some(Distill { temperature: a.temperature, weight: a.distill_weight }),
+        limit: a.limit,
+    })
+}
+
+/// The binarization `--binary` asks for, with the ablation flags.
+pub(crate) fn binary_of(a: &TrainArgs) -> Option<Binary> {
+    a.binary.as_deref().map(|b| match b {
+        "xnor" => Binary { libra: false, ede: false },
+        _ => Binary { libra: !a.no_libra, ede: !a.no_ede },
+    })
+}
+
+pub(crate) fn binary_name(b: Binary) -> &'static str {
+    match (b.libra, b.ede) {
+        (true, true) => "irnet",
+        (true, false) => "irnet-no-ede",
+        (false, true) => "irnet-no-libra",
+        (false, false) => "xnor-ste",
+    }
 }

@@ -14,8 +14,7 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 use crate::outputs::write_atomic;
-use crate::train::{binary_name, binary_of, train_config, TrainArgs};
-use crate::train_args::progress_printer;
+use crate::train_args::{binary_name, binary_of, progress_printer, train_config, TrainArgs};
 
 #[derive(clap::Args, Clone)]
 pub struct SearchArgs {
@@ -151,7 +150,7 @@ pub fn search_widths(s: &SearchArgs) -> Result<()> {
     let mut base = Model::from_graph(&br.graph, &device).map_err(err)?;
     lowbit_train::binary::mark(&mut base, &br.binary_convs, how).map_err(err)?;
     tr::evaluate(&mut base, &train_set.slice(0, 2.min(train_set.n)), 2).map_err(err)?;
-    let terms = dms::cost_terms(&base, &gr, ops).map_err(err)?;
+    let terms = lowbit_train::dms_setup::cost_terms(&base, &gr, ops).map_err(err)?;
     let own = dms::cost_at(&terms, &|i| gr.groups[i].base as f64);
     let budget = parse_budget(&budget_spec, own)?;
     let budget_kind = if ops { Budget::Ops(budget) } else { Budget::Params(budget) };

@@ -32,11 +32,10 @@ use std::sync::Mutex;
 use burn::tensor::{activation::sigmoid, Tensor, TensorData};
 use lowbit_core::{Graph, Op, Tensor as CTensor};
 
-use crate::model::{host, Model};
 use crate::{Error, Result};
 
 /// Scale between the trained parameter and the location's logit (see the module docs).
-const GAIN: f32 = 60.0;
+pub(crate) const GAIN: f32 = 60.0;
 const SPREAD_START: f32 = 1.0;
 const SPREAD_END: f32 = 0.02;
 
@@ -237,48 +236,6 @@ pub enum Budget {
     Params(f64),
 }
 
-/// The cost terms of the binary convolutions of `model` (after one forward, which records the
-/// value sizes), with `gr` the groups of its graph. `ops`: multiply-accumulates, else weights.
-pub fn cost_terms(model: &Model, gr: &Groups, ops: bool) -> Result<Vec<CostTerm>> {
-    let mut terms = vec![];
-    for (name, w, cout) in model.compute_layers() {
-        if !model.binary.contains_key(&w) {
-            continue;
-        }
-        let sh = &model.params[w].shape;
-        let out = model.graph_node_output(&name).unwrap_or_default();
-        let size = *model
-            .value_sizes
-            .get(&out)
-            .ok_or_else(|| Error::node(&name, "output size unknown (run a forward first)"))?;
-        let hw = size / cout.max(1);
-        let k2 = (sh[2] * sh[3]) as f64;
-        terms.push(CostTerm {
-            conv: name.clone(),
-            input: gr.input_group.get(&name).map_or(Side::Fixed(sh[1]), |&g| Side::Group(g)),
-            output: gr.output_group.get(&name).map_or(Side::Fixed(sh[0]), |&g| Side::Group(g)),
-            per_pair: if ops { k2 * hw as f64 } else { k2 },
-        });
-    }
-    Ok(terms)
-}
-
-/// A trained binary model's binary multiply-accumulates per image and binary weights (after a
-/// forward, which records the value sizes).
-pub fn binary_cost(model: &Model) -> (f64, f64) {
-    let (mut macs, mut weights) = (0f64, 0f64);
-    for (name, w, cout) in model.compute_layers() {
-        if model.binary.contains_key(&w) {
-            let n = model.params[w].shape.iter().product::<usize>() as f64;
-            let out = model.graph_node_output(&name).unwrap_or_default();
-            let hw = model.value_sizes.get(&out).map_or(0, |s| s / cout.max(1));
-            weights += n;
-            macs += n * hw as f64;
-        }
-    }
-    (macs, weights)
-}
-
 /// The cost of `terms` at per-group widths `w` (as f64).
 pub fn cost_at(terms: &[CostTerm], w: &dyn Fn(usize) -> f64) -> f64 {
     let side = |s: &Side| match s {
@@ -306,9 +263,9 @@ pub struct Dms {
     /// Unsearched groups' widths.
     pub fixed: HashMap<usize, usize>,
     /// BatchNorm output value -> group.
-    mask_values: HashMap<String, usize>,
+    pub(crate) mask_values: HashMap<String, usize>,
     /// Binary convolution weight parameter -> group of its input channels.
-    mask_weights: HashMap<usize, usize>,
+    pub(crate) mask_weights: HashMap<usize, usize>,
     /// The penalty of the last training forward (added to the loss by the training loop).
     pub penalty: Option<Tensor<1>>,
     /// `(progress, expected width per searched group, expected cost)` at every training forward.
@@ -319,82 +276,6 @@ pub struct Dms {
 pub type Masks = HashMap<usize, Tensor<1>>;
 
 impl Dms {
-    /// Attaches a search over `search` (group index, candidate widths) to `model`, whose graph is
-    /// the supernet (every searched group at its largest candidate) with groups `gr`; `terms` from
-    /// [`cost_terms`] on the base widths' group indices; `start`: the initial location (candidate
-    /// index, fractional) per searched group.
-    pub fn attach(
-        model: &mut Model,
-        gr: &Groups,
-        search: Vec<(usize, Vec<usize>)>,
-        start: &[f32],
-        terms: Vec<CostTerm>,
-        budget: f64,
-        lambda: f32,
-    ) -> Result<()> {
-        let mut searched = vec![];
-        for ((group, widths), &s) in search.into_iter().zip(start) {
-            let k = widths.len();
-            if k < 2 || widths.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(Error::Invalid(format!("group {group}: candidate widths {widths:?} must rise")));
-            }
-            // μ = (K-1)·σ(G·θ) = s.
-            let p = (s / (k - 1) as f32).clamp(1e-3, 1.0 - 1e-3);
-            let theta = model.add_param(&format!("dms.theta.{group}"), vec![(p / (1.0 - p)).ln() / GAIN]);
-            searched.push(Searched { group, widths, theta });
-        }
-        let groups: std::collections::HashSet<usize> = searched.iter().map(|s| s.group).collect();
-        let mut mask_values = HashMap::new();
-        for (node, &gi) in &gr.output_group {
-            if groups.contains(&gi) && model.is_batchnorm(node) {
-                mask_values.insert(model.graph_node_output(node).unwrap_or_default(), gi);
-            }
-        }
-        let mut mask_weights = HashMap::new();
-        for (name, w, _) in model.compute_layers() {
-            if let Some(&gi) = gr.input_group.get(&name).filter(|g| groups.contains(g)) {
-                if model.binary.contains_key(&w) {
-                    mask_weights.insert(w, gi);
-                }
-            }
-        }
-        model.dms = Some(Dms {
-            searched,
-            terms,
-            budget,
-            lambda,
-            fixed: gr
-                .groups
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !groups.contains(i))
-                .map(|(i, g)| (i, g.base))
-                .collect(),
-            mask_values,
-            mask_weights,
-            penalty: None,
-            history: Mutex::new(vec![]),
-        });
-        Ok(())
-    }
-
-    /// The location `μ` (candidate index units) of every searched group.
-    pub fn locations(&self, model: &Model) -> Vec<f32> {
-        self.searched
-            .iter()
-            .map(|s| {
-                let th = host(&model.params[s.theta].t)[0];
-                (s.widths.len() - 1) as f32 / (1.0 + (-GAIN * th).exp())
-            })
-            .collect()
-    }
-
-    /// The candidate nearest each location: the found widths.
-    pub fn chosen(&self, model: &Model) -> Vec<usize> {
-        let k = |i: usize| self.searched[i].widths.len() - 1;
-        self.locations(model).iter().enumerate().map(|(i, m)| (m.round().max(0.0) as usize).min(k(i))).collect()
-    }
-
     /// The width of an unsearched group (its channel count in the supernet).
     fn fixed_width(&self, g: usize) -> usize {
         self.fixed.get(&g).copied().unwrap_or(0)
@@ -404,16 +285,17 @@ impl Dms {
         SPREAD_START * (SPREAD_END / SPREAD_START).powf(progress.clamp(0.0, 1.0))
     }
 
-    /// The channel masks at training progress `progress` (see the module docs); in training, also
+    /// The channel masks at training progress `progress` (see the module docs), from the searched
+    /// groups' `θ` parameters in order; in training, also
     /// the budget penalty and a history entry.
-    pub fn masks(&mut self, params: &[crate::model::Param], progress: f32, train: bool) -> Masks {
+    pub fn masks(&mut self, theta: &[Tensor<1>], progress: f32, train: bool) -> Masks {
         let s = Self::spread(progress);
         let mut masks = HashMap::new();
         let mut expected: HashMap<usize, Tensor<1>> = HashMap::new();
         let mut ew = vec![];
-        for sg in &self.searched {
+        for (sg, th) in self.searched.iter().zip(theta) {
             let k = sg.widths.len();
-            let th = params[sg.theta].t.clone();
+            let th = th.clone();
             let dev = th.device();
             let mu = sigmoid(th.mul_scalar(GAIN)).mul_scalar((k - 1) as f32);
             let m0 = host(&mu)[0];
@@ -447,7 +329,7 @@ impl Dms {
             expected.insert(sg.group, e);
         }
         if train {
-            let dev = params.first().map(|p| p.t.device()).unwrap_or_default();
+            let dev = theta.first().map(|t| t.device()).unwrap_or_default();
             let mut cost: Tensor<1> = Tensor::zeros([1], &dev);
             for t in &self.terms {
                 let side = |s: &Side| -> Tensor<1> {
@@ -484,4 +366,9 @@ impl Dms {
     pub fn weight_mask(&self, w: usize, masks: &Masks) -> Option<Tensor<1>> {
         self.mask_weights.get(&w).and_then(|g| masks.get(g)).cloned()
     }
+}
+
+/// The first value of `t` on the host.
+pub(crate) fn host(t: &Tensor<1>) -> Vec<f32> {
+    t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
 }

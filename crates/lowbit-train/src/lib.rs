@@ -43,6 +43,7 @@ pub mod bn;
 pub mod conv;
 pub mod conv8;
 pub mod dms;
+pub mod dms_setup;
 pub mod dsq;
 pub mod embed;
 pub mod fq;

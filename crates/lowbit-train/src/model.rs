@@ -431,7 +431,10 @@ impl Model {
         vals.insert(input.clone(), self.act_q(&input, V::T4(x)));
         let mut updates: Vec<(usize, Tensor<1>)> = vec![];
         let mut sizes: Vec<(String, usize)> = vec![];
-        let masks = self.dms.as_mut().map(|d| d.masks(&self.params, self.progress, train));
+        let masks = self.dms.as_mut().map(|d| {
+            let theta: Vec<Tensor<1>> = d.searched.iter().map(|s| self.params[s.theta].t.clone()).collect();
+            d.masks(&theta, self.progress, train)
+        });
         let dms = self.dms.as_ref().zip(masks.as_ref());
         for (name, step) in &self.steps {
             let get = |v: &str| -> Result<V> {

@@ -30,7 +30,6 @@ fn images(n: usize) -> lowbit_data::ImageSet {
     lowbit_data::load_idx_dir(&root().join("assets"), Split::Train, &Preprocess::fmnist(), Some(n)).unwrap()
 }
 
-const XNOR: Binary = Binary { libra: false, ede: false };
 const IRNET: Binary = Binary { libra: true, ede: true };
 
 #[test]
@@ -91,7 +90,7 @@ fn supernet(how: Binary, start: &[f32], budget_scale: f64) -> (Model, Vec<dms::C
     let gr = dms::channel_groups(&g).unwrap();
     let mut base = model(&g, &binary, how);
     lowbit_train::train::evaluate(&mut base, &images(2), 2).unwrap();
-    let terms = dms::cost_terms(&base, &gr, true).unwrap();
+    let terms = lowbit_train::dms_setup::cost_terms(&base, &gr, true).unwrap();
     let own = dms::cost_at(&terms, &|i| gr.groups[i].base as f64);
     let cands: Vec<Vec<usize>> = gr.groups.iter().map(|gp| (2..=8).map(|q| gp.base * q / 4).collect()).collect();
     let sg = dms::apply_widths(&g, &gr, &cands.iter().map(|c| c.last().copied()).collect::<Vec<_>>(), 1).unwrap();
@@ -116,7 +115,10 @@ fn masks_penalty_and_gradient_follow_the_logistic_relaxation() {
     let progress = 0.25f32;
     let s = Dms::spread(progress) as f64;
     assert!((s - 0.02f64.powf(0.25)).abs() < 1e-6);
-    let masks = m.dms.as_mut().unwrap().masks(&m.params, progress, true);
+    let masks = {
+        let th: Vec<Tensor<1>> = m.dms.as_ref().unwrap().searched.iter().map(|s| m.params[s.theta].t.clone()).collect();
+        m.dms.as_mut().unwrap().masks(&th, progress, true)
+    };
     let mut expected = vec![];
     for (gi, w) in cands.iter().enumerate() {
         let u = mu[gi] as f64;
