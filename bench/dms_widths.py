@@ -176,7 +176,7 @@ def main():
         f"--search-epochs {a.search_epochs} --budgets {a.budgets} --uniform {a.uniform}` (candidates C per budget: "
         f"{a.candidates}).\n")
     print(body)
-    write_section("DMS width search (issue 24)", body)
+    write_section("## DMS width search (issue 24)", body)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use lowbit_data::Split;
 use lowbit_runtime::classify::Classifier;
 use lowbit_train::qat;
 use lowbit_train::train as tr;
@@ -13,7 +12,7 @@ use serde_json::json;
 
 use crate::common::*;
 pub use crate::train_args::TrainArgs;
-use crate::train_args::{binary_name, binary_of, progress_printer, train_config, write_curves};
+use crate::train_args::{binary_name, binary_of, load_training, progress_printer, train_config, write_curves};
 
 pub fn train(a: &TrainArgs) -> Result<()> {
     if a.embed.task == "embed" {
@@ -31,26 +30,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     }
     let binary = binary_of(a);
     let cfg = train_config(a, method, binary.is_some())?;
-    if a.threads > 0 {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
-    }
-    lowbit_train::keep_freed_memory();
-    let g = load_model(&a.model)?;
-    let (preset, pre) = choose_preset(a.preset.as_deref(), &g, &a.data)?;
-    let train_set = load_data(&a.data, Split::Train, &pre, a.limit)?;
-    let test_set = load_data(&a.data, Split::Test, &pre, a.test_limit)?;
-    if train_set.labels.is_none() {
-        bail!("{}: training needs labels", a.data.display());
-    }
-    eprintln!(
-        "{}: {} training and {} test images ({}x{}x{}, preset {preset})",
-        a.data.display(),
-        train_set.n,
-        test_set.n,
-        train_set.c,
-        train_set.h,
-        train_set.w
-    );
+    let (g, preset, train_set, test_set) = load_training(a)?;
     let device = lowbit_train::device();
     let image_shape = vec![train_set.c, train_set.h, train_set.w];
     let teacher_graph = match &a.teacher {

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use lowbit_data::{ImageSet, Split};
 use lowbit_train::qat::QatConfig;
 use lowbit_train::train::{self as tr, Distill, Event, OptimizerKind, TrainConfig};
 use lowbit_train::{Binary, QatMethod};
@@ -303,4 +304,31 @@ pub(crate) fn binary_name(b: Binary) -> &'static str {
         (false, true) => "irnet-no-libra",
         (false, false) => "xnor-ste",
     }
+}
+
+/// What both training commands do first: the thread pool, the model, and the training and test
+/// images with the model's preprocessing (printed). Returns the model, the preset's name and the
+/// two sets.
+pub(crate) fn load_training(a: &TrainArgs) -> Result<(lowbit_core::Graph, String, ImageSet, ImageSet)> {
+    if a.threads > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
+    }
+    lowbit_train::keep_freed_memory();
+    let g = load_model(&a.model)?;
+    let (preset, pre) = choose_preset(a.preset.as_deref(), &g, &a.data)?;
+    let train_set = load_data(&a.data, Split::Train, &pre, a.limit)?;
+    let test_set = load_data(&a.data, Split::Test, &pre, a.test_limit)?;
+    if train_set.labels.is_none() {
+        bail!("{}: training needs labels", a.data.display());
+    }
+    eprintln!(
+        "{}: {} training and {} test images ({}x{}x{}, preset {preset})",
+        a.data.display(),
+        train_set.n,
+        test_set.n,
+        train_set.c,
+        train_set.h,
+        train_set.w
+    );
+    Ok((g, preset, train_set, test_set))
 }

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use lowbit_core::Graph;
-use lowbit_data::Split;
 use lowbit_train::dms::{self, Budget, Dms, Groups};
 use lowbit_train::train as tr;
 use lowbit_train::Model;
@@ -14,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 use crate::outputs::write_atomic;
-use crate::train_args::{binary_name, binary_of, progress_printer, train_config, TrainArgs};
+use crate::train_args::{binary_name, binary_of, load_training, progress_printer, train_config, TrainArgs};
 
 #[derive(clap::Args, Clone)]
 pub struct SearchArgs {
@@ -130,17 +129,7 @@ pub fn search_widths(s: &SearchArgs) -> Result<()> {
         bail!("--penalty must be above 0");
     }
     let cfg = train_config(a, None, true)?;
-    if a.threads > 0 {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global();
-    }
-    lowbit_train::keep_freed_memory();
-    let g = load_model(&a.model)?;
-    let (_, pre) = choose_preset(a.preset.as_deref(), &g, &a.data)?;
-    let train_set = load_data(&a.data, Split::Train, &pre, a.limit)?;
-    let test_set = load_data(&a.data, Split::Test, &pre, a.test_limit)?;
-    if train_set.labels.is_none() {
-        bail!("{}: training needs labels", a.data.display());
-    }
+    let (g, _, train_set, test_set) = load_training(a)?;
     let device = lowbit_train::device();
     let err = |e: lowbit_train::Error| anyhow!("{}: {e}", a.model.display());
     let br = lowbit_train::binary::bireal(&g).map_err(err)?;
