@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use lowbit_core::Graph;
-use lowbit_train::dms::{self, Budget, Dms, Groups};
+use lowbit_train::dms::{self, Dms, Groups};
 use lowbit_train::train as tr;
 use lowbit_train::Model;
 use serde_json::{json, Value};
@@ -142,7 +142,6 @@ pub fn search_widths(s: &SearchArgs) -> Result<()> {
     let terms = lowbit_train::dms_setup::cost_terms(&base, &gr, ops).map_err(err)?;
     let own = dms::cost_at(&terms, &|i| gr.groups[i].base as f64);
     let budget = parse_budget(&budget_spec, own)?;
-    let budget_kind = if ops { Budget::Ops(budget) } else { Budget::Params(budget) };
     let cand_w: Vec<Vec<usize>> = groups
         .iter()
         .map(|&i| {
@@ -251,18 +250,9 @@ pub fn search_widths(s: &SearchArgs) -> Result<()> {
         let gp = &gr.groups[i];
         let w = cand_w[k][pick[k]];
         // The group's binary MACs at the model's own widths (convolutions whose output is the group).
-        let macs: f64 = terms
-            .iter()
-            .filter(|t| t.output == dms::Side::Group(i))
-            .map(|t| {
-                let side = |s: &dms::Side| match s {
-                    dms::Side::Group(g) => gr.groups[*g].base as f64,
-                    dms::Side::Fixed(c) => *c as f64,
-                };
-                t.per_pair * side(&t.input) * side(&t.output)
-            })
-            .sum();
-        let nconv = terms.iter().filter(|t| t.output == dms::Side::Group(i)).count();
+        let own: Vec<dms::CostTerm> = terms.iter().filter(|t| t.output == dms::Side::Group(i)).cloned().collect();
+        let macs = dms::cost_at(&own, &|g| gr.groups[g].base as f64);
+        let nconv = own.len();
         rows.push(vec![
             format!("{} .. ({} convs)", gp.convs.first().cloned().unwrap_or_default(), gp.convs.len()),
             gp.base.to_string(),
@@ -312,7 +302,6 @@ pub fn search_widths(s: &SearchArgs) -> Result<()> {
         "groups": names,
         "train_seconds": train_s,
         "total_seconds": t_all.elapsed().as_secs_f64(),
-        "budget_kind": format!("{budget_kind:?}"),
     });
     let text = serde_json::to_string_pretty(&report)?;
     write_atomic(&a.output, text.as_bytes())?;

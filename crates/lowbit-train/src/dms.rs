@@ -32,7 +32,7 @@ use std::sync::Mutex;
 use burn::tensor::{activation::sigmoid, Tensor, TensorData};
 use lowbit_core::{Graph, Op, Tensor as CTensor};
 
-use crate::{Error, Result};
+use crate::{host, Error, Result};
 
 /// Scale between the trained parameter and the location's logit (see the module docs).
 pub(crate) const GAIN: f32 = 60.0;
@@ -227,15 +227,6 @@ pub enum Side {
     Fixed(usize),
 }
 
-/// What the search holds to its budget.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Budget {
-    /// Binary multiply-accumulates per image.
-    Ops(f64),
-    /// Binary weights.
-    Params(f64),
-}
-
 /// The cost of `terms` at per-group widths `w` (as f64).
 pub fn cost_at(terms: &[CostTerm], w: &dyn Fn(usize) -> f64) -> f64 {
     let side = |s: &Side| match s {
@@ -366,9 +357,4 @@ impl Dms {
     pub fn weight_mask(&self, w: usize, masks: &Masks) -> Option<Tensor<1>> {
         self.mask_weights.get(&w).and_then(|g| masks.get(g)).cloned()
     }
-}
-
-/// The first value of `t` on the host.
-pub(crate) fn host(t: &Tensor<1>) -> Vec<f32> {
-    t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
 }

@@ -162,3 +162,8 @@ impl Rng {
         }
     }
 }
+
+/// Reads a 1-D tensor back to the host.
+pub fn host(t: &burn::tensor::Tensor<1>) -> Vec<f32> {
+    t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
+}

@@ -11,6 +11,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use lowbit_core::shape::window;
 use lowbit_core::{Act, ConvAttrs, Graph, Op, PoolAttrs};
 
+pub use crate::host;
+
 use crate::fq::{self, Range};
 use crate::fqop::Kind;
 use crate::{Error, Result};
@@ -165,11 +167,6 @@ pub struct Model {
 fn t1(v: Vec<f32>, dev: &Device) -> Tensor<1> {
     let n = v.len();
     Tensor::from_data(TensorData::new(v, [n]), dev)
-}
-
-/// Reads a 1-D tensor back to the host.
-pub fn host(t: &Tensor<1>) -> Vec<f32> {
-    t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
 }
 
 impl Model {
