@@ -81,6 +81,35 @@ pub fn quantize_set(
     if let Some((_, b)) = bar {
         b.finish_and_clear();
     }
+    let mut r = r;
+    let recon = match crate::quantize_args::recon_options(a) {
+        None => None,
+        Some(o) => {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads.max(1)).build()?;
+            let bar = progress(0, "reconstruct blocks");
+            let (m, blocks, secs) = pool
+                .install(|| {
+                    lowbit_train::recon::reconstruct(
+                        &r.canon,
+                        &r.stats,
+                        &r.config,
+                        &r.model,
+                        &image_shape,
+                        &calib.data,
+                        calib.n,
+                        &o,
+                        &mut |d, t| {
+                            bar.set_length(t as u64);
+                            bar.set_position(d as u64);
+                        },
+                    )
+                })
+                .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
+            bar.finish_and_clear();
+            r.model = m;
+            Some(report::Recon { kind: if o.drop.is_some() { "qdrop" } else { "brecq" }, blocks, secs })
+        }
+    };
     report::choice_and_sensitivity(a, &r, calib.labels.is_some());
     if let Some(dir) = &a.plots {
         report::plots(a, &r, dir, calib.labels.is_some())?;
@@ -95,7 +124,7 @@ pub fn quantize_set(
         (None, _) => None,
     };
     lowbit_onnx::write_model(&r.model.graph, &a.output).map_err(|e| anyhow!("{e}"))?;
-    let report = report::summary(a, &r, preset, calib.n, ev.as_ref(), calib_secs, t0)?;
+    let report = report::summary(a, &r, recon.as_ref(), preset, calib.n, ev.as_ref(), calib_secs, t0)?;
     let q = &r.model;
     Ok(QuantizeOutcome {
         float_top1: ev.as_ref().and_then(|e| e.float_top1),

@@ -40,11 +40,21 @@ pub struct QuantizeArgs {
     /// calibration images) | minmax | percentile[:P] | entropy | mse
     #[arg(long, default_value = "auto")]
     pub method: String,
-    /// Weight rounding: nearest, or adaround (each layer's rounding learned to reconstruct its
-    /// float output from the quantized model's input, Nagel et al. 2020; `--method adaround` is
-    /// short for `--method auto --rounding adaround`)
-    #[arg(long, default_value = "nearest", value_parser = ["nearest", "adaround"])]
+    /// Weight rounding: nearest; adaround (each layer's rounding learned to reconstruct its float
+    /// output from the quantized model's input, Nagel et al. 2020); brecq (the same parametrisation
+    /// learned a block at a time, residual blocks whole, with the activation steps, Li et al.
+    /// 2021); qdrop (brecq with each activation element quantized with probability 1/2 during
+    /// learning, Wei et al. 2022). `--method adaround|brecq|qdrop` is short for `--method auto
+    /// --rounding ...`
+    #[arg(long, default_value = "nearest", value_parser = ["nearest", "adaround", "brecq", "qdrop"])]
     pub rounding: String,
+    /// BRECQ/QDrop: iterations per block, images per iteration, calibration images used
+    #[arg(long, default_value_t = 1000)]
+    pub recon_iters: usize,
+    #[arg(long, default_value_t = 32)]
+    pub recon_batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub recon_images: usize,
     /// AdaRound: iterations per layer (each exact over all sampled rows), calibration images the
     /// statistics come from
     #[arg(long, default_value_t = 1000)]
@@ -129,13 +139,12 @@ pub struct QuantizeArgs {
 
 /// The library's options from the command line (typed, checked before any work).
 pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
-    let method =
-        match a.method.as_str() {
-            "auto" | "adaround" => None,
-            m => Some(Method::parse(m).ok_or_else(|| {
-                anyhow!("unknown --method '{m}' (auto, minmax, percentile[:P], entropy, mse, adaround)")
-            })?),
-        };
+    let method = match a.method.as_str() {
+        "auto" | "adaround" | "brecq" | "qdrop" => None,
+        m => Some(Method::parse(m).ok_or_else(|| {
+            anyhow!("unknown --method '{m}' (auto, minmax, percentile[:P], entropy, mse, adaround, brecq, qdrop)")
+        })?),
+    };
     for (what, b) in [("--weights", a.weights), ("--acts", a.acts)] {
         if !(2..=8).contains(&b) {
             bail!("{what} {b} is out of range: linear quantization takes 2 to 8 bits");
@@ -158,7 +167,7 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
         "kmeans" => Kind::KMeans,
         other => bail!("unknown --scheme '{other}' (linear, pow2, log, kmeans)"),
     };
-    let adaround = (a.rounding == "adaround" || a.method == "adaround").then(|| AdaRoundOptions {
+    let adaround = (rounding(a) == "adaround").then(|| AdaRoundOptions {
         learn: LearnSettings { iters: a.adaround_iters, ..Default::default() },
         images: a.adaround_images,
         ..Default::default()
@@ -175,6 +184,20 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
         }
         if a.sensitivity || a.max_drop.is_some() {
             bail!("--rounding adaround does not combine with --sensitivity or --max-drop yet");
+        }
+    }
+    if let Some(r) = reconstruction(a) {
+        if a.recon_iters == 0 || a.recon_batch == 0 || a.recon_images == 0 {
+            bail!("--recon-iters, --recon-batch and --recon-images must be at least 1");
+        }
+        if !matches!(weight_kind, Kind::Linear(_)) {
+            bail!(
+                "--rounding {r} learns the rounding of linear weights (--scheme linear or pow2), not --scheme {}",
+                a.scheme
+            );
+        }
+        if a.sensitivity || a.max_drop.is_some() {
+            bail!("--rounding {r} does not combine with --sensitivity or --max-drop yet");
         }
     }
     Ok(PtqOptions {
@@ -197,5 +220,32 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
         input_check: !a.quantize_input,
         threads: a.threads,
         adaround,
+    })
+}
+
+/// The rounding asked for, `--method adaround|brecq|qdrop` included.
+pub fn rounding(a: &QuantizeArgs) -> &str {
+    match a.method.as_str() {
+        m @ ("adaround" | "brecq" | "qdrop") => m,
+        _ => a.rounding.as_str(),
+    }
+}
+
+/// `brecq` or `qdrop` when a block reconstruction is asked for.
+pub fn reconstruction(a: &QuantizeArgs) -> Option<&str> {
+    Some(rounding(a)).filter(|r| matches!(*r, "brecq" | "qdrop"))
+}
+
+/// The block reconstruction's options.
+pub fn recon_options(a: &QuantizeArgs) -> Option<lowbit_train::recon::ReconOptions> {
+    let base = match reconstruction(a)? {
+        "qdrop" => lowbit_train::recon::ReconOptions::qdrop(),
+        _ => lowbit_train::recon::ReconOptions::brecq(),
+    };
+    Some(lowbit_train::recon::ReconOptions {
+        iters: a.recon_iters,
+        batch: a.recon_batch,
+        images: a.recon_images,
+        ..base
     })
 }

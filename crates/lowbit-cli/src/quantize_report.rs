@@ -154,9 +154,18 @@ pub fn evaluate(a: &QuantizeArgs, ev: &Path, g: &Graph, q: &Graph, pre: &Preproc
 }
 
 /// The before/after and per-layer tables, and the JSON report.
+/// A block reconstruction's outcome (BRECQ or QDrop).
+pub struct Recon {
+    pub kind: &'static str,
+    pub blocks: Vec<lowbit_train::recon::BlockReport>,
+    pub secs: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn summary(
     a: &QuantizeArgs,
     r: &PtqOutcome,
+    recon: Option<&Recon>,
     preset: &str,
     calib_n: usize,
     ev: Option<&Eval>,
@@ -230,6 +239,28 @@ pub fn summary(
         );
         print_table(&["layer", "groups x k", "rows", "nearest", "adaround", "flipped"], &rrows);
     }
+    if let Some(rc) = recon {
+        let rows: Vec<Vec<String>> = rc
+            .blocks
+            .iter()
+            .map(|b| {
+                vec![
+                    b.output.clone(),
+                    b.layers.len().to_string(),
+                    format!("{:.3e}", b.rel_err_nearest),
+                    format!("{:.3e}{}", b.rel_err_learned, if b.kept_nearest { " (nearest kept)" } else { "" }),
+                    format!("{:.1}%", b.flipped * 100.0),
+                    format!("{:.1}", b.secs),
+                ]
+            })
+            .collect();
+        crate::say!(
+            "\n{} ({:.1} s): each block's output error (relative to its power) from the quantized model's input",
+            rc.kind.to_uppercase(),
+            rc.secs
+        );
+        print_table(&["block output", "layers", "nearest", rc.kind, "flipped", "s"], &rows);
+    }
     crate::say!("\ncalibration {:.1} s, total {:.1} s", calib_secs, t0.elapsed().as_secs_f64());
     let sens = r
         .sensitivity
@@ -251,7 +282,9 @@ pub fn summary(
             "sensitivity": sens_json, "mixed_precision": mixed_json,
             "input_precision": r.input_precision.as_ref().map(|p| json!({"sqnr_int8_input_db": p.sqnr_int8_input_db, "sqnr_float_first_db": p.sqnr_float_first_db, "first_layer_float": p.float_first()})),
             "notes": r.notes,
-            "rounding": if r.rounding.is_empty() { "nearest" } else { "adaround" },
+            "rounding": match recon { Some(rc) => rc.kind, None if r.rounding.is_empty() => "nearest", None => "adaround" },
+            "reconstruction_seconds": recon.map(|rc| rc.secs),
+            "reconstruction_blocks": recon.map(|rc| rc.blocks.iter().map(|b| json!({"output": b.output, "layers": b.layers, "rel_err_nearest": b.rel_err_nearest, "rel_err_learned": b.rel_err_learned, "flipped": b.flipped, "kept_nearest": b.kept_nearest, "seconds": b.secs})).collect::<Vec<_>>()),
             "adaround_seconds": r.rounding_secs,
             "adaround_layers": r.rounding.iter().map(|l| json!({"node": l.node, "k": l.k, "groups": l.groups, "rows": l.rows, "rel_err_nearest": l.rel_err_nearest, "rel_err_adaround": l.rel_err_learned, "flipped": l.flipped})).collect::<Vec<_>>(),
             "seconds": t0.elapsed().as_secs_f64(),

@@ -118,6 +118,10 @@ pub struct PtqOutcome {
     /// AdaRound's per-layer outcome and seconds (empty and 0 without it).
     pub rounding: Vec<LayerRounding>,
     pub rounding_secs: f64,
+    /// The float graph that was quantized (after the data-free steps) and the configuration of
+    /// the chosen result: what a later reconstruction (BRECQ, QDrop) starts from.
+    pub canon: Graph,
+    pub config: QdqConfig,
 }
 
 /// The mixed-precision result without its model (that is [`PtqOutcome::model`]).
@@ -316,7 +320,10 @@ pub fn quantize(
             "no quantizable layer (Conv/Gemm/MatMul with constant weights) in this model".into(),
         ));
     }
+    let config = QdqConfig { method, bias_correction: bias_corrected, ..cfg };
     Ok(PtqOutcome {
+        canon,
+        config,
         model,
         method,
         bias_corrected,

@@ -11,7 +11,8 @@
 //! all on `lowbit_kernels`' f32 GEMM, images in parallel on the rayon pool. Stride-1 convolutions
 //! run the forward pass and the input gradient (a stride-1 convolution of `dY` with the flipped
 //! kernel) through lowbit's inference convolution instead, whose shifted-rows path needs no im2col. Bias and activation
-//! stay ordinary burn operations. Grouped and dilated convolutions keep burn's `conv2d`.
+//! stay ordinary burn operations. Grouped and dilated convolutions keep burn's `conv2d` (the model runs depthwise ones
+//! on [`crate::conv_dw`]).
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
@@ -68,7 +69,7 @@ pub fn conv2d(x: Tensor<4>, w: Tensor<4>, b: Option<Tensor<1>>, o: ConvOptions<2
     if o.groups != 1 || o.dilation != [1, 1] || burn_ops("conv") {
         return burn::tensor::module::conv2d(x, w, b, o);
     }
-    let p = [o.stride[0], o.stride[1], o.padding[0].0, o.padding[1].0, o.padding[0].1, o.padding[1].1];
+    let p = params(&o);
     let y = Tensor::<4>::from_dispatch(<Dispatch as LbConv>::lb_conv2d(x.into_dispatch(), w.into_dispatch(), p));
     match b {
         Some(b) => {
@@ -81,6 +82,11 @@ pub fn conv2d(x: Tensor<4>, w: Tensor<4>, b: Option<Tensor<1>>, o: ConvOptions<2
 
 /// `LOWBIT_BURN_OPS=conv,bn,dsq,fq,relu,clip,sign` (or `all`): the listed operations through burn's own tensor
 /// operations instead of lowbit's (to compare speed, or to rule lowbit's out when debugging).
+/// `o`'s strides and paddings as [`ConvParams`].
+pub fn params(o: &ConvOptions<2>) -> ConvParams {
+    [o.stride[0], o.stride[1], o.padding[0].0, o.padding[1].0, o.padding[0].1, o.padding[1].1]
+}
+
 pub fn burn_ops(op: &str) -> bool {
     static LIST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let list = LIST.get_or_init(|| std::env::var("LOWBIT_BURN_OPS").unwrap_or_default());

@@ -42,6 +42,7 @@ pub mod binary;
 pub mod bn;
 pub mod conv;
 pub mod conv8;
+pub mod conv_dw;
 pub mod dms;
 pub mod dms_setup;
 pub mod dsq;
@@ -52,6 +53,8 @@ pub mod head;
 pub mod int8grad;
 pub mod model;
 pub mod qat;
+pub mod recon;
+pub mod softround;
 pub mod train;
 pub mod unary;
 

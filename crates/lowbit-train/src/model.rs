@@ -5,10 +5,7 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::module::{avg_pool2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
-use lowbit_core::shape::window;
 use lowbit_core::{Act, ConvAttrs, Graph, Op, PoolAttrs};
 
 pub use crate::host;
@@ -135,6 +132,22 @@ enum Step {
     AvgPool { x: String, attrs: PoolAttrs, out: String },
 }
 
+impl Step {
+    fn out(&self) -> &str {
+        match self {
+            Step::Conv { out, .. }
+            | Step::Bn { out, .. }
+            | Step::Act { out, .. }
+            | Step::Add { out, .. }
+            | Step::Gap { out, .. }
+            | Step::Flatten { out, .. }
+            | Step::Gemm { out, .. }
+            | Step::MaxPool { out, .. }
+            | Step::AvgPool { out, .. } => out,
+        }
+    }
+}
+
 /// The trainable model.
 pub struct Model {
     pub device: Device,
@@ -161,6 +174,11 @@ pub struct Model {
     pub int8: HashMap<usize, std::sync::Arc<crate::conv8::Int8Layer>>,
     /// A channel-width search over this (super)network ([`crate::dms`]).
     pub dms: Option<crate::dms::Dms>,
+    /// Weights with learned rounding (AdaRound's parametrisation) by parameter index of the
+    /// weight ([`crate::softround`], learned by [`crate::recon`]); they take precedence over `weight_q`.
+    pub soft_round: HashMap<usize, crate::softround::SoftRound>,
+    /// QDrop: each activation element is quantized only with this probability ([`crate::softround`]).
+    pub qdrop: Option<crate::softround::Drop>,
     graph: Graph,
 }
 
@@ -197,6 +215,8 @@ impl Model {
             head: None,
             int8: HashMap::new(),
             dms: None,
+            soft_round: HashMap::new(),
+            qdrop: None,
             graph: g.clone(),
         };
         let mut pidx: HashMap<String, usize> = HashMap::new();
@@ -381,6 +401,9 @@ impl Model {
         let p = &self.params[i];
         let mut s = [1usize; D];
         s.copy_from_slice(&p.shape[..D]);
+        if let Some(r) = self.soft_round.get(&i) {
+            return r.weight(self.params[r.v].t.clone()).reshape(s);
+        }
         let w: Tensor<D> = p.t.clone().reshape(s);
         match self.weight_q.get(&i) {
             Some(q) => self.quantize(w, q, (q.channels > 1).then_some(axis)),
@@ -411,7 +434,13 @@ impl Model {
     fn act_q(&self, name: &str, v: V) -> V {
         match self.act_q.get(name) {
             None => v,
-            Some(q) => v.map(|t| self.quantize(t, q, None), |t| self.quantize(t, q, None)),
+            Some(q) => match &self.qdrop {
+                None => v.map(|t| self.quantize(t, q, None), |t| self.quantize(t, q, None)),
+                Some(d) => v.map(
+                    |t| d.mix(t.clone(), self.quantize(t, q, None)),
+                    |t| d.mix(t.clone(), self.quantize(t, q, None)),
+                ),
+            },
         }
     }
 
@@ -426,185 +455,7 @@ impl Model {
         let mut vals: HashMap<String, V> = HashMap::new();
         let input = self.input.clone();
         vals.insert(input.clone(), self.act_q(&input, V::T4(x)));
-        let mut updates: Vec<(usize, Tensor<1>)> = vec![];
-        let mut sizes: Vec<(String, usize)> = vec![];
-        let masks = self.dms.as_mut().map(|d| {
-            let theta: Vec<Tensor<1>> = d.searched.iter().map(|s| self.params[s.theta].t.clone()).collect();
-            d.masks(&theta, self.progress, train)
-        });
-        let dms = self.dms.as_ref().zip(masks.as_ref());
-        for (name, step) in &self.steps {
-            let get = |v: &str| -> Result<V> {
-                vals.get(v).cloned().ok_or_else(|| Error::node(name, format!("input '{v}' is not computed")))
-            };
-            let (out, val) = match step {
-                Step::Conv { x, w, b, attrs, out } => {
-                    let xt = get(x)?.t4(name)?;
-                    let [_, _, h, wd] = xt.dims();
-                    let bin = self.binary.get(w).copied();
-                    let (xt, wt): (Tensor<4>, Tensor<4>) = match bin {
-                        Some(b) => {
-                            let mask = dms.and_then(|(d, m)| d.weight_mask(*w, m));
-                            (self.binarize(xt, b), self.binary_weight(*w, b, mask))
-                        }
-                        None => (xt, self.weight(*w, 0)),
-                    };
-                    let ks = &self.params[*w].shape;
-                    let win = window(
-                        &[h, wd],
-                        &[ks[2], ks[3]],
-                        &attrs.strides,
-                        &attrs.dilations,
-                        &attrs.pads,
-                        attrs.auto_pad,
-                        false,
-                    )
-                    .map_err(|e| Error::node(name, e.to_string()))?;
-                    let opts = ConvOptions {
-                        stride: [win.strides[0], win.strides[1]],
-                        padding: [(win.pads_begin[0], win.pads_end[0]), (win.pads_begin[1], win.pads_end[1])],
-                        dilation: [win.dilations[0], win.dilations[1]],
-                        groups: attrs.group.max(1),
-                    };
-                    let bt = b.map(|b| self.bias(b, *w, x));
-                    let y = match self.int8.get(w) {
-                        Some(l) if crate::conv8::supports(&opts, &wt.dims()) => {
-                            crate::conv8::conv2d(xt, wt, bt, opts, l.clone())
-                        }
-                        _ => crate::conv::conv2d(xt, wt, bt, opts),
-                    };
-                    (out, V::T4(apply_act(y, attrs.act)))
-                }
-                Step::Bn { x, gamma, beta, mean, var, eps, out } => {
-                    let xt = get(x)?.t4(name)?;
-                    let [n, c, h, w] = xt.dims();
-                    let y = if train && crate::conv::burn_ops("bn") {
-                        let mu = xt.clone().mean_dim(0).mean_dim(2).mean_dim(3);
-                        let d = xt - mu.clone();
-                        let v = d.clone().square().mean_dim(0).mean_dim(2).mean_dim(3);
-                        let cnt = (n * h * w) as f32;
-                        let mom = self.bn_momentum;
-                        let m1: Tensor<1> = mu.detach().reshape([c]);
-                        let v1: Tensor<1> = v.clone().detach().reshape([c]).mul_scalar(cnt / (cnt - 1.0).max(1.0));
-                        updates.push((*mean, self.buffers[*mean].1.clone().mul_scalar(1.0 - mom) + m1.mul_scalar(mom)));
-                        updates.push((*var, self.buffers[*var].1.clone().mul_scalar(1.0 - mom) + v1.mul_scalar(mom)));
-                        let (g4, b4): (Tensor<4>, Tensor<4>) = (self.vec_param(*gamma, 1), self.vec_param(*beta, 1));
-                        d * (v.add_scalar(*eps).sqrt().recip() * g4) + b4
-                    } else if train {
-                        let st = crate::bn::batch_stats(&xt);
-                        let cnt = (n * h * w) as f32;
-                        let mom = self.bn_momentum;
-                        let m1: Tensor<1> = st.clone().narrow(0, 0, 1).reshape([c]);
-                        let v1: Tensor<1> =
-                            st.clone().narrow(0, 1, 1).reshape([c]).mul_scalar(cnt / (cnt - 1.0).max(1.0));
-                        updates.push((*mean, self.buffers[*mean].1.clone().mul_scalar(1.0 - mom) + m1.mul_scalar(mom)));
-                        updates.push((*var, self.buffers[*var].1.clone().mul_scalar(1.0 - mom) + v1.mul_scalar(mom)));
-                        let (g1, b1) = (self.vec_param(*gamma, 0), self.vec_param(*beta, 0));
-                        crate::bn::batch_norm_train(xt, g1, b1, st, *eps)
-                    } else {
-                        let g4: Tensor<4> = self.vec_param(*gamma, 1);
-                        let b4: Tensor<4> = self.vec_param(*beta, 1);
-                        let rm: Tensor<4> = self.buffers[*mean].1.clone().reshape([1, c, 1, 1]);
-                        let rv: Tensor<4> = self.buffers[*var].1.clone().reshape([1, c, 1, 1]);
-                        let k = rv.add_scalar(*eps).sqrt().recip() * g4;
-                        (xt - rm) * k + b4
-                    };
-                    (out, V::T4(y))
-                }
-                Step::Act { x, act, out } => {
-                    let v = get(x)?;
-                    (out, v.map(|t| apply_act(t, *act), |t| apply_act(t, *act)))
-                }
-                Step::Add { a, b, out } => {
-                    let (a, b) = (get(a)?, get(b)?);
-                    let v = match (a, b) {
-                        (V::T4(a), V::T4(b)) => V::T4(a + b),
-                        (V::T2(a), V::T2(b)) => V::T2(a + b),
-                        _ => return Err(Error::node(name, "Add of a 4-D and a 2-D value")),
-                    };
-                    (out, v)
-                }
-                Step::Gap { x, out } => {
-                    let t = get(x)?.t4(name)?;
-                    (out, V::T4(t.mean_dim(2).mean_dim(3)))
-                }
-                Step::Flatten { x, out } => {
-                    let v = match get(x)? {
-                        V::T4(t) => {
-                            let [n, c, h, w] = t.dims();
-                            V::T2(t.reshape([n, c * h * w]))
-                        }
-                        v => v,
-                    };
-                    (out, v)
-                }
-                Step::Gemm { x, w, b, trans_b, alpha, beta, act, out } => {
-                    let xt = get(x)?.t2(name)?;
-                    let axis = if *trans_b { 0 } else { 1 };
-                    let wt: Tensor<2> = self.weight(*w, axis);
-                    let wt = if *trans_b { wt.transpose() } else { wt };
-                    let mut y = xt.matmul(wt);
-                    if *alpha != 1.0 {
-                        y = y.mul_scalar(*alpha);
-                    }
-                    if let Some(b) = b {
-                        let bt: Tensor<2> = self.bias(*b, *w, x).reshape([1, self.params[*b].shape[0]]);
-                        y = y + if *beta != 1.0 { bt.mul_scalar(*beta) } else { bt };
-                    }
-                    (out, V::T2(apply_act(y, *act)))
-                }
-                Step::MaxPool { x, attrs, out } | Step::AvgPool { x, attrs, out } => {
-                    let t = get(x)?.t4(name)?;
-                    let [_, _, h, w] = t.dims();
-                    let win = window(
-                        &[h, w],
-                        &attrs.kernel_shape,
-                        &attrs.strides,
-                        &attrs.dilations,
-                        &attrs.pads,
-                        attrs.auto_pad,
-                        attrs.ceil_mode,
-                    )
-                    .map_err(|e| Error::node(name, e.to_string()))?;
-                    let pads = [(win.pads_begin[0], win.pads_end[0]), (win.pads_begin[1], win.pads_end[1])];
-                    let k = [win.kernel[0], win.kernel[1]];
-                    let s = [win.strides[0], win.strides[1]];
-                    let y = if matches!(step, Step::MaxPool { .. }) {
-                        let mut o = MaxPoolOptions::new(k);
-                        o.stride = s;
-                        o.padding = pads;
-                        o.dilation = [win.dilations[0], win.dilations[1]];
-                        o.ceil_mode = attrs.ceil_mode;
-                        max_pool2d(t, o)
-                    } else {
-                        let mut o = AvgPoolOptions::new(k);
-                        o.stride = s;
-                        o.padding = pads;
-                        o.count_include_pad = attrs.count_include_pad;
-                        o.ceil_mode = attrs.ceil_mode;
-                        avg_pool2d(t, o)
-                    };
-                    (out, V::T4(y))
-                }
-            };
-            let val = match (dms, val) {
-                (Some((d, m)), V::T4(t)) => V::T4(d.mask_value(out, t, m)),
-                (_, v) => v,
-            };
-            let val = self.act_q(out, val);
-            let per = match &val {
-                V::T4(t) => t.dims()[1..].iter().product::<usize>(),
-                V::T2(t) => t.dims()[1],
-            };
-            sizes.push((out.clone(), per));
-            vals.insert(out.clone(), val);
-        }
-        for (k, v) in sizes {
-            self.value_sizes.insert(k, v);
-        }
-        for (i, t) in updates {
-            self.buffers[i].1 = t;
-        }
+        self.run_steps(&mut vals, 0..self.steps.len(), train)?;
         let out = vals
             .remove(&self.output)
             .ok_or_else(|| Error::Invalid(format!("output '{}' not computed", self.output)))?;
@@ -644,6 +495,9 @@ mod init;
 
 #[path = "model_bin.rs"]
 mod bin;
+
+#[path = "model_fwd.rs"]
+mod fwd;
 
 fn apply_act<const D: usize>(t: Tensor<D>, act: Act) -> Tensor<D> {
     match act {

@@ -19,6 +19,7 @@ mod ort_crosscheck;
 mod ptq;
 mod qat_model;
 mod realworld;
+mod recon;
 mod reliability;
 mod roundtrip_and_passes;
 mod train;

@@ -45,6 +45,40 @@ pub struct QdqModel {
     pub float_weight_bytes: usize,
 }
 
+impl QdqModel {
+    /// Layer `node`'s int8 weights as written (the weight tensor's own layout), their scales (one,
+    /// or one per channel of `axis`) and that axis; `None` when the layer has no int8 weights.
+    pub fn weight_ints(&self, node: &str) -> Option<(Vec<i32>, Vec<f32>, usize)> {
+        let g = &self.graph;
+        let name = format!("{node}_weight_DequantizeLinear");
+        let dq = g.nodes.iter().find(|n| n.name == name)?;
+        let lowbit_core::Data::I8(q) = &g.initializers.get(&dq.inputs[0])?.data else { return None };
+        let rank = g.initializers[&dq.inputs[0]].rank() as i64;
+        let s = g.initializers.get(dq.inputs.get(1)?)?.as_f32()?.to_vec();
+        let axis = match dq.op {
+            lowbit_core::Op::DequantizeLinear { axis } => (if axis < 0 { axis + rank } else { axis }).max(0) as usize,
+            _ => return None,
+        };
+        Some((q.iter().map(|&v| v as i32).collect(), s, axis))
+    }
+
+    /// Layer `node`'s bias as the file computes it (an int32 bias dequantized, or a float one).
+    pub fn bias(&self, node: &str) -> Option<Vec<f32>> {
+        let g = &self.graph;
+        let name = format!("{node}_bias_DequantizeLinear");
+        if let Some(dq) = g.nodes.iter().find(|n| n.name == name) {
+            let q = g.initializers.get(&dq.inputs[0])?;
+            let s = g.initializers.get(dq.inputs.get(1)?)?.as_f32()?;
+            let lowbit_core::Data::I32(q) = &q.data else { return None };
+            return Some(
+                q.iter().enumerate().map(|(i, &v)| v as f32 * if s.len() == 1 { s[0] } else { s[i] }).collect(),
+            );
+        }
+        let n = g.nodes.iter().find(|n| n.name == node)?;
+        Some(g.initializers.get(n.input(2)?)?.to_f32_vec())
+    }
+}
+
 /// Quantizes `w` with given symmetric scales (one per channel of `s`'s granularity, or one).
 fn quantize_with_scales(
     w: &[f32],
