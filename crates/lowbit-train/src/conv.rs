@@ -446,43 +446,54 @@ fn weight_grad(x: &FlexTensor, w_shape: &[usize], dy: &FlexTensor, p: ConvParams
     flex(dw, [o, g.c, g.kh, g.kw])
 }
 
-impl LbConv for Flex {
-    fn lb_conv2d(x: FlexTensor, w: FlexTensor, p: ConvParams) -> FlexTensor {
-        forward(&x, &w, p)
-    }
-}
-
-#[derive(Debug)]
-struct ConvBackward;
-
-impl Backward<Flex, 2> for ConvBackward {
-    type State = (FlexTensor, FlexTensor, ConvParams);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let (x, w, p) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, input_grad(x.layout().shape(), &w, &dy, p));
-        }
-        if let Some(node) = node_w {
-            grads.register::<Flex>(node.id, weight_grad(&x, w.layout().shape(), &dy, p));
-        }
-    }
-}
-
-impl<C: CheckpointStrategy> LbConv for Autodiff<Flex, C> {
-    fn lb_conv2d(x: FloatTensor<Self>, w: FloatTensor<Self>, p: ConvParams) -> FloatTensor<Self> {
-        match ConvBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (xp, wp) = (x.primitive().clone(), w.primitive().clone());
-                let y = forward(&xp, &wp, p);
-                prep.finish((xp, wp, p), y)
+/// Registers a float convolution with burn: the backend extension method `$method` of `$ext` runs
+/// `$forward(&x, &w, p)` on Flex, and under autodiff keeps `x`, `w` and `p` for the backward pass,
+/// which registers `$input_grad(x_shape, &w, &dy, p)` and `$weight_grad(&x, w_shape, &dy, p)`
+/// for whichever input needs a gradient. The caller has burn's autodiff names in scope (as here).
+macro_rules! float_conv_op {
+    ($ext:ident, $method:ident, $backward:ident, $forward:path, $input_grad:path, $weight_grad:path) => {
+        impl $ext for Flex {
+            fn $method(x: FlexTensor, w: FlexTensor, p: ConvParams) -> FlexTensor {
+                $forward(&x, &w, p)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), w.primitive(), p)),
         }
-    }
+
+        #[derive(Debug)]
+        struct $backward;
+
+        impl Backward<Flex, 2> for $backward {
+            type State = (FlexTensor, FlexTensor, ConvParams);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_w] = ops.parents;
+                let dy = grads.consume::<Flex>(&ops.node);
+                let (x, w, p) = ops.state;
+                if let Some(node) = node_x {
+                    grads.register::<Flex>(node.id, $input_grad(x.layout().shape(), &w, &dy, p));
+                }
+                if let Some(node) = node_w {
+                    grads.register::<Flex>(node.id, $weight_grad(&x, w.layout().shape(), &dy, p));
+                }
+            }
+        }
+
+        impl<C: CheckpointStrategy> $ext for Autodiff<Flex, C> {
+            fn $method(x: FloatTensor<Self>, w: FloatTensor<Self>, p: ConvParams) -> FloatTensor<Self> {
+                match $backward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
+                    OpsKind::Tracked(prep) => {
+                        let (xp, wp) = (x.primitive().clone(), w.primitive().clone());
+                        let y = $forward(&xp, &wp, p);
+                        prep.finish((xp, wp, p), y)
+                    }
+                    OpsKind::UnTracked(prep) => prep.finish($forward(x.primitive(), w.primitive(), p)),
+                }
+            }
+        }
+    };
 }
+pub(crate) use float_conv_op;
+
+float_conv_op!(LbConv, lb_conv2d, ConvBackward, forward, input_grad, weight_grad);
 
 #[cfg(test)]
 mod tests {

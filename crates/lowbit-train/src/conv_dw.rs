@@ -186,43 +186,7 @@ fn weight_grad(x: &FlexTensor, ws: &[usize], dy: &FlexTensor, p: ConvParams) -> 
     flex(per.concat(), [g.c, 1, g.kh, g.kw])
 }
 
-impl LbConvDw for Flex {
-    fn lb_conv2d_dw(x: FlexTensor, w: FlexTensor, p: ConvParams) -> FlexTensor {
-        forward(&x, &w, p)
-    }
-}
-
-#[derive(Debug)]
-struct DwBackward;
-
-impl Backward<Flex, 2> for DwBackward {
-    type State = (FlexTensor, FlexTensor, ConvParams);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let (x, w, p) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, input_grad(x.layout().shape(), &w, &dy, p));
-        }
-        if let Some(node) = node_w {
-            grads.register::<Flex>(node.id, weight_grad(&x, w.layout().shape(), &dy, p));
-        }
-    }
-}
-
-impl<C: CheckpointStrategy> LbConvDw for Autodiff<Flex, C> {
-    fn lb_conv2d_dw(x: FloatTensor<Self>, w: FloatTensor<Self>, p: ConvParams) -> FloatTensor<Self> {
-        match DwBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (xp, wp) = (x.primitive().clone(), w.primitive().clone());
-                let y = forward(&xp, &wp, p);
-                prep.finish((xp, wp, p), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), w.primitive(), p)),
-        }
-    }
-}
+crate::conv::float_conv_op!(LbConvDw, lb_conv2d_dw, DwBackward, forward, input_grad, weight_grad);
 
 #[cfg(test)]
 mod tests {

@@ -351,7 +351,9 @@ pub fn reconstruct(
     let sizes = m.value_sizes.clone();
 
     // Weights: AdaRound's parametrisation from the model's own integers and scales.
+    // Per learned layer: its weight's parameter index and its scales, one per output channel.
     let mut layer_w: HashMap<String, usize> = HashMap::new();
+    let mut channel_scales: HashMap<String, Vec<f32>> = HashMap::new();
     for (node, wi, _) in m.compute_layers() {
         let Some((ints, scales, axis)) = model.weight_ints(&node) else { continue };
         let shape = m.params[wi].shape.clone();
@@ -365,20 +367,6 @@ pub fn reconstruct(
         let bits = cfg.weight_bits_for.get(&node).copied().unwrap_or(cfg.weight_bits);
         let qs = QScheme::weights(bits);
         let (mut r, v0) = SoftRound::new(&host(&m.params[wi].t), sfull, qs.qmin() as f32, qs.qmax() as f32);
-        if std::env::var("LOWBIT_DEBUG_RECON").is_ok() {
-            let w = host(&m.params[wi].t);
-            let near = r.ints(&v0, true);
-            let (mut e, mut p, mut d) = (0f64, 0f64, 0usize);
-            for i in 0..w.len() {
-                e += ((near[i] * r.scale[i] - w[i]) as f64).powi(2);
-                p += (w[i] as f64).powi(2);
-                d += (near[i] as i32 != ints[i]) as usize;
-            }
-            eprintln!(
-                "{node}: {bits}-bit weights, nearest rel err {:.4}, {d} differ from the file's",
-                e / p.max(1e-30)
-            );
-        }
         r.v = m.add_param(&format!("{node}.rounding"), v0);
         // The bias the file computes with (bias-corrected for the weights' rounding to nearest).
         if let (Some(bi), Some(b)) = (m.layer_bias(&node), model.bias(&node)) {
@@ -388,6 +376,7 @@ pub fn reconstruct(
             }
         }
         m.soft_round.insert(wi, r);
+        channel_scales.insert(node.clone(), if scales.len() == 1 { vec![scales[0]; ch] } else { scales });
         layer_w.insert(node, wi);
     }
     if layer_w.is_empty() {
@@ -594,10 +583,7 @@ pub fn reconstruct(
             Some(h) => h.clone(),
             None => r.ints(&host(&m.params[r.v].t), true),
         };
-        let (_, scales, axis) = model.weight_ints(node).expect("checked above");
-        let shape = &m.params[*wi].shape;
-        let ch = shape[axis];
-        let sc = if scales.len() == 1 { vec![scales[0]; ch] } else { scales };
+        let sc = channel_scales.remove(node).expect("every learned layer has its scales");
         cfg2.weight_int_override.insert(node.clone(), (ints.iter().map(|&v| v as i32).collect(), sc));
         if let Some(bi) = m.layer_bias(node) {
             cfg2.bias_override.insert(node.clone(), host(&m.params[bi].t));

@@ -7,16 +7,11 @@ use lowbit_data::{Preprocess, Split};
 use lowbit_quant::adaround::{adaround, learn::LearnSettings, AdaRoundOptions};
 use lowbit_quant::observer::Method;
 use lowbit_quant::qdq::{build_qdq, QdqConfig};
-use lowbit_runtime::classify::{argmax, Classifier};
+use lowbit_runtime::classify::argmax;
 
 #[test]
 fn adaround_w4a4_beats_nearest_and_runs_in_ort() {
-    let g = lowbit_onnx::read_model(&zoo("fmnist-resnet.onnx")).unwrap();
-    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(256)).unwrap();
-    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
-    let stats =
-        lowbit_quant::calibrate::calibrate(&canon, &[1, 28, 28], &calib.data, calib.n, 64, 2, true, &mut |_, _| {})
-            .unwrap();
+    let (g, canon, stats, calib) = calibrated_fmnist_resnet();
     let cfg = QdqConfig {
         weight_bits: 4,
         act_bits: 4,
@@ -65,11 +60,7 @@ fn adaround_w4a4_beats_nearest_and_runs_in_ort() {
     // Unseen images: better than nearest by a margin, and ORT runs the file with lowbit's answers.
     let n = 2000;
     let test = lowbit_data::load_idx_dir(&fashion_dir(), Split::Test, &Preprocess::fmnist(), Some(n)).unwrap();
-    let labels = test.labels.clone().unwrap();
-    let acc = |gr: &lowbit_core::Graph| {
-        let l = Classifier::new(gr.clone(), vec![1, 28, 28], 2).logits(&test.data, n).unwrap();
-        ((0..n).filter(|&i| argmax(&l[i]) as u32 == labels[i]).count() as f64 / n as f64, l)
-    };
+    let acc = |gr: &lowbit_core::Graph| fmnist_top1(gr, &test);
     let ((fa, _), (na, _), (aa, ours)) = (acc(&g), acc(&near.graph), acc(&ada.graph));
     eprintln!("W4A4 top-1 on {n} test images: float {fa:.4}, nearest {na:.4}, adaround {aa:.4}");
     assert!(aa >= na + 0.005, "adaround {aa} vs nearest {na}");

@@ -9,7 +9,7 @@ use crate::common::*;
 use lowbit_data::{Preprocess, Split};
 use lowbit_quant::observer::Method;
 use lowbit_quant::qdq::{build_qdq, QdqConfig};
-use lowbit_runtime::classify::{argmax, Classifier};
+use lowbit_runtime::classify::argmax;
 use lowbit_train::recon::{blocks, reconstruct, ReconOptions, SoftRound, GAMMA, ZETA};
 
 fn compute_layers(g: &lowbit_core::Graph) -> HashSet<String> {
@@ -88,12 +88,7 @@ fn int8_and_scales(g: &lowbit_core::Graph) -> HashMap<String, (Vec<i8>, Vec<f32>
 
 #[test]
 fn brecq_and_qdrop_w4a4_beat_nearest_and_run_in_ort() {
-    let g = lowbit_onnx::read_model(&zoo("fmnist-resnet.onnx")).unwrap();
-    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(256)).unwrap();
-    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
-    let stats =
-        lowbit_quant::calibrate::calibrate(&canon, &[1, 28, 28], &calib.data, calib.n, 64, 2, true, &mut |_, _| {})
-            .unwrap();
+    let (g, canon, stats, calib) = calibrated_fmnist_resnet();
     let cfg = QdqConfig {
         weight_bits: 4,
         act_bits: 4,
@@ -105,11 +100,7 @@ fn brecq_and_qdrop_w4a4_beat_nearest_and_run_in_ort() {
     let near = build_qdq(&canon, &stats, &cfg).unwrap();
     let n = 2000;
     let test = lowbit_data::load_idx_dir(&fashion_dir(), Split::Test, &Preprocess::fmnist(), Some(n)).unwrap();
-    let labels = test.labels.clone().unwrap();
-    let acc = |gr: &lowbit_core::Graph| {
-        let l = Classifier::new(gr.clone(), vec![1, 28, 28], 2).logits(&test.data, n).unwrap();
-        ((0..n).filter(|&i| argmax(&l[i]) as u32 == labels[i]).count() as f64 / n as f64, l)
-    };
+    let acc = |gr: &lowbit_core::Graph| fmnist_top1(gr, &test);
     let (fa, na) = (acc(&g).0, acc(&near.graph).0);
     let floats: HashMap<String, Vec<f32>> = canon
         .nodes

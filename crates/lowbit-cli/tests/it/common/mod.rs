@@ -268,3 +268,26 @@ pub fn int8_weights(g: &lowbit_core::Graph) -> Vec<(String, Vec<i8>, Vec<f32>)> 
         })
         .collect()
 }
+
+/// fmnist-resnet as read, its canonical graph, calibration statistics (with histograms) from the
+/// first 256 training images, and those images: the set-up of the learned-rounding tests.
+pub fn calibrated_fmnist_resnet(
+) -> (lowbit_core::Graph, lowbit_core::Graph, lowbit_quant::calibrate::Stats, lowbit_data::ImageSet) {
+    use lowbit_data::{Preprocess, Split};
+    let g = lowbit_onnx::read_model(&zoo("fmnist-resnet.onnx")).unwrap();
+    let calib = lowbit_data::load_idx_dir(&fashion_dir(), Split::Train, &Preprocess::fmnist(), Some(256)).unwrap();
+    let (canon, _) = lowbit_runtime::canonicalize_free(&g).unwrap();
+    let stats =
+        lowbit_quant::calibrate::calibrate(&canon, &[1, 28, 28], &calib.data, calib.n, 64, 2, true, &mut |_, _| {})
+            .unwrap();
+    (g, canon, stats, calib)
+}
+
+/// Top-1 accuracy of `g` (28x28 Fashion-MNIST classifier) on `test`, with its logits.
+pub fn fmnist_top1(g: &lowbit_core::Graph, test: &lowbit_data::ImageSet) -> (f64, Vec<Vec<f32>>) {
+    use lowbit_runtime::classify::{argmax, Classifier};
+    let labels = test.labels.as_ref().unwrap();
+    let l = Classifier::new(g.clone(), vec![1, 28, 28], 2).logits(&test.data, test.n).unwrap();
+    let correct = (0..test.n).filter(|&i| argmax(&l[i]) as u32 == labels[i]).count();
+    (correct as f64 / test.n as f64, l)
+}
