@@ -172,24 +172,15 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
         images: a.adaround_images,
         ..Default::default()
     });
-    if adaround.is_some() {
-        if a.adaround_iters == 0 || a.adaround_images == 0 {
-            bail!("--adaround-iters and --adaround-images must be at least 1");
-        }
-        if !matches!(weight_kind, Kind::Linear(_)) {
-            bail!(
-                "--rounding adaround learns the rounding of linear weights (--scheme linear or pow2), not --scheme {}",
-                a.scheme
-            );
-        }
-        if a.sensitivity || a.max_drop.is_some() {
-            bail!("--rounding adaround does not combine with --sensitivity or --max-drop yet");
-        }
+    if adaround.is_some() && (a.adaround_iters == 0 || a.adaround_images == 0) {
+        bail!("--adaround-iters and --adaround-images must be at least 1");
     }
-    if let Some(r) = reconstruction(a) {
-        if a.recon_iters == 0 || a.recon_batch == 0 || a.recon_images == 0 {
-            bail!("--recon-iters, --recon-batch and --recon-images must be at least 1");
-        }
+    if reconstruction(a).is_some() && (a.recon_iters == 0 || a.recon_batch == 0 || a.recon_images == 0) {
+        bail!("--recon-iters, --recon-batch and --recon-images must be at least 1");
+    }
+    // Every learned rounding: linear weights only, and not with the passes that rebuild layers.
+    let r = rounding(a);
+    if r != "nearest" {
         if !matches!(weight_kind, Kind::Linear(_)) {
             bail!(
                 "--rounding {r} learns the rounding of linear weights (--scheme linear or pow2), not --scheme {}",
