@@ -32,9 +32,13 @@ SHARED = os.path.join(ROOT, "..", "shared")
 LOWBIT = os.path.join(ROOT, "target", "release", "lowbit")
 FASHION = "/usr/share/datasets/fashion-mnist"
 PHOTOS = os.path.join(SHARED, "data", "photos224")
+SCENES = os.path.join(SHARED, "data", "scenes")
 MNIST = os.path.join(SHARED, "data", "mnist10k")
 
 # model, preset, calibration data + split, evaluation data + split
+# (ImageNet-style models: with `--scene-crops`, evaluated on the 1,008 crops of scenes/, 36 per photo at several
+# positions and scales, generated deterministically by `lowbit dump-data --crops 36`, none used for calibration)
+SCENE_CROPS = ["--crops", "36", "--size", "224x224"]
 MODELS = {
     "mnist-cnn": ("mnist", MNIST, "test", MNIST, "test"),
     "fmnist-resnet": ("fmnist", FASHION, "train", FASHION, "test"),
@@ -45,8 +49,8 @@ MODELS = {
 }
 
 
-def dump(data, split, preset, limit, prefix):
-    cmd = [LOWBIT, "dump-data", data, "--preset", preset, "--split", split, "-o", prefix]
+def dump(data, split, preset, limit, prefix, extra=()):
+    cmd = [LOWBIT, "dump-data", data, "--preset", preset, "--split", split, "-o", prefix, *extra]
     if limit:
         cmd += ["--limit", str(limit)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -110,14 +114,21 @@ def main():
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--calib-n", type=int, default=1000)
     ap.add_argument("--eval-limit", type=int, default=None)
+    ap.add_argument("--scene-crops", action="store_true",
+                    help="evaluate the ImageNet-style models on the scene crops instead of photos224")
+    ap.add_argument("--title", default="## PTQ W8A8 vs ONNX Runtime quantize_static",
+                    help="the RESULTS.md section to write")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="lowbit-ptq-")
     rows = []
     for m in a.models.split(","):
         preset, cdata, csplit, edata, esplit = MODELS[m]
+        eextra = []
+        if a.scene_crops and preset == "imagenet":
+            edata, esplit, eextra = SCENES, "test", SCENE_CROPS
         model = os.path.join(SHARED, "zoo", m + ".onnx")
         xc, _ = dump(cdata, csplit, preset, a.calib_n, os.path.join(tmp, m + "-calib"))
-        xe, ye = dump(edata, esplit, preset, a.eval_limit, os.path.join(tmp, m + "-eval"))
+        xe, ye = dump(edata, esplit, preset, a.eval_limit, os.path.join(tmp, m + "-eval"), eextra)
         ref = ort_logits(model, xe)
         ref_c = ort_logits(model, xc)
         float_score = score(ref, ye, ref)
@@ -174,7 +185,8 @@ def main():
         fp = ref.argmax(1)
         agree = (float((bp == fp).mean()), float((lq.argmax(1) == fp).mean()))
         # the same lowbit file, run by lowbit's own executor
-        cmd = [LOWBIT, "eval", os.path.join(tmp, m + "-lowbit.onnx"), "--data", edata, "--split", esplit, "--preset", preset, "--json", j + ".eval"]
+        cmd = [LOWBIT, "eval", os.path.join(tmp, m + "-lowbit.onnx"), "--data", edata, "--split", esplit, "--preset", preset,
+               "--json", j + ".eval", *eextra]
         if ye is None:
             cmd += ["--reference", model]
         if a.eval_limit:
@@ -186,7 +198,10 @@ def main():
         print(f"{m:28} lowbit {lb * 100:6.2f}% in ORT, {lb_self * 100:6.2f}% in lowbit; float {float_score * 100:.2f}%", flush=True)
         rows.append((m, metric, len(xe), float_score, best[0], best[1], lb, lb_self, ort_runs[by_kl][0], by_kl,
                      only_lb, only_ort, agree))
-    body = [f"Measured {time.strftime('%Y-%m-%d')}, ONNX Runtime {ort.__version__}. Reproduce: `python bench/ptq_vs_ort.py`.",
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    flags = " ".join(sys.argv[1:])
+    body = [f"Measured {time.strftime('%Y-%m-%d')} on {cpu}, ONNX Runtime {ort.__version__}. Reproduce: "
+            f"`python bench/ptq_vs_ort.py{' ' + flags if flags else ''}`.",
             f"Calibration: the first {a.calib_n} images of the calibration set (Fashion-MNIST *train*; mnist10k and photos224 have no",
             "split, so the first images of the same set). lowbit: default settings (per-channel int8 weights, uint8 activations,",
             "activation range method chosen automatically on the calibration images). ORT: quant_pre_process, then quantize_static",
@@ -209,7 +224,7 @@ def main():
                     f"{ag_l * 100:.2f}% |")
     out = os.path.join(ROOT, "bench", "RESULTS.md")
     text = open(out).read() if os.path.exists(out) else "# lowbit benchmark results\n"
-    title = "## PTQ W8A8 vs ONNX Runtime quantize_static"
+    title = a.title
     start = text.find(title)
     block = title + "\n\n" + "\n".join(body) + "\n\n"
     if start < 0:
