@@ -7,7 +7,8 @@ usage: python bench/qdq_ablation.py --qdq Q.onnx --float FLOAT.onnx --data PREFI
            [--variants weights-only,input-only,all-but-input,all,prefix:8,only:3]
 PREFIX is a `lowbit dump-data ... -o PREFIX` dump (PREFIX.npy). Activation Q nodes are numbered in graph
 order, 0 being the model input's. Variants: weights-only (no activation quantized), input-only,
-all-but-input, all, prefix:N (the first N), only:I (the I-th alone), and input-rounded (the float
+all-but-input, all, prefix:N (the first N), suffix:N (the last N), only:I (the I-th alone), all-but:I (all
+but the I-th; negative I counts from the end), all-but-suffix:N (all but the last N), and input-rounded (the float
 model on the input rounded to the file's input grid). segment: mask IoU (> 0.5) per image and pooled
 over all pixels; classify: top-1 agreement.
 """
@@ -85,8 +86,19 @@ def main():
         keep = {"weights-only": set(), "input-only": {0}, "all-but-input": set(range(1, n)), "all": set(range(n))}.get(v)
         if keep is None:
             kind, k = v.split(":")
-            keep = set(range(int(k))) if kind == "prefix" else {int(k)}
-        print(v, score(run(bypass(m0, keep), x)), flush=True)
+            if kind == "prefix":
+                keep = set(range(int(k)))
+            elif kind == "suffix":
+                keep = set(range(n - int(k), n))
+            elif kind == "all-but":
+                keep = set(range(n)) - {int(k) % n}
+            elif kind == "all-but-suffix":
+                keep = set(range(n - int(k)))
+            else:
+                keep = {int(k)}
+        names = "" if len(keep) > 3 and n - len(keep) > 3 else " (" + ", ".join(
+            qs[i].input[0] for i in (sorted(keep) if len(keep) <= 3 else sorted(set(range(n)) - keep))) + ")"
+        print(v, score(run(bypass(m0, keep), x)) + names, flush=True)
 
 
 if __name__ == "__main__":
