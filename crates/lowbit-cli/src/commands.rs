@@ -539,6 +539,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             model: model.clone(),
             calib: Some(data.clone()),
             data: None,
+            no_learned_rounding: false,
             qat_method: "lsq".into(),
             qat_epochs: 1,
             calib_split: "train".into(),

@@ -163,8 +163,19 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
 
     // L2: calibration, sensitivity and mixed precision (scored on calibration images).
     let t2 = Instant::now();
-    let l2_args =
-        QuantizeArgs { calib: Some(data.clone()), data: None, calib_split: "train".into(), eval: None, ..a.clone() };
+    // `--rounding` (or `--method adaround|brecq|qdrop`) names the learned-rounding candidate; L2
+    // itself rounds to nearest.
+    let asked = crate::quantize_args::rounding(a).to_string();
+    let l2_method = if asked == a.method { "auto".to_string() } else { a.method.clone() };
+    let l2_args = QuantizeArgs {
+        calib: Some(data.clone()),
+        data: None,
+        calib_split: "train".into(),
+        eval: None,
+        rounding: "nearest".into(),
+        method: l2_method,
+        ..a.clone()
+    };
     let l2 = quantize(&l2_args)?;
     let l2_acc = score(&l2.graph)?;
     let l2_ok = within(l2_acc);
@@ -183,10 +194,54 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
     stages.push(j);
     let mut done_by = if l2_ok { "L2" } else { "" };
 
-    // L3: fake-quant training from the L2 result, only when needed.
-    if !l2_ok {
+    // L2 with learned weight rounding, below 8 bits only (at 8 bits nearest rounding is within
+    // noise of learned): uniform widths as asked, the same calibration images; the first
+    // candidate within budget ends the pipeline.
+    let candidates: Vec<&str> = match asked.as_str() {
+        _ if l2_ok || a.no_learned_rounding || (a.weights >= 8 && a.acts >= 8) => vec![],
+        "nearest" => vec!["adaround", "qdrop"],
+        r => vec![r],
+    };
+    for r in candidates {
         eprintln!(
-            "L2 misses the budget on the deciding half ({:.2} pp > {budget} pp): L3 {} for {} epoch(s)",
+            "L2 misses the budget on the deciding half ({:.2} pp > {budget} pp): L2 with {r} rounding",
+            (float.decide - l2_acc.decide) * 100.0
+        );
+        let t = Instant::now();
+        let ra = QuantizeArgs { rounding: r.into(), max_drop: None, sensitivity: false, ..l2_args.clone() };
+        let q = quantize(&ra)?;
+        let acc = score(&q.graph)?;
+        let ok = within(acc);
+        row(
+            &mut rows,
+            &format!("L2 W{}A{} + {r} rounding", a.weights, a.acts),
+            acc,
+            q.quant_weight_bytes,
+            bits_summary(&q.weight_bits),
+            t.elapsed().as_secs_f64(),
+            Some(ok),
+        );
+        let mut j = js(&format!("L2-{r}"), acc);
+        j["weight_bytes"] = json!(q.quant_weight_bytes);
+        j["rounding"] = json!(r);
+        j["seconds"] = json!(t.elapsed().as_secs_f64());
+        stages.push(j);
+        if ok {
+            done_by = if r == "adaround" {
+                "L2-adaround"
+            } else if r == "qdrop" {
+                "L2-qdrop"
+            } else {
+                "L2-brecq"
+            };
+            break;
+        }
+    }
+
+    // L3: fake-quant training from the L2 result, only when needed.
+    if done_by.is_empty() {
+        eprintln!(
+            "no calibrated stage meets the budget on the deciding half (L2: {:.2} pp > {budget} pp): L3 {} for {} epoch(s)",
             (float.decide - l2_acc.decide) * 100.0,
             qat_method.name(),
             a.qat_epochs

@@ -15,10 +15,16 @@ pub struct QuantizeArgs {
     #[arg(long, required_unless_present = "data")]
     pub calib: Option<PathBuf>,
     /// Automatic pipeline on a labelled IDX folder with train and test splits: L1 data-free
-    /// (weights only), L2 calibrated with sensitivity-driven mixed precision (--max-drop), and L3
-    /// quantization-aware training only if the budget is still missed; a table of every stage
+    /// (weights only), L2 calibrated with sensitivity-driven mixed precision (--max-drop); below
+    /// 8 bits, if L2 misses the budget, L2 with learned weight rounding (AdaRound, then QDrop; or
+    /// only the one --rounding names); and L3 quantization-aware training only if the budget is
+    /// still missed; a table of every stage
     #[arg(long, conflicts_with_all = ["calib", "eval"])]
     pub data: Option<PathBuf>,
+    /// Automatic pipeline: go from calibration (L2) straight to training (L3), without the
+    /// learned-rounding candidates
+    #[arg(long, requires = "data")]
+    pub no_learned_rounding: bool,
     /// L3 method (ste, lsq, pact, dsq) and epochs
     #[arg(long, default_value = "lsq")]
     pub qat_method: String,

@@ -486,6 +486,8 @@ fn the_automatic_pipeline_runs_on_mnist_cnn() {
         "--acts",
         "4",
         "--max-drop=-100",
+        // Calibration straight to training (the learned-rounding candidates are tested in train::).
+        "--no-learned-rounding",
         "--calib-n",
         "128",
         "-o",

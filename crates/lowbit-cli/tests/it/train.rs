@@ -205,6 +205,13 @@ fn pipeline_stops_at_the_first_stage_within_budget() {
             "200",
             "--eval-limit",
             "300",
+            // Short learned-rounding candidates (their quality is tested in adaround:: and recon::).
+            "--adaround-iters",
+            "100",
+            "--recon-iters",
+            "40",
+            "--recon-images",
+            "64",
             "-o",
             out.to_str().unwrap(),
             "--json",
@@ -218,12 +225,31 @@ fn pipeline_stops_at_the_first_stage_within_budget() {
     assert_eq!(r["met_by"], "L2", "{stdout}");
     assert!(stdout.contains("L1 data-free W4") && !stdout.contains("L3 QAT"), "{stdout}");
     assert!(out.exists());
-    // An impossible budget: L3 runs, the report says no stage met it, the exit code says so.
+    // An impossible budget: below 8 bits the learned-rounding candidates run after L2, then L3;
+    // the report says no stage met it, the exit code says so.
     let (ok, stdout, _, r, _) = run_budget("-100", "impossible");
     assert!(!ok);
     let stages: Vec<&str> = r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
-    assert_eq!(stages, ["float", "L1", "L2", "L3"], "{stdout}");
+    assert_eq!(stages, ["float", "L1", "L2", "L2-adaround", "L2-qdrop", "L3"], "{stdout}");
     assert_eq!(r["met_by"], "");
+    // A budget between L2's drop and the best candidate's: the first candidate (in the order
+    // AdaRound, QDrop) within it ends the pipeline, its file is written, and no training runs.
+    let drop = |stage: &str| {
+        r["stages"].as_array().unwrap().iter().find(|s| s["stage"] == stage).unwrap()["decide_drop_pp"]
+            .as_f64()
+            .unwrap()
+    };
+    let (l2, ada, qdrop) = (drop("L2"), drop("L2-adaround"), drop("L2-qdrop"));
+    assert!(ada.min(qdrop) < l2, "learned rounding beats nearest at W4A4: L2 {l2}, AdaRound {ada}, QDrop {qdrop} pp");
+    let budget = (l2 + ada.min(qdrop)) / 2.0;
+    let expect = if ada <= budget { "L2-adaround" } else { "L2-qdrop" };
+    let (ok, stdout, stderr, r2, out) = run_budget(&format!("{budget}"), "between");
+    assert!(ok, "{stderr}");
+    assert_eq!(r2["met_by"], expect, "{stdout}");
+    let stages: Vec<&str> = r2["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages.last(), Some(&expect), "{stdout}");
+    assert!(!stdout.contains("L3 QAT"), "{stdout}");
+    assert!(lowbit_onnx::read_model(&out).is_ok());
     std::fs::remove_dir_all(&d).unwrap();
 }
 
