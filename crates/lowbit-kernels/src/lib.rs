@@ -9,6 +9,7 @@
 //! reference every SIMD path matches (bit for bit for the integer and binary kernels). Kernels take
 //! slices and geometry, never graphs, and do not allocate in their inner loops.
 
+pub mod aligned;
 pub mod binary;
 pub mod eltwise;
 pub mod epilogue;

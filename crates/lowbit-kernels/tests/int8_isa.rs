@@ -24,6 +24,14 @@ fn requant(n: usize, seed: u64, f32_out: bool) -> Requant {
     let scale: Vec<f32> = (0..n).map(|_| 1e-4 + unit() * 0.05).collect();
     let bias_i: Vec<i32> = (0..n).map(|_| (unit() * 20000.0) as i32 - 10000).collect();
     let bias_f: Vec<f32> = (0..n).map(|_| if unit() < 0.5 { 0.0 } else { unit() - 0.5 }).collect();
+    // A third of the cases: what a quantized ReLU network mostly has, and what the kernels
+    // specialise (integer bias only, a clamp the output range implies, full-range unsigned bytes).
+    if !f32_out && unit() < 0.33 {
+        let s = [1e-3, 0.02, 0.5][(unit() * 3.0) as usize % 3];
+        let lo = if unit() < 0.5 { 0.0 } else { f32::NEG_INFINITY };
+        let out = Out::Q { scale: s, zp: if lo == 0.0 { 0 } else { 128 }, qmin: 0, qmax: 255 };
+        return Requant::new(&scale, &bias_i, &vec![0.0; n], lo, f32::INFINITY, out);
+    }
     let pick = unit();
     let (lo, hi) = if pick < 0.3 {
         (f32::NEG_INFINITY, f32::INFINITY)

@@ -556,10 +556,10 @@ pub(crate) fn pack_planes(isa: Isa, planes: &[u8], o: usize, pix: usize) -> Pack
                 pairs[(kk / 2) * n_pad * 2 + j * 2 + kk % 2] = (v ^ 0x80) as i8;
             }
         }
-        return PackedB { isa, k4, kp: k4, n: o, n_pad, quad: vec![], pairs, colsum };
+        return PackedB { isa, k4, kp: k4, n: o, n_pad, quad: lowbit_kernels::aligned::Aligned::new(), pairs, colsum };
     }
     let panel = lowbit_kernels::int8::pack::PANEL;
-    let mut quad = vec![0i8; k4 * n_pad];
+    let mut quad = lowbit_kernels::aligned::Aligned::zeroed(k4 * n_pad);
     for j in 0..o {
         let plane = &planes[j * pix..(j + 1) * pix];
         let (pi, jj) = (j / panel, j % panel);

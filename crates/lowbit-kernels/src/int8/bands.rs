@@ -54,7 +54,7 @@ pub(crate) fn pad_nhwc(g: &ConvGeom, x: &[u8], hp: usize, wp: usize, cs: usize, 
 
 thread_local! {
     /// Each thread's band of padded depthwise input rows (grown once to the largest band met).
-    static BAND: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BAND: std::cell::RefCell<crate::aligned::Aligned<u8>> = const { std::cell::RefCell::new(crate::aligned::Aligned::new()) };
 }
 
 /// Bytes of padded input rows a depthwise band aims at: well inside L2, so the rows the kernel reads were just

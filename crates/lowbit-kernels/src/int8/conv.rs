@@ -197,7 +197,7 @@ impl QConv {
             let mut rq = rq;
             let corr: Vec<i32> = colsum.iter().map(|&s| -(zx as i32) * s).collect();
             rq.add_bias_i(&corr);
-            let (mut vnni, mut rq_perm) = (vec![], None);
+            let (mut vnni, mut rq_perm) = (crate::aligned::Aligned::new(), None);
             let by_cols = g.kh <= 4 && g.dw == 1 && g.sw <= 2;
             let groups = if by_cols { g.kw } else { taps.div_ceil(4) };
             // group and byte of tap t
@@ -219,7 +219,7 @@ impl QConv {
             let real = |c: usize| if ppv > 1 { c % g.c_out } else { c };
             if bw > 0 && rq.out != Out::F32 && taps <= 64 {
                 let blocks = (g.c_out * ppv).div_ceil(bw);
-                vnni = vec![0i8; blocks * groups * 4 * bw];
+                vnni = crate::aligned::Aligned::zeroed(blocks * groups * 4 * bw);
                 let nb = blocks * bw;
                 let (mut sc, mut bi, mut bf) = (vec![0f32; nb], vec![0i32; nb], vec![0f32; nb]);
                 let rbf = |c: usize| if rq.bias_f.is_empty() { 0.0 } else { rq.bias_f[c] };
@@ -384,13 +384,27 @@ impl QConv {
         (g.oh + g.kh - 1, g.ow + g.kw - 1)
     }
 
-    /// The depthwise kernels' view of the geometry (padded input rows of `c_in` bytes per pixel).
+    /// The depthwise kernels' view of the geometry (padded input rows of `cs` bytes per pixel).
+    ///
+    /// The vector kernels that read a pixel's channels in whole blocks (64 bytes on AVX-512, 32 on
+    /// AVX-VNNI) get a channel stride rounded up to the block, so that with the band starting on a
+    /// cache line every block load does too (the padding bytes hold the zero point and feed only
+    /// lanes that are not stored). With 96 or 144 channels every other block load straddled two
+    /// lines (see `crate::aligned` for what that costs).
     pub(crate) fn dw_geom(&self) -> DwGeom {
         let g = &self.geom;
         let (_, wp) = self.padded_hw();
+        let block = match &self.kind {
+            ConvKind::Depthwise(w, _) if w.rq_perm.is_some() && w.ppv == 1 => match w.isa {
+                Isa::Avx512Vnni | Isa::Amx => 64,
+                Isa::AvxVnni => 32,
+                _ => 1,
+            },
+            _ => 1,
+        };
         DwGeom {
             c: g.c_in,
-            cs: g.c_in,
+            cs: g.c_in.div_ceil(block) * block,
             wp,
             kh: g.kh,
             kw: g.kw,

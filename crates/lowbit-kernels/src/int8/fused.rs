@@ -5,14 +5,9 @@
 //! outputs are bit-exact with running the two convolutions one after the other.
 
 use crate::epilogue::{Out, OutPtr};
-use crate::int8::bands::{pad_row, run_bands};
+use crate::int8::bands::run_bands;
 use crate::int8::conv::QConv;
 use crate::int8::gemm::gemm;
-
-thread_local! {
-    /// Each thread's expanded rows of one band, before they are padded into the band buffer.
-    static ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// A 1x1 convolution (GEMM over its input, uint8 output) and the depthwise convolution that reads
 /// its output, run as one step.
@@ -68,38 +63,37 @@ impl QExpandDw {
             unreachable!("checked by fuse")
         };
         let dg = self.dw.dw_geom();
-        let (row_bytes, c, zx) = (dg.wp * dg.cs, g.c_in, self.dw.zx);
+        let (row_bytes, zx) = (dg.wp * dg.cs, self.dw.zx);
+        // Each padded row: the zero point outside the image, the image row's expansion written by
+        // its GEMM straight into the band at the band's channel stride.
         let fill = |ph0: usize, rows: &mut [u8]| {
-            let n = rows.len() / row_bytes;
-            // The image rows among padded rows ph0..ph0 + n, computed by one GEMM.
-            let ia = ph0.max(g.pt).min(g.pt + g.h) - g.pt;
-            let ib = (ph0 + n).max(g.pt).min(g.pt + g.h) - g.pt;
-            ROWS.with(|t| {
-                let mut t = t.borrow_mut();
-                let len = (ib - ia) * g.w * c;
-                if t.len() < len {
-                    t.resize(len, 0);
+            for (i, row) in rows.chunks_mut(row_bytes).enumerate() {
+                let ih = (ph0 + i) as isize - g.pt as isize;
+                if ih < 0 || ih >= g.h as isize {
+                    row.fill(zx);
+                    continue;
                 }
-                if ib > ia {
-                    // SAFETY: rows ia..ib of the input hold (ib - ia)·w pixels of c_in bytes (k4 = c_in
-                    // for a GEMM over the input); `t` holds their outputs.
+                let left = g.pl.min(dg.wp);
+                let n = g.w.min(dg.wp - left);
+                row[..left * dg.cs].fill(zx);
+                row[(left + n) * dg.cs..].fill(zx);
+                if n > 0 {
+                    // SAFETY: image row `ih` holds `w` pixels of `c_in` bytes (k4 = c_in for a GEMM
+                    // over the input); the row holds `n` pixels of `cs >= c` bytes after `left`.
                     unsafe {
                         gemm(
-                            (ib - ia) * g.w,
-                            x.as_ptr().add(ia * g.w * e.c_in),
+                            n,
+                            x.as_ptr().add(ih as usize * g.w * e.c_in),
                             e.c_in,
                             b,
                             er,
-                            OutPtr(t.as_mut_ptr()),
-                            c,
+                            OutPtr(row.as_mut_ptr().add(left * dg.cs)),
+                            dg.cs,
                             1,
                         )
                     };
                 }
-                for (i, row) in rows.chunks_mut(row_bytes).enumerate() {
-                    pad_row(g, &t, ia, ph0 + i, dg.wp, dg.cs, zx, row);
-                }
-            });
+            }
         };
         run_bands(g, &dg, w, rq, out, threads, true, &fill);
     }

@@ -1,6 +1,7 @@
 //! Weights packed once, at plan time, for one integer path: GEMM right-hand sides ([`PackedB`]) and
 //! depthwise taps ([`PackedDw`]).
 
+use crate::aligned::Aligned;
 use crate::epilogue::Requant;
 use crate::isa::Isa;
 
@@ -21,7 +22,7 @@ pub struct PackedB {
     pub n_pad: usize,
     /// VNNI quads, panel by panel: for each panel of [`PANEL`] columns, `[k4/4][width][4]`, so
     /// the GEMM streams one contiguous block per panel (scalar and AVX-512 read this).
-    pub quad: Vec<i8>,
+    pub quad: Aligned<i8>,
     /// `[k4/2][n_pad][2]`: pairs of reduction rows per column (AVX2 reads this, sign-extending
     /// 16 bytes to 16 i16 lanes per load, so the weights stay one byte each in memory).
     pub pairs: Vec<i8>,
@@ -38,7 +39,7 @@ impl PackedB {
         let k64 = k4.div_ceil(64) * 64;
         let kp = if isa == Isa::Amx && (k64 - k4) * 16 <= k4 { k64 } else { k4 };
         let n_pad = n.div_ceil(16) * 16;
-        let mut quad = vec![0i8; kp * n_pad];
+        let mut quad = Aligned::zeroed(kp * n_pad);
         let mut colsum = vec![0i32; n];
         for kk in 0..k {
             for (j, cs) in colsum.iter_mut().enumerate() {
@@ -55,7 +56,7 @@ impl PackedB {
                     pairs[(kk / 2) * n_pad * 2 + j * 2 + kk % 2] = w(kk, j);
                 }
             }
-            quad = vec![];
+            quad = Aligned::new();
         }
         PackedB { isa, k4, kp, n, n_pad, quad, pairs, colsum }
     }
@@ -99,7 +100,7 @@ pub struct PackedDw {
     /// path), per group of 4 taps, 4 vectors whose i32 lane (L, j) holds the 4 tap weights of
     /// channel `16L + 4i + j` (the order byte interleaving of 4 tap rows produces, 128 bits at a
     /// time), plus the epilogue parameters in the same order.
-    pub vnni: Vec<i8>,
+    pub vnni: Aligned<i8>,
     pub rq_perm: Option<Requant>,
     /// `vnni` groups are window columns (the 4 bytes of a lane: rows 0..kh, kh ≤ 4), so one
     /// interleaved input column serves every output pixel that reads it; otherwise groups are 4
