@@ -103,6 +103,12 @@ impl<T: Pod> std::fmt::Debug for Aligned<T> {
     }
 }
 
+impl<T: Pod + PartialEq> PartialEq for Aligned<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
+    }
+}
+
 impl<T: Pod> From<Vec<T>> for Aligned<T> {
     fn from(v: Vec<T>) -> Self {
         Self::from_slice(&v)
