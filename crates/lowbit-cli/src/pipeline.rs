@@ -202,6 +202,9 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
         "nearest" => vec!["adaround", "qdrop"],
         r => vec![r],
     };
+    if asked != "nearest" && a.weights >= 8 && a.acts >= 8 {
+        eprintln!("note: --rounding {asked} is tried only below 8 bits; at W8A8 the pipeline goes from L2 to L3");
+    }
     for r in candidates {
         eprintln!(
             "L2 misses the budget on the deciding half ({:.2} pp > {budget} pp): L2 with {r} rounding",
