@@ -109,12 +109,6 @@ impl<T: Pod + PartialEq> PartialEq for Aligned<T> {
     }
 }
 
-impl<T: Pod> From<Vec<T>> for Aligned<T> {
-    fn from(v: Vec<T>) -> Self {
-        Self::from_slice(&v)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,18 +159,23 @@ pub(crate) unsafe fn hsum16(acc: &[__m512i; 16]) -> __m512i {
     _mm512_add_epi32(_mm512_shuffle_i32x4::<0x88>(e01, e23), _mm512_shuffle_i32x4::<0xDD>(e01, e23))
 }
 
+/// `round_half_even(y / s) + zp` of 16 lanes: the correctly rounded quotient from `inv = 1/s`
+/// (Markstein: `q = y·inv`, one FMA for the exact residual, one to correct), rounded half to even
+/// (the default MXCSR mode, as `round_ties_even` in the scalar path), the zero point added.
+#[inline(always)]
+unsafe fn round_div_zp(y: __m512, vs: __m512, vinv: __m512, vzp: __m512i) -> __m512i {
+    let q = _mm512_mul_ps(y, vinv);
+    let t = _mm512_fmadd_ps(_mm512_fnmadd_ps(q, vs, y), vinv, q);
+    _mm512_add_epi32(_mm512_cvtps_epi32(t), vzp)
+}
+
 /// `round_half_even(clamp(y / s, qmin - zp, qmax - zp)) + zp` as bytes, `y` already clamped to
 /// `[ylo, yhi]` (see [`Requant`]).
 #[inline(always)]
 unsafe fn quant16(y: __m512, scale: f32, inv: f32, zp: i32, qmin: i32, qmax: i32) -> __m128i {
-    let (vs, vinv) = (_mm512_set1_ps(scale), _mm512_set1_ps(inv));
-    let q = _mm512_mul_ps(y, vinv);
-    let r = _mm512_fnmadd_ps(q, vs, y);
-    let t = _mm512_fmadd_ps(r, vinv, q);
-    // Round half to even (the default MXCSR mode, as `round_ties_even` in the scalar path), add the
-    // zero point, saturate: `t` is within one step of the range, so clamping after rounding equals
-    // the scalar path's clamping before it.
-    let q = _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(zp));
+    // Saturate after rounding: `y / s` is within one step of the range, so clamping after rounding
+    // equals the scalar path's clamping before it.
+    let q = round_div_zp(y, _mm512_set1_ps(scale), _mm512_set1_ps(inv), _mm512_set1_epi32(zp));
     match (qmin, qmax) {
         (0, 255) => _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, _mm512_setzero_si512())),
         (-128, 127) => _mm512_cvtsepi32_epi8(q),
@@ -296,9 +301,7 @@ unsafe fn store64(acc: &[__m512i; 4], c: usize, rq: &Requant, p: *mut u8, valid:
             _mm512_add_ps(y, _mm512_loadu_ps(rq.bias_f.as_ptr().add(c + 16 * v)))
         };
         let y = if rq.unclamped { y } else { _mm512_min_ps(_mm512_max_ps(y, ylo), yhi) };
-        let t0 = _mm512_mul_ps(y, vinv);
-        let t = _mm512_fmadd_ps(_mm512_fnmadd_ps(t0, vs, y), vinv, t0);
-        *qv = _mm512_add_epi32(_mm512_cvtps_epi32(t), vzp);
+        *qv = round_div_zp(y, vs, vinv, vzp);
     }
     let (a, b) = (_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
     let bytes = if qmin == 0 { _mm512_packus_epi16(a, b) } else { _mm512_packs_epi16(a, b) };
@@ -418,10 +421,7 @@ unsafe fn dw3_fast<const SW: usize>(
             let a = _mm512_dpbusd_epi32(bi[i], c0[i], w0[i]);
             let a = _mm512_dpbusd_epi32(a, c1[i], w1[i]);
             let a = _mm512_dpbusd_epi32(a, c2[i], w2[i]);
-            let y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), sc[i]);
-            let t0 = _mm512_mul_ps(y, vinv);
-            let t = _mm512_fmadd_ps(_mm512_fnmadd_ps(t0, vs, y), vinv, t0);
-            q[i] = _mm512_add_epi32(_mm512_cvtps_epi32(t), vzp);
+            q[i] = round_div_zp(_mm512_mul_ps(_mm512_cvtepi32_ps(a), sc[i]), vs, vinv, vzp);
         }
         let bytes = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
         _mm512_mask_storeu_epi8(o as *mut i8, m, bytes);
@@ -448,9 +448,7 @@ unsafe fn dw_store64(acc: &[__m512i; 4], sc: &[__m512; 4], bf: &[__m512; 4], rp:
         let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i]), sc[i]);
         let y = if rp.bias_f.is_empty() { y } else { _mm512_add_ps(y, bf[i]) };
         let y = if rp.unclamped { y } else { _mm512_min_ps(_mm512_max_ps(y, vlo), vhi) };
-        let t0 = _mm512_mul_ps(y, vinv);
-        let t = _mm512_fmadd_ps(_mm512_fnmadd_ps(t0, vs, y), vinv, t0);
-        q[i] = _mm512_add_epi32(_mm512_cvtps_epi32(t), vzp);
+        q[i] = round_div_zp(y, vs, vinv, vzp);
     }
     let bytes = match (qmin, qmax) {
         (0, 255) => _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3])),
