@@ -7,7 +7,6 @@ use lowbit_data::{Preprocess, Split};
 use lowbit_quant::adaround::{adaround, learn::LearnSettings, AdaRoundOptions};
 use lowbit_quant::observer::Method;
 use lowbit_quant::qdq::{build_qdq, QdqConfig};
-use lowbit_runtime::classify::argmax;
 
 #[test]
 fn adaround_w4a4_beats_nearest_and_runs_in_ort() {
@@ -65,37 +64,17 @@ fn adaround_w4a4_beats_nearest_and_runs_in_ort() {
     eprintln!("W4A4 top-1 on {n} test images: float {fa:.4}, nearest {na:.4}, adaround {aa:.4}");
     assert!(aa >= na + 0.005, "adaround {aa} vs nearest {na}");
     assert!(fa - aa <= 0.015, "adaround {aa} vs float {fa}");
-    let d = tmpdir("adaround-w4a4");
-    let path = d.join("q.onnx");
-    lowbit_onnx::write_model(&ada.graph, &path).unwrap();
-    let (shape, ort) = ort_run_qdq(&path, &test.data, &[n, 1, 28, 28], "adaround-w4a4");
-    assert_eq!(shape, vec![n, 10]);
-    let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
-    assert!(agree as f64 >= 0.995 * n as f64, "ORT agrees on {agree}/{n}");
-    std::fs::remove_dir_all(&d).unwrap();
+    assert_ort_agrees_fmnist(&ada.graph, &test, &ours, "adaround-w4a4");
 }
 
 #[test]
 fn adaround_refuses_what_it_cannot_do() {
-    let d = tmpdir("adaround-cli");
-    let out = d.join("q.onnx");
-    let model = zoo("fmnist-resnet.onnx");
-    for (extra, needle) in [
-        (&["--scheme", "kmeans"][..], "linear weights"),
-        (&["--max-drop", "1"][..], "does not combine"),
-        (&["--adaround-iters", "0"][..], "at least 1"),
-    ] {
-        let r = std::process::Command::new(lowbit_bin())
-            .args(["quantize", model.to_str().unwrap(), "--calib", fashion_dir().to_str().unwrap()])
-            .args(["--calib-n", "16", "--rounding", "adaround", "-o", out.to_str().unwrap()])
-            .args(extra)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert!(!r.status.success(), "{extra:?} should fail");
-        assert!(err.contains(needle), "{extra:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
-        assert!(!out.exists());
-    }
-    std::fs::remove_dir_all(&d).unwrap();
+    assert_rounding_refuses(
+        "adaround-cli",
+        &[
+            ("adaround", &["--scheme", "kmeans"], "linear weights"),
+            ("adaround", &["--max-drop", "1"], "does not combine"),
+            ("adaround", &["--adaround-iters", "0"], "at least 1"),
+        ],
+    );
 }

@@ -9,7 +9,6 @@ use crate::common::*;
 use lowbit_data::{Preprocess, Split};
 use lowbit_quant::observer::Method;
 use lowbit_quant::qdq::{build_qdq, QdqConfig};
-use lowbit_runtime::classify::argmax;
 use lowbit_train::recon::{blocks, reconstruct, ReconOptions, SoftRound, GAMMA, ZETA};
 
 fn compute_layers(g: &lowbit_core::Graph) -> HashSet<String> {
@@ -144,38 +143,18 @@ fn brecq_and_qdrop_w4a4_beat_nearest_and_run_in_ort() {
         eprintln!("W4A4 top-1 on {n} test images ({:?}): float {fa:.4}, nearest {na:.4}, learned {qa:.4}", o.drop);
         assert!(qa >= na + 0.003, "{:?}: {qa} vs nearest {na}", o.drop);
         assert!(fa - qa <= 0.015, "{:?}: {qa} vs float {fa}", o.drop);
-        let d = tmpdir("recon-w4a4");
-        let path = d.join("q.onnx");
-        lowbit_onnx::write_model(&q.graph, &path).unwrap();
-        let (shape, ort) = ort_run_qdq(&path, &test.data, &[n, 1, 28, 28], "recon-w4a4");
-        assert_eq!(shape, vec![n, 10]);
-        let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
-        assert!(agree as f64 >= 0.995 * n as f64, "ORT agrees on {agree}/{n}");
-        std::fs::remove_dir_all(&d).unwrap();
+        assert_ort_agrees_fmnist(&q.graph, &test, &ours, "recon-w4a4");
     }
 }
 
 #[test]
 fn reconstruction_refuses_what_it_cannot_do() {
-    let d = tmpdir("recon-cli");
-    let out = d.join("q.onnx");
-    let model = zoo("fmnist-resnet.onnx");
-    for (rounding, extra, needle) in [
-        ("brecq", &["--scheme", "kmeans"][..], "linear weights"),
-        ("qdrop", &["--max-drop", "1"][..], "does not combine"),
-        ("brecq", &["--recon-iters", "0"][..], "at least 1"),
-    ] {
-        let r = std::process::Command::new(lowbit_bin())
-            .args(["quantize", model.to_str().unwrap(), "--calib", fashion_dir().to_str().unwrap()])
-            .args(["--calib-n", "16", "--rounding", rounding, "-o", out.to_str().unwrap()])
-            .args(extra)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert!(!r.status.success(), "{extra:?} should fail");
-        assert!(err.contains(needle), "{extra:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
-        assert!(!out.exists());
-    }
-    std::fs::remove_dir_all(&d).unwrap();
+    assert_rounding_refuses(
+        "recon-cli",
+        &[
+            ("brecq", &["--scheme", "kmeans"], "linear weights"),
+            ("qdrop", &["--max-drop", "1"], "does not combine"),
+            ("brecq", &["--recon-iters", "0"], "at least 1"),
+        ],
+    );
 }

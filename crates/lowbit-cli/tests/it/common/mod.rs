@@ -291,3 +291,40 @@ pub fn fmnist_top1(g: &lowbit_core::Graph, test: &lowbit_data::ImageSet) -> (f64
     let correct = (0..test.n).filter(|&i| argmax(&l[i]) as u32 == labels[i]).count();
     (correct as f64 / test.n as f64, l)
 }
+
+/// Writes `g` (a Fashion-MNIST QDQ classifier whose logits on `test` lowbit gave as `ours`), runs it
+/// in ONNX Runtime, and asserts the two give the same top-1 on at least 99.5% of the images.
+pub fn assert_ort_agrees_fmnist(g: &lowbit_core::Graph, test: &lowbit_data::ImageSet, ours: &[Vec<f32>], tag: &str) {
+    use lowbit_runtime::classify::argmax;
+    let n = test.n;
+    let d = tmpdir(tag);
+    let path = d.join("q.onnx");
+    lowbit_onnx::write_model(g, &path).unwrap();
+    let (shape, ort) = ort_run_qdq(&path, &test.data, &[n, 1, 28, 28], tag);
+    assert_eq!(shape, vec![n, 10]);
+    let agree = (0..n).filter(|&i| argmax(&ours[i]) == argmax(&ort[i * 10..(i + 1) * 10])).count();
+    assert!(agree as f64 >= 0.995 * n as f64, "ORT agrees on {agree}/{n}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// `lowbit quantize fmnist-resnet --rounding R` with each of `cases` (extra flags, text the error
+/// must hold) fails cleanly: non-zero exit, the text, no panic, no output file.
+pub fn assert_rounding_refuses(tag: &str, cases: &[(&str, &[&str], &str)]) {
+    let d = tmpdir(tag);
+    let out = d.join("q.onnx");
+    let model = zoo("fmnist-resnet.onnx");
+    for &(rounding, extra, needle) in cases {
+        let r = std::process::Command::new(lowbit_bin())
+            .args(["quantize", model.to_str().unwrap(), "--calib", fashion_dir().to_str().unwrap()])
+            .args(["--calib-n", "16", "--rounding", rounding, "-o", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{rounding} {extra:?} should fail");
+        assert!(err.contains(needle), "{rounding} {extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists());
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
