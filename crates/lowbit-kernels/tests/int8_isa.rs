@@ -29,8 +29,11 @@ fn requant(n: usize, seed: u64, f32_out: bool) -> Requant {
     if !f32_out && unit() < 0.33 {
         let s = [1e-3, 0.02, 0.5][(unit() * 3.0) as usize % 3];
         let lo = if unit() < 0.5 { 0.0 } else { f32::NEG_INFINITY };
+        // Sometimes a ReLU6 bound inside the output range: the clamp is then applied (the GEMM's
+        // clamped common epilogue), otherwise implied by the saturation.
+        let hi = if unit() < 0.3 { 6.0 } else { f32::INFINITY };
         let out = Out::Q { scale: s, zp: if lo == 0.0 { 0 } else { 128 }, qmin: 0, qmax: 255 };
-        return Requant::new(&scale, &bias_i, &vec![0.0; n], lo, f32::INFINITY, out);
+        return Requant::new(&scale, &bias_i, &vec![0.0; n], lo, hi, out);
     }
     let pick = unit();
     let (lo, hi) = if pick < 0.3 {

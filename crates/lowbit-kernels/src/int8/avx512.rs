@@ -192,16 +192,30 @@ unsafe fn quant16(y: __m512, scale: f32, inv: f32, zp: i32, qmin: i32, qmax: i32
 /// As for [`crate::int8::gemm::gemm_ex`]; the CPU has AVX-512 F/BW/VL/VNNI and FMA.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Requant, out: OutPtr) {
-    match t.jn.div_ceil(16) {
-        4 => rows::<6, 4>(t, a, src, b, rq, out),
-        3 => rows::<8, 3>(t, a, src, b, rq, out),
-        2 => rows::<12, 2>(t, a, src, b, rq, out),
-        _ => rows::<16, 1>(t, a, src, b, rq, out),
+    // The common requantization (integer bias only, full-range unsigned bytes) gets micro-tiles
+    // whose epilogue has no per-vector tests: EPI 1 unclamped, 2 clamped, 0 anything else.
+    let epi = match rq.out {
+        Out::Q { qmin: 0, qmax: 255, .. } if rq.bias_f.is_empty() => 1 + !rq.unclamped as u8,
+        _ => 0,
+    };
+    match (t.jn.div_ceil(16), epi) {
+        (4, 1) => rows::<6, 4, 1>(t, a, src, b, rq, out),
+        (4, 2) => rows::<6, 4, 2>(t, a, src, b, rq, out),
+        (4, _) => rows::<6, 4, 0>(t, a, src, b, rq, out),
+        (3, 1) => rows::<8, 3, 1>(t, a, src, b, rq, out),
+        (3, 2) => rows::<8, 3, 2>(t, a, src, b, rq, out),
+        (3, _) => rows::<8, 3, 0>(t, a, src, b, rq, out),
+        (2, 1) => rows::<12, 2, 1>(t, a, src, b, rq, out),
+        (2, 2) => rows::<12, 2, 2>(t, a, src, b, rq, out),
+        (2, _) => rows::<12, 2, 0>(t, a, src, b, rq, out),
+        (_, 1) => rows::<16, 1, 1>(t, a, src, b, rq, out),
+        (_, 2) => rows::<16, 1, 2>(t, a, src, b, rq, out),
+        _ => rows::<16, 1, 0>(t, a, src, b, rq, out),
     }
 }
 
 #[inline(always)]
-unsafe fn rows<const MR: usize, const NR: usize>(
+unsafe fn rows<const MR: usize, const NR: usize, const EPI: u8>(
     t: &Tile,
     a: *const u8,
     src: &ASrc,
@@ -224,14 +238,14 @@ unsafe fn rows<const MR: usize, const NR: usize>(
             _mm_prefetch::<_MM_HINT_T1>(next.add(p));
             p += 64;
         }
-        micro::<MR, NR>(MR.min(t.rows - i), a.add(i * src.lda), src, b, rq, out, t, i);
+        micro::<MR, NR, EPI>(MR.min(t.rows - i), a.add(i * src.lda), src, b, rq, out, t, i);
         i += MR;
     }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<const MR: usize, const NR: usize>(
+unsafe fn micro<const MR: usize, const NR: usize, const EPI: u8>(
     mr: usize,
     a: *const u8,
     src: &ASrc,
@@ -266,6 +280,9 @@ unsafe fn micro<const MR: usize, const NR: usize>(
         }
     }
     let mut cur = RowCursor::new(t.map, t.i0 + i);
+    if EPI != 0 {
+        return store_rows_u8::<MR, NR, EPI>(&acc, mr, cur, t, rq, out);
+    }
     // Four vectors of 8-bit outputs with the full 8-bit range: packed together (see `store64`).
     let packed = NR == 4 && matches!(rq.out, Out::Q { qmin: 0, qmax: 255, .. } | Out::Q { qmin: -128, qmax: 127, .. });
     for row in acc.iter().take(mr) {
@@ -278,6 +295,52 @@ unsafe fn micro<const MR: usize, const NR: usize>(
         for (v, x) in row.iter().enumerate() {
             let j = t.j0 + v * 16;
             store16(*x, j, rq, out.at(rq.out, orow, j, t.ldc), mask(t.j0 + t.jn - j));
+        }
+    }
+}
+
+/// The epilogue of a micro-tile with the common requantization (integer bias only, full-range
+/// unsigned bytes; `EPI` 2 clamps `y`, 1 does not): no per-vector tests, four vectors packed
+/// together as in [`store64`], fewer narrowed one by one.
+#[inline(always)]
+unsafe fn store_rows_u8<const MR: usize, const NR: usize, const EPI: u8>(
+    acc: &[[__m512i; NR]; MR],
+    mr: usize,
+    mut cur: RowCursor,
+    t: &Tile,
+    rq: &Requant,
+    out: OutPtr,
+) {
+    let Out::Q { scale, zp, .. } = rq.out else { unreachable!() };
+    let (vs, vinv, vzp) = (_mm512_set1_ps(scale), _mm512_set1_ps(rq.inv), _mm512_set1_epi32(zp));
+    let sp = rq.scale.as_ptr().add(t.j0);
+    for (r, row) in acc.iter().enumerate() {
+        if r >= mr {
+            break;
+        }
+        let Some(orow) = cur.next_row() else { continue };
+        let dst = out.0.add(orow * t.ldc + t.j0);
+        let mut q = [_mm512_setzero_si512(); NR];
+        for v in 0..NR {
+            let y = _mm512_mul_ps(_mm512_cvtepi32_ps(row[v]), _mm512_loadu_ps(sp.add(16 * v)));
+            let y = if EPI == 2 {
+                _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(rq.ylo)), _mm512_set1_ps(rq.yhi))
+            } else {
+                y
+            };
+            q[v] = round_div_zp(y, vs, vinv, vzp);
+        }
+        if NR == 4 {
+            let (a, b) = (_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+            let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            let bytes = _mm512_permutexvar_epi32(idx, _mm512_packus_epi16(a, b));
+            let m: u64 = if t.jn >= 64 { u64::MAX } else { (1u64 << t.jn) - 1 };
+            _mm512_mask_storeu_epi8(dst as *mut i8, m, bytes);
+        } else {
+            for (v, &x) in q.iter().enumerate() {
+                let x = _mm512_cvtusepi32_epi8(_mm512_max_epi32(x, _mm512_setzero_si512()));
+                _mm_mask_storeu_epi8(dst.add(16 * v) as *mut i8, mask(t.jn - 16 * v), x);
+            }
         }
     }
 }
