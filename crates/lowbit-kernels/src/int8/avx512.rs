@@ -313,23 +313,36 @@ unsafe fn store_rows_u8<const MR: usize, const NR: usize, const EPI: u8>(
 ) {
     let Out::Q { scale, zp, .. } = rq.out else { unreachable!() };
     let (vs, vinv, vzp) = (_mm512_set1_ps(scale), _mm512_set1_ps(rq.inv), _mm512_set1_epi32(zp));
-    let sp = rq.scale.as_ptr().add(t.j0);
-    for (r, row) in acc.iter().enumerate() {
+    let mut sc = [_mm512_setzero_ps(); NR];
+    for (v, x) in sc.iter_mut().enumerate() {
+        *x = _mm512_loadu_ps(rq.scale.as_ptr().add(t.j0 + 16 * v));
+    }
+    let (ylo, yhi) = (_mm512_set1_ps(rq.ylo), _mm512_set1_ps(rq.yhi));
+    // Stage by stage over the whole tile (rows past `mr` included: they repeat the last row): each
+    // vector's epilogue is a chain of ten dependent operations, and with one or two vectors per row
+    // a row-by-row order left the out-of-order window waiting on those chains (the 16-column tile's
+    // epilogue took more time than its products).
+    let mut y = [[_mm512_setzero_ps(); NR]; MR];
+    for r in 0..MR {
+        for v in 0..NR {
+            y[r][v] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][v]), sc[v]);
+            if EPI == 2 {
+                y[r][v] = _mm512_min_ps(_mm512_max_ps(y[r][v], ylo), yhi);
+            }
+        }
+    }
+    let mut qs = [[_mm512_setzero_si512(); NR]; MR];
+    for r in 0..MR {
+        for v in 0..NR {
+            qs[r][v] = round_div_zp(y[r][v], vs, vinv, vzp);
+        }
+    }
+    for (r, q) in qs.iter().enumerate() {
         if r >= mr {
             break;
         }
         let Some(orow) = cur.next_row() else { continue };
         let dst = out.0.add(orow * t.ldc + t.j0);
-        let mut q = [_mm512_setzero_si512(); NR];
-        for v in 0..NR {
-            let y = _mm512_mul_ps(_mm512_cvtepi32_ps(row[v]), _mm512_loadu_ps(sp.add(16 * v)));
-            let y = if EPI == 2 {
-                _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(rq.ylo)), _mm512_set1_ps(rq.yhi))
-            } else {
-                y
-            };
-            q[v] = round_div_zp(y, vs, vinv, vzp);
-        }
         if NR == 4 {
             let (a, b) = (_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
             let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
