@@ -34,6 +34,7 @@ fn main() {
         ("resnet18 layer4 3x3", 49, 512, 4608),
         ("mobilenetv2 expand 1x1 56x56", 3136, 144, 24),
         ("centerface expand 1x1 240x320", 76800, 96, 16),
+        ("centerface project 1x1 240x320", 76800, 16, 32),
         ("mobilenetv2 project 1x1 14x14", 196, 96, 576),
         ("mobilenetv2 last 1x1 7x7", 49, 1280, 320),
     ];
@@ -123,6 +124,7 @@ fn main() {
         ("resnet18 layer3 3x3 256@14", 256, 256, 14, 3, 1),
         ("resnet18 layer4 3x3 512@7", 512, 512, 7, 3, 1),
         ("resnet18 layer2 3x3 128@28", 128, 128, 28, 3, 1),
+        ("centerface stem 3x3 s2 3->32 @480", 3, 32, 480, 3, 2),
         ("u2netp 3x3 16->16 @160", 16, 16, 160, 3, 1),
         ("u2netp 3x3 32->16 @320", 32, 16, 320, 3, 1),
         ("u2netp 3x3 64->64 @80", 64, 64, 80, 3, 1),

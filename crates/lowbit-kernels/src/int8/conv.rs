@@ -10,6 +10,7 @@ use crate::int8::bands::{depthwise_bands, pad_nhwc};
 use crate::int8::gemm::{gemm, gemm_ex};
 use crate::int8::narrow::{narrow_conv, NarrowW};
 use crate::int8::pack::{dw_perm, PackedB, PackedDw};
+use crate::int8::s2d::S2d;
 use crate::int8::tile::{ASrc, RowMap};
 use crate::int8::winograd::Winograd;
 use crate::isa::Isa;
@@ -42,82 +43,6 @@ enum ConvKind {
     /// direct convolution (admitted only when its bound holds); the epilogue without the
     /// zero-point correction.
     Winograd(Winograd, Requant),
-}
-
-/// Geometry of the space-to-depth input: `[hp][wp][cs]` blocks, window `kh`×`kw` blocks.
-#[derive(Clone, Debug)]
-struct S2d {
-    kh: usize,
-    kw: usize,
-    cs: usize,
-    hp: usize,
-    wp: usize,
-    /// Tap byte offsets (one per window row of blocks, `kw·cs` bytes each).
-    taps: Vec<usize>,
-}
-
-impl S2d {
-    /// The layout for `g` when space to depth applies: one group, stride 2, no dilation, at most
-    /// 4 input channels (a block's 4·c_in ≤ 16 bytes) and a window of at least 5, or of 3 on the
-    /// AVX-512 VNNI path. A 3x3 window becomes 2x2 blocks, 48 bytes of reduction for 27, which
-    /// AVX2 pays for as much as it saves on im2col (CenterFace's 3x3 stem 3.5-3.8 ms either way),
-    /// while VNNI's stem gets 30% faster (1.9-2.8 -> 1.3-1.5 ms; MobileNetV2's 0.29-0.33 -> 0.21-0.24
-    /// ms, EPYC, alternating runs). AMX keeps im2col there: not measured (no AMX on that machine).
-    fn fits(isa: Isa, g: &ConvGeom) -> Option<S2d> {
-        let min = if isa == Isa::Avx512Vnni { 3 } else { 5 };
-        if g.group != 1 || g.sh != 2 || g.sw != 2 || g.dh != 1 || g.dw != 1 || g.c_in > 4 || g.kh < min || g.kw < min {
-            return None;
-        }
-        let (kh, kw) = (g.kh.div_ceil(2), g.kw.div_ceil(2));
-        // A block's 4·c_in bytes; for AMX, padded to make a window row a whole 64-byte tile row when
-        // that at most doubles it (2 to 4 channels and a window 7 or 8 wide: the stem).
-        let mut cs = 4 * g.c_in;
-        if isa == Isa::Amx && 64 % kw == 0 && 64 / kw >= cs && 64 / kw <= 2 * cs {
-            cs = 64 / kw;
-        }
-        let (hp, wp) = (g.oh + kh - 1, g.ow + kw - 1);
-        let taps = (0..kh).map(|t| t * wp * cs).collect();
-        Some(S2d { kh, kw, cs, hp, wp, taps })
-    }
-
-    /// Scratch bytes: the blocks plus one window row of slack (rows past the last are computed and
-    /// dropped).
-    fn len(&self) -> usize {
-        (self.hp * self.wp + self.kw) * self.cs
-    }
-
-    /// Writes the blocks of image `x`: block `(Y, X)` byte `(dy·2 + dx)·c_in + c` is input pixel
-    /// `(2Y + dy - pt, 2X + dx - pl)` channel `c`, the zero point outside the image and in the
-    /// padding channels.
-    fn fill(&self, g: &ConvGeom, x: &[u8], zx: u8, xp: &mut [u8]) {
-        let (c, cs) = (g.c_in, self.cs);
-        xp.fill(zx);
-        for yb in 0..self.hp {
-            for dy in 0..2 {
-                let iy = (2 * yb + dy) as isize - g.pt as isize;
-                if iy < 0 || iy >= g.h as isize {
-                    continue;
-                }
-                let src = &x[iy as usize * g.w * c..(iy as usize + 1) * g.w * c];
-                let row = &mut xp[yb * self.wp * cs..(yb + 1) * self.wp * cs];
-                for xb in 0..self.wp {
-                    let ix = (2 * xb) as isize - g.pl as isize;
-                    let dst = &mut row[xb * cs + dy * 2 * c..xb * cs + (dy + 1) * 2 * c];
-                    if ix >= 0 && ix as usize + 1 < g.w {
-                        // Both pixels of the block row inside: one run of 2·c_in bytes.
-                        copy_small(dst, &src[ix as usize * c..(ix as usize + 2) * c]);
-                    } else {
-                        for dx in 0..2 {
-                            let i = ix + dx as isize;
-                            if i >= 0 && i < g.w as isize {
-                                dst[dx * c..(dx + 1) * c].copy_from_slice(&src[i as usize * c..(i as usize + 1) * c]);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Folds the activation zero point into the epilogue of a convolution's GEMM (`-zx·Σ_k w` into the
@@ -559,7 +484,7 @@ fn wino_pays(isa: Isa, g: &ConvGeom) -> bool {
 /// `dst.copy_from_slice(src)` without a library call for the short runs im2col copies (two
 /// overlapping fixed-size moves cover any length between a size and twice it).
 #[inline(always)]
-fn copy_small(dst: &mut [u8], src: &[u8]) {
+pub(crate) fn copy_small(dst: &mut [u8], src: &[u8]) {
     let n = src.len();
     assert_eq!(dst.len(), n);
     let (d, s) = (dst.as_mut_ptr(), src.as_ptr());

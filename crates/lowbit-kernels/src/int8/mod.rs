@@ -67,6 +67,7 @@ pub mod narrow;
 pub mod ops;
 pub mod pack;
 pub mod peak;
+pub(crate) mod s2d;
 pub mod scalar;
 pub mod tile;
 pub mod winograd;
