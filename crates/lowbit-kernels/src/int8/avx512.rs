@@ -279,31 +279,21 @@ unsafe fn micro<const MR: usize, const NR: usize, const EPI: u8>(
             }
         }
     }
-    let mut cur = RowCursor::new(t.map, t.i0 + i);
-    if EPI != 0 {
-        return store_rows_u8::<MR, NR, EPI>(&acc, mr, cur, t, rq, out);
-    }
-    // Four vectors of 8-bit outputs with the full 8-bit range: packed together (see `store64`).
-    let packed = NR == 4 && matches!(rq.out, Out::Q { qmin: 0, qmax: 255, .. } | Out::Q { qmin: -128, qmax: 127, .. });
-    for row in acc.iter().take(mr) {
-        let Some(orow) = cur.next_row() else { continue };
-        if packed {
-            let r: &[__m512i; 4] = row[..4].try_into().unwrap();
-            store64(r, t.j0, rq, out.0.add(orow * t.ldc + t.j0), t.jn);
-            continue;
-        }
-        for (v, x) in row.iter().enumerate() {
-            let j = t.j0 + v * 16;
-            store16(*x, j, rq, out.at(rq.out, orow, j, t.ldc), mask(t.j0 + t.jn - j));
-        }
-    }
+    let cur = RowCursor::new(t.map, t.i0 + i);
+    store_tile::<MR, NR, EPI>(&acc, mr, cur, t, rq, out);
 }
 
-/// The epilogue of a micro-tile with the common requantization (integer bias only, full-range
-/// unsigned bytes; `EPI` 2 clamps `y`, 1 does not): no per-vector tests, four vectors packed
-/// together as in [`store64`], fewer narrowed one by one.
+/// The epilogue of a micro-tile (rows `..mr` stored, through the task's row map), stage by stage
+/// over the whole tile (rows past `mr` included: they repeat the last row): each vector's
+/// requantization is a chain of ten dependent operations, and row by row, with one to three
+/// vectors per row, the out-of-order window waited on those chains (the 16-column tile spent more
+/// time in its epilogue than in its products). `EPI` 1 and 2 are the common requantization resolved
+/// at compile time (integer bias only, full-range unsigned bytes; 2 clamps `y`), 0 anything else
+/// with its tests outside the loops. Four 8-bit vectors of a row are packed (i32 → i16 → 8 bits,
+/// which saturate as the narrowing conversions do) and put back in channel order by one dword
+/// permute: one store instead of four narrowing conversions of two µops each.
 #[inline(always)]
-unsafe fn store_rows_u8<const MR: usize, const NR: usize, const EPI: u8>(
+unsafe fn store_tile<const MR: usize, const NR: usize, const EPI: u8>(
     acc: &[[__m512i; NR]; MR],
     mr: usize,
     mut cur: RowCursor,
@@ -311,81 +301,102 @@ unsafe fn store_rows_u8<const MR: usize, const NR: usize, const EPI: u8>(
     rq: &Requant,
     out: OutPtr,
 ) {
-    let Out::Q { scale, zp, .. } = rq.out else { unreachable!() };
-    let (vs, vinv, vzp) = (_mm512_set1_ps(scale), _mm512_set1_ps(rq.inv), _mm512_set1_epi32(zp));
     let mut sc = [_mm512_setzero_ps(); NR];
     for (v, x) in sc.iter_mut().enumerate() {
         *x = _mm512_loadu_ps(rq.scale.as_ptr().add(t.j0 + 16 * v));
     }
-    let (ylo, yhi) = (_mm512_set1_ps(rq.ylo), _mm512_set1_ps(rq.yhi));
-    // Stage by stage over the whole tile (rows past `mr` included: they repeat the last row): each
-    // vector's epilogue is a chain of ten dependent operations, and with one or two vectors per row
-    // a row-by-row order left the out-of-order window waiting on those chains (the 16-column tile's
-    // epilogue took more time than its products).
     let mut y = [[_mm512_setzero_ps(); NR]; MR];
     for r in 0..MR {
         for v in 0..NR {
             y[r][v] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][v]), sc[v]);
-            if EPI == 2 {
-                y[r][v] = _mm512_min_ps(_mm512_max_ps(y[r][v], ylo), yhi);
+        }
+    }
+    if EPI == 0 && !rq.bias_f.is_empty() {
+        let mut bf = [_mm512_setzero_ps(); NR];
+        for (v, x) in bf.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(rq.bias_f.as_ptr().add(t.j0 + 16 * v));
+        }
+        for row in y.iter_mut() {
+            for v in 0..NR {
+                row[v] = _mm512_add_ps(row[v], bf[v]);
             }
         }
     }
+    let (lo, hi, clamp) = match rq.out {
+        Out::F32 if EPI == 0 => (rq.lo, rq.hi, true),
+        _ => (rq.ylo, rq.yhi, EPI == 2 || (EPI == 0 && !rq.unclamped)),
+    };
+    if clamp {
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        for row in y.iter_mut() {
+            for x in row.iter_mut() {
+                *x = _mm512_min_ps(_mm512_max_ps(*x, lo), hi);
+            }
+        }
+    }
+    let (scale, zp, qmin, qmax) = match rq.out {
+        Out::Q { scale, zp, qmin, qmax } => (scale, zp, qmin, qmax),
+        Out::F32 if EPI == 0 => return store_tile_f32(&y, mr, cur, t, rq, out),
+        Out::F32 => unreachable!("the common requantization has 8-bit outputs"),
+    };
+
+    let (qmin, qmax) = if EPI == 0 { (qmin, qmax) } else { (0, 255) };
+    let (vs, vinv, vzp) = (_mm512_set1_ps(scale), _mm512_set1_ps(rq.inv), _mm512_set1_epi32(zp));
     let mut qs = [[_mm512_setzero_si512(); NR]; MR];
     for r in 0..MR {
         for v in 0..NR {
             qs[r][v] = round_div_zp(y[r][v], vs, vinv, vzp);
         }
     }
-    for (r, q) in qs.iter().enumerate() {
-        if r >= mr {
-            break;
+    if !matches!((qmin, qmax), (0, 255) | (-128, 127)) {
+        let (a, b) = (_mm512_set1_epi32(qmin), _mm512_set1_epi32(qmax));
+        for row in qs.iter_mut() {
+            for x in row.iter_mut() {
+                *x = _mm512_min_epi32(_mm512_max_epi32(*x, a), b);
+            }
         }
+    }
+    let unsigned = qmin >= 0;
+    for q in qs.iter().take(mr) {
         let Some(orow) = cur.next_row() else { continue };
         let dst = out.0.add(orow * t.ldc + t.j0);
         if NR == 4 {
             let (a, b) = (_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+            let bytes = if unsigned { _mm512_packus_epi16(a, b) } else { _mm512_packs_epi16(a, b) };
+            // Dword 4l + v of the packs holds channels 16v + 4l .. + 3: move it to dword 4v + l.
             let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-            let bytes = _mm512_permutexvar_epi32(idx, _mm512_packus_epi16(a, b));
             let m: u64 = if t.jn >= 64 { u64::MAX } else { (1u64 << t.jn) - 1 };
-            _mm512_mask_storeu_epi8(dst as *mut i8, m, bytes);
+            _mm512_mask_storeu_epi8(dst as *mut i8, m, _mm512_permutexvar_epi32(idx, bytes));
         } else {
             for (v, &x) in q.iter().enumerate() {
-                let x = _mm512_cvtusepi32_epi8(_mm512_max_epi32(x, _mm512_setzero_si512()));
+                let x = if unsigned {
+                    _mm512_cvtusepi32_epi8(_mm512_max_epi32(x, _mm512_setzero_si512()))
+                } else {
+                    _mm512_cvtsepi32_epi8(x)
+                };
                 _mm_mask_storeu_epi8(dst.add(16 * v) as *mut i8, mask(t.jn - 16 * v), x);
             }
         }
     }
 }
 
-/// Epilogue of 64 accumulators (channels `c..c+64`, `valid` of them stored) with an 8-bit output of the full range
-/// (`0..=255` or `-128..=127`): [`store16`]'s arithmetic up to the zero point, then the saturating packs i32 → i16 →
-/// 8 bits (which clamp exactly as `store16`'s conversions do) and one dword permute back to channel order, instead of
-/// four saturating narrowing conversions (two µops each) and four stores.
+/// [`store_tile`]'s f32 output: the clamped values stored.
 #[inline(always)]
-unsafe fn store64(acc: &[__m512i; 4], c: usize, rq: &Requant, p: *mut u8, valid: usize) {
-    let Out::Q { scale, zp, qmin, .. } = rq.out else { unreachable!("8-bit outputs only") };
-    let (vs, vinv, vzp) = (_mm512_set1_ps(scale), _mm512_set1_ps(rq.inv), _mm512_set1_epi32(zp));
-    let (ylo, yhi) = (_mm512_set1_ps(rq.ylo), _mm512_set1_ps(rq.yhi));
-    let mut q = [_mm512_setzero_si512(); 4];
-    for (v, qv) in q.iter_mut().enumerate() {
-        let s = _mm512_loadu_ps(rq.scale.as_ptr().add(c + 16 * v));
-        let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[v]), s);
-        let y = if rq.bias_f.is_empty() {
-            y
-        } else {
-            _mm512_add_ps(y, _mm512_loadu_ps(rq.bias_f.as_ptr().add(c + 16 * v)))
-        };
-        let y = if rq.unclamped { y } else { _mm512_min_ps(_mm512_max_ps(y, ylo), yhi) };
-        *qv = round_div_zp(y, vs, vinv, vzp);
+unsafe fn store_tile_f32<const MR: usize, const NR: usize>(
+    y: &[[__m512; NR]; MR],
+    mr: usize,
+    mut cur: RowCursor,
+    t: &Tile,
+    rq: &Requant,
+    out: OutPtr,
+) {
+    for row in y.iter().take(mr) {
+        let Some(orow) = cur.next_row() else { continue };
+        for (v, &x) in row.iter().enumerate() {
+            let j = t.j0 + 16 * v;
+            _mm512_mask_storeu_ps(out.at(rq.out, orow, j, t.ldc) as *mut f32, mask(t.jn - 16 * v), x);
+        }
     }
-    let (a, b) = (_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
-    let bytes = if qmin == 0 { _mm512_packus_epi16(a, b) } else { _mm512_packs_epi16(a, b) };
-    // Dword 4l + v of the packs holds channels 16v + 4l .. + 3 (lane l of vector v): move it to dword 4v + l.
-    let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    let bytes = _mm512_permutexvar_epi32(idx, bytes);
-    let m: u64 = if valid >= 64 { u64::MAX } else { (1u64 << valid) - 1 };
-    _mm512_mask_storeu_epi8(p as *mut i8, m, bytes);
 }
 
 /// Interleaves the bytes of 4 rows of 64 channels so that i32 lane `(L, j)` of vector `i` holds
