@@ -156,21 +156,42 @@ macro_rules! vnni256 {
             let (ylo, yhi) = (_mm256_set1_ps(rq.ylo), _mm256_set1_ps(rq.yhi));
             let (vs, vinv, vzp) = (_mm256_set1_ps(scale), _mm256_set1_ps(rq.inv), _mm256_set1_epi32(zp));
             let (tlo, thi) = (_mm256_set1_ps((qmin - zp) as f32), _mm256_set1_ps((qmax - zp) as f32));
-            for row in acc.iter().take(mr) {
-                let Some(orow) = cur.next_row() else { continue };
-                let mut q = [_mm256_setzero_si256(); 2];
+            // Stage by stage over the six rows (see the AVX-512 `store_tile`: row by row, the
+            // out-of-order window waited on each vector's chain of dependent operations).
+            let mut y = [[_mm256_setzero_ps(); 2]; 6];
+            for r in 0..6 {
                 for v in 0..2 {
-                    let y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(row[v], bi[v])), sc[v]);
-                    let y = if has_bf { _mm256_add_ps(y, bf[v]) } else { y };
-                    let y = if rq.unclamped { y } else { _mm256_min_ps(_mm256_max_ps(y, ylo), yhi) };
-                    let q0 = _mm256_mul_ps(y, vinv);
-                    let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vs, y), vinv, q0);
-                    let t = _mm256_min_ps(_mm256_max_ps(t, tlo), thi);
-                    q[v] = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp);
+                    y[r][v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[r][v], bi[v])), sc[v]);
                 }
+            }
+            if has_bf {
+                for row in y.iter_mut() {
+                    for v in 0..2 {
+                        row[v] = _mm256_add_ps(row[v], bf[v]);
+                    }
+                }
+            }
+            if !rq.unclamped {
+                for row in y.iter_mut() {
+                    for x in row.iter_mut() {
+                        *x = _mm256_min_ps(_mm256_max_ps(*x, ylo), yhi);
+                    }
+                }
+            }
+            let mut q = [[_mm256_setzero_si256(); 2]; 6];
+            for r in 0..6 {
+                for v in 0..2 {
+                    let q0 = _mm256_mul_ps(y[r][v], vinv);
+                    let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vs, y[r][v]), vinv, q0);
+                    let t = _mm256_min_ps(_mm256_max_ps(t, tlo), thi);
+                    q[r][v] = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp);
+                }
+            }
+            for row in q.iter().take(mr) {
+                let Some(orow) = cur.next_row() else { continue };
                 // Within [qmin, qmax] already: the packs keep every value. Their 64-bit pieces come
                 // out as channels 0-3, 8-11, 4-7, 12-15; one permute restores the order.
-                let w = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(q[0], q[1]));
+                let w = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(row[0], row[1]));
                 let (lo, hi) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
                 let b = if qmin == 0 { _mm_packus_epi16(lo, hi) } else { _mm_packs_epi16(lo, hi) };
                 _mm_storeu_si128(out.0.add(orow * ldc + j) as *mut _, b);
