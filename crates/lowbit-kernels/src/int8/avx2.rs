@@ -69,6 +69,84 @@ pub(crate) unsafe fn quantize8(y: __m256, scale: f32, inv: f32, zp: i32, qmin: i
     }
 }
 
+/// The epilogue of a micro-tile ([`store8`]'s arithmetic; rows `..mr` stored), stage by stage over
+/// the whole tile (see the AVX-512 `store_tile`): the requantization of a vector is a chain of
+/// dependent operations that, row by row, left the out-of-order window waiting.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_tile<const MR: usize, const NV: usize>(
+    acc: &[[__m256i; NV]; MR],
+    mr: usize,
+    j0: usize,
+    cols: usize,
+    rq: &Requant,
+    out: OutPtr,
+    t: &Tile,
+    i: usize,
+) {
+    let mut y = [[_mm256_setzero_ps(); NV]; MR];
+    for v in 0..NV {
+        let c = j0 + 8 * v;
+        let bi = _mm256_loadu_si256(rq.bias_i.as_ptr().add(c) as *const _);
+        let s = _mm256_loadu_ps(rq.scale.as_ptr().add(c));
+        for r in 0..MR {
+            y[r][v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[r][v], bi)), s);
+        }
+        if !rq.bias_f.is_empty() {
+            let bf = _mm256_loadu_ps(rq.bias_f.as_ptr().add(c));
+            for row in y.iter_mut() {
+                row[v] = _mm256_add_ps(row[v], bf);
+            }
+        }
+    }
+    let (lo, hi) = if rq.out == Out::F32 { (rq.lo, rq.hi) } else { (rq.ylo, rq.yhi) };
+    if !rq.unclamped {
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        for row in y.iter_mut() {
+            for x in row.iter_mut() {
+                *x = _mm256_min_ps(_mm256_max_ps(*x, lo), hi);
+            }
+        }
+    }
+    let Out::Q { scale, zp, qmin, qmax } = rq.out else {
+        for (r, row) in y.iter().enumerate().take(mr) {
+            let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
+            for (v, &x) in row.iter().enumerate() {
+                let j = j0 + v * 8;
+                let (p, valid) = (out.at(rq.out, orow, j, t.ldc) as *mut f32, (j0 + cols - j).min(8));
+                if valid == 8 {
+                    _mm256_storeu_ps(p, x);
+                } else {
+                    let mut tmp = [0f32; 8];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), x);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), p, valid);
+                }
+            }
+        }
+        return;
+    };
+    let mut q = [[_mm_setzero_si128(); NV]; MR];
+    for r in 0..MR {
+        for v in 0..NV {
+            q[r][v] = quantize8(y[r][v], scale, rq.inv, zp, qmin, qmax);
+        }
+    }
+    for (r, row) in q.iter().enumerate().take(mr) {
+        let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
+        for (v, &x) in row.iter().enumerate() {
+            let j = j0 + v * 8;
+            let (p, valid) = (out.0.add(orow * t.ldc + j), (j0 + cols - j).min(8));
+            if valid == 8 {
+                _mm_storel_epi64(p as *mut _, x);
+            } else {
+                let mut tmp = [0u8; 16];
+                _mm_storeu_si128(tmp.as_mut_ptr() as *mut _, x);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), p, valid);
+            }
+        }
+    }
+}
+
 /// Rows of A widened at a time by [`gemm_tile`] (a multiple of every micro-kernel's row count).
 const ROW_BLOCK: usize = 24;
 
@@ -185,13 +263,7 @@ unsafe fn micro<const MR: usize, const NV: usize>(
             }
             bq = bq.add(stride);
         }
-        for (r, row) in acc.iter().enumerate().take(mr) {
-            let Some(orow) = t.map.out_row(t.i0 + i + r0 + r) else { continue };
-            for (v, x) in row.iter().enumerate() {
-                let j = j0 + v * 8;
-                store8(*x, j, rq, out.at(rq.out, orow, j, t.ldc), (j0 + cols - j).min(8));
-            }
-        }
+        store_tile(&acc, mr, j0, cols, rq, out, t, i + r0);
         r0 += MR;
     }
 }
