@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 
 use crate::binary::layout::{BinConv, PANEL};
 use crate::epilogue::{OutPtr, Requant};
-use crate::int8::avx512::store16;
+use crate::int8::avx512_epi::store16;
 
 /// Rows `m0..m0+mn` of weight panel `p` (see [`BinConv::run_u8`]).
 ///

@@ -19,7 +19,7 @@
 use std::arch::asm;
 
 use crate::epilogue::{OutPtr, Requant};
-use crate::int8::avx512::store_block;
+use crate::int8::avx512_epi::store_block;
 use crate::int8::pack::PackedB;
 use crate::int8::tile::{ASrc, Kernels, Tile};
 

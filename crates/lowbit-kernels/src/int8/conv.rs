@@ -10,7 +10,7 @@ use crate::int8::bands::{depthwise_bands, pad_nhwc};
 use crate::int8::gemm::{gemm, gemm_ex};
 use crate::int8::narrow::{narrow_conv, NarrowW};
 use crate::int8::pack::{dw_perm, PackedB, PackedDw};
-use crate::int8::s2d::S2d;
+use crate::int8::s2d::{copy_small, S2d};
 use crate::int8::tile::{ASrc, RowMap};
 use crate::int8::winograd::Winograd;
 use crate::isa::Isa;
@@ -478,40 +478,6 @@ fn wino_pays(isa: Isa, g: &ConvGeom) -> bool {
             g.c_in >= 64 && g.c_out >= 64 && u_bytes <= 3 << 19 && tiles >= 48
         }
         _ => false,
-    }
-}
-
-/// `dst.copy_from_slice(src)` without a library call for the short runs im2col copies (two
-/// overlapping fixed-size moves cover any length between a size and twice it).
-#[inline(always)]
-pub(crate) fn copy_small(dst: &mut [u8], src: &[u8]) {
-    let n = src.len();
-    assert_eq!(dst.len(), n);
-    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
-    // SAFETY: every access is within `0..n` of both slices (checked equal above).
-    unsafe {
-        macro_rules! two {
-            ($t:ty) => {{
-                let w = std::mem::size_of::<$t>();
-                (d as *mut $t).write_unaligned((s as *const $t).read_unaligned());
-                (d.add(n - w) as *mut $t).write_unaligned((s.add(n - w) as *const $t).read_unaligned());
-            }};
-        }
-        match n {
-            0 => {}
-            1..=3 => {
-                for i in 0..n {
-                    *d.add(i) = *s.add(i);
-                }
-            }
-            4..=7 => two!(u32),
-            8..=15 => two!(u64),
-            16..=31 => two!(u128),
-            32..=64 => {
-                two!([u128; 2]);
-            }
-            _ => std::ptr::copy_nonoverlapping(s, d, n),
-        }
     }
 }
 

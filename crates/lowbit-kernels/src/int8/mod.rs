@@ -55,6 +55,10 @@ pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_dw;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_epi;
+#[cfg(target_arch = "x86_64")]
 pub mod avxvnni;
 pub(crate) mod bands;
 pub mod conv;

@@ -191,7 +191,7 @@ unsafe fn block<const R: usize>(xp: &[u8], w: &NarrowW, i: usize, rq: &Requant, 
         if let Ok(acc) = <&[__m512i; 16]>::try_from(&acc[..]) {
             // 16 rows: one transposing sum and one vector epilogue, then the rows' values placed.
             let mut vals = [0u8; 64];
-            crate::int8::avx512::store16_channel(crate::int8::avx512::hsum16(acc), j, rq, vals.as_mut_ptr());
+            crate::int8::avx512_epi::store16_channel(crate::int8::avx512_epi::hsum16(acc), j, rq, vals.as_mut_ptr());
             let esz = if rq.out == crate::epilogue::Out::F32 { 4 } else { 1 };
             for r in 0..16 {
                 if let Some(o) = cur.next_row() {

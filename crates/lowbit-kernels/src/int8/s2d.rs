@@ -3,7 +3,6 @@
 //! over shifted rows (see `ConvKind::SpaceToDepth` in [`crate::int8::conv`]).
 
 use crate::geom::ConvGeom;
-use crate::int8::conv::copy_small;
 use crate::isa::Isa;
 
 /// Geometry of the space-to-depth input: `[hp][wp][cs]` blocks, window `kh`×`kw` blocks.
@@ -143,6 +142,40 @@ unsafe fn interleave_vbmi(r0: &[u8], r1: &[u8], run: usize, s0: usize, dst: &mut
         b += nb;
     }
     b
+}
+
+/// `dst.copy_from_slice(src)` without a library call for the short runs im2col copies (two
+/// overlapping fixed-size moves cover any length between a size and twice it).
+#[inline(always)]
+pub(crate) fn copy_small(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    assert_eq!(dst.len(), n);
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY: every access is within `0..n` of both slices (checked equal above).
+    unsafe {
+        macro_rules! two {
+            ($t:ty) => {{
+                let w = std::mem::size_of::<$t>();
+                (d as *mut $t).write_unaligned((s as *const $t).read_unaligned());
+                (d.add(n - w) as *mut $t).write_unaligned((s.add(n - w) as *const $t).read_unaligned());
+            }};
+        }
+        match n {
+            0 => {}
+            1..=3 => {
+                for i in 0..n {
+                    *d.add(i) = *s.add(i);
+                }
+            }
+            4..=7 => two!(u32),
+            8..=15 => two!(u64),
+            16..=31 => two!(u128),
+            32..=64 => {
+                two!([u128; 2]);
+            }
+            _ => std::ptr::copy_nonoverlapping(s, d, n),
+        }
+    }
 }
 
 #[cfg(test)]

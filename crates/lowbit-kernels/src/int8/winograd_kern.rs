@@ -289,7 +289,7 @@ mod x86 {
     use super::{input_2d, output_2d, Lanes, OutBlock, TileGeo, A2, INV9};
     use crate::epilogue::{OutPtr, Requant};
     use crate::int8::avx2::store8;
-    use crate::int8::avx512::{mask, store16};
+    use crate::int8::avx512_epi::{mask, store16};
 
     #[derive(Clone, Copy)]
     struct Z16(__m512i);
