@@ -24,25 +24,32 @@ pub(crate) unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, va
     let (lo, hi) = if rq.out == Out::F32 { (rq.lo, rq.hi) } else { (rq.ylo, rq.yhi) };
     let y = if rq.unclamped { y } else { _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(lo)), _mm256_set1_ps(hi)) };
     match rq.out {
-        Out::F32 => {
-            if valid == 8 {
-                _mm256_storeu_ps(p as *mut f32, y);
-            } else {
-                let mut t = [0f32; 8];
-                _mm256_storeu_ps(t.as_mut_ptr(), y);
-                std::ptr::copy_nonoverlapping(t.as_ptr(), p as *mut f32, valid);
-            }
-        }
-        Out::Q { scale, zp, qmin, qmax } => {
-            let q8 = quantize8(y, scale, rq.inv, zp, qmin, qmax);
-            if valid == 8 {
-                _mm_storel_epi64(p as *mut _, q8);
-            } else {
-                let mut v = [0u8; 16];
-                _mm_storeu_si128(v.as_mut_ptr() as *mut _, q8);
-                std::ptr::copy_nonoverlapping(v.as_ptr(), p, valid);
-            }
-        }
+        Out::F32 => put_f32x8(p as *mut f32, y, valid),
+        Out::Q { scale, zp, qmin, qmax } => put_u8x8(p, quantize8(y, scale, rq.inv, zp, qmin, qmax), valid),
+    }
+}
+
+/// The first `valid ≤ 8` of eight f32 values stored at `p`.
+#[inline(always)]
+unsafe fn put_f32x8(p: *mut f32, y: __m256, valid: usize) {
+    if valid == 8 {
+        _mm256_storeu_ps(p, y);
+    } else {
+        let mut t = [0f32; 8];
+        _mm256_storeu_ps(t.as_mut_ptr(), y);
+        std::ptr::copy_nonoverlapping(t.as_ptr(), p, valid);
+    }
+}
+
+/// The first `valid ≤ 8` of the eight bytes in the low half of `q8` stored at `p`.
+#[inline(always)]
+unsafe fn put_u8x8(p: *mut u8, q8: __m128i, valid: usize) {
+    if valid == 8 {
+        _mm_storel_epi64(p as *mut _, q8);
+    } else {
+        let mut v = [0u8; 16];
+        _mm_storeu_si128(v.as_mut_ptr() as *mut _, q8);
+        std::ptr::copy_nonoverlapping(v.as_ptr(), p, valid);
     }
 }
 
@@ -113,14 +120,7 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(
             let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
             for (v, &x) in row.iter().enumerate() {
                 let j = j0 + v * 8;
-                let (p, valid) = (out.at(rq.out, orow, j, t.ldc) as *mut f32, (j0 + cols - j).min(8));
-                if valid == 8 {
-                    _mm256_storeu_ps(p, x);
-                } else {
-                    let mut tmp = [0f32; 8];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), x);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), p, valid);
-                }
+                put_f32x8(out.at(rq.out, orow, j, t.ldc) as *mut f32, x, (j0 + cols - j).min(8));
             }
         }
         return;
@@ -135,14 +135,7 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(
         let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
         for (v, &x) in row.iter().enumerate() {
             let j = j0 + v * 8;
-            let (p, valid) = (out.0.add(orow * t.ldc + j), (j0 + cols - j).min(8));
-            if valid == 8 {
-                _mm_storel_epi64(p as *mut _, x);
-            } else {
-                let mut tmp = [0u8; 16];
-                _mm_storeu_si128(tmp.as_mut_ptr() as *mut _, x);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), p, valid);
-            }
+            put_u8x8(out.0.add(orow * t.ldc + j), x, (j0 + cols - j).min(8));
         }
     }
 }

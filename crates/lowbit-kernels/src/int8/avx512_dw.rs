@@ -6,6 +6,7 @@ use std::arch::x86_64::*;
 use crate::epilogue::{Out, OutPtr, Requant};
 use crate::geom::DwGeom;
 use crate::int8::avx512_epi::{mask, round_div_zp, store16};
+use crate::int8::avxvnni::evex::{dw_col as dw_col_half, dw_store32};
 use crate::int8::pack::PackedDw;
 
 /// Interleaves the bytes of 4 rows of 64 channels so that i32 lane `(L, j)` of vector `i` holds
@@ -164,35 +165,11 @@ unsafe fn dw_store64(acc: &[__m512i; 4], sc: &[__m512; 4], bf: &[__m512; 4], rp:
     _mm512_mask_storeu_epi8(o as *mut i8, m, bytes);
 }
 
-/// [`interleave4`] on 32 channels: the unpacks work within 128-bit halves, so lane `(L, j)` of
-/// vector `i` holds channel `16L + 4i + j` (`L < 2`), as in the low half of the 64-channel form.
-#[inline(always)]
-unsafe fn interleave4_half(x: [__m256i; 4]) -> [__m256i; 4] {
-    let (alo, ahi) = (_mm256_unpacklo_epi8(x[0], x[1]), _mm256_unpackhi_epi8(x[0], x[1]));
-    let (blo, bhi) = (_mm256_unpacklo_epi8(x[2], x[3]), _mm256_unpackhi_epi8(x[2], x[3]));
-    [
-        _mm256_unpacklo_epi16(alo, blo),
-        _mm256_unpackhi_epi16(alo, blo),
-        _mm256_unpacklo_epi16(ahi, bhi),
-        _mm256_unpackhi_epi16(ahi, bhi),
-    ]
-}
-
-/// Interleaved 3-row input column `ix` of 32 channels (the fourth tap row reads as zeros).
-#[inline(always)]
-unsafe fn dw_col3_half(row0: *const u8, g: &DwGeom, ix: usize) -> [__m256i; 4] {
-    let p = row0.add(ix * g.cs);
-    let mut r = [_mm256_setzero_si256(); 4];
-    for (ky, v) in r.iter_mut().enumerate().take(3) {
-        *v = _mm256_loadu_si256(p.add(ky * g.dh * g.wp * g.cs) as *const _);
-    }
-    interleave4_half(r)
-}
-
 /// A 3x3 depthwise row of a block with at most 32 valid channels (at `c0`) on 256-bit vectors:
 /// the low halves of the block's packed weights and per-channel vectors hold channels `c0..c0 +
 /// 32` (see [`crate::int8::pack::dw_perm`]), so the tail of 96 or 144 channels costs half a
-/// block instead of a whole one. [`dw_store64`]'s arithmetic, stage by stage over the four groups.
+/// block instead of a whole one. The columns and the epilogue are the 256-bit VNNI path's (same
+/// lane order, same arithmetic as [`dw_store64`]).
 #[inline(always)]
 unsafe fn dw3_row_half<const SW: usize>(
     g: &DwGeom,
@@ -203,7 +180,6 @@ unsafe fn dw3_row_half<const SW: usize>(
     orow: *mut u8,
     valid: usize,
 ) {
-    let Out::Q { scale, zp, qmin, qmax } = rp.out else { unreachable!() };
     let (mut sc, mut bf, mut bi) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4], [_mm256_setzero_si256(); 4]);
     let mut wv = [[_mm256_setzero_si256(); 4]; 3];
     for i in 0..4 {
@@ -216,47 +192,21 @@ unsafe fn dw3_row_half<const SW: usize>(
             w[i] = _mm256_loadu_si256(wb.add(kx * 256 + 64 * i) as *const _);
         }
     }
-    let (has_bf, clamp) = (!rp.bias_f.is_empty(), !rp.unclamped);
-    let (vlo, vhi) = (_mm256_set1_ps(rp.ylo), _mm256_set1_ps(rp.yhi));
-    let (vs, vinv, vzp) = (_mm256_set1_ps(scale), _mm256_set1_ps(rp.inv), _mm256_set1_epi32(zp));
-    let full = matches!((qmin, qmax), (0, 255) | (-128, 127));
-    let m: u32 = if valid >= 32 { u32::MAX } else { (1u32 << valid) - 1 };
-    let mut c0v = dw_col3_half(row0, g, 0);
-    let mut c1v = dw_col3_half(row0, g, 1);
+    let mut c0v = dw_col_half(row0, g, 3, 0);
+    let mut c1v = dw_col_half(row0, g, 3, 1);
     for ox in 0..g.ow {
-        let c2v = dw_col3_half(row0, g, ox * SW + 2);
+        let c2v = dw_col_half(row0, g, 3, ox * SW + 2);
         let mut a = bi;
         for (k, c) in [&c0v, &c1v, &c2v].into_iter().enumerate() {
             for i in 0..4 {
                 a[i] = _mm256_dpbusd_epi32(a[i], c[i], wv[k][i]);
             }
         }
-        let mut y = [_mm256_setzero_ps(); 4];
-        for i in 0..4 {
-            y[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(a[i]), sc[i]);
-            if has_bf {
-                y[i] = _mm256_add_ps(y[i], bf[i]);
-            }
-            if clamp {
-                y[i] = _mm256_min_ps(_mm256_max_ps(y[i], vlo), vhi);
-            }
-        }
-        let mut q = [_mm256_setzero_si256(); 4];
-        for i in 0..4 {
-            let t0 = _mm256_mul_ps(y[i], vinv);
-            let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(t0, vs, y[i]), vinv, t0);
-            q[i] = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp);
-            if !full {
-                q[i] = _mm256_min_epi32(_mm256_max_epi32(q[i], _mm256_set1_epi32(qmin)), _mm256_set1_epi32(qmax));
-            }
-        }
-        let (lo, hi) = (_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-        let bytes = if qmin >= 0 { _mm256_packus_epi16(lo, hi) } else { _mm256_packs_epi16(lo, hi) };
-        _mm256_mask_storeu_epi8(orow.add(ox * g.c) as *mut i8, m, bytes);
+        dw_store32(&a, &sc, &bf, rp, orow.add(ox * g.c), valid);
         if SW == 1 {
             (c0v, c1v) = (c1v, c2v);
         } else if ox + 1 < g.ow {
-            (c0v, c1v) = (c2v, dw_col3_half(row0, g, ox * SW + 3));
+            (c0v, c1v) = (c2v, dw_col_half(row0, g, 3, ox * SW + 3));
         }
     }
 }

@@ -214,7 +214,7 @@ macro_rules! vnni256 {
 
         /// Interleaved input column `ix` of the window's `kh ≤ 4` rows (missing rows read as zeros).
         #[inline(always)]
-        unsafe fn dw_col(row0: *const u8, g: &DwGeom, kh: usize, ix: usize) -> [__m256i; 4] {
+        pub(crate) unsafe fn dw_col(row0: *const u8, g: &DwGeom, kh: usize, ix: usize) -> [__m256i; 4] {
             let p = row0.add(ix * g.cs);
             let mut r = [_mm256_setzero_si256(); 4];
             for (ky, v) in r.iter_mut().enumerate().take(kh) {
@@ -235,7 +235,7 @@ macro_rules! vnni256 {
         /// `dw_store64` on 8 lanes): the saturating packs, which work within 128-bit halves, put
         /// the channels back in order; `valid` of the 32 are stored.
         #[inline(always)]
-        unsafe fn dw_store32(
+        pub(crate) unsafe fn dw_store32(
             acc: &[__m256i; 4],
             sc: &[__m256; 4],
             bf: &[__m256; 4],
@@ -382,6 +382,6 @@ mod vex {
 }
 
 /// EVEX encoding (AVX-512 VNNI + VL).
-mod evex {
+pub(crate) mod evex {
     vnni256!("avx2,fma,avx512f,avx512vl,avx512vnni", _mm256_dpbusd_epi32);
 }
