@@ -192,7 +192,7 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
     j["weight_bytes"] = json!(l2.quant_weight_bytes);
     j["weight_bits"] = l2.weight_bits.iter().map(|(n, b)| json!({"node": n, "bits": b})).collect();
     stages.push(j);
-    let mut done_by = if l2_ok { "L2" } else { "" };
+    let mut done_by = if l2_ok { "L2".to_string() } else { String::new() };
 
     // L2 with learned weight rounding, below 8 bits only (at 8 bits nearest rounding is within
     // noise of learned): uniform widths as asked, the same calibration images; the first
@@ -230,13 +230,7 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
         j["seconds"] = json!(t.elapsed().as_secs_f64());
         stages.push(j);
         if ok {
-            done_by = if r == "adaround" {
-                "L2-adaround"
-            } else if r == "qdrop" {
-                "L2-qdrop"
-            } else {
-                "L2-brecq"
-            };
+            done_by = format!("L2-{r}");
             break;
         }
     }
@@ -310,7 +304,7 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
         j["epochs"] = json!(a.qat_epochs);
         stages.push(j);
         lowbit_onnx::write_model(&q.graph, &a.output).map_err(|e| anyhow!("{e}"))?;
-        done_by = if l3_ok { "L3" } else { "" };
+        done_by = if l3_ok { "L3".to_string() } else { String::new() };
     }
     crate::say!();
     crate::say!(
@@ -331,7 +325,7 @@ pub fn pipeline(a: &QuantizeArgs) -> Result<()> {
         ],
         &rows,
     );
-    match done_by {
+    match done_by.as_str() {
         "" => crate::say!("budget NOT met by any stage; wrote the last stage to {}", a.output.display()),
         s => crate::say!("{s} met the budget; wrote {}", a.output.display()),
     }

@@ -25,19 +25,29 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
         Out::Q { qmin: 0, qmax: 255, .. } if rq.bias_f.is_empty() => 1 + !rq.unclamped as u8,
         _ => 0,
     };
-    match (t.jn.div_ceil(16), epi) {
-        (4, 1) => rows::<6, 4, 1>(t, a, src, b, rq, out),
-        (4, 2) => rows::<6, 4, 2>(t, a, src, b, rq, out),
-        (4, _) => rows::<6, 4, 0>(t, a, src, b, rq, out),
-        (3, 1) => rows::<8, 3, 1>(t, a, src, b, rq, out),
-        (3, 2) => rows::<8, 3, 2>(t, a, src, b, rq, out),
-        (3, _) => rows::<8, 3, 0>(t, a, src, b, rq, out),
-        (2, 1) => rows::<12, 2, 1>(t, a, src, b, rq, out),
-        (2, 2) => rows::<12, 2, 2>(t, a, src, b, rq, out),
-        (2, _) => rows::<12, 2, 0>(t, a, src, b, rq, out),
-        (_, 1) => rows::<16, 1, 1>(t, a, src, b, rq, out),
-        (_, 2) => rows::<16, 1, 2>(t, a, src, b, rq, out),
-        _ => rows::<16, 1, 0>(t, a, src, b, rq, out),
+    match t.jn.div_ceil(16) {
+        4 => by_epi::<6, 4>(epi, t, a, src, b, rq, out),
+        3 => by_epi::<8, 3>(epi, t, a, src, b, rq, out),
+        2 => by_epi::<12, 2>(epi, t, a, src, b, rq, out),
+        _ => by_epi::<16, 1>(epi, t, a, src, b, rq, out),
+    }
+}
+
+/// [`rows`] with the epilogue kind as a compile-time parameter.
+#[inline(always)]
+unsafe fn by_epi<const MR: usize, const NR: usize>(
+    epi: u8,
+    t: &Tile,
+    a: *const u8,
+    src: &ASrc,
+    b: &PackedB,
+    rq: &Requant,
+    out: OutPtr,
+) {
+    match epi {
+        1 => rows::<MR, NR, 1>(t, a, src, b, rq, out),
+        2 => rows::<MR, NR, 2>(t, a, src, b, rq, out),
+        _ => rows::<MR, NR, 0>(t, a, src, b, rq, out),
     }
 }
 
