@@ -87,18 +87,22 @@ fn main() {
             rows.push(format!("{{\"kernel\":\"gemm\",\"shape\":\"{name}\",\"isa\":\"{}\",\"gmacs\":{g:.2},\"peak\":{peak:.1},\"f32_gmacs\":{:.2}}}", isa.name(), macs / tf / 1e9));
         }
     }
-    let dws: &[(&str, usize, usize, usize)] = &[
-        ("mobilenetv2 dw 3x3 s1 144@56", 144, 56, 1),
-        ("mobilenetv2 dw 3x3 s2 96@112", 96, 112, 2),
-        ("mobilenetv2 dw 3x3 s1 576@14", 576, 14, 1),
-        ("mobilenetv2 dw 3x3 s1 960@7", 960, 7, 1),
+    let dws: &[(&str, usize, usize, usize, usize)] = &[
+        ("mobilenetv2 dw 3x3 s1 144@56", 144, 56, 1, 3),
+        ("mobilenetv2 dw 3x3 s2 96@112", 96, 112, 2, 3),
+        ("mobilenetv2 dw 3x3 s1 576@14", 576, 14, 1, 3),
+        ("mobilenetv2 dw 3x3 s1 960@7", 960, 7, 1, 3),
+        ("lite0 dw 5x5 s2 144@56", 144, 56, 2, 5),
+        ("lite0 dw 5x5 s1 240@28", 240, 28, 1, 5),
+        ("lite0 dw 5x5 s1 672@14", 672, 14, 1, 5),
+        ("lite0 dw 5x5 s1 1152@7", 1152, 7, 1, 5),
     ];
     println!("\n{:<34} {:>10} {:>9} {:>8}", "depthwise", "path", "GMAC/s", "of peak");
-    for &(name, c, hw, s) in dws.iter().filter(|d| wanted(d.0)) {
-        let geom = square_geom(c, c, hw, 3, s, c);
+    for &(name, c, hw, s, k) in dws.iter().filter(|d| wanted(d.0)) {
+        let geom = square_geom(c, c, hw, k, s, c);
         let o = geom.oh;
         let x: Vec<u8> = (0..hw * hw * c).map(|i| (i * 7 % 251) as u8).collect();
-        let w: Vec<i8> = (0..c * 9).map(|i| (i % 255) as i8).collect();
+        let w: Vec<i8> = (0..c * k * k).map(|i| (i % 255) as i8).collect();
         let macs = geom.macs() as f64;
         for isa in Isa::all_supported() {
             let rq = requant_u8(c, 6.0);

@@ -133,6 +133,65 @@ unsafe fn dw3_fast<const SW: usize>(
     }
 }
 
+/// A row of a 5x5 depthwise convolution at stride `SW` in the [`PackedDw::five`] layout: rows
+/// 0-3 of each window column interleaved once and shifted along the row (as in [`dw_cols_row`]),
+/// row 4 interleaved per output pixel as one group of its first four columns, and its last tap
+/// widened to the low byte of each lane by one byte shuffle per vector (the other three bytes
+/// meet zero weights): 7 groups of `vpdpbusd`, the minimum for 25 taps.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw5_row<const SW: usize>(
+    g: &DwGeom,
+    row0: *const u8,
+    wb: *const i8,
+    bi: &[__m512i; 4],
+    sc: &[__m512; 4],
+    bf: &[__m512; 4],
+    rp: &Requant,
+    orow: *mut u8,
+    m: u64,
+) {
+    // Vector i's lane (L, j) takes byte 4i + j of its 128-bit lane (the order of `interleave4`).
+    let mut spread = [_mm512_setzero_si512(); 4];
+    for (i, v) in spread.iter_mut().enumerate() {
+        let b = 4 * i as i32;
+        // bytes 1-3 of each lane: 0x80 (zero)
+        *v = _mm512_broadcast_i32x4(_mm_setr_epi32(b | -256, (b + 1) | -256, (b + 2) | -256, (b + 3) | -256));
+    }
+    let r4 = row0.add(4 * g.dh * g.wp * g.cs);
+    let mut cols = [[_mm512_setzero_si512(); 4]; 5];
+    for (k, c) in cols.iter_mut().enumerate() {
+        *c = dw_col::<4>(row0, g, k);
+    }
+    // (Loads written out: a closure would not inherit the caller's target features.)
+    for ox in 0..g.ow {
+        if ox > 0 {
+            for k in 0..5 {
+                cols[k] = if k + SW < 5 { cols[k + SW] } else { dw_col::<4>(row0, g, ox * SW + k) };
+            }
+        }
+        let mut acc = *bi;
+        for (kx, c) in cols.iter().enumerate() {
+            for i in 0..4 {
+                acc[i] = _mm512_dpbusd_epi32(acc[i], c[i], _mm512_loadu_si512(wb.add(kx * 256 + 64 * i) as *const _));
+            }
+        }
+        let p = r4.add(ox * SW * g.cs);
+        let mut r = [_mm512_setzero_si512(); 5];
+        for (k, v) in r.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(p.add(k * g.cs) as *const _);
+        }
+        let h = interleave4(r[0], r[1], r[2], r[3]);
+        for i in 0..4 {
+            let (w5, w6) = (wb.add(5 * 256 + 64 * i), wb.add(6 * 256 + 64 * i));
+            acc[i] = _mm512_dpbusd_epi32(acc[i], h[i], _mm512_loadu_si512(w5 as *const _));
+            let last = _mm512_shuffle_epi8(r[4], spread[i]);
+            acc[i] = _mm512_dpbusd_epi32(acc[i], last, _mm512_loadu_si512(w6 as *const _));
+        }
+        dw_store64(&acc, sc, bf, rp, orow.add(ox * g.c), m);
+    }
+}
+
 /// Epilogue of the 4 permuted accumulators of a 64-channel block, back in channel order: the
 /// saturating packs (i32 → u16/i16 → u8/i8) undo the interleave's permutation lane by lane.
 #[inline(always)]
@@ -258,7 +317,13 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
             }
             continue;
         }
-        if w.by_cols && g.kh == 3 && g.kw == 3 && g.sw == 1 {
+        if w.five {
+            if g.sw == 1 {
+                dw5_row::<1>(g, row0, wb, &bi, &sc, &bf, rp, orow, m);
+            } else {
+                dw5_row::<2>(g, row0, wb, &bi, &sc, &bf, rp, orow, m);
+            }
+        } else if w.by_cols && g.kh == 3 && g.kw == 3 && g.sw == 1 {
             dw_cols_row::<3, 3, 1>(g, row0, wb, &bi, &sc, &bf, rp, orow, m);
         } else if w.by_cols && g.kh == 3 && g.kw == 3 && g.sw == 2 {
             dw_cols_row::<3, 3, 2>(g, row0, wb, &bi, &sc, &bf, rp, orow, m);

@@ -123,15 +123,22 @@ impl QConv {
             let corr: Vec<i32> = colsum.iter().map(|&s| -(zx as i32) * s).collect();
             rq.add_bias_i(&corr);
             let (mut vnni, mut rq_perm) = (crate::aligned::Aligned::new(), None);
-            let by_cols = g.kh <= 4 && g.dw == 1 && g.sw <= 2;
-            let groups = if by_cols { g.kw } else { taps.div_ceil(4) };
-            // group and byte of tap t
-            let slot = |t: usize| if by_cols { (t % g.kw, t / g.kw) } else { (t / 4, t % 4) };
             // Channel blocks of a vector's bytes: 64 for AVX-512, 32 for the 256-bit VNNI path.
             let bw = match isa {
                 Isa::Avx512Vnni | Isa::Amx => 64,
                 Isa::AvxVnni => 32,
                 _ => 0,
+            };
+            let by_cols = g.kh <= 4 && g.dw == 1 && g.sw <= 2;
+            let five = bw == 64 && (g.kh, g.kw, g.dw) == (5, 5, 1) && g.sw <= 2;
+            let groups = if by_cols { g.kw } else { taps.div_ceil(4) };
+            // group and byte of tap t (`five`: the 5 columns' rows 0-3, row 4's columns 0-3, tap (4, 4))
+            let slot = |t: usize| match (by_cols, five, t / g.kw, t % g.kw) {
+                (true, _, ky, kx) => (kx, ky),
+                (_, true, 4, 4) => (6, 0),
+                (_, true, 4, kx) => (5, kx),
+                (_, true, ky, kx) => (kx, ky),
+                _ => (t / 4, t % 4),
             };
             // Pixels per 64-byte vector: 16 or 32 channels at stride 1 in a 3x3 window fill the
             // AVX-512 kernel's 64 lanes with 4 or 2 neighbouring output pixels (their windows'
@@ -170,6 +177,7 @@ impl QConv {
                 rq_perm = Some(rp);
             }
             let ppv = if rq_perm.is_some() { ppv } else { 1 };
+            let five = five && rq_perm.is_some();
             let (mut wv, mut colsum, mut rq) = (wv, colsum, rq);
             if rq_perm.is_some() {
                 // The VNNI kernel reads only its own copies.
@@ -182,7 +190,21 @@ impl QConv {
                 vec![]
             };
             ConvKind::Depthwise(
-                PackedDw { isa, taps, c: g.c_out, c_pad, w: wv, colsum, vnni, rq_perm, by_cols, groups, pairs, ppv },
+                PackedDw {
+                    isa,
+                    taps,
+                    c: g.c_out,
+                    c_pad,
+                    w: wv,
+                    colsum,
+                    vnni,
+                    rq_perm,
+                    by_cols,
+                    five,
+                    groups,
+                    pairs,
+                    ppv,
+                },
                 rq,
             )
         } else if matches!(isa, Isa::Avx512Vnni | Isa::Amx)
