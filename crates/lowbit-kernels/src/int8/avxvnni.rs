@@ -59,6 +59,24 @@ macro_rules! vnni256 {
             // multiple of 16, so a step's two vectors never read past the panel.
             let width = PANEL.min(b.n_pad - t.j0);
             let bp = b.quad.as_ptr().add(t.j0 * b.kp);
+            if t.rows <= 2 {
+                // A fully connected layer at batch 1: one row against the whole panel (the 6-row
+                // tile below would compute 6 copies of it, 16 columns at a time).
+                for i in 0..t.rows {
+                    let r = Row1 { a: a.add(i * src.lda), src, bp, stride: width * 4, rq, out, t, i };
+                    match t.jn.div_ceil(8) {
+                        8 => row1::<8>(&r),
+                        7 => row1::<7>(&r),
+                        6 => row1::<6>(&r),
+                        5 => row1::<5>(&r),
+                        4 => row1::<4>(&r),
+                        3 => row1::<3>(&r),
+                        2 => row1::<2>(&r),
+                        _ => row1::<1>(&r),
+                    }
+                }
+                return;
+            }
             let mut jb = 0;
             while jb < t.jn {
                 let cols = (t.jn - jb).min(16);
@@ -80,6 +98,42 @@ macro_rules! vnni256 {
                     i += 6;
                 }
                 jb += 16;
+            }
+        }
+
+        /// One row of A (at `a`) against the task's `jn ≤ 64` columns (`bp`: the panel block,
+        /// `stride` bytes per quad row), stored as row `i` of the task.
+        struct Row1<'a> {
+            a: *const u8,
+            src: &'a ASrc<'a>,
+            bp: *const i8,
+            stride: usize,
+            rq: &'a Requant,
+            out: OutPtr,
+            t: &'a Tile,
+            i: usize,
+        }
+
+        /// [`Row1`] with `NV = ⌈jn / 8⌉` accumulators, the weights read as the multiplies' operands.
+        #[inline(always)]
+        unsafe fn row1<const NV: usize>(r: &Row1) {
+            let (src, t) = (r.src, r.t);
+            let mut acc = [_mm256_setzero_si256(); NV];
+            let quads = src.kc / 4;
+            for (tp, &off) in src.taps.iter().enumerate() {
+                let bt = r.bp.add(tp * quads * r.stride);
+                for q in 0..quads {
+                    let av = _mm256_set1_epi32((r.a.add(off + q * 4) as *const i32).read_unaligned());
+                    let bq = bt.add(q * r.stride);
+                    for (v, x) in acc.iter_mut().enumerate() {
+                        *x = $dp(*x, av, _mm256_loadu_si256(bq.add(32 * v) as *const _));
+                    }
+                }
+            }
+            let Some(orow) = RowCursor::new(t.map, t.i0 + r.i).next_row() else { return };
+            for (v, &x) in acc.iter().enumerate() {
+                let j = t.j0 + v * 8;
+                store8(x, j, r.rq, r.out.at(r.rq.out, orow, j, t.ldc), (t.jn - v * 8).min(8));
             }
         }
 
