@@ -76,6 +76,24 @@ pub(crate) unsafe fn quantize8(y: __m256, scale: f32, inv: f32, zp: i32, qmin: i
     }
 }
 
+/// [`quantize8`] into the whole 8-bit range (`0..=255` or `-128..=127`) of a `y` whose `y·inv`
+/// stays below 2^30 in magnitude (the epilogue's `y` clamp or [`Requant::unclamped`]): the
+/// saturating packs clamp, so the two compares are dropped.
+#[inline(always)]
+unsafe fn quantize8_full(y: __m256, scale: f32, inv: f32, zp: i32, signed: bool) -> __m128i {
+    let (vs, vinv) = (_mm256_set1_ps(scale), _mm256_set1_ps(inv));
+    let q = _mm256_mul_ps(y, vinv);
+    let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q, vs, y), vinv, q);
+    let q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_set1_epi32(zp));
+    // Signed saturation to i16 first: `packus_epi16` reads its input as signed.
+    let h = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+    if signed {
+        _mm_packs_epi16(h, h)
+    } else {
+        _mm_packus_epi16(h, h)
+    }
+}
+
 /// The epilogue of a micro-tile ([`store8`]'s arithmetic; rows `..mr` stored), stage by stage over
 /// the whole tile (see the AVX-512 `store_tile`): the requantization of a vector is a chain of
 /// dependent operations that, row by row, left the out-of-order window waiting.
@@ -126,9 +144,14 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(
         return;
     };
     let mut q = [[_mm_setzero_si128(); NV]; MR];
+    let full = matches!((qmin, qmax), (0, 255) | (-128, 127));
     for r in 0..MR {
         for v in 0..NV {
-            q[r][v] = quantize8(y[r][v], scale, rq.inv, zp, qmin, qmax);
+            q[r][v] = if full {
+                quantize8_full(y[r][v], scale, rq.inv, zp, qmin < 0)
+            } else {
+                quantize8(y[r][v], scale, rq.inv, zp, qmin, qmax)
+            };
         }
     }
     for (r, row) in q.iter().enumerate().take(mr) {
@@ -215,9 +238,15 @@ unsafe fn widen(a: *const u8, src: &ASrc, rows: usize, w: *mut u16) {
                 _mm256_storeu_si256(d.add(c) as *mut _, v);
                 c += 16;
             }
-            while c < src.kc {
-                *d.add(c) = *s.add(c) as u16;
-                c += 1;
+            // `kc` is a multiple of 4: at most one run of 8 and one of 4 remain.
+            if c + 8 <= src.kc {
+                let v = _mm_cvtepu8_epi16(_mm_loadl_epi64(s.add(c) as *const _));
+                _mm_storeu_si128(d.add(c) as *mut _, v);
+                c += 8;
+            }
+            if c < src.kc {
+                let v = _mm_cvtepu8_epi16(_mm_cvtsi32_si128((s.add(c) as *const i32).read_unaligned()));
+                _mm_storel_epi64(d.add(c) as *mut _, v);
             }
         }
     }
