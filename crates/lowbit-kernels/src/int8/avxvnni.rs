@@ -200,7 +200,7 @@ macro_rules! vnni256 {
             rq: &Requant,
             out: OutPtr,
             ldc: usize,
-            (scale, zp, qmin, qmax): (f32, i32, i32, i32),
+            (scale, zp, qmin, _): (f32, i32, i32, i32),
         ) {
             let ld_i = |v: usize| _mm256_loadu_si256(rq.bias_i.as_ptr().add(j + 8 * v) as *const _);
             let ld_f = |p: &[f32], v: usize| _mm256_loadu_ps(p.as_ptr().add(j + 8 * v));
@@ -209,7 +209,6 @@ macro_rules! vnni256 {
             let bf = if has_bf { [ld_f(&rq.bias_f, 0), ld_f(&rq.bias_f, 1)] } else { [_mm256_setzero_ps(); 2] };
             let (ylo, yhi) = (_mm256_set1_ps(rq.ylo), _mm256_set1_ps(rq.yhi));
             let (vs, vinv, vzp) = (_mm256_set1_ps(scale), _mm256_set1_ps(rq.inv), _mm256_set1_epi32(zp));
-            let (tlo, thi) = (_mm256_set1_ps((qmin - zp) as f32), _mm256_set1_ps((qmax - zp) as f32));
             // Stage by stage over the six rows (see the AVX-512 `store_tile`: row by row, the
             // out-of-order window waited on each vector's chain of dependent operations).
             let mut y = [[_mm256_setzero_ps(); 2]; 6];
@@ -237,14 +236,14 @@ macro_rules! vnni256 {
                 for v in 0..2 {
                     let q0 = _mm256_mul_ps(y[r][v], vinv);
                     let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vs, y[r][v]), vinv, q0);
-                    let t = _mm256_min_ps(_mm256_max_ps(t, tlo), thi);
                     q[r][v] = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp);
                 }
             }
             for row in q.iter().take(mr) {
                 let Some(orow) = cur.next_row() else { continue };
-                // Within [qmin, qmax] already: the packs keep every value. Their 64-bit pieces come
-                // out as channels 0-3, 8-11, 4-7, 12-15; one permute restores the order.
+                // The output range is a whole byte range and |y/s| < 2^30 (y clamped, or provably
+                // unclamped), so the saturating packs clamp. Their 64-bit pieces come out as
+                // channels 0-3, 8-11, 4-7, 12-15; one permute restores the order.
                 let w = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(row[0], row[1]));
                 let (lo, hi) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
                 let b = if qmin == 0 { _mm_packus_epi16(lo, hi) } else { _mm_packs_epi16(lo, hi) };
