@@ -415,6 +415,10 @@ unsafe fn exec_step(
                 d.run(&xs[b * isz..(b + 1) * isz], OutPtr(base.add(off + b * osz)), threads);
             }
         }
+        Kind::QLutChannels(tables) => {
+            let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
+            lowbit_kernels::int8::moves::lut_channels(paths.int8, xs, tables, bytes_out(base, &s.out));
+        }
         Kind::QPRelu { qi, qo, slope } => {
             let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
             lowbit_kernels::int8::moves::prelu_channels(

@@ -163,6 +163,7 @@ pub(crate) fn lower_unit(v: &Values, n: &Node, u: &Unit, paths: Paths, winograd:
         Unit::PRelu { qi, qo, slope, .. } => {
             (Kind::QPRelu { qi: *qi, qo: *qo, slope: slope.clone() }, "int8 prelu".into())
         }
+        Unit::ChannelLut { tables, .. } => (Kind::QLutChannels(tables.clone()), "int8 channel table".into()),
         Unit::Concat { xs: parts, qo, axis } => {
             // The bytes' own axis and shapes: NHWC for 4-D values.
             let nhwc = |s: Vec<usize>| if s.len() == 4 { vec![s[0], s[2], s[3], s[1]] } else { s };

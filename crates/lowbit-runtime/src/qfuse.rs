@@ -62,6 +62,13 @@ pub(crate) enum Unit {
         qo: QParams,
         slope: Vec<f32>,
     },
+    /// `DequantizeLinear → op → QuantizeLinear` for an op that maps each channel (axis 1) through
+    /// its own function: BatchNormalization with constant statistics (left unfolded after a
+    /// quantized ConvTranspose, for example): one byte table per channel.
+    ChannelLut {
+        x: String,
+        tables: Vec<[u8; 256]>,
+    },
     /// `DequantizeLinear` of each input `→ Concat → QuantizeLinear`; `axis` of the NCHW (or plain) shape.
     Concat {
         xs: Vec<(String, QParams)>,
@@ -92,6 +99,7 @@ impl Unit {
             | Unit::Lut { x, .. }
             | Unit::Alias { x }
             | Unit::PRelu { x, .. }
+            | Unit::ChannelLut { x, .. }
             | Unit::Resize { x, .. } => vec![x.clone()],
             Unit::Concat { xs, .. } => xs.iter().map(|p| p.0.clone()).collect(),
         }
@@ -449,6 +457,37 @@ pub(crate) fn analyze(spec: &Specialized, enabled: bool) -> Fusion {
                         }
                     }
                     (None, _, _) => note = Some("its slope is not a constant".into()),
+                    (_, None, _) => note = Some("its input is not a per-tensor integer value".into()),
+                    (_, _, None) => note = Some("its output is not quantized".into()),
+                }
+            }
+            Op::BatchNorm { epsilon } => {
+                let eps = *epsilon;
+                let params: Option<Vec<Vec<f32>>> = (1..5)
+                    .map(|i| n.input(i).and_then(|v| g.initializers.get(v)))
+                    .map(|t| t.filter(|t| t.dtype() == DType::F32).map(|t| t.to_f32_vec()))
+                    .collect();
+                match (params, dq_in(&f, 0), q_after(&n.outputs[0])) {
+                    (Some(p), Some((x, qi)), Some((qn, qo))) => {
+                        let xs = shape(&x);
+                        let c = xs.get(1).copied().unwrap_or(0);
+                        if (xs.len() == 4 || xs.len() == 2) && c > 0 && p.iter().all(|v| v.len() == c) {
+                            // The reference evaluator's f32 arithmetic, channel by channel.
+                            let tables = (0..c)
+                                .map(|ch| {
+                                    let (gamma, beta, mean, var) = (p[0][ch], p[1][ch], p[2][ch], p[3][ch]);
+                                    lowbit_kernels::int8::ops::lut_table(qi, qo, |v| {
+                                        (v - mean) / (var + eps).sqrt() * gamma + beta
+                                    })
+                                })
+                                .collect();
+                            let unit = Unit::ChannelLut { x, tables };
+                            fused = Some((unit, g.nodes[qn].outputs[0].clone(), vec![qn]));
+                        } else {
+                            note = Some("needs one value per channel of a 2-D or 4-D input".into());
+                        }
+                    }
+                    (None, _, _) => note = Some("its statistics are not f32 constants".into()),
                     (_, None, _) => note = Some("its input is not a per-tensor integer value".into()),
                     (_, _, None) => note = Some("its output is not quantized".into()),
                 }

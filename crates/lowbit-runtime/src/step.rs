@@ -141,6 +141,8 @@ pub(crate) enum Kind {
     },
     QAdd(qops::AddQ),
     QLut(Box<[u8; 256]>),
+    /// One table per channel of NHWC (or `[n][c]`) bytes.
+    QLutChannels(Vec<[u8; 256]>),
     /// Same shapes, or with `gate = Some((n, plane, c))` `b` scales each channel of NHWC `a` (`[n][plane][c]`).
     QMul {
         p: qops::MulQ,
@@ -214,6 +216,7 @@ impl Kind {
                 | Kind::QGemm { .. }
                 | Kind::QAdd(_)
                 | Kind::QLut(_)
+                | Kind::QLutChannels(_)
                 | Kind::QMul { .. }
                 | Kind::QGap { .. }
                 | Kind::QMaxPool { .. }

@@ -499,7 +499,7 @@ fn forced_portable_paths_reach_every_step() {
 }
 
 /// Issue 19, item 3: PRelu, Resize (linear and nearest), Concat (inputs at other scales than the output, along channels
-/// and along the width), Sigmoid, LeakyRelu and ConvTranspose between Q/DQ pairs run as integer steps, and on every integer path this
+/// and along the width), Sigmoid, LeakyRelu, ConvTranspose and BatchNormalization between Q/DQ pairs run as integer steps, and on every integer path this
 /// CPU has their bytes equal the fake-quant executor's (the QDQ graph's f32 arithmetic, node by node). Random shapes
 /// with channel counts off every vector width, zero points at both ends, inputs that saturate.
 #[test]
@@ -609,8 +609,17 @@ fn prelu_resize_concat_deconv_and_tables_run_on_integers_equal_to_fake_quant() {
         };
         nodes.push(node("deconv", Op::ConvTranspose(attrs), &["p_d", "dw_d", "db_d"], "dc"));
         nodes.extend(qdq(2, "dc", "dc"));
+        // BatchNormalization left after the ConvTranspose (ONNX Runtime's quantizer does not fold it there): a
+        // table per channel, with negative scales and shifts that push some channels past both ends.
+        let bn = |f: &dyn Fn(usize) -> f32| Tensor::f32(vec![co], (0..co).map(f).collect());
+        init("bn_g", bn(&|i| (i as f32 - 2.5) * 0.4));
+        init("bn_b", bn(&|i| (i % 5) as f32 * 0.9 - 1.8));
+        init("bn_m", bn(&|i| 0.3 * i as f32 - 1.0));
+        init("bn_v", bn(&|i| 0.05 + 0.11 * i as f32));
+        nodes.push(node("bn", Op::BatchNorm { epsilon: 1e-3 }, &["dc_d", "bn_g", "bn_b", "bn_m", "bn_v"], "bn"));
+        nodes.extend(qdq(3, "bn", "bn"));
         g.nodes = nodes;
-        g.outputs = vec![vi("sig_d", &[]), vi("lk_d", &[]), vi("dc_d", &[])];
+        g.outputs = vec![vi("sig_d", &[]), vi("lk_d", &[]), vi("dc_d", &[]), vi("bn_d", &[])];
         g.outputs.iter_mut().for_each(|o| o.shape = None);
         let g = expose_int8(&g);
         // Values over the whole input range and beyond it (saturation at both ends).
@@ -620,7 +629,7 @@ fn prelu_resize_concat_deconv_and_tables_run_on_integers_equal_to_fake_quant() {
             let p = Plan::compile(&g, &[vec![1, c, h, w]], &PlanOptions::default().with_isa(isa)).unwrap();
             let kernels: Vec<&str> = p.steps().iter().map(|s| s.kernel.as_str()).collect();
             let deconv = if disjoint { "int8 deconv pixel-shuffle gemm" } else { "int8 deconv gemm" };
-            for want in ["int8 prelu", "int8 resize", "int8 concat", "int8 table", deconv] {
+            for want in ["int8 prelu", "int8 resize", "int8 concat", "int8 table", deconv, "int8 channel table"] {
                 assert!(kernels.iter().any(|s| s.starts_with(want)), "case {k}: no {want} step in {kernels:?}");
             }
             assert!(p.int8_notes().is_empty(), "case {k} {}: f32 fallbacks {:?}", isa.name(), p.int8_notes());

@@ -78,6 +78,20 @@ unsafe fn prelu_avx2(x: &[u8], c: usize, slope: &[f32], qi: QParams, qo: QParams
     }
 }
 
+/// One byte table per channel of `[pixels][c]` bytes (`c = tables.len()`; NHWC, or `[n][c]`):
+/// `out[p·c + ch] = tables[ch][x[p·c + ch]]` (a per-channel function between Q/DQ pairs, such as an
+/// unfolded BatchNormalization, tabulated with [`crate::int8::ops::lut_table`]). One byte at a time
+/// on every path: the 256-byte tables of a few dozen channels stay in L1.
+pub fn lut_channels(isa: Isa, x: &[u8], tables: &[[u8; 256]], out: &mut [u8]) {
+    trace::int8(isa);
+    let c = tables.len();
+    for (orow, xrow) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for ((o, &v), t) in orow.iter_mut().zip(xrow).zip(tables) {
+            *o = t[v as usize];
+        }
+    }
+}
+
 /// Concatenation of quantized values: for each of `outer` blocks, each part's `inners[i]` bytes in
 /// turn, copied where the part's parameters are the output's (`table` `None`), else looked up in
 /// its requantization table (`lut_table(q_part, q_out, |v| v)`: `QuantizeLinear(DequantizeLinear)`).
