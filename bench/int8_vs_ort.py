@@ -30,14 +30,16 @@ ZOO = os.path.join(ROOT, "..", "shared", "zoo")
 LOWBIT = os.path.join(ROOT, "target", "release", "lowbit")
 
 
-def ort_median(path, threads, batch, iters, warmup=5):
+def ort_median(path, threads, batch, iters, warmup=5, shape=None):
+    """Median ms of ONNX Runtime on `path` (input `shape`, else the file's with `batch` and 1 for
+    symbolic dimensions)."""
     o = ort.SessionOptions()
     o.intra_op_num_threads = threads
     o.inter_op_num_threads = 1
     o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
     i = s.get_inputs()[0]
-    shape = [batch] + [d if isinstance(d, int) else 1 for d in i.shape[1:]]
+    shape = shape or [batch] + [d if isinstance(d, int) else 1 for d in i.shape[1:]]
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     for _ in range(warmup):
         s.run(None, {i.name: x})
