@@ -44,24 +44,30 @@ unsafe fn dw_col_dyn(row0: *const u8, g: &DwGeom, ix: usize) -> [__m512i; 4] {
     }
 }
 
+/// What the row kernels of one 64-channel block work on: the geometry, the block's first window
+/// row and packed weights, its per-channel epilogue vectors (lane order), its output row and the
+/// store mask of its valid channels.
+#[derive(Clone, Copy)]
+struct Block<'a> {
+    g: &'a DwGeom,
+    row0: *const u8,
+    wb: *const i8,
+    bi: &'a [__m512i; 4],
+    sc: &'a [__m512; 4],
+    bf: &'a [__m512; 4],
+    rp: &'a Requant,
+    orow: *mut u8,
+    m: u64,
+}
+
 /// A row of a `KH`×`KW` depthwise convolution at stride `SW`, with the interleaved columns kept
 /// in registers and shifted along the row.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_cols_row<const KH: usize, const KW: usize, const SW: usize>(
-    g: &DwGeom,
-    row0: *const u8,
-    wb: *const i8,
-    bi: &[__m512i; 4],
-    sc: &[__m512; 4],
-    bf: &[__m512; 4],
-    rp: &Requant,
-    orow: *mut u8,
-    m: u64,
-) {
+unsafe fn dw_cols_row<const KH: usize, const KW: usize, const SW: usize>(blk: &Block) {
+    let Block { g, row0, wb, bi, sc, bf, rp, orow, m } = *blk;
     if KH == 3 && KW == 3 && SW <= 2 && rp.bias_f.is_empty() && rp.unclamped {
         if let Out::Q { qmin: 0, qmax: 255, .. } = rp.out {
-            return dw3_fast::<SW>(g, row0, wb, bi, sc, rp, orow, m);
+            return dw3_fast::<SW>(blk);
         }
     }
     let mut cols: [[__m512i; 4]; KW] = [[_mm512_setzero_si512(); 4]; KW];
@@ -91,17 +97,8 @@ unsafe fn dw_cols_row<const KH: usize, const KW: usize, const SW: usize>(
 /// in one chain, no per-pixel tests. On AMD EPYC (Zen 5), a hot 128-channel band: 29 -> 24 cycles
 /// per 64-channel output pixel (misaligned band), 19-20 with the band on a cache line.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw3_fast<const SW: usize>(
-    g: &DwGeom,
-    row0: *const u8,
-    wb: *const i8,
-    bi: &[__m512i; 4],
-    sc: &[__m512; 4],
-    rp: &Requant,
-    orow: *mut u8,
-    m: u64,
-) {
+unsafe fn dw3_fast<const SW: usize>(blk: &Block) {
+    let Block { g, row0, wb, bi, sc, rp, orow, m, .. } = *blk;
     let Out::Q { scale, zp, .. } = rp.out else { unreachable!() };
     let (vs, vinv, vzp) = (_mm512_set1_ps(scale), _mm512_set1_ps(rp.inv), _mm512_set1_epi32(zp));
     let w0: [__m512i; 4] = std::array::from_fn(|i| _mm512_loadu_si512(wb.add(64 * i) as *const _));
@@ -139,18 +136,8 @@ unsafe fn dw3_fast<const SW: usize>(
 /// widened to the low byte of each lane by one byte shuffle per vector (the other three bytes
 /// meet zero weights): 7 groups of `vpdpbusd`, the minimum for 25 taps.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw5_row<const SW: usize>(
-    g: &DwGeom,
-    row0: *const u8,
-    wb: *const i8,
-    bi: &[__m512i; 4],
-    sc: &[__m512; 4],
-    bf: &[__m512; 4],
-    rp: &Requant,
-    orow: *mut u8,
-    m: u64,
-) {
+unsafe fn dw5_row<const SW: usize>(blk: &Block) {
+    let Block { g, row0, wb, bi, sc, bf, rp, orow, m } = *blk;
     // Vector i's lane (L, j) takes byte 4i + j of its 128-bit lane (the order of `interleave4`).
     let mut spread = [_mm512_setzero_si512(); 4];
     for (i, v) in spread.iter_mut().enumerate() {
@@ -317,16 +304,17 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
             }
             continue;
         }
+        let blk = Block { g, row0, wb, bi: &bi, sc: &sc, bf: &bf, rp, orow, m };
         if w.five {
             if g.sw == 1 {
-                dw5_row::<1>(g, row0, wb, &bi, &sc, &bf, rp, orow, m);
+                dw5_row::<1>(&blk);
             } else {
-                dw5_row::<2>(g, row0, wb, &bi, &sc, &bf, rp, orow, m);
+                dw5_row::<2>(&blk);
             }
         } else if w.by_cols && g.kh == 3 && g.kw == 3 && g.sw == 1 {
-            dw_cols_row::<3, 3, 1>(g, row0, wb, &bi, &sc, &bf, rp, orow, m);
+            dw_cols_row::<3, 3, 1>(&blk);
         } else if w.by_cols && g.kh == 3 && g.kw == 3 && g.sw == 2 {
-            dw_cols_row::<3, 3, 2>(g, row0, wb, &bi, &sc, &bf, rp, orow, m);
+            dw_cols_row::<3, 3, 2>(&blk);
         } else if w.by_cols {
             for ox in 0..g.ow {
                 let mut acc = bi;
@@ -396,10 +384,11 @@ unsafe fn depthwise_row_pixels(g: &DwGeom, xp: *const u8, w: &PackedDw, rp: &Req
         ),
     ];
     for (gv, row0, orow, m) in parts.iter().filter(|p| p.0.ow > 0) {
+        let blk = Block { g: gv, row0: *row0, wb, bi: &bi, sc: &sc, bf: &bf, rp, orow: *orow, m: *m };
         if ppv == 2 {
-            dw_cols_row::<3, 3, 2>(gv, *row0, wb, &bi, &sc, &bf, rp, *orow, *m);
+            dw_cols_row::<3, 3, 2>(&blk);
         } else {
-            dw_cols_row::<3, 3, 4>(gv, *row0, wb, &bi, &sc, &bf, rp, *orow, *m);
+            dw_cols_row::<3, 3, 4>(&blk);
         }
     }
 }
