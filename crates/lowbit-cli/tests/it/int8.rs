@@ -30,12 +30,13 @@ const ORT_MODELS: &[&str] = &[
 /// QDQ files written by ONNX Runtime's quantize_static (per-channel s8 weights, u8 activations),
 /// made once per test binary by bench/ort_qdq.py.
 fn ort_qdq(model: &str) -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    // Shared by the test binary's tests (a static is never dropped: the directory stays).
+    static DIR: OnceLock<TmpDir> = OnceLock::new();
     let d = DIR.get_or_init(|| {
         let d = tmpdir("int8-ort-qdq");
         let o = Command::new(python())
             .arg(root().join("bench/ort_qdq.py"))
-            .arg(&d)
+            .arg(d.as_os_str())
             .args(["--models", &ORT_MODELS.join(","), "--calib-n", "16"])
             .env("LOWBIT_BIN", lowbit_bin())
             .output()
@@ -479,7 +480,8 @@ fn forced_portable_paths_reach_every_step() {
     }
     let f = ort_qdq_integer("resnet18-random");
     for (isa, simd_zero) in [("scalar", true), ("", false)] {
-        let j = tmpdir("trace-bench").join(format!("bench-{isa}.json"));
+        let d = tmpdir("trace-bench");
+        let j = d.join(format!("bench-{isa}.json"));
         let o = Command::new(lowbit_bin())
             .args(["bench", f.to_str().unwrap(), "--iters", "1", "--warmup", "0", "--json", j.to_str().unwrap()])
             .env("LOWBIT_ISA", isa)

@@ -41,12 +41,37 @@ pub fn python() -> PathBuf {
 }
 
 /// A fresh folder per call (tests of one binary run in parallel and may use the same tag).
-pub fn tmpdir(tag: &str) -> PathBuf {
+pub fn tmpdir(tag: &str) -> TmpDir {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!("lowbit-test-{tag}-{}-{k}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TmpDir(d)
+}
+
+/// A test's scratch directory, removed when the test is done with it (a failing test's too:
+/// its assertion message names what to look at). `LOWBIT_KEEP_TEST_DIRS=1` keeps them all.
+pub struct TmpDir(PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TmpDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if std::env::var_os("LOWBIT_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Runs `model` in ONNX Runtime on `x` (shape `shape`) and returns (output shape, values).
