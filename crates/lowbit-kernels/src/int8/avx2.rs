@@ -76,24 +76,6 @@ pub(crate) unsafe fn quantize8(y: __m256, scale: f32, inv: f32, zp: i32, qmin: i
     }
 }
 
-/// [`quantize8`] into the whole 8-bit range (`0..=255` or `-128..=127`) of a `y` whose `y·inv`
-/// stays below 2^30 in magnitude (the epilogue's `y` clamp or [`Requant::unclamped`]): the
-/// saturating packs clamp, so the two compares are dropped.
-#[inline(always)]
-unsafe fn quantize8_full(y: __m256, scale: f32, inv: f32, zp: i32, signed: bool) -> __m128i {
-    let (vs, vinv) = (_mm256_set1_ps(scale), _mm256_set1_ps(inv));
-    let q = _mm256_mul_ps(y, vinv);
-    let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q, vs, y), vinv, q);
-    let q = _mm256_add_epi32(_mm256_cvtps_epi32(t), _mm256_set1_epi32(zp));
-    // Signed saturation to i16 first: `packus_epi16` reads its input as signed.
-    let h = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
-    if signed {
-        _mm_packs_epi16(h, h)
-    } else {
-        _mm_packus_epi16(h, h)
-    }
-}
-
 /// The epilogue of a micro-tile ([`store8`]'s arithmetic; rows `..mr` stored), stage by stage over
 /// the whole tile (see the AVX-512 `store_tile`): the requantization of a vector is a chain of
 /// dependent operations that, row by row, left the out-of-order window waiting.
@@ -143,15 +125,13 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(
         }
         return;
     };
+    if matches!((qmin, qmax), (0, 255) | (-128, 127)) {
+        return store_tile_full(&y, mr, j0, cols, rq, out, t, i, (scale, zp, qmin < 0));
+    }
     let mut q = [[_mm_setzero_si128(); NV]; MR];
-    let full = matches!((qmin, qmax), (0, 255) | (-128, 127));
     for r in 0..MR {
         for v in 0..NV {
-            q[r][v] = if full {
-                quantize8_full(y[r][v], scale, rq.inv, zp, qmin < 0)
-            } else {
-                quantize8(y[r][v], scale, rq.inv, zp, qmin, qmax)
-            };
+            q[r][v] = quantize8(y[r][v], scale, rq.inv, zp, qmin, qmax);
         }
     }
     for (r, row) in q.iter().enumerate().take(mr) {
@@ -159,6 +139,60 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(
         for (v, &x) in row.iter().enumerate() {
             let j = j0 + v * 8;
             put_u8x8(out.0.add(orow * t.ldc + j), x, (j0 + cols - j).min(8));
+        }
+    }
+}
+
+/// The end of [`store_tile`] for outputs covering a whole byte range, `y` clamped or provably
+/// unclamped (|y/s| < 2^30), so the saturating packs clamp without compares before them: the
+/// quotients of all vectors, then two vectors (16 channels) per pack sequence and store.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_tile_full<const MR: usize, const NV: usize>(
+    y: &[[__m256; NV]; MR],
+    mr: usize,
+    j0: usize,
+    cols: usize,
+    rq: &Requant,
+    out: OutPtr,
+    t: &Tile,
+    i: usize,
+    (scale, zp, signed): (f32, i32, bool),
+) {
+    let (vs, vinv, vzp) = (_mm256_set1_ps(scale), _mm256_set1_ps(rq.inv), _mm256_set1_epi32(zp));
+    let mut q = [[_mm256_setzero_si256(); NV]; MR];
+    for r in 0..MR {
+        for v in 0..NV {
+            let q0 = _mm256_mul_ps(y[r][v], vinv);
+            let tq = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vs, y[r][v]), vinv, q0);
+            q[r][v] = _mm256_add_epi32(_mm256_cvtps_epi32(tq), vzp);
+        }
+    }
+    for (r, row) in q.iter().enumerate().take(mr) {
+        let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
+        let o = out.0.add(orow * t.ldc);
+        let mut v = 0;
+        while v < NV {
+            let j = j0 + v * 8;
+            // Signed 32->16 saturation (of one vector, or two with their 64-bit pieces put back in
+            // order), then 16->8 saturation.
+            let w = if v + 1 < NV {
+                _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(row[v], row[v + 1]))
+            } else {
+                _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(row[v], row[v]))
+            };
+            let (lo, hi) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+            let b = if signed { _mm_packs_epi16(lo, hi) } else { _mm_packus_epi16(lo, hi) };
+            let left = j0 + cols - j;
+            if v + 1 < NV && left >= 16 {
+                _mm_storeu_si128(o.add(j) as *mut _, b);
+            } else {
+                put_u8x8(o.add(j), b, left.min(8));
+                if v + 1 < NV && left > 8 {
+                    put_u8x8(o.add(j + 8), _mm_srli_si128::<8>(b), left - 8);
+                }
+            }
+            v += 2;
         }
     }
 }
@@ -378,7 +412,7 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
 /// [`store8`] for channels `c..c + 16` of `NX` neighbouring output pixels ([`dw16`]'s
 /// accumulators; pixel `i`'s bytes at `o + i·ostep`) into a whole 8-bit range: the per-channel
 /// vectors loaded once, each stage over all `2·NX` vectors (a vector's requantization is a chain
-/// of dependent operations), the quotient left to the saturating packs as in [`quantize8_full`],
+/// of dependent operations), the quotient left to the saturating packs as in [`store_tile_full`],
 /// and each pixel's 16 bytes in one store. (A 3x3 window's nine products per output cost less
 /// than their epilogue.)
 #[inline(always)]
