@@ -8,7 +8,7 @@ use crate::epilogue::{Out, OutPtr, Requant};
 use crate::geom::DwGeom;
 use crate::int8::pack::{PackedB, PackedDw};
 use crate::int8::scalar::depthwise_cols;
-use crate::int8::tile::{ASrc, Kernels, Tile};
+use crate::int8::tile::{ASrc, Kernels, RowMap, Tile};
 
 /// The AVX2 path's kernels.
 pub(crate) const KERNELS: Kernels = Kernels { gemm_tile, depthwise_row };
@@ -126,7 +126,46 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(
         return;
     };
     if matches!((qmin, qmax), (0, 255) | (-128, 127)) {
-        return store_tile_full(&y, mr, j0, cols, rq, out, t, i, (scale, zp, qmin < 0));
+        // A whole byte range, y clamped or provably unclamped (|y/s| < 2^30): the saturating packs
+        // clamp without compares before them; two vectors (16 channels) per pack sequence and store.
+        let signed = qmin < 0;
+        let (vs, vinv, vzp) = (_mm256_set1_ps(scale), _mm256_set1_ps(rq.inv), _mm256_set1_epi32(zp));
+        let mut q = [[_mm256_setzero_si256(); NV]; MR];
+        for r in 0..MR {
+            for v in 0..NV {
+                let q0 = _mm256_mul_ps(y[r][v], vinv);
+                let tq = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vs, y[r][v]), vinv, q0);
+                q[r][v] = _mm256_add_epi32(_mm256_cvtps_epi32(tq), vzp);
+            }
+        }
+        for (r, row) in q.iter().enumerate().take(mr) {
+            let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
+            let o = out.0.add(orow * t.ldc);
+            let mut v = 0;
+            while v < NV {
+                let j = j0 + v * 8;
+                // Signed 32->16 saturation (of one vector, or two with their 64-bit pieces put back in
+                // order), then 16->8 saturation.
+                let w = if v + 1 < NV {
+                    _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(row[v], row[v + 1]))
+                } else {
+                    _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(row[v], row[v]))
+                };
+                let (lo, hi) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+                let b = if signed { _mm_packs_epi16(lo, hi) } else { _mm_packus_epi16(lo, hi) };
+                let left = j0 + cols - j;
+                if v + 1 < NV && left >= 16 {
+                    _mm_storeu_si128(o.add(j) as *mut _, b);
+                } else {
+                    put_u8x8(o.add(j), b, left.min(8));
+                    if v + 1 < NV && left > 8 {
+                        put_u8x8(o.add(j + 8), _mm_srli_si128::<8>(b), left - 8);
+                    }
+                }
+                v += 2;
+            }
+        }
+        return;
     }
     let mut q = [[_mm_setzero_si128(); NV]; MR];
     for r in 0..MR {
@@ -139,60 +178,6 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(
         for (v, &x) in row.iter().enumerate() {
             let j = j0 + v * 8;
             put_u8x8(out.0.add(orow * t.ldc + j), x, (j0 + cols - j).min(8));
-        }
-    }
-}
-
-/// The end of [`store_tile`] for outputs covering a whole byte range, `y` clamped or provably
-/// unclamped (|y/s| < 2^30), so the saturating packs clamp without compares before them: the
-/// quotients of all vectors, then two vectors (16 channels) per pack sequence and store.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn store_tile_full<const MR: usize, const NV: usize>(
-    y: &[[__m256; NV]; MR],
-    mr: usize,
-    j0: usize,
-    cols: usize,
-    rq: &Requant,
-    out: OutPtr,
-    t: &Tile,
-    i: usize,
-    (scale, zp, signed): (f32, i32, bool),
-) {
-    let (vs, vinv, vzp) = (_mm256_set1_ps(scale), _mm256_set1_ps(rq.inv), _mm256_set1_epi32(zp));
-    let mut q = [[_mm256_setzero_si256(); NV]; MR];
-    for r in 0..MR {
-        for v in 0..NV {
-            let q0 = _mm256_mul_ps(y[r][v], vinv);
-            let tq = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vs, y[r][v]), vinv, q0);
-            q[r][v] = _mm256_add_epi32(_mm256_cvtps_epi32(tq), vzp);
-        }
-    }
-    for (r, row) in q.iter().enumerate().take(mr) {
-        let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
-        let o = out.0.add(orow * t.ldc);
-        let mut v = 0;
-        while v < NV {
-            let j = j0 + v * 8;
-            // Signed 32->16 saturation (of one vector, or two with their 64-bit pieces put back in
-            // order), then 16->8 saturation.
-            let w = if v + 1 < NV {
-                _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(row[v], row[v + 1]))
-            } else {
-                _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(row[v], row[v]))
-            };
-            let (lo, hi) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
-            let b = if signed { _mm_packs_epi16(lo, hi) } else { _mm_packus_epi16(lo, hi) };
-            let left = j0 + cols - j;
-            if v + 1 < NV && left >= 16 {
-                _mm_storeu_si128(o.add(j) as *mut _, b);
-            } else {
-                put_u8x8(o.add(j), b, left.min(8));
-                if v + 1 < NV && left > 8 {
-                    put_u8x8(o.add(j + 8), _mm_srli_si128::<8>(b), left - 8);
-                }
-            }
-            v += 2;
         }
     }
 }
@@ -357,29 +342,16 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
     let step = g.sw * g.cs;
     let xp = x.as_ptr();
     let b16 = if w.pairs.is_empty() { 0 } else { g.c / 16 };
-    // Outputs covering a whole byte range take the staged 16-channel epilogue.
-    let full = match rq.out {
-        Out::Q { scale, zp, qmin, qmax } if matches!((qmin, qmax), (0, 255) | (-128, 127)) => {
-            Some((scale, zp, qmin < 0))
-        }
-        _ => None,
-    };
     for b in 0..b16 {
         let c = b * 16;
         let wp = w.pairs.as_ptr().add(b * taps.div_ceil(2) * 32);
         let mut ox = 0;
         while ox + DW_NX <= g.ow {
             let acc = dw16::<DW_NX>(xp.add(ox * step + c), step, offs, wp);
-            if let Some((scale, zp, signed)) = full {
-                let o = out.at(rq.out, oy * g.ow + ox, c, g.c);
-                dw_store16(&acc, c, rq, o, g.c, (scale, zp, signed));
-                ox += DW_NX;
-                continue;
-            }
-            for (i, a) in acc.iter().enumerate() {
-                store8(a[0], c, rq, out.at(rq.out, oy * g.ow + ox + i, c, g.c), 8);
-                store8(a[1], c + 8, rq, out.at(rq.out, oy * g.ow + ox + i, c + 8, g.c), 8);
-            }
+            // The GEMM's staged epilogue, the block's pixels as rows and its 16 channels as columns
+            // (a 3x3 window's nine products per output cost less than their requantization).
+            let t = Tile { rows: DW_NX, i0: oy * g.ow + ox, map: RowMap::Linear, j0: c, jn: 16, ldc: g.c };
+            store_tile::<DW_NX, 2>(&acc, DW_NX, c, 16, rq, out, &t, 0);
             ox += DW_NX;
         }
         while ox < g.ow {
@@ -406,68 +378,6 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
     }
     if full < g.c {
         depthwise_cols(g, x, w, rq, out, oy, full, g.c);
-    }
-}
-
-/// [`store8`] for channels `c..c + 16` of `NX` neighbouring output pixels ([`dw16`]'s
-/// accumulators; pixel `i`'s bytes at `o + i·ostep`) into a whole 8-bit range: the per-channel
-/// vectors loaded once, each stage over all `2·NX` vectors (a vector's requantization is a chain
-/// of dependent operations), the quotient left to the saturating packs as in [`store_tile_full`],
-/// and each pixel's 16 bytes in one store. (A 3x3 window's nine products per output cost less
-/// than their epilogue.)
-#[inline(always)]
-unsafe fn dw_store16<const NX: usize>(
-    acc: &[[__m256i; 2]; NX],
-    c: usize,
-    rq: &Requant,
-    o: *mut u8,
-    ostep: usize,
-    (scale, zp, signed): (f32, i32, bool),
-) {
-    let mut bi = [_mm256_setzero_si256(); 2];
-    let mut sc = [_mm256_setzero_ps(); 2];
-    for v in 0..2 {
-        bi[v] = _mm256_loadu_si256(rq.bias_i.as_ptr().add(c + 8 * v) as *const _);
-        sc[v] = _mm256_loadu_ps(rq.scale.as_ptr().add(c + 8 * v));
-    }
-    let mut y = [[_mm256_setzero_ps(); 2]; NX];
-    for i in 0..NX {
-        for v in 0..2 {
-            y[i][v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[i][v], bi[v])), sc[v]);
-        }
-    }
-    if !rq.bias_f.is_empty() {
-        for v in 0..2 {
-            let bf = _mm256_loadu_ps(rq.bias_f.as_ptr().add(c + 8 * v));
-            for row in y.iter_mut() {
-                row[v] = _mm256_add_ps(row[v], bf);
-            }
-        }
-    }
-    if !rq.unclamped {
-        let (lo, hi) = (_mm256_set1_ps(rq.ylo), _mm256_set1_ps(rq.yhi));
-        for row in y.iter_mut() {
-            for x in row.iter_mut() {
-                *x = _mm256_min_ps(_mm256_max_ps(*x, lo), hi);
-            }
-        }
-    }
-    let (vs, vinv, vzp) = (_mm256_set1_ps(scale), _mm256_set1_ps(rq.inv), _mm256_set1_epi32(zp));
-    let mut q = [[_mm256_setzero_si256(); 2]; NX];
-    for i in 0..NX {
-        for v in 0..2 {
-            let q0 = _mm256_mul_ps(y[i][v], vinv);
-            let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vs, y[i][v]), vinv, q0);
-            q[i][v] = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp);
-        }
-    }
-    for (i, qi) in q.iter().enumerate() {
-        // Signed 32->16 saturation, then the 64-bit pieces (channels 0-3, 8-11, 4-7, 12-15) back
-        // in order, then 16->8 saturation.
-        let w = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(qi[0], qi[1]));
-        let (lo, hi) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
-        let b = if signed { _mm_packs_epi16(lo, hi) } else { _mm_packus_epi16(lo, hi) };
-        _mm_storeu_si128(o.add(i * ostep) as *mut _, b);
     }
 }
 
