@@ -53,6 +53,16 @@ unsafe fn put_u8x8(p: *mut u8, q8: __m128i, valid: usize) {
     }
 }
 
+/// `round_half_even(y / s) + zp` on eight lanes, the division correctly rounded from `inv = 1/s`
+/// (Markstein: one FMA correction), for `y` clamped or provably unclamped so that the conversion
+/// cannot overflow (the 256-bit paths' counterpart of the AVX-512 `round_div_zp`).
+#[inline(always)]
+pub(crate) unsafe fn round_div_zp8(y: __m256, vs: __m256, vinv: __m256, vzp: __m256i) -> __m256i {
+    let q = _mm256_mul_ps(y, vinv);
+    let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q, vs, y), vinv, q);
+    _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp)
+}
+
 /// QuantizeLinear of eight f32 values `y` (clamped beforehand so that `y·inv` cannot overflow):
 /// `y / scale` correctly rounded from `inv = 1/scale` (Markstein: one FMA correction), clamped to
 /// `qmin - zp ..= qmax - zp`, rounded half to even, `+ zp`, as eight bytes in the low half.
@@ -133,9 +143,7 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(
         let mut q = [[_mm256_setzero_si256(); NV]; MR];
         for r in 0..MR {
             for v in 0..NV {
-                let q0 = _mm256_mul_ps(y[r][v], vinv);
-                let tq = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vs, y[r][v]), vinv, q0);
-                q[r][v] = _mm256_add_epi32(_mm256_cvtps_epi32(tq), vzp);
+                q[r][v] = round_div_zp8(y[r][v], vs, vinv, vzp);
             }
         }
         for (r, row) in q.iter().enumerate().take(mr) {

@@ -43,7 +43,7 @@ macro_rules! vnni256 {
 
         use crate::epilogue::{Out, OutPtr, Requant};
         use crate::geom::DwGeom;
-        use crate::int8::avx2::store8;
+        use crate::int8::avx2::{round_div_zp8, store8};
         use crate::int8::pack::{PackedB, PackedDw, PANEL};
         use crate::int8::tile::{ASrc, Kernels, RowCursor, Tile};
 
@@ -234,9 +234,7 @@ macro_rules! vnni256 {
             let mut q = [[_mm256_setzero_si256(); 2]; 6];
             for r in 0..6 {
                 for v in 0..2 {
-                    let q0 = _mm256_mul_ps(y[r][v], vinv);
-                    let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(q0, vs, y[r][v]), vinv, q0);
-                    q[r][v] = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp);
+                    q[r][v] = round_div_zp8(y[r][v], vs, vinv, vzp);
                 }
             }
             for row in q.iter().take(mr) {
@@ -304,9 +302,7 @@ macro_rules! vnni256 {
                 let y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[i]), sc[i]);
                 let y = if rp.bias_f.is_empty() { y } else { _mm256_add_ps(y, bf[i]) };
                 let y = if rp.unclamped { y } else { _mm256_min_ps(_mm256_max_ps(y, vlo), vhi) };
-                let t0 = _mm256_mul_ps(y, vinv);
-                let t = _mm256_fmadd_ps(_mm256_fnmadd_ps(t0, vs, y), vinv, t0);
-                q[i] = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp);
+                q[i] = round_div_zp8(y, vs, vinv, vzp);
             }
             if !matches!((qmin, qmax), (0, 255) | (-128, 127)) {
                 for v in q.iter_mut() {
