@@ -114,15 +114,21 @@ pub fn depthwise(
     trace::f32(isa);
     let (ip, op, kk) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     // AVX2 (and AVX-512 where its own kernels do not apply): groups of channels on the padded,
-    // phase-split layout.
+    // phase-split layout. Planes of at most 56x56 in and out run with channels in the lanes
+    // ([`dw_cv`]) on both paths: on AVX-512 too, whose per-plane kernels leave most lanes of a 7- or
+    // 14-wide row empty (`LOWBIT_PROFILE=1 lowbit bench`, AMD EPYC Zen 5, 1 thread: fmnist-mobilenet's
+    // 384@7x7 0.022 -> 0.011 ms, MobileNetV2's 144@56 0.235 -> 0.178 ms, Lite0's 672@14 0.19 ->
+    // 0.145 ms; a stride-2 layer reading a 112x112 plane got slower, 0.20 -> 0.27 ms, so not there).
     #[cfg(target_arch = "x86_64")]
-    if isa != F32Isa::Scalar && !(isa == F32Isa::Avx512 && avx512::window_fits(g) && clamp_of(act).is_some()) {
+    let cv = isa != F32Isa::Scalar && dw_cv::suits(g) && (isa == F32Isa::Avx2 || g.h * g.w <= 3136);
+    #[cfg(target_arch = "x86_64")]
+    if cv || (isa != F32Isa::Scalar && !(isa == F32Isa::Avx512 && avx512::window_fits(g) && clamp_of(act).is_some())) {
         let (lo, hi) = fused_clamp(act);
         // SAFETY: both SIMD paths include AVX2 and FMA (checked supported above); the kernels
         // assert the slices hold what the geometry says.
         let p = Planes { g, x, w: weight, bias, lo, hi };
         unsafe {
-            if isa == F32Isa::Avx2 && dw_cv::suits(g) {
+            if cv {
                 dw_cv::depthwise(&p, out, threads > 1)
             } else {
                 avx2::windows::<false>(&p, g.c_out, out, threads > 1)

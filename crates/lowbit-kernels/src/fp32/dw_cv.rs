@@ -1,8 +1,9 @@
-//! AVX2 depthwise convolution on small planes with channels in the vector lanes: groups of eight
-//! planes are transposed into one padded `[row][column][8]` buffer, every output pixel of the group
-//! is then a sum of taps of whole vectors (one weight vector per tap, no edge columns and no
-//! half-empty vectors, unlike rows of 7 or 14 along the lanes), and the results are transposed back
-//! into the planes. Any stride, dilation and padding; the clamp is fused.
+//! Depthwise convolution on small planes with channels in the vector lanes (AVX2 code, taken by
+//! the AVX2 and the AVX-512 f32 paths): groups of eight planes are transposed into one padded
+//! `[row][column][8]` buffer, every output pixel of the group is then a sum of taps of whole vectors
+//! (one weight vector per tap, no edge columns and no half-empty vectors, unlike rows of 7 or 14
+//! along the lanes), and the results are transposed back into the planes. Any stride, dilation and
+//! padding; the clamp is fused.
 
 use std::arch::x86_64::*;
 
@@ -13,7 +14,7 @@ std::thread_local! {
     static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Whether the channel-vector kernel takes `g` (AVX2, depthwise, 8+ channels): outputs of at most
+/// Whether the channel-vector kernel can take `g` (depthwise, 8+ channels): outputs of at most
 /// 56x56, whose group buffers (input and output of eight channels, about 210 KB at 56x56) stay in
 /// L2. Against rows along the lanes (`cargo bench -p lowbit-kernels --bench f32 -- dw`, AMD EPYC,
 /// share of the FMA peak): 960@7 8 -> 17%, 576@14 13 -> 22%, 576@14 stride 2 4 -> 10%, 192@28 19 ->
