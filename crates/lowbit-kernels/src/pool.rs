@@ -101,6 +101,19 @@ pub fn pool2d(
     if op == 0 {
         return;
     }
+    // 2x2 stride-2 max pooling inside the plane: its own row-pair kernel on both SIMD paths.
+    #[cfg(target_arch = "x86_64")]
+    if max && isa != F32Isa::Scalar && crate::fp32::max2::applies(g) {
+        // SAFETY: both SIMD paths include AVX2 (checked supported above); `applies` holds and the
+        // planes are within the slices (`plane` asserts it).
+        let job = |p: usize, o: &mut [f32]| unsafe { crate::fp32::max2::plane(isa, g, &x[p * ip..(p + 1) * ip], o) };
+        if threads > 1 && planes * ip > 1 << 16 {
+            out[..planes * op].par_chunks_mut(op).enumerate().for_each(|(p, o)| job(p, o));
+        } else {
+            out[..planes * op].chunks_mut(op).enumerate().for_each(|(p, o)| job(p, o));
+        }
+        return;
+    }
     // Max pooling on AVX2 (and AVX-512 where its own window does not apply): groups of planes on the
     // depthwise kernel's padded, phase-split layout.
     #[cfg(target_arch = "x86_64")]

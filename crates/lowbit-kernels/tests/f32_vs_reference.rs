@@ -242,6 +242,24 @@ proptest! {
         }
     }
 
+    /// 2x2 stride-2 max pooling (its own row-pair kernel): odd and even planes, rows up to 70 wide
+    /// (ragged 8- and 16-lane ends), ceil mode (whose last window leaves the plane on odd sizes and
+    /// then takes the general kernel), negative inputs (a zero-filled lane must not win).
+    #[test]
+    fn max_pool_2x2_stride2_matches_reference(c in 1usize..4, h in 2usize..40, w in 2usize..70, ceil in any::<bool>(), seed in any::<u64>()) {
+        let attrs = PoolAttrs { kernel_shape: vec![2, 2], strides: vec![2, 2], pads: vec![0; 4], ceil_mode: ceil, ..Default::default() };
+        let x = Tensor::f32(vec![1, c, h, w], rnd(seed, c * h * w).iter().map(|v| v - 3.0).collect());
+        let node = Node { name: "p".into(), op: Op::MaxPool(attrs.clone()), inputs: vec!["x".into()], outputs: vec!["y".into()] };
+        let want = reference::eval(&node, &[Some(&x)]).unwrap().remove(0);
+        let win = lowbit_core::shape::window(&[h, w], &[2, 2], &attrs.strides, &[], &attrs.pads, attrs.auto_pad, ceil).unwrap();
+        let g = ConvGeom { c_in: c, h, w, c_out: c, kh: 2, kw: 2, sh: 2, sw: 2, dh: 1, dw: 1, pt: 0, pl: 0, oh: win.out[0], ow: win.out[1], group: 1 };
+        for isa in F32Isa::all_supported() {
+            let mut out = vec![f32::NAN; c * g.oh * g.ow];
+            pool::pool2d(isa, &g, c, true, false, win.pads_end[0], win.pads_end[1], x.as_f32().unwrap(), &mut out, 1);
+            prop_assert_eq!(&out[..], want.as_f32().unwrap(), "{}", isa.name());
+        }
+    }
+
     #[test]
     fn binary_broadcast_matches_reference(a in proptest::collection::vec(1usize..4, 0..5), mask in proptest::collection::vec(any::<bool>(), 5), op in 0u8..4, seed in any::<u64>()) {
         // b takes a's shape with some dims set to 1 and maybe fewer leading dims.

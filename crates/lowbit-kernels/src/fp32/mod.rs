@@ -15,6 +15,8 @@ pub mod depthwise;
 pub(crate) mod dw_cv;
 pub mod gemm;
 pub mod layout;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod max2;
 pub mod winograd;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod winograd_avx2;
