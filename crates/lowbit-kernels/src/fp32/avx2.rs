@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use crate::fp32::layout::{degenerate, k_blocks, split_gemm, BRows, Planes, Ptr, KC, MR};
+use crate::fp32::layout::{degenerate, k_blocks, split_gemm, BRows, Planes, Ptr, GEMV_AHEAD, KC, MR};
 use crate::geom::ConvGeom;
 
 /// Columns of C per tile (two ymm vectors).
@@ -242,6 +242,10 @@ pub(crate) unsafe fn gemv_panel(x: &[f32], panel: &[f32], k: usize, y: &mut [f32
         if nv == 8 {
             for p in 0..k {
                 let xv = _mm256_set1_ps(*x.get_unchecked(p));
+                // As on AVX-512: the panel's rows fetched ahead of the hardware prefetcher.
+                for l in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(row.add(GEMV_AHEAD * wd + l * 16) as *const i8);
+                }
                 for (v, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(xv, _mm256_loadu_ps(row.add(v * 8)), *a);
                 }

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
-use crate::fp32::layout::{degenerate, k_blocks, split_gemm, BRows, Ptr, DW_BLOCK, KC, KT, MR, NR, TP};
+use crate::fp32::layout::{degenerate, k_blocks, split_gemm, BRows, Ptr, DW_BLOCK, GEMV_AHEAD, KC, KT, MR, NR, TP};
 use crate::geom::ConvGeom;
 
 /// Accumulates `x · panel` into `y` (`panel` is `[k][y.len()]`, at most 128 columns).
@@ -17,6 +17,11 @@ pub(crate) unsafe fn gemv_panel(x: &[f32], panel: &[f32], k: usize, y: &mut [f32
     let mut row = panel.as_ptr();
     for p in 0..k {
         let xv = _mm512_set1_ps(*x.get_unchecked(p));
+        // The panel streams from memory once per image: fetched `GEMV_AHEAD` rows ahead, as the
+        // hardware prefetcher stops at each 4 KB page (8 rows here).
+        for v in 0..8 {
+            _mm_prefetch::<_MM_HINT_T0>(row.add(GEMV_AHEAD * wd + v * 16) as *const i8);
+        }
         for v in 0..8 {
             acc[v] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m[v], row.add(v * 16)), acc[v]);
         }

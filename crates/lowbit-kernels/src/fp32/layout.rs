@@ -10,6 +10,13 @@ pub(crate) const MR: usize = 6;
 pub(crate) const NR: usize = 64;
 /// Reduction block of the spatial GEMM.
 pub(crate) const KC: usize = 384;
+/// Rows of a matrix-vector panel fetched ahead by software prefetches. The panels stream from
+/// memory once per image and the hardware prefetcher stops at page boundaries: EfficientNet-Lite0's
+/// classifier (1280 -> 1000, 5 MB) 0.29-0.35 -> 0.13 ms on AMD EPYC Zen 5 with 8 rows (4 rows
+/// 0.13, 16 rows 0.14-0.15; `LOWBIT_PROFILE=1 lowbit bench ../shared/zoo/efficientnet-lite0-imagenet.onnx
+/// --threads 1`).
+pub(crate) const GEMV_AHEAD: usize = 8;
+
 /// Reduction block of the channel-vector kernel: A^T (48 channels × KT) and B (KT × n) stay in L2.
 pub(crate) const KT: usize = 1024;
 /// Output channels per panel of [`crate::fp32::gemm::pack_t`] (three zmm vectors).
