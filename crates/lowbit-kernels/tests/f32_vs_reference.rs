@@ -242,6 +242,37 @@ proptest! {
         }
     }
 
+    /// Depthwise convolutions on the small planes that run with channels in the vector lanes (groups
+    /// of 8 or 16 channels, the last one partial): several groups, 3x3 and 5x5, strides 1-2,
+    /// dilation, asymmetric padding, fused clamps, one and two threads.
+    #[test]
+    fn depthwise_channel_groups_match_reference(c in 8usize..60, h in 1usize..20, w in 1usize..20, k5 in any::<bool>(),
+            s in 1usize..3, d in 1usize..3, pads in [0usize..3, 0usize..3, 0usize..3, 0usize..3], act in 0u8..3,
+            threads in 1usize..3, seed in any::<u64>()) {
+        let k = if k5 { 5 } else { 3 };
+        let (h, w) = (h + (k - 1) * d, w + (k - 1) * d);
+        let act = act_of(act);
+        let attrs = ConvAttrs { kernel_shape: vec![k, k], strides: vec![s, s], pads: pads.to_vec(), dilations: vec![d, d],
+            group: c, act, ..Default::default() };
+        let (xs, ws) = (vec![1, c, h, w], vec![c, 1, k, k]);
+        let x = Tensor::f32(xs.clone(), rnd(seed, c * h * w));
+        let wt = Tensor::f32(ws.clone(), rnd(seed ^ 7, c * k * k));
+        let b = Tensor::f32(vec![c], rnd(seed ^ 9, c));
+        let node = Node { name: "c".into(), op: Op::Conv(attrs.clone()), inputs: vec!["x".into(), "w".into(), "b".into()], outputs: vec!["y".into()] };
+        let want = reference::eval(&node, &[Some(&x), Some(&wt), Some(&b)]).unwrap().remove(0);
+        let win = lowbit_core::shape::window(&xs[2..], &ws[2..], &attrs.strides, &attrs.dilations, &attrs.pads, attrs.auto_pad, false).unwrap();
+        let g = ConvGeom { c_in: c, h, w, c_out: c, kh: k, kw: k, sh: s, sw: s, dh: d, dw: d, pt: pads[0], pl: pads[1],
+            oh: win.out[0], ow: win.out[1], group: c };
+        for isa in F32Isa::all_supported() {
+            let p = PackedConv::new(isa, g.clone(), wt.to_f32_vec(), Some(b.to_f32_vec()), act);
+            let mut out = vec![f32::NAN; c * g.oh * g.ow];
+            let mut scratch = vec![0.0; p.scratch_len()];
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| conv2d(&p, &x.to_f32_vec(), &mut out, &mut scratch, threads));
+            close(&out, want.as_f32().unwrap(), 1e-4)?;
+        }
+    }
+
     /// 2x2 stride-2 max pooling (its own row-pair kernel): odd and even planes, rows up to 70 wide
     /// (ragged 8- and 16-lane ends), ceil mode (whose last window leaves the plane on odd sizes and
     /// then takes the general kernel), negative inputs (a zero-filled lane must not win).

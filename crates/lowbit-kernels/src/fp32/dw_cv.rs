@@ -24,21 +24,31 @@ pub(crate) fn suits(g: &ConvGeom) -> bool {
 }
 
 /// Depthwise convolution of `x` (`[c, h, w]`) into `out` (`[c, oh, ow]`), weights `[c][kh·kw]`,
-/// `bias[c]`, clamped to `[lo, hi]`; groups of eight channels on the pool with `parallel`.
+/// `bias[c]`, clamped to `[lo, hi]`; groups of eight channels (sixteen with `wide`) on the pool with
+/// `parallel`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available.
+/// AVX2 and FMA must be available, and AVX-512 F with `wide`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn depthwise(p: &Planes, out: &mut [f32], parallel: bool) {
+pub(crate) unsafe fn depthwise(p: &Planes, out: &mut [f32], parallel: bool, wide: bool) {
     use rayon::prelude::*;
     let Planes { g, x, w, bias, lo, hi } = *p;
     let (c, ip, op, kk) = (g.c_out, g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     assert!(x.len() >= c * ip && out.len() >= c * op && w.len() >= c * kk && bias.len() >= c && op > 0);
-    let groups = c.div_ceil(8);
+    let lanes = if wide { 16 } else { 8 };
+    let groups = c.div_ceil(lanes);
     let o = Ptr(out.as_mut_ptr());
     let job = |gi: usize| {
-        // SAFETY: the caller's path has AVX2 and FMA; group `gi` writes only its own planes.
-        BUF.with(|b| unsafe { group(g, gi * 8, x, w, bias, lo, hi, o.get(), &mut b.borrow_mut()) })
+        // SAFETY: the caller's path has AVX2 and FMA (and AVX-512 F with `wide`); group `gi` writes
+        // only its own planes.
+        BUF.with(|b| unsafe {
+            let b = &mut b.borrow_mut();
+            if wide {
+                group::<16>(g, gi * 16, x, w, bias, lo, hi, o.get(), b)
+            } else {
+                group::<8>(g, gi * 8, x, w, bias, lo, hi, o.get(), b)
+            }
+        })
     };
     if parallel {
         (0..groups).into_par_iter().for_each(job);
@@ -47,10 +57,11 @@ pub(crate) unsafe fn depthwise(p: &Planes, out: &mut [f32], parallel: bool) {
     }
 }
 
-/// Channels `c0 .. c0 + 8` (fewer at the end) of [`depthwise`].
+/// Channels `c0 .. c0 + L` (fewer at the end) of [`depthwise`], `L` 8 or 16 lanes: the planes are
+/// transposed in and out eight channels at a time (a group of 16 fills both halves of each slot).
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn group(
+unsafe fn group<const L: usize>(
     g: &ConvGeom,
     c0: usize,
     x: &[f32],
@@ -62,56 +73,90 @@ unsafe fn group(
     buf: &mut Vec<f32>,
 ) {
     let (ip, op, kk) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
-    let nc = (g.c_out - c0).min(8);
+    let nc = (g.c_out - c0).min(L);
     let hp = (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1;
     let wp = (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1;
-    // Padded input [hp][wp][8], then the outputs [op][8] (rounded up to whole vectors of pixels).
+    // Padded input [hp][wp][L], then the outputs [op][L] (rounded up to whole blocks of pixels).
     let opr = op.div_ceil(8) * 8;
     // The tap loop always computes eight pixels and stores those that exist: up to `7·sw` pixels
     // past the last row are read (zeros).
-    let xlen = 8 * (hp * wp + 8 * g.sw);
+    let xlen = L * (hp * wp + 8 * g.sw);
     buf.clear();
-    buf.resize(xlen + 8 * (opr + kk + 1), 0.0);
+    buf.resize(xlen + L * (opr + kk + 1), 0.0);
     let (xb, rest) = buf.split_at_mut(xlen);
-    let (ob, wb) = rest.split_at_mut(8 * opr);
-    // Weights [tap][8] and the bias vector; missing channels stay zero.
+    let (ob, wb) = rest.split_at_mut(L * opr);
+    // Weights [tap][L] and the bias vector; missing channels stay zero.
     for ch in 0..nc {
         for t in 0..kk {
-            wb[t * 8 + ch] = w[(c0 + ch) * kk + t];
+            wb[t * L + ch] = w[(c0 + ch) * kk + t];
         }
-        wb[kk * 8 + ch] = bias[c0 + ch];
+        wb[kk * L + ch] = bias[c0 + ch];
     }
     let zero = _mm256_setzero_ps();
-    // Transpose the image rows in: eight columns of eight channels per step.
-    for iy in 0..g.h {
-        let py = iy + g.pt;
-        if py >= hp {
+    // Transpose the image rows in: eight columns of eight channels per step (per half of a slot).
+    for half in 0..L / 8 {
+        let ch0 = half * 8;
+        if ch0 >= nc {
             break;
         }
-        let mut ix = 0;
-        while ix < g.w {
-            let n = (g.w - ix).min(8);
-            let rows: [__m256; 8] = std::array::from_fn(|ch| {
-                if ch < nc {
-                    crate::fp32::avx2::load_part(x.as_ptr().add((c0 + ch) * ip + iy * g.w + ix), n)
-                } else {
-                    zero
-                }
-            });
-            let cols = transpose8(rows);
-            for (j, v) in cols.iter().enumerate().take(n) {
-                let px = ix + j + g.pl;
-                if px < wp {
-                    _mm256_storeu_ps(xb.as_mut_ptr().add((py * wp + px) * 8), *v);
-                }
+        for iy in 0..g.h {
+            let py = iy + g.pt;
+            if py >= hp {
+                break;
             }
-            ix += 8;
+            let mut ix = 0;
+            while ix < g.w {
+                let n = (g.w - ix).min(8);
+                let rows: [__m256; 8] = std::array::from_fn(|ch| {
+                    if ch0 + ch < nc {
+                        crate::fp32::avx2::load_part(x.as_ptr().add((c0 + ch0 + ch) * ip + iy * g.w + ix), n)
+                    } else {
+                        zero
+                    }
+                });
+                let cols = transpose8(rows);
+                for (j, v) in cols.iter().enumerate().take(n) {
+                    let px = ix + j + g.pl;
+                    if px < wp {
+                        _mm256_storeu_ps(xb.as_mut_ptr().add((py * wp + px) * L + ch0), *v);
+                    }
+                }
+                ix += 8;
+            }
         }
     }
-    // Taps: blocks of up to 8 output pixels of a row (independent accumulators).
+    if L == 16 {
+        taps16(g, wp, xb.as_ptr(), wb.as_ptr(), lo, hi, ob.as_mut_ptr());
+    } else {
+        taps8(g, wp, xb.as_ptr(), wb.as_ptr(), lo, hi, ob.as_mut_ptr());
+    }
+    // Transpose back: eight pixels of eight channels per step.
+    for half in 0..L / 8 {
+        let ch0 = half * 8;
+        if ch0 >= nc {
+            break;
+        }
+        let mut p0 = 0;
+        while p0 < op {
+            let n = (op - p0).min(8);
+            let px: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(ob.as_ptr().add((p0 + j) * L + ch0)));
+            let chans = transpose8(px);
+            for (ch, v) in chans.iter().enumerate().take(nc - ch0) {
+                crate::fp32::avx2::store_part(out.add((c0 + ch0 + ch) * op + p0), *v, n);
+            }
+            p0 += 8;
+        }
+    }
+}
+
+/// The taps of a group of eight channels: blocks of up to 8 output pixels of a row (independent
+/// accumulators), from the padded `[hp][wp][8]` input `xp` and `[tap][8]` weights (bias after them)
+/// into `[pixel][8]` outputs.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn taps8(g: &ConvGeom, wp: usize, xp: *const f32, wpp: *const f32, lo: f32, hi: f32, ob: *mut f32) {
+    let kk = g.kh * g.kw;
     let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-    let vb = _mm256_loadu_ps(wb.as_ptr().add(kk * 8));
-    let (xp, wpp) = (xb.as_ptr(), wb.as_ptr());
+    let vb = _mm256_loadu_ps(wpp.add(kk * 8));
     for oy in 0..g.oh {
         let mut ox0 = 0;
         while ox0 < g.ow {
@@ -129,20 +174,39 @@ unsafe fn group(
             }
             for (j, a) in acc.iter().enumerate().take(n) {
                 let y = _mm256_min_ps(_mm256_max_ps(*a, vlo), vhi);
-                _mm256_storeu_ps(ob.as_mut_ptr().add((oy * g.ow + ox0 + j) * 8), y);
+                _mm256_storeu_ps(ob.add((oy * g.ow + ox0 + j) * 8), y);
             }
             ox0 += 8;
         }
     }
-    // Transpose back: eight pixels of the eight channels per step.
-    let mut p0 = 0;
-    while p0 < op {
-        let n = (op - p0).min(8);
-        let px: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(ob.as_ptr().add((p0 + j) * 8)));
-        let chans = transpose8(px);
-        for (ch, v) in chans.iter().enumerate().take(nc) {
-            crate::fp32::avx2::store_part(out.add((c0 + ch) * op + p0), *v, n);
+}
+
+/// [`taps8`] for a group of sixteen channels, one 512-bit vector per pixel.
+#[target_feature(enable = "avx512f")]
+unsafe fn taps16(g: &ConvGeom, wp: usize, xp: *const f32, wpp: *const f32, lo: f32, hi: f32, ob: *mut f32) {
+    let kk = g.kh * g.kw;
+    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let vb = _mm512_loadu_ps(wpp.add(kk * 16));
+    for oy in 0..g.oh {
+        let mut ox0 = 0;
+        while ox0 < g.ow {
+            let n = (g.ow - ox0).min(8);
+            let mut acc = [vb; 8];
+            for ky in 0..g.kh {
+                let row = xp.add(((oy * g.sh + ky * g.dh) * wp) * 16);
+                for kx in 0..g.kw {
+                    let wv = _mm512_loadu_ps(wpp.add((ky * g.kw + kx) * 16));
+                    let base = row.add((ox0 * g.sw + kx * g.dw) * 16);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(base.add(j * g.sw * 16)), *a);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(n) {
+                let y = _mm512_min_ps(_mm512_max_ps(*a, vlo), vhi);
+                _mm512_storeu_ps(ob.add((oy * g.ow + ox0 + j) * 16), y);
+            }
+            ox0 += 8;
         }
-        p0 += 8;
     }
 }
