@@ -83,6 +83,64 @@ fn act_of(a: u8) -> Act {
     }
 }
 
+/// The channels-in-lanes depthwise kernel reuses one buffer per thread and zeroes only the padding
+/// of full channel groups: a padded convolution right after an unpadded one over a larger plane
+/// (which filled the buffer with values) must still read zeros in its padding.
+#[test]
+fn depthwise_padding_after_a_larger_plane_reads_zeros() {
+    let run = |c: usize, h: usize, w: usize, pad: usize, seed: u64| {
+        let attrs = ConvAttrs {
+            kernel_shape: vec![3, 3],
+            strides: vec![1, 1],
+            pads: vec![pad; 4],
+            dilations: vec![1, 1],
+            group: c,
+            act: Act::None,
+            ..Default::default()
+        };
+        let (xs, ws) = (vec![1, c, h, w], vec![c, 1, 3, 3]);
+        let x = Tensor::f32(xs.clone(), rnd(seed, c * h * w).iter().map(|v| v + 5.0).collect());
+        let wt = Tensor::f32(ws.clone(), rnd(seed ^ 7, c * 9));
+        let b = Tensor::f32(vec![c], rnd(seed ^ 9, c));
+        let node = Node {
+            name: "c".into(),
+            op: Op::Conv(attrs.clone()),
+            inputs: vec!["x".into(), "w".into(), "b".into()],
+            outputs: vec!["y".into()],
+        };
+        let want = reference::eval(&node, &[Some(&x), Some(&wt), Some(&b)]).unwrap().remove(0);
+        let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
+        let g = ConvGeom {
+            c_in: c,
+            h,
+            w,
+            c_out: c,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            pt: pad,
+            pl: pad,
+            oh,
+            ow,
+            group: c,
+        };
+        for isa in F32Isa::all_supported() {
+            let p = PackedConv::new(isa, g.clone(), wt.to_f32_vec(), Some(b.to_f32_vec()), Act::None);
+            let mut out = vec![f32::NAN; c * oh * ow];
+            let mut scratch = vec![0.0; p.scratch_len()];
+            conv2d(&p, &x.to_f32_vec(), &mut out, &mut scratch, 1);
+            close(&out, want.as_f32().unwrap(), 1e-4).unwrap();
+        }
+    };
+    run(32, 30, 30, 0, 1);
+    run(32, 9, 13, 1, 2);
+    run(16, 20, 7, 0, 3);
+    run(48, 6, 6, 2, 4);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 

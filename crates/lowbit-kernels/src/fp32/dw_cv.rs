@@ -81,9 +81,27 @@ unsafe fn group<const L: usize>(
     // The tap loop always computes eight pixels and stores those that exist: up to `7·sw` pixels
     // past the last row are read (zeros).
     let xlen = L * (hp * wp + 8 * g.sw);
-    buf.clear();
-    buf.resize(xlen + L * (opr + kk + 1), 0.0);
-    let (xb, rest) = buf.split_at_mut(xlen);
+    let total = xlen + L * (opr + kk + 1);
+    if buf.len() < total {
+        buf.resize(total, 0.0);
+    }
+    let (xb, rest) = buf[..total].split_at_mut(xlen);
+    if nc < L {
+        // Lanes of missing channels must not carry a previous group's values (they would cost no
+        // correctness, being never stored, but could be denormals): all of it zeroed.
+        xb.fill(0.0);
+        rest.fill(0.0);
+    } else {
+        // Only what the transposes below do not write: the padding rows and columns and the tail.
+        let (r0, r1) = (g.pt.min(hp), (g.pt + g.h).min(hp));
+        let (c0, c1) = (g.pl.min(wp), (g.pl + g.w).min(wp));
+        xb[..L * r0 * wp].fill(0.0);
+        for py in r0..r1 {
+            xb[L * py * wp..L * (py * wp + c0)].fill(0.0);
+            xb[L * (py * wp + c1)..L * (py + 1) * wp].fill(0.0);
+        }
+        xb[L * r1 * wp..].fill(0.0);
+    }
     let (ob, wb) = rest.split_at_mut(L * opr);
     // Weights [tap][L] and the bias vector; missing channels stay zero.
     for ch in 0..nc {
