@@ -83,6 +83,13 @@ fn act_of(a: u8) -> Act {
     }
 }
 
+/// The reference's output of a convolution node with input `x`, weights `w` and bias `b`.
+fn reference_conv(attrs: &ConvAttrs, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    let inputs = vec!["x".into(), "w".into(), "b".into()];
+    let node = Node { name: "c".into(), op: Op::Conv(attrs.clone()), inputs, outputs: vec!["y".into()] };
+    reference::eval(&node, &[Some(x), Some(w), Some(b)]).unwrap().remove(0)
+}
+
 /// The channels-in-lanes depthwise kernel reuses one buffer per thread and zeroes only the padding
 /// of full channel groups: a padded convolution right after an unpadded one over a larger plane
 /// (which filled the buffer with values) must still read zeros in its padding.
@@ -102,13 +109,7 @@ fn depthwise_padding_after_a_larger_plane_reads_zeros() {
         let x = Tensor::f32(xs.clone(), rnd(seed, c * h * w).iter().map(|v| v + 5.0).collect());
         let wt = Tensor::f32(ws.clone(), rnd(seed ^ 7, c * 9));
         let b = Tensor::f32(vec![c], rnd(seed ^ 9, c));
-        let node = Node {
-            name: "c".into(),
-            op: Op::Conv(attrs.clone()),
-            inputs: vec!["x".into(), "w".into(), "b".into()],
-            outputs: vec!["y".into()],
-        };
-        let want = reference::eval(&node, &[Some(&x), Some(&wt), Some(&b)]).unwrap().remove(0);
+        let want = reference_conv(&attrs, &x, &wt, &b);
         let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
         let g = ConvGeom {
             c_in: c,
@@ -316,8 +317,7 @@ proptest! {
         let x = Tensor::f32(xs.clone(), rnd(seed, c * h * w));
         let wt = Tensor::f32(ws.clone(), rnd(seed ^ 7, c * k * k));
         let b = Tensor::f32(vec![c], rnd(seed ^ 9, c));
-        let node = Node { name: "c".into(), op: Op::Conv(attrs.clone()), inputs: vec!["x".into(), "w".into(), "b".into()], outputs: vec!["y".into()] };
-        let want = reference::eval(&node, &[Some(&x), Some(&wt), Some(&b)]).unwrap().remove(0);
+        let want = reference_conv(&attrs, &x, &wt, &b);
         let win = lowbit_core::shape::window(&xs[2..], &ws[2..], &attrs.strides, &attrs.dilations, &attrs.pads, attrs.auto_pad, false).unwrap();
         let g = ConvGeom { c_in: c, h, w, c_out: c, kh: k, kw: k, sh: s, sw: s, dh: d, dw: d, pt: pads[0], pl: pads[1],
             oh: win.out[0], ow: win.out[1], group: c };

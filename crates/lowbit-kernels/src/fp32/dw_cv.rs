@@ -167,64 +167,62 @@ unsafe fn group<const L: usize>(
     }
 }
 
-/// The taps of a group of eight channels: blocks of up to 8 output pixels of a row (independent
-/// accumulators), from the padded `[hp][wp][8]` input `xp` and `[tap][8]` weights (bias after them)
-/// into `[pixel][8]` outputs.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn taps8(g: &ConvGeom, wp: usize, xp: *const f32, wpp: *const f32, lo: f32, hi: f32, ob: *mut f32) {
-    let kk = g.kh * g.kw;
-    let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-    let vb = _mm256_loadu_ps(wpp.add(kk * 8));
-    for oy in 0..g.oh {
-        let mut ox0 = 0;
-        while ox0 < g.ow {
-            let n = (g.ow - ox0).min(8);
-            let mut acc = [vb; 8];
-            for ky in 0..g.kh {
-                let row = xp.add(((oy * g.sh + ky * g.dh) * wp) * 8);
-                for kx in 0..g.kw {
-                    let wv = _mm256_loadu_ps(wpp.add((ky * g.kw + kx) * 8));
-                    let base = row.add((ox0 * g.sw + kx * g.dw) * 8);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(base.add(j * g.sw * 8)), *a);
+/// The taps of a group of `$l` channels (one vector of type `$v` per pixel): blocks of up to 8
+/// output pixels of a row (independent accumulators), from the padded `[hp][wp][$l]` input `xp` and
+/// `[tap][$l]` weights (bias after them) into `[pixel][$l]` outputs. One body for both widths.
+macro_rules! taps {
+    ($name:ident, $feat:literal, $l:literal, $v:ty, $set1:ident, $load:ident, $fmadd:ident, $min:ident, $max:ident, $store:ident) => {
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(g: &ConvGeom, wp: usize, xp: *const f32, wpp: *const f32, lo: f32, hi: f32, ob: *mut f32) {
+            let kk = g.kh * g.kw;
+            let (vlo, vhi) = ($set1(lo), $set1(hi));
+            let vb: $v = $load(wpp.add(kk * $l));
+            for oy in 0..g.oh {
+                let mut ox0 = 0;
+                while ox0 < g.ow {
+                    let n = (g.ow - ox0).min(8);
+                    let mut acc = [vb; 8];
+                    for ky in 0..g.kh {
+                        let row = xp.add(((oy * g.sh + ky * g.dh) * wp) * $l);
+                        for kx in 0..g.kw {
+                            let wv = $load(wpp.add((ky * g.kw + kx) * $l));
+                            let base = row.add((ox0 * g.sw + kx * g.dw) * $l);
+                            for (j, a) in acc.iter_mut().enumerate() {
+                                *a = $fmadd(wv, $load(base.add(j * g.sw * $l)), *a);
+                            }
+                        }
                     }
+                    for (j, a) in acc.iter().enumerate().take(n) {
+                        $store(ob.add((oy * g.ow + ox0 + j) * $l), $min($max(*a, vlo), vhi));
+                    }
+                    ox0 += 8;
                 }
             }
-            for (j, a) in acc.iter().enumerate().take(n) {
-                let y = _mm256_min_ps(_mm256_max_ps(*a, vlo), vhi);
-                _mm256_storeu_ps(ob.add((oy * g.ow + ox0 + j) * 8), y);
-            }
-            ox0 += 8;
         }
-    }
+    };
 }
 
-/// [`taps8`] for a group of sixteen channels, one 512-bit vector per pixel.
-#[target_feature(enable = "avx512f")]
-unsafe fn taps16(g: &ConvGeom, wp: usize, xp: *const f32, wpp: *const f32, lo: f32, hi: f32, ob: *mut f32) {
-    let kk = g.kh * g.kw;
-    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    let vb = _mm512_loadu_ps(wpp.add(kk * 16));
-    for oy in 0..g.oh {
-        let mut ox0 = 0;
-        while ox0 < g.ow {
-            let n = (g.ow - ox0).min(8);
-            let mut acc = [vb; 8];
-            for ky in 0..g.kh {
-                let row = xp.add(((oy * g.sh + ky * g.dh) * wp) * 16);
-                for kx in 0..g.kw {
-                    let wv = _mm512_loadu_ps(wpp.add((ky * g.kw + kx) * 16));
-                    let base = row.add((ox0 * g.sw + kx * g.dw) * 16);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(base.add(j * g.sw * 16)), *a);
-                    }
-                }
-            }
-            for (j, a) in acc.iter().enumerate().take(n) {
-                let y = _mm512_min_ps(_mm512_max_ps(*a, vlo), vhi);
-                _mm512_storeu_ps(ob.add((oy * g.ow + ox0 + j) * 16), y);
-            }
-            ox0 += 8;
-        }
-    }
-}
+taps!(
+    taps8,
+    "avx2,fma",
+    8,
+    __m256,
+    _mm256_set1_ps,
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    _mm256_min_ps,
+    _mm256_max_ps,
+    _mm256_storeu_ps
+);
+taps!(
+    taps16,
+    "avx512f",
+    16,
+    __m512,
+    _mm512_set1_ps,
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    _mm512_min_ps,
+    _mm512_max_ps,
+    _mm512_storeu_ps
+);
