@@ -18,6 +18,14 @@ fn pool_plane(
     src: &[f32],
     out: &mut [f32],
 ) {
+    // 2x2 stride-2 max pooling inside the plane: its own row-pair kernel on both SIMD paths.
+    #[cfg(target_arch = "x86_64")]
+    if max && isa != F32Isa::Scalar && crate::fp32::max2::applies(g) {
+        // SAFETY: both SIMD paths include AVX2 (checked by `pool2d`); `applies` holds and `plane`
+        // asserts the slices hold the planes.
+        unsafe { crate::fp32::max2::plane(isa, g, src, out) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if max && isa == F32Isa::Avx512 && crate::fp32::avx512::window_fits(g) {
         // SAFETY: the AVX-512 path runs here (checked by `pool2d`); loads are masked to the plane's
@@ -101,23 +109,13 @@ pub fn pool2d(
     if op == 0 {
         return;
     }
-    // 2x2 stride-2 max pooling inside the plane: its own row-pair kernel on both SIMD paths.
-    #[cfg(target_arch = "x86_64")]
-    if max && isa != F32Isa::Scalar && crate::fp32::max2::applies(g) {
-        // SAFETY: both SIMD paths include AVX2 (checked supported above); `applies` holds and the
-        // planes are within the slices (`plane` asserts it).
-        let job = |p: usize, o: &mut [f32]| unsafe { crate::fp32::max2::plane(isa, g, &x[p * ip..(p + 1) * ip], o) };
-        if threads > 1 && planes * ip > 1 << 16 {
-            out[..planes * op].par_chunks_mut(op).enumerate().for_each(|(p, o)| job(p, o));
-        } else {
-            out[..planes * op].chunks_mut(op).enumerate().for_each(|(p, o)| job(p, o));
-        }
-        return;
-    }
     // Max pooling on AVX2 (and AVX-512 where its own window does not apply): groups of planes on the
     // depthwise kernel's padded, phase-split layout.
+    // (2x2 stride-2 windows inside the plane go plane by plane to their own kernel, below.)
     #[cfg(target_arch = "x86_64")]
-    if max && isa != F32Isa::Scalar && !(isa == F32Isa::Avx512 && crate::fp32::avx512::window_fits(g)) {
+    let max2 = max && isa != F32Isa::Scalar && crate::fp32::max2::applies(g);
+    #[cfg(target_arch = "x86_64")]
+    if max && !max2 && isa != F32Isa::Scalar && !(isa == F32Isa::Avx512 && crate::fp32::avx512::window_fits(g)) {
         let (lo, hi) = (f32::NEG_INFINITY, f32::INFINITY);
         let parallel = threads > 1 && planes * ip > 1 << 16;
         // SAFETY: both SIMD paths include AVX2 and FMA (checked supported above); the kernel

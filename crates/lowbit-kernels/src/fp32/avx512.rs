@@ -15,11 +15,13 @@ pub(crate) unsafe fn gemv_panel(x: &[f32], panel: &[f32], k: usize, y: &mut [f32
     let m: [u16; 8] = std::array::from_fn(|v| mask(wd, v));
     let mut acc: [__m512; 8] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(m[v], y.as_ptr().add(v * 16)));
     let mut row = panel.as_ptr();
+    // The cache lines of a row (a narrower last panel has fewer).
+    let lines = wd.div_ceil(16);
     for p in 0..k {
         let xv = _mm512_set1_ps(*x.get_unchecked(p));
         // The panel streams from memory once per image: fetched `GEMV_AHEAD` rows ahead, as the
         // hardware prefetcher stops at each 4 KB page (8 rows here).
-        for v in 0..8 {
+        for v in 0..lines {
             _mm_prefetch::<_MM_HINT_T0>(row.add(GEMV_AHEAD * wd + v * 16) as *const i8);
         }
         for v in 0..8 {

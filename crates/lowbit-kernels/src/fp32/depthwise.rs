@@ -114,15 +114,10 @@ pub fn depthwise(
     trace::f32(isa);
     let (ip, op, kk) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     // AVX2 (and AVX-512 where its own kernels do not apply): groups of channels on the padded,
-    // phase-split layout. Planes of at most 56x56 in and out run with channels in the lanes
-    // ([`dw_cv`]) on both paths: on AVX-512 too (sixteen channels per vector), whose per-plane
-    // kernels leave most lanes of a 7- or 14-wide row empty (`LOWBIT_PROFILE=1 lowbit bench`, AMD
-    // EPYC Zen 5, 1 thread, eight-channel groups: fmnist-mobilenet's 384@7x7 0.022 -> 0.011 ms,
-    // MobileNetV2's 144@56 0.235 -> 0.178 ms, Lite0's 672@14 0.19 -> 0.145 ms; sixteen: Lite0's 5x5
-    // 240@28 0.20 -> 0.11 ms). Planes read from 112x112 got slower (a stride-2 layer 0.20 -> 0.27 ms,
-    // 32@112 0.18 -> 0.21-0.24 ms), so not there.
+    // phase-split layout, or on small planes with channels in the lanes ([`dw_cv`], sixteen per
+    // vector on AVX-512, whose per-plane kernels leave most lanes of a 7- or 14-wide row empty).
     #[cfg(target_arch = "x86_64")]
-    let cv = isa != F32Isa::Scalar && dw_cv::suits(g) && (isa == F32Isa::Avx2 || g.h * g.w <= 3136);
+    let cv = isa != F32Isa::Scalar && dw_cv::suits(g, isa == F32Isa::Avx512);
     #[cfg(target_arch = "x86_64")]
     if cv || (isa != F32Isa::Scalar && !(isa == F32Isa::Avx512 && avx512::window_fits(g) && clamp_of(act).is_some())) {
         let (lo, hi) = fused_clamp(act);

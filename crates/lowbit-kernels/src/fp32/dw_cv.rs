@@ -19,8 +19,12 @@ std::thread_local! {
 /// L2. Against rows along the lanes (`cargo bench -p lowbit-kernels --bench f32 -- dw`, AMD EPYC,
 /// share of the FMA peak): 960@7 8 -> 17%, 576@14 13 -> 22%, 576@14 stride 2 4 -> 10%, 192@28 19 ->
 /// 24%, 144@56 23 -> 28%, 5x5 480@14 25 -> 37%; at 112x112 (32 channels) 29 -> 26%, so not there.
-pub(crate) fn suits(g: &ConvGeom) -> bool {
-    g.oh * g.ow <= 3136 && g.c_out >= 8
+/// With sixteen lanes (`wide`, AVX-512) the input plane must fit the same bound: against the
+/// AVX-512 per-plane kernels (`LOWBIT_PROFILE=1 lowbit bench`, AMD EPYC Zen 5, 1 thread) 384@7x7
+/// 0.022 -> 0.011 ms, MobileNetV2's 144@56 0.235 -> 0.178 ms, Lite0's 5x5 240@28 0.20 -> 0.11 ms,
+/// but planes read from 112x112 slower (a stride-2 layer 0.20 -> 0.27 ms, 32@112 0.18 -> 0.21 ms).
+pub(crate) fn suits(g: &ConvGeom, wide: bool) -> bool {
+    g.oh * g.ow <= 3136 && g.c_out >= 8 && (!wide || g.h * g.w <= 3136)
 }
 
 /// Depthwise convolution of `x` (`[c, h, w]`) into `out` (`[c, oh, ow]`), weights `[c][kh·kw]`,
