@@ -568,6 +568,7 @@ pub fn demo(threads: usize, out: &Path) -> Result<()> {
             skip_last: false,
             first_last_bits: None,
             quantize_input: false,
+            float_input: false,
             eval: Some(data.clone()),
             eval_limit: None,
             image: crate::image_args::ImageArgs { preset: Some("fmnist".into()), ..Default::default() },

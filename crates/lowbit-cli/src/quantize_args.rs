@@ -122,11 +122,18 @@ pub struct QuantizeArgs {
     /// activation the last layer reads), the low-bit literature's convention below 8 bits
     #[arg(long, conflicts_with_all = ["skip_first", "skip_last"], value_parser = clap::value_parser!(u8).range(2..=8))]
     pub first_last_bits: Option<u8>,
-    /// Detectors, segmentation and embedders: keep the input quantized even where the first layer
-    /// in float brings the outputs closer to float (by default checked on the calibration images:
-    /// kept float when it gains at least 1 dB of output SQNR)
+    /// Keep the model input quantized to 8 bits even where its values do not fit one 8-bit grid
+    /// (images normalised per channel) and keeping it float brings the outputs closer to float (by
+    /// default checked on the calibration images: kept float, read in float by the first layers with
+    /// their weights still quantized, when it gains at least 1 dB of output SQNR)
     #[arg(long, conflicts_with = "skip_first")]
     pub quantize_input: bool,
+    /// Keep the model input float whatever the check finds: the first layers read it in float with
+    /// their int8 weights, whose rounding is learned on the calibration images. More accurate where
+    /// one 8-bit grid cannot hold the input (MobileNetV2 and EfficientNet-Lite0 on ImageNet-normalised
+    /// photos), slower by the first layer's float arithmetic
+    #[arg(long, conflicts_with_all = ["skip_first", "quantize_input"])]
+    pub float_input: bool,
     /// Evaluate float and quantized on this labelled data (or agreement when unlabelled)
     #[arg(long)]
     pub eval: Option<PathBuf>,
@@ -215,6 +222,7 @@ pub fn options(a: &QuantizeArgs) -> Result<PtqOptions> {
         first_last_bits: a.first_last_bits,
         skip_last: a.skip_last,
         input_check: !a.quantize_input,
+        float_input: a.float_input,
         threads: a.threads,
         adaround,
     })

@@ -8,7 +8,7 @@
 use lowbit_core::{Error, Graph, Result};
 
 use crate::acteq;
-use crate::adaround::{adaround, AdaRoundOptions, LayerRounding};
+use crate::adaround::{adaround, learn_roundings, AdaRoundOptions, LayerRounding};
 use crate::calibrate::{calibrate, Stats};
 use crate::dfq::{self, BnDists};
 use crate::observer::Method;
@@ -54,9 +54,12 @@ pub struct PtqOptions {
     /// Keep the first and last compute layers at this width (weights, and the activation the last
     /// layer reads): the low-bit literature's convention (MQBench, BRECQ, QDrop) below 8 bits.
     pub first_last_bits: Option<u8>,
-    /// Dense-prediction models: keep the first layer float when that brings the outputs closer to
-    /// float ([`crate::select::choose_input_precision`]); off keeps the input quantized.
+    /// Keep the model input float (the layers reading it compute in float with quantized weights)
+    /// when its values do not fit one 8-bit grid and that brings the outputs closer to float
+    /// ([`crate::select::choose_input_precision`]); off keeps the input quantized.
     pub input_check: bool,
+    /// Keep the model input float whatever the check finds (accuracy over the first layer's speed).
+    pub float_input: bool,
     pub threads: usize,
     /// Learn the weights' rounding (AdaRound) after the ranges are chosen; `None`: round to nearest.
     pub adaround: Option<AdaRoundOptions>,
@@ -82,6 +85,7 @@ impl Default for PtqOptions {
             skip_last: false,
             first_last_bits: None,
             input_check: true,
+            float_input: false,
             threads: 1,
             adaround: None,
         }
@@ -263,27 +267,60 @@ pub fn quantize(
         }
         Some(m) => (build_qdq(&canon, &stats, &cfg)?, m, o.bias_correction, vec![]),
     };
-    // The model input's 8-bit rounding against a float first layer (dense-prediction models).
+    // The model input's 8-bit rounding against the input kept float.
     let mut input_precision = None;
-    if o.input_check && !o.skip_first {
+    if o.float_input {
+        cfg.float_input = true;
+        model = build_qdq(&canon, &stats, &QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() })?;
+    } else if o.input_check && !o.skip_first {
         let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
         if let Some((ip, q)) =
             choose_input_precision(&canon, &stats, &chosen, shape, &calib.data[..scored * per], scored, o.threads)?
         {
             notes.push(format!(
-                "input precision: outputs {:.2} dB from float with the input quantized to 8 bits, {:.2} dB with the first layer float: {}",
+                "input precision: outputs {:.2} dB from float with the input quantized to 8 bits, {:.2} dB with it float: {}",
                 ip.sqnr_int8_input_db,
-                ip.sqnr_float_first_db,
-                if ip.float_first() { "first layer kept float" } else { "input quantized" }
+                ip.sqnr_float_input_db,
+                if ip.float_input() { "input kept float" } else { "input quantized" }
             ));
-            if ip.float_first() {
-                cfg.skip_first = true;
+            if ip.float_input() {
+                cfg.float_input = true;
                 model = q;
             }
             input_precision = Some(ip);
         }
     }
     let (mut rounding, mut rounding_secs) = (vec![], 0.0);
+    // With the input float, a layer reading it has its weights' rounding as its only error, and
+    // its narrow output channels are what activation equalization stretches: their rounding is
+    // learned (AdaRound on those layers only; a few input channels make it cheap).
+    if cfg.float_input && o.adaround.is_none() {
+        let x = canon.runtime_inputs().first().map(|v| v.name.clone()).unwrap_or_default();
+        let first: std::collections::HashSet<String> = canon
+            .nodes
+            .iter()
+            .filter(|n| n.inputs.first() == Some(&x) && crate::qdq::is_compute(n, &canon))
+            .map(|n| n.name.clone())
+            .collect();
+        if !first.is_empty() {
+            let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
+            let ao = AdaRoundOptions { threads: o.threads, only: Some(first), ..Default::default() };
+            let (learned, r, secs) =
+                learn_roundings(&canon, &stats, &chosen, shape, calib.data, calib.n, &ao, &mut |_, d, t| {
+                    progress(Stage::AdaRound, d, t)
+                })?;
+            cfg.weight_scale_override = learned.weight_scale_override;
+            cfg.weight_int_override = learned.weight_int_override;
+            cfg.bias_override = learned.bias_override;
+            model = build_qdq(&canon, &stats, &QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() })?;
+            notes.push(format!(
+                "input float: the rounding of the {} layer(s) reading it learned on the calibration images ({secs:.1} s)",
+                r.len()
+            ));
+            rounding = r;
+            rounding_secs = secs;
+        }
+    }
     if let Some(ao) = &o.adaround {
         let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
         let ao = AdaRoundOptions { threads: o.threads, ..ao.clone() };

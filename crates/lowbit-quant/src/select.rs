@@ -111,33 +111,48 @@ fn is_classifier(canon: &Graph, image_shape: &[usize], data: &[f32], threads: us
         == lowbit_runtime::task::Task::Classify)
 }
 
-/// How much closer to float a dense-prediction model's outputs must come (mean SQNR, dB) for
-/// [`choose_input_precision`] to keep its first layer float.
+/// How much closer to float a model's outputs must come (mean SQNR, dB) for
+/// [`choose_input_precision`] to keep its input float. The float input costs the first layer's
+/// integer speed (MobileNetV2 and EfficientNet-Lite0 take 9-25% longer with their 3x3 stems in
+/// f32), so a small gain does not pay for it by default; `--float-input` asks for it (their top-1
+/// agreement with float rises by 2 and 5 pp on the scene crops with only 0.2 and 0.4 dB of logit SQNR).
 pub const FLOAT_INPUT_MIN_GAIN_DB: f64 = 1.0;
 
 /// What [`choose_input_precision`] measured: mean output SQNR against float with the model input
-/// quantized to 8 bits (as `base` builds it) and with the first layer kept float.
+/// quantized to 8 bits (as `base` builds it) and with it kept float (`float_input`).
 #[derive(Clone, Debug)]
 pub struct InputPrecision {
     pub sqnr_int8_input_db: f64,
-    pub sqnr_float_first_db: f64,
+    pub sqnr_float_input_db: f64,
 }
 
 impl InputPrecision {
-    /// The first layer stays float: it brings the outputs at least [`FLOAT_INPUT_MIN_GAIN_DB`] closer to float.
-    pub fn float_first(&self) -> bool {
-        self.sqnr_float_first_db >= self.sqnr_int8_input_db + FLOAT_INPUT_MIN_GAIN_DB
+    /// The input stays float: that brings the outputs at least [`FLOAT_INPUT_MIN_GAIN_DB`] closer to float.
+    pub fn float_input(&self) -> bool {
+        self.sqnr_float_input_db >= self.sqnr_int8_input_db + FLOAT_INPUT_MIN_GAIN_DB
     }
 }
 
-/// Dense-prediction models (detectors, segmentation, embedders: not classifiers) read images whose
-/// channels are normalised by different means and deviations, so one uint8 scale over the input
-/// cannot keep every gray level: its step is wider than a level of the narrowest channel, and
-/// neighbouring levels merge. Classifiers shrug this off (their argmax is robust); a mask
-/// thresholded at 0.5 or a heatmap peak need not. This scores `base` against the same
-/// configuration with the first compute layer (the one reading the input) kept float, on `n`
-/// images of `data`; `None` for classifiers. The caller keeps the float first layer when
-/// [`InputPrecision::float_first`].
+/// Whether every value of `data` lies on the 8-bit grid the model input `v` gets (min-max over its
+/// calibration statistics): then quantizing the input loses nothing (8-bit pixels under one scale).
+pub fn input_on_grid(stats: &Stats, v: &str, data: &[f32]) -> bool {
+    let Some(o) = stats.get(v) else { return false };
+    let (lo, hi) = o.range(Method::MinMax, 256);
+    let p = crate::scheme::linear_params(&crate::scheme::QScheme::activations(8), &[lo], &[hi]);
+    let (s, z) = (p.scale[0], p.zero_point[0] as f32);
+    data.iter().all(|&x| {
+        let q = ((x / s).round_ties_even() + z).clamp(0.0, 255.0);
+        ((q - z) * s - x).abs() <= 1e-3 * s
+    })
+}
+
+/// Images normalised per channel (different means and deviations) do not fit one uint8 scale over
+/// the input: its step is wider than a gray level of the narrowest channel, and neighbouring levels
+/// merge. The layers reading the input can compute from it in float instead (their weights stay
+/// quantized; [`QdqConfig::float_input`]). Where the calibration images of `data` are not on the
+/// input's 8-bit grid, this scores `base` against the same configuration with the input float, on
+/// `n` images; `None` when the input loses nothing to its grid. The caller keeps the input float
+/// when [`InputPrecision::float_input`].
 #[allow(clippy::too_many_arguments)]
 pub fn choose_input_precision(
     canon: &Graph,
@@ -148,7 +163,8 @@ pub fn choose_input_precision(
     n: usize,
     threads: usize,
 ) -> Result<Option<(InputPrecision, QdqModel)>> {
-    if n == 0 || base.skip_first || is_classifier(canon, image_shape, data, threads)? {
+    let Some(input) = canon.runtime_inputs().first().map(|v| v.name.clone()) else { return Ok(None) };
+    if n == 0 || base.skip_first || base.float_input || input_on_grid(stats, &input, data) {
         return Ok(None);
     }
     let reference = all_outputs(canon, image_shape, data, n, threads)?;
@@ -157,8 +173,12 @@ pub fn choose_input_precision(
         Ok((mean_sqnr_db(&reference, &all_outputs(&q.graph, image_shape, data, n, threads)?), q))
     };
     let (int8_input, _) = score(base)?;
-    let (float_first, q) = score(&QdqConfig { skip_first: true, ..base.clone() })?;
-    Ok(Some((InputPrecision { sqnr_int8_input_db: int8_input, sqnr_float_first_db: float_first }, q)))
+    let (float_input, q) = score(&QdqConfig { float_input: true, ..base.clone() })?;
+    if std::env::var_os("LOWBIT_TMP_SF").is_some() {
+        let (sf, _) = score(&QdqConfig { skip_first: true, ..base.clone() })?;
+        eprintln!("TMP int8 {int8_input} float-input {float_input} skip-first {sf}");
+    }
+    Ok(Some((InputPrecision { sqnr_int8_input_db: int8_input, sqnr_float_input_db: float_input }, q)))
 }
 
 /// Every output of every image (batch 1): `[image][output]` values.

@@ -11,6 +11,7 @@ mod convquant;
 mod dms;
 mod embed;
 mod fuzz_regressions;
+mod input_precision;
 mod int8;
 mod module_graph;
 mod mutate;

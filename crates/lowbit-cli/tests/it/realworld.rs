@@ -458,11 +458,12 @@ fn a_quantized_file_asks_onnx_runtime_for_no_input_the_model_does_not_read() {
 }
 
 #[test]
-fn dense_prediction_models_keep_the_first_layer_float_when_the_input_rounding_costs_accuracy() {
+fn models_keep_their_input_float_when_its_rounding_costs_accuracy() {
     // U²-Netp reads ImageNet-normalised images: one uint8 scale over its three channels merges
     // neighbouring gray levels, and its masks move. `quantize` measures both choices on the
-    // calibration images and keeps the first layer float when that is >= 1 dB closer to float;
-    // `--quantize-input` keeps the input quantized; classifiers are never checked.
+    // calibration images and keeps the input float (the first layer reads it in float, its weights
+    // still int8) when that is >= 1 dB closer to float; `--quantize-input` keeps the input
+    // quantized.
     let d = tmpdir("input-precision");
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
     // Four photos of text and fine structure, where U²-Netp's masks hinge on detail below a gray level (on all 28
@@ -511,28 +512,47 @@ fn dense_prediction_models_keep_the_first_layer_float_when_the_input_rounding_co
     };
     let (auto, report, ev_auto) = quantize(&[], "auto");
     let ip = &report["input_precision"];
-    let (int8_db, float_db) = (ip["sqnr_int8_input_db"].as_f64().unwrap(), ip["sqnr_float_first_db"].as_f64().unwrap());
+    let (int8_db, float_db) = (ip["sqnr_int8_input_db"].as_f64().unwrap(), ip["sqnr_float_input_db"].as_f64().unwrap());
     assert!(int8_db.is_finite() && float_db.is_finite(), "{ip}");
-    let kept_float = ip["first_layer_float"].as_bool().unwrap();
+    let kept_float = ip["input_float"].as_bool().unwrap();
     assert_eq!(kept_float, float_db >= int8_db + 1.0, "{ip}");
     assert!(kept_float, "{ip}");
     assert!(!input_quantized(&auto), "the first layer reads the float input");
+    // ... with its weights still 8-bit integers behind a DequantizeLinear.
+    let x = &auto.runtime_inputs()[0].name;
+    let first = auto.nodes.iter().find(|n| n.inputs.first() == Some(x)).expect("a node reads the input");
+    assert!(matches!(first.op, lowbit_core::Op::Conv(_)), "{:?}", first.op);
+    let w = auto.nodes.iter().find(|n| n.outputs.first() == first.inputs.get(1)).expect("weights from a node");
+    assert!(matches!(w.op, lowbit_core::Op::DequantizeLinear { .. }), "{:?}", w.op);
+    assert!(matches!(auto.initializers[&w.inputs[0]].data, lowbit_core::Data::I8(_)));
     let (forced, report, ev_forced) = quantize(&["--quantize-input"], "forced");
     assert!(report["input_precision"].is_null(), "{report}");
     assert!(input_quantized(&forced));
-    // The mask error the check predicted: lower with the first layer float.
+    // The mask error the check predicted: lower with the input float.
     let mae = |e: &serde_json::Value| e["metric"]["mae"].as_f64().unwrap();
     assert!(mae(&ev_auto) < mae(&ev_forced), "{} vs {}", ev_auto["metric"], ev_forced["metric"]);
-    // A classifier is not checked.
-    let q = d.join("mnist.onnx");
-    let j = d.join("mnist.json");
-    let o = Command::new(lowbit_bin())
-        .args(["quantize", &s(&zoo("mnist-cnn.onnx")), "--calib", &s(&shared().join("data/mnist10k"))])
-        .args(["--calib-n", "50", "--method", "minmax", "-o", &s(&q), "--json", &s(&j)])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    // MNIST normalised by its mean and deviation: its gray levels sit a third of a step off the
+    // input's 8-bit grid (the zero point is an integer), checked, and kept quantized (a fraction
+    // of a dB); as plain p/255 they sit on the grid, and nothing is checked.
+    let mnist = |extra: &[&str], name: &str| -> (lowbit_core::Graph, serde_json::Value) {
+        let (q, j) = (d.join(format!("{name}.onnx")), d.join(format!("{name}.json")));
+        let o = Command::new(lowbit_bin())
+            .args(["quantize", &s(&zoo("mnist-cnn.onnx")), "--calib", &s(&shared().join("data/mnist10k"))])
+            .args(["--calib-n", "50", "--method", "minmax", "-o", &s(&q), "--json", &s(&j)])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+        (lowbit_onnx::read_model(&q).unwrap(), report)
+    };
+    let (g, report) = mnist(&[], "mnist");
+    let ip = &report["input_precision"];
+    assert_eq!(ip["input_float"], false, "{report}");
+    assert!(ip["sqnr_int8_input_db"].as_f64().unwrap().is_finite(), "{report}");
+    assert!(input_quantized(&g));
+    let (g, report) = mnist(&["--mean", "0", "--std", "1"], "mnist-raw");
     assert!(report["input_precision"].is_null(), "{report}");
+    assert!(input_quantized(&g));
     std::fs::remove_dir_all(&d).unwrap();
 }

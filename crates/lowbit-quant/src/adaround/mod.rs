@@ -42,11 +42,20 @@ pub struct AdaRoundOptions {
     /// See [`Grams::centered`].
     pub damp: f32,
     pub threads: usize,
+    /// Only these layers (node names); `None`: every quantized convolution and matrix product.
+    pub only: Option<std::collections::HashSet<String>>,
 }
 
 impl Default for AdaRoundOptions {
     fn default() -> Self {
-        AdaRoundOptions { learn: LearnSettings::default(), images: 256, rows_per_image: 1024, damp: 0.01, threads: 1 }
+        AdaRoundOptions {
+            learn: LearnSettings::default(),
+            images: 256,
+            rows_per_image: 1024,
+            damp: 0.01,
+            threads: 1,
+            only: None,
+        }
     }
 }
 
@@ -449,13 +458,33 @@ pub fn adaround(
     o: &AdaRoundOptions,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<(QdqModel, Vec<LayerRounding>, f64)> {
+    let (cfg2, report, secs) = learn_roundings(canon, stats, cfg, image_shape, data, n, o, progress)?;
+    Ok((build_qdq(canon, stats, &cfg2)?, report, secs))
+}
+
+/// [`adaround`]'s learning: `cfg` with the learned integers, scales and biases of the re-rounded
+/// layers as overrides (so later builds from it keep them).
+#[allow(clippy::too_many_arguments)]
+pub fn learn_roundings(
+    canon: &Graph,
+    stats: &Stats,
+    cfg: &QdqConfig,
+    image_shape: &[usize],
+    data: &[f32],
+    n: usize,
+    o: &AdaRoundOptions,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<(QdqConfig, Vec<LayerRounding>, f64)> {
     if !matches!(cfg.weight_kind, crate::scheme::Kind::Linear(_)) {
         return Err(Error::Invalid("AdaRound learns the rounding of linear weights (--scheme linear or pow2)".into()));
     }
     let t0 = Instant::now();
     let n = n.min(o.images).max(1);
     let mut model = build_qdq(canon, stats, cfg)?;
-    let ts = targets(canon, &model);
+    let mut ts = targets(canon, &model);
+    if let Some(only) = &o.only {
+        ts.retain(|t| only.contains(&t.node));
+    }
     if ts.is_empty() {
         return Err(Error::Invalid("AdaRound: no quantized convolution or matrix product".into()));
     }
@@ -515,7 +544,6 @@ pub fn adaround(
         }
         progress("adaround", wi + 1, waves.len());
     }
-    let model = build_qdq(canon, stats, &cfg2)?;
     let report = report.into_iter().flatten().collect();
-    Ok((model, report, t0.elapsed().as_secs_f64()))
+    Ok((cfg2, report, t0.elapsed().as_secs_f64()))
 }

@@ -101,7 +101,7 @@ pub(crate) fn plan_activations(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Res
         if v.is_empty() || g.initializers.contains_key(v) || params.contains_key(v) || g.is_output(v) {
             return Ok(());
         }
-        if !(inputs.contains(v) || producers.contains_key(v)) {
+        if !(inputs.contains(v) || producers.contains_key(v)) || (cfg.float_input && inputs.contains(v)) {
             return Ok(());
         }
         // Only float activations are observed; integer values (shapes, indices) stay as they are.

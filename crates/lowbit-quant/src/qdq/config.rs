@@ -27,6 +27,11 @@ pub struct QdqConfig {
     pub skip_first: bool,
     /// Keep the last compute layer (the one writing the model output) in float.
     pub skip_last: bool,
+    /// The model input gets no Q/DQ pair: the layers reading it compute in float from the exact
+    /// input, with their weights still quantized (their biases stay float) and their outputs
+    /// quantized as usual. For inputs whose values one 8-bit grid cannot hold (images normalised
+    /// per channel), see [`crate::select::choose_input_precision`].
+    pub float_input: bool,
     /// Correct each layer's bias for the mean shift its weight quantization causes, using the
     /// calibration means of its input channels (empirical bias correction).
     pub bias_correction: bool,
@@ -78,6 +83,7 @@ impl Default for QdqConfig {
             act_bits_for: HashMap::new(),
             skip_first: false,
             skip_last: false,
+            float_input: false,
             bias_correction: true,
             act_override: HashMap::new(),
             weight_scale_override: HashMap::new(),

@@ -15,9 +15,10 @@ use crate::scheme::{
     kmeans_weights_int8, log2_weights_int8, quantize_linear_weights, Granularity, Kind, Mode, QParams, QScheme,
 };
 use acts::{plan_activations, ActPlan};
+pub(crate) use config::is_compute;
 pub use config::KMeansCache;
 pub use config::QdqConfig;
-use config::{is_compute, is_passthrough, weights_fingerprint};
+use config::{is_passthrough, weights_fingerprint};
 
 /// The integer a binarized activation takes in the QDQ export (`±1` is stored as int8
 /// `±BINARY_LEVEL` with scale `1/BINARY_LEVEL`; a power of two, so the scale is exact).
@@ -417,8 +418,11 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
             });
         } else if is_compute(n, g) && quantized(n) {
             let x = &n.inputs[0];
-            let Some(&(sx, _)) = params.get(x) else {
-                return Err(Error::node(&n.name, "input activation is not quantized"));
+            // `float_input`: a layer reading the model input keeps it float; its bias stays float.
+            let sx = match params.get(x) {
+                Some(&(sx, _)) => Some(sx),
+                None if cfg.float_input && inputs.contains(x.as_str()) => None,
+                None => return Err(Error::node(&n.name, "input activation is not quantized")),
             };
             let wname = n.inputs[1].clone();
             let w = &g.initializers[&wname];
@@ -565,10 +569,19 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
             weight_bytes += (nparams * bits as usize).div_ceil(8) + nch * 4 + book;
             if let Some(b) = bias {
                 let nout = b.len();
-                let bscale: Vec<f32> = (0..nout).map(|o| sx * p.scale[if nch == 1 { 0 } else { o }]).collect();
                 let bname = n.inputs.get(2).cloned().unwrap_or_else(|| format!("{}_bias", n.name));
                 n2.inputs.resize(3, String::new());
-                n2.inputs[2] = int32_bias(&mut out, &mut new_nodes, &n.name, &bname, &b, bscale);
+                n2.inputs[2] = match sx {
+                    Some(sx) => {
+                        let bscale: Vec<f32> = (0..nout).map(|o| sx * p.scale[if nch == 1 { 0 } else { o }]).collect();
+                        int32_bias(&mut out, &mut new_nodes, &n.name, &bname, &b, bscale)
+                    }
+                    None => {
+                        let fb = out.fresh_name(&format!("{bname}_corrected"));
+                        out.initializers.insert(fb.clone(), Tensor::f32(vec![nout], b));
+                        fb
+                    }
+                };
                 float_weight_bytes += nout * 4;
                 weight_bytes += nout * 4;
             }
@@ -576,7 +589,7 @@ pub fn build_qdq(g: &Graph, stats: &Stats, cfg: &QdqConfig) -> Result<QdqModel> 
                 node: n.name.clone(),
                 op: n.op.op_type().to_string(),
                 weight_bits: Some(bits),
-                act_bits: Some(cfg.act_bits_of(&n.inputs[0])),
+                act_bits: sx.map(|_| cfg.act_bits_of(&n.inputs[0])),
                 params: nparams,
             });
         } else if is_compute(n, g) {
