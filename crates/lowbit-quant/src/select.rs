@@ -174,10 +174,6 @@ pub fn choose_input_precision(
     };
     let (int8_input, _) = score(base)?;
     let (float_input, q) = score(&QdqConfig { float_input: true, ..base.clone() })?;
-    if std::env::var_os("LOWBIT_TMP_SF").is_some() {
-        let (sf, _) = score(&QdqConfig { skip_first: true, ..base.clone() })?;
-        eprintln!("TMP int8 {int8_input} float-input {float_input} skip-first {sf}");
-    }
     Ok(Some((InputPrecision { sqnr_int8_input_db: int8_input, sqnr_float_input_db: float_input }, q)))
 }
 
