@@ -8,7 +8,7 @@
 use lowbit_core::{Error, Graph, Result};
 
 use crate::acteq;
-use crate::adaround::{adaround, learn_roundings, AdaRoundOptions, LayerRounding};
+use crate::adaround::{adaround, AdaRoundOptions, LayerRounding};
 use crate::calibrate::{calibrate, Stats};
 use crate::dfq::{self, BnDists};
 use crate::observer::Method;
@@ -290,44 +290,40 @@ pub fn quantize(
             input_precision = Some(ip);
         }
     }
+    // Learned rounding: of every layer (AdaRound asked), or, with the input float, of the layers
+    // reading it: their weights' rounding is then their only error, and their narrow output
+    // channels are what activation equalization stretches (a few input channels make it cheap).
+    // The learned integers travel in `cfg`, so later builds from it keep them.
     let (mut rounding, mut rounding_secs) = (vec![], 0.0);
-    // With the input float, a layer reading it has its weights' rounding as its only error, and
-    // its narrow output channels are what activation equalization stretches: their rounding is
-    // learned (AdaRound on those layers only; a few input channels make it cheap).
-    if cfg.float_input && o.adaround.is_none() {
-        let x = canon.runtime_inputs().first().map(|v| v.name.clone()).unwrap_or_default();
-        let first: std::collections::HashSet<String> = canon
-            .nodes
-            .iter()
-            .filter(|n| n.inputs.first() == Some(&x) && crate::qdq::is_compute(n, &canon))
-            .map(|n| n.name.clone())
-            .collect();
-        if !first.is_empty() {
-            let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
-            let ao = AdaRoundOptions { threads: o.threads, only: Some(first), ..Default::default() };
-            let (learned, r, secs) =
-                learn_roundings(&canon, &stats, &chosen, shape, calib.data, calib.n, &ao, &mut |_, d, t| {
-                    progress(Stage::AdaRound, d, t)
-                })?;
-            cfg.weight_scale_override = learned.weight_scale_override;
-            cfg.weight_int_override = learned.weight_int_override;
-            cfg.bias_override = learned.bias_override;
-            model = build_qdq(&canon, &stats, &QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() })?;
+    let learn = match &o.adaround {
+        Some(ao) => Some(AdaRoundOptions { threads: o.threads, ..ao.clone() }),
+        None if cfg.float_input => {
+            let x = canon.runtime_inputs().first().map(|v| v.name.clone()).unwrap_or_default();
+            let first: std::collections::HashSet<String> = canon
+                .nodes
+                .iter()
+                .filter(|n| n.inputs.first() == Some(&x) && crate::qdq::is_compute(n, &canon))
+                .map(|n| n.name.clone())
+                .collect();
+            (!first.is_empty()).then(|| AdaRoundOptions { threads: o.threads, only: Some(first), ..Default::default() })
+        }
+        None => None,
+    };
+    if let Some(ao) = learn {
+        let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
+        let (learned, r, secs) = adaround(&canon, &stats, &chosen, shape, calib.data, calib.n, &ao, &mut |_, d, t| {
+            progress(Stage::AdaRound, d, t)
+        })?;
+        cfg.weight_scale_override = learned.weight_scale_override;
+        cfg.weight_int_override = learned.weight_int_override;
+        cfg.bias_override = learned.bias_override;
+        model = build_qdq(&canon, &stats, &QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() })?;
+        if ao.only.is_some() {
             notes.push(format!(
                 "input float: the rounding of the {} layer(s) reading it learned on the calibration images ({secs:.1} s)",
                 r.len()
             ));
-            rounding = r;
-            rounding_secs = secs;
         }
-    }
-    if let Some(ao) = &o.adaround {
-        let chosen = QdqConfig { method, bias_correction: bias_corrected, ..cfg.clone() };
-        let ao = AdaRoundOptions { threads: o.threads, ..ao.clone() };
-        let (m, r, secs) = adaround(&canon, &stats, &chosen, shape, calib.data, calib.n, &ao, &mut |_, d, t| {
-            progress(Stage::AdaRound, d, t)
-        })?;
-        model = m;
         rounding = r;
         rounding_secs = secs;
     }

@@ -27,8 +27,9 @@ fn adaround_w4a4_beats_nearest_and_runs_in_ort() {
         ..Default::default()
     };
     let mut waves = 0;
-    let (ada, layers, _) =
+    let (learned, layers, _) =
         adaround(&canon, &stats, &cfg, &[1, 28, 28], &calib.data, calib.n, &o, &mut |_, d, _| waves = d).unwrap();
+    let ada = build_qdq(&canon, &stats, &learned).unwrap();
     assert!(waves > 1, "layers are learned in sequence");
     assert_eq!(layers.len(), near.layers.len(), "every quantized layer is re-rounded");
     for l in &layers {

@@ -446,26 +446,11 @@ fn learn_layer(
 
 /// Re-rounds the weights of `cfg`'s QDQ model of `canon` by AdaRound on `n` calibration images
 /// of `data` (each of `image_shape`). Layers whose weights are not linear int8 (binary,
-/// logarithmic, k-means) keep theirs. `progress(what, done, total)` counts waves.
+/// logarithmic, k-means) keep theirs. `progress(what, done, total)` counts waves. Returns `cfg`
+/// with the learned integers, scales and biases of the re-rounded layers as overrides (so every
+/// build from it has them).
 #[allow(clippy::too_many_arguments)]
 pub fn adaround(
-    canon: &Graph,
-    stats: &Stats,
-    cfg: &QdqConfig,
-    image_shape: &[usize],
-    data: &[f32],
-    n: usize,
-    o: &AdaRoundOptions,
-    progress: &mut dyn FnMut(&str, usize, usize),
-) -> Result<(QdqModel, Vec<LayerRounding>, f64)> {
-    let (cfg2, report, secs) = learn_roundings(canon, stats, cfg, image_shape, data, n, o, progress)?;
-    Ok((build_qdq(canon, stats, &cfg2)?, report, secs))
-}
-
-/// [`adaround`]'s learning: `cfg` with the learned integers, scales and biases of the re-rounded
-/// layers as overrides (so later builds from it keep them).
-#[allow(clippy::too_many_arguments)]
-pub fn learn_roundings(
     canon: &Graph,
     stats: &Stats,
     cfg: &QdqConfig,
