@@ -320,10 +320,150 @@ macro_rules! vnni256 {
             }
         }
 
+        /// Interleaved input column `ix` of the window's `KH ≤ 4` rows (`dw_col` with the row
+        /// count known at compile time).
+        #[inline(always)]
+        unsafe fn col<const KH: usize>(row0: *const u8, g: &DwGeom, ix: usize) -> [__m256i; 4] {
+            let p = row0.add(ix * g.cs);
+            let mut r = [_mm256_setzero_si256(); 4];
+            for (ky, v) in r.iter_mut().enumerate().take(KH) {
+                *v = _mm256_loadu_si256(p.add(ky * g.dh * g.wp * g.cs) as *const _);
+            }
+            interleave4(r)
+        }
+
+        /// What the row kernels of one 32-channel block work on (the AVX-512 path's `Block` on
+        /// 256-bit vectors): the geometry, the block's first window row and packed weights, its
+        /// per-channel epilogue vectors (lane order), its output row and its valid channels.
+        #[derive(Clone, Copy)]
+        struct Blk<'a> {
+            g: &'a DwGeom,
+            row0: *const u8,
+            wb: *const i8,
+            bi: &'a [__m256i; 4],
+            sc: &'a [__m256; 4],
+            bf: &'a [__m256; 4],
+            rp: &'a Requant,
+            orow: *mut u8,
+            valid: usize,
+        }
+
+        /// A row of a `KH`×`KW` depthwise convolution at stride `SW` (`by_cols` packing), the
+        /// interleaved columns kept in registers and shifted along the row.
+        #[inline(always)]
+        unsafe fn cols_row<const KH: usize, const KW: usize, const SW: usize>(b: &Blk) {
+            let Blk { g, row0, wb, bi, sc, bf, rp, orow, valid } = *b;
+            if KH == 3 && KW == 3 && valid == 32 && rp.bias_f.is_empty() && rp.unclamped {
+                if let Out::Q { qmin: 0, qmax: 255, .. } = rp.out {
+                    return dw3_fast::<SW>(b);
+                }
+            }
+            let mut cols = [[_mm256_setzero_si256(); 4]; KW];
+            for (k, c) in cols.iter_mut().enumerate() {
+                *c = col::<KH>(row0, g, k);
+            }
+            for ox in 0..g.ow {
+                if ox > 0 {
+                    for k in 0..KW {
+                        cols[k] = if k + SW < KW { cols[k + SW] } else { col::<KH>(row0, g, ox * SW + k) };
+                    }
+                }
+                let mut acc = *bi;
+                for (kx, c) in cols.iter().enumerate() {
+                    dp4(&mut acc, c, wb.add(kx * 128));
+                }
+                dw_store32(&acc, sc, bf, rp, orow.add(ox * g.c), valid);
+            }
+        }
+
+        /// [`cols_row`] for a full 3x3 block with the common epilogue (integer bias only, no
+        /// clamp to apply, full-range unsigned bytes): the three columns as separate values, each
+        /// channel group's three products and its requantization in one chain, no per-pixel tests
+        /// (the AVX-512 path's `dw3_fast` on 32 channels).
+        #[inline(always)]
+        unsafe fn dw3_fast<const SW: usize>(b: &Blk) {
+            let Blk { g, row0, wb, bi, sc, rp, orow, .. } = *b;
+            let Out::Q { scale, zp, .. } = rp.out else { unreachable!() };
+            let (vs, vinv, vzp) = (_mm256_set1_ps(scale), _mm256_set1_ps(rp.inv), _mm256_set1_epi32(zp));
+            let mut c0 = col::<3>(row0, g, 0);
+            let mut c1 = col::<3>(row0, g, 1);
+            let mut o = orow;
+            for ox in 0..g.ow {
+                let c2 = col::<3>(row0, g, ox * SW + 2);
+                let mut q = [_mm256_setzero_si256(); 4];
+                for i in 0..4 {
+                    let a = $dp(bi[i], c0[i], _mm256_loadu_si256(wb.add(32 * i) as *const _));
+                    let a = $dp(a, c1[i], _mm256_loadu_si256(wb.add(128 + 32 * i) as *const _));
+                    let a = $dp(a, c2[i], _mm256_loadu_si256(wb.add(256 + 32 * i) as *const _));
+                    q[i] = round_div_zp8(_mm256_mul_ps(_mm256_cvtepi32_ps(a), sc[i]), vs, vinv, vzp);
+                }
+                let bytes = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+                _mm256_storeu_si256(o as *mut _, bytes);
+                o = o.add(g.c);
+                if SW == 1 {
+                    (c0, c1) = (c1, c2);
+                } else if ox + 1 < g.ow {
+                    (c0, c1) = (c2, col::<3>(row0, g, ox * SW + 3));
+                }
+            }
+        }
+
+        /// A row of a 5x5 depthwise convolution at stride `SW` in the [`PackedDw::five`] layout
+        /// (the AVX-512 path's `dw5_row` on 32 channels): rows 0-3 of each window column
+        /// interleaved once and shifted along the row, row 4 interleaved per output pixel as one
+        /// group of its first four columns, its last tap moved to the low byte of each lane by one
+        /// byte shuffle per vector: 7 groups of `vpdpbusd`.
+        #[inline(always)]
+        unsafe fn dw5_row<const SW: usize>(b: &Blk) {
+            let Blk { g, row0, wb, bi, sc, bf, rp, orow, valid } = *b;
+            // Vector i's lane (L, j) takes byte 4i + j of its 128-bit lane (`interleave4`'s order);
+            // bytes 1-3 of each lane select nothing (0x80: zero).
+            let spread: [__m256i; 4] = std::array::from_fn(|i| {
+                let b = 4 * i as i32;
+                _mm256_setr_epi32(
+                    b | -256,
+                    (b + 1) | -256,
+                    (b + 2) | -256,
+                    (b + 3) | -256,
+                    b | -256,
+                    (b + 1) | -256,
+                    (b + 2) | -256,
+                    (b + 3) | -256,
+                )
+            });
+            let r4 = row0.add(4 * g.dh * g.wp * g.cs);
+            let mut cols = [[_mm256_setzero_si256(); 4]; 5];
+            for (k, c) in cols.iter_mut().enumerate() {
+                *c = col::<4>(row0, g, k);
+            }
+            for ox in 0..g.ow {
+                if ox > 0 {
+                    for k in 0..5 {
+                        cols[k] = if k + SW < 5 { cols[k + SW] } else { col::<4>(row0, g, ox * SW + k) };
+                    }
+                }
+                let mut acc = *bi;
+                for (kx, c) in cols.iter().enumerate() {
+                    dp4(&mut acc, c, wb.add(kx * 128));
+                }
+                let p = r4.add(ox * SW * g.cs);
+                let mut r = [_mm256_setzero_si256(); 5];
+                for (k, v) in r.iter_mut().enumerate() {
+                    *v = _mm256_loadu_si256(p.add(k * g.cs) as *const _);
+                }
+                let h = interleave4([r[0], r[1], r[2], r[3]]);
+                dp4(&mut acc, &h, wb.add(5 * 128));
+                let last: [__m256i; 4] = std::array::from_fn(|i| _mm256_shuffle_epi8(r[4], spread[i]));
+                dp4(&mut acc, &last, wb.add(6 * 128));
+                dw_store32(&acc, sc, bf, rp, orow.add(ox * g.c), valid);
+            }
+        }
+
         /// One output row of a depthwise convolution (see the AVX-512 path's `depthwise_row`):
         /// with an 8-bit output, 32 channels at a time through `vpdpbusd` on interleaved taps,
-        /// each interleaved window column kept for the output pixels that share it (stride 1 and
-        /// 2); with an f32 output, the AVX2 kernel.
+        /// each interleaved window column kept for the output pixels that share it (3x3 and 5x5
+        /// windows and others of at most 4 rows, stride 1 and 2); with an f32 output, the AVX2
+        /// kernel.
         ///
         /// # Safety
         /// As for the band loop in `crate::int8::conv`; the CPU has this encoding's features.
@@ -355,7 +495,18 @@ macro_rules! vnni256 {
                 }
                 let row0 = xp.add((oy * g.sh) * g.wp * g.cs + c0);
                 let orow = out.0.add(oy * g.ow * g.c + c0);
-                if keep {
+                let blk = Blk { g, row0, wb, bi: &bi, sc: &sc, bf: &bf, rp, orow, valid };
+                if w.five {
+                    if g.sw == 1 {
+                        dw5_row::<1>(&blk);
+                    } else {
+                        dw5_row::<2>(&blk);
+                    }
+                } else if keep && (g.kh, g.kw, g.sw) == (3, 3, 1) {
+                    cols_row::<3, 3, 1>(&blk);
+                } else if keep && (g.kh, g.kw, g.sw) == (3, 3, 2) {
+                    cols_row::<3, 3, 2>(&blk);
+                } else if keep {
                     let mut cols = [[_mm256_setzero_si256(); 4]; 5];
                     for (k, c) in cols.iter_mut().enumerate().take(g.kw) {
                         *c = dw_col(row0, g, g.kh, k);

@@ -130,7 +130,7 @@ impl QConv {
                 _ => 0,
             };
             let by_cols = g.kh <= 4 && g.dw == 1 && g.sw <= 2;
-            let five = bw == 64 && (g.kh, g.kw, g.dw) == (5, 5, 1) && g.sw <= 2;
+            let five = bw > 0 && (g.kh, g.kw, g.dw) == (5, 5, 1) && g.sw <= 2;
             let groups = if by_cols { g.kw } else { taps.div_ceil(4) };
             // group and byte of tap t (`five`: the 5 columns' rows 0-3, row 4's columns 0-3, tap (4, 4))
             let slot = |t: usize| match (by_cols, five, t / g.kw, t % g.kw) {

@@ -106,7 +106,7 @@ pub struct PackedDw {
     /// interleaved input column serves every output pixel that reads it; otherwise groups are 4
     /// consecutive taps.
     pub by_cols: bool,
-    /// A 5x5 window on 64-channel blocks (stride 1 or 2, no column dilation): groups 0-4 are
+    /// A 5x5 window on 64- or 32-channel blocks (stride 1 or 2, no column dilation): groups 0-4 are
     /// the window columns' rows 0-3 (kept across output pixels as with `by_cols`), group 5 row 4's
     /// columns 0-3, group 6 tap (4, 4) alone in byte 0.
     pub five: bool,
