@@ -425,11 +425,12 @@ fn stem_runs_as_space_to_depth() {
         let qc = QConv::new(isa, g.clone(), &weights(64 * 3 * 49, 1), 7, requant(64, 2, false));
         assert_eq!(qc.kernel_name(), "int8 space-to-depth gemm", "{}", isa.name());
     }
-    // The 3x3 stride-2 stem of MobileNets: space to depth on AVX-512 VNNI, im2col elsewhere.
+    // The 3x3 stride-2 stem of MobileNets: space to depth on the VNNI paths, im2col elsewhere.
     let g3 = ConvGeom { kh: 3, kw: 3, pt: 1, pl: 1, c_out: 32, ..g };
     for isa in Isa::all_supported() {
         let qc = QConv::new(isa, g3.clone(), &weights(32 * 3 * 9, 1), 7, requant(32, 2, false));
-        let want = if isa == Isa::Avx512Vnni { "int8 space-to-depth gemm" } else { "int8 im2col+gemm" };
+        let want =
+            if matches!(isa, Isa::Avx512Vnni | Isa::AvxVnni) { "int8 space-to-depth gemm" } else { "int8 im2col+gemm" };
         assert_eq!(qc.kernel_name(), want, "{}", isa.name());
     }
 }

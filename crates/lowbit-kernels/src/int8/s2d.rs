@@ -20,12 +20,14 @@ pub(crate) struct S2d {
 impl S2d {
     /// The layout for `g` when space to depth applies: one group, stride 2, no dilation, at most
     /// 4 input channels (a block's 4·c_in ≤ 16 bytes) and a window of at least 5, or of 3 on the
-    /// AVX-512 VNNI path. A 3x3 window becomes 2x2 blocks, 48 bytes of reduction for 27, which
-    /// AVX2 pays for as much as it saves on im2col (CenterFace's 3x3 stem 3.5-3.8 ms either way),
-    /// while VNNI's stem gets 30% faster (1.9-2.8 -> 1.3-1.5 ms; MobileNetV2's 0.29-0.33 -> 0.21-0.24
-    /// ms, EPYC, alternating runs). AMX keeps im2col there: not measured (no AMX on that machine).
+    /// VNNI paths. A 3x3 window becomes 2x2 blocks, 48 bytes of reduction for 27, which AVX2 pays
+    /// for as much as it saves on im2col (CenterFace's 3x3 stem 3.5-3.8 ms either way), while
+    /// VNNI's stem gets 30% faster (1.9-2.8 -> 1.3-1.5 ms; MobileNetV2's 0.29-0.33 -> 0.21-0.24 ms,
+    /// EPYC, alternating runs); the 256-bit VNNI path's 1.79 -> 1.05 ms (1.37 with the blocks
+    /// copied one by one, as on CPUs without VBMI; EPYC Zen 4). AMX keeps im2col there: not
+    /// measured (no AMX on that machine).
     pub(crate) fn fits(isa: Isa, g: &ConvGeom) -> Option<S2d> {
-        let min = if isa == Isa::Avx512Vnni { 3 } else { 5 };
+        let min = if matches!(isa, Isa::Avx512Vnni | Isa::AvxVnni) { 3 } else { 5 };
         if g.group != 1 || g.sh != 2 || g.sw != 2 || g.dh != 1 || g.dw != 1 || g.c_in > 4 || g.kh < min || g.kw < min {
             return None;
         }
