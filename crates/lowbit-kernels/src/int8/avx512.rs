@@ -25,6 +25,20 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
         Out::Q { qmin: 0, qmax: 255, .. } if rq.bias_f.is_empty() => 1 + !rq.unclamped as u8,
         _ => 0,
     };
+    if t.rows <= 2 {
+        // A fully connected layer at batch 1 (or 2): the row tiles below would compute 6 to 16
+        // copies of its one row.
+        return match (t.rows, t.jn.div_ceil(16)) {
+            (1, 4) => by_epi::<1, 4>(epi, t, a, src, b, rq, out),
+            (1, 3) => by_epi::<1, 3>(epi, t, a, src, b, rq, out),
+            (1, 2) => by_epi::<1, 2>(epi, t, a, src, b, rq, out),
+            (1, _) => by_epi::<1, 1>(epi, t, a, src, b, rq, out),
+            (_, 4) => by_epi::<2, 4>(epi, t, a, src, b, rq, out),
+            (_, 3) => by_epi::<2, 3>(epi, t, a, src, b, rq, out),
+            (_, 2) => by_epi::<2, 2>(epi, t, a, src, b, rq, out),
+            _ => by_epi::<2, 1>(epi, t, a, src, b, rq, out),
+        };
+    }
     match t.jn.div_ceil(16) {
         4 => by_epi::<6, 4>(epi, t, a, src, b, rq, out),
         3 => by_epi::<8, 3>(epi, t, a, src, b, rq, out),
