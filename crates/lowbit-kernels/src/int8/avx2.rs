@@ -88,10 +88,11 @@ pub(crate) unsafe fn quantize8(y: __m256, scale: f32, inv: f32, zp: i32, qmin: i
 
 /// The epilogue of a micro-tile ([`store8`]'s arithmetic; rows `..mr` stored), stage by stage over
 /// the whole tile (see the AVX-512 `store_tile`): the requantization of a vector is a chain of
-/// dependent operations that, row by row, left the out-of-order window waiting.
+/// dependent operations that, row by row, left the out-of-order window waiting. `BIASED`: the
+/// accumulators started at the integer bias (otherwise it is added here).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn store_tile<const MR: usize, const NV: usize>(
+unsafe fn store_tile<const MR: usize, const NV: usize, const BIASED: bool>(
     acc: &[[__m256i; NV]; MR],
     mr: usize,
     j0: usize,
@@ -104,10 +105,16 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(
     let mut y = [[_mm256_setzero_ps(); NV]; MR];
     for v in 0..NV {
         let c = j0 + 8 * v;
-        let bi = _mm256_loadu_si256(rq.bias_i.as_ptr().add(c) as *const _);
         let s = _mm256_loadu_ps(rq.scale.as_ptr().add(c));
-        for r in 0..MR {
-            y[r][v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[r][v], bi)), s);
+        if BIASED {
+            for r in 0..MR {
+                y[r][v] = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][v]), s);
+            }
+        } else {
+            let bi = _mm256_loadu_si256(rq.bias_i.as_ptr().add(c) as *const _);
+            for r in 0..MR {
+                y[r][v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[r][v], bi)), s);
+            }
         }
         if !rq.bias_f.is_empty() {
             let bf = _mm256_loadu_ps(rq.bias_f.as_ptr().add(c));
@@ -146,10 +153,19 @@ unsafe fn store_tile<const MR: usize, const NV: usize>(
                 q[r][v] = round_div_zp8(y[r][v], vs, vinv, vzp);
             }
         }
+        // 32 channels: both packs' 32-bit pieces come out as channels 0-3, 8-11, 16-19, 24-27
+        // (low lane) and 4-7, 12-15, 20-23, 28-31 (high lane); one dword permute restores the order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for (r, row) in q.iter().enumerate().take(mr) {
             let Some(orow) = t.map.out_row(t.i0 + i + r) else { continue };
             let o = out.0.add(orow * t.ldc);
             let mut v = 0;
+            while v + 4 <= NV && cols >= v * 8 + 32 {
+                let (a, b) = (_mm256_packs_epi32(row[v], row[v + 1]), _mm256_packs_epi32(row[v + 2], row[v + 3]));
+                let bytes = if signed { _mm256_packs_epi16(a, b) } else { _mm256_packus_epi16(a, b) };
+                _mm256_storeu_si256(o.add(j0 + v * 8) as *mut _, _mm256_permutevar8x32_epi32(bytes, order));
+                v += 4;
+            }
             while v < NV {
                 let j = j0 + v * 8;
                 // Signed 32->16 saturation (of one vector, or two with their 64-bit pieces put back in
@@ -301,7 +317,10 @@ unsafe fn micro<const MR: usize, const NV: usize>(
         let kp_n = k / 2;
         // Rows past `mr` repeat the last valid one (their sums are computed and dropped).
         let ap: [*const u32; MR] = std::array::from_fn(|r| wa.add(r.min(mr - 1) * kp_n));
-        let mut acc = [[_mm256_setzero_si256(); NV]; MR];
+        // Accumulators start at the integer bias (`store_tile` then does not add it).
+        let bias: [__m256i; NV] =
+            std::array::from_fn(|v| _mm256_loadu_si256(rq.bias_i.as_ptr().add(j0 + 8 * v) as *const _));
+        let mut acc = [bias; MR];
         let stride = b.n_pad * 2;
         let mut bq = b.pairs.as_ptr().add(j0 * 2);
         for kp in 0..kp_n {
@@ -316,7 +335,7 @@ unsafe fn micro<const MR: usize, const NV: usize>(
             }
             bq = bq.add(stride);
         }
-        store_tile(&acc, mr, j0, cols, rq, out, t, i + r0);
+        store_tile::<MR, NV, true>(&acc, mr, j0, cols, rq, out, t, i + r0);
         r0 += MR;
     }
 }
@@ -359,7 +378,7 @@ pub unsafe fn depthwise_row(g: &DwGeom, x: &[u8], w: &PackedDw, rq: &Requant, ou
             // The GEMM's staged epilogue, the block's pixels as rows and its 16 channels as columns
             // (a 3x3 window's nine products per output cost less than their requantization).
             let t = Tile { rows: DW_NX, i0: oy * g.ow + ox, map: RowMap::Linear, j0: c, jn: 16, ldc: g.c };
-            store_tile::<DW_NX, 2>(&acc, DW_NX, c, 16, rq, out, &t, 0);
+            store_tile::<DW_NX, 2, false>(&acc, DW_NX, c, 16, rq, out, &t, 0);
             ox += DW_NX;
         }
         while ox < g.ow {
