@@ -85,7 +85,9 @@ def main():
         models += [(m, os.path.join(tmp, m + "-ort-qdq.onnx"), [1, 3, 224, 224]) for m in DEFAULT]
     for spec in a.model:
         path, shape = spec.rsplit(":", 1)
-        models.append((os.path.basename(os.path.dirname(path)) or path, path, [int(v) for v in shape.split("x")]))
+        # The folder and the file (bench/realworld_quant.py leaves several files of one model in its folder).
+        name = os.path.join(os.path.basename(os.path.dirname(path)), os.path.splitext(os.path.basename(path))[0])
+        models.append((name, path, [int(v) for v in shape.split("x")]))
     rows = []
     for mask in a.masks.split(","):
         for name, path, shape in models:
