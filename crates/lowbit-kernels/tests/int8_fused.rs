@@ -94,12 +94,17 @@ proptest! {
 }
 
 /// Planes large enough for many bands per thread (the rows two bands share are moved, not
-/// recomputed), and a layer the fuse must refuse (an int8 expansion output).
+/// recomputed), planes small enough to be expanded whole before the depthwise rows on two threads
+/// (EfficientNet-Lite0's 5x5 blocks at 14x14 and 7x7), and a layer the fuse must refuse (an int8
+/// expansion output).
 #[test]
 fn fused_over_many_bands_and_refusals() {
     case(16, 96, 112, 112, 3, 2, 7, 3, false, 1);
     case(24, 144, 96, 80, 3, 1, 128, 0, false, 2);
     case(40, 240, 60, 60, 5, 1, 0, 255, false, 3);
+    case(112, 672, 14, 14, 5, 1, 3, 250, false, 4);
+    case(192, 1152, 7, 7, 5, 1, 255, 0, false, 5);
+    case(96, 576, 14, 14, 3, 2, 0, 17, false, 6);
     let g = pointwise(8, 8, 4, 4);
     let gd = ConvGeom { kh: 3, kw: 3, pt: 1, pl: 1, group: 8, ..g.clone() };
     let mut r = stream(9);
