@@ -67,7 +67,8 @@ pub(crate) type Fill<'a> = dyn Fn(usize, &mut [u8]) + Sync + 'a;
 /// A depthwise convolution in bands of output rows, bands on the pool when `threads > 1`. With
 /// `carry`, each thread takes a contiguous run of bands and moves the rows two neighbouring bands
 /// share (the window's overlap) instead of filling them again, which matters when filling computes
-/// them.
+/// them; and on several threads a plane whose padded rows fit [`WHOLE_BYTES`] is filled whole first
+/// (no row filled twice), then its output rows computed.
 ///
 /// # Safety
 /// `out` holds `oh * ow * c` outputs of the requantization's type; the path is supported by the CPU.
@@ -86,6 +87,29 @@ pub(crate) unsafe fn run_bands(
     let kern = kernels(w.isa);
     let row_bytes = dg.wp * dg.cs;
     let span = (g.kh - 1) * g.dh + 1;
+    let hp = (g.oh - 1) * g.sh + span;
+    if carry && threads > 1 && hp * row_bytes <= WHOLE_BYTES && g.oh * g.ow * g.c_out >= 1 << 14 {
+        // Two phases on the pool: every padded row filled once (rows split over the threads),
+        // then every output row computed from them (split again).
+        BAND.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            // 64 spare bytes: the AVX-512 kernels read whole 64-channel blocks past the last pixel.
+            let need = hp * row_bytes + 64;
+            if buf.len() < need {
+                buf.resize(need, 0);
+            }
+            let per = hp.div_ceil(threads);
+            buf[..hp * row_bytes].par_chunks_mut(per * row_bytes).enumerate().for_each(|(i, rows)| fill(i * per, rows));
+            let x: &[u8] = &buf;
+            let per = g.oh.div_ceil(threads);
+            (0..g.oh.div_ceil(per)).into_par_iter().for_each(|k| {
+                for oy in k * per..((k + 1) * per).min(g.oh) {
+                    (kern.depthwise_row)(dg, x, w, rq, out, oy);
+                }
+            });
+        });
+        return;
+    }
     let mut band = ((DW_BAND_BYTES / row_bytes.max(1)).saturating_sub(span) / g.sh + 1).clamp(1, g.oh.max(1));
     if threads > 1 {
         // At least two bands per thread so the pool has work to balance.
@@ -134,50 +158,12 @@ pub(crate) unsafe fn run_bands(
     }
 }
 
-/// Bytes of padded input rows up to which a fused expansion + depthwise convolution on more than
-/// one thread runs [`run_whole`] instead of [`run_bands`]: planes this small (MobileNets' 14x14 and
+/// Bytes of padded input rows up to which [`run_bands`] with `carry` (a fused expansion + depthwise
+/// convolution) on more than one thread fills the whole plane first instead of running bands: planes this small (MobileNets' 14x14 and
 /// 7x7 blocks) give each thread's run of bands so few rows that their windows' overlap makes the
 /// threads compute much of the expansion twice (a 5x5 window on 7 rows over 2 threads: 15 rows of
 /// expansion for 11), and the whole expanded plane stays in L2 anyway.
-pub(crate) const WHOLE_BYTES: usize = 256 << 10;
-
-/// [`run_bands`] in two phases on the pool: every padded input row filled (rows split over the
-/// threads), then every output row computed from them (rows split again). No row is filled twice.
-///
-/// # Safety
-/// As for [`run_bands`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn run_whole(
-    g: &ConvGeom,
-    dg: &DwGeom,
-    w: &PackedDw,
-    rq: &Requant,
-    out: OutPtr,
-    threads: usize,
-    fill: &Fill,
-) {
-    trace::int8(w.isa);
-    let kern = kernels(w.isa);
-    let row_bytes = dg.wp * dg.cs;
-    let hp = (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1;
-    BAND.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        // 64 spare bytes: the AVX-512 kernels read whole 64-channel blocks past the last pixel.
-        let need = hp * row_bytes + 64;
-        if buf.len() < need {
-            buf.resize(need, 0);
-        }
-        let per = hp.div_ceil(threads);
-        buf[..hp * row_bytes].par_chunks_mut(per * row_bytes).enumerate().for_each(|(i, rows)| fill(i * per, rows));
-        let x: &[u8] = &buf;
-        let per = g.oh.div_ceil(threads);
-        (0..g.oh.div_ceil(per)).into_par_iter().for_each(|k| {
-            for oy in k * per..((k + 1) * per).min(g.oh) {
-                (kern.depthwise_row)(dg, x, w, rq, out, oy);
-            }
-        });
-    });
-}
+const WHOLE_BYTES: usize = 256 << 10;
 
 /// A depthwise convolution of the NHWC image `x`, each band's rows padded from it.
 ///

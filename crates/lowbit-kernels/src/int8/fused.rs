@@ -5,7 +5,7 @@
 //! outputs are bit-exact with running the two convolutions one after the other.
 
 use crate::epilogue::{Out, OutPtr};
-use crate::int8::bands::{run_bands, run_whole, WHOLE_BYTES};
+use crate::int8::bands::run_bands;
 use crate::int8::conv::QConv;
 use crate::int8::gemm::gemm;
 
@@ -95,11 +95,6 @@ impl QExpandDw {
                 }
             }
         };
-        let hp = (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1;
-        if threads > 1 && hp * row_bytes <= WHOLE_BYTES && g.oh * g.ow * g.c_out >= 1 << 14 {
-            run_whole(g, &dg, w, rq, out, threads, &fill);
-        } else {
-            run_bands(g, &dg, w, rq, out, threads, true, &fill);
-        }
+        run_bands(g, &dg, w, rq, out, threads, true, &fill);
     }
 }
