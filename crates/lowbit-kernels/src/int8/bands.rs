@@ -159,10 +159,11 @@ pub(crate) unsafe fn run_bands(
 }
 
 /// Bytes of padded input rows up to which [`run_bands`] with `carry` (a fused expansion + depthwise
-/// convolution) on more than one thread fills the whole plane first instead of running bands: planes this small (MobileNets' 14x14 and
-/// 7x7 blocks) give each thread's run of bands so few rows that their windows' overlap makes the
-/// threads compute much of the expansion twice (a 5x5 window on 7 rows over 2 threads: 15 rows of
-/// expansion for 11), and the whole expanded plane stays in L2 anyway.
+/// convolution) on more than one thread fills the whole plane first instead of running bands:
+/// planes this small (MobileNets' 14x14 and 7x7 blocks) give each thread's run of bands so few rows
+/// that their windows' overlap makes the threads compute much of the expansion twice (a 5x5 window
+/// on 7 rows over 2 threads: 15 rows of expansion for 11), and the whole expanded plane stays in L2
+/// anyway.
 const WHOLE_BYTES: usize = 256 << 10;
 
 /// A depthwise convolution of the NHWC image `x`, each band's rows padded from it.
