@@ -516,3 +516,29 @@ proptest! {
         }
     }
 }
+
+/// Concatenation along channels with one input requantized through a byte table (the 256-bit paths
+/// look the bytes up with AVX2, AVX-512 with VBMI), rows whose lengths are off every vector width.
+#[test]
+fn concat_paths_match_definition() {
+    let (outer, inners) = (3usize, [37usize, 70, 5]);
+    let total: usize = inners.iter().sum();
+    let (a, b, c) = (bytes(outer * 37, 1), bytes(outer * 70, 2), bytes(outer * 5, 3));
+    let (ta, tc): ([u8; 256], [u8; 256]) = (bytes(256, 4).try_into().unwrap(), bytes(256, 5).try_into().unwrap());
+    let mut want = vec![0u8; outer * total];
+    for o in 0..outer {
+        let row = &mut want[o * total..(o + 1) * total];
+        for i in 0..37 {
+            row[i] = ta[a[o * 37 + i] as usize];
+        }
+        row[37..107].copy_from_slice(&b[o * 70..(o + 1) * 70]);
+        for i in 0..5 {
+            row[107 + i] = tc[c[o * 5 + i] as usize];
+        }
+    }
+    for isa in Isa::all_supported() {
+        let mut got = vec![0u8; outer * total];
+        int8::moves::concat(isa, &[(&a, Some(&ta)), (&b, None), (&c, Some(&tc))], outer, &inners, &mut got);
+        assert_eq!(got, want, "{}", isa.name());
+    }
+}

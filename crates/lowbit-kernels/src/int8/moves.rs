@@ -3,7 +3,7 @@
 //! Each follows the arithmetic of its QDQ pattern (DequantizeLinear → op → QuantizeLinear) exactly.
 
 #[cfg(target_arch = "x86_64")]
-use crate::int8::ops::{lut_rows_vbmi, vbmi};
+use crate::int8::ops::{lut_avx2, lut_rows_vbmi, vbmi};
 use crate::int8::ops::{lut_scalar, QParams};
 use crate::isa::{trace, Isa};
 use crate::resample::Taps;
@@ -123,6 +123,14 @@ fn lut_rows(isa: Isa, x: &[u8], w: usize, table: &[u8; 256], out: &mut [u8], str
             assert!(x.len() >= rows * w && (rows == 0 || out.len() >= (rows - 1) * stride + at + w));
             return lut_rows_vbmi(x, w, table, out, stride, at, rows);
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::AvxVnni) {
+        for r in 0..rows {
+            // SAFETY: the 256-bit paths run only where the CPU has AVX2; the slices are of equal length.
+            unsafe { lut_avx2(&x[r * w..(r + 1) * w], table, &mut out[r * stride + at..r * stride + at + w]) };
+        }
+        return;
     }
     let _ = isa;
     for r in 0..rows {
