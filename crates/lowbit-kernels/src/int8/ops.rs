@@ -510,49 +510,36 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_lookup_equals_scalar() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
-            eprintln!("no AVX2 on this CPU: the AVX2 lookup is not tested here");
-            return;
+    fn vector_lookups_equal_scalar() {
+        // Each vector lookup this CPU has, with the lengths around its step (ragged tails, empty, several blocks).
+        type Lookup = unsafe fn(&[u8], &[u8; 256], &mut [u8]);
+        let mut lookups: Vec<(&str, Lookup, usize)> = vec![];
+        if std::arch::is_x86_feature_detected!("avx2") {
+            lookups.push(("avx2", lut_avx2, 32));
         }
-        // Random tables and lengths around the 32-byte step (ragged tails, empty, several blocks), every byte value.
-        for (seed, len) in [(1, 0), (2, 1), (3, 31), (4, 32), (5, 33), (6, 255), (7, 256), (8, 1000), (9, 4097)] {
-            let table: [u8; 256] = bytes(256, seed).try_into().unwrap();
-            let mut x = bytes(len, seed + 100);
-            for (i, v) in x.iter_mut().enumerate().take(256) {
-                *v = i as u8;
+        if vbmi() {
+            lookups.push(("vbmi", lut_vbmi, 64));
+        }
+        if lookups.len() < 2 {
+            eprintln!("this CPU lacks AVX2 or AVX-512 VBMI: only {} lookup(s) tested here", lookups.len());
+        }
+        for (name, look, step) in lookups {
+            let lens = [0, 1, step - 1, step, step + 1, 255, 256, 1000, 4097];
+            for (seed, len) in lens.into_iter().enumerate() {
+                let table: [u8; 256] = bytes(256, seed as u32 + 1).try_into().unwrap();
+                // Every byte value, then random ones.
+                let mut x = bytes(len, seed as u32 + 101);
+                for (i, v) in x.iter_mut().enumerate().take(256) {
+                    *v = i as u8;
+                }
+                let (mut a, mut b) = (vec![0u8; len + 7], vec![0u8; len + 7]);
+                lut_scalar(&x, &table, &mut a);
+                // SAFETY: only the lookups this CPU has are listed.
+                unsafe { look(&x, &table, &mut b) };
+                assert_eq!(a, b, "{name}, length {len}");
+                // Bytes past the input are not written.
+                assert!(b[len..].iter().all(|&v| v == 0), "{name}, length {len}");
             }
-            let (mut a, mut b) = (vec![0u8; len + 7], vec![0u8; len + 7]);
-            lut_scalar(&x, &table, &mut a);
-            // SAFETY: checked above that the CPU has AVX2.
-            unsafe { lut_avx2(&x, &table, &mut b) };
-            assert_eq!(a, b, "length {len}");
-            // Bytes past the input are not written.
-            assert!(b[len..].iter().all(|&v| v == 0));
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn vbmi_lookup_equals_scalar() {
-        if !vbmi() {
-            eprintln!("no AVX-512 VBMI on this CPU: the VBMI lookup is not tested here");
-            return;
-        }
-        // Random tables and lengths around the 64-byte step (ragged tails, empty, several blocks), every byte value.
-        for (seed, len) in [(1, 0), (2, 1), (3, 63), (4, 64), (5, 65), (6, 255), (7, 256), (8, 1000), (9, 4097)] {
-            let table: [u8; 256] = bytes(256, seed).try_into().unwrap();
-            let mut x = bytes(len, seed + 100);
-            for (i, v) in x.iter_mut().enumerate().take(256) {
-                *v = i as u8;
-            }
-            let (mut a, mut b) = (vec![0u8; len + 7], vec![0u8; len + 7]);
-            lut_scalar(&x, &table, &mut a);
-            // SAFETY: checked above that the CPU has VBMI.
-            unsafe { lut_vbmi(&x, &table, &mut b) };
-            assert_eq!(a, b, "length {len}");
-            // Bytes past the input are not written.
-            assert!(b[len..].iter().all(|&v| v == 0));
         }
     }
 
