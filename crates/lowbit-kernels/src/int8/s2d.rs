@@ -187,10 +187,11 @@ unsafe fn interleave_ssse3(r0: &[u8], r1: &[u8], run: usize, s0: usize, dst: &mu
                 (1, b * run + j - run)
             }
         };
+        let mut seen = [false; 2];
         for p in 16 * k..16 * k + 16 {
             let (r, at) = from(p);
-            if idx[k][r].iter().all(|&v| v == 0x80) {
-                win[k][r] = at;
+            if !seen[r] {
+                (seen[r], win[k][r]) = (true, at);
             }
             idx[k][r][p - 16 * k] = (at - win[k][r]) as u8;
         }
