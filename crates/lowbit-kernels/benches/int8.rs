@@ -33,6 +33,8 @@ fn main() {
         ("resnet18 layer3 3x3", 196, 256, 2304),
         ("resnet18 layer4 3x3", 49, 512, 4608),
         ("mobilenetv2 expand 1x1 56x56", 3136, 144, 24),
+        ("mobilenetv2 expand 1x1 14x14", 196, 576, 96),
+        ("mobilenetv2 expand 1x1 28x28", 784, 192, 32),
         ("centerface expand 1x1 240x320", 76800, 96, 16),
         ("centerface project 1x1 240x320", 76800, 16, 32),
         ("mobilenetv2 project 1x1 14x14", 196, 96, 576),

@@ -548,12 +548,13 @@ pub(crate) fn pack_planes(isa: Isa, planes: &[u8], o: usize, pix: usize) -> Pack
         .map(|j| planes[j * pix..(j + 1) * pix].iter().map(|&v| v as i32).sum::<i32>() - 128 * pix as i32)
         .collect();
     if isa == Isa::Avx2 {
-        // `[k4/2][n_pad][2]`: each plane's pixel pairs.
-        let mut pairs = vec![0i8; k4 * n_pad];
+        // Each plane's pixel pairs, in the paneled pair layout.
+        use lowbit_kernels::int8::pack::{pair_index, pairs_len};
+        let mut pairs = vec![0i8; pairs_len(k4, o)];
         for j in 0..o {
             let plane = &planes[j * pix..(j + 1) * pix];
             for (kk, &v) in plane.iter().enumerate() {
-                pairs[(kk / 2) * n_pad * 2 + j * 2 + kk % 2] = (v ^ 0x80) as i8;
+                pairs[pair_index(k4, kk, j)] = (v ^ 0x80) as i8;
             }
         }
         return PackedB { isa, k4, kp: k4, n: o, n_pad, quad: lowbit_kernels::aligned::Aligned::new(), pairs, colsum };

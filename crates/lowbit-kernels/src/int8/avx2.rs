@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use crate::epilogue::{Out, OutPtr, Requant};
 use crate::geom::DwGeom;
-use crate::int8::pack::{PackedB, PackedDw};
+use crate::int8::pack::{pair_index, PackedB, PackedDw, PAIR_PANEL};
 use crate::int8::scalar::depthwise_cols;
 use crate::int8::tile::{ASrc, Kernels, RowMap, Tile};
 
@@ -214,14 +214,23 @@ thread_local! {
     static WIDE: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Reductions at least this long run on 6 × 16 micro-tiles (see [`gemm_tile`]).
+const DEEP_K: usize = 64;
+
 /// One GEMM task (see [`crate::int8::gemm::gemm_ex`]). A block of rows is first widened to u16
 /// (each pair of reduction bytes then feeds `vpmaddwd` from one `vpbroadcastd` load instead of two
-/// byte loads, a shift, an or and a move), then every 32-column block of the task runs over it with
-/// a micro-kernel shaped for the block's width: 2 rows × 32 columns, 3 × 24, 6 × 16 or 12 × 8, so
-/// that the accumulators, the block's sign-extended weights, the broadcast and the product fit the
-/// 16 vector registers. (3 × 32 and 4 × 24 needed 17: LLVM kept some accumulators on the stack and
-/// rotated the rest through 20 register moves per step; MobileNetV2 on the AVX2 path, AMD EPYC
-/// Zen 5, `lowbit bench`: 6.32-6.39 -> 5.42-5.43 ms.)
+/// byte loads, a shift, an or and a move), then every column block of the task runs over it on a
+/// micro-kernel whose accumulators, sign-extended weight vectors, broadcast and product fit the 16
+/// vector registers. Reductions of [`DEEP_K`] or more take 16 columns at a time on 6 × 16 tiles
+/// (12 × 8 for a last 8 columns): each weight vector is sign-extended (`vpmovsxbw`, which shares
+/// ports with `vpmaddwd` on AMD Zen 4) once per 6 products instead of once per 2 on a 2 × 32
+/// tile. A register-only loop of `vpmaddwd` ran at 93 GMAC/s on one Zen 4 core, 73 with one
+/// `vpmovsxbw` per two; `cargo bench -p lowbit-kernels --bench int8`: ResNet-18's 3x3 GEMMs
+/// 70-72 -> 80-83 GMAC/s, MobileNetV2's 14x14 expansion (K = 96) 62 -> 67. Shorter reductions,
+/// where the epilogue outweighs the products, keep 32-column blocks (2 × 32, 3 × 24, 6 × 16 or
+/// 12 × 8), whose epilogue packs 32 channels per store: K = 32 50.6 against 48.5 GMAC/s, K = 16
+/// 36.0 against 32.9. (3 × 32 and 4 × 24 needed 17 registers: LLVM kept accumulators on the
+/// stack.)
 ///
 /// # Safety
 /// As for [`crate::int8::gemm::gemm_ex`]; the CPU has AVX2 and FMA.
@@ -241,8 +250,15 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
             let mut j = t.j0;
             // One or two rows (a fully connected layer at batch 1): one row per micro-tile (not a
             // tile of repeated rows whose sums are dropped) over up to 64 columns, so each pass
-            // over B reads whole cache lines of it.
-            let step = if rows <= 2 { 64 } else { 32 };
+            // over B reads whole cache lines of it. More rows: 16 columns at a time, 6 rows deep.
+            let deep = k >= DEEP_K;
+            let step = if rows <= 2 {
+                64
+            } else if deep {
+                16
+            } else {
+                32
+            };
             while j < t.j0 + t.jn {
                 let cols = (t.j0 + t.jn - j).min(step);
                 match (rows <= 2, cols.div_ceil(8)) {
@@ -254,8 +270,8 @@ pub unsafe fn gemm_tile(t: &Tile, a: *const u8, src: &ASrc, b: &PackedB, rq: &Re
                     (true, 3) => micro::<1, 3>(rows, wa, k, b, j, cols, rq, out, t, i),
                     (true, 2) => micro::<1, 2>(rows, wa, k, b, j, cols, rq, out, t, i),
                     (true, _) => micro::<1, 1>(rows, wa, k, b, j, cols, rq, out, t, i),
-                    (false, 4) => micro::<2, 4>(rows, wa, k, b, j, cols, rq, out, t, i),
-                    (false, 3) => micro::<3, 3>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (false, 4) if !deep => micro::<2, 4>(rows, wa, k, b, j, cols, rq, out, t, i),
+                    (false, 3) if !deep => micro::<3, 3>(rows, wa, k, b, j, cols, rq, out, t, i),
                     (false, 2) => micro::<6, 2>(rows, wa, k, b, j, cols, rq, out, t, i),
                     (false, _) => micro::<12, 1>(rows, wa, k, b, j, cols, rq, out, t, i),
                 }
@@ -321,19 +337,22 @@ unsafe fn micro<const MR: usize, const NV: usize>(
         let bias: [__m256i; NV] =
             std::array::from_fn(|v| _mm256_loadu_si256(rq.bias_i.as_ptr().add(j0 + 8 * v) as *const _));
         let mut acc = [bias; MR];
-        let stride = b.n_pad * 2;
-        let mut bq = b.pairs.as_ptr().add(j0 * 2);
+        // Each vector's 8 columns lie in one pair panel (`j0` is a multiple of 8); every panel
+        // steps one line per pair of reduction rows. Columns past n_pad are never loaded:
+        // j0 + 8·NV ≤ n_pad.
+        debug_assert!(j0 % 8 == 0);
+        let off: [usize; NV] = std::array::from_fn(|v| pair_index(b.k4, 0, j0 + 8 * v));
+        let mut bq = b.pairs.as_ptr();
         for kp in 0..kp_n {
-            // Columns past n_pad are never loaded: j0 + 8·NV ≤ n_pad.
             let bv: [__m256i; NV] =
-                std::array::from_fn(|v| _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(v * 16) as *const _)));
+                std::array::from_fn(|v| _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(off[v]) as *const _)));
             for r in 0..MR {
                 let av = _mm256_set1_epi32(*ap[r].add(kp) as i32);
                 for v in 0..NV {
                     acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, bv[v]));
                 }
             }
-            bq = bq.add(stride);
+            bq = bq.add(2 * PAIR_PANEL);
         }
         store_tile::<MR, NV, true>(&acc, mr, j0, cols, rq, out, t, i + r0);
         r0 += MR;

@@ -8,6 +8,10 @@ use crate::isa::Isa;
 /// Columns per panel (one task of the GEMM).
 pub const PANEL: usize = 64;
 
+/// Columns per panel of [`PackedB::pairs`]: one 64-byte cache line per pair of reduction rows, so
+/// a 32-column AVX2 tile streams its weights line after line.
+pub const PAIR_PANEL: usize = 32;
+
 /// GEMM right-hand side (weights, K × N) packed once for a path.
 #[derive(Clone, Debug)]
 pub struct PackedB {
@@ -23,8 +27,12 @@ pub struct PackedB {
     /// VNNI quads, panel by panel: for each panel of [`PANEL`] columns, `[k4/4][width][4]`, so
     /// the GEMM streams one contiguous block per panel (scalar and AVX-512 read this).
     pub quad: Aligned<i8>,
-    /// `[k4/2][n_pad][2]`: pairs of reduction rows per column (AVX2 reads this, sign-extending
-    /// 16 bytes to 16 i16 lanes per load, so the weights stay one byte each in memory).
+    /// Pairs of reduction rows per column, panel by panel: for each panel of [`PAIR_PANEL`]
+    /// columns (N padded to a multiple of it), `[k4/2][PAIR_PANEL][2]` ([`pair_index`]). AVX2
+    /// reads this, sign-extending 16 bytes to 16 i16 lanes per load, so the weights stay one byte
+    /// each in memory. (One `[k4/2][n_pad][2]` block put a K-long column panel at a stride of
+    /// `2·n_pad` bytes: at N = 512 a 1 KB stride, whose lines fall in 1/16 of the cache sets,
+    /// so ResNet-18's layer-4 panels could not stay in L2 and its GEMM ran at 40% of peak.)
     pub pairs: Vec<i8>,
     /// Σ_k w[k][j] per column (for the activation zero-point correction).
     pub colsum: Vec<i32>,
@@ -50,10 +58,10 @@ impl PackedB {
         }
         let mut pairs = vec![];
         if isa == Isa::Avx2 {
-            pairs = vec![0i8; k4 * n_pad];
+            pairs = vec![0i8; pairs_len(k4, n)];
             for kk in 0..k {
                 for j in 0..n {
-                    pairs[(kk / 2) * n_pad * 2 + j * 2 + kk % 2] = w(kk, j);
+                    pairs[pair_index(k4, kk, j)] = w(kk, j);
                 }
             }
             quad = Aligned::new();
@@ -73,6 +81,17 @@ pub(crate) fn quad_index(kp: usize, n_pad: usize, k: usize, j: usize) -> usize {
     let (p, jj) = (j / PANEL, j % PANEL);
     let width = PANEL.min(n_pad - p * PANEL);
     p * PANEL * kp + (k / 4) * width * 4 + jj * 4 + k % 4
+}
+
+/// Bytes of [`PackedB::pairs`] for `k4` reduction rows and `n` columns.
+pub fn pairs_len(k4: usize, n: usize) -> usize {
+    k4 * n.div_ceil(PAIR_PANEL) * PAIR_PANEL
+}
+
+/// Where weight `(k, j)` lives in [`PackedB::pairs`] (`k4`: [`PackedB::k4`]).
+#[inline(always)]
+pub fn pair_index(k4: usize, k: usize, j: usize) -> usize {
+    (j / PAIR_PANEL) * PAIR_PANEL * k4 + (k / 2) * PAIR_PANEL * 2 + (j % PAIR_PANEL) * 2 + k % 2
 }
 
 /// The packed weights of the panel after the one at column `j0` (empty after the last).

@@ -44,7 +44,7 @@ impl PackedB {
     pub(crate) fn quad_or_pairs(&self) -> impl Fn(usize, usize) -> i32 + '_ {
         move |k, j| {
             if self.quad.is_empty() {
-                self.pairs[(k / 2) * self.n_pad * 2 + j * 2 + k % 2] as i32
+                self.pairs[crate::int8::pack::pair_index(self.k4, k, j)] as i32
             } else {
                 self.quad[crate::int8::pack::quad_index(self.kp, self.n_pad, k, j)] as i32
             }
