@@ -78,7 +78,8 @@ unsafe fn rows<const MR: usize, const NR: usize, const EPI: u8>(
     // block does not wait on memory where the weights are met once per image (ResNet-18 in
     // `lowbit bench` on AVX-512 VNNI, 3 alternating pairs of runs: 8.36-8.42 -> 8.01-8.12 ms; no
     // change on AMX, whose loop is not waiting on these loads).
-    let (next, next_len) = next_panel(b, t.j0);
+    // (Not on AMD CPUs: see `panel_prefetch`.)
+    let (next, next_len) = if crate::isa::panel_prefetch() { next_panel(b, t.j0) } else { (b.quad.as_ptr(), 0) };
     let blocks = t.rows.div_ceil(MR);
     let slice = next_len.div_ceil(blocks).div_ceil(64) * 64;
     let mut i = 0;
