@@ -90,7 +90,14 @@ unsafe fn rows<const MR: usize, const NR: usize, const EPI: u8>(
             _mm_prefetch::<_MM_HINT_T1>(next.add(p));
             p += 64;
         }
-        micro::<MR, NR, EPI>(MR.min(t.rows - i), a.add(i * src.lda), src, b, rq, out, t, i);
+        // A last block of one or two rows runs on a tile of that height, not on MR rows of which
+        // all but one or two are dropped (ResNet-18's and MobileNetV2's 7x7 planes: 49 = 8·6 + 1).
+        let (ai, left) = (a.add(i * src.lda), t.rows - i);
+        match left {
+            1 if MR > 2 => micro::<1, NR, EPI>(1, ai, src, b, rq, out, t, i),
+            2 if MR > 2 => micro::<2, NR, EPI>(2, ai, src, b, rq, out, t, i),
+            _ => micro::<MR, NR, EPI>(MR.min(left), ai, src, b, rq, out, t, i),
+        }
         i += MR;
     }
 }

@@ -59,10 +59,19 @@ macro_rules! vnni256 {
             // multiple of 16, so a step's two vectors never read past the panel.
             let width = PANEL.min(b.n_pad - t.j0);
             let bp = b.quad.as_ptr().add(t.j0 * b.kp);
-            if t.rows <= 2 {
-                // A fully connected layer at batch 1: one row against the whole panel (the 6-row
-                // tile below would compute 6 copies of it, 16 columns at a time).
-                for i in 0..t.rows {
+            // A fully connected layer at batch 1, and a last block of one or two rows (ResNet-18's
+            // and MobileNetV2's 7x7 planes: 49 = 8·6 + 1): one row at a time against the whole
+            // panel (the 6-row tile below would compute 6 copies of it, 16 columns at a time).
+            let single = if t.rows <= 2 {
+                t.rows
+            } else if t.rows % 6 <= 2 {
+                t.rows % 6
+            } else {
+                0
+            };
+            let tiled = t.rows - single;
+            if single > 0 {
+                for i in tiled..t.rows {
                     let r = Row1 { a: a.add(i * src.lda), src, bp, stride: width * 4, rq, out, t, i };
                     match t.jn.div_ceil(8) {
                         8 => row1::<8>(&r),
@@ -75,15 +84,14 @@ macro_rules! vnni256 {
                         _ => row1::<1>(&r),
                     }
                 }
-                return;
             }
             let mut jb = 0;
-            while jb < t.jn {
+            while jb < t.jn && tiled > 0 {
                 let cols = (t.jn - jb).min(16);
                 let mut i = 0;
-                while i < t.rows {
+                while i < tiled {
                     micro(
-                        (t.rows - i).min(6),
+                        (tiled - i).min(6),
                         a.add(i * src.lda),
                         src,
                         bp.add(jb * 4),
