@@ -497,6 +497,15 @@ mod tests {
     }
 
     #[test]
+    fn vendor_agrees_with_the_kernel() {
+        // Linux reports the CPUID vendor string as `vendor_id`; elsewhere there is nothing to compare.
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return };
+        let Some(line) = info.lines().find(|l| l.starts_with("vendor_id")) else { return };
+        let vendor = line.split(':').nth(1).unwrap_or("").trim();
+        assert_eq!(features().amd, vendor == "AuthenticAMD" || vendor == "HygonGenuine", "{vendor}");
+    }
+
+    #[test]
     fn trace_counts_per_thread_and_resets() {
         trace::take();
         trace::int8(Isa::Avx2);
