@@ -324,13 +324,33 @@ pub fn global_avg_value(sum: i32, plane: usize, qi: QParams) -> f32 {
     (sum - plane as i32 * qi.zp) as f32 * qi.scale / plane as f32
 }
 
+/// MaxPool on quantized values whose input and output parameters are equal (max commutes with
+/// the monotone dequantization, so this is exact). Padding is ignored, as ONNX specifies. On
+/// `threads > 1` threads, output rows are split over the pool when the output is large.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool(isa: Isa, g: &PoolGeom, n: usize, signed: bool, x: &[u8], out: &mut [u8], threads: usize) {
+    let row = g.ow * g.c_in;
+    let rows = n * g.oh;
+    if threads > 1 && rows > 1 && rows * row >= 1 << 16 {
+        use rayon::prelude::*;
+        trace::int8(isa);
+        let per = rows.div_ceil(threads * 4);
+        out[..rows * row]
+            .par_chunks_mut(per * row)
+            .enumerate()
+            .for_each(|(i, o)| max_pool_rows(isa, g, signed, x, i * per, o));
+    } else {
+        max_pool_rows(isa, g, signed, x, 0, &mut out[..rows * row]);
+    }
+}
+
 multiversion! {
-    /// MaxPool on quantized values whose input and output parameters are equal (max commutes with
-    /// the monotone dequantization, so this is exact). Padding is ignored, as ONNX specifies.
-    pub fn max_pool(g: &PoolGeom, n: usize, signed: bool, x: &[u8], out: &mut [u8]) {
+    /// [`max_pool`]'s output rows `r0..` (rows of all images in order, `g.oh` per image) into
+    /// `out`, whole rows of `g.ow · c` bytes.
+    pub fn max_pool_rows(g: &PoolGeom, signed: bool, x: &[u8], r0: usize, out: &mut [u8]) {
         let flip = if signed { 0x80u8 } else { 0 };
         let c = g.c_in;
-        let (isz, osz) = (g.h * g.w * c, g.oh * g.ow * c);
+        let isz = g.h * g.w * c;
         // Byte offsets of the window's taps inside the image (relative to the window's first
         // tap) for a window wholly inside: the offsets are the same for every such pixel.
         let mut offs = [0usize; 64];
@@ -344,19 +364,17 @@ multiversion! {
         let inner = |o: usize, s: usize, d: usize, p: usize, k: usize, n: usize| {
             o * s >= p && o * s - p + (k - 1) * d < n
         };
-        for b in 0..n {
+        for (k, orow) in out.chunks_mut(g.ow * c).enumerate() {
+            let (b, oy) = ((r0 + k) / g.oh, (r0 + k) % g.oh);
             let xi = &x[b * isz..(b + 1) * isz];
-            for oy in 0..g.oh {
-                let row_in = taps > 0 && taps <= 64 && inner(oy, g.sh, g.dh, g.pt, g.kh, g.h);
-                for ox in 0..g.ow {
-                    let o = &mut out[b * osz + (oy * g.ow + ox) * c..b * osz + (oy * g.ow + ox + 1) * c];
-                    if row_in && inner(ox, g.sw, g.dw, g.pl, g.kw, g.w) {
-                        let first = ((oy * g.sh - g.pt) * g.w + ox * g.sw - g.pl) * c;
-                        let win = &xi[first..first + offs[taps - 1] + c];
-                        max_taps(win, &offs[..taps], flip, o);
-                    } else {
-                        max_border(g, xi, oy, ox, flip, o);
-                    }
+            let row_in = taps > 0 && taps <= 64 && inner(oy, g.sh, g.dh, g.pt, g.kh, g.h);
+            for (ox, o) in orow.chunks_mut(c).enumerate() {
+                if row_in && inner(ox, g.sw, g.dw, g.pl, g.kw, g.w) {
+                    let first = ((oy * g.sh - g.pt) * g.w + ox * g.sw - g.pl) * c;
+                    let win = &xi[first..first + offs[taps - 1] + c];
+                    max_taps(win, &offs[..taps], flip, o);
+                } else {
+                    max_border(g, xi, oy, ox, flip, o);
                 }
             }
         }
@@ -544,6 +562,39 @@ mod tests {
     }
 
     #[test]
+    fn max_pool_rows_split_over_threads_equal_one_thread() {
+        // Two 3x3 stride-2 images large enough to split (32x33 outputs of 40 channels each), with
+        // border windows on every side: each chunk must map its rows to the right image and row.
+        let g = PoolGeom {
+            c_in: 40,
+            c_out: 40,
+            h: 64,
+            w: 65,
+            kh: 3,
+            kw: 3,
+            sh: 2,
+            sw: 2,
+            dh: 1,
+            dw: 1,
+            pt: 1,
+            pl: 1,
+            oh: 32,
+            ow: 33,
+            group: 1,
+        };
+        let x = bytes(2 * 64 * 65 * 40, 5);
+        for isa in Isa::all_supported() {
+            let mut one = vec![0u8; 2 * 32 * 33 * 40];
+            let mut many = vec![1u8; one.len()];
+            max_pool(isa, &g, 2, false, &x, &mut one, 1);
+            for threads in [2, 3, 8] {
+                max_pool(isa, &g, 2, false, &x, &mut many, threads);
+                assert!(one == many, "{isa:?}, {threads} threads");
+            }
+        }
+    }
+
+    #[test]
     fn max_pool_matches_the_dequantized_maximum() {
         for isa in Isa::all_supported() {
             // 5 channels (bytes only), 16 (one 16-byte block), 61 (blocks of 32, 16 and 8 and 5 bytes)
@@ -570,7 +621,7 @@ mod tests {
                 let x = bytes(2 * 7 * 6 * c, 9 + signed as u32);
                 let q = QParams { scale: 0.1, zp: if signed { -3 } else { 7 }, signed };
                 let mut out = vec![0u8; 2 * 4 * 3 * c];
-                max_pool(isa, &g, 2, signed, &x, &mut out);
+                max_pool(isa, &g, 2, signed, &x, &mut out, 1);
                 for b in 0..2 {
                     for oy in 0..4 {
                         for ox in 0..3 {
