@@ -404,7 +404,7 @@ unsafe fn exec_step(
         }
         Kind::QMaxPool { g, n, signed } => {
             let xs = bytes_in(base, s.ins[0].as_ref().unwrap());
-            qops::max_pool(paths.int8, g, *n, *signed, xs, bytes_out(base, &s.out), threads);
+            lowbit_kernels::int8::maxpool::max_pool(paths.int8, g, *n, *signed, xs, bytes_out(base, &s.out), threads);
         }
         Kind::QDeconv { d, batch } => {
             let xs = bytes_in(base, s.ins[0].as_ref().unwrap());

@@ -66,6 +66,7 @@ pub mod deconv;
 pub mod edges;
 pub mod fused;
 pub mod gemm;
+pub mod maxpool;
 pub mod moves;
 pub mod narrow;
 pub mod ops;
