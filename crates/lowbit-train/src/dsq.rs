@@ -19,7 +19,6 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex};
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::FlexTensor;
-use rayon::prelude::*;
 
 use crate::conv::f32_data;
 use crate::fq::{floor, rint, Range};
@@ -291,17 +290,14 @@ fn forward(x: &FlexTensor, s: &FlexTensor, p: DsqParams) -> FlexTensor {
     let xs: &[f32] = x.storage();
     let ss: &[f32] = s.storage();
     let c = ss.len();
-    let mut y = vec![0f32; xs.len()];
     let chunk = crate::fq::rows_per_task(k.inner) * k.inner;
-    y.par_chunks_mut(chunk).enumerate().for_each(|(t, yc)| {
+    // DSQ's forward value is the hard quantizer's, STE's forward row.
+    let (w, ste) = (crate::fqop::width(), crate::fqop::ste_consts(k.zp, k.qmin, k.qmax));
+    let y = crate::par_build(xs.len(), chunk, |t, yc| {
         let row0 = t * chunk / k.inner;
         for (j, yr) in yc.chunks_mut(k.inner).enumerate() {
-            let st = ss[(row0 + j) % c];
             let (off, len) = ((row0 + j) * k.inner, yr.len());
-            for (o, &v) in yr.iter_mut().zip(&xs[off..off + len]) {
-                let q = rint((v / st + k.zp).clamp(k.qmin, k.qmax));
-                *o = (q - k.zp) * st;
-            }
+            crate::fqop::fwd_row_on(w, &ste, ss[(row0 + j) % c], &xs[off..off + len], yr);
         }
     });
     FlexTensor::from_data(TensorData::new(y, x.layout().shape().to_vec()))
@@ -320,35 +316,31 @@ fn backward(x: &FlexTensor, s: &FlexTensor, alpha: &FlexTensor, dy: &FlexTensor,
     let avx2 = use_avx2();
     let dk_da = -2.0 / (a * (2.0 - a));
     let i_max = (k.qmax - 1.0).max(k.qmin);
-    let mut dx = vec![0f32; xs.len()];
     let chunk = crate::fq::rows_per_task(k.inner) * k.inner;
-    let (ds, dalpha) = dx
-        .par_chunks_mut(chunk)
-        .enumerate()
-        .map(|(t, dc)| {
-            let row0 = t * chunk / k.inner;
-            let mut ds = vec![0f64; c];
-            let mut dk = 0f64;
-            for (j, dr) in dc.chunks_mut(k.inner).enumerate() {
-                let ch = (row0 + j) % c;
-                let st = ss[ch];
-                let (off, len) = ((row0 + j) * k.inner, dr.len());
-                let e = Elem::new(st, &k, i_max, kk);
-                let (ds_row, dk_row) = row(avx2, &e, &xs[off..off + len], &dys[off..off + len], dr);
-                ds[ch] += ds_row as f64;
-                dk += dk_row as f64;
-            }
-            (ds, dk)
-        })
-        .reduce(
-            || (vec![0f64; c], 0f64),
-            |(mut a, ka), (b, kb)| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += y;
-                }
-                (a, ka + kb)
-            },
-        );
+    // `dx` is built on the pool (zeroing it first on the calling thread ran serially); the
+    // per-task sums are added in task order.
+    let (dx, parts) = crate::par_build_map(xs.len(), chunk, |t, dc| {
+        let row0 = t * chunk / k.inner;
+        let mut ds = vec![0f64; c];
+        let mut dk = 0f64;
+        for (j, dr) in dc.chunks_mut(k.inner).enumerate() {
+            let ch = (row0 + j) % c;
+            let st = ss[ch];
+            let (off, len) = ((row0 + j) * k.inner, dr.len());
+            let e = Elem::new(st, &k, i_max, kk);
+            let (ds_row, dk_row) = row(avx2, &e, &xs[off..off + len], &dys[off..off + len], dr);
+            ds[ch] += ds_row as f64;
+            dk += dk_row as f64;
+        }
+        (ds, dk)
+    });
+    let (mut ds, mut dalpha) = (vec![0f64; c], 0f64);
+    for (p, kp) in &parts {
+        for (x, y) in ds.iter_mut().zip(p) {
+            *x += y;
+        }
+        dalpha += kp;
+    }
     let ds: Vec<f32> = ds.iter().map(|&v| (v * k.g as f64) as f32).collect();
     let da = if a_live { (dalpha * dk_da as f64) as f32 } else { 0.0 };
     [

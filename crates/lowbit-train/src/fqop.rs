@@ -22,7 +22,6 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex};
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::FlexTensor;
-use rayon::prelude::*;
 
 use crate::conv::f32_data;
 use crate::fq::{rint, Range};
@@ -67,13 +66,19 @@ pub fn fake_quant<const D: usize>(
     Tensor::<D>::from_dispatch(<Dispatch as LbFq>::lb_fq(x.into_dispatch(), s.into_dispatch(), p))
 }
 
-struct Consts {
+pub(crate) struct Consts {
     zp: f32,
     qmin: f32,
     qmax: f32,
     g: f32,
     inner: usize,
     kind: Kind,
+}
+
+/// The constants of the STE quantizer with this zero point and range (its forward row is also
+/// DSQ's forward value).
+pub(crate) fn ste_consts(zp: f32, qmin: f32, qmax: f32) -> Consts {
+    Consts { zp, qmin, qmax, g: 0.0, inner: 1, kind: Kind::Ste }
 }
 
 impl Consts {
@@ -95,7 +100,155 @@ impl Consts {
     }
 }
 
+/// Lanes of the per-row parameter-gradient sums: element `j` of a row's first `16·⌊len/16⌋`
+/// goes to lane `j mod 16`, the rest to lane 0, and the lanes are added in order. Every ISA runs
+/// the same source ([`fwd_row`], [`bwd_row`]) compiled for its vector width, so the sums, and with
+/// them the results, are bit-identical on every path; a single running sum (as before) kept the
+/// compiler from vectorising the backward at all.
+const LANES: usize = 16;
+
+/// The vector width the element loops are compiled for: training's f32 path (`LOWBIT_ISA`), as
+/// the convolutions choose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Width {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+pub(crate) fn width() -> Width {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use lowbit_kernels::isa::F32Isa;
+        match crate::conv::f32_path() {
+            F32Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => return Width::Avx512,
+            F32Isa::Avx512 | F32Isa::Avx2 if std::arch::is_x86_feature_detected!("avx2") => return Width::Avx2,
+            _ => {}
+        }
+    }
+    Width::Scalar
+}
+
+/// One row of the forward: channel parameter `a`, input `xr`, output `yr` (every element written).
+#[inline(always)]
+fn fwd_row(k: &Consts, a: f32, xr: &[f32], yr: &mut [f32]) {
+    let st = k.step(a);
+    if k.kind == Kind::Pact {
+        let lo = st * (k.qmin - k.zp);
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            let xc = v.min(a).max(lo);
+            *o = (rint((xc / st + k.zp).clamp(k.qmin, k.qmax)) - k.zp) * st;
+        }
+    } else {
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            *o = (rint((v / st + k.zp).clamp(k.qmin, k.qmax)) - k.zp) * st;
+        }
+    }
+}
+
+/// One row of the backward: writes `dx` into `dr`, returns the row's parameter-gradient sum
+/// (in the lane order of [`LANES`]; 0 for STE). The quantizer is matched once per row, so that
+/// each element loop is one straight vectorisable body.
+#[inline(always)]
+fn bwd_row(k: &Consts, a: f32, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> f32 {
+    let st = k.step(a);
+    match k.kind {
+        Kind::Ste => {
+            for ((d, &v), &g) in dr.iter_mut().zip(xr).zip(gr) {
+                let u = v / st + k.zp;
+                *d = if u >= k.qmin && u <= k.qmax { g } else { 0.0 };
+            }
+            0.0
+        }
+        Kind::Lsq => lanes(xr, gr, dr, |v, g| {
+            let u = v / st + k.zp;
+            let inside = u >= k.qmin && u <= k.qmax;
+            let hard = rint(u.clamp(k.qmin, k.qmax));
+            (if inside { g } else { 0.0 }, g * (hard - k.zp - if inside { v / st } else { 0.0 }))
+        }),
+        Kind::Pact => {
+            let lo = st * (k.qmin - k.zp);
+            lanes(xr, gr, dr, |v, g| (if v < a && v > lo { g } else { 0.0 }, if v >= a { g } else { 0.0 }))
+        }
+    }
+}
+
+/// `dr[j] = f(xr[j], gr[j]).0`, and the sum of the `.1` in the lane order of [`LANES`].
+#[inline(always)]
+fn lanes(xr: &[f32], gr: &[f32], dr: &mut [f32], f: impl Fn(f32, f32) -> (f32, f32)) -> f32 {
+    let mut acc = [0f32; LANES];
+    let body = dr.len() / LANES * LANES;
+    let (xb, gb) = (&xr[..body], &gr[..body]);
+    for ((dc, xc), gc) in dr[..body].chunks_exact_mut(LANES).zip(xb.chunks_exact(LANES)).zip(gb.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let (d, t) = f(xc[l], gc[l]);
+            dc[l] = d;
+            acc[l] += t;
+        }
+    }
+    for j in body..dr.len() {
+        let (d, t) = f(xr[j], gr[j]);
+        dr[j] = d;
+        acc[0] += t;
+    }
+    acc.iter().fold(0.0, |s, v| s + v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fwd_row_avx2(k: &Consts, a: f32, xr: &[f32], yr: &mut [f32]) {
+    fwd_row(k, a, xr, yr)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fwd_row_avx512(k: &Consts, a: f32, xr: &[f32], yr: &mut [f32]) {
+    fwd_row(k, a, xr, yr)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bwd_row_avx2(k: &Consts, a: f32, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> f32 {
+    bwd_row(k, a, xr, gr, dr)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bwd_row_avx512(k: &Consts, a: f32, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> f32 {
+    bwd_row(k, a, xr, gr, dr)
+}
+
+pub(crate) fn fwd_row_on(w: Width, k: &Consts, a: f32, xr: &[f32], yr: &mut [f32]) {
+    match w {
+        // SAFETY: `width` checked the CPU for the feature.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { fwd_row_avx512(k, a, xr, yr) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { fwd_row_avx2(k, a, xr, yr) },
+        Width::Scalar => fwd_row(k, a, xr, yr),
+    }
+}
+
+fn bwd_row_on(w: Width, k: &Consts, a: f32, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> f32 {
+    match w {
+        // SAFETY: `width` checked the CPU for the feature.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { bwd_row_avx512(k, a, xr, gr, dr) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { bwd_row_avx2(k, a, xr, gr, dr) },
+        Width::Scalar => bwd_row(k, a, xr, gr, dr),
+    }
+}
+
 fn forward(x: &FlexTensor, s: &FlexTensor, p: FqParams) -> FlexTensor {
+    forward_on(width(), x, s, p)
+}
+
+fn forward_on(w: Width, x: &FlexTensor, s: &FlexTensor, p: FqParams) -> FlexTensor {
     let (x, s) = (f32_data(x, "input"), f32_data(s, "step"));
     let k = Consts::new(p);
     let xs: &[f32] = x.storage();
@@ -105,21 +258,8 @@ fn forward(x: &FlexTensor, s: &FlexTensor, p: FqParams) -> FlexTensor {
     let y = crate::par_build(xs.len(), chunk, |t, yc| {
         let row0 = t * chunk / k.inner;
         for (j, yr) in yc.chunks_mut(k.inner).enumerate() {
-            let a = ss[(row0 + j) % c];
-            let st = k.step(a);
             let off = (row0 + j) * k.inner;
-            let xr = &xs[off..off + yr.len()];
-            if k.kind == Kind::Pact {
-                let lo = st * (k.qmin - k.zp);
-                for (o, &v) in yr.iter_mut().zip(xr) {
-                    let xc = v.min(a).max(lo);
-                    *o = (rint((xc / st + k.zp).clamp(k.qmin, k.qmax)) - k.zp) * st;
-                }
-            } else {
-                for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = (rint((v / st + k.zp).clamp(k.qmin, k.qmax)) - k.zp) * st;
-                }
-            }
+            fwd_row_on(w, &k, ss[(row0 + j) % c], &xs[off..off + yr.len()], yr);
         }
     });
     FlexTensor::from_data(TensorData::new(y, x.layout().shape().to_vec()))
@@ -127,59 +267,39 @@ fn forward(x: &FlexTensor, s: &FlexTensor, p: FqParams) -> FlexTensor {
 
 /// `(dx, ds)`; `ds` is `None` for STE (its step is fixed).
 fn backward(x: &FlexTensor, s: &FlexTensor, dy: &FlexTensor, p: FqParams) -> (FlexTensor, Option<FlexTensor>) {
+    backward_on(width(), x, s, dy, p)
+}
+
+fn backward_on(
+    w: Width,
+    x: &FlexTensor,
+    s: &FlexTensor,
+    dy: &FlexTensor,
+    p: FqParams,
+) -> (FlexTensor, Option<FlexTensor>) {
     let (x, s, dy) = (f32_data(x, "input"), f32_data(s, "step"), f32_data(dy, "gradient"));
     let k = Consts::new(p);
     let (xs, ss, dys): (&[f32], &[f32], &[f32]) = (x.storage(), s.storage(), dy.storage());
     assert_eq!(xs.len(), dys.len(), "fake_quant: input and its gradient differ in size");
     let c = ss.len();
     let chunk = crate::fq::rows_per_task(k.inner) * k.inner;
-    let mut dx = vec![0f32; xs.len()];
     // Per task: the parameter gradient of each channel it touched (rows of one task cover at most
-    // `c` channels; summed in f64 across tasks).
-    let parts: Vec<Vec<f64>> = dx
-        .par_chunks_mut(chunk)
-        .enumerate()
-        .map(|(t, dc)| {
-            let row0 = t * chunk / k.inner;
-            let mut dp = vec![0f64; if k.kind == Kind::Ste { 0 } else { c }];
-            for (j, dr) in dc.chunks_mut(k.inner).enumerate() {
-                let ch = (row0 + j) % c;
-                let a = ss[ch];
-                let st = k.step(a);
-                let off = (row0 + j) * k.inner;
-                let (xr, gr) = (&xs[off..off + dr.len()], &dys[off..off + dr.len()]);
-                match k.kind {
-                    Kind::Ste => {
-                        for ((d, &v), &g) in dr.iter_mut().zip(xr).zip(gr) {
-                            let u = v / st + k.zp;
-                            *d = if u >= k.qmin && u <= k.qmax { g } else { 0.0 };
-                        }
-                    }
-                    Kind::Lsq => {
-                        let mut acc = 0f32;
-                        for ((d, &v), &g) in dr.iter_mut().zip(xr).zip(gr) {
-                            let u = v / st + k.zp;
-                            let inside = u >= k.qmin && u <= k.qmax;
-                            let hard = rint(u.clamp(k.qmin, k.qmax));
-                            *d = if inside { g } else { 0.0 };
-                            acc += g * (hard - k.zp - if inside { v / st } else { 0.0 });
-                        }
-                        dp[ch] += acc as f64;
-                    }
-                    Kind::Pact => {
-                        let lo = st * (k.qmin - k.zp);
-                        let mut acc = 0f32;
-                        for ((d, &v), &g) in dr.iter_mut().zip(xr).zip(gr) {
-                            *d = if v < a && v > lo { g } else { 0.0 };
-                            acc += if v >= a { g } else { 0.0 };
-                        }
-                        dp[ch] += acc as f64;
-                    }
-                }
+    // `c` channels; summed in f64 across tasks, in task order). `dx` is built on the pool: zeroing
+    // it on the calling thread first was a serial tenth of a second per epoch.
+    let (dx, parts) = crate::par_build_map(xs.len(), chunk, |t, dc| {
+        let row0 = t * chunk / k.inner;
+        let mut dp = vec![0f64; if k.kind == Kind::Ste { 0 } else { c }];
+        for (j, dr) in dc.chunks_mut(k.inner).enumerate() {
+            let ch = (row0 + j) % c;
+            let off = (row0 + j) * k.inner;
+            let (xr, gr) = (&xs[off..off + dr.len()], &dys[off..off + dr.len()]);
+            let sum = bwd_row_on(w, &k, ss[ch], xr, gr, dr);
+            if k.kind != Kind::Ste {
+                dp[ch] += sum as f64;
             }
-            dp
-        })
-        .collect();
+        }
+        dp
+    });
     let ds = (k.kind != Kind::Ste).then(|| {
         let mut sum = vec![0f64; c];
         for part in &parts {
@@ -240,6 +360,61 @@ mod tests {
 
     fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// Every vector width the CPU has gives the portable rows' results bit for bit: outputs,
+    /// input gradients and parameter-gradient sums, for each quantizer, on rows of every length
+    /// from 1 to 70 (ragged against the 16 lanes), inputs far outside the range (both clamps) and
+    /// on rounding ties, signed and unsigned ranges.
+    #[test]
+    fn vector_rows_are_bit_exact_with_scalar() {
+        let mut widths = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                widths.push(Width::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                widths.push(Width::Avx512);
+            }
+        }
+        let mut rng = crate::Rng::new(5);
+        let mut checked = 0;
+        for kind in [Kind::Ste, Kind::Lsq, Kind::Pact] {
+            for r in [Range::signed(4), Range::unsigned(8, 3), Range::unsigned(2, 0), Range::signed(8)] {
+                if kind == Kind::Pact && r.qmin < 0.0 {
+                    continue;
+                }
+                let k = Consts::new([r.zp, r.qmin, r.qmax, 0.5, 1.0, [0.0, 1.0, 2.0][kind as usize]]);
+                for len in 1..=70 {
+                    let st = 0.05 + 0.01 * (len % 7) as f32;
+                    let a = if kind == Kind::Pact { st * (r.qmax - r.zp) } else { st };
+                    let xr: Vec<f32> = (0..len)
+                        .map(|i| match i % 5 {
+                            0 => rng.normal() * 40.0 * st,
+                            1 => (rng.normal() * 4.0).round() * st + 0.5 * st,
+                            _ => rng.normal() * 3.0 * st * (r.qmax - r.qmin).sqrt(),
+                        })
+                        .collect();
+                    let gr: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
+                    let (mut y0, mut d0) = (vec![0f32; len], vec![0f32; len]);
+                    fwd_row_on(Width::Scalar, &k, a, &xr, &mut y0);
+                    let s0 = bwd_row_on(Width::Scalar, &k, a, &xr, &gr, &mut d0);
+                    for &w in &widths {
+                        let (mut y1, mut d1) = (vec![0f32; len], vec![0f32; len]);
+                        fwd_row_on(w, &k, a, &xr, &mut y1);
+                        let s1 = bwd_row_on(w, &k, a, &xr, &gr, &mut d1);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        let what = format!("{w:?} {kind:?} {r:?} len {len}");
+                        assert_eq!(bits(&y1), bits(&y0), "{what}: forward");
+                        assert_eq!(bits(&d1), bits(&d0), "{what}: input gradient");
+                        assert_eq!(s1.to_bits(), s0.to_bits(), "{what}: parameter gradient {s1} vs {s0}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(widths.is_empty() || checked > 0);
     }
 
     /// The fused quantizers against the composed ones of [`crate::fq`] (themselves checked

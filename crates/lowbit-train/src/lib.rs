@@ -116,6 +116,31 @@ pub(crate) fn par_build_init<S>(
     v
 }
 
+/// [`par_build`] where each chunk's call also returns a value (a partial reduction, say): the
+/// values in chunk order.
+pub(crate) fn par_build_map<R: Send>(
+    len: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) -> R + Sync + Send,
+) -> (Vec<f32>, Vec<R>) {
+    use rayon::prelude::*;
+    use std::mem::MaybeUninit;
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    let parts: Vec<R> = v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .map(|(i, c)| {
+            c.fill(MaybeUninit::new(0.0));
+            // SAFETY: as in `par_build_init`: every element of `c` was just initialised.
+            let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            f(i, c)
+        })
+        .collect();
+    // SAFETY: the chunks cover the first `len` elements, and each was initialised.
+    unsafe { v.set_len(len) };
+    (v, parts)
+}
+
 /// Asks glibc's allocator to keep freed memory for reuse. A training step allocates and frees
 /// dozens of multi-megabyte tensors; by default glibc serves those with fresh `mmap`s and returns
 /// them on free, so every step page-faults its activations in again (about 10% of a step on
