@@ -239,6 +239,16 @@ fn conv_case(
     Ok(())
 }
 
+/// GEMMs the thread split cuts into row chunks whose last one takes a remainder (a 7x7 plane's 49
+/// rows as 24 + 25 on two threads, 196 rows of a 14x14 plane, 3136 of a 56x56 one) give the scalar
+/// path's bytes on every path and thread count.
+#[test]
+fn gemm_row_chunks_with_remainders_match_scalar() {
+    for (m, n, k) in [(49, 320, 96), (49, 160, 960), (196, 96, 576), (3136, 24, 16), (25, 64, 600)] {
+        gemm_case(m, n, k, 0, (m * n + k) as u64, false).unwrap();
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(160))]
 
