@@ -196,24 +196,40 @@ fn lanes(xr: &[f32], gr: &[f32], dr: &mut [f32], f: impl Fn(f32, f32) -> (f32, f
     acc.iter().fold(0.0, |s, v| s + v)
 }
 
+/// [`fwd_row`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn fwd_row_avx2(k: &Consts, a: f32, xr: &[f32], yr: &mut [f32]) {
     fwd_row(k, a, xr, yr)
 }
 
+/// [`fwd_row`] compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn fwd_row_avx512(k: &Consts, a: f32, xr: &[f32], yr: &mut [f32]) {
     fwd_row(k, a, xr, yr)
 }
 
+/// [`bwd_row`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn bwd_row_avx2(k: &Consts, a: f32, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> f32 {
     bwd_row(k, a, xr, gr, dr)
 }
 
+/// [`bwd_row`] compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn bwd_row_avx512(k: &Consts, a: f32, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> f32 {
