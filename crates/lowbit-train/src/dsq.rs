@@ -263,15 +263,10 @@ unsafe fn tanh_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     _mm256_or_ps(th, _mm256_and_ps(sign, x))
 }
 
-/// Whether the backward runs [`row_avx2`]: on AVX2 CPUs unless `LOWBIT_ISA=scalar` (training's
-/// f32 path, as the convolutions choose it).
+/// Whether the backward runs [`row_avx2`]: where the fake quantizers' rows run vectorised (AVX2
+/// or AVX-512 CPUs unless `LOWBIT_ISA=scalar`; [`crate::fqop::width`]).
 fn use_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::conv::f32_path() != lowbit_kernels::isa::F32Isa::Scalar && std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    crate::fqop::width() != crate::fqop::Width::Scalar
 }
 
 fn row(avx2: bool, e: &Elem, xr: &[f32], gr: &[f32], dr: &mut [f32]) -> (f32, f32) {

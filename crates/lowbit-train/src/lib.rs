@@ -102,18 +102,23 @@ pub(crate) fn par_build_init<S>(
     f: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
     use rayon::prelude::*;
-    use std::mem::MaybeUninit;
     let mut v: Vec<f32> = Vec::with_capacity(len);
     v.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each_init(init, |s, (i, c)| {
-        c.fill(MaybeUninit::new(0.0));
-        // SAFETY: every element of `c` was initialised just above, and MaybeUninit<f32> has the
-        // layout of f32.
-        let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        f(s, i, c);
+        f(s, i, zeroed(c));
     });
     // SAFETY: the chunks cover the first `len` elements, and each was initialised.
     unsafe { v.set_len(len) };
     v
+}
+
+use std::mem::MaybeUninit;
+
+/// A chunk of a vector's spare capacity, zeroed and viewed as initialised values.
+fn zeroed(c: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    c.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element of `c` was initialised just above, and MaybeUninit<f32> has the
+    // layout of f32.
+    unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// [`par_build`] where each chunk's call also returns a value (a partial reduction, say): the
@@ -124,18 +129,9 @@ pub(crate) fn par_build_map<R: Send>(
     f: impl Fn(usize, &mut [f32]) -> R + Sync + Send,
 ) -> (Vec<f32>, Vec<R>) {
     use rayon::prelude::*;
-    use std::mem::MaybeUninit;
     let mut v: Vec<f32> = Vec::with_capacity(len);
-    let parts: Vec<R> = v.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .map(|(i, c)| {
-            c.fill(MaybeUninit::new(0.0));
-            // SAFETY: as in `par_build_init`: every element of `c` was just initialised.
-            let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            f(i, c)
-        })
-        .collect();
+    let parts: Vec<R> =
+        v.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().map(|(i, c)| f(i, zeroed(c))).collect();
     // SAFETY: the chunks cover the first `len` elements, and each was initialised.
     unsafe { v.set_len(len) };
     (v, parts)
