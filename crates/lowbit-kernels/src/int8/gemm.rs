@@ -1,6 +1,8 @@
 //! The integer GEMM driver: splits a GEMM into tasks (row chunks × column panels) over the
 //! threads and runs each on the path's kernel table ([`Kernels`]); the depthwise driver likewise.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use rayon::prelude::*;
 
 use crate::epilogue::{OutPtr, Requant};
@@ -87,47 +89,111 @@ pub unsafe fn gemm_ex(
     // Row chunks in whole micro-tiles: 24 rows (AVX-512's tiles of 6, 8, 12), 32 for AMX's 2 tiles.
     let unit = if b.isa == Isa::Amx { 32 } else { 24 };
     let (chunk, row_chunks) = split_rows(m, panels, unit, threads);
-    (0..row_chunks * panels).into_par_iter().for_each(|t| {
-        let (r, p) = (t / panels, t % panels);
+    let tasks = row_chunks * panels;
+    let task = |k: usize| {
+        let (r, p) = (k / panels, k % panels);
         let i0 = r * chunk;
         run(i0, if r + 1 == row_chunks { m - i0 } else { chunk }, p);
-    });
+    };
+    if threads == 2 {
+        // Two threads walk the tasks (row chunk by row chunk, panels within) from the two ends
+        // until they meet: each keeps a contiguous share, its rows of A (and on one chunk, its
+        // panels of weights) stay in its own cache, and whichever finishes its share first takes
+        // the next task from its end. Rayon's halving of the range gave the halves whole tasks
+        // of unequal chunks: ResNet-18's 14x14 layers (196 rows as 120 + 76 over 4 panels) ended
+        // one thread at 480 row-units of work and the other at 304.
+        let ends = AtomicU64::new(tasks as u64);
+        (0..2usize).into_par_iter().for_each(|side| loop {
+            let s = ends.load(Ordering::Relaxed);
+            let (front, back) = ((s >> 32) as usize, (s & 0xFFFF_FFFF) as usize);
+            if front >= back {
+                break;
+            }
+            let (k, next) = if side == 0 { (front, s + (1 << 32)) } else { (back - 1, s - 1) };
+            if ends.compare_exchange_weak(s, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                task(k);
+            }
+        });
+    } else {
+        // More threads: one counter, the tasks in order.
+        let next = AtomicUsize::new(0);
+        (0..threads.min(tasks)).into_par_iter().for_each(|_| loop {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            if k >= tasks {
+                break;
+            }
+            task(k);
+        });
+    }
 }
 
 /// How to cut `m` rows into row chunks for `panels` column panels on `threads` threads: `(rows
 /// per chunk, chunks)`, every chunk `rows` long but the last, which takes the rest (up to `rows +
 /// unit / 2`: a remainder of a few rows rides on the chunk before it rather than making a
 /// task of its own, which would load a whole weight panel for them). Of the splits into `r0 =
-/// 4 · threads / panels` (as before) to `r0 + threads` chunks of whole `unit`s, the one whose
-/// tasks finish first when handed out largest first (each task costing its rows plus a fixed
-/// overhead), the fewest chunks on a tie. Before, the chunk count was `r0` whatever the
-/// remainder: 49 rows (a 7x7 plane) and 5 panels made chunks of 48 and 1 rows, five tasks of
-/// work for two threads (3:2).
+/// 4 · threads / panels` to `r0 + threads` chunks of whole `unit`s (`m / r` rounded up or
+/// down), the one whose tasks finish first as [`gemm_ex`] hands them out (each task costing its
+/// rows plus a fixed overhead: from both ends of the list on two threads, [`two_ended`]; else
+/// estimated largest first, [`makespan`]), then the most even chunks, then the fewest. Before,
+/// the chunk count was `r0` whatever the remainder: 49 rows (a 7x7 plane) and 5 panels made
+/// chunks of 48 and 1 rows, five tasks of work for two threads (3:2).
 pub(crate) fn split_rows(m: usize, panels: usize, unit: usize, threads: usize) -> (usize, usize) {
     // A task's own cost in rows: the weight panel it streams, its dispatch.
     const OVERHEAD: usize = 4;
-    let cut = |r: usize| {
-        let chunk = m.div_ceil(r).div_ceil(unit) * unit;
+    // `r` chunks of `m / r` rows rounded up to whole units, or down (when the rest then fits in
+    // the last chunk).
+    let cut = |r: usize, down: bool| {
+        let chunk = if down { (m / r / unit).max(1) * unit } else { m.div_ceil(r).div_ceil(unit) * unit };
         let mut n = m.div_ceil(chunk);
         if n > 1 && m - (n - 1) * chunk < unit / 2 {
             n -= 1;
         }
         (chunk, n)
     };
-    // At least the chunks that make four tasks per thread (work stealing evens out what the
-    // estimate cannot see), and up to `threads` more where that finishes sooner.
+    // At least the chunks that make four tasks per thread (taking tasks as they free up evens
+    // out what the estimate cannot see), and up to `threads` more where that finishes sooner.
     let rmax = m.div_ceil(unit).max(1);
     let r0 = (4 * threads).div_ceil(panels.max(1)).clamp(1, rmax);
-    let mut best = (usize::MAX, cut(r0));
+    let mut best = ((usize::MAX, usize::MAX), cut(r0, false));
     for r in r0..=rmax.min(r0 + threads) {
-        let (chunk, n) = cut(r);
-        let last = m - (n - 1) * chunk;
-        let span = makespan((n - 1) * panels, chunk + OVERHEAD, panels, last + OVERHEAD, threads.max(1));
-        if span < best.0 {
-            best = (span, (chunk, n));
+        for down in [false, true] {
+            let (chunk, n) = cut(r, down);
+            let last = m - (n - 1) * chunk;
+            if n > 1 && last > chunk + unit / 2 {
+                continue;
+            }
+            let span = if threads == 2 {
+                two_ended(n * panels, |k| if k / panels + 1 == n { last } else { chunk } + OVERHEAD).0
+            } else {
+                makespan((n - 1) * panels, chunk + OVERHEAD, panels, last + OVERHEAD, threads.max(1))
+            };
+            let uneven = if n > 1 { chunk.abs_diff(last) } else { 0 };
+            if (span, uneven) < best.0 {
+                best = ((span, uneven), (chunk, n));
+            }
         }
     }
     best.1
+}
+
+/// When two threads taking `tasks` tasks (of costs `cost(k)`) from the two ends of the list, as
+/// [`gemm_ex`] does, finish (each takes the next task from its end as soon as it is free), and
+/// the tasks' total cost.
+fn two_ended(tasks: usize, cost: impl Fn(usize) -> usize) -> (usize, usize) {
+    let (mut front, mut back, mut t, mut total) = (0, tasks, [0usize; 2], 0);
+    while front < back {
+        let (side, k) = if t[0] <= t[1] {
+            front += 1;
+            (0, front - 1)
+        } else {
+            back -= 1;
+            (1, back)
+        };
+        let c = cost(k);
+        t[side] += c;
+        total += c;
+    }
+    (t[0].max(t[1]), total)
 }
 
 /// The finishing time of `k1` tasks of cost `x1` and `k2` of cost `x2` on `t` threads, each task
@@ -166,7 +232,7 @@ mod tests {
         assert_eq!(check(49, 5, 24, 2), (24, 2));
         assert_eq!(check(49, 20, 24, 2), (72, 1), "20 panels balance alone");
         let (chunk, n) = check(3136, 1, 24, 2);
-        assert!(n % 2 == 0 && n >= 4, "56x56, one panel: {chunk} x {n}");
+        assert!(n >= 4, "56x56, one panel: {chunk} x {n}");
         assert_eq!(check(1, 7, 24, 2), (24, 1));
         for m in 1..400 {
             for panels in 1..12 {
@@ -181,5 +247,29 @@ mod tests {
         assert_eq!(makespan(5, 53, 0, 0, 2), 159);
         assert_eq!(makespan(5, 28, 5, 29, 2), 143);
         assert_eq!(makespan(4, 10, 2, 3, 2), 23);
+    }
+
+    /// Two threads end together on the layers where contiguous halves did not: ResNet-18's
+    /// 14x14 layers (196 rows, 4 panels) were cut 120 + 76 and halved into 480 and 304 row-units
+    /// of work (96 + 100 now: 416 and 400); and on every shape the later thread ends within half
+    /// a task of an even split.
+    #[test]
+    fn two_threads_from_both_ends_finish_together() {
+        let split = |m: usize, panels: usize| {
+            let (chunk, n) = split_rows(m, panels, 24, 2);
+            let last = m - (n - 1) * chunk;
+            let (span, total) = two_ended(n * panels, |k| if k / panels + 1 == n { last } else { chunk } + 4);
+            (span, total, chunk)
+        };
+        let (span, total, _) = split(196, 4);
+        assert!(span * 100 <= total / 2 * 103, "196 rows, 4 panels: {span} of {total}");
+        for m in (1..400).chain([784, 3136, 12544]) {
+            for panels in 1..12 {
+                let (span, total, chunk) = split(m, panels);
+                // The largest task: a chunk, its last up to half a unit longer, plus the overhead.
+                let largest = chunk + 12 + 4;
+                assert!(span <= total.div_ceil(2) + largest / 2, "m {m}, {panels} panels: {span} of {total}");
+            }
+        }
     }
 }
