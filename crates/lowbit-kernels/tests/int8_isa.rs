@@ -32,7 +32,10 @@ fn requant(n: usize, seed: u64, f32_out: bool) -> Requant {
         // Sometimes a ReLU6 bound inside the output range: the clamp is then applied (the GEMM's
         // clamped common epilogue), otherwise implied by the saturation.
         let hi = if unit() < 0.3 { 6.0 } else { f32::INFINITY };
-        let out = Out::Q { scale: s, zp: if lo == 0.0 { 0 } else { 128 }, qmin: 0, qmax: 255 };
+        // Mostly a ReLU into zero point 0 (the clamp implied), sometimes into a higher zero point
+        // (the lower clamp applied).
+        let zp = if lo == 0.0 { [0, 0, 3, 128][(unit() * 4.0) as usize % 4] } else { 128 };
+        let out = Out::Q { scale: s, zp, qmin: 0, qmax: 255 };
         return Requant::new(&scale, &bias_i, &vec![0.0; n], lo, hi, out);
     }
     let pick = unit();

@@ -138,6 +138,9 @@ unsafe fn dw3_fast<const SW: usize>(blk: &Block) {
 #[inline(always)]
 unsafe fn dw5_row<const SW: usize>(blk: &Block) {
     let Block { g, row0, wb, bi, sc, bf, rp, orow, m } = *blk;
+    if rp.bias_f.is_empty() && matches!(rp.out, Out::Q { qmin: 0, qmax: 255, .. }) {
+        return if rp.unclamped { dw5_fast::<SW, false>(blk) } else { dw5_fast::<SW, true>(blk) };
+    }
     // Vector i's lane (L, j) takes byte 4i + j of its 128-bit lane (the order of `interleave4`).
     let mut spread = [_mm512_setzero_si512(); 4];
     for (i, v) in spread.iter_mut().enumerate() {
@@ -177,6 +180,106 @@ unsafe fn dw5_row<const SW: usize>(blk: &Block) {
         }
         dw_store64(&acc, sc, bf, rp, orow.add(ox * g.c), m);
     }
+}
+
+/// [`dw5_row`] for the common epilogue (integer bias only, unsigned bytes; `CLAMP` whether the
+/// activation clamp applies): the five interleaved window columns held in registers as a ring
+/// (the loop unrolled five times, so each pixel names its columns' slots at compile time and
+/// only the `SW` new columns are interleaved), and no per-pixel tests. The general loop shifted
+/// its 20 column vectors through the stack every pixel and tested the epilogue's kind per
+/// vector.
+#[inline(always)]
+unsafe fn dw5_fast<const SW: usize, const CLAMP: bool>(blk: &Block) {
+    let Block { g, row0, wb, bi, sc, rp, orow, m, .. } = *blk;
+    let Out::Q { scale, zp, .. } = rp.out else { unreachable!() };
+    let k = Dw5Consts {
+        vs: _mm512_set1_ps(scale),
+        vinv: _mm512_set1_ps(rp.inv),
+        vzp: _mm512_set1_epi32(zp),
+        lo: _mm512_set1_ps(rp.ylo),
+        hi: _mm512_set1_ps(rp.yhi),
+    };
+    let r4 = row0.add(4 * g.dh * g.wp * g.cs);
+    let mut c = [[_mm512_setzero_si512(); 4]; 5];
+    // Columns `ox·SW + 5 - SW ..= ox·SW + 4` are new at pixel `ox`: the first ones before the loop.
+    for (col, slot) in c.iter_mut().enumerate().take(5 - SW) {
+        *slot = dw_col::<4>(row0, g, col);
+    }
+    let mut ox = 0;
+    macro_rules! step {
+        ($j:literal) => {
+            if ox < g.ow {
+                for kk in 5 - SW..5 {
+                    c[(SW * $j + kk) % 5] = dw_col::<4>(row0, g, ox * SW + kk);
+                }
+                let cols = [
+                    &c[(SW * $j) % 5],
+                    &c[(SW * $j + 1) % 5],
+                    &c[(SW * $j + 2) % 5],
+                    &c[(SW * $j + 3) % 5],
+                    &c[(SW * $j + 4) % 5],
+                ];
+                let bytes = dw5_pixel::<CLAMP>(cols, r4.add(ox * SW * g.cs), g.cs, wb, bi, sc, &k);
+                _mm512_mask_storeu_epi8(orow.add(ox * g.c) as *mut i8, m, bytes);
+                ox += 1;
+            }
+        };
+    }
+    while ox < g.ow {
+        step!(0);
+        step!(1);
+        step!(2);
+        step!(3);
+        step!(4);
+    }
+}
+
+/// The output constants of [`dw5_fast`].
+struct Dw5Consts {
+    vs: __m512,
+    vinv: __m512,
+    vzp: __m512i,
+    lo: __m512,
+    hi: __m512,
+}
+
+/// One pixel of [`dw5_fast`]: the five columns' rows 0-3, row 4 (`p`: its first window pixel,
+/// pixels `cs` bytes apart) as in [`dw5_row`], the requantization, the 64 bytes in channel order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw5_pixel<const CLAMP: bool>(
+    cols: [&[__m512i; 4]; 5],
+    p: *const u8,
+    cs: usize,
+    wb: *const i8,
+    bi: &[__m512i; 4],
+    sc: &[__m512; 4],
+    k: &Dw5Consts,
+) -> __m512i {
+    let mut r = [_mm512_setzero_si512(); 5];
+    for (kx, v) in r.iter_mut().enumerate() {
+        *v = _mm512_loadu_si512(p.add(kx * cs) as *const _);
+    }
+    let h = interleave4(r[0], r[1], r[2], r[3]);
+    let mut q = [_mm512_setzero_si512(); 4];
+    for i in 0..4 {
+        // (Loads written out: a closure would not inherit the caller's target features.)
+        let wi = wb.add(64 * i);
+        let mut a = bi[i];
+        for (kx, col) in cols.iter().enumerate() {
+            a = _mm512_dpbusd_epi32(a, col[i], _mm512_loadu_si512(wi.add(kx * 256) as *const _));
+        }
+        a = _mm512_dpbusd_epi32(a, h[i], _mm512_loadu_si512(wi.add(5 * 256) as *const _));
+        // Byte 4i + j of each 128-bit lane to the low byte of lane j (the order of `interleave4`).
+        let b = 4 * i as i32;
+        let spread = _mm512_broadcast_i32x4(_mm_setr_epi32(b | -256, (b + 1) | -256, (b + 2) | -256, (b + 3) | -256));
+        let last = _mm512_shuffle_epi8(r[4], spread);
+        a = _mm512_dpbusd_epi32(a, last, _mm512_loadu_si512(wi.add(6 * 256) as *const _));
+        let y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), sc[i]);
+        let y = if CLAMP { _mm512_min_ps(_mm512_max_ps(y, k.lo), k.hi) } else { y };
+        q[i] = round_div_zp(y, k.vs, k.vinv, k.vzp);
+    }
+    _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]))
 }
 
 /// Epilogue of the 4 permuted accumulators of a 64-channel block, back in channel order: the
