@@ -437,12 +437,12 @@ macro_rules! vnni256 {
 
         /// A row of a 5x5 depthwise convolution at stride `SW` in the [`PackedDw::five`] layout
         /// (the AVX-512 path's `dw5_row` on 32 channels): rows 0-3 of each window column
-        /// interleaved once and shifted along the row, row 4 interleaved per output pixel as one
+        /// interleaved once and kept for the pixels that share it, row 4 interleaved per output pixel as one
         /// group of its first four columns, its last tap moved to the low byte of each lane by one
         /// byte shuffle per vector: 7 groups of `vpdpbusd`.
         #[inline(always)]
         unsafe fn dw5_row<const SW: usize>(b: &Blk) {
-            let Blk { g, row0, wb, bi, sc, bf, rp, orow, valid } = *b;
+            let Blk { g, row0, .. } = *b;
             // Vector i's lane (L, j) takes byte 4i + j of its 128-bit lane (`interleave4`'s order);
             // bytes 1-3 of each lane select nothing (0x80: zero).
             let spread: [__m256i; 4] = std::array::from_fn(|i| {
@@ -459,31 +459,59 @@ macro_rules! vnni256 {
                 )
             });
             let r4 = row0.add(4 * g.dh * g.wp * g.cs);
-            let mut cols = [[_mm256_setzero_si256(); 4]; 5];
-            for (k, c) in cols.iter_mut().enumerate() {
-                *c = col::<4>(row0, g, k);
+            // The window columns as a ring (see the AVX-512 path's `dw5_fast`): column `k` in slot
+            // `k mod 5`, the `SW` new ones interleaved per pixel, the pixel loop unrolled five
+            // times so every slot index is a constant (the columns were shifted every pixel).
+            let mut c = [[_mm256_setzero_si256(); 4]; 5];
+            for (k, slot) in c.iter_mut().enumerate().take(5 - SW) {
+                *slot = col::<4>(row0, g, k);
             }
-            for ox in 0..g.ow {
-                if ox > 0 {
-                    for k in 0..5 {
-                        cols[k] = if k + SW < 5 { cols[k + SW] } else { col::<4>(row0, g, ox * SW + k) };
-                    }
-                }
-                let mut acc = *bi;
-                for (kx, c) in cols.iter().enumerate() {
-                    dp4(&mut acc, c, wb.add(kx * 128));
-                }
-                let p = r4.add(ox * SW * g.cs);
-                let mut r = [_mm256_setzero_si256(); 5];
-                for (k, v) in r.iter_mut().enumerate() {
-                    *v = _mm256_loadu_si256(p.add(k * g.cs) as *const _);
-                }
-                let h = interleave4([r[0], r[1], r[2], r[3]]);
-                dp4(&mut acc, &h, wb.add(5 * 128));
-                let last: [__m256i; 4] = std::array::from_fn(|i| _mm256_shuffle_epi8(r[4], spread[i]));
-                dp4(&mut acc, &last, wb.add(6 * 128));
-                dw_store32(&acc, sc, bf, rp, orow.add(ox * g.c), valid);
+            let mut ox = 0;
+            while ox < g.ow {
+                dw5_step::<SW, 0>(&mut c, b, &spread, r4, &mut ox);
+                dw5_step::<SW, 1>(&mut c, b, &spread, r4, &mut ox);
+                dw5_step::<SW, 2>(&mut c, b, &spread, r4, &mut ox);
+                dw5_step::<SW, 3>(&mut c, b, &spread, r4, &mut ox);
+                dw5_step::<SW, 4>(&mut c, b, &spread, r4, &mut ox);
             }
+        }
+
+        /// Pixel `ox` (if in the row) of [`dw5_row`], `J = ox mod 5`: its new columns into their
+        /// ring slots, the 7 groups of products, the epilogue.
+        #[inline(always)]
+        unsafe fn dw5_step<const SW: usize, const J: usize>(
+            c: &mut [[__m256i; 4]; 5],
+            b: &Blk,
+            spread: &[__m256i; 4],
+            r4: *const u8,
+            ox: &mut usize,
+        ) {
+            let Blk { g, row0, wb, bi, sc, bf, rp, orow, valid } = *b;
+            let x = *ox;
+            if x >= g.ow {
+                return;
+            }
+            for k in 5 - SW..5 {
+                c[(SW * J + k) % 5] = col::<4>(row0, g, x * SW + k);
+            }
+            let mut acc = *bi;
+            for kx in 0..5 {
+                dp4(&mut acc, &c[(SW * J + kx) % 5], wb.add(kx * 128));
+            }
+            let p = r4.add(x * SW * g.cs);
+            let mut r = [_mm256_setzero_si256(); 5];
+            for (k, v) in r.iter_mut().enumerate() {
+                *v = _mm256_loadu_si256(p.add(k * g.cs) as *const _);
+            }
+            let h = interleave4([r[0], r[1], r[2], r[3]]);
+            dp4(&mut acc, &h, wb.add(5 * 128));
+            let mut last = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                last[i] = _mm256_shuffle_epi8(r[4], spread[i]);
+            }
+            dp4(&mut acc, &last, wb.add(6 * 128));
+            dw_store32(&acc, sc, bf, rp, orow.add(x * g.c), valid);
+            *ox = x + 1;
         }
 
         /// One output row of a depthwise convolution (see the AVX-512 path's `depthwise_row`):
