@@ -48,9 +48,23 @@ fn channel_vector(isa: F32Isa, g: &ConvGeom) -> bool {
     prefer_t(isa, g.c_out, n, g.k(), cols)
 }
 
-/// Padded input height and width for the shifted path.
-fn padded_hw(g: &ConvGeom) -> (usize, usize) {
-    (g.oh + (g.kh - 1) * g.dh, g.ow + (g.kw - 1) * g.dw)
+/// Padded input height and width of one plane for the shifted path, and the planes per input
+/// channel: at stride 1 the zero-padded image, at stride 2 (no dilation) its four phases (even and
+/// odd rows by even and odd columns), each `oh + (kh-1)/2` rows of `ow + (kw-1)/2`, in which
+/// every window tap is again a shifted row: tap `(ky, kx)` of output `(oy, ox)` is element
+/// `(oy + ky/2, ox + kx/2)` of phase `(ky mod 2, kx mod 2)`.
+fn padded_hw(g: &ConvGeom) -> (usize, usize, usize) {
+    if g.sh == 2 {
+        (g.oh + (g.kh - 1) / 2, g.ow + (g.kw - 1) / 2, 4)
+    } else {
+        (g.oh + (g.kh - 1) * g.dh, g.ow + (g.kw - 1) * g.dw, 1)
+    }
+}
+
+/// Whether the shifted path takes a convolution of this stride: 1, or 2 in both axes without
+/// dilation (as phases, [`padded_hw`]).
+fn shiftable(g: &ConvGeom) -> bool {
+    (g.sh == 1 && g.sw == 1) || (g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1)
 }
 
 impl PackedConv {
@@ -98,16 +112,23 @@ impl PackedConv {
         // packs its panels from them; the portable path's is a plain loop). They compute
         // `(kw - 1)·dw` extra columns per output row, so on AVX2, which has no channel-vector
         // kernel for small planes, only where that waste is small.
-        let waste = (geom.kw.max(1) - 1) * geom.dw;
-        let simd = isa == F32Isa::Avx512 || (isa == F32Isa::Avx2 && waste * 100 <= 15 * geom.ow);
-        let shifted = simd && !geom.is_pointwise() && !geom.is_depthwise() && geom.sh == 1 && geom.sw == 1 && !cv;
+        let simd = isa == F32Isa::Avx512 || isa == F32Isa::Avx2;
+        let shifted = simd && !geom.is_pointwise() && !geom.is_depthwise() && shiftable(&geom) && !cv && {
+            let (_, wp, _) = padded_hw(&geom);
+            isa == F32Isa::Avx512 || (wp - geom.ow) * 100 <= 15 * geom.ow
+        };
         let mut row_offsets = vec![];
         if shifted {
-            let (hp, wp) = padded_hw(&geom);
-            for c in 0..geom.c_in / geom.group {
+            let (hp, wp, phases) = padded_hw(&geom);
+            let cig = geom.c_in / geom.group;
+            for c in 0..cig {
                 for ky in 0..geom.kh {
                     for kx in 0..geom.kw {
-                        row_offsets.push(c * hp * wp + ky * geom.dh * wp + kx * geom.dw);
+                        row_offsets.push(if phases == 4 {
+                            (((ky % 2) * 2 + kx % 2) * cig + c) * hp * wp + (ky / 2) * wp + kx / 2
+                        } else {
+                            c * hp * wp + ky * geom.dh * wp + kx * geom.dw
+                        });
                     }
                 }
             }
@@ -127,7 +148,8 @@ impl PackedConv {
         self.mp > 0
     }
 
-    /// Runs as shifted rows of a padded copy (stride-1 window, no im2col)?
+    /// Runs as shifted rows of a padded copy (stride 1, or stride 2 as four phase planes; no
+    /// im2col)?
     pub fn shifted(&self) -> bool {
         self.shifted
     }
@@ -162,8 +184,8 @@ impl PackedConv {
         } else if g.is_pointwise() || g.is_depthwise() {
             0
         } else if self.shifted {
-            let (hp, wp) = padded_hw(g);
-            g.c_in / g.group * hp * wp + (g.kw - 1) * g.dw + 16 + g.c_out / g.group * g.oh * wp
+            let (hp, wp, phases) = padded_hw(g);
+            g.c_in / g.group * hp * wp * phases + (g.kw - 1) * g.dw + 16 + g.c_out / g.group * g.oh * wp
         } else {
             g.k() * g.oh * g.ow
         }
@@ -197,7 +219,7 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
         let w = if p.channel_vector() { &[][..] } else { &p.weight[gi * cog * k..(gi + 1) * cog * k] };
         let bias = &p.bias[gi * cog..(gi + 1) * cog];
         if p.shifted {
-            let (wp, xpad, cbuf) = pad_planes(g, xg, scratch, threads);
+            let (wp, xpad, cbuf) = pad_planes(isa, g, xg, scratch, threads);
             let dptr = Ptr(out[gi * cog * hw_out..(gi + 1) * cog * hw_out].as_mut_ptr());
             let compact = |y0: usize, y1: usize, cb: &[f32], nw: usize| {
                 for c in 0..cog {
@@ -240,27 +262,45 @@ fn band_rows(cog: usize, wp: usize, oh: usize) -> usize {
 }
 
 /// The zero-padded planes of one group's input `xg` at the start of `scratch` (the shifted-rows
-/// layout, with the tail the last row's window overruns); returns the padded row width, the planes
-/// and the rest of `scratch`.
+/// layout, at stride 2 the four phases of each channel, with the tail the last row's window
+/// overruns); returns the padded row width, the planes and the rest of `scratch`.
 fn pad_planes<'a>(
+    isa: F32Isa,
     g: &ConvGeom,
     xg: &[f32],
     scratch: &'a mut [f32],
     threads: usize,
 ) -> (usize, &'a [f32], &'a mut [f32]) {
     let cig = g.c_in / g.group;
-    let (hp, wp) = padded_hw(g);
-    let (xpad, cbuf) = scratch.split_at_mut(cig * hp * wp + (g.kw - 1) * g.dw + 16);
+    let (hp, wp, phases) = padded_hw(g);
+    let (xpad, cbuf) = scratch.split_at_mut(cig * hp * wp * phases + (g.kw - 1) * g.dw + 16);
     let plane = hp * wp;
-    let fill = |c: usize, dst: &mut [f32]| {
+    let fill = |i: usize, dst: &mut [f32]| {
         dst.fill(0.0);
-        for y in 0..g.h.min(hp.saturating_sub(g.pt)) {
-            let d = (y + g.pt) * wp + g.pl;
-            let n = g.w.min(wp.saturating_sub(g.pl));
-            dst[d..d + n].copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
+        if phases == 1 {
+            let c = i;
+            for y in 0..g.h.min(hp.saturating_sub(g.pt)) {
+                let d = (y + g.pt) * wp + g.pl;
+                let n = g.w.min(wp.saturating_sub(g.pl));
+                dst[d..d + n].copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
+            }
+            return;
+        }
+        // Phase (py, px) of channel c: padded element (2r + py, 2j + px), image element
+        // (2r + py - pt, 2j + px - pl).
+        let (ph, c) = (i / cig, i % cig);
+        let (py, px) = (ph / 2, ph % 2);
+        let (r0, r1) = valid_range(hp, 2, py, g.pt, g.h);
+        let (j0, j1) = valid_range(wp, 2, px, g.pl, g.w);
+        for r in r0..r1 {
+            let y = 2 * r + py - g.pt;
+            let src = &xg[(c * g.h + y) * g.w..(c * g.h + y + 1) * g.w];
+            if j0 < j1 {
+                gather_strided(isa, &mut dst[r * wp + j0..r * wp + j1], &src[2 * j0 + px - g.pl..], 2);
+            }
         }
     };
-    let (planes, tail) = xpad.split_at_mut(cig * plane);
+    let (planes, tail) = xpad.split_at_mut(cig * plane * phases);
     tail.fill(0.0);
     if threads > 1 {
         planes.par_chunks_mut(plane).enumerate().for_each(|(c, d)| fill(c, d));
@@ -323,7 +363,7 @@ pub fn conv2d_bands(p: &PackedConv, x: &[f32], scratch: &mut [f32], threads: usi
         return false;
     }
     assert!(x.len() >= g.c_in * g.h * g.w);
-    let (wp, xpad, cbuf) = pad_planes(g, x, scratch, threads);
+    let (wp, xpad, cbuf) = pad_planes(p.isa, g, x, scratch, threads);
     shifted_bands(p, &p.weight, &p.bias, xpad, wp, cbuf, threads, sink);
     true
 }
