@@ -62,9 +62,10 @@ fn padded_hw(g: &ConvGeom) -> (usize, usize, usize) {
 }
 
 /// Whether the shifted path takes a convolution of this stride: 1, or 2 in both axes without
-/// dilation (as phases, [`padded_hw`]).
+/// dilation (as phases, [`padded_hw`]) for windows at least 2x2 (a 1x1 window reads one phase:
+/// its im2col is one gather).
 fn shiftable(g: &ConvGeom) -> bool {
-    (g.sh == 1 && g.sw == 1) || (g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1)
+    (g.sh == 1 && g.sw == 1) || (g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1 && g.kh >= 2 && g.kw >= 2)
 }
 
 impl PackedConv {
@@ -113,10 +114,13 @@ impl PackedConv {
         // `(kw - 1)·dw` extra columns per output row, so on AVX2, which has no channel-vector
         // kernel for small planes, only where that waste is small.
         let simd = isa == F32Isa::Avx512 || isa == F32Isa::Avx2;
-        let shifted = simd && !geom.is_pointwise() && !geom.is_depthwise() && shiftable(&geom) && !cv && {
-            let (_, wp, _) = padded_hw(&geom);
-            isa == F32Isa::Avx512 || (wp - geom.ow) * 100 <= 15 * geom.ow
-        };
+        // The channel-vector GEMM (small planes) reads B through the same offsets at stride 2 only:
+        // at stride 1 its `kw - 1` extra columns per row cost more than the im2col saves.
+        let shifted =
+            simd && !geom.is_pointwise() && !geom.is_depthwise() && shiftable(&geom) && (!cv || geom.sh == 2) && {
+                let (_, wp, _) = padded_hw(&geom);
+                isa == F32Isa::Avx512 || (wp - geom.ow) * 100 <= 15 * geom.ow
+            };
         let mut row_offsets = vec![];
         if shifted {
             let (hp, wp, phases) = padded_hw(&geom);
@@ -164,6 +168,8 @@ impl PackedConv {
         } else if self.channel_vector() {
             if g.is_pointwise() {
                 "f32 1x1 channel-vector gemm"
+            } else if self.shifted {
+                "f32 shifted-rows channel-vector gemm"
             } else {
                 "f32 im2col+channel-vector gemm"
             }
@@ -233,7 +239,30 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
                     }
                 }
             };
-            shifted_bands(p, w, bias, xpad, wp, cbuf, threads, &compact);
+            if p.channel_vector() {
+                // Small planes: the whole output in one GEMM (output channels in the vector lanes),
+                // then compacted.
+                let nw = g.oh * wp;
+                let cb = &mut cbuf[..cog * nw];
+                sgemm_t(
+                    isa,
+                    cog,
+                    nw,
+                    k,
+                    &p.wt,
+                    p.mp,
+                    xpad,
+                    BRows::Offsets(&p.row_offsets),
+                    bias,
+                    p.act,
+                    cb,
+                    nw,
+                    threads,
+                );
+                compact(0, g.oh, cb, nw);
+            } else {
+                shifted_bands(p, w, bias, xpad, wp, cbuf, threads, &compact);
+            }
             continue;
         }
         let rhs: &[f32] = if g.is_pointwise() {
@@ -359,7 +388,7 @@ fn shifted_bands(
 pub fn conv2d_bands(p: &PackedConv, x: &[f32], scratch: &mut [f32], threads: usize, sink: &dyn BandSink) -> bool {
     let g = &p.geom;
     // (A Winograd convolution is never `shifted`.)
-    if !p.shifted || g.group != 1 {
+    if !p.shifted || g.group != 1 || p.channel_vector() {
         return false;
     }
     assert!(x.len() >= g.c_in * g.h * g.w);
