@@ -126,8 +126,7 @@ pub(crate) fn fuse_conv_quantize(steps: &mut Vec<Step>, infos: &mut Vec<StepInfo
                 *n == *batch
                     && *c == p.geom.c_out
                     && *plane == p.geom.oh * p.geom.ow
-                    && p.shifted()
-                    && p.geom.group == 1
+                    && p.bands()
                     && feeds_only_next(steps, outputs, i)
                     // One image's input may share bytes with the output: the step copies all of it
                     // into its padded planes (scratch) before it writes a byte. With more images,

@@ -158,6 +158,13 @@ impl PackedConv {
         self.shifted
     }
 
+    /// Whether [`conv2d_bands`] runs this convolution: shifted rows in one group, on the spatial
+    /// GEMM (whose bands of output rows it hands out; the channel-vector GEMM of small planes
+    /// computes the whole output at once).
+    pub fn bands(&self) -> bool {
+        self.shifted && self.geom.group == 1 && !self.channel_vector()
+    }
+
     /// The strategy, for reports.
     pub fn kernel_name(&self) -> &'static str {
         let g = &self.geom;
@@ -388,7 +395,7 @@ fn shifted_bands(
 pub fn conv2d_bands(p: &PackedConv, x: &[f32], scratch: &mut [f32], threads: usize, sink: &dyn BandSink) -> bool {
     let g = &p.geom;
     // (A Winograd convolution is never `shifted`.)
-    if !p.shifted || g.group != 1 || p.channel_vector() {
+    if !p.bands() {
         return false;
     }
     assert!(x.len() >= g.c_in * g.h * g.w);

@@ -145,8 +145,8 @@ unsafe fn to_rows(x: &[u8], c: usize, i0: usize, n: usize, dst: *mut u8, ld: usi
 /// bytes (`[oh][ow][c_out]`) of `quantize(conv2d(p, x))`, each band of output rows quantized while
 /// it is in cache instead of the whole f32 output written, re-read and transposed (a first layer
 /// the quantizer keeps float: U²-Netp's 64 channels at 320x320 are 26 MB of f32). The same bytes
-/// as the two steps. Returns false, doing nothing, where the convolution is not one shifted-rows
-/// group ([`crate::fp32::conv::conv2d_bands`]).
+/// as the two steps. Returns false, doing nothing, where the convolution does not run in bands
+/// ([`crate::fp32::conv::PackedConv::bands`]).
 pub fn conv_quantize(
     isa: Isa,
     p: &crate::fp32::conv::PackedConv,
