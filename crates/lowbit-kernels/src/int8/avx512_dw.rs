@@ -131,155 +131,100 @@ unsafe fn dw3_fast<const SW: usize>(blk: &Block) {
 }
 
 /// A row of a 5x5 depthwise convolution at stride `SW` in the [`PackedDw::five`] layout: rows
-/// 0-3 of each window column interleaved once and shifted along the row (as in [`dw_cols_row`]),
-/// row 4 interleaved per output pixel as one group of its first four columns, and its last tap
-/// widened to the low byte of each lane by one byte shuffle per vector (the other three bytes
-/// meet zero weights): 7 groups of `vpdpbusd`, the minimum for 25 taps.
+/// 0-3 of each window column interleaved once and kept in registers as a ring (column `k` in slot
+/// `k mod 5`; the pixel loop unrolled five times so every slot index is a constant and only the
+/// `SW` new columns are interleaved per pixel), row 4 interleaved per output pixel as one group
+/// of its first four columns, and its last tap widened to the low byte of each lane by one byte
+/// shuffle per vector (the other three bytes meet zero weights): 7 groups of `vpdpbusd`, the
+/// minimum for 25 taps. The common epilogue (integer bias only, unsigned bytes) is resolved at
+/// compile time (`EPI` 1 unclamped, 2 clamped; 0 any other, through [`dw_store64`]). Shifting the
+/// 20 column vectors along the row instead moved them through the stack every pixel.
 #[inline(always)]
 unsafe fn dw5_row<const SW: usize>(blk: &Block) {
-    let Block { g, row0, wb, bi, sc, bf, rp, orow, m } = *blk;
+    let rp = blk.rp;
     if rp.bias_f.is_empty() && matches!(rp.out, Out::Q { qmin: 0, qmax: 255, .. }) {
-        return if rp.unclamped { dw5_fast::<SW, false>(blk) } else { dw5_fast::<SW, true>(blk) };
-    }
-    // Vector i's lane (L, j) takes byte 4i + j of its 128-bit lane (the order of `interleave4`).
-    let mut spread = [_mm512_setzero_si512(); 4];
-    for (i, v) in spread.iter_mut().enumerate() {
-        let b = 4 * i as i32;
-        // bytes 1-3 of each lane: 0x80 (zero)
-        *v = _mm512_broadcast_i32x4(_mm_setr_epi32(b | -256, (b + 1) | -256, (b + 2) | -256, (b + 3) | -256));
-    }
-    let r4 = row0.add(4 * g.dh * g.wp * g.cs);
-    let mut cols = [[_mm512_setzero_si512(); 4]; 5];
-    for (k, c) in cols.iter_mut().enumerate() {
-        *c = dw_col::<4>(row0, g, k);
-    }
-    // (Loads written out: a closure would not inherit the caller's target features.)
-    for ox in 0..g.ow {
-        if ox > 0 {
-            for k in 0..5 {
-                cols[k] = if k + SW < 5 { cols[k + SW] } else { dw_col::<4>(row0, g, ox * SW + k) };
-            }
+        if rp.unclamped {
+            dw5_ring::<SW, 1>(blk)
+        } else {
+            dw5_ring::<SW, 2>(blk)
         }
-        let mut acc = *bi;
-        for (kx, c) in cols.iter().enumerate() {
-            for i in 0..4 {
-                acc[i] = _mm512_dpbusd_epi32(acc[i], c[i], _mm512_loadu_si512(wb.add(kx * 256 + 64 * i) as *const _));
-            }
-        }
-        let p = r4.add(ox * SW * g.cs);
-        let mut r = [_mm512_setzero_si512(); 5];
-        for (k, v) in r.iter_mut().enumerate() {
-            *v = _mm512_loadu_si512(p.add(k * g.cs) as *const _);
-        }
-        let h = interleave4(r[0], r[1], r[2], r[3]);
-        for i in 0..4 {
-            let (w5, w6) = (wb.add(5 * 256 + 64 * i), wb.add(6 * 256 + 64 * i));
-            acc[i] = _mm512_dpbusd_epi32(acc[i], h[i], _mm512_loadu_si512(w5 as *const _));
-            let last = _mm512_shuffle_epi8(r[4], spread[i]);
-            acc[i] = _mm512_dpbusd_epi32(acc[i], last, _mm512_loadu_si512(w6 as *const _));
-        }
-        dw_store64(&acc, sc, bf, rp, orow.add(ox * g.c), m);
+    } else {
+        dw5_ring::<SW, 0>(blk)
     }
 }
 
-/// [`dw5_row`] for the common epilogue (integer bias only, unsigned bytes; `CLAMP` whether the
-/// activation clamp applies): the five interleaved window columns held in registers as a ring
-/// (the loop unrolled five times, so each pixel names its columns' slots at compile time and
-/// only the `SW` new columns are interleaved), and no per-pixel tests. The general loop shifted
-/// its 20 column vectors through the stack every pixel and tested the epilogue's kind per
-/// vector.
 #[inline(always)]
-unsafe fn dw5_fast<const SW: usize, const CLAMP: bool>(blk: &Block) {
-    let Block { g, row0, wb, bi, sc, rp, orow, m, .. } = *blk;
-    let Out::Q { scale, zp, .. } = rp.out else { unreachable!() };
-    let k = Dw5Consts {
-        vs: _mm512_set1_ps(scale),
-        vinv: _mm512_set1_ps(rp.inv),
-        vzp: _mm512_set1_epi32(zp),
-        lo: _mm512_set1_ps(rp.ylo),
-        hi: _mm512_set1_ps(rp.yhi),
-    };
-    let r4 = row0.add(4 * g.dh * g.wp * g.cs);
+unsafe fn dw5_ring<const SW: usize, const EPI: u8>(blk: &Block) {
+    let (g, row0) = (blk.g, blk.row0);
     let mut c = [[_mm512_setzero_si512(); 4]; 5];
     // Columns `ox·SW + 5 - SW ..= ox·SW + 4` are new at pixel `ox`: the first ones before the loop.
     for (col, slot) in c.iter_mut().enumerate().take(5 - SW) {
         *slot = dw_col::<4>(row0, g, col);
     }
     let mut ox = 0;
-    macro_rules! step {
-        ($j:literal) => {
-            if ox < g.ow {
-                for kk in 5 - SW..5 {
-                    c[(SW * $j + kk) % 5] = dw_col::<4>(row0, g, ox * SW + kk);
-                }
-                let cols = [
-                    &c[(SW * $j) % 5],
-                    &c[(SW * $j + 1) % 5],
-                    &c[(SW * $j + 2) % 5],
-                    &c[(SW * $j + 3) % 5],
-                    &c[(SW * $j + 4) % 5],
-                ];
-                let bytes = dw5_pixel::<CLAMP>(cols, r4.add(ox * SW * g.cs), g.cs, wb, bi, sc, &k);
-                _mm512_mask_storeu_epi8(orow.add(ox * g.c) as *mut i8, m, bytes);
-                ox += 1;
-            }
-        };
-    }
     while ox < g.ow {
-        step!(0);
-        step!(1);
-        step!(2);
-        step!(3);
-        step!(4);
+        dw5_step::<SW, 0, EPI>(&mut c, blk, &mut ox);
+        dw5_step::<SW, 1, EPI>(&mut c, blk, &mut ox);
+        dw5_step::<SW, 2, EPI>(&mut c, blk, &mut ox);
+        dw5_step::<SW, 3, EPI>(&mut c, blk, &mut ox);
+        dw5_step::<SW, 4, EPI>(&mut c, blk, &mut ox);
     }
 }
 
-/// The output constants of [`dw5_fast`].
-struct Dw5Consts {
-    vs: __m512,
-    vinv: __m512,
-    vzp: __m512i,
-    lo: __m512,
-    hi: __m512,
-}
-
-/// One pixel of [`dw5_fast`]: the five columns' rows 0-3, row 4 (`p`: its first window pixel,
-/// pixels `cs` bytes apart) as in [`dw5_row`], the requantization, the 64 bytes in channel order.
+/// Pixel `ox` (if in the row) of [`dw5_row`], `J = ox mod 5`: its new columns into their ring
+/// slots, the 7 groups of products, the epilogue, the 64 bytes stored.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw5_pixel<const CLAMP: bool>(
-    cols: [&[__m512i; 4]; 5],
-    p: *const u8,
-    cs: usize,
-    wb: *const i8,
-    bi: &[__m512i; 4],
-    sc: &[__m512; 4],
-    k: &Dw5Consts,
-) -> __m512i {
+unsafe fn dw5_step<const SW: usize, const J: usize, const EPI: u8>(
+    c: &mut [[__m512i; 4]; 5],
+    blk: &Block,
+    ox: &mut usize,
+) {
+    let Block { g, row0, wb, bi, sc, bf, rp, orow, m } = *blk;
+    let x = *ox;
+    if x >= g.ow {
+        return;
+    }
+    for k in 5 - SW..5 {
+        c[(SW * J + k) % 5] = dw_col::<4>(row0, g, x * SW + k);
+    }
+    let p = row0.add(4 * g.dh * g.wp * g.cs + x * SW * g.cs);
     let mut r = [_mm512_setzero_si512(); 5];
     for (kx, v) in r.iter_mut().enumerate() {
-        *v = _mm512_loadu_si512(p.add(kx * cs) as *const _);
+        *v = _mm512_loadu_si512(p.add(kx * g.cs) as *const _);
     }
     let h = interleave4(r[0], r[1], r[2], r[3]);
-    let mut q = [_mm512_setzero_si512(); 4];
-    for i in 0..4 {
+    let mut acc = *bi;
+    for (i, a) in acc.iter_mut().enumerate() {
         // (Loads written out: a closure would not inherit the caller's target features.)
         let wi = wb.add(64 * i);
-        let mut a = bi[i];
-        for (kx, col) in cols.iter().enumerate() {
-            a = _mm512_dpbusd_epi32(a, col[i], _mm512_loadu_si512(wi.add(kx * 256) as *const _));
+        for kx in 0..5 {
+            *a = _mm512_dpbusd_epi32(*a, c[(SW * J + kx) % 5][i], _mm512_loadu_si512(wi.add(kx * 256) as *const _));
         }
-        a = _mm512_dpbusd_epi32(a, h[i], _mm512_loadu_si512(wi.add(5 * 256) as *const _));
-        // Byte 4i + j of each 128-bit lane to the low byte of lane j (the order of `interleave4`).
+        *a = _mm512_dpbusd_epi32(*a, h[i], _mm512_loadu_si512(wi.add(5 * 256) as *const _));
+        // Byte 4i + j of each 128-bit lane to the low byte of lane j (the order of `interleave4`);
+        // bytes 1-3 of each lane select nothing (0x80: zero).
         let b = 4 * i as i32;
         let spread = _mm512_broadcast_i32x4(_mm_setr_epi32(b | -256, (b + 1) | -256, (b + 2) | -256, (b + 3) | -256));
         let last = _mm512_shuffle_epi8(r[4], spread);
-        a = _mm512_dpbusd_epi32(a, last, _mm512_loadu_si512(wi.add(6 * 256) as *const _));
-        let y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), sc[i]);
-        let y = if CLAMP { _mm512_min_ps(_mm512_max_ps(y, k.lo), k.hi) } else { y };
-        q[i] = round_div_zp(y, k.vs, k.vinv, k.vzp);
+        *a = _mm512_dpbusd_epi32(*a, last, _mm512_loadu_si512(wi.add(6 * 256) as *const _));
     }
-    _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]))
+    let o = orow.add(x * g.c);
+    if EPI == 0 {
+        dw_store64(&acc, sc, bf, rp, o, m);
+    } else {
+        let Out::Q { scale, zp, .. } = rp.out else { unreachable!() };
+        let (vs, vinv, vzp) = (_mm512_set1_ps(scale), _mm512_set1_ps(rp.inv), _mm512_set1_epi32(zp));
+        let (lo, hi) = (_mm512_set1_ps(rp.ylo), _mm512_set1_ps(rp.yhi));
+        let mut q = [_mm512_setzero_si512(); 4];
+        for i in 0..4 {
+            let y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i]), sc[i]);
+            let y = if EPI == 2 { _mm512_min_ps(_mm512_max_ps(y, lo), hi) } else { y };
+            q[i] = round_div_zp(y, vs, vinv, vzp);
+        }
+        let bytes = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+        _mm512_mask_storeu_epi8(o as *mut i8, m, bytes);
+    }
+    *ox = x + 1;
 }
 
 /// Epilogue of the 4 permuted accumulators of a 64-channel block, back in channel order: the
