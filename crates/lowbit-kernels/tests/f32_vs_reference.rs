@@ -4,7 +4,7 @@
 
 use lowbit_core::{Act, ConvAttrs, Node, Op, PoolAttrs, Tensor};
 use lowbit_kernels::eltwise::{self, BinOp, Broadcast};
-use lowbit_kernels::fp32::conv::{conv2d, PackedConv};
+use lowbit_kernels::fp32::conv::{conv2d, conv2d_bands, PackedConv};
 use lowbit_kernels::fp32::deconv::{Deconv2d, PackedDeconv};
 use lowbit_kernels::geom::ConvGeom;
 use lowbit_kernels::isa::F32Isa;
@@ -177,6 +177,60 @@ proptest! {
                 conv2d(&p, &x.to_f32_vec()[n * isz..(n + 1) * isz], &mut out[n * osz..(n + 1) * osz], &mut scratch, threads);
             });
             close(&out, want.as_f32().unwrap(), 1e-4)?;
+        }
+    }
+
+    /// On AVX-512 the direct channel-lane kernel gives the bits of the GEMM strategies it replaces
+    /// (the same FMA chain per output: the bias, then tap by tap), at stride 1 and 2, with
+    /// dilation, padding and every activation; and its bands (the f32 output of a fused
+    /// convolution + quantization) hold the bits of the whole convolution.
+    #[test]
+    fn direct_channel_lanes_match_the_gemm_paths(c in conv_case(), threads in 1usize..3) {
+        if !F32Isa::Avx512.supported() || c.group != 1 {
+            return Ok(());
+        }
+        let act = act_of(c.act);
+        let attrs = ConvAttrs { kernel_shape: vec![c.k.0, c.k.1], strides: vec![c.s, c.s], pads: c.pads.to_vec(),
+            dilations: vec![c.d, c.d], group: 1, act, ..Default::default() };
+        let xs = vec![1, c.c_in, c.h, c.w];
+        let ws = vec![c.c_out, c.c_in, c.k.0, c.k.1];
+        let win = lowbit_core::shape::window(&xs[2..], &ws[2..], &attrs.strides, &attrs.dilations, &attrs.pads, attrs.auto_pad, false).unwrap();
+        let g = ConvGeom { c_in: c.c_in, h: c.h, w: c.w, c_out: c.c_out, kh: c.k.0, kw: c.k.1, sh: c.s, sw: c.s, dh: c.d, dw: c.d,
+            pt: c.pads[0], pl: c.pads[1], oh: win.out[0], ow: win.out[1], group: 1 };
+        let (x, w, b) = (rnd(c.seed, c.c_in * c.h * c.w), rnd(c.seed ^ 7, ws.iter().product()), rnd(c.seed ^ 9, c.c_out));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let run = |p: &PackedConv| {
+            let mut out = vec![f32::NAN; c.c_out * g.oh * g.ow];
+            let mut scratch = vec![0.0; p.scratch_len()];
+            pool.install(|| conv2d(p, &x, &mut out, &mut scratch, threads));
+            out
+        };
+        let isa = F32Isa::Avx512;
+        let d = PackedConv::with_strategy(isa, g.clone(), w.clone(), Some(b.clone()), act, Some(false), Some(true));
+        let s = PackedConv::with_strategy(isa, g.clone(), w, Some(b), act, Some(false), Some(false));
+        let shiftable = !g.is_pointwise() && (c.s == 1 || (c.s == 2 && c.d == 1 && c.k.0 >= 2 && c.k.1 >= 2));
+        prop_assert_eq!(d.direct(), shiftable, "{}", d.kernel_name());
+        let want = run(&s);
+        let got = run(&d);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&got), bits(&want), "{} vs {}", d.kernel_name(), s.kernel_name());
+        if d.direct() {
+            // The bands, gathered into planes.
+            let banded = std::sync::Mutex::new(vec![f32::NAN; c.c_out * g.oh * g.ow]);
+            let sink = |y0: usize, y1: usize, cb: &[f32], nw: usize| {
+                let pitch = nw / (y1 - y0);
+                let mut o = banded.lock().unwrap();
+                for ch in 0..c.c_out {
+                    for y in y0..y1 {
+                        for xx in 0..g.ow {
+                            o[(ch * g.oh + y) * g.ow + xx] = cb[ch * nw + (y - y0) * pitch + xx];
+                        }
+                    }
+                }
+            };
+            let mut scratch = vec![0.0; d.scratch_len()];
+            prop_assert!(pool.install(|| conv2d_bands(&d, &x, &mut scratch, threads, &sink)));
+            prop_assert_eq!(bits(&banded.into_inner().unwrap()), bits(&want));
         }
     }
 

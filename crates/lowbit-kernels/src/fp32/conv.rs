@@ -8,8 +8,9 @@ use lowbit_core::Act;
 use rayon::prelude::*;
 
 use crate::fp32::depthwise::depthwise;
+use crate::fp32::direct_t::{self, DirectT};
 use crate::fp32::gemm::{pack_t, prefer_t, sgemm_bias_act, sgemm_rows, sgemm_t};
-use crate::fp32::layout::{BRows, Ptr};
+use crate::fp32::layout::{clamp_of, fused_clamp, BRows, Ptr};
 use crate::fp32::winograd::{self, Wino};
 #[cfg(target_arch = "x86_64")]
 use crate::fp32::{avx2, avx512};
@@ -34,6 +35,9 @@ pub struct PackedConv {
     shifted: bool,
     /// Winograd F(4x4, 3x3): the transformed weights (`weight` is then empty).
     wino: Option<Box<Wino>>,
+    /// Shifted rows with output channels in the lanes ([`direct_t`]): its weights (`weight` is
+    /// then empty).
+    direct: Option<Box<DirectT>>,
 }
 
 /// Does `g` run on the channel-vector GEMM ([`sgemm_t`]) on path `isa`? Small planes (7x7) do:
@@ -54,6 +58,15 @@ fn channel_vector(isa: F32Isa, g: &ConvGeom) -> bool {
 /// every window tap is again a shifted row: tap `(ky, kx)` of output `(oy, ox)` is element
 /// `(oy + ky/2, ox + kx/2)` of phase `(ky mod 2, kx mod 2)`.
 fn padded_hw(g: &ConvGeom) -> (usize, usize, usize) {
+    padded_hw_for(g, false)
+}
+
+/// [`padded_hw`], or for [`direct_t`] (`direct`), which reads along rows at any stride, the plain
+/// zero-padded image at every stride.
+fn padded_hw_for(g: &ConvGeom, direct: bool) -> (usize, usize, usize) {
+    if direct {
+        return ((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1, 1);
+    }
     if g.sh == 2 {
         (g.oh + (g.kh - 1) / 2, g.ow + (g.kw - 1) / 2, 4)
     } else {
@@ -86,6 +99,21 @@ impl PackedConv {
         act: Act,
         winograd: Option<bool>,
     ) -> PackedConv {
+        Self::with_strategy(isa, geom, weight, bias, act, winograd, None)
+    }
+
+    /// As [`PackedConv::with_winograd`], with the direct channel-lane kernel ([`direct_t`], AVX-512,
+    /// one group, where the rows can be shifted) `Some(true)` wherever it can run, `Some(false)`
+    /// never, `None` where it pays.
+    pub fn with_strategy(
+        isa: F32Isa,
+        geom: ConvGeom,
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        act: Act,
+        winograd: Option<bool>,
+        direct: Option<bool>,
+    ) -> PackedConv {
         assert_eq!(weight.len(), geom.c_out * geom.k(), "weight size does not fit the geometry");
         let bias = bias.unwrap_or_else(|| vec![0.0; geom.c_out]);
         let wino = match winograd {
@@ -106,9 +134,17 @@ impl PackedConv {
                 mp: 0,
                 shifted: false,
                 wino: w,
+                direct: None,
             };
         }
-        let cv = channel_vector(isa, &geom);
+        // Output channels in the lanes straight from the shifted rows (AVX-512, one group).
+        let direct = isa == F32Isa::Avx512
+            && geom.group == 1
+            && !geom.is_pointwise()
+            && !geom.is_depthwise()
+            && shiftable(&geom)
+            && direct.unwrap_or_else(|| direct_pays(&geom));
+        let cv = channel_vector(isa, &geom) && !direct;
         // Shifted rows need a GEMM that reads B through row offsets (AVX-512 streams them, AVX2
         // packs its panels from them; the portable path's is a plain loop). They compute
         // `(kw - 1)·dw` extra columns per output row, so on AVX2, which has no channel-vector
@@ -116,14 +152,14 @@ impl PackedConv {
         let simd = isa == F32Isa::Avx512 || isa == F32Isa::Avx2;
         // The channel-vector GEMM (small planes) reads B through the same offsets at stride 2 only:
         // at stride 1 its `kw - 1` extra columns per row cost more than the im2col saves.
-        let shifted =
-            simd && !geom.is_pointwise() && !geom.is_depthwise() && shiftable(&geom) && (!cv || geom.sh == 2) && {
+        let shifted = direct
+            || simd && !geom.is_pointwise() && !geom.is_depthwise() && shiftable(&geom) && (!cv || geom.sh == 2) && {
                 let (_, wp, _) = padded_hw(&geom);
                 isa == F32Isa::Avx512 || (wp - geom.ow) * 100 <= 15 * geom.ow
             };
         let mut row_offsets = vec![];
         if shifted {
-            let (hp, wp, phases) = padded_hw(&geom);
+            let (hp, wp, phases) = padded_hw_for(&geom, direct);
             let cig = geom.c_in / geom.group;
             for c in 0..cig {
                 for ky in 0..geom.kh {
@@ -137,6 +173,22 @@ impl PackedConv {
                 }
             }
         }
+        if direct {
+            let d = Some(Box::new(DirectT::new(geom.c_out, geom.k(), &weight)));
+            return PackedConv {
+                isa,
+                geom,
+                weight: vec![],
+                bias,
+                act,
+                row_offsets,
+                wt: vec![],
+                mp: 0,
+                shifted,
+                wino: None,
+                direct: d,
+            };
+        }
         // The channel-vector path keeps only the transposed copy.
         let (weight, wt, mp) = if cv {
             let (wt, mp) = pack_t(geom.c_out, geom.k(), &weight, geom.k());
@@ -144,7 +196,17 @@ impl PackedConv {
         } else {
             (weight, vec![], 0)
         };
-        PackedConv { isa, geom, weight, bias, act, row_offsets, wt, mp, shifted, wino: None }
+        PackedConv { isa, geom, weight, bias, act, row_offsets, wt, mp, shifted, wino: None, direct: None }
+    }
+
+    /// The padded planes the shifted path reads: height, width and phases per channel.
+    fn planes_hw(&self) -> (usize, usize, usize) {
+        padded_hw_for(&self.geom, self.direct.is_some())
+    }
+
+    /// Runs on the direct channel-lane kernel ([`direct_t`])?
+    pub fn direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Packed for the channel-vector GEMM?
@@ -170,6 +232,8 @@ impl PackedConv {
         let g = &self.geom;
         if self.wino.is_some() {
             "f32 winograd F(4x4,3x3)"
+        } else if self.direct.is_some() {
+            "f32 shifted-rows direct (channel lanes)"
         } else if g.is_depthwise() {
             "f32 depthwise direct"
         } else if self.channel_vector() {
@@ -197,7 +261,7 @@ impl PackedConv {
         } else if g.is_pointwise() || g.is_depthwise() {
             0
         } else if self.shifted {
-            let (hp, wp, phases) = padded_hw(g);
+            let (hp, wp, phases) = self.planes_hw();
             g.c_in / g.group * hp * wp * phases + (g.kw - 1) * g.dw + 16 + g.c_out / g.group * g.oh * wp
         } else {
             g.k() * g.oh * g.ow
@@ -206,7 +270,8 @@ impl PackedConv {
 
     /// Bytes of packed weights and biases held.
     pub fn weight_bytes(&self) -> usize {
-        (self.weight.len() + self.wt.len() + self.bias.len()) * 4 + self.wino.as_ref().map_or(0, |w| w.bytes())
+        (self.weight.len() + self.wt.len() + self.bias.len() + self.direct.as_ref().map_or(0, |d| d.len())) * 4
+            + self.wino.as_ref().map_or(0, |w| w.bytes())
     }
 }
 
@@ -229,10 +294,21 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
     let cig = g.c_in / g.group;
     for gi in 0..g.group {
         let xg = &x[gi * cig * g.h * g.w..(gi + 1) * cig * g.h * g.w];
-        let w = if p.channel_vector() { &[][..] } else { &p.weight[gi * cog * k..(gi + 1) * cog * k] };
+        let w = if p.channel_vector() || p.direct.is_some() {
+            &[][..]
+        } else {
+            &p.weight[gi * cog * k..(gi + 1) * cog * k]
+        };
         let bias = &p.bias[gi * cog..(gi + 1) * cog];
         if p.shifted {
-            let (wp, xpad, cbuf) = pad_planes(isa, g, xg, scratch, threads);
+            let (wp, xpad, cbuf) = pad_planes(isa, g, p.planes_hw(), xg, scratch, threads);
+            if let Some(d) = &p.direct {
+                // (One group: `with_strategy`.)
+                let rows = direct_rows(p, xpad, wp, 0, g.oh, hw_out);
+                direct_t::rows(d, &rows, &mut out[..g.c_out * hw_out], threads);
+                act_planes(p, &mut out[..g.c_out * hw_out]);
+                continue;
+            }
             let dptr = Ptr(out[gi * cog * hw_out..(gi + 1) * cog * hw_out].as_mut_ptr());
             let compact = |y0: usize, y1: usize, cb: &[f32], nw: usize| {
                 for c in 0..cog {
@@ -289,6 +365,49 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
     }
 }
 
+/// Whether a shifted-rows convolution in one group on AVX-512 pays on [`direct_t`] (output channels
+/// in the lanes) rather than on the spatial GEMM: where its lanes waste less than the spatial
+/// tile's `(kw - 1)·dw` padding columns per row do, by a margin its transposes need on short
+/// reductions (`cargo bench -p lowbit-kernels --bench f32 -- 'x'`, `LOWBIT_F32_DIRECT=0|1`, AMD
+/// EPYC Zen 4, GMAC/s spatial -> direct: 16->16 at 28x28 46.8 -> 52.7, 32->32 at 14x14 44.3 -> 52.9,
+/// 64->64 at 7x7 32.5 (channel-vector GEMM) -> 52.7, stride 2 16->32 at 28x28 37.1 -> 46.4,
+/// 64->128 at 56x56 51.4 -> 54.8, 256->256 at 14x14 49.5 -> 57.0; but the 7x7 stride-2 stem
+/// 3->64 (reduction 147) 51.4 -> 47.5 and 1x1 convolutions (reductions of 16-160) lose).
+/// `LOWBIT_F32_DIRECT=0|1` forces it off / on.
+fn direct_pays(g: &ConvGeom) -> bool {
+    match std::env::var("LOWBIT_F32_DIRECT").ok().as_deref() {
+        Some("0") => return false,
+        Some("1") => return true,
+        _ => {}
+    }
+    let (_, wp, _) = padded_hw(g);
+    let lanes = g.c_out as f64 / (g.c_out.div_ceil(16) * 16) as f64;
+    let spatial = g.ow as f64 / wp as f64;
+    g.c_out >= 16 && g.k() >= 64 && (lanes >= spatial + 0.05 || (lanes > spatial && g.k() >= 256))
+}
+
+/// The [`direct_t::Rows`] of output rows `y0..y1` of `p` from padded planes `wp` wide, written
+/// compact (rows `ow` apart) at channel stride `cs`.
+fn direct_rows<'a>(
+    p: &'a PackedConv,
+    xpad: &'a [f32],
+    wp: usize,
+    y0: usize,
+    y1: usize,
+    cs: usize,
+) -> direct_t::Rows<'a> {
+    let (g, (lo, hi)) = (&p.geom, fused_clamp(p.act));
+    let (ry, sx, rs) = (g.sh * wp, g.sw, g.ow);
+    direct_t::Rows { xpad, offs: &p.row_offsets, ry, sx, ow: g.ow, y0, y1, bias: &p.bias, lo, hi, cs, rs }
+}
+
+/// An activation [`direct_t`] cannot fuse (not a clamp), applied to its output afterwards.
+fn act_planes(p: &PackedConv, out: &mut [f32]) {
+    if clamp_of(p.act).is_none() {
+        crate::eltwise::apply_act(p.isa, p.act, out);
+    }
+}
+
 /// Output rows of the shifted-rows GEMM per band: its `c_out × rows × wp` f32 block within about
 /// 256 KB, so the band is compacted into the planes while it is still in L2. One GEMM over the
 /// whole image wrote and re-read a block the size of the output (U²-Netp's float stem, 64 channels
@@ -303,25 +422,32 @@ fn band_rows(cog: usize, wp: usize, oh: usize) -> usize {
 fn pad_planes<'a>(
     isa: F32Isa,
     g: &ConvGeom,
+    (hp, wp, phases): (usize, usize, usize),
     xg: &[f32],
     scratch: &'a mut [f32],
     threads: usize,
 ) -> (usize, &'a [f32], &'a mut [f32]) {
     let cig = g.c_in / g.group;
-    let (hp, wp, phases) = padded_hw(g);
     let (xpad, cbuf) = scratch.split_at_mut(cig * hp * wp * phases + (g.kw - 1) * g.dw + 16);
     let plane = hp * wp;
     let fill = |i: usize, dst: &mut [f32]| {
-        dst.fill(0.0);
         if phases == 1 {
+            // Only the border is zeroed: the image rows overwrite the rest.
             let c = i;
-            for y in 0..g.h.min(hp.saturating_sub(g.pt)) {
-                let d = (y + g.pt) * wp + g.pl;
-                let n = g.w.min(wp.saturating_sub(g.pl));
-                dst[d..d + n].copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
+            let (pl, pt) = (g.pl.min(wp), g.pt.min(hp));
+            let (rows, n) = (g.h.min(hp - pt), g.w.min(wp - pl));
+            dst[..pt * wp].fill(0.0);
+            for y in 0..rows {
+                let d = (y + pt) * wp;
+                let row = &mut dst[d..d + wp];
+                row[..pl].fill(0.0);
+                row[pl..pl + n].copy_from_slice(&xg[(c * g.h + y) * g.w..(c * g.h + y) * g.w + n]);
+                row[pl + n..].fill(0.0);
             }
+            dst[(pt + rows) * wp..].fill(0.0);
             return;
         }
+        dst.fill(0.0);
         // Phase (py, px) of channel c: padded element (2r + py, 2j + px), image element
         // (2r + py - pt, 2j + px - pl).
         let (ph, c) = (i / cig, i % cig);
@@ -375,11 +501,20 @@ fn shifted_bands(
     let run = |slot: usize, cb: &mut [f32]| {
         for b in (slot..bands).step_by(slots) {
             let (y0, y1) = (b * rows, ((b + 1) * rows).min(g.oh));
-            let nw = (y1 - y0) * wp;
-            let cb = &mut cb[..cog * nw];
-            let rowsel = BRows::Offsets(&p.row_offsets);
-            sgemm_rows(p.isa, cog, nw, k, w, k, &xpad[y0 * wp..], rowsel, bias, p.act, cb, nw, 1);
-            sink(y0, y1, cb, nw);
+            if let Some(d) = &p.direct {
+                // Compact rows (the sink reads the row pitch as nw / (y1 - y0)).
+                let nw = (y1 - y0) * g.ow;
+                let cb = &mut cb[..cog * nw];
+                direct_t::rows(d, &direct_rows(p, xpad, wp, y0, y1, nw), cb, 1);
+                act_planes(p, cb);
+                sink(y0, y1, cb, nw);
+            } else {
+                let nw = (y1 - y0) * wp;
+                let cb = &mut cb[..cog * nw];
+                let rowsel = BRows::Offsets(&p.row_offsets);
+                sgemm_rows(p.isa, cog, nw, k, w, k, &xpad[y0 * wp..], rowsel, bias, p.act, cb, nw, 1);
+                sink(y0, y1, cb, nw);
+            }
         }
     };
     if slots > 1 {
@@ -399,7 +534,7 @@ pub fn conv2d_bands(p: &PackedConv, x: &[f32], scratch: &mut [f32], threads: usi
         return false;
     }
     assert!(x.len() >= g.c_in * g.h * g.w);
-    let (wp, xpad, cbuf) = pad_planes(p.isa, g, x, scratch, threads);
+    let (wp, xpad, cbuf) = pad_planes(p.isa, g, p.planes_hw(), x, scratch, threads);
     shifted_bands(p, &p.weight, &p.bias, xpad, wp, cbuf, threads, sink);
     true
 }

@@ -11,6 +11,7 @@ pub mod avx512;
 pub mod conv;
 pub mod deconv;
 pub mod depthwise;
+pub mod direct_t;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod dw_cv;
 pub mod gemm;
