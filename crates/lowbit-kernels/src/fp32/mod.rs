@@ -21,3 +21,5 @@ pub(crate) mod max2;
 pub mod winograd;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod winograd_avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod winograd_lanes;

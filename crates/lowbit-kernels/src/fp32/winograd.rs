@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::fp32::gemm::{pack_t, prefer_t, sgemm_bias_act, sgemm_t};
 use crate::fp32::layout::{clamp_of, fused_clamp, BRows, Ptr};
 #[cfg(target_arch = "x86_64")]
-use crate::fp32::winograd_avx2;
+use crate::fp32::{winograd_avx2, winograd_lanes};
 use crate::geom::ConvGeom;
 use crate::isa::F32Isa;
 
@@ -70,6 +70,8 @@ pub struct Wino {
     zero: Vec<f32>,
     /// Tile rows per band.
     rb: usize,
+    /// Channels in the lanes ([`winograd_lanes`]): `u` is `[ξ][c_in][c_out]`, one band.
+    lanes: bool,
 }
 
 /// `G` of F(4x4, 3x3).
@@ -107,6 +109,13 @@ impl Wino {
         }
         let tw = g.ow.div_ceil(4);
         let rb = (BAND_BYTES / (XI * 4 * (ci + co) * tw)).clamp(1, g.oh.div_ceil(4));
+        // Fewer tiles per row than the row-wise transforms' eight lanes, the whole plane in one
+        // band: channels in the lanes.
+        #[cfg(target_arch = "x86_64")]
+        if isa == F32Isa::Avx512 && tw < 8 && rb == g.oh.div_ceil(4) {
+            let u = winograd_lanes::layout_u(&u, co, ci);
+            return Wino { u, mp: 0, zero: vec![], rb, lanes: true };
+        }
         // Few tiles per band (small planes): output channels in the vector lanes instead.
         let tb = rb * tw;
         if prefer_t(isa, co, tb, ci, tb) {
@@ -117,13 +126,17 @@ impl Wino {
                 packed.extend_from_slice(&t);
                 mp = m;
             }
-            return Wino { u: packed, mp, zero: vec![0.0; co], rb };
+            return Wino { u: packed, mp, zero: vec![0.0; co], rb, lanes: false };
         }
-        Wino { u, mp: 0, zero: vec![0.0; co], rb }
+        Wino { u, mp: 0, zero: vec![0.0; co], rb, lanes: false }
     }
 
     /// f32 elements of scratch [`Wino::run`] needs.
     pub fn scratch_len(&self, g: &ConvGeom) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.lanes {
+            return winograd_lanes::scratch_len(g);
+        }
         XI * (g.c_in + g.c_out) * self.rb * g.ow.div_ceil(4)
     }
 
@@ -151,6 +164,14 @@ impl Wino {
         let (th, tw) = (g.oh.div_ceil(4), g.ow.div_ceil(4));
         let (lo, hi) = fused_clamp(act);
         let par = threads > 1;
+        #[cfg(target_arch = "x86_64")]
+        if self.lanes {
+            winograd_lanes::run(g, &self.u, bias, lo, hi, x, out, scratch, threads);
+            if clamp_of(act).is_none() {
+                crate::eltwise::apply_act(isa, act, &mut out[..co * op]);
+            }
+            return;
+        }
         let mut r0 = 0;
         while r0 < th {
             let r1 = (r0 + self.rb).min(th);
@@ -418,6 +439,41 @@ fn output_tiles(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn geom(ci: usize, co: usize, h: usize, w: usize, pt: usize, pl: usize) -> ConvGeom {
+        let (oh, ow) = (h + 2 * pt - 2, w + 2 * pl - 2);
+        ConvGeom { c_in: ci, h, w, c_out: co, kh: 3, kw: 3, sh: 1, sw: 1, dh: 1, dw: 1, pt, pl, oh, ow, group: 1 }
+    }
+
+    /// Channels in the lanes (AVX-512, small planes) give the floats of the row-wise transforms
+    /// (AVX2 here): the same operations in the same order, the same FMA chain per product.
+    #[test]
+    fn channel_lanes_give_the_row_wise_floats() {
+        if !F32Isa::Avx512.supported() {
+            return;
+        }
+        for (ci, co, h, w, pt, pl) in
+            [(3, 5, 7, 7, 1, 1), (20, 33, 9, 13, 1, 0), (64, 64, 7, 7, 1, 1), (17, 16, 6, 26, 0, 2)]
+        {
+            let g = geom(ci, co, h, w, pt, pl);
+            let x: Vec<f32> = (0..ci * h * w).map(|i| ((i * 7919) % 251) as f32 / 125.0 - 1.0).collect();
+            let wt: Vec<f32> = (0..co * ci * 9).map(|i| ((i * 104_729) % 97) as f32 / 48.0 - 1.0).collect();
+            let bias: Vec<f32> = (0..co).map(|i| i as f32 * 0.1 - 1.0).collect();
+            let run = |isa: F32Isa, threads: usize| {
+                let wi = Wino::new(isa, &g, &wt);
+                assert_eq!(wi.lanes, isa == F32Isa::Avx512);
+                let mut out = vec![f32::NAN; co * g.oh * g.ow];
+                let mut scratch = vec![f32::NAN; wi.scratch_len(&g)];
+                let act = Act::Clip { lo: -2.0, hi: 3.0 };
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| wi.run(isa, &g, &bias, act, &x, &mut out, &mut scratch, threads));
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let want = run(F32Isa::Avx2, 1);
+            assert_eq!(run(F32Isa::Avx512, 1), want, "{ci}->{co} {h}x{w}");
+            assert_eq!(run(F32Isa::Avx512, 2), want, "{ci}->{co} {h}x{w}, 2 threads");
+        }
+    }
 
     /// Bands of one, two and all tile rows give the same floats on every path (banding only
     /// changes which tiles share a GEMM).
