@@ -48,6 +48,12 @@ pub fn applies(g: &ConvGeom) -> bool {
 /// L2 across the tiles): fmnist-resnet's 64->64 convolutions on 7x7 planes (4 tiles, 0.59 MB)
 /// 0.034 -> 0.021 ms each on the channel-vector kernel (`LOWBIT_PROFILE=1 LOWBIT_WINOGRAD=0|1
 /// lowbit bench ../shared/zoo/fmnist-resnet.onnx --threads 1`, AMD EPYC Zen 5).
+///
+/// With channels in the lanes ([`lanes_fit`]) also where `U` streams from memory once per image
+/// but the plane has 100+ pixels to spread it over (each pixel then reads 16 / (oh·ow) bytes of `U`
+/// per product it saves): ResNet-18's layer 3 (256@14, 9.4 MB of `U`) 2.20-2.22 -> 1.44-1.66 ms per
+/// convolution, layer 4 (7x7) 2.42-2.52 -> 4.27-4.35 ms (`LOWBIT_PROFILE=1 LOWBIT_WINOGRAD=1`, AMD
+/// EPYC Zen 4, 1 thread).
 pub fn pays(isa: F32Isa, g: &ConvGeom) -> bool {
     let tiles = g.oh.div_ceil(4) * g.ow.div_ceil(4);
     let u_bytes = XI * 4 * g.c_in * g.c_out;
@@ -55,9 +61,23 @@ pub fn pays(isa: F32Isa, g: &ConvGeom) -> bool {
     let common = applies(g) && g.c_in >= 64 && g.c_out >= 8;
     match isa {
         F32Isa::Avx2 => common && (tiles >= 8 || small),
-        F32Isa::Avx512 => common && ((tiles >= 48 && u_bytes <= 5 << 19) || small),
+        F32Isa::Avx512 => {
+            let streamed = lanes_fit(g) && g.oh * g.ow >= 100;
+            common && ((tiles >= 48 && u_bytes <= 5 << 19) || small || streamed)
+        }
         F32Isa::Scalar => false,
     }
+}
+
+/// Tile rows per band of the row-wise transforms.
+fn band_rows(g: &ConvGeom) -> usize {
+    (BAND_BYTES / (XI * 4 * (g.c_in + g.c_out) * g.ow.div_ceil(4))).clamp(1, g.oh.div_ceil(4))
+}
+
+/// Whether `g` runs with channels in the lanes on AVX-512 ([`winograd_lanes`]): fewer tiles per row
+/// than the row-wise transforms' eight lanes, the whole plane in one band.
+fn lanes_fit(g: &ConvGeom) -> bool {
+    g.ow.div_ceil(4) < 8 && band_rows(g) == g.oh.div_ceil(4)
 }
 
 /// A convolution's transformed weights and band height.
@@ -107,17 +127,14 @@ impl Wino {
                 }
             }
         }
-        let tw = g.ow.div_ceil(4);
-        let rb = (BAND_BYTES / (XI * 4 * (ci + co) * tw)).clamp(1, g.oh.div_ceil(4));
-        // Fewer tiles per row than the row-wise transforms' eight lanes, the whole plane in one
-        // band: channels in the lanes.
+        let rb = band_rows(g);
         #[cfg(target_arch = "x86_64")]
-        if isa == F32Isa::Avx512 && tw < 8 && rb == g.oh.div_ceil(4) {
+        if isa == F32Isa::Avx512 && lanes_fit(g) {
             let u = winograd_lanes::layout_u(&u, co, ci);
             return Wino { u, mp: 0, zero: vec![], rb, lanes: true };
         }
         // Few tiles per band (small planes): output channels in the vector lanes instead.
-        let tb = rb * tw;
+        let tb = rb * g.ow.div_ceil(4);
         if prefer_t(isa, co, tb, ci, tb) {
             let mut packed = vec![];
             let mut mp = 0;
