@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """lowbit float32 vs ONNX Runtime float32, batch 1, same thread count, in one run.
 
-usage: bench/compare_ort.py [--iters N] [--rounds R]   (from the repository root, after
+usage: bench/compare_ort.py [--iters N] [--rounds R] [--min-ms MS]   (from the repository root, after
 `cargo build --release`; needs ./venv with onnxruntime, as scripts/test.sh creates; LOWBIT_BIN=PATH
 measures another build instead of target/release/lowbit)
 

@@ -110,7 +110,7 @@ fn main() {
             let wino = isa != F32Isa::Scalar && lowbit_kernels::fp32::winograd::applies(&g);
             for choice in [Some(false), Some(true)].into_iter().take(if wino { 2 } else { 1 }) {
                 let (b, act) = (Some(vec![0.1; g.c_out]), Act::Clip { lo: 0.0, hi: 6.0 });
-                let p = PackedConv::with_winograd(isa, g.clone(), w.clone(), b, act, choice);
+                let p = PackedConv::with_strategy(isa, g.clone(), w.clone(), b, act, choice, None);
                 let mut out = vec![0f32; g.c_out * g.oh * g.ow];
                 let mut scratch = vec![0f32; p.scratch_len()];
                 let t = time_it(|| conv2d(&p, &x, &mut out, &mut scratch, 1));

@@ -192,8 +192,8 @@ proptest! {
         let act = act_of(c.act);
         let attrs = ConvAttrs { kernel_shape: vec![c.k.0, c.k.1], strides: vec![c.s, c.s], pads: c.pads.to_vec(),
             dilations: vec![c.d, c.d], group: 1, act, ..Default::default() };
-        let xs = vec![1, c.c_in, c.h, c.w];
-        let ws = vec![c.c_out, c.c_in, c.k.0, c.k.1];
+        let xs = [1, c.c_in, c.h, c.w];
+        let ws = [c.c_out, c.c_in, c.k.0, c.k.1];
         let win = lowbit_core::shape::window(&xs[2..], &ws[2..], &attrs.strides, &attrs.dilations, &attrs.pads, attrs.auto_pad, false).unwrap();
         let g = ConvGeom { c_in: c.c_in, h: c.h, w: c.w, c_out: c.c_out, kh: c.k.0, kw: c.k.1, sh: c.s, sw: c.s, dh: c.d, dw: c.d,
             pt: c.pads[0], pl: c.pads[1], oh: win.out[0], ow: win.out[1], group: 1 };
@@ -257,7 +257,7 @@ proptest! {
         let g = ConvGeom { c_in: ci, h, w, c_out: co, kh: 3, kw: 3, sh: 1, sw: 1, dh: 1, dw: 1, pt: pads[0], pl: pads[1],
             oh: h + pads[0] + pads[2] - 2, ow: w + pads[1] + pads[3] - 2, group: 1 };
         for isa in F32Isa::all_supported() {
-            let p = PackedConv::with_winograd(isa, g.clone(), wt.to_f32_vec(), Some(b.to_f32_vec()), act, Some(true));
+            let p = PackedConv::with_strategy(isa, g.clone(), wt.to_f32_vec(), Some(b.to_f32_vec()), act, Some(true), None);
             prop_assert_eq!(p.kernel_name(), "f32 winograd F(4x4,3x3)");
             let mut out = vec![f32::NAN; co * g.oh * g.ow];
             let mut scratch = vec![f32::NAN; p.scratch_len()];

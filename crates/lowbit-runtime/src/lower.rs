@@ -227,7 +227,7 @@ pub(crate) fn lower_node(
             macs = (xs[0] * geom.macs()) as u64;
             params = w.len() + geom.c_out;
             let b = konst(2).map(|b| b.to_f32_vec());
-            let p = PackedConv::with_winograd(paths.f32, geom, w.to_f32_vec(), b, c.act, winograd);
+            let p = PackedConv::with_strategy(paths.f32, geom, w.to_f32_vec(), b, c.act, winograd, None);
             scratch = scratch.max(p.scratch_len());
             let kernel = p.kernel_name();
             (Kind::Conv { p, batch: xs[0] }, kernel)

@@ -85,25 +85,13 @@ impl PackedConv {
     /// Chooses the strategy for `geom` on path `isa` and lays the weights out for it (direct
     /// kernels only: results equal the reference up to summation order).
     pub fn new(isa: F32Isa, geom: ConvGeom, weight: Vec<f32>, bias: Option<Vec<f32>>, act: Act) -> PackedConv {
-        Self::with_winograd(isa, geom, weight, bias, act, Some(false))
+        Self::with_strategy(isa, geom, weight, bias, act, Some(false), None)
     }
 
     /// As [`PackedConv::new`], with stride-1 3x3 convolutions as Winograd F(4x4, 3x3)
-    /// ([`crate::fp32::winograd`]): `Some(true)` wherever the geometry allows, `Some(false)` never,
-    /// `None` where [`winograd::pays`] says.
-    pub fn with_winograd(
-        isa: F32Isa,
-        geom: ConvGeom,
-        weight: Vec<f32>,
-        bias: Option<Vec<f32>>,
-        act: Act,
-        winograd: Option<bool>,
-    ) -> PackedConv {
-        Self::with_strategy(isa, geom, weight, bias, act, winograd, None)
-    }
-
-    /// As [`PackedConv::with_winograd`], with the direct channel-lane kernel ([`direct_t`], AVX-512,
-    /// one group, where the rows can be shifted) `Some(true)` wherever it can run, `Some(false)`
+    /// ([`crate::fp32::winograd`]) `Some(true)` wherever the geometry allows, `Some(false)` never,
+    /// `None` where [`winograd::pays`] says; and on the direct channel-lane kernel ([`direct_t`],
+    /// AVX-512, one group, rows that can be shifted) `Some(true)` wherever it can run, `Some(false)`
     /// never, `None` where it pays.
     pub fn with_strategy(
         isa: F32Isa,
@@ -123,19 +111,7 @@ impl PackedConv {
         };
         if wino {
             let w = Some(Box::new(Wino::new(isa, &geom, &weight)));
-            return PackedConv {
-                isa,
-                geom,
-                weight: vec![],
-                bias,
-                act,
-                row_offsets: vec![],
-                wt: vec![],
-                mp: 0,
-                shifted: false,
-                wino: w,
-                direct: None,
-            };
+            return PackedConv { wino: w, ..Self::bare(isa, geom, bias, act, vec![], false) };
         }
         // Output channels in the lanes straight from the shifted rows (AVX-512, one group).
         let direct = isa == F32Isa::Avx512
@@ -175,19 +151,7 @@ impl PackedConv {
         }
         if direct {
             let d = Some(Box::new(DirectT::new(geom.c_out, geom.k(), &weight)));
-            return PackedConv {
-                isa,
-                geom,
-                weight: vec![],
-                bias,
-                act,
-                row_offsets,
-                wt: vec![],
-                mp: 0,
-                shifted,
-                wino: None,
-                direct: d,
-            };
+            return PackedConv { direct: d, ..Self::bare(isa, geom, bias, act, row_offsets, shifted) };
         }
         // The channel-vector path keeps only the transposed copy.
         let (weight, wt, mp) = if cv {
@@ -197,6 +161,19 @@ impl PackedConv {
             (weight, vec![], 0)
         };
         PackedConv { isa, geom, weight, bias, act, row_offsets, wt, mp, shifted, wino: None, direct: None }
+    }
+
+    /// A convolution whose weights live elsewhere (Winograd's or the direct kernel's).
+    fn bare(
+        isa: F32Isa,
+        geom: ConvGeom,
+        bias: Vec<f32>,
+        act: Act,
+        row_offsets: Vec<usize>,
+        shifted: bool,
+    ) -> PackedConv {
+        let (weight, wt, mp, wino, direct) = (vec![], vec![], 0, None, None);
+        PackedConv { isa, geom, weight, bias, act, row_offsets, wt, mp, shifted, wino, direct }
     }
 
     /// The padded planes the shifted path reads: height, width and phases per channel.
