@@ -56,14 +56,9 @@ fn channel_vector(isa: F32Isa, g: &ConvGeom) -> bool {
 /// channel: at stride 1 the zero-padded image, at stride 2 (no dilation) its four phases (even and
 /// odd rows by even and odd columns), each `oh + (kh-1)/2` rows of `ow + (kw-1)/2`, in which
 /// every window tap is again a shifted row: tap `(ky, kx)` of output `(oy, ox)` is element
-/// `(oy + ky/2, ox + kx/2)` of phase `(ky mod 2, kx mod 2)`.
-fn padded_hw(g: &ConvGeom) -> (usize, usize, usize) {
-    padded_hw_for(g, false)
-}
-
-/// [`padded_hw`], or for [`direct_t`] (`direct`), which reads along rows at any stride, the plain
-/// zero-padded image at every stride.
-fn padded_hw_for(g: &ConvGeom, direct: bool) -> (usize, usize, usize) {
+/// `(oy + ky/2, ox + kx/2)` of phase `(ky mod 2, kx mod 2)`. For [`direct_t`] (`direct`), which
+/// reads along rows at any stride, the plain zero-padded image at every stride.
+fn padded_hw(g: &ConvGeom, direct: bool) -> (usize, usize, usize) {
     if direct {
         return ((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1, 1);
     }
@@ -130,12 +125,12 @@ impl PackedConv {
         // at stride 1 its `kw - 1` extra columns per row cost more than the im2col saves.
         let shifted = direct
             || simd && !geom.is_pointwise() && !geom.is_depthwise() && shiftable(&geom) && (!cv || geom.sh == 2) && {
-                let (_, wp, _) = padded_hw(&geom);
+                let (_, wp, _) = padded_hw(&geom, false);
                 isa == F32Isa::Avx512 || (wp - geom.ow) * 100 <= 15 * geom.ow
             };
         let mut row_offsets = vec![];
         if shifted {
-            let (hp, wp, phases) = padded_hw_for(&geom, direct);
+            let (hp, wp, phases) = padded_hw(&geom, direct);
             let cig = geom.c_in / geom.group;
             for c in 0..cig {
                 for ky in 0..geom.kh {
@@ -178,7 +173,7 @@ impl PackedConv {
 
     /// The padded planes the shifted path reads: height, width and phases per channel.
     fn planes_hw(&self) -> (usize, usize, usize) {
-        padded_hw_for(&self.geom, self.direct.is_some())
+        padded_hw(&self.geom, self.direct.is_some())
     }
 
     /// Runs on the direct channel-lane kernel ([`direct_t`])?
@@ -357,7 +352,7 @@ fn direct_pays(g: &ConvGeom) -> bool {
         Some("1") => return true,
         _ => {}
     }
-    let (_, wp, _) = padded_hw(g);
+    let (_, wp, _) = padded_hw(g, false);
     let lanes = g.c_out as f64 / (g.c_out.div_ceil(16) * 16) as f64;
     let spatial = g.ow as f64 / wp as f64;
     g.c_out >= 16 && g.k() >= 64 && (lanes >= spatial + 0.05 || (lanes > spatial && g.k() >= 256))

@@ -58,8 +58,18 @@ impl DirectT {
 
 /// The panels of `m` channels: (first channel, width in lanes).
 fn panels(m: usize) -> impl Iterator<Item = (usize, usize)> {
-    let mp = m.div_ceil(16) * 16;
-    (0..mp).step_by(16 * VMAX).map(move |i0| (i0, (16 * VMAX).min(mp - i0)))
+    (0..panel_count(m)).map(move |i| panel(m, i))
+}
+
+/// How many panels `m` channels take.
+fn panel_count(m: usize) -> usize {
+    m.div_ceil(16 * VMAX)
+}
+
+/// Panel `i` of `m` channels: (first channel, width in lanes).
+fn panel(m: usize, i: usize) -> (usize, usize) {
+    let (mp, i0) = (m.div_ceil(16) * 16, i * 16 * VMAX);
+    (i0, (16 * VMAX).min(mp - i0))
 }
 
 /// The output rows `y0..y1` of a convolution computed from shifted rows: output `(c, y, x)` =
@@ -102,16 +112,15 @@ pub fn rows(d: &DirectT, r: &Rows, out: &mut [f32], threads: usize) {
     }
     #[cfg(target_arch = "x86_64")]
     if crate::isa::features().avx512f {
-        let ps: Vec<(usize, usize)> = panels(d.m).collect();
         let ny = r.y1 - r.y0;
         let outp = Ptr(out.as_mut_ptr());
         let task = |t: usize| {
-            let ((i0, wd), y) = (ps[t / ny], r.y0 + t % ny);
+            let ((i0, wd), y) = (panel(d.m, t / ny), r.y0 + t % ny);
             // SAFETY: AVX-512 F is present; `check` bounds every read and write, and each task
             // writes only its own panel's channels of its own row.
             unsafe { row_avx512(d, r, i0, wd, y, outp.get()) };
         };
-        let n = ps.len() * ny;
+        let n = panel_count(d.m) * ny;
         if threads > 1 && n > 1 {
             (0..n).into_par_iter().with_min_len(n.div_ceil(4 * threads)).for_each(task);
         } else {

@@ -90,7 +90,8 @@ pub struct Wino {
     zero: Vec<f32>,
     /// Tile rows per band.
     rb: usize,
-    /// Channels in the lanes ([`winograd_lanes`]): `u` is `[ξ][c_in][c_out]`, one band.
+    /// Channels in the lanes ([`winograd_lanes`]): `u` is `[ξ][c_in][c_out]`, one band, `zero` one
+    /// zero per tile.
     lanes: bool,
 }
 
@@ -131,7 +132,8 @@ impl Wino {
         #[cfg(target_arch = "x86_64")]
         if isa == F32Isa::Avx512 && lanes_fit(g) {
             let u = winograd_lanes::layout_u(&u, co, ci);
-            return Wino { u, mp: 0, zero: vec![], rb, lanes: true };
+            let tiles = g.oh.div_ceil(4) * g.ow.div_ceil(4);
+            return Wino { u, mp: 0, zero: vec![0.0; tiles], rb, lanes: true };
         }
         // Few tiles per band (small planes): output channels in the vector lanes instead.
         let tb = rb * g.ow.div_ceil(4);
@@ -183,7 +185,7 @@ impl Wino {
         let par = threads > 1;
         #[cfg(target_arch = "x86_64")]
         if self.lanes {
-            winograd_lanes::run(g, &self.u, bias, lo, hi, x, out, scratch, threads);
+            winograd_lanes::run(g, &self.u, &self.zero, bias, lo, hi, x, out, scratch, threads);
             if clamp_of(act).is_none() {
                 crate::eltwise::apply_act(isa, act, &mut out[..co * op]);
             }

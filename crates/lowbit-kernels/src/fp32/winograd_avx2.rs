@@ -10,34 +10,44 @@ use std::arch::x86_64::*;
 use crate::fp32::avx2::{load_part, store_part};
 use crate::geom::ConvGeom;
 
-/// `Bᵀ d` lane-wise (as `winograd::bt`).
-#[inline(always)]
-unsafe fn bt(d: [__m256; 6]) -> [__m256; 6] {
-    let (add, sub, mul) = (_mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps);
-    let (c4, c5, c2) = (_mm256_set1_ps(4.0), _mm256_set1_ps(5.0), _mm256_set1_ps(2.0));
-    [
-        add(sub(mul(c4, d[0]), mul(c5, d[2])), d[4]),
-        add(add(mul(_mm256_set1_ps(-4.0), add(d[1], d[2])), d[3]), d[4]),
-        add(sub(mul(c4, sub(d[1], d[2])), d[3]), d[4]),
-        sub(add(mul(c2, sub(d[3], d[1])), d[4]), d[2]),
-        sub(add(mul(c2, sub(d[1], d[3])), d[4]), d[2]),
-        add(sub(mul(c4, d[1]), mul(c5, d[3])), d[5]),
-    ]
-}
+/// `bt` (`Bᵀ d`) and `at` (`Aᵀ m`) lane-wise on one vector type, the portable transforms'
+/// (`winograd::bt`, `winograd::at`) operation for operation: one source for this module's eight
+/// lanes and [`crate::fp32::winograd_lanes`]' sixteen, so both give the portable floats.
+macro_rules! lane_transforms {
+    ($v:ty, $add:ident, $sub:ident, $mul:ident, $set1:ident) => {
+        /// `Bᵀ d` lane-wise (as `winograd::bt`).
+        #[inline(always)]
+        unsafe fn bt(d: [$v; 6]) -> [$v; 6] {
+            let (add, sub, mul) = ($add, $sub, $mul);
+            let (c4, c5, c2) = ($set1(4.0), $set1(5.0), $set1(2.0));
+            [
+                add(sub(mul(c4, d[0]), mul(c5, d[2])), d[4]),
+                add(add(mul($set1(-4.0), add(d[1], d[2])), d[3]), d[4]),
+                add(sub(mul(c4, sub(d[1], d[2])), d[3]), d[4]),
+                sub(add(mul(c2, sub(d[3], d[1])), d[4]), d[2]),
+                sub(add(mul(c2, sub(d[1], d[3])), d[4]), d[2]),
+                add(sub(mul(c4, d[1]), mul(c5, d[3])), d[5]),
+            ]
+        }
 
-/// `Aᵀ m` lane-wise (as `winograd::at`).
-#[inline(always)]
-unsafe fn at(m: [__m256; 6]) -> [__m256; 4] {
-    let (add, sub, mul) = (_mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps);
-    let (a, b) = (add(m[1], m[2]), sub(m[1], m[2]));
-    let (c, d) = (add(m[3], m[4]), sub(m[3], m[4]));
-    [
-        add(add(m[0], a), c),
-        add(b, mul(_mm256_set1_ps(2.0), d)),
-        add(a, mul(_mm256_set1_ps(4.0), c)),
-        add(add(b, mul(_mm256_set1_ps(8.0), d)), m[5]),
-    ]
+        /// `Aᵀ m` lane-wise (as `winograd::at`).
+        #[inline(always)]
+        unsafe fn at(m: [$v; 6]) -> [$v; 4] {
+            let (add, sub, mul) = ($add, $sub, $mul);
+            let (a, b) = (add(m[1], m[2]), sub(m[1], m[2]));
+            let (c, d) = (add(m[3], m[4]), sub(m[3], m[4]));
+            [
+                add(add(m[0], a), c),
+                add(b, mul($set1(2.0), d)),
+                add(a, mul($set1(4.0), c)),
+                add(add(b, mul($set1(8.0), d)), m[5]),
+            ]
+        }
+    };
 }
+pub(crate) use lane_transforms;
+
+lane_transforms!(__m256, _mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_set1_ps);
 
 /// Columns `4t + q` of the 32 floats at `p`, for `q < 4`, `t < 8` (tile `t` in lane `t`).
 #[inline(always)]

@@ -13,6 +13,7 @@ use std::arch::x86_64::*;
 
 use crate::fp32::gemm::sgemm_bias_act;
 use crate::fp32::layout::{transpose, Ptr};
+use crate::fp32::winograd_avx2::lane_transforms;
 use crate::geom::ConvGeom;
 use crate::isa::F32Isa;
 
@@ -35,11 +36,13 @@ pub(crate) fn layout_u(u: &[f32], co: usize, ci: usize) -> Vec<f32> {
 }
 
 /// Convolves one image `x` (`[c_in, h, w]`) into `out` (`[c_out, oh, ow]`) with the transformed
-/// weights `u` ([`layout_u`]), bias added and clamped to `[lo, hi]`. AVX-512 F must be present.
+/// weights `u` ([`layout_u`]), bias added and clamped to `[lo, hi]`; `zero` holds a zero per tile
+/// (the products' bias). AVX-512 F must be present.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     g: &ConvGeom,
     u: &[f32],
+    zero: &[f32],
     bias: &[f32],
     lo: f32,
     hi: f32,
@@ -53,6 +56,7 @@ pub(crate) fn run(
     let (th, tw) = (g.oh.div_ceil(4), g.ow.div_ceil(4));
     let t = th * tw;
     assert!(u.len() >= XI * ci * co && bias.len() >= co && x.len() >= ci * ip && out.len() >= co * op);
+    assert!(zero.len() >= t);
     assert!(scratch.len() >= scratch_len(g));
     let (hwc, rest) = scratch.split_at_mut(ip * ci);
     let (v, rest) = rest.split_at_mut(XI * t * ci);
@@ -66,10 +70,10 @@ pub(crate) fn run(
             input_tile(g, hwc, tile / tw, tile % tw, t, tile, v.as_mut_ptr());
         }
     }
-    let (v, zero) = (&*v, vec![0f32; t]);
+    let (v, zero) = (&*v, &zero[..t]);
     let gemm = |xi: usize, mx: &mut [f32]| {
         let (a, b) = (&v[xi * t * ci..(xi + 1) * t * ci], &u[xi * ci * co..(xi + 1) * ci * co]);
-        sgemm_bias_act(F32Isa::Avx512, t, co, ci, a, ci, b, co, &zero, lowbit_core::Act::None, mx, co, 1);
+        sgemm_bias_act(F32Isa::Avx512, t, co, ci, a, ci, b, co, zero, lowbit_core::Act::None, mx, co, 1);
     };
     if threads > 1 {
         m.par_chunks_mut(t * co).enumerate().for_each(|(xi, mx)| gemm(xi, mx));
@@ -93,34 +97,7 @@ fn lanes(n: usize, c0: usize) -> u16 {
     ((1u32 << k) - 1) as u16
 }
 
-/// `Bᵀ d` lane-wise (as `winograd::bt`).
-#[inline(always)]
-unsafe fn bt(d: [__m512; 6]) -> [__m512; 6] {
-    let (add, sub, mul) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps);
-    let (c4, c5, c2) = (_mm512_set1_ps(4.0), _mm512_set1_ps(5.0), _mm512_set1_ps(2.0));
-    [
-        add(sub(mul(c4, d[0]), mul(c5, d[2])), d[4]),
-        add(add(mul(_mm512_set1_ps(-4.0), add(d[1], d[2])), d[3]), d[4]),
-        add(sub(mul(c4, sub(d[1], d[2])), d[3]), d[4]),
-        sub(add(mul(c2, sub(d[3], d[1])), d[4]), d[2]),
-        sub(add(mul(c2, sub(d[1], d[3])), d[4]), d[2]),
-        add(sub(mul(c4, d[1]), mul(c5, d[3])), d[5]),
-    ]
-}
-
-/// `Aᵀ m` lane-wise (as `winograd::at`).
-#[inline(always)]
-unsafe fn at(m: [__m512; 6]) -> [__m512; 4] {
-    let (add, sub, mul) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps);
-    let (a, b) = (add(m[1], m[2]), sub(m[1], m[2]));
-    let (c, d) = (add(m[3], m[4]), sub(m[3], m[4]));
-    [
-        add(add(m[0], a), c),
-        add(b, mul(_mm512_set1_ps(2.0), d)),
-        add(a, mul(_mm512_set1_ps(4.0), c)),
-        add(add(b, mul(_mm512_set1_ps(8.0), d)), m[5]),
-    ]
-}
+lane_transforms!(__m512, _mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_set1_ps);
 
 /// `V[ξ][tile][c]` of tile (`ty`, `tx`) from the pixels × channels image `hwc`, every channel
 /// (zeros outside the image).
