@@ -180,13 +180,13 @@ proptest! {
         }
     }
 
-    /// On AVX-512 the direct channel-lane kernel gives the bits of the GEMM strategies it replaces
+    /// On AVX-512 and AVX2 the direct channel-lane kernel gives the bits of the GEMM strategies it replaces
     /// (the same FMA chain per output: the bias, then tap by tap), at stride 1 and 2, with
     /// dilation, padding and every activation; and its bands (the f32 output of a fused
     /// convolution + quantization) hold the bits of the whole convolution.
     #[test]
     fn direct_channel_lanes_match_the_gemm_paths(c in conv_case(), threads in 1usize..3) {
-        if !F32Isa::Avx512.supported() || c.group != 1 {
+        if c.group != 1 {
             return Ok(());
         }
         let act = act_of(c.act);
@@ -205,32 +205,33 @@ proptest! {
             pool.install(|| conv2d(p, &x, &mut out, &mut scratch, threads));
             out
         };
-        let isa = F32Isa::Avx512;
-        let d = PackedConv::with_strategy(isa, g.clone(), w.clone(), Some(b.clone()), act, Some(false), Some(true));
-        let s = PackedConv::with_strategy(isa, g.clone(), w, Some(b), act, Some(false), Some(false));
-        let shiftable = !g.is_pointwise() && (c.s == 1 || (c.s == 2 && c.d == 1 && c.k.0 >= 2 && c.k.1 >= 2));
-        prop_assert_eq!(d.direct(), shiftable, "{}", d.kernel_name());
-        let want = run(&s);
-        let got = run(&d);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        prop_assert_eq!(bits(&got), bits(&want), "{} vs {}", d.kernel_name(), s.kernel_name());
-        if d.direct() {
-            // The bands, gathered into planes.
-            let banded = std::sync::Mutex::new(vec![f32::NAN; c.c_out * g.oh * g.ow]);
-            let sink = |y0: usize, y1: usize, cb: &[f32], nw: usize| {
-                let pitch = nw / (y1 - y0);
-                let mut o = banded.lock().unwrap();
-                for ch in 0..c.c_out {
-                    for y in y0..y1 {
-                        for xx in 0..g.ow {
-                            o[(ch * g.oh + y) * g.ow + xx] = cb[ch * nw + (y - y0) * pitch + xx];
+        for isa in [F32Isa::Avx512, F32Isa::Avx2].into_iter().filter(|i| i.supported()) {
+            let d = PackedConv::with_strategy(isa, g.clone(), w.clone(), Some(b.clone()), act, Some(false), Some(true));
+            let s = PackedConv::with_strategy(isa, g.clone(), w.clone(), Some(b.clone()), act, Some(false), Some(false));
+            let shiftable = !g.is_pointwise() && (c.s == 1 || (c.s == 2 && c.d == 1 && c.k.0 >= 2 && c.k.1 >= 2));
+            prop_assert_eq!(d.direct(), shiftable, "{} {}", isa.name(), d.kernel_name());
+            let want = run(&s);
+            let got = run(&d);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&got), bits(&want), "{}: {} vs {}", isa.name(), d.kernel_name(), s.kernel_name());
+            if d.direct() {
+                // The bands, gathered into planes.
+                let banded = std::sync::Mutex::new(vec![f32::NAN; c.c_out * g.oh * g.ow]);
+                let sink = |y0: usize, y1: usize, cb: &[f32], nw: usize| {
+                    let pitch = nw / (y1 - y0);
+                    let mut o = banded.lock().unwrap();
+                    for ch in 0..c.c_out {
+                        for y in y0..y1 {
+                            for xx in 0..g.ow {
+                                o[(ch * g.oh + y) * g.ow + xx] = cb[ch * nw + (y - y0) * pitch + xx];
+                            }
                         }
                     }
-                }
-            };
-            let mut scratch = vec![0.0; d.scratch_len()];
-            prop_assert!(pool.install(|| conv2d_bands(&d, &x, &mut scratch, threads, &sink)));
-            prop_assert_eq!(bits(&banded.into_inner().unwrap()), bits(&want));
+                };
+                let mut scratch = vec![0.0; d.scratch_len()];
+                prop_assert!(pool.install(|| conv2d_bands(&d, &x, &mut scratch, threads, &sink)));
+                prop_assert_eq!(bits(&banded.into_inner().unwrap()), bits(&want));
+            }
         }
     }
 

@@ -109,12 +109,12 @@ impl PackedConv {
             return PackedConv { wino: w, ..Self::bare(isa, geom, bias, act, vec![], false) };
         }
         // Output channels in the lanes straight from the shifted rows (AVX-512, one group).
-        let direct = isa == F32Isa::Avx512
+        let direct = (isa == F32Isa::Avx512 || isa == F32Isa::Avx2)
             && geom.group == 1
             && !geom.is_pointwise()
             && !geom.is_depthwise()
             && shiftable(&geom)
-            && direct.unwrap_or_else(|| direct_pays(&geom));
+            && direct.unwrap_or_else(|| direct_pays(isa, &geom));
         let cv = channel_vector(isa, &geom) && !direct;
         // Shifted rows need a GEMM that reads B through row offsets (AVX-512 streams them, AVX2
         // packs its panels from them; the portable path's is a plain loop). They compute
@@ -145,7 +145,7 @@ impl PackedConv {
             }
         }
         if direct {
-            let d = Some(Box::new(DirectT::new(geom.c_out, geom.k(), &weight)));
+            let d = Some(Box::new(DirectT::new(isa, geom.c_out, geom.k(), &weight)));
             return PackedConv { direct: d, ..Self::bare(isa, geom, bias, act, row_offsets, shifted) };
         }
         // The channel-vector path keeps only the transposed copy.
@@ -337,25 +337,35 @@ pub fn conv2d(p: &PackedConv, x: &[f32], out: &mut [f32], scratch: &mut [f32], t
     }
 }
 
-/// Whether a shifted-rows convolution in one group on AVX-512 pays on [`direct_t`] (output channels
+/// Whether a shifted-rows convolution in one group on AVX-512 or AVX2 pays on [`direct_t`] (output channels
 /// in the lanes) rather than on the spatial GEMM: where its lanes waste less than the spatial
 /// tile's `(kw - 1)·dw` padding columns per row do, by a margin its transposes need on short
 /// reductions (`cargo bench -p lowbit-kernels --bench f32 -- 'x'`, `LOWBIT_F32_DIRECT=0|1`, AMD
 /// EPYC Zen 4, GMAC/s spatial -> direct: 16->16 at 28x28 46.8 -> 52.7, 32->32 at 14x14 44.3 -> 52.9,
 /// 64->64 at 7x7 32.5 (channel-vector GEMM) -> 52.7, stride 2 16->32 at 28x28 37.1 -> 46.4,
 /// 64->128 at 56x56 51.4 -> 54.8, 256->256 at 14x14 49.5 -> 57.0; but the 7x7 stride-2 stem
-/// 3->64 (reduction 147) 51.4 -> 47.5 and 1x1 convolutions (reductions of 16-160) lose).
+/// 3->64 (reduction 147) 51.4 -> 47.5 and 1x1 convolutions (reductions of 16-160) lose). On AVX2
+/// (AMD EPYC Zen 3, against the spatial GEMM or, on 7x7 planes, im2col): 16->16 at 28x28 33.4 ->
+/// 41.2, 24->24 at 56x56 39.3 -> 42.1, 32->32 at 14x14 33.4 -> 41.9, 64->64 at 7x7 21.7 -> 37.4,
+/// 512->512 at 7x7 33.0 -> 36.4-38.0, stride 2 16->32 at 28x28 27.9 -> 38.6; the stem 3->32
+/// (reduction 27) does not gain.
 /// `LOWBIT_F32_DIRECT=0|1` forces it off / on.
-fn direct_pays(g: &ConvGeom) -> bool {
+fn direct_pays(isa: F32Isa, g: &ConvGeom) -> bool {
     match std::env::var("LOWBIT_F32_DIRECT").ok().as_deref() {
         Some("0") => return false,
         Some("1") => return true,
         _ => {}
     }
     let (_, wp, _) = padded_hw(g, false);
-    let lanes = g.c_out as f64 / (g.c_out.div_ceil(16) * 16) as f64;
+    let vl = if isa == F32Isa::Avx512 { 16 } else { 8 };
+    let lanes = g.c_out as f64 / (g.c_out.div_ceil(vl) * vl) as f64;
     let spatial = g.ow as f64 / wp as f64;
-    g.c_out >= 16 && g.k() >= 64 && (lanes >= spatial + 0.05 || (lanes > spatial && g.k() >= 256))
+    if isa == F32Isa::Avx512 {
+        g.c_out >= 16 && g.k() >= 64 && (lanes >= spatial + 0.05 || (lanes > spatial && g.k() >= 256))
+    } else {
+        // AVX2's transposes are 8x8 and its spatial tile packs B panels: no margin needed.
+        g.c_out >= 8 && g.k() >= 64 && lanes > spatial
+    }
 }
 
 /// The [`direct_t::Rows`] of output rows `y0..y1` of `p` from padded planes `wp` wide, written
