@@ -209,12 +209,14 @@ proptest! {
             let d = PackedConv::with_strategy(isa, g.clone(), w.clone(), Some(b.clone()), act, Some(false), Some(true));
             let s = PackedConv::with_strategy(isa, g.clone(), w.clone(), Some(b.clone()), act, Some(false), Some(false));
             let shiftable = !g.is_pointwise() && (c.s == 1 || (c.s == 2 && c.d == 1 && c.k.0 >= 2 && c.k.1 >= 2));
-            prop_assert_eq!(d.direct(), shiftable, "{} {}", isa.name(), d.kernel_name());
+            // (On AVX2 1x1 convolutions run on it too, straight from the input planes.)
+            let runs = shiftable || (isa == F32Isa::Avx2 && g.is_pointwise());
+            prop_assert_eq!(d.direct(), runs, "{} {}", isa.name(), d.kernel_name());
             let want = run(&s);
             let got = run(&d);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits(&got), bits(&want), "{}: {} vs {}", isa.name(), d.kernel_name(), s.kernel_name());
-            if d.direct() {
+            if d.bands() {
                 // The bands, gathered into planes.
                 let banded = std::sync::Mutex::new(vec![f32::NAN; c.c_out * g.oh * g.ow]);
                 let sink = |y0: usize, y1: usize, cb: &[f32], nw: usize| {
@@ -233,6 +235,30 @@ proptest! {
                 prop_assert_eq!(bits(&banded.into_inner().unwrap()), bits(&want));
             }
         }
+    }
+
+    /// 1x1 convolutions on AVX2's channel-lane kernel (runs of image rows taken as one row) give
+    /// the bits of the GEMMs they replace, on planes from 1x1 to past the 48-pixel runs, channel
+    /// counts off the 8-lane grid, every activation, one and two threads.
+    #[test]
+    fn pointwise_channel_lanes_match_the_gemms(c_in in 1usize..70, c_out in 1usize..40, h in 1usize..20, w in 1usize..20,
+                                               act in 0u8..5, threads in 1usize..3, seed in any::<u64>()) {
+        if !F32Isa::Avx2.supported() {
+            return Ok(());
+        }
+        let act = act_of(act);
+        let g = ConvGeom { c_in, h, w, c_out, kh: 1, kw: 1, sh: 1, sw: 1, dh: 1, dw: 1, pt: 0, pl: 0, oh: h, ow: w, group: 1 };
+        let (x, wt, b) = (rnd(seed, c_in * h * w), rnd(seed ^ 7, c_out * c_in), rnd(seed ^ 9, c_out));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let run = |p: &PackedConv| {
+            let mut out = vec![f32::NAN; c_out * h * w];
+            pool.install(|| conv2d(p, &x, &mut out, &mut [], threads));
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let d = PackedConv::with_strategy(F32Isa::Avx2, g.clone(), wt.clone(), Some(b.clone()), act, Some(false), Some(true));
+        let s = PackedConv::with_strategy(F32Isa::Avx2, g, wt, Some(b), act, Some(false), Some(false));
+        prop_assert!(d.direct() && !s.direct(), "{} / {}", d.kernel_name(), s.kernel_name());
+        prop_assert_eq!(run(&d), run(&s), "{} vs {}", d.kernel_name(), s.kernel_name());
     }
 
     /// Winograd F(4x4, 3x3) on every path against the reference's direct loops: ragged planes (any
