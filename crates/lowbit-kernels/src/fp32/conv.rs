@@ -410,7 +410,21 @@ fn direct_rows<'a>(
 ) -> direct_t::Rows<'a> {
     let (g, (lo, hi)) = (&p.geom, fused_clamp(p.act));
     let (ry, sx, rs) = (g.sh * wp, g.sw, g.ow);
-    direct_t::Rows { xpad, offs: &p.row_offsets, ry, sx, ow: g.ow, y0, y1, bias: &p.bias, lo, hi, cs, rs }
+    direct_t::Rows {
+        xpad,
+        offs: &p.row_offsets,
+        ry,
+        sx,
+        ow: g.ow,
+        y0,
+        y1,
+        bias: &p.bias,
+        lo,
+        hi,
+        cs,
+        rs,
+        kb: usize::MAX,
+    }
 }
 
 /// The [`direct_t::Rows`] of a 1x1 convolution `p` of input planes `x`: runs of `g` image rows
@@ -434,6 +448,7 @@ fn pointwise_rows<'a>(p: &'a PackedConv, x: &'a [f32]) -> direct_t::Rows<'a> {
         hi,
         cs: hw,
         rs: run,
+        kb: 128,
     }
 }
 
