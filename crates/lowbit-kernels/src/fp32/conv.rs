@@ -379,8 +379,8 @@ fn direct_forced() -> Option<bool> {
 /// 3->64 (reduction 147) 51.4 -> 47.5 and 1x1 convolutions (reductions of 16-160) lose). On AVX2
 /// (AMD EPYC Zen 3, against the spatial GEMM or, on 7x7 planes, im2col): 16->16 at 28x28 33.4 ->
 /// 41.2, 24->24 at 56x56 39.3 -> 42.1, 32->32 at 14x14 33.4 -> 41.9, 64->64 at 7x7 21.7 -> 37.4,
-/// 512->512 at 7x7 33.0 -> 36.4-38.0, stride 2 16->32 at 28x28 27.9 -> 38.6; the stem 3->32
-/// (reduction 27) does not gain.
+/// 512->512 at 7x7 33.0 -> 36.4-38.0, stride 2 16->32 at 28x28 27.9 -> 38.6, the stem 3->32
+/// (reduction 27) 24.4-27.4 -> 29.7-31.9.
 /// `LOWBIT_F32_DIRECT=0|1` forces it off / on.
 fn direct_pays(isa: F32Isa, g: &ConvGeom) -> bool {
     if let Some(f) = direct_forced() {
@@ -393,8 +393,10 @@ fn direct_pays(isa: F32Isa, g: &ConvGeom) -> bool {
     if isa == F32Isa::Avx512 {
         g.c_out >= 16 && g.k() >= 64 && (lanes >= spatial + 0.05 || (lanes > spatial && g.k() >= 256))
     } else {
-        // AVX2's transposes are 8x8 and its spatial tile packs B panels: no margin needed.
-        g.c_out >= 8 && g.k() >= 64 && lanes > spatial
+        // AVX2's transposes are 8x8 and its spatial tile packs B panels: no margin needed, and
+        // three-channel stems gain too (MobileNetV2's 3x3 s2 3->32 at 112x112 in the model, four
+        // alternating runs of `LOWBIT_PROFILE=1 lowbit bench`: 0.58-0.61 ms -> 0.43-0.48 ms).
+        g.c_out >= 8 && g.k() >= 27 && lanes > spatial
     }
 }
 
