@@ -24,8 +24,6 @@ const VMAX: usize = 4;
 const ACC: usize = 24;
 /// The same on AVX2's 16 ymm registers: 12 accumulators, two weight vectors and the broadcast.
 const ACC2: usize = 12;
-/// AVX2 reduction block (taps): 16 KB of a 16-channel panel's weights, in L1.
-const KB2: usize = 128;
 /// AVX2 tiles sharing one reduction block (their accumulators: 6 KB).
 const GT2: usize = 16;
 
@@ -217,16 +215,15 @@ struct Tile {
     room: usize,
 }
 
-/// One row of one panel: tiles of at most `ACC / V` pixels, as even as the row allows.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn row_avx512(d: &DirectT, r: &Rows, i0: usize, wd: usize, y: usize, out: *mut f32) {
-    let v = wd / 16;
-    let jmax = ACC / v;
-    let nt = r.ow.div_ceil(jmax);
-    for t in 0..nt {
-        let (x0, x1) = (t * r.ow / nt, (t + 1) * r.ow / nt);
-        let a = Tile {
+impl Tile {
+    /// The tile of panel `(i0, wd)` starting at pixel `x0` of output row `y`.
+    ///
+    /// # Safety
+    /// `Rows::check` has passed for `d`, `r` and the output `out` points to.
+    #[inline(always)]
+    unsafe fn at(d: &DirectT, r: &Rows, i0: usize, wd: usize, y: usize, x0: usize, out: *mut f32) -> Tile {
+        Tile {
             k: d.k,
             w: d.w.as_ptr().add(i0 * d.k),
             pw: wd,
@@ -239,15 +236,27 @@ unsafe fn row_avx512(d: &DirectT, r: &Rows, i0: usize, wd: usize, y: usize, out:
             out: out.add(i0 * r.cs + (y - r.y0) * r.rs + x0),
             cs: r.cs,
             room: r.ow - x0,
-        };
-        tile_fn(v, x1 - x0, r.sx)(&a);
+        }
+    }
+}
+
+/// One row of one panel: tiles of at most `ACC / V` pixels, as even as the row allows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_avx512(d: &DirectT, r: &Rows, i0: usize, wd: usize, y: usize, out: *mut f32) {
+    let v = wd / 16;
+    let jmax = ACC / v;
+    let nt = r.ow.div_ceil(jmax);
+    for t in 0..nt {
+        let (x0, x1) = (t * r.ow / nt, (t + 1) * r.ow / nt);
+        tile_fn(v, x1 - x0, r.sx)(&Tile::at(d, r, i0, wd, y, x0, out));
     }
 }
 
 /// One row of one panel (one or two vectors) on AVX2: tiles of at most `ACC2 / V` pixels, as even
-/// as the row allows. Long reductions run in blocks of about `r.kb` taps over groups of up to `GT2` tiles
-/// (the accumulators kept in `buf` between blocks, which keeps each output's FMA chain), so the
-/// block's weights stay in L1 while the group's tiles read them.
+/// as the row allows. Long reductions run in blocks of about `r.kb` taps over groups of up to `GT2`
+/// tiles (the accumulators kept in `buf` between blocks, which keeps each output's FMA chain), so
+/// the block's weights and input rows stay in L1 while the group's tiles read them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn row_avx2(d: &DirectT, r: &Rows, i0: usize, wd: usize, y: usize, out: *mut f32) {
@@ -256,25 +265,13 @@ unsafe fn row_avx2(d: &DirectT, r: &Rows, i0: usize, wd: usize, y: usize, out: *
     // Written before it is read (a tile stores its accumulators after every block but the last).
     let mut buf = std::mem::MaybeUninit::<[__m256; GT2 * ACC2]>::uninit();
     let buf = buf.as_mut_ptr() as *mut __m256;
+    // Blocks as even as `r.kb` allows.
+    let kb = d.k.div_ceil(d.k.div_ceil(r.kb.max(1)).max(1)).max(1);
     for g0 in (0..nt).step_by(GT2) {
-        let kb = d.k.div_ceil(d.k.div_ceil(r.kb.max(1)).max(1)).max(1);
         crate::fp32::layout::k_blocks(d.k, kb, |k0, k1, _| {
             for t in g0..(g0 + GT2).min(nt) {
                 let (x0, x1) = (t * r.ow / nt, (t + 1) * r.ow / nt);
-                let a = Tile {
-                    k: d.k,
-                    w: d.w.as_ptr().add(i0 * d.k),
-                    pw: wd,
-                    x: r.xpad.as_ptr().add(y * r.ry + x0 * r.sx),
-                    offs: r.offs.as_ptr(),
-                    bias: r.bias.as_ptr().add(i0),
-                    mrem: d.m - i0,
-                    lo: r.lo,
-                    hi: r.hi,
-                    out: out.add(i0 * r.cs + (y - r.y0) * r.rs + x0),
-                    cs: r.cs,
-                    room: r.ow - x0,
-                };
+                let a = Tile::at(d, r, i0, wd, y, x0, out);
                 tile8_fn(v, x1 - x0, r.sx, kb < d.k)(&a, k0, k1, buf.add((t - g0) * ACC2));
             }
         });
