@@ -86,8 +86,8 @@ impl PackedConv {
     /// As [`PackedConv::new`], with stride-1 3x3 convolutions as Winograd F(4x4, 3x3)
     /// ([`crate::fp32::winograd`]) `Some(true)` wherever the geometry allows, `Some(false)` never,
     /// `None` where [`winograd::pays`] says; and on the direct channel-lane kernel ([`direct_t`],
-    /// AVX-512, one group, rows that can be shifted) `Some(true)` wherever it can run, `Some(false)`
-    /// never, `None` where it pays.
+    /// AVX-512 and AVX2, one group, rows that can be shifted, and on AVX2 1x1 convolutions)
+    /// `Some(true)` wherever it can run, `Some(false)` never, `None` where it pays.
     pub fn with_strategy(
         isa: F32Isa,
         geom: ConvGeom,
@@ -111,8 +111,8 @@ impl PackedConv {
         // 1x1 convolutions on small planes on AVX2: output channels in the lanes, straight from
         // the input planes (their rows: [`pointwise_rows`]), where the channel-vector GEMM would
         // run (`cargo bench -p lowbit-kernels --bench f32 -- 1x1`, `LOWBIT_F32_DIRECT=0|1`, AMD
-        // EPYC Zen 3, GMAC/s: 160->960 at 7x7 27.3 -> 34.3, 960->160 28.4 -> 33.8, 320->1280 28.1
-        // -> 33.2, 64->384 36.9 -> 42.3; on larger planes the spatial GEMM keeps its lead, 576->96
+        // EPYC Zen 3, GMAC/s: 160->960 at 7x7 27.3 -> 41.7, 960->160 28.4 -> 40.6, 320->1280 28.1
+        // -> 42.0, 64->384 36.9 -> 42.1; on larger planes the spatial GEMM keeps its lead, 576->96
         // at 14x14 44.7 against 40.1, 16->96 at 112x112 39.8 against 26.1).
         let pw_direct = direct.or_else(direct_forced).unwrap_or_else(|| channel_vector(isa, &geom));
         if isa == F32Isa::Avx2 && geom.group == 1 && geom.is_pointwise() && pw_direct {
@@ -121,7 +121,7 @@ impl PackedConv {
             let d = Some(Box::new(DirectT::new(isa, geom.c_out, geom.k(), &weight)));
             return PackedConv { direct: d, ..Self::bare(isa, geom, bias, act, offs, false) };
         }
-        // Output channels in the lanes straight from the shifted rows (AVX-512, one group).
+        // Output channels in the lanes straight from the shifted rows (AVX-512 and AVX2, one group).
         let direct = (isa == F32Isa::Avx512 || isa == F32Isa::Avx2)
             && geom.group == 1
             && !geom.is_pointwise()
