@@ -116,8 +116,8 @@ pub struct Rows<'a> {
     pub rs: usize,
     /// Taps per reduction block on AVX2 (`usize::MAX`: one block). 1x1 convolutions read a new
     /// input row per tap: 128 keeps a block's input rows and weights in L1 while a group of tiles
-    /// reads them (AMD EPYC Zen 3, 960->160 at 7x7: 33 -> 39 GMAC/s); 3x3 windows reuse each row
-    /// for three taps and only lose to the blocks (16->16 at 28x28: 41 -> 37).
+    /// reads them (AMD EPYC Zen 3, 960->160 at 7x7: 34 -> 41 GMAC/s); 3x3 windows reuse each row
+    /// for three taps and only lose to the blocks (16->16 at 28x28: 38.9 -> 37.1 with blocks of 128).
     pub kb: usize,
 }
 
