@@ -429,8 +429,8 @@ fn direct_rows<'a>(
     }
 }
 
-/// The [`direct_t::Rows`] of a 1x1 convolution `p` of input planes `x`: runs of `g` image rows
-/// taken as one row, `g` the least divisor of the height that makes a run at least 48 pixels
+/// The [`direct_t::Rows`] of a 1x1 convolution `p` of input planes `x`: runs of `d` image rows
+/// taken as one row, `d` the least divisor of the height that makes a run at least 48 pixels
 /// (eight tiles of six), so that small planes (7x7: one 49-pixel row) fill whole tiles and large
 /// ones still give the threads rows to share.
 fn pointwise_rows<'a>(p: &'a PackedConv, x: &'a [f32]) -> direct_t::Rows<'a> {
