@@ -114,8 +114,11 @@ impl PackedConv {
         // EPYC Zen 3, GMAC/s: 160->960 at 7x7 27.3 -> 41.7, 960->160 28.4 -> 40.6, 320->1280 28.1
         // -> 42.0, 64->384 36.9 -> 42.1; on larger planes the spatial GEMM keeps its lead, 576->96
         // at 14x14 44.7 against 40.1, 16->96 at 112x112 39.8 against 26.1).
-        let pw_direct = direct.or_else(direct_forced).unwrap_or_else(|| channel_vector(isa, &geom));
-        if isa == F32Isa::Avx2 && geom.group == 1 && geom.is_pointwise() && pw_direct {
+        if isa == F32Isa::Avx2
+            && geom.group == 1
+            && geom.is_pointwise()
+            && direct.or_else(direct_forced).unwrap_or_else(|| channel_vector(isa, &geom))
+        {
             let hw = geom.h * geom.w;
             let offs = (0..geom.c_in).map(|c| c * hw).collect();
             let d = Some(Box::new(DirectT::new(isa, geom.c_out, geom.k(), &weight)));
@@ -387,7 +390,7 @@ fn direct_pays(isa: F32Isa, g: &ConvGeom) -> bool {
         return f;
     }
     let (_, wp, _) = padded_hw(g, false);
-    let vl = if isa == F32Isa::Avx512 { 16 } else { 8 };
+    let vl = DirectT::grid(isa).0;
     let lanes = g.c_out as f64 / (g.c_out.div_ceil(vl) * vl) as f64;
     let spatial = g.ow as f64 / wp as f64;
     if isa == F32Isa::Avx512 {

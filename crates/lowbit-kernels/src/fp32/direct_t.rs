@@ -43,7 +43,8 @@ impl DirectT {
     /// AVX2 have tiles; any other runs [`rows_ref`]).
     pub fn new(isa: F32Isa, m: usize, k: usize, a: &[f32]) -> DirectT {
         assert!(a.len() >= m * k);
-        let mut d = DirectT { w: vec![0f32; m.div_ceil(Self::grid(isa).0) * Self::grid(isa).0 * k], m, k, isa };
+        let vl = Self::grid(isa).0;
+        let mut d = DirectT { w: vec![0f32; m.div_ceil(vl) * vl * k], m, k, isa };
         for (i0, wd) in d.panels().collect::<Vec<_>>() {
             for i in i0..(i0 + wd).min(m) {
                 for p in 0..k {
@@ -63,14 +64,12 @@ impl DirectT {
     pub fn is_empty(&self) -> bool {
         self.w.is_empty()
     }
-}
 
-impl DirectT {
     /// The vector width and the most vectors of a panel on this path: four zmm vectors on
     /// AVX-512; on AVX2 two ymm vectors, so that a panel's weights (`16 · k` floats) stay in L2
     /// (a 64-wide panel of a 256-channel 3x3 layer is 590 KB: 25 GMAC/s against 40 for the
     /// spatial GEMM, AMD EPYC Zen 3).
-    fn grid(isa: F32Isa) -> (usize, usize) {
+    pub(crate) fn grid(isa: F32Isa) -> (usize, usize) {
         if isa == F32Isa::Avx512 {
             (16, VMAX)
         } else {
@@ -499,10 +498,10 @@ mod tests {
             let r = Rows { xpad: &xpad, offs: &offs, ry: wp, sx, ow, y0, y1, bias: &bias, lo, hi, cs, rs, kb };
             let mut want = vec![f32::NAN; m * cs];
             rows_ref(&DirectT::new(F32Isa::Scalar, m, k, &a), &r, &mut want);
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             for isa in F32Isa::all_supported() {
                 let d = DirectT::new(isa, m, k, &a);
                 let mut got = vec![f32::NAN; m * cs];
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| rows(&d, &r, &mut got, threads));
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     prop_assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{}: at {}: {} vs {}", isa.name(), i, g, w);
