@@ -424,11 +424,15 @@ pub fn bench(
         }
         let prof = plan.profile().unwrap().to_vec();
         let total: f64 = prof.iter().sum();
+        // LOWBIT_PROFILE=all lists every step in plan order; anything else the 25 slowest.
+        let all = std::env::var("LOWBIT_PROFILE").is_ok_and(|v| v == "all");
         let mut idx: Vec<usize> = (0..prof.len()).collect();
-        idx.sort_by(|&a, &b| prof[b].partial_cmp(&prof[a]).unwrap());
+        if !all {
+            idx.sort_by(|&a, &b| prof[b].partial_cmp(&prof[a]).unwrap());
+        }
         let rows: Vec<Vec<String>> = idx
             .iter()
-            .take(25)
+            .take(if all { idx.len() } else { 25 })
             .map(|&i| {
                 let s = &plan.steps()[i];
                 let ms = prof[i] * 1e3 / iters.max(1) as f64;

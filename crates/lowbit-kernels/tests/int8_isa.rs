@@ -530,28 +530,38 @@ proptest! {
     }
 }
 
-/// Concatenation along channels with one input requantized through a byte table (the 256-bit paths
-/// look the bytes up with AVX2, AVX-512 with VBMI), rows whose lengths are off every vector width.
-#[test]
-fn concat_paths_match_definition() {
-    let (outer, inners) = (3usize, [37usize, 70, 5]);
-    let total: usize = inners.iter().sum();
-    let (a, b, c) = (bytes(outer * 37, 1), bytes(outer * 70, 2), bytes(outer * 5, 3));
-    let (ta, tc): ([u8; 256], [u8; 256]) = (bytes(256, 4).try_into().unwrap(), bytes(256, 5).try_into().unwrap());
-    let mut want = vec![0u8; outer * total];
-    for o in 0..outer {
-        let row = &mut want[o * total..(o + 1) * total];
-        for i in 0..37 {
-            row[i] = ta[a[o * 37 + i] as usize];
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Concatenation with some inputs requantized through a byte table (the 256-bit paths look the
+    /// bytes up with AVX2, AVX-512 with VBMI) and the others copied: rows of every fixed-size move
+    /// (1-32 bytes), lengths off every vector width, rows past the long-row threshold, and enough
+    /// rows that short ones span several lookup blocks.
+    #[test]
+    fn concat_paths_match_definition(outer in 1usize..700, n in 1usize..5, seed in any::<u64>()) {
+        let mut r = rng(seed);
+        let widths = [1usize, 2, 3, 4, 5, 8, 16, 32, 37, 70, 600];
+        let inners: Vec<usize> = (0..n).map(|_| widths[(r() % widths.len() as u64) as usize]).collect();
+        let total: usize = inners.iter().sum();
+        let xs: Vec<Vec<u8>> = inners.iter().enumerate().map(|(i, &w)| bytes(outer * w, seed ^ i as u64)).collect();
+        let tables: Vec<Option<[u8; 256]>> = (0..n)
+            .map(|i| (r() % 3 != 0).then(|| bytes(256, seed ^ (100 + i as u64)).try_into().unwrap()))
+            .collect();
+        let mut want = vec![0u8; outer * total];
+        for o in 0..outer {
+            let mut at = o * total;
+            for ((x, t), &w) in xs.iter().zip(&tables).zip(&inners) {
+                for i in 0..w {
+                    let v = x[o * w + i];
+                    want[at + i] = t.map_or(v, |t| t[v as usize]);
+                }
+                at += w;
+            }
         }
-        row[37..107].copy_from_slice(&b[o * 70..(o + 1) * 70]);
-        for i in 0..5 {
-            row[107 + i] = tc[c[o * 5 + i] as usize];
+        let parts: Vec<(&[u8], Option<&[u8; 256]>)> = xs.iter().zip(&tables).map(|(x, t)| (&x[..], t.as_ref())).collect();
+        for isa in Isa::all_supported() {
+            let mut got = vec![0u8; outer * total];
+            int8::moves::concat(isa, &parts, outer, &inners, &mut got);
+            prop_assert!(got == want, "{} differs (outer {} inners {:?})", isa.name(), outer, inners);
         }
-    }
-    for isa in Isa::all_supported() {
-        let mut got = vec![0u8; outer * total];
-        int8::moves::concat(isa, &[(&a, Some(&ta)), (&b, None), (&c, Some(&tc))], outer, &inners, &mut got);
-        assert_eq!(got, want, "{}", isa.name());
     }
 }
