@@ -18,8 +18,35 @@ pub(crate) const KERNELS: Kernels = Kernels { gemm_tile, depthwise_row };
 pub(crate) unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, valid: usize) {
     let bi = _mm256_loadu_si256(rq.bias_i.as_ptr().add(c) as *const _);
     let s = _mm256_loadu_ps(rq.scale.as_ptr().add(c));
+    let bf = (!rq.bias_f.is_empty()).then(|| _mm256_loadu_ps(rq.bias_f.as_ptr().add(c)));
+    store8_with(acc, bi, s, bf, rq, p, valid)
+}
+
+/// The epilogue of 8 accumulators of one output channel `c` (8 output rows, the integer bias not
+/// yet added): [`store8`]'s arithmetic with the channel's numbers in every lane, 8 bytes or 8 f32
+/// values at `p`.
+#[inline(always)]
+pub(crate) unsafe fn store8_channel(acc: __m256i, c: usize, rq: &Requant, p: *mut u8) {
+    let bf = (!rq.bias_f.is_empty()).then(|| _mm256_set1_ps(rq.bias_f[c]));
+    store8_with(acc, _mm256_set1_epi32(rq.bias_i[c]), _mm256_set1_ps(rq.scale[c]), bf, rq, p, 8)
+}
+
+/// `(acc + bi)·s (+ bf)`, clamped, stored as [`Requant::out`] asks (the first `valid` lanes).
+#[inline(always)]
+unsafe fn store8_with(
+    acc: __m256i,
+    bi: __m256i,
+    s: __m256,
+    bf: Option<__m256>,
+    rq: &Requant,
+    p: *mut u8,
+    valid: usize,
+) {
     let y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, bi)), s);
-    let y = if rq.bias_f.is_empty() { y } else { _mm256_add_ps(y, _mm256_loadu_ps(rq.bias_f.as_ptr().add(c))) };
+    let y = match bf {
+        Some(bf) => _mm256_add_ps(y, bf),
+        None => y,
+    };
     // max/min with the operand order of the scalar path's f32::max/min (NaN → the bound).
     let (lo, hi) = if rq.out == Out::F32 { (rq.lo, rq.hi) } else { (rq.ylo, rq.yhi) };
     let y = if rq.unclamped { y } else { _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(lo)), _mm256_set1_ps(hi)) };
@@ -27,6 +54,15 @@ pub(crate) unsafe fn store8(acc: __m256i, c: usize, rq: &Requant, p: *mut u8, va
         Out::F32 => put_f32x8(p as *mut f32, y, valid),
         Out::Q { scale, zp, qmin, qmax } => put_u8x8(p, quantize8(y, scale, rq.inv, zp, qmin, qmax), valid),
     }
+}
+
+/// Lane `r` of the result: the sum of the 8 lanes of `acc[r]` (wrapping, as any order of i32 sums).
+#[inline(always)]
+pub(crate) unsafe fn hsum8(acc: &[__m256i; 8]) -> __m256i {
+    // Per 128-bit half: [r0, r1, r2, r3] partial sums (low half lanes 0-3, high half lanes 4-7).
+    let lo = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
+    let hi = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[4], acc[5]), _mm256_hadd_epi32(acc[6], acc[7]));
+    _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(lo, hi), _mm256_permute2x128_si256::<0x31>(lo, hi))
 }
 
 /// The first `valid ≤ 8` of eight f32 values stored at `p`.

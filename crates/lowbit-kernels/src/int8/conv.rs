@@ -207,7 +207,7 @@ impl QConv {
                 },
                 rq,
             )
-        } else if matches!(isa, Isa::Avx512Vnni | Isa::Amx)
+        } else if isa != Isa::Scalar
             && g.group == 1
             && g.c_out <= 4
             && (g.sh, g.sw, g.dh, g.dw) == (1, 1, 1, 1)
@@ -494,7 +494,8 @@ pub fn wino_mode() -> Option<bool> {
 fn wino_pays(isa: Isa, g: &ConvGeom) -> bool {
     let tiles = g.oh.div_ceil(4) * g.ow.div_ceil(4);
     match isa {
-        Isa::Avx2 => g.c_in >= 8 && g.c_in <= 256 && tiles >= 8,
+        // 1-4 output channels run along the reduction (`int8 narrow conv`): 4-7x Winograd's rate there.
+        Isa::Avx2 => g.c_in >= 8 && g.c_in <= 256 && tiles >= 8 && g.c_out > 4,
         Isa::AvxVnni | Isa::Avx512Vnni => {
             let u_bytes = 36 * g.c_in.div_ceil(16) * 16 * g.c_out.div_ceil(16) * 16 * 2;
             g.c_in >= 64 && g.c_out >= 64 && u_bytes <= 3 << 19 && tiles >= 48

@@ -4,7 +4,8 @@
 //! reduction instead: for each output pixel and channel, `vpdpbusd` over 64 input bytes of one
 //! window position at a time, 16 pixels in flight, then one horizontal sum per pixel. The input is
 //! the zero-point-padded NHWC buffer of the shifted-rows path (stride 1, no dilation), so a window
-//! position is a byte offset and nothing is copied per tap.
+//! position is a byte offset and nothing is copied per tap. The 256-bit paths do the same with
+//! exact 16-bit products (`vpmaddwd` over 16 input bytes, 8 pixels in flight).
 
 use rayon::prelude::*;
 
@@ -81,6 +82,11 @@ pub unsafe fn narrow_conv(
         if matches!(isa, Isa::Avx512Vnni | Isa::Amx) {
             // SAFETY: the path is supported (caller), reads are bounded by `need` (checked above).
             return unsafe { avx512_rows(xp, w, i0, rows, rq, map, out, ldc) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if matches!(isa, Isa::Avx2 | Isa::AvxVnni) {
+            // SAFETY: as above (the 256-bit paths run only where the CPU has AVX2).
+            return unsafe { avx2_rows(xp, w, i0, rows, rq, map, out, ldc) };
         }
         let _ = isa;
         scalar_rows(xp, w, i0, rows, rq, map, out, ldc)
@@ -203,5 +209,79 @@ unsafe fn block<const R: usize>(xp: &[u8], w: &NarrowW, i: usize, rq: &Requant, 
         for a in &acc {
             store(_mm512_reduce_add_epi32(*a), &mut cur, j, rq, out, ldc);
         }
+    }
+}
+
+/// Rows `i0..i0 + rows` on AVX2 (also the AVX-VNNI path's): blocks of 8 rows with one accumulator
+/// each, 16 input channels per `vpmaddwd` (bytes widened to i16, exact), the last rows on the
+/// reference.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx2_rows(
+    xp: &[u8],
+    w: &NarrowW,
+    i0: usize,
+    rows: usize,
+    rq: &Requant,
+    map: RowMap,
+    out: OutPtr,
+    ldc: usize,
+) {
+    use std::arch::x86_64::*;
+    let (cs, nt) = (w.cs, w.taps.len());
+    let mut i = i0;
+    while i + 8 <= i0 + rows {
+        let base = xp.as_ptr().add(i * cs);
+        for j in 0..w.n {
+            let mut acc = [_mm256_setzero_si256(); 8];
+            for (t, &off) in w.taps.iter().enumerate() {
+                // Whole 16-byte weight loads: `c64` pads every window position's weights with zeros.
+                let wt = w.w.as_ptr().add((j * nt + t) * w.c64);
+                let px = base.add(off);
+                let mut c = 0;
+                while c + 16 <= cs {
+                    let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(wt.add(c) as *const _));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(px.add(r * cs + c) as *const _));
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, wv));
+                    }
+                    c += 16;
+                }
+                if c < cs {
+                    let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(wt.add(c) as *const _));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let xv = _mm256_cvtepu8_epi16(load_bytes(px.add(r * cs + c), cs - c));
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, wv));
+                    }
+                }
+            }
+            let mut vals = [0u8; 32];
+            crate::int8::avx2::store8_channel(crate::int8::avx2::hsum8(&acc), j, rq, vals.as_mut_ptr());
+            let esz = if rq.out == crate::epilogue::Out::F32 { 4 } else { 1 };
+            let mut cur = RowCursor::new(map, i);
+            for r in 0..8 {
+                if let Some(o) = cur.next_row() {
+                    std::ptr::copy_nonoverlapping(vals.as_ptr().add(r * esz), out.at(rq.out, o, j, ldc), esz);
+                }
+            }
+        }
+        i += 8;
+    }
+    scalar_rows(xp, w, i, i0 + rows - i, rq, map, out, ldc)
+}
+
+/// The `n` bytes at `p` (16, or 4, 8 or 12 at a pixel's end) in the low lanes, zeros above; reads
+/// no byte past `p + n`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load_bytes(p: *const u8, n: usize) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    let word = |q: *const u8| (q as *const i32).read_unaligned();
+    match n {
+        16 => _mm_loadu_si128(p as *const _),
+        12 => _mm_insert_epi32::<2>(_mm_loadl_epi64(p as *const _), word(p.add(8))),
+        8 => _mm_loadl_epi64(p as *const _),
+        _ => _mm_cvtsi32_si128(word(p)),
     }
 }
