@@ -489,6 +489,13 @@ mod tests {
             for i in 0..65536 {
                 assert_eq!(out[i], qo.quant((qa.dequant(a[i]) + qb.dequant(b[i])).max(0.0)), "pair {i}");
             }
+            // A length off the vector widths: the tail element by element, nothing past it written.
+            let mut part = vec![7u8; 70];
+            add(isa, &a[300..369], &b[300..369], &p, &mut part[..69]);
+            for i in 0..69 {
+                assert_eq!(part[i], out[300 + i], "tail pair {i}");
+            }
+            assert_eq!(part[69], 7);
             // A signed output and a Clip range on the reciprocal path; NaN bounds clamp nothing.
             let qs = QParams { scale: 0.031, zp: -7, signed: true };
             for (lo, hi, want_lo, want_hi) in
