@@ -107,6 +107,21 @@ unsafe fn store(acc: i32, cur: &mut RowCursor, j: usize, rq: &Requant, out: OutP
     }
 }
 
+/// Output channel `j` of `n` consecutive rows from row `i` (`vals`: their `n` bytes or f32 values
+/// from one vector epilogue), placed through `map`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn place(vals: &[u8], n: usize, map: RowMap, i: usize, j: usize, rq: &Requant, out: OutPtr, ldc: usize) {
+    let esz = if rq.out == crate::epilogue::Out::F32 { 4 } else { 1 };
+    assert!(vals.len() >= n * esz);
+    let mut cur = RowCursor::new(map, i);
+    for r in 0..n {
+        if let Some(o) = cur.next_row() {
+            std::ptr::copy_nonoverlapping(vals.as_ptr().add(r * esz), out.at(rq.out, o, j, ldc), esz);
+        }
+    }
+}
+
 /// The reference: rows `i0..i0 + rows`, byte by byte.
 #[allow(clippy::too_many_arguments)]
 unsafe fn scalar_rows(
@@ -198,12 +213,7 @@ unsafe fn block<const R: usize>(xp: &[u8], w: &NarrowW, i: usize, rq: &Requant, 
             // 16 rows: one transposing sum and one vector epilogue, then the rows' values placed.
             let mut vals = [0u8; 64];
             crate::int8::avx512_epi::store16_channel(crate::int8::avx512_epi::hsum16(acc), j, rq, vals.as_mut_ptr());
-            let esz = if rq.out == crate::epilogue::Out::F32 { 4 } else { 1 };
-            for r in 0..16 {
-                if let Some(o) = cur.next_row() {
-                    std::ptr::copy_nonoverlapping(vals.as_ptr().add(r * esz), out.at(rq.out, o, j, ldc), esz);
-                }
-            }
+            place(&vals, 16, map, i, j, rq, out, ldc);
             continue;
         }
         for a in &acc {
@@ -258,13 +268,7 @@ unsafe fn avx2_rows(
             }
             let mut vals = [0u8; 32];
             crate::int8::avx2::store8_channel(crate::int8::avx2::hsum8(&acc), j, rq, vals.as_mut_ptr());
-            let esz = if rq.out == crate::epilogue::Out::F32 { 4 } else { 1 };
-            let mut cur = RowCursor::new(map, i);
-            for r in 0..8 {
-                if let Some(o) = cur.next_row() {
-                    std::ptr::copy_nonoverlapping(vals.as_ptr().add(r * esz), out.at(rq.out, o, j, ldc), esz);
-                }
-            }
+            place(&vals, 8, map, i, j, rq, out, ldc);
         }
         i += 8;
     }
